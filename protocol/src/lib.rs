@@ -1,0 +1,21 @@
+//! Blitzen's wire format: what travels between processes, and nothing about what to do with it.
+//!
+//! - [`frame`]: every message is one *frame*, a 4-byte big-endian length followed by that many
+//!   bytes of MessagePack. [`frame::decode_frame`] is the single decoding core; the blocking
+//!   [`frame::FrameReader`] and the async [`frame::FrameCodec`] (a `tokio_util` codec) both use it,
+//!   so both ends enforce the same [`frame::MAX_FRAME_LEN`].
+//! - [`worker`]: the messages between a process pool and its worker processes ([`ToWorker`],
+//!   [`FromWorker`]) and the [`Outcome`] of a task, which later also travels to drivers.
+//!
+//! Messages are encoded with named fields ([`frame::encode`]), so a field added later with
+//! `#[serde(default)]` does not break an older peer. Payloads (task arguments and results) are
+//! `bytes::Bytes`, which MessagePack carries as binary, never as a list of integers.
+
+pub mod frame;
+pub mod worker;
+
+pub use frame::{DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN};
+pub use worker::{
+    Captured, ExitReason, FromWorker, Outcome, RunTask, TaskDone, ToWorker, WORKER_PROTOCOL_VERSION,
+    WorkerReady,
+};
