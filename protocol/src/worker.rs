@@ -32,6 +32,27 @@ pub struct RunTask {
     pub args: Bytes,
 }
 
+/// Borrowed twin of [`ToWorker`], encoded identically: the pool sends tasks without copying
+/// their names or arguments.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum ToWorkerRef<'a> {
+    /// See [`ToWorker::Run`].
+    Run(RunTaskRef<'a>),
+}
+
+/// Borrowed twin of [`RunTask`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunTaskRef<'a> {
+    /// See [`RunTask::id`].
+    pub id: u64,
+    /// See [`RunTask::name`].
+    pub name: &'a str,
+    /// See [`RunTask::fingerprint`].
+    pub fingerprint: u64,
+    /// See [`RunTask::args`].
+    pub args: &'a Bytes,
+}
+
 /// Worker → pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -313,6 +334,17 @@ mod tests {
             let _ = decode::<FromWorker>(&data);
             let _ = decode::<ToWorker>(&data);
         }
+    }
+
+    #[test]
+    fn borrowed_task_encodes_like_the_owned_one() {
+        let args = Bytes::from_static(b"\x93\x01\x02\x03");
+        let owned = ToWorker::Run(RunTask { id: 9, name: "sq".into(), fingerprint: 5, args: args.clone() });
+        let borrowed = ToWorkerRef::Run(RunTaskRef { id: 9, name: "sq", fingerprint: 5, args: &args });
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        encode(&owned, &mut a).expect("encodes");
+        encode(&borrowed, &mut b).expect("encodes");
+        assert_eq!(a, b);
     }
 
     #[test]

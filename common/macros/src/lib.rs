@@ -1,1 +1,214 @@
-//! placeholder
+//! The `#[task]` attribute of Blitzen.
+//!
+//! ```ignore
+//! #[blitzen::task]
+//! pub fn square(x: u64) -> u64 { x * x }
+//! ```
+//!
+//! expands to:
+//! - the function itself, renamed to `__blitzen_task_square`;
+//! - a zero-sized handle type `square` and a constant `square` of that type, so that
+//!   `dispatcher.run(square, 4)` is type-checked against the handle, and `square(4)` still calls
+//!   the function (the handle dereferences to a function pointer);
+//! - an implementation of `blitzen::Task` (argument type, output type, name, signature,
+//!   fingerprint);
+//! - a registry entry, so that a worker process of the same binary can run the task by name.
+//!
+//! Arguments: none → `()`, one → its type, several → a tuple. A return type whose last path
+//! segment is `Result` is a fallible task: `Ok` is the output, `Err` (any `Display`) a failure.
+//!
+//! Options: `#[task(name = "other")]` registers under another name (the default is the function
+//! name); `#[task(crate = path)]` names the path of the `blitzen` crate when it is re-exported
+//! under another name; `#[task(unregistered)]` leaves the task out of the automatic registry
+//! (the built-in tasks use it: the registry lists them explicitly).
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::{FnArg, GenericArgument, ItemFn, PathArguments, ReturnType, Type, parse_macro_input};
+
+/// Turns a plain function into a Blitzen task. See the crate documentation.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut options = Options { name: None, krate: None, register: true };
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            options.name = Some(meta.value()?.parse::<syn::LitStr>()?.value());
+            Ok(())
+        } else if meta.path.is_ident("crate") {
+            options.krate = Some(meta.value()?.parse::<syn::Path>()?);
+            Ok(())
+        } else if meta.path.is_ident("unregistered") {
+            options.register = false;
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown option: expected `name = \"...\"`, `crate = path` or `unregistered`",
+            ))
+        }
+    });
+    parse_macro_input!(attr with parser);
+    let func = parse_macro_input!(item as ItemFn);
+    match expand(options, func) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+struct Options {
+    name: Option<String>,
+    krate: Option<syn::Path>,
+    /// Whether to submit a registry entry (the built-in tasks are listed explicitly instead).
+    register: bool,
+}
+
+fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &func.sig;
+    if sig.asyncness.is_some() {
+        return Err(syn::Error::new_spanned(sig.asyncness, "a task cannot be async"));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new_spanned(&sig.generics, "a task cannot be generic"));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(syn::Error::new_spanned(v, "a task cannot be variadic"));
+    }
+    let mut arg_types = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, "a task cannot take self")),
+            FnArg::Typed(t) => arg_types.push((*t.ty).clone()),
+        }
+    }
+
+    let krate: syn::Path = options.krate.unwrap_or_else(|| syn::parse_quote!(::blitzen));
+    let private = quote!(#krate::__private);
+    let ident = &sig.ident;
+    let vis = &func.vis;
+    let task_name = options.name.unwrap_or_else(|| ident.to_string());
+    let impl_ident = format_ident!("__blitzen_task_{}", ident);
+    let docs: Vec<_> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+
+    let ret_type: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let fallible_output = result_ok_type(&ret_type);
+    let output_type = fallible_output.clone().unwrap_or_else(|| ret_type.clone());
+
+    let args_type: Type = match arg_types.len() {
+        1 => arg_types[0].clone(),
+        _ => syn::parse_quote!((#(#arg_types,)*)),
+    };
+    let names: Vec<_> = (0..arg_types.len()).map(|i| format_ident!("__a{}", i)).collect();
+    let pattern = match names.len() {
+        1 => quote!(#(#names)*),
+        _ => quote!((#(#names,)*)),
+    };
+    let invoke_helper = if fallible_output.is_some() {
+        quote!(#private::invoke_fallible::<#args_type, _, _, _>)
+    } else {
+        quote!(#private::invoke_value::<#args_type, _, _>)
+    };
+    let signature = format!(
+        "fn {}({}) -> {}",
+        task_name,
+        arg_types.iter().map(type_text).collect::<Vec<_>>().join(", "),
+        type_text(&ret_type)
+    );
+    let signature = syn::LitStr::new(&signature, Span::call_site());
+
+    let registration = if options.register {
+        quote! {
+            #private::inventory::submit! { #ident::__BLITZEN_ENTRY }
+        }
+    } else {
+        quote!()
+    };
+
+    let mut impl_fn = func.clone();
+    impl_fn.sig.ident = impl_ident.clone();
+    impl_fn.vis = syn::Visibility::Inherited;
+
+    Ok(quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case, clippy::too_many_arguments)]
+        #impl_fn
+
+        #(#docs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #ident {}
+
+        #(#docs)*
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #ident = #ident {};
+
+        impl #private::Task for #ident {
+            type Args = #args_type;
+            type Output = #output_type;
+            const NAME: &'static str = #task_name;
+            const SIGNATURE: &'static str = #signature;
+            const FINGERPRINT: u64 = #private::fingerprint(#signature);
+        }
+
+        impl ::core::ops::Deref for #ident {
+            type Target = fn(#(#arg_types),*) -> #ret_type;
+            fn deref(&self) -> &Self::Target {
+                const F: fn(#(#arg_types),*) -> #ret_type = #impl_ident;
+                &F
+            }
+        }
+
+        impl #ident {
+            #[doc(hidden)]
+            #[allow(dead_code)]
+            #vis const __BLITZEN_ENTRY: #private::TaskEntry = #private::TaskEntry {
+                name: #task_name,
+                signature: #signature,
+                fingerprint: #private::fingerprint(#signature),
+                invoke: #ident::__blitzen_invoke,
+            };
+
+            #[doc(hidden)]
+            fn __blitzen_invoke(args: &[u8]) -> #private::Outcome {
+                #invoke_helper(args, |#pattern| #impl_ident(#(#names),*))
+            }
+        }
+
+        #registration
+    })
+}
+
+/// `T` when `ty` is `…::Result<T, …>` (the last path segment named `Result`).
+fn result_ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    })
+}
+
+/// A type as compact text: `Vec<u8>` rather than `Vec < u8 >`.
+fn type_text(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let mut out = String::with_capacity(raw.len());
+    let chars: Vec<char> = raw.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let prev = if i > 0 { chars[i - 1] } else { ' ' };
+            let next = chars.get(i + 1).copied().unwrap_or(' ');
+            if matches!(prev, '<' | '(' | '[' | '&' | ':') || matches!(next, '<' | '>' | ',' | ')' | ']' | ':')
+            {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! Bounded capture of a task's stdout and stderr.
+//!
+//! A worker's fd 1 and fd 2 are memory-backed files (`memfd`) created by the pool, not pipes:
+//! writing never blocks and needs no reader thread, a task that wrote nothing costs one `fstat`,
+//! and after a crash the pool still holds the file and can read what the dead task wrote. After
+//! each task the worker keeps the head and the tail of each stream (at most [`CAPTURE_LIMIT`]
+//! bytes in all, the gap counted in [`Captured::omitted`]) and empties the file.
+//!
+//! While a task runs, its output lives in memory in full; it is trimmed when the task ends.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use blitzen_protocol::Captured;
+use bytes::Bytes;
+use rustix::fs::{MemfdFlags, SeekFrom};
+
+/// Bytes of each stream kept per task: half from the start, half from the end.
+pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// A new, empty capture file (close-on-exec; the pool hands a duplicate to the worker).
+pub fn new_capture_file(name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?)
+}
+
+/// What the file holds, bounded to `limit` bytes, without changing it.
+pub fn snapshot(fd: BorrowedFd<'_>, limit: usize) -> io::Result<Captured> {
+    let size = rustix::fs::fstat(fd)?.st_size.max(0) as u64;
+    if size == 0 {
+        return Ok(Captured::default());
+    }
+    if size <= limit as u64 {
+        return Ok(Captured { head: read_at(fd, 0, size as usize)?, ..Default::default() });
+    }
+    let half = limit / 2;
+    let head = read_at(fd, 0, half)?;
+    let tail = read_at(fd, size - half as u64, half)?;
+    Ok(Captured { head, tail, omitted: size - 2 * half as u64 })
+}
+
+/// [`snapshot`], then empties the file and rewinds it for the next task.
+pub fn take(fd: BorrowedFd<'_>, limit: usize) -> io::Result<Captured> {
+    let captured = snapshot(fd, limit)?;
+    if !captured.is_empty() {
+        rustix::fs::ftruncate(fd, 0)?;
+        rustix::fs::seek(fd, SeekFrom::Start(0))?;
+    }
+    Ok(captured)
+}
+
+/// Reads up to `len` bytes at `offset` (fewer if the file is shorter).
+fn read_at(fd: impl AsFd, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = rustix::io::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::Write;
+
+    #[test]
+    fn short_output_is_kept_whole_and_the_file_emptied() {
+        let fd = new_capture_file("test").expect("memfd");
+        let mut file = File::from(fd.try_clone().expect("dup"));
+        file.write_all(b"hello\n").expect("write");
+        let c = take(fd.as_fd(), 100).expect("take");
+        assert_eq!(&c.head[..], b"hello\n");
+        assert!(!c.is_truncated());
+        file.write_all(b"again").expect("write after rewind");
+        assert_eq!(&take(fd.as_fd(), 100).expect("take").head[..], b"again");
+        assert!(take(fd.as_fd(), 100).expect("take").is_empty());
+    }
+
+    #[test]
+    fn long_output_keeps_head_and_tail() {
+        let fd = new_capture_file("test").expect("memfd");
+        let mut file = File::from(fd.try_clone().expect("dup"));
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).expect("write");
+        let c = snapshot(fd.as_fd(), 1000).expect("snapshot");
+        assert_eq!(&c.head[..], &data[..500]);
+        assert_eq!(&c.tail[..], &data[9500..]);
+        assert_eq!(c.omitted, 9000);
+        assert_eq!(c.total_len(), 10_000);
+    }
+}

@@ -1,0 +1,293 @@
+//! [`TaskError`]: every way a submitted task can fail, each with what a person needs to act.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use blitzen_protocol::{ExitReason, Outcome};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Lines of a task's stderr quoted in its error.
+pub const STDERR_TAIL_LINES: usize = 20;
+/// Bytes of a task's stderr quoted in its error, at most.
+pub const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Which task failed, where, and the end of what it wrote to stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskContext {
+    /// The task id given by the dispatcher.
+    pub id: u64,
+    /// The task's registered name.
+    pub task: Cow<'static, str>,
+    /// The worker that ran it, when it reached one.
+    pub worker: Option<WorkerInfo>,
+    /// The last lines the task wrote to stderr (empty when it wrote nothing).
+    pub stderr_tail: String,
+}
+
+/// A worker process, for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its process id.
+    pub pid: u32,
+    /// The host it runs on, in a cluster; `None` on the local machine.
+    pub host: Option<String>,
+}
+
+impl fmt::Display for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {} `{}`", self.id, self.task)?;
+        if let Some(w) = &self.worker {
+            write!(f, " (worker pid {}", w.pid)?;
+            if let Some(host) = &w.host {
+                write!(f, " on {host}")?;
+            }
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
+impl TaskContext {
+    fn stderr_suffix(&self) -> String {
+        if self.stderr_tail.is_empty() {
+            String::new()
+        } else {
+            let indented: Vec<String> =
+                self.stderr_tail.lines().map(|l| format!("    {l}")).collect();
+            format!("\n  last lines of its stderr:\n{}", indented.join("\n"))
+        }
+    }
+}
+
+/// What the arguments or result could not be converted from or to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecodeTarget {
+    /// The worker could not decode the arguments as the task's argument type.
+    Arguments,
+    /// The worker could not encode the task's return value.
+    Output,
+    /// The caller could not decode the result as the type it asked for.
+    Result,
+}
+
+impl fmt::Display for DecodeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecodeTarget::Arguments => "arguments",
+            DecodeTarget::Output => "return value",
+            DecodeTarget::Result => "result",
+        })
+    }
+}
+
+/// Why a task produced no value. Every variant carries a [`TaskContext`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TaskError {
+    /// The task function returned `Err`. A retry helps only if the cause was transient.
+    #[error("{ctx}: returned an error: {message}{}", ctx.stderr_suffix())]
+    Returned {
+        /// Which task.
+        ctx: TaskContext,
+        /// The error's `Display` text.
+        message: String,
+    },
+    /// The task panicked; its worker survived. A retry rarely helps.
+    #[error(
+        "{ctx}: panicked at {}: {message}{}",
+        location.as_deref().unwrap_or("an unknown location"),
+        ctx.stderr_suffix()
+    )]
+    Panicked {
+        /// Which task.
+        ctx: TaskContext,
+        /// The panic message.
+        message: String,
+        /// `file:line:column`, when known.
+        location: Option<String>,
+    },
+    /// The task ran longer than its timeout (counted from its start on a worker); the worker and
+    /// every process in its process group were killed and the worker replaced. A retry helps
+    /// only if the slowness was transient.
+    #[error(
+        "{ctx}: timed out after {:?}; its worker and the processes it started were killed{}",
+        timeout,
+        ctx.stderr_suffix()
+    )]
+    TimedOut {
+        /// Which task.
+        ctx: TaskContext,
+        /// The timeout in force.
+        timeout: Duration,
+    },
+    /// The worker process died while running the task (abort, segfault, `exit`, a kill from
+    /// outside, the OOM killer). The worker was replaced. A retry helps only if the crash was
+    /// caused by something outside the task.
+    #[error("{ctx}: the worker process died: {exit}{}", ctx.stderr_suffix())]
+    WorkerCrashed {
+        /// Which task.
+        ctx: TaskContext,
+        /// How the worker died.
+        exit: ExitReason,
+    },
+    /// The worker binary has no task of this name. Retrying cannot help: rebuild the worker with
+    /// the task linked in.
+    #[error("{ctx}: no task of this name is compiled into the worker binary")]
+    UnknownTask {
+        /// Which task.
+        ctx: TaskContext,
+    },
+    /// The worker has a task of this name with another signature. Retrying cannot help: build
+    /// the submitter and the worker from the same task definitions.
+    #[error(
+        "{ctx}: signature mismatch: submitted as `{expected}`, but the worker has `{found}`; \
+         build both from the same task definitions"
+    )]
+    SignatureMismatch {
+        /// Which task.
+        ctx: TaskContext,
+        /// The submitter's signature.
+        expected: String,
+        /// The worker's signature.
+        found: String,
+    },
+    /// Arguments or results could not be converted. Retrying cannot help.
+    #[error("{ctx}: cannot convert the {what}: {message}")]
+    Decode {
+        /// Which task.
+        ctx: TaskContext,
+        /// What failed to convert.
+        what: DecodeTarget,
+        /// The serializer's message.
+        message: String,
+    },
+    /// The task was withdrawn before it finished (the dispatcher shut down, or it was
+    /// cancelled). Submitting it again may succeed.
+    #[error("{ctx}: cancelled: {reason}")]
+    Cancelled {
+        /// Which task.
+        ctx: TaskContext,
+        /// Why.
+        reason: String,
+    },
+    /// The task can no longer be run or its result obtained (workers cannot start, the
+    /// connection is gone for good). Retrying may help once the cause is fixed.
+    #[error("{ctx}: lost: {reason}{}", ctx.stderr_suffix())]
+    Lost {
+        /// Which task.
+        ctx: TaskContext,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TaskError {
+    /// The task this error is about.
+    pub fn context(&self) -> &TaskContext {
+        match self {
+            TaskError::Returned { ctx, .. }
+            | TaskError::Panicked { ctx, .. }
+            | TaskError::TimedOut { ctx, .. }
+            | TaskError::WorkerCrashed { ctx, .. }
+            | TaskError::UnknownTask { ctx }
+            | TaskError::SignatureMismatch { ctx, .. }
+            | TaskError::Decode { ctx, .. }
+            | TaskError::Cancelled { ctx, .. }
+            | TaskError::Lost { ctx, .. } => ctx,
+        }
+    }
+
+    /// Turns a wire [`Outcome`] into the value bytes or a `TaskError`.
+    ///
+    /// `signature` is the submitter's view of the task, quoted on a signature mismatch.
+    pub fn from_outcome(
+        outcome: Outcome,
+        ctx: TaskContext,
+        signature: &str,
+    ) -> Result<Bytes, TaskError> {
+        Err(match outcome {
+            Outcome::Value(bytes) => return Ok(bytes),
+            Outcome::Returned { message } => TaskError::Returned { ctx, message },
+            Outcome::Panicked { message, location } => {
+                TaskError::Panicked { ctx, message, location }
+            }
+            Outcome::UnknownTask => TaskError::UnknownTask { ctx },
+            Outcome::SignatureMismatch { worker_signature } => TaskError::SignatureMismatch {
+                ctx,
+                expected: signature.to_string(),
+                found: worker_signature,
+            },
+            Outcome::BadArguments { message } => {
+                TaskError::Decode { ctx, what: DecodeTarget::Arguments, message }
+            }
+            Outcome::BadOutput { message } => {
+                TaskError::Decode { ctx, what: DecodeTarget::Output, message }
+            }
+            Outcome::TimedOut { timeout_ms } => {
+                TaskError::TimedOut { ctx, timeout: Duration::from_millis(timeout_ms) }
+            }
+            Outcome::WorkerCrashed { exit } => TaskError::WorkerCrashed { ctx, exit },
+            Outcome::Cancelled { reason } => TaskError::Cancelled { ctx, reason },
+            Outcome::Lost { reason } => TaskError::Lost { ctx, reason },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(stderr_tail: &str) -> TaskContext {
+        TaskContext {
+            id: 7,
+            task: "f2".into(),
+            worker: Some(WorkerInfo { pid: 4242, host: None }),
+            stderr_tail: stderr_tail.into(),
+        }
+    }
+
+    #[test]
+    fn messages_name_the_task_the_worker_and_the_cause() {
+        let e = TaskError::from_outcome(
+            Outcome::WorkerCrashed { exit: ExitReason::Signal(11) },
+            ctx("about to crash"),
+            "fn f2() -> ()",
+        )
+        .expect_err("a crash");
+        let text = e.to_string();
+        for part in ["task 7 `f2`", "pid 4242", "SIGSEGV", "about to crash"] {
+            assert!(text.contains(part), "`{part}` missing from: {text}");
+        }
+
+        let e = TaskError::from_outcome(
+            Outcome::SignatureMismatch { worker_signature: "fn f2(u8) -> ()".into() },
+            ctx(""),
+            "fn f2() -> ()",
+        )
+        .expect_err("a mismatch");
+        assert!(e.to_string().contains("`fn f2() -> ()`, but the worker has `fn f2(u8) -> ()`"));
+        assert_eq!(e.context().id, 7);
+    }
+
+    #[test]
+    fn each_outcome_maps_to_its_own_variant() {
+        let cases = [
+            (Outcome::Returned { message: "m".into() }, "Returned"),
+            (Outcome::Panicked { message: "m".into(), location: None }, "Panicked"),
+            (Outcome::TimedOut { timeout_ms: 5 }, "TimedOut"),
+            (Outcome::WorkerCrashed { exit: ExitReason::Code(3) }, "WorkerCrashed"),
+            (Outcome::UnknownTask, "UnknownTask"),
+            (Outcome::SignatureMismatch { worker_signature: "s".into() }, "SignatureMismatch"),
+            (Outcome::BadArguments { message: "m".into() }, "Decode"),
+            (Outcome::Cancelled { reason: "r".into() }, "Cancelled"),
+            (Outcome::Lost { reason: "r".into() }, "Lost"),
+        ];
+        for (outcome, variant) in cases {
+            let e = TaskError::from_outcome(outcome, ctx(""), "sig").expect_err("an error");
+            assert!(format!("{e:?}").starts_with(variant), "{e:?} is not {variant}");
+        }
+        let v = TaskError::from_outcome(Outcome::Value(Bytes::from("x")), ctx(""), "sig");
+        assert_eq!(v, Ok(Bytes::from("x")));
+    }
+}

@@ -1,0 +1,257 @@
+//! A pool of worker processes that survives whatever its tasks do.
+//!
+//! [`Pool::start`] spawns N workers (see [`crate::worker`]) and waits until each has announced
+//! itself. [`Pool::submit`] queues a [`Job`]; every job ends as exactly one [`JobResult`], handed
+//! in batches to the [`ResultSink`] given at start. Panics are reported by the worker; a worker
+//! that dies is replaced at once and its running job reported `WorkerCrashed`; a job past its
+//! timeout (counted from its start on a worker) has its worker's process group killed, is
+//! reported `TimedOut`, and the worker is replaced. Jobs a dead worker had received but not
+//! started go back to the front of the queue.
+//!
+//! Inside, one scheduler task owns all state ([`scheduler`]); each worker has a supervisor task
+//! reading its socket and reaping it, and a writer task ([`process`]). The pool runs on any
+//! tokio runtime with I/O and time enabled; the multicore dispatcher gives it a runtime thread
+//! of its own, a client agent shares its runtime.
+//!
+//! Scheduling: jobs go to idle workers first. A busy worker is given more (up to
+//! [`PoolConfig::prefetch`]) only while the jobs involved are known to be short (a running
+//! average under [`SHORT_TASK`]), so that tiny tasks stream without gaps while a slow task never
+//! holds up work that another worker could start.
+
+mod process;
+mod scheduler;
+mod status;
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blitzen_protocol::{Captured, ExitReason, Outcome};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::registry::{self, RegistryError};
+
+pub use status::{PoolStatus, StatusSnapshot};
+
+/// Tasks whose running average is below this are prefetched to busy workers.
+pub const SHORT_TASK: Duration = Duration::from_millis(1);
+
+/// How a pool is set up.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Worker processes kept alive.
+    pub workers: usize,
+    /// Extra short jobs a busy worker may hold beyond the one it runs.
+    pub prefetch: usize,
+    /// How long a new worker has to announce itself before it is killed.
+    pub startup_timeout: Duration,
+    /// Consecutive replacement workers that may fail to start before the pool gives up and
+    /// fails every job with `Lost` (a crash loop helps nobody).
+    pub max_start_failures: u32,
+    /// The binary run as a worker; it must call `worker_main()` first thing in `main`.
+    pub program: PathBuf,
+}
+
+impl PoolConfig {
+    /// `workers` workers running this very binary, with the default settings.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers,
+            prefetch: 2,
+            startup_timeout: Duration::from_secs(30),
+            max_start_failures: 5,
+            program: PathBuf::from("/proc/self/exe"),
+        }
+    }
+}
+
+/// One task for the pool.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Chosen by the submitter; echoed in the [`JobResult`].
+    pub id: u64,
+    /// Registered task name.
+    pub name: Cow<'static, str>,
+    /// Fingerprint of the submitter's signature of the task.
+    pub fingerprint: u64,
+    /// MessagePack-encoded arguments.
+    pub args: Bytes,
+    /// Limit on the run time, counted from the start on a worker.
+    pub timeout: Option<Duration>,
+}
+
+/// How a [`Job`] ended.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// [`Job::id`].
+    pub id: u64,
+    /// The worker that ran it, if it reached one.
+    pub worker: Option<u32>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Its captured standard output.
+    pub stdout: Captured,
+    /// Its captured standard error.
+    pub stderr: Captured,
+    /// Its run time on the worker (zero if it never ran).
+    pub elapsed: Duration,
+}
+
+impl JobResult {
+    /// A job that ends without reaching a worker.
+    pub fn unstarted(id: u64, outcome: Outcome) -> Self {
+        Self {
+            id,
+            worker: None,
+            outcome,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+/// Receives finished jobs, in batches, on the pool's runtime. It must not block for long.
+pub type ResultSink = Box<dyn FnMut(Vec<JobResult>) + Send>;
+
+/// The pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Asked for zero workers.
+    #[error("a pool needs at least one worker")]
+    NoWorkers,
+    /// The binary's task registry is invalid; fix the task definitions.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A worker process could not be created (fork/exec failed; resources may be exhausted).
+    #[error("cannot start a worker process from `{program}`: {source}")]
+    Spawn {
+        /// The binary.
+        program: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A new worker died before announcing itself.
+    #[error(
+        "worker process {pid} {exit} before it was ready (does main() call \
+         blitzen::worker_main() first thing?){}",
+        stderr_block(stderr)
+    )]
+    WorkerExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: ExitReason,
+        /// The end of what it wrote to stderr.
+        stderr: String,
+    },
+    /// A new worker did not announce itself in time and was killed.
+    #[error(
+        "worker process {pid} did not become ready within {timeout:?} and was killed (does \
+         main() call blitzen::worker_main() first thing?){}",
+        stderr_block(stderr)
+    )]
+    StartupTimeout {
+        /// Its pid.
+        pid: u32,
+        /// The limit.
+        timeout: Duration,
+        /// The end of what it wrote to stderr.
+        stderr: String,
+    },
+    /// The pool ended before it was ready.
+    #[error("the pool stopped while starting")]
+    Stopped,
+}
+
+fn stderr_block(stderr: &str) -> String {
+    if stderr.is_empty() { String::new() } else { format!("; its stderr ends with:\n{stderr}") }
+}
+
+/// Messages from [`Pool`] handles to the scheduler.
+#[derive(Debug)]
+enum Command {
+    Submit(Job),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Queues jobs into a pool; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Submitter {
+    /// Queues a job without waiting. Returns it back if the pool has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.commands.send(Command::Submit(job)).map_err(|e| match e.0 {
+            Command::Submit(job) => job,
+            Command::Shutdown(_) => unreachable!("sent a Submit"),
+        })
+    }
+}
+
+/// A running pool. It runs until [`Pool::shutdown`], or until it and every [`Submitter`] are
+/// dropped; either way its workers are killed and reaped.
+#[derive(Debug)]
+pub struct Pool {
+    submitter: Submitter,
+    status: Arc<PoolStatus>,
+    scheduler: JoinHandle<()>,
+}
+
+impl Pool {
+    /// Starts `config.workers` workers and returns once all are ready.
+    ///
+    /// Must be called within a tokio runtime with I/O and time enabled; the pool's tasks run on
+    /// it. Cancelling this future stops the workers started so far.
+    pub async fn start(config: PoolConfig, sink: ResultSink) -> Result<Pool, PoolError> {
+        if config.workers == 0 {
+            return Err(PoolError::NoWorkers);
+        }
+        registry::global()?;
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let status = Arc::new(PoolStatus::new(config.workers));
+        let scheduler =
+            scheduler::Scheduler::start(config, sink, status.clone(), commands_rx, ready_tx)?;
+        let scheduler = tokio::spawn(scheduler.run());
+        let pool = Pool { submitter: Submitter { commands: commands_tx }, status, scheduler };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(pool),
+            Ok(Err(e)) => {
+                pool.shutdown().await;
+                Err(e)
+            }
+            Err(_) => Err(PoolError::Stopped),
+        }
+    }
+
+    /// A handle for queueing jobs from anywhere.
+    pub fn submitter(&self) -> Submitter {
+        self.submitter.clone()
+    }
+
+    /// Queues a job without waiting. Returns it back if the pool has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.submitter.submit(job)
+    }
+
+    /// Live view of the workers.
+    pub fn status(&self) -> Arc<PoolStatus> {
+        self.status.clone()
+    }
+
+    /// Ends every queued or running job as `Cancelled`, kills the workers (and their process
+    /// groups), reaps them, and returns when all are gone.
+    pub async fn shutdown(self) {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if self.submitter.commands.send(Command::Shutdown(ack_tx)).is_ok() {
+            let _ = ack_rx.await;
+        }
+        let _ = self.scheduler.await;
+    }
+}

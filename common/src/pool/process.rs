@@ -1,0 +1,173 @@
+//! Starting one worker process, and the two tasks that serve it: a supervisor that reads its
+//! answers and reaps it, and a writer that sends it jobs.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use blitzen_protocol::frame::{decode, decode_frame};
+use blitzen_protocol::{ExitReason, FromWorker, MAX_FRAME_LEN, TaskDone, WorkerReady};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::capture;
+use crate::worker::WORKER_ENV;
+
+/// Identifies one worker process: its slot in the pool and a generation unique to the pool,
+/// so that late events from a replaced worker are recognised and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WorkerId {
+    pub slot: usize,
+    pub generation: u64,
+}
+
+/// What a supervisor reports to the scheduler.
+#[derive(Debug)]
+pub(super) struct WorkerEvent {
+    pub worker: WorkerId,
+    pub kind: EventKind,
+}
+
+#[derive(Debug)]
+pub(super) enum EventKind {
+    Ready(WorkerReady),
+    /// Answers, in the order the worker sent them.
+    Done(Vec<TaskDone>),
+    /// The worker sent something that is not a valid frame; it is being killed.
+    Garbage(String),
+    /// The process is gone and reaped. Always the last event of a worker.
+    Exited(ExitReason),
+}
+
+/// A started worker process, as the scheduler holds it.
+#[derive(Debug)]
+pub(super) struct Spawned {
+    pub pid: u32,
+    /// Encoded frames to send; dropping it closes the worker's socket, which ends the worker.
+    pub frames: mpsc::UnboundedSender<Bytes>,
+    /// The worker's stdout and stderr capture files, read after a crash.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts a worker process and its supervisor and writer tasks.
+pub(super) fn spawn_worker(
+    program: &Path,
+    id: WorkerId,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> io::Result<Spawned> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let stdout = capture::new_capture_file("blitzen-worker-stdout")?;
+    let stderr = capture::new_capture_file("blitzen-worker-stderr")?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env(WORKER_ENV, "1")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(stdout.try_clone()?))
+        .stderr(Stdio::from(stderr.try_clone()?))
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn()?;
+    // The command holds the worker's end of the socket: drop it, or we would never see EOF.
+    drop(command);
+    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before it was seen"))?;
+    ours.set_nonblocking(true)?;
+    let (read, write) = tokio::net::UnixStream::from_std(ours)?.into_split();
+    let (frames, outbox) = mpsc::unbounded_channel();
+    tokio::spawn(write_frames(write, outbox));
+    tokio::spawn(supervise(id, pid, child, read, events));
+    debug!(pid, slot = id.slot, "worker process started");
+    Ok(Spawned { pid, frames, stdout, stderr })
+}
+
+/// Kills a worker's whole process group (the worker and everything its tasks started).
+pub(super) fn kill_group(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    // ESRCH (already gone) is fine: the supervisor reaps whatever is left.
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+}
+
+/// Sends queued frames until the scheduler drops the sender or the worker is gone.
+async fn write_frames(mut socket: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(chunk) = outbox.recv().await {
+        if socket.write_all(&chunk).await.is_err() {
+            // The worker died; its supervisor reports that.
+            return;
+        }
+    }
+    // Dropping the write half shuts the socket down for writing: the worker sees EOF and exits.
+}
+
+/// Reads the worker's frames until its socket closes, then makes sure the whole process group
+/// is dead, reaps the worker and reports how it ended.
+async fn supervise(
+    id: WorkerId,
+    pid: u32,
+    mut child: tokio::process::Child,
+    mut socket: OwnedReadHalf,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) {
+    let send = |kind| {
+        // The scheduler outlives its supervisors; if it is gone, nobody needs the news.
+        let _ = events.send(WorkerEvent { worker: id, kind });
+    };
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'read: loop {
+        let mut done = Vec::new();
+        loop {
+            match decode_frame(&mut buf, MAX_FRAME_LEN) {
+                Ok(Some(body)) => match decode::<FromWorker>(&body) {
+                    Ok(FromWorker::Done(d)) => done.push(d),
+                    Ok(FromWorker::Ready(ready)) => {
+                        if !done.is_empty() {
+                            send(EventKind::Done(std::mem::take(&mut done)));
+                        }
+                        send(EventKind::Ready(ready));
+                    }
+                    Err(e) => {
+                        send(EventKind::Garbage(e.to_string()));
+                        break 'read;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    send(EventKind::Garbage(e.to_string()));
+                    break 'read;
+                }
+            }
+        }
+        if !done.is_empty() {
+            send(EventKind::Done(done));
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match socket.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(pid, error = %e, "worker socket read failed");
+                break;
+            }
+        }
+    }
+    // The group id is the worker's pid, which cannot be reused before we reap it below.
+    kill_group(pid);
+    let exit = match child.wait().await {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitReason::Code(code),
+            (None, Some(signal)) => ExitReason::Signal(signal),
+            (None, None) => ExitReason::Unknown,
+        },
+        Err(e) => {
+            warn!(pid, error = %e, "cannot read a worker's exit status");
+            ExitReason::Unknown
+        }
+    };
+    send(EventKind::Exited(exit));
+}

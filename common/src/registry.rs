@@ -1,0 +1,112 @@
+//! The by-name registry of the tasks compiled into this binary.
+//!
+//! Built once, on first use, from every `#[task]` in the binary (collected with `inventory`) plus
+//! the built-in tasks. Two tasks registered under one name make the registry unusable: the
+//! error names both signatures, and every dispatcher and worker refuses to start with it.
+//!
+//! `inventory` only sees crates the linker kept: a crate of tasks that the binary never refers
+//! to is dropped. Refer to it (call one of its functions, or name one of its tasks) from `main`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use crate::builtin;
+use crate::task::TaskEntry;
+
+/// The tasks of this binary, by name.
+#[derive(Debug)]
+pub struct Registry {
+    by_name: HashMap<&'static str, &'static TaskEntry>,
+}
+
+/// The registry could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// Two tasks share a name. Rename one with `#[task(name = "...")]`.
+    #[error(
+        "two tasks are registered under the name `{name}`: `{first}` and `{second}`; \
+         rename one with #[task(name = \"...\")]"
+    )]
+    DuplicateName {
+        /// The shared name.
+        name: &'static str,
+        /// One signature.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+}
+
+impl Registry {
+    /// Builds a registry from entries, refusing duplicate names.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = &'static TaskEntry>,
+    ) -> Result<Self, RegistryError> {
+        let mut by_name = HashMap::new();
+        for entry in entries {
+            if let Some(first) = by_name.insert(entry.name, entry) {
+                return Err(RegistryError::DuplicateName {
+                    name: entry.name,
+                    first: first.signature,
+                    second: entry.signature,
+                });
+            }
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The task registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&'static TaskEntry> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every registered task, sorted by name.
+    pub fn entries(&self) -> Vec<&'static TaskEntry> {
+        let mut all: Vec<_> = self.by_name.values().copied().collect();
+        all.sort_by_key(|e| e.name);
+        all
+    }
+}
+
+/// The registry of this binary: every `#[task]` it links, and the built-in tasks.
+pub fn global() -> Result<&'static Registry, RegistryError> {
+    static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            Registry::from_entries(builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blitzen_protocol::Outcome;
+
+    fn nothing(_: &[u8]) -> Outcome {
+        Outcome::UnknownTask
+    }
+
+    static A: TaskEntry = TaskEntry { name: "a", signature: "fn a() -> ()", fingerprint: 1, invoke: nothing };
+    static A2: TaskEntry = TaskEntry { name: "a", signature: "fn a(u8) -> ()", fingerprint: 2, invoke: nothing };
+    static B: TaskEntry = TaskEntry { name: "b", signature: "fn b() -> ()", fingerprint: 3, invoke: nothing };
+
+    #[test]
+    fn duplicate_names_are_refused_with_both_signatures() {
+        let err = Registry::from_entries([&A, &B, &A2]).expect_err("duplicate");
+        let text = err.to_string();
+        assert!(text.contains("fn a() -> ()") && text.contains("fn a(u8) -> ()"), "{text}");
+    }
+
+    #[test]
+    fn global_registry_holds_the_builtins() {
+        let reg = global().expect("no duplicates");
+        for name in ["sleep", "echo", "command"] {
+            assert!(reg.get(name).is_some(), "built-in `{name}` missing");
+        }
+        let reg = Registry::from_entries([&A, &B]).expect("distinct");
+        assert_eq!(reg.entries().iter().map(|e| e.name).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(reg.get("c").is_none());
+    }
+}

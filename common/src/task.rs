@@ -1,0 +1,130 @@
+//! The task model: what a `#[task]` function becomes.
+//!
+//! A task is a plain Rust function compiled into both the submitting program and the worker
+//! binary, called by name with MessagePack-encoded arguments. The `#[task]` attribute generates,
+//! for each function, a zero-sized handle type implementing [`Task`] and a [`TaskEntry`] in the
+//! global registry (see [`crate::registry`]).
+
+use std::fmt::Display;
+
+use blitzen_protocol::Outcome;
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The typed handle of a task, implemented by `#[task]`; the dispatchers' `run` takes one.
+pub trait Task: Copy + Send + Sync + 'static {
+    /// The argument type: `()` for no argument, the type itself for one, a tuple for several.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// What the task produces (the `T` of `Result<T, E>` for a fallible task).
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The name the task is registered and called under.
+    const NAME: &'static str;
+    /// The signature as written, e.g. `fn square(u64) -> u64`, for error messages.
+    const SIGNATURE: &'static str;
+    /// [`fingerprint`] of [`Task::SIGNATURE`]: a worker refuses a call whose fingerprint differs
+    /// from its own, so that two binaries built from different definitions never exchange
+    /// garbage.
+    const FINGERPRINT: u64;
+}
+
+/// One registered task, as seen by a worker process.
+#[derive(Debug)]
+pub struct TaskEntry {
+    /// The registered name.
+    pub name: &'static str,
+    /// The signature as written.
+    pub signature: &'static str,
+    /// [`fingerprint`] of the signature.
+    pub fingerprint: u64,
+    /// Decodes the arguments, calls the function and encodes its result. Panics propagate to the
+    /// caller, which catches them.
+    pub invoke: fn(&[u8]) -> Outcome,
+}
+
+inventory::collect!(TaskEntry);
+
+/// FNV-1a hash of a signature: stable across builds, compilers and platforms.
+pub const fn fingerprint(signature: &str) -> u64 {
+    let bytes = signature.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// Encodes task arguments or outputs: MessagePack with named fields.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
+    blitzen_protocol::frame::to_body(value).map(Bytes::from)
+}
+
+/// Decodes task arguments or outputs.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Runs an infallible task function on encoded arguments (used by `#[task]`).
+pub fn invoke_value<A, O, F>(args: &[u8], f: F) -> Outcome
+where
+    A: DeserializeOwned,
+    O: Serialize,
+    F: FnOnce(A) -> O,
+{
+    match decode_value::<A>(args) {
+        Ok(args) => encode_output(&f(args)),
+        Err(e) => Outcome::BadArguments { message: e.to_string() },
+    }
+}
+
+/// Runs a fallible task function on encoded arguments (used by `#[task]`).
+pub fn invoke_fallible<A, O, E, F>(args: &[u8], f: F) -> Outcome
+where
+    A: DeserializeOwned,
+    O: Serialize,
+    E: Display,
+    F: FnOnce(A) -> Result<O, E>,
+{
+    match decode_value::<A>(args) {
+        Ok(args) => match f(args) {
+            Ok(out) => encode_output(&out),
+            Err(e) => Outcome::Returned { message: format!("{e:#}") },
+        },
+        Err(e) => Outcome::BadArguments { message: e.to_string() },
+    }
+}
+
+fn encode_output<O: Serialize>(out: &O) -> Outcome {
+    match encode_value(out) {
+        Ok(bytes) => Outcome::Value(bytes),
+        Err(e) => Outcome::BadOutput { message: e.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_fnv1a() {
+        assert_eq!(fingerprint(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fingerprint("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(fingerprint("fn f(u64) -> u64"), fingerprint("fn f(u32) -> u64"));
+    }
+
+    #[test]
+    fn invoke_maps_each_way_a_call_can_end() {
+        let args = encode_value(&(3u64, 4u64)).expect("encodes");
+        let sum = invoke_value::<(u64, u64), _, _>(&args, |(a, b)| a + b);
+        let Outcome::Value(v) = sum else { panic!("expected a value, got {sum:?}") };
+        assert_eq!(decode_value::<u64>(&v).expect("decodes"), 7);
+
+        let err = invoke_fallible::<(u64, u64), u64, _, _>(&args, |_| Err("nope"));
+        assert_eq!(err, Outcome::Returned { message: "nope".into() });
+
+        let bad = invoke_value::<String, _, _>(&args, |s| s);
+        assert!(matches!(bad, Outcome::BadArguments { .. }), "{bad:?}");
+    }
+}

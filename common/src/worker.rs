@@ -1,0 +1,193 @@
+//! The worker process: what a program becomes when a pool re-executes it.
+//!
+//! A pool starts a worker by running its own binary (`/proc/self/exe`) with [`WORKER_ENV`] set.
+//! The program's `main` calls [`worker_main`] first thing; in a worker that call never returns.
+//!
+//! Descriptors, as the pool sets them up:
+//! - fd 0 is one end of a Unix socket pair carrying frames both ways. The worker moves it to a
+//!   private descriptor and puts `/dev/null` on fd 0, so a task that reads stdin reads nothing
+//!   and a task that prints cannot touch the frames.
+//! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
+//!
+//! Two threads: a reader that decodes [`ToWorker`] frames as they arrive, and the main thread,
+//! which runs tasks one at a time and writes each [`TaskDone`] as soon as the task ends. When the
+//! socket reaches end-of-file — the pool closed it, or the parent died, even mid-task — the
+//! reader kills the worker's whole process group, which takes any program a task started along.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, PanicHookInfo};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use blitzen_protocol::frame::{decode, encode};
+use blitzen_protocol::{
+    FrameReader, FromWorker, MAX_FRAME_LEN, Outcome, RunTask, TaskDone, ToWorker,
+    WORKER_PROTOCOL_VERSION, WorkerReady,
+};
+use bytes::BytesMut;
+
+use crate::capture::{self, CAPTURE_LIMIT};
+use crate::registry::{self, Registry};
+
+/// Set in the environment of a worker process, by the pool that starts it.
+pub const WORKER_ENV: &str = "BLITZEN_WORKER";
+
+/// The exit code of a worker that could not set itself up.
+const SETUP_FAILED: i32 = 70;
+
+/// Runs the worker loop if this process was started as a worker; returns at once otherwise.
+///
+/// Call it first thing in `main` of every program that creates a dispatcher or runs a client
+/// agent — it is the `if __name__ == '__main__'` guard of Blitzen. In a worker it never returns.
+pub fn worker_main() {
+    if std::env::var_os(WORKER_ENV).is_none() {
+        return;
+    }
+    // Programs that tasks start must not mistake themselves for workers.
+    // SAFETY: called at the top of `main`, before the program has started any thread, so no
+    // other thread can be reading the environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var(WORKER_ENV);
+    }
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("blitzen worker {}: {e}", std::process::id());
+            SETUP_FAILED
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Whether this process was started as a worker and has not entered [`worker_main`] (which
+/// means `main` forgot to call it).
+pub fn is_unentered_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some()
+}
+
+fn run() -> io::Result<()> {
+    let channel = io::stdin().as_fd().try_clone_to_owned()?;
+    let devnull = File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&devnull)?;
+    drop(devnull);
+    install_panic_hook();
+    let registry = registry::global().map_err(io::Error::other)?;
+
+    let mut writer = UnixStream::from(channel);
+    let reader = writer.try_clone()?;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let ready = FromWorker::Ready(WorkerReady {
+        pid: std::process::id(),
+        version: WORKER_PROTOCOL_VERSION,
+    });
+    encode(&ready, &mut out).map_err(io::Error::other)?;
+    writer.write_all(&out)?;
+
+    let (tasks_tx, tasks_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("blitzen-worker-reader".into())
+        .spawn(move || read_tasks(reader, tasks_tx))?;
+
+    for task in tasks_rx {
+        let msg = FromWorker::Done(execute(registry, task));
+        out.clear();
+        if let Err(e) = encode(&msg, &mut out) {
+            // The value is too large for a frame: report that instead of the value.
+            let FromWorker::Done(done) = msg else { unreachable!("built as Done above") };
+            let message = format!("the task's result cannot be sent: {e}");
+            let fallback = TaskDone { outcome: Outcome::BadOutput { message }, ..done };
+            out.clear();
+            encode(&FromWorker::Done(fallback), &mut out).map_err(io::Error::other)?;
+        }
+        writer.write_all(&out)?;
+    }
+    Ok(())
+}
+
+/// Decodes tasks off the socket until it closes, then ends the worker and its process group.
+fn read_tasks(socket: UnixStream, tasks: mpsc::Sender<RunTask>) {
+    let mut frames = FrameReader::new(socket, MAX_FRAME_LEN);
+    loop {
+        match frames.read_frame() {
+            Ok(Some(body)) => match decode::<ToWorker>(&body) {
+                Ok(ToWorker::Run(task)) => {
+                    if tasks.send(task).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("blitzen worker {}: bad frame from the pool: {e}", std::process::id());
+                    break;
+                }
+            },
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("blitzen worker {}: reading from the pool: {e}", std::process::id());
+                break;
+            }
+        }
+    }
+    // The pool is gone or wants us gone: take every process a task started with us.
+    let _ = rustix::process::kill_current_process_group(rustix::process::Signal::KILL);
+    std::process::exit(0);
+}
+
+/// Runs one task and collects its outcome and output.
+fn execute(registry: &Registry, task: RunTask) -> TaskDone {
+    let started = Instant::now();
+    let outcome = match registry.get(&task.name) {
+        None => Outcome::UnknownTask,
+        Some(entry) if entry.fingerprint != task.fingerprint => {
+            Outcome::SignatureMismatch { worker_signature: entry.signature.to_string() }
+        }
+        Some(entry) => {
+            LAST_PANIC.with(|p| p.borrow_mut().take());
+            match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.invoke)(&task.args))) {
+                Ok(outcome) => outcome,
+                Err(payload) => {
+                    let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+                    let (message, location) = recorded.unwrap_or_else(|| {
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic with a non-string payload".into());
+                        (message, None)
+                    });
+                    Outcome::Panicked { message, location }
+                }
+            }
+        }
+    };
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    let stdout = capture::take(io::stdout().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    let stderr = capture::take(io::stderr().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    TaskDone { id: task.id, outcome, stdout, stderr, elapsed_us }
+}
+
+thread_local! {
+    /// The message and location of the last panic on this thread, recorded by the panic hook.
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+}
+
+/// Records each panic's message and location, then lets the default hook print it to the
+/// task's stderr as usual.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+        let message = info
+            .payload_as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| "a panic with a non-string payload".into());
+        let location = info.location().map(|l| l.to_string());
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+        default(info);
+    }));
+}
