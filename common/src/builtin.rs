@@ -160,9 +160,8 @@ pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
             let _ = pipe.write_all(&input);
         })
     });
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("cannot wait for `{}`: {e}", spec.program))?;
+    let output =
+        child.wait_with_output().map_err(|e| format!("cannot wait for `{}`: {e}", spec.program))?;
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }

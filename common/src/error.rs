@@ -82,14 +82,15 @@ impl fmt::Display for DecodeTarget {
     }
 }
 
-/// Why a task produced no value. Every variant carries a [`TaskContext`].
+/// Why a task produced no value. Every variant carries a [`TaskContext`] (boxed, to keep
+/// `Result<T, TaskError>` small).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum TaskError {
     /// The task function returned `Err`. A retry helps only if the cause was transient.
     #[error("{ctx}: returned an error: {message}{}", ctx.stderr_suffix())]
     Returned {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// The error's `Display` text.
         message: String,
     },
@@ -101,7 +102,7 @@ pub enum TaskError {
     )]
     Panicked {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// The panic message.
         message: String,
         /// `file:line:column`, when known.
@@ -117,7 +118,7 @@ pub enum TaskError {
     )]
     TimedOut {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// The timeout in force.
         timeout: Duration,
     },
@@ -127,7 +128,7 @@ pub enum TaskError {
     #[error("{ctx}: the worker process died: {exit}{}", ctx.stderr_suffix())]
     WorkerCrashed {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// How the worker died.
         exit: ExitReason,
     },
@@ -136,7 +137,7 @@ pub enum TaskError {
     #[error("{ctx}: no task of this name is compiled into the worker binary")]
     UnknownTask {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
     },
     /// The worker has a task of this name with another signature. Retrying cannot help: build
     /// the submitter and the worker from the same task definitions.
@@ -146,7 +147,7 @@ pub enum TaskError {
     )]
     SignatureMismatch {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// The submitter's signature.
         expected: String,
         /// The worker's signature.
@@ -156,7 +157,7 @@ pub enum TaskError {
     #[error("{ctx}: cannot convert the {what}: {message}")]
     Decode {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// What failed to convert.
         what: DecodeTarget,
         /// The serializer's message.
@@ -167,7 +168,7 @@ pub enum TaskError {
     #[error("{ctx}: cancelled: {reason}")]
     Cancelled {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// Why.
         reason: String,
     },
@@ -176,7 +177,7 @@ pub enum TaskError {
     #[error("{ctx}: lost: {reason}{}", ctx.stderr_suffix())]
     Lost {
         /// Which task.
-        ctx: TaskContext,
+        ctx: Box<TaskContext>,
         /// Why.
         reason: String,
     },
@@ -206,6 +207,7 @@ impl TaskError {
         ctx: TaskContext,
         signature: &str,
     ) -> Result<Bytes, TaskError> {
+        let ctx = Box::new(ctx);
         Err(match outcome {
             Outcome::Value(bytes) => return Ok(bytes),
             Outcome::Returned { message } => TaskError::Returned { ctx, message },

@@ -73,7 +73,9 @@ pub fn global() -> Result<&'static Registry, RegistryError> {
     static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
     GLOBAL
         .get_or_init(|| {
-            Registry::from_entries(builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>))
+            Registry::from_entries(
+                builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>),
+            )
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -88,9 +90,12 @@ mod tests {
         Outcome::UnknownTask
     }
 
-    static A: TaskEntry = TaskEntry { name: "a", signature: "fn a() -> ()", fingerprint: 1, invoke: nothing };
-    static A2: TaskEntry = TaskEntry { name: "a", signature: "fn a(u8) -> ()", fingerprint: 2, invoke: nothing };
-    static B: TaskEntry = TaskEntry { name: "b", signature: "fn b() -> ()", fingerprint: 3, invoke: nothing };
+    static A: TaskEntry =
+        TaskEntry { name: "a", signature: "fn a() -> ()", fingerprint: 1, invoke: nothing };
+    static A2: TaskEntry =
+        TaskEntry { name: "a", signature: "fn a(u8) -> ()", fingerprint: 2, invoke: nothing };
+    static B: TaskEntry =
+        TaskEntry { name: "b", signature: "fn b() -> ()", fingerprint: 3, invoke: nothing };
 
     #[test]
     fn duplicate_names_are_refused_with_both_signatures() {

@@ -121,7 +121,10 @@ fn read_tasks(socket: UnixStream, tasks: mpsc::Sender<RunTask>) {
                     }
                 }
                 Err(e) => {
-                    eprintln!("blitzen worker {}: bad frame from the pool: {e}", std::process::id());
+                    eprintln!(
+                        "blitzen worker {}: bad frame from the pool: {e}",
+                        std::process::id()
+                    );
                     break;
                 }
             },

@@ -1,1 +1,42 @@
-//! placeholder
+//! Blitzen: keep every core busy with independent jobs, and survive whatever they do.
+//!
+//! - [`MulticoreDispatcher`]: a pool of worker *processes* on this machine. A panicking task is
+//!   reported, a crashing one (abort, segfault, `exit`) gets its worker replaced, a runaway one
+//!   is killed at its timeout; the pool always returns to N workers.
+//! - [`task`]: the attribute that turns a plain function into a task with a typed handle.
+//!   `dispatcher.run(square, 4)` is checked at compile time against `fn square(u64) -> u64`.
+//! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
+//! - Results: [`TaskId`], [`TaskResult`], [`TaskError`] (one variant per way a task can fail).
+//! - [`builtin`]: tasks every binary has: [`sleep`], [`echo`], [`command`] (run a program).
+//!
+//! ```no_run
+//! #[blitzen::task]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), blitzen::DispatchError> {
+//!     blitzen::worker_main();
+//!     let dispatcher = blitzen::MulticoreDispatcher::new(4)?;
+//!     let ids: Vec<_> = (0..10).map(|i| dispatcher.run(square, i)).collect();
+//!     for result in dispatcher.get_results(&ids)? {
+//!         println!("{:?}", result);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+
+mod multicore;
+mod results;
+
+pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
+pub use blitzen_common::pool::StatusSnapshot;
+pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
+pub use blitzen_macros::task;
+pub use blitzen_protocol::{Captured, ExitReason};
+pub use multicore::{MulticoreBuilder, MulticoreDispatcher};
+pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};
+
+/// What `#[task]` expansions refer to. Not a stable API.
+#[doc(hidden)]
+pub use blitzen_common::__private;

@@ -16,6 +16,6 @@ pub mod worker;
 
 pub use frame::{DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN};
 pub use worker::{
-    Captured, ExitReason, FromWorker, Outcome, RunTask, RunTaskRef, TaskDone, ToWorker, ToWorkerRef,
-    WORKER_PROTOCOL_VERSION, WorkerReady,
+    Captured, ExitReason, FromWorker, Outcome, RunTask, RunTaskRef, TaskDone, ToWorker,
+    ToWorkerRef, WORKER_PROTOCOL_VERSION, WorkerReady,
 };

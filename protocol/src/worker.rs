@@ -263,7 +263,11 @@ mod tests {
     }
 
     fn captured() -> impl Strategy<Value = Captured> {
-        (bytes(), bytes(), any::<u64>()).prop_map(|(head, tail, omitted)| Captured { head, tail, omitted })
+        (bytes(), bytes(), any::<u64>()).prop_map(|(head, tail, omitted)| Captured {
+            head,
+            tail,
+            omitted,
+        })
     }
 
     fn exit() -> impl Strategy<Value = ExitReason> {
@@ -281,7 +285,8 @@ mod tests {
             (any::<String>(), proptest::option::of(any::<String>()))
                 .prop_map(|(message, location)| Outcome::Panicked { message, location }),
             Just(Outcome::UnknownTask),
-            any::<String>().prop_map(|worker_signature| Outcome::SignatureMismatch { worker_signature }),
+            any::<String>()
+                .prop_map(|worker_signature| Outcome::SignatureMismatch { worker_signature }),
             any::<String>().prop_map(|message| Outcome::BadArguments { message }),
             any::<String>().prop_map(|message| Outcome::BadOutput { message }),
             any::<u64>().prop_map(|timeout_ms| Outcome::TimedOut { timeout_ms }),
@@ -292,13 +297,15 @@ mod tests {
     }
 
     fn to_worker() -> impl Strategy<Value = ToWorker> {
-        (any::<u64>(), any::<String>(), any::<u64>(), bytes())
-            .prop_map(|(id, name, fingerprint, args)| ToWorker::Run(RunTask { id, name, fingerprint, args }))
+        (any::<u64>(), any::<String>(), any::<u64>(), bytes()).prop_map(
+            |(id, name, fingerprint, args)| ToWorker::Run(RunTask { id, name, fingerprint, args }),
+        )
     }
 
     fn from_worker() -> impl Strategy<Value = FromWorker> {
         prop_oneof![
-            (any::<u32>(), any::<u32>()).prop_map(|(pid, version)| FromWorker::Ready(WorkerReady { pid, version })),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(pid, version)| FromWorker::Ready(WorkerReady { pid, version })),
             (any::<u64>(), outcome(), captured(), captured(), any::<u64>()).prop_map(
                 |(id, outcome, stdout, stderr, elapsed_us)| {
                     FromWorker::Done(TaskDone { id, outcome, stdout, stderr, elapsed_us })
@@ -339,8 +346,10 @@ mod tests {
     #[test]
     fn borrowed_task_encodes_like_the_owned_one() {
         let args = Bytes::from_static(b"\x93\x01\x02\x03");
-        let owned = ToWorker::Run(RunTask { id: 9, name: "sq".into(), fingerprint: 5, args: args.clone() });
-        let borrowed = ToWorkerRef::Run(RunTaskRef { id: 9, name: "sq", fingerprint: 5, args: &args });
+        let owned =
+            ToWorker::Run(RunTask { id: 9, name: "sq".into(), fingerprint: 5, args: args.clone() });
+        let borrowed =
+            ToWorkerRef::Run(RunTaskRef { id: 9, name: "sq", fingerprint: 5, args: &args });
         let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
         encode(&owned, &mut a).expect("encodes");
         encode(&borrowed, &mut b).expect("encodes");

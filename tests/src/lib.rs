@@ -1,1 +1,85 @@
-//! placeholder
+//! Helpers for Blitzen's end-to-end tests, which run against real processes.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Sends SIGKILL to one process.
+pub fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// A rendezvous where a task running in a worker reports numbers (pids) to the test, so the test
+/// waits for a notification instead of polling.
+#[derive(Debug)]
+pub struct Reports {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Reports {
+    /// A new rendezvous under the temporary directory.
+    pub fn new() -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "blitzen-test-{}-{}.sock",
+            std::process::id(),
+            fastrand_name()
+        ));
+        let listener = UnixListener::bind(&path)?;
+        Ok(Self { listener, path })
+    }
+
+    /// The address to hand to the task.
+    pub fn address(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Waits (at most `timeout`) for one report and returns its numbers.
+    pub fn receive(&self, timeout: Duration) -> std::io::Result<Vec<u32>> {
+        let (mut stream, _) = self.listener.accept()?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        text.split_whitespace()
+            .map(|n| n.parse().map_err(|e| std::io::Error::other(format!("bad report {n:?}: {e}"))))
+            .collect()
+    }
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Called inside a task: sends numbers to the test's [`Reports`].
+pub fn report(address: &str, numbers: &[u32]) -> std::io::Result<()> {
+    let mut stream = UnixStream::connect(address)?;
+    let text: Vec<String> = numbers.iter().map(u32::to_string).collect();
+    stream.write_all(text.join(" ").as_bytes())
+}
+
+fn fastrand_name() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (NEXT.fetch_add(1, Ordering::Relaxed) << 32) | nanos
+}

@@ -1,1 +1,486 @@
-fn main() {}
+//! End-to-end tests of `MulticoreDispatcher` on real worker processes.
+//!
+//! The workers are this test binary re-executed, so `main` calls `blitzen::worker_main()` before
+//! handing over to the test harness.
+
+use std::time::{Duration, Instant};
+
+use blitzen::{
+    CommandSpec, DispatchError, ExitReason, Fetch, MulticoreDispatcher, Task, TaskError, command,
+    echo,
+};
+use blitzen_tests::{Reports, is_alive, kill, report};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_bytes::ByteBuf;
+
+// ----- tasks -----
+
+#[blitzen::task]
+fn identity(x: u64) -> u64 {
+    x
+}
+
+#[blitzen::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[blitzen::task]
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[blitzen::task]
+fn explode(message: String) -> u64 {
+    panic!("{message}")
+}
+
+#[blitzen::task]
+fn refuse(message: String) -> Result<u64, String> {
+    Err(message)
+}
+
+#[blitzen::task]
+fn abort_now() {
+    eprintln!("about to abort");
+    std::process::abort()
+}
+
+#[blitzen::task]
+fn exit_with(code: i32) {
+    eprintln!("exiting with {code}");
+    std::process::exit(code)
+}
+
+#[blitzen::task]
+fn segfault() {
+    eprintln!("about to dereference null");
+    // SAFETY: none — this task exists to crash its worker with a real segmentation fault.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::null_mut::<u8>().write_volatile(1);
+    }
+}
+
+/// Reports its worker's pid, then sleeps.
+#[blitzen::task]
+fn report_and_sleep(address: String, seconds: u64) -> Result<(), String> {
+    report(&address, &[std::process::id()]).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    Ok(())
+}
+
+/// Starts a child process, reports its worker's pid and the child's, then sleeps.
+#[blitzen::task]
+fn spawn_child_and_hang(address: String) -> Result<(), String> {
+    let child =
+        std::process::Command::new("sleep").arg("1000").spawn().map_err(|e| e.to_string())?;
+    report(&address, &[std::process::id(), child.id()]).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(1000));
+    Ok(())
+}
+
+/// Prints `bytes` bytes of numbered lines to stdout, then returns a value.
+#[blitzen::task]
+fn chatter(bytes: usize) -> u64 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut written = 0;
+    let mut line = 0u64;
+    while written < bytes {
+        let text = format!("line {line:09}\n");
+        let _ = out.write_all(text.as_bytes());
+        written += text.len();
+        line += 1;
+    }
+    line
+}
+
+/// Reverses a byte buffer.
+#[blitzen::task]
+fn reverse(data: ByteBuf) -> ByteBuf {
+    let mut v = data.into_vec();
+    v.reverse();
+    ByteBuf::from(v)
+}
+
+/// A handle to a task no worker has.
+#[derive(Clone, Copy)]
+struct Missing;
+impl Task for Missing {
+    type Args = ();
+    type Output = ();
+    const NAME: &'static str = "no_such_task";
+    const SIGNATURE: &'static str = "fn no_such_task() -> ()";
+    const FINGERPRINT: u64 = 1;
+}
+
+/// A handle to `identity` as another build would see it.
+#[derive(Clone, Copy)]
+struct IdentityV2;
+impl Task for IdentityV2 {
+    type Args = String;
+    type Output = String;
+    const NAME: &'static str = "identity";
+    const SIGNATURE: &'static str = "fn identity(String) -> String";
+    const FINGERPRINT: u64 = blitzen::__private::fingerprint("fn identity(String) -> String");
+}
+
+// ----- helpers -----
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn dispatcher(workers: usize) -> Result<MulticoreDispatcher, Failed> {
+    MulticoreDispatcher::new(workers).map_err(|e| Failed::from(format!("cannot start: {e}")))
+}
+
+fn one<O: serde::de::DeserializeOwned>(
+    d: &MulticoreDispatcher,
+    id: blitzen::TaskId<O>,
+) -> Result<Result<O, TaskError>, Failed> {
+    let mut r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    r.pop().ok_or_else(|| Failed::from("no result"))
+}
+
+fn fail(e: impl std::fmt::Display) -> Failed {
+    Failed::from(e.to_string())
+}
+
+fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
+}
+
+/// Waits until the pool is back to `n` ready workers, none of them `dead`.
+fn back_to_full_strength(d: &MulticoreDispatcher, n: usize, dead: u32) -> Result<(), Failed> {
+    let pids = d.wait_for_workers(WAIT).ok_or("the pool did not recover")?;
+    check(pids.len() == n, format!("{} workers instead of {n}", pids.len()))?;
+    check(!pids.contains(&dead), format!("dead worker {dead} still listed"))?;
+    check(pids.iter().all(|&p| is_alive(p)), format!("a listed worker is not alive: {pids:?}"))
+}
+
+// ----- failures of a task -----
+
+fn panic_is_reported_and_the_worker_survives() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let before = d.wait_for_workers(WAIT).ok_or("not ready")?;
+    let id = d.run(explode, "kaboom".into());
+    let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?.remove(0);
+    match r.decode_as(explode) {
+        Err(TaskError::Panicked { message, location, .. }) => {
+            check(message == "kaboom", format!("message {message:?}"))?;
+            let location = location.unwrap_or_default();
+            check(location.contains("multicore.rs"), format!("location {location:?}"))?;
+            // The standard panic report went to the task's captured stderr.
+            let stderr = r.stderr.to_text();
+            check(
+                stderr.contains("panicked at") && stderr.contains("kaboom"),
+                format!("stderr {stderr:?}"),
+            )?;
+        }
+        other => return Err(format!("expected a panic, got {other:?}").into()),
+    }
+    check(d.status().ready_pids == before, "a panic must not cost a worker")?;
+    check(one(&d, d.run(add, (2, 3)))?.map_err(fail)? == 5, "the pool still works")
+}
+
+fn returned_error_is_reported() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    match one(&d, d.run(refuse, "no thanks".into()))? {
+        Err(e @ TaskError::Returned { .. }) => {
+            check(e.to_string().contains("no thanks"), format!("{e}"))?;
+            check(e.to_string().contains("`refuse`"), format!("{e}"))
+        }
+        other => Err(format!("expected Returned, got {other:?}").into()),
+    }
+}
+
+fn crash(
+    task: impl Fn(&MulticoreDispatcher) -> blitzen::TaskId<()>,
+    expect: ExitReason,
+    stderr: &str,
+) -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    d.wait_for_workers(WAIT).ok_or("not ready")?;
+    match one(&d, task(&d))? {
+        Err(TaskError::WorkerCrashed { exit, ctx }) => {
+            check(exit == expect, format!("exit {exit:?}, expected {expect:?}"))?;
+            check(ctx.stderr_tail.contains(stderr), format!("stderr tail {:?}", ctx.stderr_tail))?;
+            let pid = ctx.worker.ok_or("no worker in the error")?.pid;
+            back_to_full_strength(&d, 2, pid)?;
+        }
+        other => return Err(format!("expected a crash, got {other:?}").into()),
+    }
+    check(one(&d, d.run(add, (1, 1)))?.map_err(fail)? == 2, "the pool still works")
+}
+
+fn abort_is_a_crash_with_sigabrt() -> Result<(), Failed> {
+    crash(|d| d.run(abort_now, ()), ExitReason::Signal(6), "about to abort")
+}
+
+fn exit_is_a_crash_with_its_code() -> Result<(), Failed> {
+    crash(|d| d.run(exit_with, 3), ExitReason::Code(3), "exiting with 3")
+}
+
+fn segfault_is_a_crash_with_sigsegv() -> Result<(), Failed> {
+    crash(|d| d.run(segfault, ()), ExitReason::Signal(11), "about to dereference null")
+}
+
+fn worker_killed_from_outside_is_replaced() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let reports = Reports::new().map_err(fail)?;
+    let id = d.run(report_and_sleep, (reports.address(), 60));
+    let pid = reports.receive(WAIT).map_err(fail)?[0];
+    kill(pid);
+    match one(&d, id)? {
+        Err(TaskError::WorkerCrashed { exit: ExitReason::Signal(9), ctx }) => {
+            check(ctx.worker.map(|w| w.pid) == Some(pid), "the error names the killed worker")?;
+        }
+        other => return Err(format!("expected SIGKILL, got {other:?}").into()),
+    }
+    back_to_full_strength(&d, 2, pid)?;
+    check(d.status().replacements == 1, format!("replacements {}", d.status().replacements))
+}
+
+fn timeout_kills_the_worker_and_its_children() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let reports = Reports::new().map_err(fail)?;
+    let id = d.run_with_timeout(spawn_child_and_hang, reports.address(), Duration::from_secs(1));
+    let pids = reports.receive(WAIT).map_err(fail)?;
+    let (worker, child) = (pids[0], pids[1]);
+    check(is_alive(child), "the child runs while the task does")?;
+    match one(&d, id)? {
+        Err(TaskError::TimedOut { timeout, ctx }) => {
+            check(timeout == Duration::from_secs(1), format!("timeout {timeout:?}"))?;
+            check(ctx.worker.map(|w| w.pid) == Some(worker), "the error names the worker")?;
+        }
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    back_to_full_strength(&d, 2, worker)?;
+    check(!is_alive(worker), format!("worker {worker} survived its timeout"))?;
+    // The child was killed with the group; it may linger a moment as a zombie of init.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(child) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(!is_alive(child), format!("child {child} of the timed-out task survived"))
+}
+
+fn timeout_counts_from_the_start_not_the_queue() -> Result<(), Failed> {
+    // One worker: the fast tasks wait 1.5 s behind the slow one, longer than their timeout.
+    let d = dispatcher(1)?;
+    let slow = d.run(nap_ms, 1500);
+    let fast: Vec<_> =
+        (0..3).map(|_| d.run_with_timeout(nap_ms, 100, Duration::from_secs(1))).collect();
+    check(one(&d, slow)?.map_err(fail)? == 1500, "slow task")?;
+    for r in d.get_results_with(&fast, Fetch::default().within(WAIT)).map_err(fail)? {
+        check(r.map_err(fail)? == 100, "fast task")?;
+    }
+    Ok(())
+}
+
+fn slow_task_does_not_hold_up_the_tasks_behind_it() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    // Teach the pool that `identity` is short, so it is prefetched.
+    let warm: Vec<_> = (0..50).map(|i| d.run(identity, i)).collect();
+    d.get_results_with(&warm, Fetch::default().within(WAIT)).map_err(fail)?;
+    let slow = d.run(nap_ms, 4000);
+    let quick: Vec<_> = (0..200).map(|i| d.run(identity, i)).collect();
+    let started = Instant::now();
+    let got = d.get_results_with(&quick, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(got.into_iter().map(|r| r.unwrap_or(u64::MAX)).eq(0..200), "quick results")?;
+    // Had any quick task been queued behind the slow one, this wait would have lasted ~4 s.
+    let waited = started.elapsed();
+    let still_running = matches!(
+        d.get_results_with(&[slow], Fetch::keep().within(Duration::ZERO)),
+        Err(DispatchError::WaitTimedOut { .. })
+    );
+    check(still_running, format!("quick tasks took {waited:?}: they waited for the slow one"))
+}
+
+// ----- results -----
+
+fn results_come_in_the_order_asked() -> Result<(), Failed> {
+    let d = dispatcher(4)?;
+    let ids: Vec<_> = [400, 300, 200, 100, 0].iter().map(|&ms| d.run(nap_ms, ms)).collect();
+    let got: Vec<u64> =
+        d.get_results(&ids).map_err(fail)?.into_iter().map(|r| r.unwrap_or(0)).collect();
+    check(got == [400, 300, 200, 100, 0], format!("{got:?}"))?;
+    let reversed: Vec<_> = ids.iter().rev().copied().collect();
+    check(
+        matches!(d.get_results(&reversed), Err(DispatchError::AlreadyFetched(_))),
+        "fetched twice",
+    )
+}
+
+fn clear_false_keeps_results() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let ids = [d.run(add, (1, 2)), d.run(add, (3, 4))];
+    let first = d.get_results_with(&ids, Fetch::keep()).map_err(fail)?;
+    let second = d.get_results(&ids).map_err(fail)?;
+    check(first == second && first == [Ok(3), Ok(7)], format!("{first:?} / {second:?}"))?;
+    check(matches!(d.get_results(&ids[..1]), Err(DispatchError::AlreadyFetched(1))), "cleared")
+}
+
+fn join_returns_unfetched_results_in_submission_order() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let a = d.run(nap_ms, 300);
+    let b = d.run(echo::<String>(), "hello".into());
+    let c = d.run(refuse, "bad".into());
+    let e = d.run(add, (20, 22));
+    check(one(&d, b)?.map_err(fail)? == "hello", "fetched before join")?;
+    let results = d.join();
+    let ids: Vec<u64> = results.iter().map(|r| r.id).collect();
+    check(ids == [a.seq(), c.seq(), e.seq()], format!("join order {ids:?}"))?;
+    check(results[0].decode_as(nap_ms).map_err(fail)? == 300, "first")?;
+    check(matches!(results[1].decode_as(refuse), Err(TaskError::Returned { .. })), "second")?;
+    check(results[2].decode::<u64>().map_err(fail)? == 42, "third")?;
+    // Joined means shut down: new work is cancelled at once, not lost.
+    let late = d.run(add, (1, 1));
+    check(matches!(one(&d, late)?, Err(TaskError::Cancelled { .. })), "run after join")
+}
+
+fn ten_thousand_tasks_each_return_exactly_once() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let ids: Vec<_> = (0..10_000u64).map(|i| d.run(identity, i)).collect();
+    let got = d
+        .get_results_with(&ids, Fetch::default().within(Duration::from_secs(120)))
+        .map_err(fail)?;
+    check(got.len() == 10_000, "count")?;
+    for (i, r) in got.into_iter().enumerate() {
+        check(r.map_err(fail)? == i as u64, format!("task {i}"))?;
+    }
+    check(d.pending() == 0, "nothing pending")?;
+    check(d.join().is_empty(), "nothing left to join")
+}
+
+fn large_arguments_and_results() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let data: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let id = d.run(reverse, ByteBuf::from(data.clone()));
+    let back = one(&d, id)?.map_err(fail)?.into_vec();
+    check(back.len() == data.len(), format!("length {}", back.len()))?;
+    check(back.iter().rev().eq(data.iter()), "content")
+}
+
+fn megabytes_of_stdout_are_captured_and_truncated() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let id = d.run(chatter, 5 << 20);
+    let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?.remove(0);
+    let lines = r.decode_as(chatter).map_err(fail)?;
+    check(r.stdout.is_truncated(), "5 MiB of output must be truncated")?;
+    check(
+        r.stdout.total_len() == lines * 15,
+        format!("total {} for {lines} lines", r.stdout.total_len()),
+    )?;
+    check(r.stdout.head.starts_with(b"line 000000000\n"), "head")?;
+    let last = format!("line {:09}\n", lines - 1);
+    check(r.stdout.tail.ends_with(last.as_bytes()), "tail")?;
+    check(r.stdout.to_text().contains("bytes omitted"), "marked")?;
+    // The frames survived: the next task works.
+    check(one(&d, d.run(add, (5, 5)))?.map_err(fail)? == 10, "next task")
+}
+
+fn unknown_task_and_signature_mismatch_are_clear_errors() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    check(matches!(one(&d, d.run(Missing, ()))?, Err(TaskError::UnknownTask { .. })), "unknown")?;
+    match one(&d, d.run(IdentityV2, "x".into()))? {
+        Err(e @ TaskError::SignatureMismatch { .. }) => {
+            check(e.to_string().contains("fn identity(u64) -> u64"), format!("{e}"))
+        }
+        other => Err(format!("expected a mismatch, got {other:?}").into()),
+    }
+}
+
+fn builtin_command_runs_a_program() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let spec = CommandSpec::new("sh").args(["-c", "read x; echo got $x; exit 4"]).stdin("hi\n");
+    let out = one(&d, d.run(command, spec))?.map_err(fail)?;
+    check(out.code == Some(4) && &out.stdout[..] == b"got hi\n", format!("{out:?}"))
+}
+
+fn ids_of_another_dispatcher_are_refused() -> Result<(), Failed> {
+    let a = dispatcher(1)?;
+    let b = dispatcher(1)?;
+    let id = b.run(add, (1, 1));
+    check(matches!(a.get_results(&[id]), Err(DispatchError::UnknownTask(_))), "foreign id")
+}
+
+// ----- lifecycle -----
+
+fn shutdown_leaves_no_worker_alive() -> Result<(), Failed> {
+    let d = dispatcher(3)?;
+    let pids = d.wait_for_workers(WAIT).ok_or("not ready")?;
+    let running = d.run(nap_ms, 60_000);
+    let reports = Reports::new().map_err(fail)?;
+    let _hanging = d.run(spawn_child_and_hang, reports.address());
+    let child = reports.receive(WAIT).map_err(fail)?[1];
+    d.shutdown();
+    d.shutdown();
+    for pid in pids {
+        check(!is_alive(pid), format!("worker {pid} outlived shutdown"))?;
+    }
+    check(matches!(one(&d, running)?, Err(TaskError::Cancelled { .. })), "running task cancelled")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(child) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(!is_alive(child), "a task's child outlived shutdown")
+}
+
+fn drop_stops_the_workers() -> Result<(), Failed> {
+    let pids = {
+        let d = dispatcher(2)?;
+        let _ = d.run(nap_ms, 60_000);
+        d.wait_for_workers(WAIT).ok_or("not ready")?
+    };
+    for pid in pids {
+        check(!is_alive(pid), format!("worker {pid} outlived the dispatcher"))?;
+    }
+    Ok(())
+}
+
+fn forgetting_worker_main_is_a_clear_error() -> Result<(), Failed> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blitzen-forgetful"))
+        .output()
+        .map_err(fail)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.code() == Some(2), format!("status {:?}, stderr {stderr}", out.status))?;
+    check(stderr.contains("worker_main"), format!("stderr: {stderr}"))
+}
+
+/// A test named after its function.
+macro_rules! trial {
+    ($f:ident) => {
+        Trial::test(stringify!($f), $f)
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    blitzen::worker_main();
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial!(panic_is_reported_and_the_worker_survives),
+        trial!(returned_error_is_reported),
+        trial!(abort_is_a_crash_with_sigabrt),
+        trial!(exit_is_a_crash_with_its_code),
+        trial!(segfault_is_a_crash_with_sigsegv),
+        trial!(worker_killed_from_outside_is_replaced),
+        trial!(timeout_kills_the_worker_and_its_children),
+        trial!(timeout_counts_from_the_start_not_the_queue),
+        trial!(slow_task_does_not_hold_up_the_tasks_behind_it),
+        trial!(results_come_in_the_order_asked),
+        trial!(clear_false_keeps_results),
+        trial!(join_returns_unfetched_results_in_submission_order),
+        trial!(ten_thousand_tasks_each_return_exactly_once),
+        trial!(large_arguments_and_results),
+        trial!(megabytes_of_stdout_are_captured_and_truncated),
+        trial!(unknown_task_and_signature_mismatch_are_clear_errors),
+        trial!(builtin_command_runs_a_program),
+        trial!(ids_of_another_dispatcher_are_refused),
+        trial!(shutdown_leaves_no_worker_alive),
+        trial!(drop_stops_the_workers),
+        trial!(forgetting_worker_main_is_a_clear_error),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -76,7 +76,9 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
     let mut arg_types = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, "a task cannot take self")),
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(r, "a task cannot take self"));
+            }
             FnArg::Typed(t) => arg_types.push((*t.ty).clone()),
         }
     }
@@ -203,7 +205,8 @@ fn type_text(ty: &Type) -> String {
         if c == ' ' {
             let prev = if i > 0 { chars[i - 1] } else { ' ' };
             let next = chars.get(i + 1).copied().unwrap_or(' ');
-            if matches!(prev, '<' | '(' | '[' | '&' | ':') || matches!(next, '<' | '>' | ',' | ')' | ']' | ':')
+            if matches!(prev, '<' | '(' | '[' | '&' | ':')
+                || matches!(next, '<' | '>' | ',' | ')' | ']' | ':')
             {
                 continue;
             }

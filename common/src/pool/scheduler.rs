@@ -198,8 +198,7 @@ impl Scheduler {
             if self.queue.is_empty() {
                 break;
             }
-            if matches!(&self.workers[slot], Some(w) if w.accepts_work() && w.inflight.is_empty())
-            {
+            if matches!(&self.workers[slot], Some(w) if w.accepts_work() && w.inflight.is_empty()) {
                 self.assign(slot, now);
             }
         }
@@ -288,7 +287,12 @@ impl Scheduler {
     fn on_ready(&mut self, slot: usize, pid: u32, version: u32) {
         let Some(w) = self.workers[slot].as_mut() else { return };
         if version != WORKER_PROTOCOL_VERSION {
-            error!(pid, version, expected = WORKER_PROTOCOL_VERSION, "worker speaks another protocol");
+            error!(
+                pid,
+                version,
+                expected = WORKER_PROTOCOL_VERSION,
+                "worker speaks another protocol"
+            );
             w.killed = Some(KillReason::Protocol);
             kill_group(w.process.pid);
             return;
@@ -298,10 +302,8 @@ impl Scheduler {
         debug!(pid, slot, "worker ready");
         self.publish_status();
         let all_ready = self.workers.iter().all(|w| matches!(w, Some(w) if w.ready));
-        if all_ready {
-            if let Some(startup) = self.startup.take() {
-                let _ = startup.send(Ok(()));
-            }
+        if all_ready && let Some(startup) = self.startup.take() {
+            let _ = startup.send(Ok(()));
         }
     }
 
@@ -313,7 +315,12 @@ impl Scheduler {
                 Some(job) if job.id == done.id => {}
                 other => {
                     let expected = other.map(|j| j.id);
-                    error!(pid, answered = done.id, ?expected, "worker answered out of order; killing it");
+                    error!(
+                        pid,
+                        answered = done.id,
+                        ?expected,
+                        "worker answered out of order; killing it"
+                    );
                     w.killed.get_or_insert(KillReason::Protocol);
                     kill_group(pid);
                     return;
@@ -465,9 +472,10 @@ impl Scheduler {
     fn spawn(&mut self, slot: usize) -> Result<(), PoolError> {
         let id = WorkerId { slot, generation: self.next_generation };
         self.next_generation += 1;
-        let process = spawn_worker(&self.config.program, id, self.events_tx.clone()).map_err(
-            |source| PoolError::Spawn { program: self.config.program.display().to_string(), source },
-        )?;
+        let process =
+            spawn_worker(&self.config.program, id, self.events_tx.clone()).map_err(|source| {
+                PoolError::Spawn { program: self.config.program.display().to_string(), source }
+            })?;
         self.workers[slot] = Some(Worker {
             id,
             process,

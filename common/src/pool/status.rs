@@ -56,11 +56,8 @@ impl PoolStatus {
                 return Some(state.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state =
+                self.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 

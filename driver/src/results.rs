@@ -1,0 +1,478 @@
+//! Task ids, results, and the table of results a dispatcher keeps until they are fetched.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
+use blitzen_common::pool::JobResult;
+use blitzen_common::task::decode_value;
+use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo};
+use blitzen_protocol::{Captured, Outcome};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+/// The type parameter of an id whose output type is not tracked ([`TaskId::untyped`]).
+#[derive(Debug)]
+pub enum Untyped {}
+
+/// The id of a submitted task, typed by the task's output so that
+/// [`get_results`](crate::MulticoreDispatcher::get_results) returns values of that type. Ids of
+/// different task types mix in one call after [`TaskId::untyped`].
+pub struct TaskId<O = Untyped> {
+    /// Which dispatcher issued it, so an id is never looked up in another dispatcher.
+    origin: u32,
+    seq: u64,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> TaskId<O> {
+    pub(crate) fn new(origin: u32, seq: u64) -> Self {
+        Self { origin, seq, _output: PhantomData }
+    }
+
+    /// The number of the task within its dispatcher: 1, 2, 3… in submission order.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The same id without its output type.
+    pub fn untyped(self) -> TaskId {
+        TaskId::new(self.origin, self.seq)
+    }
+}
+
+impl<O> Clone for TaskId<O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<O> Copy for TaskId<O> {}
+impl<O> PartialEq for TaskId<O> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.origin, self.seq) == (other.origin, other.seq)
+    }
+}
+impl<O> Eq for TaskId<O> {}
+impl<O> Hash for TaskId<O> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.origin, self.seq).hash(state);
+    }
+}
+impl<O> fmt::Debug for TaskId<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskId({})", self.seq)
+    }
+}
+impl<O> fmt::Display for TaskId<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.seq)
+    }
+}
+
+/// Options of one submission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Limit on the task's run time, counted from its start on a worker (never queue time).
+    /// Overrides the dispatcher's default.
+    pub timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Options with a timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self { timeout: Some(timeout) }
+    }
+}
+
+/// How to fetch results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    /// Remove the results from the dispatcher (the default). With `false` they stay and can be
+    /// fetched again.
+    pub clear: bool,
+    /// Give up waiting after this long with [`DispatchError::WaitTimedOut`]; the results stay.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Self { clear: true, timeout: None }
+    }
+}
+
+impl Fetch {
+    /// Fetch and keep the results in the dispatcher (`clear = false`).
+    pub fn keep() -> Self {
+        Self { clear: false, timeout: None }
+    }
+
+    /// The same, waiting at most `timeout`.
+    pub fn within(self, timeout: Duration) -> Self {
+        Self { timeout: Some(timeout), ..self }
+    }
+}
+
+/// A dispatcher call that could not be served. Task failures are not these: they are
+/// [`TaskError`]s inside the results.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The id was not issued by this dispatcher. A retry cannot help.
+    #[error("task {0} was not submitted to this dispatcher")]
+    UnknownTask(u64),
+    /// The result was already fetched and removed (fetch with `Fetch::keep()` to keep it).
+    #[error("the result of task {0} was already fetched")]
+    AlreadyFetched(u64),
+    /// The wait limit passed first; the results stay in the dispatcher.
+    #[error("waited {waited:?}: {pending} of {total} tasks are still unfinished")]
+    WaitTimedOut {
+        /// The limit.
+        waited: Duration,
+        /// Tasks not finished.
+        pending: usize,
+        /// Tasks asked for.
+        total: usize,
+    },
+    /// The worker pool could not start.
+    #[error(transparent)]
+    Pool(#[from] blitzen_common::pool::PoolError),
+    /// This process was started as a worker but `main` did not call `blitzen::worker_main()`
+    /// first, and went on to create a dispatcher. Add the call.
+    #[error(
+        "this process is a Blitzen worker whose main() did not call blitzen::worker_main() \
+         first thing; add that call at the top of main"
+    )]
+    WorkerEntryMissing,
+    /// The dispatcher's runtime thread could not start.
+    #[error("cannot start the dispatcher's runtime thread: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The result of one task, whatever its type: the value still encoded, or the error, plus what
+/// the task printed.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// The task's id number ([`TaskId::seq`]).
+    pub id: u64,
+    /// The task's name.
+    pub task: Cow<'static, str>,
+    /// The worker that ran it, if it reached one.
+    pub worker: Option<WorkerInfo>,
+    /// The encoded value, or why there is none.
+    pub outcome: Result<Bytes, TaskError>,
+    /// What it wrote to stdout (bounded).
+    pub stdout: Captured,
+    /// What it wrote to stderr (bounded).
+    pub stderr: Captured,
+    /// Its run time on the worker.
+    pub elapsed: Duration,
+}
+
+impl TaskResult {
+    /// Whether the task produced a value.
+    pub fn is_ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    /// The value decoded as `O`, or the task's error.
+    pub fn decode<O: DeserializeOwned>(&self) -> Result<O, TaskError> {
+        let bytes = self.outcome.as_ref().map_err(Clone::clone)?;
+        decode_value(bytes).map_err(|e| TaskError::Decode {
+            ctx: Box::new(TaskContext {
+                id: self.id,
+                task: self.task.clone(),
+                worker: self.worker.clone(),
+                stderr_tail: String::new(),
+            }),
+            what: DecodeTarget::Result,
+            message: e.to_string(),
+        })
+    }
+
+    /// The value decoded as the output of `task`, or the task's error.
+    pub fn decode_as<T: Task>(&self, _task: T) -> Result<T::Output, TaskError> {
+        self.decode()
+    }
+}
+
+/// Hands out distinct origins so ids of two dispatchers never match.
+static NEXT_ORIGIN: AtomicU32 = AtomicU32::new(1);
+
+/// Results a dispatcher holds: pending until a worker answers, then done until fetched.
+///
+/// Filled from the dispatcher's runtime thread, read from user threads; a condition variable
+/// wakes waiting readers whenever a batch lands. The lock is never held while waiting.
+#[derive(Debug)]
+pub(crate) struct ResultTable {
+    state: Mutex<TableState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct TableState {
+    origin: u32,
+    /// The number of the next task; numbers below it were issued.
+    next: u64,
+    slots: HashMap<u64, Slot>,
+    /// Slots still `Pending`, so waiting for all needs no scan.
+    pending: usize,
+    /// Set at shutdown: new tasks end `Cancelled` with this reason at once.
+    closed: Option<String>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Pending {
+        task: Cow<'static, str>,
+        signature: &'static str,
+    },
+    /// Boxed: most slots are pending at any time, and a result is seven times the size.
+    Done(Box<TaskResult>),
+}
+
+impl ResultTable {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(TableState {
+                origin: NEXT_ORIGIN.fetch_add(1, Ordering::Relaxed),
+                next: 1,
+                slots: HashMap::new(),
+                pending: 0,
+                closed: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Issues an id for a new task. Returns the reason instead of `None` when the table is
+    /// closed; the task is then already settled as cancelled.
+    pub(crate) fn register<O>(
+        &self,
+        task: &'static str,
+        signature: &'static str,
+    ) -> (TaskId<O>, Option<String>) {
+        let mut st = self.lock();
+        let seq = st.next;
+        st.next += 1;
+        let id = TaskId::new(st.origin, seq);
+        st.slots.insert(seq, Slot::Pending { task: Cow::Borrowed(task), signature });
+        st.pending += 1;
+        let closed = st.closed.clone();
+        drop(st);
+        if let Some(reason) = &closed {
+            self.settle(seq, Outcome::Cancelled { reason: reason.clone() });
+        }
+        (id, closed)
+    }
+
+    /// Settles one task that never reached a worker.
+    pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
+        self.complete(vec![JobResult::unstarted(seq, outcome)]);
+    }
+
+    /// Records a batch of finished jobs and wakes waiters.
+    pub(crate) fn complete(&self, batch: Vec<JobResult>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for r in batch {
+            let Some(slot) = st.slots.get_mut(&r.id) else { continue };
+            let Slot::Pending { task, signature } = slot else { continue };
+            st.pending -= 1;
+            let worker = r.worker.map(|pid| WorkerInfo { pid, host: None });
+            let outcome = match r.outcome {
+                Outcome::Value(bytes) => Ok(bytes),
+                other => {
+                    let ctx = TaskContext {
+                        id: r.id,
+                        task: task.clone(),
+                        worker: worker.clone(),
+                        stderr_tail: r.stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES),
+                    };
+                    TaskError::from_outcome(other, ctx, signature)
+                }
+            };
+            let task = std::mem::take(task);
+            *slot = Slot::Done(Box::new(TaskResult {
+                id: r.id,
+                task,
+                worker,
+                outcome,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                elapsed: r.elapsed,
+            }));
+        }
+        drop(guard);
+        self.changed.notify_all();
+    }
+
+    /// Refuses new tasks and settles every pending one as cancelled.
+    pub(crate) fn close(&self, reason: &str) {
+        let pending: Vec<u64> = {
+            let mut st = self.lock();
+            st.closed.get_or_insert_with(|| reason.to_string());
+            st.slots
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Pending { .. }))
+                .map(|(&seq, _)| seq)
+                .collect()
+        };
+        let batch = pending
+            .into_iter()
+            .map(|seq| JobResult::unstarted(seq, Outcome::Cancelled { reason: reason.into() }))
+            .collect();
+        self.complete(batch);
+    }
+
+    /// Waits until every listed task is done, then returns their results in the order of `ids`.
+    pub(crate) fn fetch<O>(
+        &self,
+        ids: &[TaskId<O>],
+        fetch: Fetch,
+    ) -> Result<Vec<TaskResult>, DispatchError> {
+        let mut st = self.lock();
+        for id in ids {
+            if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
+                return Err(DispatchError::UnknownTask(id.seq));
+            }
+            if !st.slots.contains_key(&id.seq) {
+                return Err(DispatchError::AlreadyFetched(id.seq));
+            }
+        }
+        let deadline = fetch.timeout.map(|t| Instant::now() + t);
+        let mut ready = 0;
+        loop {
+            while ready < ids.len() && matches!(st.slots.get(&ids[ready].seq), Some(Slot::Done(_)))
+            {
+                ready += 1;
+            }
+            if ready == ids.len() {
+                break;
+            }
+            st = match deadline {
+                None => self.changed.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        let pending = ids
+                            .iter()
+                            .filter(|id| {
+                                matches!(st.slots.get(&id.seq), Some(Slot::Pending { .. }))
+                            })
+                            .count();
+                        return Err(DispatchError::WaitTimedOut {
+                            waited: fetch.timeout.unwrap_or_default(),
+                            pending,
+                            total: ids.len(),
+                        });
+                    };
+                    self.changed.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+        let results = ids
+            .iter()
+            .filter_map(|id| match st.slots.get(&id.seq) {
+                Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
+                _ => None,
+            })
+            .collect();
+        if fetch.clear {
+            for id in ids {
+                st.slots.remove(&id.seq);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Waits until every task is done, then removes and returns all results not yet fetched,
+    /// in submission order.
+    pub(crate) fn take_all(&self) -> Vec<TaskResult> {
+        let mut st = self.lock();
+        while st.pending > 0 {
+            st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        let mut all: Vec<TaskResult> = st
+            .slots
+            .drain()
+            .filter_map(|(_, s)| match s {
+                Slot::Done(r) => Some(*r),
+                Slot::Pending { .. } => None,
+            })
+            .collect();
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// Tasks submitted and not yet finished.
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(seq: u64, value: u64) -> JobResult {
+        let bytes = blitzen_common::task::encode_value(&value).expect("encodes");
+        JobResult::unstarted(seq, Outcome::Value(bytes))
+    }
+
+    #[test]
+    fn fetch_returns_in_the_order_asked_and_clears_by_default() {
+        let table = ResultTable::new();
+        let ids: Vec<TaskId<u64>> = (0..3).map(|_| table.register("t", "sig").0).collect();
+        table.complete(vec![done(3, 30), done(1, 10), done(2, 20)]);
+        let order = [ids[2], ids[0], ids[1]];
+        let got: Vec<u64> = table
+            .fetch(&order, Fetch::keep())
+            .expect("known")
+            .iter()
+            .map(|r| r.decode().expect("value"))
+            .collect();
+        assert_eq!(got, [30, 10, 20]);
+        assert_eq!(table.fetch(&order, Fetch::default()).expect("kept").len(), 3);
+        assert!(matches!(
+            table.fetch(&ids[..1], Fetch::default()),
+            Err(DispatchError::AlreadyFetched(1))
+        ));
+    }
+
+    #[test]
+    fn foreign_ids_and_wait_limits_are_errors_not_hangs() {
+        let a = ResultTable::new();
+        let b = ResultTable::new();
+        let (id, _) = b.register::<u64>("t", "sig");
+        assert!(matches!(a.fetch(&[id], Fetch::default()), Err(DispatchError::UnknownTask(1))));
+        let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(20)));
+        assert!(matches!(err, Err(DispatchError::WaitTimedOut { pending: 1, total: 1, .. })));
+        b.close("closing");
+        let r = b.fetch(&[id], Fetch::default()).expect("settled");
+        assert!(matches!(r[0].outcome, Err(TaskError::Cancelled { .. })));
+        let (late, closed) = b.register::<u64>("t", "sig");
+        assert!(closed.is_some());
+        assert!(matches!(
+            b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome,
+            Err(TaskError::Cancelled { .. })
+        ));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_a_decode_error() {
+        let table = ResultTable::new();
+        let (id, _) = table.register::<String>("t", "sig");
+        table.complete(vec![done(1, 5)]);
+        let r = table.fetch(&[id], Fetch::default()).expect("known");
+        let err = r[0].decode::<String>().expect_err("u64 is not a String");
+        assert!(matches!(err, TaskError::Decode { what: DecodeTarget::Result, .. }), "{err}");
+    }
+}
