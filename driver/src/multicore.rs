@@ -67,8 +67,10 @@ impl MulticoreBuilder {
         self
     }
 
-    /// Extra short tasks a busy worker may hold, so it never idles between them (default 2;
-    /// 0 turns prefetching off).
+    /// Most extra tasks a busy worker may hold so that it never idles between tiny tasks
+    /// (default 256; 0 turns prefetching off). Only tasks whose measured run time is short are
+    /// prefetched, and never more than about 2 ms of expected work per worker, so a slow task
+    /// does not hold up tasks another worker could run.
     pub fn prefetch(mut self, tasks: usize) -> Self {
         self.pool.prefetch = tasks;
         self

@@ -14,7 +14,9 @@
 pub mod frame;
 pub mod worker;
 
-pub use frame::{DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN};
+pub use frame::{
+    DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
+};
 pub use worker::{
     Captured, ExitReason, FromWorker, Outcome, RunTask, RunTaskRef, TaskDone, ToWorker,
     ToWorkerRef, WORKER_PROTOCOL_VERSION, WorkerReady,

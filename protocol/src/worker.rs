@@ -29,6 +29,7 @@ pub struct RunTask {
     /// Fingerprint of the task signature the submitter was compiled with.
     pub fingerprint: u64,
     /// MessagePack-encoded arguments.
+    #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
 }
 
@@ -91,7 +92,7 @@ pub struct TaskDone {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The task returned this MessagePack-encoded value.
-    Value(Bytes),
+    Value(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
     /// The task returned `Err`; its `Display` text.
     Returned {
         /// The error's text.
@@ -201,9 +202,10 @@ impl fmt::Display for ExitReason {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Captured {
     /// The first bytes written (all of them when `omitted == 0`).
+    #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub head: Bytes,
     /// The last bytes written, when some were omitted.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::frame::shared_bytes")]
     pub tail: Bytes,
     /// Bytes written between `head` and `tail` that were not kept.
     #[serde(default)]

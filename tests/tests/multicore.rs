@@ -298,6 +298,24 @@ fn slow_task_does_not_hold_up_the_tasks_behind_it() -> Result<(), Failed> {
     check(still_running, format!("quick tasks took {waited:?}: they waited for the slow one"))
 }
 
+fn finished_result_is_not_held_back_by_a_long_prefetched_task() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    // Teach the pool that `nap_ms` is short, so the next two are sent to the worker together.
+    let warm: Vec<_> = (0..50).map(|_| d.run(nap_ms, 0)).collect();
+    d.get_results_with(&warm, Fetch::default().within(WAIT)).map_err(fail)?;
+    let quick = d.run(nap_ms, 0);
+    let long = d.run(nap_ms, 5000);
+    let started = Instant::now();
+    // Had the quick result waited in the worker behind the long task, this would time out.
+    let got = d.get_results_with(&[quick], Fetch::default().within(Duration::from_secs(3)));
+    check(matches!(got.as_deref(), Ok([Ok(0)])), format!("{got:?} after {:?}", started.elapsed()))?;
+    let still_running = matches!(
+        d.get_results_with(&[long], Fetch::keep().within(Duration::ZERO)),
+        Err(DispatchError::WaitTimedOut { .. })
+    );
+    check(still_running, "the long task should still be running")
+}
+
 // ----- results -----
 
 fn results_come_in_the_order_asked() -> Result<(), Failed> {
@@ -440,6 +458,42 @@ fn drop_stops_the_workers() -> Result<(), Failed> {
     Ok(())
 }
 
+fn killed_dispatcher_process_leaves_no_orphans() -> Result<(), Failed> {
+    use std::io::BufRead;
+    let reports = Reports::new().map_err(fail)?;
+    let mut program = std::process::Command::new(env!("CARGO_BIN_EXE_blitzen-orphan"))
+        .arg(reports.address())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    // Whatever happens below, the program must not outlive the test.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = program.stdout.take().ok_or("no stdout")?;
+    let mut program = Reap(program);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).map_err(fail)?;
+    let mut pids: Vec<u32> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    check(pids.len() == 2, format!("worker pids: {line:?}"))?;
+    let task = reports.receive(WAIT).map_err(fail)?;
+    pids.push(task[1]);
+    check(pids.iter().all(|&p| is_alive(p)), "all alive before the kill")?;
+    program.0.kill().map_err(fail)?;
+    program.0.wait().map_err(fail)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| is_alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survivors: Vec<u32> = pids.into_iter().filter(|&p| is_alive(p)).collect();
+    survivors.iter().for_each(|&p| kill(p));
+    check(survivors.is_empty(), format!("orphans left behind: {survivors:?}"))
+}
+
 fn forgetting_worker_main_is_a_clear_error() -> Result<(), Failed> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_blitzen-forgetful"))
         .output()
@@ -469,6 +523,7 @@ fn main() -> std::process::ExitCode {
         trial!(timeout_kills_the_worker_and_its_children),
         trial!(timeout_counts_from_the_start_not_the_queue),
         trial!(slow_task_does_not_hold_up_the_tasks_behind_it),
+        trial!(finished_result_is_not_held_back_by_a_long_prefetched_task),
         trial!(results_come_in_the_order_asked),
         trial!(clear_false_keeps_results),
         trial!(join_returns_unfetched_results_in_submission_order),
@@ -480,6 +535,7 @@ fn main() -> std::process::ExitCode {
         trial!(ids_of_another_dispatcher_are_refused),
         trial!(shutdown_leaves_no_worker_alive),
         trial!(drop_stops_the_workers),
+        trial!(killed_dispatcher_process_leaves_no_orphans),
         trial!(forgetting_worker_main_is_a_clear_error),
     ];
     libtest_mimic::run(&args, trials).exit_code()

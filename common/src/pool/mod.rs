@@ -13,10 +13,11 @@
 //! tokio runtime with I/O and time enabled; the multicore dispatcher gives it a runtime thread
 //! of its own, a client agent shares its runtime.
 //!
-//! Scheduling: jobs go to idle workers first. A busy worker is given more (up to
-//! [`PoolConfig::prefetch`]) only while the jobs involved are known to be short (a running
-//! average under [`SHORT_TASK`]), so that tiny tasks stream without gaps while a slow task never
-//! holds up work that another worker could start.
+//! Scheduling: jobs go to idle workers first. A busy worker is given more only while the work it
+//! holds is expected (from a running average of run times per task name) to last less than
+//! [`PoolConfig::prefetch_window`], and at most [`PoolConfig::prefetch`] extra jobs. Tiny tasks
+//! thus stream without gaps, while a task of unknown or long duration never has work queued
+//! behind it that another worker could start.
 
 mod process;
 mod scheduler;
@@ -36,16 +37,16 @@ use crate::registry::{self, RegistryError};
 
 pub use status::{PoolStatus, StatusSnapshot};
 
-/// Tasks whose running average is below this are prefetched to busy workers.
-pub const SHORT_TASK: Duration = Duration::from_millis(1);
-
 /// How a pool is set up.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Worker processes kept alive.
     pub workers: usize,
-    /// Extra short jobs a busy worker may hold beyond the one it runs.
+    /// Most jobs a busy worker may hold beyond the one it runs (0: no prefetching).
     pub prefetch: usize,
+    /// Most expected work a worker may hold: a job is prefetched only if the expected run times
+    /// of the jobs the worker holds, plus its own, fit in this window.
+    pub prefetch_window: Duration,
     /// How long a new worker has to announce itself before it is killed.
     pub startup_timeout: Duration,
     /// Consecutive replacement workers that may fail to start before the pool gives up and
@@ -60,7 +61,8 @@ impl PoolConfig {
     pub fn new(workers: usize) -> Self {
         Self {
             workers,
-            prefetch: 2,
+            prefetch: 256,
+            prefetch_window: Duration::from_millis(2),
             startup_timeout: Duration::from_secs(30),
             max_start_failures: 5,
             program: PathBuf::from("/proc/self/exe"),

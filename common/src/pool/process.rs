@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use blitzen_protocol::frame::{decode, decode_frame};
+use blitzen_protocol::frame::{decode_frame, decode_shared};
 use blitzen_protocol::{ExitReason, FromWorker, MAX_FRAME_LEN, TaskDone, WorkerReady};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,7 +121,7 @@ async fn supervise(
         let mut done = Vec::new();
         loop {
             match decode_frame(&mut buf, MAX_FRAME_LEN) {
-                Ok(Some(body)) => match decode::<FromWorker>(&body) {
+                Ok(Some(body)) => match decode_shared::<FromWorker>(&body.freeze()) {
                     Ok(FromWorker::Done(d)) => done.push(d),
                     Ok(FromWorker::Ready(ready)) => {
                         if !done.is_empty() {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, spawn_worker};
-use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink, SHORT_TASK};
+use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink};
 use crate::capture::{self, CAPTURE_LIMIT};
 use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 
@@ -54,6 +54,9 @@ struct Worker {
     spawned_at: Instant,
     /// Jobs sent, in order; the front one is running, the others wait in the worker.
     inflight: VecDeque<Job>,
+    /// Sum of the expected run times (µs) of the jobs in `inflight` after the first, which
+    /// decides whether more may be prefetched.
+    queued_us: f64,
     /// When the front job started, as far as the pool can tell: when it was sent to an idle
     /// worker, or when the answer before it arrived. Never earlier than the real start, so a
     /// timeout is never charged for time spent waiting.
@@ -203,17 +206,24 @@ impl Scheduler {
             }
         }
         if self.config.prefetch > 0 {
+            let window_us = self.config.prefetch_window.as_micros() as f64;
             let mut progress = true;
             while progress && !self.queue.is_empty() {
                 progress = false;
                 for slot in 0..self.workers.len() {
                     let Some(next) = self.queue.front() else { break };
-                    let short = self.is_short(&next.name);
+                    // Unknown tasks are never prefetched: they may be long.
+                    let Some(expected) = self.average_us.get(next.name.as_ref()).copied() else {
+                        break;
+                    };
                     let Some(w) = &self.workers[slot] else { continue };
-                    if short
-                        && w.accepts_work()
+                    let running_known = w.inflight.front().is_some_and(|j| {
+                        self.average_us.get(j.name.as_ref()).is_some_and(|&a| a < window_us)
+                    });
+                    if w.accepts_work()
+                        && running_known
                         && w.inflight.len() <= self.config.prefetch
-                        && w.inflight.iter().all(|j| self.is_short(&j.name))
+                        && w.queued_us + expected <= window_us
                     {
                         self.assign(slot, now);
                         progress = true;
@@ -248,12 +258,10 @@ impl Scheduler {
         }
         if w.inflight.is_empty() {
             w.head_started = now;
+        } else {
+            w.queued_us += self.average_us.get(job.name.as_ref()).copied().unwrap_or(0.0);
         }
         w.inflight.push_back(job);
-    }
-
-    fn is_short(&self, name: &str) -> bool {
-        self.average_us.get(name).is_some_and(|&us| us < SHORT_TASK.as_micros() as f64)
     }
 
     fn deliver(&mut self) {
@@ -327,6 +335,13 @@ impl Scheduler {
                 }
             }
             let Some(job) = w.inflight.pop_front() else { return };
+            // The next job starts now: it no longer counts as queued.
+            if let Some(next) = w.inflight.front() {
+                let expected = self.average_us.get(next.name.as_ref()).copied().unwrap_or(0.0);
+                w.queued_us = (w.queued_us - expected).max(0.0);
+            } else {
+                w.queued_us = 0.0;
+            }
             let us = done.elapsed_us as f64;
             match self.average_us.get_mut(job.name.as_ref()) {
                 Some(avg) => *avg = 0.8 * *avg + 0.2 * us,
@@ -482,6 +497,7 @@ impl Scheduler {
             ready: false,
             spawned_at: Instant::now(),
             inflight: VecDeque::new(),
+            queued_us: 0.0,
             head_started: Instant::now(),
             killed: None,
             outbox: BytesMut::new(),

@@ -9,10 +9,12 @@
 //!   and a task that prints cannot touch the frames.
 //! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
 //!
-//! Two threads: a reader that decodes [`ToWorker`] frames as they arrive, and the main thread,
-//! which runs tasks one at a time and writes each [`TaskDone`] as soon as the task ends. When the
-//! socket reaches end-of-file — the pool closed it, or the parent died, even mid-task — the
-//! reader kills the worker's whole process group, which takes any program a task started along.
+//! Threads: the main thread reads [`ToWorker`] frames and runs the tasks one at a time, handing
+//! each [`TaskDone`] to the [`outbox`], which batches results while tasks stream and sends them
+//! at once when the worker goes idle (its flusher thread bounds the wait). A watchdog thread
+//! sleeps in `poll` until the pool's end of the socket closes — the pool stopped the worker, or
+//! the parent died, even mid-task — and then kills the worker's whole process group, which takes
+//! any program a task started along.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -20,18 +22,21 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, PanicHookInfo};
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use blitzen_protocol::frame::{decode, encode};
+use blitzen_protocol::frame::decode_shared;
 use blitzen_protocol::{
     FrameReader, FromWorker, MAX_FRAME_LEN, Outcome, RunTask, TaskDone, ToWorker,
     WORKER_PROTOCOL_VERSION, WorkerReady,
 };
-use bytes::BytesMut;
 
 use crate::capture::{self, CAPTURE_LIMIT};
 use crate::registry::{self, Registry};
+
+mod outbox;
+
+use outbox::Outbox;
 
 /// Set in the environment of a worker process, by the pool that starts it.
 pub const WORKER_ENV: &str = "BLITZEN_WORKER";
@@ -78,66 +83,69 @@ fn run() -> io::Result<()> {
     install_panic_hook();
     let registry = registry::global().map_err(io::Error::other)?;
 
-    let mut writer = UnixStream::from(channel);
-    let reader = writer.try_clone()?;
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let socket = UnixStream::from(channel);
+    let watched = socket.try_clone()?;
+    let outbox = Arc::new(Outbox::new(socket.try_clone()?));
     let ready = FromWorker::Ready(WorkerReady {
         pid: std::process::id(),
         version: WORKER_PROTOCOL_VERSION,
     });
-    encode(&ready, &mut out).map_err(io::Error::other)?;
-    writer.write_all(&out)?;
-
-    let (tasks_tx, tasks_rx) = mpsc::channel();
+    outbox.push(&ready).map_err(io::Error::other)?;
+    outbox.flush()?;
     std::thread::Builder::new()
-        .name("blitzen-worker-reader".into())
-        .spawn(move || read_tasks(reader, tasks_tx))?;
+        .name("blitzen-watchdog".into())
+        .spawn(move || watch_for_hangup(watched))?;
+    let flusher = outbox.clone();
+    std::thread::Builder::new()
+        .name("blitzen-flusher".into())
+        .spawn(move || flusher.run_flusher())?;
 
-    for task in tasks_rx {
+    let mut frames = FrameReader::new(socket, MAX_FRAME_LEN);
+    loop {
+        if !frames.has_frame() {
+            // About to wait for work: nothing may stay behind.
+            outbox.flush()?;
+        }
+        let task = match frames.read_frame() {
+            Ok(Some(body)) => match decode_shared::<ToWorker>(&body.freeze()) {
+                Ok(ToWorker::Run(task)) => task,
+                Err(e) => return Err(io::Error::other(format!("bad frame from the pool: {e}"))),
+            },
+            // The pool closed the socket: it wants this worker gone.
+            Ok(None) => end_process_group(),
+            Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
+        };
         let msg = FromWorker::Done(execute(registry, task));
-        out.clear();
-        if let Err(e) = encode(&msg, &mut out) {
+        if let Err(e) = outbox.push(&msg) {
             // The value is too large for a frame: report that instead of the value.
             let FromWorker::Done(done) = msg else { unreachable!("built as Done above") };
             let message = format!("the task's result cannot be sent: {e}");
             let fallback = TaskDone { outcome: Outcome::BadOutput { message }, ..done };
-            out.clear();
-            encode(&FromWorker::Done(fallback), &mut out).map_err(io::Error::other)?;
+            outbox.push(&FromWorker::Done(fallback)).map_err(io::Error::other)?;
         }
-        writer.write_all(&out)?;
     }
-    Ok(())
 }
 
-/// Decodes tasks off the socket until it closes, then ends the worker and its process group.
-fn read_tasks(socket: UnixStream, tasks: mpsc::Sender<RunTask>) {
-    let mut frames = FrameReader::new(socket, MAX_FRAME_LEN);
+/// Blocks until the pool's end of the socket is closed, then ends the worker's process group.
+/// Asks `poll` for hang-ups only, so data arriving on the socket does not wake it.
+fn watch_for_hangup(socket: UnixStream) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
     loop {
-        match frames.read_frame() {
-            Ok(Some(body)) => match decode::<ToWorker>(&body) {
-                Ok(ToWorker::Run(task)) => {
-                    if tasks.send(task).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    eprintln!(
-                        "blitzen worker {}: bad frame from the pool: {e}",
-                        std::process::id()
-                    );
-                    break;
-                }
-            },
-            Ok(None) => break,
-            Err(e) => {
-                eprintln!("blitzen worker {}: reading from the pool: {e}", std::process::id());
-                break;
-            }
+        match poll(&mut fds, None) {
+            Ok(_) if !fds[0].revents().is_empty() => break,
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
         }
     }
-    // The pool is gone or wants us gone: take every process a task started with us.
+    end_process_group()
+}
+
+/// Kills every process of the worker's group (the worker included): the pool is gone or wants
+/// the worker gone, and nothing a task started may outlive it.
+fn end_process_group() -> ! {
     let _ = rustix::process::kill_current_process_group(rustix::process::Signal::KILL);
-    std::process::exit(0);
+    std::process::exit(0)
 }
 
 /// Runs one task and collects its outcome and output.
