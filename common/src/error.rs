@@ -94,7 +94,9 @@ pub enum TaskError {
         /// The error's `Display` text.
         message: String,
     },
-    /// The task panicked; its worker survived. A retry rarely helps.
+    /// The task panicked; its worker survived. A retry rarely helps. The panic is not printed
+    /// to the task's stderr: its message, location and (with `RUST_BACKTRACE`) backtrace are
+    /// here.
     #[error(
         "{ctx}: panicked at {}: {message}{}",
         location.as_deref().unwrap_or("an unknown location"),
@@ -107,6 +109,8 @@ pub enum TaskError {
         message: String,
         /// `file:line:column`, when known.
         location: Option<String>,
+        /// The backtrace, when `RUST_BACKTRACE` was set for the worker.
+        backtrace: Option<String>,
     },
     /// The task ran longer than its timeout (counted from its start on a worker); the worker and
     /// every process in its process group were killed and the worker replaced. A retry helps
@@ -211,8 +215,8 @@ impl TaskError {
         Err(match outcome {
             Outcome::Value(bytes) => return Ok(bytes),
             Outcome::Returned { message } => TaskError::Returned { ctx, message },
-            Outcome::Panicked { message, location } => {
-                TaskError::Panicked { ctx, message, location }
+            Outcome::Panicked { message, location, backtrace } => {
+                TaskError::Panicked { ctx, message, location, backtrace }
             }
             Outcome::UnknownTask => TaskError::UnknownTask { ctx },
             Outcome::SignatureMismatch { worker_signature } => TaskError::SignatureMismatch {
@@ -276,7 +280,10 @@ mod tests {
     fn each_outcome_maps_to_its_own_variant() {
         let cases = [
             (Outcome::Returned { message: "m".into() }, "Returned"),
-            (Outcome::Panicked { message: "m".into(), location: None }, "Panicked"),
+            (
+                Outcome::Panicked { message: "m".into(), location: None, backtrace: None },
+                "Panicked",
+            ),
             (Outcome::TimedOut { timeout_ms: 5 }, "TimedOut"),
             (Outcome::WorkerCrashed { exit: ExitReason::Code(3) }, "WorkerCrashed"),
             (Outcome::UnknownTask, "UnknownTask"),

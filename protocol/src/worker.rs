@@ -55,6 +55,8 @@ pub struct RunTaskRef<'a> {
 }
 
 /// Worker → pool.
+// Messages are decoded and consumed at once; boxing `Done` would cost an allocation per task.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
     /// Sent once, after start-up, before any task.
@@ -104,6 +106,9 @@ pub enum Outcome {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The backtrace, when the worker's `RUST_BACKTRACE` asked for one.
+        #[serde(default)]
+        backtrace: Option<String>,
     },
     /// No task of that name is registered in the worker's binary.
     UnknownTask,
@@ -284,8 +289,16 @@ mod tests {
         prop_oneof![
             bytes().prop_map(Outcome::Value),
             any::<String>().prop_map(|message| Outcome::Returned { message }),
-            (any::<String>(), proptest::option::of(any::<String>()))
-                .prop_map(|(message, location)| Outcome::Panicked { message, location }),
+            (
+                any::<String>(),
+                proptest::option::of(any::<String>()),
+                proptest::option::of(any::<String>())
+            )
+                .prop_map(|(message, location, backtrace)| Outcome::Panicked {
+                    message,
+                    location,
+                    backtrace
+                }),
             Just(Outcome::UnknownTask),
             any::<String>()
                 .prop_map(|worker_signature| Outcome::SignatureMismatch { worker_signature }),

@@ -33,6 +33,7 @@ fn nap_ms(ms: u64) -> u64 {
 
 #[blitzen::task]
 fn explode(message: String) -> u64 {
+    eprintln!("about to panic");
     panic!("{message}")
 }
 
@@ -167,16 +168,16 @@ fn panic_is_reported_and_the_worker_survives() -> Result<(), Failed> {
     let id = d.run(explode, "kaboom".into());
     let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?.remove(0);
     match r.decode_as(explode) {
-        Err(TaskError::Panicked { message, location, .. }) => {
+        Err(e @ TaskError::Panicked { .. }) => {
+            let text = e.to_string();
+            let TaskError::Panicked { message, location, ctx, .. } = e else { unreachable!() };
             check(message == "kaboom", format!("message {message:?}"))?;
             let location = location.unwrap_or_default();
             check(location.contains("multicore.rs"), format!("location {location:?}"))?;
-            // The standard panic report went to the task's captured stderr.
-            let stderr = r.stderr.to_text();
-            check(
-                stderr.contains("panicked at") && stderr.contains("kaboom"),
-                format!("stderr {stderr:?}"),
-            )?;
+            // The task's own stderr is quoted; the panic report is in the error, not in there.
+            check(ctx.stderr_tail == "about to panic", format!("tail {:?}", ctx.stderr_tail))?;
+            check(r.stderr.to_text() == "about to panic\n", "captured stderr")?;
+            check(text.contains("panicked at") && text.contains("kaboom"), text)?;
         }
         other => return Err(format!("expected a panic, got {other:?}").into()),
     }

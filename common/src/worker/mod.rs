@@ -16,6 +16,7 @@
 //! the parent died, even mid-task — and then kills the worker's whole process group, which takes
 //! any program a task started along.
 
+use std::backtrace::{Backtrace, BacktraceStatus};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
@@ -162,15 +163,15 @@ fn execute(registry: &Registry, task: RunTask) -> TaskDone {
                 Ok(outcome) => outcome,
                 Err(payload) => {
                     let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
-                    let (message, location) = recorded.unwrap_or_else(|| {
+                    let (message, location, backtrace) = recorded.unwrap_or_else(|| {
                         let message = payload
                             .downcast_ref::<&str>()
                             .map(|s| s.to_string())
                             .or_else(|| payload.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "a panic with a non-string payload".into());
-                        (message, None)
+                        (message, None, None)
                     });
-                    Outcome::Panicked { message, location }
+                    Outcome::Panicked { message, location, backtrace }
                 }
             }
         }
@@ -183,22 +184,31 @@ fn execute(registry: &Registry, task: RunTask) -> TaskDone {
     TaskDone { id: task.id, outcome, stdout, stderr, elapsed_us }
 }
 
+/// What the panic hook records: message, location, backtrace.
+type PanicRecord = (String, Option<String>, Option<String>);
+
 thread_local! {
-    /// The message and location of the last panic on this thread, recorded by the panic hook.
-    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+    /// The last panic on this thread, recorded by the panic hook.
+    static LAST_PANIC: RefCell<Option<PanicRecord>> = const { RefCell::new(None) };
 }
 
-/// Records each panic's message and location, then lets the default hook print it to the
-/// task's stderr as usual.
+/// Records each panic's message, location and (if `RUST_BACKTRACE` asks) backtrace for the
+/// task's error, instead of printing them into the task's captured stderr. Panics on threads a
+/// task started are printed as usual: they are not the task's own failure.
 fn install_panic_hook() {
     let default = std::panic::take_hook();
+    let main_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+        if std::thread::current().id() != main_thread {
+            return default(info);
+        }
         let message = info
             .payload_as_str()
             .map(str::to_string)
             .unwrap_or_else(|| "a panic with a non-string payload".into());
         let location = info.location().map(|l| l.to_string());
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
-        default(info);
+        let trace = Backtrace::capture();
+        let backtrace = (trace.status() == BacktraceStatus::Captured).then(|| trace.to_string());
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location, backtrace)));
     }));
 }
