@@ -51,6 +51,18 @@ impl Reports {
 
     /// Waits (at most `timeout`) for one report and returns its numbers.
     pub fn receive(&self, timeout: Duration) -> std::io::Result<Vec<u32>> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let limit = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+        if poll(&mut fds, Some(&limit))? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no report within {timeout:?}"),
+            ));
+        }
         let (mut stream, _) = self.listener.accept()?;
         stream.set_read_timeout(Some(timeout))?;
         let mut text = String::new();

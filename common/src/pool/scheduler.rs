@@ -28,6 +28,9 @@ use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 /// idle workers waiting.
 const COMMANDS_PER_TURN: usize = 4096;
 
+/// The pause before retrying a worker that could not be created, times the failures so far.
+const RESPAWN_PAUSE: Duration = Duration::from_millis(500);
+
 /// How long shutdown waits for killed workers to be reaped.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -104,6 +107,8 @@ pub(super) struct Scheduler {
     startup: Option<oneshot::Sender<Result<(), PoolError>>>,
     /// Replacement workers that failed to start in a row.
     start_failures: u32,
+    /// By slot: when to try again to start a worker that could not be created (fork failed).
+    respawn_at: Vec<Option<Instant>>,
     /// Set when the pool has given up; every job then ends `Lost` with this reason.
     given_up: Option<String>,
     next_generation: u64,
@@ -119,6 +124,7 @@ impl Scheduler {
         startup: oneshot::Sender<Result<(), PoolError>>,
     ) -> Result<Self, PoolError> {
         let (events_tx, events) = mpsc::unbounded_channel();
+        let config_workers = config.workers;
         let mut scheduler = Scheduler {
             workers: (0..config.workers).map(|_| None).collect(),
             config,
@@ -132,6 +138,7 @@ impl Scheduler {
             average_us: HashMap::new(),
             startup: Some(startup),
             start_failures: 0,
+            respawn_at: vec![None; config_workers],
             given_up: None,
             next_generation: 0,
         };
@@ -461,11 +468,20 @@ impl Scheduler {
 
     fn next_deadline(&self) -> Option<Instant> {
         let startup = self.config.startup_timeout;
-        self.workers.iter().flatten().filter_map(|w| w.deadline(startup)).min()
+        let workers = self.workers.iter().flatten().filter_map(|w| w.deadline(startup));
+        workers.chain(self.respawn_at.iter().flatten().copied()).min()
     }
 
     fn on_deadlines(&mut self) {
         let now = Instant::now();
+        for slot in 0..self.respawn_at.len() {
+            if self.respawn_at[slot].is_some_and(|at| at <= now) {
+                self.respawn_at[slot] = None;
+                if self.given_up.is_none() {
+                    self.respawn(slot);
+                }
+            }
+        }
         let startup = self.config.startup_timeout;
         for w in self.workers.iter_mut().flatten() {
             if w.deadline(startup).is_some_and(|d| d <= now) {
@@ -507,13 +523,16 @@ impl Scheduler {
 
     fn respawn(&mut self, slot: usize) {
         if let Err(e) = self.spawn(slot) {
-            error!(error = %e, "cannot start a replacement worker");
             self.start_failures += 1;
             if self.start_failures >= self.config.max_start_failures {
+                error!(error = %e, "cannot start a replacement worker; giving up");
                 self.give_up(e.to_string());
+            } else {
+                // The other workers carry on; try again after a pause that grows each time.
+                let pause = RESPAWN_PAUSE * self.start_failures;
+                error!(error = %e, ?pause, "cannot start a replacement worker; will retry");
+                self.respawn_at[slot] = Some(Instant::now() + pause);
             }
-            // Otherwise the slot stays empty until the next worker exit retries it; the other
-            // workers carry on.
         }
     }
 
