@@ -28,8 +28,16 @@ pub(super) struct Outbox {
     pending: Mutex<Pending>,
     /// Signalled when `pending` goes from empty to non-empty.
     filled: Condvar,
-    /// The socket, locked for the whole of a write so that batches leave in order.
-    socket: Mutex<UnixStream>,
+    /// The socket and the batch being written, locked for the whole of a write so that
+    /// batches leave in order. The two buffers are swapped, never reallocated, so a worker
+    /// returning large values does not fault in fresh memory for each.
+    writer: Mutex<Writer>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    socket: UnixStream,
+    batch: BytesMut,
 }
 
 #[derive(Debug)]
@@ -47,7 +55,7 @@ impl Outbox {
         Self {
             pending: Mutex::new(Pending { buf: BytesMut::with_capacity(64 * 1024), since: None }),
             filled: Condvar::new(),
-            socket: Mutex::new(socket),
+            writer: Mutex::new(Writer { socket, batch: BytesMut::new() }),
         }
     }
 
@@ -70,16 +78,19 @@ impl Outbox {
 
     /// Sends everything pending.
     pub(super) fn flush(&self) -> io::Result<()> {
-        let mut socket = lock(&self.socket);
-        let batch = {
+        let mut writer = lock(&self.writer);
+        let writer = &mut *writer;
+        {
             let mut pending = lock(&self.pending);
             pending.since = None;
-            pending.buf.split()
-        };
-        if batch.is_empty() {
+            std::mem::swap(&mut pending.buf, &mut writer.batch);
+        }
+        if writer.batch.is_empty() {
             return Ok(());
         }
-        socket.write_all(&batch)
+        let written = writer.socket.write_all(&writer.batch);
+        writer.batch.clear();
+        written
     }
 
     /// The flusher thread's loop: send whatever has waited [`FLUSH_DELAY`]. Never returns.
