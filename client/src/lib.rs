@@ -1,5 +1,239 @@
-//! The Blitzen cluster client agent: connects to a `blitzen-server` and runs tasks on N worker
-//! processes, reusing the pool of `blitzen-common`.
+//! `blitzen-client`: the agent that gives a Blitzen cluster the worker processes of one machine.
 //!
-//! Not built yet: this crate holds the place the workspace layout gives it. Until it lands,
-//! Blitzen runs tasks on one machine only, with `blitzen::MulticoreDispatcher`.
+//! [`run`] connects to the server (retrying with backoff until it is up), announces the tasks
+//! compiled into this binary and its number of workers, then runs what the server sends on a
+//! worker pool (the same pool as the multicore dispatcher) and sends results back in batches.
+//! When the connection is lost — the server restarted, the network failed — it drops the tasks
+//! it held (the server hands them out again) and reconnects by itself.
+//!
+//! The stock binary runs the built-in tasks (`sleep`, `echo`, `command`). A program with its own
+//! tasks runs an agent with `DistributedDispatcher::spawn_client`, which calls [`run`].
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use blitzen_common::net::{self, FramedReader, spawn_writer};
+use blitzen_common::pool::{Job, JobResult, Pool, PoolConfig, PoolError};
+use blitzen_common::registry;
+use blitzen_protocol::MAX_FRAME_LEN;
+use blitzen_protocol::cluster::{
+    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role,
+    TaskKind, ToAgent,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use blitzen_protocol::cluster::DEFAULT_PORT;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The server, `host:port`.
+    pub server: String,
+    /// Worker processes (and their settings).
+    pub pool: PoolConfig,
+    /// The name this agent gives itself in the server's logs and in task errors.
+    pub host: String,
+    /// Sent when nothing else was sent for this long.
+    pub heartbeat: Duration,
+    /// Longest pause between connection attempts.
+    pub max_backoff: Duration,
+    /// Limit on one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// An agent with `workers` workers for the server at `server` (`host[:port]`).
+    pub fn new(server: &str, workers: usize) -> Self {
+        Self {
+            server: net::with_default_port(server, DEFAULT_PORT),
+            pool: PoolConfig::new(workers),
+            host: host_name(),
+            heartbeat: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why an agent stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The server refused this agent (for instance another protocol version); retrying cannot
+    /// help.
+    #[error("the server at {server} refused this agent: {reason}")]
+    Refused {
+        /// The server.
+        server: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The worker processes could not start.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Serves the cluster until `shutdown` is cancelled, reconnecting whenever the connection is
+/// lost. Returns an error only for what retrying cannot fix.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let kinds: Vec<TaskKind> = registry::global()
+        .map_err(PoolError::from)?
+        .entries()
+        .into_iter()
+        .map(|e| TaskKind {
+            name: e.name.to_string(),
+            fingerprint: e.fingerprint,
+            signature: e.signature.to_string(),
+        })
+        .collect();
+    let mut backoff = Duration::from_millis(100);
+    let mut waiting_logged = false;
+    while !shutdown.is_cancelled() {
+        match connect(&config, &kinds).await {
+            Ok(Connected::Welcome(reader, write)) => {
+                backoff = Duration::from_millis(100);
+                waiting_logged = false;
+                info!(server = %config.server, workers = config.pool.workers, "connected");
+                match serve(&config, reader, write, &shutdown).await? {
+                    End::Stop => break,
+                    End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
+                }
+            }
+            Ok(Connected::Refused(reason)) => {
+                return Err(AgentError::Refused { server: config.server.clone(), reason });
+            }
+            Err(e) => {
+                if !waiting_logged {
+                    info!(server = %config.server, error = %e, "server not reachable; retrying");
+                    waiting_logged = true;
+                }
+                debug!(?backoff, "next attempt");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+enum Connected {
+    Welcome(FramedReader, tokio::net::tcp::OwnedWriteHalf),
+    Refused(String),
+}
+
+async fn connect(config: &AgentConfig, kinds: &[TaskKind]) -> std::io::Result<Connected> {
+    let stream = net::connect(&config.server, config.connect_timeout).await?;
+    let (read, mut write) = stream.into_split();
+    let hello = Hello {
+        version: CLUSTER_PROTOCOL_VERSION,
+        role: Role::Agent {
+            host: config.host.clone(),
+            workers: config.pool.workers as u32,
+            tasks: kinds.to_vec(),
+        },
+    };
+    net::send_one(&mut write, &hello).await?;
+    let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
+    let reply = tokio::time::timeout(config.connect_timeout, reader.next::<HelloReply>())
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake reply"))?
+        .map_err(std::io::Error::other)?
+        .ok_or_else(|| std::io::Error::other("the server closed the connection"))?;
+    reader.set_max(MAX_FRAME_LEN);
+    Ok(match reply {
+        HelloReply::Welcome(_) => Connected::Welcome(reader, write),
+        HelloReply::Refusal(r) => Connected::Refused(r.reason),
+    })
+}
+
+enum End {
+    Stop,
+    Lost(String),
+}
+
+/// Runs one connection: a fresh pool, tasks in, results out, heartbeats.
+async fn serve(
+    config: &AgentConfig,
+    mut reader: FramedReader,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    shutdown: &CancellationToken,
+) -> Result<End, AgentError> {
+    let (results_tx, mut results) = mpsc::unbounded_channel::<Vec<JobResult>>();
+    let sink = Box::new(move |batch| {
+        let _ = results_tx.send(batch);
+    });
+    let pool = Pool::start(config.pool.clone(), sink).await?;
+    let (writer, _) = spawn_writer::<FromAgent>(write);
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_since_tick = false;
+    let end = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break End::Stop,
+            message = reader.next::<ToAgent>() => match message {
+                Ok(Some(ToAgent::Run(tasks))) => {
+                    debug!(count = tasks.len(), "tasks received");
+                    for t in tasks {
+                        let job = Job {
+                            id: t.key,
+                            name: Cow::Owned(t.name),
+                            fingerprint: t.fingerprint,
+                            args: t.args,
+                            timeout: t.timeout_ms.map(Duration::from_millis),
+                        };
+                        if pool.submit(job).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Ok(Some(ToAgent::ShuttingDown { reason })) => break End::Lost(reason),
+                Ok(None) => break End::Lost("the server closed the connection".into()),
+                Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
+            },
+            Some(batch) = results.recv() => {
+                let mut done: Vec<AgentResult> = batch.into_iter().map(to_agent_result).collect();
+                while let Ok(more) = results.try_recv() {
+                    done.extend(more.into_iter().map(to_agent_result));
+                }
+                if writer.send(FromAgent::Done(done)).is_err() {
+                    break End::Lost("the connection closed".into());
+                }
+                sent_since_tick = true;
+            }
+            _ = heartbeat.tick() => {
+                if !sent_since_tick && writer.send(FromAgent::Heartbeat).is_err() {
+                    break End::Lost("the connection closed".into());
+                }
+                sent_since_tick = false;
+            }
+        }
+    };
+    // Tasks still running are abandoned: the server hands them out again.
+    pool.shutdown().await;
+    Ok(end)
+}
+
+fn to_agent_result(r: JobResult) -> AgentResult {
+    AgentResult {
+        key: r.id,
+        outcome: r.outcome,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        worker_pid: r.worker,
+        elapsed_us: r.elapsed.as_micros() as u64,
+    }
+}

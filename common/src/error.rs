@@ -185,6 +185,15 @@ pub enum TaskError {
         /// Why.
         reason: String,
     },
+    /// The server did not accept the task because it holds its limit of tasks. Submitting
+    /// again once earlier tasks have finished can succeed.
+    #[error("{ctx}: refused: {reason}")]
+    Refused {
+        /// Which task.
+        ctx: Box<TaskContext>,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl TaskError {
@@ -199,7 +208,8 @@ impl TaskError {
             | TaskError::SignatureMismatch { ctx, .. }
             | TaskError::Decode { ctx, .. }
             | TaskError::Cancelled { ctx, .. }
-            | TaskError::Lost { ctx, .. } => ctx,
+            | TaskError::Lost { ctx, .. }
+            | TaskError::Refused { ctx, .. } => ctx,
         }
     }
 
@@ -236,6 +246,7 @@ impl TaskError {
             Outcome::WorkerCrashed { exit } => TaskError::WorkerCrashed { ctx, exit },
             Outcome::Cancelled { reason } => TaskError::Cancelled { ctx, reason },
             Outcome::Lost { reason } => TaskError::Lost { ctx, reason },
+            Outcome::Refused { reason } => TaskError::Refused { ctx, reason },
         })
     }
 }
@@ -291,6 +302,7 @@ mod tests {
             (Outcome::BadArguments { message: "m".into() }, "Decode"),
             (Outcome::Cancelled { reason: "r".into() }, "Cancelled"),
             (Outcome::Lost { reason: "r".into() }, "Lost"),
+            (Outcome::Refused { reason: "r".into() }, "Refused"),
         ];
         for (outcome, variant) in cases {
             let e = TaskError::from_outcome(outcome, ctx(""), "sig").expect_err("an error");

@@ -7,6 +7,8 @@
 //! - [`worker`]: what a process does when started as a worker ([`worker_main`]).
 //! - [`capture`]: bounded capture of a task's stdout and stderr.
 //! - [`pool`]: [`Pool`], N worker processes kept alive whatever the tasks do.
+//! - [`net`]: framed MessagePack over TCP for the cluster.
+//! - [`logging`]: Blitzen's `tracing` subscriber, controllable at run time.
 //!
 //! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::Job`]; the pool sends
 //! it to a worker process (the same binary, re-executed), which looks the name up in the
@@ -15,7 +17,10 @@
 
 pub mod builtin;
 pub mod capture;
+pub mod cli;
 pub mod error;
+pub mod logging;
+pub mod net;
 pub mod pool;
 pub mod registry;
 pub mod task;

@@ -3,6 +3,10 @@
 //! - [`MulticoreDispatcher`]: a pool of worker *processes* on this machine. A panicking task is
 //!   reported, a crashing one (abort, segfault, `exit`) gets its worker replaced, a runaway one
 //!   is killed at its timeout; the pool always returns to N workers.
+//! - [`distributed::DistributedDispatcher`]: the same API over a cluster of `blitzen-client`
+//!   agents and a `blitzen-server`; also starts either in-process (`spawn_server`,
+//!   `spawn_client`).
+//! - [`logging`], [`utils::get_local_ip`]: the seed's helpers.
 //! - [`task`]: the attribute that turns a plain function into a task with a typed handle.
 //!   `dispatcher.run(square, 4)` is checked at compile time against `fn square(u64) -> u64`.
 //! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
@@ -26,8 +30,18 @@
 //! }
 //! ```
 
+pub mod distributed;
 mod multicore;
 mod results;
+pub mod utils;
+
+/// Blitzen's logging (the seed's `blitzen.logging`): `get_logger`, `set_logfile`,
+/// `set_loglevel`, `disable`, `enable`.
+pub mod logging {
+    pub use blitzen_common::logging::{
+        Logger, LoggingError, disable, enable, flush, get_logger, set_logfile, set_loglevel,
+    };
+}
 
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
 pub use blitzen_common::pool::StatusSnapshot;

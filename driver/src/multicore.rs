@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::results::{DispatchError, Fetch, ResultTable, RunOptions, TaskId, TaskResult};
+use crate::results::{DispatchError, Fetch, Finished, ResultTable, RunOptions, TaskId, TaskResult};
 use blitzen_common::TaskError;
 
 /// Runs tasks on a pool of worker processes of this machine, surviving panics, crashes and
@@ -106,7 +106,9 @@ impl MulticoreDispatcher {
         }
         let table = Arc::new(ResultTable::new());
         let sink_table = table.clone();
-        let sink = Box::new(move |batch| sink_table.complete(batch));
+        let sink = Box::new(move |batch: Vec<blitzen_common::pool::JobResult>| {
+            sink_table.complete(batch.into_iter().map(Finished::from).collect())
+        });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let config = settings.pool;
@@ -182,7 +184,7 @@ impl MulticoreDispatcher {
         options: RunOptions,
     ) -> TaskId<T::Output> {
         let (id, closed) = self.table.register(T::NAME, T::SIGNATURE);
-        if closed.is_some() {
+        if closed {
             return id;
         }
         let args = match encode_value(&args) {
@@ -256,7 +258,7 @@ impl MulticoreDispatcher {
             let _ = thread.join();
             debug!("multicore dispatcher stopped");
         }
-        self.table.close("the dispatcher is shut down");
+        self.table.close(Outcome::Cancelled { reason: "the dispatcher is shut down".into() });
     }
 
     /// Tasks submitted and not yet finished.

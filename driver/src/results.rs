@@ -129,7 +129,8 @@ pub enum DispatchError {
     #[error("the result of task {0} was already fetched")]
     AlreadyFetched(u64),
     /// The wait limit passed first; the results stay in the dispatcher.
-    #[error("waited {waited:?}: {pending} of {total} tasks are still unfinished")]
+    #[error("waited {waited:?}: {pending} of {total} tasks are still unfinished{}",
+            detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     WaitTimedOut {
         /// The limit.
         waited: Duration,
@@ -137,6 +138,8 @@ pub enum DispatchError {
         pending: usize,
         /// Tasks asked for.
         total: usize,
+        /// What is known about why, e.g. that no agent can run a task.
+        detail: Option<String>,
     },
     /// The worker pool could not start.
     #[error(transparent)]
@@ -151,6 +154,53 @@ pub enum DispatchError {
     /// The dispatcher's runtime thread could not start.
     #[error("cannot start the dispatcher's runtime thread: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The cluster server could not be reached or refused this driver.
+    #[error("{0}")]
+    Connect(String),
+    /// `spawn_server` could not serve (the address is taken, or not allowed without a secret).
+    #[error("cannot serve: {0}")]
+    Serve(String),
+    /// `spawn_client` stopped with an error retrying cannot fix.
+    #[error(transparent)]
+    Agent(#[from] blitzen_client::AgentError),
+}
+
+/// A finished task as either backend reports it.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub id: u64,
+    pub worker: Option<WorkerInfo>,
+    pub outcome: Outcome,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    /// A task that ends without reaching a worker.
+    pub(crate) fn unstarted(id: u64, outcome: Outcome) -> Self {
+        Self {
+            id,
+            worker: None,
+            outcome,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+impl From<JobResult> for Finished {
+    fn from(r: JobResult) -> Self {
+        Self {
+            id: r.id,
+            worker: r.worker.map(|pid| WorkerInfo { pid, host: None }),
+            outcome: r.outcome,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            elapsed: r.elapsed,
+        }
+    }
 }
 
 /// The result of one task, whatever its type: the value still encoded, or the error, plus what
@@ -221,16 +271,14 @@ struct TableState {
     slots: HashMap<u64, Slot>,
     /// Slots still `Pending`, so waiting for all needs no scan.
     pending: usize,
-    /// Set at shutdown: new tasks end `Cancelled` with this reason at once.
-    closed: Option<String>,
+    /// Set when no more tasks can run: new tasks end with this outcome at once.
+    closed: Option<Outcome>,
 }
 
 #[derive(Debug)]
 enum Slot {
-    Pending {
-        task: Cow<'static, str>,
-        signature: &'static str,
-    },
+    /// `note` says what is known about a delay (no agent can run it yet).
+    Pending { task: Cow<'static, str>, signature: &'static str, note: Option<String> },
     /// Boxed: most slots are pending at any time, and a result is seven times the size.
     Done(Box<TaskResult>),
 }
@@ -253,41 +301,52 @@ impl ResultTable {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Issues an id for a new task. Returns the reason instead of `None` when the table is
-    /// closed; the task is then already settled as cancelled.
+    /// Issues an id for a new task. When the table is closed the task is settled at once and
+    /// `true` comes back with the id.
     pub(crate) fn register<O>(
         &self,
         task: &'static str,
         signature: &'static str,
-    ) -> (TaskId<O>, Option<String>) {
+    ) -> (TaskId<O>, bool) {
         let mut st = self.lock();
         let seq = st.next;
         st.next += 1;
         let id = TaskId::new(st.origin, seq);
-        st.slots.insert(seq, Slot::Pending { task: Cow::Borrowed(task), signature });
+        st.slots.insert(seq, Slot::Pending { task: Cow::Borrowed(task), signature, note: None });
         st.pending += 1;
         let closed = st.closed.clone();
         drop(st);
-        if let Some(reason) = &closed {
-            self.settle(seq, Outcome::Cancelled { reason: reason.clone() });
+        let is_closed = closed.is_some();
+        if let Some(outcome) = closed {
+            self.settle(seq, outcome);
         }
-        (id, closed)
+        (id, is_closed)
     }
 
     /// Settles one task that never reached a worker.
     pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
-        self.complete(vec![JobResult::unstarted(seq, outcome)]);
+        self.complete(vec![Finished::unstarted(seq, outcome)]);
     }
 
-    /// Records a batch of finished jobs and wakes waiters.
-    pub(crate) fn complete(&self, batch: Vec<JobResult>) {
+    /// Attaches what is known about a delay to pending tasks.
+    pub(crate) fn note(&self, seqs: &[u64], note: &str) {
+        let mut st = self.lock();
+        for seq in seqs {
+            if let Some(Slot::Pending { note: n, .. }) = st.slots.get_mut(seq) {
+                *n = Some(note.to_string());
+            }
+        }
+    }
+
+    /// Records a batch of finished tasks and wakes waiters.
+    pub(crate) fn complete(&self, batch: Vec<Finished>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         for r in batch {
             let Some(slot) = st.slots.get_mut(&r.id) else { continue };
-            let Slot::Pending { task, signature } = slot else { continue };
+            let Slot::Pending { task, signature, .. } = slot else { continue };
             st.pending -= 1;
-            let worker = r.worker.map(|pid| WorkerInfo { pid, host: None });
+            let worker = r.worker;
             let outcome = match r.outcome {
                 Outcome::Value(bytes) => Ok(bytes),
                 other => {
@@ -315,21 +374,20 @@ impl ResultTable {
         self.changed.notify_all();
     }
 
-    /// Refuses new tasks and settles every pending one as cancelled.
-    pub(crate) fn close(&self, reason: &str) {
+    /// Refuses new tasks and settles every pending one, both with `outcome` (unless the table
+    /// was closed before, whose outcome stays for new tasks).
+    pub(crate) fn close(&self, outcome: Outcome) {
         let pending: Vec<u64> = {
             let mut st = self.lock();
-            st.closed.get_or_insert_with(|| reason.to_string());
+            st.closed.get_or_insert_with(|| outcome.clone());
             st.slots
                 .iter()
                 .filter(|(_, s)| matches!(s, Slot::Pending { .. }))
                 .map(|(&seq, _)| seq)
                 .collect()
         };
-        let batch = pending
-            .into_iter()
-            .map(|seq| JobResult::unstarted(seq, Outcome::Cancelled { reason: reason.into() }))
-            .collect();
+        let batch =
+            pending.into_iter().map(|seq| Finished::unstarted(seq, outcome.clone())).collect();
         self.complete(batch);
     }
 
@@ -362,16 +420,23 @@ impl ResultTable {
                 None => self.changed.wait(st).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        let pending = ids
-                            .iter()
-                            .filter(|id| {
-                                matches!(st.slots.get(&id.seq), Some(Slot::Pending { .. }))
-                            })
-                            .count();
+                        let mut pending = 0;
+                        let mut detail = None;
+                        for id in ids {
+                            if let Some(Slot::Pending { task, note, .. }) = st.slots.get(&id.seq) {
+                                pending += 1;
+                                if detail.is_none() {
+                                    detail = note
+                                        .as_ref()
+                                        .map(|n| format!("task {} `{task}`: {n}", id.seq));
+                                }
+                            }
+                        }
                         return Err(DispatchError::WaitTimedOut {
                             waited: fetch.timeout.unwrap_or_default(),
                             pending,
                             total: ids.len(),
+                            detail,
                         });
                     };
                     self.changed.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
@@ -422,9 +487,9 @@ impl ResultTable {
 mod tests {
     use super::*;
 
-    fn done(seq: u64, value: u64) -> JobResult {
+    fn done(seq: u64, value: u64) -> Finished {
         let bytes = blitzen_common::task::encode_value(&value).expect("encodes");
-        JobResult::unstarted(seq, Outcome::Value(bytes))
+        Finished::unstarted(seq, Outcome::Value(bytes))
     }
 
     #[test]
@@ -455,11 +520,14 @@ mod tests {
         assert!(matches!(a.fetch(&[id], Fetch::default()), Err(DispatchError::UnknownTask(1))));
         let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(20)));
         assert!(matches!(err, Err(DispatchError::WaitTimedOut { pending: 1, total: 1, .. })));
-        b.close("closing");
+        b.note(&[id.seq()], "no agent can run it");
+        let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(1)));
+        assert!(format!("{:?}", err).contains("no agent can run it"), "{err:?}");
+        b.close(Outcome::Cancelled { reason: "closing".into() });
         let r = b.fetch(&[id], Fetch::default()).expect("settled");
         assert!(matches!(r[0].outcome, Err(TaskError::Cancelled { .. })));
         let (late, closed) = b.register::<u64>("t", "sig");
-        assert!(closed.is_some());
+        assert!(closed);
         assert!(matches!(
             b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome,
             Err(TaskError::Cancelled { .. })

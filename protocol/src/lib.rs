@@ -5,12 +5,15 @@
 //!   [`frame::FrameReader`] and the async [`frame::FrameCodec`] (a `tokio_util` codec) both use it,
 //!   so both ends enforce the same [`frame::MAX_FRAME_LEN`].
 //! - [`worker`]: the messages between a process pool and its worker processes ([`ToWorker`],
-//!   [`FromWorker`]) and the [`Outcome`] of a task, which later also travels to drivers.
+//!   [`FromWorker`]) and the [`Outcome`] of a task, which also travels to drivers.
+//! - [`cluster`]: the messages between the server, its agents and drivers, after a
+//!   [`cluster::Hello`] handshake.
 //!
 //! Messages are encoded with named fields ([`frame::encode`]), so a field added later with
 //! `#[serde(default)]` does not break an older peer. Payloads (task arguments and results) are
 //! `bytes::Bytes`, which MessagePack carries as binary, never as a list of integers.
 
+pub mod cluster;
 pub mod frame;
 pub mod worker;
 

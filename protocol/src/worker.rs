@@ -147,6 +147,11 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// The server did not accept the task (its task limit was reached).
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// How a process ended.
@@ -308,6 +313,7 @@ mod tests {
             exit().prop_map(|exit| Outcome::WorkerCrashed { exit }),
             any::<String>().prop_map(|reason| Outcome::Cancelled { reason }),
             any::<String>().prop_map(|reason| Outcome::Lost { reason }),
+            any::<String>().prop_map(|reason| Outcome::Refused { reason }),
         ]
     }
 

@@ -1,5 +1,121 @@
-//! The Blitzen cluster server: task queue and result cache for `blitzen-client` agents and
-//! drivers.
+//! `blitzen-server`: the task queue and result cache of a Blitzen cluster.
 //!
-//! Not built yet: this crate holds the place the workspace layout gives it. Until it lands,
-//! Blitzen runs tasks on one machine only, with `blitzen::MulticoreDispatcher`.
+//! Drivers (`blitzen::distributed::DistributedDispatcher`) submit tasks; agents
+//! (`blitzen-client`) announce the tasks their binary has and how many workers they run; the
+//! server pushes each task to an agent with free capacity and pushes each result back to the
+//! driver that submitted it. It never decodes task arguments or results.
+//!
+//! - [`ServerConfig`]: every setting, with the defaults of the binary.
+//! - [`Server`]: bind, then [`Server::run`] until a shutdown token is cancelled.
+//! - `core` (private): the single owner of all state — queue, agents, drivers, results.
+//! - `session` (private): one task per connection: handshake, frames in, batches out.
+
+mod core;
+mod session;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use blitzen_protocol::cluster::DEFAULT_PORT;
+
+/// Everything a server can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// Timeout of tasks submitted without one.
+    pub default_timeout: Option<Duration>,
+    /// Tasks held at most (queued or running); submissions beyond it are refused.
+    pub task_limit: usize,
+    /// Results nobody fetched are dropped after this long.
+    pub result_ttl: Duration,
+    /// Results nobody fetched are kept at most this many (the oldest are dropped).
+    pub max_results: usize,
+    /// A connection must complete its handshake within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            default_timeout: None,
+            task_limit: 10_000_000,
+            result_ttl: Duration::from_secs(3600),
+            max_results: 1_000_000,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(config: ServerConfig) -> io::Result<Self> {
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        Ok(Self { listener, config })
+    }
+
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then tells every driver and agent and returns once
+    /// the goodbyes are queued. Cancel-safe in the sense that cancelling the token is the way to
+    /// stop it; dropping the future stops serving without goodbyes.
+    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let addr = self.listener.local_addr()?;
+        info!(%addr, "serving");
+        let core =
+            tokio::spawn(core::Core::new(self.config.clone(), events_rx).run(shutdown.clone()));
+        let mut next_conn = 1u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = next_conn;
+                        next_conn += 1;
+                        tokio::spawn(session::serve(
+                            stream,
+                            peer,
+                            conn,
+                            events_tx.clone(),
+                            self.config.handshake_timeout,
+                            self.config.task_limit as u64,
+                        ));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the others.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(events_tx);
+        let _ = core.await;
+        info!("stopped");
+        Ok(())
+    }
+}

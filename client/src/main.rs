@@ -1,0 +1,94 @@
+//! `blitzen-client`: gives a Blitzen cluster the worker processes of this machine.
+//!
+//! Parses flags, sets up logging, and runs the agent until Ctrl-C or SIGTERM. The workers are
+//! this binary re-executed, so `worker_main` comes first.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use blitzen_client::{AgentConfig, DEFAULT_PORT};
+use blitzen_common::cli::{parse_secs, termination};
+use blitzen_common::logging;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
+/// reconnecting if it restarts) and runs its tasks on N worker processes. This stock binary
+/// runs the built-in tasks: sleep, echo and command (any program).
+#[derive(Debug, Parser)]
+#[command(name = "blitzen-client", version)]
+struct Args {
+    /// The server: HOST or HOST:PORT.
+    #[arg(long, short, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
+    server: String,
+    /// The server's port, when --server does not give one.
+    #[arg(long, short, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Worker processes to run. Default: one per CPU.
+    #[arg(long, short, value_name = "N")]
+    workers: Option<usize>,
+    /// The name this agent reports (in the server's logs and in task errors). Default: the
+    /// host name.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Seconds between heartbeats when there is nothing else to send.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    heartbeat: Duration,
+    /// Write the log to this file (appended) instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Log level: error, warn, info, debug (a line per task), trace, off, or a RUST_LOG-style
+    /// directive.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    blitzen_common::worker_main();
+    let args = Args::parse();
+    let code = match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("blitzen-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    logging::flush();
+    code
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    logging::install();
+    logging::set_loglevel(&args.log_level)?;
+    if let Some(path) = &args.log_file {
+        logging::set_logfile(path)?;
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    let server = blitzen_common::net::with_default_port(&args.server, args.port);
+    let mut config = AgentConfig::new(&server, workers);
+    config.heartbeat = args.heartbeat;
+    if let Some(name) = args.name {
+        config.host = name;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            termination().await;
+            tracing::info!("signal received");
+            stopper.cancel();
+        });
+        blitzen_client::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Messages between `blitzen-server`, its agents (`blitzen-client`) and drivers
+//! (`DistributedDispatcher`), over TCP.
+//!
+//! Every connection starts with a handshake: the peer sends [`Hello`] (protocol version and
+//! role), the server answers [`Welcome`] or [`Refusal`] and, on refusal, closes. After that an
+//! agent speaks [`FromAgent`] and hears [`ToAgent`]; a driver speaks [`FromDriver`] and hears
+//! [`ToDriver`]. Everything is batched: one frame carries as many tasks or results as were
+//! ready. The server never decodes task arguments or results: they are opaque [`Bytes`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{Captured, Outcome};
+
+/// Bumped whenever a message below changes incompatibly.
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 1;
+
+/// The server's port when none is given.
+pub const DEFAULT_PORT: u16 = 7464;
+
+/// Largest frame accepted before the handshake completes.
+pub const HANDSHAKE_FRAME_LEN: usize = 64 * 1024;
+
+/// A kind of task an agent can run: its registered name and signature.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskKind {
+    /// The registered name.
+    pub name: String,
+    /// The fingerprint of its signature.
+    pub fingerprint: u64,
+    /// The signature as written, for messages.
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// The first message of every connection, from the connecting side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`CLUSTER_PROTOCOL_VERSION`] of the peer.
+    pub version: u32,
+    /// Who is connecting.
+    pub role: Role,
+}
+
+/// Who is connecting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Role {
+    /// An agent offering worker processes.
+    Agent {
+        /// Its host name, for messages.
+        host: String,
+        /// Worker processes it runs.
+        workers: u32,
+        /// The tasks compiled into its binary.
+        tasks: Vec<TaskKind>,
+    },
+    /// A driver submitting tasks.
+    Driver {
+        /// A name for logs (program name and pid).
+        name: String,
+    },
+}
+
+/// The server's answer to a [`Hello`] it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// [`CLUSTER_PROTOCOL_VERSION`] of the server.
+    pub version: u32,
+    /// The id the server gives this connection, for logs.
+    pub connection: u64,
+    /// Tasks the server holds at most at once (submissions beyond are refused).
+    pub task_limit: u64,
+}
+
+/// The server's answer to a [`Hello`] it refuses; the connection closes after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Why.
+    pub reason: String,
+}
+
+/// The server's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted.
+    Welcome(Welcome),
+    /// Refused.
+    Refusal(Refusal),
+}
+
+/// One task submitted by a driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The driver's own id for the task.
+    pub id: u64,
+    /// What to run.
+    pub kind: TaskKind,
+    /// MessagePack-encoded arguments, opaque to the server.
+    #[serde(deserialize_with = "crate::frame::shared_bytes")]
+    pub args: Bytes,
+    /// Limit on the run time in milliseconds, counted from the start on a worker.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Driver → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromDriver {
+    /// New tasks, in submission order.
+    Submit(Vec<Submission>),
+    /// These results were received: the server may forget them.
+    Ack(Vec<u64>),
+    /// The driver is done; the server forgets what it still holds for it.
+    Bye,
+}
+
+/// A finished task, as reported to its driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The driver's id of the task.
+    pub id: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its captured stdout.
+    #[serde(default)]
+    pub stdout: Captured,
+    /// Its captured stderr.
+    #[serde(default)]
+    pub stderr: Captured,
+    /// The worker that ran it: pid and host.
+    #[serde(default)]
+    pub worker: Option<(u32, String)>,
+    /// Its run time in microseconds.
+    #[serde(default)]
+    pub elapsed_us: u64,
+}
+
+/// Server → driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToDriver {
+    /// Finished tasks.
+    Results(Vec<TaskReport>),
+    /// These tasks wait because no connected agent can run them (sent once per kind until an
+    /// agent that can arrives).
+    Waiting {
+        /// The driver's ids.
+        ids: Vec<u64>,
+        /// Why, for the user.
+        reason: String,
+    },
+    /// The server is stopping: unfinished tasks will not finish.
+    ShuttingDown {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A task sent to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The server's key for the task.
+    pub key: u64,
+    /// Registered name.
+    pub name: String,
+    /// Signature fingerprint.
+    pub fingerprint: u64,
+    /// MessagePack-encoded arguments.
+    #[serde(deserialize_with = "crate::frame::shared_bytes")]
+    pub args: Bytes,
+    /// Limit on the run time in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Server → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Tasks to run.
+    Run(Vec<Assignment>),
+    /// The server is stopping; the agent should wait and reconnect.
+    ShuttingDown {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A finished task, as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// The server's key for the task.
+    pub key: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its captured stdout.
+    #[serde(default)]
+    pub stdout: Captured,
+    /// Its captured stderr.
+    #[serde(default)]
+    pub stderr: Captured,
+    /// The worker pid that ran it.
+    #[serde(default)]
+    pub worker_pid: Option<u32>,
+    /// Its run time in microseconds.
+    #[serde(default)]
+    pub elapsed_us: u64,
+}
+
+/// Agent → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromAgent {
+    /// Finished tasks.
+    Done(Vec<AgentResult>),
+    /// Still alive (sent when nothing else was sent for a while).
+    Heartbeat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_frame, decode_shared, encode};
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    fn round_trip<M: Serialize + serde::de::DeserializeOwned>(msg: &M) -> M {
+        let mut buf = BytesMut::new();
+        encode(msg, &mut buf).expect("encodes");
+        let body = decode_frame(&mut buf, usize::MAX).expect("valid").expect("complete");
+        decode_shared(&body.freeze()).expect("decodes")
+    }
+
+    fn kind() -> impl Strategy<Value = TaskKind> {
+        (any::<String>(), any::<u64>(), any::<String>())
+            .prop_map(|(name, fingerprint, signature)| TaskKind { name, fingerprint, signature })
+    }
+
+    fn bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..5000).prop_map(Bytes::from)
+    }
+
+    proptest! {
+        #[test]
+        fn hello_round_trips(version in any::<u32>(), host in any::<String>(), workers in any::<u32>(),
+                             tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>()) {
+            let agent = Hello { version, role: Role::Agent { host, workers, tasks } };
+            prop_assert_eq!(round_trip(&agent), agent);
+            let driver = Hello { version, role: Role::Driver { name } };
+            prop_assert_eq!(round_trip(&driver), driver);
+        }
+
+        #[test]
+        fn driver_messages_round_trip(id in any::<u64>(), kind in kind(), args in bytes(),
+                                      timeout_ms in proptest::option::of(any::<u64>()),
+                                      acks in proptest::collection::vec(any::<u64>(), 0..10)) {
+            let submit = FromDriver::Submit(vec![Submission { id, kind, args: args.clone(), timeout_ms }]);
+            prop_assert_eq!(round_trip(&submit), submit);
+            let ack = FromDriver::Ack(acks);
+            prop_assert_eq!(round_trip(&ack), ack);
+            let report = ToDriver::Results(vec![TaskReport {
+                id, outcome: Outcome::Value(args), stdout: Captured::default(),
+                stderr: Captured::default(), worker: Some((7, "h".into())), elapsed_us: 3,
+            }]);
+            prop_assert_eq!(round_trip(&report), report);
+        }
+
+        #[test]
+        fn agent_messages_round_trip(key in any::<u64>(), name in any::<String>(), args in bytes(),
+                                     fingerprint in any::<u64>()) {
+            let run = ToAgent::Run(vec![Assignment { key, name, fingerprint, args: args.clone(), timeout_ms: Some(5) }]);
+            prop_assert_eq!(round_trip(&run), run);
+            let done = FromAgent::Done(vec![AgentResult {
+                key, outcome: Outcome::Value(args), stdout: Captured::default(),
+                stderr: Captured::default(), worker_pid: Some(1), elapsed_us: 2,
+            }]);
+            prop_assert_eq!(round_trip(&done), done);
+        }
+
+        #[test]
+        fn random_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let body = Bytes::from(data);
+            let _ = decode_shared::<Hello>(&body);
+            let _ = decode_shared::<FromDriver>(&body);
+            let _ = decode_shared::<FromAgent>(&body);
+            let _ = decode_shared::<ToDriver>(&body);
+            let _ = decode_shared::<ToAgent>(&body);
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The server's single owner: the queue, the agents, the drivers and the results.
+//!
+//! Connection tasks turn frames into [`Event`]s; [`Core::run`] handles them one at a time, so
+//! no state is shared and nothing is locked. Each turn handles every event already waiting, then
+//! assigns work and sends each connection one batch.
+//!
+//! Scheduling is push-based: an agent has credit for its workers plus as many again (the agent's
+//! own pool keeps them busy back to back). Within a driver, tasks run in submission order;
+//! between drivers, assignments go round-robin. A task goes only to an agent whose binary has
+//! the task's name *and* signature; a task no connected agent can run waits, and its driver is
+//! told why.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use blitzen_protocol::cluster::{
+    AgentResult, Assignment, Submission, TaskKind, TaskReport, ToAgent, ToDriver,
+};
+use blitzen_protocol::{Captured, Outcome};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::ServerConfig;
+
+/// Identifies one accepted connection for the life of the server.
+pub(crate) type ConnId = u64;
+
+/// What connection tasks report to the core.
+#[derive(Debug)]
+pub(crate) enum Event {
+    AgentJoined {
+        conn: ConnId,
+        host: String,
+        workers: u32,
+        kinds: Vec<TaskKind>,
+        tx: mpsc::UnboundedSender<ToAgent>,
+    },
+    AgentDone {
+        conn: ConnId,
+        results: Vec<AgentResult>,
+    },
+    AgentLeft {
+        conn: ConnId,
+        reason: String,
+    },
+    DriverJoined {
+        conn: ConnId,
+        name: String,
+        tx: mpsc::UnboundedSender<ToDriver>,
+    },
+    Submit {
+        conn: ConnId,
+        tasks: Vec<Submission>,
+    },
+    Ack {
+        conn: ConnId,
+        ids: Vec<u64>,
+    },
+    DriverLeft {
+        conn: ConnId,
+        /// The driver said goodbye: forget everything it had.
+        bye: bool,
+    },
+}
+
+/// Interned [`TaskKind`]: an index into `Core::kinds`.
+type KindId = usize;
+
+/// The server's key of a task.
+type TaskKey = u64;
+
+/// Times a task may be handed out again after its agent vanished before it is given up.
+const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug)]
+struct Task {
+    driver: ConnId,
+    /// The driver's id of the task.
+    id: u64,
+    kind: KindId,
+    args: Bytes,
+    timeout_ms: Option<u64>,
+    /// The agent running it, if any.
+    agent: Option<ConnId>,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+struct Driver {
+    name: String,
+    /// `None` once the driver disconnected without a goodbye: results wait in `unacked`.
+    tx: Option<mpsc::UnboundedSender<ToDriver>>,
+    /// Queued tasks per kind, each in submission order (keys grow with submission).
+    queues: HashMap<KindId, VecDeque<TaskKey>>,
+    /// Results sent (or waiting to be sent) and not yet acknowledged, by the driver's id.
+    unacked: HashMap<u64, (TaskReport, Instant)>,
+    /// Reports to send at the end of this turn.
+    outbox: Vec<TaskReport>,
+    /// Kinds this driver was told no agent can run, so it is told once.
+    told_waiting: HashSet<KindId>,
+}
+
+#[derive(Debug)]
+struct Agent {
+    host: String,
+    kinds: HashSet<KindId>,
+    /// Tasks it may hold at once.
+    capacity: usize,
+    running: HashSet<TaskKey>,
+    tx: mpsc::UnboundedSender<ToAgent>,
+    /// Assignments to send at the end of this turn.
+    outbox: Vec<Assignment>,
+}
+
+pub(crate) struct Core {
+    config: ServerConfig,
+    events: mpsc::UnboundedReceiver<Event>,
+    kinds: Vec<TaskKind>,
+    kind_ids: HashMap<(String, u64), KindId>,
+    tasks: HashMap<TaskKey, Task>,
+    next_key: TaskKey,
+    drivers: HashMap<ConnId, Driver>,
+    /// Drivers in round-robin order (the front one is served next).
+    rotation: VecDeque<ConnId>,
+    agents: HashMap<ConnId, Agent>,
+    /// Unacknowledged results in arrival order, for the caps on age and number (entries whose
+    /// result was acknowledged meanwhile are skipped).
+    cache_order: VecDeque<(ConnId, u64, Instant)>,
+    cached: usize,
+}
+
+impl Core {
+    pub(crate) fn new(config: ServerConfig, events: mpsc::UnboundedReceiver<Event>) -> Self {
+        Self {
+            config,
+            events,
+            kinds: Vec::new(),
+            kind_ids: HashMap::new(),
+            tasks: HashMap::new(),
+            next_key: 1,
+            drivers: HashMap::new(),
+            rotation: VecDeque::new(),
+            agents: HashMap::new(),
+            cache_order: VecDeque::new(),
+            cached: 0,
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then tells every peer and returns.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let expiry = self.next_expiry();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
+                _ = sleep_until(expiry), if expiry.is_some() => self.expire_results(),
+            }
+            while let Ok(event) = self.events.try_recv() {
+                self.on_event(event);
+            }
+            self.dispatch();
+            self.flush();
+            self.trim_cache_order();
+        }
+        self.shut_down();
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::AgentJoined { conn, host, workers, kinds, tx } => {
+                self.agent_joined(conn, host, workers, kinds, tx)
+            }
+            Event::AgentDone { conn, results } => self.agent_done(conn, results),
+            Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
+            Event::DriverJoined { conn, name, tx } => {
+                info!(conn, %name, "driver connected");
+                self.drivers.insert(
+                    conn,
+                    Driver {
+                        name,
+                        tx: Some(tx),
+                        queues: HashMap::new(),
+                        unacked: HashMap::new(),
+                        outbox: Vec::new(),
+                        told_waiting: HashSet::new(),
+                    },
+                );
+                self.rotation.push_back(conn);
+            }
+            Event::Submit { conn, tasks } => self.submit(conn, tasks),
+            Event::Ack { conn, ids } => {
+                if let Some(d) = self.drivers.get_mut(&conn) {
+                    for id in ids {
+                        if d.unacked.remove(&id).is_some() {
+                            self.cached -= 1;
+                        }
+                    }
+                }
+            }
+            Event::DriverLeft { conn, bye } => self.driver_left(conn, bye),
+        }
+    }
+
+    // ----- drivers -----
+
+    fn submit(&mut self, conn: ConnId, submissions: Vec<Submission>) {
+        let Some(driver) = self.drivers.get(&conn) else { return };
+        let name = driver.name.clone();
+        let mut unrunnable: HashMap<KindId, Vec<u64>> = HashMap::new();
+        let mut refused = Vec::new();
+        let count = submissions.len();
+        for s in submissions {
+            if self.tasks.len() >= self.config.task_limit {
+                refused.push(s.id);
+                continue;
+            }
+            let kind = self.intern(s.kind);
+            let key = self.next_key;
+            self.next_key += 1;
+            let timeout_ms =
+                s.timeout_ms.or(self.config.default_timeout.map(|t| t.as_millis() as u64));
+            self.tasks.insert(
+                key,
+                Task {
+                    driver: conn,
+                    id: s.id,
+                    kind,
+                    args: s.args,
+                    timeout_ms,
+                    agent: None,
+                    attempts: 0,
+                },
+            );
+            if let Some(d) = self.drivers.get_mut(&conn) {
+                d.queues.entry(kind).or_default().push_back(key);
+                if !d.told_waiting.contains(&kind)
+                    && !self.agents.values().any(|a| a.kinds.contains(&kind))
+                {
+                    unrunnable.entry(kind).or_default().push(s.id);
+                }
+            }
+        }
+        debug!(conn, driver = %name, count, refused = refused.len(), "tasks submitted");
+        if !refused.is_empty() {
+            warn!(conn, driver = %name, refused = refused.len(), limit = self.config.task_limit, "task limit reached; submissions refused");
+            let reason = format!(
+                "the server already holds its limit of {} tasks (--task-limit); submit again \
+                 once earlier tasks have finished",
+                self.config.task_limit
+            );
+            for id in refused {
+                let outcome = Outcome::Refused { reason: reason.clone() };
+                self.report(conn, unstarted(id, outcome));
+            }
+        }
+        for (kind, ids) in unrunnable {
+            let reason = self.why_unrunnable(kind);
+            warn!(conn, driver = %name, tasks = ids.len(), %reason, "tasks wait for an agent");
+            if let Some(d) = self.drivers.get_mut(&conn) {
+                d.told_waiting.insert(kind);
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Waiting { ids, reason });
+                }
+            }
+        }
+    }
+
+    fn why_unrunnable(&self, kind: KindId) -> String {
+        let wanted = &self.kinds[kind];
+        let others: Vec<&str> = self
+            .agents
+            .values()
+            .flat_map(|a| a.kinds.iter())
+            .map(|&k| &self.kinds[k])
+            .filter(|k| k.name == wanted.name)
+            .map(|k| k.signature.as_str())
+            .collect();
+        if self.agents.is_empty() {
+            format!("no agent is connected to run `{}`; the tasks wait for one", wanted.name)
+        } else if others.is_empty() {
+            format!(
+                "no connected agent has a task named `{}`; the tasks wait for an agent built \
+                 with it",
+                wanted.name
+            )
+        } else {
+            format!(
+                "connected agents have `{}` with another signature ({}), not `{}`; the tasks \
+                 wait for an agent built from the same definitions",
+                wanted.name,
+                others.join(", "),
+                wanted.signature
+            )
+        }
+    }
+
+    fn driver_left(&mut self, conn: ConnId, bye: bool) {
+        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+        driver.tx = None;
+        if !bye {
+            info!(conn, driver = %driver.name, "driver disconnected; its tasks go on and results are kept");
+            return;
+        }
+        info!(conn, driver = %driver.name, "driver finished");
+        let Some(driver) = self.drivers.remove(&conn) else { return };
+        self.rotation.retain(|&c| c != conn);
+        self.cached -= driver.unacked.len();
+        for key in driver.queues.into_values().flatten() {
+            self.tasks.remove(&key);
+        }
+        // Tasks running for it are left to finish; their results are dropped on arrival.
+        self.tasks.retain(|_, t| t.driver != conn || t.agent.is_some());
+    }
+
+    /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
+    fn report(&mut self, conn: ConnId, report: TaskReport) {
+        let Some(d) = self.drivers.get_mut(&conn) else { return };
+        let now = Instant::now();
+        let id = report.id;
+        if d.tx.is_some() {
+            d.outbox.push(report.clone());
+        }
+        if d.unacked.insert(id, (report, now)).is_none() {
+            self.cached += 1;
+        }
+        self.cache_order.push_back((conn, id, now));
+        self.enforce_result_cap();
+    }
+
+    // ----- agents -----
+
+    fn agent_joined(
+        &mut self,
+        conn: ConnId,
+        host: String,
+        workers: u32,
+        kinds: Vec<TaskKind>,
+        tx: mpsc::UnboundedSender<ToAgent>,
+    ) {
+        let kinds: HashSet<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
+        let capacity = (workers as usize).max(1) * 2;
+        info!(conn, %host, workers, tasks = kinds.len(), "agent connected");
+        // Drivers told that no agent could run some of their tasks may hear again.
+        for d in self.drivers.values_mut() {
+            d.told_waiting.retain(|k| !kinds.contains(k));
+        }
+        self.agents.insert(
+            conn,
+            Agent { host, kinds, capacity, running: HashSet::new(), tx, outbox: Vec::new() },
+        );
+    }
+
+    fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>) {
+        let host = match self.agents.get_mut(&conn) {
+            Some(a) => {
+                for r in &results {
+                    a.running.remove(&r.key);
+                }
+                a.host.clone()
+            }
+            None => return,
+        };
+        for r in results {
+            let Some(task) = self.tasks.remove(&r.key) else {
+                debug!(key = r.key, "result for a task that is no longer wanted; dropped");
+                continue;
+            };
+            let report = TaskReport {
+                id: task.id,
+                outcome: r.outcome,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                worker: r.worker_pid.map(|pid| (pid, host.clone())),
+                elapsed_us: r.elapsed_us,
+            };
+            self.report(task.driver, report);
+        }
+    }
+
+    fn agent_left(&mut self, conn: ConnId, reason: &str) {
+        let Some(agent) = self.agents.remove(&conn) else { return };
+        warn!(conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
+        let mut lost = Vec::new();
+        for key in agent.running {
+            let Some(task) = self.tasks.get_mut(&key) else { continue };
+            task.agent = None;
+            task.attempts += 1;
+            if task.attempts >= MAX_ATTEMPTS {
+                lost.push(key);
+            } else if let Some(d) = self.drivers.get_mut(&task.driver) {
+                // Back to the front of its queue: it was submitted before what waits there.
+                let queue = d.queues.entry(task.kind).or_default();
+                let at = queue.partition_point(|&k| k < key);
+                queue.insert(at, key);
+            }
+        }
+        for key in lost {
+            if let Some(task) = self.tasks.remove(&key) {
+                let reason = format!(
+                    "its agent disconnected {} times while holding it; giving up",
+                    task.attempts
+                );
+                self.report(task.driver, unstarted(task.id, Outcome::Lost { reason }));
+            }
+        }
+    }
+
+    // ----- scheduling -----
+
+    /// Fills every agent's free credit, round-robin between drivers.
+    fn dispatch(&mut self) {
+        let agent_ids: Vec<ConnId> = self.agents.keys().copied().collect();
+        for conn in agent_ids {
+            // `running` includes the tasks still in the outbox.
+            while let Some(agent) = self.agents.get(&conn) {
+                if agent.running.len() >= agent.capacity {
+                    break;
+                }
+                let Some(key) = self.next_task_for(conn) else { break };
+                let Some(task) = self.tasks.get_mut(&key) else { continue };
+                task.agent = Some(conn);
+                let assignment = Assignment {
+                    key,
+                    name: self.kinds[task.kind].name.clone(),
+                    fingerprint: self.kinds[task.kind].fingerprint,
+                    args: task.args.clone(),
+                    timeout_ms: task.timeout_ms,
+                };
+                if let Some(agent) = self.agents.get_mut(&conn) {
+                    agent.running.insert(key);
+                    agent.outbox.push(assignment);
+                }
+            }
+        }
+    }
+
+    /// The oldest queued task of the next driver (in rotation) that this agent can run.
+    fn next_task_for(&mut self, agent: ConnId) -> Option<TaskKey> {
+        let kinds = &self.agents.get(&agent)?.kinds;
+        for _ in 0..self.rotation.len() {
+            let conn = self.rotation.pop_front()?;
+            self.rotation.push_back(conn);
+            let Some(d) = self.drivers.get_mut(&conn) else { continue };
+            let best = d
+                .queues
+                .iter()
+                .filter(|(k, q)| kinds.contains(k) && !q.is_empty())
+                .min_by_key(|(_, q)| q.front().copied())
+                .map(|(&k, _)| k);
+            if let Some(kind) = best {
+                return d.queues.get_mut(&kind).and_then(VecDeque::pop_front);
+            }
+        }
+        None
+    }
+
+    /// Sends every connection its batch of this turn.
+    fn flush(&mut self) {
+        for agent in self.agents.values_mut() {
+            if !agent.outbox.is_empty() {
+                let _ = agent.tx.send(ToAgent::Run(std::mem::take(&mut agent.outbox)));
+            }
+        }
+        for d in self.drivers.values_mut() {
+            if !d.outbox.is_empty() {
+                let batch = std::mem::take(&mut d.outbox);
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Results(batch));
+                }
+            }
+        }
+    }
+
+    // ----- the result cache -----
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.cache_order.front().map(|&(_, _, at)| at + self.config.result_ttl)
+    }
+
+    /// Whether a cache entry still stands for an unacknowledged result.
+    fn is_cached(&self, conn: ConnId, id: u64, at: Instant) -> bool {
+        self.drivers
+            .get(&conn)
+            .and_then(|d| d.unacked.get(&id))
+            .is_some_and(|&(_, stored)| stored == at)
+    }
+
+    /// Drops entries of results acknowledged meanwhile from the front of the order.
+    fn trim_cache_order(&mut self) {
+        while let Some(&(conn, id, at)) = self.cache_order.front() {
+            if self.is_cached(conn, id, at) {
+                break;
+            }
+            self.cache_order.pop_front();
+        }
+    }
+
+    /// Removes the oldest cached result; returns whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        self.trim_cache_order();
+        let Some((conn, id, _)) = self.cache_order.pop_front() else { return false };
+        if let Some(d) = self.drivers.get_mut(&conn)
+            && d.unacked.remove(&id).is_some()
+        {
+            self.cached -= 1;
+        }
+        true
+    }
+
+    /// Drops cached results older than the age cap.
+    fn expire_results(&mut self) {
+        let Some(oldest_kept) = Instant::now().checked_sub(self.config.result_ttl) else { return };
+        let mut evicted = 0usize;
+        self.trim_cache_order();
+        while self.cache_order.front().is_some_and(|&(_, _, at)| at <= oldest_kept) {
+            if !self.evict_oldest() {
+                break;
+            }
+            evicted += 1;
+        }
+        if evicted > 0 {
+            info!(evicted, ttl = ?self.config.result_ttl, "evicted results nobody fetched (age cap)");
+        }
+    }
+
+    /// Keeps at most `max_results` unacknowledged results, dropping the oldest.
+    fn enforce_result_cap(&mut self) {
+        let mut evicted = 0usize;
+        while self.cached > self.config.max_results && self.evict_oldest() {
+            evicted += 1;
+        }
+        if evicted > 0 {
+            info!(
+                evicted,
+                cap = self.config.max_results,
+                "evicted results nobody fetched (count cap)"
+            );
+        }
+    }
+
+    // ----- the end -----
+
+    fn shut_down(&mut self) {
+        let reason = "the server is shutting down".to_string();
+        info!(
+            drivers = self.drivers.len(),
+            agents = self.agents.len(),
+            unfinished = self.tasks.len(),
+            "shutting down"
+        );
+        self.flush();
+        for d in self.drivers.values() {
+            if let Some(tx) = &d.tx {
+                let _ = tx.send(ToDriver::ShuttingDown { reason: reason.clone() });
+            }
+        }
+        for a in self.agents.values() {
+            let _ = a.tx.send(ToAgent::ShuttingDown { reason: reason.clone() });
+        }
+        // Dropping the senders lets each writer flush and close its connection.
+        self.drivers.clear();
+        self.agents.clear();
+    }
+
+    fn intern(&mut self, kind: TaskKind) -> KindId {
+        let key = (kind.name.clone(), kind.fingerprint);
+        if let Some(&id) = self.kind_ids.get(&key) {
+            return id;
+        }
+        self.kinds.push(kind);
+        self.kind_ids.insert(key, self.kinds.len() - 1);
+        self.kinds.len() - 1
+    }
+}
+
+fn unstarted(id: u64, outcome: Outcome) -> TaskReport {
+    TaskReport {
+        id,
+        outcome,
+        stdout: Captured::default(),
+        stderr: Captured::default(),
+        worker: None,
+        elapsed_us: 0,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,125 @@
+//! `blitzen-server`: the task queue and result cache of a Blitzen cluster.
+//!
+//! Parses flags, sets up logging, serves until `--duration` passes or Ctrl-C / SIGTERM, then
+//! tells every driver and agent and exits 0.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use blitzen_common::cli::{parse_secs, termination};
+use blitzen_common::logging;
+use blitzen_server::{DEFAULT_PORT, Server, ServerConfig};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The Blitzen cluster server: holds the task queue and the result cache. Drivers submit tasks
+/// to it; `blitzen-client` agents connect to it and run the tasks on their worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "blitzen-server", version)]
+struct Args {
+    /// Address to listen on. Anything but a loopback address needs --insecure (until shared
+    /// secrets exist, anyone who can reach the port can submit work).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on (0: any free port; the address is printed on stdout).
+    #[arg(long, short, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Serve this many seconds, then shut down cleanly: connected drivers and agents are told,
+    /// and unfinished tasks end with an error at their drivers. Default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// Timeout of tasks submitted without one, in seconds. Default: none.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
+    /// Most tasks held at once (queued or running); further submissions are refused with an
+    /// error at their driver.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    task_limit: usize,
+    /// Seconds a result nobody fetched is kept before it is dropped (logged).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "3600")]
+    result_ttl: Duration,
+    /// Most results nobody fetched that are kept; the oldest are dropped beyond it (logged).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_results: usize,
+    /// Seconds a new connection has to introduce itself before it is closed.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    handshake_timeout: Duration,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long)]
+    insecure: bool,
+    /// Write the log to this file (appended) instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Log level: error, warn, info, debug (a line per task), trace, off, or a RUST_LOG-style
+    /// directive.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("blitzen-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    logging::flush();
+    code
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    logging::install();
+    logging::set_loglevel(&args.log_level)?;
+    if let Some(path) = &args.log_file {
+        logging::set_logfile(path)?;
+    }
+    if !args.bind.is_loopback() && !args.insecure {
+        bail!(
+            "refusing to listen on {} without authentication: anyone who can reach it could run \
+             programs on your agents; pass --insecure to do it anyway",
+            args.bind
+        );
+    }
+    let config = ServerConfig {
+        bind: args.bind,
+        port: args.port,
+        default_timeout: args.timeout,
+        task_limit: args.task_limit,
+        result_ttl: args.result_ttl,
+        max_results: args.max_results,
+        handshake_timeout: args.handshake_timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr()?;
+        println!("blitzen-server listening on {addr}");
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        let duration = args.duration;
+        tokio::spawn(async move {
+            match duration {
+                Some(d) => tokio::select! {
+                    _ = tokio::time::sleep(d) => tracing::info!(?d, "duration elapsed"),
+                    _ = termination() => tracing::info!("signal received"),
+                },
+                None => {
+                    termination().await;
+                    tracing::info!("signal received");
+                }
+            }
+            stopper.cancel();
+        });
+        server.run(shutdown).await?;
+        anyhow::Ok(())
+    })
+}
