@@ -1,5 +1,7 @@
 //! Helpers for Blitzen's end-to-end tests, which run against real processes.
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;

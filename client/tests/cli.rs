@@ -1,0 +1,39 @@
+//! The `blitzen-client` binary's command line, run as a real process.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blitzen-client");
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().expect("runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--server",
+        "--port",
+        "--workers",
+        "--name",
+        "--heartbeat",
+        "--log-file",
+        "--log-level",
+        "--help",
+        "--version",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    for (args, expect) in [
+        (vec!["--workers", "0"], "at least 1"),
+        (vec!["--workers", "many"], "invalid value"),
+        (vec!["--heartbeat=-3"], "not a usable number of seconds"),
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expect), "{args:?}: stderr lacks `{expect}`:\n{stderr}");
+    }
+}

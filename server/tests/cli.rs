@@ -1,0 +1,74 @@
+//! The `blitzen-server` binary's command line, run as a real process.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blitzen-server");
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().expect("runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--bind",
+        "--port",
+        "--duration",
+        "--timeout",
+        "--task-limit",
+        "--result-ttl",
+        "--max-results",
+        "--handshake-timeout",
+        "--insecure",
+        "--log-file",
+        "--log-level",
+        "--help",
+        "--version",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    for (args, expect) in [
+        (vec!["--duration", "soon"], "not a number of seconds"),
+        (vec!["--port", "99999"], "99999"),
+        (vec!["--log-level", "blitzen=loud"], "invalid log level"),
+        (vec!["--bind", "0.0.0.0", "--port", "0"], "--insecure"),
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expect), "{args:?}: stderr lacks `{expect}`:\n{stderr}");
+    }
+}
+
+#[test]
+fn duration_ends_the_server_cleanly_and_on_time() {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--port", "0", "--duration", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "took {took:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("listening on 127.0.0.1:"));
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = Command::new(BIN).args(["--port", &port, "--duration", "5"]).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
+}

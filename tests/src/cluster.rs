@@ -1,0 +1,172 @@
+//! Starting the real `blitzen-server` and `blitzen-client` binaries for end-to-end tests.
+//!
+//! The binaries are the ones `cargo test --workspace` builds for the server's and the client's
+//! own tests, found beside the test executable. Every process is killed and reaped when its
+//! guard is dropped, so a failing test leaves nothing running.
+
+use std::io::{self, BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary built beside the running test.
+pub fn binary(name: &str) -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| io::Error::other("no target dir"))?;
+    let path = dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(io::Error::other(format!(
+            "{} is missing: run the suite with `cargo test --workspace`, which builds it",
+            path.display()
+        )))
+    }
+}
+
+/// A child process that is stopped when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Where its stderr goes, for diagnostics.
+    log: PathBuf,
+    /// Kept open so the process never writes into a closed pipe.
+    _stdout: Option<ChildStdout>,
+}
+
+impl Process {
+    fn spawn(mut command: Command, label: &str) -> io::Result<(Self, Option<ChildStdout>)> {
+        let log = std::env::temp_dir().join(format!(
+            "blitzen-test-{}-{label}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let file = std::fs::File::create(&log)?;
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(file).spawn()?;
+        let stdout = child.stdout.take();
+        Ok((Self { child, log, _stdout: None }, stdout))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits at most `timeout` for it to exit by itself (woken by a pidfd, not by polling).
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+            .ok_or_else(|| io::Error::other("bad pid"))?;
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit =
+                Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&limit)) {
+                Ok(0) => return self.child.try_wait(),
+                Ok(_) => return self.child.wait().map(Some),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s; returns its exit status.
+    pub fn stop(&mut self) -> io::Result<ExitStatus> {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        match self.wait_exit(Duration::from_secs(10))? {
+            Some(status) => Ok(status),
+            None => {
+                self.child.kill()?;
+                self.child.wait()
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A running `blitzen-server` and the address it listens on.
+#[derive(Debug)]
+pub struct ServerProcess {
+    /// The process.
+    pub process: Process,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+/// Starts `blitzen-server` on 127.0.0.1 (port 0 unless `args` names one) and waits until it
+/// listens.
+pub fn start_server(args: &[&str]) -> io::Result<ServerProcess> {
+    let mut command = Command::new(binary("blitzen-server")?);
+    if !args.contains(&"--port") {
+        command.args(["--port", "0"]);
+    }
+    command.args(args);
+    let (mut process, stdout) = Process::spawn(command, "server")?;
+    let mut stdout = BufReader::new(stdout.ok_or_else(|| io::Error::other("no stdout"))?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .ok_or_else(|| {
+            io::Error::other(format!("server did not start: {line:?}\n{}", process.log_text()))
+        })?
+        .to_string();
+    process._stdout = Some(stdout.into_inner());
+    Ok(ServerProcess { process, addr })
+}
+
+/// Starts the stock `blitzen-client` with `workers` workers, reporting itself as `name`.
+pub fn start_agent(server: &str, workers: usize, name: &str) -> io::Result<Process> {
+    let mut command = Command::new(binary("blitzen-client")?);
+    command.args(["--server", server, "--workers", &workers.to_string(), "--name", name]);
+    let (mut process, stdout) = Process::spawn(command, name)?;
+    process._stdout = stdout;
+    Ok(process)
+}
+
+/// Starts any program as an agent-like process (a user's own client), stopped on drop.
+pub fn start_program(mut command: Command, label: &str) -> io::Result<Process> {
+    command.stdin(Stdio::null());
+    let (mut process, stdout) = Process::spawn(command, label)?;
+    process._stdout = stdout;
+    Ok(process)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,284 @@
+//! End-to-end tests of the cluster: the real `blitzen-server` and `blitzen-client` binaries on
+//! 127.0.0.1 ephemeral ports, and `DistributedDispatcher` drivers.
+//!
+//! This binary has its own `main`: started with `BLITZEN_TEST_AGENT_FOR=ADDR`, it is a user's
+//! own client (`spawn_client`) whose workers know the tasks below.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use blitzen::distributed::DistributedDispatcher;
+use blitzen::{DispatchError, Fetch, TaskError, echo, sleep};
+use blitzen_tests::cluster::{free_port, start_agent, start_program, start_server};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_bytes::ByteBuf;
+
+/// A task the stock client does not have.
+#[blitzen::task]
+fn triple(x: u64) -> u64 {
+    3 * x
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+const AGENT_ENV: &str = "BLITZEN_TEST_AGENT_FOR";
+
+fn fail(e: impl std::fmt::Display) -> Failed {
+    Failed::from(e.to_string())
+}
+
+fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
+}
+
+fn driver(addr: &str) -> DistributedDispatcher {
+    DistributedDispatcher::new(addr).with_connect_timeout(Duration::from_secs(20))
+}
+
+fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 5, "trio-agent").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = [0.2, 0.4, 0.6, 3.0, 3.5]
+        .iter()
+        .map(|&s| d.run_with_timeout(sleep, s, Duration::from_millis(1500)))
+        .collect();
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    for (i, r) in results.iter().enumerate().take(3) {
+        check(r.is_ok(), format!("task {i}: {r:?}"))?;
+    }
+    for r in &results[3..] {
+        match r {
+            Err(e @ TaskError::TimedOut { ctx, .. }) => {
+                let host = ctx.worker.as_ref().and_then(|w| w.host.clone());
+                check(host.as_deref() == Some("trio-agent"), format!("host in {e}"))?;
+            }
+            other => return Err(format!("expected a timeout, got {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+fn two_agents_share_the_load() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _a = start_agent(&server.addr, 1, "agent-a").map_err(fail)?;
+    let _b = start_agent(&server.addr, 1, "agent-b").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..8).map(|_| d.run(sleep, 0.3).untyped()).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let hosts: HashSet<String> =
+        results.iter().filter_map(|r| r.worker.as_ref().and_then(|w| w.host.clone())).collect();
+    check(results.iter().all(|r| r.is_ok()), "all succeed")?;
+    check(hosts.len() == 2, format!("tasks ran on {hosts:?}"))
+}
+
+fn three_drivers_each_get_exactly_their_own_results() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "shared").map_err(fail)?;
+    let addr = server.addr.clone();
+    let outcomes: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3u32)
+            .map(|n| {
+                let addr = addr.clone();
+                scope.spawn(move || -> Result<(), String> {
+                    let d = driver(&addr);
+                    let ids: Vec<_> =
+                        (0..300u32).map(|i| d.run(echo::<(u32, u32)>(), (n, i))).collect();
+                    let got = d
+                        .get_results_with(&ids, Fetch::default().within(WAIT))
+                        .map_err(|e| e.to_string())?;
+                    let want: Vec<(u32, u32)> = (0..300).map(|i| (n, i)).collect();
+                    let got: Vec<(u32, u32)> =
+                        got.into_iter().collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+                    if got != want {
+                        return Err(format!("driver {n} got foreign or missing results"));
+                    }
+                    if !d.join().is_empty() {
+                        return Err(format!("driver {n} got extra results"));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("driver panicked".into())))
+            .collect()
+    });
+    outcomes.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ()).map_err(fail)
+}
+
+fn duration_ends_the_server_and_waiting_drivers_hear_why() -> Result<(), Failed> {
+    let started = Instant::now();
+    let mut server = start_server(&["--duration", "2"]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "doomed").map_err(fail)?;
+    let d = driver(&server.addr);
+    let id = d.run(sleep, 30.0);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    match &r[0] {
+        Err(e @ TaskError::Lost { reason, .. }) => {
+            check(reason.contains("shut down"), format!("{e}"))?;
+        }
+        other => return Err(format!("expected Lost, got {other:?}").into()),
+    }
+    let status = server.process.wait_exit(Duration::from_secs(10)).map_err(fail)?;
+    check(status.is_some_and(|s| s.success()), format!("server exit: {status:?}"))?;
+    check(started.elapsed() < Duration::from_secs(15), format!("took {:?}", started.elapsed()))
+}
+
+fn agent_started_before_the_server_connects_when_it_comes_up() -> Result<(), Failed> {
+    let port = free_port().map_err(fail)?.to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let _agent = start_agent(&addr, 1, "early").map_err(fail)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _server = start_server(&["--port", &port]).map_err(fail)?;
+    let d = driver(&addr);
+    let id = d.run(echo::<String>(), "hello".into());
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r[0].as_deref() == Ok("hello"), format!("{r:?}"))
+}
+
+fn agent_reconnects_to_a_restarted_server() -> Result<(), Failed> {
+    let mut first = start_server(&[]).map_err(fail)?;
+    let addr = first.addr.clone();
+    let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+    let _agent = start_agent(&addr, 1, "faithful").map_err(fail)?;
+    let d = driver(&addr);
+    let id = d.run(echo::<u32>(), 1);
+    check(
+        d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?[0] == Ok(1),
+        "before",
+    )?;
+    d.join();
+    let status = first.process.stop().map_err(fail)?;
+    check(status.success(), format!("first server exit {status:?}"))?;
+    let _second = start_server(&["--port", &port]).map_err(fail)?;
+    let d = driver(&addr);
+    let id = d.run(echo::<u32>(), 2);
+    check(
+        d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?[0] == Ok(2),
+        "after",
+    )
+}
+
+fn ten_thousand_tasks_over_two_agents_each_return_once() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _a = start_agent(&server.addr, 1, "bulk-a").map_err(fail)?;
+    let _b = start_agent(&server.addr, 1, "bulk-b").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..10_000u64).map(|i| d.run(echo::<u64>(), i).untyped()).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let mut hosts = HashSet::new();
+    for (i, r) in results.iter().enumerate() {
+        check(r.decode::<u64>().map_err(fail)? == i as u64, format!("task {i}"))?;
+        hosts.extend(r.worker.as_ref().and_then(|w| w.host.clone()));
+    }
+    check(hosts.len() == 2, format!("hosts {hosts:?}"))?;
+    check(d.join().is_empty(), "nothing more")
+}
+
+fn a_task_no_agent_has_waits_and_says_why() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "stock").map_err(fail)?;
+    let d = driver(&server.addr);
+    // Make sure the agent is there, so the reason is about the task, not a missing agent.
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
+    let id = d.run(triple, 2);
+    match d.get_results_with(&[id], Fetch::default().within(Duration::from_secs(2))) {
+        Err(e @ DispatchError::WaitTimedOut { .. }) => check(
+            e.to_string().contains("no connected agent has a task named `triple`"),
+            format!("{e}"),
+        ),
+        other => Err(format!("expected a wait with a reason, got {other:?}").into()),
+    }
+}
+
+fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let mut command = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    command.env(AGENT_ENV, &server.addr);
+    let _agent = start_program(command, "own-client").map_err(fail)?;
+    let d = driver(&server.addr);
+    let id = d.run(triple, 14);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r[0] == Ok(42), format!("{r:?}"))
+}
+
+fn thirty_two_mib_payload_round_trips() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "big").map_err(fail)?;
+    let d = driver(&server.addr);
+    let data: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let id = d.run(echo::<ByteBuf>(), ByteBuf::from(data.clone()));
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let back = r.into_iter().next().ok_or("no result")?.map_err(fail)?;
+    check(back.into_vec() == data, "payload differs")
+}
+
+fn task_limit_refuses_the_excess_with_a_clear_error() -> Result<(), Failed> {
+    let server = start_server(&["--task-limit", "5"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..8).map(|_| d.run(sleep, 0.1)).collect();
+    let r = d.get_results_with(&ids[5..], Fetch::default().within(WAIT)).map_err(fail)?;
+    for x in r {
+        match x {
+            Err(e @ TaskError::Refused { .. }) => {
+                check(e.to_string().contains("--task-limit"), format!("{e}"))?
+            }
+            other => return Err(format!("expected Refused, got {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+fn unreachable_server_is_a_clear_error_not_a_hang() -> Result<(), Failed> {
+    let port = free_port().map_err(fail)?;
+    let d = DistributedDispatcher::new(format!("127.0.0.1:{port}"))
+        .with_connect_timeout(Duration::from_millis(500));
+    let id = d.run(echo::<u8>(), 1);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    match &r[0] {
+        Err(e @ TaskError::Lost { reason, .. }) => {
+            check(reason.contains("cannot reach"), format!("{e}"))
+        }
+        other => Err(format!("expected Lost, got {other:?}").into()),
+    }
+}
+
+/// A test named after its function.
+macro_rules! trial {
+    ($f:ident) => {
+        Trial::test(stringify!($f), $f)
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    blitzen::worker_main();
+    if let Ok(server) = std::env::var(AGENT_ENV) {
+        // A user's own client: the seed's client script.
+        let _ = triple;
+        return match DistributedDispatcher::new(server).spawn_client(2) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial!(distributed_trio_reports_finished_and_timed_out),
+        trial!(two_agents_share_the_load),
+        trial!(three_drivers_each_get_exactly_their_own_results),
+        trial!(duration_ends_the_server_and_waiting_drivers_hear_why),
+        trial!(agent_started_before_the_server_connects_when_it_comes_up),
+        trial!(agent_reconnects_to_a_restarted_server),
+        trial!(ten_thousand_tasks_over_two_agents_each_return_once),
+        trial!(a_task_no_agent_has_waits_and_says_why),
+        trial!(users_own_client_runs_its_own_tasks),
+        trial!(thirty_two_mib_payload_round_trips),
+        trial!(task_limit_refuses_the_excess_with_a_clear_error),
+        trial!(unreachable_server_is_a_clear_error_not_a_hang),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
