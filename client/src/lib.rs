@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// Limit on one connection attempt.
     pub connect_timeout: Duration,
+    /// Notified each time the agent is connected and serving (for programs that embed one).
+    pub connected: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl AgentConfig {
@@ -53,6 +55,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            connected: None,
         }
     }
 }
@@ -178,6 +181,9 @@ async fn serve(
     });
     let pool = Pool::start(config.pool.clone(), sink).await?;
     let (writer, _) = spawn_writer::<FromAgent>(write);
+    if let Some(connected) = &config.connected {
+        connected.notify_one();
+    }
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_since_tick = false;

@@ -32,6 +32,7 @@
 
 pub mod distributed;
 mod multicore;
+mod progress;
 mod results;
 pub mod utils;
 

@@ -17,6 +17,8 @@ use blitzen_protocol::{Captured, Outcome};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use crate::progress::{Progress, REDRAW};
+
 /// The type parameter of an id whose output type is not tracked ([`TaskId::untyped`]).
 #[derive(Debug)]
 pub enum Untyped {}
@@ -407,6 +409,7 @@ impl ResultTable {
             }
         }
         let deadline = fetch.timeout.map(|t| Instant::now() + t);
+        let mut progress = Progress::new(ids.len());
         let mut ready = 0;
         loop {
             while ready < ids.len() && matches!(st.slots.get(&ids[ready].seq), Some(Slot::Done(_)))
@@ -416,7 +419,13 @@ impl ResultTable {
             if ready == ids.len() {
                 break;
             }
+            progress.update(|| {
+                ids.iter().filter(|id| matches!(st.slots.get(&id.seq), Some(Slot::Done(_)))).count()
+            });
             st = match deadline {
+                None if progress.is_enabled() => {
+                    self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
+                }
                 None => self.changed.wait(st).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -439,10 +448,12 @@ impl ResultTable {
                             detail,
                         });
                     };
+                    let left = if progress.is_enabled() { left.min(REDRAW) } else { left };
                     self.changed.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
         }
+        progress.finish();
         let results = ids
             .iter()
             .filter_map(|id| match st.slots.get(&id.seq) {
@@ -462,9 +473,18 @@ impl ResultTable {
     /// in submission order.
     pub(crate) fn take_all(&self) -> Vec<TaskResult> {
         let mut st = self.lock();
+        let total = st.pending;
+        let mut progress = Progress::new(total);
         while st.pending > 0 {
-            st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            let left = st.pending;
+            progress.update(|| total.saturating_sub(left));
+            st = if progress.is_enabled() {
+                self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
+            } else {
+                self.changed.wait(st).unwrap_or_else(PoisonError::into_inner)
+            };
         }
+        progress.finish();
         let mut all: Vec<TaskResult> = st
             .slots
             .drain()

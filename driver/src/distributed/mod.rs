@@ -1,29 +1,34 @@
 //! [`DistributedDispatcher`]: the dispatcher API over a Blitzen cluster, plus the seed's
-//! `spawn_server` and `spawn_client`.
+//! `spawn_server` and `spawn_client`; [`LocalCluster`]: a server and an agent inside this
+//! program, for trying things out and for tests.
+//!
+//! - `link`: the driver's connection (runtime thread): connect, submit, receive, acknowledge.
+//! - `local`: [`LocalCluster`].
+
+mod link;
+mod local;
+
+pub use local::LocalCluster;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blitzen_client::AgentConfig;
 use blitzen_common::cli::termination;
-use blitzen_common::net::{self, FramedReader, spawn_writer};
+use blitzen_common::net;
 use blitzen_common::task::encode_value;
 use blitzen_common::worker::is_unentered_worker;
-use blitzen_common::{Task, TaskError, WorkerInfo, logging};
-use blitzen_protocol::cluster::{
-    CLUSTER_PROTOCOL_VERSION, DEFAULT_PORT, FromDriver, HANDSHAKE_FRAME_LEN, Hello, HelloReply,
-    Role, Submission, TaskKind, TaskReport, ToDriver,
-};
-use blitzen_protocol::{MAX_FRAME_LEN, Outcome};
+use blitzen_common::{Task, TaskError, logging};
+use blitzen_protocol::Outcome;
+use blitzen_protocol::cluster::{DEFAULT_PORT, Submission, TaskKind};
 use blitzen_server::{Server, ServerConfig};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
-use crate::results::{DispatchError, Fetch, Finished, ResultTable, RunOptions, TaskId, TaskResult};
+use crate::results::{DispatchError, Fetch, ResultTable, RunOptions, TaskId, TaskResult};
 
 /// Runs tasks on the agents of a Blitzen cluster. Same API as
 /// [`MulticoreDispatcher`](crate::MulticoreDispatcher): blocking, `run` never waits.
@@ -326,7 +331,7 @@ impl DistributedDispatcher {
                             return;
                         }
                     };
-                runtime.block_on(drive(
+                runtime.block_on(link::drive(
                     server,
                     connect_timeout,
                     table,
@@ -352,127 +357,6 @@ impl std::fmt::Debug for DistributedDispatcher {
             .field("server", &self.server)
             .field("pending", &self.table.pending())
             .finish()
-    }
-}
-
-/// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
-/// results in until stopped or the server goes away.
-async fn drive(
-    server: String,
-    connect_timeout: Duration,
-    table: Arc<ResultTable>,
-    mut queue: mpsc::UnboundedReceiver<Submission>,
-    mut stop: oneshot::Receiver<()>,
-    connected: std::sync::mpsc::Sender<Result<(), String>>,
-) {
-    let (mut reader, write) = match connect(&server, connect_timeout).await {
-        Ok(conn) => conn,
-        Err(reason) => {
-            warn!(%server, %reason, "cannot reach the server");
-            let _ = connected.send(Err(reason.clone()));
-            table.close(Outcome::Lost { reason });
-            return;
-        }
-    };
-    let _ = connected.send(Ok(()));
-    info!(%server, "connected to the server");
-    let (writer, written) = spawn_writer::<FromDriver>(write);
-    let lost = loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => {
-                let _ = writer.send(FromDriver::Bye);
-                break None;
-            }
-            message = reader.next::<ToDriver>() => match message {
-                Ok(Some(ToDriver::Results(reports))) => {
-                    let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
-                    debug!(count = ids.len(), "results received");
-                    table.complete(reports.into_iter().map(finished).collect());
-                    let _ = writer.send(FromDriver::Ack(ids));
-                }
-                Ok(Some(ToDriver::Waiting { ids, reason })) => {
-                    warn!(tasks = ids.len(), %reason, "tasks are waiting");
-                    table.note(&ids, &reason);
-                }
-                Ok(Some(ToDriver::ShuttingDown { reason })) => {
-                    break Some(format!("the server shut down ({reason}) before the task finished"));
-                }
-                Ok(None) => break Some("the server closed the connection before the task finished".into()),
-                Err(e) => break Some(format!("bad frame from the server: {e}")),
-            },
-            Some(first) = queue.recv() => {
-                let mut batch = vec![first];
-                while batch.len() < 65_536 {
-                    match queue.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
-                    }
-                }
-                let _ = writer.send(FromDriver::Submit(batch));
-            }
-        }
-    };
-    if let Some(reason) = lost {
-        warn!(%server, %reason, "connection to the server lost");
-        table.close(Outcome::Lost { reason });
-    }
-    drop(writer);
-    // Let the goodbye reach the server before the runtime goes away.
-    let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
-}
-
-/// Connects and shakes hands, retrying with backoff until `limit`; refusals are final.
-async fn connect(
-    server: &str,
-    limit: Duration,
-) -> Result<(FramedReader, tokio::net::tcp::OwnedWriteHalf), String> {
-    let deadline = Instant::now() + limit;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let attempt = async {
-            let stream = net::connect(server, limit).await.map_err(|e| e.to_string())?;
-            let (read, mut write) = stream.into_split();
-            let name = format!(
-                "{}[{}]",
-                std::env::args().next().unwrap_or_else(|| "driver".into()),
-                std::process::id()
-            );
-            let hello = Hello { version: CLUSTER_PROTOCOL_VERSION, role: Role::Driver { name } };
-            net::send_one(&mut write, &hello).await.map_err(|e| e.to_string())?;
-            let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
-            match reader.next::<HelloReply>().await {
-                Ok(Some(HelloReply::Welcome(_))) => {
-                    reader.set_max(MAX_FRAME_LEN);
-                    Ok(Ok((reader, write)))
-                }
-                Ok(Some(HelloReply::Refusal(r))) => Ok(Err(r.reason)),
-                Ok(None) => Err("the server closed the connection during the handshake".into()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        match attempt.await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(refusal)) => return Err(format!("the server at {server} refused: {refusal}")),
-            Err(e) if Instant::now() + backoff >= deadline => {
-                return Err(format!("cannot reach the Blitzen server at {server}: {e}"));
-            }
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-fn finished(r: TaskReport) -> Finished {
-    Finished {
-        id: r.id,
-        worker: r.worker.map(|(pid, host)| WorkerInfo { pid, host: Some(host) }),
-        outcome: r.outcome,
-        stdout: r.stdout,
-        stderr: r.stderr,
-        elapsed: Duration::from_micros(r.elapsed_us),
     }
 }
 

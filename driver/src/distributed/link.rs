@@ -1,0 +1,137 @@
+//! The driver's connection to the server, on the dispatcher's runtime thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blitzen_common::WorkerInfo;
+use blitzen_common::net::{self, FramedReader, spawn_writer};
+use blitzen_protocol::cluster::{
+    CLUSTER_PROTOCOL_VERSION, FromDriver, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role, Submission,
+    TaskReport, ToDriver,
+};
+use blitzen_protocol::{MAX_FRAME_LEN, Outcome};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::results::{Finished, ResultTable};
+
+/// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
+/// results in until stopped or the server goes away.
+pub(super) async fn drive(
+    server: String,
+    connect_timeout: Duration,
+    table: Arc<ResultTable>,
+    mut queue: mpsc::UnboundedReceiver<Submission>,
+    mut stop: oneshot::Receiver<()>,
+    connected: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let (mut reader, write) = match connect(&server, connect_timeout).await {
+        Ok(conn) => conn,
+        Err(reason) => {
+            warn!(%server, %reason, "cannot reach the server");
+            let _ = connected.send(Err(reason.clone()));
+            table.close(Outcome::Lost { reason });
+            return;
+        }
+    };
+    let _ = connected.send(Ok(()));
+    info!(%server, "connected to the server");
+    let (writer, written) = spawn_writer::<FromDriver>(write);
+    let lost = loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => {
+                let _ = writer.send(FromDriver::Bye);
+                break None;
+            }
+            message = reader.next::<ToDriver>() => match message {
+                Ok(Some(ToDriver::Results(reports))) => {
+                    let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
+                    debug!(count = ids.len(), "results received");
+                    table.complete(reports.into_iter().map(finished).collect());
+                    let _ = writer.send(FromDriver::Ack(ids));
+                }
+                Ok(Some(ToDriver::Waiting { ids, reason })) => {
+                    warn!(tasks = ids.len(), %reason, "tasks are waiting");
+                    table.note(&ids, &reason);
+                }
+                Ok(Some(ToDriver::ShuttingDown { reason })) => {
+                    break Some(format!("the server shut down ({reason}) before the task finished"));
+                }
+                Ok(None) => break Some("the server closed the connection before the task finished".into()),
+                Err(e) => break Some(format!("bad frame from the server: {e}")),
+            },
+            Some(first) = queue.recv() => {
+                let mut batch = vec![first];
+                while batch.len() < 65_536 {
+                    match queue.try_recv() {
+                        Ok(s) => batch.push(s),
+                        Err(_) => break,
+                    }
+                }
+                let _ = writer.send(FromDriver::Submit(batch));
+            }
+        }
+    };
+    if let Some(reason) = lost {
+        warn!(%server, %reason, "connection to the server lost");
+        table.close(Outcome::Lost { reason });
+    }
+    drop(writer);
+    // Let the goodbye reach the server before the runtime goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
+}
+
+/// Connects and shakes hands, retrying with backoff until `limit`; refusals are final.
+async fn connect(
+    server: &str,
+    limit: Duration,
+) -> Result<(FramedReader, tokio::net::tcp::OwnedWriteHalf), String> {
+    let deadline = Instant::now() + limit;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            let stream = net::connect(server, limit).await.map_err(|e| e.to_string())?;
+            let (read, mut write) = stream.into_split();
+            let name = format!(
+                "{}[{}]",
+                std::env::args().next().unwrap_or_else(|| "driver".into()),
+                std::process::id()
+            );
+            let hello = Hello { version: CLUSTER_PROTOCOL_VERSION, role: Role::Driver { name } };
+            net::send_one(&mut write, &hello).await.map_err(|e| e.to_string())?;
+            let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
+            match reader.next::<HelloReply>().await {
+                Ok(Some(HelloReply::Welcome(_))) => {
+                    reader.set_max(MAX_FRAME_LEN);
+                    Ok(Ok((reader, write)))
+                }
+                Ok(Some(HelloReply::Refusal(r))) => Ok(Err(r.reason)),
+                Ok(None) => Err("the server closed the connection during the handshake".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match attempt.await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(refusal)) => return Err(format!("the server at {server} refused: {refusal}")),
+            Err(e) if Instant::now() + backoff >= deadline => {
+                return Err(format!("cannot reach the Blitzen server at {server}: {e}"));
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn finished(r: TaskReport) -> Finished {
+    Finished {
+        id: r.id,
+        worker: r.worker.map(|(pid, host)| WorkerInfo { pid, host: Some(host) }),
+        outcome: r.outcome,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        elapsed: Duration::from_micros(r.elapsed_us),
+    }
+}
