@@ -59,7 +59,7 @@ impl Progress {
 }
 
 fn render(done: usize, total: usize, elapsed: Duration) -> String {
-    let filled = if total == 0 { WIDTH } else { done.min(total) * WIDTH / total };
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
     let mut bar = "=".repeat(filled);
     if filled < WIDTH {
         bar.push('>');
