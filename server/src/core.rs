@@ -4,14 +4,16 @@
 //! no state is shared and nothing is locked. Each turn handles every event already waiting, then
 //! assigns work and sends each connection one batch.
 //!
-//! Scheduling is push-based: an agent has credit for its workers plus as many again (the agent's
-//! own pool keeps them busy back to back). Within a driver, tasks run in submission order;
+//! Scheduling is push-based: an agent has credit for its workers plus as many again, and, once
+//! its tasks have shown how long they take, for about [`WORK_WINDOW`] of expected work per
+//! worker (up to [`MAX_CREDIT`]), so tiny tasks stream across the network without gaps while
+//! long ones never pile up behind one agent as another idles. Within a driver, tasks run in submission order;
 //! between drivers, assignments go round-robin. A task goes only to an agent whose binary has
 //! the task's name *and* signature; a task no connected agent can run waits, and its driver is
 //! told why.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{
     AgentResult, Assignment, Submission, TaskKind, TaskReport, ToAgent, ToDriver,
@@ -74,6 +76,12 @@ type TaskKey = u64;
 /// Times a task may be handed out again after its agent vanished before it is given up.
 const MAX_ATTEMPTS: u32 = 3;
 
+/// Expected work per worker an agent may hold beyond its first two tasks per worker.
+const WORK_WINDOW: Duration = Duration::from_millis(5);
+
+/// Most tasks an agent may hold at once.
+const MAX_CREDIT: usize = 1024;
+
 #[derive(Debug)]
 struct Task {
     driver: ConnId,
@@ -106,8 +114,9 @@ struct Driver {
 struct Agent {
     host: String,
     kinds: HashSet<KindId>,
-    /// Tasks it may hold at once.
-    capacity: usize,
+    workers: usize,
+    /// Running average of its tasks' run times (µs), once some have finished.
+    average_us: Option<f64>,
     running: HashSet<TaskKey>,
     tx: mpsc::UnboundedSender<ToAgent>,
     /// Assignments to send at the end of this turn.
@@ -344,7 +353,7 @@ impl Core {
         tx: mpsc::UnboundedSender<ToAgent>,
     ) {
         let kinds: HashSet<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
-        let capacity = (workers as usize).max(1) * 2;
+        let workers = (workers as usize).max(1);
         info!(conn, %host, workers, tasks = kinds.len(), "agent connected");
         // Drivers told that no agent could run some of their tasks may hear again.
         for d in self.drivers.values_mut() {
@@ -352,7 +361,15 @@ impl Core {
         }
         self.agents.insert(
             conn,
-            Agent { host, kinds, capacity, running: HashSet::new(), tx, outbox: Vec::new() },
+            Agent {
+                host,
+                kinds,
+                workers,
+                average_us: None,
+                running: HashSet::new(),
+                tx,
+                outbox: Vec::new(),
+            },
         );
     }
 
@@ -361,6 +378,8 @@ impl Core {
             Some(a) => {
                 for r in &results {
                     a.running.remove(&r.key);
+                    let us = r.elapsed_us as f64;
+                    a.average_us = Some(a.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
                 }
                 a.host.clone()
             }
@@ -420,7 +439,7 @@ impl Core {
         for conn in agent_ids {
             // `running` includes the tasks still in the outbox.
             while let Some(agent) = self.agents.get(&conn) {
-                if agent.running.len() >= agent.capacity {
+                if agent.running.len() >= agent.capacity() {
                     break;
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
@@ -580,6 +599,21 @@ impl Core {
     }
 }
 
+impl Agent {
+    /// Tasks it may hold at once.
+    fn capacity(&self) -> usize {
+        let base = 2 * self.workers;
+        let extra = match self.average_us {
+            Some(avg) => {
+                let window = (self.workers as f64) * WORK_WINDOW.as_micros() as f64;
+                (window / avg.max(1.0)) as usize
+            }
+            None => 0,
+        };
+        (base + extra).min(MAX_CREDIT.max(base))
+    }
+}
+
 fn unstarted(id: u64, outcome: Outcome) -> TaskReport {
     TaskReport {
         id,
@@ -704,7 +738,28 @@ mod tests {
         );
         c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
         turn(&mut c);
-        assert_eq!(assigned(&mut a).len(), 2, "credit comes back with results");
+        // Results of 1 µs each: the credit opens up to the whole queue.
+        assert_eq!(assigned(&mut a).len(), 7, "credit comes back, larger for tiny tasks");
+    }
+
+    #[test]
+    fn credit_follows_task_length() {
+        let mut a = Agent {
+            host: "h".into(),
+            kinds: HashSet::new(),
+            workers: 4,
+            average_us: None,
+            running: HashSet::new(),
+            tx: mpsc::unbounded_channel().0,
+            outbox: Vec::new(),
+        };
+        assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
+        a.average_us = Some(100_000.0);
+        assert_eq!(a.capacity(), 8, "long tasks: no more");
+        a.average_us = Some(1_000.0);
+        assert_eq!(a.capacity(), 28, "1 ms tasks: 5 ms of work per worker more");
+        a.average_us = Some(1.0);
+        assert_eq!(a.capacity(), MAX_CREDIT);
     }
 
     #[test]
