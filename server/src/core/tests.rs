@@ -1,0 +1,196 @@
+//! Unit tests of the core: events in, assignments and reports out.
+use super::*;
+use blitzen_protocol::cluster::Submission;
+
+fn kind(name: &str) -> TaskKind {
+    TaskKind { name: name.into(), fingerprint: 7, signature: format!("fn {name}()") }
+}
+
+fn core(config: ServerConfig) -> Core {
+    Core::new(config, mpsc::unbounded_channel().1)
+}
+
+fn driver(core: &mut Core, conn: ConnId) -> mpsc::UnboundedReceiver<ToDriver> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    core.on_event(Event::DriverJoined { conn, name: format!("d{conn}"), tx });
+    rx
+}
+
+fn agent(
+    core: &mut Core,
+    conn: ConnId,
+    workers: u32,
+    kinds: &[&str],
+) -> mpsc::UnboundedReceiver<ToAgent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let kinds = kinds.iter().map(|k| kind(k)).collect();
+    core.on_event(Event::AgentJoined { conn, host: format!("a{conn}"), workers, kinds, tx });
+    rx
+}
+
+fn submit(core: &mut Core, conn: ConnId, name: &str, ids: std::ops::Range<u64>) {
+    let tasks = ids
+        .map(|id| Submission { id, kind: kind(name), args: Bytes::new(), timeout_ms: None })
+        .collect();
+    core.on_event(Event::Submit { conn, tasks });
+}
+
+fn turn(core: &mut Core) {
+    core.dispatch();
+    core.flush();
+    core.trim_cache_order();
+}
+
+fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<u64> {
+    let mut keys = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToAgent::Run(batch) = msg {
+            keys.extend(batch.into_iter().map(|a| a.key));
+        }
+    }
+    keys
+}
+
+fn done(keys: &[u64]) -> Vec<AgentResult> {
+    keys.iter()
+        .map(|&key| AgentResult {
+            key,
+            outcome: Outcome::Value(Bytes::from_static(b"\x01")),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            worker_pid: Some(1),
+            elapsed_us: 1,
+        })
+        .collect()
+}
+
+#[test]
+fn fifo_within_a_driver_and_round_robin_between_drivers() {
+    let mut c = core(ServerConfig::default());
+    let _d1 = driver(&mut c, 1);
+    let _d2 = driver(&mut c, 2);
+    submit(&mut c, 1, "t", 0..3);
+    submit(&mut c, 2, "t", 0..3);
+    let mut a = agent(&mut c, 10, 3, &["t"]);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    let owners: Vec<(ConnId, u64)> =
+        keys.iter().map(|k| (c.tasks[k].driver, c.tasks[k].id)).collect();
+    assert_eq!(owners, [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (2, 2)]);
+}
+
+#[test]
+fn agents_get_only_what_they_can_run_within_their_credit() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, 1, "other", 0..1);
+    submit(&mut c, 1, "t", 1..10);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    assert_eq!(keys.len(), 2, "one worker: credit for two tasks");
+    assert!(keys.iter().all(|k| c.kinds[c.tasks[k].kind].name == "t"));
+    // The driver heard why `other` waits, once per kind.
+    let mut notices = Vec::new();
+    while let Ok(msg) = d.try_recv() {
+        if let ToDriver::Waiting { ids, reason } = msg {
+            notices.push((ids, reason));
+        }
+    }
+    assert!(
+        notices.iter().any(|(ids, r)| ids == &[0] && r.contains("no agent is connected")),
+        "{notices:?}"
+    );
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    turn(&mut c);
+    // Results of 1 µs each: the credit opens up to the whole queue.
+    assert_eq!(assigned(&mut a).len(), 7, "credit comes back, larger for tiny tasks");
+}
+
+#[test]
+fn credit_follows_task_length() {
+    let mut a = Agent {
+        host: "h".into(),
+        kinds: HashSet::new(),
+        workers: 4,
+        average_us: None,
+        running: HashSet::new(),
+        tx: mpsc::unbounded_channel().0,
+        outbox: Vec::new(),
+    };
+    assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
+    a.average_us = Some(100_000.0);
+    assert_eq!(a.capacity(), 8, "long tasks: no more");
+    a.average_us = Some(1_000.0);
+    assert_eq!(a.capacity(), 28, "1 ms tasks: 5 ms of work per worker more");
+    a.average_us = Some(1.0);
+    assert_eq!(a.capacity(), MAX_CREDIT);
+}
+
+#[test]
+fn a_vanished_agents_tasks_run_elsewhere_in_order() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    submit(&mut c, 1, "t", 0..6);
+    let mut first = agent(&mut c, 10, 1, &["t"]);
+    turn(&mut c);
+    let lost = assigned(&mut first);
+    assert_eq!(lost.len(), 2);
+    c.on_event(Event::AgentLeft { conn: 10, reason: "gone".into() });
+    let mut second = agent(&mut c, 11, 3, &["t"]);
+    turn(&mut c);
+    let keys = assigned(&mut second);
+    assert_eq!(&keys[..2], &lost[..], "the lost tasks go first");
+    assert_eq!(keys.len(), 6);
+}
+
+#[test]
+fn unfetched_results_are_capped_by_count_and_age() {
+    let mut c = core(ServerConfig { max_results: 2, ..ServerConfig::default() });
+    let _d = driver(&mut c, 1);
+    submit(&mut c, 1, "t", 0..5);
+    let mut a = agent(&mut c, 10, 4, &["t"]);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    c.on_event(Event::DriverLeft { conn: 1, bye: false });
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    turn(&mut c);
+    assert_eq!(c.cached, 2);
+    let mut kept: Vec<u64> = c.drivers[&1].unacked.keys().copied().collect();
+    kept.sort();
+    assert_eq!(kept, [3, 4], "the newest are kept");
+
+    c.config.result_ttl = std::time::Duration::ZERO;
+    c.expire_results();
+    assert_eq!(c.cached, 0);
+    assert!(c.drivers[&1].unacked.is_empty());
+}
+
+#[test]
+fn acknowledged_results_leave_the_cache_and_the_limit_refuses_the_rest() {
+    let mut c = core(ServerConfig { task_limit: 3, ..ServerConfig::default() });
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, 1, "t", 0..5);
+    let mut refused = Vec::new();
+    let mut a = agent(&mut c, 10, 4, &["t"]);
+    turn(&mut c);
+    while let Ok(msg) = d.try_recv() {
+        if let ToDriver::Results(reports) = msg {
+            refused.extend(
+                reports
+                    .into_iter()
+                    .filter(|r| matches!(r.outcome, Outcome::Refused { .. }))
+                    .map(|r| r.id),
+            );
+        }
+    }
+    assert_eq!(refused, [3, 4]);
+    let keys = assigned(&mut a);
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    turn(&mut c);
+    c.on_event(Event::Ack { conn: 1, ids: vec![0, 1, 2, 3, 4] });
+    turn(&mut c);
+    assert_eq!(c.cached, 0);
+    assert!(c.cache_order.is_empty());
+    assert!(c.tasks.is_empty());
+}
