@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use blitzen_client::{AgentConfig, DEFAULT_PORT};
-use blitzen_common::cli::{parse_secs, termination};
+use blitzen_common::cli::{finish, parse_secs, termination};
 use blitzen_common::logging;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -48,16 +48,7 @@ struct Args {
 fn main() -> ExitCode {
     blitzen_common::worker_main();
     let args = Args::parse();
-    let code = match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("blitzen-client: {e:#}");
-            ExitCode::FAILURE
-        }
-    };
-    logging::flush();
-    code
+    finish("blitzen-client", run(args))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -10,6 +10,24 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
+/// Ends a program's `main`: logs and prints the error (with its chain of causes, for `anyhow`
+/// errors), flushes the log, and gives the exit code.
+pub fn finish<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    let code = match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{program}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    crate::logging::flush();
+    code
+}
+
 /// Waits for Ctrl-C or SIGTERM. If the signal handlers cannot be installed, waits forever
 /// (the program can still be stopped by other means).
 pub async fn termination() {

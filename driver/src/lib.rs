@@ -30,6 +30,7 @@
 //! }
 //! ```
 
+mod dispatcher;
 pub mod distributed;
 mod multicore;
 mod progress;
@@ -49,7 +50,8 @@ pub use blitzen_common::pool::StatusSnapshot;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
 pub use blitzen_protocol::{Captured, ExitReason};
-pub use multicore::{MulticoreBuilder, MulticoreDispatcher};
+pub use dispatcher::{Backend, Dispatcher};
+pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};
 
 /// What `#[task]` expansions refer to. Not a stable API.

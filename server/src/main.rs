@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use blitzen_common::cli::{parse_secs, termination};
+use blitzen_common::cli::{finish, parse_secs, termination};
 use blitzen_common::logging;
 use blitzen_server::{DEFAULT_PORT, Server, ServerConfig};
 use clap::Parser;
@@ -61,16 +61,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let code = match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("blitzen-server: {e:#}");
-            ExitCode::FAILURE
-        }
-    };
-    logging::flush();
-    code
+    finish("blitzen-server", run(args))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

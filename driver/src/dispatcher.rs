@@ -1,0 +1,195 @@
+//! [`Dispatcher`]: the API both dispatchers share, written once over a [`Backend`].
+//!
+//! [`MulticoreDispatcher`](crate::MulticoreDispatcher) is `Dispatcher<Multicore>` and
+//! [`DistributedDispatcher`](crate::distributed::DistributedDispatcher) is
+//! `Dispatcher<Cluster>`: the same methods, by construction. What differs — starting a pool,
+//! connecting to a server — lives in the backend and in each alias's own constructors.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blitzen_common::task::encode_value;
+use blitzen_common::{Task, TaskError};
+use blitzen_protocol::Outcome;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::results::{DispatchError, Fetch, ResultTable, RunOptions, TaskId, TaskResult};
+
+/// One submitted call, as a backend receives it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Call {
+    /// The dispatcher's number of the task.
+    pub id: u64,
+    pub name: &'static str,
+    pub signature: &'static str,
+    pub fingerprint: u64,
+    /// MessagePack-encoded arguments.
+    pub args: Bytes,
+    pub timeout: Option<Duration>,
+}
+
+/// Where a dispatcher's tasks run: [`Multicore`](crate::Multicore) worker processes here, or a
+/// [`Cluster`](crate::distributed::Cluster). Implemented by Blitzen only.
+pub trait Backend: Send + Sync + sealed::Sealed {
+    /// Sends a call on its way without waiting; returns the outcome to settle it with when it
+    /// cannot be sent (the backend has stopped).
+    #[doc(hidden)]
+    fn submit(&self, call: Call) -> Result<(), Outcome>;
+
+    /// Stops whatever runs the tasks; idempotent.
+    #[doc(hidden)]
+    fn stop(&self);
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`Backend`](super::Backend) implemented by this crate only.
+    pub trait Sealed {}
+}
+
+/// Runs tasks, keeps their results until fetched, and survives whatever the tasks do. Used as
+/// [`MulticoreDispatcher`](crate::MulticoreDispatcher) or
+/// [`DistributedDispatcher`](crate::distributed::DistributedDispatcher).
+///
+/// The API is blocking, like the Python original: [`run`](Self::run) never waits (the task
+/// starts or is queued at once); [`get_results`](Self::get_results) and [`join`](Self::join)
+/// block the calling thread until the tasks are done. All methods take `&self` and dispatchers
+/// are `Sync`, so several threads may submit and wait at once. From async code, call the waiting
+/// methods inside `tokio::task::spawn_blocking`; `run` is fine anywhere.
+pub struct Dispatcher<B: Backend> {
+    /// Results, pending and finished, until fetched.
+    pub(crate) table: Arc<ResultTable>,
+    /// Timeout of tasks submitted without one.
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) backend: B,
+}
+
+impl<B: Backend> Dispatcher<B> {
+    /// Sets the timeout of tasks submitted without one.
+    pub fn with_default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// Submits `task(args)` and returns its id at once; the task starts, or is queued, without
+    /// waiting. No arguments: `()`; several: a tuple. Uses the default timeout, if any.
+    pub fn run<T: Task>(&self, task: T, args: T::Args) -> TaskId<T::Output> {
+        self.run_with(task, args, RunOptions::default())
+    }
+
+    /// [`run`](Self::run) with a timeout, counted from the task's start on a worker: past it,
+    /// the worker (and every process it started) is killed and the task fails with
+    /// [`TaskError::TimedOut`]. The seed's `run(f, x, timeout=7)`.
+    pub fn run_with_timeout<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        timeout: Duration,
+    ) -> TaskId<T::Output> {
+        self.run_with(task, args, RunOptions::timeout(timeout))
+    }
+
+    /// [`run`](Self::run) with options.
+    pub fn run_with<T: Task>(
+        &self,
+        _task: T,
+        args: T::Args,
+        options: RunOptions,
+    ) -> TaskId<T::Output> {
+        let (id, closed) = self.table.register(T::NAME, T::SIGNATURE);
+        if closed {
+            return id;
+        }
+        let args = match encode_value(&args) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() });
+                return id;
+            }
+        };
+        let call = Call {
+            id: id.seq(),
+            name: T::NAME,
+            signature: T::SIGNATURE,
+            fingerprint: T::FINGERPRINT,
+            args,
+            timeout: options.timeout.or(self.default_timeout),
+        };
+        if let Err(outcome) = self.backend.submit(call) {
+            self.table.settle(id.seq(), outcome);
+        }
+        id
+    }
+
+    /// Blocks until every listed task has finished, then returns their results in the order of
+    /// `ids` and removes them from the dispatcher.
+    ///
+    /// An id of another dispatcher, or one already fetched, is an error at once, never a wait.
+    pub fn get_results<O: DeserializeOwned>(
+        &self,
+        ids: &[TaskId<O>],
+    ) -> Result<Vec<Result<O, TaskError>>, DispatchError> {
+        self.get_results_with(ids, Fetch::default())
+    }
+
+    /// [`get_results`](Self::get_results) with options: keep the results (`Fetch::keep()`),
+    /// or wait at most some time (`Fetch::default().within(d)`).
+    pub fn get_results_with<O: DeserializeOwned>(
+        &self,
+        ids: &[TaskId<O>],
+        fetch: Fetch,
+    ) -> Result<Vec<Result<O, TaskError>>, DispatchError> {
+        let results = self.table.fetch(ids, fetch)?;
+        Ok(results.iter().map(TaskResult::decode).collect())
+    }
+
+    /// Like [`get_results_with`](Self::get_results_with), but returns each task's full
+    /// [`TaskResult`] (undecoded value, captured stdout and stderr, worker, run time). Works
+    /// for ids of mixed types made alike with [`TaskId::untyped`].
+    pub fn get_task_results<O>(
+        &self,
+        ids: &[TaskId<O>],
+        fetch: Fetch,
+    ) -> Result<Vec<TaskResult>, DispatchError> {
+        self.table.fetch(ids, fetch)
+    }
+
+    /// Waits for every task, returns every result not yet fetched in submission order, then
+    /// shuts down. Decode each with [`TaskResult::decode`] or [`TaskResult::decode_as`].
+    pub fn join(&self) -> Vec<TaskResult> {
+        let results = self.table.take_all();
+        self.shutdown();
+        results
+    }
+
+    /// Stops: tasks still queued or running end as [`TaskError::Cancelled`]; local workers
+    /// (and what they started) are killed and reaped, a cluster connection says goodbye.
+    /// Idempotent; also done on drop.
+    pub fn shutdown(&self) {
+        self.backend.stop();
+        self.table.close(Outcome::Cancelled { reason: "the dispatcher is shut down".into() });
+    }
+
+    /// Tasks submitted and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.table.pending()
+    }
+}
+
+impl<B: Backend> Drop for Dispatcher<B> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl<B: Backend + fmt::Debug> fmt::Debug for Dispatcher<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("backend", &self.backend)
+            .field("pending", &self.table.pending())
+            .field("default_timeout", &self.default_timeout)
+            .finish()
+    }
+}
