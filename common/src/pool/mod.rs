@@ -186,13 +186,15 @@ pub struct Submitter {
     commands: mpsc::UnboundedSender<Command>,
 }
 
+/// The pool has stopped and takes no more jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pool has stopped")]
+pub struct PoolStopped;
+
 impl Submitter {
-    /// Queues a job without waiting. Returns it back if the pool has stopped.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.commands.send(Command::Submit(job)).map_err(|e| match e.0 {
-            Command::Submit(job) => job,
-            Command::Shutdown(_) => unreachable!("sent a Submit"),
-        })
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
+        self.commands.send(Command::Submit(job)).map_err(|_| PoolStopped)
     }
 }
 
@@ -237,8 +239,8 @@ impl Pool {
         self.submitter.clone()
     }
 
-    /// Queues a job without waiting. Returns it back if the pool has stopped.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
         self.submitter.submit(job)
     }
 

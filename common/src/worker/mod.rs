@@ -117,9 +117,10 @@ fn run() -> io::Result<()> {
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
         let msg = FromWorker::Done(execute(registry, task));
-        if let Err(e) = outbox.push(&msg) {
+        if let Err(e) = outbox.push(&msg)
+            && let FromWorker::Done(done) = msg
+        {
             // The value is too large for a frame: report that instead of the value.
-            let FromWorker::Done(done) = msg else { unreachable!("built as Done above") };
             let message = format!("the task's result cannot be sent: {e}");
             let fallback = TaskDone { outcome: Outcome::BadOutput { message }, ..done };
             outbox.push(&FromWorker::Done(fallback)).map_err(io::Error::other)?;
