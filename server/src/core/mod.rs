@@ -26,6 +26,10 @@ use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
 
+mod cache;
+
+use cache::ResultCache;
+
 /// Identifies one accepted connection for the life of the server.
 pub(crate) type ConnId = u64;
 
@@ -98,12 +102,10 @@ struct Task {
 #[derive(Debug)]
 struct Driver {
     name: String,
-    /// `None` once the driver disconnected without a goodbye: results wait in `unacked`.
+    /// `None` once the driver disconnected without a goodbye: results wait in the cache.
     tx: Option<mpsc::UnboundedSender<ToDriver>>,
     /// Queued tasks per kind, each in submission order (keys grow with submission).
     queues: HashMap<KindId, VecDeque<TaskKey>>,
-    /// Results sent (or waiting to be sent) and not yet acknowledged, by the driver's id.
-    unacked: HashMap<u64, (TaskReport, Instant)>,
     /// Reports to send at the end of this turn.
     outbox: Vec<TaskReport>,
     /// Kinds this driver was told no agent can run, so it is told once.
@@ -134,15 +136,14 @@ pub(crate) struct Core {
     /// Drivers in round-robin order (the front one is served next).
     rotation: VecDeque<ConnId>,
     agents: HashMap<ConnId, Agent>,
-    /// Unacknowledged results in arrival order, for the caps on age and number (entries whose
-    /// result was acknowledged meanwhile are skipped).
-    cache_order: VecDeque<(ConnId, u64, Instant)>,
-    cached: usize,
+    /// Results not yet acknowledged, within the caps on age and number.
+    cache: ResultCache,
 }
 
 impl Core {
     pub(crate) fn new(config: ServerConfig, events: mpsc::UnboundedReceiver<Event>) -> Self {
         Self {
+            cache: ResultCache::new(config.result_ttl, config.max_results),
             config,
             events,
             kinds: Vec::new(),
@@ -152,15 +153,13 @@ impl Core {
             drivers: HashMap::new(),
             rotation: VecDeque::new(),
             agents: HashMap::new(),
-            cache_order: VecDeque::new(),
-            cached: 0,
         }
     }
 
     /// Serves until `shutdown` is cancelled, then tells every peer and returns.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let expiry = self.next_expiry();
+            let expiry = self.cache.next_expiry();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -175,7 +174,7 @@ impl Core {
             }
             self.dispatch();
             self.flush();
-            self.trim_cache_order();
+            self.cache.trim();
         }
         self.shut_down();
     }
@@ -195,7 +194,6 @@ impl Core {
                         name,
                         tx: Some(tx),
                         queues: HashMap::new(),
-                        unacked: HashMap::new(),
                         outbox: Vec::new(),
                         told_waiting: HashSet::new(),
                     },
@@ -203,15 +201,7 @@ impl Core {
                 self.rotation.push_back(conn);
             }
             Event::Submit { conn, tasks } => self.submit(conn, tasks),
-            Event::Ack { conn, ids } => {
-                if let Some(d) = self.drivers.get_mut(&conn) {
-                    for id in ids {
-                        if d.unacked.remove(&id).is_some() {
-                            self.cached -= 1;
-                        }
-                    }
-                }
-            }
+            Event::Ack { conn, ids } => self.cache.ack(conn, &ids),
             Event::DriverLeft { conn, bye } => self.driver_left(conn, bye),
         }
     }
@@ -319,7 +309,7 @@ impl Core {
         info!(conn, driver = %driver.name, "driver finished");
         let Some(driver) = self.drivers.remove(&conn) else { return };
         self.rotation.retain(|&c| c != conn);
-        self.cached -= driver.unacked.len();
+        self.cache.forget(conn);
         for key in driver.queues.into_values().flatten() {
             self.tasks.remove(&key);
         }
@@ -330,16 +320,17 @@ impl Core {
     /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
     fn report(&mut self, conn: ConnId, report: TaskReport) {
         let Some(d) = self.drivers.get_mut(&conn) else { return };
-        let now = Instant::now();
-        let id = report.id;
         if d.tx.is_some() {
             d.outbox.push(report.clone());
         }
-        if d.unacked.insert(id, (report, now)).is_none() {
-            self.cached += 1;
+        let evicted = self.cache.insert(conn, report);
+        if evicted > 0 {
+            info!(
+                evicted,
+                cap = self.config.max_results,
+                "evicted results nobody fetched (count cap)"
+            );
         }
-        self.cache_order.push_back((conn, id, now));
-        self.enforce_result_cap();
     }
 
     // ----- agents -----
@@ -499,68 +490,11 @@ impl Core {
 
     // ----- the result cache -----
 
-    fn next_expiry(&self) -> Option<Instant> {
-        self.cache_order.front().map(|&(_, _, at)| at + self.config.result_ttl)
-    }
-
-    /// Whether a cache entry still stands for an unacknowledged result.
-    fn is_cached(&self, conn: ConnId, id: u64, at: Instant) -> bool {
-        self.drivers
-            .get(&conn)
-            .and_then(|d| d.unacked.get(&id))
-            .is_some_and(|&(_, stored)| stored == at)
-    }
-
-    /// Drops entries of results acknowledged meanwhile from the front of the order.
-    fn trim_cache_order(&mut self) {
-        while let Some(&(conn, id, at)) = self.cache_order.front() {
-            if self.is_cached(conn, id, at) {
-                break;
-            }
-            self.cache_order.pop_front();
-        }
-    }
-
-    /// Removes the oldest cached result; returns whether there was one.
-    fn evict_oldest(&mut self) -> bool {
-        self.trim_cache_order();
-        let Some((conn, id, _)) = self.cache_order.pop_front() else { return false };
-        if let Some(d) = self.drivers.get_mut(&conn)
-            && d.unacked.remove(&id).is_some()
-        {
-            self.cached -= 1;
-        }
-        true
-    }
-
     /// Drops cached results older than the age cap.
     fn expire_results(&mut self) {
-        let Some(oldest_kept) = Instant::now().checked_sub(self.config.result_ttl) else { return };
-        let mut evicted = 0usize;
-        self.trim_cache_order();
-        while self.cache_order.front().is_some_and(|&(_, _, at)| at <= oldest_kept) {
-            if !self.evict_oldest() {
-                break;
-            }
-            evicted += 1;
-        }
+        let evicted = self.cache.expire();
         if evicted > 0 {
             info!(evicted, ttl = ?self.config.result_ttl, "evicted results nobody fetched (age cap)");
-        }
-    }
-
-    /// Keeps at most `max_results` unacknowledged results, dropping the oldest.
-    fn enforce_result_cap(&mut self) {
-        let mut evicted = 0usize;
-        while self.cached > self.config.max_results && self.evict_oldest() {
-            evicted += 1;
-        }
-        if evicted > 0 {
-            info!(
-                evicted,
-                cap = self.config.max_results,
-                "evicted results nobody fetched (count cap)"
-            );
         }
     }
 
@@ -572,6 +506,7 @@ impl Core {
             drivers = self.drivers.len(),
             agents = self.agents.len(),
             unfinished = self.tasks.len(),
+            unfetched_results = self.cache.len(),
             "shutting down"
         );
         self.flush();

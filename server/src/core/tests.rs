@@ -38,7 +38,7 @@ fn submit(core: &mut Core, conn: ConnId, name: &str, ids: std::ops::Range<u64>) 
 fn turn(core: &mut Core) {
     core.dispatch();
     core.flush();
-    core.trim_cache_order();
+    core.cache.trim();
 }
 
 fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<u64> {
@@ -155,15 +155,13 @@ fn unfetched_results_are_capped_by_count_and_age() {
     c.on_event(Event::DriverLeft { conn: 1, bye: false });
     c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
     turn(&mut c);
-    assert_eq!(c.cached, 2);
-    let mut kept: Vec<u64> = c.drivers[&1].unacked.keys().copied().collect();
-    kept.sort();
-    assert_eq!(kept, [3, 4], "the newest are kept");
+    assert_eq!(c.cache.len(), 2);
+    assert_eq!(c.cache.ids(1), [3, 4], "the newest are kept");
 
-    c.config.result_ttl = std::time::Duration::ZERO;
+    c.cache = cache::ResultCache::new(std::time::Duration::ZERO, 2);
+    c.report(1, unstarted(9, Outcome::Lost { reason: "r".into() }));
     c.expire_results();
-    assert_eq!(c.cached, 0);
-    assert!(c.drivers[&1].unacked.is_empty());
+    assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
 }
 
 #[test]
@@ -190,7 +188,7 @@ fn acknowledged_results_leave_the_cache_and_the_limit_refuses_the_rest() {
     turn(&mut c);
     c.on_event(Event::Ack { conn: 1, ids: vec![0, 1, 2, 3, 4] });
     turn(&mut c);
-    assert_eq!(c.cached, 0);
-    assert!(c.cache_order.is_empty());
+    assert_eq!(c.cache.len(), 0);
+    assert_eq!(c.cache.order_len(), 0);
     assert!(c.tasks.is_empty());
 }

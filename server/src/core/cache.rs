@@ -1,0 +1,125 @@
+//! Results sent to drivers and not yet acknowledged — and results of drivers that went away —
+//! kept until acknowledged, within caps on their age and number.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use blitzen_protocol::cluster::TaskReport;
+
+use super::ConnId;
+
+/// Unacknowledged results by driver, with the caps of `--result-ttl` and `--max-results`.
+#[derive(Debug)]
+pub(super) struct ResultCache {
+    /// By driver, then by the driver's task id: the result and when it arrived.
+    by_driver: HashMap<ConnId, HashMap<u64, (TaskReport, Instant)>>,
+    /// Arrival order, for eviction. Entries whose result was acknowledged meanwhile are skipped
+    /// (and trimmed from the front every turn), so acknowledging costs no search.
+    order: VecDeque<(ConnId, u64, Instant)>,
+    count: usize,
+    ttl: Duration,
+    max: usize,
+}
+
+impl ResultCache {
+    pub(super) fn new(ttl: Duration, max: usize) -> Self {
+        Self { by_driver: HashMap::new(), order: VecDeque::new(), count: 0, ttl, max }
+    }
+
+    /// Keeps a result until acknowledged; returns how many older results the count cap evicted.
+    pub(super) fn insert(&mut self, conn: ConnId, report: TaskReport) -> usize {
+        let now = Instant::now();
+        let id = report.id;
+        if self.by_driver.entry(conn).or_default().insert(id, (report, now)).is_none() {
+            self.count += 1;
+        }
+        self.order.push_back((conn, id, now));
+        let mut evicted = 0;
+        while self.count > self.max && self.evict_oldest() {
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Forgets acknowledged results.
+    pub(super) fn ack(&mut self, conn: ConnId, ids: &[u64]) {
+        if let Some(results) = self.by_driver.get_mut(&conn) {
+            for id in ids {
+                if results.remove(id).is_some() {
+                    self.count -= 1;
+                }
+            }
+        }
+    }
+
+    /// Forgets everything held for a driver.
+    pub(super) fn forget(&mut self, conn: ConnId) {
+        if let Some(results) = self.by_driver.remove(&conn) {
+            self.count -= results.len();
+        }
+    }
+
+    /// Results held.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Ids held for one driver.
+    #[cfg(test)]
+    pub(super) fn ids(&self, conn: ConnId) -> Vec<u64> {
+        let mut ids: Vec<u64> =
+            self.by_driver.get(&conn).map(|r| r.keys().copied().collect()).unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Entries of the arrival order (stale ones included until trimmed).
+    #[cfg(test)]
+    pub(super) fn order_len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// When the oldest result reaches the age cap.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.order.front().map(|&(_, _, at)| at + self.ttl)
+    }
+
+    /// Drops results older than the age cap; returns how many.
+    pub(super) fn expire(&mut self) -> usize {
+        let Some(oldest_kept) = Instant::now().checked_sub(self.ttl) else { return 0 };
+        self.trim();
+        let mut evicted = 0;
+        while self.order.front().is_some_and(|&(_, _, at)| at <= oldest_kept) && self.evict_oldest()
+        {
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Drops order entries of results acknowledged meanwhile from the front.
+    pub(super) fn trim(&mut self) {
+        while let Some(&(conn, id, at)) = self.order.front() {
+            let held = self
+                .by_driver
+                .get(&conn)
+                .and_then(|r| r.get(&id))
+                .is_some_and(|&(_, stored)| stored == at);
+            if held {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Removes the oldest held result; returns whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        self.trim();
+        let Some((conn, id, _)) = self.order.pop_front() else { return false };
+        if let Some(results) = self.by_driver.get_mut(&conn)
+            && results.remove(&id).is_some()
+        {
+            self.count -= 1;
+        }
+        true
+    }
+}
