@@ -4,6 +4,9 @@
 //! turn of its loop waits for one thing (a worker event, a command, the nearest deadline), then
 //! takes everything else already waiting without blocking, assigns work, and hands finished jobs
 //! to the sink in one batch.
+//!
+//! This file holds the state and the flow of jobs (queue, dispatch, answers, timeouts);
+//! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -13,16 +16,17 @@ use std::time::{Duration, Instant};
 
 use blitzen_protocol::frame::encode;
 use blitzen_protocol::{
-    Captured, ExitReason, Outcome, RunTaskRef, TaskDone, ToWorkerRef, WORKER_PROTOCOL_VERSION,
+    Captured, Outcome, RunTaskRef, TaskDone, ToWorkerRef, WORKER_PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
-use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, spawn_worker};
+use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group};
 use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink};
 use crate::capture::{self, CAPTURE_LIMIT};
-use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
+
+mod lifecycle;
 
 /// Commands taken per loop turn before assigning work, so a flood of submissions cannot keep
 /// idle workers waiting.
@@ -371,99 +375,6 @@ impl Scheduler {
         }
     }
 
-    fn on_exit(&mut self, slot: usize, exit: ExitReason) {
-        let Some(mut w) = self.workers[slot].take() else { return };
-        let pid = w.process.pid;
-        let stdout = read_capture(&w.process.stdout);
-        let stderr = read_capture(&w.process.stderr);
-        if !w.ready {
-            self.publish_status();
-            return self.on_start_failure(slot, pid, exit, w.killed, &stderr);
-        }
-        if let Some(job) = w.inflight.pop_front() {
-            let outcome = match w.killed {
-                Some(KillReason::Timeout { job: id, timeout }) if id == job.id => {
-                    warn!(task = job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
-                    Some(Outcome::TimedOut { timeout_ms: timeout.as_millis() as u64 })
-                }
-                // Killed for another job's timeout that had just finished: this one had barely
-                // started, and runs again elsewhere.
-                Some(KillReason::Timeout { .. }) => None,
-                Some(KillReason::Protocol) => Some(Outcome::Lost {
-                    reason: "its worker broke the protocol and was killed".into(),
-                }),
-                Some(KillReason::Shutdown) => Some(Outcome::Cancelled {
-                    reason: "the pool shut down while the task was running".into(),
-                }),
-                Some(KillReason::StartupTimeout) | None => {
-                    warn!(task = job.id, name = %job.name, pid, %exit, "worker died running a task");
-                    Some(Outcome::WorkerCrashed { exit })
-                }
-            };
-            match outcome {
-                Some(outcome) => self.finished.push(JobResult {
-                    id: job.id,
-                    worker: Some(pid),
-                    outcome,
-                    stdout,
-                    stderr,
-                    elapsed: w.head_started.elapsed(),
-                }),
-                None => w.inflight.push_front(job),
-            }
-        } else if w.killed.is_none() {
-            warn!(pid, %exit, "idle worker died");
-        }
-        // Jobs it held but had not started go back to the front, in order.
-        while let Some(job) = w.inflight.pop_back() {
-            self.queue.push_front(job);
-        }
-        self.publish_status();
-        if self.given_up.is_none() && w.killed != Some(KillReason::Shutdown) {
-            self.status.update(|s| s.replacements += 1);
-            self.respawn(slot);
-        }
-    }
-
-    fn on_start_failure(
-        &mut self,
-        slot: usize,
-        pid: u32,
-        exit: ExitReason,
-        killed: Option<KillReason>,
-        stderr: &Captured,
-    ) {
-        let stderr = stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES);
-        let failure = match killed {
-            Some(KillReason::StartupTimeout) => {
-                PoolError::StartupTimeout { pid, timeout: self.config.startup_timeout, stderr }
-            }
-            _ => PoolError::WorkerExited { pid, exit, stderr },
-        };
-        if let Some(startup) = self.startup.take() {
-            // The first workers must all start: report the failure to `Pool::start`.
-            error!(%failure, "worker failed to start");
-            self.give_up(failure.to_string());
-            let _ = startup.send(Err(failure));
-            return;
-        }
-        if killed == Some(KillReason::Shutdown) || self.given_up.is_some() {
-            return;
-        }
-        self.start_failures += 1;
-        if self.start_failures >= self.config.max_start_failures {
-            let reason = format!(
-                "{} replacement workers in a row failed to start; the last: {failure}",
-                self.start_failures
-            );
-            error!(%reason, "giving up on the pool");
-            self.give_up(reason);
-        } else {
-            warn!(%failure, attempt = self.start_failures, "replacement worker failed to start; trying again");
-            self.respawn(slot);
-        }
-    }
-
     // ----- time -----
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -496,121 +407,6 @@ impl Scheduler {
                 kill_group(w.process.pid);
             }
         }
-    }
-
-    // ----- workers -----
-
-    fn spawn(&mut self, slot: usize) -> Result<(), PoolError> {
-        let id = WorkerId { slot, generation: self.next_generation };
-        self.next_generation += 1;
-        let process =
-            spawn_worker(&self.config.program, id, self.events_tx.clone()).map_err(|source| {
-                PoolError::Spawn { program: self.config.program.display().to_string(), source }
-            })?;
-        self.workers[slot] = Some(Worker {
-            id,
-            process,
-            ready: false,
-            spawned_at: Instant::now(),
-            inflight: VecDeque::new(),
-            queued_us: 0.0,
-            head_started: Instant::now(),
-            killed: None,
-            outbox: BytesMut::new(),
-        });
-        Ok(())
-    }
-
-    fn respawn(&mut self, slot: usize) {
-        if let Err(e) = self.spawn(slot) {
-            self.start_failures += 1;
-            if self.start_failures >= self.config.max_start_failures {
-                error!(error = %e, "cannot start a replacement worker; giving up");
-                self.give_up(e.to_string());
-            } else {
-                // The other workers carry on; try again after a pause that grows each time.
-                let pause = RESPAWN_PAUSE * self.start_failures;
-                error!(error = %e, ?pause, "cannot start a replacement worker; will retry");
-                self.respawn_at[slot] = Some(Instant::now() + pause);
-            }
-        }
-    }
-
-    /// Ends every queued and running job as `Lost`, kills the workers, refuses new jobs.
-    fn give_up(&mut self, reason: String) {
-        self.given_up = Some(reason.clone());
-        for job in self.queue.drain(..) {
-            let outcome = Outcome::Lost { reason: reason.clone() };
-            self.finished.push(JobResult::unstarted(job.id, outcome));
-        }
-        for w in self.workers.iter_mut().flatten() {
-            for job in w.inflight.drain(..) {
-                let outcome = Outcome::Lost { reason: reason.clone() };
-                self.finished.push(JobResult::unstarted(job.id, outcome));
-            }
-        }
-        self.kill_all(KillReason::Shutdown);
-        self.status.update(|s| s.stopped = Some(reason));
-    }
-
-    fn kill_all(&mut self, reason: KillReason) {
-        for w in self.workers.iter_mut().flatten() {
-            w.killed = Some(reason);
-            kill_group(w.process.pid);
-        }
-    }
-
-    fn publish_status(&self) {
-        let pids: Vec<u32> = self
-            .workers
-            .iter()
-            .flatten()
-            .filter(|w| w.ready && w.killed.is_none())
-            .map(|w| w.process.pid)
-            .collect();
-        self.status.update(|s| s.ready_pids = pids);
-    }
-
-    /// Cancels everything, kills every worker and waits (bounded) until all are reaped.
-    async fn shut_down(&mut self) {
-        let reason = "the pool shut down before the task started";
-        for job in self.queue.drain(..) {
-            let outcome = Outcome::Cancelled { reason: reason.into() };
-            self.finished.push(JobResult::unstarted(job.id, outcome));
-        }
-        for w in self.workers.iter_mut().flatten() {
-            for job in w.inflight.drain(..) {
-                let outcome = Outcome::Cancelled {
-                    reason: "the pool shut down while the task was running".into(),
-                };
-                self.finished.push(JobResult::unstarted(job.id, outcome));
-            }
-        }
-        if let Some(startup) = self.startup.take() {
-            let _ = startup.send(Err(PoolError::Stopped));
-        }
-        self.kill_all(KillReason::Shutdown);
-        self.deliver();
-        let reap_by = tokio::time::Instant::now() + REAP_LIMIT;
-        while self.workers.iter().any(Option::is_some) {
-            match tokio::time::timeout_at(reap_by, self.events.recv()).await {
-                Ok(Some(WorkerEvent { worker, kind: EventKind::Exited(_) })) => {
-                    if matches!(&self.workers[worker.slot], Some(w) if w.id == worker) {
-                        self.workers[worker.slot] = None;
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    warn!("some workers were not reaped in time");
-                    break;
-                }
-            }
-        }
-        self.status.update(|s| {
-            s.ready_pids.clear();
-            s.stopped.get_or_insert_with(|| "shut down".into());
-        });
-        info!("pool stopped");
     }
 }
 
