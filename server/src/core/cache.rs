@@ -59,6 +59,11 @@ impl ResultCache {
         }
     }
 
+    /// Whether anything is held for a driver.
+    pub(super) fn holds(&self, conn: ConnId) -> bool {
+        self.by_driver.get(&conn).is_some_and(|r| !r.is_empty())
+    }
+
     /// Results held.
     pub(super) fn len(&self) -> usize {
         self.count

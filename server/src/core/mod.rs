@@ -110,6 +110,9 @@ struct Driver {
     outbox: Vec<TaskReport>,
     /// Kinds this driver was told no agent can run, so it is told once.
     told_waiting: HashSet<KindId>,
+    /// Its tasks still held (queued or running): a departed driver is forgotten once this is
+    /// zero and the cache holds nothing for it.
+    live: usize,
 }
 
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl Core {
             self.dispatch();
             self.flush();
             self.cache.trim();
+            self.forget_departed();
         }
         self.shut_down();
     }
@@ -196,6 +200,7 @@ impl Core {
                         queues: HashMap::new(),
                         outbox: Vec::new(),
                         told_waiting: HashSet::new(),
+                        live: 0,
                     },
                 );
                 self.rotation.push_back(conn);
@@ -238,6 +243,7 @@ impl Core {
             );
             if let Some(d) = self.drivers.get_mut(&conn) {
                 d.queues.entry(kind).or_default().push_back(key);
+                d.live += 1;
                 if !d.told_waiting.contains(&kind)
                     && !self.agents.values().any(|a| a.kinds.contains(&kind))
                 {
@@ -317,6 +323,31 @@ impl Core {
         self.tasks.retain(|_, t| t.driver != conn || t.agent.is_some());
     }
 
+    /// Removes a task that has ended from the books.
+    fn take_task(&mut self, key: TaskKey) -> Option<Task> {
+        let task = self.tasks.remove(&key)?;
+        if let Some(d) = self.drivers.get_mut(&task.driver) {
+            d.live = d.live.saturating_sub(1);
+        }
+        Some(task)
+    }
+
+    /// Forgets drivers that left without a goodbye once nothing is held for them any more.
+    fn forget_departed(&mut self) {
+        let done: Vec<ConnId> = self
+            .drivers
+            .iter()
+            .filter(|(conn, d)| d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn))
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in done {
+            if let Some(d) = self.drivers.remove(&conn) {
+                debug!(conn, driver = %d.name, "departed driver forgotten: nothing left for it");
+            }
+            self.rotation.retain(|&c| c != conn);
+        }
+    }
+
     /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
     fn report(&mut self, conn: ConnId, report: TaskReport) {
         let Some(d) = self.drivers.get_mut(&conn) else { return };
@@ -377,7 +408,7 @@ impl Core {
             None => return,
         };
         for r in results {
-            let Some(task) = self.tasks.remove(&r.key) else {
+            let Some(task) = self.take_task(r.key) else {
                 debug!(key = r.key, "result for a task that is no longer wanted; dropped");
                 continue;
             };
@@ -412,7 +443,7 @@ impl Core {
             }
         }
         for key in lost {
-            if let Some(task) = self.tasks.remove(&key) {
+            if let Some(task) = self.take_task(key) {
                 let reason = format!(
                     "its agent disconnected {} times while holding it; giving up",
                     task.attempts

@@ -39,6 +39,7 @@ fn turn(core: &mut Core) {
     core.dispatch();
     core.flush();
     core.cache.trim();
+    core.forget_departed();
 }
 
 fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<u64> {
@@ -158,10 +159,16 @@ fn unfetched_results_are_capped_by_count_and_age() {
     assert_eq!(c.cache.len(), 2);
     assert_eq!(c.cache.ids(1), [3, 4], "the newest are kept");
 
+    assert!(c.drivers.contains_key(&1), "kept while results wait for it");
     c.cache = cache::ResultCache::new(std::time::Duration::ZERO, 2);
     c.report(1, unstarted(9, Outcome::Lost { reason: "r".into() }));
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
+    turn(&mut c);
+    assert!(
+        c.drivers.is_empty() && c.rotation.is_empty(),
+        "a departed driver with nothing left is forgotten"
+    );
 }
 
 #[test]
