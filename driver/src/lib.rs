@@ -35,6 +35,7 @@ pub mod distributed;
 mod multicore;
 mod progress;
 mod results;
+mod streams;
 pub mod utils;
 
 /// Blitzen's logging (the seed's `blitzen.logging`): `get_logger`, `set_logfile`,
@@ -53,6 +54,7 @@ pub use blitzen_protocol::{Captured, ExitReason};
 pub use dispatcher::{Backend, Dispatcher};
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};
+pub use streams::{Imap, ImapUnordered};
 
 /// What `#[task]` expansions refer to. Not a stable API.
 #[doc(hidden)]

@@ -275,6 +275,8 @@ struct TableState {
     pending: usize,
     /// Set when no more tasks can run: new tasks end with this outcome at once.
     closed: Option<Outcome>,
+    /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`).
+    subscribers: HashMap<u64, std::sync::mpsc::Sender<u64>>,
 }
 
 #[derive(Debug)]
@@ -294,6 +296,7 @@ impl ResultTable {
                 slots: HashMap::new(),
                 pending: 0,
                 closed: None,
+                subscribers: HashMap::new(),
             }),
             changed: Condvar::new(),
         }
@@ -330,6 +333,30 @@ impl ResultTable {
         self.complete(vec![Finished::unstarted(seq, outcome)]);
     }
 
+    /// Sends each of `seqs` on `tx` as soon as it is done (at once for those already done).
+    pub(crate) fn subscribe(&self, seqs: &[u64], tx: &std::sync::mpsc::Sender<u64>) {
+        let mut st = self.lock();
+        for &seq in seqs {
+            match st.slots.get(&seq) {
+                Some(Slot::Pending { .. }) => {
+                    st.subscribers.insert(seq, tx.clone());
+                }
+                Some(Slot::Done(_)) => {
+                    let _ = tx.send(seq);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Drops the subscriptions of tasks nobody waits for any more.
+    pub(crate) fn unsubscribe(&self, seqs: &[u64]) {
+        let mut st = self.lock();
+        for seq in seqs {
+            st.subscribers.remove(seq);
+        }
+    }
+
     /// Attaches what is known about a delay to pending tasks.
     pub(crate) fn note(&self, seqs: &[u64], note: &str) {
         let mut st = self.lock();
@@ -348,6 +375,9 @@ impl ResultTable {
             let Some(slot) = st.slots.get_mut(&r.id) else { continue };
             let Slot::Pending { task, signature, .. } = slot else { continue };
             st.pending -= 1;
+            if let Some(subscriber) = st.subscribers.remove(&r.id) {
+                let _ = subscriber.send(r.id);
+            }
             let worker = r.worker;
             let outcome = match r.outcome {
                 Outcome::Value(bytes) => Ok(bytes),

@@ -204,6 +204,19 @@ fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
     check(r[0] == Ok(42), format!("{r:?}"))
 }
 
+fn map_runs_over_the_cluster_in_order() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "mapper").map_err(fail)?;
+    let d = driver(&server.addr);
+    let got: Vec<u32> = d
+        .map(echo::<u32>(), 0..500)
+        .map_err(fail)?
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    check(got == (0..500).collect::<Vec<u32>>(), "map over the cluster keeps the order")
+}
+
 fn thirty_two_mib_payload_round_trips() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_agent(&server.addr, 1, "big").map_err(fail)?;
@@ -277,6 +290,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_task_no_agent_has_waits_and_says_why),
         trial!(users_own_client_runs_its_own_tasks),
         trial!(thirty_two_mib_payload_round_trips),
+        trial!(map_runs_over_the_cluster_in_order),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
     ];

@@ -425,6 +425,25 @@ fn ids_of_another_dispatcher_are_refused() -> Result<(), Failed> {
     check(matches!(a.get_results(&[id]), Err(DispatchError::UnknownTask(_))), "foreign id")
 }
 
+fn map_imap_and_imap_unordered() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    let squares: Vec<u64> = d
+        .map(add, (0..100u64).map(|i| (i, i)))
+        .map_err(fail)?
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    check(squares == (0..100).map(|i| 2 * i).collect::<Vec<u64>>(), "map keeps the order")?;
+    // imap: submission order, even though the later tasks finish first.
+    let ordered: Vec<u64> = d.imap(nap_ms, [300, 10, 10]).map(|r| r.unwrap_or(0)).collect();
+    check(ordered == [300, 10, 10], format!("imap {ordered:?}"))?;
+    // imap_unordered: completion order (two workers: 600 and 50 start together).
+    let finished: Vec<u64> =
+        d.imap_unordered(nap_ms, [600, 50, 300]).map(|(_, r)| r.unwrap_or(0)).collect();
+    check(finished == [50, 300, 600], format!("imap_unordered {finished:?}"))?;
+    check(d.pending() == 0 && d.join().is_empty(), "streams take their results")
+}
+
 // ----- lifecycle -----
 
 fn shutdown_leaves_no_worker_alive() -> Result<(), Failed> {
@@ -534,6 +553,7 @@ fn main() -> std::process::ExitCode {
         trial!(unknown_task_and_signature_mismatch_are_clear_errors),
         trial!(builtin_command_runs_a_program),
         trial!(ids_of_another_dispatcher_are_refused),
+        trial!(map_imap_and_imap_unordered),
         trial!(shutdown_leaves_no_worker_alive),
         trial!(drop_stops_the_workers),
         trial!(killed_dispatcher_process_leaves_no_orphans),

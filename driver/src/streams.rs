@@ -1,0 +1,136 @@
+//! `map`, `imap` and `imap_unordered` (achilles' names, `multiprocessing.Pool`'s semantics) on
+//! every [`Dispatcher`].
+
+use std::marker::PhantomData;
+use std::sync::mpsc;
+
+use blitzen_common::{Task, TaskError};
+use serde::de::DeserializeOwned;
+
+use crate::dispatcher::{Backend, Dispatcher};
+use crate::results::{DispatchError, Fetch, TaskId};
+
+impl<B: Backend> Dispatcher<B> {
+    /// Runs `task` on every item of `args` and returns all results, in the order of `args`
+    /// (`Pool.map`). Blocks until all are done.
+    pub fn map<T: Task>(
+        &self,
+        task: T,
+        args: impl IntoIterator<Item = T::Args>,
+    ) -> Result<Vec<Result<T::Output, TaskError>>, DispatchError> {
+        let ids: Vec<_> = args.into_iter().map(|a| self.run(task, a)).collect();
+        self.get_results(&ids)
+    }
+
+    /// Submits `task` on every item of `args` at once and yields the results in the order of
+    /// `args`, each as soon as it and those before it are done (`Pool.imap`).
+    pub fn imap<T: Task>(
+        &self,
+        task: T,
+        args: impl IntoIterator<Item = T::Args>,
+    ) -> Imap<'_, B, T::Output> {
+        let ids: Vec<_> = args.into_iter().map(|a| self.run(task, a)).collect();
+        Imap { dispatcher: self, ids: ids.into_iter() }
+    }
+
+    /// Submits `task` on every item of `args` at once and yields each result as soon as it is
+    /// done, with its id (`Pool.imap_unordered`).
+    pub fn imap_unordered<T: Task>(
+        &self,
+        task: T,
+        args: impl IntoIterator<Item = T::Args>,
+    ) -> ImapUnordered<'_, B, T::Output> {
+        let ids: Vec<_> = args.into_iter().map(|a| self.run(task, a)).collect();
+        self.as_completed(&ids)
+    }
+
+    /// Yields the results of `ids` as they complete, each with its id; removes them from the
+    /// dispatcher as it goes.
+    pub fn as_completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> ImapUnordered<'_, B, O> {
+        let (tx, done) = mpsc::channel();
+        let seqs: Vec<u64> = ids.iter().map(TaskId::seq).collect();
+        self.table.subscribe(&seqs, &tx);
+        let waiting = ids.iter().map(|id| (id.seq(), *id)).collect();
+        ImapUnordered { dispatcher: self, waiting, done, _output: PhantomData, _tx: tx }
+    }
+}
+
+/// Results in submission order; see [`Dispatcher::imap`].
+#[derive(Debug)]
+pub struct Imap<'a, B: Backend, O> {
+    dispatcher: &'a Dispatcher<B>,
+    ids: std::vec::IntoIter<TaskId<O>>,
+}
+
+impl<B: Backend, O: DeserializeOwned> Iterator for Imap<'_, B, O> {
+    type Item = Result<O, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let id = self.ids.next()?;
+        match self.dispatcher.get_results_with(&[id], Fetch::default()) {
+            Ok(mut one) => one.pop(),
+            // Only if someone else fetched this id meanwhile.
+            Err(e) => Some(Err(fetched_elsewhere(id.seq(), e))),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ids.size_hint()
+    }
+}
+
+/// Results as they complete; see [`Dispatcher::imap_unordered`] and
+/// [`Dispatcher::as_completed`].
+#[derive(Debug)]
+pub struct ImapUnordered<'a, B: Backend, O> {
+    dispatcher: &'a Dispatcher<B>,
+    /// Tasks not yielded yet, by number.
+    waiting: std::collections::HashMap<u64, TaskId<O>>,
+    /// Numbers of finished tasks, sent by the result table.
+    done: mpsc::Receiver<u64>,
+    _output: PhantomData<fn() -> O>,
+    /// Keeps the channel open while tasks are outstanding.
+    _tx: mpsc::Sender<u64>,
+}
+
+impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
+    type Item = (TaskId<O>, Result<O, TaskError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.waiting.is_empty() {
+            // Every task settles eventually (at worst as cancelled at shutdown), so this ends.
+            let seq = self.done.recv().ok()?;
+            let Some(id) = self.waiting.remove(&seq) else { continue };
+            let result = match self.dispatcher.get_results_with(&[id], Fetch::default()) {
+                Ok(mut one) => one.pop()?,
+                Err(e) => Err(fetched_elsewhere(seq, e)),
+            };
+            return Some((id, result));
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.waiting.len(), Some(self.waiting.len()))
+    }
+}
+
+impl<B: Backend, O> Drop for ImapUnordered<'_, B, O> {
+    fn drop(&mut self) {
+        let seqs: Vec<u64> = self.waiting.keys().copied().collect();
+        self.dispatcher.table.unsubscribe(&seqs);
+    }
+}
+
+/// A stream's task whose result another caller took first.
+fn fetched_elsewhere(seq: u64, e: DispatchError) -> TaskError {
+    TaskError::Lost {
+        ctx: Box::new(blitzen_common::TaskContext {
+            id: seq,
+            task: "?".into(),
+            worker: None,
+            stderr_tail: String::new(),
+        }),
+        reason: format!("its result was taken by another caller: {e}"),
+    }
+}
