@@ -96,11 +96,28 @@ where
     }
 }
 
+thread_local! {
+    /// Where task outputs are encoded. The value handed out is a slice of this buffer; once the
+    /// worker has sent it and dropped it, the next `reserve` takes the same memory back, so a task
+    /// returning megabytes does not fault in a fresh buffer each time.
+    static OUTPUT: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 fn encode_output<O: Serialize>(out: &O) -> Outcome {
-    match encode_value(out) {
-        Ok(bytes) => Outcome::Value(bytes),
-        Err(e) => Outcome::BadOutput { message: e.to_string() },
-    }
+    use bytes::BufMut;
+    OUTPUT.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.reserve(64);
+        let mut writer = (&mut *buf).writer();
+        match rmp_serde::encode::write_named(&mut writer, out) {
+            Ok(()) => Outcome::Value(buf.split().freeze()),
+            Err(e) => {
+                buf.clear();
+                Outcome::BadOutput { message: e.to_string() }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
