@@ -1,5 +1,5 @@
 //! Tasks that ship with every Blitzen binary, so a cluster is useful before anything is compiled
-//! for it: [`sleep`], [`echo`] and [`command`] (run any program).
+//! for it: [`sleep`](const@sleep), [`echo`] and [`command`](const@command) (run any program).
 
 use std::io::Write;
 use std::marker::PhantomData;
@@ -56,7 +56,7 @@ static ECHO_ENTRY: TaskEntry = TaskEntry {
     invoke: |args| blitzen_protocol::Outcome::Value(bytes::Bytes::copy_from_slice(args)),
 };
 
-/// A program to run with the built-in [`command`] task.
+/// A program to run with the built-in [`command`](const@command) task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandSpec {
     /// The program: a path, or a name looked up in `PATH`.
@@ -115,7 +115,7 @@ impl CommandSpec {
     }
 }
 
-/// What a program run by [`command`] did. A non-zero exit is not a task failure: look at
+/// What a program run by [`command`](const@command) did. A non-zero exit is not a task failure: look at
 /// [`CommandOutput::code`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandOutput {

@@ -11,7 +11,8 @@
 //!   `dispatcher.run(square, 4)` is checked at compile time against `fn square(u64) -> u64`.
 //! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
 //! - Results: [`TaskId`], [`TaskResult`], [`TaskError`] (one variant per way a task can fail).
-//! - [`builtin`]: tasks every binary has: [`sleep`], [`echo`], [`command`] (run a program).
+//! - [`builtin`]: tasks every binary has: [`sleep`](const@sleep), [`echo`],
+//!   [`command`](const@command) (run a program).
 //!
 //! ```no_run
 //! #[blitzen::task]

@@ -72,3 +72,20 @@ fn a_taken_port_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
 }
+
+#[test]
+fn log_file_receives_the_log() {
+    let dir = std::env::temp_dir().join(format!("blitzen-server-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("server.log");
+    let out = Command::new(BIN)
+        .args(["--port", "0", "--duration", "0.2", "--log-level", "debug", "--log-file"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let log = std::fs::read_to_string(&path).expect("log file written");
+    assert!(log.contains("serving") && log.contains("stopped"), "{log}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("serving"), "logged to stderr too");
+    let _ = std::fs::remove_dir_all(&dir);
+}

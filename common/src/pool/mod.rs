@@ -8,8 +8,8 @@
 //! reported `TimedOut`, and the worker is replaced. Jobs a dead worker had received but not
 //! started go back to the front of the queue.
 //!
-//! Inside, one scheduler task owns all state ([`scheduler`]); each worker has a supervisor task
-//! reading its socket and reaping it, and a writer task ([`process`]). The pool runs on any
+//! Inside, one scheduler task owns all state (`scheduler`); each worker has a supervisor task
+//! reading its socket and reaping it, and a writer task (`process`). The pool runs on any
 //! tokio runtime with I/O and time enabled; the multicore dispatcher gives it a runtime thread
 //! of its own, a client agent shares its runtime.
 //!

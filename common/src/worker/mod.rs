@@ -10,7 +10,7 @@
 //! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
 //!
 //! Threads: the main thread reads [`ToWorker`] frames and runs the tasks one at a time, handing
-//! each [`TaskDone`] to the [`outbox`], which batches results while tasks stream and sends them
+//! each [`TaskDone`] to the `outbox`, which batches results while tasks stream and sends them
 //! at once when the worker goes idle (its flusher thread bounds the wait). A watchdog thread
 //! sleeps in `poll` until the pool's end of the socket closes — the pool stopped the worker, or
 //! the parent died, even mid-task — and then kills the worker's whole process group, which takes
