@@ -8,8 +8,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use blitzen_protocol::frame::{decode_frame, decode_shared, encode};
-use blitzen_protocol::{DecodeError, FrameError};
+use blitzen_protocol::frame::{decode_shared, encode};
+use blitzen_protocol::{DecodeError, FrameCodec, FrameError};
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,41 +33,41 @@ pub enum NetError {
     Decode(#[from] DecodeError),
 }
 
-/// Decodes messages off a socket's read half. Cancel-safe: a `next` cancelled mid-read keeps
-/// what it has buffered.
+/// Decodes messages off a socket's read half with the protocol's [`FrameCodec`]. Cancel-safe:
+/// a `next` cancelled mid-read keeps what it has buffered.
 #[derive(Debug)]
 pub struct FramedReader {
     socket: OwnedReadHalf,
     buf: BytesMut,
-    max: usize,
+    codec: FrameCodec,
 }
 
 impl FramedReader {
     /// A reader accepting frames of at most `max` bytes.
     pub fn new(socket: OwnedReadHalf, max: usize) -> Self {
-        Self { socket, buf: BytesMut::with_capacity(64 * 1024), max }
+        Self { socket, buf: BytesMut::with_capacity(64 * 1024), codec: FrameCodec::new(max) }
     }
 
     /// Changes the frame limit (raised once a peer has been admitted).
     pub fn set_max(&mut self, max: usize) {
-        self.max = max;
+        self.codec = FrameCodec::new(max);
     }
 
     /// The next message; `Ok(None)` when the peer closed the connection between frames.
     pub async fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, NetError> {
+        use tokio_util::codec::Decoder;
         loop {
-            if let Some(body) = decode_frame(&mut self.buf, self.max)? {
+            if let Some(body) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(decode_shared(&body.freeze())?));
             }
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(64 * 1024);
             }
             if self.socket.read_buf(&mut self.buf).await.map_err(FrameError::Io)? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Truncated { have: self.buf.len(), need: self.buf.len() + 1 }
-                        .into())
+                // End of stream: a clean end between frames, or a truncated frame.
+                return match self.codec.decode_eof(&mut self.buf)? {
+                    Some(body) => Ok(Some(decode_shared(&body.freeze())?)),
+                    None => Ok(None),
                 };
             }
         }
@@ -168,6 +168,26 @@ mod tests {
             assert_eq!((n, text), (i, format!("message {i}")));
         }
         assert!(reader.next::<(u32, String)>().await.expect("clean end").is_none());
+        client.await.expect("client");
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_a_truncation_error() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let client = tokio::spawn(async move {
+            let mut stream = connect(&addr, Duration::from_secs(5)).await.expect("connect");
+            // A header announcing 10 bytes, then 3 of them, then the end.
+            stream.write_all(&[0, 0, 0, 10, 1, 2, 3]).await.expect("write");
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut reader = FramedReader::new(stream.into_split().0, 1024);
+        let err = reader.next::<u8>().await.expect_err("truncated");
+        assert!(
+            matches!(err, NetError::Frame(FrameError::Truncated { have: 7, need: 14 })),
+            "{err}"
+        );
         client.await.expect("client");
     }
 }

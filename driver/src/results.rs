@@ -181,14 +181,7 @@ pub(crate) struct Finished {
 impl Finished {
     /// A task that ends without reaching a worker.
     pub(crate) fn unstarted(id: u64, outcome: Outcome) -> Self {
-        Self {
-            id,
-            worker: None,
-            outcome,
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-            elapsed: Duration::ZERO,
-        }
+        JobResult::unstarted(id, outcome).into()
     }
 }
 
