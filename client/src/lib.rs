@@ -15,11 +15,12 @@ use std::time::Duration;
 use blitzen_common::net::{self, FramedReader, spawn_writer};
 use blitzen_common::pool::{Job, JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
-use blitzen_protocol::MAX_FRAME_LEN;
+use blitzen_common::task::TaskEntry;
 use blitzen_protocol::cluster::{
     AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role,
     TaskKind, ToAgent,
 };
+use blitzen_protocol::{Captured, MAX_FRAME_LEN, Outcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -89,10 +90,10 @@ pub fn host_name() -> String {
 /// Serves the cluster until `shutdown` is cancelled, reconnecting whenever the connection is
 /// lost. Returns an error only for what retrying cannot fix.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let kinds: Vec<TaskKind> = registry::global()
-        .map_err(PoolError::from)?
-        .entries()
-        .into_iter()
+    // Assignments name a task by its index in this list.
+    let entries = registry::global().map_err(PoolError::from)?.entries();
+    let kinds: Vec<TaskKind> = entries
+        .iter()
         .map(|e| TaskKind {
             name: e.name.to_string(),
             fingerprint: e.fingerprint,
@@ -107,7 +108,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 backoff = Duration::from_millis(100);
                 waiting_logged = false;
                 info!(server = %config.server, workers = config.pool.workers, "connected");
-                match serve(&config, reader, write, &shutdown).await? {
+                match serve(&config, &entries, reader, write, &shutdown).await? {
                     End::Stop => break,
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
                 }
@@ -171,6 +172,7 @@ enum End {
 /// Runs one connection: a fresh pool, tasks in, results out, heartbeats.
 async fn serve(
     config: &AgentConfig,
+    entries: &[&'static TaskEntry],
     mut reader: FramedReader,
     write: tokio::net::tcp::OwnedWriteHalf,
     shutdown: &CancellationToken,
@@ -193,16 +195,35 @@ async fn serve(
             message = reader.next::<ToAgent>() => match message {
                 Ok(Some(ToAgent::Run(tasks))) => {
                     debug!(count = tasks.len(), "tasks received");
+                    let mut unknown = Vec::new();
                     for t in tasks {
+                        let Some(entry) = entries.get(t.kind as usize) else {
+                            warn!(key = t.key, kind = t.kind, "the server sent a task kind this agent never announced");
+                            unknown.push(t.key);
+                            continue;
+                        };
                         let job = Job {
                             id: t.key,
-                            name: Cow::Owned(t.name),
-                            fingerprint: t.fingerprint,
+                            name: Cow::Borrowed(entry.name),
+                            fingerprint: entry.fingerprint,
                             args: t.args,
                             timeout: t.timeout_ms.map(Duration::from_millis),
                         };
                         if pool.submit(job).is_err() {
                             break;
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        let done = unknown.into_iter().map(|key| AgentResult {
+                            key,
+                            outcome: Outcome::UnknownTask,
+                            stdout: Captured::default(),
+                            stderr: Captured::default(),
+                            worker_pid: None,
+                            elapsed_us: 0,
+                        });
+                        if writer.send(FromAgent::Done(done.collect())).is_err() {
+                            break End::Lost("the connection closed".into());
                         }
                     }
                 }

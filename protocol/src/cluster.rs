@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::{Captured, Outcome};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 1;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 2;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -93,8 +93,9 @@ pub enum HelloReply {
 pub struct Submission {
     /// The driver's own id for the task.
     pub id: u64,
-    /// What to run.
-    pub kind: TaskKind,
+    /// What to run: an index into the kinds this connection has declared (see
+    /// [`FromDriver::Submit`]).
+    pub kind: u32,
     /// MessagePack-encoded arguments, opaque to the server.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
@@ -107,7 +108,14 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromDriver {
     /// New tasks, in submission order.
-    Submit(Vec<Submission>),
+    Submit {
+        /// Kinds of task this connection has not declared before, appended in order to its table
+        /// of kinds: the first kind a connection declares is number 0. Names and signatures
+        /// thus cross the network once per connection, not once per task.
+        kinds: Vec<TaskKind>,
+        /// The tasks.
+        tasks: Vec<Submission>,
+    },
     /// These results were received: the server may forget them.
     Ack(Vec<u64>),
     /// The driver is done; the server forgets what it still holds for it.
@@ -138,6 +146,12 @@ pub struct TaskReport {
 /// Server → driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToDriver {
+    /// The server has taken this many of the connection's tasks so far (queued, or refused
+    /// with a report): sent after each turn that took some.
+    Accepted {
+        /// Tasks taken since the connection started.
+        count: u64,
+    },
     /// Finished tasks.
     Results(Vec<TaskReport>),
     /// These tasks wait because no connected agent can run them (sent once per kind until an
@@ -160,10 +174,8 @@ pub enum ToDriver {
 pub struct Assignment {
     /// The server's key for the task.
     pub key: u64,
-    /// Registered name.
-    pub name: String,
-    /// Signature fingerprint.
-    pub fingerprint: u64,
+    /// What to run: an index into the tasks the agent announced in its [`Hello`].
+    pub kind: u32,
     /// MessagePack-encoded arguments.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
@@ -248,11 +260,15 @@ mod tests {
         }
 
         #[test]
-        fn driver_messages_round_trip(id in any::<u64>(), kind in kind(), args in bytes(),
+        fn driver_messages_round_trip(id in any::<u64>(), kinds in proptest::collection::vec(kind(), 0..3),
+                                      index in any::<u32>(), args in bytes(),
                                       timeout_ms in proptest::option::of(any::<u64>()),
                                       acks in proptest::collection::vec(any::<u64>(), 0..10)) {
-            let submit = FromDriver::Submit(vec![Submission { id, kind, args: args.clone(), timeout_ms }]);
+            let tasks = vec![Submission { id, kind: index, args: args.clone(), timeout_ms }];
+            let submit = FromDriver::Submit { kinds, tasks };
             prop_assert_eq!(round_trip(&submit), submit);
+            let accepted = ToDriver::Accepted { count: id };
+            prop_assert_eq!(round_trip(&accepted), accepted);
             let ack = FromDriver::Ack(acks);
             prop_assert_eq!(round_trip(&ack), ack);
             let report = ToDriver::Results(vec![TaskReport {
@@ -263,9 +279,8 @@ mod tests {
         }
 
         #[test]
-        fn agent_messages_round_trip(key in any::<u64>(), name in any::<String>(), args in bytes(),
-                                     fingerprint in any::<u64>()) {
-            let run = ToAgent::Run(vec![Assignment { key, name, fingerprint, args: args.clone(), timeout_ms: Some(5) }]);
+        fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes()) {
+            let run = ToAgent::Run(vec![Assignment { key, kind, args: args.clone(), timeout_ms: Some(5) }]);
             prop_assert_eq!(round_trip(&run), run);
             let done = FromAgent::Done(vec![AgentResult {
                 key, outcome: Outcome::Value(args), stdout: Captured::default(),

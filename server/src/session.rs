@@ -82,8 +82,8 @@ pub(crate) async fn serve(
             let _ = events.send(Event::DriverJoined { conn, name, tx });
             let bye = loop {
                 match reader.next::<FromDriver>().await {
-                    Ok(Some(FromDriver::Submit(tasks))) => {
-                        let _ = events.send(Event::Submit { conn, tasks });
+                    Ok(Some(FromDriver::Submit { kinds, tasks })) => {
+                        let _ = events.send(Event::Submit { conn, kinds, tasks });
                     }
                     Ok(Some(FromDriver::Ack(ids))) => {
                         let _ = events.send(Event::Ack { conn, ids });

@@ -1,5 +1,6 @@
 //! The driver's connection to the server, on the dispatcher's runtime thread.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -7,12 +8,14 @@ use blitzen_common::WorkerInfo;
 use blitzen_common::net::{self, FramedReader, spawn_writer};
 use blitzen_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, FromDriver, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role, Submission,
-    TaskReport, ToDriver,
+    TaskKind, TaskReport, ToDriver,
 };
 use blitzen_protocol::{MAX_FRAME_LEN, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::Handoff;
+use crate::dispatcher::Call;
 use crate::results::{Finished, ResultTable};
 
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
@@ -21,7 +24,8 @@ pub(super) async fn drive(
     server: String,
     connect_timeout: Duration,
     table: Arc<ResultTable>,
-    mut queue: mpsc::UnboundedReceiver<Submission>,
+    handoff: &Handoff,
+    mut queue: mpsc::UnboundedReceiver<Call>,
     mut stop: oneshot::Receiver<()>,
     connected: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -30,6 +34,7 @@ pub(super) async fn drive(
         Err(reason) => {
             warn!(%server, %reason, "cannot reach the server");
             let _ = connected.send(Err(reason.clone()));
+            handoff.end(&reason);
             table.close(Outcome::Lost { reason });
             return;
         }
@@ -37,6 +42,7 @@ pub(super) async fn drive(
     let _ = connected.send(Ok(()));
     info!(%server, "connected to the server");
     let (writer, written) = spawn_writer::<FromDriver>(write);
+    let mut declared = Declared::default();
     let lost = loop {
         tokio::select! {
             biased;
@@ -45,6 +51,7 @@ pub(super) async fn drive(
                 break None;
             }
             message = reader.next::<ToDriver>() => match message {
+                Ok(Some(ToDriver::Accepted { count })) => handoff.accepted(count),
                 Ok(Some(ToDriver::Results(reports))) => {
                     let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
                     debug!(count = ids.len(), "results received");
@@ -62,17 +69,19 @@ pub(super) async fn drive(
                 Err(e) => break Some(format!("bad frame from the server: {e}")),
             },
             Some(first) = queue.recv() => {
-                let mut batch = vec![first];
-                while batch.len() < 65_536 {
+                let mut kinds = Vec::new();
+                let mut tasks = vec![declared.submission(first, &mut kinds)];
+                while tasks.len() < 65_536 {
                     match queue.try_recv() {
-                        Ok(s) => batch.push(s),
+                        Ok(call) => tasks.push(declared.submission(call, &mut kinds)),
                         Err(_) => break,
                     }
                 }
-                let _ = writer.send(FromDriver::Submit(batch));
+                let _ = writer.send(FromDriver::Submit { kinds, tasks });
             }
         }
     };
+    handoff.end(lost.as_deref().unwrap_or("the dispatcher stopped"));
     if let Some(reason) = lost {
         warn!(%server, %reason, "connection to the server lost");
         table.close(Outcome::Lost { reason });
@@ -121,6 +130,34 @@ async fn connect(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+/// The kinds of task this connection has declared to the server, by number.
+#[derive(Debug, Default)]
+struct Declared {
+    numbers: HashMap<(&'static str, u64), u32>,
+}
+
+impl Declared {
+    /// The call as a submission; a kind not declared yet is added to `kinds`, which goes out
+    /// in the same frame.
+    fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
+        let next = self.numbers.len() as u32;
+        let kind = *self.numbers.entry((call.name, call.fingerprint)).or_insert_with(|| {
+            kinds.push(TaskKind {
+                name: call.name.to_string(),
+                fingerprint: call.fingerprint,
+                signature: call.signature.to_string(),
+            });
+            next
+        });
+        Submission {
+            id: call.id,
+            kind,
+            args: call.args,
+            timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
         }
     }
 }

@@ -11,9 +11,10 @@ mod local;
 pub use local::LocalCluster;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blitzen_client::AgentConfig;
 use blitzen_common::cli::termination;
@@ -21,7 +22,7 @@ use blitzen_common::logging;
 use blitzen_common::net;
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::{DEFAULT_PORT, Submission, TaskKind};
+use blitzen_protocol::cluster::DEFAULT_PORT;
 use blitzen_server::{Server, ServerConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,8 @@ pub struct Cluster {
     insecure: bool,
     /// The dispatcher's results, filled by the connection.
     table: Arc<ResultTable>,
+    /// How many tasks were sent, and how many of them the server has taken.
+    handoff: Arc<Handoff>,
     /// The connection, once the first task started it.
     link: Mutex<LinkState>,
 }
@@ -61,7 +64,7 @@ enum LinkState {
 }
 
 struct Link {
-    submissions: mpsc::UnboundedSender<Submission>,
+    submissions: mpsc::UnboundedSender<Call>,
     stop: oneshot::Sender<()>,
     thread: JoinHandle<()>,
     /// Answers once whether the handshake succeeded.
@@ -72,16 +75,6 @@ impl sealed::Sealed for Cluster {}
 
 impl Backend for Cluster {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
-        let submission = Submission {
-            id: call.id,
-            kind: TaskKind {
-                name: call.name.to_string(),
-                fingerprint: call.fingerprint,
-                signature: call.signature.to_string(),
-            },
-            args: call.args,
-            timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
-        };
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*link, LinkState::Idle) {
             match self.start_link() {
@@ -96,7 +89,10 @@ impl Backend for Cluster {
             }
         }
         match &*link {
-            LinkState::Up(l) if l.submissions.send(submission).is_ok() => Ok(()),
+            LinkState::Up(l) if l.submissions.send(call).is_ok() => {
+                self.handoff.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             _ => Err(Outcome::Lost { reason: "the connection to the server has ended".into() }),
         }
     }
@@ -128,6 +124,7 @@ impl Cluster {
         let (connected_tx, connected) = std::sync::mpsc::channel();
         let server = self.server.clone();
         let table = self.table.clone();
+        let handoff = self.handoff.clone();
         let connect_timeout = self.connect_timeout;
         let thread = std::thread::Builder::new()
             .name("blitzen-driver".into())
@@ -138,6 +135,7 @@ impl Cluster {
                         Err(e) => {
                             let reason = format!("cannot start the driver's runtime: {e}");
                             let _ = connected_tx.send(Err(reason.clone()));
+                            handoff.end(&reason);
                             table.close(Outcome::Lost { reason });
                             return;
                         }
@@ -146,6 +144,7 @@ impl Cluster {
                     server,
                     connect_timeout,
                     table,
+                    &handoff,
                     queue,
                     stopped,
                     connected_tx,
@@ -169,6 +168,7 @@ impl Dispatcher<Cluster> {
                 connect_timeout: Duration::from_secs(10),
                 insecure: false,
                 table,
+                handoff: Arc::new(Handoff::default()),
                 link: Mutex::new(LinkState::Idle),
             },
         }
@@ -210,6 +210,35 @@ impl Dispatcher<Cluster> {
             Some(Ok(Err(reason))) => Err(DispatchError::Connect(reason)),
             Some(Err(_)) => Err(DispatchError::Connect("the connection ended".into())),
             _ => Ok(()),
+        }
+    }
+
+    /// Blocks until the server has taken every task submitted so far (queued it, or refused it
+    /// with a result saying why), or `within` has passed. Useful before exiting without
+    /// waiting for results, and to pace very large submissions.
+    pub fn wait_accepted(&self, within: Duration) -> Result<(), DispatchError> {
+        let target = self.backend.handoff.sent.load(Ordering::Relaxed);
+        let deadline = Instant::now() + within;
+        let handoff = &self.backend.handoff;
+        let mut state = handoff.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if state.accepted >= target {
+                return Ok(());
+            }
+            if let Some(reason) = &state.ended {
+                return Err(DispatchError::Connect(reason.clone()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DispatchError::WaitTimedOut {
+                    waited: within,
+                    pending: (target - state.accepted) as usize,
+                    total: target as usize,
+                    detail: Some("the server has not taken them yet".into()),
+                });
+            }
+            state =
+                handoff.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -274,6 +303,37 @@ impl Dispatcher<Cluster> {
             blitzen_client::run(config, shutdown).await
         })?;
         Ok(())
+    }
+}
+
+/// Tasks handed to the connection, and how many of them the server has taken.
+#[derive(Debug, Default)]
+pub(crate) struct Handoff {
+    sent: AtomicU64,
+    state: Mutex<HandoffState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct HandoffState {
+    accepted: u64,
+    /// Why the connection ended, once it has.
+    ended: Option<String>,
+}
+
+impl Handoff {
+    /// The server's count of tasks taken.
+    pub(crate) fn accepted(&self, count: u64) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).accepted = count;
+        self.changed.notify_all();
+    }
+
+    /// The connection is over: nothing more will be taken.
+    pub(crate) fn end(&self, reason: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.ended.get_or_insert_with(|| reason.to_string());
+        drop(state);
+        self.changed.notify_all();
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) enum Event {
     },
     Submit {
         conn: ConnId,
+        /// Kinds new to this connection, appended to its table.
+        kinds: Vec<TaskKind>,
         tasks: Vec<Submission>,
     },
     Ack {
@@ -104,6 +106,11 @@ struct Driver {
     name: String,
     /// `None` once the driver disconnected without a goodbye: results wait in the cache.
     tx: Option<mpsc::UnboundedSender<ToDriver>>,
+    /// The kinds this connection declared, in order: a submission's `kind` indexes this.
+    kinds: Vec<KindId>,
+    /// Tasks taken from this connection so far, and whether it was told the latest count.
+    accepted: u64,
+    accepted_told: bool,
     /// Queued tasks per kind, each in submission order (keys grow with submission).
     queues: HashMap<KindId, VecDeque<TaskKey>>,
     /// Reports to send at the end of this turn.
@@ -118,7 +125,8 @@ struct Driver {
 #[derive(Debug)]
 struct Agent {
     host: String,
-    kinds: HashSet<KindId>,
+    /// The kinds it can run, each with its index in the agent's own announcement.
+    kinds: HashMap<KindId, u32>,
     workers: usize,
     /// Running average of its tasks' run times (µs), once some have finished.
     average_us: Option<f64>,
@@ -197,6 +205,9 @@ impl Core {
                     Driver {
                         name,
                         tx: Some(tx),
+                        kinds: Vec::new(),
+                        accepted: 0,
+                        accepted_told: true,
                         queues: HashMap::new(),
                         outbox: Vec::new(),
                         told_waiting: HashSet::new(),
@@ -205,7 +216,7 @@ impl Core {
                 );
                 self.rotation.push_back(conn);
             }
-            Event::Submit { conn, tasks } => self.submit(conn, tasks),
+            Event::Submit { conn, kinds, tasks } => self.submit(conn, kinds, tasks),
             Event::Ack { conn, ids } => self.cache.ack(conn, &ids),
             Event::DriverLeft { conn, bye } => self.driver_left(conn, bye),
         }
@@ -213,18 +224,27 @@ impl Core {
 
     // ----- drivers -----
 
-    fn submit(&mut self, conn: ConnId, submissions: Vec<Submission>) {
-        let Some(driver) = self.drivers.get(&conn) else { return };
+    fn submit(&mut self, conn: ConnId, kinds: Vec<TaskKind>, submissions: Vec<Submission>) {
+        let new_kinds: Vec<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
+        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+        driver.kinds.extend(new_kinds);
+        driver.accepted += submissions.len() as u64;
+        driver.accepted_told = false;
         let name = driver.name.clone();
+        let declared = driver.kinds.clone();
         let mut unrunnable: HashMap<KindId, Vec<u64>> = HashMap::new();
         let mut refused = Vec::new();
+        let mut undeclared = Vec::new();
         let count = submissions.len();
         for s in submissions {
+            let Some(&kind) = declared.get(s.kind as usize) else {
+                undeclared.push(s.id);
+                continue;
+            };
             if self.tasks.len() >= self.config.task_limit {
                 refused.push(s.id);
                 continue;
             }
-            let kind = self.intern(s.kind);
             let key = self.next_key;
             self.next_key += 1;
             let timeout_ms =
@@ -245,13 +265,22 @@ impl Core {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
                 if !d.told_waiting.contains(&kind)
-                    && !self.agents.values().any(|a| a.kinds.contains(&kind))
+                    && !self.agents.values().any(|a| a.kinds.contains_key(&kind))
                 {
                     unrunnable.entry(kind).or_default().push(s.id);
                 }
             }
         }
         debug!(conn, driver = %name, count, refused = refused.len(), "tasks submitted");
+        if !undeclared.is_empty() {
+            warn!(conn, driver = %name, tasks = undeclared.len(), "submissions name a kind the driver never declared; refused");
+            for id in undeclared {
+                let reason = "the driver submitted it with a kind of task it never declared \
+                              (a bug in the driver)"
+                    .to_string();
+                self.report(conn, unstarted(id, Outcome::Refused { reason }));
+            }
+        }
         if !refused.is_empty() {
             warn!(conn, driver = %name, refused = refused.len(), limit = self.config.task_limit, "task limit reached; submissions refused");
             let reason = format!(
@@ -281,7 +310,7 @@ impl Core {
         let others: Vec<&str> = self
             .agents
             .values()
-            .flat_map(|a| a.kinds.iter())
+            .flat_map(|a| a.kinds.keys())
             .map(|&k| &self.kinds[k])
             .filter(|k| k.name == wanted.name)
             .map(|k| k.signature.as_str())
@@ -374,12 +403,13 @@ impl Core {
         kinds: Vec<TaskKind>,
         tx: mpsc::UnboundedSender<ToAgent>,
     ) {
-        let kinds: HashSet<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
+        let kinds: HashMap<KindId, u32> =
+            kinds.into_iter().enumerate().map(|(i, k)| (self.intern(k), i as u32)).collect();
         let workers = (workers as usize).max(1);
         info!(conn, %host, workers, tasks = kinds.len(), "agent connected");
         // Drivers told that no agent could run some of their tasks may hear again.
         for d in self.drivers.values_mut() {
-            d.told_waiting.retain(|k| !kinds.contains(k));
+            d.told_waiting.retain(|k| !kinds.contains_key(k));
         }
         self.agents.insert(
             conn,
@@ -466,15 +496,13 @@ impl Core {
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
                 let Some(task) = self.tasks.get_mut(&key) else { continue };
+                let Some(agent) = self.agents.get_mut(&conn) else { break };
+                // `next_task_for` only picks kinds the agent has.
+                let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
                 task.agent = Some(conn);
-                let assignment = Assignment {
-                    key,
-                    name: self.kinds[task.kind].name.clone(),
-                    fingerprint: self.kinds[task.kind].fingerprint,
-                    args: task.args.clone(),
-                    timeout_ms: task.timeout_ms,
-                };
-                if let Some(agent) = self.agents.get_mut(&conn) {
+                let assignment =
+                    Assignment { key, kind, args: task.args.clone(), timeout_ms: task.timeout_ms };
+                {
                     agent.running.insert(key);
                     agent.outbox.push(assignment);
                 }
@@ -492,7 +520,7 @@ impl Core {
             let best = d
                 .queues
                 .iter()
-                .filter(|(k, q)| kinds.contains(k) && !q.is_empty())
+                .filter(|(k, q)| kinds.contains_key(k) && !q.is_empty())
                 .min_by_key(|(_, q)| q.front().copied())
                 .map(|(&k, _)| k);
             if let Some(kind) = best {
@@ -510,6 +538,12 @@ impl Core {
             }
         }
         for d in self.drivers.values_mut() {
+            if !d.accepted_told {
+                d.accepted_told = true;
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Accepted { count: d.accepted });
+                }
+            }
             if !d.outbox.is_empty() {
                 let batch = std::mem::take(&mut d.outbox);
                 if let Some(tx) = &d.tx {

@@ -28,11 +28,13 @@ fn agent(
     rx
 }
 
+/// Submits tasks of kind `name`, declaring it again (a driver may; the table just grows).
 fn submit(core: &mut Core, conn: ConnId, name: &str, ids: std::ops::Range<u64>) {
+    let index = core.drivers.get(&conn).map_or(0, |d| d.kinds.len() as u32);
     let tasks = ids
-        .map(|id| Submission { id, kind: kind(name), args: Bytes::new(), timeout_ms: None })
+        .map(|id| Submission { id, kind: index, args: Bytes::new(), timeout_ms: None })
         .collect();
-    core.on_event(Event::Submit { conn, tasks });
+    core.on_event(Event::Submit { conn, kinds: vec![kind(name)], tasks });
 }
 
 fn turn(core: &mut Core) {
@@ -112,7 +114,7 @@ fn agents_get_only_what_they_can_run_within_their_credit() {
 fn credit_follows_task_length() {
     let mut a = Agent {
         host: "h".into(),
-        kinds: HashSet::new(),
+        kinds: HashMap::new(),
         workers: 4,
         average_us: None,
         running: HashSet::new(),
@@ -198,4 +200,63 @@ fn acknowledged_results_leave_the_cache_and_the_limit_refuses_the_rest() {
     assert_eq!(c.cache.len(), 0);
     assert_eq!(c.cache.order_len(), 0);
     assert!(c.tasks.is_empty());
+}
+
+#[test]
+fn drivers_hear_how_many_tasks_were_taken() {
+    let mut c = core(ServerConfig { task_limit: 3, ..ServerConfig::default() });
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, 1, "t", 0..2);
+    turn(&mut c);
+    submit(&mut c, 1, "t", 2..5);
+    turn(&mut c);
+    let mut counts = Vec::new();
+    let mut refused = 0;
+    while let Ok(msg) = d.try_recv() {
+        match msg {
+            ToDriver::Accepted { count } => counts.push(count),
+            ToDriver::Results(r) => {
+                refused += r.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).count()
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(counts, [2, 5], "refused tasks count as taken: they were answered");
+    assert_eq!(refused, 2);
+    turn(&mut c);
+    assert!(d.try_recv().is_err(), "no count without new submissions");
+}
+
+#[test]
+fn undeclared_kinds_are_refused_not_queued() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let bad = Submission { id: 9, kind: 3, args: Bytes::new(), timeout_ms: None };
+    c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![bad] });
+    turn(&mut c);
+    assert!(c.tasks.is_empty());
+    let mut reasons = Vec::new();
+    while let Ok(msg) = d.try_recv() {
+        if let ToDriver::Results(r) = msg {
+            reasons.extend(r.into_iter().map(|r| (r.id, r.outcome)));
+        }
+    }
+    assert!(
+        matches!(&reasons[..], [(9, Outcome::Refused { reason })] if reason.contains("never declared")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn assignments_use_the_agents_own_kind_numbers() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["a", "b", "c"]);
+    submit(&mut c, 1, "c", 0..1);
+    turn(&mut c);
+    let mut kinds = Vec::new();
+    while let Ok(ToAgent::Run(batch)) = a.try_recv() {
+        kinds.extend(batch.into_iter().map(|t| t.kind));
+    }
+    assert_eq!(kinds, [2], "`c` is the third task the agent announced");
 }
