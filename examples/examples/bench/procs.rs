@@ -1,0 +1,271 @@
+//! The distributed path's processes: a server and agents, each this program re-executed in
+//! another role (`BLITZEN_BENCH_ROLE`), so that the agents' workers know the benchmark's tasks.
+//! A child reports on stdout (the server its address, an agent `ready` once connected) and
+//! stops when its stdin closes — so it also stops if the benchmark dies. Also: CPU time and
+//! memory of processes, read from `/proc`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use blitzen::distributed::DistributedDispatcher;
+use blitzen_client::AgentConfig;
+use blitzen_server::{Server, ServerConfig};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio_util::sync::CancellationToken;
+
+const ROLE: &str = "BLITZEN_BENCH_ROLE";
+const SERVER: &str = "BLITZEN_BENCH_SERVER";
+const WORKERS: &str = "BLITZEN_BENCH_WORKERS";
+
+/// How long a child may take to report.
+const REPORT_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a child may take to stop once asked.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// In a child process: plays its role and returns the exit code; `None` in the benchmark itself.
+pub fn child_role() -> Option<ExitCode> {
+    let role = std::env::var(ROLE).ok()?;
+    // Agents leaving at the end of a workload are no news here.
+    let _ = blitzen::logging::set_loglevel("error");
+    let result = match role.as_str() {
+        "server" => serve(),
+        "agent" => agent(),
+        other => Err(format!("unknown role `{other}`")),
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench {role}: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// A token cancelled when stdin closes: the benchmark is done with this process, or gone.
+fn stdin_closed() -> CancellationToken {
+    let token = CancellationToken::new();
+    let closed = token.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        closed.cancel();
+    });
+    token
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+}
+
+fn serve() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async {
+        let config =
+            ServerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), port: 0, ..Default::default() };
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        let addr = server.local_addr().map_err(|e| e.to_string())?;
+        say(&addr.to_string())?;
+        server.run(stdin_closed()).await.map_err(|e| e.to_string())
+    })
+}
+
+fn agent() -> Result<()> {
+    let server = std::env::var(SERVER).map_err(|_| format!("{SERVER} is not set"))?;
+    let workers: usize = std::env::var(WORKERS)
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| format!("{WORKERS} is not a number"))?;
+    let mut config = AgentConfig::new(&server, workers);
+    let connected = Arc::new(tokio::sync::Notify::new());
+    config.connected = Some(connected.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async {
+        tokio::spawn(async move {
+            connected.notified().await;
+            if let Err(e) = say("ready") {
+                eprintln!("bench agent: {e}");
+            }
+        });
+        blitzen_client::run(config, stdin_closed()).await.map_err(|e| e.to_string())
+    })
+}
+
+/// A child process in a role; stopped (stdin closed, then killed if it lingers) when dropped.
+pub struct Proc {
+    role: &'static str,
+    pid: u32,
+    /// Taken by `drop`, which waits for it on another thread.
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(role: &'static str, env: &[(&str, String)]) -> Result<Self> {
+        let program = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let mut command = Command::new(program);
+        command.env(ROLE, role).stdin(Stdio::piped()).stdout(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| format!("cannot start the {role}: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { role, pid: child.id(), child: Some(child), stdin, lines })
+    }
+
+    /// Starts a server on 127.0.0.1 (any free port); returns it with its address.
+    pub fn server() -> Result<(Self, String)> {
+        let mut server = Self::spawn("server", &[])?;
+        let addr = server.next_line()?;
+        Ok((server, addr))
+    }
+
+    /// Starts an agent with `workers` workers for the server at `addr`; see [`Proc::ready`].
+    pub fn agent(addr: &str, workers: usize) -> Result<Self> {
+        Self::spawn("agent", &[(SERVER, addr.to_string()), (WORKERS, workers.to_string())])
+    }
+
+    /// Waits until an agent says it is connected with its workers up.
+    pub fn ready(&mut self) -> Result<()> {
+        match self.next_line()?.as_str() {
+            "ready" => Ok(()),
+            other => Err(format!("the {} said `{other}`, not `ready`", self.role)),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn next_line(&mut self) -> Result<String> {
+        match self.lines.recv_timeout(REPORT_LIMIT) {
+            Ok(line) => Ok(line),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(format!("the {} did not report within {REPORT_LIMIT:?}", self.role))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(format!("the {} exited before reporting (its stderr says why)", self.role))
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let Some(mut child) = self.child.take() else { return };
+        // Wait on a thread, so that a child that ignores its closed stdin can be killed. The
+        // child is reaped only by that thread, so its pid cannot be reused before the kill.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        if rx.recv_timeout(STOP_LIMIT).is_err() {
+            eprintln!("bench: the {} (pid {}) did not stop; killing it", self.role, self.pid);
+            if let Some(pid) = Pid::from_raw(self.pid as i32) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+            let _ = rx.recv_timeout(STOP_LIMIT);
+        }
+    }
+}
+
+/// A server and agents as child processes, and a driver for them.
+pub struct Cluster {
+    // Agents stop before the server (fields drop in order).
+    pub agents: Vec<Proc>,
+    pub server: Proc,
+    pub addr: String,
+}
+
+impl Cluster {
+    /// A server and `agents` agents of `workers` workers each, all connected.
+    pub fn start(agents: usize, workers: usize) -> Result<Self> {
+        let (server, addr) = Proc::server()?;
+        let mut cluster = Self { agents: Vec::new(), server, addr };
+        for _ in 0..agents {
+            cluster.agents.push(Proc::agent(&cluster.addr, workers)?);
+        }
+        for agent in &mut cluster.agents {
+            agent.ready()?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn dispatcher(&self) -> DistributedDispatcher {
+        DistributedDispatcher::new(&self.addr)
+    }
+}
+
+// ----- /proc -----
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// CPU time a process's live threads have used, in nanoseconds (`schedstat`: exact, unlike the
+/// 10 ms ticks of `stat`).
+pub fn cpu_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path().join("schedstat");
+        // A thread may end between listing and reading.
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let ns = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+        total += ns.ok_or_else(|| format!("{}: unexpected contents", path.display()))?;
+    }
+    Ok(total)
+}
+
+/// Processes whose parent is `pid`.
+pub fn children(pid: u32) -> Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    Ok(found)
+}
