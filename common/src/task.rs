@@ -7,7 +7,7 @@
 
 use std::fmt::Display;
 
-use blitzen_protocol::Outcome;
+use blitzen_protocol::{DecodeError, Outcome};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -64,6 +64,12 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde
 /// Decodes task arguments or outputs.
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)
+}
+
+/// [`decode_value`] where large [`Blob`](blitzen_protocol::Blob)s in the value share `bytes`
+/// instead of being copied.
+pub fn decode_shared_value<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, DecodeError> {
+    blitzen_protocol::decode_shared(bytes)
 }
 
 /// Runs an infallible task function on encoded arguments (used by `#[task]`).

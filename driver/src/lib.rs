@@ -51,7 +51,7 @@ pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, ech
 pub use blitzen_common::pool::StatusSnapshot;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
-pub use blitzen_protocol::{Captured, ExitReason};
+pub use blitzen_protocol::{Blob, Captured, ExitReason};
 pub use dispatcher::{Backend, Dispatcher};
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 use blitzen_common::pool::JobResult;
-use blitzen_common::task::decode_value;
+use blitzen_common::task::decode_shared_value;
 use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo};
 use blitzen_protocol::{Captured, Outcome};
 use bytes::Bytes;
@@ -227,7 +227,7 @@ impl TaskResult {
     /// The value decoded as `O`, or the task's error.
     pub fn decode<O: DeserializeOwned>(&self) -> Result<O, TaskError> {
         let bytes = self.outcome.as_ref().map_err(Clone::clone)?;
-        decode_value(bytes).map_err(|e| TaskError::Decode {
+        decode_shared_value(bytes).map_err(|e| TaskError::Decode {
             ctx: Box::new(TaskContext {
                 id: self.id,
                 task: self.task.clone(),

@@ -13,10 +13,12 @@
 //! `#[serde(default)]` does not break an older peer. Payloads (task arguments and results) are
 //! `bytes::Bytes`, which MessagePack carries as binary, never as a list of integers.
 
+mod blob;
 pub mod cluster;
 pub mod frame;
 pub mod worker;
 
+pub use blob::Blob;
 pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };

@@ -106,6 +106,14 @@ fn reverse(data: ByteBuf) -> ByteBuf {
     ByteBuf::from(v)
 }
 
+/// Reverses a blob.
+#[blitzen::task]
+fn reverse_blob(data: blitzen::Blob) -> blitzen::Blob {
+    let mut v: Vec<u8> = data.into();
+    v.reverse();
+    blitzen::Blob::from(v)
+}
+
 /// A handle to a task no worker has.
 #[derive(Clone, Copy)]
 struct Missing;
@@ -382,6 +390,21 @@ fn large_arguments_and_results() -> Result<(), Failed> {
     check(back.iter().rev().eq(data.iter()), "content")
 }
 
+fn blobs_round_trip_and_arrive_shared_with_the_result() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let small = d.run(reverse_blob, blitzen::Blob::from(&b"abc"[..]));
+    let large = d.run(reverse_blob, blitzen::Blob::from(data.clone()));
+    let results = d.get_task_results(&[small, large], blitzen::Fetch::default()).map_err(fail)?;
+    check(results[0].decode::<blitzen::Blob>().map_err(fail)?[..] == b"cba"[..], "small blob")?;
+    let back: blitzen::Blob = results[1].decode().map_err(fail)?;
+    check(back.iter().rev().eq(data.iter()), "large blob content")?;
+    // Decoding shares the received result instead of copying a new buffer.
+    let raw = results[1].outcome.as_ref().map_err(fail)?;
+    let range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
+    check(range.contains(&(back.as_ptr() as usize)), "the large blob was copied on decoding")
+}
+
 fn megabytes_of_stdout_are_captured_and_truncated() -> Result<(), Failed> {
     let d = dispatcher(1)?;
     let id = d.run(chatter, 5 << 20);
@@ -549,6 +572,7 @@ fn main() -> std::process::ExitCode {
         trial!(join_returns_unfetched_results_in_submission_order),
         trial!(ten_thousand_tasks_each_return_exactly_once),
         trial!(large_arguments_and_results),
+        trial!(blobs_round_trip_and_arrive_shared_with_the_result),
         trial!(megabytes_of_stdout_are_captured_and_truncated),
         trial!(unknown_task_and_signature_mismatch_are_clear_errors),
         trial!(builtin_command_runs_a_program),

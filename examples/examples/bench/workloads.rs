@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use blitzen::{Backend, Dispatcher, Fetch, MulticoreDispatcher, TaskId};
+use blitzen::{Backend, Blob, Dispatcher, Fetch, MulticoreDispatcher, Task, TaskId};
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 use serde_json::{Value, json};
@@ -19,9 +19,15 @@ fn noop(x: u64) -> u64 {
     x
 }
 
-/// Returns 1 MiB.
+/// Returns 1 MiB as a [`Blob`], the type for binary results (shared, not copied, on arrival).
 #[blitzen::task]
-fn mebibyte(seed: u64) -> ByteBuf {
+fn mebibyte(seed: u64) -> Blob {
+    Blob::from(vec![seed as u8; 1 << 20])
+}
+
+/// Returns 1 MiB as a `serde_bytes::ByteBuf`, which is copied out of the message on arrival.
+#[blitzen::task]
+fn mebibyte_buf(seed: u64) -> ByteBuf {
     ByteBuf::from(vec![seed as u8; 1 << 20])
 }
 
@@ -227,26 +233,37 @@ fn scaling<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
 
 const W4_TASKS: u64 = 200;
 
+/// MB/s of 1 MiB results; runs with `Blob` and with `ByteBuf` alternate.
 fn payload<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
-    let mut rates = Vec::new();
+    let mut blobs = Vec::new();
+    let mut bufs = Vec::new();
     for _ in 0..runs {
-        let start = Instant::now();
-        let ids: Vec<_> = (0..W4_TASKS).map(|i| d.run(mebibyte, i)).collect();
-        let out = wait(d, &ids)?;
-        let secs = start.elapsed().as_secs_f64();
-        let bytes: usize = out.iter().map(|b| b.len()).sum();
-        if bytes != (W4_TASKS as usize) << 20 {
-            return Err(format!("W4: received {bytes} bytes"));
-        }
-        rates.push(bytes as f64 / secs / 1e6);
+        blobs.push(payload_rate(d, mebibyte)?);
+        bufs.push(payload_rate(d, mebibyte_buf)?);
     }
     Ok(Measured {
-        params: json!({ "tasks": W4_TASKS, "result_bytes": 1 << 20 }),
-        runs: rates,
+        params: json!({ "tasks": W4_TASKS, "result_bytes": 1 << 20, "result_type": "Blob" }),
+        runs: blobs,
         units: "MB/s",
         better: Better::Higher,
-        extra: Vec::new(),
+        extra: vec![("byte_buf_mb_per_s", median(&bufs))],
     })
+}
+
+fn payload_rate<B: Backend, T>(d: &Dispatcher<B>, task: T) -> Result<f64>
+where
+    T: Task<Args = u64> + Copy,
+    T::Output: AsRef<[u8]>,
+{
+    let start = Instant::now();
+    let ids: Vec<_> = (0..W4_TASKS).map(|i| d.run(task, i)).collect();
+    let out = wait(d, &ids)?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: usize = out.iter().map(|b| b.as_ref().len()).sum();
+    if bytes != (W4_TASKS as usize) << 20 {
+        return Err(format!("W4: received {bytes} bytes"));
+    }
+    Ok(bytes as f64 / secs / 1e6)
 }
 
 // ----- W5 -----
