@@ -27,8 +27,10 @@ use tracing::{debug, info, warn};
 use crate::ServerConfig;
 
 mod cache;
+mod tasks;
 
 use cache::ResultCache;
+use tasks::{TaskKey, TaskTable};
 
 /// Identifies one accepted connection for the life of the server.
 pub(crate) type ConnId = u64;
@@ -76,9 +78,6 @@ pub(crate) enum Event {
 /// Interned [`TaskKind`]: an index into `Core::kinds`.
 type KindId = usize;
 
-/// The server's key of a task.
-type TaskKey = u64;
-
 /// Times a task may be handed out again after its agent vanished before it is given up.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -89,10 +88,12 @@ const WORK_WINDOW: Duration = Duration::from_millis(5);
 const MAX_CREDIT: usize = 1024;
 
 #[derive(Debug)]
-struct Task {
+pub(crate) struct Task {
     driver: ConnId,
     /// The driver's id of the task.
     id: u64,
+    /// Submission order across the server (keys are reused, so they do not tell it).
+    seq: u64,
     kind: KindId,
     args: Bytes,
     timeout_ms: Option<u64>,
@@ -141,8 +142,9 @@ pub(crate) struct Core {
     events: mpsc::UnboundedReceiver<Event>,
     kinds: Vec<TaskKind>,
     kind_ids: HashMap<(String, u64), KindId>,
-    tasks: HashMap<TaskKey, Task>,
-    next_key: TaskKey,
+    tasks: TaskTable,
+    /// The next task's [`Task::seq`].
+    next_seq: u64,
     drivers: HashMap<ConnId, Driver>,
     /// Drivers in round-robin order (the front one is served next).
     rotation: VecDeque<ConnId>,
@@ -159,8 +161,8 @@ impl Core {
             events,
             kinds: Vec::new(),
             kind_ids: HashMap::new(),
-            tasks: HashMap::new(),
-            next_key: 1,
+            tasks: TaskTable::default(),
+            next_seq: 0,
             drivers: HashMap::new(),
             rotation: VecDeque::new(),
             agents: HashMap::new(),
@@ -245,22 +247,20 @@ impl Core {
                 refused.push(s.id);
                 continue;
             }
-            let key = self.next_key;
-            self.next_key += 1;
+            let seq = self.next_seq;
+            self.next_seq += 1;
             let timeout_ms =
                 s.timeout_ms.or(self.config.default_timeout.map(|t| t.as_millis() as u64));
-            self.tasks.insert(
-                key,
-                Task {
-                    driver: conn,
-                    id: s.id,
-                    kind,
-                    args: s.args,
-                    timeout_ms,
-                    agent: None,
-                    attempts: 0,
-                },
-            );
+            let key = self.tasks.insert(Task {
+                driver: conn,
+                id: s.id,
+                seq,
+                kind,
+                args: s.args,
+                timeout_ms,
+                agent: None,
+                attempts: 0,
+            });
             if let Some(d) = self.drivers.get_mut(&conn) {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
@@ -346,15 +346,15 @@ impl Core {
         self.rotation.retain(|&c| c != conn);
         self.cache.forget(conn);
         for key in driver.queues.into_values().flatten() {
-            self.tasks.remove(&key);
+            self.tasks.remove(key);
         }
         // Tasks running for it are left to finish; their results are dropped on arrival.
-        self.tasks.retain(|_, t| t.driver != conn || t.agent.is_some());
+        self.tasks.retain(|t| t.driver != conn || t.agent.is_some());
     }
 
     /// Removes a task that has ended from the books.
     fn take_task(&mut self, key: TaskKey) -> Option<Task> {
-        let task = self.tasks.remove(&key)?;
+        let task = self.tasks.remove(key)?;
         if let Some(d) = self.drivers.get_mut(&task.driver) {
             d.live = d.live.saturating_sub(1);
         }
@@ -460,15 +460,19 @@ impl Core {
         warn!(conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
         let mut lost = Vec::new();
         for key in agent.running {
-            let Some(task) = self.tasks.get_mut(&key) else { continue };
+            let Some(task) = self.tasks.get_mut(key) else { continue };
             task.agent = None;
             task.attempts += 1;
             if task.attempts >= MAX_ATTEMPTS {
                 lost.push(key);
-            } else if let Some(d) = self.drivers.get_mut(&task.driver) {
-                // Back to the front of its queue: it was submitted before what waits there.
-                let queue = d.queues.entry(task.kind).or_default();
-                let at = queue.partition_point(|&k| k < key);
+                continue;
+            }
+            let (driver, kind, seq) = (task.driver, task.kind, task.seq);
+            if let Some(d) = self.drivers.get_mut(&driver) {
+                // Back where it was in its queue: before what was submitted after it.
+                let queue = d.queues.entry(kind).or_default();
+                let tasks = &self.tasks;
+                let at = queue.partition_point(|&k| tasks.get(k).is_some_and(|t| t.seq < seq));
                 queue.insert(at, key);
             }
         }
@@ -495,7 +499,7 @@ impl Core {
                     break;
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
-                let Some(task) = self.tasks.get_mut(&key) else { continue };
+                let Some(task) = self.tasks.get_mut(key) else { continue };
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
                 // `next_task_for` only picks kinds the agent has.
                 let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
@@ -513,16 +517,19 @@ impl Core {
     /// The oldest queued task of the next driver (in rotation) that this agent can run.
     fn next_task_for(&mut self, agent: ConnId) -> Option<TaskKey> {
         let kinds = &self.agents.get(&agent)?.kinds;
+        let tasks = &self.tasks;
         for _ in 0..self.rotation.len() {
             let conn = self.rotation.pop_front()?;
             self.rotation.push_back(conn);
             let Some(d) = self.drivers.get_mut(&conn) else { continue };
+            // The oldest task among the kinds this agent can run.
             let best = d
                 .queues
                 .iter()
-                .filter(|(k, q)| kinds.contains_key(k) && !q.is_empty())
-                .min_by_key(|(_, q)| q.front().copied())
-                .map(|(&k, _)| k);
+                .filter(|(k, _)| kinds.contains_key(k))
+                .filter_map(|(&k, q)| Some((k, tasks.get(*q.front()?)?.seq)))
+                .min_by_key(|&(_, seq)| seq)
+                .map(|(k, _)| k);
             if let Some(kind) = best {
                 return d.queues.get_mut(&kind).and_then(VecDeque::pop_front);
             }
