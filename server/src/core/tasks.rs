@@ -16,6 +16,9 @@ pub(crate) struct TaskTable {
     /// Indices of empty slots, reused last-freed first.
     free: Vec<u32>,
     len: usize,
+    /// Generation of new slots: above every generation used before the table was last emptied,
+    /// so that keys from before cannot match tasks from after.
+    fresh: u32,
 }
 
 #[derive(Debug)]
@@ -38,8 +41,8 @@ impl TaskTable {
             return (u64::from(slot.generation) << 32) | u64::from(index);
         }
         let index = self.slots.len() as u64;
-        self.slots.push(Slot { generation: 0, task: Some(task) });
-        index
+        self.slots.push(Slot { generation: self.fresh, task: Some(task) });
+        (u64::from(self.fresh) << 32) | index
     }
 
     pub(crate) fn get(&self, key: TaskKey) -> Option<&Task> {
@@ -73,7 +76,8 @@ impl TaskTable {
         self.len -= 1;
         if self.len == 0 {
             // Everything is done: give the memory of a burst back.
-            *self = Self::default();
+            let fresh = self.slots.iter().map(|s| s.generation).max().unwrap_or(0);
+            *self = Self { fresh: fresh.wrapping_add(1), ..Self::default() };
         }
         Some(task)
     }
@@ -144,5 +148,9 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.remove(c);
         assert!(t.is_empty() && t.slots.is_empty(), "an empty table frees its memory");
+        let d = t.insert(task(4));
+        for old in [a, b, c] {
+            assert!(t.get(old).is_none(), "a key from before the table emptied matches {d}");
+        }
     }
 }
