@@ -1,0 +1,100 @@
+//! The benchmark program works: it runs workloads on both paths, prints well-formed JSON
+//! lines whose figures are physically possible, compares with a baseline, and refuses bad
+//! input. (What the figures are is the program's business, not this test's.)
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// `target/<profile>/examples/bench`, built by `cargo test` with the other examples.
+fn bench() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bench = profile_dir.join("examples").join("bench");
+    assert!(
+        bench.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build --example bench`)",
+        bench.display()
+    );
+    bench
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bench()).args(args).output().expect("bench starts")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn json_lines_for_both_paths_with_possible_figures() {
+    let out = run(&["--runs", "1", "--workload", "W3,W8", "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let names: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (l["name"].as_str().unwrap_or("?").into(), l["path"].as_str().unwrap_or("?").into())
+        })
+        .collect();
+    let expected =
+        [("W3", "multicore"), ("W3", "distributed"), ("W8", "multicore"), ("W8", "distributed")];
+    assert_eq!(names, expected.map(|(n, p)| (n.to_string(), p.to_string())));
+    for l in &lines {
+        let (median, min, max) = (l["median"].as_f64(), l["min"].as_f64(), l["max"].as_f64());
+        let (Some(median), Some(min), Some(max)) = (median, min, max) else { panic!("{l}") };
+        assert!(min <= median && median <= max, "{l}");
+        assert!(l["units"].is_string() && l["params"].is_object(), "{l}");
+        assert!(l["machine"]["cores"].as_u64().is_some_and(|c| c >= 1), "{l}");
+        assert_eq!(l["runs"].as_array().map(Vec::len), Some(1), "{l}");
+    }
+    // 40 sleeps of 0.1 s on 4 workers cannot take less than a second.
+    for w3 in &lines[..2] {
+        let median = w3["median"].as_f64().unwrap_or(0.0);
+        assert!((1.0..3.0).contains(&median), "{w3}");
+    }
+}
+
+#[test]
+fn baseline_ratios_appear_in_the_table() {
+    let dir = std::env::temp_dir().join(format!("blitzen-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let baseline = dir.join("pool.jsonl");
+    // A baseline that took 8 s for W3: ours (about 1 s) is about 8 times better.
+    std::fs::write(&baseline, "{\"name\": \"W3\", \"median\": 8.0}\n").expect("baseline written");
+    let out = run(&[
+        "--runs",
+        "1",
+        "--workload",
+        "W3",
+        "--path",
+        "multicore",
+        "--baseline",
+        baseline.to_str().expect("utf-8 path"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with("W3")).expect("a W3 row");
+    let ratio = row.split_whitespace().last().and_then(|r| r.strip_suffix('x'));
+    let ratio: f64 = ratio.and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("{row}"));
+    assert!((5.0..8.1).contains(&ratio), "{row}");
+    assert!(table.contains("vs Pool"), "{table}");
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let out = run(&["--workload", "W9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`W9` is not a workload"), "{}", text(&out.stderr));
+    let out = run(&["--runs", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(&["--baseline", "/nonexistent/pool.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read the baseline"), "{}", text(&out.stderr));
+}
