@@ -12,15 +12,14 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use blitzen_common::auth::Secret;
+use blitzen_common::handshake::{HandshakeError, handshake};
 use blitzen_common::net::{self, FramedReader, spawn_writer};
 use blitzen_common::pool::{Job, JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
-use blitzen_protocol::cluster::{
-    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role,
-    TaskKind, ToAgent,
-};
-use blitzen_protocol::{Captured, MAX_FRAME_LEN, Outcome};
+use blitzen_protocol::cluster::{AgentResult, FromAgent, Role, TaskKind, ToAgent};
+use blitzen_protocol::{Captured, Outcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -44,6 +43,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Notified each time the agent is connected and serving (for programs that embed one).
     pub connected: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The cluster's shared secret, when the server requires one.
+    pub secret: Option<Secret>,
 }
 
 impl AgentConfig {
@@ -57,6 +58,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             connected: None,
+            secret: None,
         }
     }
 }
@@ -141,27 +143,17 @@ enum Connected {
 
 async fn connect(config: &AgentConfig, kinds: &[TaskKind]) -> std::io::Result<Connected> {
     let stream = net::connect(&config.server, config.connect_timeout).await?;
-    let (read, mut write) = stream.into_split();
-    let hello = Hello {
-        version: CLUSTER_PROTOCOL_VERSION,
-        role: Role::Agent {
-            host: config.host.clone(),
-            workers: config.pool.workers as u32,
-            tasks: kinds.to_vec(),
-        },
+    let role = Role::Agent {
+        host: config.host.clone(),
+        workers: config.pool.workers as u32,
+        tasks: kinds.to_vec(),
+        heartbeat_ms: config.heartbeat.as_millis() as u64,
     };
-    net::send_one(&mut write, &hello).await?;
-    let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
-    let reply = tokio::time::timeout(config.connect_timeout, reader.next::<HelloReply>())
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake reply"))?
-        .map_err(std::io::Error::other)?
-        .ok_or_else(|| std::io::Error::other("the server closed the connection"))?;
-    reader.set_max(MAX_FRAME_LEN);
-    Ok(match reply {
-        HelloReply::Welcome(_) => Connected::Welcome(reader, write),
-        HelloReply::Refusal(r) => Connected::Refused(r.reason),
-    })
+    match handshake(stream, role, config.secret.as_ref(), config.connect_timeout).await {
+        Ok((reader, write, _)) => Ok(Connected::Welcome(reader, write)),
+        Err(HandshakeError::Refused(reason)) => Ok(Connected::Refused(reason)),
+        Err(HandshakeError::Connection(e)) => Err(std::io::Error::other(e)),
+    }
 }
 
 enum End {
@@ -186,7 +178,7 @@ async fn serve(
     if let Some(connected) = &config.connected {
         connected.notify_one();
     }
-    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    let mut heartbeat = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_since_tick = false;
     let end = loop {

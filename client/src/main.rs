@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use blitzen_client::{AgentConfig, DEFAULT_PORT};
+use blitzen_common::auth::Secret;
 use blitzen_common::cli::{finish, parse_secs, termination};
 use blitzen_common::logging;
 use clap::Parser;
@@ -33,7 +34,12 @@ struct Args {
     /// host name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Seconds between heartbeats when there is nothing else to send.
+    /// File holding the cluster's shared secret (the server's --secret-file, or its
+    /// --agent-secret-file). Default: the BLITZEN_SECRET environment variable, if set.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// Seconds between heartbeats when there is nothing else to send; the server counts the
+    /// agent lost (and runs its tasks elsewhere) after about three intervals of silence.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     heartbeat: Duration,
     /// Write the log to this file (appended) instead of stderr.
@@ -61,9 +67,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
     let server = blitzen_common::net::with_default_port(&args.server, args.port);
     let mut config = AgentConfig::new(&server, workers);
     config.heartbeat = args.heartbeat;
+    config.secret = match &args.secret_file {
+        Some(path) => Some(Secret::from_file(path)?),
+        None => Secret::from_env()?,
+    };
     if let Some(name) = args.name {
         config.host = name;
     }

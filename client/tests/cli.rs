@@ -15,6 +15,7 @@ fn help_documents_every_flag() {
         "--workers",
         "--name",
         "--heartbeat",
+        "--secret-file",
         "--log-file",
         "--log-level",
         "--help",
@@ -30,6 +31,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["--workers", "0"], "at least 1"),
         (vec!["--workers", "many"], "invalid value"),
         (vec!["--heartbeat=-3"], "not a usable number of seconds"),
+        (vec!["--heartbeat", "0"], "more than 0"),
+        (vec!["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
+        (vec!["--secret-file", "Cargo.toml", "--workers", "0"], "at least 1"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,10 +15,12 @@
 //! registry, runs it, and answers with an outcome and the captured output; the pool hands back a
 //! [`pool::JobResult`], which [`TaskError::from_outcome`] turns into a value or an error.
 
+pub mod auth;
 pub mod builtin;
 pub mod capture;
 pub mod cli;
 pub mod error;
+pub mod handshake;
 pub mod logging;
 pub mod net;
 pub mod pool;

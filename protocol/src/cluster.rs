@@ -1,8 +1,10 @@
 //! Messages between `blitzen-server`, its agents (`blitzen-client`) and drivers
 //! (`DistributedDispatcher`), over TCP.
 //!
-//! Every connection starts with a handshake: the peer sends [`Hello`] (protocol version and
-//! role), the server answers [`Welcome`] or [`Refusal`] and, on refusal, closes. After that an
+//! Every connection starts with a handshake: the peer sends [`Hello`] (protocol version, role
+//! and a fresh nonce). A server with a shared secret answers [`Challenge`] (its nonce and its
+//! proof of the secret), the peer checks it and answers [`Proof`]; then, or at once without a
+//! secret, the server answers [`Welcome`] or [`Refusal`] and, on refusal, closes. After that an
 //! agent speaks [`FromAgent`] and hears [`ToAgent`]; a driver speaks [`FromDriver`] and hears
 //! [`ToDriver`]. Everything is batched: one frame carries as many tasks or results as were
 //! ready. The server never decodes task arguments or results: they are opaque [`Bytes`].
@@ -40,6 +42,26 @@ pub struct Hello {
     pub version: u32,
     /// Who is connecting.
     pub role: Role,
+    /// A fresh random nonce for authentication.
+    #[serde(default)]
+    pub nonce: Bytes,
+}
+
+/// The server's challenge when it has a secret: its nonce, and its proof that it knows the
+/// secret (an HMAC over both nonces and the role).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The server's fresh nonce.
+    pub nonce: Bytes,
+    /// The server's proof.
+    pub proof: Bytes,
+}
+
+/// The peer's answer to a [`Challenge`]: its proof that it knows the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The peer's proof.
+    pub proof: Bytes,
 }
 
 /// Who is connecting.
@@ -53,6 +75,10 @@ pub enum Role {
         workers: u32,
         /// The tasks compiled into its binary.
         tasks: Vec<TaskKind>,
+        /// How often it sends something (a heartbeat when idle), in milliseconds: the server
+        /// counts it lost after about three intervals of silence. 0: never counted lost.
+        #[serde(default)]
+        heartbeat_ms: u64,
     },
     /// A driver submitting tasks.
     Driver {
@@ -86,6 +112,8 @@ pub enum HelloReply {
     Welcome(Welcome),
     /// Refused.
     Refusal(Refusal),
+    /// Prove that you know the secret (answer with [`Proof`]).
+    Challenge(Challenge),
 }
 
 /// One task submitted by a driver.
@@ -253,10 +281,15 @@ mod tests {
         #[test]
         fn hello_round_trips(version in any::<u32>(), host in any::<String>(), workers in any::<u32>(),
                              tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>()) {
-            let agent = Hello { version, role: Role::Agent { host, workers, tasks } };
+            let nonce = Bytes::from(vec![7u8; 32]);
+            let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
-            let driver = Hello { version, role: Role::Driver { name } };
+            let driver = Hello { version, role: Role::Driver { name }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);
+            let challenge = HelloReply::Challenge(Challenge { nonce: nonce.clone(), proof: nonce.clone() });
+            prop_assert_eq!(round_trip(&challenge), challenge);
+            let proof = Proof { proof: nonce };
+            prop_assert_eq!(round_trip(&proof), proof);
         }
 
         #[test]
@@ -293,6 +326,8 @@ mod tests {
         fn random_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let body = Bytes::from(data);
             let _ = decode_shared::<Hello>(&body);
+            let _ = decode_shared::<HelloReply>(&body);
+            let _ = decode_shared::<Proof>(&body);
             let _ = decode_shared::<FromDriver>(&body);
             let _ = decode_shared::<FromAgent>(&body);
             let _ = decode_shared::<ToDriver>(&body);

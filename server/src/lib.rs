@@ -15,6 +15,7 @@ mod session;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use blitzen_common::auth::Secret;
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
 
 /// Everything a server can be told.
@@ -41,6 +43,31 @@ pub struct ServerConfig {
     pub max_results: usize,
     /// A connection must complete its handshake within this.
     pub handshake_timeout: Duration,
+    /// Secrets peers must prove they know; none: no authentication (loopback only, unless
+    /// the binary's `--insecure`).
+    pub secrets: Secrets,
+}
+
+/// The shared secrets of a cluster: one for agents and one for drivers, so that a worker host
+/// can be given a secret that does not let it submit work. Usually both are the same.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// What agents must prove.
+    pub agents: Option<Secret>,
+    /// What drivers must prove.
+    pub drivers: Option<Secret>,
+}
+
+impl Secrets {
+    /// The same secret for agents and drivers.
+    pub fn both(secret: Secret) -> Self {
+        Self { agents: Some(secret.clone()), drivers: Some(secret) }
+    }
+
+    /// Whether peers are authenticated at all.
+    pub fn enabled(&self) -> bool {
+        self.agents.is_some() || self.drivers.is_some()
+    }
 }
 
 impl Default for ServerConfig {
@@ -53,6 +80,7 @@ impl Default for ServerConfig {
             result_ttl: Duration::from_secs(3600),
             max_results: 1_000_000,
             handshake_timeout: Duration::from_secs(10),
+            secrets: Secrets::default(),
         }
     }
 }
@@ -67,6 +95,13 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket.
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
+        if config.secrets.agents.is_some() != config.secrets.drivers.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a secret for agents needs one for drivers too, and the other way round: a \
+                 cluster is authenticated for both or for neither",
+            ));
+        }
         let addr = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -85,9 +120,10 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let addr = self.listener.local_addr()?;
-        info!(%addr, "serving");
+        info!(%addr, authenticated = self.config.secrets.enabled(), "serving");
         let core =
             tokio::spawn(core::Core::new(self.config.clone(), events_rx).run(shutdown.clone()));
+        let shared = Arc::new(session::Shared { events: events_tx, config: self.config.clone() });
         let mut next_conn = 1u64;
         loop {
             tokio::select! {
@@ -96,14 +132,7 @@ impl Server {
                     Ok((stream, peer)) => {
                         let conn = next_conn;
                         next_conn += 1;
-                        tokio::spawn(session::serve(
-                            stream,
-                            peer,
-                            conn,
-                            events_tx.clone(),
-                            self.config.handshake_timeout,
-                            self.config.task_limit as u64,
-                        ));
+                        tokio::spawn(session::serve(stream, peer, conn, shared.clone()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: keep serving the others.
@@ -113,7 +142,7 @@ impl Server {
                 },
             }
         }
-        drop(events_tx);
+        drop(shared);
         let _ = core.await;
         info!("stopped");
         Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use blitzen_common::cli::{finish, parse_secs, termination};
 use blitzen_common::logging;
-use blitzen_server::{DEFAULT_PORT, Server, ServerConfig};
+use blitzen_server::{DEFAULT_PORT, Secret, Secrets, Server, ServerConfig};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +20,22 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "blitzen-server", version)]
 struct Args {
-    /// Address to listen on. Anything but a loopback address needs --insecure (until shared
-    /// secrets exist, anyone who can reach the port can submit work).
+    /// Address to listen on. Anything but a loopback address needs a secret (or --insecure):
+    /// without one, anyone who can reach the port can run programs on the agents.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
+    /// File holding the cluster's shared secret (at least 16 bytes; surrounding whitespace is
+    /// ignored). Agents and drivers must prove they know it. Default: the BLITZEN_SECRET
+    /// environment variable, if set.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// Secret for agents only, overriding --secret-file for them.
+    #[arg(long, value_name = "PATH")]
+    agent_secret_file: Option<PathBuf>,
+    /// Secret for drivers only, overriding --secret-file for them: give worker hosts the
+    /// agents' secret and they cannot submit work.
+    #[arg(long, value_name = "PATH")]
+    driver_secret_file: Option<PathBuf>,
     /// Port to listen on (0: any free port; the address is printed on stdout).
     #[arg(long, short, default_value_t = DEFAULT_PORT)]
     port: u16,
@@ -47,7 +59,7 @@ struct Args {
     /// Seconds a new connection has to introduce itself before it is closed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     handshake_timeout: Duration,
-    /// Allow listening on a non-loopback address without authentication.
+    /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
     /// Write the log to this file (appended) instead of stderr.
@@ -64,16 +76,39 @@ fn main() -> ExitCode {
     finish("blitzen-server", run(args))
 }
 
+/// The secrets from the flags, or from BLITZEN_SECRET.
+fn secrets(args: &Args) -> anyhow::Result<Secrets> {
+    let shared = match &args.secret_file {
+        Some(path) => Some(Secret::from_file(path)?),
+        None => Secret::from_env()?,
+    };
+    let agents = args.agent_secret_file.as_ref().map(Secret::from_file).transpose()?;
+    let drivers = args.driver_secret_file.as_ref().map(Secret::from_file).transpose()?;
+    let secrets = Secrets {
+        agents: agents.or_else(|| shared.clone()),
+        drivers: drivers.or_else(|| shared.clone()),
+    };
+    if secrets.agents.is_some() != secrets.drivers.is_some() {
+        bail!(
+            "a secret for only one role: give --secret-file (for both), or both \
+             --agent-secret-file and --driver-secret-file"
+        );
+    }
+    Ok(secrets)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     logging::install();
     logging::set_loglevel(&args.log_level)?;
     if let Some(path) = &args.log_file {
         logging::set_logfile(path)?;
     }
-    if !args.bind.is_loopback() && !args.insecure {
+    let secrets = secrets(&args)?;
+    if !args.bind.is_loopback() && !secrets.enabled() && !args.insecure {
         bail!(
-            "refusing to listen on {} without authentication: anyone who can reach it could run \
-             programs on your agents; pass --insecure to do it anyway",
+            "refusing to listen on {} without a secret: anyone who can reach it could run \
+             programs on your agents; give --secret-file (or BLITZEN_SECRET), or pass \
+             --insecure to do it anyway",
             args.bind
         );
     }
@@ -85,6 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         result_ttl: args.result_ttl,
         max_results: args.max_results,
         handshake_timeout: args.handshake_timeout,
+        secrets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -20,6 +20,9 @@ fn help_documents_every_flag() {
         "--max-results",
         "--handshake-timeout",
         "--insecure",
+        "--secret-file",
+        "--agent-secret-file",
+        "--driver-secret-file",
         "--log-file",
         "--log-level",
         "--help",
@@ -35,7 +38,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["--duration", "soon"], "not a number of seconds"),
         (vec!["--port", "99999"], "99999"),
         (vec!["--log-level", "blitzen=loud"], "invalid log level"),
-        (vec!["--bind", "0.0.0.0", "--port", "0"], "--insecure"),
+        (vec!["--bind", "0.0.0.0", "--port", "0"], "--secret-file"),
+        (vec!["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
+        (vec!["--agent-secret-file", "Cargo.toml"], "only one role"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -145,8 +145,19 @@ pub fn start_server(args: &[&str]) -> io::Result<ServerProcess> {
 
 /// Starts the stock `blitzen-client` with `workers` workers, reporting itself as `name`.
 pub fn start_agent(server: &str, workers: usize, name: &str) -> io::Result<Process> {
+    start_agent_with(server, workers, name, &[])
+}
+
+/// [`start_agent`] with more flags.
+pub fn start_agent_with(
+    server: &str,
+    workers: usize,
+    name: &str,
+    args: &[&str],
+) -> io::Result<Process> {
     let mut command = Command::new(binary("blitzen-client")?);
     command.args(["--server", server, "--workers", &workers.to_string(), "--name", name]);
+    command.args(args);
     let (mut process, stdout) = Process::spawn(command, name)?;
     process._stdout = stdout;
     Ok(process)
@@ -158,6 +169,37 @@ pub fn start_program(mut command: Command, label: &str) -> io::Result<Process> {
     let (mut process, stdout) = Process::spawn(command, label)?;
     process._stdout = stdout;
     Ok(process)
+}
+
+/// A file in the temporary directory, removed when dropped.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Creates it with `contents`.
+    pub fn new(label: &str, contents: &[u8]) -> io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "blitzen-test-{}-{label}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::write(&path, contents)?;
+        Ok(Self { path })
+    }
+
+    /// The path as a string, for command lines.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// A port that was free a moment ago.

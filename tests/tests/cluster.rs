@@ -8,8 +8,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use blitzen::distributed::DistributedDispatcher;
+use blitzen::distributed::Secret;
 use blitzen::{DispatchError, Fetch, TaskError, echo, sleep};
-use blitzen_tests::cluster::{free_port, start_agent, start_program, start_server};
+use blitzen_tests::cluster::{
+    TempFile, free_port, start_agent, start_agent_with, start_program, start_server,
+};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_bytes::ByteBuf;
 
@@ -258,6 +261,73 @@ fn unreachable_server_is_a_clear_error_not_a_hang() -> Result<(), Failed> {
     }
 }
 
+const SECRET: &[u8] = b"the cluster's shared secret, 41 bytes long\n";
+
+/// The error a driver gets when connecting.
+fn connect_error(d: &DistributedDispatcher) -> Result<String, Failed> {
+    match d.connect() {
+        Ok(()) => Err("the driver was admitted".into()),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+fn shared_secret_admits_who_knows_it_and_refuses_the_rest() -> Result<(), Failed> {
+    let secret = TempFile::new("secret", SECRET).map_err(fail)?;
+    let server = start_server(&["--secret-file", secret.arg()]).map_err(fail)?;
+    let _agent = start_agent_with(&server.addr, 1, "trusted", &["--secret-file", secret.arg()])
+        .map_err(fail)?;
+    let d = driver(&server.addr).with_secret_file(&secret.path).map_err(fail)?;
+    let id = d.run(echo::<u64>(), 41);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(matches!(r[..], [Ok(41)]), format!("the trusted pair runs tasks: {r:?}"))?;
+
+    let wrong = Secret::new("a different secret of some length", "test").map_err(fail)?;
+    let e = connect_error(&driver(&server.addr).with_secret(wrong.clone()))?;
+    check(e.contains("wrong secret"), format!("driver with another secret: {e}"))?;
+    let e = connect_error(&driver(&server.addr))?;
+    check(e.contains("requires a shared secret"), format!("driver without a secret: {e}"))?;
+    let log = server.process.log_text();
+    check(log.contains("wrong secret"), format!("the server logs the wrong secret:\n{log}"))?;
+    check(log.contains("has none"), format!("the server logs the missing secret:\n{log}"))?;
+
+    // An agent with the wrong secret stops with the reason instead of retrying forever.
+    let wrong_file = TempFile::new("wrong", b"a different secret of some length").map_err(fail)?;
+    let mut agent =
+        start_agent_with(&server.addr, 1, "intruder", &["--secret-file", wrong_file.arg()])
+            .map_err(fail)?;
+    let status = agent.wait_exit(WAIT).map_err(fail)?;
+    check(status.is_some_and(|s| !s.success()), format!("the agent exits: {status:?}"))?;
+    let log = agent.log_text();
+    check(log.contains("wrong secret"), format!("the agent says why:\n{log}"))?;
+    // The trusted driver is still served.
+    let id = d.run(echo::<u64>(), 42);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(matches!(r[..], [Ok(42)]), format!("still served: {r:?}"))
+}
+
+fn the_agents_secret_does_not_let_a_driver_in() -> Result<(), Failed> {
+    let agents = TempFile::new("agents", b"the secret of the worker hosts").map_err(fail)?;
+    let drivers = TempFile::new("drivers", b"the secret of those who submit").map_err(fail)?;
+    let server =
+        start_server(&["--agent-secret-file", agents.arg(), "--driver-secret-file", drivers.arg()])
+            .map_err(fail)?;
+    let _agent = start_agent_with(&server.addr, 1, "worker-host", &["--secret-file", agents.arg()])
+        .map_err(fail)?;
+    let e = connect_error(&driver(&server.addr).with_secret_file(&agents.path).map_err(fail)?)?;
+    check(e.contains("wrong secret"), format!("a driver with the agents' secret: {e}"))?;
+    let d = driver(&server.addr).with_secret_file(&drivers.path).map_err(fail)?;
+    let id = d.run(echo::<u64>(), 7);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(matches!(r[..], [Ok(7)]), format!("the drivers' secret works: {r:?}"))
+}
+
+fn a_side_with_a_secret_does_not_trust_an_open_server() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let secret = Secret::new(SECRET, "test").map_err(fail)?;
+    let e = connect_error(&driver(&server.addr).with_secret(secret))?;
+    check(e.contains("does not authenticate"), format!("{e}"))
+}
+
 /// A test named after its function.
 macro_rules! trial {
     ($f:ident) => {
@@ -293,6 +363,9 @@ fn main() -> std::process::ExitCode {
         trial!(map_runs_over_the_cluster_in_order),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
+        trial!(shared_secret_admits_who_knows_it_and_refuses_the_rest),
+        trial!(the_agents_secret_does_not_let_a_driver_in),
+        trial!(a_side_with_a_secret_does_not_trust_an_open_server),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blitzen_common::WorkerInfo;
+use blitzen_common::auth::Secret;
+use blitzen_common::handshake::{HandshakeError, handshake};
 use blitzen_common::net::{self, FramedReader, spawn_writer};
-use blitzen_protocol::cluster::{
-    CLUSTER_PROTOCOL_VERSION, FromDriver, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Role, Submission,
-    TaskKind, TaskReport, ToDriver,
-};
-use blitzen_protocol::{MAX_FRAME_LEN, Outcome};
+use blitzen_protocol::Outcome;
+use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, TaskReport, ToDriver};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -22,6 +21,7 @@ use crate::results::{Finished, ResultTable};
 /// results in until stopped or the server goes away.
 pub(super) async fn drive(
     server: String,
+    secret: Option<Secret>,
     connect_timeout: Duration,
     table: Arc<ResultTable>,
     handoff: &Handoff,
@@ -29,7 +29,7 @@ pub(super) async fn drive(
     mut stop: oneshot::Receiver<()>,
     connected: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let (mut reader, write) = match connect(&server, connect_timeout).await {
+    let (mut reader, write) = match connect(&server, secret.as_ref(), connect_timeout).await {
         Ok(conn) => conn,
         Err(reason) => {
             warn!(%server, %reason, "cannot reach the server");
@@ -94,30 +94,24 @@ pub(super) async fn drive(
 /// Connects and shakes hands, retrying with backoff until `limit`; refusals are final.
 async fn connect(
     server: &str,
+    secret: Option<&Secret>,
     limit: Duration,
 ) -> Result<(FramedReader, tokio::net::tcp::OwnedWriteHalf), String> {
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(50);
+    let name = format!(
+        "{}[{}]",
+        std::env::args().next().unwrap_or_else(|| "driver".into()),
+        std::process::id()
+    );
     loop {
         let attempt = async {
             let stream = net::connect(server, limit).await.map_err(|e| e.to_string())?;
-            let (read, mut write) = stream.into_split();
-            let name = format!(
-                "{}[{}]",
-                std::env::args().next().unwrap_or_else(|| "driver".into()),
-                std::process::id()
-            );
-            let hello = Hello { version: CLUSTER_PROTOCOL_VERSION, role: Role::Driver { name } };
-            net::send_one(&mut write, &hello).await.map_err(|e| e.to_string())?;
-            let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
-            match reader.next::<HelloReply>().await {
-                Ok(Some(HelloReply::Welcome(_))) => {
-                    reader.set_max(MAX_FRAME_LEN);
-                    Ok(Ok((reader, write)))
-                }
-                Ok(Some(HelloReply::Refusal(r))) => Ok(Err(r.reason)),
-                Ok(None) => Err("the server closed the connection during the handshake".into()),
-                Err(e) => Err(e.to_string()),
+            let role = Role::Driver { name: name.clone() };
+            match handshake(stream, role, secret, limit).await {
+                Ok((reader, write, _)) => Ok(Ok((reader, write))),
+                Err(HandshakeError::Refused(reason)) => Ok(Err(reason)),
+                Err(HandshakeError::Connection(e)) => Err(e),
             }
         };
         match attempt.await {

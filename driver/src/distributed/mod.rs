@@ -8,6 +8,7 @@
 mod link;
 mod local;
 
+pub use blitzen_common::auth::{Secret, SecretError};
 pub use local::LocalCluster;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -23,7 +24,7 @@ use blitzen_common::net;
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
-use blitzen_server::{Server, ServerConfig};
+use blitzen_server::{Secrets, Server, ServerConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +48,10 @@ pub struct Cluster {
     /// The server, `host:port`.
     server: String,
     connect_timeout: Duration,
-    /// Whether `spawn_server` may listen on a non-loopback address.
+    /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
+    /// The cluster's shared secret (from `BLITZEN_SECRET` unless set), or why it is unusable.
+    secret: Result<Option<Secret>, String>,
     /// The dispatcher's results, filled by the connection.
     table: Arc<ResultTable>,
     /// How many tasks were sent, and how many of them the server has taken.
@@ -119,6 +122,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     fn start_link(&self) -> Result<Link, DispatchError> {
         logging::install();
+        let secret = self.secret.clone().map_err(DispatchError::Connect)?;
         let (submissions, queue) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -142,6 +146,7 @@ impl Cluster {
                     };
                 runtime.block_on(link::drive(
                     server,
+                    secret,
                     connect_timeout,
                     table,
                     &handoff,
@@ -167,6 +172,7 @@ impl Dispatcher<Cluster> {
                 server: net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
                 insecure: false,
+                secret: Secret::from_env().map_err(|e| e.to_string()),
                 table,
                 handoff: Arc::new(Handoff::default()),
                 link: Mutex::new(LinkState::Idle),
@@ -181,8 +187,24 @@ impl Dispatcher<Cluster> {
         self
     }
 
-    /// Lets [`spawn_server`](Self::spawn_server) listen on a non-loopback address although
-    /// connections are not authenticated.
+    /// Uses this shared secret to authenticate with the server (and for `spawn_server` and
+    /// `spawn_client`), instead of the `BLITZEN_SECRET` environment variable.
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.backend.secret = Ok(Some(secret));
+        self
+    }
+
+    /// [`with_secret`](Self::with_secret) with the secret read from a file.
+    pub fn with_secret_file(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, DispatchError> {
+        let secret = Secret::from_file(path).map_err(|e| DispatchError::Connect(e.to_string()))?;
+        Ok(self.with_secret(secret))
+    }
+
+    /// Lets [`spawn_server`](Self::spawn_server) listen on a non-loopback address without a
+    /// secret, although then anyone who can reach it can run programs on its agents.
     pub fn allow_insecure(mut self, allow: bool) -> Self {
         self.backend.insecure = allow;
         self
@@ -246,15 +268,21 @@ impl Dispatcher<Cluster> {
     /// `None`), then shuts it down cleanly. Blocks meanwhile, like the seed's `spawn_server`.
     pub fn spawn_server(&self, duration: impl Into<Option<Duration>>) -> Result<(), DispatchError> {
         let addr = resolve(&self.backend.server).map_err(DispatchError::Serve)?;
-        if !addr.ip().is_loopback() && !self.backend.insecure {
+        let secret = self.backend.secret.clone().map_err(DispatchError::Serve)?;
+        if !addr.ip().is_loopback() && secret.is_none() && !self.backend.insecure {
             return Err(DispatchError::Serve(format!(
-                "refusing to listen on {} without authentication; use allow_insecure(true) to \
-                 do it anyway",
+                "refusing to listen on {} without a secret (with_secret, or BLITZEN_SECRET); \
+                 use allow_insecure(true) to do it anyway",
                 addr.ip()
             )));
         }
         logging::install();
-        let config = ServerConfig { bind: addr.ip(), port: addr.port(), ..ServerConfig::default() };
+        let config = ServerConfig {
+            bind: addr.ip(),
+            port: addr.port(),
+            secrets: secret.map(Secrets::both).unwrap_or_default(),
+            ..ServerConfig::default()
+        };
         let duration = duration.into();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -288,7 +316,8 @@ impl Dispatcher<Cluster> {
             return Err(DispatchError::WorkerEntryMissing);
         }
         logging::install();
-        let config = AgentConfig::new(&self.backend.server, workers);
+        let mut config = AgentConfig::new(&self.backend.server, workers);
+        config.secret = self.backend.secret.clone().map_err(DispatchError::Connect)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
