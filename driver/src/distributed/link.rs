@@ -17,19 +17,27 @@ use super::Handoff;
 use crate::dispatcher::Call;
 use crate::results::{Finished, ResultTable};
 
+/// Where and how to connect.
+pub(super) struct Endpoint {
+    /// `host:port`.
+    pub server: String,
+    pub secret: Option<Secret>,
+    /// How long to keep trying.
+    pub connect_timeout: Duration,
+}
+
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
 /// results in until stopped or the server goes away.
 pub(super) async fn drive(
-    server: String,
-    secret: Option<Secret>,
-    connect_timeout: Duration,
+    endpoint: Endpoint,
     table: Arc<ResultTable>,
     handoff: &Handoff,
     mut queue: mpsc::UnboundedReceiver<Call>,
     mut stop: oneshot::Receiver<()>,
     connected: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let (mut reader, write) = match connect(&server, secret.as_ref(), connect_timeout).await {
+    let server = endpoint.server.clone();
+    let (mut reader, write) = match connect(&endpoint).await {
         Ok(conn) => conn,
         Err(reason) => {
             warn!(%server, %reason, "cannot reach the server");
@@ -93,10 +101,10 @@ pub(super) async fn drive(
 
 /// Connects and shakes hands, retrying with backoff until `limit`; refusals are final.
 async fn connect(
-    server: &str,
-    secret: Option<&Secret>,
-    limit: Duration,
+    endpoint: &Endpoint,
 ) -> Result<(FramedReader, tokio::net::tcp::OwnedWriteHalf), String> {
+    let (server, secret, limit) =
+        (endpoint.server.as_str(), endpoint.secret.as_ref(), endpoint.connect_timeout);
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(50);
     let name = format!(

@@ -145,9 +145,7 @@ impl Cluster {
                         }
                     };
                 runtime.block_on(link::drive(
-                    server,
-                    secret,
-                    connect_timeout,
+                    link::Endpoint { server, secret, connect_timeout },
                     table,
                     &handoff,
                     queue,
