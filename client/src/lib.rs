@@ -3,13 +3,16 @@
 //! [`run`] connects to the server (retrying with backoff until it is up), announces the tasks
 //! compiled into this binary and its number of workers, then runs what the server sends on a
 //! worker pool (the same pool as the multicore dispatcher) and sends results back in batches.
-//! When the connection is lost — the server restarted, the network failed — it drops the tasks
-//! it held (the server hands them out again) and reconnects by itself.
+//! When the connection is lost — the network failed, the agent was frozen — it reconnects by
+//! itself; tasks keep running meanwhile and their results are delivered once it is back (the
+//! server, which has handed them out again, keeps each task's first result). When the server
+//! itself restarted, the tasks of its previous run are dropped.
 //!
 //! The stock binary runs the built-in tasks (`sleep`, `echo`, `command`). A program with its own
 //! tasks runs an agent with `DistributedDispatcher::spawn_client`, which calls [`run`].
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use blitzen_common::auth::Secret;
@@ -91,6 +94,11 @@ pub fn host_name() -> String {
 
 /// Serves the cluster until `shutdown` is cancelled, reconnecting whenever the connection is
 /// lost. Returns an error only for what retrying cannot fix.
+///
+/// The worker pool outlives a lost connection: tasks keep running, and when the agent is back
+/// with the same server (same [`Welcome::server_id`](blitzen_protocol::cluster::Welcome)) their
+/// results are delivered as recovered — the server keeps each task's first result. A different
+/// server (it restarted) knows nothing of them: the pool is restarted instead.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     // Assignments name a task by its index in this list.
     let entries = registry::global().map_err(PoolError::from)?.entries();
@@ -102,15 +110,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             signature: e.signature.to_string(),
         })
         .collect();
+    let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
     let mut waiting_logged = false;
     while !shutdown.is_cancelled() {
         match connect(&config, &kinds).await {
-            Ok(Connected::Welcome(reader, write)) => {
+            Ok(Connected::Welcome(reader, write, server_id)) => {
                 backoff = Duration::from_millis(100);
                 waiting_logged = false;
+                let same = work.as_ref().is_some_and(|w| w.server_id == server_id);
+                if !same {
+                    if let Some(old) = work.take() {
+                        info!("the server restarted: the tasks of its previous run are dropped");
+                        old.pool.shutdown().await;
+                    }
+                    work = Some(Work::start(&config, server_id).await?);
+                }
+                let Some(w) = work.as_mut() else { break };
                 info!(server = %config.server, workers = config.pool.workers, "connected");
-                match serve(&config, &entries, reader, write, &shutdown).await? {
+                match serve(&config, &entries, w, reader, write, &shutdown).await {
                     End::Stop => break,
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
                 }
@@ -132,12 +150,36 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+    if let Some(w) = work {
+        w.pool.shutdown().await;
+    }
     info!("agent stopped");
     Ok(())
 }
 
+/// The worker pool for one run of a server, and what it holds.
+struct Work {
+    server_id: u64,
+    pool: Pool,
+    results: mpsc::UnboundedReceiver<Vec<JobResult>>,
+    /// Tasks assigned on earlier connections, still running here: their results go out as
+    /// recovered.
+    earlier: HashSet<u64>,
+}
+
+impl Work {
+    async fn start(config: &AgentConfig, server_id: u64) -> Result<Self, AgentError> {
+        let (results_tx, results) = mpsc::unbounded_channel::<Vec<JobResult>>();
+        let sink = Box::new(move |batch| {
+            let _ = results_tx.send(batch);
+        });
+        let pool = Pool::start(config.pool.clone(), sink).await?;
+        Ok(Self { server_id, pool, results, earlier: HashSet::new() })
+    }
+}
+
 enum Connected {
-    Welcome(FramedReader, tokio::net::tcp::OwnedWriteHalf),
+    Welcome(FramedReader, tokio::net::tcp::OwnedWriteHalf, u64),
     Refused(String),
 }
 
@@ -150,7 +192,7 @@ async fn connect(config: &AgentConfig, kinds: &[TaskKind]) -> std::io::Result<Co
         heartbeat_ms: config.heartbeat.as_millis() as u64,
     };
     match handshake(stream, role, config.secret.as_ref(), config.connect_timeout).await {
-        Ok((reader, write, _)) => Ok(Connected::Welcome(reader, write)),
+        Ok((reader, write, welcome)) => Ok(Connected::Welcome(reader, write, welcome.server_id)),
         Err(HandshakeError::Refused(reason)) => Ok(Connected::Refused(reason)),
         Err(HandshakeError::Connection(e)) => Err(std::io::Error::other(e)),
     }
@@ -161,28 +203,29 @@ enum End {
     Lost(String),
 }
 
-/// Runs one connection: a fresh pool, tasks in, results out, heartbeats.
+/// Runs one connection: tasks in, results out, heartbeats.
 async fn serve(
     config: &AgentConfig,
     entries: &[&'static TaskEntry],
+    work: &mut Work,
     mut reader: FramedReader,
     write: tokio::net::tcp::OwnedWriteHalf,
     shutdown: &CancellationToken,
-) -> Result<End, AgentError> {
-    let (results_tx, mut results) = mpsc::unbounded_channel::<Vec<JobResult>>();
-    let sink = Box::new(move |batch| {
-        let _ = results_tx.send(batch);
-    });
-    let pool = Pool::start(config.pool.clone(), sink).await?;
+) -> End {
     let (writer, _) = spawn_writer::<FromAgent>(write);
     if let Some(connected) = &config.connected {
         connected.notify_one();
     }
+    // Tasks assigned on this connection and not finished yet.
+    let mut current: HashSet<u64> = HashSet::new();
     let mut heartbeat = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_since_tick = false;
     let end = loop {
+        // Biased: after a pause (the process was stopped), a closed connection is noticed
+        // before results are written into it and lost; they go out on the next connection.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break End::Stop,
             message = reader.next::<ToAgent>() => match message {
                 Ok(Some(ToAgent::Run(tasks))) => {
@@ -194,6 +237,7 @@ async fn serve(
                             unknown.push(t.key);
                             continue;
                         };
+                        current.insert(t.key);
                         let job = Job {
                             id: t.key,
                             name: Cow::Borrowed(entry.name),
@@ -201,7 +245,7 @@ async fn serve(
                             args: t.args,
                             timeout: t.timeout_ms.map(Duration::from_millis),
                         };
-                        if pool.submit(job).is_err() {
+                        if work.pool.submit(job).is_err() {
                             break;
                         }
                     }
@@ -223,12 +267,26 @@ async fn serve(
                 Ok(None) => break End::Lost("the server closed the connection".into()),
                 Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
             },
-            Some(batch) = results.recv() => {
-                let mut done: Vec<AgentResult> = batch.into_iter().map(to_agent_result).collect();
-                while let Ok(more) = results.try_recv() {
-                    done.extend(more.into_iter().map(to_agent_result));
+            Some(batch) = work.results.recv() => {
+                let mut batch = batch;
+                while let Ok(more) = work.results.try_recv() {
+                    batch.extend(more);
                 }
-                if writer.send(FromAgent::Done(done)).is_err() {
+                let (mut done, mut recovered) = (Vec::new(), Vec::new());
+                for r in batch {
+                    if current.remove(&r.id) {
+                        done.push(to_agent_result(r));
+                    } else if work.earlier.remove(&r.id) {
+                        recovered.push(to_agent_result(r));
+                    }
+                }
+                if !recovered.is_empty() {
+                    info!(count = recovered.len(), "delivering results finished while disconnected");
+                    if writer.send(FromAgent::Recovered(recovered)).is_err() {
+                        break End::Lost("the connection closed".into());
+                    }
+                }
+                if !done.is_empty() && writer.send(FromAgent::Done(done)).is_err() {
                     break End::Lost("the connection closed".into());
                 }
                 sent_since_tick = true;
@@ -241,9 +299,9 @@ async fn serve(
             }
         }
     };
-    // Tasks still running are abandoned: the server hands them out again.
-    pool.shutdown().await;
-    Ok(end)
+    // What is still running was assigned on this connection: delivered later as recovered.
+    work.earlier.extend(current);
+    end
 }
 
 fn to_agent_result(r: JobResult) -> AgentResult {

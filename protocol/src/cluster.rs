@@ -96,6 +96,10 @@ pub struct Welcome {
     pub connection: u64,
     /// Tasks the server holds at most at once (submissions beyond are refused).
     pub task_limit: u64,
+    /// Random for each run of the server: an agent that reconnects to the same number may
+    /// deliver the results it finished while disconnected ([`FromAgent::Recovered`]).
+    #[serde(default)]
+    pub server_id: u64,
 }
 
 /// The server's answer to a [`Hello`] it refuses; the connection closes after it.
@@ -248,8 +252,13 @@ pub struct AgentResult {
 /// Agent → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromAgent {
-    /// Finished tasks.
+    /// Finished tasks, each assigned on this connection.
     Done(Vec<AgentResult>),
+    /// Tasks assigned on an earlier connection to the same server (same
+    /// [`Welcome::server_id`]) that finished while the agent was disconnected. The server has
+    /// handed them out again meanwhile: it keeps the first result of each task and drops the
+    /// others.
+    Recovered(Vec<AgentResult>),
     /// Still alive (sent when nothing else was sent for a while).
     Heartbeat,
 }

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub max_results: usize,
     /// A connection must complete its handshake within this.
     pub handshake_timeout: Duration,
+    /// Times a task is handed out before it is given up, when its agents keep vanishing.
+    pub max_attempts: u32,
     /// Secrets peers must prove they know; none: no authentication (loopback only, unless
     /// the binary's `--insecure`).
     pub secrets: Secrets,
@@ -80,6 +82,7 @@ impl Default for ServerConfig {
             result_ttl: Duration::from_secs(3600),
             max_results: 1_000_000,
             handshake_timeout: Duration::from_secs(10),
+            max_attempts: 3,
             secrets: Secrets::default(),
         }
     }
@@ -123,7 +126,10 @@ impl Server {
         info!(%addr, authenticated = self.config.secrets.enabled(), "serving");
         let core =
             tokio::spawn(core::Core::new(self.config.clone(), events_rx).run(shutdown.clone()));
-        let shared = Arc::new(session::Shared { events: events_tx, config: self.config.clone() });
+        let server_id =
+            u64::from_be_bytes(blitzen_common::auth::nonce()?[..8].try_into().unwrap_or_default());
+        let shared =
+            Arc::new(session::Shared { events: events_tx, config: self.config.clone(), server_id });
         let mut next_conn = 1u64;
         loop {
             tokio::select! {

@@ -59,6 +59,10 @@ struct Args {
     /// Seconds a new connection has to introduce itself before it is closed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     handshake_timeout: Duration,
+    /// Times a task is handed out before it ends with an error, when the agents running it keep
+    /// vanishing (disconnecting, or missing their heartbeats).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
     /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
@@ -120,6 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         result_ttl: args.result_ttl,
         max_results: args.max_results,
         handshake_timeout: args.handshake_timeout,
+        max_attempts: args.max_attempts,
         secrets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::core::{ConnId, Event};
@@ -32,6 +33,8 @@ const MIN_SILENCE: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub events: mpsc::UnboundedSender<Event>,
     pub config: ServerConfig,
+    /// This run of the server (see [`Welcome::server_id`]).
+    pub server_id: u64,
 }
 
 /// Serves one connection until it closes. Bad input is logged and ends this connection only.
@@ -55,25 +58,40 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     match hello.role {
         Role::Agent { host, workers, tasks, heartbeat_ms } => {
             let (tx, _) = spawn_writer(write);
-            let _ = events.send(Event::AgentJoined { conn, host, workers, kinds: tasks, tx });
+            let close = CancellationToken::new();
+            let joined =
+                Event::AgentJoined { conn, host, workers, kinds: tasks, tx, close: close.clone() };
+            let _ = events.send(joined);
             // Three intervals of silence (a frozen or cut-off agent) count it lost.
             let silence = (heartbeat_ms > 0)
                 .then(|| (3 * Duration::from_millis(heartbeat_ms)).max(MIN_SILENCE));
             let reason = loop {
-                let next = reader.next::<FromAgent>();
-                let message = match silence {
-                    Some(limit) => match tokio::time::timeout(limit, next).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            warn!(silent_for = ?limit, "agent missed its heartbeats; counted lost");
-                            break format!("no heartbeat for {limit:?}");
-                        }
-                    },
-                    None => next.await,
+                let next = async {
+                    match silence {
+                        Some(limit) => tokio::time::timeout(limit, reader.next::<FromAgent>())
+                            .await
+                            .map_err(|_| limit),
+                        None => Ok(reader.next::<FromAgent>().await),
+                    }
+                };
+                let message = tokio::select! {
+                    m = next => m,
+                    // The core found the agent breaking the protocol (and logged how).
+                    _ = close.cancelled() => break "closed by the server".to_string(),
+                };
+                let message = match message {
+                    Ok(m) => m,
+                    Err(limit) => {
+                        warn!(silent_for = ?limit, "agent missed its heartbeats; counted lost");
+                        break format!("no heartbeat for {limit:?}");
+                    }
                 };
                 match message {
                     Ok(Some(FromAgent::Done(results))) => {
-                        let _ = events.send(Event::AgentDone { conn, results });
+                        let _ = events.send(Event::AgentDone { conn, results, recovered: false });
+                    }
+                    Ok(Some(FromAgent::Recovered(results))) => {
+                        let _ = events.send(Event::AgentDone { conn, results, recovered: true });
                     }
                     Ok(Some(FromAgent::Heartbeat)) => {}
                     Ok(None) => break "connection closed".to_string(),
@@ -178,6 +196,7 @@ async fn admit(
         version: CLUSTER_PROTOCOL_VERSION,
         connection: conn,
         task_limit: shared.config.task_limit as u64,
+        server_id: shared.server_id,
     };
     send_one(write, &HelloReply::Welcome(welcome)).await.ok()?;
     Some(hello)

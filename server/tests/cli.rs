@@ -20,6 +20,7 @@ fn help_documents_every_flag() {
         "--max-results",
         "--handshake-timeout",
         "--insecure",
+        "--max-attempts",
         "--secret-file",
         "--agent-secret-file",
         "--driver-secret-file",
@@ -41,6 +42,7 @@ fn bad_input_is_a_clear_error() {
         (vec!["--bind", "0.0.0.0", "--port", "0"], "--secret-file"),
         (vec!["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
         (vec!["--agent-secret-file", "Cargo.toml"], "only one role"),
+        (vec!["--max-attempts", "0"], "--max-attempts"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

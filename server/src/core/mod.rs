@@ -44,10 +44,14 @@ pub(crate) enum Event {
         workers: u32,
         kinds: Vec<TaskKind>,
         tx: mpsc::UnboundedSender<ToAgent>,
+        /// Cancelled to close the connection.
+        close: CancellationToken,
     },
     AgentDone {
         conn: ConnId,
         results: Vec<AgentResult>,
+        /// Results of tasks assigned on an earlier connection of the agent.
+        recovered: bool,
     },
     AgentLeft {
         conn: ConnId,
@@ -77,9 +81,6 @@ pub(crate) enum Event {
 
 /// Interned [`TaskKind`]: an index into `Core::kinds`.
 type KindId = usize;
-
-/// Times a task may be handed out again after its agent vanished before it is given up.
-const MAX_ATTEMPTS: u32 = 3;
 
 /// Expected work per worker an agent may hold beyond its first two tasks per worker.
 const WORK_WINDOW: Duration = Duration::from_millis(5);
@@ -133,6 +134,7 @@ struct Agent {
     average_us: Option<f64>,
     running: HashSet<TaskKey>,
     tx: mpsc::UnboundedSender<ToAgent>,
+    close: CancellationToken,
     /// Assignments to send at the end of this turn.
     outbox: Vec<Assignment>,
 }
@@ -195,10 +197,12 @@ impl Core {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::AgentJoined { conn, host, workers, kinds, tx } => {
-                self.agent_joined(conn, host, workers, kinds, tx)
+            Event::AgentJoined { conn, host, workers, kinds, tx, close } => {
+                self.agent_joined(conn, host, workers, kinds, tx, close)
             }
-            Event::AgentDone { conn, results } => self.agent_done(conn, results),
+            Event::AgentDone { conn, results, recovered } => {
+                self.agent_done(conn, results, recovered)
+            }
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
             Event::DriverJoined { conn, name, tx } => {
                 info!(conn, %name, "driver connected");
@@ -402,6 +406,7 @@ impl Core {
         workers: u32,
         kinds: Vec<TaskKind>,
         tx: mpsc::UnboundedSender<ToAgent>,
+        close: CancellationToken,
     ) {
         let kinds: HashMap<KindId, u32> =
             kinds.into_iter().enumerate().map(|(i, k)| (self.intern(k), i as u32)).collect();
@@ -420,29 +425,38 @@ impl Core {
                 average_us: None,
                 running: HashSet::new(),
                 tx,
+                close,
                 outbox: Vec::new(),
             },
         );
     }
 
-    fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>) {
-        let host = match self.agents.get_mut(&conn) {
-            Some(a) => {
-                for r in &results {
-                    a.running.remove(&r.key);
-                    let us = r.elapsed_us as f64;
-                    a.average_us = Some(a.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
-                }
-                a.host.clone()
-            }
-            None => return,
-        };
+    /// Results from an agent. Each task's first result is kept; a later one (the task ran
+    /// twice because its first agent vanished and came back) is dropped and logged. A result on
+    /// this connection for a task the agent does not hold breaks the protocol: the connection
+    /// is closed and the rest of the batch ignored.
+    fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
+        let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
+        let mut duplicates = 0;
         for r in results {
-            let Some(task) = self.take_task(r.key) else {
-                debug!(key = r.key, "result for a task that is no longer wanted; dropped");
+            if !recovered {
+                let Some(agent) = self.agents.get_mut(&conn) else { return };
+                if !agent.running.remove(&r.key) {
+                    warn!(conn, %host, key = r.key, "agent sent a result for a task it does not hold; connection closed");
+                    agent.close.cancel();
+                    break;
+                }
+                let us = r.elapsed_us as f64;
+                agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
+            }
+            let Some(task) = self.tasks.remove(r.key) else {
+                duplicates += 1;
                 continue;
             };
-            debug!(task = task.id, driver = task.driver, agent = conn, "task finished");
+            if let Some(d) = self.drivers.get_mut(&task.driver) {
+                d.live = d.live.saturating_sub(1);
+            }
+            debug!(task = task.id, driver = task.driver, agent = conn, recovered, "task finished");
             let report = TaskReport {
                 id: task.id,
                 outcome: r.outcome,
@@ -452,6 +466,9 @@ impl Core {
                 elapsed_us: r.elapsed_us,
             };
             self.report(task.driver, report);
+        }
+        if duplicates > 0 {
+            info!(conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");
         }
     }
 
@@ -463,7 +480,7 @@ impl Core {
             let Some(task) = self.tasks.get_mut(key) else { continue };
             task.agent = None;
             task.attempts += 1;
-            if task.attempts >= MAX_ATTEMPTS {
+            if task.attempts >= self.config.max_attempts {
                 lost.push(key);
                 continue;
             }
@@ -522,6 +539,12 @@ impl Core {
             let conn = self.rotation.pop_front()?;
             self.rotation.push_back(conn);
             let Some(d) = self.drivers.get_mut(&conn) else { continue };
+            // Tasks that ended while queued (a late result settled them) leave dead keys.
+            for q in d.queues.values_mut() {
+                while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
+                    q.pop_front();
+                }
+            }
             // The oldest task among the kinds this agent can run.
             let best = d
                 .queues

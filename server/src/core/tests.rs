@@ -24,7 +24,8 @@ fn agent(
 ) -> mpsc::UnboundedReceiver<ToAgent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = kinds.iter().map(|k| kind(k)).collect();
-    core.on_event(Event::AgentJoined { conn, host: format!("a{conn}"), workers, kinds, tx });
+    let close = CancellationToken::new();
+    core.on_event(Event::AgentJoined { conn, host: format!("a{conn}"), workers, kinds, tx, close });
     rx
 }
 
@@ -104,7 +105,7 @@ fn agents_get_only_what_they_can_run_within_their_credit() {
         notices.iter().any(|(ids, r)| ids == &[0] && r.contains("no agent is connected")),
         "{notices:?}"
     );
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
     turn(&mut c);
     // Results of 1 µs each: the credit opens up to the whole queue.
     assert_eq!(assigned(&mut a).len(), 7, "credit comes back, larger for tiny tasks");
@@ -119,6 +120,7 @@ fn credit_follows_task_length() {
         average_us: None,
         running: HashSet::new(),
         tx: mpsc::unbounded_channel().0,
+        close: CancellationToken::new(),
         outbox: Vec::new(),
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
@@ -156,7 +158,7 @@ fn unfetched_results_are_capped_by_count_and_age() {
     turn(&mut c);
     let keys = assigned(&mut a);
     c.on_event(Event::DriverLeft { conn: 1, bye: false });
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
     turn(&mut c);
     assert_eq!(c.cache.len(), 2);
     assert_eq!(c.cache.ids(1), [3, 4], "the newest are kept");
@@ -193,7 +195,7 @@ fn acknowledged_results_leave_the_cache_and_the_limit_refuses_the_rest() {
     }
     assert_eq!(refused, [3, 4]);
     let keys = assigned(&mut a);
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys) });
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
     turn(&mut c);
     c.on_event(Event::Ack { conn: 1, ids: vec![0, 1, 2, 3, 4] });
     turn(&mut c);
@@ -259,4 +261,84 @@ fn assignments_use_the_agents_own_kind_numbers() {
         kinds.extend(batch.into_iter().map(|t| t.kind));
     }
     assert_eq!(kinds, [2], "`c` is the third task the agent announced");
+}
+
+/// Ids of the results a driver received.
+fn reported(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToDriver::Results(batch) = msg {
+            ids.extend(batch.into_iter().map(|r| r.id));
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_task_that_ran_twice_reaches_its_driver_once() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    assert_eq!(keys.len(), 1);
+    // The agent goes silent and is counted lost; the task runs again on another agent.
+    c.on_event(Event::AgentLeft { conn: 10, reason: "no heartbeat".into() });
+    let mut b = agent(&mut c, 11, 1, &["t"]);
+    turn(&mut c);
+    assert_eq!(assigned(&mut b), keys, "rerun elsewhere under the same key");
+    // The first agent comes back with its late result: it is the first, so it is kept.
+    let _a2 = agent(&mut c, 12, 1, &["t"]);
+    c.on_event(Event::AgentDone { conn: 12, results: done(&keys), recovered: true });
+    turn(&mut c);
+    assert_eq!(reported(&mut d), [0]);
+    // The rerun's result is a duplicate: dropped, and not a protocol violation.
+    c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: false });
+    turn(&mut c);
+    assert_eq!(reported(&mut d), Vec::<u64>::new(), "delivered exactly once");
+    assert!(!c.agents[&11].close.is_cancelled());
+    assert!(c.agents[&11].running.is_empty(), "its credit is back");
+}
+
+#[test]
+fn a_late_result_settles_a_requeued_task_before_it_runs_again() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    c.on_event(Event::AgentLeft { conn: 10, reason: "connection closed".into() });
+    submit(&mut c, 1, "t", 1..2);
+    let _a2 = agent(&mut c, 12, 1, &["other"]);
+    c.on_event(Event::AgentDone { conn: 12, results: done(&keys), recovered: true });
+    turn(&mut c);
+    assert_eq!(reported(&mut d), [0]);
+    let mut b = agent(&mut c, 11, 2, &["t"]);
+    turn(&mut c);
+    let next: Vec<u64> = assigned(&mut b).iter().map(|k| c.tasks[k].id).collect();
+    assert_eq!(next, [1], "the settled task is not handed out again; the queue goes on");
+}
+
+#[test]
+fn a_result_for_a_task_the_agent_does_not_hold_closes_its_connection() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    let _b = agent(&mut c, 11, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    let mut keys = assigned(&mut a);
+    if keys.is_empty() {
+        keys = c.agents[&11].running.iter().copied().collect();
+        c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+        assert!(c.agents[&10].close.is_cancelled());
+    } else {
+        c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: false });
+        assert!(c.agents[&11].close.is_cancelled());
+    }
+    turn(&mut c);
+    assert_eq!(reported(&mut d), Vec::<u64>::new(), "the bogus result is not delivered");
+    assert_eq!(c.tasks.len(), 1, "the task is still held for its real agent");
 }
