@@ -1,0 +1,253 @@
+//! End-to-end tests of faults and hostile input against the real `blitzen-server` and
+//! `blitzen-client` binaries on 127.0.0.1: agents killed or frozen mid-work, and a stranger
+//! sending garbage, oversized frames, wrong messages and idle connections while a driver keeps
+//! working.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use blitzen::distributed::DistributedDispatcher;
+use blitzen::{CommandSpec, Fetch, TaskId, command, echo, sleep};
+use blitzen_protocol::cluster::{
+    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Role,
+};
+use blitzen_protocol::frame::encode;
+use blitzen_protocol::{Captured, Outcome};
+use blitzen_tests::cluster::{start_agent, start_agent_with, start_server};
+use blitzen_tests::{rss_bytes, signal};
+use bytes::{Bytes, BytesMut};
+use libtest_mimic::{Arguments, Failed, Trial};
+use rustix::process::Signal;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn fail(e: impl std::fmt::Display) -> Failed {
+    Failed::from(e.to_string())
+}
+
+fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
+}
+
+fn driver(addr: &str) -> DistributedDispatcher {
+    DistributedDispatcher::new(addr).with_connect_timeout(Duration::from_secs(20))
+}
+
+/// The hosts that ran `ids`, after checking that every one succeeded.
+fn hosts_of(d: &DistributedDispatcher, ids: &[TaskId<f64>]) -> Result<Vec<String>, Failed> {
+    let results = d.get_task_results(ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results.len() == ids.len(), format!("{} results", results.len()))?;
+    let mut hosts = Vec::new();
+    for r in &results {
+        r.decode::<f64>().map_err(fail)?;
+        hosts.push(r.worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default());
+    }
+    Ok(hosts)
+}
+
+fn killing_an_agent_midway_loses_no_task() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let doomed = start_agent(&server.addr, 2, "doomed").map_err(fail)?;
+    let _survivor = start_agent(&server.addr, 2, "survivor").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..2_000).map(|_| d.run(sleep, 0.004)).collect();
+    // Midway: the first tasks are done, most are still queued or running.
+    let early = hosts_of(&d, &ids[..300])?;
+    check(early.iter().any(|h| h == "doomed"), "the doomed agent took part before its end")?;
+    blitzen_tests::kill(doomed.pid());
+    let rest = hosts_of(&d, &ids[300..])?;
+    check(rest.len() == 1_700, "all 2,000 results")?;
+    check(rest.iter().rev().take(100).all(|h| h == "survivor"), "the survivor finished the work")
+}
+
+fn a_frozen_agent_is_detected_and_its_late_results_are_dropped() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let frozen =
+        start_agent_with(&server.addr, 1, "frozen", &["--heartbeat", "0.2"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    // The task tells the test through a FIFO when it has started (only the first time: the
+    // test removes the FIFO once told), then works for a second.
+    let fifo = std::env::temp_dir().join(format!("blitzen-test-{}-started", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().map_err(fail)?;
+    check(made.success(), "mkfifo")?;
+    let script = format!("[ -p '{0}' ] && echo started > '{0}'; sleep 1", fifo.display());
+    let spec = CommandSpec::new("sh").arg("-c").arg(script);
+    let id = d.run(command, spec);
+    let mut started = String::new();
+    let opened = std::fs::File::open(&fifo).and_then(|mut f| f.read_to_string(&mut started));
+    let _ = std::fs::remove_file(&fifo);
+    opened.map_err(fail)?;
+    // Frozen mid-task: its worker finishes, but the agent neither reports nor heartbeats.
+    signal(frozen.pid(), Signal::STOP);
+    let mut healthy = start_agent(&server.addr, 1, "healthy").map_err(fail)?;
+    let result = d.get_task_results(&[id], Fetch::default().within(WAIT));
+    signal(frozen.pid(), Signal::CONT);
+    let result = result.map_err(fail)?;
+    let host = result[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+    check(host == "healthy", format!("rerun elsewhere, not on `{host}`"))?;
+    let out = result[0].decode_as(command).map_err(fail)?;
+    check(out.code == Some(0), format!("{out:?}"))?;
+    let log = server.process.log_text();
+    check(log.contains("missed its heartbeats"), format!("detected:\n{log}"))?;
+    // Thawed, the frozen agent reconnects and first delivers what its worker finished
+    // meanwhile; the server already has that result and drops it. With the healthy agent gone,
+    // a new task's result proves the thawed agent is back, after its late delivery.
+    healthy.stop().map_err(fail)?;
+    let probe = d.run(echo::<u8>(), 7);
+    let back = d.get_task_results(&[probe], Fetch::default().within(WAIT)).map_err(fail)?;
+    let host = back[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+    check(host == "frozen", format!("the thawed agent serves again, not `{host}`"))?;
+    let log = server.process.log_text();
+    let dropped = log.lines().find(|l| l.contains("ran twice")).unwrap_or_default();
+    check(dropped.contains("recovered=true"), format!("late result dropped:\n{log}"))?;
+    // Nothing reached the driver twice: it holds no stray result.
+    check(d.join().is_empty(), "no duplicate result reached the driver")
+}
+
+/// One frame: the length prefix and the named MessagePack of `msg`.
+fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode(msg, &mut buf).expect("encodes");
+    buf.to_vec()
+}
+
+/// Sends `bytes` on a fresh connection and returns what the server answers before closing.
+fn poke(addr: &str, bytes: &[u8], close_write: bool) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(bytes)?;
+    if close_write {
+        s.shutdown(std::net::Shutdown::Write)?;
+    }
+    let mut answer = Vec::new();
+    // The server closes the connection: read to the end (a reset also ends it).
+    let _ = s.read_to_end(&mut answer);
+    Ok(answer)
+}
+
+fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed> {
+    let server = start_server(&["--handshake-timeout", "1"]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "worker").map_err(fail)?;
+    let d = driver(&server.addr);
+    let before: Vec<_> = (0..500u64).map(|i| d.run(echo::<u64>(), i)).collect();
+
+    let agent_hello = |version| Hello {
+        version,
+        role: Role::Agent { host: "stranger".into(), workers: 1, tasks: vec![], heartbeat_ms: 0 },
+        nonce: Bytes::new(),
+    };
+    let mut wrong_shape = frame(&42u64);
+    wrong_shape.extend(frame(&"not a hello"));
+    let unknown_kind = {
+        // A hello whose role is a variant no server knows.
+        #[derive(serde::Serialize)]
+        enum FakeRole {
+            Wizard { spells: u32 },
+        }
+        #[derive(serde::Serialize)]
+        struct FakeHello {
+            version: u32,
+            role: FakeRole,
+        }
+        frame(&FakeHello {
+            version: CLUSTER_PROTOCOL_VERSION,
+            role: FakeRole::Wizard { spells: 3 },
+        })
+    };
+    let result_not_held = {
+        let mut bytes = frame(&agent_hello(CLUSTER_PROTOCOL_VERSION));
+        bytes.extend(frame(&FromAgent::Done(vec![AgentResult {
+            key: 12345,
+            outcome: Outcome::Value(Bytes::from_static(b"\x01")),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            worker_pid: None,
+            elapsed_us: 0,
+        }])));
+        bytes
+    };
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n".to_vec()),
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+        ),
+        ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
+        ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
+        ("truncated frame", frame(&agent_hello(CLUSTER_PROTOCOL_VERSION))[..9].to_vec()),
+        ("wrong shape", wrong_shape),
+        ("unknown role", unknown_kind),
+        ("result for a task not held", result_not_held),
+    ];
+    for (what, bytes) in &corpus {
+        let answer = poke(&server.addr, bytes, true).map_err(fail)?;
+        if *what == "result for a task not held" {
+            // Admitted (no secret on this server), then thrown out for the bogus result.
+            check(answer.len() > 4, format!("{what}: the welcome came first"))?;
+        } else {
+            check(answer.is_empty(), format!("{what}: answered {} bytes", answer.len()))?;
+        }
+    }
+    let answer = poke(&server.addr, &frame(&agent_hello(99)), false).map_err(fail)?;
+    let reply: HelloReply =
+        blitzen_protocol::frame::decode(answer.get(4..).unwrap_or_default()).map_err(fail)?;
+    match reply {
+        HelloReply::Refusal(r) => check(r.reason.contains("version 99"), &r.reason)?,
+        other => return Err(format!("wrong version admitted: {other:?}").into()),
+    }
+
+    // A thousand connections that never speak: closed after the handshake limit, memory bounded.
+    let rss_before = rss_bytes(server.process.pid()).unwrap_or(0);
+    let idle: Vec<TcpStream> = (0..1_000)
+        .map(|_| TcpStream::connect(&server.addr))
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let during: Vec<_> = (500..1_000u64).map(|i| d.run(echo::<u64>(), i)).collect();
+    let rss_during = rss_bytes(server.process.pid()).unwrap_or(0);
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).map_err(fail)?;
+        let mut byte = [0u8; 1];
+        let n = s
+            .read(&mut byte)
+            .map_err(|e| fail(format!("an idle connection was not closed: {e}")))?;
+        check(n == 0, "an idle connection got bytes")?;
+    }
+    check(
+        rss_during.saturating_sub(rss_before) < 64 << 20,
+        format!("server memory grew from {rss_before} to {rss_during} bytes"),
+    )?;
+
+    // The driver lost nothing, and the server logged each refusal.
+    for (ids, offset) in [(before, 0), (during, 500)] {
+        let values = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+        for (i, v) in values.into_iter().enumerate() {
+            check(v.map_err(fail)? == i as u64 + offset, format!("result {i}"))?;
+        }
+    }
+    let log = server.process.log_text();
+    for needle in ["bad handshake", "not completed in time", "does not hold", "version 99"] {
+        check(log.contains(needle), format!("the log lacks `{needle}`:\n{log}"))?;
+    }
+    let distinct: HashSet<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    check(distinct.len() >= corpus.len(), "each refusal is logged")
+}
+
+/// A test named after its function.
+macro_rules! trial {
+    ($f:ident) => {
+        Trial::test(stringify!($f), $f)
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial!(killing_an_agent_midway_loses_no_task),
+        trial!(a_frozen_agent_is_detected_and_its_late_results_are_dropped),
+        trial!(hostile_input_is_refused_while_a_driver_keeps_working),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
