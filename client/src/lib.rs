@@ -244,6 +244,7 @@ async fn serve(
                             fingerprint: entry.fingerprint,
                             args: t.args,
                             timeout: t.timeout_ms.map(Duration::from_millis),
+                            retries: t.retries,
                         };
                         if work.pool.submit(job).is_err() {
                             break;

@@ -29,6 +29,7 @@ pub struct Call {
     /// MessagePack-encoded arguments.
     pub args: Bytes,
     pub timeout: Option<Duration>,
+    pub retries: u32,
 }
 
 /// Where a dispatcher's tasks run: [`Multicore`](crate::Multicore) worker processes here, or a
@@ -116,6 +117,7 @@ impl<B: Backend> Dispatcher<B> {
             fingerprint: T::FINGERPRINT,
             args,
             timeout: options.timeout.or(self.default_timeout),
+            retries: options.retries,
         };
         if let Err(outcome) = self.backend.submit(call) {
             self.table.settle(id.seq(), outcome);

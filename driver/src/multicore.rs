@@ -47,6 +47,7 @@ impl Backend for Multicore {
             fingerprint: call.fingerprint,
             args: call.args,
             timeout: call.timeout,
+            retries: call.retries,
         };
         self.submitter
             .submit(job)

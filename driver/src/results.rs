@@ -83,12 +83,22 @@ pub struct RunOptions {
     /// Limit on the task's run time, counted from its start on a worker (never queue time).
     /// Overrides the dispatcher's default.
     pub timeout: Option<Duration>,
+    /// Times to run the task again, on a fresh worker, when it crashes its worker (abort,
+    /// segfault, `exit`, out of memory) or times out. 0 (the default): such a task is reported
+    /// at once, so a task that crashes whatever runs it does not crash workers forever. A
+    /// returned error or a panic is the task's answer and is never retried.
+    pub retries: u32,
 }
 
 impl RunOptions {
     /// Options with a timeout.
     pub fn timeout(timeout: Duration) -> Self {
-        Self { timeout: Some(timeout) }
+        Self { timeout: Some(timeout), ..Self::default() }
+    }
+
+    /// The same options with `retries` reruns after a crash or a timeout.
+    pub fn with_retries(self, retries: u32) -> Self {
+        Self { retries, ..self }
     }
 }
 

@@ -134,6 +134,9 @@ pub struct Submission {
     /// Limit on the run time in milliseconds, counted from the start on a worker.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Times to run it again when it crashes its worker or times out.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// Driver → server.
@@ -214,6 +217,9 @@ pub struct Assignment {
     /// Limit on the run time in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Times to run it again when it crashes its worker or times out.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// Server → agent.
@@ -306,7 +312,7 @@ mod tests {
                                       index in any::<u32>(), args in bytes(),
                                       timeout_ms in proptest::option::of(any::<u64>()),
                                       acks in proptest::collection::vec(any::<u64>(), 0..10)) {
-            let tasks = vec![Submission { id, kind: index, args: args.clone(), timeout_ms }];
+            let tasks = vec![Submission { id, kind: index, args: args.clone(), timeout_ms, retries: 2 }];
             let submit = FromDriver::Submit { kinds, tasks };
             prop_assert_eq!(round_trip(&submit), submit);
             let accepted = ToDriver::Accepted { count: id };
@@ -322,7 +328,7 @@ mod tests {
 
         #[test]
         fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes()) {
-            let run = ToAgent::Run(vec![Assignment { key, kind, args: args.clone(), timeout_ms: Some(5) }]);
+            let run = ToAgent::Run(vec![Assignment { key, kind, args: args.clone(), timeout_ms: Some(5), retries: 1 }]);
             prop_assert_eq!(round_trip(&run), run);
             let done = FromAgent::Done(vec![AgentResult {
                 key, outcome: Outcome::Value(args), stdout: Captured::default(),

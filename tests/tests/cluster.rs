@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use blitzen::distributed::DistributedDispatcher;
 use blitzen::distributed::Secret;
-use blitzen::{DispatchError, Fetch, TaskError, echo, sleep};
+use blitzen::{
+    CommandSpec, DispatchError, ExitReason, Fetch, RunOptions, TaskError, command, echo, sleep,
+};
 use blitzen_tests::cluster::{
     TempFile, free_port, start_agent, start_agent_with, start_program, start_server,
 };
@@ -198,9 +200,9 @@ fn a_task_no_agent_has_waits_and_says_why() -> Result<(), Failed> {
 
 fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
-    let mut command = std::process::Command::new(std::env::current_exe().map_err(fail)?);
-    command.env(AGENT_ENV, &server.addr);
-    let _agent = start_program(command, "own-client").map_err(fail)?;
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(AGENT_ENV, &server.addr);
+    let _agent = start_program(program, "own-client").map_err(fail)?;
     let d = driver(&server.addr);
     let id = d.run(triple, 14);
     let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
@@ -258,6 +260,33 @@ fn unreachable_server_is_a_clear_error_not_a_hang() -> Result<(), Failed> {
             check(reason.contains("cannot reach"), format!("{e}"))
         }
         other => Err(format!("expected Lost, got {other:?}").into()),
+    }
+}
+
+fn a_crashing_task_is_rerun_on_the_cluster_only_when_asked() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "crashy").map_err(fail)?;
+    let d = driver(&server.addr);
+    let mark = TempFile::new("crash-mark", b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&mark.path);
+    // The first run kills its own worker (the shell's parent); the second finds the mark.
+    let script = format!(
+        "if [ -e '{0}' ]; then echo second run; else touch '{0}'; kill -KILL $PPID; sleep 5; fi",
+        mark.arg()
+    );
+    let spec = || CommandSpec::new("sh").arg("-c").arg(script.clone());
+    let retried = d.run_with(command, spec(), RunOptions::default().with_retries(1));
+    let r = d.get_results_with(&[retried], Fetch::default().within(WAIT)).map_err(fail)?;
+    let out = r.into_iter().next().ok_or("no result")?.map_err(fail)?;
+    check(out.stdout == b"second run\n", format!("retried: {out:?}"))?;
+    std::fs::remove_file(&mark.path).map_err(fail)?;
+    let plain = d.run(command, spec());
+    let r = d.get_results_with(&[plain], Fetch::default().within(WAIT)).map_err(fail)?;
+    match &r[0] {
+        Err(TaskError::WorkerCrashed { exit, .. }) => {
+            check(*exit == ExitReason::Signal(9), format!("{exit:?}"))
+        }
+        other => Err(format!("expected a crash reported at once, got {other:?}").into()),
     }
 }
 
@@ -363,6 +392,7 @@ fn main() -> std::process::ExitCode {
         trial!(map_runs_over_the_cluster_in_order),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
+        trial!(a_crashing_task_is_rerun_on_the_cluster_only_when_asked),
         trial!(shared_secret_admits_who_knows_it_and_refuses_the_rest),
         trial!(the_agents_secret_does_not_let_a_driver_in),
         trial!(a_side_with_a_secret_does_not_trust_an_open_server),

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use blitzen::{
-    CommandSpec, DispatchError, ExitReason, Fetch, MulticoreDispatcher, Task, TaskError, command,
-    echo,
+    CommandSpec, DispatchError, ExitReason, Fetch, MulticoreDispatcher, RunOptions, Task,
+    TaskError, command, echo,
 };
 use blitzen_tests::{Reports, is_alive, kill, report};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -40,6 +40,20 @@ fn explode(message: String) -> u64 {
 #[blitzen::task]
 fn refuse(message: String) -> Result<u64, String> {
     Err(message)
+}
+
+/// Aborts its worker on each of the first `crashes` runs (counted in the file at `tally`),
+/// then returns the number of the run that succeeded.
+#[blitzen::task]
+fn crash_at_first(tally: String, crashes: usize) -> usize {
+    use std::io::Write;
+    let runs = std::fs::read_to_string(&tally).map(|t| t.len()).unwrap_or(0) + 1;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&tally).expect("tally");
+    f.write_all(b"x").expect("tally written");
+    if runs <= crashes {
+        std::process::abort();
+    }
+    runs
 }
 
 #[blitzen::task]
@@ -405,6 +419,39 @@ fn blobs_round_trip_and_arrive_shared_with_the_result() -> Result<(), Failed> {
     check(range.contains(&(back.as_ptr() as usize)), "the large blob was copied on decoding")
 }
 
+fn retries_rerun_a_crashed_task_only_when_asked() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let dir = std::env::temp_dir();
+    let tally = |name: &str| {
+        let path = dir.join(format!("blitzen-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path.to_string_lossy().into_owned()
+    };
+    let (once, twice, never) = (tally("once"), tally("twice"), tally("never"));
+    let retried =
+        d.run_with(crash_at_first, (once.clone(), 1), RunOptions::default().with_retries(1));
+    let exhausted =
+        d.run_with(crash_at_first, (twice.clone(), 5), RunOptions::default().with_retries(1));
+    let plain = d.run(crash_at_first, (never.clone(), 1));
+    let results = d.get_results_with(&[retried, exhausted, plain], Fetch::default().within(WAIT));
+    let runs = |p: &str| std::fs::read_to_string(p).map(|t| t.len()).unwrap_or(0);
+    let counts = (runs(&once), runs(&twice), runs(&never));
+    for p in [&once, &twice, &never] {
+        let _ = std::fs::remove_file(p);
+    }
+    let results = results.map_err(fail)?;
+    check(matches!(results[0], Ok(2)), format!("retried once, then succeeded: {:?}", results[0]))?;
+    check(
+        matches!(results[1], Err(TaskError::WorkerCrashed { .. })),
+        format!("retries used up: {:?}", results[1]),
+    )?;
+    check(
+        matches!(results[2], Err(TaskError::WorkerCrashed { .. })),
+        format!("no retries asked: reported at once: {:?}", results[2]),
+    )?;
+    check(counts == (2, 2, 1), format!("runs per task {counts:?}"))
+}
+
 fn megabytes_of_stdout_are_captured_and_truncated() -> Result<(), Failed> {
     let d = dispatcher(1)?;
     let id = d.run(chatter, 5 << 20);
@@ -573,6 +620,7 @@ fn main() -> std::process::ExitCode {
         trial!(ten_thousand_tasks_each_return_exactly_once),
         trial!(large_arguments_and_results),
         trial!(blobs_round_trip_and_arrive_shared_with_the_result),
+        trial!(retries_rerun_a_crashed_task_only_when_asked),
         trial!(megabytes_of_stdout_are_captured_and_truncated),
         trial!(unknown_task_and_signature_mismatch_are_clear_errors),
         trial!(builtin_command_runs_a_program),

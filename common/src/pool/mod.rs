@@ -83,6 +83,8 @@ pub struct Job {
     pub args: Bytes,
     /// Limit on the run time, counted from the start on a worker.
     pub timeout: Option<Duration>,
+    /// Times to run it again (on a fresh worker) when it crashes its worker or times out.
+    pub retries: u32,
 }
 
 /// How a [`Job`] ended.

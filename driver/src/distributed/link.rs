@@ -160,6 +160,7 @@ impl Declared {
             kind,
             args: call.args,
             timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
+            retries: call.retries,
         }
     }
 }

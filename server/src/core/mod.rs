@@ -98,6 +98,8 @@ pub(crate) struct Task {
     kind: KindId,
     args: Bytes,
     timeout_ms: Option<u64>,
+    /// Reruns the agent may make when it crashes its worker or times out.
+    retries: u32,
     /// The agent running it, if any.
     agent: Option<ConnId>,
     attempts: u32,
@@ -262,6 +264,7 @@ impl Core {
                 kind,
                 args: s.args,
                 timeout_ms,
+                retries: s.retries,
                 agent: None,
                 attempts: 0,
             });
@@ -521,8 +524,13 @@ impl Core {
                 // `next_task_for` only picks kinds the agent has.
                 let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
                 task.agent = Some(conn);
-                let assignment =
-                    Assignment { key, kind, args: task.args.clone(), timeout_ms: task.timeout_ms };
+                let assignment = Assignment {
+                    key,
+                    kind,
+                    args: task.args.clone(),
+                    timeout_ms: task.timeout_ms,
+                    retries: task.retries,
+                };
                 {
                     agent.running.insert(key);
                     agent.outbox.push(assignment);

@@ -128,6 +128,7 @@ mod tests {
             kind: 0,
             args: Bytes::new(),
             timeout_ms: None,
+            retries: 0,
             agent: None,
             attempts: 0,
         }

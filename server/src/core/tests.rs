@@ -33,7 +33,7 @@ fn agent(
 fn submit(core: &mut Core, conn: ConnId, name: &str, ids: std::ops::Range<u64>) {
     let index = core.drivers.get(&conn).map_or(0, |d| d.kinds.len() as u32);
     let tasks = ids
-        .map(|id| Submission { id, kind: index, args: Bytes::new(), timeout_ms: None })
+        .map(|id| Submission { id, kind: index, args: Bytes::new(), timeout_ms: None, retries: 0 })
         .collect();
     core.on_event(Event::Submit { conn, kinds: vec![kind(name)], tasks });
 }
@@ -233,7 +233,7 @@ fn drivers_hear_how_many_tasks_were_taken() {
 fn undeclared_kinds_are_refused_not_queued() {
     let mut c = core(ServerConfig::default());
     let mut d = driver(&mut c, 1);
-    let bad = Submission { id: 9, kind: 3, args: Bytes::new(), timeout_ms: None };
+    let bad = Submission { id: 9, kind: 3, args: Bytes::new(), timeout_ms: None, retries: 0 };
     c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![bad] });
     turn(&mut c);
     assert!(c.tasks.is_empty());

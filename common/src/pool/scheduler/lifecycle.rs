@@ -43,7 +43,16 @@ impl Scheduler {
                     Some(Outcome::WorkerCrashed { exit })
                 }
             };
+            let retry =
+                matches!(outcome, Some(Outcome::TimedOut { .. } | Outcome::WorkerCrashed { .. }))
+                    && job.retries > 0;
             match outcome {
+                Some(_) if retry => {
+                    let mut job = job;
+                    job.retries -= 1;
+                    info!(task = job.id, name = %job.name, left = job.retries, "running the task again, as asked");
+                    w.inflight.push_front(job);
+                }
                 Some(outcome) => self.finished.push(JobResult {
                     id: job.id,
                     worker: Some(pid),
