@@ -15,7 +15,9 @@ use blitzen_protocol::cluster::{
 };
 use blitzen_protocol::frame::encode;
 use blitzen_protocol::{Captured, Outcome};
-use blitzen_tests::cluster::{start_agent, start_agent_with, start_server};
+use blitzen_tests::cluster::{
+    TempFile, binary, start_agent, start_agent_with, start_program, start_server,
+};
 use blitzen_tests::{rss_bytes, signal};
 use bytes::{Bytes, BytesMut};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -104,6 +106,124 @@ fn a_frozen_agent_is_detected_and_its_late_results_are_dropped() -> Result<(), F
     let dropped = log.lines().find(|l| l.contains("ran twice")).unwrap_or_default();
     check(dropped.contains("recovered=true"), format!("late result dropped:\n{log}"))?;
     // Nothing reached the driver twice: it holds no stray result.
+    check(d.join().is_empty(), "no duplicate result reached the driver")
+}
+
+/// A network namespace joined to this one by a veth pair, made for one test and removed when
+/// dropped: `host` is this side's address, `remote` the namespace's.
+struct Netns {
+    name: String,
+    link: String,
+    host: String,
+    remote: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), Failed> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(fail)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.success(), format!("ip {}: {stderr}", args.join(" ")))
+}
+
+impl Netns {
+    fn create(tag: &str) -> Result<Self, Failed> {
+        let id = std::process::id() % 10_000;
+        let ns = Netns {
+            name: format!("blz-{tag}-{id}"),
+            link: format!("blz{tag}{id}"),
+            host: format!("10.231.{}.1", id % 250),
+            remote: format!("10.231.{}.2", id % 250),
+        };
+        let peer = format!("{}p", ns.link);
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.link, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &peer, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &ns.link])?;
+        ip(&["link", "set", &ns.link, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("{}/30", ns.remote), "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts (or restores) the link: packets are dropped, connections are not closed.
+    fn set_link(&self, up: bool) -> Result<(), Failed> {
+        ip(&["link", "set", &self.link, if up { "up" } else { "down" }])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its end of the pair, and with it ours.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.link]);
+    }
+}
+
+/// Whether this process may create network namespaces (root, and a kernel that allows it).
+fn netns_permitted() -> bool {
+    let probe = format!("blz-probe-{}", std::process::id());
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let _ = ip(&["netns", "del", &probe]);
+    }
+    made
+}
+
+fn a_partitioned_agent_is_replaced_and_rejoins_when_healed() -> Result<(), Failed> {
+    let net = Netns::create("p")?;
+    let secret = TempFile::new("secret", b"a partition test's shared secret").map_err(fail)?;
+    // Reachable from the namespace: a non-loopback address, so it needs the secret.
+    let server =
+        start_server(&["--bind", &net.host, "--secret-file", secret.arg()]).map_err(fail)?;
+    let mut remote_cmd = std::process::Command::new("ip");
+    remote_cmd
+        .args(["netns", "exec", &net.name])
+        .arg(binary("blitzen-client").map_err(fail)?)
+        .args(["--server", &server.addr, "--workers", "1", "--name", "remote"])
+        .args(["--heartbeat", "0.2", "--secret-file", secret.arg()]);
+    let remote = start_program(remote_cmd, "remote").map_err(fail)?;
+    let d = driver(&server.addr).with_secret_file(&secret.path).map_err(fail)?;
+    let fifo = std::env::temp_dir().join(format!("blitzen-test-{}-cut", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    check(
+        std::process::Command::new("mkfifo").arg(&fifo).status().map_err(fail)?.success(),
+        "mkfifo",
+    )?;
+    let script = format!("[ -p '{0}' ] && echo started > '{0}'; sleep 1", fifo.display());
+    let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
+    let mut started = String::new();
+    let opened = std::fs::File::open(&fifo).and_then(|mut f| f.read_to_string(&mut started));
+    let _ = std::fs::remove_file(&fifo);
+    opened.map_err(fail)?;
+    // The partition: the remote agent's task runs on, but nothing gets through.
+    net.set_link(false)?;
+    let mut local = start_agent_with(&server.addr, 1, "local", &["--secret-file", secret.arg()])
+        .map_err(fail)?;
+    let result = d.get_task_results(&[id], Fetch::default().within(WAIT));
+    net.set_link(true)?;
+    let result = result.map_err(fail)?;
+    let host = result[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+    check(host == "local", format!("rerun on this side, not on `{host}`"))?;
+    let log = server.process.log_text();
+    check(log.contains("missed its heartbeats"), format!("partition detected:\n{log}"))?;
+    // Healed: the remote agent notices its connection is gone, reconnects and serves again.
+    // (Its result, written into the dead connection during the partition, is lost with it;
+    // had it arrived, the server would have dropped it as a duplicate.)
+    local.stop().map_err(fail)?;
+    let probe = d.run(echo::<u8>(), 3);
+    let back = d.get_task_results(&[probe], Fetch::default().within(WAIT)).map_err(fail)?;
+    let host = back[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+    check(host == "remote", format!("the remote agent serves again, not `{host}`"))?;
+    drop(remote);
     check(d.join().is_empty(), "no duplicate result reached the driver")
 }
 
@@ -244,10 +364,18 @@ macro_rules! trial {
 
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
+    let netns = netns_permitted();
+    if !netns {
+        eprintln!(
+            "a_partitioned_agent_is_replaced_and_rejoins_when_healed is skipped: creating \
+             network namespaces needs root (run the suite as root to include it)"
+        );
+    }
     let trials = vec![
         trial!(killing_an_agent_midway_loses_no_task),
         trial!(a_frozen_agent_is_detected_and_its_late_results_are_dropped),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
+        trial!(a_partitioned_agent_is_replaced_and_rejoins_when_healed).with_ignored_flag(!netns),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
