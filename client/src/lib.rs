@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::auth::Secret;
@@ -162,6 +163,8 @@ struct Work {
     server_id: u64,
     pool: Pool,
     results: mpsc::UnboundedReceiver<Vec<JobResult>>,
+    /// Tasks with a timeout that started on a worker.
+    started: mpsc::UnboundedReceiver<Vec<u64>>,
     /// Tasks assigned on earlier connections, still running here: their results go out as
     /// recovered.
     earlier: HashSet<u64>,
@@ -173,8 +176,13 @@ impl Work {
         let sink = Box::new(move |batch| {
             let _ = results_tx.send(batch);
         });
-        let pool = Pool::start(config.pool.clone(), sink).await?;
-        Ok(Self { server_id, pool, results, earlier: HashSet::new() })
+        let (started_tx, started) = mpsc::unbounded_channel();
+        let mut pool_config = config.pool.clone();
+        pool_config.on_start = Some(Arc::new(move |ids| {
+            let _ = started_tx.send(ids);
+        }));
+        let pool = Pool::start(pool_config, sink).await?;
+        Ok(Self { server_id, pool, results, started, earlier: HashSet::new() })
     }
 }
 
@@ -291,6 +299,15 @@ async fn serve(
                     break End::Lost("the connection closed".into());
                 }
                 sent_since_tick = true;
+            }
+            Some(mut keys) = work.started.recv() => {
+                while let Ok(more) = work.started.try_recv() {
+                    keys.extend(more);
+                }
+                keys.retain(|k| current.contains(k));
+                if !keys.is_empty() && writer.send(FromAgent::Started(keys)).is_err() {
+                    break End::Lost("the connection closed".into());
+                }
             }
             _ = heartbeat.tick() => {
                 if !sent_since_tick && writer.send(FromAgent::Heartbeat).is_err() {

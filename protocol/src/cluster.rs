@@ -265,6 +265,9 @@ pub enum FromAgent {
     /// handed them out again meanwhile: it keeps the first result of each task and drops the
     /// others.
     Recovered(Vec<AgentResult>),
+    /// These tasks (assigned on this connection, with a timeout) started on a worker: the
+    /// server holds each to its timeout plus a grace period.
+    Started(Vec<u64>),
     /// Still alive (sent when nothing else was sent for a while).
     Heartbeat,
 }

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Times a task is handed out before it is given up, when its agents keep vanishing.
     pub max_attempts: u32,
+    /// A task with a timeout that started on an agent and has not answered by its timeout
+    /// plus this is settled by the server (the agent is alive, but the result is not coming).
+    pub deadline_grace: Duration,
     /// Secrets peers must prove they know; none: no authentication (loopback only, unless
     /// the binary's `--insecure`).
     pub secrets: Secrets,
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             max_results: 1_000_000,
             handshake_timeout: Duration::from_secs(10),
             max_attempts: 3,
+            deadline_grace: Duration::from_secs(30),
             secrets: Secrets::default(),
         }
     }

@@ -63,6 +63,11 @@ struct Args {
     /// vanishing (disconnecting, or missing their heartbeats).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
+    /// Seconds past a task's timeout after which the server settles it (TaskError::Lost) when
+    /// its agent, though alive, has not answered: the agent enforces timeouts itself, this is
+    /// the backstop.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    deadline_grace: Duration,
     /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
@@ -125,6 +130,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_results: args.max_results,
         handshake_timeout: args.handshake_timeout,
         max_attempts: args.max_attempts,
+        deadline_grace: args.deadline_grace,
         secrets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -93,6 +93,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
                     Ok(Some(FromAgent::Recovered(results))) => {
                         let _ = events.send(Event::AgentDone { conn, results, recovered: true });
                     }
+                    Ok(Some(FromAgent::Started(keys))) => {
+                        let _ = events.send(Event::AgentStarted { conn, keys });
+                    }
                     Ok(Some(FromAgent::Heartbeat)) => {}
                     Ok(None) => break "connection closed".to_string(),
                     Err(e) => {

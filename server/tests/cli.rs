@@ -21,6 +21,7 @@ fn help_documents_every_flag() {
         "--handshake-timeout",
         "--insecure",
         "--max-attempts",
+        "--deadline-grace",
         "--secret-file",
         "--agent-secret-file",
         "--driver-secret-file",

@@ -9,12 +9,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use blitzen::distributed::DistributedDispatcher;
-use blitzen::{CommandSpec, Fetch, TaskId, command, echo, sleep};
+use blitzen::{CommandSpec, Fetch, Task, TaskError, TaskId, command, echo, sleep};
 use blitzen_protocol::cluster::{
-    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Role,
+    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Role, TaskKind, ToAgent,
 };
-use blitzen_protocol::frame::encode;
-use blitzen_protocol::{Captured, Outcome};
+use blitzen_protocol::frame::{FrameReader, decode_shared, encode};
+use blitzen_protocol::{Captured, MAX_FRAME_LEN, Outcome};
 use blitzen_tests::cluster::{
     TempFile, binary, start_agent, start_agent_with, start_program, start_server,
 };
@@ -227,6 +227,73 @@ fn a_partitioned_agent_is_replaced_and_rejoins_when_healed() -> Result<(), Faile
     check(d.join().is_empty(), "no duplicate result reached the driver")
 }
 
+/// The cluster's description of a task, as an agent announces it.
+fn kind_of<T: Task>(_: T) -> TaskKind {
+    TaskKind { name: T::NAME.into(), fingerprint: T::FINGERPRINT, signature: T::SIGNATURE.into() }
+}
+
+fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed> {
+    let server = start_server(&["--deadline-grace", "0.5"]).map_err(fail)?;
+    // A hand-made agent: it takes the task, says it started, and then says nothing at all
+    // (it announces no heartbeat, so it is never counted lost).
+    let mut mute = TcpStream::connect(&server.addr).map_err(fail)?;
+    let hello = Hello {
+        version: CLUSTER_PROTOCOL_VERSION,
+        role: Role::Agent {
+            host: "mute".into(),
+            workers: 1,
+            tasks: vec![kind_of(sleep)],
+            heartbeat_ms: 0,
+        },
+        nonce: Bytes::new(),
+    };
+    mute.write_all(&frame(&hello)).map_err(fail)?;
+    let mut frames = FrameReader::new(mute.try_clone().map_err(fail)?, MAX_FRAME_LEN);
+    let mut next = || -> Result<Bytes, Failed> {
+        Ok(frames.read_frame().map_err(fail)?.ok_or("the server closed")?.freeze())
+    };
+    let welcome: HelloReply = decode_shared(&next()?).map_err(fail)?;
+    check(matches!(welcome, HelloReply::Welcome(_)), format!("{welcome:?}"))?;
+    let d = driver(&server.addr);
+    let started = std::time::Instant::now();
+    let id = d.run_with_timeout(sleep, 30.0, Duration::from_millis(300));
+    let ToAgent::Run(tasks) = decode_shared(&next()?).map_err(fail)? else {
+        return Err("expected tasks".into());
+    };
+    let keys: Vec<u64> = tasks.iter().map(|t| t.key).collect();
+    mute.write_all(&frame(&FromAgent::Started(keys))).map_err(fail)?;
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let waited = started.elapsed();
+    match &r[0] {
+        Err(TaskError::Lost { reason, .. }) => {
+            check(reason.contains("settled by the server"), reason)?;
+        }
+        other => return Err(format!("expected the server to settle it, got {other:?}").into()),
+    }
+    check(
+        waited >= Duration::from_millis(800),
+        format!("settled after {waited:?}, before the deadline"),
+    )
+}
+
+fn a_live_agent_answers_before_the_servers_deadline() -> Result<(), Failed> {
+    let server =
+        start_server(&["--deadline-grace", "0.3", "--log-level", "debug"]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "prompt").map_err(fail)?;
+    let d = driver(&server.addr);
+    // Queued behind a long task on one worker, a timed task's deadline counts from its start.
+    let long = d.run(sleep, 1.0);
+    let within = d.run_with_timeout(sleep, 0.5, Duration::from_millis(900));
+    let past = d.run_with_timeout(sleep, 5.0, Duration::from_millis(300));
+    let r = d.get_results_with(&[long, within, past], Fetch::default().within(WAIT));
+    let r = r.map_err(fail)?;
+    check(r[0].is_ok() && r[1].is_ok(), format!("finished in time: {r:?}"))?;
+    check(matches!(r[2], Err(TaskError::TimedOut { .. })), format!("the agent's timeout: {r:?}"))?;
+    let log = server.process.log_text();
+    check(log.contains("tasks with a timeout started"), "the agent reported the starts")?;
+    check(!log.contains("settled by the server"), format!("no false settlement:\n{log}"))
+}
+
 /// One frame: the length prefix and the named MessagePack of `msg`.
 fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
     let mut buf = BytesMut::new();
@@ -375,6 +442,8 @@ fn main() -> std::process::ExitCode {
         trial!(killing_an_agent_midway_loses_no_task),
         trial!(a_frozen_agent_is_detected_and_its_late_results_are_dropped),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
+        trial!(an_agent_that_never_answers_has_its_timed_task_settled),
+        trial!(a_live_agent_answers_before_the_servers_deadline),
         trial!(a_partitioned_agent_is_replaced_and_rejoins_when_healed).with_ignored_flag(!netns),
     ];
     libtest_mimic::run(&args, trials).exit_code()

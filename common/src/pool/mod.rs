@@ -38,7 +38,7 @@ use crate::registry::{self, RegistryError};
 pub use status::{PoolStatus, StatusSnapshot};
 
 /// How a pool is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     /// Worker processes kept alive.
     pub workers: usize,
@@ -54,6 +54,24 @@ pub struct PoolConfig {
     pub max_start_failures: u32,
     /// The binary run as a worker; it must call `worker_main()` first thing in `main`.
     pub program: PathBuf,
+    /// Told the ids of jobs with a timeout as they start on a worker (an agent passes this on,
+    /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
+    /// not block.
+    pub on_start: Option<Arc<dyn Fn(Vec<u64>) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("workers", &self.workers)
+            .field("prefetch", &self.prefetch)
+            .field("prefetch_window", &self.prefetch_window)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("max_start_failures", &self.max_start_failures)
+            .field("program", &self.program)
+            .field("on_start", &self.on_start.is_some())
+            .finish()
+    }
 }
 
 impl PoolConfig {
@@ -66,6 +84,7 @@ impl PoolConfig {
             startup_timeout: Duration::from_secs(30),
             max_start_failures: 5,
             program: PathBuf::from("/proc/self/exe"),
+            on_start: None,
         }
     }
 }

@@ -12,7 +12,8 @@
 //! the task's name *and* signature; a task no connected agent can run waits, and its driver is
 //! told why.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{
@@ -52,6 +53,11 @@ pub(crate) enum Event {
         results: Vec<AgentResult>,
         /// Results of tasks assigned on an earlier connection of the agent.
         recovered: bool,
+    },
+    /// Tasks with a timeout started on the agent's workers.
+    AgentStarted {
+        conn: ConnId,
+        keys: Vec<TaskKey>,
     },
     AgentLeft {
         conn: ConnId,
@@ -155,6 +161,9 @@ pub(crate) struct Core {
     agents: HashMap<ConnId, Agent>,
     /// Results not yet acknowledged, within the caps on age and number.
     cache: ResultCache,
+    /// When started tasks with a timeout are settled if their agent has not answered; stale
+    /// entries (the task ended, or moved) are skipped when they come up.
+    deadlines: BinaryHeap<Reverse<(Instant, TaskKey, ConnId)>>,
 }
 
 impl Core {
@@ -170,6 +179,7 @@ impl Core {
             drivers: HashMap::new(),
             rotation: VecDeque::new(),
             agents: HashMap::new(),
+            deadlines: BinaryHeap::new(),
         }
     }
 
@@ -177,6 +187,7 @@ impl Core {
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let expiry = self.cache.next_expiry();
+            let deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -185,6 +196,7 @@ impl Core {
                     None => break,
                 },
                 _ = sleep_until(expiry), if expiry.is_some() => self.expire_results(),
+                _ = sleep_until(deadline), if deadline.is_some() => self.settle_overdue(),
             }
             while let Ok(event) = self.events.try_recv() {
                 self.on_event(event);
@@ -205,6 +217,7 @@ impl Core {
             Event::AgentDone { conn, results, recovered } => {
                 self.agent_done(conn, results, recovered)
             }
+            Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
             Event::DriverJoined { conn, name, tx } => {
                 info!(conn, %name, "driver connected");
@@ -472,6 +485,47 @@ impl Core {
         }
         if duplicates > 0 {
             info!(conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");
+        }
+    }
+
+    /// Holds started tasks to their timeout plus the grace period.
+    fn agent_started(&mut self, conn: ConnId, keys: Vec<TaskKey>) {
+        let Some(agent) = self.agents.get(&conn) else { return };
+        debug!(conn, count = keys.len(), "tasks with a timeout started");
+        let now = Instant::now();
+        for key in keys {
+            if !agent.running.contains(&key) {
+                continue;
+            }
+            let Some(timeout) = self.tasks.get(key).and_then(|t| t.timeout_ms) else { continue };
+            let at = now + Duration::from_millis(timeout) + self.config.deadline_grace;
+            self.deadlines.push(Reverse((at, key, conn)));
+        }
+    }
+
+    /// Settles started tasks whose agent has not answered by their deadline.
+    fn settle_overdue(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, key, conn))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let still_there = self.tasks.get(key).is_some_and(|t| t.agent == Some(conn));
+            let Some(agent) = self.agents.get(&conn) else { continue };
+            if !still_there || !agent.running.contains(&key) {
+                continue;
+            }
+            let host = agent.host.clone();
+            let Some(task) = self.take_task(key) else { continue };
+            let timeout = Duration::from_millis(task.timeout_ms.unwrap_or_default());
+            let grace = self.config.deadline_grace;
+            warn!(conn, %host, task = task.id, ?timeout, ?grace, "no answer by the task's deadline; settled by the server");
+            let reason = format!(
+                "its agent {host} did not answer within the task's timeout ({timeout:?}) plus a \
+                 grace of {grace:?}; settled by the server"
+            );
+            self.report(task.driver, unstarted(task.id, Outcome::Lost { reason }));
         }
     }
 

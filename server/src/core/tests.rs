@@ -342,3 +342,34 @@ fn a_result_for_a_task_the_agent_does_not_hold_closes_its_connection() {
     assert_eq!(reported(&mut d), Vec::<u64>::new(), "the bogus result is not delivered");
     assert_eq!(c.tasks.len(), 1, "the task is still held for its real agent");
 }
+
+#[test]
+fn a_started_task_past_its_deadline_is_settled_by_the_server() {
+    let config = ServerConfig { deadline_grace: Duration::ZERO, ..ServerConfig::default() };
+    let mut c = core(config);
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 2, &["t"]);
+    let timed = Submission { id: 0, kind: 0, args: Bytes::new(), timeout_ms: Some(0), retries: 0 };
+    let untimed = Submission { id: 1, kind: 0, args: Bytes::new(), timeout_ms: None, retries: 0 };
+    c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![timed, untimed] });
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    c.on_event(Event::AgentStarted { conn: 10, keys: keys.clone() });
+    c.settle_overdue();
+    turn(&mut c);
+    let mut settled = Vec::new();
+    while let Ok(msg) = d.try_recv() {
+        if let ToDriver::Results(r) = msg {
+            settled.extend(r.into_iter().map(|r| (r.id, r.outcome)));
+        }
+    }
+    assert!(
+        matches!(&settled[..], [(0, Outcome::Lost { reason })] if reason.contains("settled by the server")),
+        "only the task with a timeout is settled: {settled:?}"
+    );
+    // Its agent's answer, if it ever comes, is a duplicate; the other task is still held.
+    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+    turn(&mut c);
+    assert_eq!(reported(&mut d), [1]);
+    assert!(!c.agents[&10].close.is_cancelled());
+}

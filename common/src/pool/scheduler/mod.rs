@@ -103,6 +103,8 @@ pub(super) struct Scheduler {
     sink: ResultSink,
     /// Results gathered this turn, delivered together.
     finished: Vec<JobResult>,
+    /// Jobs with a timeout that started this turn, for `PoolConfig::on_start`.
+    started: Vec<u64>,
     status: Arc<PoolStatus>,
     /// Running average of run time per task name, in microseconds; decides prefetching.
     average_us: HashMap<Cow<'static, str>, f64>,
@@ -138,6 +140,7 @@ impl Scheduler {
             commands,
             sink,
             finished: Vec::new(),
+            started: Vec::new(),
             status,
             average_us: HashMap::new(),
             startup: Some(startup),
@@ -269,6 +272,9 @@ impl Scheduler {
         }
         if w.inflight.is_empty() {
             w.head_started = now;
+            if job.timeout.is_some() && self.config.on_start.is_some() {
+                self.started.push(job.id);
+            }
         } else {
             w.queued_us += self.average_us.get(job.name.as_ref()).copied().unwrap_or(0.0);
         }
@@ -276,6 +282,11 @@ impl Scheduler {
     }
 
     fn deliver(&mut self) {
+        if !self.started.is_empty()
+            && let Some(on_start) = &self.config.on_start
+        {
+            on_start(std::mem::take(&mut self.started));
+        }
         if !self.finished.is_empty() {
             (self.sink)(std::mem::take(&mut self.finished));
         }
@@ -370,8 +381,11 @@ impl Scheduler {
                 elapsed: Duration::from_micros(done.elapsed_us),
             });
         }
-        if !w.inflight.is_empty() {
+        if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();
+            if next.timeout.is_some() && self.config.on_start.is_some() {
+                self.started.push(next.id);
+            }
         }
     }
 
