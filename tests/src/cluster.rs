@@ -202,6 +202,12 @@ impl Drop for TempFile {
     }
 }
 
+/// A driver for the server at `addr`, patient enough for a busy test machine.
+pub fn driver(addr: &str) -> blitzen::distributed::DistributedDispatcher {
+    blitzen::distributed::DistributedDispatcher::new(addr)
+        .with_connect_timeout(Duration::from_secs(20))
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

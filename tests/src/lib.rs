@@ -19,6 +19,16 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// A test failure from any error.
+pub fn fail(e: impl std::fmt::Display) -> libtest_mimic::Failed {
+    libtest_mimic::Failed::from(e.to_string())
+}
+
+/// Fails with `what` unless `cond` holds.
+pub fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), libtest_mimic::Failed> {
+    if cond { Ok(()) } else { Err(fail(what)) }
+}
+
 /// Sends SIGKILL to one process.
 pub fn kill(pid: u32) {
     signal(pid, rustix::process::Signal::KILL);

@@ -13,8 +13,9 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, RunOptions, TaskError, command, echo, sleep,
 };
 use blitzen_tests::cluster::{
-    TempFile, free_port, start_agent, start_agent_with, start_program, start_server,
+    TempFile, driver, free_port, start_agent, start_agent_with, start_program, start_server,
 };
+use blitzen_tests::{check, fail};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_bytes::ByteBuf;
 
@@ -26,18 +27,6 @@ fn triple(x: u64) -> u64 {
 
 const WAIT: Duration = Duration::from_secs(60);
 const AGENT_ENV: &str = "BLITZEN_TEST_AGENT_FOR";
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    Failed::from(e.to_string())
-}
-
-fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
-}
-
-fn driver(addr: &str) -> DistributedDispatcher {
-    DistributedDispatcher::new(addr).with_connect_timeout(Duration::from_secs(20))
-}
 
 fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;

@@ -16,26 +16,14 @@ use blitzen_protocol::cluster::{
 use blitzen_protocol::frame::{FrameReader, decode_shared, encode};
 use blitzen_protocol::{Captured, MAX_FRAME_LEN, Outcome};
 use blitzen_tests::cluster::{
-    TempFile, binary, start_agent, start_agent_with, start_program, start_server,
+    TempFile, binary, driver, start_agent, start_agent_with, start_program, start_server,
 };
-use blitzen_tests::{rss_bytes, signal};
+use blitzen_tests::{check, fail, rss_bytes, signal};
 use bytes::{Bytes, BytesMut};
 use libtest_mimic::{Arguments, Failed, Trial};
 use rustix::process::Signal;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    Failed::from(e.to_string())
-}
-
-fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
-}
-
-fn driver(addr: &str) -> DistributedDispatcher {
-    DistributedDispatcher::new(addr).with_connect_timeout(Duration::from_secs(20))
-}
 
 /// The hosts that ran `ids`, after checking that every one succeeded.
 fn hosts_of(d: &DistributedDispatcher, ids: &[TaskId<f64>]) -> Result<Vec<String>, Failed> {

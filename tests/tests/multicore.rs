@@ -9,7 +9,7 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, MulticoreDispatcher, RunOptions, Task,
     TaskError, command, echo,
 };
-use blitzen_tests::{Reports, is_alive, kill, report};
+use blitzen_tests::{Reports, check, fail, is_alive, kill, report};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_bytes::ByteBuf;
 
@@ -164,14 +164,6 @@ fn one<O: serde::de::DeserializeOwned>(
 ) -> Result<Result<O, TaskError>, Failed> {
     let mut r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
     r.pop().ok_or_else(|| Failed::from("no result"))
-}
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    Failed::from(e.to_string())
-}
-
-fn check(cond: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(Failed::from(what.to_string())) }
 }
 
 /// Waits until the pool is back to `n` ready workers, none of them `dead`.

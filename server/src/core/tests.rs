@@ -237,12 +237,7 @@ fn undeclared_kinds_are_refused_not_queued() {
     c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![bad] });
     turn(&mut c);
     assert!(c.tasks.is_empty());
-    let mut reasons = Vec::new();
-    while let Ok(msg) = d.try_recv() {
-        if let ToDriver::Results(r) = msg {
-            reasons.extend(r.into_iter().map(|r| (r.id, r.outcome)));
-        }
-    }
+    let reasons = outcomes(&mut d);
     assert!(
         matches!(&reasons[..], [(9, Outcome::Refused { reason })] if reason.contains("never declared")),
         "{reasons:?}"
@@ -263,15 +258,20 @@ fn assignments_use_the_agents_own_kind_numbers() {
     assert_eq!(kinds, [2], "`c` is the third task the agent announced");
 }
 
-/// Ids of the results a driver received.
-fn reported(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<u64> {
-    let mut ids = Vec::new();
+/// Ids and outcomes of the results a driver received.
+fn outcomes(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<(u64, Outcome)> {
+    let mut got = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let ToDriver::Results(batch) = msg {
-            ids.extend(batch.into_iter().map(|r| r.id));
+            got.extend(batch.into_iter().map(|r| (r.id, r.outcome)));
         }
     }
-    ids
+    got
+}
+
+/// Ids of the results a driver received.
+fn reported(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<u64> {
+    outcomes(rx).into_iter().map(|(id, _)| id).collect()
 }
 
 #[test]
@@ -357,12 +357,7 @@ fn a_started_task_past_its_deadline_is_settled_by_the_server() {
     c.on_event(Event::AgentStarted { conn: 10, keys: keys.clone() });
     c.settle_overdue();
     turn(&mut c);
-    let mut settled = Vec::new();
-    while let Ok(msg) = d.try_recv() {
-        if let ToDriver::Results(r) = msg {
-            settled.extend(r.into_iter().map(|r| (r.id, r.outcome)));
-        }
-    }
+    let settled = outcomes(&mut d);
     assert!(
         matches!(&settled[..], [(0, Outcome::Lost { reason })] if reason.contains("settled by the server")),
         "only the task with a timeout is settled: {settled:?}"
