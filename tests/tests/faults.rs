@@ -332,6 +332,16 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
             role: FakeRole::Wizard { spells: 3 },
         })
     };
+    let admitted_then_garbage = {
+        let hello = Hello {
+            version: CLUSTER_PROTOCOL_VERSION,
+            role: Role::Driver { name: "stranger".into() },
+            nonce: Bytes::new(),
+        };
+        let mut bytes = frame(&hello);
+        bytes.extend(frame(&("Submit", "everything")));
+        bytes
+    };
     let result_not_held = {
         let mut bytes = frame(&agent_hello(CLUSTER_PROTOCOL_VERSION));
         bytes.extend(frame(&FromAgent::Done(vec![AgentResult {
@@ -356,11 +366,12 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
         ("wrong shape", wrong_shape),
         ("unknown role", unknown_kind),
         ("result for a task not held", result_not_held),
+        ("a driver's message of the wrong shape", admitted_then_garbage),
     ];
     for (what, bytes) in &corpus {
         let answer = poke(&server.addr, bytes, true).map_err(fail)?;
-        if *what == "result for a task not held" {
-            // Admitted (no secret on this server), then thrown out for the bogus result.
+        if *what == "result for a task not held" || what.starts_with("a driver's") {
+            // Admitted (no secret on this server), then thrown out for what came next.
             check(answer.len() > 4, format!("{what}: the welcome came first"))?;
         } else {
             check(answer.is_empty(), format!("{what}: answered {} bytes", answer.len()))?;
@@ -403,7 +414,14 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
         }
     }
     let log = server.process.log_text();
-    for needle in ["bad handshake", "not completed in time", "does not hold", "version 99"] {
+    let needles = [
+        "bad handshake",
+        "not completed in time",
+        "does not hold",
+        "version 99",
+        "bad frame from driver",
+    ];
+    for needle in needles {
         check(log.contains(needle), format!("the log lacks `{needle}`:\n{log}"))?;
     }
     let distinct: HashSet<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
