@@ -8,6 +8,7 @@ use blitzen_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Proof, Role, Welcome,
 };
 use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -63,8 +64,10 @@ async fn exchange(
     let mut reply = next_reply(&mut reader).await?;
     if let HelloReply::Challenge(challenge) = &reply {
         let Some(secret) = secret else {
-            // An empty proof lets the server log why we gave up.
+            // An empty proof tells the server why we give up; its refusal (awaited, so that
+            // it has logged the attempt before we return) closes the exchange.
             let _ = send_one(&mut write, &Proof { proof: Bytes::new() }).await;
+            let _ = reader.next::<HelloReply>().await;
             return Err(HandshakeError::Refused(format!(
                 "the server requires a shared secret; give this {role_name} the cluster's \
                  secret (--secret-file or {})",
@@ -72,6 +75,10 @@ async fn exchange(
             )));
         };
         if !secret.verify(Side::Server, role_name, &ours, &challenge.nonce, &challenge.proof) {
+            // Leave without answering, and wait for the server to close its side, so that it
+            // has logged the failed attempt before we return.
+            let _ = write.shutdown().await;
+            let _ = reader.next::<HelloReply>().await;
             return Err(HandshakeError::Refused(
                 "wrong secret: the server could not prove it knows this side's secret (the \
                  secrets differ, or this is not the server you meant)"
