@@ -1,7 +1,8 @@
 //! The seed's server script: serves a Blitzen cluster on this machine's address for a while.
 //!
 //! Run with `cargo run --release --example server -- --duration 30` (add `--bind IP` to serve
-//! another address than 127.0.0.1, which needs `--insecure` until shared secrets exist).
+//! another address than 127.0.0.1, which needs the cluster's secret in `BLITZEN_SECRET`, or
+//! `--insecure`).
 
 use std::time::Duration;
 

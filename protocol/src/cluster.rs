@@ -132,11 +132,17 @@ pub struct Submission {
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
     /// Limit on the run time in milliseconds, counted from the start on a worker.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Times to run it again when it crashes its worker or times out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+}
+
+/// Fields at their default are left out of the per-task messages (they are read back as the
+/// default): every byte there is paid once per task.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Driver → server.
@@ -215,10 +221,10 @@ pub struct Assignment {
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
     /// Limit on the run time in milliseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Times to run it again when it crashes its worker or times out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
 }
 
@@ -295,6 +301,18 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..5000).prop_map(Bytes::from)
     }
 
+    #[test]
+    fn per_task_fields_at_their_default_are_left_out() {
+        let task = Submission { id: 1, kind: 0, args: Bytes::new(), timeout_ms: None, retries: 0 };
+        let bytes = rmp_serde::to_vec_named(&task).expect("encodes");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("retries") && !text.contains("timeout_ms"), "{bytes:?}");
+        let timed = Submission { timeout_ms: Some(5), retries: 2, ..task };
+        let text = String::from_utf8_lossy(&rmp_serde::to_vec_named(&timed).expect("encodes"))
+            .into_owned();
+        assert!(text.contains("retries") && text.contains("timeout_ms"));
+    }
+
     proptest! {
         #[test]
         fn hello_round_trips(version in any::<u32>(), host in any::<String>(), workers in any::<u32>(),
@@ -318,6 +336,8 @@ mod tests {
             let tasks = vec![Submission { id, kind: index, args: args.clone(), timeout_ms, retries: 2 }];
             let submit = FromDriver::Submit { kinds, tasks };
             prop_assert_eq!(round_trip(&submit), submit);
+            let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind: index, args: Bytes::new(), timeout_ms: None, retries: 0 }] };
+            prop_assert_eq!(round_trip(&plain), plain);
             let accepted = ToDriver::Accepted { count: id };
             prop_assert_eq!(round_trip(&accepted), accepted);
             let ack = FromDriver::Ack(acks);

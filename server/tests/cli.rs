@@ -53,6 +53,19 @@ fn bad_input_is_a_clear_error() {
 }
 
 #[test]
+fn a_short_secret_in_the_environment_is_refused() {
+    let out = Command::new(BIN)
+        .args(["--port", "0"])
+        .env("BLITZEN_SECRET", "short")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("BLITZEN_SECRET") && stderr.contains("at least 16"), "{stderr}");
+}
+
+#[test]
 fn duration_ends_the_server_cleanly_and_on_time() {
     let started = Instant::now();
     let out = Command::new(BIN)

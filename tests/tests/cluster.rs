@@ -279,6 +279,25 @@ fn a_crashing_task_is_rerun_on_the_cluster_only_when_asked() -> Result<(), Faile
     }
 }
 
+fn wait_accepted_returns_once_the_server_holds_every_task() -> Result<(), Failed> {
+    let server = start_server(&["--task-limit", "150"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    check(d.wait_accepted(WAIT).is_ok(), "nothing submitted: nothing to wait for")?;
+    // No agent: the tasks can only be queued (or refused past the limit), never run.
+    let ids: Vec<_> = (0..200u64).map(|i| d.run(echo::<u64>(), i)).collect();
+    d.wait_accepted(WAIT).map_err(fail)?;
+    // Taken means answered where refused: the 50 over the limit are settled already.
+    let refused = d.get_results_with(&ids[150..], Fetch::default().within(Duration::ZERO));
+    let refused = refused.map_err(fail)?;
+    check(refused.iter().all(|r| matches!(r, Err(TaskError::Refused { .. }))), "refused")?;
+    drop(server);
+    let unreachable = driver(&format!("127.0.0.1:{}", free_port().map_err(fail)?))
+        .with_connect_timeout(Duration::from_millis(300));
+    let _ = unreachable.run(echo::<u64>(), 1);
+    let e = unreachable.wait_accepted(WAIT).err().ok_or("no server, yet accepted")?;
+    check(e.to_string().contains("cannot reach"), &e)
+}
+
 const SECRET: &[u8] = b"the cluster's shared secret, 41 bytes long\n";
 
 /// The error a driver gets when connecting.
@@ -382,6 +401,7 @@ fn main() -> std::process::ExitCode {
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
         trial!(a_crashing_task_is_rerun_on_the_cluster_only_when_asked),
+        trial!(wait_accepted_returns_once_the_server_holds_every_task),
         trial!(shared_secret_admits_who_knows_it_and_refuses_the_rest),
         trial!(the_agents_secret_does_not_let_a_driver_in),
         trial!(a_side_with_a_secret_does_not_trust_an_open_server),

@@ -266,12 +266,14 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
 
 fn a_live_agent_answers_before_the_servers_deadline() -> Result<(), Failed> {
     let server =
-        start_server(&["--deadline-grace", "0.3", "--log-level", "debug"]).map_err(fail)?;
-    let _agent = start_agent(&server.addr, 2, "prompt").map_err(fail)?;
+        start_server(&["--deadline-grace", "0.5", "--log-level", "debug"]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "prompt").map_err(fail)?;
     let d = driver(&server.addr);
-    // Queued behind a long task on one worker, a timed task's deadline counts from its start.
+    // One worker: `within` is assigned at once but waits a second behind `long`. Counted from
+    // the assignment, its deadline (1 s + 0.5 s) would pass before it ends (at 1.7 s); counted
+    // from its start, as it is, it does not.
     let long = d.run(sleep, 1.0);
-    let within = d.run_with_timeout(sleep, 0.5, Duration::from_millis(900));
+    let within = d.run_with_timeout(sleep, 0.7, Duration::from_secs(1));
     let past = d.run_with_timeout(sleep, 5.0, Duration::from_millis(300));
     let r = d.get_results_with(&[long, within, past], Fetch::default().within(WAIT));
     let r = r.map_err(fail)?;

@@ -449,8 +449,9 @@ impl Core {
 
     /// Results from an agent. Each task's first result is kept; a later one (the task ran
     /// twice because its first agent vanished and came back) is dropped and logged. A result on
-    /// this connection for a task the agent does not hold breaks the protocol: the connection
-    /// is closed and the rest of the batch ignored.
+    /// this connection for a task the agent does not hold, or a recovered one for a task no agent
+    /// ever lost, breaks the protocol: the connection is closed and the rest of the batch
+    /// ignored.
     fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
         let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
         let mut duplicates = 0;
@@ -464,6 +465,13 @@ impl Core {
                 }
                 let us = r.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
+            } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {
+                // Only a task some agent lost can come back late; this one never was.
+                warn!(conn, %host, key = r.key, "agent recovered a result for a task no agent lost; connection closed");
+                if let Some(agent) = self.agents.get(&conn) {
+                    agent.close.cancel();
+                }
+                break;
             }
             let Some(task) = self.tasks.remove(r.key) else {
                 duplicates += 1;
@@ -630,16 +638,18 @@ impl Core {
             }
         }
         for d in self.drivers.values_mut() {
-            if !d.accepted_told {
-                d.accepted_told = true;
-                if let Some(tx) = &d.tx {
-                    let _ = tx.send(ToDriver::Accepted { count: d.accepted });
-                }
-            }
             if !d.outbox.is_empty() {
                 let batch = std::mem::take(&mut d.outbox);
                 if let Some(tx) = &d.tx {
                     let _ = tx.send(ToDriver::Results(batch));
+                }
+            }
+            // After the results: a driver that hears its tasks were taken already holds the
+            // answers of those that were refused.
+            if !d.accepted_told {
+                d.accepted_told = true;
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Accepted { count: d.accepted });
                 }
             }
         }

@@ -368,3 +368,20 @@ fn a_started_task_past_its_deadline_is_settled_by_the_server() {
     assert_eq!(reported(&mut d), [1]);
     assert!(!c.agents[&10].close.is_cancelled());
 }
+
+#[test]
+fn a_recovered_result_for_a_task_never_lost_closes_the_connection() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    let _b = agent(&mut c, 11, 1, &["other"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    // Agent 11 never held it, and nobody lost it: it cannot have a late result.
+    c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: true });
+    turn(&mut c);
+    assert!(c.agents[&11].close.is_cancelled());
+    assert_eq!(reported(&mut d), Vec::<u64>::new());
+    assert_eq!(c.tasks.len(), 1, "still held for the agent running it");
+}
