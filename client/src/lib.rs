@@ -10,23 +10,29 @@
 //!
 //! The stock binary runs the built-in tasks (`sleep`, `echo`, `command`). A program with its own
 //! tasks runs an agent with `DistributedDispatcher::spawn_client`, which calls [`run`].
+//!
+//! - this file: [`AgentConfig`], [`run`] (connect, reconnect, keep the pool across
+//!   connections) and [`AgentError`].
+//! - `connection` (private): one connection — tasks in, results out, heartbeats — as a type
+//!   with one method per message.
 
-use std::borrow::Cow;
+mod connection;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_common::auth::Secret;
-use blitzen_common::handshake::{HandshakeError, handshake};
-use blitzen_common::net::{self, FramedReader, spawn_writer};
-use blitzen_common::pool::{Job, JobResult, Pool, PoolConfig, PoolError};
+use blitzen_common::cli::termination;
+use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
-use blitzen_common::task::TaskEntry;
-use blitzen_protocol::cluster::{AgentResult, FromAgent, Role, TaskKind, ToAgent};
-use blitzen_protocol::{Captured, Outcome};
+use blitzen_net::{ConnectError, Secret};
+use blitzen_protocol::cluster::{Role, TaskKind};
+use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use connection::{Connection, End};
 
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
 
@@ -55,7 +61,7 @@ impl AgentConfig {
     /// An agent with `workers` workers for the server at `server` (`host[:port]`).
     pub fn new(server: &str, workers: usize) -> Self {
         Self {
-            server: net::with_default_port(server, DEFAULT_PORT),
+            server: blitzen_net::with_default_port(server, DEFAULT_PORT),
             pool: PoolConfig::new(workers),
             host: host_name(),
             heartbeat: Duration::from_secs(5),
@@ -70,18 +76,22 @@ impl AgentConfig {
 /// Why an agent stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The server refused this agent (for instance another protocol version); retrying cannot
-    /// help.
-    #[error("the server at {server} refused this agent: {reason}")]
+    /// The server refused this agent, or this agent the server (another protocol version, a
+    /// wrong secret, one side without a secret); retrying cannot help.
+    #[error("cannot join the cluster at {server}: {cause}")]
     Refused {
         /// The server.
         server: String,
-        /// Its reason.
-        reason: String,
+        /// Why.
+        #[source]
+        cause: ConnectError,
     },
     /// The worker processes could not start.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The agent's runtime could not start (the system is out of threads or memory).
+    #[error("cannot start the agent's runtime: {0}")]
+    Runtime(#[from] std::io::Error),
 }
 
 /// This machine's host name.
@@ -111,14 +121,27 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             signature: e.signature.to_string(),
         })
         .collect();
+    let role = Role::Agent {
+        host: config.host.clone(),
+        workers: config.pool.workers as u32,
+        tasks: kinds,
+        heartbeat_ms: config.heartbeat.as_millis() as u64,
+    };
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
     let mut waiting_logged = false;
     while !shutdown.is_cancelled() {
-        match connect(&config, &kinds).await {
-            Ok(Connected::Welcome(reader, write, server_id)) => {
+        let attempt = blitzen_net::connect(
+            &config.server,
+            role.clone(),
+            config.secret.as_ref(),
+            config.connect_timeout,
+        );
+        match attempt.await {
+            Ok(admitted) => {
                 backoff = Duration::from_millis(100);
                 waiting_logged = false;
+                let server_id = admitted.greeting.server_id;
                 let same = work.as_ref().is_some_and(|w| w.server_id == server_id);
                 if !same {
                     if let Some(old) = work.take() {
@@ -129,13 +152,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 }
                 let Some(w) = work.as_mut() else { break };
                 info!(server = %config.server, workers = config.pool.workers, "connected");
-                match serve(&config, &entries, w, reader, write, &shutdown).await {
+                if let Some(connected) = &config.connected {
+                    connected.notify_one();
+                }
+                let connection = Connection::new(&entries, w, admitted.write);
+                match connection.serve(admitted.reader, config.heartbeat, &shutdown).await {
                     End::Stop => break,
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
                 }
             }
-            Ok(Connected::Refused(reason)) => {
-                return Err(AgentError::Refused { server: config.server.clone(), reason });
+            Err(cause) if cause.is_refusal() => {
+                return Err(AgentError::Refused { server: config.server.clone(), cause });
             }
             Err(e) => {
                 if !waiting_logged {
@@ -160,18 +187,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
 /// The worker pool for one run of a server, and what it holds.
 struct Work {
-    server_id: u64,
+    /// The run of the server the pool's tasks were assigned by.
+    server_id: ServerId,
     pool: Pool,
+    /// Finished jobs, from the pool's sink.
     results: mpsc::UnboundedReceiver<Vec<JobResult>>,
-    /// Tasks with a timeout that started on a worker.
-    started: mpsc::UnboundedReceiver<Vec<u64>>,
+    /// Jobs with a timeout that started on a worker.
+    started: mpsc::UnboundedReceiver<Vec<JobId>>,
     /// Tasks assigned on earlier connections, still running here: their results go out as
     /// recovered.
-    earlier: HashSet<u64>,
+    earlier: HashSet<TaskKey>,
 }
 
 impl Work {
-    async fn start(config: &AgentConfig, server_id: u64) -> Result<Self, AgentError> {
+    async fn start(config: &AgentConfig, server_id: ServerId) -> Result<Self, AgentError> {
         let (results_tx, results) = mpsc::unbounded_channel::<Vec<JobResult>>();
         let sink = Box::new(move |batch| {
             let _ = results_tx.send(batch);
@@ -186,149 +215,19 @@ impl Work {
     }
 }
 
-enum Connected {
-    Welcome(FramedReader, tokio::net::tcp::OwnedWriteHalf, u64),
-    Refused(String),
-}
-
-async fn connect(config: &AgentConfig, kinds: &[TaskKind]) -> std::io::Result<Connected> {
-    let stream = net::connect(&config.server, config.connect_timeout).await?;
-    let role = Role::Agent {
-        host: config.host.clone(),
-        workers: config.pool.workers as u32,
-        tasks: kinds.to_vec(),
-        heartbeat_ms: config.heartbeat.as_millis() as u64,
-    };
-    match handshake(stream, role, config.secret.as_ref(), config.connect_timeout).await {
-        Ok((reader, write, welcome)) => Ok(Connected::Welcome(reader, write, welcome.server_id)),
-        Err(HandshakeError::Refused(reason)) => Ok(Connected::Refused(reason)),
-        Err(HandshakeError::Connection(e)) => Err(std::io::Error::other(e)),
-    }
-}
-
-enum End {
-    Stop,
-    Lost(String),
-}
-
-/// Runs one connection: tasks in, results out, heartbeats.
-async fn serve(
-    config: &AgentConfig,
-    entries: &[&'static TaskEntry],
-    work: &mut Work,
-    mut reader: FramedReader,
-    write: tokio::net::tcp::OwnedWriteHalf,
-    shutdown: &CancellationToken,
-) -> End {
-    let (writer, _) = spawn_writer::<FromAgent>(write);
-    if let Some(connected) = &config.connected {
-        connected.notify_one();
-    }
-    // Tasks assigned on this connection and not finished yet.
-    let mut current: HashSet<u64> = HashSet::new();
-    let mut heartbeat = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent_since_tick = false;
-    let end = loop {
-        // Biased: after a pause (the process was stopped), a closed connection is noticed
-        // before results are written into it and lost; they go out on the next connection.
+/// [`run`] on a runtime of its own until Ctrl-C or SIGTERM; blocks meanwhile. What the
+/// `blitzen-client` binary and `spawn_client` run.
+pub fn run_until_signal(config: AgentConfig) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let agent = run(config, shutdown.clone());
+        tokio::pin!(agent);
         tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break End::Stop,
-            message = reader.next::<ToAgent>() => match message {
-                Ok(Some(ToAgent::Run(tasks))) => {
-                    debug!(count = tasks.len(), "tasks received");
-                    let mut unknown = Vec::new();
-                    for t in tasks {
-                        let Some(entry) = entries.get(t.kind as usize) else {
-                            warn!(key = t.key, kind = t.kind, "the server sent a task kind this agent never announced");
-                            unknown.push(t.key);
-                            continue;
-                        };
-                        current.insert(t.key);
-                        let job = Job {
-                            id: t.key,
-                            name: Cow::Borrowed(entry.name),
-                            fingerprint: entry.fingerprint,
-                            args: t.args,
-                            timeout: t.timeout_ms.map(Duration::from_millis),
-                            retries: t.retries,
-                        };
-                        if work.pool.submit(job).is_err() {
-                            break;
-                        }
-                    }
-                    if !unknown.is_empty() {
-                        let done = unknown.into_iter().map(|key| AgentResult {
-                            key,
-                            outcome: Outcome::UnknownTask,
-                            stdout: Captured::default(),
-                            stderr: Captured::default(),
-                            worker_pid: None,
-                            elapsed_us: 0,
-                        });
-                        if writer.send(FromAgent::Done(done.collect())).is_err() {
-                            break End::Lost("the connection closed".into());
-                        }
-                    }
-                }
-                Ok(Some(ToAgent::ShuttingDown { reason })) => break End::Lost(reason),
-                Ok(None) => break End::Lost("the server closed the connection".into()),
-                Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
-            },
-            Some(batch) = work.results.recv() => {
-                let mut batch = batch;
-                while let Ok(more) = work.results.try_recv() {
-                    batch.extend(more);
-                }
-                let (mut done, mut recovered) = (Vec::new(), Vec::new());
-                for r in batch {
-                    if current.remove(&r.id) {
-                        done.push(to_agent_result(r));
-                    } else if work.earlier.remove(&r.id) {
-                        recovered.push(to_agent_result(r));
-                    }
-                }
-                if !recovered.is_empty() {
-                    info!(count = recovered.len(), "delivering results finished while disconnected");
-                    if writer.send(FromAgent::Recovered(recovered)).is_err() {
-                        break End::Lost("the connection closed".into());
-                    }
-                }
-                if !done.is_empty() && writer.send(FromAgent::Done(done)).is_err() {
-                    break End::Lost("the connection closed".into());
-                }
-                sent_since_tick = true;
-            }
-            Some(mut keys) = work.started.recv() => {
-                while let Ok(more) = work.started.try_recv() {
-                    keys.extend(more);
-                }
-                keys.retain(|k| current.contains(k));
-                if !keys.is_empty() && writer.send(FromAgent::Started(keys)).is_err() {
-                    break End::Lost("the connection closed".into());
-                }
-            }
-            _ = heartbeat.tick() => {
-                if !sent_since_tick && writer.send(FromAgent::Heartbeat).is_err() {
-                    break End::Lost("the connection closed".into());
-                }
-                sent_since_tick = false;
-            }
+            result = &mut agent => return result,
+            _ = termination() => info!("signal received"),
         }
-    };
-    // What is still running was assigned on this connection: delivered later as recovered.
-    work.earlier.extend(current);
-    end
-}
-
-fn to_agent_result(r: JobResult) -> AgentResult {
-    AgentResult {
-        key: r.id,
-        outcome: r.outcome,
-        stdout: r.stdout,
-        stderr: r.stderr,
-        worker_pid: r.worker,
-        elapsed_us: r.elapsed.as_micros() as u64,
-    }
+        shutdown.cancel();
+        agent.await
+    })
 }

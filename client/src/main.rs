@@ -7,13 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use blitzen_client::{AgentConfig, DEFAULT_PORT};
-use blitzen_common::auth::Secret;
-use blitzen_common::cli::{finish, parse_secs, termination};
+use blitzen_common::cli::{finish, parse_secs};
 use blitzen_common::logging;
+use blitzen_net::Secret;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
 /// reconnecting if it restarts) and runs its tasks on N worker processes. This stock binary
@@ -68,7 +66,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     anyhow::ensure!(workers > 0, "--workers must be at least 1");
     anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
-    let server = blitzen_common::net::with_default_port(&args.server, args.port);
+    let server = blitzen_net::with_default_port(&args.server, args.port);
     let mut config = AgentConfig::new(&server, workers);
     config.heartbeat = args.heartbeat;
     config.secret = match &args.secret_file {
@@ -78,19 +76,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(name) = args.name {
         config.host = name;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let stopper = shutdown.clone();
-        tokio::spawn(async move {
-            termination().await;
-            tracing::info!("signal received");
-            stopper.cancel();
-        });
-        blitzen_client::run(config, shutdown).await
-    })?;
+    blitzen_client::run_until_signal(config)?;
     Ok(())
 }

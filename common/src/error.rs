@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+pub use blitzen_protocol::WorkerInfo;
 use blitzen_protocol::{ExitReason, Outcome};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,15 +25,6 @@ pub struct TaskContext {
     pub worker: Option<WorkerInfo>,
     /// The last lines the task wrote to stderr (empty when it wrote nothing).
     pub stderr_tail: String,
-}
-
-/// A worker process, for messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerInfo {
-    /// Its process id.
-    pub pid: u32,
-    /// The host it runs on, in a cluster; `None` on the local machine.
-    pub host: Option<String>,
 }
 
 impl fmt::Display for TaskContext {
@@ -213,40 +205,54 @@ impl TaskError {
         }
     }
 
-    /// Turns a wire [`Outcome`] into the value bytes or a `TaskError`.
+    /// Turns a wire [`Outcome`] into the value bytes or a `TaskError`; `ctx` is asked for only
+    /// when there is an error.
     ///
     /// `signature` is the submitter's view of the task, quoted on a signature mismatch.
-    pub fn from_outcome(
-        outcome: Outcome,
-        ctx: TaskContext,
+    pub fn from_outcome<'a>(
+        outcome: &'a Outcome,
+        ctx: impl FnOnce() -> TaskContext,
         signature: &str,
-    ) -> Result<Bytes, TaskError> {
-        let ctx = Box::new(ctx);
+    ) -> Result<&'a Bytes, TaskError> {
+        let ctx = move || Box::new(ctx());
         Err(match outcome {
             Outcome::Value(bytes) => return Ok(bytes),
-            Outcome::Returned { message } => TaskError::Returned { ctx, message },
-            Outcome::Panicked { message, location, backtrace } => {
-                TaskError::Panicked { ctx, message, location, backtrace }
+            Outcome::Returned { message } => {
+                TaskError::Returned { ctx: ctx(), message: message.clone() }
             }
-            Outcome::UnknownTask => TaskError::UnknownTask { ctx },
-            Outcome::SignatureMismatch { worker_signature } => TaskError::SignatureMismatch {
-                ctx,
-                expected: signature.to_string(),
-                found: worker_signature,
+            Outcome::Panicked { message, location, backtrace } => TaskError::Panicked {
+                ctx: ctx(),
+                message: message.clone(),
+                location: location.clone(),
+                backtrace: backtrace.clone(),
             },
-            Outcome::BadArguments { message } => {
-                TaskError::Decode { ctx, what: DecodeTarget::Arguments, message }
-            }
-            Outcome::BadOutput { message } => {
-                TaskError::Decode { ctx, what: DecodeTarget::Output, message }
-            }
+            Outcome::UnknownTask => TaskError::UnknownTask { ctx: ctx() },
+            Outcome::SignatureMismatch { worker_signature } => TaskError::SignatureMismatch {
+                ctx: ctx(),
+                expected: signature.to_string(),
+                found: worker_signature.clone(),
+            },
+            Outcome::BadArguments { message } => TaskError::Decode {
+                ctx: ctx(),
+                what: DecodeTarget::Arguments,
+                message: message.clone(),
+            },
+            Outcome::BadOutput { message } => TaskError::Decode {
+                ctx: ctx(),
+                what: DecodeTarget::Output,
+                message: message.clone(),
+            },
             Outcome::TimedOut { timeout_ms } => {
-                TaskError::TimedOut { ctx, timeout: Duration::from_millis(timeout_ms) }
+                TaskError::TimedOut { ctx: ctx(), timeout: Duration::from_millis(*timeout_ms) }
             }
-            Outcome::WorkerCrashed { exit } => TaskError::WorkerCrashed { ctx, exit },
-            Outcome::Cancelled { reason } => TaskError::Cancelled { ctx, reason },
-            Outcome::Lost { reason } => TaskError::Lost { ctx, reason },
-            Outcome::Refused { reason } => TaskError::Refused { ctx, reason },
+            Outcome::WorkerCrashed { exit } => TaskError::WorkerCrashed { ctx: ctx(), exit: *exit },
+            Outcome::Cancelled { reason } => {
+                TaskError::Cancelled { ctx: ctx(), reason: reason.clone() }
+            }
+            Outcome::Lost { reason } => TaskError::Lost { ctx: ctx(), reason: reason.clone() },
+            Outcome::Refused { reason } => {
+                TaskError::Refused { ctx: ctx(), reason: reason.clone() }
+            }
         })
     }
 }
@@ -267,8 +273,8 @@ mod tests {
     #[test]
     fn messages_name_the_task_the_worker_and_the_cause() {
         let e = TaskError::from_outcome(
-            Outcome::WorkerCrashed { exit: ExitReason::Signal(11) },
-            ctx("about to crash"),
+            &Outcome::WorkerCrashed { exit: ExitReason::Signal(11) },
+            || ctx("about to crash"),
             "fn f2() -> ()",
         )
         .expect_err("a crash");
@@ -278,8 +284,8 @@ mod tests {
         }
 
         let e = TaskError::from_outcome(
-            Outcome::SignatureMismatch { worker_signature: "fn f2(u8) -> ()".into() },
-            ctx(""),
+            &Outcome::SignatureMismatch { worker_signature: "fn f2(u8) -> ()".into() },
+            || ctx(""),
             "fn f2() -> ()",
         )
         .expect_err("a mismatch");
@@ -305,10 +311,11 @@ mod tests {
             (Outcome::Refused { reason: "r".into() }, "Refused"),
         ];
         for (outcome, variant) in cases {
-            let e = TaskError::from_outcome(outcome, ctx(""), "sig").expect_err("an error");
+            let e = TaskError::from_outcome(&outcome, || ctx(""), "sig").expect_err("an error");
             assert!(format!("{e:?}").starts_with(variant), "{e:?} is not {variant}");
         }
-        let v = TaskError::from_outcome(Outcome::Value(Bytes::from("x")), ctx(""), "sig");
-        assert_eq!(v, Ok(Bytes::from("x")));
+        let value = Outcome::Value(Bytes::from("x"));
+        let v = TaskError::from_outcome(&value, || panic!("no context for a value"), "sig");
+        assert_eq!(v, Ok(&Bytes::from("x")));
     }
 }

@@ -1,5 +1,11 @@
-//! The parts of Blitzen shared by the multicore dispatcher and the cluster's client agent.
+//! The parts of Blitzen shared by the multicore dispatcher and the cluster's client agent, and
+//! the logging and command-line helpers every Blitzen program uses.
 //!
+//! Always present:
+//! - [`logging`]: Blitzen's `tracing` subscriber, controllable at run time.
+//! - [`cli`]: what the command-line programs share: seconds as flags, the exit code, signals.
+//!
+//! With the `pool` feature (on by default; `blitzen-server` goes without):
 //! - [`task`]: the [`Task`] trait that `#[task]` implements, and how a call is encoded.
 //! - [`registry`]: the by-name table of the tasks compiled into this binary.
 //! - [`builtin`]: tasks every binary has: `sleep`, `echo`, `command`.
@@ -7,33 +13,42 @@
 //! - [`worker`]: what a process does when started as a worker ([`worker_main`]).
 //! - [`capture`]: bounded capture of a task's stdout and stderr.
 //! - [`pool`]: [`Pool`], N worker processes kept alive whatever the tasks do.
-//! - [`net`]: framed MessagePack over TCP for the cluster.
-//! - [`logging`]: Blitzen's `tracing` subscriber, controllable at run time.
 //!
 //! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::Job`]; the pool sends
 //! it to a worker process (the same binary, re-executed), which looks the name up in the
-//! registry, runs it, and answers with an outcome and the captured output; the pool hands back a
-//! [`pool::JobResult`], which [`TaskError::from_outcome`] turns into a value or an error.
+//! registry, runs it, and answers with the run's [`Finished`](blitzen_protocol::Finished)
+//! record; the pool hands back a [`pool::JobResult`], whose outcome [`TaskError::from_outcome`]
+//! turns into a value or an error.
 
-pub mod auth;
-pub mod builtin;
-pub mod capture;
 pub mod cli;
-pub mod error;
-pub mod handshake;
 pub mod logging;
-pub mod net;
+
+#[cfg(feature = "pool")]
+pub mod builtin;
+#[cfg(feature = "pool")]
+pub mod capture;
+#[cfg(feature = "pool")]
+pub mod error;
+#[cfg(feature = "pool")]
 pub mod pool;
+#[cfg(feature = "pool")]
 pub mod registry;
+#[cfg(feature = "pool")]
 pub mod task;
+#[cfg(feature = "pool")]
 pub mod worker;
 
+#[cfg(feature = "pool")]
 pub use error::{DecodeTarget, TaskContext, TaskError, WorkerInfo};
+#[cfg(feature = "pool")]
 pub use pool::Pool;
+#[cfg(feature = "pool")]
 pub use task::Task;
+#[cfg(feature = "pool")]
 pub use worker::worker_main;
 
 /// What `#[task]` expansions refer to. Not a stable API.
+#[cfg(feature = "pool")]
 #[doc(hidden)]
 pub mod __private {
     pub use crate::task::{Task, TaskEntry, fingerprint, invoke_fallible, invoke_value};

@@ -19,11 +19,12 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// The crates whose events the level applies to; others log warnings and errors only.
-const CRATES: [&str; 6] = [
+const CRATES: [&str; 7] = [
     "blitzen",
     "blitzen_common",
     "blitzen_server",
     "blitzen_client",
+    "blitzen_net",
     "blitzen_protocol",
     "quickstart",
 ];

@@ -14,6 +14,12 @@
 //! - [`builtin`]: tasks every binary has: [`sleep`](const@sleep), [`echo`],
 //!   [`command`](const@command) (run a program).
 //!
+//! Inside: `dispatcher` ([`Dispatcher`], written once over a [`Backend`]), `multicore` and
+//! [`distributed`] (the two backends), `results` (ids, results, errors, and the table of results
+//! a dispatcher keeps until they are fetched), `streams` (`map`, `imap`, `imap_unordered`),
+//! `progress` (the progress bar of long waits), `runtime` (the background thread each
+//! dispatcher drives its connection or its pool from).
+//!
 //! ```no_run
 //! #[blitzen::task]
 //! fn square(x: u64) -> u64 {
@@ -36,6 +42,7 @@ pub mod distributed;
 mod multicore;
 mod progress;
 mod results;
+mod runtime;
 mod streams;
 pub mod utils;
 
@@ -51,7 +58,7 @@ pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, ech
 pub use blitzen_common::pool::StatusSnapshot;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
-pub use blitzen_protocol::{Blob, Captured, ExitReason};
+pub use blitzen_protocol::{Blob, Captured, ExitReason, Finished, Outcome};
 pub use dispatcher::{Backend, Dispatcher};
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};

@@ -1,18 +1,21 @@
 //! [`MulticoreDispatcher`]: a pool of worker processes on this machine.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_common::pool::{Job, Pool, PoolConfig, PoolStatus, StatusSnapshot, Submitter};
+use blitzen_common::pool::{
+    Job, JobResult, Pool, PoolConfig, PoolStatus, StatusSnapshot, Submitter,
+};
 use blitzen_common::worker::is_unentered_worker;
-use blitzen_protocol::Outcome;
-use tokio::sync::oneshot;
+use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::ids::{DriverTaskId, JobId};
+use blitzen_protocol::{Outcome, WorkerInfo};
 use tracing::debug;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
-use crate::results::{DispatchError, Finished, ResultTable};
+use crate::results::{DispatchError, ResultTable};
+use crate::runtime::{self, RuntimeThread};
 
 /// Runs tasks on a pool of worker processes of this machine, surviving panics, crashes and
 /// runaway tasks. See [`Dispatcher`] for the methods it shares with the cluster dispatcher;
@@ -28,13 +31,8 @@ pub struct Multicore {
     submitter: Submitter,
     /// Live view of the workers.
     status: Arc<PoolStatus>,
-    /// The runtime thread and the signal that stops it; taken by the first `stop`.
-    control: Mutex<Option<Control>>,
-}
-
-struct Control {
-    stop: oneshot::Sender<()>,
-    thread: JoinHandle<()>,
+    /// The thread whose runtime runs the pool; stopping it shuts the pool down.
+    thread: RuntimeThread,
 }
 
 impl sealed::Sealed for Multicore {}
@@ -42,7 +40,7 @@ impl sealed::Sealed for Multicore {}
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
         let job = Job {
-            id: call.id,
+            id: JobId::new(call.id),
             name: call.name.into(),
             fingerprint: call.fingerprint,
             args: call.args,
@@ -56,12 +54,7 @@ impl Backend for Multicore {
 
     /// Cancels queued and running jobs, kills and reaps every worker, joins the runtime thread.
     fn stop(&self) {
-        let control = self.control.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(Control { stop, thread }) = control {
-            let _ = stop.send(());
-            let _ = thread.join();
-            debug!("multicore dispatcher stopped");
-        }
+        self.thread.stop();
     }
 }
 
@@ -130,57 +123,38 @@ impl Dispatcher<Multicore> {
         }
         let table = Arc::new(ResultTable::new());
         let sink_table = table.clone();
-        let sink = Box::new(move |batch: Vec<blitzen_common::pool::JobResult>| {
-            sink_table.complete(batch.into_iter().map(Finished::from).collect())
+        let sink = Box::new(move |batch: Vec<JobResult>| {
+            sink_table.complete(batch.into_iter().map(report).collect())
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = settings.pool;
-        let thread = std::thread::Builder::new()
-            .name("blitzen-multicore".into())
-            .spawn(move || {
-                let runtime =
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = started_tx.send(Err(DispatchError::Runtime(e)));
-                            return;
-                        }
-                    };
-                runtime.block_on(async move {
-                    match Pool::start(config, sink).await {
-                        Ok(pool) => {
-                            let _ = started_tx.send(Ok((pool.submitter(), pool.status())));
-                            // Also resolves when the dispatcher is dropped without a shutdown.
-                            let _ = stopped.await;
-                            pool.shutdown().await;
-                        }
-                        Err(e) => {
-                            let _ = started_tx.send(Err(e.into()));
-                        }
+        let thread = RuntimeThread::spawn(
+            "blitzen-multicore",
+            runtime::current_thread()?,
+            move |stop| async move {
+                match Pool::start(config, sink).await {
+                    Ok(pool) => {
+                        let _ = started_tx.send(Ok((pool.submitter(), pool.status())));
+                        stop.cancelled().await;
+                        pool.shutdown().await;
+                        debug!("multicore dispatcher stopped");
                     }
-                });
-            })
-            .map_err(DispatchError::Runtime)?;
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.into()));
+                    }
+                }
+            },
+        )?;
         let started = started_rx.recv().unwrap_or_else(|_| {
             Err(DispatchError::Runtime(std::io::Error::other("the runtime thread died at start")))
         });
-        let (submitter, status) = match started {
-            Ok(ok) => ok,
-            Err(e) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-        };
+        // On an error the thread has ended: dropping it joins it.
+        let (submitter, status) = started?;
         debug!(workers = status.snapshot().target, "multicore dispatcher started");
         Ok(Dispatcher {
             table,
             default_timeout: settings.default_timeout,
-            backend: Multicore {
-                submitter,
-                status,
-                control: Mutex::new(Some(Control { stop, thread })),
-            },
+            backend: Multicore { submitter, status, thread },
         })
     }
 
@@ -198,4 +172,11 @@ impl Dispatcher<Multicore> {
             .filter(|s| s.stopped.is_none())
             .map(|s| s.ready_pids)
     }
+}
+
+/// A job's result as the dispatcher's table takes it: the task number it was submitted under,
+/// on this machine's worker.
+fn report(r: JobResult) -> TaskReport {
+    let worker = r.worker.map(|pid| WorkerInfo { pid, host: None });
+    TaskReport { id: DriverTaskId::new(r.id.get()), worker, run: r.run }
 }

@@ -10,10 +10,13 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
-use blitzen_common::pool::JobResult;
 use blitzen_common::task::decode_shared_value;
 use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo};
-use blitzen_protocol::{Captured, Outcome};
+use blitzen_net::{ConnectError, SecretError};
+use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::{Finished, Outcome};
+use blitzen_server::ServeError;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -163,53 +166,61 @@ pub enum DispatchError {
          first thing; add that call at the top of main"
     )]
     WorkerEntryMissing,
-    /// The dispatcher's runtime thread could not start.
+    /// The dispatcher's runtime thread could not start (the system is out of threads or
+    /// memory).
     #[error("cannot start the dispatcher's runtime thread: {0}")]
     Runtime(#[source] std::io::Error),
-    /// The cluster server could not be reached or refused this driver.
-    #[error("{0}")]
-    Connect(String),
-    /// `spawn_server` could not serve (the address is taken, or not allowed without a secret).
-    #[error("cannot serve: {0}")]
-    Serve(String),
+    /// The cluster's shared secret is unusable (the file is missing, the secret too short).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The cluster server could not be reached within the connect timeout, or refused this
+    /// driver ([`ConnectError::is_refusal`]: retrying cannot help).
+    #[error("{}", connect_message(server, cause))]
+    Connect {
+        /// The server, `host:port`.
+        server: String,
+        /// What went wrong.
+        #[source]
+        cause: ConnectError,
+    },
+    /// The connection to the server has ended (the server went away or shut down); its
+    /// unfinished tasks ended [`TaskError::Lost`].
+    #[error("the connection to the server has ended: {0}")]
+    Disconnected(String),
+    /// The dispatcher was shut down.
+    #[error("the dispatcher is shut down")]
+    ShutDown,
+    /// The server address does not resolve.
+    #[error("cannot resolve {server}: {source}")]
+    Resolve {
+        /// The address given.
+        server: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// `spawn_server` or [`LocalCluster`](crate::distributed::LocalCluster) could not serve
+    /// (the address is taken, or not allowed without a secret).
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The agent of a [`LocalCluster`](crate::distributed::LocalCluster) did not connect in
+    /// time; its log says why.
+    #[error("the local cluster's agent did not connect within {0:?}; its log says why")]
+    LocalAgentMissing(Duration),
     /// `spawn_client` stopped with an error retrying cannot fix.
     #[error(transparent)]
     Agent(#[from] blitzen_client::AgentError),
 }
 
-/// A finished task as either backend reports it.
-#[derive(Debug)]
-pub(crate) struct Finished {
-    pub id: u64,
-    pub worker: Option<WorkerInfo>,
-    pub outcome: Outcome,
-    pub stdout: Captured,
-    pub stderr: Captured,
-    pub elapsed: Duration,
-}
-
-impl Finished {
-    /// A task that ends without reaching a worker.
-    pub(crate) fn unstarted(id: u64, outcome: Outcome) -> Self {
-        JobResult::unstarted(id, outcome).into()
+fn connect_message(server: &str, cause: &ConnectError) -> String {
+    if cause.is_refusal() {
+        format!("cannot connect to the Blitzen server at {server}: {cause}")
+    } else {
+        format!("cannot reach the Blitzen server at {server}: {cause}")
     }
 }
 
-impl From<JobResult> for Finished {
-    fn from(r: JobResult) -> Self {
-        Self {
-            id: r.id,
-            worker: r.worker.map(|pid| WorkerInfo { pid, host: None }),
-            outcome: r.outcome,
-            stdout: r.stdout,
-            stderr: r.stderr,
-            elapsed: r.elapsed,
-        }
-    }
-}
-
-/// The result of one task, whatever its type: the value still encoded, or the error, plus what
-/// the task printed.
+/// The result of one task, whatever its type: how its run ended — the value still encoded, or
+/// why there is none, and what the task printed — with the task's id, name and worker.
 #[derive(Debug, Clone)]
 pub struct TaskResult {
     /// The task's id number ([`TaskId::seq`]).
@@ -218,35 +229,43 @@ pub struct TaskResult {
     pub task: Cow<'static, str>,
     /// The worker that ran it, if it reached one.
     pub worker: Option<WorkerInfo>,
-    /// The encoded value, or why there is none.
-    pub outcome: Result<Bytes, TaskError>,
-    /// What it wrote to stdout (bounded).
-    pub stdout: Captured,
-    /// What it wrote to stderr (bounded).
-    pub stderr: Captured,
-    /// Its run time on the worker.
-    pub elapsed: Duration,
+    /// How the run ended: its outcome, its captured stdout and stderr (64 KiB each at most),
+    /// its run time.
+    pub run: Finished,
+    /// The submitter's signature of the task, quoted when a worker has another.
+    signature: &'static str,
 }
 
 impl TaskResult {
     /// Whether the task produced a value.
     pub fn is_ok(&self) -> bool {
-        self.outcome.is_ok()
+        matches!(self.run.outcome, Outcome::Value(_))
+    }
+
+    /// The encoded value, or the task's error: which task, where, why, and the end of what it
+    /// wrote to stderr.
+    pub fn outcome(&self) -> Result<&Bytes, TaskError> {
+        let ctx = || self.context(self.run.stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES));
+        TaskError::from_outcome(&self.run.outcome, ctx, self.signature)
     }
 
     /// The value decoded as `O`, or the task's error.
     pub fn decode<O: DeserializeOwned>(&self) -> Result<O, TaskError> {
-        let bytes = self.outcome.as_ref().map_err(Clone::clone)?;
+        let bytes = self.outcome()?;
         decode_shared_value(bytes).map_err(|e| TaskError::Decode {
-            ctx: Box::new(TaskContext {
-                id: self.id,
-                task: self.task.clone(),
-                worker: self.worker.clone(),
-                stderr_tail: String::new(),
-            }),
+            ctx: Box::new(self.context(String::new())),
             what: DecodeTarget::Result,
             message: e.to_string(),
         })
+    }
+
+    fn context(&self, stderr_tail: String) -> TaskContext {
+        TaskContext {
+            id: self.id,
+            task: self.task.clone(),
+            worker: self.worker.clone(),
+            stderr_tail,
+        }
     }
 
     /// The value decoded as the output of `task`, or the task's error.
@@ -343,7 +362,7 @@ impl ResultTable {
 
     /// Settles one task that never reached a worker.
     pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
-        self.complete(vec![Finished::unstarted(seq, outcome)]);
+        self.complete(vec![TaskReport::unstarted(DriverTaskId::new(seq), outcome)]);
     }
 
     /// Sends each of `seqs` on `tx` as soon as it is done (at once for those already done).
@@ -380,40 +399,22 @@ impl ResultTable {
         }
     }
 
-    /// Records a batch of finished tasks and wakes waiters.
-    pub(crate) fn complete(&self, batch: Vec<Finished>) {
+    /// Records a batch of finished tasks (from either backend, as the cluster reports them)
+    /// and wakes waiters.
+    pub(crate) fn complete(&self, batch: Vec<TaskReport>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         for r in batch {
-            let Some(slot) = st.slots.get_mut(&r.id) else { continue };
+            let seq = r.id.get();
+            let Some(slot) = st.slots.get_mut(&seq) else { continue };
             let Slot::Pending { task, signature, .. } = slot else { continue };
             st.pending -= 1;
-            if let Some(subscriber) = st.subscribers.remove(&r.id) {
-                let _ = subscriber.send(r.id);
+            if let Some(subscriber) = st.subscribers.remove(&seq) {
+                let _ = subscriber.send(seq);
             }
-            let worker = r.worker;
-            let outcome = match r.outcome {
-                Outcome::Value(bytes) => Ok(bytes),
-                other => {
-                    let ctx = TaskContext {
-                        id: r.id,
-                        task: task.clone(),
-                        worker: worker.clone(),
-                        stderr_tail: r.stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES),
-                    };
-                    TaskError::from_outcome(other, ctx, signature)
-                }
-            };
-            let task = std::mem::take(task);
-            *slot = Slot::Done(Box::new(TaskResult {
-                id: r.id,
-                task,
-                worker,
-                outcome,
-                stdout: r.stdout,
-                stderr: r.stderr,
-                elapsed: r.elapsed,
-            }));
+            let (task, signature) = (std::mem::take(task), *signature);
+            let result = TaskResult { id: seq, task, worker: r.worker, run: r.run, signature };
+            *slot = Slot::Done(Box::new(result));
         }
         drop(guard);
         self.batches.fetch_add(1, Ordering::Release);
@@ -446,8 +447,9 @@ impl ResultTable {
                 .map(|(&seq, _)| seq)
                 .collect()
         };
-        let batch =
-            pending.into_iter().map(|seq| Finished::unstarted(seq, outcome.clone())).collect();
+        let batch = (pending.into_iter())
+            .map(|seq| TaskReport::unstarted(DriverTaskId::new(seq), outcome.clone()))
+            .collect();
         self.complete(batch);
     }
 
@@ -571,9 +573,9 @@ impl ResultTable {
 mod tests {
     use super::*;
 
-    fn done(seq: u64, value: u64) -> Finished {
+    fn done(seq: u64, value: u64) -> TaskReport {
         let bytes = blitzen_common::task::encode_value(&value).expect("encodes");
-        Finished::unstarted(seq, Outcome::Value(bytes))
+        TaskReport::unstarted(DriverTaskId::new(seq), Outcome::Value(bytes))
     }
 
     #[test]
@@ -609,11 +611,11 @@ mod tests {
         assert!(format!("{:?}", err).contains("no agent can run it"), "{err:?}");
         b.close(Outcome::Cancelled { reason: "closing".into() });
         let r = b.fetch(&[id], Fetch::default()).expect("settled");
-        assert!(matches!(r[0].outcome, Err(TaskError::Cancelled { .. })));
+        assert!(matches!(r[0].outcome(), Err(TaskError::Cancelled { .. })));
         let (late, closed) = b.register::<u64>("t", "sig");
         assert!(closed);
         assert!(matches!(
-            b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome,
+            b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome(),
             Err(TaskError::Cancelled { .. })
         ));
     }

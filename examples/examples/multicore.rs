@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Fetching Results.");
     for result in dispatcher.get_task_results(&task_ids, Fetch::default())? {
         let delay: u64 = result.decode()?;
-        print!("task {} returned {delay}; it printed: {}", result.id, result.stdout.to_text());
+        print!("task {} returned {delay}; it printed: {}", result.id, result.run.stdout.to_text());
     }
 
     // `join` returns every result not fetched yet (here, f2's), then shuts the workers down.

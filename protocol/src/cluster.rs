@@ -12,10 +12,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{Captured, Outcome};
+use crate::finished::{Finished, WorkerInfo};
+use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 2;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 3;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -93,13 +94,13 @@ pub struct Welcome {
     /// [`CLUSTER_PROTOCOL_VERSION`] of the server.
     pub version: u32,
     /// The id the server gives this connection, for logs.
-    pub connection: u64,
+    pub connection: ConnId,
     /// Tasks the server holds at most at once (submissions beyond are refused).
     pub task_limit: u64,
     /// Random for each run of the server: an agent that reconnects to the same number may
     /// deliver the results it finished while disconnected ([`FromAgent::Recovered`]).
     #[serde(default)]
-    pub server_id: u64,
+    pub server_id: ServerId,
 }
 
 /// The server's answer to a [`Hello`] it refuses; the connection closes after it.
@@ -124,10 +125,10 @@ pub enum HelloReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
     /// The driver's own id for the task.
-    pub id: u64,
+    pub id: DriverTaskId,
     /// What to run: an index into the kinds this connection has declared (see
     /// [`FromDriver::Submit`]).
-    pub kind: u32,
+    pub kind: KindIndex,
     /// MessagePack-encoded arguments, opaque to the server.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
@@ -158,7 +159,7 @@ pub enum FromDriver {
         tasks: Vec<Submission>,
     },
     /// These results were received: the server may forget them.
-    Ack(Vec<u64>),
+    Ack(Vec<DriverTaskId>),
     /// The driver is done; the server forgets what it still holds for it.
     Bye,
 }
@@ -167,21 +168,19 @@ pub enum FromDriver {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskReport {
     /// The driver's id of the task.
-    pub id: u64,
+    pub id: DriverTaskId,
+    /// The worker that ran it, if it reached one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerInfo>,
     /// How it ended.
-    pub outcome: Outcome,
-    /// Its captured stdout.
-    #[serde(default)]
-    pub stdout: Captured,
-    /// Its captured stderr.
-    #[serde(default)]
-    pub stderr: Captured,
-    /// The worker that ran it: pid and host.
-    #[serde(default)]
-    pub worker: Option<(u32, String)>,
-    /// Its run time in microseconds.
-    #[serde(default)]
-    pub elapsed_us: u64,
+    pub run: Finished,
+}
+
+impl TaskReport {
+    /// A task that ended without reaching a worker.
+    pub fn unstarted(id: DriverTaskId, outcome: crate::Outcome) -> Self {
+        Self { id, worker: None, run: Finished::unstarted(outcome) }
+    }
 }
 
 /// Server → driver.
@@ -199,7 +198,7 @@ pub enum ToDriver {
     /// agent that can arrives).
     Waiting {
         /// The driver's ids.
-        ids: Vec<u64>,
+        ids: Vec<DriverTaskId>,
         /// Why, for the user.
         reason: String,
     },
@@ -214,9 +213,9 @@ pub enum ToDriver {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     /// The server's key for the task.
-    pub key: u64,
+    pub key: TaskKey,
     /// What to run: an index into the tasks the agent announced in its [`Hello`].
-    pub kind: u32,
+    pub kind: KindIndex,
     /// MessagePack-encoded arguments.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
@@ -244,21 +243,12 @@ pub enum ToAgent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentResult {
     /// The server's key for the task.
-    pub key: u64,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its captured stdout.
-    #[serde(default)]
-    pub stdout: Captured,
-    /// Its captured stderr.
-    #[serde(default)]
-    pub stderr: Captured,
-    /// The worker pid that ran it.
-    #[serde(default)]
+    pub key: TaskKey,
+    /// The pid of the worker that ran it, if it reached one (the server knows the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_pid: Option<u32>,
-    /// Its run time in microseconds.
-    #[serde(default)]
-    pub elapsed_us: u64,
+    /// How it ended.
+    pub run: Finished,
 }
 
 /// Agent → server.
@@ -273,7 +263,7 @@ pub enum FromAgent {
     Recovered(Vec<AgentResult>),
     /// These tasks (assigned on this connection, with a timeout) started on a worker: the
     /// server holds each to its timeout plus a grace period.
-    Started(Vec<u64>),
+    Started(Vec<TaskKey>),
     /// Still alive (sent when nothing else was sent for a while).
     Heartbeat,
 }
@@ -281,6 +271,7 @@ pub enum FromAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finished::strategies::finished;
     use crate::frame::{decode_frame, decode_shared, encode};
     use bytes::BytesMut;
     use proptest::prelude::*;
@@ -301,13 +292,23 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..5000).prop_map(Bytes::from)
     }
 
+    fn submission(id: u64, timeout_ms: Option<u64>, retries: u32) -> Submission {
+        Submission {
+            id: DriverTaskId::new(id),
+            kind: KindIndex::new(0),
+            args: Bytes::new(),
+            timeout_ms,
+            retries,
+        }
+    }
+
     #[test]
     fn per_task_fields_at_their_default_are_left_out() {
-        let task = Submission { id: 1, kind: 0, args: Bytes::new(), timeout_ms: None, retries: 0 };
+        let task = submission(1, None, 0);
         let bytes = rmp_serde::to_vec_named(&task).expect("encodes");
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("retries") && !text.contains("timeout_ms"), "{bytes:?}");
-        let timed = Submission { timeout_ms: Some(5), retries: 2, ..task };
+        let timed = submission(1, Some(5), 2);
         let text = String::from_utf8_lossy(&rmp_serde::to_vec_named(&timed).expect("encodes"))
             .into_owned();
         assert!(text.contains("retries") && text.contains("timeout_ms"));
@@ -316,7 +317,8 @@ mod tests {
     proptest! {
         #[test]
         fn hello_round_trips(version in any::<u32>(), host in any::<String>(), workers in any::<u32>(),
-                             tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>()) {
+                             tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>(),
+                             conn in any::<u64>(), server in any::<u64>()) {
             let nonce = Bytes::from(vec![7u8; 32]);
             let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
@@ -326,38 +328,45 @@ mod tests {
             prop_assert_eq!(round_trip(&challenge), challenge);
             let proof = Proof { proof: nonce };
             prop_assert_eq!(round_trip(&proof), proof);
+            let welcome = HelloReply::Welcome(Welcome {
+                version, connection: ConnId::new(conn), task_limit: 5, server_id: ServerId::new(server),
+            });
+            prop_assert_eq!(round_trip(&welcome), welcome);
         }
 
         #[test]
         fn driver_messages_round_trip(id in any::<u64>(), kinds in proptest::collection::vec(kind(), 0..3),
                                       index in any::<u32>(), args in bytes(),
                                       timeout_ms in proptest::option::of(any::<u64>()),
-                                      acks in proptest::collection::vec(any::<u64>(), 0..10)) {
-            let tasks = vec![Submission { id, kind: index, args: args.clone(), timeout_ms, retries: 2 }];
+                                      acks in proptest::collection::vec(any::<u64>(), 0..10),
+                                      run in finished(), host in proptest::option::of(any::<String>())) {
+            let (id, kind) = (DriverTaskId::new(id), KindIndex::new(index));
+            let tasks = vec![Submission { id, kind, args: args.clone(), timeout_ms, retries: 2 }];
             let submit = FromDriver::Submit { kinds, tasks };
             prop_assert_eq!(round_trip(&submit), submit);
-            let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind: index, args: Bytes::new(), timeout_ms: None, retries: 0 }] };
+            let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind, args: Bytes::new(), timeout_ms: None, retries: 0 }] };
             prop_assert_eq!(round_trip(&plain), plain);
-            let accepted = ToDriver::Accepted { count: id };
+            let accepted = ToDriver::Accepted { count: id.get() };
             prop_assert_eq!(round_trip(&accepted), accepted);
-            let ack = FromDriver::Ack(acks);
+            let ack = FromDriver::Ack(acks.into_iter().map(DriverTaskId::new).collect());
             prop_assert_eq!(round_trip(&ack), ack);
-            let report = ToDriver::Results(vec![TaskReport {
-                id, outcome: Outcome::Value(args), stdout: Captured::default(),
-                stderr: Captured::default(), worker: Some((7, "h".into())), elapsed_us: 3,
-            }]);
+            let report = ToDriver::Results(vec![
+                TaskReport { id, worker: Some(WorkerInfo { pid: 7, host }), run },
+                TaskReport::unstarted(id, crate::Outcome::Value(args)),
+            ]);
             prop_assert_eq!(round_trip(&report), report);
         }
 
         #[test]
-        fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes()) {
-            let run = ToAgent::Run(vec![Assignment { key, kind, args: args.clone(), timeout_ms: Some(5), retries: 1 }]);
-            prop_assert_eq!(round_trip(&run), run);
-            let done = FromAgent::Done(vec![AgentResult {
-                key, outcome: Outcome::Value(args), stdout: Captured::default(),
-                stderr: Captured::default(), worker_pid: Some(1), elapsed_us: 2,
-            }]);
+        fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished()) {
+            let key = TaskKey::new(key);
+            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1 }];
+            let assigned = ToAgent::Run(tasks);
+            prop_assert_eq!(round_trip(&assigned), assigned);
+            let done = FromAgent::Done(vec![AgentResult { key, worker_pid: Some(1), run }]);
             prop_assert_eq!(round_trip(&done), done);
+            let started = FromAgent::Started(vec![key]);
+            prop_assert_eq!(round_trip(&started), started);
         }
 
         #[test]

@@ -4,10 +4,14 @@
 //!   bytes of MessagePack. [`frame::decode_frame`] is the single decoding core; the blocking
 //!   [`frame::FrameReader`] and the async [`frame::FrameCodec`] (a `tokio_util` codec) both use it,
 //!   so both ends enforce the same [`frame::MAX_FRAME_LEN`].
+//! - [`ids`]: the ids on the wire, one type each ([`TaskKey`], [`DriverTaskId`], [`ConnId`]…).
+//! - [`finished`]: [`Finished`], how one run of a task ended (its [`Outcome`], its [`Captured`]
+//!   output, its run time): the one record every hop of a finished task carries.
 //! - [`worker`]: the messages between a process pool and its worker processes ([`ToWorker`],
-//!   [`FromWorker`]) and the [`Outcome`] of a task, which also travels to drivers.
+//!   [`FromWorker`]).
 //! - [`cluster`]: the messages between the server, its agents and drivers, after a
 //!   [`cluster::Hello`] handshake.
+//! - `blob` (re-exported): [`Blob`], binary task data that is not copied on arrival.
 //!
 //! Messages are encoded with named fields ([`frame::encode`]), so a field added later with
 //! `#[serde(default)]` does not break an older peer. Payloads (task arguments and results) are
@@ -15,14 +19,18 @@
 
 mod blob;
 pub mod cluster;
+pub mod finished;
 pub mod frame;
+pub mod ids;
 pub mod worker;
 
 pub use blob::Blob;
+pub use finished::{Captured, ExitReason, Finished, Outcome, WorkerInfo};
 pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };
+pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
 pub use worker::{
-    Captured, ExitReason, FromWorker, Outcome, RunTask, RunTaskRef, TaskDone, ToWorker,
-    ToWorkerRef, WORKER_PROTOCOL_VERSION, WorkerReady,
+    FromWorker, RunTask, RunTaskRef, TaskDone, ToWorker, ToWorkerRef, WORKER_PROTOCOL_VERSION,
+    WorkerReady,
 };

@@ -8,12 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use blitzen_common::cli::{finish, parse_secs, termination};
+use blitzen_common::cli::{finish, parse_secs};
 use blitzen_common::logging;
-use blitzen_server::{DEFAULT_PORT, Secret, Secrets, Server, ServerConfig};
+use blitzen_server::{DEFAULT_PORT, Secret, Secrets, ServerConfig, serve_until};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// The Blitzen cluster server: holds the task queue and the result cache. Drivers submit tasks
 /// to it; `blitzen-client` agents connect to it and run the tasks on their worker processes.
@@ -93,17 +91,7 @@ fn secrets(args: &Args) -> anyhow::Result<Secrets> {
     };
     let agents = args.agent_secret_file.as_ref().map(Secret::from_file).transpose()?;
     let drivers = args.driver_secret_file.as_ref().map(Secret::from_file).transpose()?;
-    let secrets = Secrets {
-        agents: agents.or_else(|| shared.clone()),
-        drivers: drivers.or_else(|| shared.clone()),
-    };
-    if secrets.agents.is_some() != secrets.drivers.is_some() {
-        bail!(
-            "a secret for only one role: give --secret-file (for both), or both \
-             --agent-secret-file and --driver-secret-file"
-        );
-    }
-    Ok(secrets)
+    Ok(Secrets { agents: agents.or_else(|| shared.clone()), drivers: drivers.or(shared) })
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -111,15 +99,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     logging::set_loglevel(&args.log_level)?;
     if let Some(path) = &args.log_file {
         logging::set_logfile(path)?;
-    }
-    let secrets = secrets(&args)?;
-    if !args.bind.is_loopback() && !secrets.enabled() && !args.insecure {
-        bail!(
-            "refusing to listen on {} without a secret: anyone who can reach it could run \
-             programs on your agents; give --secret-file (or BLITZEN_SECRET), or pass \
-             --insecure to do it anyway",
-            args.bind
-        );
     }
     let config = ServerConfig {
         bind: args.bind,
@@ -131,33 +110,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         max_attempts: args.max_attempts,
         deadline_grace: args.deadline_grace,
-        secrets,
+        secrets: secrets(&args)?,
+        allow_insecure: args.insecure,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        let addr = server.local_addr()?;
-        println!("blitzen-server listening on {addr}");
-        let shutdown = CancellationToken::new();
-        let stopper = shutdown.clone();
-        let duration = args.duration;
-        tokio::spawn(async move {
-            match duration {
-                Some(d) => tokio::select! {
-                    _ = tokio::time::sleep(d) => tracing::info!(?d, "duration elapsed"),
-                    _ = termination() => tracing::info!("signal received"),
-                },
-                None => {
-                    termination().await;
-                    tracing::info!("signal received");
-                }
-            }
-            stopper.cancel();
-        });
-        server.run(shutdown).await?;
-        anyhow::Ok(())
-    })
+    serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
+    Ok(())
 }

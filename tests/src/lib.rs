@@ -1,4 +1,9 @@
 //! Helpers for Blitzen's end-to-end tests, which run against real processes.
+//!
+//! - this file: processes (alive? memory?), signals, and [`Reports`], a rendezvous where a task
+//!   running in a worker tells the test something.
+//! - [`cluster`]: starting the real `blitzen-server` and `blitzen-client` binaries, temporary
+//!   files, a patient driver.
 
 pub mod cluster;
 

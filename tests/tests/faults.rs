@@ -14,7 +14,7 @@ use blitzen_protocol::cluster::{
     AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Role, TaskKind, ToAgent,
 };
 use blitzen_protocol::frame::{FrameReader, decode_shared, encode};
-use blitzen_protocol::{Captured, MAX_FRAME_LEN, Outcome};
+use blitzen_protocol::{Finished, MAX_FRAME_LEN, Outcome, TaskKey};
 use blitzen_tests::cluster::{
     TempFile, binary, driver, start_agent, start_agent_with, start_program, start_server,
 };
@@ -248,7 +248,7 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
     let ToAgent::Run(tasks) = decode_shared(&next()?).map_err(fail)? else {
         return Err("expected tasks".into());
     };
-    let keys: Vec<u64> = tasks.iter().map(|t| t.key).collect();
+    let keys: Vec<TaskKey> = tasks.iter().map(|t| t.key).collect();
     mute.write_all(&frame(&FromAgent::Started(keys))).map_err(fail)?;
     let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
     let waited = started.elapsed();
@@ -347,12 +347,9 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     let result_not_held = {
         let mut bytes = frame(&agent_hello(CLUSTER_PROTOCOL_VERSION));
         bytes.extend(frame(&FromAgent::Done(vec![AgentResult {
-            key: 12345,
-            outcome: Outcome::Value(Bytes::from_static(b"\x01")),
-            stdout: Captured::default(),
-            stderr: Captured::default(),
+            key: TaskKey::new(12345),
             worker_pid: None,
-            elapsed_us: 0,
+            run: Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01"))),
         }])));
         bytes
     };

@@ -190,7 +190,7 @@ fn panic_is_reported_and_the_worker_survives() -> Result<(), Failed> {
             check(location.contains("multicore.rs"), format!("location {location:?}"))?;
             // The task's own stderr is quoted; the panic report is in the error, not in there.
             check(ctx.stderr_tail == "about to panic", format!("tail {:?}", ctx.stderr_tail))?;
-            check(r.stderr.to_text() == "about to panic\n", "captured stderr")?;
+            check(r.run.stderr.to_text() == "about to panic\n", "captured stderr")?;
             check(text.contains("panicked at") && text.contains("kaboom"), text)?;
         }
         other => return Err(format!("expected a panic, got {other:?}").into()),
@@ -406,7 +406,7 @@ fn blobs_round_trip_and_arrive_shared_with_the_result() -> Result<(), Failed> {
     let back: blitzen::Blob = results[1].decode().map_err(fail)?;
     check(back.iter().rev().eq(data.iter()), "large blob content")?;
     // Decoding shares the received result instead of copying a new buffer.
-    let raw = results[1].outcome.as_ref().map_err(fail)?;
+    let raw = results[1].outcome().map_err(fail)?;
     let range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
     check(range.contains(&(back.as_ptr() as usize)), "the large blob was copied on decoding")
 }
@@ -449,15 +449,15 @@ fn megabytes_of_stdout_are_captured_and_truncated() -> Result<(), Failed> {
     let id = d.run(chatter, 5 << 20);
     let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?.remove(0);
     let lines = r.decode_as(chatter).map_err(fail)?;
-    check(r.stdout.is_truncated(), "5 MiB of output must be truncated")?;
+    check(r.run.stdout.is_truncated(), "5 MiB of output must be truncated")?;
     check(
-        r.stdout.total_len() == lines * 15,
-        format!("total {} for {lines} lines", r.stdout.total_len()),
+        r.run.stdout.total_len() == lines * 15,
+        format!("total {} for {lines} lines", r.run.stdout.total_len()),
     )?;
-    check(r.stdout.head.starts_with(b"line 000000000\n"), "head")?;
+    check(r.run.stdout.head.starts_with(b"line 000000000\n"), "head")?;
     let last = format!("line {:09}\n", lines - 1);
-    check(r.stdout.tail.ends_with(last.as_bytes()), "tail")?;
-    check(r.stdout.to_text().contains("bytes omitted"), "marked")?;
+    check(r.run.stdout.tail.ends_with(last.as_bytes()), "tail")?;
+    check(r.run.stdout.to_text().contains("bytes omitted"), "marked")?;
     // The frames survived: the next task works.
     check(one(&d, d.run(add, (5, 5)))?.map_err(fail)? == 10, "next task")
 }

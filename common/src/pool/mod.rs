@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_protocol::{Captured, ExitReason, Outcome};
+use blitzen_protocol::{ExitReason, Finished, JobId, Outcome};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -57,7 +57,7 @@ pub struct PoolConfig {
     /// Told the ids of jobs with a timeout as they start on a worker (an agent passes this on,
     /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
     /// not block.
-    pub on_start: Option<Arc<dyn Fn(Vec<u64>) + Send + Sync>>,
+    pub on_start: Option<Arc<dyn Fn(Vec<JobId>) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -93,7 +93,7 @@ impl PoolConfig {
 #[derive(Debug, Clone)]
 pub struct Job {
     /// Chosen by the submitter; echoed in the [`JobResult`].
-    pub id: u64,
+    pub id: JobId,
     /// Registered task name.
     pub name: Cow<'static, str>,
     /// Fingerprint of the submitter's signature of the task.
@@ -110,30 +110,17 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct JobResult {
     /// [`Job::id`].
-    pub id: u64,
-    /// The worker that ran it, if it reached one.
+    pub id: JobId,
+    /// The pid of the worker that ran it, if it reached one.
     pub worker: Option<u32>,
-    /// What happened.
-    pub outcome: Outcome,
-    /// Its captured standard output.
-    pub stdout: Captured,
-    /// Its captured standard error.
-    pub stderr: Captured,
-    /// Its run time on the worker (zero if it never ran).
-    pub elapsed: Duration,
+    /// How the run ended.
+    pub run: Finished,
 }
 
 impl JobResult {
     /// A job that ends without reaching a worker.
-    pub fn unstarted(id: u64, outcome: Outcome) -> Self {
-        Self {
-            id,
-            worker: None,
-            outcome,
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-            elapsed: Duration::ZERO,
-        }
+    pub(crate) fn unstarted(id: JobId, outcome: Outcome) -> Self {
+        Self { id, worker: None, run: Finished::unstarted(outcome) }
     }
 }
 

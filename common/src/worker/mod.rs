@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use blitzen_protocol::frame::decode_shared;
 use blitzen_protocol::{
-    FrameReader, FromWorker, MAX_FRAME_LEN, Outcome, RunTask, TaskDone, ToWorker,
+    Finished, FrameReader, FromWorker, MAX_FRAME_LEN, Outcome, RunTask, TaskDone, ToWorker,
     WORKER_PROTOCOL_VERSION, WorkerReady,
 };
 
@@ -122,7 +122,8 @@ fn run() -> io::Result<()> {
         {
             // The value is too large for a frame: report that instead of the value.
             let message = format!("the task's result cannot be sent: {e}");
-            let fallback = TaskDone { outcome: Outcome::BadOutput { message }, ..done };
+            let run = Finished { outcome: Outcome::BadOutput { message }, ..done.run };
+            let fallback = TaskDone { id: done.id, run };
             outbox.push(&FromWorker::Done(fallback)).map_err(io::Error::other)?;
         }
     }
@@ -182,7 +183,7 @@ fn execute(registry: &Registry, task: RunTask) -> TaskDone {
     let _ = io::stderr().flush();
     let stdout = capture::take(io::stdout().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
     let stderr = capture::take(io::stderr().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
-    TaskDone { id: task.id, outcome, stdout, stderr, elapsed_us }
+    TaskDone { id: task.id, run: Finished { outcome, stdout, stderr, elapsed_us } }
 }
 
 /// What the panic hook records: message, location, backtrace.

@@ -4,44 +4,46 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blitzen_common::WorkerInfo;
-use blitzen_common::auth::Secret;
-use blitzen_common::handshake::{HandshakeError, handshake};
-use blitzen_common::net::{self, FramedReader, spawn_writer};
+use blitzen_net::{Admitted, ConnectError, Secret};
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, TaskReport, ToDriver};
-use tokio::sync::{mpsc, oneshot};
+use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, ToDriver, Welcome};
+use blitzen_protocol::ids::{DriverTaskId, KindIndex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Handoff;
 use crate::dispatcher::Call;
-use crate::results::{Finished, ResultTable};
+use crate::results::{DispatchError, ResultTable};
 
 /// Where and how to connect.
 pub(super) struct Endpoint {
     /// `host:port`.
     pub server: String,
+    /// The cluster's shared secret, if it has one.
     pub secret: Option<Secret>,
     /// How long to keep trying.
     pub connect_timeout: Duration,
 }
 
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
-/// results in until stopped or the server goes away.
+/// results in until `stop` is cancelled or the server goes away.
 pub(super) async fn drive(
     endpoint: Endpoint,
     table: Arc<ResultTable>,
-    handoff: &Handoff,
+    handoff: Arc<Handoff>,
     mut queue: mpsc::UnboundedReceiver<Call>,
-    mut stop: oneshot::Receiver<()>,
-    connected: std::sync::mpsc::Sender<Result<(), String>>,
+    stop: CancellationToken,
+    connected: std::sync::mpsc::Sender<Result<(), DispatchError>>,
 ) {
     let server = endpoint.server.clone();
-    let (mut reader, write) = match connect(&endpoint).await {
+    let Admitted { mut reader, write, .. } = match connect(&endpoint).await {
         Ok(conn) => conn,
-        Err(reason) => {
+        Err(cause) => {
+            let error = DispatchError::Connect { server: server.clone(), cause };
+            let reason = error.to_string();
             warn!(%server, %reason, "cannot reach the server");
-            let _ = connected.send(Err(reason.clone()));
+            let _ = connected.send(Err(error));
             handoff.end(&reason);
             table.close(Outcome::Lost { reason });
             return;
@@ -49,26 +51,27 @@ pub(super) async fn drive(
     };
     let _ = connected.send(Ok(()));
     info!(%server, "connected to the server");
-    let (writer, written) = spawn_writer::<FromDriver>(write);
+    let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
     let mut declared = Declared::default();
     let lost = loop {
         tokio::select! {
             biased;
-            _ = &mut stop => {
+            _ = stop.cancelled() => {
                 let _ = writer.send(FromDriver::Bye);
                 break None;
             }
             message = reader.next::<ToDriver>() => match message {
                 Ok(Some(ToDriver::Accepted { count })) => handoff.accepted(count),
                 Ok(Some(ToDriver::Results(reports))) => {
-                    let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
+                    let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
                     debug!(count = ids.len(), "results received");
-                    table.complete(reports.into_iter().map(finished).collect());
+                    table.complete(reports);
                     let _ = writer.send(FromDriver::Ack(ids));
                 }
                 Ok(Some(ToDriver::Waiting { ids, reason })) => {
                     warn!(tasks = ids.len(), %reason, "tasks are waiting");
-                    table.note(&ids, &reason);
+                    let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
+                    table.note(&seqs, &reason);
                 }
                 Ok(Some(ToDriver::ShuttingDown { reason })) => {
                     break Some(format!("the server shut down ({reason}) before the task finished"));
@@ -99,10 +102,9 @@ pub(super) async fn drive(
     let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
 }
 
-/// Connects and shakes hands, retrying with backoff until `limit`; refusals are final.
-async fn connect(
-    endpoint: &Endpoint,
-) -> Result<(FramedReader, tokio::net::tcp::OwnedWriteHalf), String> {
+/// Connects and shakes hands, retrying with backoff until the connect timeout; refusals are
+/// final.
+async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError> {
     let (server, secret, limit) =
         (endpoint.server.as_str(), endpoint.secret.as_ref(), endpoint.connect_timeout);
     let deadline = Instant::now() + limit;
@@ -113,21 +115,10 @@ async fn connect(
         std::process::id()
     );
     loop {
-        let attempt = async {
-            let stream = net::connect(server, limit).await.map_err(|e| e.to_string())?;
-            let role = Role::Driver { name: name.clone() };
-            match handshake(stream, role, secret, limit).await {
-                Ok((reader, write, _)) => Ok(Ok((reader, write))),
-                Err(HandshakeError::Refused(reason)) => Ok(Err(reason)),
-                Err(HandshakeError::Connection(e)) => Err(e),
-            }
-        };
-        match attempt.await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(refusal)) => return Err(format!("the server at {server} refused: {refusal}")),
-            Err(e) if Instant::now() + backoff >= deadline => {
-                return Err(format!("cannot reach the Blitzen server at {server}: {e}"));
-            }
+        let role = Role::Driver { name: name.clone() };
+        match blitzen_net::connect(server, role, secret, limit).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if e.is_refusal() || Instant::now() + backoff >= deadline => return Err(e),
             Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -139,14 +130,14 @@ async fn connect(
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
-    numbers: HashMap<(&'static str, u64), u32>,
+    numbers: HashMap<(&'static str, u64), KindIndex>,
 }
 
 impl Declared {
     /// The call as a submission; a kind not declared yet is added to `kinds`, which goes out
     /// in the same frame.
     fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
-        let next = self.numbers.len() as u32;
+        let next = KindIndex::new(self.numbers.len() as u32);
         let kind = *self.numbers.entry((call.name, call.fingerprint)).or_insert_with(|| {
             kinds.push(TaskKind {
                 name: call.name.to_string(),
@@ -156,22 +147,11 @@ impl Declared {
             next
         });
         Submission {
-            id: call.id,
+            id: DriverTaskId::new(call.id),
             kind,
             args: call.args,
             timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
             retries: call.retries,
         }
-    }
-}
-
-fn finished(r: TaskReport) -> Finished {
-    Finished {
-        id: r.id,
-        worker: r.worker.map(|(pid, host)| WorkerInfo { pid, host: Some(host) }),
-        outcome: r.outcome,
-        stdout: r.stdout,
-        stderr: r.stderr,
-        elapsed: Duration::from_micros(r.elapsed_us),
     }
 }

@@ -8,28 +8,25 @@
 mod link;
 mod local;
 
-pub use blitzen_common::auth::{Secret, SecretError};
+pub use blitzen_net::{ConnectError, Secret, SecretError};
 pub use local::LocalCluster;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blitzen_client::AgentConfig;
-use blitzen_common::cli::termination;
 use blitzen_common::logging;
-use blitzen_common::net;
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
-use blitzen_server::{Secrets, Server, ServerConfig};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use blitzen_server::{Secrets, ServerConfig};
+use tokio::sync::mpsc;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
 use crate::results::{DispatchError, ResultTable};
+use crate::runtime::{self, RuntimeThread};
 
 /// Runs tasks on the agents of a Blitzen cluster. See [`Dispatcher`] for the methods it shares
 /// with [`MulticoreDispatcher`](crate::MulticoreDispatcher); the constructors, `connect`,
@@ -50,8 +47,9 @@ pub struct Cluster {
     connect_timeout: Duration,
     /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
-    /// The cluster's shared secret (from `BLITZEN_SECRET` unless set), or why it is unusable.
-    secret: Result<Option<Secret>, String>,
+    /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
+    /// needed ([`Cluster::secret`]).
+    secret: Option<Secret>,
     /// The dispatcher's results, filled by the connection.
     table: Arc<ResultTable>,
     /// How many tasks were sent, and how many of them the server has taken.
@@ -67,11 +65,12 @@ enum LinkState {
 }
 
 struct Link {
+    /// Calls to submit, taken by the connection.
     submissions: mpsc::UnboundedSender<Call>,
-    stop: oneshot::Sender<()>,
-    thread: JoinHandle<()>,
+    /// The thread the connection runs on; stopping it says goodbye to the server.
+    thread: RuntimeThread,
     /// Answers once whether the handshake succeeded.
-    connected: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+    connected: Option<std::sync::mpsc::Receiver<Result<(), DispatchError>>>,
 }
 
 impl sealed::Sealed for Cluster {}
@@ -107,8 +106,7 @@ impl Backend for Cluster {
             LinkState::Down,
         );
         if let LinkState::Up(link) = state {
-            let _ = link.stop.send(());
-            let _ = link.thread.join();
+            link.thread.stop();
         }
     }
 }
@@ -122,39 +120,28 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     fn start_link(&self) -> Result<Link, DispatchError> {
         logging::install();
-        let secret = self.secret.clone().map_err(DispatchError::Connect)?;
+        let endpoint = link::Endpoint {
+            server: self.server.clone(),
+            secret: self.secret()?,
+            connect_timeout: self.connect_timeout,
+        };
         let (submissions, queue) = mpsc::unbounded_channel();
-        let (stop, stopped) = oneshot::channel();
         let (connected_tx, connected) = std::sync::mpsc::channel();
-        let server = self.server.clone();
         let table = self.table.clone();
         let handoff = self.handoff.clone();
-        let connect_timeout = self.connect_timeout;
-        let thread = std::thread::Builder::new()
-            .name("blitzen-driver".into())
-            .spawn(move || {
-                let runtime =
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let reason = format!("cannot start the driver's runtime: {e}");
-                            let _ = connected_tx.send(Err(reason.clone()));
-                            handoff.end(&reason);
-                            table.close(Outcome::Lost { reason });
-                            return;
-                        }
-                    };
-                runtime.block_on(link::drive(
-                    link::Endpoint { server, secret, connect_timeout },
-                    table,
-                    &handoff,
-                    queue,
-                    stopped,
-                    connected_tx,
-                ));
-            })
-            .map_err(DispatchError::Runtime)?;
-        Ok(Link { submissions, stop, thread, connected: Some(connected) })
+        let thread =
+            RuntimeThread::spawn("blitzen-driver", runtime::current_thread()?, move |stop| {
+                link::drive(endpoint, table, handoff, queue, stop, connected_tx)
+            })?;
+        Ok(Link { submissions, thread, connected: Some(connected) })
+    }
+
+    /// The secret given with `with_secret`, or else the one in `BLITZEN_SECRET`, if any.
+    fn secret(&self) -> Result<Option<Secret>, SecretError> {
+        match &self.secret {
+            Some(secret) => Ok(Some(secret.clone())),
+            None => Secret::from_env(),
+        }
     }
 }
 
@@ -167,10 +154,10 @@ impl Dispatcher<Cluster> {
             table: table.clone(),
             default_timeout: None,
             backend: Cluster {
-                server: net::with_default_port(server.as_ref(), DEFAULT_PORT),
+                server: blitzen_net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
                 insecure: false,
-                secret: Secret::from_env().map_err(|e| e.to_string()),
+                secret: None,
                 table,
                 handoff: Arc::new(Handoff::default()),
                 link: Mutex::new(LinkState::Idle),
@@ -188,7 +175,7 @@ impl Dispatcher<Cluster> {
     /// Uses this shared secret to authenticate with the server (and for `spawn_server` and
     /// `spawn_client`), instead of the `BLITZEN_SECRET` environment variable.
     pub fn with_secret(mut self, secret: Secret) -> Self {
-        self.backend.secret = Ok(Some(secret));
+        self.backend.secret = Some(secret);
         self
     }
 
@@ -197,8 +184,7 @@ impl Dispatcher<Cluster> {
         self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<Self, DispatchError> {
-        let secret = Secret::from_file(path).map_err(|e| DispatchError::Connect(e.to_string()))?;
-        Ok(self.with_secret(secret))
+        Ok(self.with_secret(Secret::from_file(path)?))
     }
 
     /// Lets [`spawn_server`](Self::spawn_server) listen on a non-loopback address without a
@@ -223,12 +209,12 @@ impl Dispatcher<Cluster> {
             }
             match &mut *link {
                 LinkState::Up(l) => l.connected.take(),
-                _ => return Err(DispatchError::Connect("the dispatcher is shut down".into())),
+                _ => return Err(DispatchError::ShutDown),
             }
         };
         match waiter.map(|w| w.recv()) {
-            Some(Ok(Err(reason))) => Err(DispatchError::Connect(reason)),
-            Some(Err(_)) => Err(DispatchError::Connect("the connection ended".into())),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(DispatchError::Disconnected("the connection ended".into())),
             _ => Ok(()),
         }
     }
@@ -246,7 +232,7 @@ impl Dispatcher<Cluster> {
                 return Ok(());
             }
             if let Some(reason) = &state.ended {
-                return Err(DispatchError::Connect(reason.clone()));
+                return Err(DispatchError::Disconnected(reason.clone()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -265,44 +251,19 @@ impl Dispatcher<Cluster> {
     /// Runs a server on this dispatcher's address for `duration` (until Ctrl-C or SIGTERM when
     /// `None`), then shuts it down cleanly. Blocks meanwhile, like the seed's `spawn_server`.
     pub fn spawn_server(&self, duration: impl Into<Option<Duration>>) -> Result<(), DispatchError> {
-        let addr = resolve(&self.backend.server).map_err(DispatchError::Serve)?;
-        let secret = self.backend.secret.clone().map_err(DispatchError::Serve)?;
-        if !addr.ip().is_loopback() && secret.is_none() && !self.backend.insecure {
-            return Err(DispatchError::Serve(format!(
-                "refusing to listen on {} without a secret (with_secret, or BLITZEN_SECRET); \
-                 use allow_insecure(true) to do it anyway",
-                addr.ip()
-            )));
-        }
+        let server = &self.backend.server;
+        let addr = resolve(server)
+            .map_err(|source| DispatchError::Resolve { server: server.clone(), source })?;
         logging::install();
         let config = ServerConfig {
             bind: addr.ip(),
             port: addr.port(),
-            secrets: secret.map(Secrets::both).unwrap_or_default(),
+            secrets: self.backend.secret()?.map(Secrets::both).unwrap_or_default(),
+            allow_insecure: self.backend.insecure,
             ..ServerConfig::default()
         };
-        let duration = duration.into();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(DispatchError::Runtime)?;
-        runtime.block_on(async {
-            let server =
-                Server::bind(config).await.map_err(|e| DispatchError::Serve(e.to_string()))?;
-            let shutdown = CancellationToken::new();
-            let stopper = shutdown.clone();
-            tokio::spawn(async move {
-                match duration {
-                    Some(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = termination() => {}
-                    },
-                    None => termination().await,
-                }
-                stopper.cancel();
-            });
-            server.run(shutdown).await.map_err(|e| DispatchError::Serve(e.to_string()))
-        })
+        blitzen_server::serve_until(config, duration.into(), |_| {})?;
+        Ok(())
     }
 
     /// Runs an agent with `workers` worker processes for this dispatcher's server, until Ctrl-C
@@ -315,20 +276,8 @@ impl Dispatcher<Cluster> {
         }
         logging::install();
         let mut config = AgentConfig::new(&self.backend.server, workers);
-        config.secret = self.backend.secret.clone().map_err(DispatchError::Connect)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(DispatchError::Runtime)?;
-        runtime.block_on(async {
-            let shutdown = CancellationToken::new();
-            let stopper = shutdown.clone();
-            tokio::spawn(async move {
-                termination().await;
-                stopper.cancel();
-            });
-            blitzen_client::run(config, shutdown).await
-        })?;
+        config.secret = self.backend.secret()?;
+        blitzen_client::run_until_signal(config)?;
         Ok(())
     }
 }
@@ -365,15 +314,12 @@ impl Handoff {
 }
 
 /// `host:port` to one socket address (the first the resolver gives).
-fn resolve(server: &str) -> Result<SocketAddr, String> {
+fn resolve(server: &str) -> std::io::Result<SocketAddr> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    server
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {server}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{server} resolves to no address"))
+    let first = server.to_socket_addrs()?.next();
+    first.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
 /// The address of the interface this machine would use to reach other hosts, found by asking

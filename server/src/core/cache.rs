@@ -5,20 +5,32 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::TaskReport;
-
-use super::ConnId;
+use blitzen_protocol::ids::{ConnId, DriverTaskId};
 
 /// Unacknowledged results by driver, with the caps of `--result-ttl` and `--max-results`.
 #[derive(Debug)]
 pub(super) struct ResultCache {
     /// By driver, then by the driver's task id: the result and when it arrived.
-    by_driver: HashMap<ConnId, HashMap<u64, (TaskReport, Instant)>>,
+    by_driver: HashMap<ConnId, HashMap<DriverTaskId, (TaskReport, Instant)>>,
     /// Arrival order, for eviction. Entries whose result was acknowledged meanwhile are skipped
     /// (and trimmed from the front every turn), so acknowledging costs no search.
-    order: VecDeque<(ConnId, u64, Instant)>,
+    order: VecDeque<Arrival>,
+    /// Results held in `by_driver`.
     count: usize,
+    /// The age cap.
     ttl: Duration,
+    /// The count cap.
     max: usize,
+}
+
+/// One result's place in the arrival order.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    driver: ConnId,
+    id: DriverTaskId,
+    /// When it arrived; an entry is stale when the result held under its id arrived at
+    /// another time (it was acknowledged, and the id reported again).
+    at: Instant,
 }
 
 impl ResultCache {
@@ -33,7 +45,7 @@ impl ResultCache {
         if self.by_driver.entry(conn).or_default().insert(id, (report, now)).is_none() {
             self.count += 1;
         }
-        self.order.push_back((conn, id, now));
+        self.order.push_back(Arrival { driver: conn, id, at: now });
         let mut evicted = 0;
         while self.count > self.max && self.evict_oldest() {
             evicted += 1;
@@ -42,7 +54,7 @@ impl ResultCache {
     }
 
     /// Forgets acknowledged results.
-    pub(super) fn ack(&mut self, conn: ConnId, ids: &[u64]) {
+    pub(super) fn ack(&mut self, conn: ConnId, ids: &[DriverTaskId]) {
         if let Some(results) = self.by_driver.get_mut(&conn) {
             for id in ids {
                 if results.remove(id).is_some() {
@@ -72,8 +84,9 @@ impl ResultCache {
     /// Ids held for one driver.
     #[cfg(test)]
     pub(super) fn ids(&self, conn: ConnId) -> Vec<u64> {
-        let mut ids: Vec<u64> =
-            self.by_driver.get(&conn).map(|r| r.keys().copied().collect()).unwrap_or_default();
+        let mut ids: Vec<u64> = (self.by_driver.get(&conn).into_iter())
+            .flat_map(|r| r.keys().map(|id| id.get()))
+            .collect();
         ids.sort_unstable();
         ids
     }
@@ -86,7 +99,7 @@ impl ResultCache {
 
     /// When the oldest result reaches the age cap.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|&(_, _, at)| at + self.ttl)
+        self.order.front().map(|a| a.at + self.ttl)
     }
 
     /// Drops results older than the age cap; returns how many.
@@ -94,8 +107,7 @@ impl ResultCache {
         let Some(oldest_kept) = Instant::now().checked_sub(self.ttl) else { return 0 };
         self.trim();
         let mut evicted = 0;
-        while self.order.front().is_some_and(|&(_, _, at)| at <= oldest_kept) && self.evict_oldest()
-        {
+        while self.order.front().is_some_and(|a| a.at <= oldest_kept) && self.evict_oldest() {
             evicted += 1;
         }
         evicted
@@ -103,10 +115,10 @@ impl ResultCache {
 
     /// Drops order entries of results acknowledged meanwhile from the front.
     pub(super) fn trim(&mut self) {
-        while let Some(&(conn, id, at)) = self.order.front() {
+        while let Some(&Arrival { driver, id, at }) = self.order.front() {
             let held = self
                 .by_driver
-                .get(&conn)
+                .get(&driver)
                 .and_then(|r| r.get(&id))
                 .is_some_and(|&(_, stored)| stored == at);
             if held {
@@ -119,8 +131,8 @@ impl ResultCache {
     /// Removes the oldest held result; returns whether there was one.
     fn evict_oldest(&mut self) -> bool {
         self.trim();
-        let Some((conn, id, _)) = self.order.pop_front() else { return false };
-        if let Some(results) = self.by_driver.get_mut(&conn)
+        let Some(Arrival { driver, id, .. }) = self.order.pop_front() else { return false };
+        if let Some(results) = self.by_driver.get_mut(&driver)
             && results.remove(&id).is_some()
         {
             self.count -= 1;

@@ -1,20 +1,56 @@
-//! [`TaskTable`]: every task the server holds, in a slab.
+//! [`Task`], the server's record of one task, and [`TaskTable`]: every task the server holds,
+//! in a slab.
 //!
 //! A million queued tasks must cost little memory: a slab of slots reused through a free list
 //! holds each task once, without the hash table's spare buckets. A key is the slot's index and
 //! the slot's generation, which changes whenever the slot is freed, so a key outlives its task
 //! harmlessly: a late result for a task that was given up finds nothing.
 
-use super::Task;
+use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use bytes::Bytes;
 
-/// The server's key of a task: generation in the high 32 bits, slot index in the low.
-pub(crate) type TaskKey = u64;
+use super::KindId;
 
+/// One task the server holds, from its submission until it ends.
+#[derive(Debug)]
+pub(crate) struct Task {
+    /// The driver that submitted it; its result goes there.
+    pub driver: ConnId,
+    /// The driver's id of the task, quoted in every report about it.
+    pub id: DriverTaskId,
+    /// Submission order across the server; a requeued task goes back before every task with a
+    /// higher number (keys are reused, so they do not tell the order).
+    pub seq: u64,
+    /// What to run.
+    pub kind: KindId,
+    /// Its encoded arguments, never decoded here; shared with each assignment, not copied.
+    pub args: Bytes,
+    /// Its timeout in milliseconds, counted from its start on a worker (the driver's, or the
+    /// server's default).
+    pub timeout_ms: Option<u64>,
+    /// Reruns the agent may make when it crashes its worker or times out.
+    pub retries: u32,
+    /// The agent running it; `None` while queued. When set, that agent's `running` holds the
+    /// task's key, and no driver queue does.
+    pub agent: Option<ConnId>,
+    /// Times an agent holding it vanished; at `max_attempts` the task ends `Lost`. A task
+    /// with attempts is one whose late result an agent may recover.
+    pub attempts: u32,
+}
+
+/// A key is the slot's generation in the high 32 bits and its index in the low.
+fn key(index: usize, generation: u32) -> TaskKey {
+    TaskKey::new((u64::from(generation) << 32) | index as u64)
+}
+
+/// Every task held, by key.
 #[derive(Debug, Default)]
 pub(crate) struct TaskTable {
+    /// Slot `i` holds the task whose key has index `i` and the slot's generation, if any.
     slots: Vec<Slot>,
     /// Indices of empty slots, reused last-freed first.
     free: Vec<u32>,
+    /// Slots holding a task.
     len: usize,
     /// Generation of new slots: above every generation used before the table was last emptied,
     /// so that keys from before cannot match tasks from after.
@@ -28,6 +64,7 @@ struct Slot {
 }
 
 fn split(key: TaskKey) -> (usize, u32) {
+    let key = key.get();
     ((key & u64::from(u32::MAX)) as usize, (key >> 32) as u32)
 }
 
@@ -38,11 +75,11 @@ impl TaskTable {
         if let Some(index) = self.free.pop() {
             let slot = &mut self.slots[index as usize];
             slot.task = Some(task);
-            return (u64::from(slot.generation) << 32) | u64::from(index);
+            return key(index as usize, slot.generation);
         }
-        let index = self.slots.len() as u64;
+        let index = self.slots.len();
         self.slots.push(Slot { generation: self.fresh, task: Some(task) });
-        (u64::from(self.fresh) << 32) | index
+        key(index, self.fresh)
     }
 
     pub(crate) fn get(&self, key: TaskKey) -> Option<&Task> {
@@ -89,7 +126,7 @@ impl TaskTable {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.task.as_ref().is_some_and(|t| !keep(t)))
-            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+            .map(|(i, s)| key(i, s.generation))
             .collect();
         for key in doomed {
             self.remove(key);
@@ -118,14 +155,13 @@ impl std::ops::Index<&TaskKey> for TaskTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn task(id: u64) -> Task {
         Task {
-            driver: 1,
-            id,
+            driver: ConnId::new(1),
+            id: DriverTaskId::new(id),
             seq: id,
-            kind: 0,
+            kind: KindId(0),
             args: Bytes::new(),
             timeout_ms: None,
             retries: 0,
@@ -139,12 +175,12 @@ mod tests {
         let mut t = TaskTable::default();
         let a = t.insert(task(1));
         let b = t.insert(task(2));
-        assert_eq!(t.remove(a).map(|x| x.id), Some(1));
+        assert_eq!(t.remove(a).map(|x| x.id.get()), Some(1));
         let c = t.insert(task(3));
         assert_ne!(a, c, "the slot is reused with a new generation");
         assert!(t.get(a).is_none() && t.remove(a).is_none(), "the old key finds nothing");
-        assert_eq!((t[&b].id, t[&c].id, t.len()), (2, 3, 2));
-        t.retain(|x| x.id != 2);
+        assert_eq!((t[&b].id.get(), t[&c].id.get(), t.len()), (2, 3, 2));
+        t.retain(|x| x.id.get() != 2);
         assert!(t.get(b).is_none());
         assert_eq!(t.len(), 1);
         t.remove(c);

@@ -1,6 +1,30 @@
-//! Unit tests of the core: events in, assignments and reports out.
+//! Unit tests of the core: events in, assignments and reports out. Each turn ends with
+//! [`Core::end_turn`], as in [`Core::run`].
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::agents::MAX_CREDIT;
 use super::*;
-use blitzen_protocol::cluster::Submission;
+use blitzen_protocol::cluster::{Submission, TaskReport};
+use blitzen_protocol::ids::KindIndex;
+use blitzen_protocol::{Finished, Outcome};
+use bytes::Bytes;
+
+/// Connection `n`.
+fn conn(n: u64) -> ConnId {
+    ConnId::new(n)
+}
+
+/// A submission with no timeout and no retries.
+fn submission(id: u64, kind: u32) -> Submission {
+    Submission {
+        id: DriverTaskId::new(id),
+        kind: KindIndex::new(kind),
+        args: Bytes::new(),
+        timeout_ms: None,
+        retries: 0,
+    }
+}
 
 fn kind(name: &str) -> TaskKind {
     TaskKind { name: name.into(), fingerprint: 7, signature: format!("fn {name}()") }
@@ -10,42 +34,39 @@ fn core(config: ServerConfig) -> Core {
     Core::new(config, mpsc::unbounded_channel().1)
 }
 
-fn driver(core: &mut Core, conn: ConnId) -> mpsc::UnboundedReceiver<ToDriver> {
+fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
     let (tx, rx) = mpsc::unbounded_channel();
-    core.on_event(Event::DriverJoined { conn, name: format!("d{conn}"), tx });
+    core.on_event(Event::DriverJoined { conn: conn(n), name: format!("d{n}"), tx });
     rx
 }
 
 fn agent(
     core: &mut Core,
-    conn: ConnId,
+    n: u64,
     workers: u32,
     kinds: &[&str],
 ) -> mpsc::UnboundedReceiver<ToAgent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = kinds.iter().map(|k| kind(k)).collect();
+    let agent = JoiningAgent { host: format!("a{n}"), workers, kinds };
     let close = CancellationToken::new();
-    core.on_event(Event::AgentJoined { conn, host: format!("a{conn}"), workers, kinds, tx, close });
+    core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
     rx
 }
 
 /// Submits tasks of kind `name`, declaring it again (a driver may; the table just grows).
-fn submit(core: &mut Core, conn: ConnId, name: &str, ids: std::ops::Range<u64>) {
-    let index = core.drivers.get(&conn).map_or(0, |d| d.kinds.len() as u32);
-    let tasks = ids
-        .map(|id| Submission { id, kind: index, args: Bytes::new(), timeout_ms: None, retries: 0 })
-        .collect();
-    core.on_event(Event::Submit { conn, kinds: vec![kind(name)], tasks });
+fn submit(core: &mut Core, n: u64, name: &str, ids: std::ops::Range<u64>) {
+    let index = core.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let tasks = ids.map(|id| submission(id, index)).collect();
+    core.on_event(Event::Submit { conn: conn(n), kinds: vec![kind(name)], tasks });
 }
 
+/// Ends a turn, as the event loop does.
 fn turn(core: &mut Core) {
-    core.dispatch();
-    core.flush();
-    core.cache.trim();
-    core.forget_departed();
+    core.end_turn();
 }
 
-fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<u64> {
+fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey> {
     let mut keys = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let ToAgent::Run(batch) = msg {
@@ -55,17 +76,20 @@ fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<u64> {
     keys
 }
 
-fn done(keys: &[u64]) -> Vec<AgentResult> {
+fn done(keys: &[TaskKey]) -> Vec<AgentResult> {
     keys.iter()
-        .map(|&key| AgentResult {
-            key,
-            outcome: Outcome::Value(Bytes::from_static(b"\x01")),
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-            worker_pid: Some(1),
-            elapsed_us: 1,
+        .map(|&key| {
+            let mut run = Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01")));
+            run.elapsed_us = 1;
+            AgentResult { key, worker_pid: Some(1), run }
         })
         .collect()
+}
+
+/// The driver and the driver's id of a task.
+fn owner(core: &Core, key: &TaskKey) -> (u64, u64) {
+    let task = &core.tasks[key];
+    (task.driver.get(), task.id.get())
 }
 
 #[test]
@@ -78,8 +102,7 @@ fn fifo_within_a_driver_and_round_robin_between_drivers() {
     let mut a = agent(&mut c, 10, 3, &["t"]);
     turn(&mut c);
     let keys = assigned(&mut a);
-    let owners: Vec<(ConnId, u64)> =
-        keys.iter().map(|k| (c.tasks[k].driver, c.tasks[k].id)).collect();
+    let owners: Vec<(u64, u64)> = keys.iter().map(|k| owner(&c, k)).collect();
     assert_eq!(owners, [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (2, 2)]);
 }
 
@@ -93,7 +116,7 @@ fn agents_get_only_what_they_can_run_within_their_credit() {
     turn(&mut c);
     let keys = assigned(&mut a);
     assert_eq!(keys.len(), 2, "one worker: credit for two tasks");
-    assert!(keys.iter().all(|k| c.kinds[c.tasks[k].kind].name == "t"));
+    assert!(keys.iter().all(|k| c.kind(c.tasks[k].kind).name == "t"));
     // The driver heard why `other` waits, once per kind.
     let mut notices = Vec::new();
     while let Ok(msg) = d.try_recv() {
@@ -102,10 +125,12 @@ fn agents_get_only_what_they_can_run_within_their_credit() {
         }
     }
     assert!(
-        notices.iter().any(|(ids, r)| ids == &[0] && r.contains("no agent is connected")),
+        notices
+            .iter()
+            .any(|(ids, r)| ids == &[DriverTaskId::new(0)] && r.contains("no agent is connected")),
         "{notices:?}"
     );
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
     turn(&mut c);
     // Results of 1 µs each: the credit opens up to the whole queue.
     assert_eq!(assigned(&mut a).len(), 7, "credit comes back, larger for tiny tasks");
@@ -141,7 +166,7 @@ fn a_vanished_agents_tasks_run_elsewhere_in_order() {
     turn(&mut c);
     let lost = assigned(&mut first);
     assert_eq!(lost.len(), 2);
-    c.on_event(Event::AgentLeft { conn: 10, reason: "gone".into() });
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "gone".into() });
     let mut second = agent(&mut c, 11, 3, &["t"]);
     turn(&mut c);
     let keys = assigned(&mut second);
@@ -157,15 +182,16 @@ fn unfetched_results_are_capped_by_count_and_age() {
     let mut a = agent(&mut c, 10, 4, &["t"]);
     turn(&mut c);
     let keys = assigned(&mut a);
-    c.on_event(Event::DriverLeft { conn: 1, bye: false });
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+    c.on_event(Event::DriverLeft { conn: conn(1), bye: false });
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
     turn(&mut c);
     assert_eq!(c.cache.len(), 2);
-    assert_eq!(c.cache.ids(1), [3, 4], "the newest are kept");
+    assert_eq!(c.cache.ids(conn(1)), [3, 4], "the newest are kept");
 
-    assert!(c.drivers.contains_key(&1), "kept while results wait for it");
-    c.cache = cache::ResultCache::new(std::time::Duration::ZERO, 2);
-    c.report(1, unstarted(9, Outcome::Lost { reason: "r".into() }));
+    assert!(c.drivers.contains_key(&conn(1)), "kept while results wait for it");
+    c.cache = cache::ResultCache::new(Duration::ZERO, 2);
+    let lost = TaskReport::unstarted(DriverTaskId::new(9), Outcome::Lost { reason: "r".into() });
+    c.report(conn(1), lost);
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
     turn(&mut c);
@@ -188,16 +214,16 @@ fn acknowledged_results_leave_the_cache_and_the_limit_refuses_the_rest() {
             refused.extend(
                 reports
                     .into_iter()
-                    .filter(|r| matches!(r.outcome, Outcome::Refused { .. }))
-                    .map(|r| r.id),
+                    .filter(|r| matches!(r.run.outcome, Outcome::Refused { .. }))
+                    .map(|r| r.id.get()),
             );
         }
     }
     assert_eq!(refused, [3, 4]);
     let keys = assigned(&mut a);
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
     turn(&mut c);
-    c.on_event(Event::Ack { conn: 1, ids: vec![0, 1, 2, 3, 4] });
+    c.on_event(Event::Ack { conn: conn(1), ids: (0..5).map(DriverTaskId::new).collect() });
     turn(&mut c);
     assert_eq!(c.cache.len(), 0);
     assert_eq!(c.cache.order_len(), 0);
@@ -218,7 +244,8 @@ fn drivers_hear_how_many_tasks_were_taken() {
         match msg {
             ToDriver::Accepted { count } => counts.push(count),
             ToDriver::Results(r) => {
-                refused += r.iter().filter(|r| matches!(r.outcome, Outcome::Refused { .. })).count()
+                refused +=
+                    r.iter().filter(|r| matches!(r.run.outcome, Outcome::Refused { .. })).count()
             }
             _ => {}
         }
@@ -233,8 +260,8 @@ fn drivers_hear_how_many_tasks_were_taken() {
 fn undeclared_kinds_are_refused_not_queued() {
     let mut c = core(ServerConfig::default());
     let mut d = driver(&mut c, 1);
-    let bad = Submission { id: 9, kind: 3, args: Bytes::new(), timeout_ms: None, retries: 0 };
-    c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![bad] });
+    let bad = submission(9, 3);
+    c.on_event(Event::Submit { conn: conn(1), kinds: vec![kind("t")], tasks: vec![bad] });
     turn(&mut c);
     assert!(c.tasks.is_empty());
     let reasons = outcomes(&mut d);
@@ -255,7 +282,7 @@ fn assignments_use_the_agents_own_kind_numbers() {
     while let Ok(ToAgent::Run(batch)) = a.try_recv() {
         kinds.extend(batch.into_iter().map(|t| t.kind));
     }
-    assert_eq!(kinds, [2], "`c` is the third task the agent announced");
+    assert_eq!(kinds, [KindIndex::new(2)], "`c` is the third task the agent announced");
 }
 
 /// Ids and outcomes of the results a driver received.
@@ -263,7 +290,7 @@ fn outcomes(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<(u64, Outcome)> {
     let mut got = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let ToDriver::Results(batch) = msg {
-            got.extend(batch.into_iter().map(|r| (r.id, r.outcome)));
+            got.extend(batch.into_iter().map(|r| (r.id.get(), r.run.outcome)));
         }
     }
     got
@@ -284,21 +311,21 @@ fn a_task_that_ran_twice_reaches_its_driver_once() {
     let keys = assigned(&mut a);
     assert_eq!(keys.len(), 1);
     // The agent goes silent and is counted lost; the task runs again on another agent.
-    c.on_event(Event::AgentLeft { conn: 10, reason: "no heartbeat".into() });
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "no heartbeat".into() });
     let mut b = agent(&mut c, 11, 1, &["t"]);
     turn(&mut c);
     assert_eq!(assigned(&mut b), keys, "rerun elsewhere under the same key");
     // The first agent comes back with its late result: it is the first, so it is kept.
     let _a2 = agent(&mut c, 12, 1, &["t"]);
-    c.on_event(Event::AgentDone { conn: 12, results: done(&keys), recovered: true });
+    c.on_event(Event::AgentDone { conn: conn(12), results: done(&keys), recovered: true });
     turn(&mut c);
     assert_eq!(reported(&mut d), [0]);
     // The rerun's result is a duplicate: dropped, and not a protocol violation.
-    c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: false });
+    c.on_event(Event::AgentDone { conn: conn(11), results: done(&keys), recovered: false });
     turn(&mut c);
     assert_eq!(reported(&mut d), Vec::<u64>::new(), "delivered exactly once");
-    assert!(!c.agents[&11].close.is_cancelled());
-    assert!(c.agents[&11].running.is_empty(), "its credit is back");
+    assert!(!c.agents[&conn(11)].close.is_cancelled());
+    assert!(c.agents[&conn(11)].running.is_empty(), "its credit is back");
 }
 
 #[test]
@@ -309,15 +336,15 @@ fn a_late_result_settles_a_requeued_task_before_it_runs_again() {
     submit(&mut c, 1, "t", 0..1);
     turn(&mut c);
     let keys = assigned(&mut a);
-    c.on_event(Event::AgentLeft { conn: 10, reason: "connection closed".into() });
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "connection closed".into() });
     submit(&mut c, 1, "t", 1..2);
     let _a2 = agent(&mut c, 12, 1, &["other"]);
-    c.on_event(Event::AgentDone { conn: 12, results: done(&keys), recovered: true });
+    c.on_event(Event::AgentDone { conn: conn(12), results: done(&keys), recovered: true });
     turn(&mut c);
     assert_eq!(reported(&mut d), [0]);
     let mut b = agent(&mut c, 11, 2, &["t"]);
     turn(&mut c);
-    let next: Vec<u64> = assigned(&mut b).iter().map(|k| c.tasks[k].id).collect();
+    let next: Vec<u64> = assigned(&mut b).iter().map(|k| owner(&c, k).1).collect();
     assert_eq!(next, [1], "the settled task is not handed out again; the queue goes on");
 }
 
@@ -331,12 +358,12 @@ fn a_result_for_a_task_the_agent_does_not_hold_closes_its_connection() {
     turn(&mut c);
     let mut keys = assigned(&mut a);
     if keys.is_empty() {
-        keys = c.agents[&11].running.iter().copied().collect();
-        c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
-        assert!(c.agents[&10].close.is_cancelled());
+        keys = c.agents[&conn(11)].running.iter().copied().collect();
+        c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
+        assert!(c.agents[&conn(10)].close.is_cancelled());
     } else {
-        c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: false });
-        assert!(c.agents[&11].close.is_cancelled());
+        c.on_event(Event::AgentDone { conn: conn(11), results: done(&keys), recovered: false });
+        assert!(c.agents[&conn(11)].close.is_cancelled());
     }
     turn(&mut c);
     assert_eq!(reported(&mut d), Vec::<u64>::new(), "the bogus result is not delivered");
@@ -349,12 +376,16 @@ fn a_started_task_past_its_deadline_is_settled_by_the_server() {
     let mut c = core(config);
     let mut d = driver(&mut c, 1);
     let mut a = agent(&mut c, 10, 2, &["t"]);
-    let timed = Submission { id: 0, kind: 0, args: Bytes::new(), timeout_ms: Some(0), retries: 0 };
-    let untimed = Submission { id: 1, kind: 0, args: Bytes::new(), timeout_ms: None, retries: 0 };
-    c.on_event(Event::Submit { conn: 1, kinds: vec![kind("t")], tasks: vec![timed, untimed] });
+    let timed = Submission { timeout_ms: Some(0), ..submission(0, 0) };
+    let untimed = submission(1, 0);
+    c.on_event(Event::Submit {
+        conn: conn(1),
+        kinds: vec![kind("t")],
+        tasks: vec![timed, untimed],
+    });
     turn(&mut c);
     let keys = assigned(&mut a);
-    c.on_event(Event::AgentStarted { conn: 10, keys: keys.clone() });
+    c.on_event(Event::AgentStarted { conn: conn(10), keys: keys.clone() });
     c.settle_overdue();
     turn(&mut c);
     let settled = outcomes(&mut d);
@@ -363,10 +394,10 @@ fn a_started_task_past_its_deadline_is_settled_by_the_server() {
         "only the task with a timeout is settled: {settled:?}"
     );
     // Its agent's answer, if it ever comes, is a duplicate; the other task is still held.
-    c.on_event(Event::AgentDone { conn: 10, results: done(&keys), recovered: false });
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
     turn(&mut c);
     assert_eq!(reported(&mut d), [1]);
-    assert!(!c.agents[&10].close.is_cancelled());
+    assert!(!c.agents[&conn(10)].close.is_cancelled());
 }
 
 #[test]
@@ -379,9 +410,9 @@ fn a_recovered_result_for_a_task_never_lost_closes_the_connection() {
     turn(&mut c);
     let keys = assigned(&mut a);
     // Agent 11 never held it, and nobody lost it: it cannot have a late result.
-    c.on_event(Event::AgentDone { conn: 11, results: done(&keys), recovered: true });
+    c.on_event(Event::AgentDone { conn: conn(11), results: done(&keys), recovered: true });
     turn(&mut c);
-    assert!(c.agents[&11].close.is_cancelled());
+    assert!(c.agents[&conn(11)].close.is_cancelled());
     assert_eq!(reported(&mut d), Vec::<u64>::new());
     assert_eq!(c.tasks.len(), 1, "still held for the agent running it");
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use blitzen_protocol::{Captured, ExitReason, Outcome};
+use blitzen_protocol::{Captured, ExitReason, Finished, Outcome};
 use bytes::BytesMut;
 use tracing::{error, info, warn};
 
@@ -26,7 +26,7 @@ impl Scheduler {
         if let Some(job) = w.inflight.pop_front() {
             let outcome = match w.killed {
                 Some(KillReason::Timeout { job: id, timeout }) if id == job.id => {
-                    warn!(task = job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
+                    warn!(task = %job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
                     Some(Outcome::TimedOut { timeout_ms: timeout.as_millis() as u64 })
                 }
                 // Killed for another job's timeout that had just finished: this one had barely
@@ -39,7 +39,7 @@ impl Scheduler {
                     reason: "the pool shut down while the task was running".into(),
                 }),
                 Some(KillReason::StartupTimeout) | None => {
-                    warn!(task = job.id, name = %job.name, pid, %exit, "worker died running a task");
+                    warn!(task = %job.id, name = %job.name, pid, %exit, "worker died running a task");
                     Some(Outcome::WorkerCrashed { exit })
                 }
             };
@@ -50,17 +50,14 @@ impl Scheduler {
                 Some(_) if retry => {
                     let mut job = job;
                     job.retries -= 1;
-                    info!(task = job.id, name = %job.name, left = job.retries, "running the task again, as asked");
+                    info!(task = %job.id, name = %job.name, left = job.retries, "running the task again, as asked");
                     w.inflight.push_front(job);
                 }
-                Some(outcome) => self.finished.push(JobResult {
-                    id: job.id,
-                    worker: Some(pid),
-                    outcome,
-                    stdout,
-                    stderr,
-                    elapsed: w.head_started.elapsed(),
-                }),
+                Some(outcome) => {
+                    let elapsed_us = w.head_started.elapsed().as_micros() as u64;
+                    let run = Finished { outcome, stdout, stderr, elapsed_us };
+                    self.finished.push(JobResult { id: job.id, worker: Some(pid), run });
+                }
                 None => w.inflight.push_front(job),
             }
         } else if w.killed.is_none() {

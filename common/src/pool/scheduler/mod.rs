@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use blitzen_protocol::frame::encode;
 use blitzen_protocol::{
-    Captured, Outcome, RunTaskRef, TaskDone, ToWorkerRef, WORKER_PROTOCOL_VERSION,
+    Captured, JobId, Outcome, RunTaskRef, TaskDone, ToWorkerRef, WORKER_PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
@@ -42,7 +42,7 @@ const REAP_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KillReason {
     /// This job ran past its timeout.
-    Timeout { job: u64, timeout: Duration },
+    Timeout { job: JobId, timeout: Duration },
     /// The worker did not announce itself in time.
     StartupTimeout,
     /// The worker broke the protocol.
@@ -104,7 +104,7 @@ pub(super) struct Scheduler {
     /// Results gathered this turn, delivered together.
     finished: Vec<JobResult>,
     /// Jobs with a timeout that started this turn, for `PoolConfig::on_start`.
-    started: Vec<u64>,
+    started: Vec<JobId>,
     status: Arc<PoolStatus>,
     /// Running average of run time per task name, in microseconds; decides prefetching.
     average_us: HashMap<Cow<'static, str>, f64>,
@@ -347,7 +347,7 @@ impl Scheduler {
                     let expected = other.map(|j| j.id);
                     error!(
                         pid,
-                        answered = done.id,
+                        answered = %done.id,
                         ?expected,
                         "worker answered out of order; killing it"
                     );
@@ -364,22 +364,15 @@ impl Scheduler {
             } else {
                 w.queued_us = 0.0;
             }
-            let us = done.elapsed_us as f64;
+            let us = done.run.elapsed_us as f64;
             match self.average_us.get_mut(job.name.as_ref()) {
                 Some(avg) => *avg = 0.8 * *avg + 0.2 * us,
                 None => {
                     self.average_us.insert(job.name.clone(), us);
                 }
             }
-            debug!(task = job.id, name = %job.name, pid, us = done.elapsed_us, "task finished");
-            self.finished.push(JobResult {
-                id: done.id,
-                worker: Some(pid),
-                outcome: done.outcome,
-                stdout: done.stdout,
-                stderr: done.stderr,
-                elapsed: Duration::from_micros(done.elapsed_us),
-            });
+            debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
+            self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
         }
         if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();

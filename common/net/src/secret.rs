@@ -1,5 +1,6 @@
-//! Shared-secret authentication of cluster connections: a mutual HMAC-SHA256 challenge and
-//! response.
+//! The shared secret of a cluster ([`Secret`], and [`Secrets`] for a server that gives agents
+//! and drivers different ones) and the proofs of it that the handshake exchanges: a mutual
+//! HMAC-SHA256 challenge and response.
 //!
 //! ```text
 //! peer   → server   Hello { version, role, nonce_p }
@@ -12,11 +13,12 @@
 //! is in the MAC, so a proof made with the agents' secret does not admit a driver; the two
 //! directions are labelled differently, so the server cannot be used to compute a peer's proof.
 //! Proofs are compared in constant time and the secret never crosses the network. Traffic after
-//! the handshake is not encrypted.
+//! the handshake is not encrypted. The exchange itself is in [`crate::handshake`].
 
 use std::fmt;
 use std::path::Path;
 
+use blitzen_protocol::cluster::Role;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -26,7 +28,7 @@ pub const SECRET_ENV: &str = "BLITZEN_SECRET";
 /// Shortest secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// Length of nonces and proofs.
+/// Length of nonces.
 pub const NONCE_LEN: usize = 32;
 
 /// A shared secret. Its `Debug` output does not show it.
@@ -122,6 +124,50 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// The shared secrets of a server: one for agents and one for drivers, so that a worker host
+/// can be given a secret that does not let it submit work. Usually both are the same; either
+/// both are set or neither ([`Secrets::check`]).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// What agents must prove.
+    pub agents: Option<Secret>,
+    /// What drivers must prove.
+    pub drivers: Option<Secret>,
+}
+
+/// A secret for one role only.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "a secret for only one role: agents and drivers are authenticated both or neither (give \
+     one secret for both, or one for each)"
+)]
+pub struct OneSidedSecrets;
+
+impl Secrets {
+    /// The same secret for agents and drivers.
+    pub fn both(secret: Secret) -> Self {
+        Self { agents: Some(secret.clone()), drivers: Some(secret) }
+    }
+
+    /// Whether peers are authenticated at all.
+    pub fn enabled(&self) -> bool {
+        self.agents.is_some() || self.drivers.is_some()
+    }
+
+    /// Refuses a secret for one role only: the other role would be admitted unauthenticated.
+    pub fn check(&self) -> Result<(), OneSidedSecrets> {
+        if self.agents.is_some() == self.drivers.is_some() { Ok(()) } else { Err(OneSidedSecrets) }
+    }
+
+    /// The secret peers of `role` must prove, if any.
+    pub fn for_role(&self, role: &Role) -> Option<&Secret> {
+        match role {
+            Role::Agent { .. } => self.agents.as_ref(),
+            Role::Driver { .. } => self.drivers.as_ref(),
+        }
     }
 }
 

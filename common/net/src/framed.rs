@@ -113,7 +113,7 @@ pub async fn send_one<M: Serialize>(socket: &mut OwnedWriteHalf, msg: &M) -> io:
 }
 
 /// Connects with `TCP_NODELAY` set, giving up after `timeout`.
-pub async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+pub(crate) async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;

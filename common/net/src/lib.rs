@@ -1,0 +1,21 @@
+//! `blitzen-net`: the transport of a Blitzen cluster, shared by the server, its agents and its
+//! drivers.
+//!
+//! - [`framed`]: framed MessagePack over TCP — [`FramedReader`] decodes messages off a socket,
+//!   [`spawn_writer`] batches outgoing ones into few writes.
+//! - [`secret`]: the cluster's shared [`Secret`] (and [`Secrets`], one per role) and the
+//!   HMAC proofs of it.
+//! - [`handshake`]: both halves of the handshake that opens every connection —
+//!   [`handshake::connect`] for agents and drivers, [`handshake::admit`] for the server.
+//!
+//! How they connect: a peer calls `connect`, the server `admit`s what it accepts; both get an
+//! [`handshake::Admitted`] connection (a `FramedReader` and a write half) and then speak the
+//! messages of `blitzen_protocol::cluster` through it.
+
+pub mod framed;
+pub mod handshake;
+pub mod secret;
+
+pub use framed::{FramedReader, NetError, send_one, spawn_writer, with_default_port};
+pub use handshake::{AdmitError, Admitted, ConnectError, admit, connect, role_name};
+pub use secret::{OneSidedSecrets, SECRET_ENV, Secret, SecretError, Secrets};

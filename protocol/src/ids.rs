@@ -1,0 +1,108 @@
+//! The ids that travel on the wire, each its own type so that two numbers of different meaning
+//! cannot be swapped by accident. Each encodes as the bare integer (`#[serde(transparent)]`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Defines a `Copy` newtype id over an integer, with `new`, `get`, `Display` and a transparent
+/// serde form.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident($int:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name($int);
+
+        impl $name {
+            /// The id with this number.
+            pub const fn new(n: $int) -> Self {
+                Self(n)
+            }
+
+            /// Its number.
+            pub const fn get(self) -> $int {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+id_type! {
+    /// A job of a process pool: chosen by whoever submits it (a dispatcher's task number, or
+    /// an agent's [`TaskKey`]) and echoed in the job's answer.
+    JobId(u64)
+}
+
+id_type! {
+    /// The server's key of a task: names the task between the server and the agent running it.
+    /// A key outlives its task harmlessly: the server never hands the same key to a later task.
+    TaskKey(u64)
+}
+
+id_type! {
+    /// A driver's own number for one of its tasks (its dispatcher's task number): names the
+    /// task between the driver and the server.
+    DriverTaskId(u64)
+}
+
+id_type! {
+    /// One accepted connection of a server, unique for the life of the server.
+    ConnId(u64)
+}
+
+id_type! {
+    /// A position in the table of task kinds a connection has declared: a driver's
+    /// submissions, and the server's assignments to an agent, name their kind by it.
+    KindIndex(u32)
+}
+
+id_type! {
+    /// One run of a server, random at each start: an agent that reconnects to the same run may
+    /// deliver what it finished while disconnected.
+    ServerId(u64)
+}
+
+impl From<TaskKey> for JobId {
+    /// An agent runs each task it is given as the pool job of the same number.
+    fn from(key: TaskKey) -> Self {
+        JobId(key.0)
+    }
+}
+
+impl From<JobId> for TaskKey {
+    /// The task an agent's pool job stands for (see `From<TaskKey> for JobId`).
+    fn from(job: JobId) -> Self {
+        TaskKey(job.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_encode_as_bare_integers() {
+        let key = TaskKey::new(300);
+        assert_eq!(
+            rmp_serde::to_vec(&key).expect("encodes"),
+            rmp_serde::to_vec(&300u64).expect("encodes")
+        );
+        let back: TaskKey = rmp_serde::from_slice(&[0xcd, 1, 44]).expect("decodes");
+        assert_eq!((back, back.get(), back.to_string()), (key, 300, "300".to_string()));
+        assert_eq!(format!("{:?}", KindIndex::new(2)), "KindIndex(2)");
+        assert_eq!(TaskKey::from(JobId::from(key)), key);
+    }
+}

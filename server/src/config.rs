@@ -1,0 +1,57 @@
+//! [`ServerConfig`]: every setting of a server, with the defaults of the binary.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use blitzen_net::Secrets;
+use blitzen_protocol::cluster::DEFAULT_PORT;
+
+/// Everything a server can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Anything but loopback needs [`secrets`](Self::secrets) or
+    /// [`allow_insecure`](Self::allow_insecure): [`Server::bind`](crate::Server::bind) refuses
+    /// it otherwise.
+    pub bind: IpAddr,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// Timeout of tasks submitted without one.
+    pub default_timeout: Option<Duration>,
+    /// Tasks held at most (queued or running); submissions beyond it are refused.
+    pub task_limit: usize,
+    /// Results nobody fetched are dropped after this long.
+    pub result_ttl: Duration,
+    /// Results nobody fetched are kept at most this many (the oldest are dropped).
+    pub max_results: usize,
+    /// A connection must complete its handshake within this.
+    pub handshake_timeout: Duration,
+    /// Times a task is handed out before it is given up, when its agents keep vanishing.
+    pub max_attempts: u32,
+    /// A task with a timeout that started on an agent and has not answered by its timeout
+    /// plus this is settled by the server (the agent is alive, but the result is not coming).
+    pub deadline_grace: Duration,
+    /// Secrets peers must prove they know; none: no authentication (loopback only, unless
+    /// `allow_insecure`).
+    pub secrets: Secrets,
+    /// Listen on a non-loopback address without secrets, although then anyone who can reach
+    /// the port can run programs on the agents (the binary's `--insecure`).
+    pub allow_insecure: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            default_timeout: None,
+            task_limit: 10_000_000,
+            result_ttl: Duration::from_secs(3600),
+            max_results: 1_000_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            deadline_grace: Duration::from_secs(30),
+            secrets: Secrets::default(),
+            allow_insecure: false,
+        }
+    }
+}

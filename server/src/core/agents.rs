@@ -1,0 +1,241 @@
+//! Agents: joining and leaving, their results (each task's first result wins), and the
+//! deadlines of started tasks whose agent stays silent about them.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use blitzen_protocol::cluster::{AgentResult, Assignment, TaskKind, TaskReport, ToAgent};
+use blitzen_protocol::ids::{ConnId, KindIndex, TaskKey};
+use blitzen_protocol::{Outcome, WorkerInfo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Core, KindId};
+
+/// Expected work per worker an agent may hold beyond its first two tasks per worker.
+const WORK_WINDOW: Duration = Duration::from_millis(5);
+
+/// Most tasks an agent may hold at once.
+pub(super) const MAX_CREDIT: usize = 1024;
+
+/// What an agent announced in its hello.
+#[derive(Debug)]
+pub(crate) struct JoiningAgent {
+    /// Its name for logs and task errors.
+    pub host: String,
+    /// Worker processes it runs.
+    pub workers: u32,
+    /// The tasks compiled into it, in the order of its announcement.
+    pub kinds: Vec<TaskKind>,
+}
+
+/// A connected agent.
+#[derive(Debug)]
+pub(super) struct Agent {
+    /// Its name for logs and task errors.
+    pub host: String,
+    /// The kinds it can run, each with its index in the agent's own announcement (what an
+    /// assignment names it by).
+    pub kinds: HashMap<KindId, KindIndex>,
+    /// Worker processes it runs (at least 1).
+    pub workers: usize,
+    /// Running average of its tasks' run times (µs), once some have finished; widens its
+    /// credit for short tasks.
+    pub average_us: Option<f64>,
+    /// Tasks assigned to it and not finished, those still in `outbox` included: every one has
+    /// its `Task::agent` set to this agent. Its size is what [`Agent::capacity`] limits.
+    pub running: HashSet<TaskKey>,
+    /// Its connection's writer.
+    pub tx: mpsc::UnboundedSender<ToAgent>,
+    /// Cancelled to close its connection when it breaks the protocol.
+    pub close: CancellationToken,
+    /// Assignments to send at the end of this turn.
+    pub outbox: Vec<Assignment>,
+}
+
+impl Agent {
+    /// Tasks it may hold at once.
+    pub(super) fn capacity(&self) -> usize {
+        let base = 2 * self.workers;
+        let extra = match self.average_us {
+            Some(avg) => {
+                let window = (self.workers as f64) * WORK_WINDOW.as_micros() as f64;
+                (window / avg.max(1.0)) as usize
+            }
+            None => 0,
+        };
+        (base + extra).min(MAX_CREDIT.max(base))
+    }
+}
+
+/// When a started task is settled if `agent` has not answered for it by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Deadline {
+    /// The task's timeout plus the grace period, from its start.
+    pub at: Instant,
+    /// The task.
+    pub key: TaskKey,
+    /// The agent it started on; if the task has moved since, the deadline is stale.
+    pub agent: ConnId,
+}
+
+impl Ord for Deadline {
+    /// Earliest first in a `BinaryHeap` (a max-heap), ties broken by key and agent.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.key, other.agent).cmp(&(self.at, self.key, self.agent))
+    }
+}
+
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Core {
+    pub(super) fn agent_joined(
+        &mut self,
+        conn: ConnId,
+        joining: JoiningAgent,
+        tx: mpsc::UnboundedSender<ToAgent>,
+        close: CancellationToken,
+    ) {
+        let kinds: HashMap<KindId, KindIndex> = (joining.kinds.into_iter().enumerate())
+            .map(|(i, k)| (self.intern(k), KindIndex::new(i as u32)))
+            .collect();
+        let workers = (joining.workers as usize).max(1);
+        let host = joining.host;
+        info!(%conn, %host, workers, tasks = kinds.len(), "agent connected");
+        // Drivers told that no agent could run some of their tasks may hear again.
+        for d in self.drivers.values_mut() {
+            d.told_waiting.retain(|k| !kinds.contains_key(k));
+        }
+        let agent = Agent {
+            host,
+            kinds,
+            workers,
+            average_us: None,
+            running: HashSet::new(),
+            tx,
+            close,
+            outbox: Vec::new(),
+        };
+        self.agents.insert(conn, agent);
+    }
+
+    /// Results from an agent. Each task's first result is kept; a later one (the task ran
+    /// twice because its first agent vanished and came back) is dropped and logged. A result on
+    /// this connection for a task the agent does not hold, or a recovered one for a task no agent
+    /// ever lost, breaks the protocol: the connection is closed and the rest of the batch
+    /// ignored.
+    pub(super) fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
+        let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
+        let mut duplicates = 0;
+        for r in results {
+            if !recovered {
+                let Some(agent) = self.agents.get_mut(&conn) else { return };
+                if !agent.running.remove(&r.key) {
+                    warn!(%conn, %host, key = %r.key, "agent sent a result for a task it does not hold; connection closed");
+                    agent.close.cancel();
+                    break;
+                }
+                let us = r.run.elapsed_us as f64;
+                agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
+            } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {
+                // Only a task some agent lost can come back late; this one never was.
+                warn!(%conn, %host, key = %r.key, "agent recovered a result for a task no agent lost; connection closed");
+                if let Some(agent) = self.agents.get(&conn) {
+                    agent.close.cancel();
+                }
+                break;
+            }
+            let Some(task) = self.take_task(r.key) else {
+                duplicates += 1;
+                continue;
+            };
+            debug!(task = %task.id, driver = %task.driver, agent = %conn, recovered, "task finished");
+            let worker = r.worker_pid.map(|pid| WorkerInfo { pid, host: Some(host.clone()) });
+            self.report(task.driver, TaskReport { id: task.id, worker, run: r.run });
+        }
+        if duplicates > 0 {
+            info!(%conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");
+        }
+    }
+
+    /// Holds started tasks to their timeout plus the grace period.
+    pub(super) fn agent_started(&mut self, conn: ConnId, keys: Vec<TaskKey>) {
+        let Some(agent) = self.agents.get(&conn) else { return };
+        debug!(%conn, count = keys.len(), "tasks with a timeout started");
+        let now = Instant::now();
+        for key in keys {
+            if !agent.running.contains(&key) {
+                continue;
+            }
+            let Some(timeout) = self.tasks.get(key).and_then(|t| t.timeout_ms) else { continue };
+            let at = now + Duration::from_millis(timeout) + self.config.deadline_grace;
+            self.deadlines.push(Deadline { at, key, agent: conn });
+        }
+    }
+
+    /// Settles started tasks whose agent has not answered by their deadline.
+    pub(super) fn settle_overdue(&mut self) {
+        let now = Instant::now();
+        while let Some(&Deadline { at, key, agent: conn }) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let still_there = self.tasks.get(key).is_some_and(|t| t.agent == Some(conn));
+            let Some(agent) = self.agents.get(&conn) else { continue };
+            if !still_there || !agent.running.contains(&key) {
+                continue;
+            }
+            let host = agent.host.clone();
+            let Some(task) = self.take_task(key) else { continue };
+            let timeout = Duration::from_millis(task.timeout_ms.unwrap_or_default());
+            let grace = self.config.deadline_grace;
+            warn!(%conn, %host, task = %task.id, ?timeout, ?grace, "no answer by the task's deadline; settled by the server");
+            let reason = format!(
+                "its agent {host} did not answer within the task's timeout ({timeout:?}) plus a \
+                 grace of {grace:?}; settled by the server"
+            );
+            self.report(task.driver, TaskReport::unstarted(task.id, Outcome::Lost { reason }));
+        }
+    }
+
+    /// An agent is gone: the tasks it held go back to their queues where they were, or end
+    /// `Lost` once handed out `max_attempts` times.
+    pub(super) fn agent_left(&mut self, conn: ConnId, reason: &str) {
+        let Some(agent) = self.agents.remove(&conn) else { return };
+        warn!(%conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
+        let mut lost = Vec::new();
+        for key in agent.running {
+            let Some(task) = self.tasks.get_mut(key) else { continue };
+            task.agent = None;
+            task.attempts += 1;
+            if task.attempts >= self.config.max_attempts {
+                lost.push(key);
+                continue;
+            }
+            let (driver, kind, seq) = (task.driver, task.kind, task.seq);
+            if let Some(d) = self.drivers.get_mut(&driver) {
+                // Back where it was in its queue: before what was submitted after it.
+                let queue = d.queues.entry(kind).or_default();
+                let tasks = &self.tasks;
+                let at = queue.partition_point(|&k| tasks.get(k).is_some_and(|t| t.seq < seq));
+                queue.insert(at, key);
+            }
+        }
+        for key in lost {
+            if let Some(task) = self.take_task(key) {
+                let reason = format!(
+                    "its agent disconnected {} times while holding it; giving up",
+                    task.attempts
+                );
+                self.report(task.driver, TaskReport::unstarted(task.id, Outcome::Lost { reason }));
+            }
+        }
+    }
+}

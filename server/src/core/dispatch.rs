@@ -1,0 +1,92 @@
+//! Assigning queued tasks to agents with free credit, round-robin between drivers, and sending
+//! every connection its batch of the turn.
+
+use std::collections::VecDeque;
+
+use blitzen_protocol::cluster::{Assignment, ToAgent, ToDriver};
+use blitzen_protocol::ids::{ConnId, TaskKey};
+
+use super::Core;
+
+impl Core {
+    /// Fills every agent's free credit, round-robin between drivers.
+    pub(super) fn dispatch(&mut self) {
+        let agent_ids: Vec<ConnId> = self.agents.keys().copied().collect();
+        for conn in agent_ids {
+            // `running` includes the tasks still in the outbox.
+            while let Some(agent) = self.agents.get(&conn) {
+                if agent.running.len() >= agent.capacity() {
+                    break;
+                }
+                let Some(key) = self.next_task_for(conn) else { break };
+                let Some(task) = self.tasks.get_mut(key) else { continue };
+                let Some(agent) = self.agents.get_mut(&conn) else { break };
+                // `next_task_for` only picks kinds the agent has.
+                let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
+                task.agent = Some(conn);
+                agent.running.insert(key);
+                agent.outbox.push(Assignment {
+                    key,
+                    kind,
+                    args: task.args.clone(),
+                    timeout_ms: task.timeout_ms,
+                    retries: task.retries,
+                });
+            }
+        }
+    }
+
+    /// The oldest queued task of the next driver (in rotation) that this agent can run.
+    fn next_task_for(&mut self, agent: ConnId) -> Option<TaskKey> {
+        let kinds = &self.agents.get(&agent)?.kinds;
+        let tasks = &self.tasks;
+        for _ in 0..self.rotation.len() {
+            let conn = self.rotation.pop_front()?;
+            self.rotation.push_back(conn);
+            let Some(d) = self.drivers.get_mut(&conn) else { continue };
+            // Tasks that ended while queued (a late result settled them) leave dead keys.
+            for q in d.queues.values_mut() {
+                while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
+                    q.pop_front();
+                }
+            }
+            // The oldest task among the kinds this agent can run.
+            let best = d
+                .queues
+                .iter()
+                .filter(|(k, _)| kinds.contains_key(k))
+                .filter_map(|(&k, q)| Some((k, tasks.get(*q.front()?)?.seq)))
+                .min_by_key(|&(_, seq)| seq)
+                .map(|(k, _)| k);
+            if let Some(kind) = best {
+                return d.queues.get_mut(&kind).and_then(VecDeque::pop_front);
+            }
+        }
+        None
+    }
+
+    /// Sends every connection its batch of this turn.
+    pub(super) fn flush(&mut self) {
+        for agent in self.agents.values_mut() {
+            if !agent.outbox.is_empty() {
+                let _ = agent.tx.send(ToAgent::Run(std::mem::take(&mut agent.outbox)));
+            }
+        }
+        for d in self.drivers.values_mut() {
+            if !d.outbox.is_empty() {
+                let batch = std::mem::take(&mut d.outbox);
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Results(batch));
+                }
+            }
+            // After the results: a driver that hears its tasks were taken already holds the
+            // answers of those that were refused.
+            if !d.accepted_told {
+                d.accepted_told = true;
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Accepted { count: d.accepted });
+                }
+            }
+        }
+    }
+}

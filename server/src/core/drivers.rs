@@ -1,0 +1,242 @@
+//! Drivers: joining and leaving, their submissions, and results on their way back to them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use blitzen_protocol::Outcome;
+use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
+use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::tasks::Task;
+use super::{Core, KindId};
+
+/// A driver the server knows: connected, or departed without a goodbye while tasks or
+/// results are still held for it.
+#[derive(Debug)]
+pub(super) struct Driver {
+    /// Its name, for logs (program and pid).
+    pub name: String,
+    /// Its connection's writer; `None` once it disconnected without a goodbye, while its
+    /// results wait in the cache.
+    pub tx: Option<mpsc::UnboundedSender<ToDriver>>,
+    /// The kinds this connection declared, in order: a submission's `kind` indexes this.
+    pub kinds: Vec<KindId>,
+    /// Tasks taken from this connection so far (queued, or refused with a report).
+    pub accepted: u64,
+    /// Whether the driver was told the latest `accepted` count.
+    pub accepted_told: bool,
+    /// Queued tasks per kind, each in submission order. May hold keys of tasks that ended
+    /// while queued (a late result settled them); they are skipped and dropped at the front.
+    pub queues: HashMap<KindId, VecDeque<TaskKey>>,
+    /// Reports to send at the end of this turn.
+    pub outbox: Vec<TaskReport>,
+    /// Kinds this driver was told no agent can run, so it is told once (until an agent that
+    /// can run them joins).
+    pub told_waiting: HashSet<KindId>,
+    /// Its tasks still held (queued or running): a departed driver is forgotten once this is
+    /// zero and the cache holds nothing for it.
+    pub live: usize,
+}
+
+impl Core {
+    pub(super) fn driver_joined(
+        &mut self,
+        conn: ConnId,
+        name: String,
+        tx: mpsc::UnboundedSender<ToDriver>,
+    ) {
+        info!(%conn, %name, "driver connected");
+        let driver = Driver {
+            name,
+            tx: Some(tx),
+            kinds: Vec::new(),
+            accepted: 0,
+            accepted_told: true,
+            queues: HashMap::new(),
+            outbox: Vec::new(),
+            told_waiting: HashSet::new(),
+            live: 0,
+        };
+        self.drivers.insert(conn, driver);
+        self.rotation.push_back(conn);
+    }
+
+    /// Queues a driver's new tasks; those beyond the task limit, or of a kind it never
+    /// declared, are refused with a report. The driver hears which tasks no agent can run.
+    pub(super) fn submit(
+        &mut self,
+        conn: ConnId,
+        kinds: Vec<TaskKind>,
+        submissions: Vec<Submission>,
+    ) {
+        let new_kinds: Vec<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
+        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+        driver.kinds.extend(new_kinds);
+        driver.accepted += submissions.len() as u64;
+        driver.accepted_told = false;
+        let name = driver.name.clone();
+        let declared = driver.kinds.clone();
+        let mut unrunnable: HashMap<KindId, Vec<DriverTaskId>> = HashMap::new();
+        let mut refused = Vec::new();
+        let mut undeclared = Vec::new();
+        let count = submissions.len();
+        for s in submissions {
+            let Some(&kind) = declared.get(s.kind.get() as usize) else {
+                undeclared.push(s.id);
+                continue;
+            };
+            if self.tasks.len() >= self.config.task_limit {
+                refused.push(s.id);
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let timeout_ms =
+                s.timeout_ms.or(self.config.default_timeout.map(|t| t.as_millis() as u64));
+            let key = self.tasks.insert(Task {
+                driver: conn,
+                id: s.id,
+                seq,
+                kind,
+                args: s.args,
+                timeout_ms,
+                retries: s.retries,
+                agent: None,
+                attempts: 0,
+            });
+            if let Some(d) = self.drivers.get_mut(&conn) {
+                d.queues.entry(kind).or_default().push_back(key);
+                d.live += 1;
+                if !d.told_waiting.contains(&kind)
+                    && !self.agents.values().any(|a| a.kinds.contains_key(&kind))
+                {
+                    unrunnable.entry(kind).or_default().push(s.id);
+                }
+            }
+        }
+        debug!(%conn, driver = %name, count, refused = refused.len(), "tasks submitted");
+        if !undeclared.is_empty() {
+            warn!(%conn, driver = %name, tasks = undeclared.len(), "submissions name a kind the driver never declared; refused");
+            for id in undeclared {
+                let reason = "the driver submitted it with a kind of task it never declared \
+                              (a bug in the driver)"
+                    .to_string();
+                self.report(conn, TaskReport::unstarted(id, Outcome::Refused { reason }));
+            }
+        }
+        if !refused.is_empty() {
+            warn!(%conn, driver = %name, refused = refused.len(), limit = self.config.task_limit, "task limit reached; submissions refused");
+            let reason = format!(
+                "the server already holds its limit of {} tasks (--task-limit); submit again \
+                 once earlier tasks have finished",
+                self.config.task_limit
+            );
+            for id in refused {
+                let outcome = Outcome::Refused { reason: reason.clone() };
+                self.report(conn, TaskReport::unstarted(id, outcome));
+            }
+        }
+        for (kind, ids) in unrunnable {
+            let reason = self.why_unrunnable(kind);
+            warn!(%conn, driver = %name, tasks = ids.len(), %reason, "tasks wait for an agent");
+            if let Some(d) = self.drivers.get_mut(&conn) {
+                d.told_waiting.insert(kind);
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Waiting { ids, reason });
+                }
+            }
+        }
+    }
+
+    /// Why no connected agent can run tasks of `kind`, for the driver.
+    fn why_unrunnable(&self, kind: KindId) -> String {
+        let wanted = self.kind(kind);
+        let others: Vec<&str> = self
+            .agents
+            .values()
+            .flat_map(|a| a.kinds.keys())
+            .map(|&k| self.kind(k))
+            .filter(|k| k.name == wanted.name)
+            .map(|k| k.signature.as_str())
+            .collect();
+        if self.agents.is_empty() {
+            format!("no agent is connected to run `{}`; the tasks wait for one", wanted.name)
+        } else if others.is_empty() {
+            format!(
+                "no connected agent has a task named `{}`; the tasks wait for an agent built \
+                 with it",
+                wanted.name
+            )
+        } else {
+            format!(
+                "connected agents have `{}` with another signature ({}), not `{}`; the tasks \
+                 wait for an agent built from the same definitions",
+                wanted.name,
+                others.join(", "),
+                wanted.signature
+            )
+        }
+    }
+
+    /// A driver's connection ended. After a goodbye it is forgotten with its queued tasks and
+    /// results; without one its tasks go on and their results wait in the cache.
+    pub(super) fn driver_left(&mut self, conn: ConnId, bye: bool) {
+        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+        driver.tx = None;
+        if !bye {
+            info!(%conn, driver = %driver.name, "driver disconnected; its tasks go on and results are kept");
+            return;
+        }
+        info!(%conn, driver = %driver.name, "driver finished");
+        let Some(driver) = self.drivers.remove(&conn) else { return };
+        self.rotation.retain(|&c| c != conn);
+        self.cache.forget(conn);
+        for key in driver.queues.into_values().flatten() {
+            self.tasks.remove(key);
+        }
+        // Tasks running for it are left to finish; their results are dropped on arrival.
+        self.tasks.retain(|t| t.driver != conn || t.agent.is_some());
+    }
+
+    /// Removes a task that has ended from the books.
+    pub(super) fn take_task(&mut self, key: TaskKey) -> Option<Task> {
+        let task = self.tasks.remove(key)?;
+        if let Some(d) = self.drivers.get_mut(&task.driver) {
+            d.live = d.live.saturating_sub(1);
+        }
+        Some(task)
+    }
+
+    /// Forgets drivers that left without a goodbye once nothing is held for them any more.
+    pub(super) fn forget_departed(&mut self) {
+        let done: Vec<ConnId> = self
+            .drivers
+            .iter()
+            .filter(|(conn, d)| d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn))
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in done {
+            if let Some(d) = self.drivers.remove(&conn) {
+                debug!(%conn, driver = %d.name, "departed driver forgotten: nothing left for it");
+            }
+            self.rotation.retain(|&c| c != conn);
+        }
+    }
+
+    /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
+    pub(super) fn report(&mut self, conn: ConnId, report: TaskReport) {
+        let Some(d) = self.drivers.get_mut(&conn) else { return };
+        if d.tx.is_some() {
+            d.outbox.push(report.clone());
+        }
+        let evicted = self.cache.insert(conn, report);
+        if evicted > 0 {
+            info!(
+                evicted,
+                cap = self.config.max_results,
+                "evicted results nobody fetched (count cap)"
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! [`Server`]: the listening socket, the accept loop, and how a server starts and stops —
+//! [`Server::bind`] enforces the rules of where it may listen, [`serve_until`] runs one until a
+//! duration passes or a signal arrives (the binary and `spawn_server` both use it).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blitzen_common::cli::termination;
+use blitzen_net::OneSidedSecrets;
+use blitzen_protocol::ids::{ConnId, ServerId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ServerConfig;
+use crate::core::Core;
+use crate::session;
+
+/// Why a server cannot serve. None of these is helped by retrying as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address could not be bound (taken, not local, not permitted).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A non-loopback address without secrets, and insecure serving not allowed.
+    #[error(
+        "refusing to listen on {ip} without a secret: anyone who can reach it could run \
+         programs on your agents; give it a shared secret (--secret-file or BLITZEN_SECRET; \
+         with_secret in code), or allow it explicitly (--insecure; allow_insecure(true) in code)"
+    )]
+    Insecure {
+        /// The address asked for.
+        ip: IpAddr,
+    },
+    /// A secret for agents and none for drivers, or the other way round.
+    #[error(transparent)]
+    OneSided(#[from] OneSidedSecrets),
+    /// The runtime or the system failed (no runtime, no randomness for the server's id).
+    #[error("cannot serve: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Binds the listening socket, after checking that the configuration is safe to serve:
+    /// secrets for both roles or neither, and a loopback address unless there are secrets or
+    /// [`ServerConfig::allow_insecure`] says so.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServeError> {
+        config.secrets.check()?;
+        if !config.bind.is_loopback() && !config.secrets.enabled() && !config.allow_insecure {
+            return Err(ServeError::Insecure { ip: config.bind });
+        }
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self { listener, config })
+    }
+
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then tells every driver and agent and returns once
+    /// the goodbyes are queued. Cancelling the token is the way to stop it; dropping the future
+    /// stops serving without goodbyes.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let addr = self.listener.local_addr()?;
+        info!(%addr, authenticated = self.config.secrets.enabled(), "serving");
+        let core = tokio::spawn(Core::new(self.config.clone(), events_rx).run(shutdown.clone()));
+        let random = blitzen_net::secret::nonce()?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&random[..8]);
+        let server_id = ServerId::new(u64::from_be_bytes(id));
+        let shared =
+            Arc::new(session::Shared { events: events_tx, config: self.config.clone(), server_id });
+        let mut next_conn = 1u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = ConnId::new(next_conn);
+                        next_conn += 1;
+                        tokio::spawn(session::serve(stream, peer, conn, shared.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the others.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(shared);
+        let _ = core.await;
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Serves until `duration` has passed (when given) or Ctrl-C / SIGTERM arrives, then shuts
+    /// down cleanly: connected drivers and agents are told.
+    pub async fn run_until(self, duration: Option<Duration>) -> Result<(), ServeError> {
+        let shutdown = CancellationToken::new();
+        let serving = self.run(shutdown.clone());
+        tokio::pin!(serving);
+        let stop = async {
+            match duration {
+                Some(d) => tokio::select! {
+                    _ = tokio::time::sleep(d) => info!(?d, "duration elapsed"),
+                    _ = termination() => info!("signal received"),
+                },
+                None => {
+                    termination().await;
+                    info!("signal received");
+                }
+            }
+        };
+        tokio::select! {
+            result = &mut serving => return result,
+            _ = stop => shutdown.cancel(),
+        }
+        serving.await
+    }
+}
+
+/// Binds a server with `config` and serves until `duration` or a signal (see
+/// [`Server::run_until`]), on a runtime of its own; blocks meanwhile. `listening` is told the
+/// address once it is bound.
+pub fn serve_until(
+    config: ServerConfig,
+    duration: Option<Duration>,
+    listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        listening(server.local_addr()?);
+        server.run_until(duration).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blitzen_net::{Secret, Secrets};
+    use std::net::Ipv4Addr;
+
+    fn config(bind: IpAddr) -> ServerConfig {
+        ServerConfig { bind, port: 0, ..ServerConfig::default() }
+    }
+
+    #[tokio::test]
+    async fn a_public_address_needs_a_secret_or_an_explicit_yes() {
+        let public = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let refused = Server::bind(config(public)).await.expect_err("no secret");
+        assert!(matches!(refused, ServeError::Insecure { .. }), "{refused}");
+        let secret = Secret::new("a secret of enough length", "test").expect("long enough");
+        let with_secret = ServerConfig { secrets: Secrets::both(secret.clone()), ..config(public) };
+        assert!(Server::bind(with_secret).await.is_ok());
+        let allowed = ServerConfig { allow_insecure: true, ..config(public) };
+        assert!(Server::bind(allowed).await.is_ok());
+        let one_sided = ServerConfig {
+            secrets: Secrets { agents: Some(secret), drivers: None },
+            ..config(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        };
+        let refused = Server::bind(one_sided).await.expect_err("one-sided");
+        assert!(refused.to_string().contains("only one role"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_duration_ends_the_server() {
+        let server = Server::bind(config(IpAddr::V4(Ipv4Addr::LOCALHOST))).await.expect("bind");
+        let limit = Duration::from_secs(10);
+        let served = tokio::time::timeout(limit, server.run_until(Some(Duration::from_millis(50))));
+        assert!(matches!(served.await, Ok(Ok(()))));
+    }
+}
