@@ -15,7 +15,9 @@ use blitzen_protocol::Outcome;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::results::{DispatchError, Fetch, ResultTable, RunOptions, TaskId, TaskResult};
+use crate::error::DispatchError;
+use crate::results::{Fetch, RunOptions, TaskId, TaskResult};
+use crate::table::ResultTable;
 
 /// One submitted call, as a backend receives it.
 #[doc(hidden)]

@@ -15,10 +15,11 @@
 //!   [`command`](const@command) (run a program).
 //!
 //! Inside: `dispatcher` ([`Dispatcher`], written once over a [`Backend`]), `multicore` and
-//! [`distributed`] (the two backends), `results` (ids, results, errors, and the table of results
-//! a dispatcher keeps until they are fetched), `streams` (`map`, `imap`, `imap_unordered`),
-//! `progress` (the progress bar of long waits), `runtime` (the background thread each
-//! dispatcher drives its connection or its pool from).
+//! [`distributed`] (the two backends), `results` (task ids, run and fetch options, results),
+//! `error` ([`DispatchError`]), `table` (the results a dispatcher keeps until they are
+//! fetched), `streams` (`map`, `imap`, `imap_unordered`), `progress` (the progress bar of long
+//! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
+//! from).
 //!
 //! ```no_run
 //! #[blitzen::task]
@@ -39,11 +40,13 @@
 
 mod dispatcher;
 pub mod distributed;
+mod error;
 mod multicore;
 mod progress;
 mod results;
 mod runtime;
 mod streams;
+mod table;
 pub mod utils;
 
 /// Blitzen's logging (the seed's `blitzen.logging`): `get_logger`, `set_logfile`,
@@ -60,8 +63,9 @@ pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo,
 pub use blitzen_macros::task;
 pub use blitzen_protocol::{Blob, Captured, ExitReason, Finished, Outcome};
 pub use dispatcher::{Backend, Dispatcher};
+pub use error::DispatchError;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
-pub use results::{DispatchError, Fetch, RunOptions, TaskId, TaskResult, Untyped};
+pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
 pub use streams::{Imap, ImapUnordered};
 
 /// What `#[task]` expansions refer to. Not a stable API.

@@ -14,8 +14,9 @@ use blitzen_protocol::{Outcome, WorkerInfo};
 use tracing::debug;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
-use crate::results::{DispatchError, ResultTable};
+use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
+use crate::table::ResultTable;
 
 /// Runs tasks on a pool of worker processes of this machine, surviving panics, crashes and
 /// runaway tasks. See [`Dispatcher`] for the methods it shares with the cluster dispatcher;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
-use crate::results::DispatchError;
+use crate::error::DispatchError;
 
 /// A runtime with one thread: the one of a [`RuntimeThread`].
 pub(crate) fn current_thread() -> Result<Runtime, DispatchError> {

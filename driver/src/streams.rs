@@ -8,7 +8,8 @@ use blitzen_common::{Task, TaskError};
 use serde::de::DeserializeOwned;
 
 use crate::dispatcher::{Backend, Dispatcher};
-use crate::results::{DispatchError, Fetch, TaskId};
+use crate::error::DispatchError;
+use crate::results::{Fetch, TaskId};
 
 impl<B: Backend> Dispatcher<B> {
     /// Runs `task` on every item of `args` and returns all results, in the order of `args`

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::Handoff;
 use crate::dispatcher::Call;
-use crate::results::{DispatchError, ResultTable};
+use crate::error::DispatchError;
+use crate::table::ResultTable;
 
 /// Where and how to connect.
 pub(super) struct Endpoint {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::DistributedDispatcher;
-use crate::results::DispatchError;
+use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 
 /// How long the agent may take to connect.

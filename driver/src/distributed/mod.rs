@@ -25,8 +25,9 @@ use blitzen_server::{Secrets, ServerConfig};
 use tokio::sync::mpsc;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
-use crate::results::{DispatchError, ResultTable};
+use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
+use crate::table::ResultTable;
 
 /// Runs tasks on the agents of a Blitzen cluster. See [`Dispatcher`] for the methods it shares
 /// with [`MulticoreDispatcher`](crate::MulticoreDispatcher); the constructors, `connect`,

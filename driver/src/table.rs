@@ -1,0 +1,374 @@
+//! [`ResultTable`]: the results a dispatcher keeps, pending until a worker answers, then done
+//! until fetched.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use blitzen_protocol::Outcome;
+use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::ids::DriverTaskId;
+
+use crate::error::DispatchError;
+use crate::progress::{Progress, REDRAW};
+use crate::results::{Fetch, TaskId, TaskResult};
+
+/// How long a waiter watches for results before sleeping ([`ResultTable::spin_briefly`]).
+const SPIN: Duration = Duration::from_micros(250);
+
+/// A waiter spins only when this few results are missing: then the next batch may well be the
+/// last, and soon.
+const SPIN_FOR_TASKS: usize = 4;
+
+/// Hands out distinct origins so ids of two dispatchers never match.
+static NEXT_ORIGIN: AtomicU32 = AtomicU32::new(1);
+
+/// Results a dispatcher holds: pending until a worker answers, then done until fetched.
+///
+/// Filled from the dispatcher's runtime thread, read from user threads; a condition variable
+/// wakes waiting readers whenever a batch lands. The lock is never held while waiting.
+#[derive(Debug)]
+pub(crate) struct ResultTable {
+    state: Mutex<TableState>,
+    changed: Condvar,
+    /// Counts batches of results, so a waiter can watch for news without the lock.
+    batches: AtomicU64,
+}
+
+#[derive(Debug)]
+struct TableState {
+    origin: u32,
+    /// The number of the next task; numbers below it were issued.
+    next: u64,
+    slots: HashMap<u64, Slot>,
+    /// Slots still `Pending`, so waiting for all needs no scan.
+    pending: usize,
+    /// Set when no more tasks can run: new tasks end with this outcome at once.
+    closed: Option<Outcome>,
+    /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`).
+    subscribers: HashMap<u64, std::sync::mpsc::Sender<u64>>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// `note` says what is known about a delay (no agent can run it yet).
+    Pending { task: Cow<'static, str>, signature: &'static str, note: Option<String> },
+    /// Boxed: most slots are pending at any time, and a result is seven times the size.
+    Done(Box<TaskResult>),
+}
+
+impl ResultTable {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(TableState {
+                origin: NEXT_ORIGIN.fetch_add(1, Ordering::Relaxed),
+                next: 1,
+                slots: HashMap::new(),
+                pending: 0,
+                closed: None,
+                subscribers: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            batches: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Issues an id for a new task. When the table is closed the task is settled at once and
+    /// `true` comes back with the id.
+    pub(crate) fn register<O>(
+        &self,
+        task: &'static str,
+        signature: &'static str,
+    ) -> (TaskId<O>, bool) {
+        let mut st = self.lock();
+        let seq = st.next;
+        st.next += 1;
+        let id = TaskId::new(st.origin, seq);
+        st.slots.insert(seq, Slot::Pending { task: Cow::Borrowed(task), signature, note: None });
+        st.pending += 1;
+        let closed = st.closed.clone();
+        drop(st);
+        let is_closed = closed.is_some();
+        if let Some(outcome) = closed {
+            self.settle(seq, outcome);
+        }
+        (id, is_closed)
+    }
+
+    /// Settles one task that never reached a worker.
+    pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
+        self.complete(vec![TaskReport::unstarted(DriverTaskId::new(seq), outcome)]);
+    }
+
+    /// Sends each of `seqs` on `tx` as soon as it is done (at once for those already done).
+    pub(crate) fn subscribe(&self, seqs: &[u64], tx: &std::sync::mpsc::Sender<u64>) {
+        let mut st = self.lock();
+        for &seq in seqs {
+            match st.slots.get(&seq) {
+                Some(Slot::Pending { .. }) => {
+                    st.subscribers.insert(seq, tx.clone());
+                }
+                Some(Slot::Done(_)) => {
+                    let _ = tx.send(seq);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Drops the subscriptions of tasks nobody waits for any more.
+    pub(crate) fn unsubscribe(&self, seqs: &[u64]) {
+        let mut st = self.lock();
+        for seq in seqs {
+            st.subscribers.remove(seq);
+        }
+    }
+
+    /// Attaches what is known about a delay to pending tasks.
+    pub(crate) fn note(&self, seqs: &[u64], note: &str) {
+        let mut st = self.lock();
+        for seq in seqs {
+            if let Some(Slot::Pending { note: n, .. }) = st.slots.get_mut(seq) {
+                *n = Some(note.to_string());
+            }
+        }
+    }
+
+    /// Records a batch of finished tasks (from either backend, as the cluster reports them)
+    /// and wakes waiters.
+    pub(crate) fn complete(&self, batch: Vec<TaskReport>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for r in batch {
+            let seq = r.id.get();
+            let Some(slot) = st.slots.get_mut(&seq) else { continue };
+            let Slot::Pending { task, signature, .. } = slot else { continue };
+            st.pending -= 1;
+            if let Some(subscriber) = st.subscribers.remove(&seq) {
+                let _ = subscriber.send(seq);
+            }
+            let (task, signature) = (std::mem::take(task), *signature);
+            let result = TaskResult { id: seq, task, worker: r.worker, run: r.run, signature };
+            *slot = Slot::Done(Box::new(result));
+        }
+        drop(guard);
+        self.batches.fetch_add(1, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Before sleeping on the condition variable, watches for a new batch of results for a
+    /// short while: a result that arrives within microseconds is then picked up without the
+    /// cost of a sleep and a wake-up, which on a virtual machine is tens of microseconds.
+    /// Returns the guard, taken again.
+    fn spin_briefly<'a>(&'a self, st: MutexGuard<'a, TableState>) -> MutexGuard<'a, TableState> {
+        let seen = self.batches.load(Ordering::Acquire);
+        drop(st);
+        let start = Instant::now();
+        while self.batches.load(Ordering::Acquire) == seen && start.elapsed() < SPIN {
+            std::hint::spin_loop();
+        }
+        self.lock()
+    }
+
+    /// Refuses new tasks and settles every pending one, both with `outcome` (unless the table
+    /// was closed before, whose outcome stays for new tasks).
+    pub(crate) fn close(&self, outcome: Outcome) {
+        let pending: Vec<u64> = {
+            let mut st = self.lock();
+            st.closed.get_or_insert_with(|| outcome.clone());
+            st.slots
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Pending { .. }))
+                .map(|(&seq, _)| seq)
+                .collect()
+        };
+        let batch = (pending.into_iter())
+            .map(|seq| TaskReport::unstarted(DriverTaskId::new(seq), outcome.clone()))
+            .collect();
+        self.complete(batch);
+    }
+
+    /// Waits until every listed task is done, then returns their results in the order of `ids`.
+    pub(crate) fn fetch<O>(
+        &self,
+        ids: &[TaskId<O>],
+        fetch: Fetch,
+    ) -> Result<Vec<TaskResult>, DispatchError> {
+        let mut st = self.lock();
+        for id in ids {
+            if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
+                return Err(DispatchError::UnknownTask(id.seq));
+            }
+            if !st.slots.contains_key(&id.seq) {
+                return Err(DispatchError::AlreadyFetched(id.seq));
+            }
+        }
+        let deadline = fetch.timeout.map(|t| Instant::now() + t);
+        let mut progress = Progress::new(ids.len());
+        let mut ready = 0;
+        let mut spun = false;
+        loop {
+            while ready < ids.len() && matches!(st.slots.get(&ids[ready].seq), Some(Slot::Done(_)))
+            {
+                ready += 1;
+            }
+            if ready == ids.len() {
+                break;
+            }
+            if !spun && ids.len() - ready <= SPIN_FOR_TASKS {
+                spun = true;
+                st = self.spin_briefly(st);
+                continue;
+            }
+            progress.update(|| {
+                ids.iter().filter(|id| matches!(st.slots.get(&id.seq), Some(Slot::Done(_)))).count()
+            });
+            st = match deadline {
+                None if progress.is_enabled() => {
+                    self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => self.changed.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        let mut pending = 0;
+                        let mut detail = None;
+                        for id in ids {
+                            if let Some(Slot::Pending { task, note, .. }) = st.slots.get(&id.seq) {
+                                pending += 1;
+                                if detail.is_none() {
+                                    detail = note
+                                        .as_ref()
+                                        .map(|n| format!("task {} `{task}`: {n}", id.seq));
+                                }
+                            }
+                        }
+                        return Err(DispatchError::WaitTimedOut {
+                            waited: fetch.timeout.unwrap_or_default(),
+                            pending,
+                            total: ids.len(),
+                            detail,
+                        });
+                    };
+                    let left = if progress.is_enabled() { left.min(REDRAW) } else { left };
+                    self.changed.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+        progress.finish();
+        let results = ids
+            .iter()
+            .filter_map(|id| match st.slots.get(&id.seq) {
+                Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
+                _ => None,
+            })
+            .collect();
+        if fetch.clear {
+            for id in ids {
+                st.slots.remove(&id.seq);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Waits until every task is done, then removes and returns all results not yet fetched,
+    /// in submission order.
+    pub(crate) fn take_all(&self) -> Vec<TaskResult> {
+        let mut st = self.lock();
+        let total = st.pending;
+        let mut progress = Progress::new(total);
+        while st.pending > 0 {
+            let left = st.pending;
+            progress.update(|| total.saturating_sub(left));
+            st = if progress.is_enabled() {
+                self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
+            } else {
+                self.changed.wait(st).unwrap_or_else(PoisonError::into_inner)
+            };
+        }
+        progress.finish();
+        let mut all: Vec<TaskResult> = st
+            .slots
+            .drain()
+            .filter_map(|(_, s)| match s {
+                Slot::Done(r) => Some(*r),
+                Slot::Pending { .. } => None,
+            })
+            .collect();
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// Tasks submitted and not yet finished.
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blitzen_common::{DecodeTarget, TaskError};
+
+    fn done(seq: u64, value: u64) -> TaskReport {
+        let bytes = blitzen_common::task::encode_value(&value).expect("encodes");
+        TaskReport::unstarted(DriverTaskId::new(seq), Outcome::Value(bytes))
+    }
+
+    #[test]
+    fn fetch_returns_in_the_order_asked_and_clears_by_default() {
+        let table = ResultTable::new();
+        let ids: Vec<TaskId<u64>> = (0..3).map(|_| table.register("t", "sig").0).collect();
+        table.complete(vec![done(3, 30), done(1, 10), done(2, 20)]);
+        let order = [ids[2], ids[0], ids[1]];
+        let got: Vec<u64> = table
+            .fetch(&order, Fetch::keep())
+            .expect("known")
+            .iter()
+            .map(|r| r.decode().expect("value"))
+            .collect();
+        assert_eq!(got, [30, 10, 20]);
+        assert_eq!(table.fetch(&order, Fetch::default()).expect("kept").len(), 3);
+        assert!(matches!(
+            table.fetch(&ids[..1], Fetch::default()),
+            Err(DispatchError::AlreadyFetched(1))
+        ));
+    }
+
+    #[test]
+    fn foreign_ids_and_wait_limits_are_errors_not_hangs() {
+        let a = ResultTable::new();
+        let b = ResultTable::new();
+        let (id, _) = b.register::<u64>("t", "sig");
+        assert!(matches!(a.fetch(&[id], Fetch::default()), Err(DispatchError::UnknownTask(1))));
+        let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(20)));
+        assert!(matches!(err, Err(DispatchError::WaitTimedOut { pending: 1, total: 1, .. })));
+        b.note(&[id.seq()], "no agent can run it");
+        let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(1)));
+        assert!(format!("{:?}", err).contains("no agent can run it"), "{err:?}");
+        b.close(Outcome::Cancelled { reason: "closing".into() });
+        let r = b.fetch(&[id], Fetch::default()).expect("settled");
+        assert!(matches!(r[0].outcome(), Err(TaskError::Cancelled { .. })));
+        let (late, closed) = b.register::<u64>("t", "sig");
+        assert!(closed);
+        assert!(matches!(
+            b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome(),
+            Err(TaskError::Cancelled { .. })
+        ));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_a_decode_error() {
+        let table = ResultTable::new();
+        let (id, _) = table.register::<String>("t", "sig");
+        table.complete(vec![done(1, 5)]);
+        let r = table.fetch(&[id], Fetch::default()).expect("known");
+        let err = r[0].decode::<String>().expect_err("u64 is not a String");
+        assert!(matches!(err, TaskError::Decode { what: DecodeTarget::Result, .. }), "{err}");
+    }
+}
