@@ -6,7 +6,7 @@ use blitzen_net::{ConnectError, SecretError};
 use blitzen_server::ServeError;
 
 /// A dispatcher call that could not be served. Task failures are not these: they are
-/// [`TaskError`]s inside the results.
+/// [`TaskError`](crate::TaskError)s inside the results.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     /// The id was not issued by this dispatcher. A retry cannot help.
@@ -56,7 +56,7 @@ pub enum DispatchError {
         cause: ConnectError,
     },
     /// The connection to the server has ended (the server went away or shut down); its
-    /// unfinished tasks ended [`TaskError::Lost`].
+    /// unfinished tasks ended [`TaskError::Lost`](crate::TaskError::Lost).
     #[error("the connection to the server has ended: {0}")]
     Disconnected(String),
     /// The dispatcher was shut down.
