@@ -365,6 +365,24 @@ fn a_side_with_a_secret_does_not_trust_an_open_server() -> Result<(), Failed> {
     check(e.contains("does not authenticate"), &e)
 }
 
+fn spawn_server_serves_its_duration_and_keeps_the_public_bind_rule() -> Result<(), Failed> {
+    // Without a secret, a public address is refused before anything is bound.
+    let public = DistributedDispatcher::new("0.0.0.0:0");
+    match public.spawn_server(Duration::from_secs(30)) {
+        Err(e @ DispatchError::Serve(_)) => {
+            check(e.to_string().contains("without a secret"), format!("{e}"))?
+        }
+        other => return Err(format!("a public bind without a secret: {other:?}").into()),
+    }
+    // On loopback it serves for its duration, then returns.
+    let port = free_port().map_err(fail)?;
+    let local = DistributedDispatcher::new(format!("127.0.0.1:{port}"));
+    let started = Instant::now();
+    local.spawn_server(Duration::from_millis(300)).map_err(fail)?;
+    let took = started.elapsed();
+    check(took >= Duration::from_millis(300) && took < WAIT, format!("served {took:?}"))
+}
+
 /// A test named after its function.
 macro_rules! trial {
     ($f:ident) => {
@@ -405,6 +423,7 @@ fn main() -> std::process::ExitCode {
         trial!(shared_secret_admits_who_knows_it_and_refuses_the_rest),
         trial!(the_agents_secret_does_not_let_a_driver_in),
         trial!(a_side_with_a_secret_does_not_trust_an_open_server),
+        trial!(spawn_server_serves_its_duration_and_keeps_the_public_bind_rule),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
