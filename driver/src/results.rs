@@ -104,7 +104,8 @@ pub struct Fetch {
     /// Remove the results from the dispatcher (the default). With `false` they stay and can be
     /// fetched again.
     pub clear: bool,
-    /// Give up waiting after this long with [`DispatchError::WaitTimedOut`](crate::DispatchError::WaitTimedOut); the results stay.
+    /// Give up waiting after this long with
+    /// [`DispatchError::WaitTimedOut`](crate::DispatchError::WaitTimedOut); the results stay.
     pub timeout: Option<Duration>,
 }
 
