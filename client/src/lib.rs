@@ -25,6 +25,7 @@ use std::time::Duration;
 use blitzen_common::cli::termination;
 use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
+use blitzen_common::task::TaskEntry;
 use blitzen_net::{ConnectError, Secret};
 use blitzen_protocol::cluster::{Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
@@ -121,6 +122,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             signature: e.signature.to_string(),
         })
         .collect();
+    let (builtins, own): (Vec<&TaskEntry>, Vec<&TaskEntry>) =
+        entries.iter().copied().partition(|e| blitzen_common::builtin::is_builtin(e));
+    let names: Vec<&str> = own.iter().chain(&builtins).map(|e| e.name).collect();
+    if own.is_empty() {
+        info!(tasks = %names.join(", "), "this agent serves the built-in tasks only");
+    } else {
+        info!(count = names.len(), tasks = %names.join(", "), "this agent serves these tasks");
+    }
     let role = Role::Agent {
         host: config.host.clone(),
         workers: config.pool.workers as u32,

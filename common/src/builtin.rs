@@ -51,6 +51,7 @@ const ECHO_SIGNATURE: &str = "fn echo(T) -> T";
 
 static ECHO_ENTRY: TaskEntry = TaskEntry {
     name: "echo",
+    module: module_path!(),
     signature: ECHO_SIGNATURE,
     fingerprint: fingerprint(ECHO_SIGNATURE),
     invoke: |args| blitzen_protocol::Outcome::Value(bytes::Bytes::copy_from_slice(args)),
@@ -174,6 +175,11 @@ pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
 }
 
 /// The registry entries of the built-in tasks.
+/// Whether `entry` is one of the built-in tasks.
+pub fn is_builtin(entry: &TaskEntry) -> bool {
+    entry.module == module_path!()
+}
+
 pub(crate) fn entries() -> [&'static TaskEntry; 3] {
     static SLEEP: TaskEntry = sleep::__BLITZEN_ENTRY;
     static COMMAND: TaskEntry = command::__BLITZEN_ENTRY;

@@ -76,7 +76,10 @@ impl fmt::Display for DecodeTarget {
 
 /// Why a task produced no value. Every variant carries a [`TaskContext`] (boxed, to keep
 /// `Result<T, TaskError>` small).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+///
+/// `Debug` prints the same text as `Display`, so that a `main` returning an error, or a
+/// `{:?}` of a result, reads as a sentence; a panic's backtrace stays in its field.
+#[derive(Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum TaskError {
     /// The task function returned `Err`. A retry helps only if the cause was transient.
     #[error("{ctx}: returned an error: {message}{}", ctx.stderr_suffix())]
@@ -186,6 +189,22 @@ pub enum TaskError {
         /// Why.
         reason: String,
     },
+    /// No connected agent could run the task for as long as
+    /// `RunOptions::with_unrunnable_limit` allowed: none has a task of this name and signature,
+    /// or none is connected. Retrying helps once an agent built with the task is connected.
+    #[error("{ctx}: unrunnable: {reason}")]
+    Unrunnable {
+        /// Which task.
+        ctx: Box<TaskContext>,
+        /// Why, and for how long it waited.
+        reason: String,
+    },
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl TaskError {
@@ -201,7 +220,8 @@ impl TaskError {
             | TaskError::Decode { ctx, .. }
             | TaskError::Cancelled { ctx, .. }
             | TaskError::Lost { ctx, .. }
-            | TaskError::Refused { ctx, .. } => ctx,
+            | TaskError::Refused { ctx, .. }
+            | TaskError::Unrunnable { ctx, .. } => ctx,
         }
     }
 
@@ -209,6 +229,7 @@ impl TaskError {
     /// when there is an error.
     ///
     /// `signature` is the submitter's view of the task, quoted on a signature mismatch.
+    #[doc(hidden)]
     pub fn from_outcome<'a>(
         outcome: &'a Outcome,
         ctx: impl FnOnce() -> TaskContext,
@@ -253,6 +274,9 @@ impl TaskError {
             Outcome::Refused { reason } => {
                 TaskError::Refused { ctx: ctx(), reason: reason.clone() }
             }
+            Outcome::Unrunnable { reason } => {
+                TaskError::Unrunnable { ctx: ctx(), reason: reason.clone() }
+            }
         })
     }
 }
@@ -268,6 +292,42 @@ mod tests {
             worker: Some(WorkerInfo { pid: 4242, host: None }),
             stderr_tail: stderr_tail.into(),
         }
+    }
+
+    fn variant_name(e: &TaskError) -> &'static str {
+        match e {
+            TaskError::Returned { .. } => "Returned",
+            TaskError::Panicked { .. } => "Panicked",
+            TaskError::TimedOut { .. } => "TimedOut",
+            TaskError::WorkerCrashed { .. } => "WorkerCrashed",
+            TaskError::UnknownTask { .. } => "UnknownTask",
+            TaskError::SignatureMismatch { .. } => "SignatureMismatch",
+            TaskError::Decode { .. } => "Decode",
+            TaskError::Cancelled { .. } => "Cancelled",
+            TaskError::Lost { .. } => "Lost",
+            TaskError::Refused { .. } => "Refused",
+            TaskError::Unrunnable { .. } => "Unrunnable",
+        }
+    }
+
+    #[test]
+    fn debug_reads_as_the_message_and_leaves_the_backtrace_out() {
+        let backtrace = "   0: std::backtrace\n".repeat(60);
+        let e = TaskError::from_outcome(
+            &Outcome::Panicked {
+                message: "index out of bounds".into(),
+                location: Some("src/lib.rs:3:5".into()),
+                backtrace: Some(backtrace),
+            },
+            || ctx(""),
+            "fn f2() -> ()",
+        )
+        .expect_err("a panic");
+        let debug = format!("{e:?}");
+        assert_eq!(debug, e.to_string());
+        assert!(debug.starts_with("task 7 `f2` (worker pid 4242): panicked at src/lib.rs:3:5"));
+        assert!(debug.len() < 200, "{debug}");
+        assert!(matches!(e, TaskError::Panicked { backtrace: Some(_), .. }), "kept in its field");
     }
 
     #[test]
@@ -309,10 +369,11 @@ mod tests {
             (Outcome::Cancelled { reason: "r".into() }, "Cancelled"),
             (Outcome::Lost { reason: "r".into() }, "Lost"),
             (Outcome::Refused { reason: "r".into() }, "Refused"),
+            (Outcome::Unrunnable { reason: "r".into() }, "Unrunnable"),
         ];
         for (outcome, variant) in cases {
             let e = TaskError::from_outcome(&outcome, || ctx(""), "sig").expect_err("an error");
-            assert!(format!("{e:?}").starts_with(variant), "{e:?} is not {variant}");
+            assert_eq!(variant_name(&e), variant, "{e}");
         }
         let value = Outcome::Value(Bytes::from("x"));
         let v = TaskError::from_outcome(&value, || panic!("no context for a value"), "sig");

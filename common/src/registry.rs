@@ -90,12 +90,27 @@ mod tests {
         Outcome::UnknownTask
     }
 
-    static A: TaskEntry =
-        TaskEntry { name: "a", signature: "fn a() -> ()", fingerprint: 1, invoke: nothing };
-    static A2: TaskEntry =
-        TaskEntry { name: "a", signature: "fn a(u8) -> ()", fingerprint: 2, invoke: nothing };
-    static B: TaskEntry =
-        TaskEntry { name: "b", signature: "fn b() -> ()", fingerprint: 3, invoke: nothing };
+    static A: TaskEntry = TaskEntry {
+        name: "a",
+        module: "m",
+        signature: "fn a() -> ()",
+        fingerprint: 1,
+        invoke: nothing,
+    };
+    static A2: TaskEntry = TaskEntry {
+        name: "a",
+        module: "m",
+        signature: "fn a(u8) -> ()",
+        fingerprint: 2,
+        invoke: nothing,
+    };
+    static B: TaskEntry = TaskEntry {
+        name: "b",
+        module: "m",
+        signature: "fn b() -> ()",
+        fingerprint: 3,
+        invoke: nothing,
+    };
 
     #[test]
     fn duplicate_names_are_refused_with_both_signatures() {

@@ -32,6 +32,8 @@ pub trait Task: Copy + Send + Sync + 'static {
 pub struct TaskEntry {
     /// The registered name.
     pub name: &'static str,
+    /// The module the task is declared in (`module_path!()`), e.g. `my_tasks::physics`.
+    pub module: &'static str,
     /// The signature as written.
     pub signature: &'static str,
     /// [`fingerprint`] of the signature.

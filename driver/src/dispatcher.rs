@@ -32,6 +32,7 @@ pub struct Call {
     pub args: Bytes,
     pub timeout: Option<Duration>,
     pub retries: u32,
+    pub unrunnable_limit: Option<Duration>,
 }
 
 /// Where a dispatcher's tasks run: [`Multicore`](crate::Multicore) worker processes here, or a
@@ -66,6 +67,8 @@ pub struct Dispatcher<B: Backend> {
     pub(crate) table: Arc<ResultTable>,
     /// Timeout of tasks submitted without one.
     pub(crate) default_timeout: Option<Duration>,
+    /// Unrunnable limit of tasks submitted without one (set on clusters only).
+    pub(crate) default_unrunnable_limit: Option<Duration>,
     pub(crate) backend: B,
 }
 
@@ -120,6 +123,7 @@ impl<B: Backend> Dispatcher<B> {
             args,
             timeout: options.timeout.or(self.default_timeout),
             retries: options.retries,
+            unrunnable_limit: options.unrunnable_limit.or(self.default_unrunnable_limit),
         };
         if let Err(outcome) = self.backend.submit(call) {
             self.table.settle(id.seq(), outcome);
@@ -162,10 +166,24 @@ impl<B: Backend> Dispatcher<B> {
 
     /// Waits for every task, returns every result not yet fetched in submission order, then
     /// shuts down. Decode each with [`TaskResult::decode`] or [`TaskResult::decode_as`].
+    ///
+    /// It waits as long as the tasks take; [`join_within`](Self::join_within) gives up after a
+    /// limit.
     pub fn join(&self) -> Vec<TaskResult> {
-        let results = self.table.take_all();
+        let results = self.table.take_all(None).unwrap_or_default();
         self.shutdown();
         results
+    }
+
+    /// [`join`](Self::join), waiting at most `limit` for the tasks to finish. When some are
+    /// still unfinished then, it returns [`DispatchError::WaitTimedOut`] — saying why, when it
+    /// is known, e.g. that no connected agent has a task — and does not shut down: every
+    /// result stays, for another `join` or a `get_results`. (Dropping the dispatcher shuts it
+    /// down.)
+    pub fn join_within(&self, limit: Duration) -> Result<Vec<TaskResult>, DispatchError> {
+        let results = self.table.take_all(Some(limit))?;
+        self.shutdown();
+        Ok(results)
     }
 
     /// Stops: tasks still queued or running end as [`TaskError::Cancelled`]; local workers
@@ -194,6 +212,7 @@ impl<B: Backend + fmt::Debug> fmt::Debug for Dispatcher<B> {
             .field("backend", &self.backend)
             .field("pending", &self.table.pending())
             .field("default_timeout", &self.default_timeout)
+            .field("default_unrunnable_limit", &self.default_unrunnable_limit)
             .finish()
     }
 }

@@ -47,6 +47,7 @@ mod results;
 mod runtime;
 mod streams;
 mod table;
+mod tasks;
 pub mod utils;
 
 /// Blitzen's logging (the seed's `blitzen.logging`): `get_logger`, `set_logfile`,
@@ -67,6 +68,7 @@ pub use error::DispatchError;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
 pub use streams::{Imap, ImapUnordered};
+pub use tasks::Tasks;
 
 /// What `#[task]` expansions refer to. Not a stable API.
 #[doc(hidden)]

@@ -155,6 +155,7 @@ impl Dispatcher<Multicore> {
         Ok(Dispatcher {
             table,
             default_timeout: settings.default_timeout,
+            default_unrunnable_limit: None,
             backend: Multicore { submitter, status, thread },
         })
     }

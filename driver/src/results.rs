@@ -84,6 +84,13 @@ pub struct RunOptions {
     /// at once, so a task that crashes whatever runs it does not crash workers forever. A
     /// returned error or a panic is the task's answer and is never retried.
     pub retries: u32,
+    /// On a cluster: how long the task may wait while no connected agent can run it (none is
+    /// connected, or none was built with this task) before it ends
+    /// [`TaskError::Unrunnable`]. The count starts when it is submitted, or when the last agent
+    /// that could run it leaves, and starts again whenever such an agent has come and gone.
+    /// `None` (the default): it waits for as long as it takes, and the driver logs a warning
+    /// now and then. Tasks on one machine can always run: the limit does not apply there.
+    pub unrunnable_limit: Option<Duration>,
 }
 
 impl RunOptions {
@@ -95,6 +102,12 @@ impl RunOptions {
     /// The same options with `retries` reruns after a crash or a timeout.
     pub fn with_retries(self, retries: u32) -> Self {
         Self { retries, ..self }
+    }
+
+    /// The same options, giving up with [`TaskError::Unrunnable`] after waiting `limit` while
+    /// no connected agent could run the task (see [`RunOptions::unrunnable_limit`]).
+    pub fn with_unrunnable_limit(self, limit: Duration) -> Self {
+        Self { unrunnable_limit: Some(limit), ..self }
     }
 }
 

@@ -277,18 +277,42 @@ impl ResultTable {
     }
 
     /// Waits until every task is done, then removes and returns all results not yet fetched,
-    /// in submission order.
-    pub(crate) fn take_all(&self) -> Vec<TaskResult> {
+    /// in submission order. With a `limit`, gives up after it with
+    /// [`DispatchError::WaitTimedOut`], keeping every result.
+    pub(crate) fn take_all(
+        &self,
+        limit: Option<Duration>,
+    ) -> Result<Vec<TaskResult>, DispatchError> {
         let mut st = self.lock();
         let total = st.pending;
+        let deadline = limit.map(|l| Instant::now() + l);
         let mut progress = Progress::new(total);
         while st.pending > 0 {
             let left = st.pending;
             progress.update(|| total.saturating_sub(left));
-            st = if progress.is_enabled() {
-                self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
-            } else {
-                self.changed.wait(st).unwrap_or_else(PoisonError::into_inner)
+            let mut wait = progress.is_enabled().then_some(REDRAW);
+            if let Some(deadline) = deadline {
+                let Some(until) = deadline.checked_duration_since(Instant::now()) else {
+                    let detail = st.slots.iter().find_map(|(seq, slot)| match slot {
+                        Slot::Pending { task, note: Some(n), .. } => {
+                            Some(format!("task {seq} `{task}`: {n}"))
+                        }
+                        _ => None,
+                    });
+                    return Err(DispatchError::WaitTimedOut {
+                        waited: limit.unwrap_or_default(),
+                        pending: st.pending,
+                        total: st.slots.len(),
+                        detail,
+                    });
+                };
+                wait = Some(wait.map_or(until, |w| w.min(until)));
+            }
+            st = match wait {
+                Some(wait) => {
+                    self.changed.wait_timeout(st, wait).unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => self.changed.wait(st).unwrap_or_else(PoisonError::into_inner),
             };
         }
         progress.finish();
@@ -301,7 +325,7 @@ impl ResultTable {
             })
             .collect();
         all.sort_by_key(|r| r.id);
-        all
+        Ok(all)
     }
 
     /// Tasks submitted and not yet finished.

@@ -11,8 +11,6 @@ use blitzen::distributed::DistributedDispatcher;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The workers are this program re-executed: they must become workers here.
     blitzen::worker_main();
-    // Link the shared tasks in (see `common`): an unused module could be dropped by the linker.
-    let _ = common::time_consuming_function;
 
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
@@ -20,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = flag("--workers").map(|s| s.parse::<usize>()).transpose()?.unwrap_or(6);
 
     let backend = DistributedDispatcher::new(server);
-    backend.spawn_client(workers)?;
+    // The tasks are in this program's own module `common`; a crate of tasks would be named
+    // here: `blitzen::tasks![my_tasks]`.
+    backend.spawn_client(blitzen::tasks![], workers)?;
     Ok(())
 }

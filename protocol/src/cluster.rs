@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 3;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 4;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -138,6 +138,11 @@ pub struct Submission {
     /// Times to run it again when it crashes its worker or times out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// How long, in milliseconds, the task may wait while no connected agent can run it before
+    /// it ends [`Outcome::Unrunnable`](crate::Outcome::Unrunnable); `None`: for as long as it
+    /// takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrunnable_limit_ms: Option<u64>,
 }
 
 /// Fields at their default are left out of the per-task messages (they are read back as the
@@ -194,11 +199,22 @@ pub enum ToDriver {
     },
     /// Finished tasks.
     Results(Vec<TaskReport>),
-    /// These tasks wait because no connected agent can run them (sent once per kind until an
-    /// agent that can arrives).
+    /// These tasks wait because no connected agent can run them: noted, to say why when a
+    /// wait for them ends without them. Sent when they are submitted, or when the last agent
+    /// that could run them left.
     Waiting {
         /// The driver's ids.
         ids: Vec<DriverTaskId>,
+        /// Why, for the user.
+        reason: String,
+    },
+    /// Tasks have waited this long because no connected agent can run them: a warning,
+    /// repeated with growing intervals while it lasts.
+    Stalled {
+        /// How many of the driver's tasks wait for this reason.
+        tasks: u64,
+        /// Since when, in milliseconds.
+        waited_ms: u64,
         /// Why, for the user.
         reason: String,
     },
@@ -299,6 +315,7 @@ mod tests {
             args: Bytes::new(),
             timeout_ms,
             retries,
+            unrunnable_limit_ms: None,
         }
     }
 
@@ -308,6 +325,7 @@ mod tests {
         let bytes = rmp_serde::to_vec_named(&task).expect("encodes");
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("retries") && !text.contains("timeout_ms"), "{bytes:?}");
+        assert!(!text.contains("unrunnable"), "{bytes:?}");
         let timed = submission(1, Some(5), 2);
         let text = String::from_utf8_lossy(&rmp_serde::to_vec_named(&timed).expect("encodes"))
             .into_owned();
@@ -341,10 +359,10 @@ mod tests {
                                       acks in proptest::collection::vec(any::<u64>(), 0..10),
                                       run in finished(), host in proptest::option::of(any::<String>())) {
             let (id, kind) = (DriverTaskId::new(id), KindIndex::new(index));
-            let tasks = vec![Submission { id, kind, args: args.clone(), timeout_ms, retries: 2 }];
+            let tasks = vec![Submission { id, kind, args: args.clone(), timeout_ms, retries: 2, unrunnable_limit_ms: timeout_ms }];
             let submit = FromDriver::Submit { kinds, tasks };
             prop_assert_eq!(round_trip(&submit), submit);
-            let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind, args: Bytes::new(), timeout_ms: None, retries: 0 }] };
+            let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind, args: Bytes::new(), timeout_ms: None, retries: 0, unrunnable_limit_ms: None }] };
             prop_assert_eq!(round_trip(&plain), plain);
             let accepted = ToDriver::Accepted { count: id.get() };
             prop_assert_eq!(round_trip(&accepted), accepted);

@@ -117,6 +117,11 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// No connected agent could run the task for as long as its submitter allowed.
+    Unrunnable {
+        /// Why, and for how long.
+        reason: String,
+    },
 }
 
 /// How a process ended.
@@ -278,6 +283,7 @@ pub(crate) mod strategies {
             any::<String>().prop_map(|reason| Outcome::Cancelled { reason }),
             any::<String>().prop_map(|reason| Outcome::Lost { reason }),
             any::<String>().prop_map(|reason| Outcome::Refused { reason }),
+            any::<String>().prop_map(|reason| Outcome::Unrunnable { reason }),
         ]
     }
 

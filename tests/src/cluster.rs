@@ -27,6 +27,29 @@ pub fn binary(name: &str) -> io::Result<PathBuf> {
     }
 }
 
+/// Builds a binary of this crate with the release profile, into the target directory of the
+/// running test, and returns its path. Compiling is slow the first time (every dependency is
+/// built again with optimisations); later runs find it up to date.
+pub fn build_release(name: &str) -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = (exe.ancestors().nth(3)).ok_or_else(|| io::Error::other("no target dir"))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--package", env!("CARGO_PKG_NAME"), "--bin", name])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "cargo build --release --bin {name} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(target.join("release").join(name))
+}
+
 /// A child process that is stopped when dropped.
 #[derive(Debug)]
 pub struct Process {

@@ -13,7 +13,8 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, RunOptions, TaskError, command, echo, sleep,
 };
 use blitzen_tests::cluster::{
-    TempFile, driver, free_port, start_agent, start_agent_with, start_program, start_server,
+    TempFile, binary, build_release, driver, free_port, start_agent, start_agent_with,
+    start_program, start_server,
 };
 use blitzen_tests::{check, fail};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -187,6 +188,64 @@ fn a_task_no_agent_has_waits_and_says_why() -> Result<(), Failed> {
     }
 }
 
+/// A task no agent has ends `Unrunnable` after its limit (per task, or the dispatcher's
+/// default) instead of waiting for ever; one without a limit keeps waiting.
+fn a_task_nobody_can_run_gives_up_after_its_unrunnable_limit() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "stock").map_err(fail)?;
+    let d = driver(&server.addr).with_unrunnable_limit(Duration::from_millis(1500));
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
+    let own = d.run_with(triple, 2, RunOptions::default().with_unrunnable_limit(WAIT / 60));
+    let default = d.run(triple, 3);
+    let started = Instant::now();
+    let results =
+        d.get_results_with(&[own, default], Fetch::default().within(WAIT)).map_err(fail)?;
+    for r in &results {
+        match r {
+            Err(e @ TaskError::Unrunnable { reason, .. }) => check(
+                reason.contains("no connected agent has a task named `triple`")
+                    && e.to_string().contains("unrunnable"),
+                format!("{e}"),
+            )?,
+            other => return Err(format!("expected Unrunnable, got {other:?}").into()),
+        }
+    }
+    check(started.elapsed() >= Duration::from_secs(1), "not before the limit")?;
+    let patient = driver(&server.addr);
+    let id = patient.run(triple, 4);
+    match patient.get_results_with(&[id], Fetch::default().within(Duration::from_secs(2))) {
+        Err(DispatchError::WaitTimedOut { .. }) => Ok(()),
+        other => Err(format!("without a limit the task waits, got {other:?}").into()),
+    }
+}
+
+/// `join_within` gives up saying why, keeps the results, and a later `join` has them all; the
+/// server warns about the waiting task while it waits.
+fn join_within_gives_up_with_the_reason_and_keeps_every_result() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _stock = start_agent(&server.addr, 1, "stock").map_err(fail)?;
+    let d = driver(&server.addr);
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::keep().within(WAIT)).map_err(fail)?;
+    d.run(triple, 5);
+    match d.join_within(Duration::from_secs(2)) {
+        Err(e @ DispatchError::WaitTimedOut { pending: 1, total: 2, .. }) => check(
+            e.to_string().contains("no connected agent has a task named `triple`"),
+            format!("{e}"),
+        )?,
+        other => return Err(format!("expected a timed-out join, got {other:?}").into()),
+    }
+    let log = server.process.log_text();
+    check(log.contains("tasks are waiting for an agent"), format!("server warned:\n{log}"))?;
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(AGENT_ENV, &server.addr);
+    let _own = start_program(program, "own-client").map_err(fail)?;
+    let results = d.join_within(WAIT).map_err(fail)?;
+    let values: Vec<_> = results.iter().map(|r| r.decode::<u64>()).collect();
+    check(values == [Ok(1), Ok(15)], format!("{values:?}"))
+}
+
 fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
@@ -196,6 +255,43 @@ fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
     let id = d.run(triple, 14);
     let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
     check(r[0] == Ok(42), format!("{r:?}"))
+}
+
+/// The tasks of a library crate, named only in `blitzen::tasks![]` by a client program, are
+/// served in a debug and in a release build; the agent and the server name them in their logs.
+fn tasks_of_a_library_crate_are_served_in_debug_and_release() -> Result<(), Failed> {
+    use blitzen_test_tasks::{geometry::volume, reverse_words, square};
+    let debug = binary("blitzen-own-client").map_err(fail)?;
+    let release = build_release("blitzen-own-client").map_err(fail)?;
+    for client in [debug, release] {
+        let server = start_server(&[]).map_err(fail)?;
+        let mut program = std::process::Command::new(&client);
+        program.args([server.addr.as_str(), "2"]);
+        let agent = start_program(program, "library-client").map_err(fail)?;
+        let d = driver(&server.addr);
+        let a = d.run(square, 7);
+        let b = d.run(volume, (2, 3, 4));
+        let c = d.run(reverse_words, "served from a library".into());
+        let fetch = Fetch::default().within(WAIT);
+        let got = (d.get_results_with(&[a], fetch), d.get_results_with(&[b], fetch));
+        let words = d.get_results_with(&[c], fetch).map_err(fail)?;
+        let (a, b) = (got.0.map_err(fail)?, got.1.map_err(fail)?);
+        let what = client.display();
+        check(a == [Ok(49)] && b == [Ok(24)], format!("{what}: {a:?} {b:?}"))?;
+        check(words == [Ok("library a from served".to_string())], format!("{what}: {words:?}"))?;
+        let (agent_log, server_log) = (agent.log_text(), server.process.log_text());
+        for name in ["square", "volume", "reverse_words", "echo"] {
+            check(
+                agent_log.contains(name),
+                format!("{what}: agent log lacks {name}:\n{agent_log}"),
+            )?;
+            check(
+                server_log.lines().any(|l| l.contains("agent connected") && l.contains(name)),
+                format!("{what}: server log lacks {name}:\n{server_log}"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn map_runs_over_the_cluster_in_order() -> Result<(), Failed> {
@@ -393,9 +489,8 @@ macro_rules! trial {
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
     if let Ok(server) = std::env::var(AGENT_ENV) {
-        // A user's own client: the seed's client script.
-        let _ = triple;
-        return match DistributedDispatcher::new(server).spawn_client(2) {
+        // A user's own client: the seed's client script, its tasks in this program.
+        return match DistributedDispatcher::new(server).spawn_client(blitzen::tasks![], 2) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("agent: {e}");
@@ -414,8 +509,11 @@ fn main() -> std::process::ExitCode {
         trial!(ten_thousand_tasks_over_two_agents_each_return_once),
         trial!(a_task_no_agent_has_waits_and_says_why),
         trial!(users_own_client_runs_its_own_tasks),
+        trial!(a_task_nobody_can_run_gives_up_after_its_unrunnable_limit),
+        trial!(join_within_gives_up_with_the_reason_and_keeps_every_result),
         trial!(thirty_two_mib_payload_round_trips),
         trial!(map_runs_over_the_cluster_in_order),
+        trial!(tasks_of_a_library_crate_are_served_in_debug_and_release),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
         trial!(a_crashing_task_is_rerun_on_the_cluster_only_when_asked),

@@ -167,6 +167,7 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
             #[allow(dead_code)]
             #vis const __BLITZEN_ENTRY: #private::TaskEntry = #private::TaskEntry {
                 name: #task_name,
+                module: ::core::module_path!(),
                 signature: #signature,
                 fingerprint: #private::fingerprint(#signature),
                 invoke: #ident::__blitzen_invoke,

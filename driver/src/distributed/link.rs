@@ -70,9 +70,13 @@ pub(super) async fn drive(
                     let _ = writer.send(FromDriver::Ack(ids));
                 }
                 Ok(Some(ToDriver::Waiting { ids, reason })) => {
-                    warn!(tasks = ids.len(), %reason, "tasks are waiting");
+                    debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
                     let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
                     table.note(&seqs, &reason);
+                }
+                Ok(Some(ToDriver::Stalled { tasks, waited_ms, reason })) => {
+                    let waited = Duration::from_secs(waited_ms / 1000);
+                    warn!(tasks, ?waited, %reason, "tasks are waiting: no connected agent can run them");
                 }
                 Ok(Some(ToDriver::ShuttingDown { reason })) => {
                     break Some(format!("the server shut down ({reason}) before the task finished"));
@@ -153,6 +157,7 @@ impl Declared {
             args: call.args,
             timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
             retries: call.retries,
+            unrunnable_limit_ms: call.unrunnable_limit.map(|t| t.as_millis() as u64),
         }
     }
 }

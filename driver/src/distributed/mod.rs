@@ -23,11 +23,13 @@ use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
 use blitzen_server::{Secrets, ServerConfig};
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
 use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
+use crate::tasks::Tasks;
 
 /// Runs tasks on the agents of a Blitzen cluster. See [`Dispatcher`] for the methods it shares
 /// with [`MulticoreDispatcher`](crate::MulticoreDispatcher); the constructors, `connect`,
@@ -154,6 +156,7 @@ impl Dispatcher<Cluster> {
         Dispatcher {
             table: table.clone(),
             default_timeout: None,
+            default_unrunnable_limit: None,
             backend: Cluster {
                 server: blitzen_net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
@@ -170,6 +173,15 @@ impl Dispatcher<Cluster> {
     /// [`TaskError::Lost`](crate::TaskError::Lost).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.backend.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the unrunnable limit of tasks submitted without one: such a task ends
+    /// [`TaskError::Unrunnable`](crate::TaskError::Unrunnable) once it has waited `limit`
+    /// while no connected agent could run it (see
+    /// [`RunOptions::unrunnable_limit`](crate::RunOptions::unrunnable_limit)).
+    pub fn with_unrunnable_limit(mut self, limit: Duration) -> Self {
+        self.default_unrunnable_limit = Some(limit);
         self
     }
 
@@ -268,14 +280,27 @@ impl Dispatcher<Cluster> {
     }
 
     /// Runs an agent with `workers` worker processes for this dispatcher's server, until Ctrl-C
-    /// or SIGTERM; it waits for the server and reconnects by itself. The workers are this
-    /// program re-executed, so they know the tasks it links: `main` must call
-    /// [`worker_main`](crate::worker_main) first. The seed's `spawn_client(workers=6)`.
-    pub fn spawn_client(&self, workers: usize) -> Result<(), DispatchError> {
+    /// or SIGTERM; it waits for the server and reconnects by itself. The seed's
+    /// `spawn_client(workers=6)`.
+    ///
+    /// `tasks` names the crates of the tasks it serves: `blitzen::tasks![my_tasks]`, or
+    /// `blitzen::tasks![]` when they are in this program's own modules (the built-in tasks are
+    /// always served). The workers are this program re-executed, so `main` must call
+    /// [`worker_main`](crate::worker_main) first. The agent logs every task it serves when it
+    /// starts; a crate named without any task is a warning.
+    pub fn spawn_client(&self, tasks: Tasks, workers: usize) -> Result<(), DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
         }
         logging::install();
+        let empty = tasks.crates_without_tasks().map_err(blitzen_common::pool::PoolError::from)?;
+        for krate in empty {
+            warn!(
+                %krate,
+                "`{krate}` is named in blitzen::tasks![] but none of its functions is a \
+                 #[blitzen::task]"
+            );
+        }
         let mut config = AgentConfig::new(&self.backend.server, workers);
         config.secret = self.backend.secret()?;
         blitzen_client::run_until_signal(config)?;

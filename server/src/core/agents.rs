@@ -94,6 +94,16 @@ impl PartialOrd for Deadline {
     }
 }
 
+/// Names for a log line: the first 20, then how many more.
+fn name_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 20;
+    let total = names.len();
+    let mut text: Vec<&str> = names.take(SHOWN).collect();
+    text.sort_unstable();
+    let more = if total > SHOWN { format!(" and {} more", total - SHOWN) } else { String::new() };
+    format!("{}{more}", text.join(", "))
+}
+
 impl Core {
     pub(super) fn agent_joined(
         &mut self,
@@ -102,16 +112,14 @@ impl Core {
         tx: mpsc::UnboundedSender<ToAgent>,
         close: CancellationToken,
     ) {
+        let names = name_list(joining.kinds.iter().map(|k| k.name.as_str()));
         let kinds: HashMap<KindId, KindIndex> = (joining.kinds.into_iter().enumerate())
             .map(|(i, k)| (self.intern(k), KindIndex::new(i as u32)))
             .collect();
         let workers = (joining.workers as usize).max(1);
         let host = joining.host;
-        info!(%conn, %host, workers, tasks = kinds.len(), "agent connected");
-        // Drivers told that no agent could run some of their tasks may hear again.
-        for d in self.drivers.values_mut() {
-            d.told_waiting.retain(|k| !kinds.contains_key(k));
-        }
+        info!(%conn, %host, workers, tasks = %names, "agent connected");
+        self.kinds_runnable(kinds.keys().copied(), &host);
         let agent = Agent {
             host,
             kinds,
@@ -237,5 +245,6 @@ impl Core {
                 self.report(task.driver, TaskReport::unstarted(task.id, Outcome::Lost { reason }));
             }
         }
+        self.kinds_left(agent.kinds.into_keys().collect(), Instant::now());
     }
 }

@@ -1,6 +1,7 @@
 //! Drivers: joining and leaving, their submissions, and results on their way back to them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
@@ -31,9 +32,6 @@ pub(super) struct Driver {
     pub queues: HashMap<KindId, VecDeque<TaskKey>>,
     /// Reports to send at the end of this turn.
     pub outbox: Vec<TaskReport>,
-    /// Kinds this driver was told no agent can run, so it is told once (until an agent that
-    /// can run them joins).
-    pub told_waiting: HashSet<KindId>,
     /// Its tasks still held (queued or running): a departed driver is forgotten once this is
     /// zero and the cache holds nothing for it.
     pub live: usize,
@@ -55,7 +53,6 @@ impl Core {
             accepted_told: true,
             queues: HashMap::new(),
             outbox: Vec::new(),
-            told_waiting: HashSet::new(),
             live: 0,
         };
         self.drivers.insert(conn, driver);
@@ -63,7 +60,8 @@ impl Core {
     }
 
     /// Queues a driver's new tasks; those beyond the task limit, or of a kind it never
-    /// declared, are refused with a report. The driver hears which tasks no agent can run.
+    /// declared, are refused with a report. Tasks no connected agent can run wait (see
+    /// `waiting`).
     pub(super) fn submit(
         &mut self,
         conn: ConnId,
@@ -77,7 +75,7 @@ impl Core {
         driver.accepted_told = false;
         let name = driver.name.clone();
         let declared = driver.kinds.clone();
-        let mut unrunnable: HashMap<KindId, Vec<DriverTaskId>> = HashMap::new();
+        let mut unrunnable: HashMap<KindId, Vec<(DriverTaskId, TaskKey)>> = HashMap::new();
         let mut refused = Vec::new();
         let mut undeclared = Vec::new();
         let count = submissions.len();
@@ -102,17 +100,16 @@ impl Core {
                 args: s.args,
                 timeout_ms,
                 retries: s.retries,
+                unrunnable_limit_ms: s.unrunnable_limit_ms.map(|ms| ms.min(u32::MAX.into()) as u32),
                 agent: None,
                 attempts: 0,
             });
             if let Some(d) = self.drivers.get_mut(&conn) {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
-                if !d.told_waiting.contains(&kind)
-                    && !self.agents.values().any(|a| a.kinds.contains_key(&kind))
-                {
-                    unrunnable.entry(kind).or_default().push(s.id);
-                }
+            }
+            if !self.can_run(kind) {
+                unrunnable.entry(kind).or_default().push((s.id, key));
             }
         }
         debug!(%conn, driver = %name, count, refused = refused.len(), "tasks submitted");
@@ -137,45 +134,9 @@ impl Core {
                 self.report(conn, TaskReport::unstarted(id, outcome));
             }
         }
-        for (kind, ids) in unrunnable {
-            let reason = self.why_unrunnable(kind);
-            warn!(%conn, driver = %name, tasks = ids.len(), %reason, "tasks wait for an agent");
-            if let Some(d) = self.drivers.get_mut(&conn) {
-                d.told_waiting.insert(kind);
-                if let Some(tx) = &d.tx {
-                    let _ = tx.send(ToDriver::Waiting { ids, reason });
-                }
-            }
-        }
-    }
-
-    /// Why no connected agent can run tasks of `kind`, for the driver.
-    fn why_unrunnable(&self, kind: KindId) -> String {
-        let wanted = self.kind(kind);
-        let others: Vec<&str> = self
-            .agents
-            .values()
-            .flat_map(|a| a.kinds.keys())
-            .map(|&k| self.kind(k))
-            .filter(|k| k.name == wanted.name)
-            .map(|k| k.signature.as_str())
-            .collect();
-        if self.agents.is_empty() {
-            format!("no agent is connected to run `{}`; the tasks wait for one", wanted.name)
-        } else if others.is_empty() {
-            format!(
-                "no connected agent has a task named `{}`; the tasks wait for an agent built \
-                 with it",
-                wanted.name
-            )
-        } else {
-            format!(
-                "connected agents have `{}` with another signature ({}), not `{}`; the tasks \
-                 wait for an agent built from the same definitions",
-                wanted.name,
-                others.join(", "),
-                wanted.signature
-            )
+        let now = Instant::now();
+        for (kind, tasks) in unrunnable {
+            self.queued_unrunnable(conn, kind, &tasks, now);
         }
     }
 

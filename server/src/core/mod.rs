@@ -9,6 +9,7 @@
 //! - `drivers`: drivers joining and leaving, submissions, results on their way back.
 //! - `agents`: agents joining and leaving, their results, and deadlines of started tasks.
 //! - `dispatch`: assigning queued tasks to agents with credit, and flushing every outbox.
+//! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `tasks`: [`TaskTable`], the slab of every task held; `cache`: [`ResultCache`], the results
 //!   not yet acknowledged.
 //!
@@ -36,11 +37,13 @@ mod cache;
 mod dispatch;
 mod drivers;
 mod tasks;
+mod waiting;
 
 use agents::{Agent, Deadline};
 use cache::ResultCache;
 use drivers::Driver;
 use tasks::TaskTable;
+use waiting::{GiveUp, Stranded};
 
 pub(crate) use agents::JoiningAgent;
 
@@ -127,6 +130,13 @@ pub(crate) struct Core {
     /// When started tasks with a timeout are settled if their agent has not answered; stale
     /// entries (the task ended, or moved) are skipped when they come up.
     deadlines: BinaryHeap<Deadline>,
+    /// Kinds with queued tasks that no connected agent can run.
+    stranded: HashMap<KindId, Stranded>,
+    /// Strandings so far: the last one's episode number.
+    episodes: u64,
+    /// When queued tasks with an unrunnable limit give up; stale entries (the task started,
+    /// ended, or its kind became runnable since) are skipped when they come up.
+    give_ups: BinaryHeap<GiveUp>,
 }
 
 impl Core {
@@ -143,6 +153,9 @@ impl Core {
             rotation: VecDeque::new(),
             agents: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            stranded: HashMap::new(),
+            episodes: 0,
+            give_ups: BinaryHeap::new(),
         }
     }
 
@@ -151,6 +164,7 @@ impl Core {
         loop {
             let expiry = self.cache.next_expiry();
             let deadline = self.deadlines.peek().map(|d| d.at);
+            let waiting = self.next_waiting_timer();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -160,6 +174,9 @@ impl Core {
                 },
                 _ = sleep_until(expiry), if expiry.is_some() => self.expire_results(),
                 _ = sleep_until(deadline), if deadline.is_some() => self.settle_overdue(),
+                _ = sleep_until(waiting), if waiting.is_some() => {
+                    self.on_waiting_timer(Instant::now());
+                }
             }
             while let Ok(event) = self.events.try_recv() {
                 self.on_event(event);

@@ -30,6 +30,9 @@ pub(crate) struct Task {
     pub timeout_ms: Option<u64>,
     /// Reruns the agent may make when it crashes its worker or times out.
     pub retries: u32,
+    /// How long, in milliseconds, it may wait while no connected agent can run it (see
+    /// `waiting`); `None`: as long as it takes.
+    pub unrunnable_limit_ms: Option<u32>,
     /// The agent running it; `None` while queued. When set, that agent's `running` holds the
     /// task's key, and no driver queue does.
     pub agent: Option<ConnId>,
@@ -165,6 +168,7 @@ mod tests {
             args: Bytes::new(),
             timeout_ms: None,
             retries: 0,
+            unrunnable_limit_ms: None,
             agent: None,
             attempts: 0,
         }

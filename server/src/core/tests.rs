@@ -23,6 +23,7 @@ fn submission(id: u64, kind: u32) -> Submission {
         args: Bytes::new(),
         timeout_ms: None,
         retries: 0,
+        unrunnable_limit_ms: None,
     }
 }
 
@@ -415,4 +416,120 @@ fn a_recovered_result_for_a_task_never_lost_closes_the_connection() {
     assert!(c.agents[&conn(11)].close.is_cancelled());
     assert_eq!(reported(&mut d), Vec::<u64>::new());
     assert_eq!(c.tasks.len(), 1, "still held for the agent running it");
+}
+
+/// What a driver heard: notes of waiting tasks, warnings, and the outcomes of results.
+#[derive(Debug, Default)]
+struct Heard {
+    notes: Vec<(Vec<DriverTaskId>, String)>,
+    warnings: Vec<(u64, String)>,
+    outcomes: Vec<(u64, Outcome)>,
+}
+
+fn heard(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Heard {
+    let mut h = Heard::default();
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            ToDriver::Waiting { ids, reason } => h.notes.push((ids, reason)),
+            ToDriver::Stalled { tasks, reason, .. } => h.warnings.push((tasks, reason)),
+            ToDriver::Results(reports) => {
+                h.outcomes.extend(reports.into_iter().map(|r| (r.id.get(), r.run.outcome)))
+            }
+            _ => {}
+        }
+    }
+    h
+}
+
+fn submit_limited(core: &mut Core, n: u64, name: &str, id: u64, limit_ms: u64) {
+    let index = core.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let task = Submission { unrunnable_limit_ms: Some(limit_ms), ..submission(id, index) };
+    core.on_event(Event::Submit { conn: conn(n), kinds: vec![kind(name)], tasks: vec![task] });
+}
+
+#[test]
+fn waiting_tasks_are_warned_about_again_and_again_less_often() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let _a = agent(&mut c, 10, 1, &["t"]);
+    let start = Instant::now();
+    submit(&mut c, 1, "missing", 0..3);
+    turn(&mut c);
+    let first = heard(&mut d);
+    assert_eq!(first.notes.len(), 1, "noted at once: {first:?}");
+    assert!(first.notes[0].1.contains("no connected agent has a task named `missing`"));
+    assert!(first.warnings.is_empty(), "no warning before a second has passed");
+    // Warnings at about 1 s, 11 s, 31 s, 71 s: each interval twice the one before.
+    let mut warned_at = Vec::new();
+    let mut now = start;
+    loop {
+        let next = c.next_waiting_timer().expect("a timer while tasks wait");
+        assert!(next > now, "the timer moves on");
+        if next > start + Duration::from_secs(80) {
+            break;
+        }
+        now = next;
+        c.on_waiting_timer(now);
+        let h = heard(&mut d);
+        if let Some((tasks, reason)) = h.warnings.first() {
+            assert_eq!(*tasks, 3, "{reason}");
+            warned_at.push((now - start).as_secs());
+        }
+    }
+    assert_eq!(warned_at, [1, 11, 31, 71]);
+    // An agent with the task joins: the warnings stop and the tasks run.
+    let mut b = agent(&mut c, 11, 3, &["missing"]);
+    turn(&mut c);
+    assert_eq!(assigned(&mut b).len(), 3);
+    assert_eq!(c.next_waiting_timer(), None, "nothing waits");
+}
+
+#[test]
+fn a_task_with_an_unrunnable_limit_ends_once_it_waited_that_long_without_a_break() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let start = Instant::now();
+    submit_limited(&mut c, 1, "t", 0, 5_000);
+    submit(&mut c, 1, "t", 1..2);
+    turn(&mut c);
+    c.on_waiting_timer(start + Duration::from_secs(3));
+    // An agent with `t` comes at 3 s and goes at once: the count starts again from there.
+    let t = c.kind_ids[&("t".to_string(), 7)];
+    c.kinds_runnable([t].into_iter(), "a10");
+    c.kinds_left(vec![t], start + Duration::from_secs(3));
+    c.on_waiting_timer(start + Duration::from_secs(6));
+    c.end_turn();
+    let h = heard(&mut d);
+    assert!(h.outcomes.is_empty(), "the limit counts from the agent's departure: {h:?}");
+    c.on_waiting_timer(start + Duration::from_millis(8_001));
+    c.end_turn();
+    let h = heard(&mut d);
+    match &h.outcomes[..] {
+        [(0, Outcome::Unrunnable { reason })] => {
+            assert!(reason.contains("no agent is connected to run `t`"), "{reason}");
+            assert!(reason.contains("5s"), "{reason}");
+        }
+        other => panic!("expected task 0 to give up, got {other:?}"),
+    }
+    // The task without a limit still waits, and runs once an agent comes.
+    let mut b = agent(&mut c, 11, 1, &["t"]);
+    turn(&mut c);
+    let keys = assigned(&mut b);
+    assert_eq!(keys.iter().map(|k| owner(&c, k)).collect::<Vec<_>>(), [(1, 1)]);
+}
+
+#[test]
+fn the_last_agent_with_a_kind_leaving_strands_its_queued_tasks() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..5);
+    turn(&mut c);
+    assert_eq!(assigned(&mut a).len(), 2);
+    assert!(heard(&mut d).notes.is_empty(), "runnable: nothing to note");
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "gone".into() });
+    let h = heard(&mut d);
+    assert_eq!(h.notes.len(), 1, "{h:?}");
+    assert_eq!(h.notes[0].0.len(), 5, "the queued tasks and the two it held");
+    assert!(c.next_waiting_timer().is_some(), "a warning is due");
 }

@@ -1,0 +1,16 @@
+//! Tasks in a library crate, the natural place for a user's tasks: the test's own client
+//! (`blitzen-own-client`) serves them, and the tests drive them.
+
+pub mod geometry;
+
+/// The square of `x`.
+#[blitzen::task]
+pub fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// `text` with its words in reverse order.
+#[blitzen::task]
+pub fn reverse_words(text: String) -> String {
+    text.split_whitespace().rev().collect::<Vec<_>>().join(" ")
+}
