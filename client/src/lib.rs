@@ -75,7 +75,7 @@ impl AgentConfig {
 }
 
 /// Why an agent stopped on its own.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum AgentError {
     /// The server refused this agent, or this agent the server (another protocol version, a
     /// wrong secret, one side without a secret); retrying cannot help.
@@ -95,6 +95,13 @@ pub enum AgentError {
     Runtime(#[from] std::io::Error),
 }
 
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// This machine's host name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -112,6 +119,13 @@ pub fn host_name() -> String {
 /// results are delivered as recovered — the server keeps each task's first result. A different
 /// server (it restarted) knows nothing of them: the pool is restarted instead.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    match config.pool.workers {
+        0 => return Err(PoolError::NoWorkers.into()),
+        n if n > blitzen_common::pool::MAX_WORKERS => {
+            return Err(PoolError::TooManyWorkers(n).into());
+        }
+        _ => {}
+    }
     // Assignments name a task by its index in this list.
     let entries = registry::global().map_err(PoolError::from)?.entries();
     let kinds: Vec<TaskKind> = entries
@@ -132,7 +146,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     let role = Role::Agent {
         host: config.host.clone(),
-        workers: config.pool.workers as u32,
+        workers: u32::try_from(config.pool.workers).unwrap_or(u32::MAX),
         tasks: kinds,
         heartbeat_ms: config.heartbeat.as_millis() as u64,
     };

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use blitzen_client::{AgentConfig, DEFAULT_PORT};
-use blitzen_common::cli::{finish, parse_secs};
+use blitzen_common::cli::{finish, parse_count, parse_log_level, parse_secs};
 use blitzen_common::logging;
+use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
 use clap::Parser;
 
@@ -25,8 +26,8 @@ struct Args {
     /// The server's port, when --server does not give one.
     #[arg(long, short, default_value_t = DEFAULT_PORT)]
     port: u16,
-    /// Worker processes to run. Default: one per CPU.
-    #[arg(long, short, value_name = "N")]
+    /// Worker processes to run (1 to 4096). Default: one per CPU.
+    #[arg(long, short, value_name = "N", value_parser = |s: &str| parse_count(s, MAX_WORKERS))]
     workers: Option<usize>,
     /// The name this agent reports (in the server's logs and in task errors). Default: the
     /// host name.
@@ -45,7 +46,7 @@ struct Args {
     log_file: Option<PathBuf>,
     /// Log level: error, warn, info, debug (a line per task), trace, off, or a RUST_LOG-style
     /// directive.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     log_level: String,
 }
 
@@ -61,12 +62,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.log_file {
         logging::set_logfile(path)?;
     }
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+    });
     anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
-    let server = blitzen_net::with_default_port(&args.server, args.port);
+    let server = blitzen_net::parse_server(&args.server, args.port).map_err(anyhow::Error::msg)?;
     let mut config = AgentConfig::new(&server, workers);
     config.heartbeat = args.heartbeat;
     config.secret = match &args.secret_file {

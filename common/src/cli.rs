@@ -10,22 +10,67 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
-/// Ends a program's `main`: logs and prints the error (with its chain of causes, for `anyhow`
-/// errors), flushes the log, and gives the exit code.
-pub fn finish<E: std::fmt::Display>(
-    program: &str,
-    result: Result<(), E>,
-) -> std::process::ExitCode {
+/// [`parse_secs`] for a limit that must be more than zero.
+pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
+    let d = parse_secs(text)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds (leave the flag out for no limit)".into());
+    }
+    Ok(d)
+}
+
+/// Ends a program's `main`: prints the error once, with the causes its message does not
+/// already quote (also to the log, when the log goes to a file), flushes the log, and gives the
+/// exit code.
+pub fn finish<E>(program: &str, result: Result<(), E>) -> std::process::ExitCode
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("{program}: {e:#}");
+            let text = error_text(&*e.into());
+            if crate::logging::writes_to_file() {
+                tracing::error!("{text}");
+            }
+            eprintln!("{program}: {text}");
             std::process::ExitCode::FAILURE
         }
     };
     crate::logging::flush();
     code
+}
+
+/// An error and its causes on one line, each cause left out when the text before already
+/// quotes it (many errors include their source's message).
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses a `--log-level` flag: a level or a `RUST_LOG`-style directive, refused with the
+/// valid choices before the program starts.
+pub fn parse_log_level(text: &str) -> Result<String, String> {
+    crate::logging::check_level(text).map_err(|e| e.to_string())
+}
+
+/// Parses a positive count for a flag such as `--workers`, at most `max`.
+pub fn parse_count(text: &str, max: usize) -> Result<usize, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > max as u64 => Err(format!("{n} is more than the most allowed, {max}")),
+        Ok(n) => Ok(n as usize),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM. If the signal handlers cannot be installed, waits forever
@@ -56,5 +101,32 @@ mod tests {
         for bad in ["-1", "abc", "inf", "NaN", ""] {
             assert!(parse_secs(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn counts_are_bounded_where_they_are_parsed() {
+        assert_eq!(parse_count("4", 10), Ok(4));
+        for bad in ["0", "11", "99999999999", "4294967297", "-1", "x"] {
+            assert!(parse_count(bad, 10).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read /x: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let text = error_text(&e);
+        assert_eq!(text.matches("not found").count(), 1, "{text}");
     }
 }

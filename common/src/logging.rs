@@ -30,7 +30,7 @@ const CRATES: [&str; 7] = [
 ];
 
 /// Logging could not be changed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum LoggingError {
     /// The program installed its own `tracing` subscriber, which Blitzen leaves alone.
     #[error("the program installed its own tracing subscriber; configure logging there")]
@@ -52,6 +52,13 @@ pub enum LoggingError {
         /// The error.
         source: io::Error,
     },
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for LoggingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Where events go.
@@ -170,6 +177,11 @@ pub fn set_logfile(path: impl AsRef<Path>) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// Whether Blitzen's log goes to a file (see [`set_logfile`]) rather than stderr.
+pub fn writes_to_file() -> bool {
+    control().is_ok_and(|c| matches!(&*lock(&c.target), Target::File { .. }))
+}
+
 /// Stops all of Blitzen's log output.
 pub fn disable() -> Result<(), LoggingError> {
     let c = control()?;
@@ -195,19 +207,43 @@ pub fn flush() {
     }
 }
 
+/// The level names [`set_loglevel`] takes (`warning` is `warn`).
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a level as [`set_loglevel`] would, without changing anything: for a command-line
+/// flag's parser, so that a typo is refused before the program starts.
+pub fn check_level(level: &str) -> Result<String, LoggingError> {
+    build_filter(level).map(|_| level.to_string())
+}
+
 fn build_filter(level: &str) -> Result<EnvFilter, LoggingError> {
     let bad = |message: String| LoggingError::BadLevel { level: level.to_string(), message };
-    let lower = level.trim().to_ascii_lowercase();
-    let directive = if ["error", "warn", "info", "debug", "trace", "off"].contains(&lower.as_str())
-    {
+    let mut lower = level.trim().to_ascii_lowercase();
+    if lower == "warning" {
+        lower = "warn".into();
+    }
+    let directive = if LEVELS.contains(&lower.as_str()) {
         let mut d = String::from("warn");
         for krate in CRATES {
             d.push_str(&format!(",{krate}={lower}"));
         }
         d
-    } else if level.trim().is_empty() {
-        return Err(bad("empty".into()));
+    } else if lower.is_empty() {
+        return Err(bad(format!("use one of {}", LEVELS.join(", "))));
     } else {
+        // A directive: `target=level` parts, or a bare level for every crate. A bare word that
+        // is not a level would be read as a target and silence everything else.
+        let stray = lower
+            .split(',')
+            .map(str::trim)
+            .find(|part| !part.contains('=') && !LEVELS.contains(part) && !part.is_empty());
+        if let Some(word) = stray {
+            return Err(bad(format!(
+                "`{word}` is not a level; use one of {}, or a RUST_LOG-style directive such as \
+                 `blitzen=debug,warn`",
+                LEVELS.join(", ")
+            )));
+        }
         level.to_string()
     };
     EnvFilter::builder().parse(directive).map_err(|e| bad(e.to_string()))
@@ -255,11 +291,20 @@ mod tests {
 
     #[test]
     fn levels_and_directives_parse_and_garbage_does_not() {
-        for ok in ["info", "DEBUG", "off", "blitzen=trace,warn"] {
+        for ok in ["info", "DEBUG", "off", "warning", "blitzen=trace,warn"] {
             assert!(build_filter(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "blitzen=loud"] {
-            assert!(matches!(build_filter(bad), Err(LoggingError::BadLevel { .. })), "{bad}");
+        for bad in ["", "blitzen=loud", "bogus", "debg", "info,bogus"] {
+            match build_filter(bad) {
+                Err(e @ LoggingError::BadLevel { .. }) => {
+                    assert!(
+                        e.to_string().contains("\"debug\"")
+                            || e.to_string().contains("debug, trace"),
+                        "{e}"
+                    )
+                }
+                other => panic!("`{bad}` accepted: {other:?}"),
+            }
         }
     }
 

@@ -20,7 +20,7 @@ pub struct Registry {
 }
 
 /// The registry could not be built.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Clone, thiserror::Error)]
 pub enum RegistryError {
     /// Two tasks share a name. Rename one with `#[task(name = "...")]`.
     #[error(
@@ -35,6 +35,13 @@ pub enum RegistryError {
         /// The other.
         second: &'static str,
     },
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Registry {

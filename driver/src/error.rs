@@ -7,7 +7,7 @@ use blitzen_server::ServeError;
 
 /// A dispatcher call that could not be served. Task failures are not these: they are
 /// [`TaskError`](crate::TaskError)s inside the results.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum DispatchError {
     /// The id was not issued by this dispatcher. A retry cannot help.
     #[error("task {0} was not submitted to this dispatcher")]
@@ -81,6 +81,13 @@ pub enum DispatchError {
     /// `spawn_client` stopped with an error retrying cannot fix.
     #[error(transparent)]
     Agent(#[from] blitzen_client::AgentError),
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for DispatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 fn connect_message(server: &str, cause: &ConnectError) -> String {

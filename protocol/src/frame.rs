@@ -24,7 +24,7 @@ pub const HEADER_LEN: usize = 4;
 pub const MAX_FRAME_LEN: usize = 128 * 1024 * 1024;
 
 /// A frame could not be read: the stream is unusable afterwards.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum FrameError {
     /// The length prefix announces more than the limit. Retrying cannot help: the peer is
     /// misbehaving or speaks another protocol.
@@ -48,8 +48,15 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// A message could not be turned into a frame.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum EncodeError {
     /// Serialization failed (a type that MessagePack cannot represent, such as a map with
     /// non-string keys in some serde impls).
@@ -65,16 +72,31 @@ pub enum EncodeError {
     },
 }
 
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// A frame body is not a valid message of the expected type.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("malformed message: {0}")]
 pub struct DecodeError(#[from] rmp_serde::decode::Error);
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 /// Appends one frame holding `msg` to `dst`.
 ///
 /// On error `dst` is left as it was.
 pub fn encode<M: Serialize>(msg: &M, dst: &mut BytesMut) -> Result<(), EncodeError> {
     let start = dst.len();
+
     dst.put_u32(0);
     let mut writer = dst.writer();
     let result = rmp_serde::encode::write_named(&mut writer, msg);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blitzen_common::cli::{finish, parse_secs};
+use blitzen_common::cli::{finish, parse_log_level, parse_positive_secs, parse_secs};
 use blitzen_common::logging;
 use blitzen_server::{DEFAULT_PORT, Secret, Secrets, ServerConfig, serve_until};
 use clap::Parser;
@@ -41,8 +41,9 @@ struct Args {
     /// and unfinished tasks end with an error at their drivers. Default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<Duration>,
-    /// Timeout of tasks submitted without one, in seconds. Default: none.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Timeout of tasks submitted without one, in seconds, counted from a task's start on a
+    /// worker. Default: none.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
     timeout: Option<Duration>,
     /// Most tasks held at once (queued or running); further submissions are refused with an
     /// error at their driver.
@@ -74,7 +75,7 @@ struct Args {
     log_file: Option<PathBuf>,
     /// Log level: error, warn, info, debug (a line per task), trace, off, or a RUST_LOG-style
     /// directive.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     log_level: String,
 }
 

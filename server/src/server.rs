@@ -20,7 +20,7 @@ use crate::core::Core;
 use crate::session;
 
 /// Why a server cannot serve. None of these is helped by retrying as is.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ServeError {
     /// The address could not be bound (taken, not local, not permitted).
     #[error("cannot listen on {addr}: {source}")]
@@ -46,6 +46,13 @@ pub enum ServeError {
     /// The runtime or the system failed (no runtime, no randomness for the server's id).
     #[error("cannot serve: {0}")]
     Io(#[from] io::Error),
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A bound server, ready to run.

@@ -28,6 +28,8 @@ fn triple(x: u64) -> u64 {
 
 const WAIT: Duration = Duration::from_secs(60);
 const AGENT_ENV: &str = "BLITZEN_TEST_AGENT_FOR";
+/// Started with it set to an address, this binary is a driver that runs one task there.
+const DRIVER_ENV: &str = "BLITZEN_TEST_DRIVER_FOR";
 
 fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
@@ -348,6 +350,68 @@ fn unreachable_server_is_a_clear_error_not_a_hang() -> Result<(), Failed> {
     }
 }
 
+/// Bad flags are refused at once with one clear line each, never accepted to hang or to
+/// silence the log.
+fn bad_flags_are_refused_at_once_with_one_clear_line() -> Result<(), Failed> {
+    let cases: [(&str, &[&str], &str); 10] = [
+        ("blitzen-server", &["--log-level", "bogus"], "`bogus` is not a level"),
+        ("blitzen-client", &["--log-level", "debg"], "`debg` is not a level"),
+        ("blitzen-client", &["--log-level", "info,bogus"], "`bogus` is not a level"),
+        ("blitzen-client", &["--workers", "99999999999"], "more than the most allowed, 4096"),
+        ("blitzen-client", &["--workers", "4294967297"], "more than the most allowed"),
+        ("blitzen-client", &["--server", "127.0.0.1:99999"], "port 99999 is out of range"),
+        ("blitzen-client", &["--server", "127.0.0.1:abc"], "`abc` is not a port number"),
+        ("blitzen-client", &["--server="], "the server address is empty"),
+        ("blitzen-server", &["--timeout", "0"], "must be more than 0 seconds"),
+        ("blitzen-client", &["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
+    ];
+    for (program, args, expected) in cases {
+        let mut cmd = std::process::Command::new(binary(program).map_err(fail)?);
+        cmd.args(args).args(["--port", "1"]);
+        let mut process = start_program(cmd, "bad-flag").map_err(fail)?;
+        let status = process.wait_exit(Duration::from_secs(20)).map_err(fail)?;
+        let stderr = process.log_text();
+        let what = format!("{program} {}", args.join(" "));
+        check(status.is_some_and(|s| !s.success()), format!("{what}: not refused: {stderr}"))?;
+        check(stderr.contains(expected), format!("{what}: `{expected}` missing:\n{stderr}"))?;
+        check(
+            stderr.matches(expected).count() == 1,
+            format!("{what}: said more than once:\n{stderr}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A driver that cannot connect says at once that it retries, and for how long; one whose
+/// server name does not resolve fails at once, saying so.
+fn connecting_says_it_retries_and_a_bad_name_fails_at_once() -> Result<(), Failed> {
+    let port = free_port().map_err(fail)?;
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(DRIVER_ENV, format!("127.0.0.1:{port}"));
+    let started = Instant::now();
+    let out = program.output().map_err(fail)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let retrying = stderr.lines().position(|l| l.contains("retrying for up to 3s"));
+    let gave_up = stderr.lines().position(|l| l.contains("cannot reach the Blitzen server"));
+    check(
+        matches!((retrying, gave_up), (Some(r), Some(g)) if r < g),
+        format!("the retry is announced before the end:\n{stderr}"),
+    )?;
+    check(started.elapsed() >= Duration::from_secs(2), "it did retry")?;
+
+    let d = DistributedDispatcher::new("no-such-host.invalid")
+        .with_connect_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    match d.connect() {
+        Err(e @ DispatchError::Connect { .. }) => check(
+            e.to_string().contains("cannot resolve `no-such-host.invalid:7464`"),
+            format!("{e}"),
+        )?,
+        other => return Err(format!("expected a resolve error, got {other:?}").into()),
+    }
+    check(started.elapsed() < Duration::from_secs(30), "no retrying a name that does not resolve")
+}
+
 fn a_crashing_task_is_rerun_on_the_cluster_only_when_asked() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_agent(&server.addr, 1, "crashy").map_err(fail)?;
@@ -498,6 +562,20 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Ok(server) = std::env::var(DRIVER_ENV) {
+        let d = DistributedDispatcher::new(server).with_connect_timeout(Duration::from_secs(3));
+        let id = d.run(echo::<u8>(), 1);
+        return match d.get_results(&[id]) {
+            Ok(r) => {
+                eprintln!("driver: {r:?}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("driver: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let args = Arguments::from_args();
     let trials = vec![
         trial!(distributed_trio_reports_finished_and_timed_out),
@@ -516,6 +594,8 @@ fn main() -> std::process::ExitCode {
         trial!(tasks_of_a_library_crate_are_served_in_debug_and_release),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
+        trial!(connecting_says_it_retries_and_a_bad_name_fails_at_once),
+        trial!(bad_flags_are_refused_at_once_with_one_clear_line),
         trial!(a_crashing_task_is_rerun_on_the_cluster_only_when_asked),
         trial!(wait_accepted_returns_once_the_server_holds_every_task),
         trial!(shared_secret_admits_who_knows_it_and_refuses_the_rest),

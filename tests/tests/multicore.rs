@@ -581,8 +581,15 @@ fn forgetting_worker_main_is_a_clear_error() -> Result<(), Failed> {
         .output()
         .map_err(fail)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    check(out.status.code() == Some(2), format!("status {:?}, stderr {stderr}", out.status))?;
-    check(stderr.contains("worker_main"), format!("stderr: {stderr}"))
+    check(out.status.code() == Some(1), format!("status {:?}, stderr {stderr}", out.status))?;
+    // What `main` printed for the error it returned: the sentence with the hint, not a
+    // `Debug` dump of nested variants.
+    check(stderr.starts_with("Error: worker process "), format!("stderr: {stderr}"))?;
+    check(
+        stderr.contains("does main() call blitzen::worker_main() first thing?"),
+        format!("stderr: {stderr}"),
+    )?;
+    check(!stderr.contains("WorkerExited") && !stderr.contains("Pool("), format!("{stderr}"))
 }
 
 /// A test named after its function.

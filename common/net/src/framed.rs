@@ -23,7 +23,7 @@ use tracing::debug;
 const WRITE_BATCH: usize = 1024 * 1024;
 
 /// A connection could not be read any more.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum NetError {
     /// The frame layer failed (too large, truncated, i/o).
     #[error(transparent)]
@@ -31,6 +31,13 @@ pub enum NetError {
     /// A frame did not hold a valid message.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for NetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Decodes messages off a socket's read half with the protocol's [`FrameCodec`]. Cancel-safe:
@@ -113,10 +120,14 @@ pub async fn send_one<M: Serialize>(socket: &mut OwnedWriteHalf, msg: &M) -> io:
 }
 
 /// Connects with `TCP_NODELAY` set, giving up after `timeout`.
-pub(crate) async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    name: &str,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addrs))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {name}")))??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -134,9 +145,81 @@ pub fn with_default_port(server: &str, default_port: u16) -> String {
     }
 }
 
+/// Checks that `server` is `host:port` (IPv6 in brackets) with a port from 1 to 65535, as
+/// [`with_default_port`] makes it; says what is wrong otherwise.
+pub fn check_address(server: &str) -> Result<(), String> {
+    if server.trim().is_empty() {
+        return Err("it is empty".into());
+    }
+    if server.chars().any(char::is_whitespace) {
+        return Err("it contains a space".into());
+    }
+    let (host, port) = match server.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((v6, port)) => (v6, port),
+            None => return Err("an IPv6 address in brackets needs a port: [ADDR]:PORT".into()),
+        },
+        None => match server.rsplit_once(':') {
+            Some((host, port)) => (host, port),
+            None => return Err("it has no port".into()),
+        },
+    };
+    if host.is_empty() {
+        return Err("it has no host".into());
+    }
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!("`{host}` is neither a host name nor an address"));
+    }
+    match port.parse::<u32>() {
+        Ok(1..=65535) => Ok(()),
+        Ok(n) => Err(format!("port {n} is out of range (1 to 65535)")),
+        Err(_) => Err(format!("`{port}` is not a port number")),
+    }
+}
+
+/// Parses a `--server HOST[:PORT]` flag: the address with `default_port` added when it has
+/// none, or what is wrong with it.
+pub fn parse_server(text: &str, default_port: u16) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the server address is empty (expected HOST or HOST:PORT)".into());
+    }
+    let bare_v6 = text.parse::<std::net::Ipv6Addr>().is_ok();
+    let server = if bare_v6 || !text.contains(':') {
+        with_default_port(text, default_port)
+    } else {
+        // A port is given: it must be a good one, not the start of `host:port:default`.
+        text.to_string()
+    };
+    check_address(&server).map(|()| server).map_err(|reason| {
+        format!("`{text}` is not a server address: {reason} (expected HOST or HOST:PORT)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_addresses_are_refused_with_the_reason() {
+        for ok in ["127.0.0.1:7464", "host.lan:1", "[::1]:65535"] {
+            assert_eq!(check_address(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(parse_server("::1", 7464), Ok("[::1]:7464".to_string()));
+        assert_eq!(parse_server("host", 9), Ok("host:9".to_string()));
+        for (bad, why) in [
+            ("127.0.0.1:99999", "out of range"),
+            ("127.0.0.1:0", "out of range"),
+            ("127.0.0.1:abc", "not a port"),
+            ("", "empty"),
+            (":7464", "no host"),
+            ("a b", "space"),
+            ("1:2:3", "neither"),
+        ] {
+            let err = parse_server(bad, 7464).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn default_port_is_added_only_when_missing() {
@@ -151,9 +234,9 @@ mod tests {
     #[tokio::test]
     async fn messages_cross_a_socket_in_order_and_eof_is_clean() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
+        let addr = listener.local_addr().expect("addr");
         let client = tokio::spawn(async move {
-            let stream = connect(&addr, Duration::from_secs(5)).await.expect("connect");
+            let stream = connect(&[addr], "test", Duration::from_secs(5)).await.expect("connect");
             let (_read, write) = stream.into_split();
             let (tx, _) = spawn_writer::<(u32, String)>(write);
             for i in 0..1000 {
@@ -175,9 +258,10 @@ mod tests {
     async fn a_stream_cut_inside_a_frame_is_a_truncation_error() {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
+        let addr = listener.local_addr().expect("addr");
         let client = tokio::spawn(async move {
-            let mut stream = connect(&addr, Duration::from_secs(5)).await.expect("connect");
+            let mut stream =
+                connect(&[addr], "test", Duration::from_secs(5)).await.expect("connect");
             // A header announcing 10 bytes, then 3 of them, then the end.
             stream.write_all(&[0, 0, 0, 10, 1, 2, 3]).await.expect("write");
         });

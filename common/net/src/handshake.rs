@@ -52,12 +52,30 @@ pub fn role_name(role: &Role) -> &'static str {
 // ----- the connecting side -----
 
 /// Why connecting to a server did not admit us.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ConnectError {
     /// The connection failed (refused, reset, unreachable, timed out): another attempt may
     /// succeed once the server is up.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The server's name does not resolve to an address (a typo, or no DNS): the caller
+    /// decides whether waiting can help.
+    #[error("cannot resolve `{server}`: {source}")]
+    Resolve {
+        /// The name, `host:port`.
+        server: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The address is not `host:port` with a port from 1 to 65535: retrying cannot help.
+    #[error("`{server}` is not a usable server address: {reason}")]
+    BadAddress {
+        /// What was given.
+        server: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server did not complete the handshake in time: another attempt may succeed.
     #[error("no handshake reply within {0:?}")]
     TimedOut(Duration),
@@ -98,6 +116,13 @@ pub enum ConnectError {
     SecondChallenge,
 }
 
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 impl ConnectError {
     /// Whether retrying cannot help: the server and this side disagree on version or secret.
     pub fn is_refusal(&self) -> bool {
@@ -108,6 +133,7 @@ impl ConnectError {
                 | ConnectError::WrongSecret
                 | ConnectError::Unauthenticated
                 | ConnectError::SecondChallenge
+                | ConnectError::BadAddress { .. }
         )
     }
 }
@@ -120,7 +146,13 @@ pub async fn connect(
     secret: Option<&Secret>,
     limit: Duration,
 ) -> Result<Admitted<Welcome>, ConnectError> {
-    let stream = framed::connect(server, limit).await?;
+    crate::framed::check_address(server)
+        .map_err(|reason| ConnectError::BadAddress { server: server.to_string(), reason })?;
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(server).await {
+        Ok(addrs) => addrs.collect(),
+        Err(source) => return Err(ConnectError::Resolve { server: server.to_string(), source }),
+    };
+    let stream = framed::connect(&addrs[..], server, limit).await?;
     tokio::time::timeout(limit, greet(stream, role, secret))
         .await
         .unwrap_or(Err(ConnectError::TimedOut(limit)))
@@ -182,7 +214,7 @@ async fn next_reply(reader: &mut FramedReader) -> Result<HelloReply, ConnectErro
 
 /// Why the server did not admit a connection. Every case but [`AdmitError::Closed`] is worth a
 /// warning in the server's log; the peer was told the reason when that helps it.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum AdmitError {
     /// The peer closed the connection before saying anything (a port scan, a health check).
     #[error("closed before the handshake")]
@@ -218,6 +250,13 @@ pub enum AdmitError {
     /// The connection or the system failed (a write error, no randomness for a nonce).
     #[error("handshake failed: {0}")]
     Io(#[from] io::Error),
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for AdmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Shakes hands with a peer that connected: reads its hello, checks its version and, when

@@ -16,6 +16,8 @@ pub mod framed;
 pub mod handshake;
 pub mod secret;
 
-pub use framed::{FramedReader, NetError, send_one, spawn_writer, with_default_port};
+pub use framed::{
+    FramedReader, NetError, check_address, parse_server, send_one, spawn_writer, with_default_port,
+};
 pub use handshake::{AdmitError, Admitted, ConnectError, admit, connect, role_name};
 pub use secret::{OneSidedSecrets, SECRET_ENV, Secret, SecretError, Secrets};

@@ -36,7 +36,7 @@ pub const NONCE_LEN: usize = 32;
 pub struct Secret(Vec<u8>);
 
 /// Why a secret cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum SecretError {
     /// The file could not be read.
     #[error("cannot read the secret file {path}: {source}")]
@@ -56,6 +56,13 @@ pub enum SecretError {
         /// Its length.
         len: usize,
     },
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for SecretError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Secret {
@@ -139,7 +146,7 @@ pub struct Secrets {
 }
 
 /// A secret for one role only.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[derive(Clone, Copy, thiserror::Error)]
 #[error(
     "a secret for only one role: agents and drivers are authenticated both or neither (give \
      one secret for both, or one for each)"
@@ -168,6 +175,13 @@ impl Secrets {
             Role::Agent { .. } => self.agents.as_ref(),
             Role::Driver { .. } => self.drivers.as_ref(),
         }
+    }
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for OneSidedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 

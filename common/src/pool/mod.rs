@@ -37,6 +37,9 @@ use crate::registry::{self, RegistryError};
 
 pub use status::{PoolStatus, StatusSnapshot};
 
+/// The most workers a pool runs: beyond it a typo is more likely than a machine.
+pub const MAX_WORKERS: usize = 4096;
+
 /// How a pool is set up.
 #[derive(Clone)]
 pub struct PoolConfig {
@@ -128,11 +131,14 @@ impl JobResult {
 pub type ResultSink = Box<dyn FnMut(Vec<JobResult>) + Send>;
 
 /// The pool could not start.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum PoolError {
     /// Asked for zero workers.
     #[error("a pool needs at least one worker")]
     NoWorkers,
+    /// Asked for more than [`MAX_WORKERS`] workers.
+    #[error("{0} workers is more than a pool runs (at most {MAX_WORKERS})")]
+    TooManyWorkers(usize),
     /// The binary's task registry is invalid; fix the task definitions.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -177,6 +183,13 @@ pub enum PoolError {
     Stopped,
 }
 
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 fn stderr_block(stderr: &str) -> String {
     if stderr.is_empty() { String::new() } else { format!("; its stderr ends with:\n{stderr}") }
 }
@@ -195,7 +208,7 @@ pub struct Submitter {
 }
 
 /// The pool has stopped and takes no more jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the pool has stopped")]
 pub struct PoolStopped;
 
@@ -203,6 +216,13 @@ impl Submitter {
     /// Queues a job without waiting.
     pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
         self.commands.send(Command::Submit(job)).map_err(|_| PoolStopped)
+    }
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for PoolStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -223,6 +243,9 @@ impl Pool {
     pub async fn start(config: PoolConfig, sink: ResultSink) -> Result<Pool, PoolError> {
         if config.workers == 0 {
             return Err(PoolError::NoWorkers);
+        }
+        if config.workers > MAX_WORKERS {
+            return Err(PoolError::TooManyWorkers(config.workers));
         }
         registry::global()?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();

@@ -119,12 +119,20 @@ async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError>
         std::env::args().next().unwrap_or_else(|| "driver".into()),
         std::process::id()
     );
+    let mut first = true;
     loop {
         let role = Role::Driver { name: name.clone() };
         match blitzen_net::connect(server, role, secret, limit).await {
             Ok(conn) => return Ok(conn),
+            // A name that does not resolve is a typo far more often than a slow DNS.
+            Err(e @ ConnectError::Resolve { .. }) => return Err(e),
             Err(e) if e.is_refusal() || Instant::now() + backoff >= deadline => return Err(e),
-            Err(_) => {
+            Err(e) => {
+                if first {
+                    first = false;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    warn!(%server, error = %e, "cannot reach the server yet; retrying for up to {}s", left.as_secs_f64().ceil());
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
