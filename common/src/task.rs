@@ -12,6 +12,12 @@ use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The typed handle of a task, implemented by `#[task]`; the dispatchers' `run` takes one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a Blitzen task",
+    label = "not a task",
+    note = "add `#[blitzen::task]` above the function's definition: `run` takes the name of such \
+            a function (and `blitzen::echo::<T>()`, `blitzen::sleep`, `blitzen::command`)"
+)]
 pub trait Task: Copy + Send + Sync + 'static {
     /// The argument type: `()` for no argument, the type itself for one, a tuple for several.
     type Args: Serialize + DeserializeOwned + Send + 'static;

@@ -58,8 +58,10 @@ pub mod logging {
     };
 }
 
+pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
-pub use blitzen_common::pool::StatusSnapshot;
+pub use blitzen_common::pool::{PoolError, StatusSnapshot};
+pub use blitzen_common::registry::RegistryError;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
 pub use blitzen_protocol::{Blob, Captured, ExitReason, Finished, Outcome};

@@ -19,8 +19,20 @@ use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
 
 /// Runs tasks on a pool of worker processes of this machine, surviving panics, crashes and
-/// runaway tasks. See [`Dispatcher`] for the methods it shares with the cluster dispatcher;
-/// `new`, `builder`, `status` and `wait_for_workers` are its own.
+/// runaway tasks.
+///
+/// Its methods (documented on [`Dispatcher`]):
+/// - its own: [`new`](Dispatcher::new), [`builder`](Dispatcher::builder),
+///   [`status`](Dispatcher::status), [`wait_for_workers`](Dispatcher::wait_for_workers);
+/// - shared with [`DistributedDispatcher`](crate::distributed::DistributedDispatcher):
+///   [`run`](Dispatcher::run), [`run_with_timeout`](Dispatcher::run_with_timeout),
+///   [`run_with`](Dispatcher::run_with), [`get_results`](Dispatcher::get_results),
+///   [`get_results_with`](Dispatcher::get_results_with),
+///   [`get_task_results`](Dispatcher::get_task_results), [`map`](Dispatcher::map),
+///   [`imap`](Dispatcher::imap), [`imap_unordered`](Dispatcher::imap_unordered),
+///   [`as_completed`](Dispatcher::as_completed), [`join`](Dispatcher::join),
+///   [`join_within`](Dispatcher::join_within), [`shutdown`](Dispatcher::shutdown),
+///   [`pending`](Dispatcher::pending), [`with_default_timeout`](Dispatcher::with_default_timeout).
 ///
 /// The workers are this very program, re-executed: `main` must call
 /// [`worker_main`](crate::worker_main) first thing.

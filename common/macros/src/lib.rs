@@ -27,7 +27,33 @@ use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::{FnArg, GenericArgument, ItemFn, PathArguments, ReturnType, Type, parse_macro_input};
 
-/// Turns a plain function into a Blitzen task. See the crate documentation.
+/// Turns a plain function into a Blitzen task.
+///
+/// ```ignore
+/// #[blitzen::task]
+/// pub fn square(x: u64) -> u64 { x * x }
+///
+/// let id = dispatcher.run(square, 4);   // type-checked against `fn square(u64) -> u64`
+/// assert_eq!(square(3), 9);             // still a plain function
+/// ```
+///
+/// - Arguments: none → the task takes `()`, one → its type, several → a tuple
+///   (`run(add, (1, 2))`). They must be owned (`String`, `Vec<T>`, not `&str`, `&[T]`) and
+///   implement `Serialize` and `Deserialize`: they travel to another process as MessagePack.
+/// - Result: any serde type, or `Result<T, E>` with `E: Display` (an `Err` becomes
+///   `TaskError::Returned` with its text).
+/// - The function cannot be `async`, generic, or take `self`.
+///
+/// Options:
+/// - `#[task(name = "other")]`: register it under another name (default: the function's name).
+///   Names are unique within a binary; two tasks with one name are refused at start.
+/// - `#[task(crate = path)]`: the path of the `blitzen` crate, when it is re-exported under
+///   another name.
+/// - `#[task(unregistered)]`: leave it out of the binary's registry (for tasks listed by hand,
+///   as the built-in tasks are).
+///
+/// A task's signature travels with each call: a worker built from another definition answers
+/// `TaskError::SignatureMismatch` rather than misreading the bytes.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options { name: None, krate: None, register: true };
@@ -79,7 +105,10 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
             FnArg::Receiver(r) => {
                 return Err(syn::Error::new_spanned(r, "a task cannot take self"));
             }
-            FnArg::Typed(t) => arg_types.push((*t.ty).clone()),
+            FnArg::Typed(t) => {
+                refuse_borrowed(&t.ty, "argument")?;
+                arg_types.push((*t.ty).clone())
+            }
         }
     }
 
@@ -95,6 +124,7 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
+    refuse_borrowed(&ret_type, "result")?;
     let fallible_output = result_ok_type(&ret_type);
     let output_type = fallible_output.clone().unwrap_or_else(|| ret_type.clone());
 
@@ -132,17 +162,34 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
     impl_fn.sig.ident = impl_ident.clone();
     impl_fn.vis = syn::Visibility::Inherited;
 
+    let handle_doc = syn::LitStr::new(
+        &format!(
+            "Blitzen task `{}`, registered as `{}`: `dispatcher.run({}, args)` submits it, and \
+             `{}(…)` calls the function directly.",
+            signature.value(),
+            task_name,
+            ident,
+            ident
+        ),
+        Span::call_site(),
+    );
+    let gap = if docs.is_empty() { quote!() } else { quote!(#[doc = ""]) };
+
     Ok(quote! {
         #[doc(hidden)]
         #[allow(non_snake_case, clippy::too_many_arguments)]
         #impl_fn
 
         #(#docs)*
+        #gap
+        #[doc = #handle_doc]
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, Default)]
         #vis struct #ident {}
 
         #(#docs)*
+        #gap
+        #[doc = #handle_doc]
         #[allow(non_upper_case_globals)]
         #vis const #ident: #ident = #ident {};
 
@@ -181,6 +228,60 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
 
         #registration
     })
+}
+
+/// Refuses a type that borrows (`&T`, or anything with a lifetime): arguments arrive and results
+/// leave as bytes on another process, so a task owns what it takes and returns.
+fn refuse_borrowed(ty: &Type, what: &str) -> syn::Result<()> {
+    let owned = |inner: &Type| match inner {
+        Type::Path(p) if p.path.is_ident("str") => "String".to_string(),
+        Type::Path(p) if p.path.is_ident("Path") => "PathBuf".to_string(),
+        Type::Slice(s) => {
+            let elem = &s.elem;
+            format!("Vec<{}>", type_text(elem))
+        }
+        other => type_text(other),
+    };
+    match ty {
+        Type::Reference(r) => Err(syn::Error::new_spanned(
+            r,
+            format!(
+                "a task {what} cannot be borrowed: it crosses to another process as bytes; use an \
+                 owned type (String, Vec<T>): here `{}` instead of `{}`",
+                owned(&r.elem),
+                type_text(ty)
+            ),
+        )),
+        Type::Path(p) => {
+            for segment in &p.path.segments {
+                if let PathArguments::AngleBracketed(args) = &segment.arguments {
+                    for arg in &args.args {
+                        match arg {
+                            GenericArgument::Lifetime(l) if l.ident != "static" => {
+                                return Err(syn::Error::new_spanned(
+                                    l,
+                                    format!(
+                                        "a task {what} cannot borrow (`{}` has a lifetime): use \
+                                         an owned type (String, Vec<T>)",
+                                        type_text(ty)
+                                    ),
+                                ));
+                            }
+                            GenericArgument::Type(t) => refuse_borrowed(t, what)?,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Type::Tuple(t) => t.elems.iter().try_for_each(|e| refuse_borrowed(e, what)),
+        Type::Array(a) => refuse_borrowed(&a.elem, what),
+        Type::Slice(s) => refuse_borrowed(&s.elem, what),
+        Type::Paren(p) => refuse_borrowed(&p.elem, what),
+        Type::Group(g) => refuse_borrowed(&g.elem, what),
+        _ => Ok(()),
+    }
 }
 
 /// `T` when `ty` is `…::Result<T, …>` (the last path segment named `Result`).

@@ -31,9 +31,24 @@ use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
 use crate::tasks::Tasks;
 
-/// Runs tasks on the agents of a Blitzen cluster. See [`Dispatcher`] for the methods it shares
-/// with [`MulticoreDispatcher`](crate::MulticoreDispatcher); the constructors, `connect`,
-/// `spawn_server` and `spawn_client` are its own.
+/// Runs tasks on the agents of a Blitzen cluster.
+///
+/// Its methods (documented on [`Dispatcher`]):
+/// - its own: [`new`](Dispatcher::new), [`with_connect_timeout`](Dispatcher::with_connect_timeout),
+///   [`with_unrunnable_limit`](Dispatcher::with_unrunnable_limit),
+///   [`with_secret`](Dispatcher::with_secret), [`with_secret_file`](Dispatcher::with_secret_file),
+///   [`allow_insecure`](Dispatcher::allow_insecure), [`server`](Dispatcher::server),
+///   [`connect`](Dispatcher::connect), [`wait_accepted`](Dispatcher::wait_accepted),
+///   [`spawn_server`](Dispatcher::spawn_server), [`spawn_client`](Dispatcher::spawn_client);
+/// - shared with [`MulticoreDispatcher`](crate::MulticoreDispatcher):
+///   [`run`](Dispatcher::run), [`run_with_timeout`](Dispatcher::run_with_timeout),
+///   [`run_with`](Dispatcher::run_with), [`get_results`](Dispatcher::get_results),
+///   [`get_results_with`](Dispatcher::get_results_with),
+///   [`get_task_results`](Dispatcher::get_task_results), [`map`](Dispatcher::map),
+///   [`imap`](Dispatcher::imap), [`imap_unordered`](Dispatcher::imap_unordered),
+///   [`as_completed`](Dispatcher::as_completed), [`join`](Dispatcher::join),
+///   [`join_within`](Dispatcher::join_within), [`shutdown`](Dispatcher::shutdown),
+///   [`pending`](Dispatcher::pending), [`with_default_timeout`](Dispatcher::with_default_timeout).
 ///
 /// `DistributedDispatcher::new(ip)` only records the server's address (the seed's
 /// `DistributedDispatcher(server_ip=ip)`): the same value can `spawn_server`, `spawn_client`, or
