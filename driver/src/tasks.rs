@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use blitzen_common::builtin;
 use blitzen_common::registry::{self, RegistryError};
 use blitzen_common::task::TaskEntry;
 
@@ -66,13 +65,6 @@ impl Tasks {
             .filter(|krate| !entries.iter().any(|e| crate_of(e) == *krate))
             .collect())
     }
-
-    /// The names of every task served, the built-in ones last.
-    pub fn names(&self) -> Result<Vec<&'static str>, RegistryError> {
-        let (builtins, own): (Vec<_>, Vec<_>) =
-            registry::global()?.entries().into_iter().partition(|e| builtin::is_builtin(e));
-        Ok(own.into_iter().chain(builtins).map(|e| e.name).collect())
-    }
 }
 
 /// The crate a task is declared in, as `tasks!` names it.
@@ -83,5 +75,18 @@ fn crate_of(entry: &TaskEntry) -> &'static str {
 impl fmt::Debug for Tasks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "tasks![{}]", self.crates.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crate_named_without_tasks_is_found() {
+        // The built-in tasks are declared in blitzen_common.
+        let tasks = Tasks::__linked(&["blitzen_common", "no_tasks_here"]);
+        assert_eq!(tasks.crates_without_tasks().expect("registry"), ["no_tasks_here"]);
+        assert_eq!(format!("{tasks:?}"), "tasks![blitzen_common, no_tasks_here]");
     }
 }
