@@ -95,13 +95,16 @@ impl PartialOrd for Deadline {
 }
 
 /// Names for a log line: the first 20, then how many more.
-fn name_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     const SHOWN: usize = 20;
-    let total = names.len();
-    let mut text: Vec<&str> = names.take(SHOWN).collect();
-    text.sort_unstable();
-    let more = if total > SHOWN { format!(" and {} more", total - SHOWN) } else { String::new() };
-    format!("{}{more}", text.join(", "))
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    let more = match names.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!(" and {more} more"),
+        _ => String::new(),
+    };
+    names.truncate(SHOWN);
+    format!("{}{more}", names.join(", "))
 }
 
 impl Core {

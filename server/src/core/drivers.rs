@@ -76,6 +76,8 @@ impl Core {
         let name = driver.name.clone();
         let declared = driver.kinds.clone();
         let mut unrunnable: HashMap<KindId, Vec<(DriverTaskId, TaskKey)>> = HashMap::new();
+        // Whether a connected agent has each kind submitted, looked up once per kind.
+        let mut runnable: HashMap<KindId, bool> = HashMap::new();
         let mut refused = Vec::new();
         let mut undeclared = Vec::new();
         let count = submissions.len();
@@ -108,7 +110,8 @@ impl Core {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
             }
-            if !self.can_run(kind) {
+            let can_run = *runnable.entry(kind).or_insert_with(|| self.can_run(kind));
+            if !can_run {
                 unrunnable.entry(kind).or_default().push((s.id, key));
             }
         }
