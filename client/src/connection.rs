@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use blitzen_common::pool::{Job, JobResult};
 use blitzen_common::task::TaskEntry;
-use blitzen_net::{FramedReader, spawn_writer};
+use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent};
 use blitzen_protocol::ids::{JobId, TaskKey};
 use blitzen_protocol::{Finished, Outcome};
@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Work;
+
+/// An agent counts its server gone after three heartbeat intervals without a byte from it, but
+/// never sooner than this: a server that stalls for a few seconds (a paused VM, heavy swapping)
+/// should find its agents still there when it wakes.
+const SERVER_SILENCE_MIN: Duration = Duration::from_secs(10);
 
 /// How a connection ended.
 pub(crate) enum End {
@@ -71,14 +76,19 @@ impl<'a> Connection<'a> {
     ) -> End {
         let mut ticks = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence = (3 * heartbeat).max(SERVER_SILENCE_MIN);
         let end = loop {
             // Biased: after a pause (the process was stopped), a closed connection is noticed
             // before results are written into it and lost; they go out on the next connection.
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break End::Stop,
-                message = reader.next::<ToAgent>() => match message {
+                message = reader.next_alive::<ToAgent>(silence) => match message {
                     Ok(Some(ToAgent::Run(tasks))) => self.on_tasks(tasks),
+                    Ok(Some(ToAgent::Heartbeat)) => Ok(()),
+                    Err(NetError::Silent(limit)) => {
+                        break End::Lost(format!("nothing arrived from the server for {limit:?}"));
+                    }
                     Ok(Some(ToAgent::ShuttingDown { reason })) => break End::Lost(reason),
                     Ok(None) => break End::Lost("the server closed the connection".into()),
                     Err(e) => break End::Lost(format!("bad frame from the server: {e}")),

@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 4;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 5;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -85,6 +85,11 @@ pub enum Role {
     Driver {
         /// A name for logs (program name and pid).
         name: String,
+        /// How often each side sends something (a heartbeat when idle), in milliseconds, both
+        /// ways: each counts the other gone after about three intervals without a byte.
+        /// 0: neither is ever counted gone for silence.
+        #[serde(default)]
+        heartbeat_ms: u64,
     },
 }
 
@@ -167,6 +172,8 @@ pub enum FromDriver {
     Ack(Vec<DriverTaskId>),
     /// The driver is done; the server forgets what it still holds for it.
     Bye,
+    /// Nothing else to say: the driver is alive.
+    Heartbeat,
 }
 
 /// A finished task, as reported to its driver.
@@ -223,6 +230,8 @@ pub enum ToDriver {
         /// Why.
         reason: String,
     },
+    /// Nothing else to say: the server is alive.
+    Heartbeat,
 }
 
 /// A task sent to an agent.
@@ -253,6 +262,8 @@ pub enum ToAgent {
         /// Why.
         reason: String,
     },
+    /// Nothing else to say: the server is alive.
+    Heartbeat,
 }
 
 /// A finished task, as an agent reports it.
@@ -340,7 +351,7 @@ mod tests {
             let nonce = Bytes::from(vec![7u8; 32]);
             let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
-            let driver = Hello { version, role: Role::Driver { name }, nonce: nonce.clone() };
+            let driver = Hello { version, role: Role::Driver { name, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);
             let challenge = HelloReply::Challenge(Challenge { nonce: nonce.clone(), proof: nonce.clone() });
             prop_assert_eq!(round_trip(&challenge), challenge);

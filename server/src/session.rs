@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_net::{AdmitError, FramedReader, admit, spawn_writer};
-use blitzen_protocol::cluster::{CLUSTER_PROTOCOL_VERSION, FromAgent, FromDriver, Role, Welcome};
+use blitzen_net::{AdmitError, FramedReader, NetError, admit, spawn_writer};
+use blitzen_protocol::cluster::{
+    CLUSTER_PROTOCOL_VERSION, FromAgent, FromDriver, Role, ToAgent, ToDriver, Welcome,
+};
 use blitzen_protocol::ids::{ConnId, ServerId};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -18,8 +20,33 @@ use tracing::{debug, info, warn};
 use crate::ServerConfig;
 use crate::core::{Event, JoiningAgent};
 
-/// Silences shorter than this never count an agent lost, whatever interval it announced.
+/// Silences shorter than this never count a peer gone, whatever interval it announced.
 const MIN_SILENCE: Duration = Duration::from_secs(1);
+
+/// How long a peer that sends something every `heartbeat_ms` may stay silent — not one byte —
+/// before it is counted gone: three intervals, at least [`MIN_SILENCE`]. `None` for 0 (never).
+fn silence_limit(heartbeat_ms: u64) -> Option<Duration> {
+    (heartbeat_ms > 0).then(|| (3 * Duration::from_millis(heartbeat_ms)).max(MIN_SILENCE))
+}
+
+/// Ticks every `heartbeat_ms` (never for 0), for the server's own heartbeats to a peer.
+fn heartbeats(heartbeat_ms: u64) -> Option<tokio::time::Interval> {
+    (heartbeat_ms > 0).then(|| {
+        let mut ticks = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    })
+}
+
+/// The next tick, or never.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
 
 /// What every session needs from the server.
 #[derive(Debug)]
@@ -54,13 +81,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
             let joining = JoiningAgent { host, workers, kinds: tasks };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared.events).await;
         }
-        Role::Driver { name } => serve_driver(conn, reader, write, name, &shared.events).await,
+        Role::Driver { name, heartbeat_ms } => {
+            serve_driver(conn, reader, write, name, heartbeat_ms, &shared.events).await
+        }
     }
     info!("connection ended");
 }
 
 /// An agent's connection: results, starts and heartbeats in; it is counted lost after three
-/// heartbeat intervals without a frame.
+/// heartbeat intervals without a byte. The server heartbeats it at the same interval.
 async fn serve_agent(
     conn: ConnId,
     mut reader: FramedReader,
@@ -71,29 +100,21 @@ async fn serve_agent(
 ) {
     let (tx, _) = spawn_writer(write);
     let close = CancellationToken::new();
+    // Weak: the writer closes when the core drops the connection's sender.
+    let beat = tx.downgrade();
     let _ = events.send(Event::AgentJoined { conn, agent: joining, tx, close: close.clone() });
-    // Three intervals of silence (a frozen or cut-off agent) count it lost.
-    let silence =
-        (heartbeat_ms > 0).then(|| (3 * Duration::from_millis(heartbeat_ms)).max(MIN_SILENCE));
+    let silence = silence_limit(heartbeat_ms);
+    let mut ticks = heartbeats(heartbeat_ms);
     let reason = loop {
-        let next = async {
-            match silence {
-                Some(limit) => {
-                    tokio::time::timeout(limit, reader.next::<FromAgent>()).await.map_err(|_| limit)
-                }
-                None => Ok(reader.next::<FromAgent>().await),
-            }
-        };
         let message = tokio::select! {
-            m = next => m,
+            m = reader.next_alive::<FromAgent>(silence) => m,
             // The core found the agent breaking the protocol (and logged how).
             _ = close.cancelled() => break "closed by the server".to_string(),
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(limit) => {
-                warn!(silent_for = ?limit, "agent missed its heartbeats; counted lost");
-                break format!("no heartbeat for {limit:?}");
+            _ = tick(&mut ticks) => {
+                if let Some(tx) = beat.upgrade() {
+                    let _ = tx.send(ToAgent::Heartbeat);
+                }
+                continue;
             }
         };
         let event = match message {
@@ -106,6 +127,10 @@ async fn serve_agent(
             Ok(Some(FromAgent::Started(keys))) => Event::AgentStarted { conn, keys },
             Ok(Some(FromAgent::Heartbeat)) => continue,
             Ok(None) => break "connection closed".to_string(),
+            Err(NetError::Silent(limit)) => {
+                warn!(silent_for = ?limit, "agent missed its heartbeats: nothing arrived from it; counted lost");
+                break format!("nothing arrived from it for {limit:?}");
+            }
             Err(e) => {
                 warn!(error = %e, "bad frame from agent; connection closed");
                 break format!("bad frame: {e}");
@@ -116,22 +141,43 @@ async fn serve_agent(
     let _ = events.send(Event::AgentLeft { conn, reason });
 }
 
-/// A driver's connection: submissions and acknowledgements in, until its goodbye.
+/// A driver's connection: submissions, acknowledgements and heartbeats in, until its goodbye.
+/// A driver silent for three of its heartbeat intervals is counted gone, as if disconnected:
+/// its tasks go on and their results are kept. The server heartbeats it at the same interval.
 async fn serve_driver(
     conn: ConnId,
     mut reader: FramedReader,
     write: OwnedWriteHalf,
     name: String,
+    heartbeat_ms: u64,
     events: &mpsc::UnboundedSender<Event>,
 ) {
     let (tx, _) = spawn_writer(write);
+    // Weak: the writer closes when the core drops the connection's sender.
+    let beat = tx.downgrade();
     let _ = events.send(Event::DriverJoined { conn, name, tx });
+    let silence = silence_limit(heartbeat_ms);
+    let mut ticks = heartbeats(heartbeat_ms);
     let bye = loop {
-        let event = match reader.next::<FromDriver>().await {
+        let message = tokio::select! {
+            m = reader.next_alive::<FromDriver>(silence) => m,
+            _ = tick(&mut ticks) => {
+                if let Some(tx) = beat.upgrade() {
+                    let _ = tx.send(ToDriver::Heartbeat);
+                }
+                continue;
+            }
+        };
+        let event = match message {
             Ok(Some(FromDriver::Submit { kinds, tasks })) => Event::Submit { conn, kinds, tasks },
             Ok(Some(FromDriver::Ack(ids))) => Event::Ack { conn, ids },
+            Ok(Some(FromDriver::Heartbeat)) => continue,
             Ok(Some(FromDriver::Bye)) => break true,
             Ok(None) => break false,
+            Err(NetError::Silent(limit)) => {
+                warn!(silent_for = ?limit, "nothing arrived from the driver; counted disconnected");
+                break false;
+            }
             Err(e) => {
                 warn!(error = %e, "bad frame from driver; connection closed");
                 break false;

@@ -4,8 +4,10 @@
 //!   running in a worker tells the test something.
 //! - [`cluster`]: starting the real `blitzen-server` and `blitzen-client` binaries, temporary
 //!   files, a patient driver.
+//! - [`proxy`]: a TCP proxy that throttles or freezes a link.
 
 pub mod cluster;
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

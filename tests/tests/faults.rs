@@ -18,6 +18,7 @@ use blitzen_protocol::{Finished, MAX_FRAME_LEN, Outcome, TaskKey};
 use blitzen_tests::cluster::{
     TempFile, binary, driver, start_agent, start_agent_with, start_program, start_server,
 };
+use blitzen_tests::proxy::Proxy;
 use blitzen_tests::{check, fail, rss_bytes, signal};
 use bytes::{Bytes, BytesMut};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -95,6 +96,99 @@ fn a_frozen_agent_is_detected_and_its_late_results_are_dropped() -> Result<(), F
     check(dropped.contains("recovered=true"), format!("late result dropped:\n{log}"))?;
     // Nothing reached the driver twice: it holds no stray result.
     check(d.join().is_empty(), "no duplicate result reached the driver")
+}
+
+/// Waits until `process`'s log has a line containing `text`, for at most `limit`; the log is
+/// another process's file, so it is read again every 50 ms.
+fn wait_for_log(process: &blitzen_tests::cluster::Process, text: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if process.log_text().contains(text) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A live agent on a slow link (1 MB/s through a throttling proxy) sends an 8 MB result, which
+/// takes several times its silence limit to cross: bytes arriving are proof of life, so it is
+/// not counted lost and the result arrives once.
+fn a_live_agent_on_a_slow_link_delivers_a_large_result_once() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    proxy.throttle(1_000_000);
+    let agent =
+        start_agent_with(&proxy.addr, 1, "slow-link", &["--heartbeat", "0.5"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let spec = CommandSpec::new("head").args(["-c", "8000000", "/dev/zero"]);
+    let started = std::time::Instant::now();
+    let id = d.run(command, spec);
+    let result = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let out = result[0].decode_as(command).map_err(fail)?;
+    check(out.stdout.len() == 8_000_000, format!("{} bytes", out.stdout.len()))?;
+    check(started.elapsed() > Duration::from_secs(4), "the link was slow")?;
+    let log = server.process.log_text();
+    check(!log.contains("counted lost") && !log.contains("agent disconnected"), log.clone())?;
+    check(
+        !log.contains("ran twice"),
+        format!(
+            "ran once:
+{log}"
+        ),
+    )?;
+    check(!agent.log_text().contains("connection lost"), agent.log_text())?;
+    check(d.join().is_empty(), "exactly one result")
+}
+
+/// A server stopped for 3 s (SIGSTOP: a paused VM, heavy swapping) finds its idle agent's
+/// heartbeats waiting when it wakes, and counts nobody lost.
+fn an_idle_agent_survives_a_stalled_server() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let agent = start_agent_with(&server.addr, 1, "idle", &["--heartbeat", "0.5"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
+    signal(server.process.pid(), Signal::STOP);
+    // The fault itself: the server does not run for 3 s, six heartbeat intervals.
+    std::thread::sleep(Duration::from_secs(3));
+    signal(server.process.pid(), Signal::CONT);
+    let after = d.run(echo::<u8>(), 2);
+    let r = d.get_results_with(&[after], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r == [Ok(2)], format!("{r:?}"))?;
+    let log = server.process.log_text();
+    check(!log.contains("counted lost") && !log.contains("agent disconnected"), log.clone())?;
+    let agent_log = agent.log_text();
+    check(!agent_log.contains("connection lost"), format!("the agent stayed:\n{agent_log}"))
+}
+
+/// A driver's link that goes silent with both sockets open (the proxy stops forwarding) is
+/// noticed on both ends within three heartbeat intervals: the driver's unfinished task ends
+/// `Lost` saying so, and the server counts the driver disconnected.
+fn a_frozen_driver_link_is_detected_on_both_ends() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "worker").map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let d = driver(&proxy.addr).with_heartbeat(Duration::from_millis(500));
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
+    let long = d.run(sleep, 30.0);
+    d.wait_accepted(WAIT).map_err(fail)?;
+    proxy.freeze();
+    let frozen_at = std::time::Instant::now();
+    let r = d.get_results_with(&[long], Fetch::default().within(WAIT)).map_err(fail)?;
+    let waited = frozen_at.elapsed();
+    match &r[0] {
+        Err(e @ TaskError::Lost { reason, .. }) => {
+            check(reason.contains("nothing arrived from the server"), format!("{e}"))?
+        }
+        other => return Err(format!("expected Lost, got {other:?}").into()),
+    }
+    check(waited < Duration::from_secs(10), format!("noticed after {waited:?}"))?;
+    let noticed = wait_for_log(&server.process, "nothing arrived from the driver", WAIT / 6);
+    check(noticed, format!("the server noticed:\n{}", server.process.log_text()))
 }
 
 /// A network namespace joined to this one by a veth pair, made for one test and removed when
@@ -337,7 +431,7 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     let admitted_then_garbage = {
         let hello = Hello {
             version: CLUSTER_PROTOCOL_VERSION,
-            role: Role::Driver { name: "stranger".into() },
+            role: Role::Driver { name: "stranger".into(), heartbeat_ms: 0 },
             nonce: Bytes::new(),
         };
         let mut bytes = frame(&hello);
@@ -446,6 +540,9 @@ fn main() -> std::process::ExitCode {
     let trials = vec![
         trial!(killing_an_agent_midway_loses_no_task),
         trial!(a_frozen_agent_is_detected_and_its_late_results_are_dropped),
+        trial!(a_live_agent_on_a_slow_link_delivers_a_large_result_once),
+        trial!(an_idle_agent_survives_a_stalled_server),
+        trial!(a_frozen_driver_link_is_detected_on_both_ends),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
         trial!(an_agent_that_never_answers_has_its_timed_task_settled),
         trial!(a_live_agent_answers_before_the_servers_deadline),

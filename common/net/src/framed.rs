@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blitzen_protocol::frame::{decode_shared, encode};
 use blitzen_protocol::{DecodeError, FrameCodec, FrameError};
@@ -31,6 +31,9 @@ pub enum NetError {
     /// A frame did not hold a valid message.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// Not one byte arrived for this long (see [`FramedReader::next_alive`]).
+    #[error("nothing arrived for {0:?}")]
+    Silent(Duration),
 }
 
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
@@ -47,12 +50,19 @@ pub struct FramedReader {
     socket: OwnedReadHalf,
     buf: BytesMut,
     codec: FrameCodec,
+    /// When bytes last arrived (or the reader was made): what liveness counts from.
+    progress: Instant,
 }
 
 impl FramedReader {
     /// A reader accepting frames of at most `max` bytes.
     pub fn new(socket: OwnedReadHalf, max: usize) -> Self {
-        Self { socket, buf: BytesMut::with_capacity(64 * 1024), codec: FrameCodec::new(max) }
+        Self {
+            socket,
+            buf: BytesMut::with_capacity(64 * 1024),
+            codec: FrameCodec::new(max),
+            progress: Instant::now(),
+        }
     }
 
     /// Changes the frame limit (raised once a peer has been admitted).
@@ -62,7 +72,21 @@ impl FramedReader {
 
     /// The next message; `Ok(None)` when the peer closed the connection between frames.
     pub async fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, NetError> {
+        self.next_alive(None).await
+    }
+
+    /// [`next`](Self::next), giving up with [`NetError::Silent`] once `silence` has passed
+    /// without a single byte arriving. Liveness counts bytes, not frames: a large frame
+    /// crawling over a slow link keeps the connection alive however long it takes. When the
+    /// limit is reached, what is already waiting in the socket is read before judging, so a
+    /// process that was stopped (SIGSTOP, a paused VM) and wakes up late finds its peers'
+    /// heartbeats instead of counting them lost.
+    pub async fn next_alive<M: DeserializeOwned>(
+        &mut self,
+        silence: impl Into<Option<Duration>>,
+    ) -> Result<Option<M>, NetError> {
         use tokio_util::codec::Decoder;
+        let silence = silence.into();
         loop {
             if let Some(body) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(decode_shared(&body.freeze())?));
@@ -70,13 +94,38 @@ impl FramedReader {
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(64 * 1024);
             }
-            if self.socket.read_buf(&mut self.buf).await.map_err(FrameError::Io)? == 0 {
+            let read = match silence {
+                None => self.socket.read_buf(&mut self.buf).await.map_err(FrameError::Io)?,
+                Some(limit) => {
+                    let deadline = (self.progress + limit).into();
+                    match tokio::time::timeout_at(deadline, self.socket.read_buf(&mut self.buf))
+                        .await
+                    {
+                        Ok(read) => read.map_err(FrameError::Io)?,
+                        Err(_) => self.read_waiting(limit).await?,
+                    }
+                }
+            };
+            if read == 0 {
                 // End of stream: a clean end between frames, or a truncated frame.
                 return match self.codec.decode_eof(&mut self.buf)? {
                     Some(body) => Ok(Some(decode_shared(&body.freeze())?)),
                     None => Ok(None),
                 };
             }
+            self.progress = Instant::now();
+        }
+    }
+
+    /// At the silence limit: reads whatever the socket already holds, or fails with
+    /// [`NetError::Silent`]. The runtime gets one turn first, so that readiness the kernel
+    /// reported while this process was not running is seen before the verdict.
+    async fn read_waiting(&mut self, limit: Duration) -> Result<usize, NetError> {
+        tokio::task::yield_now().await;
+        let attempt = tokio::time::timeout(Duration::ZERO, self.socket.read_buf(&mut self.buf));
+        match attempt.await {
+            Ok(read) => Ok(read.map_err(FrameError::Io)?),
+            Err(_) => Err(NetError::Silent(limit)),
         }
     }
 }
@@ -273,5 +322,41 @@ mod tests {
             "{err}"
         );
         client.await.expect("client");
+    }
+
+    /// A frame that takes far longer than the silence limit to arrive, but keeps arriving,
+    /// is read whole; a peer that then sends nothing is silent after the limit.
+    #[tokio::test]
+    async fn liveness_counts_bytes_not_frames() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let payload = vec![7u8; 200_000];
+        let mut frame = BytesMut::new();
+        encode(&payload, &mut frame).expect("encodes");
+        let client = tokio::spawn(async move {
+            let mut stream =
+                connect(&[addr], "test", Duration::from_secs(5)).await.expect("connect");
+            // 200 KB in 20 slices 40 ms apart: 800 ms for a frame, against a 300 ms limit.
+            for chunk in frame.chunks(frame.len() / 20 + 1) {
+                stream.write_all(chunk).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            // Then silence, with the connection open.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut reader = FramedReader::new(stream.into_split().0, 1 << 20);
+        let limit = Duration::from_millis(300);
+        let started = Instant::now();
+        let got: Vec<u8> = reader.next_alive(limit).await.expect("alive").expect("a message");
+        assert_eq!(got.len(), 200_000);
+        assert!(started.elapsed() > limit * 2, "the frame took longer than the limit");
+        let silent = Instant::now();
+        let err = reader.next_alive::<u8>(limit).await.expect_err("silent");
+        assert!(matches!(err, NetError::Silent(l) if l == limit), "{err}");
+        // Counted from the last byte, which came just before the frame was complete.
+        assert!(silent.elapsed() >= limit / 2 && silent.elapsed() < limit * 10);
+        client.abort();
     }
 }

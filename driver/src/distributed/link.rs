@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blitzen_net::{Admitted, ConnectError, Secret};
+use blitzen_net::{Admitted, ConnectError, NetError, Secret};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, ToDriver, Welcome};
 use blitzen_protocol::ids::{DriverTaskId, KindIndex};
@@ -25,6 +25,9 @@ pub(super) struct Endpoint {
     pub secret: Option<Secret>,
     /// How long to keep trying.
     pub connect_timeout: Duration,
+    /// How often to send something; the server is counted gone after three intervals without a
+    /// byte from it.
+    pub heartbeat: Duration,
 }
 
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
@@ -54,6 +57,9 @@ pub(super) async fn drive(
     info!(%server, "connected to the server");
     let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
     let mut declared = Declared::default();
+    let mut ticks = tokio::time::interval(endpoint.heartbeat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence = (3 * endpoint.heartbeat).max(Duration::from_secs(1));
     let lost = loop {
         tokio::select! {
             biased;
@@ -61,7 +67,14 @@ pub(super) async fn drive(
                 let _ = writer.send(FromDriver::Bye);
                 break None;
             }
-            message = reader.next::<ToDriver>() => match message {
+            message = reader.next_alive::<ToDriver>(silence) => match message {
+                Ok(Some(ToDriver::Heartbeat)) => {}
+                Err(NetError::Silent(limit)) => {
+                    break Some(format!(
+                        "nothing arrived from the server for {limit:?} (a frozen server or a cut \
+                         link) before the task finished"
+                    ));
+                }
                 Ok(Some(ToDriver::Accepted { count })) => handoff.accepted(count),
                 Ok(Some(ToDriver::Results(reports))) => {
                     let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
@@ -84,6 +97,9 @@ pub(super) async fn drive(
                 Ok(None) => break Some("the server closed the connection before the task finished".into()),
                 Err(e) => break Some(format!("bad frame from the server: {e}")),
             },
+            _ = ticks.tick() => {
+                let _ = writer.send(FromDriver::Heartbeat);
+            }
             Some(first) = queue.recv() => {
                 let mut kinds = Vec::new();
                 let mut tasks = vec![declared.submission(first, &mut kinds)];
@@ -121,7 +137,8 @@ async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError>
     );
     let mut first = true;
     loop {
-        let role = Role::Driver { name: name.clone() };
+        let heartbeat_ms = endpoint.heartbeat.as_millis() as u64;
+        let role = Role::Driver { name: name.clone(), heartbeat_ms };
         match blitzen_net::connect(server, role, secret, limit).await {
             Ok(conn) => return Ok(conn),
             // A name that does not resolve is a typo far more often than a slow DNS.

@@ -58,11 +58,17 @@ use crate::tasks::Tasks;
 /// nothing waits forever.
 pub type DistributedDispatcher = Dispatcher<Cluster>;
 
+/// How often a driver and its server send each other something, by default.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// The backend of [`DistributedDispatcher`]: one connection to a server, on a runtime thread.
 pub struct Cluster {
     /// The server, `host:port`.
     server: String,
     connect_timeout: Duration,
+    /// How often the connection sends something, both ways; see
+    /// [`DistributedDispatcher::with_heartbeat`](Dispatcher::with_heartbeat).
+    heartbeat: Duration,
     /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
     /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
@@ -142,6 +148,7 @@ impl Cluster {
             server: self.server.clone(),
             secret: self.secret()?,
             connect_timeout: self.connect_timeout,
+            heartbeat: self.heartbeat,
         };
         let (submissions, queue) = mpsc::unbounded_channel();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -175,6 +182,7 @@ impl Dispatcher<Cluster> {
             backend: Cluster {
                 server: blitzen_net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
+                heartbeat: DEFAULT_HEARTBEAT,
                 insecure: false,
                 secret: None,
                 table,
@@ -188,6 +196,17 @@ impl Dispatcher<Cluster> {
     /// [`TaskError::Lost`](crate::TaskError::Lost).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.backend.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the driver and the server send each other something when there is nothing
+    /// else to say (default 5 s). Each counts the other gone after three intervals without a
+    /// byte: the server then keeps the driver's tasks and results as for a disconnected driver,
+    /// and the driver ends its unfinished tasks [`TaskError::Lost`](crate::TaskError::Lost),
+    /// saying that the server went silent (a frozen server, a cut link). A large result crawling
+    /// over a slow link counts as alive, however long it takes.
+    pub fn with_heartbeat(mut self, interval: Duration) -> Self {
+        self.backend.heartbeat = interval.max(Duration::from_millis(10));
         self
     }
 
