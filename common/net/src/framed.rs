@@ -52,6 +52,10 @@ pub struct FramedReader {
     codec: FrameCodec,
     /// When bytes last arrived (or the reader was made): what liveness counts from.
     progress: Instant,
+    /// The silence timer of [`next_alive`](Self::next_alive), armed once and moved only when
+    /// it fires early (bytes came since): arming a timer for every read would cost more than
+    /// the read on a busy connection.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FramedReader {
@@ -62,6 +66,7 @@ impl FramedReader {
             buf: BytesMut::with_capacity(64 * 1024),
             codec: FrameCodec::new(max),
             progress: Instant::now(),
+            timer: None,
         }
     }
 
@@ -97,12 +102,20 @@ impl FramedReader {
             let read = match silence {
                 None => self.socket.read_buf(&mut self.buf).await.map_err(FrameError::Io)?,
                 Some(limit) => {
-                    let deadline = (self.progress + limit).into();
-                    match tokio::time::timeout_at(deadline, self.socket.read_buf(&mut self.buf))
-                        .await
-                    {
-                        Ok(read) => read.map_err(FrameError::Io)?,
-                        Err(_) => self.read_waiting(limit).await?,
+                    let due = self.progress + limit;
+                    let timer = (self.timer)
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+                    tokio::select! {
+                        biased;
+                        read = self.socket.read_buf(&mut self.buf) => read.map_err(FrameError::Io)?,
+                        () = timer.as_mut() => {
+                            if due > Instant::now() {
+                                // Bytes came since the timer was armed: wait from the last ones.
+                                timer.as_mut().reset(due.into());
+                                continue;
+                            }
+                            self.read_waiting(limit).await?
+                        }
                     }
                 }
             };

@@ -102,7 +102,10 @@ impl Core {
                 args: s.args,
                 timeout_ms,
                 retries: s.retries,
-                unrunnable_limit_ms: s.unrunnable_limit_ms.map(|ms| ms.min(u32::MAX.into()) as u32),
+                // 1 ms at least (0 is "no limit"); at most 49 days.
+                unrunnable_limit_ms: s
+                    .unrunnable_limit_ms
+                    .map_or(0, |ms| ms.clamp(1, u32::MAX.into()) as u32),
                 agent: None,
                 attempts: 0,
             });

@@ -31,14 +31,23 @@ pub(crate) struct Task {
     /// Reruns the agent may make when it crashes its worker or times out.
     pub retries: u32,
     /// How long, in milliseconds, it may wait while no connected agent can run it (see
-    /// `waiting`); `None`: as long as it takes.
-    pub unrunnable_limit_ms: Option<u32>,
+    /// `waiting`); 0: as long as it takes. A plain `u32` (not an `Option`) packs with the other
+    /// 32-bit fields: every byte here is paid once per queued task.
+    pub unrunnable_limit_ms: u32,
     /// The agent running it; `None` while queued. When set, that agent's `running` holds the
     /// task's key, and no driver queue does.
     pub agent: Option<ConnId>,
     /// Times an agent holding it vanished; at `max_attempts` the task ends `Lost`. A task
     /// with attempts is one whose late result an agent may recover.
     pub attempts: u32,
+}
+
+impl Task {
+    /// Its unrunnable limit, if it has one.
+    pub(crate) fn unrunnable_limit(&self) -> Option<std::time::Duration> {
+        (self.unrunnable_limit_ms > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(self.unrunnable_limit_ms)))
+    }
 }
 
 /// A key is the slot's generation in the high 32 bits and its index in the low.
@@ -159,6 +168,12 @@ impl std::ops::Index<&TaskKey> for TaskTable {
 mod tests {
     use super::*;
 
+    /// A million queued tasks cost this many bytes each, before their arguments.
+    #[test]
+    fn a_task_record_stays_small() {
+        assert!(std::mem::size_of::<Task>() <= 104, "{} bytes", std::mem::size_of::<Task>());
+    }
+
     fn task(id: u64) -> Task {
         Task {
             driver: ConnId::new(1),
@@ -168,7 +183,7 @@ mod tests {
             args: Bytes::new(),
             timeout_ms: None,
             retries: 0,
-            unrunnable_limit_ms: None,
+            unrunnable_limit_ms: 0,
             agent: None,
             attempts: 0,
         }

@@ -104,8 +104,8 @@ impl Core {
     }
 
     fn set_give_up(&mut self, key: TaskKey, episode: u64, now: Instant) {
-        if let Some(limit) = self.tasks.get(key).and_then(|t| t.unrunnable_limit_ms) {
-            let at = now + Duration::from_millis(u64::from(limit));
+        if let Some(limit) = self.tasks.get(key).and_then(|t| t.unrunnable_limit()) {
+            let at = now + limit;
             self.give_ups.push(GiveUp { at, key, episode });
         }
     }
@@ -193,7 +193,7 @@ impl Core {
             if self.stranded.get(&kind).is_none_or(|s| s.episode != episode) {
                 continue;
             }
-            let limit = Duration::from_millis(u64::from(task.unrunnable_limit_ms.unwrap_or(0)));
+            let limit = task.unrunnable_limit().unwrap_or_default();
             let why = self.why_unrunnable(kind);
             // Its key stays in its queue and is skipped there: queues hold keys of ended tasks.
             let Some(task) = self.take_task(key) else { continue };
