@@ -21,7 +21,7 @@ use crate::table::ResultTable;
 
 /// One submitted call, as a backend receives it.
 #[doc(hidden)]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Call {
     /// The dispatcher's number of the task.
     pub id: u64,

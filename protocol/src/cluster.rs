@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 5;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 6;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -85,6 +85,10 @@ pub enum Role {
     Driver {
         /// A name for logs (program name and pid).
         name: String,
+        /// The driver's session: a connection naming a session the server knows takes it over,
+        /// with its tasks and the results it is owed (the driver reconnected).
+        #[serde(default)]
+        session: String,
         /// How often each side sends something (a heartbeat when idle), in milliseconds, both
         /// ways: each counts the other gone after about three intervals without a byte.
         /// 0: neither is ever counted gone for silence.
@@ -198,11 +202,20 @@ impl TaskReport {
 /// Server → driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToDriver {
-    /// The server has taken this many of the connection's tasks so far (queued, or refused
+    /// The server has taken this many of the session's tasks so far (queued, or refused
     /// with a report): sent after each turn that took some.
     Accepted {
-        /// Tasks taken since the connection started.
+        /// Tasks taken since the session started.
         count: u64,
+    },
+    /// The first message on a driver's connection: the state of its session.
+    Session {
+        /// Whether the server knew the session (the driver reconnected): every result it is owed
+        /// follows.
+        resumed: bool,
+        /// Tasks of the session the server has taken so far, over all its connections: the
+        /// driver sends again what it submitted beyond them.
+        accepted: u64,
     },
     /// Finished tasks.
     Results(Vec<TaskReport>),
@@ -351,7 +364,7 @@ mod tests {
             let nonce = Bytes::from(vec![7u8; 32]);
             let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
-            let driver = Hello { version, role: Role::Driver { name, heartbeat_ms: 5000 }, nonce: nonce.clone() };
+            let driver = Hello { version, role: Role::Driver { name, session: "s".into(), heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);
             let challenge = HelloReply::Challenge(Challenge { nonce: nonce.clone(), proof: nonce.clone() });
             prop_assert_eq!(round_trip(&challenge), challenge);

@@ -32,7 +32,9 @@ fn silence_limit(heartbeat_ms: u64) -> Option<Duration> {
 /// Ticks every `heartbeat_ms` (never for 0), for the server's own heartbeats to a peer.
 fn heartbeats(heartbeat_ms: u64) -> Option<tokio::time::Interval> {
     (heartbeat_ms > 0).then(|| {
-        let mut ticks = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        let period = Duration::from_millis(heartbeat_ms);
+        // The first one an interval from now: the connection's first message is the core's.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks
     })
@@ -59,6 +61,13 @@ pub(crate) struct Shared {
     pub server_id: ServerId,
 }
 
+/// What a driver said in its hello.
+struct JoiningDriver {
+    name: String,
+    session: String,
+    heartbeat_ms: u64,
+}
+
 /// Serves one connection until it closes.
 #[tracing::instrument(name = "conn", skip_all, fields(id = %conn, peer = %peer))]
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, shared: Arc<Shared>) {
@@ -81,8 +90,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
             let joining = JoiningAgent { host, workers, kinds: tasks };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared.events).await;
         }
-        Role::Driver { name, heartbeat_ms } => {
-            serve_driver(conn, reader, write, name, heartbeat_ms, &shared.events).await
+        Role::Driver { name, session, heartbeat_ms } => {
+            let driver = JoiningDriver { name, session, heartbeat_ms };
+            serve_driver(conn, reader, write, driver, &shared.events).await
         }
     }
     info!("connection ended");
@@ -148,14 +158,14 @@ async fn serve_driver(
     conn: ConnId,
     mut reader: FramedReader,
     write: OwnedWriteHalf,
-    name: String,
-    heartbeat_ms: u64,
+    driver: JoiningDriver,
     events: &mpsc::UnboundedSender<Event>,
 ) {
+    let JoiningDriver { name, session, heartbeat_ms } = driver;
     let (tx, _) = spawn_writer(write);
     // Weak: the writer closes when the core drops the connection's sender.
     let beat = tx.downgrade();
-    let _ = events.send(Event::DriverJoined { conn, name, tx });
+    let _ = events.send(Event::DriverJoined { conn, name, session, tx });
     let silence = silence_limit(heartbeat_ms);
     let mut ticks = heartbeats(heartbeat_ms);
     let bye = loop {

@@ -1,7 +1,8 @@
 //! A TCP proxy on 127.0.0.1 that a test puts between two Blitzen processes to make their link
 //! slow or silent: [`Proxy::throttle`] limits both directions to some bytes per second,
 //! [`Proxy::freeze`] stops forwarding while both sockets stay open (a pulled cable, a NAT that
-//! dropped the mapping, a host that lost power), [`Proxy::thaw`] resumes.
+//! dropped the mapping, a host that lost power), [`Proxy::thaw`] resumes, [`Proxy::cut`] closes
+//! every connection (a proxy or a firewall that resets them).
 //!
 //! Each connection is two threads copying bytes, one per direction. Dropping the proxy closes
 //! every connection and stops its threads.
@@ -78,6 +79,14 @@ impl Proxy {
     pub fn freeze(&self) {
         self.control.lock().frozen = true;
         self.control.changed.notify_all();
+    }
+
+    /// Cuts every connection made so far (both ends see it closed); new ones are forwarded.
+    pub fn cut(&self) {
+        let sockets = std::mem::take(&mut self.control.lock().sockets);
+        for socket in sockets {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 
     /// Forwards again what waited and what comes.

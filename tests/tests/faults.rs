@@ -165,13 +165,16 @@ fn an_idle_agent_survives_a_stalled_server() -> Result<(), Failed> {
 }
 
 /// A driver's link that goes silent with both sockets open (the proxy stops forwarding) is
-/// noticed on both ends within three heartbeat intervals: the driver's unfinished task ends
-/// `Lost` saying so, and the server counts the driver disconnected.
+/// noticed on both ends within three heartbeat intervals: the server counts the driver
+/// disconnected, and the driver, unable to get back within its reconnect window, ends its
+/// unfinished task `Lost` saying why.
 fn a_frozen_driver_link_is_detected_on_both_ends() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_agent(&server.addr, 1, "worker").map_err(fail)?;
     let proxy = Proxy::start(&server.addr).map_err(fail)?;
-    let d = driver(&proxy.addr).with_heartbeat(Duration::from_millis(500));
+    let d = driver(&proxy.addr)
+        .with_heartbeat(Duration::from_millis(500))
+        .with_reconnect_window(Duration::from_secs(2));
     let warm = d.run(echo::<u8>(), 1);
     d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
     let long = d.run(sleep, 30.0);
@@ -189,6 +192,46 @@ fn a_frozen_driver_link_is_detected_on_both_ends() -> Result<(), Failed> {
     check(waited < Duration::from_secs(10), format!("noticed after {waited:?}"))?;
     let noticed = wait_for_log(&server.process, "nothing arrived from the driver", WAIT / 6);
     check(noticed, format!("the server noticed:\n{}", server.process.log_text()))
+}
+
+/// A driver whose connection is cut mid-run reconnects by itself, takes its session over and
+/// receives every result exactly once; the caller sees no error.
+fn a_cut_driver_link_reconnects_and_loses_nothing() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _a = start_agent(&server.addr, 2, "agent-a").map_err(fail)?;
+    let _b = start_agent(&server.addr, 2, "agent-b").map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let d = driver(&proxy.addr);
+    let ids: Vec<_> = (0..3_000u32).map(|i| d.run(echo::<u32>(), i)).collect();
+    let early = d.get_results_with(&ids[..300], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(early.iter().all(|r| r.is_ok()), "the first results")?;
+    proxy.cut();
+    // More work while the link is down, sent once it is back.
+    let late: Vec<_> = (0..500u32).map(|i| d.run(echo::<u32>(), 10_000 + i)).collect();
+    let rest = d.get_results_with(&ids[300..], Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<u32, TaskError>> = (300..3_000).map(Ok).collect();
+    check(rest == expected, "every result, in order, none lost")?;
+    let late = d.get_results_with(&late, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(late.iter().enumerate().all(|(i, r)| r == &Ok(10_000 + i as u32)), "late tasks")?;
+    check(d.join().is_empty(), "nothing twice")?;
+    let log = server.process.log_text();
+    check(log.contains("driver reconnected to its session"), format!("resumed:\n{log}"))
+}
+
+/// An agent whose connection is cut mid-run reconnects by itself and delivers what it ran
+/// meanwhile; every task has exactly one result.
+fn a_cut_agent_link_reconnects_and_loses_nothing() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let agent = start_agent(&proxy.addr, 2, "cut-off").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..600).map(|_| d.run(sleep, 0.004)).collect();
+    hosts_of(&d, &ids[..100])?;
+    proxy.cut();
+    let hosts = hosts_of(&d, &ids[100..])?;
+    check(hosts.len() == 500 && hosts.iter().all(|h| h == "cut-off"), "all on the agent")?;
+    check(agent.log_text().contains("reconnecting"), agent.log_text())?;
+    check(d.join().is_empty(), "nothing twice")
 }
 
 /// A network namespace joined to this one by a veth pair, made for one test and removed when
@@ -431,7 +474,7 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     let admitted_then_garbage = {
         let hello = Hello {
             version: CLUSTER_PROTOCOL_VERSION,
-            role: Role::Driver { name: "stranger".into(), heartbeat_ms: 0 },
+            role: Role::Driver { name: "stranger".into(), session: String::new(), heartbeat_ms: 0 },
             nonce: Bytes::new(),
         };
         let mut bytes = frame(&hello);
@@ -543,6 +586,8 @@ fn main() -> std::process::ExitCode {
         trial!(a_live_agent_on_a_slow_link_delivers_a_large_result_once),
         trial!(an_idle_agent_survives_a_stalled_server),
         trial!(a_frozen_driver_link_is_detected_on_both_ends),
+        trial!(a_cut_driver_link_reconnects_and_loses_nothing),
+        trial!(a_cut_agent_link_reconnects_and_loses_nothing),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
         trial!(an_agent_that_never_answers_has_its_timed_task_settled),
         trial!(a_live_agent_answers_before_the_servers_deadline),

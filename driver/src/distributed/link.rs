@@ -23,15 +23,32 @@ pub(super) struct Endpoint {
     pub server: String,
     /// The cluster's shared secret, if it has one.
     pub secret: Option<Secret>,
-    /// How long to keep trying.
+    /// How long to keep trying the first time.
     pub connect_timeout: Duration,
+    /// How long to keep trying to get back after a connection is lost.
+    pub reconnect_window: Duration,
     /// How often to send something; the server is counted gone after three intervals without a
     /// byte from it.
     pub heartbeat: Duration,
+    /// The driver's session, which a new connection takes over.
+    pub session: String,
+}
+
+/// How one connection ended.
+enum End {
+    /// The dispatcher stopped; the goodbye is sent.
+    Stop,
+    /// The server is shutting down: what it holds is gone.
+    ShutDown(String),
+    /// The connection is gone (why): reconnect.
+    Lost(String),
 }
 
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
-/// results in until `stop` is cancelled or the server goes away.
+/// results in until `stop` is cancelled or the server goes away. A lost connection is made
+/// again, within the reconnect window: the session is taken over, what the server had not
+/// accepted is sent again, and every result owed arrives (those seen twice are ignored by the
+/// table).
 pub(super) async fn drive(
     endpoint: Endpoint,
     table: Arc<ResultTable>,
@@ -41,93 +58,234 @@ pub(super) async fn drive(
     connected: std::sync::mpsc::Sender<Result<(), DispatchError>>,
 ) {
     let server = endpoint.server.clone();
-    let Admitted { mut reader, write, .. } = match connect(&endpoint).await {
-        Ok(conn) => conn,
-        Err(cause) => {
-            let error = DispatchError::Connect { server: server.clone(), cause };
-            let reason = error.to_string();
-            warn!(%server, %reason, "cannot reach the server");
-            let _ = connected.send(Err(error));
-            handoff.end(&reason);
-            table.close(Outcome::Lost { reason });
-            return;
+    let mut connected = Some(connected);
+    let mut backlog = Backlog::default();
+    let mut server_id = None;
+    let mut lost_for: Option<String> = None;
+    let mut pause = Duration::from_millis(25);
+    let ended = loop {
+        let window =
+            if server_id.is_none() { endpoint.connect_timeout } else { endpoint.reconnect_window };
+        let attempt = tokio::select! {
+            attempt = connect(&endpoint, window) => attempt,
+            _ = stop.cancelled() => break None,
+        };
+        let admitted = match attempt {
+            Ok(admitted) => admitted,
+            Err(cause) => {
+                let error = DispatchError::Connect { server: server.clone(), cause };
+                let reason = match &lost_for {
+                    Some(why) => format!("{why}, and reconnecting failed: {error}"),
+                    None => error.to_string(),
+                };
+                warn!(%server, %reason, "cannot reach the server");
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(Err(error));
+                }
+                break Some(reason);
+            }
+        };
+        if let Some(tx) = connected.take() {
+            let _ = tx.send(Ok(()));
         }
-    };
-    let _ = connected.send(Ok(()));
-    info!(%server, "connected to the server");
-    let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
-    let mut declared = Declared::default();
-    let mut ticks = tokio::time::interval(endpoint.heartbeat);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let silence = (3 * endpoint.heartbeat).max(Duration::from_secs(1));
-    let lost = loop {
+        let this_run = admitted.greeting.server_id;
+        if server_id.is_some_and(|id| id != this_run) {
+            break Some(
+                "the server restarted and knows nothing of the task (it keeps no data directory)"
+                    .to_string(),
+            );
+        }
+        server_id = Some(this_run);
+        match &lost_for {
+            Some(_) => info!(%server, "reconnected to the server"),
+            None => info!(%server, "connected to the server"),
+        }
+        let connection =
+            Connection { table: &table, handoff: &handoff, heartbeat: endpoint.heartbeat };
+        let began = Instant::now();
+        match connection.serve(admitted, &mut backlog, &mut queue, &stop).await {
+            End::Stop => break None,
+            End::ShutDown(reason) => break Some(reason),
+            End::Lost(reason) => {
+                warn!(%server, %reason, window = ?endpoint.reconnect_window, "connection to the server lost; reconnecting");
+                lost_for = Some(reason);
+            }
+        }
+        // A connection that keeps failing at once is not retried in a tight loop.
+        pause = if began.elapsed() < Duration::from_secs(1) {
+            (pause * 2).min(Duration::from_secs(1))
+        } else {
+            Duration::from_millis(25)
+        };
         tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                let _ = writer.send(FromDriver::Bye);
-                break None;
-            }
-            message = reader.next_alive::<ToDriver>(silence) => match message {
-                Ok(Some(ToDriver::Heartbeat)) => {}
-                Err(NetError::Silent(limit)) => {
-                    break Some(format!(
-                        "nothing arrived from the server for {limit:?} (a frozen server or a cut \
-                         link) before the task finished"
-                    ));
-                }
-                Ok(Some(ToDriver::Accepted { count })) => handoff.accepted(count),
-                Ok(Some(ToDriver::Results(reports))) => {
-                    let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
-                    debug!(count = ids.len(), "results received");
-                    table.complete(reports);
-                    let _ = writer.send(FromDriver::Ack(ids));
-                }
-                Ok(Some(ToDriver::Waiting { ids, reason })) => {
-                    debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
-                    let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
-                    table.note(&seqs, &reason);
-                }
-                Ok(Some(ToDriver::Stalled { tasks, waited_ms, reason })) => {
-                    let waited = Duration::from_secs(waited_ms / 1000);
-                    warn!(tasks, ?waited, %reason, "tasks are waiting: no connected agent can run them");
-                }
-                Ok(Some(ToDriver::ShuttingDown { reason })) => {
-                    break Some(format!("the server shut down ({reason}) before the task finished"));
-                }
-                Ok(None) => break Some("the server closed the connection before the task finished".into()),
-                Err(e) => break Some(format!("bad frame from the server: {e}")),
-            },
-            _ = ticks.tick() => {
-                let _ = writer.send(FromDriver::Heartbeat);
-            }
-            Some(first) = queue.recv() => {
-                let mut kinds = Vec::new();
-                let mut tasks = vec![declared.submission(first, &mut kinds)];
-                while tasks.len() < 65_536 {
-                    match queue.try_recv() {
-                        Ok(call) => tasks.push(declared.submission(call, &mut kinds)),
-                        Err(_) => break,
-                    }
-                }
-                let _ = writer.send(FromDriver::Submit { kinds, tasks });
-            }
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => break None,
         }
     };
-    handoff.end(lost.as_deref().unwrap_or("the dispatcher stopped"));
-    if let Some(reason) = lost {
+    handoff.end(ended.as_deref().unwrap_or("the dispatcher stopped"));
+    if let Some(reason) = ended {
         warn!(%server, %reason, "connection to the server lost");
         table.close(Outcome::Lost { reason });
     }
-    drop(writer);
-    // Let the goodbye reach the server before the runtime goes away.
-    let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
 }
+
+/// Submissions sent and not yet accepted by the server, in order: after a reconnect the server
+/// says how many of the session's tasks it holds, and the rest are sent again.
+#[derive(Default)]
+struct Backlog {
+    /// Tasks the server has accepted, over every session of this dispatcher.
+    accepted: u64,
+    /// Tasks accepted in sessions before the current one (a server that forgot a session with
+    /// nothing left in it starts a new one, counting from 0).
+    base: u64,
+    /// Calls sent after the first `accepted`, oldest first.
+    calls: std::collections::VecDeque<Call>,
+}
+
+impl Backlog {
+    /// A connection opened the session: a new one counts from what was accepted so far.
+    fn session(&mut self, resumed: bool, accepted: u64) {
+        if !resumed {
+            self.base = self.accepted;
+        }
+        self.accepted_in_session(accepted);
+    }
+
+    /// The server holds `accepted` of the session's tasks: those are off the backlog.
+    fn accepted_in_session(&mut self, accepted: u64) {
+        let total = self.base + accepted;
+        while self.accepted < total && self.calls.pop_front().is_some() {
+            self.accepted += 1;
+        }
+        self.accepted = self.accepted.max(total);
+    }
+}
+
+/// One connection, from the session's first message to its end.
+struct Connection<'a> {
+    table: &'a ResultTable,
+    handoff: &'a Handoff,
+    heartbeat: Duration,
+}
+
+impl Connection<'_> {
+    async fn serve(
+        self,
+        admitted: Admitted<Welcome>,
+        backlog: &mut Backlog,
+        queue: &mut mpsc::UnboundedReceiver<Call>,
+        stop: &CancellationToken,
+    ) -> End {
+        let Admitted { mut reader, write, .. } = admitted;
+        let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
+        let silence = (3 * self.heartbeat).max(Duration::from_secs(1));
+        let mut declared = Declared::default();
+        // The session first: what the server holds decides what is sent again.
+        let opening = loop {
+            match reader.next_alive::<ToDriver>(silence).await {
+                Ok(Some(ToDriver::Heartbeat)) => continue,
+                other => break other,
+            }
+        };
+        match opening {
+            Ok(Some(ToDriver::Session { resumed, accepted })) => {
+                backlog.session(resumed, accepted);
+                self.handoff.accepted(backlog.accepted);
+                if resumed || !backlog.calls.is_empty() {
+                    info!(
+                        resent = backlog.calls.len(),
+                        "session resumed; sending again what the server had not taken"
+                    );
+                }
+                for batch in Vec::from_iter(backlog.calls.iter().cloned()).chunks(SUBMIT_BATCH) {
+                    let mut kinds = Vec::new();
+                    let tasks =
+                        batch.iter().map(|c| declared.submission(c.clone(), &mut kinds)).collect();
+                    let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                }
+            }
+            Ok(Some(other)) => return End::Lost(format!("the server opened with {other:?}")),
+            Ok(None) => return End::Lost("the server closed the connection".into()),
+            Err(e) => return End::Lost(format!("the session did not open: {e}")),
+        }
+        let mut ticks = tokio::time::interval(self.heartbeat);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    let _ = writer.send(FromDriver::Bye);
+                    break End::Stop;
+                }
+                message = reader.next_alive::<ToDriver>(silence) => match message {
+                    Ok(Some(ToDriver::Heartbeat | ToDriver::Session { .. })) => {}
+                    Ok(Some(ToDriver::Accepted { count })) => {
+                        backlog.accepted_in_session(count);
+                        self.handoff.accepted(backlog.accepted);
+                    }
+                    Ok(Some(ToDriver::Results(reports))) => {
+                        let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
+                        debug!(count = ids.len(), "results received");
+                        self.table.complete(reports);
+                        let _ = writer.send(FromDriver::Ack(ids));
+                    }
+                    Ok(Some(ToDriver::Waiting { ids, reason })) => {
+                        debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
+                        let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
+                        self.table.note(&seqs, &reason);
+                    }
+                    Ok(Some(ToDriver::Stalled { tasks, waited_ms, reason })) => {
+                        let waited = Duration::from_secs(waited_ms / 1000);
+                        warn!(tasks, ?waited, %reason, "tasks are waiting: no connected agent can run them");
+                    }
+                    Ok(Some(ToDriver::ShuttingDown { reason })) => {
+                        break End::ShutDown(format!("the server shut down ({reason}) before the task finished"));
+                    }
+                    Ok(None) => break End::Lost("the server closed the connection".into()),
+                    Err(NetError::Silent(limit)) => {
+                        break End::Lost(format!(
+                            "nothing arrived from the server for {limit:?} (a frozen server or a \
+                             cut link)"
+                        ));
+                    }
+                    Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
+                },
+                _ = ticks.tick() => {
+                    let _ = writer.send(FromDriver::Heartbeat);
+                }
+                Some(first) = queue.recv() => {
+                    let mut kinds = Vec::new();
+                    backlog.calls.push_back(first.clone());
+                    let mut tasks = vec![declared.submission(first, &mut kinds)];
+                    while tasks.len() < SUBMIT_BATCH {
+                        match queue.try_recv() {
+                            Ok(call) => {
+                                backlog.calls.push_back(call.clone());
+                                tasks.push(declared.submission(call, &mut kinds));
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                }
+            }
+        };
+        drop(writer);
+        if matches!(end, End::Stop) {
+            // Let the goodbye reach the server before the runtime goes away.
+            let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
+        }
+        end
+    }
+}
+
+/// Most submissions in one frame.
+const SUBMIT_BATCH: usize = 65_536;
 
 /// Connects and shakes hands, retrying with backoff until the connect timeout; refusals are
 /// final.
-async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError> {
-    let (server, secret, limit) =
-        (endpoint.server.as_str(), endpoint.secret.as_ref(), endpoint.connect_timeout);
+async fn connect(endpoint: &Endpoint, limit: Duration) -> Result<Admitted<Welcome>, ConnectError> {
+    let (server, secret) = (endpoint.server.as_str(), endpoint.secret.as_ref());
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(50);
     let name = format!(
@@ -138,7 +296,8 @@ async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError>
     let mut first = true;
     loop {
         let heartbeat_ms = endpoint.heartbeat.as_millis() as u64;
-        let role = Role::Driver { name: name.clone(), heartbeat_ms };
+        let session = endpoint.session.clone();
+        let role = Role::Driver { name: name.clone(), session, heartbeat_ms };
         match blitzen_net::connect(server, role, secret, limit).await {
             Ok(conn) => return Ok(conn),
             // A name that does not resolve is a typo far more often than a slow DNS.
@@ -154,6 +313,42 @@ async fn connect(endpoint: &Endpoint) -> Result<Admitted<Welcome>, ConnectError>
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: u64) -> Call {
+        Call {
+            id,
+            name: "t",
+            signature: "fn t()",
+            fingerprint: 1,
+            args: bytes::Bytes::new(),
+            timeout: None,
+            retries: 0,
+            unrunnable_limit: None,
+        }
+    }
+
+    #[test]
+    fn the_backlog_keeps_what_the_server_has_not_taken_across_sessions() {
+        let mut b = Backlog::default();
+        b.calls.extend((1..=5).map(call));
+        b.session(false, 0);
+        b.accepted_in_session(3);
+        assert_eq!(b.calls.iter().map(|c| c.id).collect::<Vec<_>>(), [4, 5]);
+        // Reconnected to the same session, which had taken one more meanwhile.
+        b.session(true, 4);
+        assert_eq!((b.accepted, b.calls.len()), (4, 1));
+        // The server forgot the session (nothing was left in it): a new one counts from 0.
+        b.calls.extend((6..=7).map(call));
+        b.session(false, 0);
+        assert_eq!(b.calls.iter().map(|c| c.id).collect::<Vec<_>>(), [5, 6, 7]);
+        b.accepted_in_session(3);
+        assert_eq!((b.accepted, b.calls.len()), (7, 0));
     }
 }
 

@@ -53,10 +53,26 @@ use crate::tasks::Tasks;
 /// `DistributedDispatcher::new(ip)` only records the server's address (the seed's
 /// `DistributedDispatcher(server_ip=ip)`): the same value can `spawn_server`, `spawn_client`, or
 /// submit tasks — the first `run` connects, on a runtime thread of its own. Results are pushed
-/// by the server as they finish; the driver sees only its own tasks. If the server goes away,
-/// every unfinished task ends with [`TaskError::Lost`](crate::TaskError::Lost) saying so;
-/// nothing waits forever.
+/// by the server as they finish; the driver sees only its own tasks. A lost or silent
+/// connection is made again within the reconnect window, and the session picks up where it
+/// was; if the server cannot be reached again, or shuts down, every unfinished task ends with
+/// [`TaskError::Lost`](crate::TaskError::Lost) saying so. Nothing waits forever.
 pub type DistributedDispatcher = Dispatcher<Cluster>;
+
+/// A fresh session name: 128 random bits in hex.
+fn random_session() -> String {
+    match blitzen_net::secret::nonce() {
+        Ok(bytes) => bytes[..16].iter().map(|b| format!("{b:02x}")).collect(),
+        // No randomness from the system: unique enough within this host.
+        Err(_) => format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
+    }
+}
 
 /// How often a driver and its server send each other something, by default.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -69,6 +85,10 @@ pub struct Cluster {
     /// How often the connection sends something, both ways; see
     /// [`DistributedDispatcher::with_heartbeat`](Dispatcher::with_heartbeat).
     heartbeat: Duration,
+    /// How long to keep trying to reconnect after losing the connection.
+    reconnect_window: Duration,
+    /// The session a reconnection takes over.
+    session: String,
     /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
     /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
@@ -148,7 +168,9 @@ impl Cluster {
             server: self.server.clone(),
             secret: self.secret()?,
             connect_timeout: self.connect_timeout,
+            reconnect_window: self.reconnect_window,
             heartbeat: self.heartbeat,
+            session: self.session.clone(),
         };
         let (submissions, queue) = mpsc::unbounded_channel();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -183,6 +205,8 @@ impl Dispatcher<Cluster> {
                 server: blitzen_net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
                 heartbeat: DEFAULT_HEARTBEAT,
+                reconnect_window: Duration::from_secs(60),
+                session: random_session(),
                 insecure: false,
                 secret: None,
                 table,
@@ -197,6 +221,29 @@ impl Dispatcher<Cluster> {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.backend.connect_timeout = timeout;
         self
+    }
+
+    /// How long to keep trying to get back to the server after the connection is lost (default
+    /// 60 s). Within it the driver reconnects by itself with backoff, takes its session over,
+    /// sends again what the server had not taken, and receives every result it is owed: the
+    /// caller notices nothing but a log line. Past it, every unfinished task ends
+    /// [`TaskError::Lost`](crate::TaskError::Lost) saying why.
+    pub fn with_reconnect_window(mut self, window: Duration) -> Self {
+        self.backend.reconnect_window = window;
+        self
+    }
+
+    /// Names this driver's session (default: a random one). A reconnecting connection takes
+    /// its session over; two dispatchers connected at once with one name take it from each
+    /// other, so keep names unique.
+    pub fn with_session(mut self, name: impl Into<String>) -> Self {
+        self.backend.session = name.into();
+        self
+    }
+
+    /// This driver's session.
+    pub fn session(&self) -> &str {
+        &self.backend.session
     }
 
     /// How often the driver and the server send each other something when there is nothing

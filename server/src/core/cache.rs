@@ -71,6 +71,15 @@ impl ResultCache {
         }
     }
 
+    /// Every result held for a driver, oldest first: what it is owed when it reconnects.
+    pub(super) fn held(&self, conn: ConnId) -> Vec<TaskReport> {
+        let mut held: Vec<(&TaskReport, Instant)> = (self.by_driver.get(&conn).into_iter())
+            .flat_map(|r| r.values().map(|(report, at)| (report, *at)))
+            .collect();
+        held.sort_by_key(|&(report, at)| (at, report.id));
+        held.into_iter().map(|(report, _)| report.clone()).collect()
+    }
+
     /// Whether anything is held for a driver.
     pub(super) fn holds(&self, conn: ConnId) -> bool {
         self.by_driver.get(&conn).is_some_and(|r| !r.is_empty())

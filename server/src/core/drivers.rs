@@ -1,7 +1,7 @@
 //! Drivers: joining and leaving, their submissions, and results on their way back to them.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
@@ -12,12 +12,22 @@ use tracing::{debug, info, warn};
 use super::tasks::Task;
 use super::{Core, KindId};
 
+/// How long a departed driver's session is kept when nothing is held for it any more, for the
+/// driver to reconnect to (its tasks and results are kept as long as they last).
+pub(super) const SESSION_KEPT: Duration = Duration::from_secs(120);
+
 /// A driver the server knows: connected, or departed without a goodbye while tasks or
 /// results are still held for it.
 #[derive(Debug)]
 pub(super) struct Driver {
     /// Its name, for logs (program and pid).
     pub name: String,
+    /// Its session (empty: none, it cannot reconnect).
+    pub session: String,
+    /// Its current connection, or the last one.
+    pub conn: ConnId,
+    /// When its connection ended without a goodbye, while it has none.
+    pub departed: Option<Instant>,
     /// Its connection's writer; `None` once it disconnected without a goodbye, while its
     /// results wait in the cache.
     pub tx: Option<mpsc::UnboundedSender<ToDriver>>,
@@ -38,15 +48,42 @@ pub(super) struct Driver {
 }
 
 impl Core {
+    /// A driver connected: a new session, or one the server knows, which this connection takes
+    /// over — the driver hears how many of its tasks the server holds, and gets every result it
+    /// is owed again.
     pub(super) fn driver_joined(
         &mut self,
         conn: ConnId,
         name: String,
+        session: String,
         tx: mpsc::UnboundedSender<ToDriver>,
     ) {
+        if let Some(&key) = self.sessions.get(&session)
+            && let Some(driver) = self.drivers.get_mut(&key)
+        {
+            // The previous connection may not have been noticed gone yet: it is dropped.
+            self.connections.remove(&driver.conn);
+            let owed = self.cache.held(key);
+            info!(%conn, %name, %session, held = driver.live, owed = owed.len(), "driver reconnected to its session");
+            let _ = tx.send(ToDriver::Session { resumed: true, accepted: driver.accepted });
+            driver.name = name;
+            driver.conn = conn;
+            driver.departed = None;
+            driver.tx = Some(tx);
+            // Kinds are declared per connection: the new one declares its own.
+            driver.kinds.clear();
+            driver.accepted_told = true;
+            driver.outbox = owed;
+            self.connections.insert(conn, key);
+            return;
+        }
         info!(%conn, %name, "driver connected");
+        let _ = tx.send(ToDriver::Session { resumed: false, accepted: 0 });
         let driver = Driver {
             name,
+            session: session.clone(),
+            conn,
+            departed: None,
             tx: Some(tx),
             kinds: Vec::new(),
             accepted: 0,
@@ -55,6 +92,10 @@ impl Core {
             outbox: Vec::new(),
             live: 0,
         };
+        if !session.is_empty() {
+            self.sessions.insert(session, conn);
+        }
+        self.connections.insert(conn, conn);
         self.drivers.insert(conn, driver);
         self.rotation.push_back(conn);
     }
@@ -151,12 +192,14 @@ impl Core {
     pub(super) fn driver_left(&mut self, conn: ConnId, bye: bool) {
         let Some(driver) = self.drivers.get_mut(&conn) else { return };
         driver.tx = None;
+        driver.departed = Some(Instant::now());
         if !bye {
             info!(%conn, driver = %driver.name, "driver disconnected; its tasks go on and results are kept");
             return;
         }
         info!(%conn, driver = %driver.name, "driver finished");
         let Some(driver) = self.drivers.remove(&conn) else { return };
+        self.sessions.remove(&driver.session);
         self.rotation.retain(|&c| c != conn);
         self.cache.forget(conn);
         for key in driver.queues.into_values().flatten() {
@@ -176,16 +219,23 @@ impl Core {
     }
 
     /// Forgets drivers that left without a goodbye once nothing is held for them any more.
+    /// A session with nothing held for it is still kept this long after its connection ended,
+    /// for its driver to reconnect to.
     pub(super) fn forget_departed(&mut self) {
         let done: Vec<ConnId> = self
             .drivers
             .iter()
-            .filter(|(conn, d)| d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn))
+            .filter(|(conn, d)| {
+                let kept = !d.session.is_empty()
+                    && d.departed.is_some_and(|at| at.elapsed() < SESSION_KEPT);
+                d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn) && !kept
+            })
             .map(|(&conn, _)| conn)
             .collect();
         for conn in done {
             if let Some(d) = self.drivers.remove(&conn) {
                 debug!(%conn, driver = %d.name, "departed driver forgotten: nothing left for it");
+                self.sessions.remove(&d.session);
             }
             self.rotation.retain(|&c| c != conn);
         }

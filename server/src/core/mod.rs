@@ -74,6 +74,8 @@ pub(crate) enum Event {
     DriverJoined {
         conn: ConnId,
         name: String,
+        /// Its session; one the server knows is taken over by this connection.
+        session: String,
         /// Its connection's writer.
         tx: mpsc::UnboundedSender<ToDriver>,
     },
@@ -119,8 +121,13 @@ pub(crate) struct Core {
     tasks: TaskTable,
     /// The next task's `Task::seq`: submission order across the server.
     next_seq: u64,
-    /// Connected drivers, and departed ones the server still holds tasks or results for.
+    /// Connected drivers, and departed ones the server still holds tasks or results for, by
+    /// the first connection of their session (what tasks and results name them by).
     drivers: HashMap<ConnId, Driver>,
+    /// Drivers by session, for a reconnecting driver to take its session over.
+    sessions: HashMap<String, ConnId>,
+    /// The driver each live driver connection serves.
+    connections: HashMap<ConnId, ConnId>,
     /// Drivers in round-robin order (the front one is served next); the same set as `drivers`.
     rotation: VecDeque<ConnId>,
     /// Connected agents. A task's `agent` always names one of these or none.
@@ -150,6 +157,8 @@ impl Core {
             tasks: TaskTable::default(),
             next_seq: 0,
             drivers: HashMap::new(),
+            sessions: HashMap::new(),
+            connections: HashMap::new(),
             rotation: VecDeque::new(),
             agents: HashMap::new(),
             deadlines: BinaryHeap::new(),
@@ -197,10 +206,26 @@ impl Core {
             }
             Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
-            Event::DriverJoined { conn, name, tx } => self.driver_joined(conn, name, tx),
-            Event::Submit { conn, kinds, tasks } => self.submit(conn, kinds, tasks),
-            Event::Ack { conn, ids } => self.cache.ack(conn, &ids),
-            Event::DriverLeft { conn, bye } => self.driver_left(conn, bye),
+            Event::DriverJoined { conn, name, session, tx } => {
+                self.driver_joined(conn, name, session, tx)
+            }
+            // A driver is known by its session's first connection; events of a connection its
+            // session has moved away from are dropped.
+            Event::Submit { conn, kinds, tasks } => {
+                if let Some(&driver) = self.connections.get(&conn) {
+                    self.submit(driver, kinds, tasks)
+                }
+            }
+            Event::Ack { conn, ids } => {
+                if let Some(&driver) = self.connections.get(&conn) {
+                    self.cache.ack(driver, &ids)
+                }
+            }
+            Event::DriverLeft { conn, bye } => {
+                if let Some(driver) = self.connections.remove(&conn) {
+                    self.driver_left(driver, bye)
+                }
+            }
         }
     }
 

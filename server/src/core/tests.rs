@@ -37,7 +37,8 @@ fn core(config: ServerConfig) -> Core {
 
 fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
     let (tx, rx) = mpsc::unbounded_channel();
-    core.on_event(Event::DriverJoined { conn: conn(n), name: format!("d{n}"), tx });
+    let session = format!("s{n}");
+    core.on_event(Event::DriverJoined { conn: conn(n), name: format!("d{n}"), session, tx });
     rx
 }
 
@@ -195,6 +196,10 @@ fn unfetched_results_are_capped_by_count_and_age() {
     c.report(conn(1), lost);
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
+    turn(&mut c);
+    assert!(c.drivers.contains_key(&conn(1)), "its session is kept a while, to reconnect to");
+    let long_ago = Instant::now().checked_sub(drivers::SESSION_KEPT + Duration::from_secs(1));
+    c.drivers.get_mut(&conn(1)).expect("kept").departed = long_ago;
     turn(&mut c);
     assert!(
         c.drivers.is_empty() && c.rotation.is_empty(),
@@ -532,4 +537,48 @@ fn the_last_agent_with_a_kind_leaving_strands_its_queued_tasks() {
     assert_eq!(h.notes.len(), 1, "{h:?}");
     assert_eq!(h.notes[0].0.len(), 5, "the queued tasks and the two it held");
     assert!(c.next_waiting_timer().is_some(), "a warning is due");
+}
+
+#[test]
+fn a_reconnecting_driver_takes_its_session_over_and_is_owed_every_result() {
+    let mut c = core(ServerConfig::default());
+    let mut old = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 2, &["t"]);
+    submit(&mut c, 1, "t", 0..6);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    assert_eq!(keys.len(), 4);
+    // Two finish while the driver is connected, two after its connection dropped.
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys[..2]), recovered: false });
+    turn(&mut c);
+    assert_eq!(heard(&mut old).outcomes.len(), 2, "sent, but never acknowledged");
+    c.on_event(Event::DriverLeft { conn: conn(1), bye: false });
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys[2..]), recovered: false });
+    turn(&mut c);
+    // The driver comes back on connection 5 with its session.
+    let (tx, mut new) = mpsc::unbounded_channel();
+    let session = "s1".to_string();
+    c.on_event(Event::DriverJoined { conn: conn(5), name: "d1 again".into(), session, tx });
+    turn(&mut c);
+    match new.try_recv() {
+        Ok(ToDriver::Session { resumed: true, accepted: 6 }) => {}
+        other => panic!("expected the session first, got {other:?}"),
+    }
+    let owed = heard(&mut new);
+    let mut ids: Vec<u64> = owed.outcomes.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 1, 2, 3], "every result not acknowledged, including those sent before");
+    // Acknowledged on the new connection; events of the old one are ignored from now on.
+    let all: Vec<DriverTaskId> = (0..4).map(DriverTaskId::new).collect();
+    c.on_event(Event::Ack { conn: conn(5), ids: all });
+    c.on_event(Event::DriverLeft { conn: conn(1), bye: true });
+    turn(&mut c);
+    assert_eq!(c.cache.len(), 0);
+    assert!(c.drivers.contains_key(&conn(1)), "the old connection's goodbye is not the driver's");
+    // The last two tasks run and their results reach the new connection.
+    let rest = assigned(&mut a);
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&rest), recovered: false });
+    turn(&mut c);
+    let ids: Vec<u64> = heard(&mut new).outcomes.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [4, 5]);
 }
