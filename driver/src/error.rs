@@ -38,6 +38,13 @@ pub enum DispatchError {
          first thing; add that call at the top of main"
     )]
     WorkerEntryMissing,
+    /// `attach` named a session the server does not know (it never had it, its driver said
+    /// goodbye, or the server restarted).
+    #[error(
+        "the server has no session `{0}` to attach to (its driver ended with a goodbye rather \
+         than `detach`, its results expired, or the server restarted)"
+    )]
+    UnknownSession(String),
     /// The dispatcher's runtime thread could not start (the system is out of threads or
     /// memory).
     #[error("cannot start the dispatcher's runtime thread: {0}")]

@@ -62,6 +62,22 @@ impl<O> Hash for TaskId<O> {
         (self.origin, self.seq).hash(state);
     }
 }
+/// Saved as `[origin, seq]`, e.g. to a file, for a process that
+/// [`attach`](crate::distributed::DistributedDispatcher::attach)es to the session later: ids of
+/// a cluster session are valid in every dispatcher of that session.
+impl<O> serde::Serialize for TaskId<O> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&(self.origin, self.seq), serializer)
+    }
+}
+
+impl<'de, O> serde::Deserialize<'de> for TaskId<O> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (origin, seq) = <(u32, u64) as serde::Deserialize>::deserialize(deserializer)?;
+        Ok(Self::new(origin, seq))
+    }
+}
+
 impl<O> fmt::Debug for TaskId<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TaskId({})", self.seq)

@@ -61,9 +61,14 @@ enum Slot {
 
 impl ResultTable {
     pub(crate) fn new() -> Self {
+        Self::with_origin(NEXT_ORIGIN.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A table whose ids carry `origin` (a cluster session's, the same in every process).
+    pub(crate) fn with_origin(origin: u32) -> Self {
         Self {
             state: Mutex::new(TableState {
-                origin: NEXT_ORIGIN.fetch_add(1, Ordering::Relaxed),
+                origin,
                 next: 1,
                 slots: HashMap::new(),
                 pending: 0,
@@ -77,6 +82,28 @@ impl ResultTable {
 
     fn lock(&self) -> MutexGuard<'_, TableState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the origin of the ids issued from now on (before any is).
+    pub(crate) fn set_origin(&self, origin: u32) {
+        self.lock().origin = origin;
+    }
+
+    /// Takes on tasks of an attached session: each of `ids` is pending until its result
+    /// arrives, and new ids start at `next` at the earliest.
+    pub(crate) fn adopt(&self, ids: &[u64], next: u64) {
+        let mut st = self.lock();
+        for &seq in ids {
+            if let std::collections::hash_map::Entry::Vacant(slot) = st.slots.entry(seq) {
+                slot.insert(Slot::Pending {
+                    task: Cow::Borrowed("attached"),
+                    signature: "",
+                    note: None,
+                });
+                st.pending += 1;
+            }
+        }
+        st.next = st.next.max(next);
     }
 
     /// Issues an id for a new task. When the table is closed the task is settled at once and

@@ -89,6 +89,10 @@ pub enum Role {
         /// with its tasks and the results it is owed (the driver reconnected).
         #[serde(default)]
         session: String,
+        /// A new process attaching to the session: the server lists the session's tasks in its
+        /// [`ToDriver::Session`] reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        attach: bool,
         /// How often each side sends something (a heartbeat when idle), in milliseconds, both
         /// ways: each counts the other gone after about three intervals without a byte.
         /// 0: neither is ever counted gone for silence.
@@ -216,6 +220,13 @@ pub enum ToDriver {
         /// Tasks of the session the server has taken so far, over all its connections: the
         /// driver sends again what it submitted beyond them.
         accepted: u64,
+        /// For a driver that attaches: every task of the session still queued, running, or
+        /// with a result not yet acknowledged.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<DriverTaskId>,
+        /// For a driver that attaches: above every task id the session has used.
+        #[serde(default)]
+        next_id: u64,
     },
     /// Finished tasks.
     Results(Vec<TaskReport>),
@@ -364,7 +375,7 @@ mod tests {
             let nonce = Bytes::from(vec![7u8; 32]);
             let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
-            let driver = Hello { version, role: Role::Driver { name, session: "s".into(), heartbeat_ms: 5000 }, nonce: nonce.clone() };
+            let driver = Hello { version, role: Role::Driver { name, session: "s".into(), attach: false, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);
             let challenge = HelloReply::Challenge(Challenge { nonce: nonce.clone(), proof: nonce.clone() });
             prop_assert_eq!(round_trip(&challenge), challenge);

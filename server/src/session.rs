@@ -65,6 +65,7 @@ pub(crate) struct Shared {
 struct JoiningDriver {
     name: String,
     session: String,
+    attach: bool,
     heartbeat_ms: u64,
 }
 
@@ -90,8 +91,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
             let joining = JoiningAgent { host, workers, kinds: tasks };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared.events).await;
         }
-        Role::Driver { name, session, heartbeat_ms } => {
-            let driver = JoiningDriver { name, session, heartbeat_ms };
+        Role::Driver { name, session, attach, heartbeat_ms } => {
+            let driver = JoiningDriver { name, session, attach, heartbeat_ms };
             serve_driver(conn, reader, write, driver, &shared.events).await
         }
     }
@@ -161,11 +162,11 @@ async fn serve_driver(
     driver: JoiningDriver,
     events: &mpsc::UnboundedSender<Event>,
 ) {
-    let JoiningDriver { name, session, heartbeat_ms } = driver;
+    let JoiningDriver { name, session, attach, heartbeat_ms } = driver;
     let (tx, _) = spawn_writer(write);
     // Weak: the writer closes when the core drops the connection's sender.
     let beat = tx.downgrade();
-    let _ = events.send(Event::DriverJoined { conn, name, session, tx });
+    let _ = events.send(Event::DriverJoined { conn, name, session, attach, tx });
     let silence = silence_limit(heartbeat_ms);
     let mut ticks = heartbeats(heartbeat_ms);
     let bye = loop {

@@ -30,6 +30,9 @@ const WAIT: Duration = Duration::from_secs(60);
 const AGENT_ENV: &str = "BLITZEN_TEST_AGENT_FOR";
 /// Started with it set to an address, this binary is a driver that runs one task there.
 const DRIVER_ENV: &str = "BLITZEN_TEST_DRIVER_FOR";
+/// Started with it set to `ADDR SESSION FILE`, this binary submits tasks in that session,
+/// saves their ids to the file and detaches.
+const DETACH_ENV: &str = "BLITZEN_TEST_DETACH";
 
 fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
@@ -246,6 +249,42 @@ fn join_within_gives_up_with_the_reason_and_keeps_every_result() -> Result<(), F
     let results = d.join_within(WAIT).map_err(fail)?;
     let values: Vec<_> = results.iter().map(|r| r.decode::<u64>()).collect();
     check(values == [Ok(1), Ok(15)], format!("{values:?}"))
+}
+
+/// A driver that detaches leaves its session on the server; a new process attaches to it with
+/// the saved task ids and fetches every result. An unknown session is a clear error.
+fn a_new_process_attaches_to_a_detached_session_and_fetches_its_results() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "worker").map_err(fail)?;
+    let ids_file = TempFile::new("ids", b"").map_err(fail)?;
+    let session = format!("attach-test-{}", std::process::id());
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(DETACH_ENV, format!("{} {session} {}", server.addr, ids_file.arg()));
+    let out = program.output().map_err(fail)?;
+    check(out.status.success(), String::from_utf8_lossy(&out.stderr))?;
+    let text = std::fs::read_to_string(&ids_file.path).map_err(fail)?;
+    let ids: Vec<blitzen::TaskId<f64>> = serde_json::from_str(&text).map_err(fail)?;
+    check(ids.len() == 8, format!("saved {text}"))?;
+
+    let d = DistributedDispatcher::attach(&server.addr, &session).map_err(fail)?;
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<f64, TaskError>> = (1..=8).map(|i| Ok(f64::from(i) / 10.0)).collect();
+    check(results == expected, format!("{results:?}"))?;
+    // New work in the attached session gets ids of its own.
+    let more = d.run(echo::<u8>(), 9);
+    check(ids.iter().all(|id| id.seq() != more.seq()), "a fresh id")?;
+    check(
+        d.get_results_with(&[more], Fetch::default().within(WAIT)).map_err(fail)? == [Ok(9)],
+        "",
+    )?;
+    check(d.join().is_empty(), "nothing twice")?;
+
+    match DistributedDispatcher::attach(&server.addr, "no-such-session") {
+        Err(e @ DispatchError::UnknownSession(_)) => {
+            check(e.to_string().contains("no session `no-such-session`"), format!("{e}"))
+        }
+        other => Err(format!("expected an unknown session, got {other:?}").into()),
+    }
 }
 
 fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
@@ -562,6 +601,24 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Ok(spec) = std::env::var(DETACH_ENV) {
+        let [server, session, file] = spec.split(' ').collect::<Vec<_>>()[..] else {
+            return std::process::ExitCode::FAILURE;
+        };
+        let d = DistributedDispatcher::new(server).with_session(session);
+        let ids: Vec<_> = (1..=8).map(|i| d.run(sleep, f64::from(i) / 10.0)).collect();
+        let saved = serde_json::to_string(&ids).map_err(|e| e.to_string());
+        let written = saved.and_then(|text| std::fs::write(file, text).map_err(|e| e.to_string()));
+        let accepted = d.wait_accepted(WAIT).map_err(|e| e.to_string());
+        d.detach();
+        return match written.and(accepted) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("detaching driver: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Ok(server) = std::env::var(DRIVER_ENV) {
         let d = DistributedDispatcher::new(server).with_connect_timeout(Duration::from_secs(3));
         let id = d.run(echo::<u8>(), 1);
@@ -587,6 +644,7 @@ fn main() -> std::process::ExitCode {
         trial!(ten_thousand_tasks_over_two_agents_each_return_once),
         trial!(a_task_no_agent_has_waits_and_says_why),
         trial!(users_own_client_runs_its_own_tasks),
+        trial!(a_new_process_attaches_to_a_detached_session_and_fetches_its_results),
         trial!(a_task_nobody_can_run_gives_up_after_its_unrunnable_limit),
         trial!(join_within_gives_up_with_the_reason_and_keeps_every_result),
         trial!(thirty_two_mib_payload_round_trips),

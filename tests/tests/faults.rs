@@ -474,7 +474,12 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     let admitted_then_garbage = {
         let hello = Hello {
             version: CLUSTER_PROTOCOL_VERSION,
-            role: Role::Driver { name: "stranger".into(), session: String::new(), heartbeat_ms: 0 },
+            role: Role::Driver {
+                name: "stranger".into(),
+                session: String::new(),
+                attach: false,
+                heartbeat_ms: 0,
+            },
             nonce: Bytes::new(),
         };
         let mut bytes = frame(&hello);

@@ -372,7 +372,12 @@ mod tests {
             let (stream, _) = listener.accept().await.expect("accept");
             admit(stream, &server, welcome(), Duration::from_secs(5)).await
         });
-        let role = Role::Driver { name: "test".into(), session: String::new(), heartbeat_ms: 0 };
+        let role = Role::Driver {
+            name: "test".into(),
+            session: String::new(),
+            attach: false,
+            heartbeat_ms: 0,
+        };
         let connected = connect(&addr, role, peer.as_ref(), Duration::from_secs(5)).await;
         (accepting.await.expect("server task"), connected)
     }
@@ -418,7 +423,12 @@ mod tests {
         assert!(matches!(e, AdmitError::TimedOut(_)) && e.to_string().contains("in time"), "{e}");
         drop(silent);
         drop(listener);
-        let role = Role::Driver { name: "test".into(), session: String::new(), heartbeat_ms: 0 };
+        let role = Role::Driver {
+            name: "test".into(),
+            session: String::new(),
+            attach: false,
+            heartbeat_ms: 0,
+        };
         let e = connect(&addr.to_string(), role, None, limit).await.expect_err("nobody listens");
         assert!(!e.is_refusal(), "{e}");
     }

@@ -32,6 +32,10 @@ pub(super) struct Endpoint {
     pub heartbeat: Duration,
     /// The driver's session, which a new connection takes over.
     pub session: String,
+    /// Whether the first connection attaches to a session another process left.
+    pub attach: bool,
+    /// Set when the dispatcher detaches: it stops without a goodbye.
+    pub detached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How one connection ended.
@@ -42,6 +46,8 @@ enum End {
     ShutDown(String),
     /// The connection is gone (why): reconnect.
     Lost(String),
+    /// The session cannot be opened (attaching to one the server does not know).
+    Refused(DispatchError),
 }
 
 /// The connection's life: connect (retrying until `connect_timeout`), then submissions out and
@@ -67,7 +73,7 @@ pub(super) async fn drive(
         let window =
             if server_id.is_none() { endpoint.connect_timeout } else { endpoint.reconnect_window };
         let attempt = tokio::select! {
-            attempt = connect(&endpoint, window) => attempt,
+            attempt = connect(&endpoint, window, endpoint.attach && lost_for.is_none()) => attempt,
             _ = stop.cancelled() => break None,
         };
         let admitted = match attempt {
@@ -85,9 +91,6 @@ pub(super) async fn drive(
                 break Some(reason);
             }
         };
-        if let Some(tx) = connected.take() {
-            let _ = tx.send(Ok(()));
-        }
         let this_run = admitted.greeting.server_id;
         if server_id.is_some_and(|id| id != this_run) {
             break Some(
@@ -100,12 +103,25 @@ pub(super) async fn drive(
             Some(_) => info!(%server, "reconnected to the server"),
             None => info!(%server, "connected to the server"),
         }
-        let connection =
-            Connection { table: &table, handoff: &handoff, heartbeat: endpoint.heartbeat };
+        let connection = Connection {
+            table: &table,
+            handoff: &handoff,
+            heartbeat: endpoint.heartbeat,
+            attach: endpoint.attach && lost_for.is_none(),
+            session: &endpoint.session,
+            detached: &endpoint.detached,
+        };
         let began = Instant::now();
-        match connection.serve(admitted, &mut backlog, &mut queue, &stop).await {
+        match connection.serve(admitted, &mut backlog, &mut queue, &stop, &mut connected).await {
             End::Stop => break None,
             End::ShutDown(reason) => break Some(reason),
+            End::Refused(error) => {
+                let reason = error.to_string();
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(Err(error));
+                }
+                break Some(reason);
+            }
             End::Lost(reason) => {
                 warn!(%server, %reason, window = ?endpoint.reconnect_window, "connection to the server lost; reconnecting");
                 lost_for = Some(reason);
@@ -138,6 +154,8 @@ struct Backlog {
     /// Tasks accepted in sessions before the current one (a server that forgot a session with
     /// nothing left in it starts a new one, counting from 0).
     base: u64,
+    /// Tasks of the current session another process submitted (this one attached to it).
+    foreign: u64,
     /// Calls sent after the first `accepted`, oldest first.
     calls: std::collections::VecDeque<Call>,
 }
@@ -147,13 +165,19 @@ impl Backlog {
     fn session(&mut self, resumed: bool, accepted: u64) {
         if !resumed {
             self.base = self.accepted;
+            self.foreign = 0;
         }
         self.accepted_in_session(accepted);
     }
 
+    /// This dispatcher attached to a session in which `accepted` tasks came from elsewhere.
+    fn attached(&mut self, accepted: u64) {
+        self.foreign = accepted;
+    }
+
     /// The server holds `accepted` of the session's tasks: those are off the backlog.
     fn accepted_in_session(&mut self, accepted: u64) {
-        let total = self.base + accepted;
+        let total = self.base + accepted.saturating_sub(self.foreign);
         while self.accepted < total && self.calls.pop_front().is_some() {
             self.accepted += 1;
         }
@@ -166,6 +190,11 @@ struct Connection<'a> {
     table: &'a ResultTable,
     handoff: &'a Handoff,
     heartbeat: Duration,
+    /// Attach to the session: it must exist, and its tasks are adopted.
+    attach: bool,
+    session: &'a str,
+    /// The dispatcher detached: stop without a goodbye.
+    detached: &'a std::sync::atomic::AtomicBool,
 }
 
 impl Connection<'_> {
@@ -175,6 +204,7 @@ impl Connection<'_> {
         backlog: &mut Backlog,
         queue: &mut mpsc::UnboundedReceiver<Call>,
         stop: &CancellationToken,
+        connected: &mut Option<std::sync::mpsc::Sender<Result<(), DispatchError>>>,
     ) -> End {
         let Admitted { mut reader, write, .. } = admitted;
         let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
@@ -188,7 +218,20 @@ impl Connection<'_> {
             }
         };
         match opening {
-            Ok(Some(ToDriver::Session { resumed, accepted })) => {
+            Ok(Some(ToDriver::Session { resumed, accepted, held, next_id })) => {
+                if self.attach {
+                    if !resumed {
+                        return End::Refused(DispatchError::UnknownSession(self.session.into()));
+                    }
+                    let ids: Vec<u64> = held.iter().map(|id| id.get()).collect();
+                    info!(tasks = ids.len(), "attached to the session");
+                    self.table.adopt(&ids, next_id);
+                    // What the other process submitted is not this one's to count.
+                    backlog.attached(accepted);
+                }
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(Ok(()));
+                }
                 backlog.session(resumed, accepted);
                 self.handoff.accepted(backlog.accepted);
                 if resumed || !backlog.calls.is_empty() {
@@ -214,7 +257,9 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
-                    let _ = writer.send(FromDriver::Bye);
+                    if !self.detached.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = writer.send(FromDriver::Bye);
+                    }
                     break End::Stop;
                 }
                 message = reader.next_alive::<ToDriver>(silence) => match message {
@@ -284,7 +329,11 @@ const SUBMIT_BATCH: usize = 65_536;
 
 /// Connects and shakes hands, retrying with backoff until the connect timeout; refusals are
 /// final.
-async fn connect(endpoint: &Endpoint, limit: Duration) -> Result<Admitted<Welcome>, ConnectError> {
+async fn connect(
+    endpoint: &Endpoint,
+    limit: Duration,
+    attach: bool,
+) -> Result<Admitted<Welcome>, ConnectError> {
     let (server, secret) = (endpoint.server.as_str(), endpoint.secret.as_ref());
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(50);
@@ -297,7 +346,7 @@ async fn connect(endpoint: &Endpoint, limit: Duration) -> Result<Admitted<Welcom
     loop {
         let heartbeat_ms = endpoint.heartbeat.as_millis() as u64;
         let session = endpoint.session.clone();
-        let role = Role::Driver { name: name.clone(), session, heartbeat_ms };
+        let role = Role::Driver { name: name.clone(), session, attach, heartbeat_ms };
         match blitzen_net::connect(server, role, secret, limit).await {
             Ok(conn) => return Ok(conn),
             // A name that does not resolve is a typo far more often than a slow DNS.

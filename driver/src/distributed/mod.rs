@@ -59,6 +59,14 @@ use crate::tasks::Tasks;
 /// [`TaskError::Lost`](crate::TaskError::Lost) saying so. Nothing waits forever.
 pub type DistributedDispatcher = Dispatcher<Cluster>;
 
+/// The origin of the task ids of a session's dispatchers: the same in every process, so ids
+/// saved by one are valid in another attached to the session. The top bit keeps them apart
+/// from the numbered origins of other dispatchers.
+fn session_origin(session: &str) -> u32 {
+    let hash = blitzen_common::task::fingerprint(session);
+    ((hash ^ (hash >> 32)) as u32) | 0x8000_0000
+}
+
 /// A fresh session name: 128 random bits in hex.
 fn random_session() -> String {
     match blitzen_net::secret::nonce() {
@@ -89,6 +97,10 @@ pub struct Cluster {
     reconnect_window: Duration,
     /// The session a reconnection takes over.
     session: String,
+    /// Whether the first connection attaches to an existing session (see `attach`).
+    attach: bool,
+    /// Set by `detach`: the connection ends without a goodbye, so the server keeps the session.
+    detached: Arc<std::sync::atomic::AtomicBool>,
     /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
     /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
@@ -171,6 +183,8 @@ impl Cluster {
             reconnect_window: self.reconnect_window,
             heartbeat: self.heartbeat,
             session: self.session.clone(),
+            attach: self.attach,
+            detached: self.detached.clone(),
         };
         let (submissions, queue) = mpsc::unbounded_channel();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -196,7 +210,8 @@ impl Dispatcher<Cluster> {
     /// A dispatcher for the server at `server` (`host` or `host:port`; port 7464 by default).
     /// Nothing is contacted yet.
     pub fn new(server: impl AsRef<str>) -> Self {
-        let table = Arc::new(ResultTable::new());
+        let session = random_session();
+        let table = Arc::new(ResultTable::with_origin(session_origin(&session)));
         Dispatcher {
             table: table.clone(),
             default_timeout: None,
@@ -206,7 +221,9 @@ impl Dispatcher<Cluster> {
                 connect_timeout: Duration::from_secs(10),
                 heartbeat: DEFAULT_HEARTBEAT,
                 reconnect_window: Duration::from_secs(60),
-                session: random_session(),
+                session,
+                attach: false,
+                detached: Arc::default(),
                 insecure: false,
                 secret: None,
                 table,
@@ -238,7 +255,29 @@ impl Dispatcher<Cluster> {
     /// other, so keep names unique.
     pub fn with_session(mut self, name: impl Into<String>) -> Self {
         self.backend.session = name.into();
+        self.table.set_origin(session_origin(&self.backend.session));
         self
+    }
+
+    /// A dispatcher for a session another process left on the server (it ended with
+    /// [`detach`](Self::detach), or lost its connection): connects now, and holds every task
+    /// of the session the server still has — queued, running, or with a result not yet
+    /// fetched. Fetch them with the [`TaskId`](crate::TaskId)s the other process saved (they
+    /// serialize with serde), or all at once with [`join`](Self::join). Fails if the server
+    /// knows no such session.
+    pub fn attach(server: impl AsRef<str>, session: &str) -> Result<Self, DispatchError> {
+        let mut dispatcher = Self::new(server).with_session(session);
+        dispatcher.backend.attach = true;
+        dispatcher.connect()?;
+        Ok(dispatcher)
+    }
+
+    /// Ends this dispatcher without a goodbye: the server keeps its session — unfinished tasks
+    /// go on, results wait (within `--result-ttl` and `--max-results`) — for a process that
+    /// [`attach`](Self::attach)es to it later. Save [`session`](Self::session) and the task ids
+    /// first.
+    pub fn detach(self) {
+        self.backend.detached.store(true, Ordering::Relaxed);
     }
 
     /// This driver's session.

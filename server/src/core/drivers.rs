@@ -28,6 +28,8 @@ pub(super) struct Driver {
     pub conn: ConnId,
     /// When its connection ended without a goodbye, while it has none.
     pub departed: Option<Instant>,
+    /// Above every task id it submitted, for a process that attaches to its session.
+    pub next_id: u64,
     /// Its connection's writer; `None` once it disconnected without a goodbye, while its
     /// results wait in the cache.
     pub tx: Option<mpsc::UnboundedSender<ToDriver>>,
@@ -56,16 +58,34 @@ impl Core {
         conn: ConnId,
         name: String,
         session: String,
+        attach: bool,
         tx: mpsc::UnboundedSender<ToDriver>,
     ) {
         if let Some(&key) = self.sessions.get(&session)
-            && let Some(driver) = self.drivers.get_mut(&key)
+            && self.drivers.contains_key(&key)
         {
+            let owed = self.cache.held(key);
+            let held: Vec<DriverTaskId> = if attach {
+                let live = self.tasks.iter().filter(|t| t.driver == key).map(|t| t.id);
+                live.chain(owed.iter().map(|r| r.id)).collect()
+            } else {
+                Vec::new()
+            };
+            let Some(driver) = self.drivers.get_mut(&key) else { return };
             // The previous connection may not have been noticed gone yet: it is dropped.
             self.connections.remove(&driver.conn);
-            let owed = self.cache.held(key);
-            info!(%conn, %name, %session, held = driver.live, owed = owed.len(), "driver reconnected to its session");
-            let _ = tx.send(ToDriver::Session { resumed: true, accepted: driver.accepted });
+            let how = if attach {
+                "driver attached to the session"
+            } else {
+                "driver reconnected to its session"
+            };
+            info!(%conn, %name, %session, held = driver.live, owed = owed.len(), "{how}");
+            let _ = tx.send(ToDriver::Session {
+                resumed: true,
+                accepted: driver.accepted,
+                held,
+                next_id: driver.next_id,
+            });
             driver.name = name;
             driver.conn = conn;
             driver.departed = None;
@@ -77,13 +97,30 @@ impl Core {
             self.connections.insert(conn, key);
             return;
         }
+        if attach {
+            // Nothing to attach to: the driver reports it and leaves.
+            info!(%conn, %name, %session, "a driver asked to attach to a session the server does not know");
+            let _ = tx.send(ToDriver::Session {
+                resumed: false,
+                accepted: 0,
+                held: Vec::new(),
+                next_id: 0,
+            });
+            return;
+        }
         info!(%conn, %name, "driver connected");
-        let _ = tx.send(ToDriver::Session { resumed: false, accepted: 0 });
+        let _ = tx.send(ToDriver::Session {
+            resumed: false,
+            accepted: 0,
+            held: Vec::new(),
+            next_id: 0,
+        });
         let driver = Driver {
             name,
             session: session.clone(),
             conn,
             departed: None,
+            next_id: 0,
             tx: Some(tx),
             kinds: Vec::new(),
             accepted: 0,
@@ -122,6 +159,9 @@ impl Core {
         let mut refused = Vec::new();
         let mut undeclared = Vec::new();
         let count = submissions.len();
+        if let (Some(d), Some(last)) = (self.drivers.get_mut(&conn), submissions.last()) {
+            d.next_id = d.next_id.max(last.id.get() + 1);
+        }
         for s in submissions {
             let Some(&kind) = declared.get(s.kind.get() as usize) else {
                 undeclared.push(s.id);

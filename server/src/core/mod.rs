@@ -76,6 +76,8 @@ pub(crate) enum Event {
         name: String,
         /// Its session; one the server knows is taken over by this connection.
         session: String,
+        /// A new process attaching to the session: it hears every task the session holds.
+        attach: bool,
         /// Its connection's writer.
         tx: mpsc::UnboundedSender<ToDriver>,
     },
@@ -206,8 +208,8 @@ impl Core {
             }
             Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
-            Event::DriverJoined { conn, name, session, tx } => {
-                self.driver_joined(conn, name, session, tx)
+            Event::DriverJoined { conn, name, session, attach, tx } => {
+                self.driver_joined(conn, name, session, attach, tx)
             }
             // A driver is known by its session's first connection; events of a connection its
             // session has moved away from are dropped.

@@ -149,6 +149,11 @@ impl TaskTable {
         self.len
     }
 
+    /// Every task held, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Task> {
+        self.slots.iter().filter_map(|slot| slot.task.as_ref())
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0

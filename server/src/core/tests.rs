@@ -38,7 +38,8 @@ fn core(config: ServerConfig) -> Core {
 fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
     let (tx, rx) = mpsc::unbounded_channel();
     let session = format!("s{n}");
-    core.on_event(Event::DriverJoined { conn: conn(n), name: format!("d{n}"), session, tx });
+    let name = format!("d{n}");
+    core.on_event(Event::DriverJoined { conn: conn(n), name, session, attach: false, tx });
     rx
 }
 
@@ -558,10 +559,12 @@ fn a_reconnecting_driver_takes_its_session_over_and_is_owed_every_result() {
     // The driver comes back on connection 5 with its session.
     let (tx, mut new) = mpsc::unbounded_channel();
     let session = "s1".to_string();
-    c.on_event(Event::DriverJoined { conn: conn(5), name: "d1 again".into(), session, tx });
+    let name = "d1 again".to_string();
+    c.on_event(Event::DriverJoined { conn: conn(5), name, session, attach: false, tx });
     turn(&mut c);
     match new.try_recv() {
-        Ok(ToDriver::Session { resumed: true, accepted: 6 }) => {}
+        Ok(ToDriver::Session { resumed: true, accepted: 6, held, next_id: 6 })
+            if held.is_empty() => {}
         other => panic!("expected the session first, got {other:?}"),
     }
     let owed = heard(&mut new);
