@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub result_ttl: Duration,
     /// Results nobody fetched are kept at most this many (the oldest are dropped).
     pub max_results: usize,
+    /// A driver that left without a goodbye keeps its session this long once nothing is held
+    /// for it any more, for it (or another process) to reconnect or attach to.
+    pub session_ttl: Duration,
     /// A connection must complete its handshake within this.
     pub handshake_timeout: Duration,
     /// Times a task is handed out before it is given up, when its agents keep vanishing.
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
             task_limit: 10_000_000,
             result_ttl: Duration::from_secs(3600),
             max_results: 1_000_000,
+            session_ttl: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
             max_attempts: 3,
             deadline_grace: Duration::from_secs(30),

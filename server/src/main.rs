@@ -55,6 +55,10 @@ struct Args {
     /// Most results nobody fetched that are kept; the oldest are dropped beyond it (logged).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     max_results: usize,
+    /// Seconds a driver that left without a goodbye keeps its session once nothing is held for
+    /// it any more, for it (or another process) to reconnect or attach to.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "120")]
+    session_ttl: Duration,
     /// Seconds a new connection has to introduce itself before it is closed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     handshake_timeout: Duration,
@@ -108,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         task_limit: args.task_limit,
         result_ttl: args.result_ttl,
         max_results: args.max_results,
+        session_ttl: args.session_ttl,
         handshake_timeout: args.handshake_timeout,
         max_attempts: args.max_attempts,
         deadline_grace: args.deadline_grace,

@@ -18,6 +18,7 @@ fn help_documents_every_flag() {
         "--task-limit",
         "--result-ttl",
         "--max-results",
+        "--session-ttl",
         "--handshake-timeout",
         "--insecure",
         "--max-attempts",

@@ -1,7 +1,7 @@
 //! Drivers: joining and leaving, their submissions, and results on their way back to them.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
@@ -11,10 +11,6 @@ use tracing::{debug, info, warn};
 
 use super::tasks::Task;
 use super::{Core, KindId};
-
-/// How long a departed driver's session is kept when nothing is held for it any more, for the
-/// driver to reconnect to (its tasks and results are kept as long as they last).
-pub(super) const SESSION_KEPT: Duration = Duration::from_secs(120);
 
 /// A driver the server knows: connected, or departed without a goodbye while tasks or
 /// results are still held for it.
@@ -259,15 +255,16 @@ impl Core {
     }
 
     /// Forgets drivers that left without a goodbye once nothing is held for them any more.
-    /// A session with nothing held for it is still kept this long after its connection ended,
-    /// for its driver to reconnect to.
+    /// A session with nothing held for it is still kept `session_ttl` after its connection
+    /// ended, for its driver to reconnect to (its tasks and results are kept as long as they
+    /// last).
     pub(super) fn forget_departed(&mut self) {
+        let ttl = self.config.session_ttl;
         let done: Vec<ConnId> = self
             .drivers
             .iter()
             .filter(|(conn, d)| {
-                let kept = !d.session.is_empty()
-                    && d.departed.is_some_and(|at| at.elapsed() < SESSION_KEPT);
+                let kept = !d.session.is_empty() && d.departed.is_some_and(|at| at.elapsed() < ttl);
                 d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn) && !kept
             })
             .map(|(&conn, _)| conn)

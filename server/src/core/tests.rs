@@ -199,7 +199,7 @@ fn unfetched_results_are_capped_by_count_and_age() {
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
     turn(&mut c);
     assert!(c.drivers.contains_key(&conn(1)), "its session is kept a while, to reconnect to");
-    let long_ago = Instant::now().checked_sub(drivers::SESSION_KEPT + Duration::from_secs(1));
+    let long_ago = Instant::now().checked_sub(c.config.session_ttl + Duration::from_secs(1));
     c.drivers.get_mut(&conn(1)).expect("kept").departed = long_ago;
     turn(&mut c);
     assert!(
