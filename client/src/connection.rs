@@ -17,10 +17,12 @@ use tracing::{debug, info, warn};
 
 use crate::Work;
 
-/// An agent counts its server gone after three heartbeat intervals without a byte from it, but
-/// never sooner than this: a server that stalls for a few seconds (a paused VM, heavy swapping)
-/// should find its agents still there when it wakes.
-const SERVER_SILENCE_MIN: Duration = Duration::from_secs(10);
+/// An agent counts its server gone after three heartbeat intervals without a byte from it plus
+/// this much: a server that stalls for a few seconds (a paused VM, heavy swapping) should find
+/// its agents still there when it wakes, and on a link silent both ways the server, which
+/// counts the agent lost after three intervals, notices first — so the agent's next connection
+/// finds its old one gone and its late results expected.
+const SERVER_SILENCE_EXTRA: Duration = Duration::from_secs(10);
 
 /// How a connection ended.
 pub(crate) enum End {
@@ -76,7 +78,7 @@ impl<'a> Connection<'a> {
     ) -> End {
         let mut ticks = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let silence = (3 * heartbeat).max(SERVER_SILENCE_MIN);
+        let silence = 3 * heartbeat + SERVER_SILENCE_EXTRA;
         let end = loop {
             // Biased: after a pause (the process was stopped), a closed connection is noticed
             // before results are written into it and lost; they go out on the next connection.

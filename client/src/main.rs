@@ -39,8 +39,8 @@ struct Args {
     secret_file: Option<PathBuf>,
     /// Seconds between heartbeats when there is nothing else to send, both ways: the server
     /// counts the agent lost (and runs its tasks elsewhere) after three intervals without a byte
-    /// from it; the agent reconnects after three intervals (at least 10 s) without a byte from
-    /// the server. A large result on a slow link is not silence.
+    /// from it; the agent reconnects after three intervals plus 10 s without a byte from the
+    /// server. A large result on a slow link is not silence.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     heartbeat: Duration,
     /// Write the log to this file (appended) instead of stderr.
