@@ -194,6 +194,31 @@ fn a_frozen_driver_link_is_detected_on_both_ends() -> Result<(), Failed> {
     check(noticed, format!("the server noticed:\n{}", server.process.log_text()))
 }
 
+/// An agent whose link goes silent both ways is counted lost by the server first; the agent
+/// notices the silence itself (three intervals plus 10 s), reconnects once the link works, and
+/// serves again.
+fn an_agent_on_a_silent_link_notices_and_reconnects() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let agent =
+        start_agent_with(&proxy.addr, 1, "silent", &["--heartbeat", "0.2"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let warm = d.run(echo::<u8>(), 1);
+    d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
+    proxy.freeze();
+    let lost = wait_for_log(&server.process, "counted lost", WAIT / 6);
+    check(lost, format!("the server noticed first:\n{}", server.process.log_text()))?;
+    check(!agent.log_text().contains("nothing arrived"), "the agent waits longer")?;
+    let noticed = wait_for_log(&agent, "nothing arrived from the server", WAIT / 3);
+    check(noticed, format!("the agent noticed:\n{}", agent.log_text()))?;
+    // The link works again; the reconnected agent serves.
+    proxy.cut();
+    proxy.thaw();
+    let probe = d.run(echo::<u8>(), 2);
+    let r = d.get_results_with(&[probe], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r == [Ok(2)], format!("{r:?}"))
+}
+
 /// A driver whose connection is cut mid-run reconnects by itself, takes its session over and
 /// receives every result exactly once; the caller sees no error.
 fn a_cut_driver_link_reconnects_and_loses_nothing() -> Result<(), Failed> {
@@ -593,6 +618,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_frozen_driver_link_is_detected_on_both_ends),
         trial!(a_cut_driver_link_reconnects_and_loses_nothing),
         trial!(a_cut_agent_link_reconnects_and_loses_nothing),
+        trial!(an_agent_on_a_silent_link_notices_and_reconnects),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
         trial!(an_agent_that_never_answers_has_its_timed_task_settled),
         trial!(a_live_agent_answers_before_the_servers_deadline),
