@@ -1,7 +1,7 @@
 //! One connection of an agent to its server: tasks in, results out, heartbeats. A small type
 //! with one method per thing that can happen, driven by [`Connection::serve`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use blitzen_common::pool::{Job, JobResult};
@@ -56,6 +56,9 @@ pub(crate) struct Connection<'a> {
     /// Whether anything was sent since the last heartbeat tick: a heartbeat is sent only into
     /// silence.
     sent_since_tick: bool,
+    /// Results sent and not yet acknowledged by the server. When the connection ends they
+    /// join `Work::unsent`, to go out again as recovered on the next one.
+    unacked: HashMap<TaskKey, AgentResult>,
 }
 
 impl<'a> Connection<'a> {
@@ -66,7 +69,22 @@ impl<'a> Connection<'a> {
         write: OwnedWriteHalf,
     ) -> Self {
         let (writer, _) = spawn_writer::<FromAgent>(write);
-        Self { entries, work, writer, current: HashSet::new(), sent_since_tick: false }
+        let mut connection = Self {
+            entries,
+            work,
+            writer,
+            current: HashSet::new(),
+            sent_since_tick: false,
+            unacked: HashMap::new(),
+        };
+        // Results the last connection sent without hearing they arrived go out again first.
+        let unsent = std::mem::take(&mut connection.work.unsent);
+        if !unsent.is_empty() {
+            info!(count = unsent.len(), "sending again results the server had not acknowledged");
+            connection.unacked.extend(unsent.iter().map(|r| (r.key, r.clone())));
+            let _ = connection.send(FromAgent::Recovered(unsent));
+        }
+        connection
     }
 
     /// Serves until `shutdown` is cancelled or the connection is lost.
@@ -88,6 +106,12 @@ impl<'a> Connection<'a> {
                 message = reader.next_alive::<ToAgent>(silence) => match message {
                     Ok(Some(ToAgent::Run(tasks))) => self.on_tasks(tasks),
                     Ok(Some(ToAgent::Heartbeat)) => Ok(()),
+                    Ok(Some(ToAgent::Ack(keys))) => {
+                        for key in keys {
+                            self.unacked.remove(&key);
+                        }
+                        Ok(())
+                    }
                     Err(NetError::Silent(limit)) => {
                         break End::Lost(format!("nothing arrived from the server for {limit:?}"));
                     }
@@ -105,6 +129,7 @@ impl<'a> Connection<'a> {
         };
         // What is still running was assigned on this connection: delivered later as recovered.
         self.work.earlier.extend(self.current);
+        self.work.unsent.extend(self.unacked.into_values());
         end
     }
 
@@ -154,8 +179,10 @@ impl<'a> Connection<'a> {
             let key = TaskKey::from(r.id);
             let result = AgentResult { key, worker_pid: r.worker, run: r.run };
             if self.current.remove(&key) {
+                self.unacked.insert(key, result.clone());
                 done.push(result);
             } else if self.work.earlier.remove(&key) {
+                self.unacked.insert(key, result.clone());
                 recovered.push(result);
             }
         }

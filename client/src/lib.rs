@@ -27,7 +27,7 @@ use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{ConnectError, Secret};
-use blitzen_protocol::cluster::{Role, TaskKind};
+use blitzen_protocol::cluster::{AgentResult, Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +102,16 @@ impl std::fmt::Debug for AgentError {
     }
 }
 
+/// A random id for this agent process, the same on each of its connections (never 0).
+fn agent_id() -> u64 {
+    let random = blitzen_net::secret::nonce().map_or(0, |n| {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&n[..8]);
+        u64::from_be_bytes(id)
+    });
+    if random == 0 { u64::from(std::process::id()) | 1 << 63 } else { random }
+}
+
 /// This machine's host name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -149,6 +159,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         workers: u32::try_from(config.pool.workers).unwrap_or(u32::MAX),
         tasks: kinds,
         heartbeat_ms: config.heartbeat.as_millis() as u64,
+        agent_id: agent_id(),
     };
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
@@ -220,6 +231,9 @@ struct Work {
     /// Tasks assigned on earlier connections, still running here: their results go out as
     /// recovered.
     earlier: HashSet<TaskKey>,
+    /// Results sent on an earlier connection that the server never acknowledged: sent again,
+    /// as recovered, on the next one.
+    unsent: Vec<AgentResult>,
 }
 
 impl Work {
@@ -234,7 +248,7 @@ impl Work {
             let _ = started_tx.send(ids);
         }));
         let pool = Pool::start(pool_config, sink).await?;
-        Ok(Self { server_id, pool, results, started, earlier: HashSet::new() })
+        Ok(Self { server_id, pool, results, started, earlier: HashSet::new(), unsent: Vec::new() })
     }
 }
 

@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 6;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 7;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -80,6 +80,10 @@ pub enum Role {
         /// counts it lost after about three intervals of silence. 0: never counted lost.
         #[serde(default)]
         heartbeat_ms: u64,
+        /// The agent process, the same on each of its connections (random, nonzero): a new
+        /// connection with the id of one the server still holds replaces it. 0: none.
+        #[serde(default)]
+        agent_id: u64,
     },
     /// A driver submitting tasks.
     Driver {
@@ -288,6 +292,9 @@ pub enum ToAgent {
     },
     /// Nothing else to say: the server is alive.
     Heartbeat,
+    /// The server has these results: the agent may forget them. Until then it keeps each, and
+    /// sends it again (as recovered) on its next connection to the same server.
+    Ack(Vec<TaskKey>),
 }
 
 /// A finished task, as an agent reports it.
@@ -373,7 +380,7 @@ mod tests {
                              tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>(),
                              conn in any::<u64>(), server in any::<u64>()) {
             let nonce = Bytes::from(vec![7u8; 32]);
-            let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000 }, nonce: nonce.clone() };
+            let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
             let driver = Hello { version, role: Role::Driver { name, session: "s".into(), attach: false, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);

@@ -87,8 +87,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     };
     let (reader, write) = (admitted.reader, admitted.write);
     match admitted.greeting.role {
-        Role::Agent { host, workers, tasks, heartbeat_ms } => {
-            let joining = JoiningAgent { host, workers, kinds: tasks };
+        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id } => {
+            let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared.events).await;
         }
         Role::Driver { name, session, attach, heartbeat_ms } => {

@@ -394,6 +394,7 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
             workers: 1,
             tasks: vec![kind_of(sleep)],
             heartbeat_ms: 0,
+            agent_id: 0,
         },
         nonce: Bytes::new(),
     };
@@ -475,7 +476,13 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
 
     let agent_hello = |version| Hello {
         version,
-        role: Role::Agent { host: "stranger".into(), workers: 1, tasks: vec![], heartbeat_ms: 0 },
+        role: Role::Agent {
+            host: "stranger".into(),
+            workers: 1,
+            tasks: vec![],
+            heartbeat_ms: 0,
+            agent_id: 0,
+        },
         nonce: Bytes::new(),
     };
     let mut wrong_shape = frame(&42u64);

@@ -29,6 +29,8 @@ pub(crate) struct JoiningAgent {
     pub workers: u32,
     /// The tasks compiled into it, in the order of its announcement.
     pub kinds: Vec<TaskKind>,
+    /// The agent process (0: none); see [`Agent::id`].
+    pub id: u64,
 }
 
 /// A connected agent.
@@ -53,6 +55,14 @@ pub(super) struct Agent {
     pub close: CancellationToken,
     /// Assignments to send at the end of this turn.
     pub outbox: Vec<Assignment>,
+    /// Results taken and not acknowledged yet (the agent keeps each until then); sent with the
+    /// next assignments, or on their own after a short delay (see `dispatch`).
+    pub acks: Vec<TaskKey>,
+    /// When the oldest of `acks` was taken.
+    pub acks_since: Option<Instant>,
+    /// The agent process, the same on all its connections (0: none given): a new connection
+    /// with the id of this one means this one is dead.
+    pub id: u64,
 }
 
 impl Agent {
@@ -115,6 +125,14 @@ impl Core {
         tx: mpsc::UnboundedSender<ToAgent>,
         close: CancellationToken,
     ) {
+        if joining.id != 0
+            && let Some(&old) =
+                (self.agents.iter()).find(|(_, a)| a.id == joining.id).map(|(conn, _)| conn)
+        {
+            // Its previous connection is dead but not noticed yet: what it held is given up
+            // like a lost agent's, so results the agent now recovers are expected.
+            self.agent_left(old, "the agent reconnected on a new connection");
+        }
         let names = name_list(joining.kinds.iter().map(|k| k.name.as_str()));
         let kinds: HashMap<KindId, KindIndex> = (joining.kinds.into_iter().enumerate())
             .map(|(i, k)| (self.intern(k), KindIndex::new(i as u32)))
@@ -132,6 +150,9 @@ impl Core {
             tx,
             close,
             outbox: Vec::new(),
+            acks: Vec::new(),
+            acks_since: None,
+            id: joining.id,
         };
         self.agents.insert(conn, agent);
     }
@@ -145,6 +166,10 @@ impl Core {
         let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
         let mut duplicates = 0;
         for r in results {
+            if let Some(agent) = self.agents.get_mut(&conn) {
+                agent.acks.push(r.key);
+                agent.acks_since.get_or_insert_with(Instant::now);
+            }
             if !recovered {
                 let Some(agent) = self.agents.get_mut(&conn) else { return };
                 if !agent.running.remove(&r.key) {

@@ -1,12 +1,19 @@
 //! Assigning queued tasks to agents with free credit, round-robin between drivers, and sending
-//! every connection its batch of the turn.
+//! every connection its batch of the turn (assignments and acknowledgements of results to
+//! agents, results and acceptance counts to drivers).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{Assignment, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
 
 use super::Core;
+
+/// Longest an acknowledgement of results waits for assignments to ride with.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+/// Acknowledgements (with assignments) sent at once, however recent.
+const ACK_BATCH: usize = 256;
 
 impl Core {
     /// Fills every agent's free credit, round-robin between drivers.
@@ -66,8 +73,23 @@ impl Core {
     }
 
     /// Sends every connection its batch of this turn.
+    /// When the oldest acknowledgement held back must go out.
+    pub(super) fn next_ack_due(&self) -> Option<Instant> {
+        self.agents.values().filter_map(|a| a.acks_since).min().map(|since| since + ACK_DELAY)
+    }
+
     pub(super) fn flush(&mut self) {
+        let now = Instant::now();
         for agent in self.agents.values_mut() {
+            // Acknowledgements ride with the next assignments (the same write, no extra wake-up
+            // of the agent); alone, they wait up to `ACK_DELAY`, or until there are many.
+            let due = agent.outbox.len() + agent.acks.len() >= ACK_BATCH
+                || !agent.outbox.is_empty()
+                || agent.acks_since.is_some_and(|since| now >= since + ACK_DELAY);
+            if due && !agent.acks.is_empty() {
+                let _ = agent.tx.send(ToAgent::Ack(std::mem::take(&mut agent.acks)));
+                agent.acks_since = None;
+            }
             if !agent.outbox.is_empty() {
                 let _ = agent.tx.send(ToAgent::Run(std::mem::take(&mut agent.outbox)));
             }

@@ -176,6 +176,7 @@ impl Core {
             let expiry = self.cache.next_expiry();
             let deadline = self.deadlines.peek().map(|d| d.at);
             let waiting = self.next_waiting_timer();
+            let acks = self.next_ack_due();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -188,6 +189,8 @@ impl Core {
                 _ = sleep_until(waiting), if waiting.is_some() => {
                     self.on_waiting_timer(Instant::now());
                 }
+                // Acknowledgements held back go out at the end of this turn.
+                _ = sleep_until(acks), if acks.is_some() => {}
             }
             while let Ok(event) = self.events.try_recv() {
                 self.on_event(event);

@@ -51,7 +51,7 @@ fn agent(
 ) -> mpsc::UnboundedReceiver<ToAgent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = kinds.iter().map(|k| kind(k)).collect();
-    let agent = JoiningAgent { host: format!("a{n}"), workers, kinds };
+    let agent = JoiningAgent { host: format!("a{n}"), workers, kinds, id: 1000 + n };
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
     rx
@@ -150,6 +150,9 @@ fn credit_follows_task_length() {
         tx: mpsc::unbounded_channel().0,
         close: CancellationToken::new(),
         outbox: Vec::new(),
+        acks: Vec::new(),
+        acks_since: None,
+        id: 0,
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
     a.average_us = Some(100_000.0);
@@ -584,4 +587,39 @@ fn a_reconnecting_driver_takes_its_session_over_and_is_owed_every_result() {
     turn(&mut c);
     let ids: Vec<u64> = heard(&mut new).outcomes.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, [4, 5]);
+}
+
+#[test]
+fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..2);
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    assert_eq!(keys.len(), 2);
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys[..1]), recovered: false });
+    turn(&mut c);
+    assert!(c.next_ack_due().is_some(), "held back a moment, for assignments to ride with");
+    std::thread::sleep(Duration::from_millis(25));
+    turn(&mut c);
+    let mut acked = Vec::new();
+    while let Ok(msg) = a.try_recv() {
+        if let ToAgent::Ack(k) = msg {
+            acked.extend(k);
+        }
+    }
+    assert_eq!(acked, keys[..1], "acknowledged once the delay has passed");
+    // The same agent process (id 1010) connects again before its old connection is noticed
+    // dead: the old one is given up, and the result it recovers is expected, not a breach.
+    let (tx, _new) = mpsc::unbounded_channel();
+    let joining = JoiningAgent { host: "a10".into(), workers: 1, kinds: vec![kind("t")], id: 1010 };
+    let close = CancellationToken::new();
+    c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close: close.clone() });
+    assert!(!c.agents.contains_key(&conn(10)), "the dead connection is gone");
+    c.on_event(Event::AgentDone { conn: conn(11), results: done(&keys[1..]), recovered: true });
+    turn(&mut c);
+    assert!(!close.is_cancelled(), "a recovered result of the replaced connection is expected");
+    let ids: Vec<u64> = heard(&mut d).outcomes.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [0, 1], "each result once");
 }
