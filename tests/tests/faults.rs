@@ -219,6 +219,42 @@ fn an_agent_on_a_silent_link_notices_and_reconnects() -> Result<(), Failed> {
     check(r == [Ok(2)], format!("{r:?}"))
 }
 
+/// A result lost with its connection (sent into a frozen link that is then cut) is sent again
+/// by the agent when it reconnects: the task, which writes a line each time it starts, ran once.
+fn a_result_lost_in_transit_is_sent_again_not_rerun() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let _agent =
+        start_agent_with(&proxy.addr, 1, "lossy", &["--heartbeat", "0.2"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let runs = TempFile::new("runs", b"").map_err(fail)?;
+    let fifo = std::env::temp_dir().join(format!("blitzen-test-{}-lossy", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().map_err(fail)?;
+    check(made.success(), "mkfifo")?;
+    let script = format!(
+        "echo run >> '{}'; [ -p '{1}' ] && echo started > '{1}'; sleep 0.3",
+        runs.arg(),
+        fifo.display()
+    );
+    let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
+    let mut started = String::new();
+    let opened = std::fs::File::open(&fifo).and_then(|mut f| f.read_to_string(&mut started));
+    let _ = std::fs::remove_file(&fifo);
+    opened.map_err(fail)?;
+    // The result leaves the agent 0.3 s from now, into a link that forwards nothing.
+    proxy.freeze();
+    let lost = wait_for_log(&server.process, "counted lost", WAIT / 6);
+    check(lost, format!("the agent counted lost:\n{}", server.process.log_text()))?;
+    proxy.cut();
+    proxy.thaw();
+    let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let out = r[0].decode_as(command).map_err(fail)?;
+    check(out.code == Some(0), format!("{out:?}"))?;
+    let lines = std::fs::read_to_string(&runs.path).map_err(fail)?;
+    check(lines.lines().count() == 1, format!("the task ran {} times", lines.lines().count()))
+}
+
 /// A driver whose connection is cut mid-run reconnects by itself, takes its session over and
 /// receives every result exactly once; the caller sees no error.
 fn a_cut_driver_link_reconnects_and_loses_nothing() -> Result<(), Failed> {
@@ -626,6 +662,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_cut_driver_link_reconnects_and_loses_nothing),
         trial!(a_cut_agent_link_reconnects_and_loses_nothing),
         trial!(an_agent_on_a_silent_link_notices_and_reconnects),
+        trial!(a_result_lost_in_transit_is_sent_again_not_rerun),
         trial!(hostile_input_is_refused_while_a_driver_keeps_working),
         trial!(an_agent_that_never_answers_has_its_timed_task_settled),
         trial!(a_live_agent_answers_before_the_servers_deadline),
