@@ -175,7 +175,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Ok(admitted) => {
                 backoff = Duration::from_millis(100);
                 waiting_logged = false;
-                let server_id = admitted.greeting.server_id;
+                // The run, not the identity: task keys of another run mean nothing.
+                let server_id = admitted.greeting.run;
                 let same = work.as_ref().is_some_and(|w| w.server_id == server_id);
                 if !same {
                     if let Some(old) = work.take() {

@@ -114,10 +114,15 @@ pub struct Welcome {
     pub connection: ConnId,
     /// Tasks the server holds at most at once (submissions beyond are refused).
     pub task_limit: u64,
-    /// Random for each run of the server: an agent that reconnects to the same number may
-    /// deliver the results it finished while disconnected ([`FromAgent::Recovered`]).
+    /// The server's identity: random for each run, or kept in its data directory across
+    /// restarts. A driver that reconnects to the same identity finds its session there.
     #[serde(default)]
     pub server_id: ServerId,
+    /// Random for each run of the server, data directory or not: an agent that reconnects to
+    /// the same run may deliver the results it finished while disconnected
+    /// ([`FromAgent::Recovered`]); the task keys of another run mean nothing.
+    #[serde(default)]
+    pub run: ServerId,
 }
 
 /// The server's answer to a [`Hello`] it refuses; the connection closes after it.
@@ -389,7 +394,7 @@ mod tests {
             let proof = Proof { proof: nonce };
             prop_assert_eq!(round_trip(&proof), proof);
             let welcome = HelloReply::Welcome(Welcome {
-                version, connection: ConnId::new(conn), task_limit: 5, server_id: ServerId::new(server),
+                version, connection: ConnId::new(conn), task_limit: 5, server_id: ServerId::new(server), run: ServerId::new(server ^ 1),
             });
             prop_assert_eq!(round_trip(&welcome), welcome);
         }

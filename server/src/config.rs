@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// Secrets peers must prove they know; none: no authentication (loopback only, unless
     /// `allow_insecure`).
     pub secrets: Secrets,
+    /// Where the server keeps its state on disk (see the `store` module): with one, a restart
+    /// keeps its identity, its sessions, their queued tasks and unfetched results. `None`: in
+    /// memory only.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Listen on a non-loopback address without secrets, although then anyone who can reach
     /// the port can run programs on the agents (the binary's `--insecure`).
     pub allow_insecure: bool,
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             deadline_grace: Duration::from_secs(30),
             secrets: Secrets::default(),
             allow_insecure: false,
+            data_dir: None,
         }
     }
 }

@@ -19,8 +19,10 @@ pub mod config;
 mod core;
 pub mod server;
 mod session;
+mod store;
 
 pub use blitzen_net::{Secret, Secrets};
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
 pub use config::ServerConfig;
 pub use server::{ServeError, Server, serve_until};
+pub use store::StoreError;

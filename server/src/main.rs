@@ -71,6 +71,12 @@ struct Args {
     /// the backstop.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     deadline_grace: Duration,
+    /// Keep the server's state in this directory (created if missing): after a restart — even
+    /// kill -9 — with the same directory, the server keeps its identity, its sessions, their
+    /// queued tasks and the results not yet fetched. A submission is saved before the driver
+    /// hears it accepted, a result before the agent hears it received. Default: in memory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
@@ -118,6 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         deadline_grace: args.deadline_grace,
         secrets: secrets(&args)?,
         allow_insecure: args.insecure,
+        data_dir: args.data_dir,
     };
     serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
     Ok(())

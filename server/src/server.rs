@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::ServerConfig;
 use crate::core::Core;
 use crate::session;
+use crate::store::{self, Loaded, Store, StoreError};
 
 /// Why a server cannot serve. None of these is helped by retrying as is.
 #[derive(thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum ServeError {
     /// The runtime or the system failed (no runtime, no randomness for the server's id).
     #[error("cannot serve: {0}")]
     Io(#[from] io::Error),
+    /// The data directory cannot be used (in use, another format, corrupt, not writable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
@@ -55,11 +59,21 @@ impl std::fmt::Debug for ServeError {
     }
 }
 
+/// A new random id for a run of the server.
+fn fresh_server_id() -> io::Result<ServerId> {
+    let random = blitzen_net::secret::nonce()?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&random[..8]);
+    Ok(ServerId::new(u64::from_be_bytes(id)))
+}
+
 /// A bound server, ready to run.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     config: ServerConfig,
+    /// The open data directory, this run's id, and what the directory held.
+    store: Option<(Store, ServerId, Loaded)>,
 }
 
 impl Server {
@@ -71,10 +85,21 @@ impl Server {
         if !config.bind.is_loopback() && !config.secrets.enabled() && !config.allow_insecure {
             return Err(ServeError::Insecure { ip: config.bind });
         }
+        let store = match &config.data_dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                let fresh = fresh_server_id()?;
+                let opened = tokio::task::spawn_blocking(move || Store::open(&dir, fresh))
+                    .await
+                    .map_err(io::Error::other)??;
+                Some(opened)
+            }
+            None => None,
+        };
         let addr = SocketAddr::new(config.bind, config.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, config })
+        Ok(Self { listener, config, store })
     }
 
     /// The address it listens on (useful with port 0).
@@ -88,14 +113,27 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let addr = self.listener.local_addr()?;
-        info!(%addr, authenticated = self.config.secrets.enabled(), "serving");
-        let core = tokio::spawn(Core::new(self.config.clone(), events_rx).run(shutdown.clone()));
-        let random = blitzen_net::secret::nonce()?;
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&random[..8]);
-        let server_id = ServerId::new(u64::from_be_bytes(id));
-        let shared =
-            Arc::new(session::Shared { events: events_tx, config: self.config.clone(), server_id });
+        let (server_id, durable) = match self.store {
+            Some((store, id, loaded)) => {
+                info!(
+                    sessions = loaded.sessions.len(),
+                    tasks = loaded.tasks.len(),
+                    results = loaded.results.len(),
+                    "state loaded from the data directory"
+                );
+                (id, Some((store::spawn_writer(store, events_tx.clone())?, loaded)))
+            }
+            None => (fresh_server_id()?, None),
+        };
+        info!(%addr, authenticated = self.config.secrets.enabled(), durable = durable.is_some(), "serving");
+        let core = Core::new(self.config.clone(), events_rx, durable);
+        let core = tokio::spawn(core.run(shutdown.clone()));
+        let shared = Arc::new(session::Shared {
+            events: events_tx,
+            config: self.config.clone(),
+            server_id,
+            run: fresh_server_id()?,
+        });
         let mut next_conn = 1u64;
         loop {
             tokio::select! {

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     /// This run of the server (see [`Welcome::server_id`]).
     pub server_id: ServerId,
+    /// This run of the server (see [`Welcome::run`]).
+    pub run: ServerId,
 }
 
 /// What a driver said in its hello.
@@ -79,6 +81,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
         connection: conn,
         task_limit: config.task_limit as u64,
         server_id: shared.server_id,
+        run: shared.run,
     };
     let admitted = match admit(stream, &config.secrets, welcome, config.handshake_timeout).await {
         Ok(admitted) => admitted,

@@ -83,6 +83,21 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until at least `count` lines of its log contain `text`, for at most `limit`; the
+    /// log is another process's file, so it is read again every 50 ms.
+    pub fn wait_for_log(&self, text: &str, count: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_text().lines().filter(|l| l.contains(text)).count() >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits at most `timeout` for it to exit by itself (woken by a pidfd, not by polling).
     pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};

@@ -98,21 +98,6 @@ fn a_frozen_agent_is_detected_and_its_late_results_are_dropped() -> Result<(), F
     check(d.join().is_empty(), "no duplicate result reached the driver")
 }
 
-/// Waits until `process`'s log has a line containing `text`, for at most `limit`; the log is
-/// another process's file, so it is read again every 50 ms.
-fn wait_for_log(process: &blitzen_tests::cluster::Process, text: &str, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if process.log_text().contains(text) {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A live agent on a slow link (1 MB/s through a throttling proxy) sends an 8 MB result, which
 /// takes several times its silence limit to cross: bytes arriving are proof of life, so it is
 /// not counted lost and the result arrives once.
@@ -190,7 +175,7 @@ fn a_frozen_driver_link_is_detected_on_both_ends() -> Result<(), Failed> {
         other => return Err(format!("expected Lost, got {other:?}").into()),
     }
     check(waited < Duration::from_secs(10), format!("noticed after {waited:?}"))?;
-    let noticed = wait_for_log(&server.process, "nothing arrived from the driver", WAIT / 6);
+    let noticed = server.process.wait_for_log("nothing arrived from the driver", 1, WAIT / 6);
     check(noticed, format!("the server noticed:\n{}", server.process.log_text()))
 }
 
@@ -206,10 +191,10 @@ fn an_agent_on_a_silent_link_notices_and_reconnects() -> Result<(), Failed> {
     let warm = d.run(echo::<u8>(), 1);
     d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
     proxy.freeze();
-    let lost = wait_for_log(&server.process, "counted lost", WAIT / 6);
+    let lost = server.process.wait_for_log("counted lost", 1, WAIT / 6);
     check(lost, format!("the server noticed first:\n{}", server.process.log_text()))?;
     check(!agent.log_text().contains("nothing arrived"), "the agent waits longer")?;
-    let noticed = wait_for_log(&agent, "nothing arrived from the server", WAIT / 3);
+    let noticed = agent.wait_for_log("nothing arrived from the server", 1, WAIT / 3);
     check(noticed, format!("the agent noticed:\n{}", agent.log_text()))?;
     // The link works again; the reconnected agent serves.
     proxy.cut();
@@ -244,7 +229,7 @@ fn a_result_lost_in_transit_is_sent_again_not_rerun() -> Result<(), Failed> {
     opened.map_err(fail)?;
     // The result leaves the agent 0.3 s from now, into a link that forwards nothing.
     proxy.freeze();
-    let lost = wait_for_log(&server.process, "counted lost", WAIT / 6);
+    let lost = server.process.wait_for_log("counted lost", 1, WAIT / 6);
     check(lost, format!("the agent counted lost:\n{}", server.process.log_text()))?;
     proxy.cut();
     proxy.thaw();

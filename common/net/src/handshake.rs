@@ -351,6 +351,7 @@ mod tests {
             connection: ConnId::new(1),
             task_limit: 10,
             server_id: ServerId::new(7),
+            run: ServerId::new(8),
         }
     }
 

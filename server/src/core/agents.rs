@@ -60,6 +60,9 @@ pub(super) struct Agent {
     pub acks: Vec<TaskKey>,
     /// When the oldest of `acks` was taken.
     pub acks_since: Option<Instant>,
+    /// Results taken whose batch is not saved in the data directory yet: `(batch, key)`;
+    /// acknowledged once it is.
+    pub unsaved: Vec<(u64, TaskKey)>,
     /// The agent process, the same on all its connections (0: none given): a new connection
     /// with the id of this one means this one is dead.
     pub id: u64,
@@ -152,6 +155,7 @@ impl Core {
             outbox: Vec::new(),
             acks: Vec::new(),
             acks_since: None,
+            unsaved: Vec::new(),
             id: joining.id,
         };
         self.agents.insert(conn, agent);
@@ -166,9 +170,14 @@ impl Core {
         let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
         let mut duplicates = 0;
         for r in results {
+            let (durable, batch) = (self.durable.is_some(), self.current_batch());
             if let Some(agent) = self.agents.get_mut(&conn) {
-                agent.acks.push(r.key);
-                agent.acks_since.get_or_insert_with(Instant::now);
+                if durable {
+                    agent.unsaved.push((batch, r.key));
+                } else {
+                    agent.acks.push(r.key);
+                    agent.acks_since.get_or_insert_with(Instant::now);
+                }
             }
             if !recovered {
                 let Some(agent) = self.agents.get_mut(&conn) else { return };

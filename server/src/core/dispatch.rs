@@ -106,7 +106,7 @@ impl Core {
             if !d.accepted_told {
                 d.accepted_told = true;
                 if let Some(tx) = &d.tx {
-                    let _ = tx.send(ToDriver::Accepted { count: d.accepted });
+                    let _ = tx.send(ToDriver::Accepted { count: d.durable_accepted });
                 }
             }
         }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::tasks::Task;
 use super::{Core, KindId};
+use crate::store::Change;
 
 /// A driver the server knows: connected, or departed without a goodbye while tasks or
 /// results are still held for it.
@@ -31,8 +32,13 @@ pub(super) struct Driver {
     pub tx: Option<mpsc::UnboundedSender<ToDriver>>,
     /// The kinds this connection declared, in order: a submission's `kind` indexes this.
     pub kinds: Vec<KindId>,
-    /// Tasks taken from this connection so far (queued, or refused with a report).
+    /// Tasks taken from this session so far (queued, or refused with a report).
     pub accepted: u64,
+    /// Of those, how many are saved in the data directory (all of them without one): what the
+    /// driver is told.
+    pub durable_accepted: u64,
+    /// `accepted` as it was at the end of each batch not committed yet: `(batch, count)`.
+    pub accepted_at: VecDeque<(u64, u64)>,
     /// Whether the driver was told the latest `accepted` count.
     pub accepted_told: bool,
     /// Queued tasks per kind, each in submission order. May hold keys of tasks that ended
@@ -43,6 +49,28 @@ pub(super) struct Driver {
     /// Its tasks still held (queued or running): a departed driver is forgotten once this is
     /// zero and the cache holds nothing for it.
     pub live: usize,
+}
+
+impl Driver {
+    /// A driver with nothing yet, not connected.
+    pub(super) fn departed(name: String, session: String, conn: ConnId, at: Instant) -> Self {
+        Self {
+            name,
+            session,
+            conn,
+            departed: Some(at),
+            next_id: 0,
+            tx: None,
+            kinds: Vec::new(),
+            accepted: 0,
+            durable_accepted: 0,
+            accepted_at: VecDeque::new(),
+            accepted_told: true,
+            queues: HashMap::new(),
+            outbox: Vec::new(),
+            live: 0,
+        }
+    }
 }
 
 impl Core {
@@ -111,20 +139,9 @@ impl Core {
             held: Vec::new(),
             next_id: 0,
         });
-        let driver = Driver {
-            name,
-            session: session.clone(),
-            conn,
-            departed: None,
-            next_id: 0,
-            tx: Some(tx),
-            kinds: Vec::new(),
-            accepted: 0,
-            accepted_told: true,
-            queues: HashMap::new(),
-            outbox: Vec::new(),
-            live: 0,
-        };
+        let mut driver = Driver::departed(name, session.clone(), conn, Instant::now());
+        driver.tx = Some(tx);
+        driver.departed = None;
         if !session.is_empty() {
             self.sessions.insert(session, conn);
         }
@@ -146,9 +163,9 @@ impl Core {
         let Some(driver) = self.drivers.get_mut(&conn) else { return };
         driver.kinds.extend(new_kinds);
         driver.accepted += submissions.len() as u64;
-        driver.accepted_told = false;
         let name = driver.name.clone();
         let declared = driver.kinds.clone();
+        let session = self.durable_session(conn);
         let mut unrunnable: HashMap<KindId, Vec<(DriverTaskId, TaskKey)>> = HashMap::new();
         // Whether a connected agent has each kind submitted, looked up once per kind.
         let mut runnable: HashMap<KindId, bool> = HashMap::new();
@@ -190,6 +207,12 @@ impl Core {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
             }
+            if let Some(session) = &session
+                && let Some(task) = self.tasks.get(key)
+            {
+                let task = task.clone();
+                self.record_task(&task, session);
+            }
             let can_run = *runnable.entry(kind).or_insert_with(|| self.can_run(kind));
             if !can_run {
                 unrunnable.entry(kind).or_default().push((s.id, key));
@@ -221,6 +244,18 @@ impl Core {
         for (kind, tasks) in unrunnable {
             self.queued_unrunnable(conn, kind, &tasks, now);
         }
+        // The driver hears them accepted once they are saved (at once without a data directory).
+        self.record_session(conn);
+        let batch = self.current_batch();
+        let durable = self.durable.is_some();
+        if let Some(d) = self.drivers.get_mut(&conn) {
+            if durable {
+                d.accepted_at.push_back((batch, d.accepted));
+            } else {
+                d.durable_accepted = d.accepted;
+                d.accepted_told = false;
+            }
+        }
     }
 
     /// A driver's connection ended. After a goodbye it is forgotten with its queued tasks and
@@ -234,6 +269,9 @@ impl Core {
             return;
         }
         info!(%conn, driver = %driver.name, "driver finished");
+        if let Some(session) = self.durable_session(conn) {
+            self.record(Change::SessionEnded { session });
+        }
         let Some(driver) = self.drivers.remove(&conn) else { return };
         self.sessions.remove(&driver.session);
         self.rotation.retain(|&c| c != conn);
@@ -250,6 +288,9 @@ impl Core {
         let task = self.tasks.remove(key)?;
         if let Some(d) = self.drivers.get_mut(&task.driver) {
             d.live = d.live.saturating_sub(1);
+        }
+        if let Some(session) = self.durable_session(task.driver) {
+            self.record(Change::TaskEnded { session, id: task.id.get() });
         }
         Some(task)
     }
@@ -270,6 +311,9 @@ impl Core {
             .map(|(&conn, _)| conn)
             .collect();
         for conn in done {
+            if let Some(session) = self.durable_session(conn) {
+                self.record(Change::SessionEnded { session });
+            }
             if let Some(d) = self.drivers.remove(&conn) {
                 debug!(%conn, driver = %d.name, "departed driver forgotten: nothing left for it");
                 self.sessions.remove(&d.session);
@@ -280,6 +324,10 @@ impl Core {
 
     /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
     pub(super) fn report(&mut self, conn: ConnId, report: TaskReport) {
+        if let Some(session) = self.durable_session(conn) {
+            let (id, report) = (report.id.get(), report.clone());
+            self.record(Change::Result { session, id, report });
+        }
         let Some(d) = self.drivers.get_mut(&conn) else { return };
         if d.tx.is_some() {
             d.outbox.push(report.clone());

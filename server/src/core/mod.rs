@@ -9,6 +9,7 @@
 //! - `drivers`: drivers joining and leaving, submissions, results on their way back.
 //! - `agents`: agents joining and leaving, their results, and deadlines of started tasks.
 //! - `dispatch`: assigning queued tasks to agents with credit, and flushing every outbox.
+//! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `tasks`: [`TaskTable`], the slab of every task held; `cache`: [`ResultCache`], the results
 //!   not yet acknowledged.
@@ -31,11 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ServerConfig;
+use crate::store::{Batches, Change, Loaded};
 
 mod agents;
 mod cache;
 mod dispatch;
 mod drivers;
+mod durable;
 mod tasks;
 mod waiting;
 
@@ -96,6 +99,8 @@ pub(crate) enum Event {
         /// The driver said goodbye: forget everything it had.
         bye: bool,
     },
+    /// The data directory holds every change up to this batch.
+    Committed { batch: u64 },
 }
 
 /// A [`TaskKind`] interned by the server: its index in `Core::kinds`.
@@ -146,11 +151,35 @@ pub(crate) struct Core {
     /// When queued tasks with an unrunnable limit give up; stale entries (the task started,
     /// ended, or its kind became runnable since) are skipped when they come up.
     give_ups: BinaryHeap<GiveUp>,
+    /// The data directory's writer and the changes of this turn, when there is one.
+    durable: Option<Durable>,
+}
+
+/// Changes on their way to the data directory (see `store`).
+pub(crate) struct Durable {
+    /// The writer thread's queue of batches.
+    tx: Batches,
+    /// Changes of the turn so far: batch `next_batch` once the turn ends.
+    changes: Vec<Change>,
+    /// The number of the batch being gathered.
+    next_batch: u64,
 }
 
 impl Core {
-    pub(crate) fn new(config: ServerConfig, events: mpsc::UnboundedReceiver<Event>) -> Self {
-        Self {
+    /// A core; with a data directory's writer and what the directory held, it starts from
+    /// that state: the sessions as departed drivers, their tasks queued, their results held.
+    pub(crate) fn new(
+        config: ServerConfig,
+        events: mpsc::UnboundedReceiver<Event>,
+        durable: Option<(Batches, Loaded)>,
+    ) -> Self {
+        let (durable, loaded) = match durable {
+            Some((tx, loaded)) => {
+                (Some(Durable { tx, changes: Vec::new(), next_batch: 1 }), Some(loaded))
+            }
+            None => (None, None),
+        };
+        let mut core = Self {
             cache: ResultCache::new(config.result_ttl, config.max_results),
             config,
             events,
@@ -167,7 +196,12 @@ impl Core {
             stranded: HashMap::new(),
             episodes: 0,
             give_ups: BinaryHeap::new(),
+            durable,
+        };
+        if let Some(loaded) = loaded {
+            core.restore(loaded);
         }
+        core
     }
 
     /// Serves until `shutdown` is cancelled, then tells every peer and returns.
@@ -223,7 +257,15 @@ impl Core {
             }
             Event::Ack { conn, ids } => {
                 if let Some(&driver) = self.connections.get(&conn) {
-                    self.cache.ack(driver, &ids)
+                    self.cache.ack(driver, &ids);
+                    if let Some(session) = self.durable_session(driver) {
+                        for id in ids {
+                            self.record(Change::ResultAcked {
+                                session: session.clone(),
+                                id: id.get(),
+                            });
+                        }
+                    }
                 }
             }
             Event::DriverLeft { conn, bye } => {
@@ -231,6 +273,7 @@ impl Core {
                     self.driver_left(driver, bye)
                 }
             }
+            Event::Committed { batch } => self.committed(batch),
         }
     }
 
@@ -238,6 +281,7 @@ impl Core {
     /// connection's batch sent, and what is no longer needed dropped.
     fn end_turn(&mut self) {
         self.dispatch();
+        self.save();
         self.flush();
         self.cache.trim();
         self.forget_departed();
@@ -262,7 +306,9 @@ impl Core {
             "shutting down"
         );
         self.flush();
-        for d in self.drivers.values() {
+        // With a data directory the drivers' sessions outlive this run: they are not told to
+        // give up, and reconnect when the server is back.
+        for d in self.drivers.values().filter(|_| self.durable.is_none()) {
             if let Some(tx) = &d.tx {
                 let _ = tx.send(ToDriver::ShuttingDown { reason: reason.clone() });
             }

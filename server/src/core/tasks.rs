@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::KindId;
 
 /// One task the server holds, from its submission until it ends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Task {
     /// The driver that submitted it; its result goes there.
     pub driver: ConnId,

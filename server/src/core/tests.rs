@@ -32,7 +32,7 @@ fn kind(name: &str) -> TaskKind {
 }
 
 fn core(config: ServerConfig) -> Core {
-    Core::new(config, mpsc::unbounded_channel().1)
+    Core::new(config, mpsc::unbounded_channel().1, None)
 }
 
 fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
@@ -152,6 +152,7 @@ fn credit_follows_task_length() {
         outbox: Vec::new(),
         acks: Vec::new(),
         acks_since: None,
+        unsaved: Vec::new(),
         id: 0,
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");

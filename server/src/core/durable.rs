@@ -1,0 +1,147 @@
+//! The core's side of the data directory: the state it starts from, and the changes of each turn
+//! handed to the writer (see `crate::store`). A driver hears its tasks accepted, and an agent its
+//! results received, once the batch that holds them is committed.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use blitzen_protocol::ids::{ConnId, DriverTaskId};
+use tracing::{debug, error, info};
+
+use super::Core;
+use super::drivers::Driver;
+use super::tasks::Task;
+use crate::store::{Change, Loaded, SessionRecord, TaskRecord};
+
+impl Core {
+    /// Starts from what the data directory held: each session as a driver that departed, its
+    /// tasks queued in submission order, its results held for it.
+    pub(super) fn restore(&mut self, loaded: Loaded) {
+        let now = Instant::now();
+        let mut keys: HashMap<String, ConnId> = HashMap::new();
+        for (i, (session, record)) in loaded.sessions.into_iter().enumerate() {
+            // Far above the numbers live connections get.
+            let key = ConnId::new(u64::MAX - i as u64);
+            let mut driver = Driver::departed(record.name, session.clone(), key, now);
+            driver.accepted = record.accepted;
+            driver.durable_accepted = record.accepted;
+            driver.next_id = record.next_id;
+            self.drivers.insert(key, driver);
+            self.rotation.push_back(key);
+            self.sessions.insert(session.clone(), key);
+            keys.insert(session, key);
+        }
+        let mut tasks = loaded.tasks;
+        tasks.sort_by_key(|(_, _, record)| record.seq);
+        let count = tasks.len();
+        for (session, id, record) in tasks {
+            let Some(&key) = keys.get(&session) else { continue };
+            let kind = self.intern(record.kind);
+            self.next_seq = self.next_seq.max(record.seq + 1);
+            let task_key = self.tasks.insert(Task {
+                driver: key,
+                id: DriverTaskId::new(id),
+                seq: record.seq,
+                kind,
+                args: record.args,
+                timeout_ms: record.timeout_ms,
+                retries: record.retries,
+                unrunnable_limit_ms: record.unrunnable_limit_ms,
+                agent: None,
+                // It may have been running when the server stopped: its agent may come back with
+                // its result, which a task with attempts is allowed.
+                attempts: record.attempts.max(1),
+            });
+            if let Some(d) = self.drivers.get_mut(&key) {
+                d.queues.entry(kind).or_default().push_back(task_key);
+                d.live += 1;
+            }
+        }
+        let results = loaded.results.len();
+        for (session, report) in loaded.results {
+            if let Some(&key) = keys.get(&session) {
+                self.cache.insert(key, report);
+            }
+        }
+        info!(sessions = keys.len(), tasks = count, results, "restored from the data directory");
+    }
+
+    /// Records a change for the data directory, when there is one.
+    pub(super) fn record(&mut self, change: Change) {
+        if let Some(durable) = &mut self.durable {
+            durable.changes.push(change);
+        }
+    }
+
+    /// The session of a driver whose state is saved: with a data directory and a session.
+    pub(super) fn durable_session(&self, driver: ConnId) -> Option<String> {
+        self.durable.as_ref()?;
+        self.drivers.get(&driver).map(|d| d.session.clone()).filter(|s| !s.is_empty())
+    }
+
+    /// The batch that changes recorded now go into; 0 without a data directory.
+    pub(super) fn current_batch(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.next_batch)
+    }
+
+    /// Records a task taken from a driver, and its session's counts.
+    pub(super) fn record_task(&mut self, task: &Task, session: &str) {
+        let record = TaskRecord {
+            kind: self.kind(task.kind).clone(),
+            args: task.args.clone(),
+            timeout_ms: task.timeout_ms,
+            retries: task.retries,
+            unrunnable_limit_ms: task.unrunnable_limit_ms,
+            seq: task.seq,
+            attempts: task.attempts,
+        };
+        let (session, id) = (session.to_string(), task.id.get());
+        self.record(Change::Task { session, id, record });
+    }
+
+    /// Records a session's counts.
+    pub(super) fn record_session(&mut self, driver: ConnId) {
+        let Some(session) = self.durable_session(driver) else { return };
+        let Some(d) = self.drivers.get(&driver) else { return };
+        let record =
+            SessionRecord { name: d.name.clone(), accepted: d.accepted, next_id: d.next_id };
+        self.record(Change::Session { session, record });
+    }
+
+    /// Hands the turn's changes to the writer as one batch.
+    pub(super) fn save(&mut self) {
+        let Some(durable) = &mut self.durable else { return };
+        if durable.changes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut durable.changes);
+        if durable.tx.send((durable.next_batch, batch)).is_err() {
+            error!("the data directory's writer has stopped; changes are kept in memory only");
+        }
+        durable.next_batch += 1;
+    }
+
+    /// Everything up to `batch` is on disk: the drivers hear their tasks accepted, the agents
+    /// their results received.
+    pub(super) fn committed(&mut self, batch: u64) {
+        for d in self.drivers.values_mut() {
+            while d.accepted_at.front().is_some_and(|&(b, _)| b <= batch) {
+                if let Some((_, count)) = d.accepted_at.pop_front() {
+                    d.durable_accepted = count;
+                    d.accepted_told = false;
+                }
+            }
+        }
+        let now = Instant::now();
+        for a in self.agents.values_mut() {
+            let (saved, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut a.unsaved).into_iter().partition(|&(b, _)| b <= batch);
+            a.unsaved = waiting;
+            if !saved.is_empty() {
+                debug!(host = %a.host, results = saved.len(), "results saved; acknowledged to the agent");
+                a.acks.extend(saved.into_iter().map(|(_, key)| key));
+                a.acks_since.get_or_insert(now);
+            }
+        }
+    }
+}

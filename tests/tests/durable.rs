@@ -1,0 +1,188 @@
+//! End-to-end tests of the data directory: the real `blitzen-server` killed with SIGKILL and
+//! started again on the same directory keeps its identity, its sessions, their queued tasks and
+//! their unfetched results; a directory it cannot use is a clear error at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blitzen::distributed::DistributedDispatcher;
+use blitzen::{Fetch, TaskError, echo};
+use blitzen_tests::cluster::{
+    ServerProcess, binary, driver, free_port, start_agent, start_program, start_server,
+};
+use blitzen_tests::{check, fail};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A directory for one test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("blitzen-durable-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn durable_server(dir: &TempDir, port: u16, extra: &[&str]) -> Result<ServerProcess, Failed> {
+    let port = port.to_string();
+    let mut args = vec!["--port", port.as_str(), "--data-dir", dir.arg()];
+    args.extend_from_slice(extra);
+    start_server(&args).map_err(fail)
+}
+
+/// Queued tasks survive a `kill -9` of the server, run once it is back, and their results —
+/// which nobody fetched — survive a second `kill -9` and reach a process that attaches to the
+/// session.
+fn queued_tasks_and_unfetched_results_survive_kill_9() -> Result<(), Failed> {
+    let dir = TempDir::new("survive");
+    let port = free_port().map_err(fail)?;
+    let session = format!("durable-{}", std::process::id());
+    let mut first = durable_server(&dir, port, &[])?;
+    // No agent yet: the tasks are queued, and accepted only once saved.
+    let d = driver(&first.addr).with_session(&session);
+    let ids: Vec<_> = (0..4u32).map(|i| d.run(echo::<u32>(), i)).collect();
+    d.wait_accepted(WAIT).map_err(fail)?;
+    d.detach();
+    blitzen_tests::kill(first.process.pid());
+    first.process.wait_exit(WAIT).map_err(fail)?;
+
+    let mut second = durable_server(&dir, port, &["--log-level", "debug"])?;
+    let restored = second.process.wait_for_log("restored from the data directory", 1, WAIT);
+    let log = second.process.log_text();
+    check(restored && log.contains("tasks=4"), format!("restored:\n{log}"))?;
+    let _agent = start_agent(&second.addr, 2, "keeper").map_err(fail)?;
+    let ran = second.process.wait_for_log("task finished", 4, WAIT);
+    check(ran, format!("the queued tasks ran:\n{}", second.process.log_text()))?;
+    // Nobody fetched the results: they wait in the directory, saved before the agent heard
+    // they arrived.
+    let saved = saved_results(&second, 4);
+    check(saved, format!("saved:\n{}", second.process.log_text()))?;
+    blitzen_tests::kill(second.process.pid());
+    second.process.wait_exit(WAIT).map_err(fail)?;
+
+    let third = durable_server(&dir, port, &[])?;
+    let attached = DistributedDispatcher::attach(&third.addr, &session).map_err(fail)?;
+    let results = attached.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<u32, TaskError>> = (0..4).map(Ok).collect();
+    check(results == expected, format!("{results:?}"))?;
+    check(attached.join().is_empty(), "each result once")
+}
+
+/// The server is killed with SIGKILL while a driver's 3,000 tasks run on two agents, and
+/// started again on its directory: the driver reconnects by itself, every task has exactly one
+/// result, and the caller sees no error.
+fn a_driver_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
+    let dir = TempDir::new("ride");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let _a = start_agent(&server.addr, 2, "agent-a").map_err(fail)?;
+    let _b = start_agent(&server.addr, 2, "agent-b").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..3_000u32).map(|i| d.run(echo::<u32>(), i)).collect();
+    let early = d.get_results_with(&ids[..500], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(early.iter().all(|r| r.is_ok()), "the first results")?;
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    let _back = durable_server(&dir, port, &[])?;
+    let rest = d.get_results_with(&ids[500..], Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<u32, TaskError>> = (500..3_000).map(Ok).collect();
+    check(rest == expected, "every result, once, none lost")?;
+    check(d.join().is_empty(), "nothing twice")
+}
+
+/// A server with a data directory that stops cleanly (SIGTERM) does not tell its drivers to give
+/// up: started again, it finishes their tasks, and the driver never saw an error.
+fn a_driver_waits_through_a_clean_restart() -> Result<(), Failed> {
+    let dir = TempDir::new("clean");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let _agent = start_agent(&server.addr, 1, "worker").map_err(fail)?;
+    let d = driver(&server.addr);
+    let id = d.run(blitzen::sleep, 1.0);
+    d.wait_accepted(WAIT).map_err(fail)?;
+    let status = server.process.stop().map_err(fail)?;
+    check(status.success(), format!("stopped cleanly: {status:?}"))?;
+    let _back = durable_server(&dir, port, &[])?;
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r == [Ok(1.0)], format!("{r:?}"))
+}
+
+/// Waits until the server's debug log says `count` results were saved (read every 50 ms).
+fn saved_results(server: &ServerProcess, count: usize) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let saved: usize = (server.process.log_text().lines())
+            .filter(|l| l.contains("results saved"))
+            .filter_map(|l| {
+                l.split("results=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok()
+            })
+            .sum::<usize>();
+        if saved >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A data directory the server cannot use stops it at start with a clear message, and nothing
+/// in it is overwritten.
+fn an_unusable_data_directory_is_a_clear_error() -> Result<(), Failed> {
+    let dir = TempDir::new("bad");
+    std::fs::create_dir_all(&dir.0).map_err(fail)?;
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, b"x").map_err(fail)?;
+    let garbage = dir.0.join("garbage");
+    std::fs::create_dir_all(&garbage).map_err(fail)?;
+    std::fs::write(garbage.join("blitzen.redb"), b"not a database").map_err(fail)?;
+    let busy = TempDir::new("busy");
+    let _running = durable_server(&busy, 0, &[])?;
+    let cases = [
+        (file.to_str().unwrap_or_default().to_string(), "as the data directory"),
+        (garbage.to_str().unwrap_or_default().to_string(), "cannot open the database"),
+        (busy.arg().to_string(), "in use by another running server"),
+    ];
+    for (path, expected) in cases {
+        let mut cmd = std::process::Command::new(binary("blitzen-server").map_err(fail)?);
+        cmd.args(["--port", "0", "--data-dir", &path]);
+        let mut process = start_program(cmd, "bad-dir").map_err(fail)?;
+        let status = process.wait_exit(WAIT / 3).map_err(fail)?;
+        let log = process.log_text();
+        check(status.is_some_and(|s| !s.success()), format!("{path}: not refused: {log}"))?;
+        check(log.contains(expected), format!("{path}: `{expected}` missing:\n{log}"))?;
+    }
+    let kept = std::fs::read(garbage.join("blitzen.redb")).map_err(fail)?;
+    check(kept == b"not a database", "the foreign file is left as it was")
+}
+
+/// A test named after its function.
+macro_rules! trial {
+    ($f:ident) => {
+        Trial::test(stringify!($f), $f)
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial!(queued_tasks_and_unfetched_results_survive_kill_9),
+        trial!(an_unusable_data_directory_is_a_clear_error),
+        trial!(a_driver_rides_through_a_kill_9_of_the_server),
+        trial!(a_driver_waits_through_a_clean_restart),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
