@@ -579,7 +579,15 @@ fn spawn_server_serves_its_duration_and_keeps_the_public_bind_rule() -> Result<(
     let started = Instant::now();
     local.spawn_server(Duration::from_millis(300)).map_err(fail)?;
     let took = started.elapsed();
-    check(took >= Duration::from_millis(300) && took < WAIT, format!("served {took:?}"))
+    check(took >= Duration::from_millis(300) && took < WAIT, format!("served {took:?}"))?;
+    // With a data directory, it keeps its state there.
+    let dir = std::env::temp_dir().join(format!("blitzen-test-{}-spawned", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let durable = DistributedDispatcher::new(format!("127.0.0.1:{port}")).with_data_dir(&dir);
+    durable.spawn_server(Duration::from_millis(100)).map_err(fail)?;
+    let made = dir.join("blitzen.redb").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    check(made, "the data directory holds the database")
 }
 
 /// A test named after its function.

@@ -37,7 +37,11 @@ use crate::tasks::Tasks;
 /// - its own: [`new`](Dispatcher::new), [`with_connect_timeout`](Dispatcher::with_connect_timeout),
 ///   [`with_unrunnable_limit`](Dispatcher::with_unrunnable_limit),
 ///   [`with_secret`](Dispatcher::with_secret), [`with_secret_file`](Dispatcher::with_secret_file),
-///   [`allow_insecure`](Dispatcher::allow_insecure), [`server`](Dispatcher::server),
+///   [`allow_insecure`](Dispatcher::allow_insecure), [`with_data_dir`](Dispatcher::with_data_dir),
+///   [`with_session`](Dispatcher::with_session), [`with_heartbeat`](Dispatcher::with_heartbeat),
+///   [`with_reconnect_window`](Dispatcher::with_reconnect_window),
+///   [`attach`](Dispatcher::attach), [`detach`](Dispatcher::detach),
+///   [`session`](Dispatcher::session), [`server`](Dispatcher::server),
 ///   [`connect`](Dispatcher::connect), [`wait_accepted`](Dispatcher::wait_accepted),
 ///   [`spawn_server`](Dispatcher::spawn_server), [`spawn_client`](Dispatcher::spawn_client);
 /// - shared with [`MulticoreDispatcher`](crate::MulticoreDispatcher):
@@ -103,6 +107,8 @@ pub struct Cluster {
     detached: Arc<std::sync::atomic::AtomicBool>,
     /// Whether `spawn_server` may listen on a non-loopback address without a secret.
     insecure: bool,
+    /// Where `spawn_server` keeps its state, if anywhere.
+    data_dir: Option<std::path::PathBuf>,
     /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
     /// needed ([`Cluster::secret`]).
     secret: Option<Secret>,
@@ -225,6 +231,7 @@ impl Dispatcher<Cluster> {
                 attach: false,
                 detached: Arc::default(),
                 insecure: false,
+                data_dir: None,
                 secret: None,
                 table,
                 handoff: Arc::new(Handoff::default()),
@@ -320,6 +327,14 @@ impl Dispatcher<Cluster> {
         Ok(self.with_secret(Secret::from_file(path)?))
     }
 
+    /// Makes [`spawn_server`](Self::spawn_server) keep its state in `dir` (the binary's
+    /// `--data-dir`): restarted on the same directory, it keeps its sessions, their queued tasks
+    /// and their unfetched results.
+    pub fn with_data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.backend.data_dir = Some(dir.into());
+        self
+    }
+
     /// Lets [`spawn_server`](Self::spawn_server) listen on a non-loopback address without a
     /// secret, although then anyone who can reach it can run programs on its agents.
     pub fn allow_insecure(mut self, allow: bool) -> Self {
@@ -393,6 +408,7 @@ impl Dispatcher<Cluster> {
             port: addr.port(),
             secrets: self.backend.secret()?.map(Secrets::both).unwrap_or_default(),
             allow_insecure: self.backend.insecure,
+            data_dir: self.backend.data_dir.clone(),
             ..ServerConfig::default()
         };
         blitzen_server::serve_until(config, duration.into(), |_| {})?;
