@@ -109,9 +109,17 @@ impl Core {
     }
 
     /// Hands the turn's changes to the writer as one batch.
+    /// Also when there is nothing to save, if a driver's acceptance or an agent's acknowledgement
+    /// waits for this batch: its commit is what releases them.
     pub(super) fn save(&mut self) {
+        let Some(next) = self.durable.as_ref().map(|d| d.next_batch) else { return };
+        let awaited = self
+            .agents
+            .values()
+            .any(|a| a.unsaved.last().is_some_and(|&(b, _)| b == next))
+            || self.drivers.values().any(|d| d.accepted_at.back().is_some_and(|&(b, _)| b == next));
         let Some(durable) = &mut self.durable else { return };
-        if durable.changes.is_empty() {
+        if durable.changes.is_empty() && !awaited {
             return;
         }
         let batch = std::mem::take(&mut durable.changes);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::agents::MAX_CREDIT;
 use super::*;
+use crate::store::Change;
 use blitzen_protocol::cluster::{Submission, TaskReport};
 use blitzen_protocol::ids::KindIndex;
 use blitzen_protocol::{Finished, Outcome};
@@ -623,4 +624,54 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
     assert!(!close.is_cancelled(), "a recovered result of the replaced connection is expected");
     let ids: Vec<u64> = heard(&mut d).outcomes.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, [0, 1], "each result once");
+}
+
+#[test]
+fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
+    let (batches, mut saved) = mpsc::unbounded_channel();
+    let mut c = Core::new(
+        ServerConfig::default(),
+        mpsc::unbounded_channel().1,
+        Some((batches, crate::store::Loaded::default())),
+    );
+    let mut d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    let accepted = |d: &mut mpsc::UnboundedReceiver<ToDriver>| {
+        std::iter::from_fn(|| d.try_recv().ok()).any(|m| matches!(m, ToDriver::Accepted { .. }))
+    };
+    assert!(!accepted(&mut d), "not before the batch is committed");
+    let (batch, changes) = saved.try_recv().expect("a batch");
+    assert!(changes.iter().any(|ch| matches!(ch, Change::Task { .. })), "{changes:?}");
+    c.on_event(Event::Committed { batch });
+    turn(&mut c);
+    assert!(accepted(&mut d), "accepted once saved");
+    // The result is saved before the agent hears it arrived.
+    let keys = assigned(&mut a);
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
+    turn(&mut c);
+    std::thread::sleep(Duration::from_millis(25));
+    turn(&mut c);
+    let acked = |a: &mut mpsc::UnboundedReceiver<ToAgent>| {
+        std::iter::from_fn(|| a.try_recv().ok()).any(|m| matches!(m, ToAgent::Ack(_)))
+    };
+    assert!(!acked(&mut a), "no acknowledgement before the commit");
+    let (batch, changes) = saved.try_recv().expect("a second batch");
+    assert!(changes.iter().any(|ch| matches!(ch, Change::Result { .. })), "{changes:?}");
+    c.on_event(Event::Committed { batch });
+    turn(&mut c);
+    std::thread::sleep(Duration::from_millis(25));
+    turn(&mut c);
+    assert!(acked(&mut a), "acknowledged once saved");
+    // A duplicate result changes nothing, but is acknowledged after an (empty) commit all the same.
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: true });
+    turn(&mut c);
+    let (batch, changes) = saved.try_recv().expect("a batch for the acknowledgement");
+    assert!(changes.is_empty());
+    c.on_event(Event::Committed { batch });
+    turn(&mut c);
+    std::thread::sleep(Duration::from_millis(25));
+    turn(&mut c);
+    assert!(acked(&mut a));
 }
