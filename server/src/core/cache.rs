@@ -21,6 +21,9 @@ pub(super) struct ResultCache {
     ttl: Duration,
     /// The count cap.
     max: usize,
+    /// Results evicted since the core last took them ([`ResultCache::take_evicted`]), for the
+    /// data directory to forget too.
+    evicted: Vec<(ConnId, DriverTaskId)>,
 }
 
 /// One result's place in the arrival order.
@@ -35,7 +38,14 @@ struct Arrival {
 
 impl ResultCache {
     pub(super) fn new(ttl: Duration, max: usize) -> Self {
-        Self { by_driver: HashMap::new(), order: VecDeque::new(), count: 0, ttl, max }
+        Self {
+            by_driver: HashMap::new(),
+            order: VecDeque::new(),
+            count: 0,
+            ttl,
+            max,
+            evicted: Vec::new(),
+        }
     }
 
     /// Keeps a result until acknowledged; returns how many older results the count cap evicted.
@@ -145,7 +155,13 @@ impl ResultCache {
             && results.remove(&id).is_some()
         {
             self.count -= 1;
+            self.evicted.push((driver, id));
         }
         true
+    }
+
+    /// The results evicted by the caps since the last call.
+    pub(super) fn take_evicted(&mut self) -> Vec<(ConnId, DriverTaskId)> {
+        std::mem::take(&mut self.evicted)
     }
 }

@@ -108,10 +108,24 @@ impl Core {
         self.record(Change::Session { session, record });
     }
 
+    /// Results the caps evicted from the cache leave the data directory too.
+    pub(super) fn record_evictions(&mut self) {
+        let evicted = self.cache.take_evicted();
+        if self.durable.is_none() {
+            return;
+        }
+        for (driver, id) in evicted {
+            if let Some(session) = self.durable_session(driver) {
+                self.record(Change::ResultAcked { session, id: id.get() });
+            }
+        }
+    }
+
     /// Hands the turn's changes to the writer as one batch.
     /// Also when there is nothing to save, if a driver's acceptance or an agent's acknowledgement
     /// waits for this batch: its commit is what releases them.
     pub(super) fn save(&mut self) {
+        self.record_evictions();
         let Some(next) = self.durable.as_ref().map(|d| d.next_batch) else { return };
         let awaited = self
             .agents

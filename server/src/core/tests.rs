@@ -675,3 +675,23 @@ fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
     turn(&mut c);
     assert!(acked(&mut a));
 }
+
+#[test]
+fn results_evicted_by_the_caps_leave_the_data_directory_too() {
+    let (batches, mut saved) = mpsc::unbounded_channel();
+    let config = ServerConfig { max_results: 1, ..ServerConfig::default() };
+    let mut c = Core::new(config, mpsc::unbounded_channel().1, Some((batches, Default::default())));
+    let _d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 2, &["t"]);
+    submit(&mut c, 1, "t", 0..2);
+    turn(&mut c);
+    c.on_event(Event::DriverLeft { conn: conn(1), bye: false });
+    let keys = assigned(&mut a);
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
+    turn(&mut c);
+    let changes: Vec<Change> =
+        std::iter::from_fn(|| saved.try_recv().ok()).flat_map(|(_, c)| c).collect();
+    let evicted =
+        changes.iter().filter(|ch| matches!(ch, Change::ResultAcked { id: 0, .. })).count();
+    assert_eq!(evicted, 1, "the older result is evicted on disk as in memory: {changes:?}");
+}
