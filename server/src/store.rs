@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::core::Event;
 
@@ -124,7 +124,10 @@ pub(crate) struct Loaded {
 
 /// An open data directory.
 pub(crate) struct Store {
-    db: Database,
+    /// `None` after a failed write: redb wants a database that hit an I/O error reopened.
+    db: Option<Database>,
+    /// The database file.
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,7 +154,7 @@ impl Store {
             Err(e) => return Err(StoreError::Open { path, message: e.to_string() }),
         };
         let open = |e: redb::Error| StoreError::Open { path: path.clone(), message: e.to_string() };
-        let store = Self { db };
+        let store = Self { db: Some(db), path: path.clone() };
         let server_id = store.server_id(fresh_id).map_err(open)?;
         let loaded = store.load().map_err(open)?;
         Ok((store, server_id, loaded))
@@ -159,7 +162,7 @@ impl Store {
 
     /// The stored server id, or `fresh` stored as it.
     fn server_id(&self, fresh: ServerId) -> Result<ServerId, redb::Error> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let id = {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get("server_id")?.map(|v| v.value());
@@ -179,8 +182,12 @@ impl Store {
         Ok(id)
     }
 
+    fn db(&self) -> Result<&Database, redb::Error> {
+        self.db.as_ref().ok_or_else(|| redb::Error::Corrupted("the database is closed".into()))
+    }
+
     fn load(&self) -> Result<Loaded, redb::Error> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut loaded = Loaded::default();
         let corrupt = |what: &str, e: rmp_serde::decode::Error| {
             redb::Error::Corrupted(format!("a stored {what} does not decode: {e}"))
@@ -205,14 +212,23 @@ impl Store {
         Ok(loaded)
     }
 
-    /// Commits `changes` in one transaction.
-    pub(crate) fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.apply_inner(changes).map_err(|e| StoreError::Write(e.to_string()))
+    /// Commits `changes` in one transaction. After a failure the database is closed, and the
+    /// next call opens it again first (redb keeps nothing of a transaction that failed).
+    pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            let db = Database::create(&self.path).map_err(|e| StoreError::Write(e.to_string()))?;
+            self.db = Some(db);
+        }
+        let result = self.apply_inner(changes).map_err(|e| StoreError::Write(e.to_string()));
+        if result.is_err() {
+            self.db = None;
+        }
+        result
     }
 
     fn apply_inner(&self, changes: &[Change]) -> Result<(), redb::Error> {
         let encode = |value: &dyn erased::Encode| value.encode();
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut sessions = txn.open_table(SESSIONS)?;
             let mut tasks = txn.open_table(TASKS)?;
@@ -263,27 +279,61 @@ mod erased {
 }
 
 /// Where the core sends its batches of changes: `(number, changes)`.
-pub(crate) type Batches = mpsc::UnboundedSender<(u64, Vec<Change>)>;
+pub(crate) type Batches = std::sync::mpsc::Sender<(u64, Vec<Change>)>;
+
+/// How often a writer that failed (a full disk) tries again when nothing new comes.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Starts the thread that commits the core's batches. Each batch is `(number, changes)`; the
 /// thread commits everything waiting in one transaction and tells the core the highest number
-/// committed. A failed commit is logged, and reported as committed: the server keeps serving
-/// from memory (what it holds then survives no restart).
+/// committed. When a commit fails (a full disk, an I/O error) it tells the core, keeps the
+/// changes, and tries again with what comes next, or every second: nothing accepted is lost,
+/// and saving resumes when space returns.
 pub(crate) fn spawn_writer(
-    store: Store,
+    mut store: Store,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Batches> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Change>)>();
     std::thread::Builder::new().name("blitzen-store".into()).spawn(move || {
-        while let Some((mut last, mut changes)) = rx.blocking_recv() {
-            while let Ok((number, more)) = rx.try_recv() {
+        let mut pending: Vec<Change> = Vec::new();
+        let mut last = 0;
+        let mut failing = false;
+        loop {
+            let next = if failing {
+                match rx.recv_timeout(RETRY) {
+                    Ok(batch) => Some(batch),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(batch) => Some(batch),
+                    Err(_) => break,
+                }
+            };
+            for (number, changes) in next.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
                 last = number;
-                changes.extend(more);
+                pending.extend(changes);
             }
-            if let Err(e) = store.apply(&changes) {
-                error!(error = %e, "a batch was not saved; the server goes on from memory");
-            }
-            if events.send(Event::Committed { batch: last }).is_err() {
+            let event = match store.apply(&pending) {
+                Ok(()) => {
+                    pending.clear();
+                    if failing {
+                        info!("the data directory takes writes again; everything held is saved");
+                    }
+                    failing = false;
+                    Event::Committed { batch: last }
+                }
+                Err(e) => {
+                    if !failing {
+                        error!(error = %e, "cannot save to the data directory; new tasks are refused until it can");
+                    }
+                    failing = true;
+                    Event::SaveFailed { error: e.to_string() }
+                }
+            };
+            if events.send(event).is_err() {
                 break;
             }
         }
@@ -317,7 +367,7 @@ mod tests {
     fn what_is_committed_is_there_after_reopening_and_the_id_stays() {
         let path = dir("reopen");
         let _ = std::fs::remove_dir_all(&path);
-        let (store, id, loaded) = Store::open(&path, ServerId::new(7)).expect("opens");
+        let (mut store, id, loaded) = Store::open(&path, ServerId::new(7)).expect("opens");
         assert_eq!(id, ServerId::new(7));
         assert!(loaded.tasks.is_empty());
         let s = || "s1".to_string();

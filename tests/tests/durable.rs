@@ -121,6 +121,85 @@ fn a_driver_waits_through_a_clean_restart() -> Result<(), Failed> {
     check(r == [Ok(1.0)], format!("{r:?}"))
 }
 
+/// A tmpfs of `size` mounted for one test, unmounted when dropped.
+struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    fn mount(label: &str, size: &str) -> Option<Self> {
+        let dir = TempDir::new(label);
+        std::fs::create_dir_all(&dir.0).ok()?;
+        let options = format!("size={size}");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs", dir.arg()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+
+    fn resize(&self, size: &str) -> bool {
+        let options = format!("remount,size={size}");
+        std::process::Command::new("mount")
+            .args(["-o", &options, self.0.arg()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.arg()).status();
+    }
+}
+
+/// Whether this test run may mount file systems (it runs as root).
+fn mount_permitted() -> bool {
+    Tmpfs::mount("probe", "64k").is_some()
+}
+
+/// A data directory whose disk fills up while serving: new submissions are refused with a clear
+/// `TaskError::Refused`, what was accepted is not lost, the server keeps running, and once there
+/// is space again it takes tasks again.
+fn a_full_disk_refuses_new_tasks_and_loses_nothing() -> Result<(), Failed> {
+    let disk = Tmpfs::mount("full", "3m").ok_or_else(|| fail("cannot mount a tmpfs"))?;
+    let server = durable_server(&disk.0, 0, &[])?;
+    let d = driver(&server.addr).with_session("full-disk");
+    // No agent yet: the tasks stay queued, 256 KiB of arguments each, until the disk is full.
+    let payload = blitzen::Blob::from(vec![7u8; 256 * 1024]);
+    let mut refused = None;
+    let mut accepted = Vec::new();
+    for _ in 0..64 {
+        // Queued (it waits: no agent), or refused at once. The one whose save hit the full
+        // disk is neither, until space returns: it is held, not lost.
+        let id = d.run(echo::<blitzen::Blob>(), payload.clone());
+        match d.get_results_with(&[id], Fetch::keep().within(Duration::from_millis(300))) {
+            Err(blitzen::DispatchError::WaitTimedOut { .. }) => accepted.push(id),
+            Ok(mut r) => match r.remove(0) {
+                Err(e @ TaskError::Refused { .. }) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+                other => return Err(format!("unexpected: {other:?}").into()),
+            },
+            Err(e) => return Err(format!("unexpected: {e}").into()),
+        }
+    }
+    let reason = refused.ok_or_else(|| fail("the disk never filled"))?;
+    check(reason.contains("cannot save to its data directory"), reason.clone())?;
+    check(!accepted.is_empty(), "some tasks were taken before the disk filled")?;
+    // Space returns: at the writer's next attempt (every second) saving resumes, the tasks
+    // accepted before run, and new ones are taken again.
+    check(disk.resize("64m"), "remount with more space")?;
+    let back = server.process.wait_for_log("takes writes again", 1, WAIT);
+    check(back, format!("saving resumed:\n{}", server.process.log_text()))?;
+    let _agent = start_agent(&server.addr, 1, "worker").map_err(fail)?;
+    let done = d.get_results_with(&accepted, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(done.iter().all(|r| r.as_ref().is_ok_and(|b| b.len() == 256 * 1024)), "nothing lost")?;
+    let id = d.run(echo::<u32>(), 5);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r == [Ok(5)], format!("{r:?}"))
+}
+
 /// Waits until the server's debug log says `count` results were saved (read every 50 ms).
 fn saved_results(server: &ServerProcess, count: usize) -> bool {
     let deadline = std::time::Instant::now() + WAIT;
@@ -178,11 +257,19 @@ macro_rules! trial {
 
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
+    let mount = mount_permitted();
+    if !mount {
+        eprintln!(
+            "a_full_disk_refuses_new_tasks_and_loses_nothing is skipped: mounting a tmpfs needs \
+             root (run the suite as root to include it)"
+        );
+    }
     let trials = vec![
         trial!(queued_tasks_and_unfetched_results_survive_kill_9),
         trial!(an_unusable_data_directory_is_a_clear_error),
         trial!(a_driver_rides_through_a_kill_9_of_the_server),
         trial!(a_driver_waits_through_a_clean_restart),
+        trial!(a_full_disk_refuses_new_tasks_and_loses_nothing).with_ignored_flag(!mount),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

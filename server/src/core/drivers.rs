@@ -170,6 +170,8 @@ impl Core {
         // Whether a connected agent has each kind submitted, looked up once per kind.
         let mut runnable: HashMap<KindId, bool> = HashMap::new();
         let mut refused = Vec::new();
+        let mut unsaved = Vec::new();
+        let save_failure = self.save_failure().map(str::to_string);
         let mut undeclared = Vec::new();
         let count = submissions.len();
         if let (Some(d), Some(last)) = (self.drivers.get_mut(&conn), submissions.last()) {
@@ -182,6 +184,10 @@ impl Core {
             };
             if self.tasks.len() >= self.config.task_limit {
                 refused.push(s.id);
+                continue;
+            }
+            if save_failure.is_some() {
+                unsaved.push(s.id);
                 continue;
             }
             let seq = self.next_seq;
@@ -226,6 +232,17 @@ impl Core {
                               (a bug in the driver)"
                     .to_string();
                 self.report(conn, TaskReport::unstarted(id, Outcome::Refused { reason }));
+            }
+        }
+        if let Some(error) = save_failure.filter(|_| !unsaved.is_empty()) {
+            warn!(%conn, driver = %name, refused = unsaved.len(), %error, "the data directory takes no writes; submissions refused");
+            let reason = format!(
+                "the server cannot save to its data directory ({error}); submit again once it \
+                 has space"
+            );
+            for id in unsaved {
+                let outcome = Outcome::Refused { reason: reason.clone() };
+                self.report(conn, TaskReport::unstarted(id, outcome));
             }
         }
         if !refused.is_empty() {

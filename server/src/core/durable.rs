@@ -108,6 +108,19 @@ impl Core {
         self.record(Change::Session { session, record });
     }
 
+    /// A commit failed: until one succeeds, new tasks are refused (what was accepted waits in
+    /// memory and in the writer, to be saved when space returns).
+    pub(super) fn save_failed(&mut self, error: String) {
+        if let Some(durable) = &mut self.durable {
+            durable.failure = Some(error);
+        }
+    }
+
+    /// Why new tasks cannot be taken now: the data directory does not take writes.
+    pub(super) fn save_failure(&self) -> Option<&str> {
+        self.durable.as_ref()?.failure.as_deref()
+    }
+
     /// Results the caps evicted from the cache leave the data directory too.
     pub(super) fn record_evictions(&mut self) {
         let evicted = self.cache.take_evicted();
@@ -146,6 +159,9 @@ impl Core {
     /// Everything up to `batch` is on disk: the drivers hear their tasks accepted, the agents
     /// their results received.
     pub(super) fn committed(&mut self, batch: u64) {
+        if let Some(durable) = &mut self.durable {
+            durable.failure = None;
+        }
         for d in self.drivers.values_mut() {
             while d.accepted_at.front().is_some_and(|&(b, _)| b <= batch) {
                 if let Some((_, count)) = d.accepted_at.pop_front() {

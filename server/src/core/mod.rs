@@ -101,6 +101,8 @@ pub(crate) enum Event {
     },
     /// The data directory holds every change up to this batch.
     Committed { batch: u64 },
+    /// The data directory cannot be written (a full disk): the changes wait for a retry.
+    SaveFailed { error: String },
 }
 
 /// A [`TaskKind`] interned by the server: its index in `Core::kinds`.
@@ -163,6 +165,8 @@ pub(crate) struct Durable {
     changes: Vec<Change>,
     /// The number of the batch being gathered.
     next_batch: u64,
+    /// Why the last commit failed, until one succeeds: new tasks are refused meanwhile.
+    failure: Option<String>,
 }
 
 impl Core {
@@ -174,9 +178,10 @@ impl Core {
         durable: Option<(Batches, Loaded)>,
     ) -> Self {
         let (durable, loaded) = match durable {
-            Some((tx, loaded)) => {
-                (Some(Durable { tx, changes: Vec::new(), next_batch: 1 }), Some(loaded))
-            }
+            Some((tx, loaded)) => (
+                Some(Durable { tx, changes: Vec::new(), next_batch: 1, failure: None }),
+                Some(loaded),
+            ),
             None => (None, None),
         };
         let mut core = Self {
@@ -274,6 +279,7 @@ impl Core {
                 }
             }
             Event::Committed { batch } => self.committed(batch),
+            Event::SaveFailed { error } => self.save_failed(error),
         }
     }
 

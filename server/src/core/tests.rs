@@ -628,7 +628,7 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
 
 #[test]
 fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
-    let (batches, mut saved) = mpsc::unbounded_channel();
+    let (batches, saved) = std::sync::mpsc::channel();
     let mut c = Core::new(
         ServerConfig::default(),
         mpsc::unbounded_channel().1,
@@ -678,7 +678,7 @@ fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
 
 #[test]
 fn results_evicted_by_the_caps_leave_the_data_directory_too() {
-    let (batches, mut saved) = mpsc::unbounded_channel();
+    let (batches, saved) = std::sync::mpsc::channel();
     let config = ServerConfig { max_results: 1, ..ServerConfig::default() };
     let mut c = Core::new(config, mpsc::unbounded_channel().1, Some((batches, Default::default())));
     let _d = driver(&mut c, 1);
@@ -694,4 +694,29 @@ fn results_evicted_by_the_caps_leave_the_data_directory_too() {
     let evicted =
         changes.iter().filter(|ch| matches!(ch, Change::ResultAcked { id: 0, .. })).count();
     assert_eq!(evicted, 1, "the older result is evicted on disk as in memory: {changes:?}");
+}
+
+#[test]
+fn while_the_data_directory_takes_no_writes_new_tasks_are_refused_saying_why() {
+    let (batches, _saved) = std::sync::mpsc::channel();
+    let mut c = Core::new(
+        ServerConfig::default(),
+        mpsc::unbounded_channel().1,
+        Some((batches, Default::default())),
+    );
+    let mut d = driver(&mut c, 1);
+    c.on_event(Event::SaveFailed { error: "No space left on device".into() });
+    submit(&mut c, 1, "t", 0..2);
+    turn(&mut c);
+    let h = heard(&mut d);
+    assert_eq!(h.outcomes.len(), 2, "{h:?}");
+    for (_, outcome) in &h.outcomes {
+        let Outcome::Refused { reason } = outcome else { panic!("{outcome:?}") };
+        assert!(reason.contains("cannot save to its data directory (No space left"), "{reason}");
+    }
+    // Space is back: a commit succeeds, and tasks are taken again.
+    c.on_event(Event::Committed { batch: 0 });
+    submit(&mut c, 1, "t", 2..3);
+    turn(&mut c);
+    assert!(heard(&mut d).outcomes.is_empty(), "queued, not refused");
 }
