@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_net::{AdmitError, FramedReader, NetError, admit, spawn_writer};
+use blitzen_net::{FramedReader, NetError, admit, spawn_writer};
 use blitzen_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, FromAgent, FromDriver, Role, ToAgent, ToDriver, Welcome,
 };
@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::ServerConfig;
 use crate::core::{Event, JoiningAgent};
@@ -85,8 +85,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     };
     let admitted = match admit(stream, &config.secrets, welcome, config.handshake_timeout).await {
         Ok(admitted) => admitted,
-        Err(AdmitError::Closed) => return debug!("closed before the handshake"),
-        Err(e) => return warn!(error = %e, "handshake failed; connection closed"),
+        // `admit` has logged why.
+        Err(_) => return,
     };
     let (reader, write) = (admitted.reader, admitted.write);
     match admitted.greeting.role {

@@ -176,14 +176,14 @@ async fn greet(
             // An empty proof tells the server why we give up; its refusal (awaited, so that
             // it has logged the attempt before we return) closes the exchange.
             let _ = send_one(&mut write, &Proof { proof: Bytes::new() }).await;
-            let _ = reader.next::<HelloReply>().await;
+            wait_for_close(&mut reader).await;
             return Err(ConnectError::SecretRequired { role: role_name });
         };
         if !secret.verify(Side::Server, role_name, &ours, &challenge.nonce, &challenge.proof) {
             // Leave without answering, and wait for the server to close its side, so that it
             // has logged the failed attempt before we return.
             let _ = write.shutdown().await;
-            let _ = reader.next::<HelloReply>().await;
+            wait_for_close(&mut reader).await;
             return Err(ConnectError::WrongSecret);
         }
         let proof = secret.proof(Side::Peer, role_name, &ours, &challenge.nonce);
@@ -200,6 +200,12 @@ async fn greet(
         HelloReply::Refusal(r) => Err(ConnectError::Refused(r.reason)),
         HelloReply::Challenge(_) => Err(ConnectError::SecondChallenge),
     }
+}
+
+/// Reads until the server closes the connection (its refusal included): it logs why before it
+/// closes, so a peer that reports the failure after this never races the server's log.
+async fn wait_for_close(reader: &mut FramedReader) {
+    while let Ok(Some(_)) = reader.next::<HelloReply>().await {}
 }
 
 async fn next_reply(reader: &mut FramedReader) -> Result<HelloReply, ConnectError> {
@@ -262,7 +268,8 @@ impl std::fmt::Debug for AdmitError {
 /// Shakes hands with a peer that connected: reads its hello, checks its version and, when
 /// `secrets` has one for its role, has it prove it; all within `limit`. On success sends
 /// `welcome` and returns the admitted connection with the peer's [`Hello`]; on failure the
-/// connection is closed (the peer told why when useful) and the error says what happened.
+/// failure is logged, the connection closed (the peer told why when useful), and the error says
+/// what happened.
 pub async fn admit(
     stream: TcpStream,
     secrets: &Secrets,
@@ -280,6 +287,12 @@ pub async fn admit(
             Ok(Admitted { reader, write, greeting: hello })
         }
         Err(e) => {
+            // Logged before the close: a refused peer waits for the close before it reports,
+            // so the server's line is always there first.
+            match &e {
+                AdmitError::Closed => tracing::debug!("closed before the handshake"),
+                e => tracing::warn!(error = %e, "handshake failed; connection closed"),
+            }
             let _ = write.shutdown().await;
             Err(e)
         }
