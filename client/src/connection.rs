@@ -1,21 +1,21 @@
 //! One connection of an agent to its server: tasks in, results out, heartbeats. A small type
 //! with one method per thing that can happen, driven by [`Connection::serve`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use blitzen_common::pool::{Job, JobResult};
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent};
-use blitzen_protocol::ids::{JobId, TaskKey};
+use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::{Finished, Outcome};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Work;
+use crate::{Held, Unacked, Work};
 
 /// An agent counts its server gone after three heartbeat intervals without a byte from it plus
 /// this much: a server that stalls for a few seconds (a paused VM, heavy swapping) should find
@@ -46,43 +46,64 @@ pub(crate) struct Connection<'a> {
     /// The tasks compiled into this binary, in the order the agent announced them: an
     /// assignment's kind indexes this.
     entries: &'a [&'static TaskEntry],
-    /// The pool and what it holds for this run of the server.
+    /// The pool and what it holds for this server.
     work: &'a mut Work,
     /// Frames to the server, batched by a writer task.
     writer: mpsc::UnboundedSender<FromAgent>,
-    /// Tasks assigned on this connection and not finished yet. When the connection ends they
-    /// join `Work::earlier`, to be delivered as recovered on the next one.
-    current: HashSet<TaskKey>,
+    /// This connection's number (see `Work::connection`).
+    number: u64,
     /// Whether anything was sent since the last heartbeat tick: a heartbeat is sent only into
     /// silence.
     sent_since_tick: bool,
     /// Results sent and not yet acknowledged by the server. When the connection ends they
     /// join `Work::unsent`, to go out again as recovered on the next one.
-    unacked: HashMap<TaskKey, AgentResult>,
+    unacked: HashMap<TaskKey, Unacked>,
+    /// While the restarted server has not answered the re-attach: its run, and the results
+    /// finished meanwhile (sent once the tasks have their new keys).
+    reattaching: Option<(ServerId, Vec<JobResult>)>,
 }
 
 impl<'a> Connection<'a> {
-    /// Starts serving an admitted connection.
+    /// Starts serving an admitted connection to the server's run `run`.
     pub(crate) fn new(
         entries: &'a [&'static TaskEntry],
         work: &'a mut Work,
         write: OwnedWriteHalf,
+        run: ServerId,
     ) -> Self {
         let (writer, _) = spawn_writer::<FromAgent>(write);
+        work.connection += 1;
+        let number = work.connection;
         let mut connection = Self {
             entries,
             work,
             writer,
-            current: HashSet::new(),
+            number,
             sent_since_tick: false,
             unacked: HashMap::new(),
+            reattaching: None,
         };
+        if connection.work.run != run {
+            // The server restarted on its data directory: the tasks held are named by their
+            // numbers there, and keep running if the server still has them.
+            let running = connection.work.jobs.values().filter_map(|h| h.seq);
+            let finished = connection.work.unsent.iter().filter_map(|u| u.seq);
+            let seqs: Vec<u64> = running.chain(finished).collect();
+            info!(
+                tasks = seqs.len(),
+                "the server restarted on its data directory; re-attaching with the tasks held"
+            );
+            connection.reattaching = Some((run, Vec::new()));
+            let _ = connection.send(FromAgent::Reattach(seqs));
+            return connection;
+        }
         // Results the last connection sent without hearing they arrived go out again first.
         let unsent = std::mem::take(&mut connection.work.unsent);
         if !unsent.is_empty() {
             info!(count = unsent.len(), "sending again results the server had not acknowledged");
-            connection.unacked.extend(unsent.iter().map(|r| (r.key, r.clone())));
-            let _ = connection.send(FromAgent::Recovered(unsent));
+            let results = unsent.iter().map(|u| u.result.clone()).collect();
+            connection.unacked.extend(unsent.into_iter().map(|u| (u.result.key, u)));
+            let _ = connection.send(FromAgent::Recovered(results));
         }
         connection
     }
@@ -112,6 +133,7 @@ impl<'a> Connection<'a> {
                         }
                         Ok(())
                     }
+                    Ok(Some(ToAgent::Reattached(kept))) => self.on_reattached(kept),
                     Err(NetError::Silent(limit)) => {
                         break End::Lost(format!("nothing arrived from the server for {limit:?}"));
                     }
@@ -127,8 +149,15 @@ impl<'a> Connection<'a> {
                 break closed.into();
             }
         };
-        // What is still running was assigned on this connection: delivered later as recovered.
-        self.work.earlier.extend(self.current);
+        // What is still running goes out as recovered on the next connection; results that
+        // finished while re-attaching wait in the pool's place.
+        if let Some((_, finished)) = self.reattaching.take() {
+            self.work.unsent.extend(finished.into_iter().filter_map(|r| {
+                let held = self.work.jobs.remove(&r.id)?;
+                let result = AgentResult { key: held.key, worker_pid: r.worker, run: r.run };
+                Some(Unacked { seq: held.seq, result })
+            }));
+        }
         self.work.unsent.extend(self.unacked.into_values());
         end
     }
@@ -144,9 +173,12 @@ impl<'a> Connection<'a> {
                 unknown.push(t.key);
                 continue;
             };
-            self.current.insert(t.key);
+            let id = JobId::new(self.work.next_job);
+            self.work.next_job += 1;
+            let held = Held { key: t.key, seq: t.seq, connection: self.number };
+            self.work.jobs.insert(id, held);
             let job = Job {
-                id: JobId::from(t.key),
+                id,
                 name: entry.name.into(),
                 fingerprint: entry.fingerprint,
                 args: t.args,
@@ -168,21 +200,70 @@ impl<'a> Connection<'a> {
         self.send(FromAgent::Done(done.collect()))
     }
 
+    /// The restarted server named the tasks it still has, with their keys in its new run: they
+    /// finish here; the others are dropped (the server queued them again, or they ended).
+    fn on_reattached(&mut self, kept: Vec<(u64, TaskKey)>) -> Result<(), Closed> {
+        let Some((run, finished)) = self.reattaching.take() else {
+            warn!("the server answered a re-attach this agent never asked for; ignored");
+            return Ok(());
+        };
+        let keys: HashMap<u64, TaskKey> = kept.into_iter().collect();
+        let number = self.number;
+        let (mut kept, mut dropped) = (0, 0);
+        self.work.jobs.retain(|_, held| {
+            if held.connection == number {
+                // Assigned by the new run, before its answer came.
+                return true;
+            }
+            let Some(&key) = held.seq.and_then(|seq| keys.get(&seq)) else {
+                dropped += 1;
+                return false;
+            };
+            *held = Held { key, seq: held.seq, connection: number };
+            kept += 1;
+            true
+        });
+        let mut again = Vec::new();
+        for mut u in std::mem::take(&mut self.work.unsent) {
+            if let Some(&key) = u.seq.and_then(|seq| keys.get(&seq)) {
+                u.result.key = key;
+                again.push(u.result.clone());
+                self.unacked.insert(key, u);
+                kept += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        self.work.run = run;
+        info!(kept, dropped, "re-attached: the tasks the server still has finish here");
+        if !again.is_empty() {
+            self.send(FromAgent::Done(again))?;
+        }
+        if finished.is_empty() { Ok(()) } else { self.on_results(finished) }
+    }
+
     /// Results from the pool: those of this connection's tasks go out as done, those of
     /// tasks assigned on an earlier connection as recovered.
     fn on_results(&mut self, mut batch: Vec<JobResult>) -> Result<(), Closed> {
         while let Ok(more) = self.work.results.try_recv() {
             batch.extend(more);
         }
+        if let Some((_, finished)) = &mut self.reattaching {
+            // Their keys may change: sent once the server has answered.
+            finished.extend(batch);
+            return Ok(());
+        }
         let (mut done, mut recovered) = (Vec::new(), Vec::new());
         for r in batch {
-            let key = TaskKey::from(r.id);
-            let result = AgentResult { key, worker_pid: r.worker, run: r.run };
-            if self.current.remove(&key) {
-                self.unacked.insert(key, result.clone());
+            let Some(held) = self.work.jobs.remove(&r.id) else {
+                debug!(job = %r.id, "result of a task dropped when re-attaching; discarded");
+                continue;
+            };
+            let result = AgentResult { key: held.key, worker_pid: r.worker, run: r.run };
+            self.unacked.insert(held.key, Unacked { seq: held.seq, result: result.clone() });
+            if held.connection == self.number {
                 done.push(result);
-            } else if self.work.earlier.remove(&key) {
-                self.unacked.insert(key, result.clone());
+            } else {
                 recovered.push(result);
             }
         }
@@ -202,8 +283,11 @@ impl<'a> Connection<'a> {
         while let Ok(more) = self.work.started.try_recv() {
             jobs.extend(more);
         }
-        let keys: Vec<TaskKey> =
-            jobs.into_iter().map(TaskKey::from).filter(|k| self.current.contains(k)).collect();
+        let keys: Vec<TaskKey> = (jobs.into_iter())
+            .filter_map(|id| self.work.jobs.get(&id))
+            .filter(|held| held.connection == self.number)
+            .map(|held| held.key)
+            .collect();
         if keys.is_empty() { Ok(()) } else { self.send(FromAgent::Started(keys)) }
     }
 

@@ -6,7 +6,9 @@
 //! When the connection is lost — the network failed, the agent was frozen — it reconnects by
 //! itself; tasks keep running meanwhile and their results are delivered once it is back (the
 //! server, which has handed them out again, keeps each task's first result). When the server
-//! itself restarted, the tasks of its previous run are dropped.
+//! restarted on its data directory (the same identity, another run), the agent re-attaches: it
+//! names the tasks it holds, and those the server still has finish here, once. When a server
+//! without a data directory restarted, the tasks of its previous run are dropped.
 //!
 //! The stock binary runs the built-in tasks (`sleep`, `echo`, `command`). A program with its own
 //! tasks runs an agent with `DistributedDispatcher::spawn_client`, which calls [`run`].
@@ -18,7 +20,7 @@
 
 mod connection;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,22 +177,23 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Ok(admitted) => {
                 backoff = Duration::from_millis(100);
                 waiting_logged = false;
-                // The run, not the identity: task keys of another run mean nothing.
-                let server_id = admitted.greeting.run;
+                // Another identity: a new server, or one without a data directory that
+                // restarted; nothing the pool holds means anything to it.
+                let (server_id, run) = (admitted.greeting.server_id, admitted.greeting.run);
                 let same = work.as_ref().is_some_and(|w| w.server_id == server_id);
                 if !same {
                     if let Some(old) = work.take() {
                         info!("the server restarted: the tasks of its previous run are dropped");
                         old.pool.shutdown().await;
                     }
-                    work = Some(Work::start(&config, server_id).await?);
+                    work = Some(Work::start(&config, server_id, run).await?);
                 }
                 let Some(w) = work.as_mut() else { break };
                 info!(server = %config.server, workers = config.pool.workers, "connected");
                 if let Some(connected) = &config.connected {
                     connected.notify_one();
                 }
-                let connection = Connection::new(&entries, w, admitted.write);
+                let connection = Connection::new(&entries, w, admitted.write, run);
                 match connection.serve(admitted.reader, config.heartbeat, &shutdown).await {
                     End::Stop => break,
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
@@ -220,25 +223,59 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// The worker pool for one run of a server, and what it holds.
+/// The worker pool for one server, and what it holds.
 struct Work {
-    /// The run of the server the pool's tasks were assigned by.
+    /// The server the pool's tasks came from, the same across its restarts when it has a data
+    /// directory.
     server_id: ServerId,
+    /// The run of the server whose keys the tasks held have: another run (the server
+    /// restarted) is re-attached to.
+    run: ServerId,
     pool: Pool,
     /// Finished jobs, from the pool's sink.
     results: mpsc::UnboundedReceiver<Vec<JobResult>>,
     /// Jobs with a timeout that started on a worker.
     started: mpsc::UnboundedReceiver<Vec<JobId>>,
-    /// Tasks assigned on earlier connections, still running here: their results go out as
-    /// recovered.
-    earlier: HashSet<TaskKey>,
+    /// The tasks the pool holds (running or waiting for a worker), by the agent's own job
+    /// number: a task's key may change when the agent re-attaches after a restart.
+    jobs: HashMap<JobId, Held>,
+    /// The next job's number.
+    next_job: u64,
+    /// Connections to this server so far; the current one's number. A job assigned on an
+    /// earlier connection goes out as recovered.
+    connection: u64,
     /// Results sent on an earlier connection that the server never acknowledged: sent again,
     /// as recovered, on the next one.
-    unsent: Vec<AgentResult>,
+    unsent: Vec<Unacked>,
+}
+
+/// A task the pool holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The server's key for it, in [`Work::run`].
+    key: TaskKey,
+    /// Its number in the server's data directory (see [`Assignment::seq`]).
+    ///
+    /// [`Assignment::seq`]: blitzen_protocol::cluster::Assignment::seq
+    seq: Option<u64>,
+    /// The connection it was assigned on (see [`Work::connection`]).
+    connection: u64,
+}
+
+/// A result sent and not yet acknowledged by the server.
+#[derive(Debug, Clone)]
+struct Unacked {
+    /// Its task's number in the data directory, to name it by when re-attaching.
+    seq: Option<u64>,
+    result: AgentResult,
 }
 
 impl Work {
-    async fn start(config: &AgentConfig, server_id: ServerId) -> Result<Self, AgentError> {
+    async fn start(
+        config: &AgentConfig,
+        server_id: ServerId,
+        run: ServerId,
+    ) -> Result<Self, AgentError> {
         let (results_tx, results) = mpsc::unbounded_channel::<Vec<JobResult>>();
         let sink = Box::new(move |batch| {
             let _ = results_tx.send(batch);
@@ -249,7 +286,17 @@ impl Work {
             let _ = started_tx.send(ids);
         }));
         let pool = Pool::start(pool_config, sink).await?;
-        Ok(Self { server_id, pool, results, started, earlier: HashSet::new(), unsent: Vec::new() })
+        Ok(Self {
+            server_id,
+            run,
+            pool,
+            results,
+            started,
+            jobs: HashMap::new(),
+            next_job: 0,
+            connection: 0,
+            unsent: Vec::new(),
+        })
     }
 }
 

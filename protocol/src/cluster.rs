@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 7;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 8;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -283,6 +283,11 @@ pub struct Assignment {
     /// Times to run it again when it crashes its worker or times out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// The task's number in the server's data directory, the same across the server's restarts
+    /// (absent without a data directory): an agent re-attaching to the restarted server names
+    /// the tasks it holds by it ([`FromAgent::Reattach`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// Server → agent.
@@ -300,6 +305,9 @@ pub enum ToAgent {
     /// The server has these results: the agent may forget them. Until then it keeps each, and
     /// sends it again (as recovered) on its next connection to the same server.
     Ack(Vec<TaskKey>),
+    /// The answer to [`FromAgent::Reattach`]: the tasks the agent keeps, each as
+    /// `(seq, key in this run)`. It drops the others: they are queued again, or ended.
+    Reattached(Vec<(u64, TaskKey)>),
 }
 
 /// A finished task, as an agent reports it.
@@ -329,6 +337,11 @@ pub enum FromAgent {
     Started(Vec<TaskKey>),
     /// Still alive (sent when nothing else was sent for a while).
     Heartbeat,
+    /// The first message to a server that restarted on its data directory (the same
+    /// [`Welcome::server_id`], another [`Welcome::run`]): the tasks this agent holds from the
+    /// server's previous run, by [`Assignment::seq`] — running, waiting for a worker, or finished
+    /// with a result the server never acknowledged. Answered by [`ToAgent::Reattached`].
+    Reattach(Vec<u64>),
 }
 
 #[cfg(test)]
@@ -423,15 +436,19 @@ mod tests {
         }
 
         #[test]
-        fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished()) {
+        fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished(), seq in proptest::option::of(any::<u64>())) {
             let key = TaskKey::new(key);
-            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1 }];
+            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq }];
             let assigned = ToAgent::Run(tasks);
             prop_assert_eq!(round_trip(&assigned), assigned);
             let done = FromAgent::Done(vec![AgentResult { key, worker_pid: Some(1), run }]);
             prop_assert_eq!(round_trip(&done), done);
             let started = FromAgent::Started(vec![key]);
             prop_assert_eq!(round_trip(&started), started);
+            let reattach = FromAgent::Reattach(vec![key.get(), 3]);
+            prop_assert_eq!(round_trip(&reattach), reattach);
+            let reattached = ToAgent::Reattached(vec![(3, key)]);
+            prop_assert_eq!(round_trip(&reattached), reattached);
         }
 
         #[test]

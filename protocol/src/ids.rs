@@ -75,20 +75,6 @@ id_type! {
     ServerId(u64)
 }
 
-impl From<TaskKey> for JobId {
-    /// An agent runs each task it is given as the pool job of the same number.
-    fn from(key: TaskKey) -> Self {
-        JobId(key.0)
-    }
-}
-
-impl From<JobId> for TaskKey {
-    /// The task an agent's pool job stands for (see `From<TaskKey> for JobId`).
-    fn from(job: JobId) -> Self {
-        TaskKey(job.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +89,5 @@ mod tests {
         let back: TaskKey = rmp_serde::from_slice(&[0xcd, 1, 44]).expect("decodes");
         assert_eq!((back, back.get(), back.to_string()), (key, 300, "300".to_string()));
         assert_eq!(format!("{:?}", KindIndex::new(2)), "KindIndex(2)");
-        assert_eq!(TaskKey::from(JobId::from(key)), key);
     }
 }

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// keeps its identity, its sessions, their queued tasks and unfetched results. `None`: in
     /// memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// After a restart on a data directory, the restored tasks wait this long at most for the
+    /// agents connected before the restart to re-attach with the ones they are running; once
+    /// all are back (or the time is up) the rest are queued again.
+    pub reattach_grace: Duration,
     /// Listen on a non-loopback address without secrets, although then anyone who can reach
     /// the port can run programs on the agents (the binary's `--insecure`).
     pub allow_insecure: bool,
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             secrets: Secrets::default(),
             allow_insecure: false,
             data_dir: None,
+            reattach_grace: Duration::from_secs(30),
         }
     }
 }

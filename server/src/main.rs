@@ -77,6 +77,11 @@ struct Args {
     /// hears it accepted, a result before the agent hears it received. Default: in memory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// With --data-dir: after a restart, seconds the restored tasks wait at most for the agents
+    /// connected before it to re-attach with the tasks they are running (which then finish once,
+    /// not rerun). Once every such agent is back, or the time is up, the rest are queued again.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    reattach_grace: Duration,
     /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
@@ -125,6 +130,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         secrets: secrets(&args)?,
         allow_insecure: args.insecure,
         data_dir: args.data_dir,
+        reattach_grace: args.reattach_grace,
     };
     serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
     Ok(())

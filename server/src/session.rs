@@ -139,6 +139,7 @@ async fn serve_agent(
                 Event::AgentDone { conn, results, recovered: true }
             }
             Ok(Some(FromAgent::Started(keys))) => Event::AgentStarted { conn, keys },
+            Ok(Some(FromAgent::Reattach(seqs))) => Event::AgentReattach { conn, seqs },
             Ok(Some(FromAgent::Heartbeat)) => continue,
             Ok(None) => break "connection closed".to_string(),
             Err(NetError::Silent(limit)) => {

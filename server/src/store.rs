@@ -23,8 +23,19 @@ use crate::core::Event;
 /// The database file inside the data directory.
 const FILE: &str = "blitzen.redb";
 
-/// `"server_id"` → the server's id, the same across restarts.
+/// The version of the tables' layout: a directory written with another is refused untouched.
+const FORMAT: u64 = 1;
+
+/// `"format"` → [`FORMAT`]; `"server_id"` → the server's id, the same across restarts;
+/// `"next_seq"` → above every task's `seq` so far, so numbers are never reused.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The server's kind number → the [`TaskKind`]: every kind it met, numbered densely in the order
+/// it met them, which a restarted server keeps (so a [`TaskRecord`] names its kind by number).
+const KINDS: TableDefinition<u32, &[u8]> = TableDefinition::new("kinds");
+/// Agent id → its host: the agents connected, which a restarted server waits for to re-attach.
+const AGENTS: TableDefinition<u64, &str> = TableDefinition::new("agents");
+/// (session, driver task id) → attempts, for the tasks whose agent vanished while holding them.
+const ATTEMPTS: TableDefinition<(&str, u64), u32> = TableDefinition::new("attempts");
 /// Session name → [`SessionRecord`].
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (session, driver task id) → [`TaskRecord`], for tasks queued or running.
@@ -73,13 +84,16 @@ pub(crate) struct SessionRecord {
 /// A task as stored: what it takes to queue it again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TaskRecord {
-    pub kind: TaskKind,
+    /// The kind's number (see [`KINDS`]).
+    pub kind: u32,
     #[serde(with = "serde_bytes_compat")]
     pub args: Bytes,
     pub timeout_ms: Option<u64>,
     pub retries: u32,
     pub unrunnable_limit_ms: u32,
     pub seq: u64,
+    /// Times an agent holding it vanished (kept in [`ATTEMPTS`], not here).
+    #[serde(skip)]
     pub attempts: u32,
 }
 
@@ -104,8 +118,16 @@ pub(crate) enum Change {
     Session { session: String, record: SessionRecord },
     /// A task taken from a driver.
     Task { session: String, id: u64, record: TaskRecord },
-    /// A task ended (its result, if any, is a `Result`).
-    TaskEnded { session: String, id: u64 },
+    /// A task ended (its result, if any, is a `Result`); `attempted` if it has attempts saved.
+    TaskEnded { session: String, id: u64, attempted: bool },
+    /// A task's agent vanished while holding it: it has been handed out this many times.
+    Attempts { session: String, id: u64, attempts: u32 },
+    /// A kind met for the first time, with its number (the next one).
+    Kind { number: u32, kind: TaskKind },
+    /// An agent connected.
+    Agent { id: u64, host: String },
+    /// An agent left (not when the server stops: then it is waited for after the restart).
+    AgentGone { id: u64 },
     /// A result held for a driver.
     Result { session: String, id: u64, report: TaskReport },
     /// A driver acknowledged a result.
@@ -118,8 +140,15 @@ pub(crate) enum Change {
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
     pub sessions: Vec<(String, SessionRecord)>,
+    /// With their attempts.
     pub tasks: Vec<(String, u64, TaskRecord)>,
     pub results: Vec<(String, TaskReport)>,
+    /// Every kind, in the order of its number.
+    pub kinds: Vec<TaskKind>,
+    /// The agents connected when the server stopped: `(id, host)`.
+    pub agents: Vec<(u64, String)>,
+    /// Above every task's `seq` so far.
+    pub next_seq: u64,
 }
 
 /// An open data directory.
@@ -160,15 +189,35 @@ impl Store {
         Ok((store, server_id, loaded))
     }
 
-    /// The stored server id, or `fresh` stored as it.
+    /// The stored server id, or `fresh` stored as it. A database of another layout is refused
+    /// before anything is written to it.
     fn server_id(&self, fresh: ServerId) -> Result<ServerId, redb::Error> {
+        // Read first: a database this server cannot use is left as it is.
+        let stored = match self.db()?.begin_read()?.open_table(META) {
+            Ok(meta) => {
+                (meta.get("server_id")?.map(|v| v.value()), meta.get("format")?.map(|v| v.value()))
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
+            Err(e) => return Err(e.into()),
+        };
+        if let (Some(_), format) | (None, format @ Some(_)) = stored
+            && format != Some(FORMAT)
+        {
+            let format = format.map_or("none".to_string(), |f| f.to_string());
+            return Err(redb::Error::Corrupted(format!(
+                "it was written by another version of blitzen-server (layout {format}; this one \
+                 reads layout {FORMAT})"
+            )));
+        }
         let txn = self.db()?.begin_write()?;
         let id = {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get("server_id")?.map(|v| v.value());
-            match stored {
-                Some(id) => ServerId::new(id),
-                None => {
+            let format = meta.get("format")?.map(|v| v.value());
+            match (stored, format) {
+                (Some(id), Some(FORMAT)) => ServerId::new(id),
+                _ => {
+                    meta.insert("format", FORMAT)?;
                     meta.insert("server_id", fresh.get())?;
                     fresh
                 }
@@ -178,6 +227,9 @@ impl Store {
         txn.open_table(SESSIONS)?;
         txn.open_table(TASKS)?;
         txn.open_table(RESULTS)?;
+        txn.open_table(KINDS)?;
+        txn.open_table(AGENTS)?;
+        txn.open_table(ATTEMPTS)?;
         txn.commit()?;
         Ok(id)
     }
@@ -209,6 +261,29 @@ impl Store {
             let report = rmp_serde::from_slice(report.value()).map_err(|e| corrupt("result", e))?;
             loaded.results.push((key.value().0.to_string(), report));
         }
+        for (i, entry) in txn.open_table(KINDS)?.iter()?.enumerate() {
+            let (number, kind) = entry?;
+            if number.value() as usize != i {
+                return Err(redb::Error::Corrupted(format!("kind number {i} is missing")));
+            }
+            loaded.kinds.push(rmp_serde::from_slice(kind.value()).map_err(|e| corrupt("kind", e))?);
+        }
+        if let Some((_, id, _)) =
+            loaded.tasks.iter().find(|(_, _, t)| t.kind as usize >= loaded.kinds.len())
+        {
+            return Err(redb::Error::Corrupted(format!("task {id} names a kind never stored")));
+        }
+        let attempts = txn.open_table(ATTEMPTS)?;
+        for (session, id, record) in &mut loaded.tasks {
+            if let Some(n) = attempts.get((session.as_str(), *id))? {
+                record.attempts = n.value();
+            }
+        }
+        for entry in txn.open_table(AGENTS)?.iter()? {
+            let (id, host) = entry?;
+            loaded.agents.push((id.value(), host.value().to_string()));
+        }
+        loaded.next_seq = txn.open_table(META)?.get("next_seq")?.map_or(0, |v| v.value());
         Ok(loaded)
     }
 
@@ -233,6 +308,10 @@ impl Store {
             let mut sessions = txn.open_table(SESSIONS)?;
             let mut tasks = txn.open_table(TASKS)?;
             let mut results = txn.open_table(RESULTS)?;
+            let mut attempts = txn.open_table(ATTEMPTS)?;
+            let mut kinds = txn.open_table(KINDS)?;
+            let mut agents = txn.open_table(AGENTS)?;
+            let mut next_seq = None;
             for change in changes {
                 match change {
                     Change::Session { session, record } => {
@@ -240,9 +319,25 @@ impl Store {
                     }
                     Change::Task { session, id, record } => {
                         tasks.insert((session.as_str(), *id), encode(record)?.as_slice())?;
+                        next_seq = next_seq.max(Some(record.seq + 1));
                     }
-                    Change::TaskEnded { session, id } => {
+                    Change::TaskEnded { session, id, attempted } => {
                         tasks.remove((session.as_str(), *id))?;
+                        if *attempted {
+                            attempts.remove((session.as_str(), *id))?;
+                        }
+                    }
+                    Change::Attempts { session, id, attempts: n } => {
+                        attempts.insert((session.as_str(), *id), *n)?;
+                    }
+                    Change::Kind { number, kind } => {
+                        kinds.insert(*number, encode(kind)?.as_slice())?;
+                    }
+                    Change::Agent { id, host } => {
+                        agents.insert(*id, host.as_str())?;
+                    }
+                    Change::AgentGone { id } => {
+                        agents.remove(*id)?;
                     }
                     Change::Result { session, id, report } => {
                         results.insert((session.as_str(), *id), encode(report)?.as_slice())?;
@@ -254,9 +349,15 @@ impl Store {
                         sessions.remove(session.as_str())?;
                         let all = (session.as_str(), 0)..=(session.as_str(), u64::MAX);
                         tasks.retain_in(all.clone(), |_, _| false)?;
+                        attempts.retain_in(all.clone(), |_, _| false)?;
                         results.retain_in(all, |_, _| false)?;
                     }
                 }
+            }
+            if let Some(next) = next_seq {
+                let mut meta = txn.open_table(META)?;
+                let stored = meta.get("next_seq")?.map_or(0, |v| v.value());
+                meta.insert("next_seq", next.max(stored))?;
             }
         }
         txn.commit()?;
@@ -353,7 +454,7 @@ mod tests {
 
     fn record(seq: u64) -> TaskRecord {
         TaskRecord {
-            kind: TaskKind { name: "t".into(), fingerprint: 1, signature: "fn t()".into() },
+            kind: 0,
             args: Bytes::from_static(b"\x01\x02"),
             timeout_ms: Some(5),
             retries: 1,
@@ -382,7 +483,16 @@ mod tests {
                 Change::Task { session: s(), id: 1, record: record(10) },
                 Change::Task { session: s(), id: 2, record: record(11) },
                 Change::Task { session: s(), id: 3, record: record(12) },
-                Change::TaskEnded { session: s(), id: 2 },
+                Change::Kind {
+                    number: 0,
+                    kind: TaskKind { name: "t".into(), fingerprint: 1, signature: "fn t()".into() },
+                },
+                Change::Attempts { session: s(), id: 3, attempts: 2 },
+                Change::Attempts { session: s(), id: 2, attempts: 1 },
+                Change::TaskEnded { session: s(), id: 2, attempted: true },
+                Change::Agent { id: 9, host: "a".into() },
+                Change::Agent { id: 10, host: "b".into() },
+                Change::AgentGone { id: 9 },
                 Change::Result { session: s(), id: 2, report },
                 Change::Session {
                     session: "gone".into(),
@@ -401,7 +511,12 @@ mod tests {
         let ids: Vec<u64> = loaded.tasks.iter().map(|(_, id, _)| *id).collect();
         assert_eq!(ids, [1, 3]);
         assert_eq!(loaded.tasks[0].2.args, Bytes::from_static(b"\x01\x02"));
+        let attempts: Vec<u32> = loaded.tasks.iter().map(|(_, _, t)| t.attempts).collect();
+        assert_eq!(attempts, [0, 2], "attempts saved, and gone with their task");
         assert_eq!(loaded.results.len(), 1);
+        assert_eq!(loaded.kinds.len(), 1);
+        assert_eq!(loaded.agents, [(10, "b".to_string())]);
+        assert_eq!(loaded.next_seq, 14, "above every seq stored, the ended ones too");
         let _ = std::fs::remove_dir_all(&path);
     }
 
@@ -414,6 +529,30 @@ mod tests {
         let err = Store::open(&path, ServerId::new(1)).expect_err("refused");
         assert!(matches!(err, StoreError::Open { .. }), "{err}");
         assert_eq!(std::fs::read(path.join(FILE)).expect("read"), b"not a database at all");
+        let _ = std::fs::remove_dir_all(&path);
+    }
+
+    #[test]
+    fn a_database_of_another_layout_is_refused_untouched() {
+        let path = dir("layout");
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("dir");
+        {
+            let db = Database::create(path.join(FILE)).expect("creates");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META).expect("meta").insert("server_id", 5).expect("insert");
+            txn.open_table(META).expect("meta").insert("format", FORMAT + 1).expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = Store::open(&path, ServerId::new(1)).expect_err("refused");
+        assert!(err.to_string().contains("another version of blitzen-server"), "{err}");
+        // redb marks an open file in its header, so compare what the tables hold.
+        let db = Database::create(path.join(FILE)).expect("opens");
+        let txn = db.begin_read().expect("txn");
+        let meta = txn.open_table(META).expect("meta");
+        let value = |k: &str| meta.get(k).expect("get").map(|v| v.value());
+        assert_eq!((value("format"), value("server_id")), (Some(FORMAT + 1), Some(5)));
+        assert!(txn.open_table(TASKS).is_err(), "no table was added");
         let _ = std::fs::remove_dir_all(&path);
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blitzen::distributed::DistributedDispatcher;
-use blitzen::{Fetch, TaskError, echo};
+use blitzen::{CommandSpec, Fetch, TaskError, command, echo, sleep};
 use blitzen_tests::cluster::{
     ServerProcess, binary, driver, free_port, start_agent, start_program, start_server,
 };
@@ -82,26 +82,109 @@ fn queued_tasks_and_unfetched_results_survive_kill_9() -> Result<(), Failed> {
     check(attached.join().is_empty(), "each result once")
 }
 
-/// The server is killed with SIGKILL while a driver's 3,000 tasks run on two agents, and
-/// started again on its directory: the driver reconnects by itself, every task has exactly one
-/// result, and the caller sees no error.
+/// The server is killed with SIGKILL while a driver's 10,000 tasks of 1–5 ms run on two
+/// agents, and started again on its directory: the agents re-attach, the driver reconnects by
+/// itself, every task has exactly one result, and the caller sees no error.
 fn a_driver_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
     let dir = TempDir::new("ride");
     let port = free_port().map_err(fail)?;
     let mut server = durable_server(&dir, port, &[])?;
-    let _a = start_agent(&server.addr, 2, "agent-a").map_err(fail)?;
-    let _b = start_agent(&server.addr, 2, "agent-b").map_err(fail)?;
+    let _a = start_agent(&server.addr, 3, "agent-a").map_err(fail)?;
+    let _b = start_agent(&server.addr, 3, "agent-b").map_err(fail)?;
     let d = driver(&server.addr);
-    let ids: Vec<_> = (0..3_000u32).map(|i| d.run(echo::<u32>(), i)).collect();
-    let early = d.get_results_with(&ids[..500], Fetch::default().within(WAIT)).map_err(fail)?;
+    let seconds = |i: u32| f64::from(1 + i % 5) / 1000.0;
+    let ids: Vec<_> = (0..10_000u32).map(|i| d.run(sleep, seconds(i))).collect();
+    let early = d.get_results_with(&ids[..2_000], Fetch::default().within(WAIT)).map_err(fail)?;
     check(early.iter().all(|r| r.is_ok()), "the first results")?;
     blitzen_tests::kill(server.process.pid());
     server.process.wait_exit(WAIT).map_err(fail)?;
-    let _back = durable_server(&dir, port, &[])?;
-    let rest = d.get_results_with(&ids[500..], Fetch::default().within(WAIT)).map_err(fail)?;
-    let expected: Vec<Result<u32, TaskError>> = (500..3_000).map(Ok).collect();
+    let back = durable_server(&dir, port, &[])?;
+    let rest = d.get_results_with(&ids[2_000..], Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<f64, TaskError>> = (2_000..10_000).map(|i| Ok(seconds(i))).collect();
     check(rest == expected, "every result, once, none lost")?;
-    check(d.join().is_empty(), "nothing twice")
+    check(d.join().is_empty(), "nothing twice")?;
+    let log = back.process.log_text();
+    check(
+        log.matches("agent re-attached after the restart").count() == 2,
+        format!("both agents re-attached:\n{log}"),
+    )
+}
+
+/// Lines in a file (0 if it does not exist).
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// Waits until `path` has `count` lines (read every 20 ms).
+fn wait_for_lines(path: &std::path::Path, count: usize) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if lines_in(path) >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A task running when the server is killed with SIGKILL keeps running on its agent, which
+/// re-attaches to the restarted server: it finishes exactly once (it writes a line each time it
+/// starts) and its result reaches the driver.
+fn a_task_running_at_a_kill_9_finishes_once() -> Result<(), Failed> {
+    let dir = TempDir::new("running");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let _agent = start_agent(&server.addr, 1, "keeper").map_err(fail)?;
+    let d = driver(&server.addr);
+    let starts = dir.0.with_extension("starts");
+    let _ = std::fs::remove_file(&starts);
+    let script = format!("echo started >> '{}'; sleep 3; echo finished", starts.display());
+    let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
+    check(wait_for_lines(&starts, 1), "the task started")?;
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    let back = durable_server(&dir, port, &[])?;
+    let result = d.get_results_with(&[id], Fetch::default().within(WAIT));
+    let runs = lines_in(&starts);
+    let _ = std::fs::remove_file(&starts);
+    let result = result.map_err(fail)?;
+    let out = match &result[0] {
+        Ok(out) => out,
+        Err(e) => return Err(fail(format!("the task failed: {e}"))),
+    };
+    check(out.success() && out.stdout.as_slice() == b"finished\n", format!("{out:?}"))?;
+    check(runs == 1, format!("started {runs} times, not once"))?;
+    let log = back.process.log_text();
+    check(log.contains("kept=1"), format!("re-attached with the task:\n{log}"))
+}
+
+/// When an agent does not come back after the restart, the restored tasks it may have been
+/// running are queued again once `--reattach-grace` has passed, and run on another agent.
+fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<(), Failed> {
+    let dir = TempDir::new("grace");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let mut gone = start_agent(&server.addr, 1, "gone").map_err(fail)?;
+    let d = driver(&server.addr);
+    let id = d.run(sleep, 2.0);
+    d.wait_accepted(WAIT).map_err(fail)?;
+    check(server.process.wait_for_log("agent connected", 1, WAIT), "the agent joined")?;
+    // The agent dies with the server.
+    blitzen_tests::kill(gone.pid());
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    gone.wait_exit(WAIT).map_err(fail)?;
+    let back = durable_server(&dir, port, &["--reattach-grace", "1"])?;
+    let _other = start_agent(&back.addr, 1, "other").map_err(fail)?;
+    let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let host = r[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+    check(host == "other", format!("ran on `{host}`"))?;
+    check(r[0].decode_as(sleep).map_err(fail)? == 2.0, "its value")?;
+    let log = back.process.log_text();
+    check(
+        log.contains("these agents did not re-attach") && log.contains("missing=gone"),
+        format!("logged:\n{log}"),
+    )
 }
 
 /// A server with a data directory that stops cleanly (SIGTERM) does not tell its drivers to give
@@ -269,6 +352,8 @@ fn main() -> std::process::ExitCode {
         trial!(an_unusable_data_directory_is_a_clear_error),
         trial!(a_driver_rides_through_a_kill_9_of_the_server),
         trial!(a_driver_waits_through_a_clean_restart),
+        trial!(a_task_running_at_a_kill_9_finishes_once),
+        trial!(tasks_of_an_agent_that_does_not_return_run_again_after_the_grace),
         trial!(a_full_disk_refuses_new_tasks_and_loses_nothing).with_ignored_flag(!mount),
     ];
     libtest_mimic::run(&args, trials).exit_code()

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Core, KindId};
+use crate::store::Change;
 
 /// Expected work per worker an agent may hold beyond its first two tasks per worker.
 const WORK_WINDOW: Duration = Duration::from_millis(5);
@@ -143,6 +144,9 @@ impl Core {
         let workers = (joining.workers as usize).max(1);
         let host = joining.host;
         info!(%conn, %host, workers, tasks = %names, "agent connected");
+        if joining.id != 0 && self.durable.is_some() {
+            self.record(Change::Agent { id: joining.id, host: host.clone() });
+        }
         self.kinds_runnable(kinds.keys().copied(), &host);
         let agent = Agent {
             host,
@@ -255,6 +259,9 @@ impl Core {
     pub(super) fn agent_left(&mut self, conn: ConnId, reason: &str) {
         let Some(agent) = self.agents.remove(&conn) else { return };
         warn!(%conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
+        if agent.id != 0 && self.durable.is_some() {
+            self.record(Change::AgentGone { id: agent.id });
+        }
         let mut lost = Vec::new();
         for key in agent.running {
             let Some(task) = self.tasks.get_mut(key) else { continue };
@@ -264,6 +271,8 @@ impl Core {
                 lost.push(key);
                 continue;
             }
+            self.record_attempts(key);
+            let Some(task) = self.tasks.get(key) else { continue };
             let (driver, kind, seq) = (task.driver, task.kind, task.seq);
             if let Some(d) = self.drivers.get_mut(&driver) {
                 // Back where it was in its queue: before what was submitted after it.

@@ -19,6 +19,8 @@ impl Core {
     /// Fills every agent's free credit, round-robin between drivers.
     pub(super) fn dispatch(&mut self) {
         let agent_ids: Vec<ConnId> = self.agents.keys().copied().collect();
+        // With a data directory each task carries its number, for re-attaching after a restart.
+        let durable = self.durable.is_some();
         for conn in agent_ids {
             // `running` includes the tasks still in the outbox.
             while let Some(agent) = self.agents.get(&conn) {
@@ -38,6 +40,7 @@ impl Core {
                     args: task.args.clone(),
                     timeout_ms: task.timeout_ms,
                     retries: task.retries,
+                    seq: durable.then_some(task.seq),
                 });
             }
         }

@@ -213,11 +213,8 @@ impl Core {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
             }
-            if let Some(session) = &session
-                && let Some(task) = self.tasks.get(key)
-            {
-                let task = task.clone();
-                self.record_task(&task, session);
+            if let Some(session) = &session {
+                self.record_task(key, session);
             }
             let can_run = *runnable.entry(kind).or_insert_with(|| self.can_run(kind));
             if !can_run {
@@ -307,7 +304,8 @@ impl Core {
             d.live = d.live.saturating_sub(1);
         }
         if let Some(session) = self.durable_session(task.driver) {
-            self.record(Change::TaskEnded { session, id: task.id.get() });
+            let attempted = task.attempts > 0;
+            self.record(Change::TaskEnded { session, id: task.id.get(), attempted });
         }
         Some(task)
     }

@@ -2,22 +2,30 @@
 //! handed to the writer (see `crate::store`). A driver hears its tasks accepted, and an agent its
 //! results received, once the batch that holds them is committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use blitzen_protocol::ids::{ConnId, DriverTaskId};
+use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tracing::{debug, error, info};
 
-use super::Core;
 use super::drivers::Driver;
+use super::reattach::Restart;
 use super::tasks::Task;
+use super::{Core, KindId};
 use crate::store::{Change, Loaded, SessionRecord, TaskRecord};
 
 impl Core {
     /// Starts from what the data directory held: each session as a driver that departed, its
-    /// tasks queued in submission order, its results held for it.
+    /// tasks in submission order, its results held for it. The tasks are held back from
+    /// dispatch while the agents connected before the restart re-attach (see `reattach`), or
+    /// queued at once when there were none.
     pub(super) fn restore(&mut self, loaded: Loaded) {
         let now = Instant::now();
+        // The kinds first, in the order of their numbers: each gets its number back as its id.
+        if let Some(durable) = &mut self.durable {
+            durable.kinds_saved = loaded.kinds.len() as u32;
+        }
+        let kinds: Vec<KindId> = loaded.kinds.into_iter().map(|k| self.intern(k)).collect();
         let mut keys: HashMap<String, ConnId> = HashMap::new();
         for (i, (session, record)) in loaded.sessions.into_iter().enumerate() {
             // Far above the numbers live connections get.
@@ -31,12 +39,17 @@ impl Core {
             self.sessions.insert(session.clone(), key);
             keys.insert(session, key);
         }
+        self.next_seq = loaded.next_seq;
+        let hold = !loaded.agents.is_empty();
+        let mut held = HashMap::new();
+        let mut queued_kinds = HashSet::new();
         let mut tasks = loaded.tasks;
         tasks.sort_by_key(|(_, _, record)| record.seq);
         let count = tasks.len();
         for (session, id, record) in tasks {
             let Some(&key) = keys.get(&session) else { continue };
-            let kind = self.intern(record.kind);
+            // The store checked that every task's kind is stored.
+            let Some(&kind) = kinds.get(record.kind as usize) else { continue };
             self.next_seq = self.next_seq.max(record.seq + 1);
             let task_key = self.tasks.insert(Task {
                 driver: key,
@@ -48,13 +61,15 @@ impl Core {
                 retries: record.retries,
                 unrunnable_limit_ms: record.unrunnable_limit_ms,
                 agent: None,
-                // It may have been running when the server stopped: its agent may come back with
-                // its result, which a task with attempts is allowed.
-                attempts: record.attempts.max(1),
+                attempts: record.attempts,
             });
-            if let Some(d) = self.drivers.get_mut(&key) {
+            let Some(d) = self.drivers.get_mut(&key) else { continue };
+            d.live += 1;
+            if hold {
+                held.insert(record.seq, task_key);
+            } else {
                 d.queues.entry(kind).or_default().push_back(task_key);
-                d.live += 1;
+                queued_kinds.insert(kind);
             }
         }
         let results = loaded.results.len();
@@ -64,6 +79,15 @@ impl Core {
             }
         }
         info!(sessions = keys.len(), tasks = count, results, "restored from the data directory");
+        if hold {
+            let hosts: Vec<&str> = loaded.agents.iter().map(|(_, h)| h.as_str()).collect();
+            let grace = self.config.reattach_grace;
+            info!(tasks = held.len(), agents = %hosts.join(", "), ?grace, "holding the restored tasks while the agents connected before the restart re-attach");
+            let awaiting = loaded.agents.into_iter().collect();
+            self.restart = Some(Restart { until: now + grace, awaiting, held });
+        } else {
+            self.kinds_left(queued_kinds.into_iter().collect(), now);
+        }
     }
 
     /// Records a change for the data directory, when there is one.
@@ -84,19 +108,29 @@ impl Core {
         self.durable.as_ref().map_or(0, |d| d.next_batch)
     }
 
-    /// Records a task taken from a driver, and its session's counts.
-    pub(super) fn record_task(&mut self, task: &Task, session: &str) {
+    /// Records a task taken from a driver.
+    pub(super) fn record_task(&mut self, key: TaskKey, session: &str) {
+        let Some(task) = self.tasks.get(key) else { return };
         let record = TaskRecord {
-            kind: self.kind(task.kind).clone(),
+            kind: task.kind.0,
             args: task.args.clone(),
             timeout_ms: task.timeout_ms,
             retries: task.retries,
             unrunnable_limit_ms: task.unrunnable_limit_ms,
             seq: task.seq,
-            attempts: task.attempts,
+            attempts: 0,
         };
         let (session, id) = (session.to_string(), task.id.get());
         self.record(Change::Task { session, id, record });
+    }
+
+    /// Records that a task's agent vanished while holding it.
+    pub(super) fn record_attempts(&mut self, key: TaskKey) {
+        let Some(task) = self.tasks.get(key) else { return };
+        let (id, attempts) = (task.id.get(), task.attempts);
+        if let Some(session) = self.durable_session(task.driver) {
+            self.record(Change::Attempts { session, id, attempts });
+        }
     }
 
     /// Records a session's counts.

@@ -10,6 +10,7 @@
 //! - `agents`: agents joining and leaving, their results, and deadlines of started tasks.
 //! - `dispatch`: assigning queued tasks to agents with credit, and flushing every outbox.
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
+//! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `tasks`: [`TaskTable`], the slab of every task held; `cache`: [`ResultCache`], the results
 //!   not yet acknowledged.
@@ -39,12 +40,14 @@ mod cache;
 mod dispatch;
 mod drivers;
 mod durable;
+mod reattach;
 mod tasks;
 mod waiting;
 
 use agents::{Agent, Deadline};
 use cache::ResultCache;
 use drivers::Driver;
+use reattach::Restart;
 use tasks::TaskTable;
 use waiting::{GiveUp, Stranded};
 
@@ -71,6 +74,8 @@ pub(crate) enum Event {
     },
     /// Tasks with a timeout started on the agent's workers.
     AgentStarted { conn: ConnId, keys: Vec<TaskKey> },
+    /// An agent re-attached after a restart with the tasks it holds from before, by `seq`.
+    AgentReattach { conn: ConnId, seqs: Vec<u64> },
     /// An agent's connection ended, or it went silent.
     AgentLeft { conn: ConnId, reason: String },
     /// A driver was admitted.
@@ -155,6 +160,8 @@ pub(crate) struct Core {
     give_ups: BinaryHeap<GiveUp>,
     /// The data directory's writer and the changes of this turn, when there is one.
     durable: Option<Durable>,
+    /// After a restart: the restored tasks held back while the agents re-attach.
+    restart: Option<Restart>,
 }
 
 /// Changes on their way to the data directory (see `store`).
@@ -167,6 +174,8 @@ pub(crate) struct Durable {
     next_batch: u64,
     /// Why the last commit failed, until one succeeds: new tasks are refused meanwhile.
     failure: Option<String>,
+    /// Kinds saved so far: those numbered below this (a kind's number is its [`KindId`]).
+    kinds_saved: u32,
 }
 
 impl Core {
@@ -179,7 +188,13 @@ impl Core {
     ) -> Self {
         let (durable, loaded) = match durable {
             Some((tx, loaded)) => (
-                Some(Durable { tx, changes: Vec::new(), next_batch: 1, failure: None }),
+                Some(Durable {
+                    tx,
+                    changes: Vec::new(),
+                    next_batch: 1,
+                    failure: None,
+                    kinds_saved: 0,
+                }),
                 Some(loaded),
             ),
             None => (None, None),
@@ -202,6 +217,7 @@ impl Core {
             episodes: 0,
             give_ups: BinaryHeap::new(),
             durable,
+            restart: None,
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -216,6 +232,7 @@ impl Core {
             let deadline = self.deadlines.peek().map(|d| d.at);
             let waiting = self.next_waiting_timer();
             let acks = self.next_ack_due();
+            let release = self.next_release();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -228,6 +245,7 @@ impl Core {
                 _ = sleep_until(waiting), if waiting.is_some() => {
                     self.on_waiting_timer(Instant::now());
                 }
+                _ = sleep_until(release), if release.is_some() => self.on_release_timer(),
                 // Acknowledgements held back go out at the end of this turn.
                 _ = sleep_until(acks), if acks.is_some() => {}
             }
@@ -249,6 +267,7 @@ impl Core {
                 self.agent_done(conn, results, recovered)
             }
             Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
+            Event::AgentReattach { conn, seqs } => self.agent_reattached(conn, seqs),
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
             Event::DriverJoined { conn, name, session, attach, tx } => {
                 self.driver_joined(conn, name, session, attach, tx)
@@ -334,6 +353,12 @@ impl Core {
             return id;
         }
         let id = KindId(self.kinds.len() as u32);
+        if let Some(durable) = &mut self.durable
+            && id.0 >= durable.kinds_saved
+        {
+            durable.kinds_saved = id.0 + 1;
+            durable.changes.push(Change::Kind { number: id.0, kind: kind.clone() });
+        }
         self.kinds.push(kind);
         self.kind_ids.insert(key, id);
         id
