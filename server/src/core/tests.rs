@@ -720,3 +720,61 @@ fn while_the_data_directory_takes_no_writes_new_tasks_are_refused_saying_why() {
     turn(&mut c);
     assert!(heard(&mut d).outcomes.is_empty(), "queued, not refused");
 }
+
+#[test]
+fn after_a_restart_restored_tasks_wait_for_the_saved_agents_and_finish_where_they_run() {
+    use crate::store::{Loaded, SessionRecord, TaskRecord};
+    let record = |seq: u64| TaskRecord {
+        kind: 0,
+        args: Bytes::new(),
+        timeout_ms: Some(60_000),
+        retries: 0,
+        unrunnable_limit_ms: 0,
+        seq,
+        attempts: 0,
+    };
+    let loaded = Loaded {
+        sessions: vec![("s1".into(), SessionRecord { name: "d1".into(), accepted: 3, next_id: 3 })],
+        tasks: (0..3).map(|i| ("s1".to_string(), i, record(10 + i))).collect(),
+        kinds: vec![kind("t")],
+        // Agent 1010 (`agent(.., 10, ..)`) was connected when the server stopped.
+        agents: vec![(1010, "a10".into())],
+        next_seq: 13,
+        ..Loaded::default()
+    };
+    let (batches, _saved) = std::sync::mpsc::channel();
+    let mut c =
+        Core::new(ServerConfig::default(), mpsc::unbounded_channel().1, Some((batches, loaded)));
+    // A new agent gets nothing while the restored tasks are held.
+    let mut other = agent(&mut c, 20, 4, &["t"]);
+    turn(&mut c);
+    assert!(assigned(&mut other).is_empty(), "held while the saved agent may come back");
+    // The saved agent comes back holding seq 11 (running) and 99 (unknown here).
+    let mut back = agent(&mut c, 10, 1, &["t"]);
+    c.on_event(Event::AgentReattach { conn: conn(10), seqs: vec![11, 99] });
+    let mut kept = None;
+    while let Ok(msg) = back.try_recv() {
+        if let ToAgent::Reattached(pairs) = msg {
+            kept = Some(pairs);
+        }
+    }
+    let kept = kept.expect("answered");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let (seq, key) = kept[0];
+    assert_eq!((seq, owner(&c, &key)), (11, (u64::MAX, 1)), "bound under a new key");
+    assert_eq!(c.tasks[&key].agent, Some(conn(10)));
+    // Every saved agent is back: the rest are queued again, oldest first, and run.
+    turn(&mut c);
+    assert!(c.restart.is_none());
+    let mut ids: Vec<u64> = (assigned(&mut other).into_iter().chain(assigned(&mut back)))
+        .map(|k| owner(&c, &k).1)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 2], "the unclaimed tasks run; the claimed one is not started again");
+    // Its result is taken once.
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&[key]), recovered: false });
+    assert!(c.tasks.get(key).is_none());
+    // New tasks get numbers above every saved one.
+    let _d = driver(&mut c, 1);
+    assert!(c.next_seq >= 13);
+}
