@@ -113,6 +113,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let addr = self.listener.local_addr()?;
+        let mut writer = None;
         let (server_id, durable) = match self.store {
             Some((store, id, loaded)) => {
                 info!(
@@ -121,7 +122,9 @@ impl Server {
                     results = loaded.results.len(),
                     "state loaded from the data directory"
                 );
-                (id, Some((store::spawn_writer(store, events_tx.clone())?, loaded)))
+                let (batches, thread) = store::spawn_writer(store, events_tx.clone())?;
+                writer = Some(thread);
+                (id, Some((batches, loaded)))
             }
             None => (fresh_server_id()?, None),
         };
@@ -154,6 +157,11 @@ impl Server {
         }
         drop(shared);
         let _ = core.await;
+        // The core is gone with its sender of batches: the writer commits what it has and
+        // closes the database, so the directory is free when this returns.
+        if let Some(thread) = writer {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         info!("stopped");
         Ok(())
     }

@@ -389,13 +389,14 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// thread commits everything waiting in one transaction and tells the core the highest number
 /// committed. When a commit fails (a full disk, an I/O error) it tells the core, keeps the
 /// changes, and tries again with what comes next, or every second: nothing accepted is lost,
-/// and saving resumes when space returns.
+/// and saving resumes when space returns. The thread ends, closing the database, once every
+/// sender is gone and what they sent is committed: join it to know the directory is free.
 pub(crate) fn spawn_writer(
     mut store: Store,
     events: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<Batches> {
+) -> std::io::Result<(Batches, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Change>)>();
-    std::thread::Builder::new().name("blitzen-store".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("blitzen-store".into()).spawn(move || {
         let mut pending: Vec<Change> = Vec::new();
         let mut last = 0;
         let mut failing = false;
@@ -434,12 +435,11 @@ pub(crate) fn spawn_writer(
                     Event::SaveFailed { error: e.to_string() }
                 }
             };
-            if events.send(event).is_err() {
-                break;
-            }
+            // The core may be gone (the server is stopping): what is left still gets committed.
+            let _ = events.send(event);
         }
     })?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 #[cfg(test)]

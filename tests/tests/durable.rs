@@ -204,6 +204,31 @@ fn a_driver_waits_through_a_clean_restart() -> Result<(), Failed> {
     check(r == [Ok(1.0)], format!("{r:?}"))
 }
 
+/// A `LocalCluster` with a data directory: results nobody fetched before it stopped are there
+/// when it starts again on the same directory, for a driver that attaches to their session; a
+/// directory held by a running cluster is refused.
+fn a_local_cluster_keeps_its_state_in_a_data_directory() -> Result<(), Failed> {
+    use blitzen::distributed::LocalCluster;
+    let dir = TempDir::new("local");
+    let session = format!("local-{}", std::process::id());
+    let cluster = LocalCluster::start_with_data_dir(1, &dir.0).map_err(fail)?;
+    let taken = LocalCluster::start_with_data_dir(1, &dir.0).map(|_| ()).map_err(|e| e.to_string());
+    check(
+        matches!(&taken, Err(e) if e.contains("in use by another running server")),
+        format!("{taken:?}"),
+    )?;
+    let d = cluster.dispatcher().with_session(&session);
+    let ids: Vec<_> = (0..3u32).map(|i| d.run(echo::<u32>(), i)).collect();
+    d.wait_accepted(WAIT).map_err(fail)?;
+    // Gone without fetching: the results (or the tasks) wait for the session.
+    d.detach();
+    cluster.shutdown();
+    let again = LocalCluster::start_with_data_dir(1, &dir.0).map_err(fail)?;
+    let attached = DistributedDispatcher::attach(again.addr(), &session).map_err(fail)?;
+    let results = attached.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results == [Ok(0), Ok(1), Ok(2)], format!("{results:?}"))
+}
+
 /// A tmpfs of `size` mounted for one test, unmounted when dropped.
 struct Tmpfs(TempDir);
 
@@ -339,6 +364,8 @@ macro_rules! trial {
 }
 
 fn main() -> std::process::ExitCode {
+    // The local cluster's workers are this program.
+    blitzen::worker_main();
     let args = Arguments::from_args();
     let mount = mount_permitted();
     if !mount {
@@ -353,6 +380,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_driver_rides_through_a_kill_9_of_the_server),
         trial!(a_driver_waits_through_a_clean_restart),
         trial!(a_task_running_at_a_kill_9_finishes_once),
+        trial!(a_local_cluster_keeps_its_state_in_a_data_directory),
         trial!(tasks_of_an_agent_that_does_not_return_run_again_after_the_grace),
         trial!(a_full_disk_refuses_new_tasks_and_loses_nothing).with_ignored_flag(!mount),
     ];

@@ -36,6 +36,25 @@ impl LocalCluster {
     /// Starts a server and an agent with `workers` worker processes, and returns once the
     /// agent's workers are up and connected.
     pub fn start(workers: usize) -> Result<Self, DispatchError> {
+        Self::start_with(workers, None)
+    }
+
+    /// [`start`](Self::start), with a server that keeps its state in `dir` (the binary's
+    /// `--data-dir`): started again on the same directory, the cluster keeps its sessions, their
+    /// queued tasks and their unfetched results, which a driver fetches by
+    /// [`attach`](DistributedDispatcher::attach)ing to its session at the new
+    /// [`addr`](Self::addr). A directory it cannot use is [`DispatchError::Serve`].
+    pub fn start_with_data_dir(
+        workers: usize,
+        dir: impl Into<std::path::PathBuf>,
+    ) -> Result<Self, DispatchError> {
+        Self::start_with(workers, Some(dir.into()))
+    }
+
+    fn start_with(
+        workers: usize,
+        data_dir: Option<std::path::PathBuf>,
+    ) -> Result<Self, DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
         }
@@ -44,6 +63,9 @@ impl LocalCluster {
         let config = ServerConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
+            data_dir,
+            // Its agent restarts with it: after a restart there is none to wait for.
+            reattach_grace: Duration::ZERO,
             ..ServerConfig::default()
         };
         let server = runtime.block_on(Server::bind(config))?;

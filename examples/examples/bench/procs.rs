@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 const ROLE: &str = "BLITZEN_BENCH_ROLE";
 const SERVER: &str = "BLITZEN_BENCH_SERVER";
 const WORKERS: &str = "BLITZEN_BENCH_WORKERS";
+const DATA_DIR: &str = "BLITZEN_BENCH_DATA_DIR";
 
 /// How long a child may take to report.
 const REPORT_LIMIT: Duration = Duration::from_secs(120);
@@ -70,8 +71,13 @@ fn serve() -> Result<()> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
-        let config =
-            ServerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), port: 0, ..Default::default() };
+        let data_dir = std::env::var_os(DATA_DIR).map(std::path::PathBuf::from);
+        let config = ServerConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            data_dir,
+            ..Default::default()
+        };
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         say(&addr.to_string())?;
@@ -137,7 +143,14 @@ impl Proc {
 
     /// Starts a server on 127.0.0.1 (any free port); returns it with its address.
     pub fn server() -> Result<(Self, String)> {
-        let mut server = Self::spawn("server", &[])?;
+        Self::server_in(None)
+    }
+
+    /// [`Proc::server`], keeping its state in `data_dir` when given.
+    pub fn server_in(data_dir: Option<&std::path::Path>) -> Result<(Self, String)> {
+        let env: Vec<(&str, String)> =
+            data_dir.map(|d| (DATA_DIR, d.display().to_string())).into_iter().collect();
+        let mut server = Self::spawn("server", &env)?;
         let addr = server.next_line()?;
         Ok((server, addr))
     }
@@ -203,7 +216,16 @@ pub struct Cluster {
 impl Cluster {
     /// A server and `agents` agents of `workers` workers each, all connected.
     pub fn start(agents: usize, workers: usize) -> Result<Self> {
-        let (server, addr) = Proc::server()?;
+        Self::start_in(None, agents, workers)
+    }
+
+    /// [`Cluster::start`] with a server that keeps its state in `data_dir` when given.
+    pub fn start_in(
+        data_dir: Option<&std::path::Path>,
+        agents: usize,
+        workers: usize,
+    ) -> Result<Self> {
+        let (server, addr) = Proc::server_in(data_dir)?;
         let mut cluster = Self { agents: Vec::new(), server, addr };
         for _ in 0..agents {
             cluster.agents.push(Proc::agent(&cluster.addr, workers)?);

@@ -44,10 +44,13 @@ pub enum Workload {
     W6,
     W7,
     W8,
+    W9,
+    W10,
+    W11,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 11] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -56,15 +59,22 @@ impl Workload {
         Workload::W6,
         Workload::W7,
         Workload::W8,
+        Workload::W9,
+        Workload::W10,
+        Workload::W11,
     ];
 
     pub fn name(self) -> &'static str {
-        ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"][self as usize]
+        ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11"][self as usize]
     }
 
-    /// W5 and W6 are about the server: distributed only.
+    /// W5, W6 and the data directory's W9–W11 are about the server: distributed only.
     pub fn runs_on(self, path: Path) -> bool {
-        !matches!((self, path), (Workload::W5 | Workload::W6, Path::Multicore))
+        path == Path::Distributed
+            || !matches!(
+                self,
+                Workload::W5 | Workload::W6 | Workload::W9 | Workload::W10 | Workload::W11
+            )
     }
 }
 
@@ -75,7 +85,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W8"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W11"))
     }
 }
 
@@ -109,6 +119,9 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W7, Path::Distributed) => idle_cluster(runs),
         (Workload::W8, Path::Multicore) => startup_multicore(runs),
         (Workload::W8, Path::Distributed) => startup_cluster(runs),
+        (Workload::W9, _) => durable_throughput(runs),
+        (Workload::W10, _) => durable_queue(runs),
+        (Workload::W11, _) => restart_queued(runs),
     }
 }
 
@@ -445,6 +458,165 @@ fn startup_cluster(runs: usize) -> Result<Measured> {
         units: "ms",
         better: Better::Lower,
         extra: Vec::new(),
+    })
+}
+
+// ----- W9–W11: the data directory -----
+
+/// A data directory for one workload, removed when dropped.
+struct DataDir(std::path::PathBuf);
+
+impl DataDir {
+    fn new(label: &str) -> Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("blitzen-bench-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    /// Bytes the directory's files take.
+    fn size(&self) -> Result<u64> {
+        let entries = std::fs::read_dir(&self.0).map_err(|e| e.to_string())?;
+        let mut total = 0;
+        for entry in entries {
+            total += entry.and_then(|e| e.metadata()).map_err(|e| e.to_string())?.len();
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Tasks that have run and been fetched on W9's durable server before its file is measured.
+const W9_FILE_TASKS: u64 = 1_000_000;
+
+/// W1 with a data directory against W1 in memory, run alternately so that both see the same
+/// machine; the headline is the ratio of each pair. Then W1 again until a million tasks have run
+/// and been fetched on the durable server, and the size of its file.
+fn durable_throughput(runs: usize) -> Result<Measured> {
+    let dir = DataDir::new("w9")?;
+    let memory = Cluster::start(1, 2)?;
+    let durable = Cluster::start_in(Some(&dir.0), 1, 2)?;
+    let (dm, dd) = (memory.dispatcher(), durable.dispatcher());
+    warm_up(&dm)?;
+    warm_up(&dd)?;
+    let (mut plain, mut saved, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let a = throughput(&dm)?;
+        let b = throughput(&dd)?;
+        plain.push(a);
+        saved.push(b);
+        ratios.push(100.0 * b / a);
+    }
+    let mut done = 2_000 + runs as u64 * W1_TASKS;
+    while done < W9_FILE_TASKS {
+        throughput(&dd)?;
+        done += W1_TASKS;
+    }
+    let file_mb = dir.size()? as f64 / 1e6;
+    Ok(Measured {
+        params: json!({ "tasks": W1_TASKS, "agents": 1, "workers_per_agent": 2,
+                        "against": "the same without a data directory",
+                        "file_after_tasks": done }),
+        runs: ratios,
+        units: "% of memory",
+        better: Better::Higher,
+        extra: vec![
+            ("tasks_per_s_durable", median(&saved)),
+            ("tasks_per_s_memory", median(&plain)),
+            ("file_mb_after", file_mb),
+        ],
+    })
+}
+
+/// Submits W5's million tasks to a server with no agent under `session`, and waits until it
+/// has taken (and, with a data directory, saved) them all; returns the first task and the rate.
+fn fill_queue(cluster: &Cluster, session: &str) -> Result<(TaskId<u64>, f64)> {
+    let d = cluster.dispatcher().with_session(session);
+    d.connect().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let first = d.run(noop, 0);
+    for i in 1..W5_TASKS {
+        let _ = d.run(noop, i);
+    }
+    d.wait_accepted(PATIENCE).map_err(|e| e.to_string())?;
+    let rate = W5_TASKS as f64 / start.elapsed().as_secs_f64();
+    d.detach();
+    Ok((first, rate))
+}
+
+/// W5 with a data directory: a fresh server per run, no agent; how fast it takes submissions
+/// that are saved before they are accepted, and the bytes on disk and in memory per task.
+fn durable_queue(runs: usize) -> Result<Measured> {
+    let (mut rates, mut disk, mut memory) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = DataDir::new("w10")?;
+        let empty = dir.size()?;
+        let cluster = Cluster::start_in(Some(&dir.0), 0, 0)?;
+        let before = procs::rss_bytes(cluster.server.pid())?;
+        let (_, rate) = fill_queue(&cluster, "w10")?;
+        let after = procs::rss_bytes(cluster.server.pid())?;
+        rates.push(rate);
+        disk.push(dir.size()?.saturating_sub(empty) as f64 / W5_TASKS as f64);
+        memory.push(after.saturating_sub(before) as f64 / W5_TASKS as f64);
+    }
+    Ok(Measured {
+        params: json!({ "tasks": W5_TASKS, "agents": 0 }),
+        runs: rates,
+        units: "submits/s",
+        better: Better::Higher,
+        extra: vec![
+            ("disk_bytes_per_task", median(&disk)),
+            ("rss_bytes_per_task", median(&memory)),
+        ],
+    })
+}
+
+/// A server restarted on a directory holding a million queued tasks: from its launch until a
+/// driver attached to their session has the first one's result (the server loads the
+/// directory, listens, an agent starts and joins, the first task is dispatched and runs).
+/// Each run starts from a copy of the same directory.
+fn restart_queued(runs: usize) -> Result<Measured> {
+    let filled = DataDir::new("w11-filled")?;
+    let first = {
+        let cluster = Cluster::start_in(Some(&filled.0), 0, 0)?;
+        fill_queue(&cluster, "w11")?.0
+        // Dropped: the server stops cleanly.
+    };
+    let (mut firsts, mut listens) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = DataDir::new("w11")?;
+        for entry in std::fs::read_dir(&filled.0).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            std::fs::copy(entry.path(), dir.0.join(entry.file_name()))
+                .map_err(|e| e.to_string())?;
+        }
+        let start = Instant::now();
+        let (server, addr) = Proc::server_in(Some(&dir.0))?;
+        listens.push(start.elapsed().as_secs_f64() * 1e3);
+        let agent = Proc::agent(&addr, 2)?;
+        let d = blitzen::distributed::DistributedDispatcher::attach(&addr, "w11")
+            .map_err(|e| e.to_string())?;
+        let value = wait(&d, &[first])?;
+        firsts.push(start.elapsed().as_secs_f64() * 1e3);
+        if value != [0] {
+            return Err(format!("W11: the first task returned {value:?}"));
+        }
+        d.detach();
+        drop(agent);
+        drop(server);
+    }
+    Ok(Measured {
+        params: json!({ "queued": W5_TASKS, "agents": 1, "workers_per_agent": 2 }),
+        runs: firsts,
+        units: "ms",
+        better: Better::Lower,
+        extra: vec![("listening_ms", median(&listens))],
     })
 }
 

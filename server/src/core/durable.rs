@@ -18,7 +18,7 @@ impl Core {
     /// Starts from what the data directory held: each session as a driver that departed, its
     /// tasks in submission order, its results held for it. The tasks are held back from
     /// dispatch while the agents connected before the restart re-attach (see `reattach`), or
-    /// queued at once when there were none.
+    /// queued at once when there were none (or `reattach_grace` is zero).
     pub(super) fn restore(&mut self, loaded: Loaded) {
         let now = Instant::now();
         // The kinds first, in the order of their numbers: each gets its number back as its id.
@@ -40,7 +40,14 @@ impl Core {
             keys.insert(session, key);
         }
         self.next_seq = loaded.next_seq;
-        let hold = !loaded.agents.is_empty();
+        // With no grace (the agents restart with the server, as in a `LocalCluster`), nobody is
+        // waited for.
+        let hold = !loaded.agents.is_empty() && !self.config.reattach_grace.is_zero();
+        if !hold {
+            for &(id, _) in &loaded.agents {
+                self.record(Change::AgentGone { id });
+            }
+        }
         let mut held = HashMap::new();
         let mut queued_kinds = HashSet::new();
         let mut tasks = loaded.tasks;
