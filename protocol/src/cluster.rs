@@ -120,7 +120,9 @@ pub struct Welcome {
     pub server_id: ServerId,
     /// Random for each run of the server, data directory or not: an agent that reconnects to
     /// the same run may deliver the results it finished while disconnected
-    /// ([`FromAgent::Recovered`]); the task keys of another run mean nothing.
+    /// ([`FromAgent::Recovered`]). The task keys of another run mean nothing: an agent that finds
+    /// the same `server_id` with another run re-attaches, naming its tasks by
+    /// [`Assignment::seq`] ([`FromAgent::Reattach`]).
     #[serde(default)]
     pub run: ServerId,
 }
@@ -327,8 +329,8 @@ pub struct AgentResult {
 pub enum FromAgent {
     /// Finished tasks, each assigned on this connection.
     Done(Vec<AgentResult>),
-    /// Tasks assigned on an earlier connection to the same server (same
-    /// [`Welcome::server_id`]) that finished while the agent was disconnected. The server has
+    /// Tasks assigned on an earlier connection to the same run of the server (same
+    /// [`Welcome::run`]) that finished while the agent was disconnected. The server has
     /// handed them out again meanwhile: it keeps the first result of each task and drops the
     /// others.
     Recovered(Vec<AgentResult>),

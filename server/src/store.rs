@@ -23,6 +23,15 @@ use crate::core::Event;
 /// The database file inside the data directory.
 const FILE: &str = "blitzen.redb";
 
+/// Memory the database may use to cache its pages (redb's default is 1 GiB): the queue itself is
+/// in the core's memory, so the cache only speeds up writes and the reads at start.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Opens (or creates) the database file with this server's settings.
+fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// The version of the tables' layout: a directory written with another is refused untouched.
 const FORMAT: u64 = 1;
 
@@ -175,7 +184,7 @@ impl Store {
         let directory = |source| StoreError::Directory { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(directory)?;
         let path = dir.join(FILE);
-        let db = match Database::create(&path) {
+        let db = match open_database(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::InUse(dir.to_path_buf()));
@@ -291,7 +300,7 @@ impl Store {
     /// next call opens it again first (redb keeps nothing of a transaction that failed).
     pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         if self.db.is_none() {
-            let db = Database::create(&self.path).map_err(|e| StoreError::Write(e.to_string()))?;
+            let db = open_database(&self.path).map_err(|e| StoreError::Write(e.to_string()))?;
             self.db = Some(db);
         }
         let result = self.apply_inner(changes).map_err(|e| StoreError::Write(e.to_string()));
