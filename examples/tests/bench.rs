@@ -89,9 +89,13 @@ fn baseline_ratios_appear_in_the_table() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W9"]);
+    let out = run(&["--workload", "W12"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("`W9` is not a workload"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`W12` is not a workload: use W1 … W11"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["--runs", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = run(&["--baseline", "/nonexistent/pool.jsonl"]);
