@@ -10,7 +10,6 @@ use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::{Finished, Outcome};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -68,7 +67,7 @@ impl<'a> Connection<'a> {
     pub(crate) fn new(
         entries: &'a [&'static TaskEntry],
         work: &'a mut Work,
-        write: OwnedWriteHalf,
+        write: blitzen_net::WriteSide,
         run: ServerId,
     ) -> Self {
         let (writer, _) = spawn_writer::<FromAgent>(write);

@@ -28,7 +28,7 @@ use blitzen_common::cli::termination;
 use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
-use blitzen_net::{ConnectError, Secret};
+use blitzen_net::{ConnectError, PeerTls, Secret};
 use blitzen_protocol::cluster::{AgentResult, Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use tokio::sync::mpsc;
@@ -56,8 +56,11 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Notified each time the agent is connected and serving (for programs that embed one).
     pub connected: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// The cluster's shared secret, when the server requires one.
+    /// The cluster's shared secret, when the server requires one. With it the connection is
+    /// encrypted (TLS 1.3), unless `tls.plaintext`.
     pub secret: Option<Secret>,
+    /// How the connection is encrypted, and what is checked of the server's certificate.
+    pub tls: PeerTls,
 }
 
 impl AgentConfig {
@@ -72,6 +75,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             connected: None,
             secret: None,
+            tls: PeerTls::default(),
         }
     }
 }
@@ -171,6 +175,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             &config.server,
             role.clone(),
             config.secret.as_ref(),
+            &config.tls,
             config.connect_timeout,
         );
         match attempt.await {
@@ -189,7 +194,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                     work = Some(Work::start(&config, server_id, run).await?);
                 }
                 let Some(w) = work.as_mut() else { break };
-                info!(server = %config.server, workers = config.pool.workers, "connected");
+                let encrypted = admitted.encrypted;
+                info!(server = %config.server, workers = config.pool.workers, encrypted, "connected");
                 if let Some(connected) = &config.connected {
                     connected.notify_one();
                 }

@@ -12,6 +12,7 @@ use blitzen_common::cli::{finish, parse_count, parse_log_level, parse_secs};
 use blitzen_common::logging;
 use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
+use blitzen_net::tls::Verify;
 use clap::Parser;
 
 /// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
@@ -37,6 +38,20 @@ struct Args {
     /// --agent-secret-file). Default: the BLITZEN_SECRET environment variable, if set.
     #[arg(long, value_name = "PATH")]
     secret_file: Option<PathBuf>,
+    /// With a secret, connect UNENCRYPTED (the server must run with --insecure-plaintext too):
+    /// anyone on the path can then read and alter every task and result. Default: with a
+    /// secret the connection is TLS 1.3, authenticated by the secret.
+    #[arg(long, conflicts_with_all = ["tls_pin", "tls_ca"])]
+    insecure_plaintext: bool,
+    /// Also require the server's certificate to have this SHA-256 fingerprint (the server logs
+    /// it at start; 64 hex digits, colons allowed). The secret authenticates the server either
+    /// way; a pin also catches a server with the right secret and the wrong certificate.
+    #[arg(long, value_name = "FINGERPRINT", conflicts_with = "tls_ca")]
+    tls_pin: Option<String>,
+    /// Also require the server's certificate to be issued by a CA in this PEM file and to name
+    /// the --server host (for a server started with --tls-cert).
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
     /// Seconds between heartbeats when there is nothing else to send, both ways: the server
     /// counts the agent lost (and runs its tasks elsewhere) after three intervals without a byte
     /// from it; the agent reconnects after three intervals plus 10 s without a byte from the
@@ -74,6 +89,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.secret = match &args.secret_file {
         Some(path) => Some(Secret::from_file(path)?),
         None => Secret::from_env()?,
+    };
+    config.tls = blitzen_net::PeerTls {
+        plaintext: args.insecure_plaintext,
+        verify: match (&args.tls_pin, &args.tls_ca) {
+            (Some(pin), _) => Verify::Pin(pin.parse()?),
+            (None, Some(ca)) => Verify::ca_file(ca)?,
+            (None, None) => Verify::Binding,
+        },
     };
     if let Some(name) = args.name {
         config.host = name;

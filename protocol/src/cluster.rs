@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 8;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 9;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -36,7 +36,30 @@ pub struct TaskKind {
     pub signature: String,
 }
 
-/// The first message of every connection, from the connecting side.
+/// The very first message of every connection, from the connecting side, in the clear: its
+/// version and whether it encrypts. Nothing else about the peer travels before the server's
+/// [`PrefaceReply`]; when they encrypt, the [`Hello`] comes inside TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preface {
+    /// [`CLUSTER_PROTOCOL_VERSION`] of the peer.
+    pub version: u32,
+    /// Whether the peer wants TLS (it has a secret, and did not turn encryption off).
+    pub encrypt: bool,
+}
+
+/// The server's answer to a [`Preface`], in the clear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PrefaceReply {
+    /// Both sides start TLS 1.3 now; the [`Hello`] follows inside it.
+    StartTls,
+    /// The [`Hello`] follows in the clear (neither side encrypts).
+    Plain,
+    /// The server refuses (another version, or they disagree on encryption) and closes.
+    Refusal(Refusal),
+}
+
+/// The second message of every connection (inside TLS when they encrypt), from the connecting
+/// side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// [`CLUSTER_PROTOCOL_VERSION`] of the peer.
@@ -49,7 +72,7 @@ pub struct Hello {
 }
 
 /// The server's challenge when it has a secret: its nonce, and its proof that it knows the
-/// secret (an HMAC over both nonces and the role).
+/// secret (an HMAC over both nonces, the role and, with TLS, the session's keying material).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Challenge {
     /// The server's fresh nonce.
@@ -456,6 +479,8 @@ mod tests {
         #[test]
         fn random_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let body = Bytes::from(data);
+            let _ = decode_shared::<Preface>(&body);
+            let _ = decode_shared::<PrefaceReply>(&body);
             let _ = decode_shared::<Hello>(&body);
             let _ = decode_shared::<HelloReply>(&body);
             let _ = decode_shared::<Proof>(&body);

@@ -44,6 +44,13 @@ pub struct ServerConfig {
     /// agents connected before the restart to re-attach with the ones they are running; once
     /// all are back (or the time is up) the rest are queued again.
     pub reattach_grace: Duration,
+    /// Leave connections unencrypted although there are secrets (the binary's
+    /// `--insecure-plaintext`): peers must say the same. Without secrets connections are never
+    /// encrypted.
+    pub plaintext: bool,
+    /// A site's certificate chain and private key (PEM files) to present instead of a
+    /// self-signed certificate (which is kept in the data directory when there is one).
+    pub tls_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Listen on a non-loopback address without secrets, although then anyone who can reach
     /// the port can run programs on the agents (the binary's `--insecure`).
     pub allow_insecure: bool,
@@ -66,6 +73,8 @@ impl Default for ServerConfig {
             allow_insecure: false,
             data_dir: None,
             reattach_grace: Duration::from_secs(30),
+            plaintext: false,
+            tls_cert: None,
         }
     }
 }

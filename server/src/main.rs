@@ -85,6 +85,18 @@ struct Args {
     /// Allow listening on a non-loopback address without a secret.
     #[arg(long)]
     insecure: bool,
+    /// With a secret, leave connections UNENCRYPTED: anyone on the path can then read every
+    /// task's arguments and results, and alter them. Agents and drivers must say the same.
+    /// Default: with a secret every connection is TLS 1.3, authenticated by the secret.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Present this certificate chain (PEM) instead of a self-signed certificate, for sites
+    /// whose peers check certificates against a CA (blitzen-client --tls-ca). Needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key", conflicts_with = "insecure_plaintext")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -131,6 +143,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         allow_insecure: args.insecure,
         data_dir: args.data_dir,
         reattach_grace: args.reattach_grace,
+        plaintext: args.insecure_plaintext,
+        tls_cert: args.tls_cert.zip(args.tls_key),
     };
     serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
     Ok(())

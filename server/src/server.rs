@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use blitzen_common::cli::termination;
 use blitzen_net::OneSidedSecrets;
+use blitzen_net::tls::{Identity, TlsAcceptor, TlsError};
 use blitzen_protocol::ids::{ConnId, ServerId};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -50,6 +51,15 @@ pub enum ServeError {
     /// The data directory cannot be used (in use, another format, corrupt, not writable).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// TLS cannot be set up (a certificate or key file that cannot be used).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// TLS settings without a secret to authenticate the peers with.
+    #[error(
+        "--tls-cert and --tls-key need a shared secret (--secret-file or BLITZEN_SECRET): \
+         without one, connections are neither authenticated nor encrypted"
+    )]
+    TlsWithoutSecret,
 }
 
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
@@ -67,6 +77,35 @@ fn fresh_server_id() -> io::Result<ServerId> {
     Ok(ServerId::new(u64::from_be_bytes(id)))
 }
 
+/// The server's side of TLS: with secrets, unless `plaintext`. Its certificate is the site's
+/// (`tls_cert`), or one of its own, kept in the data directory when there is one (so peers can
+/// pin its fingerprint), fresh at each start otherwise.
+async fn tls_acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, ServeError> {
+    if !config.secrets.enabled() {
+        return match config.tls_cert {
+            Some(_) => Err(ServeError::TlsWithoutSecret),
+            None => Ok(None),
+        };
+    }
+    if config.plaintext {
+        warn!(
+            "connections are NOT encrypted (--insecure-plaintext): anyone on the path can read and alter every task and result"
+        );
+        return Ok(None);
+    }
+    let (site, dir) = (config.tls_cert.clone(), config.data_dir.clone());
+    let identity = tokio::task::spawn_blocking(move || match (site, dir) {
+        (Some((cert, key)), _) => Identity::from_pem_files(&cert, &key),
+        (None, Some(dir)) => Identity::load_or_generate(&dir),
+        (None, None) => Identity::generate(),
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let own = if config.tls_cert.is_some() { "the site's" } else { "its own" };
+    info!(fingerprint = %identity.fingerprint(), certificate = own, "connections are encrypted (TLS 1.3)");
+    Ok(Some(identity.acceptor()?))
+}
+
 /// A bound server, ready to run.
 #[derive(Debug)]
 pub struct Server {
@@ -74,6 +113,8 @@ pub struct Server {
     config: ServerConfig,
     /// The open data directory, this run's id, and what the directory held.
     store: Option<(Store, ServerId, Loaded)>,
+    /// The server's side of TLS, when connections are encrypted.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -96,10 +137,11 @@ impl Server {
             }
             None => None,
         };
+        let tls = tls_acceptor(&config).await?;
         let addr = SocketAddr::new(config.bind, config.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, config, store })
+        Ok(Self { listener, config, store, tls })
     }
 
     /// The address it listens on (useful with port 0).
@@ -136,6 +178,7 @@ impl Server {
             config: self.config.clone(),
             server_id,
             run: fresh_server_id()?,
+            tls: self.tls,
         });
         let mut next_conn = 1u64;
         loop {

@@ -12,7 +12,6 @@ use blitzen_protocol::cluster::{
 };
 use blitzen_protocol::ids::{ConnId, ServerId};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -61,6 +60,8 @@ pub(crate) struct Shared {
     pub server_id: ServerId,
     /// This run of the server (see [`Welcome::run`]).
     pub run: ServerId,
+    /// The server's side of TLS, when connections are encrypted.
+    pub tls: Option<blitzen_net::tls::TlsAcceptor>,
 }
 
 /// What a driver said in its hello.
@@ -83,7 +84,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
         server_id: shared.server_id,
         run: shared.run,
     };
-    let admitted = match admit(stream, &config.secrets, welcome, config.handshake_timeout).await {
+    let tls = shared.tls.as_ref();
+    let limit = config.handshake_timeout;
+    let admitted = match admit(stream, &config.secrets, tls, welcome, limit).await {
         Ok(admitted) => admitted,
         // `admit` has logged why.
         Err(_) => return,
@@ -107,7 +110,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
 async fn serve_agent(
     conn: ConnId,
     mut reader: FramedReader,
-    write: OwnedWriteHalf,
+    write: blitzen_net::WriteSide,
     joining: JoiningAgent,
     heartbeat_ms: u64,
     events: &mpsc::UnboundedSender<Event>,
@@ -162,7 +165,7 @@ async fn serve_agent(
 async fn serve_driver(
     conn: ConnId,
     mut reader: FramedReader,
-    write: OwnedWriteHalf,
+    write: blitzen_net::WriteSide,
     driver: JoiningDriver,
     events: &mpsc::UnboundedSender<Event>,
 ) {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use blitzen::distributed::DistributedDispatcher;
 use blitzen::{CommandSpec, Fetch, Task, TaskError, TaskId, command, echo, sleep};
 use blitzen_protocol::cluster::{
-    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Role, TaskKind, ToAgent,
+    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Preface, PrefaceReply,
+    Role, TaskKind, ToAgent,
 };
 use blitzen_protocol::frame::{FrameReader, decode_shared, encode};
 use blitzen_protocol::{Finished, MAX_FRAME_LEN, Outcome, TaskKey};
@@ -419,11 +420,13 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
         },
         nonce: Bytes::new(),
     };
-    mute.write_all(&frame(&hello)).map_err(fail)?;
+    mute.write_all(&plain(&frame(&hello))).map_err(fail)?;
     let mut frames = FrameReader::new(mute.try_clone().map_err(fail)?, MAX_FRAME_LEN);
     let mut next = || -> Result<Bytes, Failed> {
         Ok(frames.read_frame().map_err(fail)?.ok_or("the server closed")?.freeze())
     };
+    let reply: PrefaceReply = decode_shared(&next()?).map_err(fail)?;
+    check(reply == PrefaceReply::Plain, format!("{reply:?}"))?;
     let welcome: HelloReply = decode_shared(&next()?).map_err(fail)?;
     check(matches!(welcome, HelloReply::Welcome(_)), format!("{welcome:?}"))?;
     let d = driver(&server.addr);
@@ -475,6 +478,12 @@ fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// `bytes` after the preface of a peer that does not encrypt (the server has no secret).
+fn plain(bytes: &[u8]) -> Vec<u8> {
+    let preface = Preface { version: CLUSTER_PROTOCOL_VERSION, encrypt: false };
+    [frame(&preface), bytes.to_vec()].concat()
+}
+
 /// Sends `bytes` on a fresh connection and returns what the server answers before closing.
 fn poke(addr: &str, bytes: &[u8], close_write: bool) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
@@ -508,6 +517,8 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     };
     let mut wrong_shape = frame(&42u64);
     wrong_shape.extend(frame(&"not a hello"));
+    let mut hello_of_wrong_shape = frame(&42u64);
+    hello_of_wrong_shape.extend(frame(&"not a hello"));
     let unknown_kind = {
         // A hello whose role is a variant no server knows.
         #[derive(serde::Serialize)]
@@ -556,26 +567,37 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
         ),
         ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
         ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
-        ("truncated frame", frame(&agent_hello(CLUSTER_PROTOCOL_VERSION))[..9].to_vec()),
+        ("truncated preface", frame(&Preface { version: 1, encrypt: false })[..5].to_vec()),
         ("wrong shape", wrong_shape),
-        ("unknown role", unknown_kind),
-        ("result for a task not held", result_not_held),
-        ("a driver's message of the wrong shape", admitted_then_garbage),
+        // From here on, after a valid preface: the server answers it, then closes.
+        ("garbage after the preface", plain(b"GET / HTTP/1.1\r\n\r\n")),
+        ("truncated hello", plain(&frame(&agent_hello(CLUSTER_PROTOCOL_VERSION))[..9])),
+        ("hello of the wrong shape", plain(&hello_of_wrong_shape)),
+        ("unknown role", plain(&unknown_kind)),
+        ("result for a task not held", plain(&result_not_held)),
+        ("a driver's message of the wrong shape", plain(&admitted_then_garbage)),
     ];
+    let preface_answer = frame(&PrefaceReply::Plain);
     for (what, bytes) in &corpus {
         let answer = poke(&server.addr, bytes, true).map_err(fail)?;
         if *what == "result for a task not held" || what.starts_with("a driver's") {
             // Admitted (no secret on this server), then thrown out for what came next.
-            check(answer.len() > 4, format!("{what}: the welcome came first"))?;
+            let welcomed = answer.len() > preface_answer.len() + 4;
+            check(welcomed, format!("{what}: the welcome came first"))?;
+        } else if bytes
+            .starts_with(&frame(&Preface { version: CLUSTER_PROTOCOL_VERSION, encrypt: false }))
+        {
+            check(answer == preface_answer, format!("{what}: answered {} bytes", answer.len()))?;
         } else {
             check(answer.is_empty(), format!("{what}: answered {} bytes", answer.len()))?;
         }
     }
-    let answer = poke(&server.addr, &frame(&agent_hello(99)), false).map_err(fail)?;
-    let reply: HelloReply =
+    let old = frame(&Preface { version: 99, encrypt: false });
+    let answer = poke(&server.addr, &old, false).map_err(fail)?;
+    let reply: PrefaceReply =
         blitzen_protocol::frame::decode(answer.get(4..).unwrap_or_default()).map_err(fail)?;
     match reply {
-        HelloReply::Refusal(r) => check(r.reason.contains("version 99"), &r.reason)?,
+        PrefaceReply::Refusal(r) => check(r.reason.contains("version 99"), &r.reason)?,
         other => return Err(format!("wrong version admitted: {other:?}").into()),
     }
 

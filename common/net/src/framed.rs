@@ -1,6 +1,8 @@
-//! Framed MessagePack over TCP, shared by the server, the agents and the drivers.
+//! Framed MessagePack over TCP (or TLS over TCP), shared by the server, the agents and the
+//! drivers.
 //!
-//! [`FramedReader`] yields decoded messages from a socket's read half; [`spawn_writer`] starts a
+//! [`FramedReader`] yields decoded messages from a connection's read half ([`ReadSide`]: a TCP
+//! socket's, or a TLS stream's); [`spawn_writer`] starts a
 //! task that encodes queued messages and writes everything queued in one `write`, so frames are
 //! batched under load and sent at once when the connection is otherwise idle.
 
@@ -13,11 +15,28 @@ use blitzen_protocol::{DecodeError, FrameCodec, FrameError};
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::debug;
+
+/// The read half of a connection: a TCP socket's, or a TLS stream's.
+pub type ReadSide = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The write half of a connection: a TCP socket's, or a TLS stream's.
+pub type WriteSide = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A TCP socket's halves, each usable on its own task without a lock.
+pub fn split_tcp(stream: TcpStream) -> (ReadSide, WriteSide) {
+    let (read, write) = stream.into_split();
+    (Box::new(read), Box::new(write))
+}
+
+/// Any stream's halves (a TLS stream's: reading and writing take turns on one lock).
+pub fn split<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (ReadSide, WriteSide) {
+    let (read, write) = tokio::io::split(stream);
+    (Box::new(read), Box::new(write))
+}
 
 /// Bytes gathered into one write at most.
 const WRITE_BATCH: usize = 1024 * 1024;
@@ -45,9 +64,8 @@ impl std::fmt::Debug for NetError {
 
 /// Decodes messages off a socket's read half with the protocol's [`FrameCodec`]. Cancel-safe:
 /// a `next` cancelled mid-read keeps what it has buffered.
-#[derive(Debug)]
 pub struct FramedReader {
-    socket: OwnedReadHalf,
+    socket: ReadSide,
     buf: BytesMut,
     codec: FrameCodec,
     /// When bytes last arrived (or the reader was made): what liveness counts from.
@@ -58,9 +76,15 @@ pub struct FramedReader {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
+impl std::fmt::Debug for FramedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedReader").field("buffered", &self.buf.len()).finish_non_exhaustive()
+    }
+}
+
 impl FramedReader {
     /// A reader accepting frames of at most `max` bytes.
-    pub fn new(socket: OwnedReadHalf, max: usize) -> Self {
+    pub fn new(socket: ReadSide, max: usize) -> Self {
         Self {
             socket,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -147,7 +171,7 @@ impl FramedReader {
 /// whatever is queued into one write. It ends when every sender is dropped (then shuts the
 /// socket down for writing) or when a write fails; await the handle to know everything left.
 pub fn spawn_writer<M: Serialize + Send + 'static>(
-    mut socket: OwnedWriteHalf,
+    mut socket: WriteSide,
 ) -> (mpsc::UnboundedSender<M>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<M>();
     let handle = tokio::spawn(async move {
@@ -163,7 +187,8 @@ pub fn spawn_writer<M: Serialize + Send + 'static>(
                     next = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = socket.write_all(&buf).await {
+            // A TLS stream may hold the end of what it encrypted until flushed.
+            if let Err(e) = write_flushed(&mut socket, &buf).await {
                 debug!(error = %e, "connection write failed");
                 return;
             }
@@ -175,10 +200,22 @@ pub fn spawn_writer<M: Serialize + Send + 'static>(
 }
 
 /// Writes one message directly (for handshakes, before a writer task exists).
-pub async fn send_one<M: Serialize>(socket: &mut OwnedWriteHalf, msg: &M) -> io::Result<()> {
+pub async fn send_one<M: Serialize, W: AsyncWrite + Unpin + ?Sized>(
+    socket: &mut W,
+    msg: &M,
+) -> io::Result<()> {
     let mut buf = BytesMut::new();
     encode(msg, &mut buf).map_err(io::Error::other)?;
-    socket.write_all(&buf).await
+    write_flushed(socket, &buf).await
+}
+
+/// Writes `bytes` and flushes (a no-op on TCP; on TLS it sends the last record).
+async fn write_flushed<W: AsyncWrite + Unpin + ?Sized>(
+    socket: &mut W,
+    bytes: &[u8],
+) -> io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
 }
 
 /// Connects with `TCP_NODELAY` set, giving up after `timeout`.
@@ -299,14 +336,14 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client = tokio::spawn(async move {
             let stream = connect(&[addr], "test", Duration::from_secs(5)).await.expect("connect");
-            let (_read, write) = stream.into_split();
+            let (_read, write) = split_tcp(stream);
             let (tx, _) = spawn_writer::<(u32, String)>(write);
             for i in 0..1000 {
                 tx.send((i, format!("message {i}"))).expect("writer alive");
             }
         });
         let (stream, _) = listener.accept().await.expect("accept");
-        let (read, _write) = stream.into_split();
+        let (read, _write) = split_tcp(stream);
         let mut reader = FramedReader::new(read, 1024);
         for i in 0..1000u32 {
             let (n, text): (u32, String) = reader.next().await.expect("valid").expect("a message");
@@ -328,7 +365,7 @@ mod tests {
             stream.write_all(&[0, 0, 0, 10, 1, 2, 3]).await.expect("write");
         });
         let (stream, _) = listener.accept().await.expect("accept");
-        let mut reader = FramedReader::new(stream.into_split().0, 1024);
+        let mut reader = FramedReader::new(split_tcp(stream).0, 1024);
         let err = reader.next::<u8>().await.expect_err("truncated");
         assert!(
             matches!(err, NetError::Frame(FrameError::Truncated { have: 7, need: 14 })),
@@ -359,7 +396,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let (stream, _) = listener.accept().await.expect("accept");
-        let mut reader = FramedReader::new(stream.into_split().0, 1 << 20);
+        let mut reader = FramedReader::new(split_tcp(stream).0, 1 << 20);
         let limit = Duration::from_millis(300);
         let started = Instant::now();
         let got: Vec<u8> = reader.next_alive(limit).await.expect("alive").expect("a message");

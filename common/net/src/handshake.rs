@@ -2,14 +2,20 @@
 //! for the agent or driver that connects, [`admit`] for the server that accepts.
 //!
 //! ```text
+//! peer   → server   Preface { version, encrypt }          (in the clear)
+//! server → peer     StartTls | Plain | Refusal { reason }
+//!                   … a TLS 1.3 handshake, after StartTls: what follows is inside it …
 //! peer   → server   Hello { version, role, nonce_p }
 //! server → peer     Challenge { nonce_s, proof_s }        (only when the server has a secret)
 //! peer   → server   Proof { proof_p }                     (empty: "I have no secret")
 //! server → peer     Welcome, or Refusal { reason } and close
 //! ```
 //!
-//! The proofs are described in [`crate::secret`]. Until a peer is admitted, frames are limited
-//! to [`HANDSHAKE_FRAME_LEN`]; both halves raise the limit to [`MAX_FRAME_LEN`] once through.
+//! A peer encrypts when it has a secret (unless told `plaintext`); a server when it has
+//! secrets and a TLS identity. When they disagree the server refuses in the clear, saying what
+//! to change. The proofs are described in [`crate::secret`]; with TLS they cover the session's
+//! keying material ([`crate::tls`]). Until a peer is admitted, frames are limited to
+//! [`HANDSHAKE_FRAME_LEN`]; both halves raise the limit to [`MAX_FRAME_LEN`] once through.
 //! Whoever gives up tells the other side why when that helps, and a peer that gives up waits
 //! for the server to close, so that the server has logged the attempt before the peer reports it.
 
@@ -18,27 +24,50 @@ use std::time::Duration;
 
 use blitzen_protocol::MAX_FRAME_LEN;
 use blitzen_protocol::cluster::{
-    CLUSTER_PROTOCOL_VERSION, Challenge, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Proof, Refusal,
-    Role, Welcome,
+    CLUSTER_PROTOCOL_VERSION, Challenge, HANDSHAKE_FRAME_LEN, Hello, HelloReply, Preface,
+    PrefaceReply, Proof, Refusal, Role, Welcome,
 };
+use blitzen_protocol::frame::{HEADER_LEN, decode_shared};
+use blitzen_protocol::{DecodeError, FrameError};
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::framed::{self, FramedReader, NetError, send_one};
-use crate::secret::{NONCE_LEN, SECRET_ENV, Secret, Secrets, Side, nonce};
+use crate::framed::{self, FramedReader, NetError, WriteSide, send_one, split, split_tcp};
+use crate::secret::{Exchange, NONCE_LEN, SECRET_ENV, Secret, Secrets, Side, nonce};
+use crate::tls::{self, TlsAcceptor, Verify};
 
 /// An admitted connection, on either side: the frames in (limit raised), the write half, and
 /// what the handshake established.
-#[derive(Debug)]
 pub struct Admitted<M> {
     /// Reads the other side's messages.
     pub reader: FramedReader,
-    /// The socket's write half, for a writer task.
-    pub write: OwnedWriteHalf,
+    /// The connection's write half, for a writer task.
+    pub write: WriteSide,
     /// For a peer, the server's [`Welcome`]; for the server, the peer's [`Hello`].
     pub greeting: M,
+    /// Whether the connection is encrypted (TLS 1.3).
+    pub encrypted: bool,
+}
+
+impl<M: std::fmt::Debug> std::fmt::Debug for Admitted<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("greeting", &self.greeting)
+            .field("encrypted", &self.encrypted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a peer secures its connections to the server.
+#[derive(Debug, Clone, Default)]
+pub struct PeerTls {
+    /// Connect in the clear although there is a secret; the server must allow it
+    /// (`--insecure-plaintext` on both sides).
+    pub plaintext: bool,
+    /// What to check of the server's certificate besides the binding of the proofs.
+    pub verify: Verify,
 }
 
 /// The name of a role inside authentication proofs and messages.
@@ -114,6 +143,14 @@ pub enum ConnectError {
     /// The server broke the handshake (a second challenge): retrying cannot help.
     #[error("the server sent a second challenge")]
     SecondChallenge,
+    /// The TLS handshake failed (a certificate that is not the pinned one or not from the CA,
+    /// a server that is not a Blitzen server): retrying cannot help.
+    #[error("TLS handshake with the server failed: {0}")]
+    Tls(String),
+    /// This side's TLS settings are unusable (a bad CA file, a host name a certificate
+    /// cannot name).
+    #[error(transparent)]
+    TlsSetup(#[from] tls::TlsError),
 }
 
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
@@ -134,16 +171,20 @@ impl ConnectError {
                 | ConnectError::Unauthenticated
                 | ConnectError::SecondChallenge
                 | ConnectError::BadAddress { .. }
+                | ConnectError::Tls(_)
+                | ConnectError::TlsSetup(_)
         )
     }
 }
 
 /// Connects to `server` (`host:port`) as `role` and shakes hands, all within `limit`; returns
-/// the admitted connection with the server's [`Welcome`].
+/// the admitted connection with the server's [`Welcome`]. With a secret the connection is
+/// encrypted, unless `tls.plaintext`.
 pub async fn connect(
     server: &str,
     role: Role,
     secret: Option<&Secret>,
+    tls: &PeerTls,
     limit: Duration,
 ) -> Result<Admitted<Welcome>, ConnectError> {
     crate::framed::check_address(server)
@@ -153,17 +194,54 @@ pub async fn connect(
         Err(source) => return Err(ConnectError::Resolve { server: server.to_string(), source }),
     };
     let stream = framed::connect(&addrs[..], server, limit).await?;
-    tokio::time::timeout(limit, greet(stream, role, secret))
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::time::timeout(limit, greet(stream, host, role, secret, tls))
         .await
         .unwrap_or(Err(ConnectError::TimedOut(limit)))
 }
 
 async fn greet(
-    stream: TcpStream,
+    mut stream: TcpStream,
+    host: &str,
     role: Role,
     secret: Option<&Secret>,
+    tls: &PeerTls,
 ) -> Result<Admitted<Welcome>, ConnectError> {
-    let (read, mut write) = stream.into_split();
+    let encrypt = secret.is_some() && !tls.plaintext;
+    send_one(&mut stream, &Preface { version: CLUSTER_PROTOCOL_VERSION, encrypt }).await?;
+    let reply = match read_one::<PrefaceReply>(&mut stream).await {
+        Ok(Some(reply)) => reply,
+        Ok(None) => return Err(ConnectError::Closed),
+        Err(e) => return Err(ConnectError::BadReply(e)),
+    };
+    let (read, mut write, binding) = match (reply, encrypt) {
+        (PrefaceReply::StartTls, true) => {
+            let (connector, name) = tls.verify.connector(host)?;
+            let stream = connector.connect(name, stream).await.map_err(|e| tls_failure(&e))?;
+            let binding = tls::binding(stream.get_ref().1)
+                .map_err(|e| ConnectError::Tls(format!("no keying material: {e}")))?;
+            let (read, write) = split(stream);
+            (read, write, binding.to_vec())
+        }
+        (PrefaceReply::Plain, false) => {
+            let (read, write) = split_tcp(stream);
+            (read, write, Vec::new())
+        }
+        // The server neither authenticates nor encrypts: with a secret, we do not trust it.
+        (PrefaceReply::Plain, true) => return Err(ConnectError::Unauthenticated),
+        (PrefaceReply::StartTls, false) => {
+            return Err(ConnectError::Refused(
+                "the server wants to encrypt, but this side did not offer to".into(),
+            ));
+        }
+        (PrefaceReply::Refusal(r), _) => {
+            let mut rest = [0u8; 64];
+            // Its close follows its refusal (logged first): wait for it.
+            while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            return Err(ConnectError::Refused(r.reason));
+        }
+    };
     let role_name = role_name(&role);
     let ours = nonce()?;
     let hello =
@@ -179,14 +257,16 @@ async fn greet(
             wait_for_close(&mut reader).await;
             return Err(ConnectError::SecretRequired { role: role_name });
         };
-        if !secret.verify(Side::Server, role_name, &ours, &challenge.nonce, &challenge.proof) {
+        let exchange =
+            Exchange { peer_nonce: &ours, server_nonce: &challenge.nonce, binding: &binding };
+        if !secret.verify(Side::Server, role_name, &exchange, &challenge.proof) {
             // Leave without answering, and wait for the server to close its side, so that it
             // has logged the failed attempt before we return.
             let _ = write.shutdown().await;
             wait_for_close(&mut reader).await;
             return Err(ConnectError::WrongSecret);
         }
-        let proof = secret.proof(Side::Peer, role_name, &ours, &challenge.nonce);
+        let proof = secret.proof(Side::Peer, role_name, &exchange);
         send_one(&mut write, &Proof { proof: Bytes::from(proof) }).await?;
         reply = next_reply(&mut reader).await?;
     } else if secret.is_some() && matches!(reply, HelloReply::Welcome(_)) {
@@ -195,11 +275,44 @@ async fn greet(
     match reply {
         HelloReply::Welcome(welcome) => {
             reader.set_max(MAX_FRAME_LEN);
-            Ok(Admitted { reader, write, greeting: welcome })
+            Ok(Admitted { reader, write, greeting: welcome, encrypted: encrypt })
         }
         HelloReply::Refusal(r) => Err(ConnectError::Refused(r.reason)),
         HelloReply::Challenge(_) => Err(ConnectError::SecondChallenge),
     }
+}
+
+/// A failed TLS handshake in words: rustls's, with what the likely cause is.
+fn tls_failure(e: &std::io::Error) -> ConnectError {
+    let text = e.to_string();
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return ConnectError::Closed;
+    }
+    ConnectError::Tls(text)
+}
+
+/// Reads exactly one frame off a socket and nothing after it (the bytes that follow may be a
+/// TLS handshake): `Ok(None)` if it closed first.
+async fn read_one<M: DeserializeOwned>(stream: &mut TcpStream) -> Result<Option<M>, NetError> {
+    let mut header = [0u8; HEADER_LEN];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e).into()),
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > HANDSHAKE_FRAME_LEN {
+        return Err(FrameError::TooLarge { len, max: HANDSHAKE_FRAME_LEN }.into());
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            FrameError::Truncated { have: HEADER_LEN, need: HEADER_LEN + len }
+        }
+        _ => FrameError::Io(e),
+    })?;
+    let message: Result<M, DecodeError> = decode_shared(&Bytes::from(body));
+    Ok(Some(message?))
 }
 
 /// Reads until the server closes the connection (its refusal included): it logs why before it
@@ -253,6 +366,9 @@ pub enum AdmitError {
     /// The peer did not complete the handshake in time.
     #[error("handshake not completed in time ({0:?})")]
     TimedOut(Duration),
+    /// The TLS handshake failed (the peer is not a Blitzen peer, or its bytes were altered).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The connection or the system failed (a write error, no randomness for a nonce).
     #[error("handshake failed: {0}")]
     Io(#[from] io::Error),
@@ -265,44 +381,125 @@ impl std::fmt::Debug for AdmitError {
     }
 }
 
-/// Shakes hands with a peer that connected: reads its hello, checks its version and, when
-/// `secrets` has one for its role, has it prove it; all within `limit`. On success sends
-/// `welcome` and returns the admitted connection with the peer's [`Hello`]; on failure the
-/// failure is logged, the connection closed (the peer told why when useful), and the error says
-/// what happened.
+/// Shakes hands with a peer that connected: reads its preface, starts TLS when both sides
+/// encrypt (`tls`: the server's side of TLS, when it encrypts), reads its hello, checks its
+/// version and, when `secrets` has one for its role, has it prove it; all within `limit`. On
+/// success sends `welcome` and returns the admitted connection with the peer's [`Hello`]; on
+/// failure the failure is logged, the connection closed (the peer told why when useful), and the
+/// error says what happened.
 pub async fn admit(
     stream: TcpStream,
     secrets: &Secrets,
+    tls: Option<&TlsAcceptor>,
     welcome: Welcome,
     limit: Duration,
 ) -> Result<Admitted<Hello>, AdmitError> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
-    let outcome = tokio::time::timeout(limit, check(&mut reader, &mut write, secrets, welcome))
+    let outcome = tokio::time::timeout(limit, check(stream, secrets, tls, welcome))
         .await
-        .unwrap_or(Err(AdmitError::TimedOut(limit)));
+        .unwrap_or(Err((AdmitError::TimedOut(limit), None)));
     match outcome {
-        Ok(hello) => {
-            reader.set_max(MAX_FRAME_LEN);
-            Ok(Admitted { reader, write, greeting: hello })
-        }
-        Err(e) => {
+        Ok(admitted) => Ok(admitted),
+        Err((e, write)) => {
             // Logged before the close: a refused peer waits for the close before it reports,
             // so the server's line is always there first.
             match &e {
                 AdmitError::Closed => tracing::debug!("closed before the handshake"),
                 e => tracing::warn!(error = %e, "handshake failed; connection closed"),
             }
-            let _ = write.shutdown().await;
+            if let Some(mut write) = write {
+                let _ = write.shutdown().await;
+            }
             Err(e)
         }
     }
 }
 
+/// A failed handshake, with the write half to close when there is one.
+type Failed = (AdmitError, Option<WriteSide>);
+
 async fn check(
-    reader: &mut FramedReader,
-    write: &mut OwnedWriteHalf,
+    mut stream: TcpStream,
     secrets: &Secrets,
+    tls: Option<&TlsAcceptor>,
+    welcome: Welcome,
+) -> Result<Admitted<Hello>, Failed> {
+    let preface = match read_one::<Preface>(&mut stream).await {
+        Ok(Some(preface)) => preface,
+        Ok(None) => return Err((AdmitError::Closed, None)),
+        Err(e) => return Err((AdmitError::BadHello(e), None)),
+    };
+    let refuse_plain = |reason: String| Refusal { reason };
+    let refusal = if preface.version != CLUSTER_PROTOCOL_VERSION {
+        Some(refuse_plain(format!(
+            "protocol version {} is not supported: this server speaks version {}",
+            preface.version, CLUSTER_PROTOCOL_VERSION
+        )))
+    } else {
+        match (tls, preface.encrypt) {
+            (Some(_), false) => Some(refuse_plain(
+                "this server requires a shared secret and encrypts its connections (TLS): \
+                 give this peer the cluster's secret (--secret-file or BLITZEN_SECRET), with \
+                 which it encrypts by default (a peer with --insecure-plaintext cannot join)"
+                    .into(),
+            )),
+            (None, true) if secrets.enabled() => Some(refuse_plain(
+                "this server runs with --insecure-plaintext: its connections are not \
+                 encrypted; give the peer --insecure-plaintext too, or (better) start the \
+                 server without it"
+                    .into(),
+            )),
+            _ => None,
+        }
+    };
+    if let Some(refusal) = refusal {
+        let reason = refusal.reason.clone();
+        let _ = send_one(&mut stream, &PrefaceReply::Refusal(refusal)).await;
+        let (_, write) = split_tcp(stream);
+        return Err((AdmitError::Refused { role: "peer", reason }, Some(write)));
+    }
+    let (read, mut write, binding) = match tls {
+        Some(acceptor) => {
+            if let Err(e) = send_one(&mut stream, &PrefaceReply::StartTls).await {
+                return Err((e.into(), None));
+            }
+            let stream = match acceptor.0.accept(stream).await {
+                Ok(stream) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err((AdmitError::Tls("the peer closed the connection".into()), None));
+                }
+                Err(e) => return Err((AdmitError::Tls(e.to_string()), None)),
+            };
+            let binding = match tls::binding(stream.get_ref().1) {
+                Ok(binding) => binding.to_vec(),
+                Err(e) => return Err((AdmitError::Tls(format!("no keying material: {e}")), None)),
+            };
+            let (read, write) = split(stream);
+            (read, write, binding)
+        }
+        None => {
+            if let Err(e) = send_one(&mut stream, &PrefaceReply::Plain).await {
+                return Err((e.into(), None));
+            }
+            let (read, write) = split_tcp(stream);
+            (read, write, Vec::new())
+        }
+    };
+    let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
+    match authenticate(&mut reader, &mut write, secrets, &binding, welcome).await {
+        Ok(hello) => {
+            reader.set_max(MAX_FRAME_LEN);
+            Ok(Admitted { reader, write, greeting: hello, encrypted: tls.is_some() })
+        }
+        Err(e) => Err((e, Some(write))),
+    }
+}
+
+/// The hello, and the secret's challenge–response when the peer's role has a secret.
+async fn authenticate(
+    reader: &mut FramedReader,
+    write: &mut WriteSide,
+    secrets: &Secrets,
+    binding: &[u8],
     welcome: Welcome,
 ) -> Result<Hello, AdmitError> {
     let hello = match reader.next::<Hello>().await {
@@ -324,7 +521,8 @@ async fn check(
             return Err(refuse(write, role, reason).await);
         }
         let ours = nonce()?;
-        let proof = secret.proof(Side::Server, role, &hello.nonce, &ours);
+        let exchange = Exchange { peer_nonce: &hello.nonce, server_nonce: &ours, binding };
+        let proof = secret.proof(Side::Server, role, &exchange);
         let challenge = Challenge { nonce: Bytes::copy_from_slice(&ours), proof: proof.into() };
         send_one(write, &HelloReply::Challenge(challenge)).await?;
         let answer = match reader.next::<Proof>().await {
@@ -336,7 +534,7 @@ async fn check(
             let reason = format!("this server requires a secret and the {role} has none");
             return Err(refuse(write, role, reason).await);
         }
-        if !secret.verify(Side::Peer, role, &hello.nonce, &ours, &answer.proof) {
+        if !secret.verify(Side::Peer, role, &exchange, &answer.proof) {
             let reason = format!("wrong secret: the {role}'s proof does not match this server's");
             return Err(refuse(write, role, reason).await);
         }
@@ -347,7 +545,7 @@ async fn check(
 }
 
 /// Tells the peer why it is refused; the error to return.
-async fn refuse(write: &mut OwnedWriteHalf, role: &'static str, reason: String) -> AdmitError {
+async fn refuse(write: &mut WriteSide, role: &'static str, reason: String) -> AdmitError {
     let _ = send_one(write, &HelloReply::Refusal(Refusal { reason: reason.clone() })).await;
     AdmitError::Refused { role, reason }
 }
@@ -372,19 +570,35 @@ mod tests {
         Secret::new(text, "test").expect("long enough")
     }
 
-    /// One handshake over loopback, each side with its secret or none: the server's result
-    /// and the peer's.
-    async fn shake(
-        server: Option<&str>,
+    /// How the server of a test handshake runs.
+    #[derive(Clone, Copy)]
+    enum Serving {
+        /// With this secret and TLS.
+        Tls(&'static str),
+        /// With this secret, in the clear (`--insecure-plaintext`).
+        Plain(&'static str),
+        /// Without a secret.
+        Open,
+    }
+
+    /// One handshake over loopback: the server's result and the peer's.
+    async fn shake_with(
+        serving: Serving,
         peer: Option<&str>,
+        tls: PeerTls,
     ) -> (Result<Admitted<Hello>, AdmitError>, Result<Admitted<Welcome>, ConnectError>) {
-        let server = server.map(|s| Secrets::both(secret(s))).unwrap_or_default();
+        let identity = crate::tls::Identity::generate().expect("identity");
+        let (secrets, acceptor) = match serving {
+            Serving::Tls(s) => (Secrets::both(secret(s)), Some(identity.acceptor().expect("tls"))),
+            Serving::Plain(s) => (Secrets::both(secret(s)), None),
+            Serving::Open => (Secrets::default(), None),
+        };
         let peer = peer.map(secret);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let accepting = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
-            admit(stream, &server, welcome(), Duration::from_secs(5)).await
+            admit(stream, &secrets, acceptor.as_ref(), welcome(), Duration::from_secs(5)).await
         });
         let role = Role::Driver {
             name: "test".into(),
@@ -392,19 +606,36 @@ mod tests {
             attach: false,
             heartbeat_ms: 0,
         };
-        let connected = connect(&addr, role, peer.as_ref(), Duration::from_secs(5)).await;
+        let connected = connect(&addr, role, peer.as_ref(), &tls, Duration::from_secs(5)).await;
         (accepting.await.expect("server task"), connected)
     }
 
+    /// [`shake_with`] the defaults: TLS whenever the server has a secret.
+    async fn shake(
+        server: Option<&'static str>,
+        peer: Option<&str>,
+    ) -> (Result<Admitted<Hello>, AdmitError>, Result<Admitted<Welcome>, ConnectError>) {
+        let serving = server.map_or(Serving::Open, Serving::Tls);
+        shake_with(serving, peer, PeerTls::default()).await
+    }
+
     #[tokio::test]
-    async fn matching_secrets_admit_both_ways() {
+    async fn matching_secrets_admit_both_ways_encrypted() {
         let shared = Some("a shared secret of length");
         let (server, peer) = shake(shared, shared).await;
-        let hello = server.expect("admitted").greeting;
-        assert_eq!(role_name(&hello.role), "driver");
-        assert_eq!(peer.expect("admitted").greeting, welcome());
+        let server = server.expect("admitted");
+        assert_eq!(role_name(&server.greeting.role), "driver");
+        let peer = peer.expect("admitted");
+        assert_eq!(peer.greeting, welcome());
+        assert!(server.encrypted && peer.encrypted, "TLS by default with a secret");
         let (server, peer) = shake(None, None).await;
-        assert!(server.is_ok() && peer.is_ok(), "no secret on either side");
+        let (server, peer) = (server.expect("admitted"), peer.expect("admitted"));
+        assert!(!server.encrypted && !peer.encrypted, "no secret on either side: in the clear");
+        let plaintext = PeerTls { plaintext: true, ..PeerTls::default() };
+        let (server, peer) =
+            shake_with(Serving::Plain("a shared secret of length"), shared, plaintext).await;
+        let (server, peer) = (server.expect("admitted"), peer.expect("admitted"));
+        assert!(!server.encrypted && !peer.encrypted, "both turned encryption off");
     }
 
     #[tokio::test]
@@ -415,15 +646,43 @@ mod tests {
         assert!(matches!(server, Err(AdmitError::ProofRejected { role: "driver" })), "{server:?}");
 
         let (server, peer) = shake(ours, None).await;
-        assert!(matches!(peer, Err(ConnectError::SecretRequired { role: "driver" })), "{peer:?}");
+        let peer = peer.expect_err("refused").to_string();
+        assert!(peer.contains("requires a shared secret") && peer.contains("TLS"), "{peer}");
         let server = server.expect_err("refused").to_string();
-        assert!(server.contains("has none"), "{server}");
+        assert!(server.contains("requires a shared secret"), "{server}");
 
         let (server, peer) = shake(None, Some("a secret the server lacks")).await;
         assert!(matches!(peer, Err(ConnectError::Unauthenticated)), "{peer:?}");
         assert!(peer.as_ref().is_err_and(ConnectError::is_refusal));
-        // The server admitted it; the peer walked away.
-        assert!(server.is_ok());
+        // The peer walked away after the preface.
+        assert!(matches!(server, Err(AdmitError::Closed)), "{server:?}");
+    }
+
+    #[tokio::test]
+    async fn encryption_on_one_side_only_is_refused_saying_what_to_change() {
+        let shared = "a shared secret of length";
+        let plaintext = PeerTls { plaintext: true, ..PeerTls::default() };
+        let (server, peer) = shake_with(Serving::Tls(shared), Some(shared), plaintext).await;
+        let peer = peer.expect_err("refused");
+        assert!(peer.is_refusal() && peer.to_string().contains("--insecure-plaintext"), "{peer}");
+        assert!(server.is_err());
+        let (server, peer) =
+            shake_with(Serving::Plain(shared), Some(shared), PeerTls::default()).await;
+        let peer = peer.expect_err("refused").to_string();
+        assert!(peer.contains("runs with --insecure-plaintext"), "{peer}");
+        assert!(server.expect_err("refused").to_string().contains("--insecure-plaintext"));
+    }
+
+    #[tokio::test]
+    async fn a_pinned_certificate_is_checked() {
+        let shared = "a shared secret of length";
+        let pin = "00".repeat(32).parse().expect("a fingerprint");
+        let pinned = PeerTls { verify: Verify::Pin(pin), ..PeerTls::default() };
+        let (server, peer) = shake_with(Serving::Tls(shared), Some(shared), pinned).await;
+        let peer = peer.expect_err("not the pinned certificate");
+        assert!(peer.is_refusal() && peer.to_string().contains("not the pinned one"), "{peer}");
+        let server = server.expect_err("failed").to_string();
+        assert!(server.contains("TLS handshake failed"), "{server}");
     }
 
     #[tokio::test]
@@ -433,7 +692,8 @@ mod tests {
         let silent = tokio::spawn(async move { TcpStream::connect(addr).await });
         let (stream, _) = listener.accept().await.expect("accept");
         let limit = Duration::from_millis(50);
-        let e = admit(stream, &Secrets::default(), welcome(), limit).await.expect_err("silent");
+        let e =
+            admit(stream, &Secrets::default(), None, welcome(), limit).await.expect_err("silent");
         assert!(matches!(e, AdmitError::TimedOut(_)) && e.to_string().contains("in time"), "{e}");
         drop(silent);
         drop(listener);
@@ -443,7 +703,9 @@ mod tests {
             attach: false,
             heartbeat_ms: 0,
         };
-        let e = connect(&addr.to_string(), role, None, limit).await.expect_err("nobody listens");
+        let e = connect(&addr.to_string(), role, None, &PeerTls::default(), limit)
+            .await
+            .expect_err("nobody listens");
         assert!(!e.is_refusal(), "{e}");
     }
 }

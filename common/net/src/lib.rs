@@ -7,6 +7,8 @@
 //!   HMAC proofs of it.
 //! - [`handshake`]: both halves of the handshake that opens every connection —
 //!   [`handshake::connect`] for agents and drivers, [`handshake::admit`] for the server.
+//! - [`tls`]: TLS 1.3 for connections with a secret — the server's certificate, what peers
+//!   check of it, and the keying material the secret's proofs are bound to.
 //!
 //! How they connect: a peer calls `connect`, the server `admit`s what it accepts; both get an
 //! [`handshake::Admitted`] connection (a `FramedReader` and a write half) and then speak the
@@ -15,9 +17,11 @@
 pub mod framed;
 pub mod handshake;
 pub mod secret;
+pub mod tls;
 
 pub use framed::{
-    FramedReader, NetError, check_address, parse_server, send_one, spawn_writer, with_default_port,
+    FramedReader, NetError, ReadSide, WriteSide, check_address, parse_server, send_one,
+    spawn_writer, split, split_tcp, with_default_port,
 };
-pub use handshake::{AdmitError, Admitted, ConnectError, admit, connect, role_name};
+pub use handshake::{AdmitError, Admitted, ConnectError, PeerTls, admit, connect, role_name};
 pub use secret::{OneSidedSecrets, SECRET_ENV, Secret, SecretError, Secrets};

@@ -92,17 +92,13 @@ impl Secret {
         }
     }
 
-    fn mac(
-        &self,
-        label: &[u8],
-        role: &str,
-        peer_nonce: &[u8],
-        server_nonce: &[u8],
-    ) -> Hmac<Sha256> {
+    fn mac(&self, label: &[u8], role: &str, exchange: &Exchange<'_>) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
-        for part in [label, role.as_bytes(), peer_nonce, server_nonce] {
+        let parts =
+            [label, role.as_bytes(), exchange.peer_nonce, exchange.server_nonce, exchange.binding];
+        for part in parts {
             // Length-prefixed, so that no two different inputs read the same.
             mac.update(&(part.len() as u32).to_be_bytes());
             mac.update(part);
@@ -111,21 +107,27 @@ impl Secret {
     }
 
     /// The proof one side sends.
-    pub fn proof(&self, side: Side, role: &str, peer_nonce: &[u8], server_nonce: &[u8]) -> Vec<u8> {
-        self.mac(side.label(), role, peer_nonce, server_nonce).finalize().into_bytes().to_vec()
+    pub fn proof(&self, side: Side, role: &str, exchange: &Exchange<'_>) -> Vec<u8> {
+        self.mac(side.label(), role, exchange).finalize().into_bytes().to_vec()
     }
 
     /// Whether `proof` is the one `side` should have sent (compared in constant time).
-    pub fn verify(
-        &self,
-        side: Side,
-        role: &str,
-        peer_nonce: &[u8],
-        server_nonce: &[u8],
-        proof: &[u8],
-    ) -> bool {
-        self.mac(side.label(), role, peer_nonce, server_nonce).verify_slice(proof).is_ok()
+    pub fn verify(&self, side: Side, role: &str, exchange: &Exchange<'_>, proof: &[u8]) -> bool {
+        self.mac(side.label(), role, exchange).verify_slice(proof).is_ok()
     }
+}
+
+/// What both proofs of one handshake cover besides the secret, the side and the role.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The connecting side's nonce.
+    pub peer_nonce: &'a [u8],
+    /// The server's nonce.
+    pub server_nonce: &'a [u8],
+    /// The TLS session's exported keying material ([`crate::tls::binding`]); empty in the
+    /// clear. A man in the middle holds two TLS sessions with different material, so proofs
+    /// forwarded from one to the other fail.
+    pub binding: &'a [u8],
 }
 
 impl fmt::Debug for Secret {
@@ -219,18 +221,25 @@ mod tests {
     }
 
     #[test]
-    fn proofs_bind_the_secret_the_side_the_role_and_both_nonces() {
+    fn proofs_bind_the_secret_the_side_the_role_both_nonces_and_the_tls_session() {
         let k = secret("correct horse battery staple");
         let (p, s) = (nonce().expect("nonce"), nonce().expect("nonce"));
         assert_ne!(p, s, "nonces are fresh");
-        let proof = k.proof(Side::Peer, "agent", &p, &s);
-        assert!(k.verify(Side::Peer, "agent", &p, &s, &proof));
-        assert!(!secret("another secret entirely").verify(Side::Peer, "agent", &p, &s, &proof));
-        assert!(!k.verify(Side::Server, "agent", &p, &s, &proof), "the server's label differs");
-        assert!(!k.verify(Side::Peer, "driver", &p, &s, &proof), "the role is bound");
-        assert!(!k.verify(Side::Peer, "agent", &s, &p, &proof), "the nonces are bound in order");
-        assert!(!k.verify(Side::Peer, "agent", &p, &s, &proof[..31]), "truncated proof");
-        assert!(!k.verify(Side::Peer, "agent", &p, &s, &[]), "empty proof");
+        let tls = [9u8; 32];
+        let x = Exchange { peer_nonce: &p, server_nonce: &s, binding: &tls };
+        let proof = k.proof(Side::Peer, "agent", &x);
+        assert!(k.verify(Side::Peer, "agent", &x, &proof));
+        assert!(!secret("another secret entirely").verify(Side::Peer, "agent", &x, &proof));
+        assert!(!k.verify(Side::Server, "agent", &x, &proof), "the server's label differs");
+        assert!(!k.verify(Side::Peer, "driver", &x, &proof), "the role is bound");
+        let swapped = Exchange { peer_nonce: &s, server_nonce: &p, ..x };
+        assert!(!k.verify(Side::Peer, "agent", &swapped, &proof), "the nonces are bound in order");
+        let other_session = Exchange { binding: &[8u8; 32], ..x };
+        assert!(!k.verify(Side::Peer, "agent", &other_session, &proof), "the TLS session is bound");
+        let clear = Exchange { binding: &[], ..x };
+        assert!(!k.verify(Side::Peer, "agent", &clear, &proof), "TLS or not is bound");
+        assert!(!k.verify(Side::Peer, "agent", &x, &proof[..31]), "truncated proof");
+        assert!(!k.verify(Side::Peer, "agent", &x, &[]), "empty proof");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(super) struct Endpoint {
     pub server: String,
     /// The cluster's shared secret, if it has one.
     pub secret: Option<Secret>,
+    /// How the connection is encrypted (with a secret).
+    pub tls: blitzen_net::PeerTls,
     /// How long to keep trying the first time.
     pub connect_timeout: Duration,
     /// How long to keep trying to get back after a connection is lost.
@@ -99,9 +101,10 @@ pub(super) async fn drive(
             );
         }
         server_id = Some(this_run);
+        let encrypted = admitted.encrypted;
         match &lost_for {
-            Some(_) => info!(%server, "reconnected to the server"),
-            None => info!(%server, "connected to the server"),
+            Some(_) => info!(%server, encrypted, "reconnected to the server"),
+            None => info!(%server, encrypted, "connected to the server"),
         }
         let connection = Connection {
             table: &table,
@@ -347,7 +350,7 @@ async fn connect(
         let heartbeat_ms = endpoint.heartbeat.as_millis() as u64;
         let session = endpoint.session.clone();
         let role = Role::Driver { name: name.clone(), session, attach, heartbeat_ms };
-        match blitzen_net::connect(server, role, secret, limit).await {
+        match blitzen_net::connect(server, role, secret, &endpoint.tls, limit).await {
             Ok(conn) => return Ok(conn),
             // A name that does not resolve is a typo far more often than a slow DNS.
             Err(e @ ConnectError::Resolve { .. }) => return Err(e),

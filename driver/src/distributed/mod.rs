@@ -8,6 +8,7 @@
 mod link;
 mod local;
 
+pub use blitzen_net::tls::{Fingerprint, TlsError};
 pub use blitzen_net::{ConnectError, Secret, SecretError};
 pub use local::LocalCluster;
 
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 use blitzen_client::AgentConfig;
 use blitzen_common::logging;
 use blitzen_common::worker::is_unentered_worker;
+use blitzen_net::PeerTls;
+use blitzen_net::tls::Verify;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
 use blitzen_server::{Secrets, ServerConfig};
@@ -38,6 +41,8 @@ use crate::tasks::Tasks;
 ///   [`with_unrunnable_limit`](Dispatcher::with_unrunnable_limit),
 ///   [`with_secret`](Dispatcher::with_secret), [`with_secret_file`](Dispatcher::with_secret_file),
 ///   [`allow_insecure`](Dispatcher::allow_insecure), [`with_data_dir`](Dispatcher::with_data_dir),
+///   [`insecure_plaintext`](Dispatcher::insecure_plaintext),
+///   [`with_tls_pin`](Dispatcher::with_tls_pin), [`with_tls_ca`](Dispatcher::with_tls_ca),
 ///   [`with_session`](Dispatcher::with_session), [`with_heartbeat`](Dispatcher::with_heartbeat),
 ///   [`with_reconnect_window`](Dispatcher::with_reconnect_window),
 ///   [`attach`](Dispatcher::attach), [`detach`](Dispatcher::detach),
@@ -112,6 +117,8 @@ pub struct Cluster {
     /// The cluster's shared secret when one was given; otherwise `BLITZEN_SECRET`, read when
     /// needed ([`Cluster::secret`]).
     secret: Option<Secret>,
+    /// How connections are encrypted (with a secret) and what is checked of the certificate.
+    tls: PeerTls,
     /// The dispatcher's results, filled by the connection.
     table: Arc<ResultTable>,
     /// How many tasks were sent, and how many of them the server has taken.
@@ -185,6 +192,7 @@ impl Cluster {
         let endpoint = link::Endpoint {
             server: self.server.clone(),
             secret: self.secret()?,
+            tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
             reconnect_window: self.reconnect_window,
             heartbeat: self.heartbeat,
@@ -233,6 +241,7 @@ impl Dispatcher<Cluster> {
                 insecure: false,
                 data_dir: None,
                 secret: None,
+                tls: PeerTls::default(),
                 table,
                 handoff: Arc::new(Handoff::default()),
                 link: Mutex::new(LinkState::Idle),
@@ -335,6 +344,30 @@ impl Dispatcher<Cluster> {
         self
     }
 
+    /// With a secret, connects UNENCRYPTED (and makes [`spawn_server`](Self::spawn_server) and
+    /// [`spawn_client`](Self::spawn_client) do the same; a server must allow it with
+    /// `--insecure-plaintext`): anyone on the path can then read and alter every task and result.
+    /// By default, with a secret every connection is TLS 1.3, authenticated by the secret.
+    pub fn insecure_plaintext(mut self, plaintext: bool) -> Self {
+        self.backend.tls.plaintext = plaintext;
+        self
+    }
+
+    /// Also requires the server's certificate to have this SHA-256 fingerprint (the server logs
+    /// it at start: `"AB:CD:…".parse()?`). The secret authenticates the server either way; a
+    /// pin also catches a server with the right secret and the wrong certificate.
+    pub fn with_tls_pin(mut self, fingerprint: Fingerprint) -> Self {
+        self.backend.tls.verify = Verify::Pin(fingerprint);
+        self
+    }
+
+    /// Also requires the server's certificate to be issued by a CA in this PEM file and to name
+    /// the server's host (for a server started with `--tls-cert`).
+    pub fn with_tls_ca(mut self, path: impl AsRef<std::path::Path>) -> Result<Self, TlsError> {
+        self.backend.tls.verify = Verify::ca_file(path.as_ref())?;
+        Ok(self)
+    }
+
     /// Lets [`spawn_server`](Self::spawn_server) listen on a non-loopback address without a
     /// secret, although then anyone who can reach it can run programs on its agents.
     pub fn allow_insecure(mut self, allow: bool) -> Self {
@@ -408,6 +441,7 @@ impl Dispatcher<Cluster> {
             port: addr.port(),
             secrets: self.backend.secret()?.map(Secrets::both).unwrap_or_default(),
             allow_insecure: self.backend.insecure,
+            plaintext: self.backend.tls.plaintext,
             data_dir: self.backend.data_dir.clone(),
             ..ServerConfig::default()
         };
@@ -439,6 +473,7 @@ impl Dispatcher<Cluster> {
         }
         let mut config = AgentConfig::new(&self.backend.server, workers);
         config.secret = self.backend.secret()?;
+        config.tls = self.backend.tls.clone();
         blitzen_client::run_until_signal(config)?;
         Ok(())
     }
