@@ -2,7 +2,9 @@
 //! slow or silent: [`Proxy::throttle`] limits both directions to some bytes per second,
 //! [`Proxy::freeze`] stops forwarding while both sockets stay open (a pulled cable, a NAT that
 //! dropped the mapping, a host that lost power), [`Proxy::thaw`] resumes, [`Proxy::cut`] closes
-//! every connection (a proxy or a firewall that resets them).
+//! every connection (a proxy or a firewall that resets them). It also keeps every byte it
+//! forwards ([`Proxy::recorded`]: what an eavesdropper on the link sees) and can flip one byte
+//! of what it forwards next ([`Proxy::tamper`]: an attacker on the path).
 //!
 //! Each connection is two threads copying bytes, one per direction. Dropping the proxy closes
 //! every connection and stops its threads.
@@ -23,6 +25,19 @@ struct State {
     stopped: bool,
     /// Every socket, to shut them down on drop.
     sockets: Vec<TcpStream>,
+    /// Every byte forwarded, both directions.
+    recorded: Vec<u8>,
+    /// The direction in which the next chunk forwarded gets one byte flipped.
+    tamper: Option<Direction>,
+}
+
+/// A direction through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the side that connected to the proxy to the upstream.
+    Up,
+    /// From the upstream back.
+    Down,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +104,16 @@ impl Proxy {
         }
     }
 
+    /// Everything forwarded so far, both directions.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.control.lock().recorded.clone()
+    }
+
+    /// Flips one byte in the middle of the next chunk forwarded in `direction`.
+    pub fn tamper(&self, direction: Direction) {
+        self.control.lock().tamper = Some(direction);
+    }
+
     /// Forwards again what waited and what comes.
     pub fn thaw(&self) {
         self.control.lock().frozen = false;
@@ -118,17 +143,19 @@ fn connect_pumps(control: &Arc<Control>, client: TcpStream, server: TcpStream) -
         state.sockets.push(client.try_clone()?);
         state.sockets.push(server.try_clone()?);
     }
-    for (from, to, name) in
-        [(client.try_clone()?, server.try_clone()?, "proxy-up"), (server, client, "proxy-down")]
-    {
+    let up = (client.try_clone()?, server.try_clone()?, Direction::Up);
+    for (from, to, direction) in [up, (server, client, Direction::Down)] {
         let control = control.clone();
-        std::thread::Builder::new().name(name.into()).spawn(move || pump(&control, from, to))?;
+        let name = format!("proxy-{direction:?}");
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || pump(&control, from, to, direction))?;
     }
     Ok(())
 }
 
 /// Copies `from` to `to` under the proxy's rules until either side closes.
-fn pump(control: &Control, mut from: TcpStream, mut to: TcpStream) {
+fn pump(control: &Control, mut from: TcpStream, mut to: TcpStream, direction: Direction) {
     let mut buf = vec![0u8; 64 * 1024];
     // Throttling: bytes sent since `window` began, paced to the rate.
     let mut window = Instant::now();
@@ -151,6 +178,11 @@ fn pump(control: &Control, mut from: TcpStream, mut to: TcpStream) {
             if state.stopped {
                 break;
             }
+            if state.tamper == Some(direction) {
+                state.tamper = None;
+                buf[n / 2] ^= 0x20;
+            }
+            state.recorded.extend_from_slice(&buf[..n]);
             state.rate
         };
         if let Some(rate) = rate {

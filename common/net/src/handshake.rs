@@ -284,7 +284,8 @@ async fn greet(
 
 /// A failed TLS handshake in words: rustls's, with what the likely cause is.
 fn tls_failure(e: &std::io::Error) -> ConnectError {
-    let text = e.to_string();
+    // rustls words an error of our certificate check "unexpected error: …".
+    let text = e.to_string().replace("unexpected error: ", "");
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         return ConnectError::Closed;
     }
@@ -462,7 +463,7 @@ async fn check(
             if let Err(e) = send_one(&mut stream, &PrefaceReply::StartTls).await {
                 return Err((e.into(), None));
             }
-            let stream = match acceptor.0.accept(stream).await {
+            let stream = match acceptor.accept(stream).await {
                 Ok(stream) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err((AdmitError::Tls("the peer closed the connection".into()), None));

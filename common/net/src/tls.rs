@@ -34,7 +34,17 @@ use tokio_rustls::{TlsAcceptor as RustlsAcceptor, TlsConnector};
 
 /// The server's side of TLS: its certificate and settings, shared by every connection.
 #[derive(Clone)]
-pub struct TlsAcceptor(pub(crate) RustlsAcceptor);
+pub struct TlsAcceptor(RustlsAcceptor);
+
+impl TlsAcceptor {
+    /// The server's half of a TLS handshake on `stream`.
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        self.0.accept(stream).await
+    }
+}
 
 impl fmt::Debug for TlsAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
