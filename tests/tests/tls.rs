@@ -320,6 +320,61 @@ fn a_pinned_certificate_is_checked_end_to_end() -> Result<(), Failed> {
     check(found, format!("the server logs it:\n{}", server.process.log_text()))
 }
 
+/// A CA, a certificate it issued for 127.0.0.1 (and its key), and another CA: as PEM files.
+fn site_pki() -> Result<(TempFile, TempFile, TempFile, TempFile), Failed> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let authority = |name: &str| -> Result<(CertificateParams, KeyPair, String), Failed> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().map_err(fail)?;
+        let pem = params.self_signed(&key).map_err(fail)?.pem();
+        Ok((params, key, pem))
+    };
+    let (ca_params, ca_key, ca_pem) = authority("site CA")?;
+    let (_, _, other_pem) = authority("another CA")?;
+    let server_key = KeyPair::generate().map_err(fail)?;
+    let server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).map_err(fail)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_pem = server_params.signed_by(&server_key, &issuer).map_err(fail)?.pem();
+    let file = |label, pem: String| TempFile::new(label, pem.as_bytes()).map_err(fail);
+    Ok((
+        file("ca", ca_pem)?,
+        file("cert", server_pem)?,
+        file("key", server_key.serialize_pem())?,
+        file("other-ca", other_pem)?,
+    ))
+}
+
+/// A server with the site's certificate (`--tls-cert/--tls-key`): a peer that trusts the
+/// site's CA joins, a peer that trusts another CA is refused on both sides.
+fn a_sites_own_certificates_are_checked() -> Result<(), Failed> {
+    let secret = secret_file()?;
+    let (ca, cert, key, other) = site_pki()?;
+    let server = secured_server(&secret, &["--tls-cert", cert.arg(), "--tls-key", key.arg()])?;
+    let log = server.process.log_text();
+    check(log.contains("certificate=\"the site's\""), format!("the site's certificate:\n{log}"))?;
+    let agent_args = ["--secret-file", secret.arg(), "--tls-ca", ca.arg()];
+    let _agent = start_agent_with(&server.addr, 1, "site", &agent_args).map_err(fail)?;
+    let d = driver(&server.addr).with_secret_file(&secret.path).map_err(fail)?;
+    let d = d.with_tls_ca(&ca.path).map_err(fail)?;
+    let id = d.run(echo::<u8>(), 3);
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r == [Ok(3)], format!("{r:?}"))?;
+    let stranger = DistributedDispatcher::new(&server.addr)
+        .with_secret_file(&secret.path)
+        .map_err(fail)?
+        .with_tls_ca(&other.path)
+        .map_err(fail)?;
+    let e = match stranger.connect() {
+        Ok(()) => return Err("admitted with another CA".into()),
+        Err(e) => e.to_string(),
+    };
+    check(e.contains("TLS handshake with the server failed"), format!("the driver says why: {e}"))?;
+    let found = server.process.wait_for_log("rejected this server's certificate", 1, WAIT);
+    check(found, format!("the server logs it:\n{}", server.process.log_text()))
+}
+
 macro_rules! trial {
     ($f:ident) => {
         Trial::test(stringify!($f), $f)
@@ -334,6 +389,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_man_in_the_middle_is_refused_on_both_sides),
         trial!(hostile_input_before_and_after_the_tls_handshake),
         trial!(a_pinned_certificate_is_checked_end_to_end),
+        trial!(a_sites_own_certificates_are_checked),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

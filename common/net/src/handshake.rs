@@ -218,7 +218,8 @@ async fn greet(
     let (read, mut write, binding) = match (reply, encrypt) {
         (PrefaceReply::StartTls, true) => {
             let (connector, name) = tls.verify.connector(host)?;
-            let stream = connector.connect(name, stream).await.map_err(|e| tls_failure(&e))?;
+            let stream = (connector.connect(name, tls::buffered(stream)).await)
+                .map_err(|e| tls_failure(&e))?;
             let binding = tls::binding(stream.get_ref().1)
                 .map_err(|e| ConnectError::Tls(format!("no keying material: {e}")))?;
             let (read, write) = split(stream);
@@ -288,6 +289,12 @@ fn tls_failure(e: &std::io::Error) -> ConnectError {
     let text = e.to_string().replace("unexpected error: ", "");
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         return ConnectError::Closed;
+    }
+    if text.contains("invalid peer certificate") {
+        return ConnectError::Tls(format!(
+            "{text} (the server's certificate is not issued by a CA this side trusts, or does \
+             not name the host it connects to)"
+        ));
     }
     ConnectError::Tls(text)
 }
@@ -468,7 +475,16 @@ async fn check(
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err((AdmitError::Tls("the peer closed the connection".into()), None));
                 }
-                Err(e) => return Err((AdmitError::Tls(e.to_string()), None)),
+                Err(e) => {
+                    let mut text = e.to_string();
+                    if text.contains("received fatal alert") {
+                        text.push_str(
+                            " (the peer rejected this server's certificate: does it pin another \
+                             fingerprint, or trust another CA?)",
+                        );
+                    }
+                    return Err((AdmitError::Tls(text), None));
+                }
             };
             let binding = match tls::binding(stream.get_ref().1) {
                 Ok(binding) => binding.to_vec(),

@@ -36,13 +36,25 @@ use tokio_rustls::{TlsAcceptor as RustlsAcceptor, TlsConnector};
 #[derive(Clone)]
 pub struct TlsAcceptor(RustlsAcceptor);
 
+/// A TCP socket read through a large buffer: rustls reads at most 4 KiB at a time, which
+/// straight from the socket would cost a system call per 4 KiB of a large result.
+pub type BufferedTcp = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// How much [`BufferedTcp`] reads from the socket at once.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// `stream` read through a large buffer (writes go straight through).
+pub fn buffered(stream: tokio::net::TcpStream) -> BufferedTcp {
+    tokio::io::BufReader::with_capacity(READ_BUFFER, stream)
+}
+
 impl TlsAcceptor {
     /// The server's half of a TLS handshake on `stream`.
     pub async fn accept(
         &self,
         stream: tokio::net::TcpStream,
-    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-        self.0.accept(stream).await
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<BufferedTcp>> {
+        self.0.accept(buffered(stream)).await
     }
 }
 
@@ -176,8 +188,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// ring's suites, AES-128-GCM first: as secure for this purpose as AES-256 and about a third
+/// faster; ChaCha20-Poly1305 for machines without AES instructions.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
+    use ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut provider = ring::default_provider();
+    provider.cipher_suites =
+        vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    Arc::new(provider)
 }
 
 /// A certificate's SHA-256 fingerprint.

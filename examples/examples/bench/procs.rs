@@ -21,6 +21,21 @@ const ROLE: &str = "BLITZEN_BENCH_ROLE";
 const SERVER: &str = "BLITZEN_BENCH_SERVER";
 const WORKERS: &str = "BLITZEN_BENCH_WORKERS";
 const DATA_DIR: &str = "BLITZEN_BENCH_DATA_DIR";
+/// When set: the cluster's secret is this; `BLITZEN_BENCH_PLAINTEXT` turns encryption off.
+const SECRET: &str = "BLITZEN_BENCH_SECRET";
+const PLAINTEXT: &str = "BLITZEN_BENCH_PLAINTEXT";
+
+/// The secret of the benchmark's secured clusters.
+const BENCH_SECRET: &str = "the benchmark's own cluster secret";
+
+/// This child's secret and whether it turns encryption off, from its environment.
+fn security() -> Result<(Option<blitzen_net::Secret>, bool)> {
+    let secret = match std::env::var(SECRET) {
+        Ok(text) => Some(blitzen_net::Secret::new(text, SECRET).map_err(|e| e.to_string())?),
+        Err(_) => None,
+    };
+    Ok((secret, std::env::var_os(PLAINTEXT).is_some()))
+}
 
 /// How long a child may take to report.
 const REPORT_LIMIT: Duration = Duration::from_secs(120);
@@ -72,10 +87,13 @@ fn serve() -> Result<()> {
         .map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
         let data_dir = std::env::var_os(DATA_DIR).map(std::path::PathBuf::from);
+        let (secret, plaintext) = security()?;
         let config = ServerConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             data_dir,
+            secrets: secret.map(blitzen_net::Secrets::both).unwrap_or_default(),
+            plaintext,
             ..Default::default()
         };
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
@@ -92,6 +110,9 @@ fn agent() -> Result<()> {
         .and_then(|w| w.parse().ok())
         .ok_or_else(|| format!("{WORKERS} is not a number"))?;
     let mut config = AgentConfig::new(&server, workers);
+    let (secret, plaintext) = security()?;
+    config.secret = secret;
+    config.tls.plaintext = plaintext;
     let connected = Arc::new(tokio::sync::Notify::new());
     config.connected = Some(connected.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -148,8 +169,17 @@ impl Proc {
 
     /// [`Proc::server`], keeping its state in `data_dir` when given.
     pub fn server_in(data_dir: Option<&std::path::Path>) -> Result<(Self, String)> {
-        let env: Vec<(&str, String)> =
+        Self::server_with(data_dir, Security::Open)
+    }
+
+    /// [`Proc::server_in`] with the given security.
+    fn server_with(
+        data_dir: Option<&std::path::Path>,
+        security: Security,
+    ) -> Result<(Self, String)> {
+        let mut env: Vec<(&str, String)> =
             data_dir.map(|d| (DATA_DIR, d.display().to_string())).into_iter().collect();
+        env.extend(security.env());
         let mut server = Self::spawn("server", &env)?;
         let addr = server.next_line()?;
         Ok((server, addr))
@@ -157,7 +187,13 @@ impl Proc {
 
     /// Starts an agent with `workers` workers for the server at `addr`; see [`Proc::ready`].
     pub fn agent(addr: &str, workers: usize) -> Result<Self> {
-        Self::spawn("agent", &[(SERVER, addr.to_string()), (WORKERS, workers.to_string())])
+        Self::agent_with(addr, workers, Security::Open)
+    }
+
+    fn agent_with(addr: &str, workers: usize, security: Security) -> Result<Self> {
+        let mut env = vec![(SERVER, addr.to_string()), (WORKERS, workers.to_string())];
+        env.extend(security.env());
+        Self::spawn("agent", &env)
     }
 
     /// Waits until an agent says it is connected with its workers up.
@@ -205,12 +241,34 @@ impl Drop for Proc {
     }
 }
 
+/// How a benchmark cluster's connections are secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// No secret, in the clear (loopback).
+    Open,
+    /// A secret, and TLS 1.3 (the default with a secret).
+    Encrypted,
+    /// A secret, in the clear (`--insecure-plaintext` everywhere).
+    Plaintext,
+}
+
+impl Security {
+    fn env(self) -> Vec<(&'static str, String)> {
+        match self {
+            Security::Open => vec![],
+            Security::Encrypted => vec![(SECRET, BENCH_SECRET.into())],
+            Security::Plaintext => vec![(SECRET, BENCH_SECRET.into()), (PLAINTEXT, "1".into())],
+        }
+    }
+}
+
 /// A server and agents as child processes, and a driver for them.
 pub struct Cluster {
     // Agents stop before the server (fields drop in order).
     pub agents: Vec<Proc>,
     pub server: Proc,
     pub addr: String,
+    security: Security,
 }
 
 impl Cluster {
@@ -225,10 +283,24 @@ impl Cluster {
         agents: usize,
         workers: usize,
     ) -> Result<Self> {
-        let (server, addr) = Proc::server_in(data_dir)?;
-        let mut cluster = Self { agents: Vec::new(), server, addr };
+        Self::start_with(data_dir, agents, workers, Security::Open)
+    }
+
+    /// [`Cluster::start`] with a secret, encrypted or not.
+    pub fn start_secured(agents: usize, workers: usize, security: Security) -> Result<Self> {
+        Self::start_with(None, agents, workers, security)
+    }
+
+    fn start_with(
+        data_dir: Option<&std::path::Path>,
+        agents: usize,
+        workers: usize,
+        security: Security,
+    ) -> Result<Self> {
+        let (server, addr) = Proc::server_with(data_dir, security)?;
+        let mut cluster = Self { agents: Vec::new(), server, addr, security };
         for _ in 0..agents {
-            cluster.agents.push(Proc::agent(&cluster.addr, workers)?);
+            cluster.agents.push(Proc::agent_with(&cluster.addr, workers, security)?);
         }
         for agent in &mut cluster.agents {
             agent.ready()?;
@@ -237,7 +309,13 @@ impl Cluster {
     }
 
     pub fn dispatcher(&self) -> DistributedDispatcher {
-        DistributedDispatcher::new(&self.addr)
+        let d = DistributedDispatcher::new(&self.addr);
+        match (self.security, blitzen_net::Secret::new(BENCH_SECRET, "bench")) {
+            (Security::Open, _) | (_, Err(_)) => d,
+            (security, Ok(secret)) => {
+                d.with_secret(secret).insecure_plaintext(security == Security::Plaintext)
+            }
+        }
     }
 }
 

@@ -47,10 +47,13 @@ pub enum Workload {
     W9,
     W10,
     W11,
+    W12,
+    W13,
+    W14,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 14] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -62,19 +65,24 @@ impl Workload {
         Workload::W9,
         Workload::W10,
         Workload::W11,
+        Workload::W12,
+        Workload::W13,
+        Workload::W14,
     ];
 
     pub fn name(self) -> &'static str {
-        ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11"][self as usize]
+        const NAMES: [&str; 14] = [
+            "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13", "W14",
+        ];
+        NAMES[self as usize]
     }
 
-    /// W5, W6 and the data directory's W9–W11 are about the server: distributed only.
+    /// W5, W6, the data directory's W9–W11 and encryption's W12–W14 are about the server and
+    /// its connections: distributed only.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
-            || !matches!(
-                self,
-                Workload::W5 | Workload::W6 | Workload::W9 | Workload::W10 | Workload::W11
-            )
+            || (self as usize) < 4
+            || matches!(self, Workload::W7 | Workload::W8)
     }
 }
 
@@ -85,7 +93,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W11"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W14"))
     }
 }
 
@@ -122,6 +130,9 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W9, _) => durable_throughput(runs),
         (Workload::W10, _) => durable_queue(runs),
         (Workload::W11, _) => restart_queued(runs),
+        (Workload::W12, _) => encrypted_vs_plain(runs, Compare::Throughput),
+        (Workload::W13, _) => encrypted_vs_plain(runs, Compare::Latency),
+        (Workload::W14, _) => encrypted_vs_plain(runs, Compare::Payload),
     }
 }
 
@@ -617,6 +628,66 @@ fn restart_queued(runs: usize) -> Result<Measured> {
         units: "ms",
         better: Better::Lower,
         extra: vec![("listening_ms", median(&listens))],
+    })
+}
+
+// ----- W12–W14: encryption -----
+
+/// What W12–W14 compare.
+#[derive(Debug, Clone, Copy)]
+enum Compare {
+    /// W1's tasks/s.
+    Throughput,
+    /// W2's p50 round trip.
+    Latency,
+    /// W4's MB/s with `Blob` results.
+    Payload,
+}
+
+/// W1, W2 or W4 on two clusters with the same secret, one encrypted (TLS 1.3, the default) and
+/// one with encryption turned off, run alternately so that both see the same machine. The
+/// headline is encrypted as a percentage of plain (W12, W14) or the difference in µs (W13).
+fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measured> {
+    use crate::procs::Security;
+    let tls = Cluster::start_secured(1, 2, Security::Encrypted)?;
+    let plain = Cluster::start_secured(1, 2, Security::Plaintext)?;
+    let (dt, dp) = (tls.dispatcher(), plain.dispatcher());
+    warm_up(&dt)?;
+    warm_up(&dp)?;
+    let measure = |d: &blitzen::distributed::DistributedDispatcher| -> Result<f64> {
+        match compare {
+            Compare::Throughput => throughput(d),
+            Compare::Latency => latency(d, 1).map(|m| m.runs[0]),
+            Compare::Payload => payload_rate(d, mebibyte),
+        }
+    };
+    let (mut encrypted, mut clear, mut headline) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (e, p) = (measure(&dt)?, measure(&dp)?);
+        encrypted.push(e);
+        clear.push(p);
+        headline.push(match compare {
+            Compare::Latency => e - p,
+            _ => 100.0 * e / p,
+        });
+    }
+    let (of, units, better, names) = match compare {
+        Compare::Throughput => {
+            ("W1", "% of plain", Better::Higher, ("tasks_per_s_encrypted", "tasks_per_s_plain"))
+        }
+        Compare::Latency => ("W2", "µs more", Better::Lower, ("p50_us_encrypted", "p50_us_plain")),
+        Compare::Payload => {
+            ("W4", "% of plain", Better::Higher, ("mb_per_s_encrypted", "mb_per_s_plain"))
+        }
+    };
+    Ok(Measured {
+        params: json!({ "workload": of, "agents": 1, "workers_per_agent": 2,
+                        "encrypted": "TLS 1.3 (AES-GCM, ring)",
+                        "against": "the same secret, --insecure-plaintext" }),
+        runs: headline,
+        units,
+        better,
+        extra: vec![(names.0, median(&encrypted)), (names.1, median(&clear))],
     })
 }
 
