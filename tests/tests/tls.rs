@@ -235,6 +235,25 @@ fn poke(addr: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(answer)
 }
 
+/// Completes the preface and a TLS handshake as a peer would, sends `bytes` inside TLS, and
+/// returns what the server answers before closing.
+async fn poke_tls(addr: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(&frame(&Preface { version: CLUSTER_PROTOCOL_VERSION, encrypt: true })).await?;
+    let mut reply = vec![0u8; frame(&PrefaceReply::StartTls).len()];
+    tcp.read_exact(&mut reply).await?;
+    let (connector, name) =
+        blitzen_net::tls::Verify::Binding.connector("blitzen").map_err(std::io::Error::other)?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(bytes).await?;
+    tls.flush().await?;
+    let mut rest = Vec::new();
+    let limit = Duration::from_secs(20);
+    let _ = tokio::time::timeout(limit, tls.read_to_end(&mut rest)).await;
+    Ok(rest)
+}
+
 /// Garbage before the TLS handshake, in place of it, and inside it: each connection is closed
 /// with a logged error while a driver and an agent keep working.
 fn hostile_input_before_and_after_the_tls_handshake() -> Result<(), Failed> {
@@ -245,8 +264,27 @@ fn hostile_input_before_and_after_the_tls_handshake() -> Result<(), Failed> {
     let d = driver(&server.addr).with_secret_file(&secret.path).map_err(fail)?;
     let before: Vec<_> = (0..100u64).map(|i| d.run(echo::<u64>(), i)).collect();
 
-    let answer = poke(&server.addr, b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n").map_err(fail)?;
-    check(answer.is_empty(), format!("garbage first: answered {} bytes", answer.len()))?;
+    // The corpus of faults.rs, before TLS (in place of the preface) and inside it (in place of
+    // the hello): each connection is closed without an answer.
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n".to_vec()),
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+        ),
+        ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
+        ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
+        ("truncated frame", frame(&"a hello cut short")[..6].to_vec()),
+        ("wrong shape", [frame(&42u64), frame(&"not a hello")].concat()),
+    ];
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
+    for (what, bytes) in &corpus {
+        let answer = poke(&server.addr, bytes).map_err(fail)?;
+        check(answer.is_empty(), format!("{what} before TLS: answered {} bytes", answer.len()))?;
+        let inside = runtime.block_on(poke_tls(&server.addr, bytes)).map_err(fail)?;
+        check(inside.is_empty(), format!("{what} inside TLS: answered {} bytes", inside.len()))?;
+    }
     let clear = frame(&Preface { version: CLUSTER_PROTOCOL_VERSION, encrypt: false });
     let answer = poke(&server.addr, &clear).map_err(fail)?;
     let reply: PrefaceReply =
@@ -262,27 +300,6 @@ fn hostile_input_before_and_after_the_tls_handshake() -> Result<(), Failed> {
     let found = server.process.wait_for_log("TLS handshake failed", 1, WAIT);
     check(found, format!("garbage instead of TLS is logged:\n{}", server.process.log_text()))?;
 
-    // A real TLS handshake, then garbage inside it.
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
-    let inside = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(&server.addr).await?;
-        tcp.write_all(&encrypt).await?;
-        let mut reply = vec![0u8; start_tls.len()];
-        tcp.read_exact(&mut reply).await?;
-        let (connector, name) = blitzen_net::tls::Verify::Binding
-            .connector("blitzen")
-            .map_err(std::io::Error::other)?;
-        let mut tls = connector.connect(name, tcp).await?;
-        tls.write_all(b"\x00\x00\x00\x05hello, but not a hello").await?;
-        tls.flush().await?;
-        let mut rest = Vec::new();
-        let _ = tls.read_to_end(&mut rest).await;
-        std::io::Result::Ok(rest)
-    });
-    let rest = inside.map_err(fail)?;
-    check(rest.is_empty(), format!("garbage inside TLS: answered {} bytes", rest.len()))?;
     let found = server.process.wait_for_log("bad handshake", 1, WAIT);
     check(found, format!("garbage inside TLS is logged:\n{}", server.process.log_text()))?;
 
