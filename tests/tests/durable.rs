@@ -204,29 +204,31 @@ fn a_driver_waits_through_a_clean_restart() -> Result<(), Failed> {
     check(r == [Ok(1.0)], format!("{r:?}"))
 }
 
-/// A `LocalCluster` with a data directory: results nobody fetched before it stopped are there
-/// when it starts again on the same directory, for a driver that attaches to their session; a
-/// directory held by a running cluster is refused.
+/// A `LocalCluster` with a data directory: tasks accepted before it stopped (their worker
+/// stopped with it) run when it starts again on the same directory, and their results reach a
+/// driver that attaches to their session; a directory held by a running cluster is refused.
 fn a_local_cluster_keeps_its_state_in_a_data_directory() -> Result<(), Failed> {
     use blitzen::distributed::LocalCluster;
     let dir = TempDir::new("local");
     let session = format!("local-{}", std::process::id());
-    let cluster = LocalCluster::start_with_data_dir(1, &dir.0).map_err(fail)?;
+    let cluster = LocalCluster::start_with_data_dir(3, &dir.0).map_err(fail)?;
     let taken = LocalCluster::start_with_data_dir(1, &dir.0).map(|_| ()).map_err(|e| e.to_string());
     check(
         matches!(&taken, Err(e) if e.contains("in use by another running server")),
         format!("{taken:?}"),
     )?;
     let d = cluster.dispatcher().with_session(&session);
-    let ids: Vec<_> = (0..3u32).map(|i| d.run(echo::<u32>(), i)).collect();
+    // Tasks that last a second: gone before any result reaches this process, which leaves them
+    // to the session.
+    let seconds = [1.0, 1.1, 1.2];
+    let ids: Vec<_> = seconds.iter().map(|&s| d.run(sleep, s)).collect();
     d.wait_accepted(WAIT).map_err(fail)?;
-    // Gone without fetching: the results (or the tasks) wait for the session.
     d.detach();
     cluster.shutdown();
-    let again = LocalCluster::start_with_data_dir(1, &dir.0).map_err(fail)?;
+    let again = LocalCluster::start_with_data_dir(3, &dir.0).map_err(fail)?;
     let attached = DistributedDispatcher::attach(again.addr(), &session).map_err(fail)?;
     let results = attached.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
-    check(results == [Ok(0), Ok(1), Ok(2)], format!("{results:?}"))
+    check(results == seconds.map(Ok), format!("{results:?}"))
 }
 
 /// A tmpfs of `size` mounted for one test, unmounted when dropped.
