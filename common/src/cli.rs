@@ -73,20 +73,27 @@ pub fn parse_count(text: &str, max: usize) -> Result<usize, String> {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM. If the signal handlers cannot be installed, waits forever
-/// (the program can still be stopped by other means).
-pub async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+/// Waits for Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing that the program is up, and a signal
+/// that comes right after the announcement is not fatal. If they cannot be installed, waits
+/// forever (the program can still be stopped by other means). Call it inside a Tokio runtime.
+pub fn termination() -> impl std::future::Future<Output = ()> + Send {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(interrupt) => {}
+            _ = wait(terminate) => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -212,6 +212,15 @@ impl Server {
     /// Serves until `duration` has passed (when given) or Ctrl-C / SIGTERM arrives, then shuts
     /// down cleanly: connected drivers and agents are told.
     pub async fn run_until(self, duration: Option<Duration>) -> Result<(), ServeError> {
+        self.run_until_signal(duration, termination()).await
+    }
+
+    /// [`run_until`](Self::run_until) with the signal handlers already installed.
+    async fn run_until_signal(
+        self,
+        duration: Option<Duration>,
+        termination: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let shutdown = CancellationToken::new();
         let serving = self.run(shutdown.clone());
         tokio::pin!(serving);
@@ -219,10 +228,10 @@ impl Server {
             match duration {
                 Some(d) => tokio::select! {
                     _ = tokio::time::sleep(d) => info!(?d, "duration elapsed"),
-                    _ = termination() => info!("signal received"),
+                    _ = termination => info!("signal received"),
                 },
                 None => {
-                    termination().await;
+                    termination.await;
                     info!("signal received");
                 }
             }
@@ -246,8 +255,10 @@ pub fn serve_until(
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
+        // Before anyone hears it listens: a SIGTERM right after stops it cleanly.
+        let signals = termination();
         listening(server.local_addr()?);
-        server.run_until(duration).await
+        server.run_until_signal(duration, signals).await
     })
 }
 

@@ -310,18 +310,22 @@ fn hostile_input_before_and_after_the_tls_handshake() -> Result<(), Failed> {
     check(r == expected, "the driver was served throughout")
 }
 
-/// A pinned fingerprint: the right one is accepted, another refused on both sides.
-fn a_pinned_certificate_is_checked_end_to_end() -> Result<(), Failed> {
-    let secret = secret_file()?;
-    let server = secured_server(&secret, &[])?;
+/// The certificate fingerprint a server logged at start.
+fn fingerprint_of(server: &ServerProcess) -> Result<String, Failed> {
     let log = server.process.log_text();
     let fingerprint = log
         .split("fingerprint=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .ok_or_else(|| format!("the server logs its fingerprint:\n{log}"))?
-        .to_string();
-    let pin = fingerprint.parse().map_err(fail)?;
+        .ok_or_else(|| format!("the server logs its fingerprint:\n{log}"))?;
+    Ok(fingerprint.to_string())
+}
+
+/// A pinned fingerprint: the right one is accepted, another refused on both sides.
+fn a_pinned_certificate_is_checked_end_to_end() -> Result<(), Failed> {
+    let secret = secret_file()?;
+    let server = secured_server(&secret, &[])?;
+    let pin = fingerprint_of(&server)?.parse().map_err(fail)?;
     let d = driver(&server.addr).with_secret_file(&secret.path).map_err(fail)?.with_tls_pin(pin);
     d.connect().map_err(|e| format!("the right pin is accepted: {e}"))?;
     let wrong = DistributedDispatcher::new(&server.addr)
@@ -392,6 +396,26 @@ fn a_sites_own_certificates_are_checked() -> Result<(), Failed> {
     check(found, format!("the server logs it:\n{}", server.process.log_text()))
 }
 
+/// With a data directory the server keeps its certificate: the same fingerprint after a restart
+/// (so a pin keeps working); without one, each start makes a new certificate.
+fn a_durable_server_keeps_its_certificate() -> Result<(), Failed> {
+    let secret = secret_file()?;
+    let dir = std::env::temp_dir().join(format!("blitzen-tls-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.to_str().unwrap_or_default().to_string();
+    let mut first = secured_server(&secret, &["--data-dir", &data_dir])?;
+    let kept = fingerprint_of(&first)?;
+    let stopped = first.process.stop().map_err(fail)?;
+    check(stopped.success(), format!("stopped: {stopped:?}"))?;
+    let again = secured_server(&secret, &["--data-dir", &data_dir])?;
+    let after = fingerprint_of(&again)?;
+    let fresh = fingerprint_of(&secured_server(&secret, &[])?)?;
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+    check(after == kept, format!("{kept} before the restart, {after} after"))?;
+    check(fresh != kept, "a server without a data directory makes its own")
+}
+
 macro_rules! trial {
     ($f:ident) => {
         Trial::test(stringify!($f), $f)
@@ -407,6 +431,7 @@ fn main() -> std::process::ExitCode {
         trial!(hostile_input_before_and_after_the_tls_handshake),
         trial!(a_pinned_certificate_is_checked_end_to_end),
         trial!(a_sites_own_certificates_are_checked),
+        trial!(a_durable_server_keeps_its_certificate),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
