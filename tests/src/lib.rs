@@ -4,7 +4,8 @@
 //!   running in a worker tells the test something.
 //! - [`cluster`]: starting the real `blitzen-server` and `blitzen-client` binaries, temporary
 //!   files, a patient driver.
-//! - [`proxy`]: a TCP proxy that throttles or freezes a link.
+//! - [`proxy`]: a TCP proxy that throttles, freezes, cuts, records or tampers with a link.
+//! - [`hostile_bytes`]: what a stranger may send a server instead of a handshake.
 
 pub mod cluster;
 pub mod proxy;
@@ -13,6 +14,21 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Byte strings that are no Blitzen handshake at all, each named: garbage, random bytes, a
+/// length prefix past any limit, a frame larger than a handshake may be. A server must close
+/// each connection without answering and keep serving the others.
+pub fn hostile_bytes() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n".to_vec()),
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+        ),
+        ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
+        ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
+    ]
+}
 
 /// Whether a process exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {

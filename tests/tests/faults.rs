@@ -488,9 +488,11 @@ fn plain(bytes: &[u8]) -> Vec<u8> {
 fn poke(addr: &str, bytes: &[u8], close_write: bool) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(bytes)?;
+    // The server may close before it has read everything (a length past the limit): writing
+    // or shutting down then fails, and what counts is what it answered.
+    let _ = s.write_all(bytes);
     if close_write {
-        s.shutdown(std::net::Shutdown::Write)?;
+        let _ = s.shutdown(std::net::Shutdown::Write);
     }
     let mut answer = Vec::new();
     // The server closes the connection: read to the end (a reset also ends it).
@@ -559,14 +561,8 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
         }])));
         bytes
     };
-    let corpus: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n".to_vec()),
-        (
-            "random bytes",
-            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
-        ),
-        ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
-        ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
+    let mut corpus = blitzen_tests::hostile_bytes();
+    corpus.extend([
         ("truncated preface", frame(&Preface { version: 1, encrypt: false })[..5].to_vec()),
         ("wrong shape", wrong_shape),
         // From here on, after a valid preface: the server answers it, then closes.
@@ -576,7 +572,7 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
         ("unknown role", plain(&unknown_kind)),
         ("result for a task not held", plain(&result_not_held)),
         ("a driver's message of the wrong shape", plain(&admitted_then_garbage)),
-    ];
+    ]);
     let preface_answer = frame(&PrefaceReply::Plain);
     for (what, bytes) in &corpus {
         let answer = poke(&server.addr, bytes, true).map_err(fail)?;

@@ -229,7 +229,8 @@ fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
 fn poke(addr: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(bytes)?;
+    // The server may close before it has read everything; what counts is what it answered.
+    let _ = s.write_all(bytes);
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     Ok(answer)
@@ -266,17 +267,11 @@ fn hostile_input_before_and_after_the_tls_handshake() -> Result<(), Failed> {
 
     // The corpus of faults.rs, before TLS (in place of the preface) and inside it (in place of
     // the hello): each connection is closed without an answer.
-    let corpus: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: blitzen\r\n\r\n".to_vec()),
-        (
-            "random bytes",
-            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
-        ),
-        ("length past the limit", vec![0xff, 0xff, 0xff, 0xff, 0x80]),
-        ("handshake frame too large", [&(1u32 << 20).to_be_bytes()[..], &[0u8; 64]].concat()),
+    let mut corpus = blitzen_tests::hostile_bytes();
+    corpus.extend([
         ("truncated frame", frame(&"a hello cut short")[..6].to_vec()),
         ("wrong shape", [frame(&42u64), frame(&"not a hello")].concat()),
-    ];
+    ]);
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
     for (what, bytes) in &corpus {
