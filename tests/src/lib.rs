@@ -15,6 +15,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A `libtest_mimic` trial named after its test function.
+#[macro_export]
+macro_rules! trial {
+    ($f:ident) => {
+        libtest_mimic::Trial::test(stringify!($f), $f)
+    };
+}
+
 /// Byte strings that are no Blitzen handshake at all, each named: garbage, random bytes, a
 /// length prefix past any limit, a frame larger than a handshake may be. A server must close
 /// each connection without answering and keep serving the others.

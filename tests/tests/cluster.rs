@@ -16,8 +16,9 @@ use blitzen_tests::cluster::{
     TempFile, binary, build_release, driver, free_port, start_agent, start_agent_with,
     start_program, start_server,
 };
+use blitzen_tests::trial;
 use blitzen_tests::{check, fail};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use serde_bytes::ByteBuf;
 
 /// A task the stock client does not have.
@@ -392,7 +393,7 @@ fn unreachable_server_is_a_clear_error_not_a_hang() -> Result<(), Failed> {
 /// Bad flags are refused at once with one clear line each, never accepted to hang or to
 /// silence the log.
 fn bad_flags_are_refused_at_once_with_one_clear_line() -> Result<(), Failed> {
-    let cases: [(&str, &[&str], &str); 10] = [
+    let cases: [(&str, &[&str], &str); 14] = [
         ("blitzen-server", &["--log-level", "bogus"], "`bogus` is not a level"),
         ("blitzen-client", &["--log-level", "debg"], "`debg` is not a level"),
         ("blitzen-client", &["--log-level", "info,bogus"], "`bogus` is not a level"),
@@ -403,6 +404,14 @@ fn bad_flags_are_refused_at_once_with_one_clear_line() -> Result<(), Failed> {
         ("blitzen-client", &["--server="], "the server address is empty"),
         ("blitzen-server", &["--timeout", "0"], "must be more than 0 seconds"),
         ("blitzen-client", &["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
+        ("blitzen-client", &["--tls-pin", "xyz"], "`xyz` is not a SHA-256 fingerprint"),
+        ("blitzen-client", &["--tls-ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem as a TLS CA"),
+        (
+            "blitzen-server",
+            &["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"],
+            "--tls-key need a shared secret",
+        ),
+        ("blitzen-server", &["--reattach-grace", "abc"], "`abc` is not a number of seconds"),
     ];
     for (program, args, expected) in cases {
         let mut cmd = std::process::Command::new(binary(program).map_err(fail)?);
@@ -589,13 +598,6 @@ fn spawn_server_serves_its_duration_and_keeps_the_public_bind_rule() -> Result<(
     let made = dir.join("blitzen.redb").exists();
     let _ = std::fs::remove_dir_all(&dir);
     check(made, "the data directory holds the database")
-}
-
-/// A test named after its function.
-macro_rules! trial {
-    ($f:ident) => {
-        Trial::test(stringify!($f), $f)
-    };
 }
 
 fn main() -> std::process::ExitCode {

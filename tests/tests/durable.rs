@@ -10,8 +10,9 @@ use blitzen::{CommandSpec, Fetch, TaskError, command, echo, sleep};
 use blitzen_tests::cluster::{
     ServerProcess, binary, driver, free_port, start_agent, start_program, start_server,
 };
+use blitzen_tests::trial;
 use blitzen_tests::{check, fail};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -356,13 +357,6 @@ fn an_unusable_data_directory_is_a_clear_error() -> Result<(), Failed> {
     }
     let kept = std::fs::read(garbage.join("blitzen.redb")).map_err(fail)?;
     check(kept == b"not a database", "the foreign file is left as it was")
-}
-
-/// A test named after its function.
-macro_rules! trial {
-    ($f:ident) => {
-        Trial::test(stringify!($f), $f)
-    };
 }
 
 fn main() -> std::process::ExitCode {

@@ -20,9 +20,10 @@ use blitzen_tests::cluster::{
     TempFile, binary, driver, start_agent, start_agent_with, start_program, start_server,
 };
 use blitzen_tests::proxy::Proxy;
+use blitzen_tests::trial;
 use blitzen_tests::{check, fail, rss_bytes, signal};
 use bytes::{Bytes, BytesMut};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use rustix::process::Signal;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -638,13 +639,6 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     }
     let distinct: HashSet<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     check(distinct.len() >= corpus.len(), "each refusal is logged")
-}
-
-/// A test named after its function.
-macro_rules! trial {
-    ($f:ident) => {
-        Trial::test(stringify!($f), $f)
-    };
 }
 
 fn main() -> std::process::ExitCode {

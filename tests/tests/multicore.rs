@@ -9,8 +9,9 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, MulticoreDispatcher, RunOptions, Task,
     TaskError, command, echo,
 };
+use blitzen_tests::trial;
 use blitzen_tests::{Reports, check, fail, is_alive, kill, report};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use serde_bytes::ByteBuf;
 
 // ----- tasks -----
@@ -590,13 +591,6 @@ fn forgetting_worker_main_is_a_clear_error() -> Result<(), Failed> {
         format!("stderr: {stderr}"),
     )?;
     check(!stderr.contains("WorkerExited") && !stderr.contains("Pool("), format!("{stderr}"))
-}
-
-/// A test named after its function.
-macro_rules! trial {
-    ($f:ident) => {
-        Trial::test(stringify!($f), $f)
-    };
 }
 
 fn main() -> std::process::ExitCode {

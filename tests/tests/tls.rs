@@ -14,9 +14,10 @@ use blitzen_protocol::cluster::{CLUSTER_PROTOCOL_VERSION, Preface, PrefaceReply}
 use blitzen_protocol::frame::encode;
 use blitzen_tests::cluster::{ServerProcess, TempFile, driver, start_agent_with, start_server};
 use blitzen_tests::proxy::{Direction, Proxy};
+use blitzen_tests::trial;
 use blitzen_tests::{check, fail};
 use bytes::BytesMut;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -409,12 +410,6 @@ fn a_durable_server_keeps_its_certificate() -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&dir);
     check(after == kept, format!("{kept} before the restart, {after} after"))?;
     check(fresh != kept, "a server without a data directory makes its own")
-}
-
-macro_rules! trial {
-    ($f:ident) => {
-        Trial::test(stringify!($f), $f)
-    };
 }
 
 fn main() -> std::process::ExitCode {
