@@ -60,6 +60,11 @@ pub(crate) struct Connection<'a> {
     /// While the restarted server has not answered the re-attach: its run, and the results
     /// finished meanwhile (sent once the tasks have their new keys).
     reattaching: Option<(ServerId, Vec<JobResult>)>,
+    /// What this agent already has of tasks from an earlier connection to the same run: their
+    /// results sent again (`None`) or their jobs still running (`Some`). The server may have
+    /// handed such a task out again — to this agent, now back — before it heard: it is not run
+    /// a second time. Empty on a first connection, so the hot path pays one `is_empty`.
+    earlier: HashMap<TaskKey, Option<JobId>>,
 }
 
 impl<'a> Connection<'a> {
@@ -81,6 +86,7 @@ impl<'a> Connection<'a> {
             sent_since_tick: false,
             unacked: HashMap::new(),
             reattaching: None,
+            earlier: HashMap::new(),
         };
         if connection.work.run != run {
             // The server restarted on its data directory: the tasks held are named by their
@@ -96,8 +102,13 @@ impl<'a> Connection<'a> {
             let _ = connection.send(FromAgent::Reattach(seqs));
             return connection;
         }
+        let running = (connection.work.jobs.iter())
+            .filter(|(_, held)| held.connection != number)
+            .map(|(&id, held)| (held.key, Some(id)));
+        connection.earlier = running.collect();
         // Results the last connection sent without hearing they arrived go out again first.
         let unsent = std::mem::take(&mut connection.work.unsent);
+        connection.earlier.extend(unsent.iter().map(|u| (u.result.key, None)));
         if !unsent.is_empty() {
             info!(count = unsent.len(), "sending again results the server had not acknowledged");
             let results = unsent.iter().map(|u| u.result.clone()).collect();
@@ -165,8 +176,27 @@ impl<'a> Connection<'a> {
     /// `UnknownTask` at once.
     fn on_tasks(&mut self, tasks: Vec<Assignment>) -> Result<(), Closed> {
         debug!(count = tasks.len(), "tasks received");
-        let mut unknown = Vec::new();
+        let (mut unknown, mut again) = (Vec::new(), Vec::new());
         for t in tasks {
+            if !self.earlier.is_empty()
+                && let Some(earlier) = self.earlier.remove(&t.key)
+            {
+                let number = self.number;
+                // Still running: its result goes out as done on this connection.
+                let running = earlier.and_then(|id| self.work.jobs.get_mut(&id));
+                if let Some(held) = running {
+                    held.connection = number;
+                    debug!(key = %t.key, "a task handed out again is still running here; not run twice");
+                    continue;
+                }
+                // Finished: answered with the result this agent holds (if the server has
+                // acknowledged it meanwhile, it runs again, and the server drops the duplicate).
+                if let Some(u) = self.unacked.get(&t.key) {
+                    again.push(u.result.clone());
+                    debug!(key = %t.key, "a task handed out again has finished here; not run twice");
+                    continue;
+                }
+            }
             let Some(entry) = self.entries.get(t.kind.get() as usize) else {
                 warn!(key = %t.key, kind = %t.kind, "the server sent a task kind this agent never announced");
                 unknown.push(t.key);
@@ -188,15 +218,13 @@ impl<'a> Connection<'a> {
                 break;
             }
         }
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let done = unknown.into_iter().map(|key| AgentResult {
+        let unknown = unknown.into_iter().map(|key| AgentResult {
             key,
             worker_pid: None,
             run: Finished::unstarted(Outcome::UnknownTask),
         });
-        self.send(FromAgent::Done(done.collect()))
+        again.extend(unknown);
+        if again.is_empty() { Ok(()) } else { self.send(FromAgent::Done(again)) }
     }
 
     /// The restarted server named the tasks it still has, with their keys in its new run: they
