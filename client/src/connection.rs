@@ -7,7 +7,7 @@ use std::time::Duration;
 use blitzen_common::pool::{Job, JobResult};
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
-use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent};
+use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::{Finished, Outcome};
 use tokio::sync::mpsc;
@@ -65,7 +65,13 @@ pub(crate) struct Connection<'a> {
     /// handed such a task out again — to this agent, now back — before it heard: it is not run
     /// a second time. Empty on a first connection, so the hot path pays one `is_empty`.
     earlier: HashMap<TaskKey, Option<JobId>>,
+    /// The workers as last reported to the server ([`FromAgent::Workers`]).
+    reported: Vec<WorkerReport>,
 }
+
+/// How often the agent tells the server what its workers run (when that changed, or while
+/// anything runs).
+const WORKERS_REPORT: Duration = Duration::from_secs(1);
 
 impl<'a> Connection<'a> {
     /// Starts serving an admitted connection to the server's run `run`.
@@ -87,6 +93,7 @@ impl<'a> Connection<'a> {
             unacked: HashMap::new(),
             reattaching: None,
             earlier: HashMap::new(),
+            reported: Vec::new(),
         };
         if connection.work.run != run {
             // The server restarted on its data directory: the tasks held are named by their
@@ -128,6 +135,8 @@ impl<'a> Connection<'a> {
         let mut ticks = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence = 3 * heartbeat + SERVER_SILENCE_EXTRA;
+        let mut reports = tokio::time::interval(WORKERS_REPORT);
+        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             // Biased: after a pause (the process was stopped), a closed connection is noticed
             // before results are written into it and lost; they go out on the next connection.
@@ -144,6 +153,7 @@ impl<'a> Connection<'a> {
                         Ok(())
                     }
                     Ok(Some(ToAgent::Reattached(kept))) => self.on_reattached(kept),
+                    Ok(Some(ToAgent::Cancel(keys))) => self.on_cancel(keys),
                     Err(NetError::Silent(limit)) => {
                         break End::Lost(format!("nothing arrived from the server for {limit:?}"));
                     }
@@ -154,6 +164,7 @@ impl<'a> Connection<'a> {
                 Some(batch) = self.work.results.recv() => self.on_results(batch),
                 Some(keys) = self.work.started.recv() => self.on_started(keys),
                 _ = ticks.tick() => self.on_tick(),
+                _ = reports.tick() => self.report_workers().await,
             };
             if let Err(closed) = step {
                 break closed.into();
@@ -316,6 +327,52 @@ impl<'a> Connection<'a> {
             .map(|held| held.key)
             .collect();
         if keys.is_empty() { Ok(()) } else { self.send(FromAgent::Started(keys)) }
+    }
+
+    /// The server cancels tasks: the pool withdraws them (killing the worker of a running one)
+    /// and each is answered with its one result as usual. Keys this agent does not hold are
+    /// ignored: their results are on the way.
+    fn on_cancel(&mut self, keys: Vec<TaskKey>) -> Result<(), Closed> {
+        let keys: std::collections::HashSet<TaskKey> = keys.into_iter().collect();
+        let number = self.number;
+        let ids: Vec<JobId> = (self.work.jobs.iter())
+            .filter(|(_, held)| held.connection == number && keys.contains(&held.key))
+            .map(|(&id, _)| id)
+            .collect();
+        debug!(asked = keys.len(), held = ids.len(), "the server cancels tasks");
+        if !ids.is_empty() {
+            let _ = self.work.pool.submitter().cancel(ids);
+        }
+        Ok(())
+    }
+
+    /// Tells the server what each worker runs, when that changed or while anything runs (so
+    /// the run times it shows move).
+    async fn report_workers(&mut self) -> Result<(), Closed> {
+        let now = std::time::Instant::now();
+        let number = self.number;
+        let views = self.work.pool.submitter().workers().await;
+        let report: Vec<WorkerReport> = (views.into_iter())
+            .map(|v| WorkerReport {
+                pid: v.pid,
+                running: v.running.and_then(|(id, since)| {
+                    let held = self.work.jobs.get(&id).filter(|h| h.connection == number)?;
+                    Some((held.key, now.saturating_duration_since(since).as_millis() as u64))
+                }),
+            })
+            .collect();
+        let busy = report.iter().any(|w| w.running.is_some());
+        let same = |a: &[WorkerReport], b: &[WorkerReport]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| {
+                    x.pid == y.pid && x.running.map(|r| r.0) == y.running.map(|r| r.0)
+                })
+        };
+        if !busy && same(&report, &self.reported) {
+            return Ok(());
+        }
+        self.reported = report.clone();
+        self.send(FromAgent::Workers(report))
     }
 
     /// A heartbeat, if nothing else was sent since the last tick.

@@ -225,6 +225,23 @@ impl TaskError {
         }
     }
 
+    /// The variant's name: `Panicked`, `TimedOut`, `WorkerCrashed`… (for listings and JSON).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            TaskError::Returned { .. } => "Returned",
+            TaskError::Panicked { .. } => "Panicked",
+            TaskError::TimedOut { .. } => "TimedOut",
+            TaskError::WorkerCrashed { .. } => "WorkerCrashed",
+            TaskError::UnknownTask { .. } => "UnknownTask",
+            TaskError::SignatureMismatch { .. } => "SignatureMismatch",
+            TaskError::Decode { .. } => "Decode",
+            TaskError::Cancelled { .. } => "Cancelled",
+            TaskError::Lost { .. } => "Lost",
+            TaskError::Refused { .. } => "Refused",
+            TaskError::Unrunnable { .. } => "Unrunnable",
+        }
+    }
+
     /// Turns a wire [`Outcome`] into the value bytes or a `TaskError`; `ctx` is asked for only
     /// when there is an error.
     ///
@@ -294,22 +311,6 @@ mod tests {
         }
     }
 
-    fn variant_name(e: &TaskError) -> &'static str {
-        match e {
-            TaskError::Returned { .. } => "Returned",
-            TaskError::Panicked { .. } => "Panicked",
-            TaskError::TimedOut { .. } => "TimedOut",
-            TaskError::WorkerCrashed { .. } => "WorkerCrashed",
-            TaskError::UnknownTask { .. } => "UnknownTask",
-            TaskError::SignatureMismatch { .. } => "SignatureMismatch",
-            TaskError::Decode { .. } => "Decode",
-            TaskError::Cancelled { .. } => "Cancelled",
-            TaskError::Lost { .. } => "Lost",
-            TaskError::Refused { .. } => "Refused",
-            TaskError::Unrunnable { .. } => "Unrunnable",
-        }
-    }
-
     #[test]
     fn debug_reads_as_the_message_and_leaves_the_backtrace_out() {
         let backtrace = "   0: std::backtrace\n".repeat(60);
@@ -373,7 +374,7 @@ mod tests {
         ];
         for (outcome, variant) in cases {
             let e = TaskError::from_outcome(&outcome, || ctx(""), "sig").expect_err("an error");
-            assert_eq!(variant_name(&e), variant, "{e}");
+            assert_eq!(TaskError::kind_name(&e), variant, "{e}");
         }
         let value = Outcome::Value(Bytes::from("x"));
         let v = TaskError::from_outcome(&value, || panic!("no context for a value"), "sig");

@@ -5,6 +5,8 @@
 //! - [`logging`]: Blitzen's `tracing` subscriber, controllable at run time.
 //! - [`cli`]: what the command-line programs share: seconds as flags, the exit code, signals.
 //!
+//! With the `error` feature (`blitzen-server` has this one only): [`error`].
+//!
 //! With the `pool` feature (on by default; `blitzen-server` goes without):
 //! - [`task`]: the [`Task`] trait that `#[task]` implements, and how a call is encoded.
 //! - [`registry`]: the by-name table of the tasks compiled into this binary.
@@ -27,7 +29,7 @@ pub mod logging;
 pub mod builtin;
 #[cfg(feature = "pool")]
 pub mod capture;
-#[cfg(feature = "pool")]
+#[cfg(feature = "error")]
 pub mod error;
 #[cfg(feature = "pool")]
 pub mod pool;
@@ -38,7 +40,7 @@ pub mod task;
 #[cfg(feature = "pool")]
 pub mod worker;
 
-#[cfg(feature = "pool")]
+#[cfg(feature = "error")]
 pub use error::{DecodeTarget, TaskContext, TaskError, WorkerInfo};
 #[cfg(feature = "pool")]
 pub use pool::Pool;

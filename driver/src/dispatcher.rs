@@ -43,6 +43,10 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     #[doc(hidden)]
     fn submit(&self, call: Call) -> Result<(), Outcome>;
 
+    /// Withdraws tasks by number without waiting; each still ends with exactly one result.
+    #[doc(hidden)]
+    fn cancel(&self, ids: Vec<u64>);
+
     /// Stops whatever runs the tasks; idempotent.
     #[doc(hidden)]
     fn stop(&self);
@@ -184,6 +188,37 @@ impl<B: Backend> Dispatcher<B> {
         let results = self.table.take_all(Some(limit))?;
         self.shutdown();
         Ok(results)
+    }
+
+    /// Cancels a task without waiting: a queued one ends [`TaskError::Cancelled`] at once; a
+    /// running one has its worker's process group sent SIGTERM (SIGKILL after a short grace,
+    /// if anything is left), ends `Cancelled`, and its worker is replaced. The first final
+    /// state wins: a task that finished before the cancel reached it keeps its result.
+    /// Cancelling a finished (or fetched) task does nothing; an id of another dispatcher is
+    /// [`DispatchError::UnknownTask`]. Wait for the outcome with
+    /// [`get_results`](Self::get_results) as usual.
+    pub fn cancel<O>(&self, id: &TaskId<O>) -> Result<(), DispatchError> {
+        self.cancel_many(std::slice::from_ref(id))
+    }
+
+    /// [`cancel`](Self::cancel) for several tasks; every id is checked before any is cancelled.
+    pub fn cancel_many<O>(&self, ids: &[TaskId<O>]) -> Result<(), DispatchError> {
+        let seqs = self.table.unfinished(ids)?;
+        if !seqs.is_empty() {
+            self.backend.cancel(seqs);
+        }
+        Ok(())
+    }
+
+    /// Cancels every task not finished yet (see [`cancel`](Self::cancel)); returns how many
+    /// that was. The dispatcher stays usable.
+    pub fn cancel_all(&self) -> usize {
+        let seqs = self.table.all_unfinished();
+        let count = seqs.len();
+        if count > 0 {
+            self.backend.cancel(seqs);
+        }
+        count
     }
 
     /// Stops: tasks still queued or running end as [`TaskError::Cancelled`]; local workers

@@ -65,6 +65,11 @@ impl Backend for Multicore {
             .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })
     }
 
+    fn cancel(&self, ids: Vec<u64>) {
+        // A stopped pool has ended (or will end) every job already.
+        let _ = self.submitter.cancel(ids.into_iter().map(JobId::new).collect());
+    }
+
     /// Cancels queued and running jobs, kills and reaps every worker, joins the runtime thread.
     fn stop(&self) {
         self.thread.stop();

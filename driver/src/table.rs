@@ -222,6 +222,34 @@ impl ResultTable {
     }
 
     /// Waits until every listed task is done, then returns their results in the order of `ids`.
+    /// Of `ids`, those not finished yet, checking first that this table issued every one (an id
+    /// of another dispatcher, or never issued, is an error). Fetched and finished ones are left
+    /// out: a cancel does nothing to them.
+    pub(crate) fn unfinished<O>(&self, ids: &[TaskId<O>]) -> Result<Vec<u64>, DispatchError> {
+        let st = self.lock();
+        for id in ids {
+            if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
+                return Err(DispatchError::UnknownTask(id.seq));
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter(|id| matches!(st.slots.get(&id.seq), Some(Slot::Pending { .. })))
+            .map(|id| id.seq)
+            .collect())
+    }
+
+    /// Every task not finished yet, in submission order.
+    pub(crate) fn all_unfinished(&self) -> Vec<u64> {
+        let st = self.lock();
+        let mut seqs: Vec<u64> = (st.slots.iter())
+            .filter(|(_, slot)| matches!(slot, Slot::Pending { .. }))
+            .map(|(&seq, _)| seq)
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
     pub(crate) fn fetch<O>(
         &self,
         ids: &[TaskId<O>],

@@ -16,7 +16,7 @@ use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 9;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 10;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -126,6 +126,12 @@ pub enum Role {
         #[serde(default)]
         heartbeat_ms: u64,
     },
+    /// A person's tool (`blitzen-server status`, `cancel`): asks about the cluster and
+    /// cancels tasks of any session. Proves the drivers' secret.
+    Observer {
+        /// A name for logs (program name and pid).
+        name: String,
+    },
 }
 
 /// The server's answer to a [`Hello`] it accepts.
@@ -212,6 +218,9 @@ pub enum FromDriver {
     },
     /// These results were received: the server may forget them.
     Ack(Vec<DriverTaskId>),
+    /// Cancel these tasks of the session: a queued one ends `Cancelled`, a running one has its
+    /// worker killed. Ids of tasks that already ended are ignored (the first final state wins).
+    Cancel(Vec<DriverTaskId>),
     /// The driver is done; the server forgets what it still holds for it.
     Bye,
     /// Nothing else to say: the driver is alive.
@@ -333,6 +342,9 @@ pub enum ToAgent {
     /// The answer to [`FromAgent::Reattach`]: the tasks the agent keeps, each as
     /// `(seq, key in this run)`. It drops the others: they are queued again, or ended.
     Reattached(Vec<(u64, TaskKey)>),
+    /// Cancel these tasks: one waiting for a worker ends `Cancelled`, a running one has its
+    /// worker killed. Each is still answered with exactly one result.
+    Cancel(Vec<TaskKey>),
 }
 
 /// A finished task, as an agent reports it.
@@ -367,6 +379,54 @@ pub enum FromAgent {
     /// server's previous run, by [`Assignment::seq`] — running, waiting for a worker, or finished
     /// with a result the server never acknowledged. Answered by [`ToAgent::Reattached`].
     Reattach(Vec<u64>),
+    /// What each worker runs now (sent when it changed, at most about once a second): for
+    /// the server's status and dashboard.
+    Workers(Vec<WorkerReport>),
+}
+
+/// One worker of an agent, as it reports it ([`FromAgent::Workers`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Its process id.
+    pub pid: u32,
+    /// The task it runs (assigned on the current connection) and for how long, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<(TaskKey, u64)>,
+}
+
+/// Observer → server: one request at a time, each answered by one [`ToObserver`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromObserver {
+    /// The cluster at a glance: answered by [`ToObserver::Status`].
+    Status,
+    /// A session's failed tasks, most recent last (the server keeps the last
+    /// [`FAILURES_KEPT`](crate::status::FAILURES_KEPT) of each): answered by
+    /// [`ToObserver::Failures`].
+    Failures {
+        /// The session's name.
+        session: String,
+    },
+    /// Cancel tasks of a session: answered by [`ToObserver::Cancelled`].
+    Cancel {
+        /// The session's name.
+        session: String,
+        /// The driver's task ids; empty: every task of the session not finished yet.
+        ids: Vec<u64>,
+    },
+}
+
+/// Server → observer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToObserver {
+    /// The cluster now.
+    Status(Box<crate::status::ClusterStatus>),
+    /// A session's failed tasks.
+    Failures(Vec<crate::status::Failure>),
+    /// What a cancel did.
+    Cancelled(crate::status::CancelReport),
+    /// The request could not be served (an unknown session); said in words.
+    Error(String),
 }
 
 #[cfg(test)]

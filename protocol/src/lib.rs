@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod finished;
 pub mod frame;
 pub mod ids;
+pub mod status;
 pub mod worker;
 
 pub use blob::Blob;

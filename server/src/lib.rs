@@ -8,6 +8,8 @@
 //! - [`config`]: [`ServerConfig`], every setting, with the defaults of the binary.
 //! - [`server`]: [`Server`] — bind (refusing unsafe settings), then run until a shutdown token
 //!   is cancelled; [`serve_until`], the whole life of a server until a duration or a signal.
+//! - [`observe`]: the observer's side — one request to a server (status, failures, cancel)
+//!   and its answer rendered for a person; what `blitzen-server status` runs.
 //! - `session` (private): one task per connection: the handshake, then frames in as events.
 //! - `core` (private): the single owner of all state — queue, agents, drivers, results.
 //!
@@ -17,6 +19,7 @@
 
 pub mod config;
 mod core;
+pub mod observe;
 pub mod server;
 mod session;
 mod store;

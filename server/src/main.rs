@@ -1,7 +1,8 @@
 //! `blitzen-server`: the task queue and result cache of a Blitzen cluster.
 //!
 //! Parses flags, sets up logging, serves until `--duration` passes or Ctrl-C / SIGTERM, then
-//! tells every driver and agent and exits 0.
+//! tells every driver and agent and exits 0. Its subcommands ask a running server instead:
+//! `status`, `failures`, `cancel` (see `blitzen_server::observe`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,8 +16,55 @@ use clap::Parser;
 
 /// The Blitzen cluster server: holds the task queue and the result cache. Drivers submit tasks
 /// to it; `blitzen-client` agents connect to it and run the tasks on their worker processes.
+///
+/// Without a subcommand it serves; `status`, `failures` and `cancel` ask a running server.
 #[derive(Debug, Parser)]
-#[command(name = "blitzen-server", version)]
+#[command(name = "blitzen-server", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+/// Questions and orders for a running server.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the cluster at a glance: agents (workers, busy workers, tasks done and failed,
+    /// last heard from), sessions (queued, running, done, failed, cancelled, throughput), and
+    /// the most recent failures with their full error.
+    Status {
+        #[command(flatten)]
+        to: observe_cli::Target,
+    },
+    /// List a session's failed tasks (the server keeps its last 1,000), each with its full
+    /// error: panic message and location, exit signal, stderr tail, host.
+    Failures {
+        /// The session (see `status`).
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        to: observe_cli::Target,
+    },
+    /// Cancel tasks of a session: queued ones end Cancelled at once, running ones have their
+    /// worker killed (SIGTERM, then SIGKILL). A task that already finished keeps its result.
+    Cancel {
+        /// The session (see `status`).
+        #[arg(long)]
+        session: String,
+        /// The driver's id of a task to cancel (repeat for several).
+        #[arg(long = "task", value_name = "ID", required_unless_present = "all")]
+        tasks: Vec<u64>,
+        /// Cancel every task of the session not finished yet.
+        #[arg(long, conflicts_with = "tasks")]
+        all: bool,
+        #[command(flatten)]
+        to: observe_cli::Target,
+    },
+}
+
+/// The flags of serving.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Address to listen on. Anything but a loopback address needs a secret (or --insecure):
     /// without one, anyone who can reach the port can run programs on the agents.
@@ -107,8 +155,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    finish("blitzen-server", run(args))
+    let cli = Cli::parse();
+    match cli.command {
+        None => finish("blitzen-server", run(cli.serve)),
+        Some(command) => observe_cli::run(command),
+    }
 }
 
 /// The secrets from the flags, or from BLITZEN_SECRET.
@@ -148,4 +199,122 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
     Ok(())
+}
+
+/// The subcommands: one request to a running server, its answer printed as text or JSON.
+mod observe_cli {
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use blitzen_common::cli::{error_text, parse_positive_secs};
+    use blitzen_net::tls::Verify;
+    use blitzen_net::{PeerTls, Secret};
+    use blitzen_protocol::cluster::{FromObserver, ToObserver};
+    use blitzen_server::DEFAULT_PORT;
+    use blitzen_server::observe::{ask, render_failures, render_status};
+
+    use super::Command;
+
+    /// Which server to ask, and how.
+    #[derive(Debug, clap::Args)]
+    pub(super) struct Target {
+        /// The server: HOST or HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1")]
+        server: String,
+        /// The server's port, when --server gives none.
+        #[arg(long, short, default_value_t = DEFAULT_PORT)]
+        port: u16,
+        /// File holding the drivers' secret (the server's --secret-file or
+        /// --driver-secret-file). Default: the BLITZEN_SECRET environment variable, if set.
+        #[arg(long, value_name = "PATH")]
+        secret_file: Option<PathBuf>,
+        /// With a secret, connect UNENCRYPTED (for a server run with --insecure-plaintext).
+        #[arg(long, conflicts_with_all = ["tls_pin", "tls_ca"])]
+        insecure_plaintext: bool,
+        /// Accept only a server certificate with this SHA-256 fingerprint (the server logs it).
+        #[arg(long, value_name = "FINGERPRINT", conflicts_with = "tls_ca")]
+        tls_pin: Option<String>,
+        /// Accept only a server certificate issued by this CA (PEM) for the --server host.
+        #[arg(long, value_name = "PATH")]
+        tls_ca: Option<PathBuf>,
+        /// Seconds to wait for the server to connect and answer.
+        #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, default_value = "10")]
+        timeout: Duration,
+        /// Print exactly one JSON value (an error as {"error": "..."}, with exit code 1).
+        #[arg(long)]
+        json: bool,
+    }
+
+    /// Runs a subcommand; exit code 0 when the server answered, 1 otherwise.
+    pub(super) fn run(command: Command) -> ExitCode {
+        let to = match &command {
+            Command::Status { to } | Command::Failures { to, .. } | Command::Cancel { to, .. } => {
+                to
+            }
+        };
+        let json = to.json;
+        match answer(&command, to) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let message = error_text(&*e);
+                if json {
+                    println!("{}", serde_json::json!({ "error": message }));
+                } else {
+                    eprintln!("blitzen-server: {message}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    type Failed = Box<dyn std::error::Error + Send + Sync>;
+
+    /// Asks the server and renders its answer.
+    fn answer(command: &Command, to: &Target) -> Result<String, Failed> {
+        let server = blitzen_net::parse_server(&to.server, to.port)?;
+        let secret = match &to.secret_file {
+            Some(path) => Some(Secret::from_file(path)?),
+            None => Secret::from_env()?,
+        };
+        let tls = PeerTls {
+            plaintext: to.insecure_plaintext,
+            verify: match (&to.tls_pin, &to.tls_ca) {
+                (Some(pin), _) => Verify::Pin(pin.parse()?),
+                (None, Some(ca)) => Verify::ca_file(ca)?,
+                (None, None) => Verify::Binding,
+            },
+        };
+        let request = match command {
+            Command::Status { .. } => FromObserver::Status,
+            Command::Failures { session, .. } => {
+                FromObserver::Failures { session: session.clone() }
+            }
+            Command::Cancel { session, tasks, .. } => {
+                FromObserver::Cancel { session: session.clone(), ids: tasks.clone() }
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let reply = runtime.block_on(ask(&server, secret.as_ref(), &tls, request, to.timeout))?;
+        let json = |value: serde_json::Result<String>| value.map(|v| v + "\n");
+        Ok(match reply {
+            ToObserver::Status(status) if to.json => json(serde_json::to_string(&status))?,
+            ToObserver::Status(status) => render_status(&server, &status),
+            ToObserver::Failures(failures) if to.json => json(serde_json::to_string(&failures))?,
+            ToObserver::Failures(failures) if failures.is_empty() => {
+                "no failed tasks in this session\n".to_string()
+            }
+            ToObserver::Failures(failures) => render_failures(&failures),
+            ToObserver::Cancelled(report) if to.json => json(serde_json::to_string(&report))?,
+            ToObserver::Cancelled(r) => format!(
+                "cancelled {} queued tasks; {} running tasks are being stopped on their agents; \
+                 {} ids named no unfinished task\n",
+                r.queued, r.running, r.not_found
+            ),
+            ToObserver::Error(message) => return Err(message.into()),
+        })
+    }
 }

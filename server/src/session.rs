@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use blitzen_net::{FramedReader, NetError, admit, spawn_writer};
 use blitzen_protocol::cluster::{
-    CLUSTER_PROTOCOL_VERSION, FromAgent, FromDriver, Role, ToAgent, ToDriver, Welcome,
+    CLUSTER_PROTOCOL_VERSION, FromAgent, FromDriver, FromObserver, Role, ToAgent, ToDriver,
+    ToObserver, Welcome,
 };
 use blitzen_protocol::ids::{ConnId, ServerId};
 use tokio::net::TcpStream;
@@ -101,6 +102,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
             let driver = JoiningDriver { name, session, attach, heartbeat_ms };
             serve_driver(conn, reader, write, driver, &shared.events).await
         }
+        Role::Observer { name } => serve_observer(reader, write, &name, &shared.events).await,
     }
     info!("connection ended");
 }
@@ -143,7 +145,8 @@ async fn serve_agent(
             }
             Ok(Some(FromAgent::Started(keys))) => Event::AgentStarted { conn, keys },
             Ok(Some(FromAgent::Reattach(seqs))) => Event::AgentReattach { conn, seqs },
-            Ok(Some(FromAgent::Heartbeat)) => continue,
+            Ok(Some(FromAgent::Workers(workers))) => Event::AgentWorkers { conn, workers },
+            Ok(Some(FromAgent::Heartbeat)) => Event::AgentHeard { conn },
             Ok(None) => break "connection closed".to_string(),
             Err(NetError::Silent(limit)) => {
                 warn!(silent_for = ?limit, "agent missed its heartbeats: nothing arrived from it; counted lost");
@@ -157,6 +160,39 @@ async fn serve_agent(
         let _ = events.send(event);
     };
     let _ = events.send(Event::AgentLeft { conn, reason });
+}
+
+/// How long an observer's connection may stay silent between requests.
+const OBSERVER_SILENCE: Duration = Duration::from_secs(300);
+
+/// An observer's connection (`blitzen-server status`, `cancel`): each request is answered by
+/// the core, in order, until the observer closes the connection.
+async fn serve_observer(
+    mut reader: FramedReader,
+    write: blitzen_net::WriteSide,
+    name: &str,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let (tx, _) = spawn_writer::<ToObserver>(write);
+    info!(%name, "observer connected");
+    loop {
+        let request = match reader.next_alive::<FromObserver>(OBSERVER_SILENCE).await {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(e) => {
+                warn!(error = %e, "bad frame from observer; connection closed");
+                break;
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if events.send(Event::Observe { request, reply }).is_err() {
+            break;
+        }
+        let Ok(answer) = answer.await else { break };
+        if tx.send(answer).is_err() {
+            break;
+        }
+    }
 }
 
 /// A driver's connection: submissions, acknowledgements and heartbeats in, until its goodbye.
@@ -189,6 +225,7 @@ async fn serve_driver(
         let event = match message {
             Ok(Some(FromDriver::Submit { kinds, tasks })) => Event::Submit { conn, kinds, tasks },
             Ok(Some(FromDriver::Ack(ids))) => Event::Ack { conn, ids },
+            Ok(Some(FromDriver::Cancel(ids))) => Event::Cancel { conn, ids },
             Ok(Some(FromDriver::Heartbeat)) => continue,
             Ok(Some(FromDriver::Bye)) => break true,
             Ok(None) => break false,

@@ -282,6 +282,87 @@ fn timeout_kills_the_worker_and_its_children() -> Result<(), Failed> {
     check(!is_alive(child), format!("child {child} of the timed-out task survived"))
 }
 
+// ----- cancel -----
+
+fn cancel_ends_queued_and_running_tasks_and_kills_the_worker_with_its_children()
+-> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let reports = Reports::new().map_err(fail)?;
+    let running = d.run(spawn_child_and_hang, reports.address());
+    let queued: Vec<_> = (0..3).map(|i| d.run(nap_ms, 10 + i)).collect();
+    let pids = reports.receive(WAIT).map_err(fail)?;
+    let (worker, child) = (pids[0], pids[1]);
+    d.cancel(&running).map_err(fail)?;
+    d.cancel(&queued[1]).map_err(fail)?;
+    match one(&d, running)? {
+        Err(TaskError::Cancelled { reason, ctx }) => {
+            check(reason.contains("while running"), format!("reason: {reason}"))?;
+            check(ctx.worker.map(|w| w.pid) == Some(worker), "the error names the worker")?;
+        }
+        other => return Err(format!("expected a cancel, got {other:?}").into()),
+    }
+    let rest = d.get_results_with(&queued, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(matches!(rest[0], Ok(10)), format!("the first queued task runs: {:?}", rest[0]))?;
+    check(
+        matches!(&rest[1], Err(TaskError::Cancelled { reason, .. }) if reason.contains("before it started")),
+        format!("the cancelled queued task: {:?}", rest[1]),
+    )?;
+    check(matches!(rest[2], Ok(12)), format!("the last queued task runs: {:?}", rest[2]))?;
+    back_to_full_strength(&d, 1, worker)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(child) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(!is_alive(child), format!("child {child} of the cancelled task survived"))
+}
+
+fn cancel_leaves_finished_tasks_alone_and_refuses_foreign_ids() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let id = d.run(identity, 7);
+    check(one(&d, id)?.map_err(fail)? == 7, "ran")?;
+    // Finished and fetched, or finished and kept: a cancel changes nothing, twice over.
+    d.cancel(&id).map_err(fail)?;
+    let kept = d.run(identity, 8);
+    d.get_results_with(std::slice::from_ref(&kept), Fetch::keep().within(WAIT)).map_err(fail)?;
+    d.cancel(&kept).map_err(fail)?;
+    d.cancel(&kept).map_err(fail)?;
+    check(matches!(one(&d, kept)?, Ok(8)), "a finished task keeps its value")?;
+    let other = dispatcher(1)?;
+    let foreign = other.run(identity, 1);
+    match d.cancel(&foreign) {
+        Err(DispatchError::UnknownTask(_)) => {}
+        other => return Err(format!("a foreign id: {other:?}").into()),
+    }
+    check(matches!(one(&other, foreign)?, Ok(1)), "the foreign task itself is untouched")
+}
+
+fn cancel_all_ends_every_task_once_even_those_a_worker_prefetched() -> Result<(), Failed> {
+    let d = dispatcher(2)?;
+    // Teach the pool that `identity` is tiny, so that workers are handed many at once.
+    let warm: Vec<_> = (0..200).map(|i| d.run(identity, i)).collect();
+    d.get_results_with(&warm, Fetch::default().within(WAIT)).map_err(fail)?;
+    let pids = d.wait_for_workers(WAIT).ok_or("not ready")?;
+    let ids: Vec<_> = (0..20_000).map(|i| d.run(identity, i)).collect();
+    let cancelled = d.cancel_all();
+    check(cancelled <= ids.len(), format!("{cancelled} cancelled of {}", ids.len()))?;
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let (mut values, mut cancels) = (0, 0);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) if *v == i as u64 => values += 1,
+            Err(TaskError::Cancelled { .. }) => cancels += 1,
+            other => return Err(format!("task {i}: {other:?}").into()),
+        }
+    }
+    check(cancels > 0, format!("nothing was cancelled ({values} values)"))?;
+    check(d.cancel_all() == 0, "nothing is left to cancel")?;
+    // The pool carries on at full strength (a worker killed for a prefetched task is replaced).
+    let after = d.run(identity, 99);
+    check(matches!(one(&d, after)?, Ok(99)), "the pool still runs tasks")?;
+    let now = d.wait_for_workers(WAIT).ok_or("the pool did not recover")?;
+    check(now.len() == pids.len(), format!("{} workers, not {}", now.len(), pids.len()))
+}
+
 fn timeout_counts_from_the_start_not_the_queue() -> Result<(), Failed> {
     // One worker: the fast tasks wait 1.5 s behind the slow one, longer than their timeout.
     let d = dispatcher(1)?;
@@ -620,6 +701,9 @@ fn main() -> std::process::ExitCode {
         trial!(ids_of_another_dispatcher_are_refused),
         trial!(map_imap_and_imap_unordered),
         trial!(shutdown_leaves_no_worker_alive),
+        trial!(cancel_ends_queued_and_running_tasks_and_kills_the_worker_with_its_children),
+        trial!(cancel_leaves_finished_tasks_alone_and_refuses_foreign_ids),
+        trial!(cancel_all_ends_every_task_once_even_those_a_worker_prefetched),
         trial!(drop_stops_the_workers),
         trial!(killed_dispatcher_process_leaves_no_orphans),
         trial!(forgetting_worker_main_is_a_clear_error),

@@ -75,6 +75,7 @@ pub fn role_name(role: &Role) -> &'static str {
     match role {
         Role::Agent { .. } => "agent",
         Role::Driver { .. } => "driver",
+        Role::Observer { .. } => "observer",
     }
 }
 

@@ -175,7 +175,8 @@ impl Secrets {
     pub fn for_role(&self, role: &Role) -> Option<&Secret> {
         match role {
             Role::Agent { .. } => self.agents.as_ref(),
-            Role::Driver { .. } => self.drivers.as_ref(),
+            // Status and cancel are the drivers' business.
+            Role::Driver { .. } | Role::Observer { .. } => self.drivers.as_ref(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! that dies is replaced at once and its running job reported `WorkerCrashed`; a job past its
 //! timeout (counted from its start on a worker) has its worker's process group killed, is
 //! reported `TimedOut`, and the worker is replaced. Jobs a dead worker had received but not
-//! started go back to the front of the queue.
+//! started go back to the front of the queue. [`Submitter::cancel`] withdraws jobs: queued ones
+//! at once, running ones by killing their worker.
 //!
 //! Inside, one scheduler task owns all state (`scheduler`); each worker has a supervisor task
 //! reading its socket and reaping it, and a writer task (`process`). The pool runs on any
@@ -61,6 +62,9 @@ pub struct PoolConfig {
     /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
     /// not block.
     pub on_start: Option<Arc<dyn Fn(Vec<JobId>) + Send + Sync>>,
+    /// How long a worker whose running job was cancelled has, after SIGTERM to its process
+    /// group, before the group is sent SIGKILL.
+    pub cancel_grace: Duration,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("max_start_failures", &self.max_start_failures)
             .field("program", &self.program)
             .field("on_start", &self.on_start.is_some())
+            .field("cancel_grace", &self.cancel_grace)
             .finish()
     }
 }
@@ -88,6 +93,7 @@ impl PoolConfig {
             max_start_failures: 5,
             program: PathBuf::from("/proc/self/exe"),
             on_start: None,
+            cancel_grace: Duration::from_secs(2),
         }
     }
 }
@@ -198,7 +204,18 @@ fn stderr_block(stderr: &str) -> String {
 #[derive(Debug)]
 enum Command {
     Submit(Job),
+    Cancel(Vec<JobId>),
+    Workers(oneshot::Sender<Vec<WorkerView>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One worker process as the pool sees it now (see [`Submitter::workers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    /// Its process id.
+    pub pid: u32,
+    /// The job it runs and since when, if any.
+    pub running: Option<(JobId, std::time::Instant)>,
 }
 
 /// Queues jobs into a pool; cheap to clone, usable from any thread.
@@ -216,6 +233,24 @@ impl Submitter {
     /// Queues a job without waiting.
     pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
         self.commands.send(Command::Submit(job)).map_err(|_| PoolStopped)
+    }
+
+    /// Withdraws jobs without waiting: a queued one ends `Cancelled` at once; a running one
+    /// has its worker's process group sent SIGTERM (SIGKILL after
+    /// [`PoolConfig::cancel_grace`]), ends `Cancelled`, and its worker is replaced. A job that
+    /// finishes before the cancel reaches it keeps its result; ids the pool does not hold are
+    /// ignored. Each job still ends as exactly one [`JobResult`].
+    pub fn cancel(&self, ids: Vec<JobId>) -> Result<(), PoolStopped> {
+        self.commands.send(Command::Cancel(ids)).map_err(|_| PoolStopped)
+    }
+
+    /// The ready workers now, by slot, and what each runs; empty once the pool has stopped.
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Workers(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 }
 

@@ -87,9 +87,14 @@ pub(super) fn spawn_worker(
 
 /// Kills a worker's whole process group (the worker and everything its tasks started).
 pub(super) fn kill_group(pid: u32) {
+    signal_group(pid, rustix::process::Signal::KILL);
+}
+
+/// Sends `signal` to a worker's whole process group.
+pub(super) fn signal_group(pid: u32, signal: rustix::process::Signal) {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return };
     // ESRCH (already gone) is fine: the supervisor reaps whatever is left.
-    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = rustix::process::kill_process_group(pid, signal);
 }
 
 /// Sends queued frames until the scheduler drops the sender or the worker is gone.

@@ -40,6 +40,15 @@ pub(super) struct Endpoint {
     pub detached: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What the dispatcher hands the connection.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    /// A task to submit.
+    Call(Call),
+    /// Tasks to cancel, by number.
+    Cancel(Vec<u64>),
+}
+
 /// How one connection ended.
 enum End {
     /// The dispatcher stopped; the goodbye is sent.
@@ -61,7 +70,7 @@ pub(super) async fn drive(
     endpoint: Endpoint,
     table: Arc<ResultTable>,
     handoff: Arc<Handoff>,
-    mut queue: mpsc::UnboundedReceiver<Call>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
     stop: CancellationToken,
     connected: std::sync::mpsc::Sender<Result<(), DispatchError>>,
 ) {
@@ -161,6 +170,9 @@ struct Backlog {
     foreign: u64,
     /// Calls sent after the first `accepted`, oldest first.
     calls: std::collections::VecDeque<Call>,
+    /// Tasks asked to be cancelled whose results have not arrived: asked again on every new
+    /// connection, since the server may not have heard (the cancel is idempotent).
+    cancels: std::collections::HashSet<u64>,
 }
 
 impl Backlog {
@@ -205,7 +217,7 @@ impl Connection<'_> {
         self,
         admitted: Admitted<Welcome>,
         backlog: &mut Backlog,
-        queue: &mut mpsc::UnboundedReceiver<Call>,
+        queue: &mut mpsc::UnboundedReceiver<Outgoing>,
         stop: &CancellationToken,
         connected: &mut Option<std::sync::mpsc::Sender<Result<(), DispatchError>>>,
     ) -> End {
@@ -249,6 +261,12 @@ impl Connection<'_> {
                         batch.iter().map(|c| declared.submission(c.clone(), &mut kinds)).collect();
                     let _ = writer.send(FromDriver::Submit { kinds, tasks });
                 }
+                if !backlog.cancels.is_empty() {
+                    let mut ids: Vec<u64> = backlog.cancels.iter().copied().collect();
+                    ids.sort_unstable();
+                    let _ = writer
+                        .send(FromDriver::Cancel(ids.into_iter().map(DriverTaskId::new).collect()));
+                }
             }
             Ok(Some(other)) => return End::Lost(format!("the server opened with {other:?}")),
             Ok(None) => return End::Lost("the server closed the connection".into()),
@@ -274,6 +292,11 @@ impl Connection<'_> {
                     Ok(Some(ToDriver::Results(reports))) => {
                         let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
                         debug!(count = ids.len(), "results received");
+                        if !backlog.cancels.is_empty() {
+                            for id in &ids {
+                                backlog.cancels.remove(&id.get());
+                            }
+                        }
                         self.table.complete(reports);
                         let _ = writer.send(FromDriver::Ack(ids));
                     }
@@ -302,19 +325,35 @@ impl Connection<'_> {
                     let _ = writer.send(FromDriver::Heartbeat);
                 }
                 Some(first) = queue.recv() => {
-                    let mut kinds = Vec::new();
-                    backlog.calls.push_back(first.clone());
-                    let mut tasks = vec![declared.submission(first, &mut kinds)];
-                    while tasks.len() < SUBMIT_BATCH {
-                        match queue.try_recv() {
-                            Ok(call) => {
+                    let (mut kinds, mut tasks) = (Vec::new(), Vec::new());
+                    let mut next = Some(first);
+                    // Calls are gathered into one submission; a cancel goes out in its place
+                    // among them, after the calls before it.
+                    while let Some(outgoing) = next.take() {
+                        match outgoing {
+                            Outgoing::Call(call) => {
                                 backlog.calls.push_back(call.clone());
                                 tasks.push(declared.submission(call, &mut kinds));
                             }
-                            Err(_) => break,
+                            Outgoing::Cancel(ids) => {
+                                if !tasks.is_empty() {
+                                    let batch = std::mem::take(&mut tasks);
+                                    let kinds = std::mem::take(&mut kinds);
+                                    let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
+                                }
+                                debug!(count = ids.len(), "cancelling tasks");
+                                backlog.cancels.extend(ids.iter().copied());
+                                let ids = ids.into_iter().map(DriverTaskId::new).collect();
+                                let _ = writer.send(FromDriver::Cancel(ids));
+                            }
+                        }
+                        if tasks.len() < SUBMIT_BATCH {
+                            next = queue.try_recv().ok();
                         }
                     }
-                    let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                    if !tasks.is_empty() {
+                        let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                    }
                 }
             }
         };

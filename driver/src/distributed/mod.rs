@@ -134,8 +134,8 @@ enum LinkState {
 }
 
 struct Link {
-    /// Calls to submit, taken by the connection.
-    submissions: mpsc::UnboundedSender<Call>,
+    /// Calls to submit and cancels, taken by the connection.
+    submissions: mpsc::UnboundedSender<link::Outgoing>,
     /// The thread the connection runs on; stopping it says goodbye to the server.
     thread: RuntimeThread,
     /// Answers once whether the handshake succeeded.
@@ -160,11 +160,19 @@ impl Backend for Cluster {
             }
         }
         match &*link {
-            LinkState::Up(l) if l.submissions.send(call).is_ok() => {
+            LinkState::Up(l) if l.submissions.send(link::Outgoing::Call(call)).is_ok() => {
                 self.handoff.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             _ => Err(Outcome::Lost { reason: "the connection to the server has ended".into() }),
+        }
+    }
+
+    fn cancel(&self, ids: Vec<u64>) {
+        let link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        // Without a connection, no task of this dispatcher is unfinished (they ended `Lost`).
+        if let LinkState::Up(l) = &*link {
+            let _ = l.submissions.send(link::Outgoing::Cancel(ids));
         }
     }
 

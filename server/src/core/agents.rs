@@ -5,13 +5,16 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::cluster::{AgentResult, Assignment, TaskKind, TaskReport, ToAgent};
+use blitzen_protocol::cluster::{
+    AgentResult, Assignment, TaskKind, TaskReport, ToAgent, WorkerReport,
+};
 use blitzen_protocol::ids::{ConnId, KindIndex, TaskKey};
 use blitzen_protocol::{Outcome, WorkerInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::stats::Outcomes;
 use super::{Core, KindId};
 use crate::store::Change;
 
@@ -67,6 +70,16 @@ pub(super) struct Agent {
     /// The agent process, the same on all its connections (0: none given): a new connection
     /// with the id of this one means this one is dead.
     pub id: u64,
+    /// How its tasks ended, for observers.
+    pub outcomes: Outcomes,
+    /// When it connected.
+    pub connected_at: Instant,
+    /// When something last arrived from it (a result, a report, a heartbeat).
+    pub last_heard: Instant,
+    /// What its workers ran when it last said ([`FromAgent::Workers`]).
+    ///
+    /// [`FromAgent::Workers`]: blitzen_protocol::cluster::FromAgent::Workers
+    pub reported: Vec<WorkerReport>,
 }
 
 impl Agent {
@@ -161,6 +174,10 @@ impl Core {
             acks_since: None,
             unsaved: Vec::new(),
             id: joining.id,
+            outcomes: Outcomes::default(),
+            connected_at: Instant::now(),
+            last_heard: Instant::now(),
+            reported: Vec::new(),
         };
         self.agents.insert(conn, agent);
     }
@@ -171,7 +188,9 @@ impl Core {
     /// ever lost, breaks the protocol: the connection is closed and the rest of the batch
     /// ignored.
     pub(super) fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
-        let Some(host) = self.agents.get(&conn).map(|a| a.host.clone()) else { return };
+        let Some(agent) = self.agents.get_mut(&conn) else { return };
+        agent.last_heard = Instant::now();
+        let host = agent.host.clone();
         let mut duplicates = 0;
         for r in results {
             let (durable, batch) = (self.durable.is_some(), self.current_batch());
@@ -206,10 +225,25 @@ impl Core {
             };
             debug!(task = %task.id, driver = %task.driver, agent = %conn, recovered, "task finished");
             let worker = r.worker_pid.map(|pid| WorkerInfo { pid, host: Some(host.clone()) });
-            self.report(task.driver, TaskReport { id: task.id, worker, run: r.run });
+            if let Some(agent) = self.agents.get_mut(&conn) {
+                agent.outcomes.count(&r.run.outcome);
+            }
+            self.report(
+                task.driver,
+                TaskReport { id: task.id, worker, run: r.run },
+                Some(task.kind),
+            );
         }
         if duplicates > 0 {
             info!(%conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");
+        }
+    }
+
+    /// An agent said what its workers run now.
+    pub(super) fn agent_workers(&mut self, conn: ConnId, workers: Vec<WorkerReport>) {
+        if let Some(agent) = self.agents.get_mut(&conn) {
+            agent.last_heard = Instant::now();
+            agent.reported = workers;
         }
     }
 
@@ -250,7 +284,8 @@ impl Core {
                 "its agent {host} did not answer within the task's timeout ({timeout:?}) plus a \
                  grace of {grace:?}; settled by the server"
             );
-            self.report(task.driver, TaskReport::unstarted(task.id, Outcome::Lost { reason }));
+            let report = TaskReport::unstarted(task.id, Outcome::Lost { reason });
+            self.report(task.driver, report, Some(task.kind));
         }
     }
 
@@ -264,6 +299,15 @@ impl Core {
         }
         let mut lost = Vec::new();
         for key in agent.running {
+            if self.cancelling.contains(&key) {
+                // Cancelled: it ends here rather than running again elsewhere.
+                if let Some(task) = self.take_task(key) {
+                    let reason = "cancelled; its agent disconnected before it answered".into();
+                    let report = TaskReport::unstarted(task.id, Outcome::Cancelled { reason });
+                    self.report(task.driver, report, Some(task.kind));
+                }
+                continue;
+            }
             let Some(task) = self.tasks.get_mut(key) else { continue };
             task.agent = None;
             task.attempts += 1;
@@ -288,7 +332,8 @@ impl Core {
                     "its agent disconnected {} times while holding it; giving up",
                     task.attempts
                 );
-                self.report(task.driver, TaskReport::unstarted(task.id, Outcome::Lost { reason }));
+                let report = TaskReport::unstarted(task.id, Outcome::Lost { reason });
+                self.report(task.driver, report, Some(task.kind));
             }
         }
         self.kinds_left(agent.kinds.into_keys().collect(), Instant::now());

@@ -9,6 +9,7 @@ use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::stats::SessionStats;
 use super::tasks::Task;
 use super::{Core, KindId};
 use crate::store::Change;
@@ -49,6 +50,8 @@ pub(super) struct Driver {
     /// Its tasks still held (queued or running): a departed driver is forgotten once this is
     /// zero and the cache holds nothing for it.
     pub live: usize,
+    /// What is counted of its tasks for observers.
+    pub stats: SessionStats,
 }
 
 impl Driver {
@@ -69,6 +72,7 @@ impl Driver {
             queues: HashMap::new(),
             outbox: Vec::new(),
             live: 0,
+            stats: SessionStats::new(at),
         }
     }
 }
@@ -228,7 +232,7 @@ impl Core {
                 let reason = "the driver submitted it with a kind of task it never declared \
                               (a bug in the driver)"
                     .to_string();
-                self.report(conn, TaskReport::unstarted(id, Outcome::Refused { reason }));
+                self.report(conn, TaskReport::unstarted(id, Outcome::Refused { reason }), None);
             }
         }
         if let Some(error) = save_failure.filter(|_| !unsaved.is_empty()) {
@@ -239,7 +243,7 @@ impl Core {
             );
             for id in unsaved {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, TaskReport::unstarted(id, outcome));
+                self.report(conn, TaskReport::unstarted(id, outcome), None);
             }
         }
         if !refused.is_empty() {
@@ -251,7 +255,7 @@ impl Core {
             );
             for id in refused {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, TaskReport::unstarted(id, outcome));
+                self.report(conn, TaskReport::unstarted(id, outcome), None);
             }
         }
         let now = Instant::now();
@@ -300,6 +304,9 @@ impl Core {
     /// Removes a task that has ended from the books.
     pub(super) fn take_task(&mut self, key: TaskKey) -> Option<Task> {
         let task = self.tasks.remove(key)?;
+        if !self.cancelling.is_empty() {
+            self.cancelling.remove(&key);
+        }
         if let Some(d) = self.drivers.get_mut(&task.driver) {
             d.live = d.live.saturating_sub(1);
         }
@@ -337,8 +344,10 @@ impl Core {
         }
     }
 
-    /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged).
-    pub(super) fn report(&mut self, conn: ConnId, report: TaskReport) {
+    /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged);
+    /// `kind` is the task's, when it got as far as being queued.
+    pub(super) fn report(&mut self, conn: ConnId, report: TaskReport, kind: Option<KindId>) {
+        self.count_result(conn, &report, kind);
         if let Some(session) = self.durable_session(conn) {
             let (id, report) = (report.id.get(), report.clone());
             self.record(Change::Result { session, id, report });

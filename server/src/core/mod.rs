@@ -12,6 +12,10 @@
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
+//! - `steer`: what observers ask: the status, a session's failures, cancels (drivers cancel
+//!   their own tasks here too).
+//! - `stats`: what is counted for observers (rates, outcomes, failures) and the status built
+//!   from it.
 //! - `tasks`: [`TaskTable`], the slab of every task held; `cache`: [`ResultCache`], the results
 //!   not yet acknowledged.
 //!
@@ -23,12 +27,14 @@
 //! has the task's name *and* signature; a task no connected agent can run waits, and its driver
 //! is told why.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use blitzen_protocol::cluster::{AgentResult, Submission, TaskKind, ToAgent, ToDriver};
+use blitzen_protocol::cluster::{
+    AgentResult, FromObserver, Submission, TaskKind, ToAgent, ToDriver, ToObserver, WorkerReport,
+};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -41,6 +47,8 @@ mod dispatch;
 mod drivers;
 mod durable;
 mod reattach;
+mod stats;
+mod steer;
 mod tasks;
 mod waiting;
 
@@ -48,6 +56,7 @@ use agents::{Agent, Deadline};
 use cache::ResultCache;
 use drivers::Driver;
 use reattach::Restart;
+use stats::ServerStats;
 use tasks::TaskTable;
 use waiting::{GiveUp, Stranded};
 
@@ -76,6 +85,10 @@ pub(crate) enum Event {
     AgentStarted { conn: ConnId, keys: Vec<TaskKey> },
     /// An agent re-attached after a restart with the tasks it holds from before, by `seq`.
     AgentReattach { conn: ConnId, seqs: Vec<u64> },
+    /// What an agent's workers run now.
+    AgentWorkers { conn: ConnId, workers: Vec<WorkerReport> },
+    /// An agent sent a heartbeat.
+    AgentHeard { conn: ConnId },
     /// An agent's connection ended, or it went silent.
     AgentLeft { conn: ConnId, reason: String },
     /// A driver was admitted.
@@ -96,6 +109,10 @@ pub(crate) enum Event {
         kinds: Vec<TaskKind>,
         tasks: Vec<Submission>,
     },
+    /// A driver cancels some of its tasks.
+    Cancel { conn: ConnId, ids: Vec<DriverTaskId> },
+    /// An observer's request, and where its answer goes.
+    Observe { request: FromObserver, reply: oneshot::Sender<ToObserver> },
     /// A driver has these results: the server may forget them.
     Ack { conn: ConnId, ids: Vec<DriverTaskId> },
     /// A driver's connection ended.
@@ -162,6 +179,11 @@ pub(crate) struct Core {
     durable: Option<Durable>,
     /// After a restart: the restored tasks held back while the agents re-attach.
     restart: Option<Restart>,
+    /// Tasks cancelled while an agent holds them, until they end: one whose agent vanishes
+    /// ends `Cancelled` instead of running again.
+    cancelling: HashSet<TaskKey>,
+    /// What is counted for observers.
+    stats: ServerStats,
 }
 
 /// Changes on their way to the data directory (see `store`).
@@ -218,6 +240,8 @@ impl Core {
             give_ups: BinaryHeap::new(),
             durable,
             restart: None,
+            cancelling: HashSet::new(),
+            stats: ServerStats::new(),
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -268,6 +292,12 @@ impl Core {
             }
             Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
             Event::AgentReattach { conn, seqs } => self.agent_reattached(conn, seqs),
+            Event::AgentWorkers { conn, workers } => self.agent_workers(conn, workers),
+            Event::AgentHeard { conn } => {
+                if let Some(agent) = self.agents.get_mut(&conn) {
+                    agent.last_heard = Instant::now();
+                }
+            }
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
             Event::DriverJoined { conn, name, session, attach, tx } => {
                 self.driver_joined(conn, name, session, attach, tx)
@@ -278,6 +308,15 @@ impl Core {
                 if let Some(&driver) = self.connections.get(&conn) {
                     self.submit(driver, kinds, tasks)
                 }
+            }
+            Event::Cancel { conn, ids } => {
+                if let Some(&driver) = self.connections.get(&conn) {
+                    self.cancel(driver, Some(ids));
+                }
+            }
+            Event::Observe { request, reply } => {
+                let answer = self.observe(request);
+                let _ = reply.send(answer);
             }
             Event::Ack { conn, ids } => {
                 if let Some(&driver) = self.connections.get(&conn) {
@@ -310,6 +349,7 @@ impl Core {
         self.flush();
         self.cache.trim();
         self.forget_departed();
+        self.fold_rates();
     }
 
     /// Drops cached results older than the age cap.

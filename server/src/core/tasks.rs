@@ -154,6 +154,12 @@ impl TaskTable {
         self.slots.iter().filter_map(|slot| slot.task.as_ref())
     }
 
+    /// Every task held with its key, in no particular order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (TaskKey, &Task)> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(i, slot)| Some((key(i, slot.generation), slot.task.as_ref()?)))
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0

@@ -1,7 +1,7 @@
 //! Unit tests of the core: events in, assignments and reports out. Each turn ends with
 //! [`Core::end_turn`], as in [`Core::run`].
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::agents::MAX_CREDIT;
 use super::*;
@@ -155,6 +155,10 @@ fn credit_follows_task_length() {
         acks_since: None,
         unsaved: Vec::new(),
         id: 0,
+        outcomes: Default::default(),
+        connected_at: Instant::now(),
+        last_heard: Instant::now(),
+        reported: Vec::new(),
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
     a.average_us = Some(100_000.0);
@@ -199,7 +203,7 @@ fn unfetched_results_are_capped_by_count_and_age() {
     assert!(c.drivers.contains_key(&conn(1)), "kept while results wait for it");
     c.cache = cache::ResultCache::new(Duration::ZERO, 2);
     let lost = TaskReport::unstarted(DriverTaskId::new(9), Outcome::Lost { reason: "r".into() });
-    c.report(conn(1), lost);
+    c.report(conn(1), lost, None);
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
     turn(&mut c);
@@ -777,4 +781,102 @@ fn after_a_restart_restored_tasks_wait_for_the_saved_agents_and_finish_where_the
     // New tasks get numbers above every saved one.
     let _d = driver(&mut c, 1);
     assert!(c.next_seq >= 13);
+}
+
+/// Every result a driver was sent so far, by the driver's id.
+fn results(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<(u64, Outcome)> {
+    let mut out = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToDriver::Results(batch) = msg {
+            out.extend(batch.into_iter().map(|r| (r.id.get(), r.run.outcome)));
+        }
+    }
+    out
+}
+
+fn cancels(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey> {
+    let mut keys = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToAgent::Cancel(batch) = msg {
+            keys.extend(batch);
+        }
+    }
+    keys
+}
+
+#[test]
+fn a_cancel_ends_queued_tasks_here_and_asks_the_agent_for_running_ones() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, 1, "t", 0..5);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    turn(&mut c);
+    let held = assigned(&mut a);
+    assert_eq!(held.len(), 2, "credit for two");
+    let ids = [0, 1, 3, 4, 99].map(DriverTaskId::new).to_vec();
+    c.on_event(Event::Cancel { conn: conn(1), ids });
+    turn(&mut c);
+    let mut sent = cancels(&mut a);
+    sent.sort();
+    let mut expected = held.clone();
+    expected.sort();
+    assert_eq!(sent, expected, "the agent is asked to cancel what it holds");
+    let got = results(&mut d);
+    let ended: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ended, [3, 4], "queued ones end at once; 2 was not asked");
+    assert!(got.iter().all(|(_, o)| matches!(o, Outcome::Cancelled { .. })), "{got:?}");
+    // The first final state wins: task 0 finished before the agent got the cancel.
+    let first = held.iter().copied().find(|k| c.tasks[k].id.get() == 0).expect("task 0");
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&[first]), recovered: false });
+    turn(&mut c);
+    assert!(matches!(results(&mut d)[..], [(0, Outcome::Value(_))]), "task 0 keeps its value");
+    // Task 1's agent vanishes before answering: it ends cancelled, it does not run again.
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "gone".into() });
+    turn(&mut c);
+    assert!(
+        matches!(&results(&mut d)[..], [(1, Outcome::Cancelled { .. })]),
+        "a cancelled task whose agent left is not run again"
+    );
+    let status = c.status();
+    assert_eq!((status.server.cancelled, status.server.finished), (3, 4));
+    assert_eq!((status.server.queued, status.server.running), (1, 0), "task 2 still waits");
+    let session = &status.sessions[0];
+    assert_eq!((session.submitted, session.done, session.cancelled), (5, 1, 3));
+}
+
+#[test]
+fn failures_are_kept_with_their_whole_error_for_observers() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, 1, "boom", 0..1);
+    let mut a = agent(&mut c, 10, 1, &["boom"]);
+    turn(&mut c);
+    let key = assigned(&mut a)[0];
+    let outcome = Outcome::Panicked {
+        message: "index out of bounds".into(),
+        location: Some("src/lib.rs:3:5".into()),
+        backtrace: None,
+    };
+    let result = AgentResult { key, worker_pid: Some(4242), run: Finished::unstarted(outcome) };
+    c.on_event(Event::AgentDone { conn: conn(10), results: vec![result], recovered: false });
+    turn(&mut c);
+    assert_eq!(results(&mut d).len(), 1);
+    let status = c.status();
+    let f = &status.recent_failures[0];
+    assert_eq!((f.session.as_str(), f.id, f.task.as_str()), ("s1", 0, "boom"));
+    assert_eq!((f.kind.as_str(), f.host.as_deref(), f.pid), ("Panicked", Some("a10"), Some(4242)));
+    assert!(
+        f.error.contains("index out of bounds") && f.error.contains("src/lib.rs:3:5"),
+        "{}",
+        f.error
+    );
+    assert_eq!((status.agents[0].failed, status.sessions[0].failed), (1, 1));
+    match c.observe(FromObserver::Failures { session: "s1".into() }) {
+        ToObserver::Failures(list) => assert_eq!(list, status.recent_failures),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.observe(FromObserver::Failures { session: "nope".into() }),
+        ToObserver::Error(e) if e.contains("no session `nope`")
+    ));
 }

@@ -205,6 +205,7 @@ impl Core {
             self.report(
                 task.driver,
                 TaskReport::unstarted(task.id, Outcome::Unrunnable { reason }),
+                Some(task.kind),
             );
         }
     }

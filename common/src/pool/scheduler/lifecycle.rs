@@ -8,7 +8,10 @@ use blitzen_protocol::{Captured, ExitReason, Finished, Outcome};
 use bytes::BytesMut;
 use tracing::{error, info, warn};
 
-use super::{KillReason, REAP_LIMIT, RESPAWN_PAUSE, Scheduler, Worker, read_capture};
+use super::{
+    KillReason, REAP_LIMIT, RESPAWN_PAUSE, Scheduler, Worker, cancelled_queued, cancelled_running,
+    read_capture,
+};
 use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 use crate::pool::process::{EventKind, WorkerEvent, WorkerId, kill_group, spawn_worker};
 use crate::pool::{JobResult, PoolError};
@@ -29,9 +32,18 @@ impl Scheduler {
                     warn!(task = %job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
                     Some(Outcome::TimedOut { timeout_ms: timeout.as_millis() as u64 })
                 }
-                // Killed for another job's timeout that had just finished: this one had barely
-                // started, and runs again elsewhere.
-                Some(KillReason::Timeout { .. }) => None,
+                Some(KillReason::Cancel { job: id }) if id == job.id => {
+                    info!(task = %job.id, name = %job.name, pid, "cancelled task's worker is gone");
+                    Some(cancelled_running())
+                }
+                // Killed for another job's timeout or cancel, which had just finished: this one
+                // had barely started, and runs again elsewhere (unless it was cancelled too).
+                Some(KillReason::Timeout { .. } | KillReason::Cancel { .. })
+                    if w.cancelled.contains(&job.id) =>
+                {
+                    Some(cancelled_running())
+                }
+                Some(KillReason::Timeout { .. } | KillReason::Cancel { .. }) => None,
                 Some(KillReason::Protocol) => Some(Outcome::Lost {
                     reason: "its worker broke the protocol and was killed".into(),
                 }),
@@ -63,9 +75,13 @@ impl Scheduler {
         } else if w.killed.is_none() {
             warn!(pid, %exit, "idle worker died");
         }
-        // Jobs it held but had not started go back to the front, in order.
+        // Jobs it held but had not started go back to the front, in order; cancelled ones end.
         while let Some(job) = w.inflight.pop_back() {
-            self.queue.push_front(job);
+            if w.cancelled.contains(&job.id) {
+                self.finished.push(JobResult::unstarted(job.id, cancelled_queued()));
+            } else {
+                self.queue.push_front(job);
+            }
         }
         self.publish_status();
         if self.given_up.is_none() && w.killed != Some(KillReason::Shutdown) {
@@ -131,6 +147,8 @@ impl Scheduler {
             queued_us: 0.0,
             head_started: Instant::now(),
             killed: None,
+            terminated: None,
+            cancelled: Vec::new(),
             outbox: BytesMut::new(),
         });
         Ok(())

@@ -20,10 +20,10 @@ use blitzen_protocol::{
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group};
-use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink};
+use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, signal_group};
+use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
 mod lifecycle;
@@ -43,6 +43,8 @@ const REAP_LIMIT: Duration = Duration::from_secs(5);
 enum KillReason {
     /// This job ran past its timeout.
     Timeout { job: JobId, timeout: Duration },
+    /// This job was cancelled while it ran: the group had SIGTERM, SIGKILL follows the grace.
+    Cancel { job: JobId },
     /// The worker did not announce itself in time.
     StartupTimeout,
     /// The worker broke the protocol.
@@ -70,6 +72,12 @@ struct Worker {
     head_started: Instant,
     /// Set once the scheduler has killed the worker; its `Exited` event is still to come.
     killed: Option<KillReason>,
+    /// When the worker's group was sent SIGTERM for a cancel, until SIGKILL follows.
+    terminated: Option<Instant>,
+    /// Jobs in `inflight`, behind the running one, that were cancelled: the running one is
+    /// killed when one of them comes to the front, and they end `Cancelled` if the worker
+    /// dies before running them.
+    cancelled: Vec<JobId>,
     /// Frames encoded this turn, sent in one write.
     outbox: BytesMut,
 }
@@ -79,8 +87,10 @@ impl Worker {
         self.ready && self.killed.is_none()
     }
 
-    fn deadline(&self, startup_timeout: Duration) -> Option<Instant> {
-        if self.killed.is_some() {
+    fn deadline(&self, startup_timeout: Duration, cancel_grace: Duration) -> Option<Instant> {
+        if let Some(at) = self.terminated {
+            Some(at + cancel_grace)
+        } else if self.killed.is_some() {
             None
         } else if !self.ready {
             Some(self.spawned_at + startup_timeout)
@@ -167,6 +177,8 @@ impl Scheduler {
                 Some(event) = self.events.recv() => self.on_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::Submit(job)) => self.enqueue(job),
+                    Some(Command::Cancel(ids)) => self.cancel(ids),
+                    Some(Command::Workers(tx)) => { let _ = tx.send(self.views()); },
                     Some(Command::Shutdown(a)) => { ack = Some(a); break 'serve; }
                     None => break 'serve,
                 },
@@ -178,6 +190,10 @@ impl Scheduler {
             for _ in 0..COMMANDS_PER_TURN {
                 match self.commands.try_recv() {
                     Ok(Command::Submit(job)) => self.enqueue(job),
+                    Ok(Command::Cancel(ids)) => self.cancel(ids),
+                    Ok(Command::Workers(tx)) => {
+                        let _ = tx.send(self.views());
+                    }
                     Ok(Command::Shutdown(a)) => {
                         ack = Some(a);
                         break 'serve;
@@ -205,6 +221,46 @@ impl Scheduler {
             }
             None => self.queue.push_back(job),
         }
+    }
+
+    /// Withdraws jobs: queued ones end at once; a running one has its worker terminated; one a
+    /// worker holds behind its running job is marked, and handled when it comes to the front.
+    fn cancel(&mut self, ids: Vec<JobId>) {
+        let ids: std::collections::HashSet<JobId> = ids.into_iter().collect();
+        let finished = &mut self.finished;
+        self.queue.retain(|job| {
+            let keep = !ids.contains(&job.id);
+            if !keep {
+                debug!(task = %job.id, name = %job.name, "queued task cancelled");
+                finished.push(JobResult::unstarted(job.id, cancelled_queued()));
+            }
+            keep
+        });
+        for w in self.workers.iter_mut().flatten() {
+            let hit: Vec<(usize, JobId)> = (w.inflight.iter().enumerate())
+                .filter(|(_, job)| ids.contains(&job.id) && !w.cancelled.contains(&job.id))
+                .map(|(i, job)| (i, job.id))
+                .collect();
+            for (i, id) in hit {
+                if i == 0 {
+                    // Answered already if the kill comes too late: then it keeps its result.
+                    terminate(w, id);
+                } else {
+                    w.cancelled.push(id);
+                }
+            }
+        }
+    }
+
+    /// The ready workers and what each runs.
+    fn views(&self) -> Vec<WorkerView> {
+        (self.workers.iter().flatten())
+            .filter(|w| w.ready && w.killed.is_none())
+            .map(|w| WorkerView {
+                pid: w.process.pid,
+                running: w.inflight.front().map(|job| (job.id, w.head_started)),
+            })
+            .collect()
     }
 
     /// Assigns queued jobs: one to each idle worker first, then short jobs to busy workers up to
@@ -371,11 +427,20 @@ impl Scheduler {
                     self.average_us.insert(job.name.clone(), us);
                 }
             }
+            // A job cancelled behind the running one that ran anyway (its worker got to it
+            // before the cancel): it finished first, and keeps its result.
+            w.cancelled.retain(|&id| id != job.id);
             debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
         }
         if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();
+            if let Some(at) = w.cancelled.iter().position(|&id| id == next.id) {
+                w.cancelled.swap_remove(at);
+                let id = next.id;
+                terminate(w, id);
+                return;
+            }
             if next.timeout.is_some() && self.config.on_start.is_some() {
                 self.started.push(next.id);
             }
@@ -385,8 +450,8 @@ impl Scheduler {
     // ----- time -----
 
     fn next_deadline(&self) -> Option<Instant> {
-        let startup = self.config.startup_timeout;
-        let workers = self.workers.iter().flatten().filter_map(|w| w.deadline(startup));
+        let (startup, grace) = (self.config.startup_timeout, self.config.cancel_grace);
+        let workers = self.workers.iter().flatten().filter_map(|w| w.deadline(startup, grace));
         workers.chain(self.respawn_at.iter().flatten().copied()).min()
     }
 
@@ -400,9 +465,20 @@ impl Scheduler {
                 }
             }
         }
-        let startup = self.config.startup_timeout;
+        let (startup, grace) = (self.config.startup_timeout, self.config.cancel_grace);
         for w in self.workers.iter_mut().flatten() {
-            if w.deadline(startup).is_some_and(|d| d <= now) {
+            if w.terminated.is_some_and(|at| at + grace <= now) {
+                // SIGTERM did not end it within the grace.
+                warn!(
+                    pid = w.process.pid,
+                    ?grace,
+                    "cancelled task's worker outlived SIGTERM; killing it"
+                );
+                w.terminated = None;
+                kill_group(w.process.pid);
+                continue;
+            }
+            if w.deadline(startup, grace).is_some_and(|d| d <= now) {
                 let reason = match (w.ready, w.inflight.front()) {
                     (true, Some(job)) => KillReason::Timeout {
                         job: job.id,
@@ -415,6 +491,29 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Terminates a worker for the cancel of `job`, the one it runs: SIGTERM to its process group
+/// now, SIGKILL once the grace has passed (see `on_deadlines`). A worker already being killed
+/// (a timeout, a broken protocol) is left to that.
+fn terminate(w: &mut Worker, job: JobId) {
+    if w.killed.is_some() {
+        return;
+    }
+    debug!(task = %job, pid = w.process.pid, "running task cancelled; terminating its worker");
+    w.killed = Some(KillReason::Cancel { job });
+    w.terminated = Some(Instant::now());
+    signal_group(w.process.pid, rustix::process::Signal::TERM);
+}
+
+/// The outcome of a job cancelled before it started.
+fn cancelled_queued() -> Outcome {
+    Outcome::Cancelled { reason: "cancelled before it started".into() }
+}
+
+/// The outcome of a job cancelled while it ran.
+fn cancelled_running() -> Outcome {
+    Outcome::Cancelled { reason: "cancelled while running; its worker was killed".into() }
 }
 
 fn read_capture(fd: &OwnedFd) -> Captured {

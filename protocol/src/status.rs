@@ -1,0 +1,161 @@
+//! What the server tells observers about the cluster: [`ClusterStatus`] (agents and their
+//! workers, sessions, recent failures), a session's [`Failure`]s, and what a cancel did.
+//!
+//! The same records are the server's `status --json` output and its dashboard's
+//! `/api/status`, so every field is plain data: counts, names, milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+/// Failed tasks the server keeps per session, the oldest dropped first.
+pub const FAILURES_KEPT: usize = 1000;
+
+/// Failures of every session shown in [`ClusterStatus::recent_failures`].
+pub const RECENT_FAILURES: usize = 20;
+
+/// Seconds of history in [`ServerStatus::finished_per_second`].
+pub const HISTORY_SECONDS: usize = 120;
+
+/// The cluster at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The server itself and its totals.
+    pub server: ServerStatus,
+    /// Connected agents, in the order they connected.
+    pub agents: Vec<AgentStatus>,
+    /// Sessions the server holds (connected drivers, and departed ones it still keeps).
+    pub sessions: Vec<SessionStatus>,
+    /// The latest failures of every session, most recent last.
+    pub recent_failures: Vec<Failure>,
+}
+
+/// The server and its totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The server's version.
+    pub version: String,
+    /// How long it has been serving, in milliseconds.
+    pub uptime_ms: u64,
+    /// Whether it keeps its state in a data directory.
+    pub durable: bool,
+    /// Tasks waiting for an agent.
+    pub queued: u64,
+    /// Tasks handed to agents and not finished (running, or waiting in an agent for a worker).
+    pub running: u64,
+    /// Results not yet acknowledged by their drivers.
+    pub results_held: u64,
+    /// Tasks finished since the server started (any outcome).
+    pub finished: u64,
+    /// Of those, how many failed (any error but a cancel).
+    pub failed: u64,
+    /// Of those, how many were cancelled.
+    pub cancelled: u64,
+    /// Tasks finished per second over the last minute.
+    pub throughput: f64,
+    /// Tasks finished in each of the last [`HISTORY_SECONDS`] seconds, oldest first; the last
+    /// entry is the second in progress.
+    pub finished_per_second: Vec<u32>,
+}
+
+/// One connected agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The server's number for its connection.
+    pub conn: u64,
+    /// Its host name.
+    pub host: String,
+    /// Worker processes it runs.
+    pub workers: u32,
+    /// Workers running a task now, as the agent last reported.
+    pub busy: u32,
+    /// Tasks handed to it and not finished (running, or waiting in it for a worker).
+    pub held: u64,
+    /// Tasks it finished since it connected.
+    pub done: u64,
+    /// Of those, how many failed (any error but a cancel).
+    pub failed: u64,
+    /// Milliseconds since it connected.
+    pub connected_for_ms: u64,
+    /// Milliseconds since the last byte arrived from it (a result or a heartbeat).
+    pub last_heard_ms: u64,
+    /// Its workers as it last reported them, by pid.
+    pub worker_states: Vec<WorkerState>,
+}
+
+/// One worker process of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerState {
+    /// Its process id.
+    pub pid: u32,
+    /// The task it runs, if any.
+    pub task: Option<RunningTask>,
+}
+
+/// A task running on a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// Its session.
+    pub session: String,
+    /// Its driver's id for it.
+    pub id: u64,
+    /// The task's name.
+    pub task: String,
+    /// How long it has run, in milliseconds (when the agent last reported).
+    pub for_ms: u64,
+}
+
+/// One session: a driver's tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// Its name.
+    pub name: String,
+    /// Its driver's name (program and pid).
+    pub driver: String,
+    /// Whether its driver is connected.
+    pub connected: bool,
+    /// Tasks the server took from it.
+    pub submitted: u64,
+    /// Waiting for an agent.
+    pub queued: u64,
+    /// Handed to agents and not finished.
+    pub running: u64,
+    /// Finished with a value.
+    pub done: u64,
+    /// Finished with an error other than a cancel.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Tasks finished per second over the last minute.
+    pub throughput: f64,
+}
+
+/// A failed task, with its whole error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Its session.
+    pub session: String,
+    /// Its driver's id for it.
+    pub id: u64,
+    /// The task's name.
+    pub task: String,
+    /// The host it ran on, if it reached a worker.
+    pub host: Option<String>,
+    /// The worker's pid, if it reached one.
+    pub pid: Option<u32>,
+    /// What kind of failure: `Panicked`, `TimedOut`, `WorkerCrashed`, `Lost`…
+    pub kind: String,
+    /// The full error: the panic message and location, the exit signal, the stderr tail.
+    pub error: String,
+    /// When it failed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CancelReport {
+    /// Tasks that were queued: ended `Cancelled` at once.
+    pub queued: u64,
+    /// Tasks handed to agents: their agents were told (a running one has its worker killed).
+    pub running: u64,
+    /// Ids of tasks that had already ended, or that the session never had: nothing done.
+    pub not_found: u64,
+}

@@ -1,0 +1,102 @@
+//! Steering: cancelling tasks (a driver its own, an observer any session's), and answering an
+//! observer's requests.
+//!
+//! A cancel follows the exactly-once path of every other ending: a queued task ends here with
+//! `Cancelled` (saved like any result on a durable server); a task an agent holds is cancelled
+//! by that agent, whose answer — `Cancelled`, or the value of a task that finished first — is
+//! its one result. Should the agent vanish before answering, the task ends `Cancelled` rather
+//! than running again.
+
+use std::collections::{HashMap, HashSet};
+
+use blitzen_protocol::Outcome;
+use blitzen_protocol::cluster::{FromObserver, TaskReport, ToAgent, ToObserver};
+use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::status::CancelReport;
+use tracing::info;
+
+use super::Core;
+
+impl Core {
+    /// Cancels tasks of `driver`: those of `ids`, or every one it has unfinished (`None`).
+    pub(super) fn cancel(
+        &mut self,
+        driver: ConnId,
+        ids: Option<Vec<DriverTaskId>>,
+    ) -> CancelReport {
+        let wanted: Option<HashSet<DriverTaskId>> =
+            ids.as_ref().map(|ids| ids.iter().copied().collect());
+        let asked = wanted.as_ref().map_or(0, HashSet::len) as u64;
+        let keys: Vec<TaskKey> = (self.tasks.keys())
+            .filter(|(_, t)| t.driver == driver)
+            .filter(|(_, t)| wanted.as_ref().is_none_or(|w| w.contains(&t.id)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut report = CancelReport::default();
+        let mut by_agent: HashMap<ConnId, Vec<TaskKey>> = HashMap::new();
+        for key in keys {
+            let Some(task) = self.tasks.get(key) else { continue };
+            match task.agent {
+                Some(agent) => {
+                    if self.cancelling.insert(key) {
+                        by_agent.entry(agent).or_default().push(key);
+                    }
+                    report.running += 1;
+                }
+                None => {
+                    // Its key stays in its queue and is skipped there.
+                    let Some(task) = self.take_task(key) else { continue };
+                    let reason = "cancelled before it started".to_string();
+                    let cancelled = TaskReport::unstarted(task.id, Outcome::Cancelled { reason });
+                    self.report(task.driver, cancelled, Some(task.kind));
+                    report.queued += 1;
+                }
+            }
+        }
+        for (agent, keys) in by_agent {
+            if let Some(a) = self.agents.get(&agent) {
+                // After every assignment already sent: the agent holds each of these.
+                let _ = a.tx.send(ToAgent::Cancel(keys));
+            }
+        }
+        report.not_found = asked.saturating_sub(report.queued + report.running);
+        let name = self.drivers.get(&driver).map(|d| d.name.as_str()).unwrap_or_default();
+        info!(%driver, %name, queued = report.queued, running = report.running, not_found = report.not_found, "tasks cancelled");
+        report
+    }
+
+    /// Answers an observer.
+    pub(super) fn observe(&mut self, request: FromObserver) -> ToObserver {
+        match request {
+            FromObserver::Status => ToObserver::Status(Box::new(self.status())),
+            FromObserver::Failures { session } => match self.session_driver(&session) {
+                Some(driver) => ToObserver::Failures(
+                    (self.drivers.get(&driver))
+                        .map(|d| d.stats.failures.iter().cloned().collect())
+                        .unwrap_or_default(),
+                ),
+                None => ToObserver::Error(unknown_session(&session)),
+            },
+            FromObserver::Cancel { session, ids } => match self.session_driver(&session) {
+                Some(driver) => {
+                    let ids =
+                        (!ids.is_empty()).then(|| ids.into_iter().map(DriverTaskId::new).collect());
+                    ToObserver::Cancelled(self.cancel(driver, ids))
+                }
+                None => ToObserver::Error(unknown_session(&session)),
+            },
+        }
+    }
+
+    /// The driver holding a session, by the session's name.
+    fn session_driver(&self, session: &str) -> Option<ConnId> {
+        self.sessions.get(session).copied().filter(|d| self.drivers.contains_key(d))
+    }
+}
+
+fn unknown_session(session: &str) -> String {
+    format!(
+        "the server has no session `{session}` (see `blitzen-server status` for the sessions it \
+         holds)"
+    )
+}

@@ -1,0 +1,236 @@
+//! The other end of an observer connection: what `blitzen-server status`, `failures` and
+//! `cancel` run — one request to a server ([`ask`]), and the answer rendered for a person
+//! ([`render_status`], [`render_failures`]).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use blitzen_net::{ConnectError, NetError, PeerTls, Secret};
+use blitzen_protocol::cluster::{FromObserver, Role, ToObserver};
+use blitzen_protocol::status::{ClusterStatus, Failure};
+
+/// Why a request got no answer.
+#[derive(thiserror::Error)]
+pub enum ObserveError {
+    /// The server could not be reached, or refused us.
+    #[error("cannot reach the server at {server}: {source}")]
+    Connect {
+        /// `host:port`.
+        server: String,
+        /// What went wrong.
+        #[source]
+        source: ConnectError,
+    },
+    /// The connection broke before the answer came.
+    #[error("the server at {server} did not answer: {reason}")]
+    NoAnswer {
+        /// `host:port`.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error (an unknown session).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The same text as `Display`: a `main` that returns this error prints a sentence.
+impl std::fmt::Debug for ObserveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Connects to `server` as an observer, sends `request` and returns the answer; an answer
+/// that is an error comes back as [`ObserveError::Refused`]. Everything within `limit`.
+pub async fn ask(
+    server: &str,
+    secret: Option<&Secret>,
+    tls: &PeerTls,
+    request: FromObserver,
+    limit: Duration,
+) -> Result<ToObserver, ObserveError> {
+    let name = format!(
+        "{}[{}]",
+        std::env::args().next().unwrap_or_else(|| "observer".into()),
+        std::process::id()
+    );
+    let admitted = blitzen_net::connect(server, Role::Observer { name }, secret, tls, limit)
+        .await
+        .map_err(|source| ObserveError::Connect { server: server.to_string(), source })?;
+    let (mut reader, write) = (admitted.reader, admitted.write);
+    let (writer, _) = blitzen_net::spawn_writer::<FromObserver>(write);
+    let no_answer = |reason: String| ObserveError::NoAnswer { server: server.to_string(), reason };
+    writer.send(request).map_err(|_| no_answer("the connection closed".into()))?;
+    let answer = tokio::time::timeout(limit, reader.next::<ToObserver>())
+        .await
+        .map_err(|_| no_answer(format!("no answer within {limit:?}")))?;
+    match answer {
+        Ok(Some(ToObserver::Error(message))) => Err(ObserveError::Refused(message)),
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(no_answer("the server closed the connection".into())),
+        Err(NetError::Silent(limit)) => Err(no_answer(format!("nothing for {limit:?}"))),
+        Err(e) => Err(no_answer(format!("bad frame: {e}"))),
+    }
+}
+
+/// `1h 02m`, `3m 05s`, `4.2s`, `120ms`: a duration as a person reads it.
+pub fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Rows as columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            let _ = write!(text, "{cell:<w$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The cluster at a glance: the server's totals, one row per agent and per session, then the
+/// most recent failures with their whole error.
+pub fn render_status(server: &str, status: &ClusterStatus) -> String {
+    let s = &status.server;
+    let mut out = String::new();
+    let storage = if s.durable { "state in a data directory" } else { "state in memory" };
+    let _ = writeln!(
+        out,
+        "blitzen-server {} at {server}: up {}, {storage}",
+        s.version,
+        human_duration(s.uptime_ms)
+    );
+    let _ = writeln!(
+        out,
+        "tasks: {} queued, {} running, {} finished ({} failed, {} cancelled); {:.1}/s over the \
+         last minute; {} results not yet fetched",
+        s.queued, s.running, s.finished, s.failed, s.cancelled, s.throughput, s.results_held
+    );
+    out.push('\n');
+    if status.agents.is_empty() {
+        out.push_str("no agents connected\n");
+    } else {
+        let rows: Vec<Vec<String>> = (status.agents.iter())
+            .map(|a| {
+                vec![
+                    a.host.clone(),
+                    a.workers.to_string(),
+                    a.busy.to_string(),
+                    a.held.to_string(),
+                    a.done.to_string(),
+                    a.failed.to_string(),
+                    format!("{} ago", human_duration(a.last_heard_ms)),
+                    human_duration(a.connected_for_ms),
+                ]
+            })
+            .collect();
+        let header =
+            ["AGENT", "WORKERS", "BUSY", "HELD", "DONE", "FAILED", "LAST HEARD", "CONNECTED FOR"];
+        out.push_str(&table(&header, &rows));
+    }
+    out.push('\n');
+    if status.sessions.is_empty() {
+        out.push_str("no sessions\n");
+    } else {
+        let rows: Vec<Vec<String>> = (status.sessions.iter())
+            .map(|d| {
+                vec![
+                    d.name.clone(),
+                    d.driver.clone(),
+                    if d.connected { "connected" } else { "departed" }.to_string(),
+                    d.submitted.to_string(),
+                    d.queued.to_string(),
+                    d.running.to_string(),
+                    d.done.to_string(),
+                    d.failed.to_string(),
+                    d.cancelled.to_string(),
+                    format!("{:.1}/s", d.throughput),
+                ]
+            })
+            .collect();
+        let header = [
+            "SESSION",
+            "DRIVER",
+            "STATE",
+            "SUBMITTED",
+            "QUEUED",
+            "RUNNING",
+            "DONE",
+            "FAILED",
+            "CANCELLED",
+            "RATE",
+        ];
+        out.push_str(&table(&header, &rows));
+    }
+    if !status.recent_failures.is_empty() {
+        out.push_str("\nrecent failures, most recent last:\n");
+        out.push_str(&render_failures(&status.recent_failures));
+    }
+    out
+}
+
+/// Failures, each with its session, where it ran, and its whole error indented below.
+pub fn render_failures(failures: &[Failure]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut out = String::new();
+    for f in failures {
+        let place = match (&f.host, f.pid) {
+            (Some(host), Some(pid)) => format!(" on {host} (worker {pid})"),
+            (None, Some(pid)) => format!(" on worker {pid}"),
+            _ => String::new(),
+        };
+        let ago = human_duration(now.saturating_sub(f.at_unix_ms));
+        let _ = writeln!(
+            out,
+            "- session {}, task {} `{}`{place}, {ago} ago: {}",
+            f.session, f.id, f.task, f.kind
+        );
+        for line in f.error.lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        assert_eq!(human_duration(120), "120ms");
+        assert_eq!(human_duration(4_250), "4.2s");
+        assert_eq!(human_duration(185_000), "3m 05s");
+        assert_eq!(human_duration(3_725_000), "1h 02m");
+    }
+
+    #[test]
+    fn a_table_pads_every_column_to_its_widest_cell() {
+        let rows = vec![vec!["a-long-host".to_string(), "6".to_string()]];
+        let text = table(&["AGENT", "WORKERS"], &rows);
+        assert_eq!(text, "AGENT        WORKERS\na-long-host  6\n");
+    }
+}
