@@ -71,7 +71,7 @@ pub(crate) struct Connection<'a> {
 
 /// How often the agent tells the server what its workers run (when that changed, or while
 /// anything runs).
-const WORKERS_REPORT: Duration = Duration::from_secs(1);
+const WORKERS_REPORT: Duration = Duration::from_millis(500);
 
 impl<'a> Connection<'a> {
     /// Starts serving an admitted connection to the server's run `run`.

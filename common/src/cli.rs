@@ -73,6 +73,15 @@ pub fn parse_count(text: &str, max: usize) -> Result<usize, String> {
     }
 }
 
+/// This process for logs and listings: its program's file name and its pid, `driver[4242]`
+/// (`default` when the program's name is unknown).
+pub fn process_name(default: &str) -> String {
+    let program = std::env::args_os().next().map(std::path::PathBuf::from);
+    let name = (program.as_ref().and_then(|p| p.file_name()))
+        .map_or_else(|| default.to_string(), |n| n.to_string_lossy().into_owned());
+    format!("{name}[{}]", std::process::id())
+}
+
 /// Waits for Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled: call it before announcing that the program is up, and a signal
 /// that comes right after the announcement is not fatal. If they cannot be installed, waits

@@ -379,8 +379,8 @@ pub enum FromAgent {
     /// server's previous run, by [`Assignment::seq`] — running, waiting for a worker, or finished
     /// with a result the server never acknowledged. Answered by [`ToAgent::Reattached`].
     Reattach(Vec<u64>),
-    /// What each worker runs now (sent when it changed, at most about once a second): for
-    /// the server's status and dashboard.
+    /// What each worker runs now (sent every half second while any runs, and once when all
+    /// went idle): for the server's status and dashboard.
     Workers(Vec<WorkerReport>),
 }
 

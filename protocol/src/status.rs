@@ -37,9 +37,12 @@ pub struct ServerStatus {
     pub uptime_ms: u64,
     /// Whether it keeps its state in a data directory.
     pub durable: bool,
-    /// Tasks waiting for an agent.
+    /// Tasks waiting at the server for an agent.
     pub queued: u64,
-    /// Tasks handed to agents and not finished (running, or waiting in an agent for a worker).
+    /// Tasks handed to agents that wait there for a worker (prefetched, so that workers never
+    /// idle between short tasks).
+    pub prefetched: u64,
+    /// Tasks running on a worker, as the agents last reported (every half second while busy).
     pub running: u64,
     /// Results not yet acknowledged by their drivers.
     pub results_held: u64,
@@ -65,7 +68,7 @@ pub struct AgentStatus {
     pub host: String,
     /// Worker processes it runs.
     pub workers: u32,
-    /// Workers running a task now, as the agent last reported.
+    /// Workers running a task, as the agent last reported (every half second while busy).
     pub busy: u32,
     /// Tasks handed to it and not finished (running, or waiting in it for a worker).
     pub held: u64,
@@ -114,9 +117,11 @@ pub struct SessionStatus {
     pub connected: bool,
     /// Tasks the server took from it.
     pub submitted: u64,
-    /// Waiting for an agent.
+    /// Waiting at the server for an agent.
     pub queued: u64,
-    /// Handed to agents and not finished.
+    /// Handed to agents, waiting there for a worker.
+    pub prefetched: u64,
+    /// Running on a worker, as the agents last reported.
     pub running: u64,
     /// Finished with a value.
     pub done: u64,

@@ -54,6 +54,13 @@ pub struct ServerConfig {
     /// Listen on a non-loopback address without secrets, although then anyone who can reach
     /// the port can run programs on the agents (the binary's `--insecure`).
     pub allow_insecure: bool,
+    /// Where to serve the web dashboard (`/`, `/api/status`, `/api/events`, `/metrics`,
+    /// `/health`), if anywhere. Anything but loopback needs
+    /// [`dashboard_token`](Self::dashboard_token) or a drivers' secret, which the page then
+    /// asks for.
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// What the dashboard asks for (besides `/health`); `None`: the drivers' secret, if any.
+    pub dashboard_token: Option<blitzen_net::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +82,8 @@ impl Default for ServerConfig {
             reattach_grace: Duration::from_secs(30),
             plaintext: false,
             tls_cert: None,
+            dashboard: None,
+            dashboard_token: None,
         }
     }
 }

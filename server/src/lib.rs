@@ -10,6 +10,7 @@
 //!   is cancelled; [`serve_until`], the whole life of a server until a duration or a signal.
 //! - [`observe`]: the observer's side — one request to a server (status, failures, cancel)
 //!   and its answer rendered for a person; what `blitzen-server status` runs.
+//! - `dashboard` (private): the web dashboard, fed a snapshot of the core once a second.
 //! - `session` (private): one task per connection: the handshake, then frames in as events.
 //! - `core` (private): the single owner of all state — queue, agents, drivers, results.
 //!
@@ -19,6 +20,7 @@
 
 pub mod config;
 mod core;
+mod dashboard;
 pub mod observe;
 pub mod server;
 mod session;

@@ -145,6 +145,16 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve the web dashboard here (for example 127.0.0.1:8265): the cluster live in a
+    /// browser, with /api/status (JSON), /api/events (server-sent events), /metrics
+    /// (Prometheus) and /health. Any address but loopback needs --dashboard-token-file or a
+    /// drivers' secret, which the page then asks for.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dashboard: Option<std::net::SocketAddr>,
+    /// File holding the dashboard's token (at least 16 bytes). Default: the drivers' secret,
+    /// when there is one.
+    #[arg(long, value_name = "PATH", requires = "dashboard")]
+    dashboard_token_file: Option<PathBuf>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -196,6 +206,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         reattach_grace: args.reattach_grace,
         plaintext: args.insecure_plaintext,
         tls_cert: args.tls_cert.zip(args.tls_key),
+        dashboard: args.dashboard,
+        dashboard_token: args.dashboard_token_file.as_ref().map(Secret::from_file).transpose()?,
     };
     serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
     Ok(())

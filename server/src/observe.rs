@@ -50,11 +50,7 @@ pub async fn ask(
     request: FromObserver,
     limit: Duration,
 ) -> Result<ToObserver, ObserveError> {
-    let name = format!(
-        "{}[{}]",
-        std::env::args().next().unwrap_or_else(|| "observer".into()),
-        std::process::id()
-    );
+    let name = blitzen_common::cli::process_name("observer");
     let admitted = blitzen_net::connect(server, Role::Observer { name }, secret, tls, limit)
         .await
         .map_err(|source| ObserveError::Connect { server: server.to_string(), source })?;
@@ -123,9 +119,16 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "tasks: {} queued, {} running, {} finished ({} failed, {} cancelled); {:.1}/s over the \
-         last minute; {} results not yet fetched",
-        s.queued, s.running, s.finished, s.failed, s.cancelled, s.throughput, s.results_held
+        "tasks: {} queued, {} waiting at agents, {} running, {} finished ({} failed, {} \
+         cancelled); {:.1}/s over the last minute; {} results not yet fetched",
+        s.queued,
+        s.prefetched,
+        s.running,
+        s.finished,
+        s.failed,
+        s.cancelled,
+        s.throughput,
+        s.results_held
     );
     out.push('\n');
     if status.agents.is_empty() {
@@ -161,6 +164,7 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
                     if d.connected { "connected" } else { "departed" }.to_string(),
                     d.submitted.to_string(),
                     d.queued.to_string(),
+                    d.prefetched.to_string(),
                     d.running.to_string(),
                     d.done.to_string(),
                     d.failed.to_string(),
@@ -175,6 +179,7 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
             "STATE",
             "SUBMITTED",
             "QUEUED",
+            "AT AGENTS",
             "RUNNING",
             "DONE",
             "FAILED",

@@ -54,6 +54,24 @@ pub enum ServeError {
     /// TLS cannot be set up (a certificate or key file that cannot be used).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A dashboard on a non-loopback address with nothing to protect it.
+    #[error(
+        "refusing to serve the dashboard on {addr} without a token: anyone who can reach it \
+         could watch the cluster and read every failure; give it --dashboard-token-file (or a \
+         drivers' secret, which it then asks for), or serve it on 127.0.0.1"
+    )]
+    DashboardUnprotected {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The dashboard's address could not be bound.
+    #[error("cannot serve the dashboard on {addr}: {source}")]
+    DashboardBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// TLS settings without a secret to authenticate the peers with.
     #[error(
         "--tls-cert and --tls-key need a shared secret (--secret-file or BLITZEN_SECRET): \
@@ -115,6 +133,8 @@ pub struct Server {
     store: Option<(Store, ServerId, Loaded)>,
     /// The server's side of TLS, when connections are encrypted.
     tls: Option<TlsAcceptor>,
+    /// The dashboard's socket and the token it asks for, when there is one.
+    dashboard: Option<(TcpListener, Option<blitzen_net::Secret>)>,
 }
 
 impl Server {
@@ -138,10 +158,29 @@ impl Server {
             None => None,
         };
         let tls = tls_acceptor(&config).await?;
+        let dashboard = match config.dashboard {
+            Some(addr) => {
+                let token =
+                    config.dashboard_token.clone().or_else(|| config.secrets.drivers.clone());
+                if !addr.ip().is_loopback() && token.is_none() {
+                    return Err(ServeError::DashboardUnprotected { addr });
+                }
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::DashboardBind { addr, source })?;
+                Some((listener, token))
+            }
+            None => None,
+        };
         let addr = SocketAddr::new(config.bind, config.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, config, store, tls })
+        Ok(Self { listener, config, store, tls, dashboard })
+    }
+
+    /// The address the dashboard listens on, when there is one.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The address it listens on (useful with port 0).
@@ -171,7 +210,16 @@ impl Server {
             None => (fresh_server_id()?, None),
         };
         info!(%addr, authenticated = self.config.secrets.enabled(), durable = durable.is_some(), "serving");
-        let core = Core::new(self.config.clone(), events_rx, durable);
+        let mut core = Core::new(self.config.clone(), events_rx, durable);
+        let mut dashboard = None;
+        if let Some((listener, token)) = self.dashboard {
+            let rx = core.publish();
+            if let Ok(at) = listener.local_addr() {
+                info!(url = %format!("http://{at}/"), protected = token.is_some(), "dashboard serving");
+            }
+            let serving = crate::dashboard::serve(listener, rx, token, shutdown.clone());
+            dashboard = Some(tokio::spawn(serving));
+        }
         let core = tokio::spawn(core.run(shutdown.clone()));
         let shared = Arc::new(session::Shared {
             events: events_tx,
@@ -200,6 +248,12 @@ impl Server {
         }
         drop(shared);
         let _ = core.await;
+        if let Some(dashboard) = dashboard {
+            // Its event streams end with the core; an idle browser connection is not waited for.
+            if tokio::time::timeout(Duration::from_secs(2), dashboard).await.is_err() {
+                warn!("the dashboard did not stop in time");
+            }
+        }
         // The core is gone with its sender of batches: the writer commits what it has and
         // closes the database, so the directory is free when this returns.
         if let Some(thread) = writer {

@@ -4,9 +4,11 @@
 //!   running in a worker tells the test something.
 //! - [`cluster`]: starting the real `blitzen-server` and `blitzen-client` binaries, temporary
 //!   files, a patient driver.
+//! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
 //! - [`proxy`]: a TCP proxy that throttles, freezes, cuts, records or tampers with a link.
 //! - [`hostile_bytes`]: what a stranger may send a server instead of a handshake.
 
+pub mod browser;
 pub mod cluster;
 pub mod proxy;
 

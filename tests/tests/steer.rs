@@ -259,12 +259,170 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
     check(server.process.log_text().contains("observer connected"), "the server logs observers")
 }
 
+/// GETs a dashboard endpoint: its status code and body.
+fn http_get(url: &str) -> Result<(u16, String), Failed> {
+    let reply = ureq::get(url).config().http_status_as_error(false).build().call().map_err(fail)?;
+    let status = reply.status().as_u16();
+    let body = reply.into_body().read_to_string().map_err(fail)?;
+    Ok((status, body))
+}
+
+/// The value of the sample named `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))?;
+    match found.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The dashboard in a real browser while a driver runs tasks: the numbers move, the workers
+/// show what they run, a failure opens with its whole error; `/api/status`, `/metrics` and
+/// `/health` answer. With `BLITZEN_SCREENSHOT=PATH` the page is saved there as a PNG.
+fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> {
+    let port = blitzen_tests::cluster::free_port().map_err(fail)?;
+    let at = format!("127.0.0.1:{port}");
+    let server = start_server(&["--dashboard", &at]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "dash-agent").map_err(fail)?;
+    let browser = blitzen_tests::browser::Browser::start(1280, 1100).map_err(fail)?;
+    browser.open(&format!("http://{at}/")).map_err(fail)?;
+    let live = "return document.getElementById('state').textContent === 'live'";
+    check(browser.wait_for(live, WAIT).map_err(fail)?, "the page never went live")?;
+    // About ten seconds of work for two workers, submitted once the page follows.
+    let d = driver(&server.addr).with_session("dashboard-session");
+    let failed = d.run_with_timeout(sleep, 30.0, Duration::from_millis(300));
+    let ids: Vec<_> = (0..200).map(|_| d.run(sleep, 0.1)).collect();
+    let finished = || -> Result<u64, Failed> {
+        let text = browser.text("#t-finished").map_err(fail)?;
+        text.parse().map_err(|e| fail(format!("finished `{text}`: {e}")))
+    };
+    let first = finished()?;
+    let busy = "return document.querySelectorAll('#agents .worker.busy').length === 2";
+    if !browser.wait_for(busy, WAIT).map_err(fail)? {
+        let page = browser.eval("return document.body.innerText").map_err(fail)?;
+        let (_, status) = http_get(&format!("http://{at}/api/status"))?;
+        return Err(format!("the workers never showed busy; the page:\n{page}\n{status}").into());
+    }
+    let cell = browser.text("#agents .worker.busy").map_err(fail)?;
+    check(cell.starts_with("sleep #"), format!("a busy worker's cell: {cell}"))?;
+    let moved =
+        format!("return Number(document.getElementById('t-finished').textContent) > {first}");
+    check(browser.wait_for(&moved, WAIT).map_err(fail)?, "the finished count never moved")?;
+    let failure = "return document.querySelectorAll('#failures details.failure').length === 1";
+    check(browser.wait_for(failure, WAIT).map_err(fail)?, "the failure never appeared")?;
+    browser.click("#failures details.failure summary").map_err(fail)?;
+    let error = browser.text("#failures details.failure pre").map_err(fail)?;
+    check(
+        error.contains("timed out") && error.contains("dash-agent"),
+        format!("the failure's error in the page: {error}"),
+    )?;
+    let summary = browser.text("#failures details.failure summary").map_err(fail)?;
+    check(summary.starts_with("TimedOut"), format!("the failure's summary: {summary}"))?;
+    let session = browser.text("#sessions tr[data-session='dashboard-session']").map_err(fail)?;
+    check(session.contains("dashboard-session"), format!("the session's row: {session}"))?;
+    if let Some(path) = std::env::var_os("BLITZEN_SCREENSHOT") {
+        // Halfway through: a few seconds of history in the chart, both workers busy.
+        let halfway = "return Number(document.getElementById('t-finished').textContent) >= 100";
+        check(browser.wait_for(halfway, WAIT).map_err(fail)?, "never halfway")?;
+        browser.screenshot(Path::new(&path)).map_err(fail)?;
+    }
+    // The endpoints behind the page.
+    let (code, body) = http_get(&format!("http://{at}/health"))?;
+    check(code == 200 && body.trim() == "ok", format!("/health: {code} {body}"))?;
+    let (code, body) = http_get(&format!("http://{at}/api/status"))?;
+    let status: serde_json::Value = serde_json::from_str(&body).map_err(fail)?;
+    check(
+        code == 200 && status["agents"][0]["host"] == "dash-agent",
+        format!("/api/status: {body}"),
+    )?;
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results.iter().all(Result::is_ok), "every task ran")?;
+    let r = d.get_results_with(&[failed], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(matches!(r[0], Err(TaskError::TimedOut { .. })), format!("{r:?}"))?;
+    let (code, text) = http_get(&format!("http://{at}/metrics"))?;
+    check(code == 200, format!("/metrics: {code}"))?;
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).map_err(fail)?;
+    let deadline = Instant::now() + WAIT;
+    let mut scrape = scrape;
+    // The snapshot behind /metrics is made once a second: wait for the last results.
+    while sample(&scrape, "blitzen_tasks_finished_total", &[("outcome", "done")]) < Some(200.0) {
+        check(
+            Instant::now() < deadline,
+            format!(
+                "/metrics never counted 200 done:
+{text}"
+            ),
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, text) = http_get(&format!("http://{at}/metrics"))?;
+        scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .map_err(fail)?;
+    }
+    let failed_total = sample(&scrape, "blitzen_tasks_finished_total", &[("outcome", "failed")]);
+    check(failed_total == Some(1.0), format!("failed: {failed_total:?}"))?;
+    let workers = sample(&scrape, "blitzen_agent_workers", &[("agent", "dash-agent")]);
+    check(workers == Some(2.0), format!("workers: {workers:?}"))?;
+    let done = sample(
+        &scrape,
+        "blitzen_session_tasks",
+        &[("session", "dashboard-session"), ("state", "done")],
+    );
+    check(done == Some(200.0), format!("the session's done tasks: {done:?}"))
+}
+
+/// A dashboard with a token: the API wants it, the page asks for it and then shows the
+/// cluster; a dashboard on a public address without one is refused at start.
+fn a_protected_dashboard_asks_for_its_token() -> Result<(), Failed> {
+    let token = TempFile::new("token", b"a dashboard token of some length").map_err(fail)?;
+    let port = blitzen_tests::cluster::free_port().map_err(fail)?;
+    let at = format!("127.0.0.1:{port}");
+    let server =
+        start_server(&["--dashboard", &at, "--dashboard-token-file", token.arg()]).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 1, "token-agent").map_err(fail)?;
+    let (code, _) = http_get(&format!("http://{at}/api/status"))?;
+    check(code == 401, format!("/api/status without the token: {code}"))?;
+    let with_token =
+        format!("http://{at}/api/status?token=a%20dashboard%20token%20of%20some%20length");
+    // The agent shows in the next snapshot (one a second).
+    let deadline = Instant::now() + WAIT;
+    while !http_get(&with_token)?.1.contains("token-agent") {
+        check(Instant::now() < deadline, "the agent never showed in the status")?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = http_get(&format!("http://{at}/metrics?token=wrong-token-of-some-length"))?;
+    check(code == 401, format!("/metrics with a wrong token: {code}"))?;
+    let (code, _) = http_get(&format!("http://{at}/health"))?;
+    check(code == 200, format!("/health is for probes: {code}"))?;
+    let (code, body) = http_get(&with_token)?;
+    check(code == 200 && body.contains("token-agent"), format!("with the token: {code} {body}"))?;
+    let browser = blitzen_tests::browser::Browser::start(1024, 768).map_err(fail)?;
+    browser.open(&format!("http://{at}/")).map_err(fail)?;
+    let asks = "return !document.getElementById('token-form').hidden";
+    check(browser.wait_for(asks, WAIT).map_err(fail)?, "the page never asked for the token")?;
+    browser.type_into("#token", "a dashboard token of some length").map_err(fail)?;
+    browser.click("#token-form button").map_err(fail)?;
+    let shows = "return document.querySelectorAll('#agents .agent').length === 1                  && document.getElementById('state').textContent === 'live'";
+    check(browser.wait_for(shows, WAIT).map_err(fail)?, "the page never showed the cluster")?;
+    let refused = server_command(&["--port", "0", "--dashboard", "0.0.0.0:0"])?;
+    check(
+        !refused.ok && refused.stderr.contains("without a token"),
+        format!("a public dashboard without a token: {}", refused.stderr),
+    )
+}
+
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
     let args = Arguments::from_args();
     let trials = vec![
         trial!(a_driver_cancels_queued_and_running_tasks_on_a_cluster),
         trial!(status_failures_and_cancel_from_the_shell),
+        trial!(the_dashboard_follows_a_running_cluster_in_a_browser),
+        trial!(a_protected_dashboard_asks_for_its_token),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -106,6 +106,12 @@ impl Secret {
         mac
     }
 
+    /// Whether `candidate` is this secret (a dashboard's token), compared in constant time.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let (a, b) = (&self.0, candidate);
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// The proof one side sends.
     pub fn proof(&self, side: Side, role: &str, exchange: &Exchange<'_>) -> Vec<u8> {
         self.mac(side.label(), role, exchange).finalize().into_bytes().to_vec()

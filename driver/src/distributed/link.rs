@@ -379,11 +379,7 @@ async fn connect(
     let (server, secret) = (endpoint.server.as_str(), endpoint.secret.as_ref());
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(50);
-    let name = format!(
-        "{}[{}]",
-        std::env::args().next().unwrap_or_else(|| "driver".into()),
-        std::process::id()
-    );
+    let name = blitzen_common::cli::process_name("driver");
     let mut first = true;
     loop {
         let heartbeat_ms = endpoint.heartbeat.as_millis() as u64;

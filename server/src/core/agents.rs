@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use blitzen_protocol::status::{RunningTask, WorkerState};
+
 use super::stats::Outcomes;
 use super::{Core, KindId};
 use crate::store::Change;
@@ -76,10 +78,11 @@ pub(super) struct Agent {
     pub connected_at: Instant,
     /// When something last arrived from it (a result, a report, a heartbeat).
     pub last_heard: Instant,
-    /// What its workers ran when it last said ([`FromAgent::Workers`]).
+    /// What its workers ran when it last said ([`FromAgent::Workers`]), resolved to sessions
+    /// and names as it arrived (a short task has ended by the time anyone looks).
     ///
     /// [`FromAgent::Workers`]: blitzen_protocol::cluster::FromAgent::Workers
-    pub reported: Vec<WorkerReport>,
+    pub reported: Vec<WorkerState>,
 }
 
 impl Agent {
@@ -241,9 +244,21 @@ impl Core {
 
     /// An agent said what its workers run now.
     pub(super) fn agent_workers(&mut self, conn: ConnId, workers: Vec<WorkerReport>) {
+        let states = (workers.into_iter())
+            .map(|w| WorkerState {
+                pid: w.pid,
+                task: w.running.and_then(|(key, for_ms)| {
+                    let task = self.tasks.get(key)?;
+                    let session = self.drivers.get(&task.driver)?.session.clone();
+                    let name = self.kind(task.kind).name.clone();
+                    Some(RunningTask { session, id: task.id.get(), task: name, for_ms })
+                }),
+            })
+            .collect();
         if let Some(agent) = self.agents.get_mut(&conn) {
-            agent.last_heard = Instant::now();
-            agent.reported = workers;
+            let now = Instant::now();
+            agent.last_heard = now;
+            agent.reported = states;
         }
     }
 

@@ -34,11 +34,14 @@ use blitzen_protocol::cluster::{
     AgentResult, FromObserver, Submission, TaskKind, ToAgent, ToDriver, ToObserver, WorkerReport,
 };
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ServerConfig;
+use crate::dashboard::Snapshot;
 use crate::store::{Batches, Change, Loaded};
 
 mod agents;
@@ -184,7 +187,12 @@ pub(crate) struct Core {
     cancelling: HashSet<TaskKey>,
     /// What is counted for observers.
     stats: ServerStats,
+    /// Where the cluster's snapshot goes once a second, for the dashboard.
+    publish: Option<watch::Sender<Arc<Snapshot>>>,
 }
+
+/// How often the dashboard's snapshot is made.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Changes on their way to the data directory (see `store`).
 pub(crate) struct Durable {
@@ -242,6 +250,7 @@ impl Core {
             restart: None,
             cancelling: HashSet::new(),
             stats: ServerStats::new(),
+            publish: None,
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -249,8 +258,18 @@ impl Core {
         core
     }
 
+    /// From now on, publishes a snapshot of the cluster once a second, for the dashboard:
+    /// the receiver holds the latest.
+    pub(crate) fn publish(&mut self) -> watch::Receiver<Arc<Snapshot>> {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::new(self.status())));
+        self.publish = Some(tx);
+        rx
+    }
+
     /// Serves until `shutdown` is cancelled, then tells every peer and returns.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut publish = tokio::time::interval(PUBLISH_EVERY);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let expiry = self.cache.next_expiry();
             let deadline = self.deadlines.peek().map(|d| d.at);
@@ -270,6 +289,7 @@ impl Core {
                     self.on_waiting_timer(Instant::now());
                 }
                 _ = sleep_until(release), if release.is_some() => self.on_release_timer(),
+                _ = publish.tick(), if self.publish.is_some() => self.publish_status(),
                 // Acknowledgements held back go out at the end of this turn.
                 _ = sleep_until(acks), if acks.is_some() => {}
             }
@@ -350,6 +370,14 @@ impl Core {
         self.cache.trim();
         self.forget_departed();
         self.fold_rates();
+    }
+
+    /// Sends the dashboard a new snapshot.
+    fn publish_status(&mut self) {
+        if let Some(tx) = &self.publish {
+            let snapshot = Arc::new(Snapshot::new(self.status()));
+            tx.send_replace(snapshot);
+        }
     }
 
     /// Drops cached results older than the age cap.

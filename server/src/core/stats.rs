@@ -16,7 +16,7 @@ use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::ConnId;
 use blitzen_protocol::status::{
     AgentStatus, ClusterStatus, FAILURES_KEPT, Failure, HISTORY_SECONDS, RECENT_FAILURES,
-    RunningTask, ServerStatus, SessionStatus, WorkerState,
+    ServerStatus, SessionStatus,
 };
 
 use super::{Core, KindId};
@@ -206,30 +206,27 @@ impl Core {
     pub(super) fn status(&self) -> ClusterStatus {
         let now = Instant::now();
         // Tasks agents hold, by driver: one pass over what agents hold (at most their credit).
-        let mut running_by: HashMap<ConnId, u64> = HashMap::new();
+        let mut held_by: HashMap<ConnId, u64> = HashMap::new();
         for key in self.agents.values().flat_map(|a| a.running.iter()) {
             if let Some(task) = self.tasks.get(*key) {
-                *running_by.entry(task.driver).or_default() += 1;
+                *held_by.entry(task.driver).or_default() += 1;
             }
         }
-        let running_of = |conn: ConnId| running_by.get(&conn).copied().unwrap_or(0);
-        let running: u64 = self.agents.values().map(|a| a.running.len() as u64).sum();
+        // Of those, the ones on a worker, by session, as the agents last said.
+        let mut running_by: HashMap<&str, u64> = HashMap::new();
+        let reported = self.agents.values().flat_map(|a| a.reported.iter());
+        for task in reported.filter_map(|w| w.task.as_ref()) {
+            *running_by.entry(task.session.as_str()).or_default() += 1;
+        }
+        let held: u64 = self.agents.values().map(|a| a.running.len() as u64).sum();
+        let running: u64 = running_by.values().sum::<u64>().min(held);
         let mut agents: Vec<(&ConnId, &super::agents::Agent)> = self.agents.iter().collect();
         agents.sort_by_key(|(conn, _)| **conn);
         let agents = agents
             .into_iter()
             .map(|(conn, a)| {
-                let worker_states: Vec<WorkerState> = (a.reported.iter())
-                    .map(|w| WorkerState {
-                        pid: w.pid,
-                        task: w.running.and_then(|(key, for_ms)| {
-                            let task = self.tasks.get(key)?;
-                            let session = self.drivers.get(&task.driver)?.session.clone();
-                            let name = self.kind(task.kind).name.clone();
-                            Some(RunningTask { session, id: task.id.get(), task: name, for_ms })
-                        }),
-                    })
-                    .collect();
+                // As the agent last said (every half second while its workers are busy).
+                let worker_states = a.reported.clone();
                 AgentStatus {
                     conn: conn.get(),
                     host: a.host.clone(),
@@ -250,13 +247,15 @@ impl Core {
         let sessions = sessions
             .into_iter()
             .map(|(&conn, d)| {
-                let running = running_of(conn);
+                let held = held_by.get(&conn).copied().unwrap_or(0);
+                let running = running_by.get(d.session.as_str()).copied().unwrap_or(0).min(held);
                 SessionStatus {
                     name: d.session.clone(),
                     driver: d.name.clone(),
                     connected: d.tx.is_some(),
                     submitted: d.accepted,
-                    queued: (d.live as u64).saturating_sub(running),
+                    queued: (d.live as u64).saturating_sub(held),
+                    prefetched: held - running,
                     running,
                     done: d.stats.outcomes.done,
                     failed: d.stats.outcomes.failed,
@@ -270,7 +269,8 @@ impl Core {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_ms: now.saturating_duration_since(self.stats.started).as_millis() as u64,
                 durable: self.durable.is_some(),
-                queued: (self.tasks.len() as u64).saturating_sub(running),
+                queued: (self.tasks.len() as u64).saturating_sub(held),
+                prefetched: held - running,
                 running,
                 results_held: self.cache.len() as u64,
                 finished: self.stats.outcomes.finished(),
