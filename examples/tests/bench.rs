@@ -89,10 +89,10 @@ fn baseline_ratios_appear_in_the_table() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W15"]);
+    let out = run(&["--workload", "W16"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W15` is not a workload: use W1 … W14"),
+        text(&out.stderr).contains("`W16` is not a workload: use W1 … W15"),
         "{}",
         text(&out.stderr)
     );

@@ -227,7 +227,9 @@ impl Server {
             server_id,
             run: fresh_server_id()?,
             tls: self.tls,
+            writers: tokio_util::task::TaskTracker::new(),
         });
+        let writers = shared.writers.clone();
         let mut next_conn = 1u64;
         loop {
             tokio::select! {
@@ -248,6 +250,12 @@ impl Server {
         }
         drop(shared);
         let _ = core.await;
+        // The core has told every peer and dropped their writers' queues: let the writers send
+        // the goodbyes before the runtime goes (a peer that does not read gets 2 s).
+        writers.close();
+        if tokio::time::timeout(Duration::from_secs(2), writers.wait()).await.is_err() {
+            warn!("some connections did not take the server's goodbye in time");
+        }
         if let Some(dashboard) = dashboard {
             // Its event streams end with the core; an idle browser connection is not waited for.
             if tokio::time::timeout(Duration::from_secs(2), dashboard).await.is_err() {

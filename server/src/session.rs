@@ -63,6 +63,9 @@ pub(crate) struct Shared {
     pub run: ServerId,
     /// The server's side of TLS, when connections are encrypted.
     pub tls: Option<blitzen_net::tls::TlsAcceptor>,
+    /// The writers of agents' and drivers' connections: a stopping server waits for them to
+    /// have sent their goodbyes.
+    pub writers: tokio_util::task::TaskTracker,
 }
 
 /// What a driver said in its hello.
@@ -96,11 +99,11 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     match admitted.greeting.role {
         Role::Agent { host, workers, tasks, heartbeat_ms, agent_id } => {
             let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id };
-            serve_agent(conn, reader, write, joining, heartbeat_ms, &shared.events).await;
+            serve_agent(conn, reader, write, joining, heartbeat_ms, &shared).await;
         }
         Role::Driver { name, session, attach, heartbeat_ms } => {
             let driver = JoiningDriver { name, session, attach, heartbeat_ms };
-            serve_driver(conn, reader, write, driver, &shared.events).await
+            serve_driver(conn, reader, write, driver, &shared).await
         }
         Role::Observer { name } => serve_observer(reader, write, &name, &shared.events).await,
     }
@@ -115,9 +118,11 @@ async fn serve_agent(
     write: blitzen_net::WriteSide,
     joining: JoiningAgent,
     heartbeat_ms: u64,
-    events: &mpsc::UnboundedSender<Event>,
+    shared: &Shared,
 ) {
-    let (tx, _) = spawn_writer(write);
+    let events = &shared.events;
+    let (tx, writer) = spawn_writer(write);
+    shared.writers.spawn(writer);
     let close = CancellationToken::new();
     // Weak: the writer closes when the core drops the connection's sender.
     let beat = tx.downgrade();
@@ -203,10 +208,12 @@ async fn serve_driver(
     mut reader: FramedReader,
     write: blitzen_net::WriteSide,
     driver: JoiningDriver,
-    events: &mpsc::UnboundedSender<Event>,
+    shared: &Shared,
 ) {
+    let events = &shared.events;
     let JoiningDriver { name, session, attach, heartbeat_ms } = driver;
-    let (tx, _) = spawn_writer(write);
+    let (tx, writer) = spawn_writer(write);
+    shared.writers.spawn(writer);
     // Weak: the writer closes when the core drops the connection's sender.
     let beat = tx.downgrade();
     let _ = events.send(Event::DriverJoined { conn, name, session, attach, tx });

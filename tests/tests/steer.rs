@@ -259,6 +259,75 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
     check(server.process.log_text().contains("observer connected"), "the server logs observers")
 }
 
+/// On a durable server a cancel is saved before anyone hears of it: after a kill -9 right
+/// after the answer, the restarted server still has the tasks cancelled, and they never run.
+fn a_cancel_on_a_durable_server_survives_a_kill_9() -> Result<(), Failed> {
+    let dir = TempFile::new("data", b"").map_err(fail)?;
+    let data = dir.path.with_extension("d");
+    let marks = dir.path.with_extension("marks");
+    std::fs::create_dir_all(&marks).map_err(fail)?;
+    let cleanup = Cleanup(vec![data.clone(), marks.clone()]);
+    let port = blitzen_tests::cluster::free_port().map_err(fail)?.to_string();
+    let data_arg = data.display().to_string();
+    let args = ["--data-dir", data_arg.as_str(), "--port", port.as_str()];
+    let mut server = start_server(&args).map_err(fail)?;
+    let d = driver(&server.addr).with_session("durable-cancel");
+    // No agent yet: every task waits in the queue.
+    let ids: Vec<_> = (1..=4)
+        .map(|i| {
+            let script = format!("touch {}/ran-{i}", marks.display());
+            d.run(command, CommandSpec::new("sh").arg("-c").arg(script))
+        })
+        .collect();
+    d.wait_accepted(WAIT).map_err(fail)?;
+    let cancel = server_command(&[
+        "cancel",
+        "--server",
+        &server.addr,
+        "--session",
+        "durable-cancel",
+        "--task",
+        "2",
+        "--task",
+        "3",
+        "--json",
+    ])?;
+    check(
+        cancel.ok && cancel.stdout.contains("\"queued\":2"),
+        format!("cancel: {}", cancel.stdout),
+    )?;
+    blitzen_tests::kill(server.process.pid());
+    let _ = server.process.wait_exit(WAIT);
+    let server = start_server(&args).map_err(fail)?;
+    let _agent = start_agent(&server.addr, 2, "durable-agent").map_err(fail)?;
+    let r = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(r[0].is_ok() && r[3].is_ok(), format!("the others ran: {r:?}"))?;
+    check(
+        matches!(r[1], Err(TaskError::Cancelled { .. }))
+            && matches!(r[2], Err(TaskError::Cancelled { .. })),
+        format!("the cancelled ones: {r:?}"),
+    )?;
+    for i in [2, 3] {
+        check(!marks.join(format!("ran-{i}")).exists(), format!("cancelled task {i} ran"))?;
+    }
+    for i in [1, 4] {
+        check(marks.join(format!("ran-{i}")).exists(), format!("task {i} never ran"))?;
+    }
+    drop(cleanup);
+    Ok(())
+}
+
+/// Directories removed when dropped.
+struct Cleanup(Vec<std::path::PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// GETs a dashboard endpoint: its status code and body.
 fn http_get(url: &str) -> Result<(u16, String), Failed> {
     let reply = ureq::get(url).config().http_status_as_error(false).build().call().map_err(fail)?;
@@ -421,6 +490,7 @@ fn main() -> std::process::ExitCode {
     let trials = vec![
         trial!(a_driver_cancels_queued_and_running_tasks_on_a_cluster),
         trial!(status_failures_and_cancel_from_the_shell),
+        trial!(a_cancel_on_a_durable_server_survives_a_kill_9),
         trial!(the_dashboard_follows_a_running_cluster_in_a_browser),
         trial!(a_protected_dashboard_asks_for_its_token),
     ];

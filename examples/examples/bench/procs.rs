@@ -24,6 +24,8 @@ const DATA_DIR: &str = "BLITZEN_BENCH_DATA_DIR";
 /// When set: the cluster's secret is this; `BLITZEN_BENCH_PLAINTEXT` turns encryption off.
 const SECRET: &str = "BLITZEN_BENCH_SECRET";
 const PLAINTEXT: &str = "BLITZEN_BENCH_PLAINTEXT";
+/// When set: the server serves its dashboard on 127.0.0.1 (any port) and says where.
+const DASHBOARD: &str = "BLITZEN_BENCH_DASHBOARD";
 
 /// The secret of the benchmark's secured clusters.
 const BENCH_SECRET: &str = "the benchmark's own cluster secret";
@@ -94,11 +96,16 @@ fn serve() -> Result<()> {
             data_dir,
             secrets: secret.map(blitzen_net::Secrets::both).unwrap_or_default(),
             plaintext,
+            dashboard: std::env::var_os(DASHBOARD)
+                .map(|_| std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             ..Default::default()
         };
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         say(&addr.to_string())?;
+        if let Some(dashboard) = server.dashboard_addr() {
+            say(&dashboard.to_string())?;
+        }
         server.run(stdin_closed()).await.map_err(|e| e.to_string())
     })
 }
@@ -185,6 +192,14 @@ impl Proc {
         Ok((server, addr))
     }
 
+    /// A server serving its dashboard too: it, its address, and the dashboard's.
+    fn server_watched() -> Result<(Self, String, String)> {
+        let mut server = Self::spawn("server", &[(DASHBOARD, "1".into())])?;
+        let addr = server.next_line()?;
+        let dashboard = server.next_line()?;
+        Ok((server, addr, dashboard))
+    }
+
     /// Starts an agent with `workers` workers for the server at `addr`; see [`Proc::ready`].
     pub fn agent(addr: &str, workers: usize) -> Result<Self> {
         Self::agent_with(addr, workers, Security::Open)
@@ -269,6 +284,8 @@ pub struct Cluster {
     pub server: Proc,
     pub addr: String,
     security: Security,
+    /// The dashboard's address, when the server serves one.
+    pub dashboard: Option<String>,
 }
 
 impl Cluster {
@@ -298,14 +315,28 @@ impl Cluster {
         security: Security,
     ) -> Result<Self> {
         let (server, addr) = Proc::server_with(data_dir, security)?;
-        let mut cluster = Self { agents: Vec::new(), server, addr, security };
+        let cluster = Self { agents: Vec::new(), server, addr, security, dashboard: None };
+        cluster.with_agents(agents, workers)
+    }
+
+    /// [`Cluster::start`] with a server that serves its dashboard.
+    pub fn start_watched(agents: usize, workers: usize) -> Result<Self> {
+        let (server, addr, dashboard) = Proc::server_watched()?;
+        let security = Security::Open;
+        let cluster =
+            Self { agents: Vec::new(), server, addr, security, dashboard: Some(dashboard) };
+        cluster.with_agents(agents, workers)
+    }
+
+    /// Starts `agents` agents of `workers` workers each and waits until all are connected.
+    fn with_agents(mut self, agents: usize, workers: usize) -> Result<Self> {
         for _ in 0..agents {
-            cluster.agents.push(Proc::agent_with(&cluster.addr, workers, security)?);
+            self.agents.push(Proc::agent_with(&self.addr, workers, self.security)?);
         }
-        for agent in &mut cluster.agents {
+        for agent in &mut self.agents {
             agent.ready()?;
         }
-        Ok(cluster)
+        Ok(self)
     }
 
     pub fn dispatcher(&self) -> DistributedDispatcher {

@@ -2,6 +2,8 @@
 //! processes), warms it up, then times `runs` repetitions; set-up and tear-down are not timed
 //! unless start-up is what is measured (W8).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blitzen::{Backend, Blob, Dispatcher, Fetch, MulticoreDispatcher, Task, TaskId};
@@ -50,10 +52,11 @@ pub enum Workload {
     W12,
     W13,
     W14,
+    W15,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 14] = [
+    pub const ALL: [Workload; 15] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -68,17 +71,19 @@ impl Workload {
         Workload::W12,
         Workload::W13,
         Workload::W14,
+        Workload::W15,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 14] = [
-            "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13", "W14",
+        const NAMES: [&str; 15] = [
+            "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
+            "W14", "W15",
         ];
         NAMES[self as usize]
     }
 
-    /// W5, W6, the data directory's W9–W11 and encryption's W12–W14 are about the server and
-    /// its connections: distributed only.
+    /// W5, W6, the data directory's W9–W11, encryption's W12–W14 and the dashboard's W15 are
+    /// about the server and its connections: distributed only.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
@@ -93,7 +98,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W14"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W15"))
     }
 }
 
@@ -133,6 +138,7 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W12, _) => encrypted_vs_plain(runs, Compare::Throughput),
         (Workload::W13, _) => encrypted_vs_plain(runs, Compare::Latency),
         (Workload::W14, _) => encrypted_vs_plain(runs, Compare::Payload),
+        (Workload::W15, _) => watched_vs_unwatched(runs),
     }
 }
 
@@ -696,6 +702,79 @@ fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measured> {
         units,
         better,
         extra: vec![(names.0, median(&encrypted)), (names.1, median(&clear))],
+    })
+}
+
+// ----- W15: the dashboard -----
+
+/// Follows a dashboard's event stream like a browser would, until `stop`; returns the bytes
+/// it read.
+fn subscribe(addr: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<u64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("dashboard: {e}"))?;
+    stream
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+        .map_err(|e| format!("dashboard: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    Ok(std::thread::spawn(move || {
+        let (mut total, mut buf) = (0u64, vec![0u8; 64 * 1024]);
+        while !stop.load(Ordering::Relaxed) {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        total
+    }))
+}
+
+/// W1 on two clusters, one serving its dashboard with a client following its event stream,
+/// one without, run alternately; the headline is the watched one's tasks/s as a percentage
+/// of the other's.
+fn watched_vs_unwatched(runs: usize) -> Result<Measured> {
+    let watched = Cluster::start_watched(1, 2)?;
+    let plain = Cluster::start(1, 2)?;
+    let (dw, dp) = (watched.dispatcher(), plain.dispatcher());
+    warm_up(&dw)?;
+    warm_up(&dp)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let dashboard = watched.dashboard.as_deref().ok_or("the server serves no dashboard")?;
+    let follower = subscribe(dashboard, stop.clone())?;
+    let (mut with, mut without, mut headline) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (w, p) = if run % 2 == 0 {
+            let w = throughput(&dw)?;
+            (w, throughput(&dp)?)
+        } else {
+            let p = throughput(&dp)?;
+            (throughput(&dw)?, p)
+        };
+        with.push(w);
+        without.push(p);
+        headline.push(100.0 * w / p);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let streamed = follower.join().map_err(|_| "the dashboard follower panicked")?;
+    if streamed == 0 {
+        return Err("the dashboard's event stream sent nothing".into());
+    }
+    Ok(Measured {
+        params: json!({ "workload": "W1", "agents": 1, "workers_per_agent": 2,
+                        "watched": "the server's dashboard, one client following /api/events" }),
+        runs: headline,
+        units: "% of unwatched",
+        better: Better::Higher,
+        extra: vec![
+            ("tasks_per_s_watched", median(&with)),
+            ("tasks_per_s_unwatched", median(&without)),
+            ("event_stream_bytes", streamed as f64),
+        ],
     })
 }
 

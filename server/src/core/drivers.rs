@@ -347,11 +347,21 @@ impl Core {
     /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged);
     /// `kind` is the task's, when it got as far as being queued.
     pub(super) fn report(&mut self, conn: ConnId, report: TaskReport, kind: Option<KindId>) {
-        self.count_result(conn, &report, kind);
+        self.record_result(conn, &report);
+        self.deliver(conn, report, kind);
+    }
+
+    /// Saves a result with this turn's changes (with a data directory and a session).
+    pub(super) fn record_result(&mut self, conn: ConnId, report: &TaskReport) {
         if let Some(session) = self.durable_session(conn) {
             let (id, report) = (report.id.get(), report.clone());
             self.record(Change::Result { session, id, report });
         }
+    }
+
+    /// Counts a result and queues it for its driver, keeping it until acknowledged.
+    pub(super) fn deliver(&mut self, conn: ConnId, report: TaskReport, kind: Option<KindId>) {
+        self.count_result(conn, &report, kind);
         let Some(d) = self.drivers.get_mut(&conn) else { return };
         if d.tx.is_some() {
             d.outbox.push(report.clone());

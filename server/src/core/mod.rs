@@ -31,7 +31,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use blitzen_protocol::cluster::{
-    AgentResult, FromObserver, Submission, TaskKind, ToAgent, ToDriver, ToObserver, WorkerReport,
+    AgentResult, FromObserver, Submission, TaskKind, TaskReport, ToAgent, ToDriver, ToObserver,
+    WorkerReport,
 };
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use std::sync::Arc;
@@ -189,6 +190,11 @@ pub(crate) struct Core {
     stats: ServerStats,
     /// Where the cluster's snapshot goes once a second, for the dashboard.
     publish: Option<watch::Sender<Arc<Snapshot>>>,
+    /// With a data directory: queued tasks cancelled in batch `.0`, told to their drivers once
+    /// it is saved.
+    unsaved_cancels: Vec<(u64, ConnId, TaskReport, KindId)>,
+    /// With a data directory: answers to observers' cancels, sent once batch `.0` is saved.
+    unsaved_replies: Vec<(u64, oneshot::Sender<ToObserver>, ToObserver)>,
 }
 
 /// How often the dashboard's snapshot is made.
@@ -251,6 +257,8 @@ impl Core {
             cancelling: HashSet::new(),
             stats: ServerStats::new(),
             publish: None,
+            unsaved_cancels: Vec::new(),
+            unsaved_replies: Vec::new(),
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -334,10 +342,7 @@ impl Core {
                     self.cancel(driver, Some(ids));
                 }
             }
-            Event::Observe { request, reply } => {
-                let answer = self.observe(request);
-                let _ = reply.send(answer);
-            }
+            Event::Observe { request, reply } => self.on_observe(request, reply),
             Event::Ack { conn, ids } => {
                 if let Some(&driver) = self.connections.get(&conn) {
                     self.cache.ack(driver, &ids);
@@ -356,7 +361,10 @@ impl Core {
                     self.driver_left(driver, bye)
                 }
             }
-            Event::Committed { batch } => self.committed(batch),
+            Event::Committed { batch } => {
+                self.committed(batch);
+                self.cancels_saved(batch);
+            }
             Event::SaveFailed { error } => self.save_failed(error),
         }
     }

@@ -13,6 +13,7 @@ use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{FromObserver, TaskReport, ToAgent, ToObserver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use blitzen_protocol::status::CancelReport;
+use tokio::sync::oneshot;
 use tracing::info;
 
 use super::Core;
@@ -48,7 +49,15 @@ impl Core {
                     let Some(task) = self.take_task(key) else { continue };
                     let reason = "cancelled before it started".to_string();
                     let cancelled = TaskReport::unstarted(task.id, Outcome::Cancelled { reason });
-                    self.report(task.driver, cancelled, Some(task.kind));
+                    // Saved with the task's end; its driver hears it once that is on disk, so
+                    // a restart cannot bring back a task whose cancel was reported.
+                    self.record_result(task.driver, &cancelled);
+                    if self.durable.is_some() {
+                        let batch = self.current_batch();
+                        self.unsaved_cancels.push((batch, task.driver, cancelled, task.kind));
+                    } else {
+                        self.deliver(task.driver, cancelled, Some(task.kind));
+                    }
                     report.queued += 1;
                 }
             }
@@ -63,6 +72,34 @@ impl Core {
         let name = self.drivers.get(&driver).map(|d| d.name.as_str()).unwrap_or_default();
         info!(%driver, %name, queued = report.queued, running = report.running, not_found = report.not_found, "tasks cancelled");
         report
+    }
+
+    /// Answers an observer; the answer to a cancel on a durable server once it is saved.
+    pub(super) fn on_observe(&mut self, request: FromObserver, reply: oneshot::Sender<ToObserver>) {
+        let cancel = matches!(request, FromObserver::Cancel { .. });
+        let answer = self.observe(request);
+        if cancel && self.durable.is_some() {
+            let batch = self.current_batch();
+            self.unsaved_replies.push((batch, reply, answer));
+        } else {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// What waited for batch `batch` to be saved goes out: cancels and their answers.
+    pub(super) fn cancels_saved(&mut self, batch: u64) {
+        let (saved, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.unsaved_cancels).into_iter().partition(|c| c.0 <= batch);
+        self.unsaved_cancels = waiting;
+        for (_, driver, report, kind) in saved {
+            self.deliver(driver, report, Some(kind));
+        }
+        let (saved, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.unsaved_replies).into_iter().partition(|r| r.0 <= batch);
+        self.unsaved_replies = waiting;
+        for (_, reply, answer) in saved {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Answers an observer.
