@@ -429,13 +429,16 @@ impl Scheduler {
             }
             // A job cancelled behind the running one that ran anyway (its worker got to it
             // before the cancel): it finished first, and keeps its result.
-            w.cancelled.retain(|&id| id != job.id);
+            if !w.cancelled.is_empty() {
+                w.cancelled.retain(|&id| id != job.id);
+            }
             debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
         }
         if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();
-            if let Some(at) = w.cancelled.iter().position(|&id| id == next.id) {
+            let cancelled = w.cancelled.iter().position(|&id| id == next.id);
+            if let Some(at) = cancelled.filter(|_| !w.cancelled.is_empty()) {
                 w.cancelled.swap_remove(at);
                 let id = next.id;
                 terminate(w, id);
