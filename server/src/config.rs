@@ -56,10 +56,10 @@ pub struct ServerConfig {
     pub allow_insecure: bool,
     /// Where to serve the web dashboard (`/`, `/api/status`, `/api/events`, `/metrics`,
     /// `/health`), if anywhere. Anything but loopback needs
-    /// [`dashboard_token`](Self::dashboard_token) or a drivers' secret, which the page then
-    /// asks for.
+    /// [`dashboard_token`](Self::dashboard_token), which the page then asks for.
     pub dashboard: Option<std::net::SocketAddr>,
-    /// What the dashboard asks for (besides `/health`); `None`: the drivers' secret, if any.
+    /// What the dashboard asks every visitor for (not `/health`); `None`: nothing (loopback
+    /// only). Plain HTTP carries it: make it a token of its own, never the cluster's secret.
     pub dashboard_token: Option<blitzen_net::Secret>,
 }
 

@@ -147,12 +147,13 @@ struct Args {
     tls_key: Option<PathBuf>,
     /// Serve the web dashboard here (for example 127.0.0.1:8265): the cluster live in a
     /// browser, with /api/status (JSON), /api/events (server-sent events), /metrics
-    /// (Prometheus) and /health. Any address but loopback needs --dashboard-token-file or a
-    /// drivers' secret, which the page then asks for.
+    /// (Prometheus) and /health. Any address but loopback needs --dashboard-token-file, which
+    /// the page then asks for.
     #[arg(long, value_name = "ADDR:PORT")]
     dashboard: Option<std::net::SocketAddr>,
-    /// File holding the dashboard's token (at least 16 bytes). Default: the drivers' secret,
-    /// when there is one.
+    /// File holding the dashboard's token (at least 16 bytes), asked of every visitor. Make it
+    /// its own, not the cluster's secret: the dashboard speaks plain HTTP, so the token
+    /// crosses the network in the clear (it only lets one watch).
     #[arg(long, value_name = "PATH", requires = "dashboard")]
     dashboard_token_file: Option<PathBuf>,
     /// Write the log to this file (appended) instead of stderr.

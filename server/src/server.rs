@@ -57,8 +57,9 @@ pub enum ServeError {
     /// A dashboard on a non-loopback address with nothing to protect it.
     #[error(
         "refusing to serve the dashboard on {addr} without a token: anyone who can reach it \
-         could watch the cluster and read every failure; give it --dashboard-token-file (or a \
-         drivers' secret, which it then asks for), or serve it on 127.0.0.1"
+         could watch the cluster and read every failure; give it --dashboard-token-file (a \
+         token of its own, not the cluster's secret: the dashboard speaks plain HTTP), or \
+         serve it on 127.0.0.1"
     )]
     DashboardUnprotected {
         /// The address asked for.
@@ -160,8 +161,9 @@ impl Server {
         let tls = tls_acceptor(&config).await?;
         let dashboard = match config.dashboard {
             Some(addr) => {
-                let token =
-                    config.dashboard_token.clone().or_else(|| config.secrets.drivers.clone());
+                // Never the cluster's secret: the page is plain HTTP, so whatever a browser
+                // sends crosses the network in the clear.
+                let token = config.dashboard_token.clone();
                 if !addr.ip().is_loopback() && token.is_none() {
                     return Err(ServeError::DashboardUnprotected { addr });
                 }

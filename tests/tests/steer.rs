@@ -481,6 +481,14 @@ fn a_protected_dashboard_asks_for_its_token() -> Result<(), Failed> {
     check(
         !refused.ok && refused.stderr.contains("without a token"),
         format!("a public dashboard without a token: {}", refused.stderr),
+    )?;
+    // The cluster's secret does not stand in for a token: plain HTTP would carry it.
+    let secret = TempFile::new("secret", SECRET).map_err(fail)?;
+    let args = ["--port", "0", "--secret-file", secret.arg(), "--dashboard", "0.0.0.0:0"];
+    let refused = server_command(&args)?;
+    check(
+        !refused.ok && refused.stderr.contains("not the cluster's secret"),
+        format!("a public dashboard with only the cluster's secret: {}", refused.stderr),
     )
 }
 
