@@ -12,7 +12,6 @@ use blitzen_common::cli::{finish, parse_count, parse_log_level, parse_secs};
 use blitzen_common::logging;
 use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
-use blitzen_net::tls::Verify;
 use clap::Parser;
 
 /// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
@@ -90,14 +89,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(Secret::from_file(path)?),
         None => Secret::from_env()?,
     };
-    config.tls = blitzen_net::PeerTls {
-        plaintext: args.insecure_plaintext,
-        verify: match (&args.tls_pin, &args.tls_ca) {
-            (Some(pin), _) => Verify::Pin(pin.parse()?),
-            (None, Some(ca)) => Verify::ca_file(ca)?,
-            (None, None) => Verify::Binding,
-        },
-    };
+    let (pin, ca) = (args.tls_pin.as_deref(), args.tls_ca.as_deref());
+    config.tls = blitzen_net::PeerTls::from_flags(args.insecure_plaintext, pin, ca)?;
     if let Some(name) = args.name {
         config.host = name;
     }

@@ -221,7 +221,6 @@ mod observe_cli {
     use std::time::Duration;
 
     use blitzen_common::cli::{error_text, parse_positive_secs};
-    use blitzen_net::tls::Verify;
     use blitzen_net::{PeerTls, Secret};
     use blitzen_protocol::cluster::{FromObserver, ToObserver};
     use blitzen_server::DEFAULT_PORT;
@@ -293,14 +292,8 @@ mod observe_cli {
             Some(path) => Some(Secret::from_file(path)?),
             None => Secret::from_env()?,
         };
-        let tls = PeerTls {
-            plaintext: to.insecure_plaintext,
-            verify: match (&to.tls_pin, &to.tls_ca) {
-                (Some(pin), _) => Verify::Pin(pin.parse()?),
-                (None, Some(ca)) => Verify::ca_file(ca)?,
-                (None, None) => Verify::Binding,
-            },
-        };
+        let (pin, ca) = (to.tls_pin.as_deref(), to.tls_ca.as_deref());
+        let tls = PeerTls::from_flags(to.insecure_plaintext, pin, ca)?;
         let request = match command {
             Command::Status { .. } => FromObserver::Status,
             Command::Failures { session, .. } => {

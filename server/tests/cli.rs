@@ -28,11 +28,60 @@ fn help_documents_every_flag() {
         "--driver-secret-file",
         "--log-file",
         "--log-level",
+        "--dashboard",
+        "--dashboard-token-file",
         "--help",
         "--version",
+        "status",
+        "failures",
+        "cancel",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
     }
+    for (command, flags) in [
+        (
+            "status",
+            &["--server", "--port", "--secret-file", "--json", "--timeout", "--tls-pin"][..],
+        ),
+        ("failures", &["--session", "--json"][..]),
+        ("cancel", &["--session", "--task", "--all", "--json"][..]),
+    ] {
+        let out = Command::new(BIN).args([command, "--help"]).output().expect("runs");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "{command} --help does not mention {flag}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn subcommands_refuse_bad_input_and_say_why_in_json() {
+    for (args, expect) in [
+        (vec!["cancel", "--session", "s"], "--task"),
+        (vec!["cancel", "--session", "s", "--task", "1", "--all"], "--all"),
+        (vec!["status", "--server", "127.0.0.1:99999"], "out of range"),
+        (vec!["status", "--tls-pin", "abc"], "fingerprint"),
+        (vec!["--port", "0", "status"], "status"),
+    ] {
+        let out =
+            Command::new(BIN).args(&args).env_remove("BLITZEN_SECRET").output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expect), "{args:?}: stderr lacks `{expect}`:\n{stderr}");
+    }
+    // Nobody listens there: one JSON value on stdout, exit code 1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let addr = port.expect("a free port").to_string();
+    let out = Command::new(BIN)
+        .args(["status", "--server", &addr, "--json", "--timeout", "1"])
+        .env_remove("BLITZEN_SECRET")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON value");
+    let error = value["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot reach the server"), "{stdout}");
 }
 
 #[test]

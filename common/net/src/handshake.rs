@@ -70,6 +70,23 @@ pub struct PeerTls {
     pub verify: Verify,
 }
 
+impl PeerTls {
+    /// From a command line's `--insecure-plaintext`, `--tls-pin` and `--tls-ca` (a pin wins
+    /// over a CA; the parsers make them exclusive).
+    pub fn from_flags(
+        plaintext: bool,
+        pin: Option<&str>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, tls::TlsError> {
+        let verify = match (pin, ca) {
+            (Some(pin), _) => Verify::Pin(pin.parse()?),
+            (None, Some(ca)) => Verify::ca_file(ca)?,
+            (None, None) => Verify::Binding,
+        };
+        Ok(Self { plaintext, verify })
+    }
+}
+
 /// The name of a role inside authentication proofs and messages.
 pub fn role_name(role: &Role) -> &'static str {
     match role {
