@@ -668,23 +668,13 @@ fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measured> {
             Compare::Payload => payload_rate(d, mebibyte),
         }
     };
-    let (mut encrypted, mut clear, mut headline) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
-        // Each goes first in every other run, so that neither profits from going second.
-        let (e, p) = if run % 2 == 0 {
-            let e = measure(&dt)?;
-            (e, measure(&dp)?)
-        } else {
-            let p = measure(&dp)?;
-            (measure(&dt)?, p)
-        };
-        encrypted.push(e);
-        clear.push(p);
-        headline.push(match compare {
+    let (encrypted, clear) = alternately(runs, || measure(&dt), || measure(&dp))?;
+    let headline = (encrypted.iter().zip(&clear))
+        .map(|(e, p)| match compare {
             Compare::Latency => e - p,
             _ => 100.0 * e / p,
-        });
-    }
+        })
+        .collect();
     let (of, units, better, names) = match compare {
         Compare::Throughput => {
             ("W1", "% of plain", Better::Higher, ("tasks_per_s_encrypted", "tasks_per_s_plain"))
@@ -703,6 +693,26 @@ fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measured> {
         better,
         extra: vec![(names.0, median(&encrypted)), (names.1, median(&clear))],
     })
+}
+
+/// Measures `a` and `b` `runs` times each, each going first in every other run so that
+/// neither profits from going second; their figures, in run order.
+fn alternately(
+    runs: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        if run % 2 == 0 {
+            of_a.push(a()?);
+            of_b.push(b()?);
+        } else {
+            of_b.push(b()?);
+            of_a.push(a()?);
+        }
+    }
+    Ok((of_a, of_b))
 }
 
 // ----- W15: the dashboard -----
@@ -746,19 +756,8 @@ fn watched_vs_unwatched(runs: usize) -> Result<Measured> {
     let stop = Arc::new(AtomicBool::new(false));
     let dashboard = watched.dashboard.as_deref().ok_or("the server serves no dashboard")?;
     let follower = subscribe(dashboard, stop.clone())?;
-    let (mut with, mut without, mut headline) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
-        let (w, p) = if run % 2 == 0 {
-            let w = throughput(&dw)?;
-            (w, throughput(&dp)?)
-        } else {
-            let p = throughput(&dp)?;
-            (throughput(&dw)?, p)
-        };
-        with.push(w);
-        without.push(p);
-        headline.push(100.0 * w / p);
-    }
+    let (with, without) = alternately(runs, || throughput(&dw), || throughput(&dp))?;
+    let headline = with.iter().zip(&without).map(|(w, p)| 100.0 * w / p).collect();
     stop.store(true, Ordering::Relaxed);
     let streamed = follower.join().map_err(|_| "the dashboard follower panicked")?;
     if streamed == 0 {
