@@ -239,7 +239,8 @@ impl<'a> Connection<'a> {
     }
 
     /// The restarted server named the tasks it still has, with their keys in its new run: they
-    /// finish here; the others are dropped (the server queued them again, or they ended).
+    /// finish here; the others are dropped and their jobs cancelled (the server queued them
+    /// again, or they ended).
     fn on_reattached(&mut self, kept: Vec<(u64, TaskKey)>) -> Result<(), Closed> {
         let Some((run, finished)) = self.reattaching.take() else {
             warn!("the server answered a re-attach this agent never asked for; ignored");
@@ -247,20 +248,27 @@ impl<'a> Connection<'a> {
         };
         let keys: HashMap<u64, TaskKey> = kept.into_iter().collect();
         let number = self.number;
-        let (mut kept, mut dropped) = (0, 0);
-        self.work.jobs.retain(|_, held| {
+        let (mut kept, mut dropped) = (0, Vec::new());
+        self.work.jobs.retain(|&id, held| {
             if held.connection == number {
                 // Assigned by the new run, before its answer came.
                 return true;
             }
             let Some(&key) = held.seq.and_then(|seq| keys.get(&seq)) else {
-                dropped += 1;
+                dropped.push(id);
                 return false;
             };
             *held = Held { key, seq: held.seq, connection: number };
             kept += 1;
             true
         });
+        // The server no longer has them (ended, cancelled, or queued again for another agent):
+        // they stop here rather than run on for nobody; their results are discarded.
+        let dropped_jobs = dropped.len();
+        if !dropped.is_empty() {
+            let _ = self.work.pool.submitter().cancel(dropped);
+        }
+        let mut dropped = dropped_jobs;
         let mut again = Vec::new();
         for mut u in std::mem::take(&mut self.work.unsent) {
             if let Some(&key) = u.seq.and_then(|seq| keys.get(&seq)) {
@@ -273,7 +281,11 @@ impl<'a> Connection<'a> {
             }
         }
         self.work.run = run;
-        info!(kept, dropped, "re-attached: the tasks the server still has finish here");
+        info!(
+            kept,
+            dropped,
+            "re-attached: the tasks the server still has finish here, the others are stopped"
+        );
         if !again.is_empty() {
             self.send(FromAgent::Done(again))?;
         }

@@ -188,6 +188,44 @@ fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<
     )
 }
 
+/// A task the restarted server no longer holds for its agent (with `--reattach-grace 0` it is
+/// queued again at once) is stopped on that agent when it re-attaches, with what it started:
+/// it does not run on for nobody beside its new run.
+fn a_task_the_restarted_server_dropped_stops_on_its_agent() -> Result<(), Failed> {
+    let dir = TempDir::new("dropped");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let _agent = start_agent(&server.addr, 1, "dropper").map_err(fail)?;
+    let d = driver(&server.addr);
+    let pids = dir.0.with_extension("pids");
+    let _ = std::fs::remove_file(&pids);
+    let script = format!("sleep 600 & echo $! >> '{}'; wait", pids.display());
+    let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
+    check(wait_for_lines(&pids, 1), "the task started")?;
+    let first: u32 = std::fs::read_to_string(&pids)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .ok_or("no pid")?;
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    let back = durable_server(&dir, port, &["--reattach-grace", "0"])?;
+    // Queued again at once, it starts a second time once the agent is back.
+    let started_again = wait_for_lines(&pids, 2);
+    let deadline = std::time::Instant::now() + WAIT;
+    while blitzen_tests::is_alive(first) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_alive = blitzen_tests::is_alive(first);
+    d.cancel(&id).map_err(fail)?;
+    let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let _ = std::fs::remove_file(&pids);
+    check(started_again, "the task did not run again")?;
+    check(!first_alive, format!("the first run's child {first} still runs"))?;
+    check(matches!(r[0], Err(TaskError::Cancelled { .. })), format!("{r:?}"))?;
+    let log = back.process.log_text();
+    check(log.contains("what it holds is dropped"), format!("logged:\n{log}"))
+}
+
 /// A server with a data directory that stops cleanly (SIGTERM) does not tell its drivers to give
 /// up: started again, it finishes their tasks, and the driver never saw an error.
 fn a_driver_waits_through_a_clean_restart() -> Result<(), Failed> {
@@ -378,6 +416,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_task_running_at_a_kill_9_finishes_once),
         trial!(a_local_cluster_keeps_its_state_in_a_data_directory),
         trial!(tasks_of_an_agent_that_does_not_return_run_again_after_the_grace),
+        trial!(a_task_the_restarted_server_dropped_stops_on_its_agent),
         trial!(a_full_disk_refuses_new_tasks_and_loses_nothing).with_ignored_flag(!mount),
     ];
     libtest_mimic::run(&args, trials).exit_code()
