@@ -38,6 +38,16 @@ fn explode(message: String) -> u64 {
     panic!("{message}")
 }
 
+/// `x`, or the end of its worker when `x` is `u64::MAX`: a task whose run times say "tiny"
+/// right up to the crash, so the pool streams it behind others.
+#[blitzen::task]
+fn identity_or_exit(x: u64) -> u64 {
+    if x == u64::MAX {
+        std::process::exit(3)
+    }
+    x
+}
+
 #[blitzen::task]
 fn refuse(message: String) -> Result<u64, String> {
     Err(message)
@@ -240,6 +250,36 @@ fn exit_is_a_crash_with_its_code() -> Result<(), Failed> {
 
 fn segfault_is_a_crash_with_sigsegv() -> Result<(), Failed> {
     crash(|d| d.run(segfault, ()), ExitReason::Signal(11), "about to dereference null")
+}
+
+/// Tasks that finished just before their worker crashed keep their values, and only the task
+/// that crashed it is reported WorkerCrashed, even when the worker had several: each of those
+/// runs again alone, which tells the culprit.
+fn a_crash_blames_only_the_task_that_crashed() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    d.wait_for_workers(WAIT).ok_or("not ready")?;
+    for round in 0..20 {
+        let before: Vec<_> = (0..50).map(|i| d.run(identity_or_exit, i)).collect();
+        let crasher = d.run(identity_or_exit, u64::MAX);
+        let after: Vec<_> = (0..50).map(|i| d.run(identity_or_exit, i)).collect();
+        let results = d
+            .get_results_with(
+                &[before.clone(), after.clone()].concat(),
+                Fetch::default().within(WAIT),
+            )
+            .map_err(fail)?;
+        for (i, r) in results.iter().enumerate() {
+            check(
+                r.as_ref().ok() == Some(&((i % 50) as u64)),
+                format!("round {round}: task #{i} ended {r:?}"),
+            )?;
+        }
+        match one(&d, crasher)? {
+            Err(TaskError::WorkerCrashed { exit: ExitReason::Code(3), .. }) => {}
+            other => return Err(format!("round {round}: the crasher ended {other:?}").into()),
+        }
+    }
+    Ok(())
 }
 
 fn worker_killed_from_outside_is_replaced() -> Result<(), Failed> {
@@ -502,12 +542,20 @@ fn retries_rerun_a_crashed_task_only_when_asked() -> Result<(), Failed> {
         path.to_string_lossy().into_owned()
     };
     let (once, twice, never) = (tally("once"), tally("twice"), tally("never"));
-    let retried =
-        d.run_with(crash_at_first, (once.clone(), 1), RunOptions::default().with_retries(1));
-    let exhausted =
-        d.run_with(crash_at_first, (twice.clone(), 5), RunOptions::default().with_retries(1));
-    let plain = d.run(crash_at_first, (never.clone(), 1));
-    let results = d.get_results_with(&[retried, exhausted, plain], Fetch::default().within(WAIT));
+    // One at a time: a worker that dies holding several tasks runs each again alone (see
+    // `a_crash_blames_only_the_task_that_crashed`), which would add a run.
+    let retry_once = RunOptions::default().with_retries(1);
+    let results: Result<Vec<_>, _> = [
+        (once.clone(), 1, retry_once),
+        (twice.clone(), 5, retry_once),
+        (never.clone(), 1, RunOptions::default()),
+    ]
+    .into_iter()
+    .map(|(tally, crashes, options)| {
+        let id = d.run_with(crash_at_first, (tally, crashes), options);
+        d.get_results_with(&[id], Fetch::default().within(WAIT)).map(|mut r| r.remove(0))
+    })
+    .collect();
     let runs = |p: &str| std::fs::read_to_string(p).map(|t| t.len()).unwrap_or(0);
     let counts = (runs(&once), runs(&twice), runs(&never));
     for p in [&once, &twice, &never] {
@@ -682,6 +730,7 @@ fn main() -> std::process::ExitCode {
         trial!(returned_error_is_reported),
         trial!(abort_is_a_crash_with_sigabrt),
         trial!(exit_is_a_crash_with_its_code),
+        trial!(a_crash_blames_only_the_task_that_crashed),
         trial!(segfault_is_a_crash_with_sigsegv),
         trial!(worker_killed_from_outside_is_replaced),
         trial!(timeout_kills_the_worker_and_its_children),

@@ -50,8 +50,25 @@ impl Scheduler {
                 Some(KillReason::Shutdown) => Some(Outcome::Cancelled {
                     reason: "the pool shut down while the task was running".into(),
                 }),
+                // It held others too, and may have finished some without sending their
+                // results yet: which one crashed it is not known. Each runs again alone.
+                Some(KillReason::StartupTimeout) | None
+                    if !w.inflight.is_empty() && !self.suspects.contains(&job.id) =>
+                {
+                    warn!(
+                        pid,
+                        %exit,
+                        tasks = w.inflight.len() + 1,
+                        "worker died holding several tasks; each runs again alone, to tell \
+                         which one crashed it"
+                    );
+                    self.suspects.insert(job.id);
+                    self.suspects.extend(w.inflight.iter().map(|j| j.id));
+                    None
+                }
                 Some(KillReason::StartupTimeout) | None => {
                     warn!(task = %job.id, name = %job.name, pid, %exit, "worker died running a task");
+                    self.suspects.remove(&job.id);
                     Some(Outcome::WorkerCrashed { exit })
                 }
             };
@@ -135,8 +152,11 @@ impl Scheduler {
         let id = WorkerId { slot, generation: self.next_generation };
         self.next_generation += 1;
         let process =
-            spawn_worker(&self.config.program, id, self.events_tx.clone()).map_err(|source| {
-                PoolError::Spawn { program: self.config.program.display().to_string(), source }
+            spawn_worker(&self.config.command, id, self.events_tx.clone()).map_err(|source| {
+                PoolError::Spawn {
+                    program: self.config.command.program.display().to_string(),
+                    source,
+                }
             })?;
         self.workers[slot] = Some(Worker {
             id,

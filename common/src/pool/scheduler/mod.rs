@@ -9,7 +9,7 @@
 //! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,6 +118,11 @@ pub(super) struct Scheduler {
     status: Arc<PoolStatus>,
     /// Running average of run time per task name, in microseconds; decides prefetching.
     average_us: HashMap<Cow<'static, str>, f64>,
+    /// Jobs that were on a worker which died holding several: any of them may have crashed
+    /// it. Each runs again alone (sent to an idle worker, nothing prefetched behind it), so a
+    /// crash is blamed on the job that caused it, and the others, which may have finished
+    /// with their results still unsent, get theirs.
+    suspects: HashSet<JobId>,
     /// Present until every first-generation worker is ready; reports start-up success or the
     /// first failure to `Pool::start`.
     startup: Option<oneshot::Sender<Result<(), PoolError>>>,
@@ -153,6 +158,7 @@ impl Scheduler {
             started: Vec::new(),
             status,
             average_us: HashMap::new(),
+            suspects: HashSet::new(),
             startup: Some(startup),
             start_failures: 0,
             respawn_at: vec![None; config_workers],
@@ -282,6 +288,9 @@ impl Scheduler {
                 progress = false;
                 for slot in 0..self.workers.len() {
                     let Some(next) = self.queue.front() else { break };
+                    if self.suspects.contains(&next.id) {
+                        break;
+                    }
                     // Unknown tasks are never prefetched: they may be long.
                     let Some(expected) = self.average_us.get(next.name.as_ref()).copied() else {
                         break;
@@ -289,6 +298,7 @@ impl Scheduler {
                     let Some(w) = &self.workers[slot] else { continue };
                     let running_known = w.inflight.front().is_some_and(|j| {
                         self.average_us.get(j.name.as_ref()).is_some_and(|&a| a < window_us)
+                            && !self.suspects.contains(&j.id)
                     });
                     if w.accepts_work()
                         && running_known
@@ -431,6 +441,9 @@ impl Scheduler {
             // before the cancel): it finished first, and keeps its result.
             if !w.cancelled.is_empty() {
                 w.cancelled.retain(|&id| id != job.id);
+            }
+            if !self.suspects.is_empty() {
+                self.suspects.remove(&job.id);
             }
             debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
