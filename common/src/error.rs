@@ -255,7 +255,7 @@ impl TaskError {
         let ctx = move || Box::new(ctx());
         Err(match outcome {
             Outcome::Value(bytes) => return Ok(bytes),
-            Outcome::Returned { message } => {
+            Outcome::Returned { message, .. } => {
                 TaskError::Returned { ctx: ctx(), message: message.clone() }
             }
             Outcome::Panicked { message, location, backtrace } => TaskError::Panicked {
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn each_outcome_maps_to_its_own_variant() {
         let cases = [
-            (Outcome::Returned { message: "m".into() }, "Returned"),
+            (Outcome::Returned { message: "m".into(), detail: None }, "Returned"),
             (
                 Outcome::Panicked { message: "m".into(), location: None, backtrace: None },
                 "Panicked",

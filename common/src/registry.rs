@@ -8,7 +8,7 @@
 //! to is dropped. Refer to it (call one of its functions, or name one of its tasks) from `main`.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::builtin;
 use crate::task::TaskEntry;
@@ -34,6 +34,12 @@ pub enum RegistryError {
         first: &'static str,
         /// The other.
         second: &'static str,
+    },
+    /// [`add`] was called after the registry was first used.
+    #[error("the task `{name}` was added to the registry after the registry was first used")]
+    TooLate {
+        /// The task's name.
+        name: &'static str,
     },
 }
 
@@ -75,17 +81,35 @@ impl Registry {
     }
 }
 
-/// The registry of this binary: every `#[task]` it links, and the built-in tasks.
+static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
+
+/// Entries made at run time, waiting for the registry to be built.
+static ADDED: Mutex<Vec<&'static TaskEntry>> = Mutex::new(Vec::new());
+
+/// The registry of this binary: every `#[task]` it links, the built-in tasks, and the entries
+/// [`add`]ed before its first use.
 pub fn global() -> Result<&'static Registry, RegistryError> {
-    static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
     GLOBAL
         .get_or_init(|| {
+            let added = ADDED.lock().unwrap_or_else(PoisonError::into_inner).clone();
             Registry::from_entries(
-                builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>),
+                builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>).chain(added),
             )
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Adds a task made at run time, for a language binding whose task's signature is only known
+/// then (the Python package's names the interpreter and pickle versions). Must be called before
+/// the registry is first used ([`global`]), in every process that serves or runs the task.
+pub fn add(entry: &'static TaskEntry) -> Result<(), RegistryError> {
+    let mut added = ADDED.lock().unwrap_or_else(PoisonError::into_inner);
+    if GLOBAL.get().is_some() {
+        return Err(RegistryError::TooLate { name: entry.name });
+    }
+    added.push(entry);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -135,5 +159,13 @@ mod tests {
         let reg = Registry::from_entries([&A, &B]).expect("distinct");
         assert_eq!(reg.entries().iter().map(|e| e.name).collect::<Vec<_>>(), ["a", "b"]);
         assert!(reg.get("c").is_none());
+    }
+
+    #[test]
+    fn an_entry_added_after_first_use_is_refused_by_name() {
+        global().expect("no duplicates");
+        let err = add(&B).expect_err("too late");
+        assert!(matches!(err, RegistryError::TooLate { name: "b" }), "{err}");
+        assert!(global().expect("built").get("b").is_none());
     }
 }

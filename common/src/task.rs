@@ -104,7 +104,7 @@ where
     match decode_value::<A>(args) {
         Ok(args) => match f(args) {
             Ok(out) => encode_output(&out),
-            Err(e) => Outcome::Returned { message: format!("{e:#}") },
+            Err(e) => Outcome::Returned { message: format!("{e:#}"), detail: None },
         },
         Err(e) => Outcome::BadArguments { message: e.to_string() },
     }
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(decode_value::<u64>(&v).expect("decodes"), 7);
 
         let err = invoke_fallible::<(u64, u64), u64, _, _>(&args, |_| Err("nope"));
-        assert_eq!(err, Outcome::Returned { message: "nope".into() });
+        assert_eq!(err, Outcome::Returned { message: "nope".into(), detail: None });
 
         let bad = invoke_value::<String, _, _>(&args, |s| s);
         assert!(matches!(bad, Outcome::BadArguments { .. }), "{bad:?}");

@@ -35,6 +35,19 @@ pub struct Call {
     pub unrunnable_limit: Option<Duration>,
 }
 
+/// A task by its registered name, signature and [fingerprint](blitzen_common::task::fingerprint),
+/// for [`Dispatcher::run_named`]. A worker runs it only if its own entry of that name has the
+/// same fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamedTask {
+    /// The name the task is registered under.
+    pub name: &'static str,
+    /// Its signature, quoted in errors.
+    pub signature: &'static str,
+    /// The fingerprint of the signature.
+    pub fingerprint: u64,
+}
+
 /// Where a dispatcher's tasks run: [`Multicore`](crate::Multicore) worker processes here, or a
 /// [`Cluster`](crate::distributed::Cluster). Implemented by Blitzen only.
 pub trait Backend: Send + Sync + sealed::Sealed {
@@ -108,31 +121,45 @@ impl<B: Backend> Dispatcher<B> {
         args: T::Args,
         options: RunOptions,
     ) -> TaskId<T::Output> {
+        let task =
+            NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
         let (id, closed) = self.table.register(T::NAME, T::SIGNATURE);
         if closed {
             return id;
         }
-        let args = match encode_value(&args) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() });
-                return id;
-            }
-        };
+        match encode_value(&args) {
+            Ok(args) => self.submit(task, id.seq(), args, options),
+            Err(e) => self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() }),
+        }
+        id
+    }
+
+    /// Submits a task known by name only, with its arguments already encoded as that task
+    /// expects, and returns its id at once. For bindings to other languages, whose tasks are no
+    /// Rust functions (the Python package's `python` task takes a pickle); Rust programs use
+    /// [`run`](Self::run). Fetch the result with [`get_task_results`](Self::get_task_results).
+    pub fn run_named(&self, task: NamedTask, args: Bytes, options: RunOptions) -> TaskId {
+        let (id, closed) = self.table.register(task.name, task.signature);
+        if !closed {
+            self.submit(task, id.seq(), args, options);
+        }
+        id
+    }
+
+    fn submit(&self, task: NamedTask, seq: u64, args: Bytes, options: RunOptions) {
         let call = Call {
-            id: id.seq(),
-            name: T::NAME,
-            signature: T::SIGNATURE,
-            fingerprint: T::FINGERPRINT,
+            id: seq,
+            name: task.name,
+            signature: task.signature,
+            fingerprint: task.fingerprint,
             args,
             timeout: options.timeout.or(self.default_timeout),
             retries: options.retries,
             unrunnable_limit: options.unrunnable_limit.or(self.default_unrunnable_limit),
         };
         if let Err(outcome) = self.backend.submit(call) {
-            self.table.settle(id.seq(), outcome);
+            self.table.settle(seq, outcome);
         }
-        id
     }
 
     /// Blocks until every listed task has finished, then returns their results in the order of
@@ -227,6 +254,13 @@ impl<B: Backend> Dispatcher<B> {
     pub fn shutdown(&self) {
         self.backend.stop();
         self.table.close(Outcome::Cancelled { reason: "the dispatcher is shut down".into() });
+    }
+
+    /// The id of this dispatcher's task number `seq` ([`TaskId::seq`]), for bindings that hand
+    /// out task numbers, as the Python package does. A number never issued stays unknown:
+    /// fetching it is [`DispatchError::UnknownTask`].
+    pub fn id_of(&self, seq: u64) -> TaskId {
+        TaskId::new(self.table.origin(), seq)
     }
 
     /// Tasks submitted and not yet finished.

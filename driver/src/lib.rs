@@ -60,16 +60,16 @@ pub mod logging {
 
 pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
-pub use blitzen_common::pool::{PoolError, StatusSnapshot};
+pub use blitzen_common::pool::{PoolError, StatusSnapshot, WorkerCommand};
 pub use blitzen_common::registry::RegistryError;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
 pub use blitzen_protocol::{Blob, Captured, ExitReason, Finished, Outcome};
-pub use dispatcher::{Backend, Dispatcher};
+pub use dispatcher::{Backend, Dispatcher, NamedTask};
 pub use error::DispatchError;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
-pub use streams::{Imap, ImapUnordered};
+pub use streams::{Completion, Completions, Imap, ImapUnordered};
 pub use tasks::Tasks;
 
 /// What `#[task]` expansions refer to. Not a stable API.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::pool::{
-    Job, JobResult, Pool, PoolConfig, PoolStatus, StatusSnapshot, Submitter,
+    Job, JobResult, Pool, PoolConfig, PoolStatus, StatusSnapshot, Submitter, WorkerCommand,
 };
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_protocol::cluster::TaskReport;
@@ -108,6 +108,13 @@ impl MulticoreBuilder {
     /// does not hold up tasks another worker could run.
     pub fn prefetch(mut self, tasks: usize) -> Self {
         self.pool.prefetch = tasks;
+        self
+    }
+
+    /// What each worker process runs (default: this program, re-executed, whose `main` calls
+    /// [`worker_main`](crate::worker_main) first). The Python package runs its interpreter.
+    pub fn worker_command(mut self, command: WorkerCommand) -> Self {
+        self.pool.command = command;
         self
     }
 

@@ -56,6 +56,60 @@ impl<B: Backend> Dispatcher<B> {
     }
 }
 
+impl<B: Backend> Dispatcher<B> {
+    /// The task numbers of `ids` in the order the tasks finish, without fetching them: for
+    /// bindings to other languages (the Python package's `imap_unordered`), which need to wait
+    /// in slices. Rust programs use [`as_completed`](Self::as_completed).
+    pub fn completions<O>(&self, ids: &[TaskId<O>]) -> Completions {
+        let (tx, done) = mpsc::channel();
+        let seqs: Vec<u64> = ids.iter().map(TaskId::seq).collect();
+        self.table.subscribe(&seqs, &tx);
+        Completions { waiting: seqs.into_iter().collect(), done, _tx: tx }
+    }
+}
+
+/// What [`Dispatcher::completions`] returns: the tasks still awaited, and the channel their
+/// numbers arrive on as they finish.
+#[derive(Debug)]
+pub struct Completions {
+    waiting: std::collections::HashSet<u64>,
+    done: mpsc::Receiver<u64>,
+    /// Keeps the channel open while tasks are awaited.
+    _tx: mpsc::Sender<u64>,
+}
+
+/// One wait of [`Completions::next_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// This task has finished (its result is in the dispatcher).
+    Finished(u64),
+    /// None finished within the wait.
+    Waiting,
+    /// Every task has been reported.
+    AllDone,
+}
+
+impl Completions {
+    /// Waits at most `timeout` for the next task to finish.
+    pub fn next_within(&mut self, timeout: std::time::Duration) -> Completion {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.waiting.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(seq) if self.waiting.remove(&seq) => return Completion::Finished(seq),
+                Ok(_) => continue,
+                Err(_) => return Completion::Waiting,
+            }
+        }
+        Completion::AllDone
+    }
+
+    /// Tasks not reported yet.
+    pub fn remaining(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
 /// Results in submission order; see [`Dispatcher::imap`].
 #[derive(Debug)]
 pub struct Imap<'a, B: Backend, O> {

@@ -84,6 +84,11 @@ impl ResultTable {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The origin of the ids issued now.
+    pub(crate) fn origin(&self) -> u32 {
+        self.lock().origin
+    }
+
     /// Changes the origin of the ids issued from now on (before any is).
     pub(crate) fn set_origin(&self, origin: u32) {
         self.lock().origin = origin;

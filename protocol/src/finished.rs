@@ -60,10 +60,14 @@ pub struct WorkerInfo {
 pub enum Outcome {
     /// The task returned this MessagePack-encoded value.
     Value(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
-    /// The task returned `Err`; its `Display` text.
+    /// The task returned `Err` (or, in Python, raised); its `Display` text.
     Returned {
-        /// The error's text.
+        /// The error's text (for a Python task, its traceback).
         message: String,
+        /// The error as the task's own language encodes it, opaque to Blitzen: the Python
+        /// package puts the pickled exception here. `None` for Rust tasks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Bytes>,
     },
     /// The task panicked.
     Panicked {
@@ -262,7 +266,8 @@ pub(crate) mod strategies {
     pub(crate) fn outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             bytes().prop_map(Outcome::Value),
-            any::<String>().prop_map(|message| Outcome::Returned { message }),
+            (any::<String>(), proptest::option::of(bytes()))
+                .prop_map(|(message, detail)| Outcome::Returned { message, detail }),
             (
                 any::<String>(),
                 proptest::option::of(any::<String>()),

@@ -282,6 +282,48 @@ fn a_crash_blames_only_the_task_that_crashed() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A task submitted by name with its arguments already encoded (how the Python package
+/// submits), fetched by its number, and the order of completion without fetching.
+fn a_task_runs_by_name_and_completions_come_in_finishing_order() -> Result<(), Failed> {
+    use blitzen::{Completion, NamedTask};
+    let d = dispatcher(2)?;
+    let named = |fingerprint| NamedTask {
+        name: <nap_ms as Task>::NAME,
+        signature: <nap_ms as Task>::SIGNATURE,
+        fingerprint,
+    };
+    let encoded =
+        |ms: u64| blitzen_protocol::frame::to_body(&ms).map(bytes::Bytes::from).map_err(fail);
+    let right = named(<nap_ms as Task>::FINGERPRINT);
+    let slow = d.run_named(right, encoded(300)?, RunOptions::default());
+    let fast = d.run_named(right, encoded(0)?, RunOptions::default());
+    let wrong = d.run_named(named(1), encoded(0)?, RunOptions::default());
+    let mut completions = d.completions(&[slow, fast]);
+    let mut order = Vec::new();
+    loop {
+        match completions.next_within(WAIT) {
+            Completion::Finished(seq) => order.push(seq),
+            Completion::AllDone => break,
+            Completion::Waiting => return Err("no task finished in time".into()),
+        }
+    }
+    check(order == [fast.seq(), slow.seq()], format!("finishing order {order:?}"))?;
+    let ids = [d.id_of(slow.seq()), d.id_of(fast.seq())];
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let values: Vec<u64> =
+        results.iter().map(|r| r.decode::<u64>().map_err(fail)).collect::<Result<_, _>>()?;
+    check(values == [300, 0], format!("values {values:?}"))?;
+    let wrong = d.get_task_results(&[wrong], Fetch::default().within(WAIT)).map_err(fail)?;
+    match wrong[0].decode::<u64>() {
+        Err(TaskError::SignatureMismatch { .. }) => {}
+        other => return Err(format!("a wrong fingerprint ran: {other:?}").into()),
+    }
+    match d.get_task_results(&[d.id_of(999)], Fetch::default()) {
+        Err(DispatchError::UnknownTask(999)) => Ok(()),
+        other => Err(format!("an unissued number: {other:?}").into()),
+    }
+}
+
 fn worker_killed_from_outside_is_replaced() -> Result<(), Failed> {
     let d = dispatcher(2)?;
     let reports = Reports::new().map_err(fail)?;
@@ -731,6 +773,7 @@ fn main() -> std::process::ExitCode {
         trial!(abort_is_a_crash_with_sigabrt),
         trial!(exit_is_a_crash_with_its_code),
         trial!(a_crash_blames_only_the_task_that_crashed),
+        trial!(a_task_runs_by_name_and_completions_come_in_finishing_order),
         trial!(segfault_is_a_crash_with_sigsegv),
         trial!(worker_killed_from_outside_is_replaced),
         trial!(timeout_kills_the_worker_and_its_children),

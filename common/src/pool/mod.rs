@@ -25,6 +25,7 @@ mod scheduler;
 mod status;
 
 use std::borrow::Cow;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,8 +57,9 @@ pub struct PoolConfig {
     /// Consecutive replacement workers that may fail to start before the pool gives up and
     /// fails every job with `Lost` (a crash loop helps nobody).
     pub max_start_failures: u32,
-    /// The binary run as a worker; it must call `worker_main()` first thing in `main`.
-    pub program: PathBuf,
+    /// What is run as a worker: this binary by default, whose `main` must call
+    /// `worker_main()` first thing.
+    pub command: WorkerCommand,
     /// Told the ids of jobs with a timeout as they start on a worker (an agent passes this on,
     /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
     /// not block.
@@ -75,7 +77,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("prefetch_window", &self.prefetch_window)
             .field("startup_timeout", &self.startup_timeout)
             .field("max_start_failures", &self.max_start_failures)
-            .field("program", &self.program)
+            .field("command", &self.command)
             .field("on_start", &self.on_start.is_some())
             .field("cancel_grace", &self.cancel_grace)
             .finish()
@@ -91,10 +93,47 @@ impl PoolConfig {
             prefetch_window: Duration::from_millis(2),
             startup_timeout: Duration::from_secs(30),
             max_start_failures: 5,
-            program: PathBuf::from("/proc/self/exe"),
+            command: WorkerCommand::this_binary(),
             on_start: None,
             cancel_grace: Duration::from_secs(2),
         }
+    }
+}
+
+/// The program a pool starts as each of its workers, with its arguments and the environment
+/// added to the pool's own. It must enter the worker loop ([`crate::worker_main`]) at once:
+/// this binary does, and so does the Python package's interpreter command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Variables set in its environment (on top of the pool's).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl WorkerCommand {
+    /// This very binary (`/proc/self/exe`), without arguments.
+    pub fn this_binary() -> Self {
+        Self::new("/proc/self/exe")
+    }
+
+    /// `program`, without arguments.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self { program: program.into(), args: Vec::new(), env: Vec::new() }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Sets a variable of the workers' environment.
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
     }
 }
 

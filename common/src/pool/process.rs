@@ -4,7 +4,6 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::Stdio;
 
 use blitzen_protocol::frame::{decode_frame, decode_shared};
@@ -16,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::capture;
+use crate::pool::WorkerCommand;
 use crate::worker::WORKER_ENV;
 
 /// Identifies one worker process: its slot in the pool and a generation unique to the pool,
@@ -57,24 +57,26 @@ pub(super) struct Spawned {
 
 /// Starts a worker process and its supervisor and writer tasks.
 pub(super) fn spawn_worker(
-    program: &Path,
+    command: &WorkerCommand,
     id: WorkerId,
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let stdout = capture::new_capture_file("blitzen-worker-stdout")?;
     let stderr = capture::new_capture_file("blitzen-worker-stderr")?;
-    let mut command = tokio::process::Command::new(program);
-    command
+    let mut spawn = tokio::process::Command::new(&command.program);
+    spawn
+        .args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
         .env(WORKER_ENV, "1")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(stdout.try_clone()?))
         .stderr(Stdio::from(stderr.try_clone()?))
         .process_group(0)
         .kill_on_drop(false);
-    let child = command.spawn()?;
+    let child = spawn.spawn()?;
     // The command holds the worker's end of the socket: drop it, or we would never see EOF.
-    drop(command);
+    drop(spawn);
     let pid = child.id().ok_or_else(|| io::Error::other("worker exited before it was seen"))?;
     ours.set_nonblocking(true)?;
     let (read, write) = tokio::net::UnixStream::from_std(ours)?.into_split();

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use blitzen_client::AgentConfig;
 use blitzen_common::logging;
+use blitzen_common::pool::WorkerCommand;
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_net::PeerTls;
 use blitzen_net::tls::Verify;
@@ -467,6 +468,17 @@ impl Dispatcher<Cluster> {
     /// [`worker_main`](crate::worker_main) first. The agent logs every task it serves when it
     /// starts; a crate named without any task is a warning.
     pub fn spawn_client(&self, tasks: Tasks, workers: usize) -> Result<(), DispatchError> {
+        self.spawn_client_with(tasks, workers, WorkerCommand::this_binary())
+    }
+
+    /// [`spawn_client`](Self::spawn_client) whose workers run `command` instead of this program
+    /// (the Python package's agent runs its interpreter).
+    pub fn spawn_client_with(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        command: WorkerCommand,
+    ) -> Result<(), DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
         }
@@ -480,6 +492,7 @@ impl Dispatcher<Cluster> {
             );
         }
         let mut config = AgentConfig::new(&self.backend.server, workers);
+        config.pool.command = command;
         config.secret = self.backend.secret()?;
         config.tls = self.backend.tls.clone();
         blitzen_client::run_until_signal(config)?;
