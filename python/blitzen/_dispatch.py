@@ -1,0 +1,131 @@
+"""What both dispatchers share: submitting calls, fetching results, streams, cancel."""
+
+import pickle
+import sys
+
+from blitzen import _task
+from blitzen.errors import _KINDS, TaskError, TaskFailed
+
+
+class Dispatcher:
+    """The methods of ``MulticoreDispatcher`` and ``DistributedDispatcher``.
+
+    ``echo``: what a task printed is written to this process's ``sys.stdout`` and
+    ``sys.stderr`` when its result is fetched (default ``True``).
+    """
+
+    def __init__(self, native, echo=True):
+        self._native = native
+        self._echo = echo
+
+    # ----- the original's API -----
+
+    def run(self, f, *args, timeout=None, **kwargs):
+        """Submits ``f(*args, **kwargs)`` and returns its task id at once: it starts, or is
+        queued, without waiting. ``timeout`` (seconds, counted from its start on a worker):
+        past it, the worker and what it started are killed, and the result is ``TimedOut``."""
+        return self._native.submit(_task.dumps_call(f, args, kwargs), timeout)
+
+    def get_results(self, task_ids, clear=True, timeout=None):
+        """Waits for the tasks and returns their results in the order of ``task_ids``. A task
+        that did not return a value is a ``TaskError`` in the list. ``clear=False`` keeps the
+        results for another call. ``timeout`` (seconds): give up with ``TimeoutError``, and the
+        results stay. Ctrl-C interrupts the wait."""
+        single = isinstance(task_ids, int)
+        rows = self._native.results([task_ids] if single else list(task_ids), clear, timeout)
+        results = [self._result(row) for row in rows]
+        return results[0] if single else results
+
+    def join(self):
+        """Waits for every task, returns every result not yet fetched in the order the tasks
+        were run, then shuts down."""
+        return [self._result(row) for row in self._native.join()]
+
+    def shutdown(self):
+        """Stops the workers (or leaves the cluster); unfinished tasks end ``Cancelled``.
+        Idempotent; also done when the dispatcher is garbage-collected or its ``with`` ends."""
+        self._native.shutdown()
+
+    # ----- beyond the original -----
+
+    def map(self, f, iterable, timeout=None):
+        """``[f(x) for x in iterable]``, in parallel, in order; raises the first failure."""
+        ids = [self.run(f, x, timeout=timeout) for x in iterable]
+        return [_value(r) for r in self.get_results(ids)]
+
+    def imap(self, f, iterable, timeout=None):
+        """Like ``map``, yielding each result in order as soon as it and those before it are
+        done; raises a failure when it is reached."""
+        ids = [self.run(f, x, timeout=timeout) for x in iterable]
+        for task_id in ids:
+            yield _value(self.get_results(task_id))
+
+    def imap_unordered(self, f, iterable, timeout=None):
+        """Like ``imap``, yielding results in the order the tasks finish."""
+        ids = [self.run(f, x, timeout=timeout) for x in iterable]
+        completions = self._native.completions(ids)
+        while True:
+            task_id = completions.next()
+            if task_id is None:
+                return
+            yield _value(self.get_results(task_id))
+
+    def cancel(self, task_ids):
+        """Cancels a task (an id) or several (a list of ids) without waiting: a queued one ends
+        ``Cancelled`` at once, a running one has its worker's process group killed (SIGTERM,
+        then SIGKILL after a grace). A finished task keeps its result. Fetch the outcome with
+        ``get_results`` as usual."""
+        self._native.cancel([task_ids] if isinstance(task_ids, int) else list(task_ids))
+
+    def cancel_all(self):
+        """Cancels every unfinished task; returns how many."""
+        return self._native.cancel_all()
+
+    def pending(self):
+        """How many tasks are submitted and not finished."""
+        return self._native.pending()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        return False
+
+    # ----- results -----
+
+    def _result(self, row):
+        kind, value, message, task_id, host, pid, stdout, stderr, detail = row
+        if self._echo:
+            if stdout:
+                sys.stdout.write(stdout)
+            if stderr:
+                sys.stderr.write(stderr)
+        if kind == "ok":
+            return pickle.loads(value)
+        if kind == "raised":
+            return _raised(message, task_id, host, pid, stdout, stderr, detail)
+        return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)
+
+
+def _raised(traceback, task_id, host, pid, stdout, stderr, detail):
+    exception = None
+    if detail is not None:
+        try:
+            exception = pickle.loads(detail)
+        except Exception:
+            exception = None
+    lines = [line for line in traceback.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "an exception"
+    where = f" on {host}" if host else ""
+    error = TaskFailed(f"task {task_id} raised{where}: {last}", task_id, host, pid, stdout, stderr)
+    error.exception = exception
+    error.traceback = traceback
+    error.__cause__ = exception
+    return error
+
+
+def _value(result):
+    if isinstance(result, TaskError):
+        raise result
+    return result

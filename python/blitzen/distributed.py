@@ -1,0 +1,114 @@
+"""``DistributedDispatcher``: the same API over a cluster; ``spawn_server`` and
+``spawn_client`` make one from plain scripts, as in the original.
+
+The secret: every connection proves the cluster's shared secret and, with one, is encrypted
+(TLS 1.3) with nothing else to set up. Give it as ``secret=`` (``str`` or ``bytes``, at least
+16 bytes) or in the ``BLITZEN_SECRET`` environment variable, the same on server, clients and
+drivers. Without any secret, the server listens on loopback only unless ``allow_insecure``.
+"""
+
+import argparse
+import os
+import sys
+
+from blitzen import _native, _task
+from blitzen import logging as _logging
+from blitzen._dispatch import Dispatcher
+
+DEFAULT_PORT = 7464
+
+
+class DistributedDispatcher(Dispatcher):
+    """A dispatcher for the cluster whose server is at ``server_ip``, on ``port`` (default:
+    ``BLITZEN_PORT``, else 7464).
+
+    Nothing is contacted until the first ``run``. If the server cannot be reached within
+    ``connect_timeout`` seconds, the tasks end ``Lost``. Agents run the calls on Python worker
+    processes; an agent whose Python, cloudpickle or blitzen version differs from this
+    process's is never given them (the driver logs which versions the agents have).
+    """
+
+    def __init__(
+        self,
+        server_ip="127.0.0.1",
+        port=None,
+        secret=None,
+        connect_timeout=None,
+        plaintext=False,
+        echo=True,
+    ):
+        _logging._install()
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if port is None:
+            port = int(os.environ.get("BLITZEN_PORT", DEFAULT_PORT))
+        self.server_ip = server_ip
+        self.port = port
+        server = f"[{server_ip}]:{port}" if ":" in str(server_ip) else f"{server_ip}:{port}"
+        native = _native.Dispatcher.cluster(server, secret, plaintext, connect_timeout)
+        super().__init__(native, echo)
+
+    def spawn_server(self, duration=None):
+        """Runs the cluster's server on ``server_ip:port`` for ``duration`` seconds (until
+        Ctrl-C or SIGTERM when ``None``), then stops it cleanly. Blocks meanwhile."""
+        self._native.spawn_server(duration)
+
+    def spawn_client(self, workers=None):
+        """Runs an agent with ``workers`` Python worker processes (default: one per CPU) for
+        this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself.
+        Blocks meanwhile. Its workers import the modules of the driver's functions from this
+        process's ``sys.path`` (the original's ``common.py``)."""
+        if workers is None:
+            workers = os.cpu_count() or 1
+        command, env = _task.worker_command()
+        self._native.spawn_client(workers, command, env)
+
+
+def client_main(argv=None):
+    """``blitzen-py-client``: an agent running Python workers, from the shell."""
+    parser = argparse.ArgumentParser(
+        prog="blitzen-py-client",
+        description="Serve a Blitzen cluster's Python tasks with Python worker processes.",
+    )
+    parser.add_argument("--server", default="127.0.0.1", help="the server's address")
+    parser.add_argument(
+        "--port", type=int, default=None, help="the server's port (BLITZEN_PORT, else 7464)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes"
+    )
+    parser.add_argument(
+        "--secret-file", help="file holding the cluster's secret (else BLITZEN_SECRET)"
+    )
+    parser.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        help="a folder the workers import the drivers' modules from (repeatable)",
+    )
+    parser.add_argument(
+        "--insecure-plaintext", action="store_true", help="do not encrypt (needs a secret)"
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    secret = None
+    if args.secret_file:
+        try:
+            with open(args.secret_file, "rb") as f:
+                secret = f.read()
+        except OSError as e:
+            parser.error(f"cannot read the secret file: {e}")
+    sys.path[:0] = [os.path.abspath(p) for p in args.path] + [os.getcwd()]
+    dispatcher = DistributedDispatcher(
+        args.server, args.port, secret=secret, plaintext=args.insecure_plaintext
+    )
+    try:
+        dispatcher.spawn_client(args.workers)
+    except (RuntimeError, ValueError) as e:
+        print(f"blitzen-py-client: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

@@ -1,0 +1,36 @@
+"""``MulticoreDispatcher``: a pool of worker processes on this machine."""
+
+import os
+
+from blitzen import _native, _task
+from blitzen import logging as _logging
+from blitzen._dispatch import Dispatcher
+
+
+class MulticoreDispatcher(Dispatcher):
+    """Runs Python functions on ``workers`` worker processes (default: one per CPU).
+
+    The workers are Python interpreters that Blitzen's Rust pool starts, watches and replaces:
+    an exception is the task's ``TaskFailed``, a segfault or ``os._exit`` is ``WorkerCrashed``
+    and a ``timeout`` kills the worker's whole process group (``TimedOut``); either way the pool
+    is back to ``workers`` at once. Workers persist: no interpreter starts per task. Functions
+    of ``__main__``, lambdas and closures work (they travel by value, with cloudpickle); those
+    of importable modules are imported by the workers, which share this process's ``sys.path``.
+
+    The constructor returns once every worker is ready.
+    """
+
+    def __init__(self, workers=None, echo=True):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        _logging._install()
+        command, env = _task.worker_command()
+        super().__init__(_native.Dispatcher.multicore(workers, command, env), echo)
+        self.workers = workers
+
+    def worker_pids(self, timeout=10.0):
+        """The pids of the workers once all are up (a replacement takes a few milliseconds),
+        or ``None`` after ``timeout`` seconds."""
+        return self._native.wait_for_workers(timeout)

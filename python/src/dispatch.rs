@@ -1,0 +1,336 @@
+//! `Dispatcher`: Blitzen's multicore or distributed dispatcher, as the Python package drives it.
+//!
+//! Python hands in pickles and task numbers and gets back one tuple per result (see [`Row`]);
+//! the package (`blitzen/_dispatch.py`) turns those into values and exceptions. Every wait
+//! releases the interpreter lock and wakes every [`SLICE`] to let Python handle signals, so
+//! Ctrl-C interrupts `get_results` and `join` with `KeyboardInterrupt`.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use blitzen::distributed::{DistributedDispatcher, Secret};
+use blitzen::{
+    Completion, DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, TaskResult,
+    WorkerCommand,
+};
+use blitzen_protocol::Outcome;
+use bytes::Bytes;
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::task;
+
+/// How long a wait runs without the interpreter lock before Python checks for signals.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// One result for Python: `(kind, value, message, task, host, pid, stdout, stderr, detail)`.
+///
+/// `kind` is `ok` (`value` is the pickled value), `raised` (`message` is the traceback,
+/// `detail` the pickled exception if it pickled), `timeout`, `crashed`, `cancelled`, `lost`
+/// (also: refused by the server, or no agent could run it), or `error` (anything else: the call
+/// did not unpickle, the value did not pickle, no worker has the task…), with `message` the
+/// full error text.
+type Row<'py> = (
+    &'static str,
+    Option<Bound<'py, PyBytes>>,
+    String,
+    u64,
+    Option<String>,
+    Option<u32>,
+    String,
+    String,
+    Option<Bound<'py, PyBytes>>,
+);
+
+enum Inner {
+    Multicore(MulticoreDispatcher),
+    Cluster(Box<DistributedDispatcher>),
+}
+
+/// Runs `$body` with `$d` bound to whichever dispatcher `$inner` holds: both have the same
+/// methods.
+macro_rules! on {
+    ($inner:expr, |$d:ident| $body:expr) => {
+        match $inner {
+            Inner::Multicore($d) => $body,
+            Inner::Cluster($d) => $body,
+        }
+    };
+}
+
+/// A multicore or distributed dispatcher of `python` tasks.
+#[pyclass(module = "blitzen._native", frozen)]
+pub(crate) struct Dispatcher {
+    inner: Inner,
+}
+
+#[pymethods]
+impl Dispatcher {
+    /// A pool of `workers` worker processes, each running `command` (an interpreter entering
+    /// the worker loop) with `env` added to its environment; returns once all are ready.
+    #[staticmethod]
+    fn multicore(
+        py: Python<'_>,
+        workers: usize,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> PyResult<Self> {
+        task::named()?;
+        let command = worker_command(command, env)?;
+        let built = py.detach(|| {
+            MulticoreDispatcher::builder().workers(workers).worker_command(command).build()
+        });
+        Ok(Self { inner: Inner::Multicore(built.map_err(dispatch_error)?) })
+    }
+
+    /// A dispatcher for the server at `server` (`host` or `host:port`); nothing is contacted
+    /// until the first task.
+    #[staticmethod]
+    #[pyo3(signature = (server, secret=None, plaintext=false, connect_timeout=None))]
+    fn cluster(
+        server: &str,
+        secret: Option<Bound<'_, PyBytes>>,
+        plaintext: bool,
+        connect_timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        task::named()?;
+        let mut d = DistributedDispatcher::new(server).insecure_plaintext(plaintext);
+        if let Some(secret) = secret {
+            let secret = Secret::new(secret.as_bytes(), "the `secret` argument")
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            d = d.with_secret(secret);
+        }
+        if let Some(timeout) = connect_timeout {
+            d = d.with_connect_timeout(seconds(timeout, "connect_timeout")?);
+        }
+        Ok(Self { inner: Inner::Cluster(Box::new(d)) })
+    }
+
+    /// Submits a pickled call; returns its task number at once.
+    #[pyo3(signature = (payload, timeout=None, retries=0))]
+    fn submit(
+        &self,
+        payload: &Bound<'_, PyBytes>,
+        timeout: Option<f64>,
+        retries: u32,
+    ) -> PyResult<u64> {
+        let options = RunOptions {
+            timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
+            retries,
+            unrunnable_limit: None,
+        };
+        let task = task::named()?;
+        let args = Bytes::copy_from_slice(payload.as_bytes());
+        Ok(on!(&self.inner, |d| d.run_named(task, args, options).seq()))
+    }
+
+    /// Waits for the tasks numbered `ids` (at most `timeout` seconds) and returns their rows
+    /// in that order; `clear` removes them from the dispatcher.
+    #[pyo3(signature = (ids, clear=true, timeout=None))]
+    fn results<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<u64>,
+        clear: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<Row<'py>>> {
+        let deadline =
+            timeout.map(|t| seconds(t, "timeout")).transpose()?.map(|t| (t, Instant::now() + t));
+        let ids: Vec<TaskId> = on!(&self.inner, |d| ids.iter().map(|&seq| d.id_of(seq)).collect());
+        loop {
+            let slice = match deadline {
+                Some((_, at)) => at.saturating_duration_since(Instant::now()).min(SLICE),
+                None => SLICE,
+            };
+            let fetch = Fetch { clear, timeout: Some(slice) };
+            let fetched = py.detach(|| on!(&self.inner, |d| d.get_task_results(&ids, fetch)));
+            match fetched {
+                Ok(results) => return Ok(results.iter().map(|r| row(py, r)).collect()),
+                Err(DispatchError::WaitTimedOut { pending, total, detail, .. }) => {
+                    if let Some((limit, at)) = deadline
+                        && Instant::now() >= at
+                    {
+                        return Err(waited_too_long(limit, pending, total, detail));
+                    }
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(dispatch_error(e)),
+            }
+        }
+    }
+
+    /// Waits for every task, returns the rows of those not yet fetched in submission order,
+    /// and shuts down.
+    fn join<'py>(&self, py: Python<'py>) -> PyResult<Vec<Row<'py>>> {
+        loop {
+            match py.detach(|| on!(&self.inner, |d| d.join_within(SLICE))) {
+                Ok(results) => return Ok(results.iter().map(|r| row(py, r)).collect()),
+                Err(DispatchError::WaitTimedOut { .. }) => py.check_signals()?,
+                Err(e) => return Err(dispatch_error(e)),
+            }
+        }
+    }
+
+    /// The tasks numbered `ids`, in the order they finish (for `imap_unordered`).
+    fn completions(&self, ids: Vec<u64>) -> Completions {
+        let inner = on!(&self.inner, |d| {
+            let ids: Vec<TaskId> = ids.iter().map(|&seq| d.id_of(seq)).collect();
+            d.completions(&ids)
+        });
+        Completions { inner: Mutex::new(inner) }
+    }
+
+    /// Cancels the tasks numbered `ids` (see `blitzen.MulticoreDispatcher.cancel`).
+    fn cancel(&self, ids: Vec<u64>) -> PyResult<()> {
+        on!(&self.inner, |d| {
+            let ids: Vec<TaskId> = ids.iter().map(|&seq| d.id_of(seq)).collect();
+            d.cancel_many(&ids).map_err(dispatch_error)
+        })
+    }
+
+    /// Cancels every unfinished task; returns how many.
+    fn cancel_all(&self) -> usize {
+        on!(&self.inner, |d| d.cancel_all())
+    }
+
+    /// Tasks submitted and not yet finished.
+    fn pending(&self) -> usize {
+        on!(&self.inner, |d| d.pending())
+    }
+
+    /// Stops the workers or says goodbye to the server; unfinished tasks end cancelled.
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| on!(&self.inner, |d| d.shutdown()));
+    }
+
+    /// The pids of the ready workers once all `target` are up (within `timeout` seconds), or
+    /// `None`. Multicore only.
+    fn wait_for_workers(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<u32>>> {
+        let timeout = seconds(timeout, "timeout")?;
+        match &self.inner {
+            Inner::Multicore(d) => Ok(py.detach(|| d.wait_for_workers(timeout))),
+            Inner::Cluster(_) => {
+                Err(PyRuntimeError::new_err("a cluster's workers are its agents'"))
+            }
+        }
+    }
+
+    /// Runs a server on this dispatcher's address for `duration` seconds (until Ctrl-C or
+    /// SIGTERM when `None`). Cluster only.
+    #[pyo3(signature = (duration=None))]
+    fn spawn_server(&self, py: Python<'_>, duration: Option<f64>) -> PyResult<()> {
+        let duration = duration.map(|d| seconds(d, "duration")).transpose()?;
+        let d = self.distributed()?;
+        py.detach(|| d.spawn_server(duration)).map_err(dispatch_error)
+    }
+
+    /// Runs an agent for this dispatcher's server with `workers` Python worker processes, until
+    /// Ctrl-C or SIGTERM. Cluster only.
+    fn spawn_client(
+        &self,
+        py: Python<'_>,
+        workers: usize,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> PyResult<()> {
+        let command = worker_command(command, env)?;
+        let d = self.distributed()?;
+        py.detach(|| d.spawn_client_with(blitzen::tasks![], workers, command))
+            .map_err(dispatch_error)
+    }
+}
+
+/// Task numbers as their tasks finish.
+#[pyclass(module = "blitzen._native", frozen)]
+pub(crate) struct Completions {
+    inner: Mutex<blitzen::Completions>,
+}
+
+#[pymethods]
+impl Completions {
+    /// The number of the next task to finish, waiting as long as it takes; `None` once all
+    /// have been reported.
+    fn next(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        loop {
+            let next = py.detach(|| {
+                self.inner.lock().unwrap_or_else(PoisonError::into_inner).next_within(SLICE)
+            });
+            match next {
+                Completion::Finished(seq) => return Ok(Some(seq)),
+                Completion::AllDone => return Ok(None),
+                Completion::Waiting => py.check_signals()?,
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    fn distributed(&self) -> PyResult<&DistributedDispatcher> {
+        match &self.inner {
+            Inner::Cluster(d) => Ok(d),
+            Inner::Multicore(_) => Err(PyRuntimeError::new_err("not a distributed dispatcher")),
+        }
+    }
+}
+
+/// This machine's address on its default route (`blitzen.utils.get_local_ip()`).
+#[pyfunction]
+pub(crate) fn local_ip() -> String {
+    blitzen::utils::get_local_ip().to_string()
+}
+
+fn worker_command(command: Vec<String>, env: Vec<(String, String)>) -> PyResult<WorkerCommand> {
+    let mut parts = command.into_iter();
+    let program = parts.next().ok_or_else(|| PyValueError::new_err("an empty worker command"))?;
+    let mut command = WorkerCommand::new(program);
+    command.args.extend(parts.map(Into::into));
+    command.env.extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
+    Ok(command)
+}
+
+fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be a number of seconds ≥ 0, not {value}"))
+    })
+}
+
+fn waited_too_long(limit: Duration, pending: usize, total: usize, detail: Option<String>) -> PyErr {
+    let why = detail.map(|d| format!(" ({d})")).unwrap_or_default();
+    PyTimeoutError::new_err(format!(
+        "waited {limit:?}: {pending} of {total} tasks are still unfinished{why}"
+    ))
+}
+
+fn dispatch_error(e: DispatchError) -> PyErr {
+    match e {
+        DispatchError::UnknownTask(_) | DispatchError::AlreadyFetched(_) => {
+            PyKeyError::new_err(e.to_string())
+        }
+        e => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
+    let kind = match &r.run.outcome {
+        Outcome::Value(_) => "ok",
+        Outcome::Returned { .. } => "raised",
+        Outcome::TimedOut { .. } => "timeout",
+        Outcome::WorkerCrashed { .. } => "crashed",
+        Outcome::Cancelled { .. } => "cancelled",
+        Outcome::Lost { .. } | Outcome::Refused { .. } | Outcome::Unrunnable { .. } => "lost",
+        _ => "error",
+    };
+    let (value, message, detail) = match &r.run.outcome {
+        Outcome::Value(bytes) => (Some(PyBytes::new(py, bytes)), String::new(), None),
+        Outcome::Returned { message, detail } => {
+            (None, message.clone(), detail.as_ref().map(|d| PyBytes::new(py, d)))
+        }
+        _ => (None, r.outcome().err().map(|e| e.to_string()).unwrap_or_default(), None),
+    };
+    let (host, pid) = match &r.worker {
+        Some(w) => (w.host.clone(), Some(w.pid)),
+        None => (None, None),
+    };
+    (kind, value, message, r.id, host, pid, r.run.stdout.to_text(), r.run.stderr.to_text(), detail)
+}

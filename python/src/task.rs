@@ -1,0 +1,114 @@
+//! The `python` task: how a Python call travels and runs.
+//!
+//! The driver pickles `(function, args, kwargs)` (with cloudpickle, so lambdas, closures and
+//! functions of `__main__` travel by value) and submits it as the `python` task. The server never
+//! looks inside. A worker process — a Python interpreter started by the Rust pool, running
+//! Blitzen's worker loop through [`worker_main`] — hands the pickle to the package's
+//! `blitzen._worker.execute`, which unpickles and calls it and answers with a code:
+//!
+//! | code | meaning | data | text |
+//! |---|---|---|---|
+//! | 0 | returned | the pickled value | — |
+//! | 1 | raised | the pickled exception, if it pickles | the traceback |
+//! | 2 | cannot unpickle the call | — | why |
+//! | 3 | cannot pickle the value | — | why |
+//!
+//! The task's signature names the interpreter, cloudpickle, the pickle protocol and the package
+//! version. A worker or an agent with other versions has another fingerprint, so it never runs
+//! a pickle it may misread: the server tells the driver which versions its agents have.
+
+use std::sync::OnceLock;
+
+use blitzen::NamedTask;
+use blitzen_common::registry;
+use blitzen_common::task::{TaskEntry, fingerprint};
+use blitzen_protocol::Outcome;
+use bytes::Bytes;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// The name of the task every Python call runs as.
+pub(crate) const NAME: &str = "python";
+
+/// The package's `execute`, set by [`init`].
+static EXECUTE: OnceLock<Py<PyAny>> = OnceLock::new();
+
+/// The task as drivers submit it, set by [`init`].
+static TASK: OnceLock<NamedTask> = OnceLock::new();
+
+/// The `python` task, once the package has called [`init`].
+pub(crate) fn named() -> PyResult<NamedTask> {
+    TASK.get().copied().ok_or_else(|| {
+        PyRuntimeError::new_err("blitzen._native.init() was not called (import blitzen first)")
+    })
+}
+
+/// Registers the `python` task with `signature` (the versions it depends on) and the function
+/// that runs a call. The package calls it once, on import, before any dispatcher or agent.
+#[pyfunction]
+pub(crate) fn init(signature: String, execute: Py<PyAny>) -> PyResult<()> {
+    if let Some(task) = TASK.get() {
+        return if task.signature == signature {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err("blitzen._native.init() called twice, differently"))
+        };
+    }
+    // Made once per process and kept for its lifetime, as the registry's entries are.
+    let signature: &'static str = Box::leak(signature.into_boxed_str());
+    let entry: &'static TaskEntry = Box::leak(Box::new(TaskEntry {
+        name: NAME,
+        module: "blitzen",
+        signature,
+        fingerprint: fingerprint(signature),
+        invoke,
+    }));
+    registry::add(entry).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let _ = EXECUTE.set(execute);
+    let _ = TASK.set(NamedTask { name: NAME, signature, fingerprint: entry.fingerprint });
+    Ok(())
+}
+
+/// Runs Blitzen's worker loop if this interpreter was started as a worker by a pool: it then
+/// never returns. Otherwise raises `RuntimeError`.
+#[pyfunction]
+pub(crate) fn worker_main(py: Python<'_>) -> PyResult<()> {
+    if !blitzen_common::worker::is_unentered_worker() {
+        return Err(PyRuntimeError::new_err(
+            "this interpreter was not started as a Blitzen worker (BLITZEN_WORKER is unset)",
+        ));
+    }
+    named()?;
+    // The loop waits for work without the interpreter lock; each call takes it (`invoke`).
+    py.detach(blitzen_common::worker_main);
+    Err(PyRuntimeError::new_err("the worker loop returned"))
+}
+
+/// The registry entry's `invoke`: runs one pickled call on this worker's interpreter.
+fn invoke(args: &[u8]) -> Outcome {
+    Python::attach(|py| {
+        let Some(execute) = EXECUTE.get() else {
+            return Outcome::BadArguments { message: "the blitzen package is not set up".into() };
+        };
+        let answer = execute.call1(py, (PyBytes::new(py, args),)).and_then(|answer| {
+            answer.extract::<(u8, Option<Bound<'_, PyBytes>>, Option<String>)>(py)
+        });
+        let copy = |b: Bound<'_, PyBytes>| Bytes::copy_from_slice(b.as_bytes());
+        match answer {
+            Ok((0, Some(value), _)) => Outcome::Value(copy(value)),
+            Ok((1, exception, traceback)) => Outcome::Returned {
+                message: traceback.unwrap_or_else(|| "the task raised".into()),
+                detail: exception.map(copy),
+            },
+            Ok((2, _, why)) => Outcome::BadArguments { message: why.unwrap_or_default() },
+            Ok((3, _, why)) => Outcome::BadOutput { message: why.unwrap_or_default() },
+            Ok((code, ..)) => Outcome::BadOutput {
+                message: format!("blitzen._worker.execute answered with code {code}"),
+            },
+            Err(e) => {
+                Outcome::BadOutput { message: format!("blitzen._worker.execute failed: {e}") }
+            }
+        }
+    })
+}
