@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use blitzen_common::pool::{Job, JobResult};
+use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent, WorkerReport};
@@ -217,6 +218,8 @@ impl<'a> Connection<'a> {
             self.work.next_job += 1;
             let held = Held { key: t.key, seq: t.seq, connection: self.number };
             self.work.jobs.insert(id, held);
+            // The registry was built before the agent connected.
+            let group = registry::global().map_or(0, |r| r.group_of(entry.name, &t.args));
             let job = Job {
                 id,
                 name: entry.name.into(),
@@ -224,6 +227,7 @@ impl<'a> Connection<'a> {
                 args: t.args,
                 timeout: t.timeout_ms.map(Duration::from_millis),
                 retries: t.retries,
+                group,
             };
             if self.work.pool.submit(job).is_err() {
                 break;

@@ -17,7 +17,13 @@ use crate::task::TaskEntry;
 #[derive(Debug)]
 pub struct Registry {
     by_name: HashMap<&'static str, &'static TaskEntry>,
+    /// The tasks whose calls are told apart for run-time estimates (see [`add`]).
+    groups: HashMap<&'static str, Grouper>,
 }
+
+/// Tells apart, from its encoded arguments, calls of one task whose run times differ: the
+/// pool estimates each group's run time on its own (0 is the group of every call by default).
+pub type Grouper = fn(&[u8]) -> u64;
 
 /// The registry could not be built.
 #[derive(Clone, thiserror::Error)]
@@ -65,7 +71,16 @@ impl Registry {
                 });
             }
         }
-        Ok(Self { by_name })
+        Ok(Self { by_name, groups: HashMap::new() })
+    }
+
+    /// The group of a call of the task `name` with these arguments: what its [`Grouper`]
+    /// says, or 0.
+    pub fn group_of(&self, name: &str, args: &[u8]) -> u64 {
+        if self.groups.is_empty() {
+            return 0;
+        }
+        self.groups.get(name).map_or(0, |group| group(args))
     }
 
     /// The task registered under `name`.
@@ -84,7 +99,7 @@ impl Registry {
 static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
 
 /// Entries made at run time, waiting for the registry to be built.
-static ADDED: Mutex<Vec<&'static TaskEntry>> = Mutex::new(Vec::new());
+static ADDED: Mutex<Vec<(&'static TaskEntry, Option<Grouper>)>> = Mutex::new(Vec::new());
 
 /// The registry of this binary: every `#[task]` it links, the built-in tasks, and the entries
 /// [`add`]ed before its first use.
@@ -92,23 +107,29 @@ pub fn global() -> Result<&'static Registry, RegistryError> {
     GLOBAL
         .get_or_init(|| {
             let added = ADDED.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            Registry::from_entries(
-                builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>).chain(added),
-            )
+            let mut registry = Registry::from_entries(
+                (builtin::entries().into_iter().chain(inventory::iter::<TaskEntry>))
+                    .chain(added.iter().map(|&(entry, _)| entry)),
+            )?;
+            registry.groups =
+                (added.iter()).filter_map(|&(entry, group)| Some((entry.name, group?))).collect();
+            Ok(registry)
         })
         .as_ref()
         .map_err(Clone::clone)
 }
 
 /// Adds a task made at run time, for a language binding whose task's signature is only known
-/// then (the Python package's names the interpreter and pickle versions). Must be called before
-/// the registry is first used ([`global`]), in every process that serves or runs the task.
-pub fn add(entry: &'static TaskEntry) -> Result<(), RegistryError> {
+/// then (the Python package's names the interpreter and pickle versions), and whose calls
+/// `group` tells apart (the Python package's one task runs every function). Must be called
+/// before the registry is first used ([`global`]), in every process that serves or runs the
+/// task.
+pub fn add(entry: &'static TaskEntry, group: Option<Grouper>) -> Result<(), RegistryError> {
     let mut added = ADDED.lock().unwrap_or_else(PoisonError::into_inner);
     if GLOBAL.get().is_some() {
         return Err(RegistryError::TooLate { name: entry.name });
     }
-    added.push(entry);
+    added.push((entry, group));
     Ok(())
 }
 
@@ -164,8 +185,9 @@ mod tests {
     #[test]
     fn an_entry_added_after_first_use_is_refused_by_name() {
         global().expect("no duplicates");
-        let err = add(&B).expect_err("too late");
+        let err = add(&B, None).expect_err("too late");
         assert!(matches!(err, RegistryError::TooLate { name: "b" }), "{err}");
         assert!(global().expect("built").get("b").is_none());
+        assert_eq!(global().expect("built").group_of("sleep", b"12345678"), 0);
     }
 }

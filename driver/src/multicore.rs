@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::pool::{
-    Job, JobResult, Pool, PoolConfig, PoolStatus, StatusSnapshot, Submitter, WorkerCommand,
+    Job, JobResult, Pool, PoolConfig, PoolError, PoolStatus, StatusSnapshot, Submitter,
+    WorkerCommand,
 };
+use blitzen_common::registry::{self, Registry};
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::{DriverTaskId, JobId};
@@ -46,12 +48,15 @@ pub struct Multicore {
     status: Arc<PoolStatus>,
     /// The thread whose runtime runs the pool; stopping it shuts the pool down.
     thread: RuntimeThread,
+    /// This binary's tasks, to group calls for the pool's estimates.
+    registry: &'static Registry,
 }
 
 impl sealed::Sealed for Multicore {}
 
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
+        let group = self.registry.group_of(call.name, &call.args);
         let job = Job {
             id: JobId::new(call.id),
             name: call.name.into(),
@@ -59,6 +64,7 @@ impl Backend for Multicore {
             args: call.args,
             timeout: call.timeout,
             retries: call.retries,
+            group,
         };
         self.submitter
             .submit(job)
@@ -146,6 +152,7 @@ impl Dispatcher<Multicore> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
         }
+        let registry = registry::global().map_err(PoolError::from)?;
         let table = Arc::new(ResultTable::new());
         let sink_table = table.clone();
         let sink = Box::new(move |batch: Vec<JobResult>| {
@@ -180,7 +187,7 @@ impl Dispatcher<Multicore> {
             table,
             default_timeout: settings.default_timeout,
             default_unrunnable_limit: None,
-            backend: Multicore { submitter, status, thread },
+            backend: Multicore { submitter, status, thread, registry },
         })
     }
 

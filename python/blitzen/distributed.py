@@ -7,9 +7,7 @@ The secret: every connection proves the cluster's shared secret and, with one, i
 drivers. Without any secret, the server listens on loopback only unless ``allow_insecure``.
 """
 
-import argparse
 import os
-import sys
 
 from blitzen import _native, _task
 from blitzen import logging as _logging
@@ -62,53 +60,6 @@ class DistributedDispatcher(Dispatcher):
             workers = os.cpu_count() or 1
         command, env = _task.worker_command()
         self._native.spawn_client(workers, command, env)
-
-
-def client_main(argv=None):
-    """``blitzen-py-client``: an agent running Python workers, from the shell."""
-    parser = argparse.ArgumentParser(
-        prog="blitzen-py-client",
-        description="Serve a Blitzen cluster's Python tasks with Python worker processes.",
-    )
-    parser.add_argument("--server", default="127.0.0.1", help="the server's address")
-    parser.add_argument(
-        "--port", type=int, default=None, help="the server's port (BLITZEN_PORT, else 7464)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes"
-    )
-    parser.add_argument(
-        "--secret-file", help="file holding the cluster's secret (else BLITZEN_SECRET)"
-    )
-    parser.add_argument(
-        "--path",
-        action="append",
-        default=[],
-        help="a folder the workers import the drivers' modules from (repeatable)",
-    )
-    parser.add_argument(
-        "--insecure-plaintext", action="store_true", help="do not encrypt (needs a secret)"
-    )
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    secret = None
-    if args.secret_file:
-        try:
-            with open(args.secret_file, "rb") as f:
-                secret = f.read()
-        except OSError as e:
-            parser.error(f"cannot read the secret file: {e}")
-    sys.path[:0] = [os.path.abspath(p) for p in args.path] + [os.getcwd()]
-    dispatcher = DistributedDispatcher(
-        args.server, args.port, secret=secret, plaintext=args.insecure_plaintext
-    )
-    try:
-        dispatcher.spawn_client(args.workers)
-    except (RuntimeError, ValueError) as e:
-        print(f"blitzen-py-client: {e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

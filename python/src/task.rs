@@ -1,7 +1,9 @@
 //! The `python` task: how a Python call travels and runs.
 //!
 //! The driver pickles `(function, args, kwargs)` (with cloudpickle, so lambdas, closures and
-//! functions of `__main__` travel by value) and submits it as the `python` task. The server never
+//! functions of `__main__` travel by value) and submits it as the `python` task, after an
+//! 8-byte header: the function's group (a hash of its name), so that the pool estimates each
+//! function's run time on its own and never queues a call behind a long one it took for short. The server never
 //! looks inside. A worker process — a Python interpreter started by the Rust pool, running
 //! Blitzen's worker loop through [`worker_main`] — hands the pickle to the package's
 //! `blitzen._worker.execute`, which unpickles and calls it and answers with a code:
@@ -64,7 +66,7 @@ pub(crate) fn init(signature: String, execute: Py<PyAny>) -> PyResult<()> {
         fingerprint: fingerprint(signature),
         invoke,
     }));
-    registry::add(entry).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    registry::add(entry, Some(group)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let _ = EXECUTE.set(execute);
     let _ = TASK.set(NamedTask { name: NAME, signature, fingerprint: entry.fingerprint });
     Ok(())
@@ -85,13 +87,25 @@ pub(crate) fn worker_main(py: Python<'_>) -> PyResult<()> {
     Err(PyRuntimeError::new_err("the worker loop returned"))
 }
 
+/// The bytes before the pickle: the call's group, which tells the pool's run-time estimates one
+/// function from another (they all are the one `python` task).
+const HEADER: usize = 8;
+
+/// The registry entry's grouper: the group the driver wrote before the pickle.
+fn group(args: &[u8]) -> u64 {
+    args.first_chunk::<HEADER>().map_or(0, |b| u64::from_le_bytes(*b))
+}
+
 /// The registry entry's `invoke`: runs one pickled call on this worker's interpreter.
 fn invoke(args: &[u8]) -> Outcome {
+    let Some(pickle) = args.get(HEADER..) else {
+        return Outcome::BadArguments { message: "a python call without its header".into() };
+    };
     Python::attach(|py| {
         let Some(execute) = EXECUTE.get() else {
             return Outcome::BadArguments { message: "the blitzen package is not set up".into() };
         };
-        let answer = execute.call1(py, (PyBytes::new(py, args),)).and_then(|answer| {
+        let answer = execute.call1(py, (PyBytes::new(py, pickle),)).and_then(|answer| {
             answer.extract::<(u8, Option<Bound<'_, PyBytes>>, Option<String>)>(py)
         });
         let copy = |b: Bound<'_, PyBytes>| Bytes::copy_from_slice(b.as_bytes());

@@ -47,6 +47,13 @@ def nap(seconds):
     return seconds
 
 
+def span(seconds):
+    """Naps; returns this worker's pid and when the nap began and ended."""
+    began = time.time()
+    time.sleep(seconds)
+    return os.getpid(), began, time.time()
+
+
 def chatty(x):
     print(f"out {x}")
     print(f"err {x}", file=sys.stderr)
@@ -209,6 +216,18 @@ def test_map_imap_and_imap_unordered(pool):
     assert unordered[-1] == 0.5 and sorted(unordered) == [0.0, 0.0, 0.5]
     with pytest.raises(TaskFailed, match="ValueError: bad input"):
         pool.map(fail, ["bad input"])
+
+
+def test_a_call_is_never_queued_behind_a_long_one_taken_for_short(pool):
+    # Thousands of tiny calls teach the pool that `square` is short. `span` is another
+    # function: its calls are not taken for short, so none is queued behind the long nap on a
+    # busy worker; the third waits for the short nap's worker to be free.
+    pool.get_results([pool.run(square, i) for i in range(2000)])
+    long, short, third = pool.get_results(
+        [pool.run(span, 2.0), pool.run(span, 0.2), pool.run(span, 0.2)]
+    )
+    assert long[0] != short[0]
+    assert third[0] == short[0] and third[1] < long[2], (long, short, third)
 
 
 def test_what_a_task_prints_is_echoed_when_its_result_is_fetched(pool, capfd):

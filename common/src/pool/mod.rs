@@ -152,6 +152,9 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// Times to run it again (on a fresh worker) when it crashes its worker or times out.
     pub retries: u32,
+    /// Which calls of the task it is like, for the run-time estimates that decide prefetching
+    /// (see [`Registry::group_of`](crate::registry::Registry::group_of)); 0 by default.
+    pub group: u64,
 }
 
 /// How a [`Job`] ended.

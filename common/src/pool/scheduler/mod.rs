@@ -100,6 +100,35 @@ impl Worker {
     }
 }
 
+/// The running average run time of one task's calls, by group ([`Job::group`]).
+#[derive(Debug, Default)]
+struct RunTimes {
+    /// Group 0: every call of a task without groups.
+    plain: Option<f64>,
+    others: HashMap<u64, f64>,
+}
+
+impl RunTimes {
+    fn get(&self, group: u64) -> Option<f64> {
+        if group == 0 { self.plain } else { self.others.get(&group).copied() }
+    }
+
+    fn record(&mut self, group: u64, us: f64) {
+        let blend = |old: Option<f64>| old.map_or(us, |avg| 0.8 * avg + 0.2 * us);
+        if group == 0 {
+            self.plain = Some(blend(self.plain));
+        } else {
+            let old = self.others.get(&group).copied();
+            self.others.insert(group, blend(old));
+        }
+    }
+}
+
+/// The expected run time of `job`, if calls like it have run.
+fn expected_us(average: &HashMap<Cow<'static, str>, RunTimes>, job: &Job) -> Option<f64> {
+    average.get(job.name.as_ref())?.get(job.group)
+}
+
 pub(super) struct Scheduler {
     config: PoolConfig,
     /// Jobs waiting for a worker, in submission order (requeued jobs go back to the front).
@@ -116,8 +145,9 @@ pub(super) struct Scheduler {
     /// Jobs with a timeout that started this turn, for `PoolConfig::on_start`.
     started: Vec<JobId>,
     status: Arc<PoolStatus>,
-    /// Running average of run time per task name, in microseconds; decides prefetching.
-    average_us: HashMap<Cow<'static, str>, f64>,
+    /// Running average of run time per task name (and group), in microseconds; decides
+    /// prefetching.
+    average_us: HashMap<Cow<'static, str>, RunTimes>,
     /// Jobs that were on a worker which died holding several: any of them may have crashed
     /// it. Each runs again alone (sent to an idle worker, nothing prefetched behind it), so a
     /// crash is blamed on the job that caused it, and the others, which may have finished
@@ -292,12 +322,12 @@ impl Scheduler {
                         break;
                     }
                     // Unknown tasks are never prefetched: they may be long.
-                    let Some(expected) = self.average_us.get(next.name.as_ref()).copied() else {
+                    let Some(expected) = expected_us(&self.average_us, next) else {
                         break;
                     };
                     let Some(w) = &self.workers[slot] else { continue };
                     let running_known = w.inflight.front().is_some_and(|j| {
-                        self.average_us.get(j.name.as_ref()).is_some_and(|&a| a < window_us)
+                        expected_us(&self.average_us, j).is_some_and(|a| a < window_us)
                             && !self.suspects.contains(&j.id)
                     });
                     if w.accepts_work()
@@ -342,7 +372,7 @@ impl Scheduler {
                 self.started.push(job.id);
             }
         } else {
-            w.queued_us += self.average_us.get(job.name.as_ref()).copied().unwrap_or(0.0);
+            w.queued_us += expected_us(&self.average_us, &job).unwrap_or(0.0);
         }
         w.inflight.push_back(job);
     }
@@ -425,16 +455,18 @@ impl Scheduler {
             let Some(job) = w.inflight.pop_front() else { return };
             // The next job starts now: it no longer counts as queued.
             if let Some(next) = w.inflight.front() {
-                let expected = self.average_us.get(next.name.as_ref()).copied().unwrap_or(0.0);
+                let expected = expected_us(&self.average_us, next).unwrap_or(0.0);
                 w.queued_us = (w.queued_us - expected).max(0.0);
             } else {
                 w.queued_us = 0.0;
             }
             let us = done.run.elapsed_us as f64;
             match self.average_us.get_mut(job.name.as_ref()) {
-                Some(avg) => *avg = 0.8 * *avg + 0.2 * us,
+                Some(times) => times.record(job.group, us),
                 None => {
-                    self.average_us.insert(job.name.clone(), us);
+                    let mut times = RunTimes::default();
+                    times.record(job.group, us);
+                    self.average_us.insert(job.name.clone(), times);
                 }
             }
             // A job cancelled behind the running one that ran anyway (its worker got to it

@@ -1,0 +1,201 @@
+"""DistributedDispatcher on a real cluster: a server and Python agents in their own processes,
+over loopback, encrypted with a shared secret."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from blitzen import Cancelled, Lost, TaskFailed, TimedOut, WorkerCrashed
+from blitzen.distributed import DistributedDispatcher
+
+from conftest import EXAMPLES, HERE, free_port, wait_for_output
+
+SECRET = "a-cluster-secret-for-the-tests"
+
+
+def square(x):
+    return x * x
+
+
+def fail(message):
+    raise KeyError(message)
+
+
+def hard_exit():
+    os._exit(9)
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def span(seconds):
+    """Naps; returns this worker's pid and when the nap began and ended."""
+    began = time.time()
+    time.sleep(seconds)
+    return os.getpid(), began, time.time()
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+def start_server(processes, port, secret=SECRET, extra_env=None):
+    env = {"BLITZEN_PORT": str(port), "BLITZEN_SECRET": secret, **(extra_env or {})}
+    server = processes.start(
+        ["-c", "from blitzen.distributed import DistributedDispatcher as D; D().spawn_server()"],
+        env=env,
+    )
+    wait_for_output(server, "serving")
+    return server
+
+
+def start_client(processes, port, workers=2, secret=SECRET, prelude=""):
+    """A Python agent; `prelude` runs before blitzen is imported."""
+    env = {"BLITZEN_PORT": str(port), "BLITZEN_SECRET": secret}
+    code = (
+        f"{prelude}\n"
+        "import sys\n"
+        "from blitzen.client import main\n"
+        f"sys.exit(main(['--workers', '{workers}', '--path', {str(HERE)!r}]))\n"
+    )
+    client = processes.start(["-c", code], env=env)
+    wait_for_output(client, "connected")
+    return client
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from conftest import Processes
+
+    processes = Processes()
+    try:
+        port = free_port()
+        start_server(processes, port)
+        start_client(processes, port)
+        yield port
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def driver(cluster):
+    d = DistributedDispatcher("127.0.0.1", cluster, secret=SECRET, connect_timeout=10)
+    try:
+        yield d
+    finally:
+        d.shutdown()
+
+
+def test_the_originals_three_scripts_run_unchanged(processes):
+    folder = EXAMPLES / "distributed"
+    env = {"BLITZEN_PORT": str(free_port()), "BLITZEN_SECRET": SECRET}
+    server = processes.start([folder / "server.py"], cwd=folder, env=env)
+    wait_for_output(server, "serving")
+    client = processes.start([folder / "client.py"], cwd=folder, env=env)
+    wait_for_output(client, "connected")
+    driver = processes.start([folder / "driver.py"], cwd=folder, env=env)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "Requesting results.", out
+    # Delays 5 to 9 with a 7 s timeout: 5 and 6 come back, 8 and 9 time out (7 is a toss-up).
+    results = lines[1]
+    assert results.startswith("[5, 6, "), results
+    assert results.count("TimedOut(task_id=") >= 2, results
+    # Both stop cleanly on SIGTERM, before the server's 30 s are up.
+    for p in (client, server):
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)
+        assert p.returncode == 0, p.stderr.read()
+
+
+def test_values_failures_and_where_they_ran(driver):
+    ids = [driver.run(square, i) for i in range(50)]
+    ids.append(driver.run(lambda: sum(range(10))))
+    ids.append(driver.run(fail, "missing"))
+    values = driver.get_results(ids)
+    assert values[:51] == [i * i for i in range(50)] + [45]
+    failed = values[51]
+    assert isinstance(failed, TaskFailed) and isinstance(failed.exception, KeyError)
+    assert failed.host, "a cluster failure names the agent's host"
+    assert "KeyError: 'missing'" in failed.traceback
+
+
+def test_crash_timeout_and_cancel_on_a_cluster(driver):
+    crashed = driver.run(hard_exit)
+    timed_out = driver.run(nap, 30, timeout=0.5)
+    running = driver.run(nap, 60)
+    time.sleep(0.5)
+    driver.cancel(running)
+    r_crashed, r_timed_out, r_running = driver.get_results([crashed, timed_out, running])
+    assert isinstance(r_crashed, WorkerCrashed) and "code 9" in str(r_crashed)
+    assert isinstance(r_timed_out, TimedOut)
+    assert isinstance(r_running, Cancelled)
+    # The agent is back to full strength: two naps run at once, on two workers.
+    (pid_a, began_a, ended_a), (pid_b, began_b, ended_b) = driver.get_results(
+        [driver.run(span, 1.0), driver.run(span, 1.0)]
+    )
+    assert pid_a != pid_b and began_a < ended_b and began_b < ended_a
+
+
+def test_map_and_imap_unordered_on_a_cluster(driver):
+    assert driver.map(square, range(20)) == [i * i for i in range(20)]
+    assert sorted(driver.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_a_wrong_secret_never_runs_anything(cluster, tmp_path):
+    marker = tmp_path / "ran"
+    d = DistributedDispatcher(
+        "127.0.0.1", cluster, secret="not-the-cluster-secret", connect_timeout=3
+    )
+    try:
+        (result,) = d.get_results([d.run(touch, str(marker))], timeout=30)
+    finally:
+        d.shutdown()
+    assert isinstance(result, Lost), result
+    assert "secret" in str(result), result
+    assert not marker.exists()
+
+
+def test_an_unreachable_server_is_lost_with_the_reason():
+    d = DistributedDispatcher("127.0.0.1", free_port(), secret=SECRET, connect_timeout=1)
+    try:
+        started = time.monotonic()
+        (result,) = d.get_results([d.run(square, 3)], timeout=30)
+    finally:
+        d.shutdown()
+    assert isinstance(result, Lost), result
+    assert "127.0.0.1" in str(result)
+    assert time.monotonic() - started < 15
+
+
+def test_an_agent_with_other_versions_is_never_given_the_calls(processes):
+    port = free_port()
+    start_server(processes, port)
+    start_client(processes, port, prelude="import cloudpickle; cloudpickle.__version__ = '0.0.0'")
+    d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
+    try:
+        task_id = d.run(square, 3)
+        with pytest.raises(TimeoutError) as waited:
+            d.get_results([task_id], timeout=3)
+        text = str(waited.value)
+        assert "another signature" in text and "cloudpickle 0.0.0" in text, text
+        # An agent with the same versions joins: the task runs there.
+        start_client(processes, port)
+        assert d.get_results([task_id], timeout=30) == [9]
+    finally:
+        d.shutdown()
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="use at least 16"):
+        DistributedDispatcher("127.0.0.1", 1, secret="short")
+    with pytest.raises(ValueError, match="connect_timeout must be a number of seconds"):
+        DistributedDispatcher("127.0.0.1", 1, secret=SECRET, connect_timeout=-1)
