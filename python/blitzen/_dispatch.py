@@ -103,6 +103,8 @@ class Dispatcher:
                 sys.stderr.write(stderr)
         if kind == "ok":
             return pickle.loads(value)
+        if kind == "bytes":
+            return value
         if kind == "raised":
             return _raised(message, task_id, host, pid, stdout, stderr, detail)
         return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)

@@ -1,10 +1,11 @@
 """The `python` task: how a call is pickled, and how a worker runs it.
 
-The driver pickles ``(function, args, kwargs)`` with cloudpickle, so lambdas, closures and
-functions of the driver's ``__main__`` travel by value and functions of importable modules by
-reference (the worker imports them, as ``multiprocessing``'s spawn method does). The server
-never unpickles anything; a worker unpickles only what reached it through an authenticated
-connection.
+The driver pickles the function with cloudpickle, once per function object, so lambdas,
+closures and functions of the driver's ``__main__`` travel by value and functions of importable
+modules by reference (the worker imports them, as ``multiprocessing``'s spawn method does);
+each call is a pickle of ``(pickled function, args, kwargs)``. Workers keep the functions they
+unpickled. The server never unpickles anything; a worker unpickles only what reached it through
+an authenticated connection.
 
 The task's signature names the versions a pickle depends on. A worker or agent whose versions
 differ has another fingerprint, so it never receives a pickle it may misread; the server tells
@@ -15,6 +16,7 @@ import pickle
 import struct
 import sys
 import traceback
+import weakref
 
 import cloudpickle
 
@@ -43,11 +45,32 @@ def group_of(function):
     return _GROUP.pack(hash(key) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
+# Functions pickled once, then reused: a function of `__main__` travels by value, and pickling
+# its code for every call would cost more than most calls. As with Ray, a function is pickled
+# when first run: the globals it reads travel as they were then.
+_PICKLED = weakref.WeakKeyDictionary()
+
+
+def _pickled(function):
+    try:
+        return _PICKLED[function]
+    except (KeyError, TypeError):
+        pass
+    data = cloudpickle.dumps(function, protocol=PROTOCOL)
+    try:
+        _PICKLED[function] = data
+    except TypeError:  # not weakly referable (a built-in): pickled each time, by reference
+        pass
+    return data
+
+
 def dumps_call(function, args, kwargs):
-    """The payload of one call: the function's group, then the pickle."""
+    """The payload of one call: the function's group, then a pickle of the pickled function
+    and the arguments."""
     if not callable(function):
         raise TypeError(f"run() needs a callable, not {type(function).__name__}")
-    return group_of(function) + cloudpickle.dumps((function, args, kwargs), protocol=PROTOCOL)
+    call = (_pickled(function), args, kwargs)
+    return group_of(function) + cloudpickle.dumps(call, protocol=PROTOCOL)
 
 
 def loads(data):
@@ -63,10 +86,27 @@ def _flush():
             pass
 
 
+# On a worker: functions unpickled, by their pickle, so that calls of one function do not
+# unpickle its code again. Bounded: a worker may serve many drivers' functions.
+_UNPICKLED = {}
+_UNPICKLED_MAX = 256
+
+
+def _function(data):
+    function = _UNPICKLED.get(data)
+    if function is None:
+        function = pickle.loads(data)
+        if len(_UNPICKLED) >= _UNPICKLED_MAX:
+            _UNPICKLED.pop(next(iter(_UNPICKLED)))
+        _UNPICKLED[data] = function
+    return function
+
+
 def execute(payload):
     """Runs one pickled call on this worker; answers ``(code, data, text)``."""
     try:
-        function, args, kwargs = pickle.loads(payload)
+        data, args, kwargs = pickle.loads(payload)
+        function = _function(data)
     except BaseException as e:
         return (BAD_CALL, None, f"cannot unpickle the call: {type(e).__name__}: {e}")
     try:

@@ -26,7 +26,8 @@ const SLICE: Duration = Duration::from_millis(100);
 
 /// One result for Python: `(kind, value, message, task, host, pid, stdout, stderr, detail)`.
 ///
-/// `kind` is `ok` (`value` is the pickled value), `raised` (`message` is the traceback,
+/// `kind` is `ok` (`value` is the pickled value), `bytes` (the value is one large `bytes`
+/// object, taken out of its pickle here: `value` is that object), `raised` (`message` is the traceback,
 /// `detail` the pickled exception if it pickled), `timeout`, `crashed`, `cancelled`, `lost`
 /// (also: refused by the server, or no agent could run it), or `error` (anything else: the call
 /// did not unpickle, the value did not pickle, no worker has the task…), with `message` the
@@ -313,6 +314,7 @@ fn dispatch_error(e: DispatchError) -> PyErr {
 
 fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
     let kind = match &r.run.outcome {
+        Outcome::Value(pickle) if large_bytes(pickle).is_some() => "bytes",
         Outcome::Value(_) => "ok",
         Outcome::Returned { .. } => "raised",
         Outcome::TimedOut { .. } => "timeout",
@@ -322,7 +324,10 @@ fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
         _ => "error",
     };
     let (value, message, detail) = match &r.run.outcome {
-        Outcome::Value(bytes) => (Some(PyBytes::new(py, bytes)), String::new(), None),
+        Outcome::Value(pickle) => match large_bytes(pickle) {
+            Some(data) => (Some(PyBytes::new(py, data)), String::new(), None),
+            None => (Some(PyBytes::new(py, pickle)), String::new(), None),
+        },
         Outcome::Returned { message, detail } => {
             (None, message.clone(), detail.as_ref().map(|d| PyBytes::new(py, d)))
         }
@@ -333,4 +338,14 @@ fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
         None => (None, None),
     };
     (kind, value, message, r.id, host, pid, r.run.stdout.to_text(), r.run.stderr.to_text(), detail)
+}
+
+/// The data of a pickle (protocol 5) of one `bytes` object of 64 KiB or more, as Python
+/// writes it: `PROTO 5, BINBYTES <len:u32> <data>, MEMOIZE, STOP`. Taking it out here saves
+/// unpickling a copy of what may be megabytes.
+fn large_bytes(pickle: &[u8]) -> Option<&[u8]> {
+    let rest = pickle.strip_prefix(b"\x80\x05B")?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let data = rest.strip_suffix(b"\x94.")?;
+    (data.len() >= 64 * 1024 && data.len() == u32::from_le_bytes(*len) as usize).then_some(data)
 }

@@ -28,6 +28,7 @@ use blitzen_protocol::Outcome;
 use bytes::Bytes;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
 /// The name of the task every Python call runs as.
@@ -105,15 +106,16 @@ fn invoke(args: &[u8]) -> Outcome {
         let Some(execute) = EXECUTE.get() else {
             return Outcome::BadArguments { message: "the blitzen package is not set up".into() };
         };
-        let answer = execute.call1(py, (PyBytes::new(py, pickle),)).and_then(|answer| {
-            answer.extract::<(u8, Option<Bound<'_, PyBytes>>, Option<String>)>(py)
-        });
-        let copy = |b: Bound<'_, PyBytes>| Bytes::copy_from_slice(b.as_bytes());
+        let answer = execute
+            .call1(py, (PyBytes::new(py, pickle),))
+            .and_then(|answer| answer.extract::<(u8, Option<PyBackedBytes>, Option<String>)>(py));
+        // The pickle's memory is handed on as it is: no copy.
+        let shared = |b: PyBackedBytes| Bytes::from_owner(b);
         match answer {
-            Ok((0, Some(value), _)) => Outcome::Value(copy(value)),
+            Ok((0, Some(value), _)) => Outcome::Value(shared(value)),
             Ok((1, exception, traceback)) => Outcome::Returned {
                 message: traceback.unwrap_or_else(|| "the task raised".into()),
-                detail: exception.map(copy),
+                detail: exception.map(shared),
             },
             Ok((2, _, why)) => Outcome::BadArguments { message: why.unwrap_or_default() },
             Ok((3, _, why)) => Outcome::BadOutput { message: why.unwrap_or_default() },

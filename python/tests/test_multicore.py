@@ -203,9 +203,15 @@ def test_numpy_arrays_go_and_come_back(pool):
     assert float(doubled.sum()) == float(a.sum()) * 2
 
 
-def test_large_values_travel(pool):
+def test_large_values_travel_intact(pool):
     ids = [pool.run(bytes, 4 << 20) for _ in range(4)]
     assert [len(v) for v in pool.get_results(ids)] == [4 << 20] * 4
+    # Large bytes skip unpickling; everything around the threshold, and other types, comes
+    # back exactly as it was.
+    values = [os.urandom(n) for n in (0, 3, 65535, 65536, 65537, 1 << 20)]
+    values += [bytearray(b"x" * 70000), memoryview(b"y" * 70000).tobytes(), [b"z" * 70000]]
+    back = pool.get_results([pool.run(lambda v: v, v) for v in values])
+    assert back == values and [type(v) for v in back] == [type(v) for v in values]
 
 
 def test_map_imap_and_imap_unordered(pool):

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""W1-W4 of Blitzen's benchmark on the Python package — multicore, and distributed over
+loopback (a server and an agent of its own, encrypted with a secret) — side by side with
+Python's multiprocessing.Pool, in one run: each run of a workload goes to the three in turn,
+in a rotating order. 2 workers (4 for W3), one call per task, as in `pool_baseline.py`.
+
+Prints one JSON line per workload and system in the schema of
+`cargo run --release --example bench -- --json`, then a table of the medians on stderr:
+
+    pip install ./python
+    python3 bench/python_bench.py --runs 5
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import pool_baseline as base
+from pool_baseline import MIB, W1_TASKS, W2_TRIPS, W3_SLEEP, W3_TASKS, W4_TASKS, mebibyte, noop
+
+import blitzen
+from blitzen.distributed import DistributedDispatcher
+
+SECRET = "python-bench-secret-on-loopback"
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Pool:
+    """multiprocessing.Pool, as `pool_baseline.py` drives it."""
+
+    path = "multiprocessing.Pool"
+
+    def __init__(self, workers):
+        self.pool = multiprocessing.Pool(workers)
+        self.pool.apply_async(noop, (0,)).get()
+
+    def submit(self, f, *args):
+        return self.pool.apply_async(f, args)
+
+    def fetch(self, handles):
+        return [h.get() for h in handles]
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+class Blitzen:
+    """A Blitzen dispatcher; results come back in the order of the ids."""
+
+    def __init__(self, dispatcher):
+        self.d = dispatcher
+        self.d.get_results([self.d.run(noop, 0)])
+
+    def submit(self, f, *args):
+        return self.d.run(f, *args)
+
+    def fetch(self, ids):
+        return self.d.get_results(ids)
+
+    def close(self):
+        self.d.shutdown()
+
+
+class Multicore(Blitzen):
+    path = "python multicore"
+
+    def __init__(self, workers):
+        super().__init__(blitzen.MulticoreDispatcher(workers=workers))
+
+
+def wait_for(process, text, within=60):
+    seen = b""
+    deadline = time.monotonic() + within
+    fd = process.stderr.fileno()
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RuntimeError(f"no {text!r} within {within} s: {seen.decode()}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise RuntimeError(f"the process ended before {text!r}: {seen.decode()}")
+        seen += chunk
+
+
+class Distributed(Blitzen):
+    """A server and one agent of `workers` Python workers, each a process of its own."""
+
+    path = "python distributed"
+
+    def __init__(self, workers):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, BLITZEN_SECRET=SECRET, BLITZEN_PORT=str(port))
+        start = lambda args: subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.processes = []
+        try:
+            server = start(["-c", "import blitzen.distributed as d; d.DistributedDispatcher().spawn_server()"])
+            self.processes.append(server)
+            wait_for(server, "serving")
+            client = start(["-m", "blitzen.client", "--workers", str(workers), "--path", BENCH_DIR])
+            self.processes.append(client)
+            wait_for(client, "connected")
+            super().__init__(DistributedDispatcher("127.0.0.1", port, secret=SECRET))
+        except BaseException:
+            self.stop()
+            raise
+
+    def close(self):
+        super().close()
+        self.stop()
+
+    def stop(self):
+        for p in reversed(self.processes):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+
+
+def throughput(system):
+    start = time.perf_counter()
+    out = system.fetch([system.submit(noop, i) for i in range(W1_TASKS)])
+    rate = W1_TASKS / (time.perf_counter() - start)
+    assert out == list(range(W1_TASKS))
+    return rate
+
+
+def latency(system):
+    trips = []
+    for i in range(W2_TRIPS):
+        start = time.perf_counter()
+        system.fetch([system.submit(noop, i)])
+        trips.append((time.perf_counter() - start) * 1e6)
+    trips.sort()
+    nearest = lambda q: trips[max(1, min(len(trips), int(-(-q * len(trips) // 1)))) - 1]
+    return nearest(0.50), nearest(0.99)
+
+
+def scaling(system):
+    start = time.perf_counter()
+    system.fetch([system.submit(time.sleep, W3_SLEEP) for _ in range(W3_TASKS)])
+    return time.perf_counter() - start
+
+
+def payload(system):
+    start = time.perf_counter()
+    total = sum(len(v) for v in system.fetch([system.submit(mebibyte, i) for i in range(W4_TASKS)]))
+    assert total == W4_TASKS * MIB
+    return total / (time.perf_counter() - start) / 1e6
+
+
+KINDS = [Multicore, Distributed, Pool]
+
+
+def measure(workload, runs, workers):
+    """Runs `workload` `runs` times on each system, rotating which goes first."""
+    systems = [kind(workers) for kind in KINDS]
+    try:
+        results = {s.path: [] for s in systems}
+        for r in range(runs):
+            for s in systems[r % 3:] + systems[: r % 3]:
+                results[s.path].append(workload(s))
+        return results
+    finally:
+        for s in systems:
+            s.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per workload (default 5)")
+    parser.add_argument("--workload", default="W1,W2,W3,W4", help="among W1,W2,W3,W4")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    chosen = [w.strip().upper() for w in args.workload.split(",")]
+    unknown = set(chosen) - {"W1", "W2", "W3", "W4"}
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    records = []
+    for name in chosen:
+        if name == "W1":
+            for path, runs in measure(throughput, args.runs, 2).items():
+                records.append(
+                    (path, base.record("W1", {"tasks": W1_TASKS, "workers": 2}, runs, "tasks/s", "higher"))
+                )
+        elif name == "W2":
+            for path, trips in measure(latency, args.runs, 2).items():
+                p99 = {"p99_us": statistics.median_low([t[1] for t in trips])}
+                params = {"round_trips": W2_TRIPS, "workers": 2}
+                records.append(
+                    (path, base.record("W2", params, [t[0] for t in trips], "µs p50", "lower", p99))
+                )
+        elif name == "W3":
+            params = {"tasks": W3_TASKS, "sleep_s": W3_SLEEP, "ideal_s": 1.0, "workers": 4}
+            for path, runs in measure(scaling, args.runs, 4).items():
+                records.append((path, base.record("W3", params, runs, "s", "lower")))
+        else:
+            params = {"tasks": W4_TASKS, "result_bytes": MIB, "workers": 2}
+            for path, runs in measure(payload, args.runs, 2).items():
+                records.append((path, base.record("W4", params, runs, "MB/s", "higher")))
+    for path, record in records:
+        record["path"] = path
+        print(json.dumps(record, ensure_ascii=False))
+    # The table: medians, and each Blitzen median as a multiple of Pool's.
+    print(f"{'workload':<10}{'multicore':>14}{'distributed':>14}{'Pool':>14}  units", file=sys.stderr)
+    for name in chosen:
+        row = {r["path"]: r for p, r in records if r["name"] == name}
+        pool = row["multiprocessing.Pool"]["median"]
+        cells = []
+        for path in ("python multicore", "python distributed"):
+            m = row[path]["median"]
+            ratio = m / pool if row[path]["better"] == "higher" else pool / m
+            cells.append(f"{m:g} ({ratio:.2f}×)")
+        print(f"{name:<10}{cells[0]:>14}{cells[1]:>14}{pool:>14g}  {row['multiprocessing.Pool']['units']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
