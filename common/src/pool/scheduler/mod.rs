@@ -318,7 +318,7 @@ impl Scheduler {
                 progress = false;
                 for slot in 0..self.workers.len() {
                     let Some(next) = self.queue.front() else { break };
-                    if self.suspects.contains(&next.id) {
+                    if !self.suspects.is_empty() && self.suspects.contains(&next.id) {
                         break;
                     }
                     // Unknown tasks are never prefetched: they may be long.
@@ -328,7 +328,7 @@ impl Scheduler {
                     let Some(w) = &self.workers[slot] else { continue };
                     let running_known = w.inflight.front().is_some_and(|j| {
                         expected_us(&self.average_us, j).is_some_and(|a| a < window_us)
-                            && !self.suspects.contains(&j.id)
+                            && (self.suspects.is_empty() || !self.suspects.contains(&j.id))
                     });
                     if w.accepts_work()
                         && running_known
