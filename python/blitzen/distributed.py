@@ -21,7 +21,10 @@ class DistributedDispatcher(Dispatcher):
     ``BLITZEN_PORT``, else 7464).
 
     Nothing is contacted until the first ``run``. If the server cannot be reached within
-    ``connect_timeout`` seconds, the tasks end ``Lost``. Agents run the calls on Python worker
+    ``connect_timeout`` seconds (default 10), the tasks end ``Lost``. ``plaintext=True`` turns
+    encryption off (the secret still authenticates). ``allow_insecure=True`` lets
+    ``spawn_server`` listen beyond loopback without a secret: anyone who can reach it can then
+    make its agents unpickle, and so run, anything. Agents run the calls on Python worker
     processes; an agent whose Python, cloudpickle or blitzen version differs from this
     process's is never given them (the driver logs which versions the agents have).
     """
@@ -34,6 +37,7 @@ class DistributedDispatcher(Dispatcher):
         connect_timeout=None,
         plaintext=False,
         echo=True,
+        allow_insecure=False,
     ):
         _logging._install()
         if isinstance(secret, str):
@@ -43,7 +47,9 @@ class DistributedDispatcher(Dispatcher):
         self.server_ip = server_ip
         self.port = port
         server = f"[{server_ip}]:{port}" if ":" in str(server_ip) else f"{server_ip}:{port}"
-        native = _native.Dispatcher.cluster(server, secret, plaintext, connect_timeout)
+        native = _native.Dispatcher.cluster(
+            server, secret, plaintext, connect_timeout, allow_insecure
+        )
         super().__init__(native, echo)
 
     def spawn_server(self, duration=None):

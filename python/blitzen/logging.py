@@ -2,10 +2,12 @@
 ``disable``, ``enable``.
 
 One ``logging`` logger, ``blitzen``, receives everything: the package's own records and the
-events of the Rust core (server, agent, connections), forwarded as records of ``blitzen.server``,
-``blitzen.client`` and so on. It reports ``INFO`` and above by default, to stderr. Change its
-level with ``set_loglevel`` so that the core's threshold follows (a level set on the logger
-directly is applied to the core's events that reach it, but the core's threshold stays).
+events of the Rust core (server, agent, connections), forwarded as records of
+``blitzen.server``, ``blitzen.client`` and so on. It reports ``INFO`` and above by default, to
+stderr — or, when the program configured logging itself (the root logger has handlers), to
+those handlers. Change its level with ``set_loglevel`` so that the core's threshold follows (a
+level set on the logger directly applies to the core's events that reach it, but the core's
+threshold stays).
 """
 
 import logging as _logging
@@ -23,17 +25,21 @@ def _install():
     _installed = True
     if _logger.level == _logging.NOTSET:
         _logger.setLevel(_logging.INFO)
-    if not _logger.handlers:
+    # A program that configured logging itself (root handlers) gets the records there.
+    if not _logger.handlers and not _logging.getLogger().handlers:
         _handler = _logging.StreamHandler()
         _handler.setFormatter(
             _logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
         _logger.addHandler(_handler)
-    _logger.propagate = False
+        _logger.propagate = False
+    import atexit
+
     from blitzen import _native
 
     _native.set_log_threshold(_threshold())
     _native.forward_logs()
+    atexit.register(_native.stop_forwarding)
 
 
 def _threshold():
@@ -65,6 +71,7 @@ def set_logfile(filename):
         _handler.close()
     _handler = handler
     _logger.addHandler(handler)
+    _logger.propagate = False
 
 
 def set_loglevel(level):

@@ -17,6 +17,7 @@ use blitzen_protocol::Outcome;
 use bytes::Bytes;
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
 use crate::task;
@@ -88,15 +89,18 @@ impl Dispatcher {
     /// A dispatcher for the server at `server` (`host` or `host:port`); nothing is contacted
     /// until the first task.
     #[staticmethod]
-    #[pyo3(signature = (server, secret=None, plaintext=false, connect_timeout=None))]
+    #[pyo3(signature = (server, secret=None, plaintext=false, connect_timeout=None, allow_insecure=false))]
     fn cluster(
         server: &str,
         secret: Option<Bound<'_, PyBytes>>,
         plaintext: bool,
         connect_timeout: Option<f64>,
+        allow_insecure: bool,
     ) -> PyResult<Self> {
         task::named()?;
-        let mut d = DistributedDispatcher::new(server).insecure_plaintext(plaintext);
+        let mut d = DistributedDispatcher::new(server)
+            .insecure_plaintext(plaintext)
+            .allow_insecure(allow_insecure);
         if let Some(secret) = secret {
             let secret = Secret::new(secret.as_bytes(), "the `secret` argument")
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -110,19 +114,15 @@ impl Dispatcher {
 
     /// Submits a pickled call; returns its task number at once.
     #[pyo3(signature = (payload, timeout=None, retries=0))]
-    fn submit(
-        &self,
-        payload: &Bound<'_, PyBytes>,
-        timeout: Option<f64>,
-        retries: u32,
-    ) -> PyResult<u64> {
+    fn submit(&self, payload: PyBackedBytes, timeout: Option<f64>, retries: u32) -> PyResult<u64> {
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
             retries,
             unrunnable_limit: None,
         };
         let task = task::named()?;
-        let args = Bytes::copy_from_slice(payload.as_bytes());
+        // The pickle travels in the Python object's own memory.
+        let args = Bytes::from_owner(payload);
         Ok(on!(&self.inner, |d| d.run_named(task, args, options).seq()))
     }
 

@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(task::worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(log::forward_logs, m)?)?;
     m.add_function(wrap_pyfunction!(log::set_log_threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(log::stop_forwarding, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::local_ip, m)?)?;
     m.add_class::<dispatch::Dispatcher>()?;
     m.add_class::<dispatch::Completions>()?;

@@ -7,9 +7,9 @@
 //! an event ever waits for the lock, so logging cannot deadlock against Python code.
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
+use std::thread::JoinHandle;
 
 use pyo3::prelude::*;
 use tracing::field::{Field, Visit};
@@ -23,7 +23,19 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 static THRESHOLD: AtomicU8 = AtomicU8::new(20);
 
 /// Where the layer queues records for the forwarding thread.
-static QUEUE: OnceLock<mpsc::Sender<Record>> = OnceLock::new();
+static QUEUE: OnceLock<mpsc::Sender<Message>> = OnceLock::new();
+
+/// The forwarding thread, until [`stop_forwarding`] has joined it.
+static FORWARDER: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+
+/// Set by [`stop_forwarding`]: events are dropped from then on.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+enum Message {
+    Record(Record),
+    /// Deliver what came before, then end.
+    Stop,
+}
 
 /// One event, ready for Python.
 struct Record {
@@ -55,7 +67,7 @@ pub(crate) fn forward_logs() -> PyResult<()> {
     if QUEUE.get().is_some() {
         return Ok(());
     }
-    let (tx, rx) = mpsc::channel::<Record>();
+    let (tx, rx) = mpsc::channel::<Message>();
     if QUEUE.set(tx).is_err() {
         return Ok(());
     }
@@ -63,19 +75,34 @@ pub(crate) fn forward_logs() -> PyResult<()> {
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         return Ok(());
     }
-    std::thread::Builder::new()
+    let forwarder = std::thread::Builder::new()
         .name("blitzen-log-bridge".into())
         .spawn(move || {
-            for record in rx {
-                // During interpreter shutdown there is nobody left to log to.
-                let logged = Python::try_attach(|py| deliver(py, &record));
-                if logged.is_none() {
+            while let Ok(Message::Record(record)) = rx.recv() {
+                if Python::try_attach(|py| deliver(py, &record)).is_none() {
                     return;
                 }
             }
         })
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    *FORWARDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(forwarder);
     Ok(())
+}
+
+/// Delivers the records queued so far, then stops forwarding: later events are dropped. The
+/// package calls it at exit (`atexit`), while the interpreter is whole: a thread that takes
+/// the interpreter lock once finalization has begun is ended by the interpreter, which a Rust
+/// thread does not survive.
+#[pyfunction]
+pub(crate) fn stop_forwarding(py: Python<'_>) {
+    STOPPED.store(true, Ordering::Release);
+    let Some(queue) = QUEUE.get() else { return };
+    let _ = queue.send(Message::Stop);
+    let forwarder = FORWARDER.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(forwarder) = forwarder {
+        // It needs the interpreter lock for the records before the stop.
+        let _ = py.detach(|| forwarder.join());
+    }
 }
 
 fn deliver(py: Python<'_>, record: &Record) {
@@ -108,6 +135,9 @@ impl<S: Subscriber> Layer<S> for Bridge {
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let Some(queue) = QUEUE.get() else { return };
+        if STOPPED.load(Ordering::Acquire) {
+            return;
+        }
         let metadata = event.metadata();
         let mut text = Text::default();
         event.record(&mut text);
@@ -117,11 +147,11 @@ impl<S: Subscriber> Layer<S> for Bridge {
             Some(part) => format!("blitzen.{part}"),
             None => "blitzen".to_string(),
         };
-        let _ = queue.send(Record {
+        let _ = queue.send(Message::Record(Record {
             level: python_level(metadata.level()),
             logger,
             message: text.finish(),
-        });
+        }));
     }
 }
 

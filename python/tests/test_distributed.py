@@ -199,3 +199,26 @@ def test_bad_input_is_refused():
         DistributedDispatcher("127.0.0.1", 1, secret="short")
     with pytest.raises(ValueError, match="connect_timeout must be a number of seconds"):
         DistributedDispatcher("127.0.0.1", 1, secret=SECRET, connect_timeout=-1)
+
+
+def test_a_server_beyond_loopback_needs_a_secret(monkeypatch):
+    monkeypatch.delenv("BLITZEN_SECRET", raising=False)
+    d = DistributedDispatcher("0.0.0.0", free_port())
+    with pytest.raises(RuntimeError, match="secret"):
+        d.spawn_server(duration=1)
+
+
+def test_the_client_command_documents_and_checks_its_flags(tmp_path):
+    import subprocess
+
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "blitzen.client", *args], capture_output=True, text=True, timeout=30
+    )
+    shown = run("--help")
+    assert shown.returncode == 0
+    for flag in ("--server", "--port", "--workers", "--secret-file", "--path", "--insecure-plaintext"):
+        assert flag in shown.stdout, flag
+    bad = run("--workers", "0")
+    assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
+    missing = run("--secret-file", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "cannot read the secret file" in missing.stderr

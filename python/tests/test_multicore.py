@@ -429,6 +429,24 @@ def test_the_cores_events_reach_python_logging(pool):
         logger.removeHandler(keep)
 
 
+def test_the_interpreter_exits_cleanly_while_the_core_logs(tmp_path):
+    # The script ends with thousands of tasks still running, each logging at DEBUG as it
+    # finishes: nothing may reach Python once it has begun to finalize (a thread that takes
+    # the interpreter lock then is ended by the interpreter, and the process aborts). Several
+    # runs, as this is about timing.
+    for _ in range(10):
+        p = run_script(
+            "import blitzen, blitzen.logging\n"
+            "blitzen.logging.set_loglevel('DEBUG')\n"
+            "d = blitzen.MulticoreDispatcher(workers=2)\n"
+            "ids = [d.run(abs, -i) for i in range(3000)]\n"
+            "print(d.get_results(ids[:10]))\n",
+            tmp_path,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.strip() == str(list(range(10))), p.stdout
+
+
 def test_set_logfile_receives_the_cores_events(tmp_path):
     p = run_script(
         "import os, blitzen, blitzen.logging\n"

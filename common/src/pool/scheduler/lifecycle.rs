@@ -68,7 +68,6 @@ impl Scheduler {
                 }
                 Some(KillReason::StartupTimeout) | None => {
                     warn!(task = %job.id, name = %job.name, pid, %exit, "worker died running a task");
-                    self.suspects.remove(&job.id);
                     Some(Outcome::WorkerCrashed { exit })
                 }
             };

@@ -384,6 +384,12 @@ impl Scheduler {
             on_start(std::mem::take(&mut self.started));
         }
         if !self.finished.is_empty() {
+            // However a suspect ended, it is no longer one.
+            if !self.suspects.is_empty() {
+                for result in &self.finished {
+                    self.suspects.remove(&result.id);
+                }
+            }
             (self.sink)(std::mem::take(&mut self.finished));
         }
     }
@@ -473,9 +479,6 @@ impl Scheduler {
             // before the cancel): it finished first, and keeps its result.
             if !w.cancelled.is_empty() {
                 w.cancelled.retain(|&id| id != job.id);
-            }
-            if !self.suspects.is_empty() {
-                self.suspects.remove(&job.id);
             }
             debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
