@@ -33,38 +33,56 @@ def mebibyte(seed):
     return bytes([seed % 256]) * MIB
 
 
-def throughput(pool):
+class Pool:
+    """multiprocessing.Pool behind the two calls every workload makes: `submit` one call,
+    `fetch` the results of several in order (`python_bench.py` runs the same workloads on
+    Blitzen's Python package through the same two)."""
+
+    path = "multiprocessing.Pool"
+
+    def __init__(self, workers):
+        self.pool = multiprocessing.Pool(workers)
+        self.pool.apply_async(noop, (0,)).get()  # workers up
+
+    def submit(self, f, *args):
+        return self.pool.apply_async(f, args)
+
+    def fetch(self, handles):
+        return [h.get() for h in handles]
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+def throughput(system):
     start = time.perf_counter()
-    pending = [pool.apply_async(noop, (i,)) for i in range(W1_TASKS)]
-    out = [p.get() for p in pending]
+    out = system.fetch([system.submit(noop, i) for i in range(W1_TASKS)])
     rate = W1_TASKS / (time.perf_counter() - start)
     assert out == list(range(W1_TASKS))
     return rate
 
 
-def latency(pool):
+def latency(system):
     trips = []
     for i in range(W2_TRIPS):
         start = time.perf_counter()
-        pool.apply_async(noop, (i,)).get()
+        system.fetch([system.submit(noop, i)])
         trips.append((time.perf_counter() - start) * 1e6)
     trips.sort()
     nearest = lambda q: trips[max(1, min(len(trips), int(-(-q * len(trips) // 1)))) - 1]
     return nearest(0.50), nearest(0.99)
 
 
-def scaling(pool):
+def scaling(system):
     start = time.perf_counter()
-    pending = [pool.apply_async(time.sleep, (W3_SLEEP,)) for _ in range(W3_TASKS)]
-    for p in pending:
-        p.get()
+    system.fetch([system.submit(time.sleep, W3_SLEEP) for _ in range(W3_TASKS)])
     return time.perf_counter() - start
 
 
-def payload(pool):
+def payload(system):
     start = time.perf_counter()
-    pending = [pool.apply_async(mebibyte, (i,)) for i in range(W4_TASKS)]
-    total = sum(len(p.get()) for p in pending)
+    total = sum(len(v) for v in system.fetch([system.submit(mebibyte, i) for i in range(W4_TASKS)]))
     assert total == W4_TASKS * MIB
     return total / (time.perf_counter() - start) / 1e6
 
@@ -115,8 +133,8 @@ def main():
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     out = []
-    with multiprocessing.Pool(2) as pool:
-        pool.apply_async(noop, (0,)).get()  # workers up
+    pool = Pool(2)
+    try:
         if "W1" in chosen:
             runs = [throughput(pool) for _ in range(args.runs)]
             out.append(record("W1", {"tasks": W1_TASKS, "workers": 2}, runs, "tasks/s", "higher"))
@@ -136,12 +154,16 @@ def main():
             runs = [payload(pool) for _ in range(args.runs)]
             params = {"tasks": W4_TASKS, "result_bytes": MIB, "workers": 2}
             w4 = record("W4", params, runs, "MB/s", "higher")
+    finally:
+        pool.close()
     if "W3" in chosen:
-        with multiprocessing.Pool(4) as pool:
-            pool.apply_async(noop, (0,)).get()
+        pool = Pool(4)
+        try:
             runs = [scaling(pool) for _ in range(args.runs)]
-            params = {"tasks": W3_TASKS, "sleep_s": W3_SLEEP, "ideal_s": 1.0, "workers": 4}
-            out.append(record("W3", params, runs, "s", "lower"))
+        finally:
+            pool.close()
+        params = {"tasks": W3_TASKS, "sleep_s": W3_SLEEP, "ideal_s": 1.0, "workers": 4}
+        out.append(record("W3", params, runs, "s", "lower"))
     if "W4" in chosen:
         out.append(w4)
     for line in out:

@@ -13,7 +13,6 @@ Prints one JSON line per workload and system in the schema of
 
 import argparse
 import json
-import multiprocessing
 import os
 import select
 import signal
@@ -24,33 +23,14 @@ import sys
 import time
 
 import pool_baseline as base
-from pool_baseline import MIB, W1_TASKS, W2_TRIPS, W3_SLEEP, W3_TASKS, W4_TASKS, mebibyte, noop
+from pool_baseline import MIB, W1_TASKS, W2_TRIPS, W3_SLEEP, W3_TASKS, W4_TASKS, noop
+from pool_baseline import Pool, latency, payload, scaling, throughput
 
 import blitzen
 from blitzen.distributed import DistributedDispatcher
 
 SECRET = "python-bench-secret-on-loopback"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class Pool:
-    """multiprocessing.Pool, as `pool_baseline.py` drives it."""
-
-    path = "multiprocessing.Pool"
-
-    def __init__(self, workers):
-        self.pool = multiprocessing.Pool(workers)
-        self.pool.apply_async(noop, (0,)).get()
-
-    def submit(self, f, *args):
-        return self.pool.apply_async(f, args)
-
-    def fetch(self, handles):
-        return [h.get() for h in handles]
-
-    def close(self):
-        self.pool.close()
-        self.pool.join()
 
 
 class Blitzen:
@@ -131,38 +111,6 @@ class Distributed(Blitzen):
                 p.kill()
                 p.wait()
             p.stderr.close()
-
-
-def throughput(system):
-    start = time.perf_counter()
-    out = system.fetch([system.submit(noop, i) for i in range(W1_TASKS)])
-    rate = W1_TASKS / (time.perf_counter() - start)
-    assert out == list(range(W1_TASKS))
-    return rate
-
-
-def latency(system):
-    trips = []
-    for i in range(W2_TRIPS):
-        start = time.perf_counter()
-        system.fetch([system.submit(noop, i)])
-        trips.append((time.perf_counter() - start) * 1e6)
-    trips.sort()
-    nearest = lambda q: trips[max(1, min(len(trips), int(-(-q * len(trips) // 1)))) - 1]
-    return nearest(0.50), nearest(0.99)
-
-
-def scaling(system):
-    start = time.perf_counter()
-    system.fetch([system.submit(time.sleep, W3_SLEEP) for _ in range(W3_TASKS)])
-    return time.perf_counter() - start
-
-
-def payload(system):
-    start = time.perf_counter()
-    total = sum(len(v) for v in system.fetch([system.submit(mebibyte, i) for i in range(W4_TASKS)]))
-    assert total == W4_TASKS * MIB
-    return total / (time.perf_counter() - start) / 1e6
 
 
 KINDS = [Multicore, Distributed, Pool]

@@ -11,33 +11,14 @@ import pytest
 from blitzen import Cancelled, Lost, TaskFailed, TimedOut, WorkerCrashed
 from blitzen.distributed import DistributedDispatcher
 
+from calls import hard_exit, nap, span, square
 from conftest import EXAMPLES, HERE, free_port, wait_for_output
 
 SECRET = "a-cluster-secret-for-the-tests"
 
 
-def square(x):
-    return x * x
-
-
 def fail(message):
     raise KeyError(message)
-
-
-def hard_exit():
-    os._exit(9)
-
-
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-def span(seconds):
-    """Naps; returns this worker's pid and when the nap began and ended."""
-    began = time.time()
-    time.sleep(seconds)
-    return os.getpid(), began, time.time()
 
 
 def touch(path):
@@ -129,7 +110,7 @@ def test_values_failures_and_where_they_ran(driver):
 
 
 def test_crash_timeout_and_cancel_on_a_cluster(driver):
-    crashed = driver.run(hard_exit)
+    crashed = driver.run(hard_exit, 9)
     timed_out = driver.run(nap, 30, timeout=0.5)
     running = driver.run(nap, 60)
     time.sleep(0.5)

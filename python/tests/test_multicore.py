@@ -21,14 +21,12 @@ from blitzen import (
     WorkerCrashed,
 )
 
+from calls import hard_exit, nap, span, square
 from conftest import EXAMPLES, run_script
 
 
 # Module-level functions travel by reference: the workers import this module (its folder is on
 # the driver's sys.path, which the workers share).
-def square(x):
-    return x * x
-
 
 def fail(message):
     raise ValueError(message)
@@ -36,22 +34,6 @@ def fail(message):
 
 def segfault():
     ctypes.string_at(0)
-
-
-def hard_exit(code):
-    os._exit(code)
-
-
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-def span(seconds):
-    """Naps; returns this worker's pid and when the nap began and ended."""
-    began = time.time()
-    time.sleep(seconds)
-    return os.getpid(), began, time.time()
 
 
 def chatty(x):
