@@ -27,6 +27,9 @@ class DistributedDispatcher(Dispatcher):
     make its agents unpickle, and so run, anything. Agents run the calls on Python worker
     processes; an agent whose Python, cloudpickle or blitzen version differs from this
     process's is never given them (the driver logs which versions the agents have).
+    ``unrunnable_limit`` (seconds): a call that waits that long while no connected agent can
+    run it — none is connected, or all have other versions — ends ``Lost`` saying why, instead
+    of waiting for one to come.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class DistributedDispatcher(Dispatcher):
         plaintext=False,
         echo=True,
         allow_insecure=False,
+        unrunnable_limit=None,
     ):
         _logging._install()
         if isinstance(secret, str):
@@ -48,7 +52,7 @@ class DistributedDispatcher(Dispatcher):
         self.port = port
         server = f"[{server_ip}]:{port}" if ":" in str(server_ip) else f"{server_ip}:{port}"
         native = _native.Dispatcher.cluster(
-            server, secret, plaintext, connect_timeout, allow_insecure
+            server, secret, plaintext, connect_timeout, allow_insecure, unrunnable_limit
         )
         super().__init__(native, echo)
 

@@ -89,13 +89,17 @@ impl Dispatcher {
     /// A dispatcher for the server at `server` (`host` or `host:port`); nothing is contacted
     /// until the first task.
     #[staticmethod]
-    #[pyo3(signature = (server, secret=None, plaintext=false, connect_timeout=None, allow_insecure=false))]
+    #[pyo3(signature = (
+        server, secret=None, plaintext=false, connect_timeout=None, allow_insecure=false,
+        unrunnable_limit=None
+    ))]
     fn cluster(
         server: &str,
         secret: Option<Bound<'_, PyBytes>>,
         plaintext: bool,
         connect_timeout: Option<f64>,
         allow_insecure: bool,
+        unrunnable_limit: Option<f64>,
     ) -> PyResult<Self> {
         task::named()?;
         let mut d = DistributedDispatcher::new(server)
@@ -108,6 +112,9 @@ impl Dispatcher {
         }
         if let Some(timeout) = connect_timeout {
             d = d.with_connect_timeout(seconds(timeout, "connect_timeout")?);
+        }
+        if let Some(limit) = unrunnable_limit {
+            d = d.with_unrunnable_limit(seconds(limit, "unrunnable_limit")?);
         }
         Ok(Self { inner: Inner::Cluster(Box::new(d)) })
     }

@@ -161,6 +161,14 @@ def test_an_agent_with_other_versions_is_never_given_the_calls(processes):
     port = free_port()
     start_server(processes, port)
     start_client(processes, port, prelude="import cloudpickle; cloudpickle.__version__ = '0.0.0'")
+    # With an unrunnable limit, the call ends Lost, saying which versions the agents have.
+    impatient = DistributedDispatcher("127.0.0.1", port, secret=SECRET, unrunnable_limit=1)
+    try:
+        (result,) = impatient.get_results([impatient.run(square, 3)], timeout=30)
+    finally:
+        impatient.shutdown()
+    assert isinstance(result, Lost), result
+    assert "another signature" in str(result) and "cloudpickle 0.0.0" in str(result), result
     d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
     try:
         task_id = d.run(square, 3)
@@ -180,6 +188,8 @@ def test_bad_input_is_refused():
         DistributedDispatcher("127.0.0.1", 1, secret="short")
     with pytest.raises(ValueError, match="connect_timeout must be a number of seconds"):
         DistributedDispatcher("127.0.0.1", 1, secret=SECRET, connect_timeout=-1)
+    with pytest.raises(ValueError, match="unrunnable_limit must be a number of seconds"):
+        DistributedDispatcher("127.0.0.1", 1, secret=SECRET, unrunnable_limit=float("nan"))
 
 
 def test_a_server_beyond_loopback_needs_a_secret(monkeypatch):
