@@ -167,10 +167,13 @@ fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<
     let mut server = durable_server(&dir, port, &[])?;
     let mut gone = start_agent(&server.addr, 1, "gone").map_err(fail)?;
     let d = driver(&server.addr);
-    let id = d.run(sleep, 2.0);
-    d.wait_accepted(WAIT).map_err(fail)?;
-    check(server.process.wait_for_log("agent connected", 1, WAIT), "the agent joined")?;
-    // The agent dies with the server.
+    let starts = dir.0.with_extension("starts");
+    let _ = std::fs::remove_file(&starts);
+    let script = format!("echo started >> '{}'; sleep 2; echo finished", starts.display());
+    let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
+    // Once it runs on `gone`, the server has it saved as held there. The agent dies with the
+    // server.
+    check(wait_for_lines(&starts, 1), "the task started")?;
     blitzen_tests::kill(gone.pid());
     blitzen_tests::kill(server.process.pid());
     server.process.wait_exit(WAIT).map_err(fail)?;
@@ -178,9 +181,11 @@ fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<
     let back = durable_server(&dir, port, &["--reattach-grace", "1"])?;
     let _other = start_agent(&back.addr, 1, "other").map_err(fail)?;
     let r = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let _ = std::fs::remove_file(&starts);
     let host = r[0].worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
     check(host == "other", format!("ran on `{host}`"))?;
-    check(r[0].decode_as(sleep).map_err(fail)? == 2.0, "its value")?;
+    let out = r[0].decode_as(command).map_err(fail)?;
+    check(out.success() && out.stdout.as_slice() == b"finished\n", format!("{out:?}"))?;
     let log = back.process.log_text();
     check(
         log.contains("these agents did not re-attach") && log.contains("missing=gone"),
