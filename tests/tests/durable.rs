@@ -172,11 +172,12 @@ fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<
     let script = format!("echo started >> '{}'; sleep 2; echo finished", starts.display());
     let id = d.run(command, CommandSpec::new("sh").arg("-c").arg(script));
     // Once it runs on `gone`, the server has it saved as held there. The agent dies with the
-    // server.
+    // server, after it: killed first, it could be seen leaving (and saved as gone, to be
+    // waited for by nobody) by a server not yet dead.
     check(wait_for_lines(&starts, 1), "the task started")?;
-    blitzen_tests::kill(gone.pid());
     blitzen_tests::kill(server.process.pid());
     server.process.wait_exit(WAIT).map_err(fail)?;
+    blitzen_tests::kill(gone.pid());
     gone.wait_exit(WAIT).map_err(fail)?;
     let back = durable_server(&dir, port, &["--reattach-grace", "1"])?;
     let _other = start_agent(&back.addr, 1, "other").map_err(fail)?;
