@@ -27,14 +27,29 @@ pub fn binary(name: &str) -> io::Result<PathBuf> {
     }
 }
 
+/// A `cargo` command for a build from inside a test. What cargo set for the test process is
+/// left out: it would change the build scripts' inputs and rebuild their crates, here and again
+/// in the next build from a shell.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours =
+            name.starts_with("CARGO_") && !matches!(&*name, "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if ours || name == "LD_LIBRARY_PATH" || name == "OUT_DIR" {
+            command.env_remove(&*name);
+        }
+    }
+    command
+}
+
 /// Builds a binary of this crate with the release profile, into the target directory of the
 /// running test, and returns its path. Compiling is slow the first time (every dependency is
 /// built again with optimisations); later runs find it up to date.
 pub fn build_release(name: &str) -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let target = (exe.ancestors().nth(3)).ok_or_else(|| io::Error::other("no target dir"))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let output = cargo()
         .args(["build", "--quiet", "--release", "--package", env!("CARGO_PKG_NAME"), "--bin", name])
         .arg("--target-dir")
         .arg(target)

@@ -1,14 +1,16 @@
-//! The Python package's pytest suite (`python/tests`), on a real CPython, as part of
-//! `cargo test --workspace`.
+//! The Python package's pytest suite (`python/tests`), on a real CPython, as part of the test
+//! suite.
 //!
-//! The test builds the extension module (`cargo build -p blitzen-python`), lays the package out
-//! in a folder of its own (`blitzen/*.py` and `blitzen/_native.abi3.so`), and runs pytest in a
-//! virtual environment under the target directory that has pytest, cloudpickle and numpy
-//! (installed from PyPI the first time). `BLITZEN_PYTHON` names the interpreter (default
-//! `python3`).
+//! The test builds the extension module, lays the package out in a folder of its own
+//! (`blitzen/*.py` and `blitzen/_native.abi3.so`), and runs pytest in the virtual environment
+//! that `./test.sh` makes with `python/tests/requirements.txt` (`BLITZEN_TEST_PYTHON` names
+//! another interpreter that has them). `BLITZEN_PYTEST_JUNIT` names a file for pytest's JUnit
+//! report, from which `./test.sh` counts and times each pytest case.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use blitzen_tests::cluster::cargo;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -17,35 +19,19 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(command: &mut Command, what: &str) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
-    text
-}
-
 /// Builds the extension module; returns the path of the shared library.
+///
+/// The build names every target of the workspace, as the test suite's own build does: cargo
+/// then resolves the dependencies' features as it did for the tests and builds only the module
+/// itself, where `-p blitzen-python` alone would build a second copy of half the tree.
 fn build_extension() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // What cargo sets for this test process would change the build scripts' inputs and
-    // rebuild their crates, here and again in the next `cargo test`.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let ours =
-            name.starts_with("CARGO_") && !matches!(&*name, "CARGO_HOME" | "CARGO_TARGET_DIR");
-        if ours || name == "LD_LIBRARY_PATH" || name == "OUT_DIR" {
-            build.env_remove(&*name);
-        }
-    }
-    let out = build
+    let out = cargo()
         .current_dir(workspace())
-        .args(["build", "-p", "blitzen-python", "--message-format=json-render-diagnostics"])
+        .args(["build", "--workspace", "--all-targets", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo runs");
-    assert!(out.status.success(), "cargo build -p blitzen-python failed");
+    assert!(out.status.success(), "cargo build --workspace --all-targets failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
@@ -76,46 +62,35 @@ fn stage(library: &Path, into: &Path) -> PathBuf {
     into.to_path_buf()
 }
 
-/// A virtual environment with what the suite imports.
-fn venv(at: &Path) -> PathBuf {
-    let python = at.join("bin/python");
-    if !python.exists() {
-        let system = std::env::var("BLITZEN_PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(system).arg("-m").arg("venv").arg(at), "python3 -m venv");
-    }
-    let ready = Command::new(&python)
-        .args(["-c", "import pytest, cloudpickle, numpy"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        run(
-            Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "pytest",
-                "cloudpickle",
-                "numpy",
-            ]),
-            "pip install pytest cloudpickle numpy",
-        );
-    }
+/// The interpreter of the virtual environment that `./test.sh` makes, with what the suite
+/// imports.
+fn python() -> PathBuf {
+    let python = std::env::var_os("BLITZEN_TEST_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-venv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "{} is missing: ./test.sh makes this virtual environment (python3 -m venv, then pip \
+         install -r python/tests/requirements.txt); or set BLITZEN_TEST_PYTHON",
+        python.display()
+    );
     python
 }
 
 #[test]
 fn the_python_package_passes_its_pytest_suite() {
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let python = python();
     let library = build_extension();
     let site = stage(&library, &scratch.join("python-package"));
-    let python = venv(&scratch.join("python-venv"));
     let tests = workspace().join("python/tests");
-    let out = Command::new(&python)
-        .current_dir(&tests)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "."])
+    let mut pytest = Command::new(&python);
+    pytest.current_dir(&tests).args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "."]);
+    if let Some(report) = std::env::var_os("BLITZEN_PYTEST_JUNIT") {
+        pytest.arg("--junitxml").arg(report);
+    }
+    let out = pytest
         .env("PYTHONPATH", &site)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("BLITZEN_SECRET")
