@@ -44,7 +44,9 @@ as_root() {
 apt_install() {
   local why=$1
   shift
-  local by_hand="sudo apt-get update && sudo apt-get install -y $*"
+  local sudo="sudo "
+  [ "$(id -u)" -ne 0 ] || sudo=""
+  local by_hand="${sudo}apt-get update && ${sudo}apt-get install -y $*"
   command -v apt-get >/dev/null 2>&1 \
     || cannot "$why, and this machine has no apt-get to install $* with" "$by_hand"
   local root
@@ -102,16 +104,14 @@ fi
 
 # --- the build, then every test -----------------------------------------------------------
 
-# One build of every target, the Python extension among them: its dependencies' features are
-# resolved once for all, so nothing is built twice.
-cargo build --workspace --all-targets --locked
-
 reports=$target/nextest
 mkdir -p "$reports"
 pytest_report=$reports/pytest.xml
 doctest_log=$reports/doctests.log
 rm -f "$reports/default/junit.xml" "$pytest_report" "$doctest_log"
 
+# cargo-nextest builds every test, the binaries they start and the Python extension in one
+# `cargo test --no-run`, then runs them.
 status=0
 BLITZEN_TEST_PYTHON=$venv/bin/python BLITZEN_PYTEST_JUNIT=$pytest_report \
   cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
