@@ -43,14 +43,15 @@ pub fn cargo() -> Command {
     command
 }
 
-/// Builds a binary of this crate with the release profile, into the target directory of the
-/// running test, and returns its path. Compiling is slow the first time (every dependency is
-/// built again with optimisations); later runs find it up to date.
-pub fn build_release(name: &str) -> io::Result<PathBuf> {
+/// Builds the binary `name` of the workspace package `package` with the release profile, into
+/// the target directory of the running test, and returns its path. Compiling is slow the first
+/// time (every dependency of the package is built again with optimisations); later runs find it
+/// up to date.
+pub fn build_release(package: &str, name: &str) -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let target = (exe.ancestors().nth(3)).ok_or_else(|| io::Error::other("no target dir"))?;
     let output = cargo()
-        .args(["build", "--quiet", "--release", "--package", env!("CARGO_PKG_NAME"), "--bin", name])
+        .args(["build", "--quiet", "--release", "--package", package, "--bin", name])
         .arg("--target-dir")
         .arg(target)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

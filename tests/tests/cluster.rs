@@ -13,7 +13,7 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, RunOptions, TaskError, command, echo, sleep,
 };
 use blitzen_tests::cluster::{
-    TempFile, binary, build_release, driver, free_port, start_agent, start_agent_with,
+    TempFile, binary, driver, free_port, start_agent, start_agent_with,
     start_program, start_server,
 };
 use blitzen_tests::trial;
@@ -297,43 +297,6 @@ fn users_own_client_runs_its_own_tasks() -> Result<(), Failed> {
     let id = d.run(triple, 14);
     let r = d.get_results_with(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
     check(r[0] == Ok(42), format!("{r:?}"))
-}
-
-/// The tasks of a library crate, named only in `blitzen::tasks![]` by a client program, are
-/// served in a debug and in a release build; the agent and the server name them in their logs.
-fn tasks_of_a_library_crate_are_served_in_debug_and_release() -> Result<(), Failed> {
-    use blitzen_test_tasks::{geometry::volume, reverse_words, square};
-    let debug = binary("blitzen-own-client").map_err(fail)?;
-    let release = build_release("blitzen-own-client").map_err(fail)?;
-    for client in [debug, release] {
-        let server = start_server(&[]).map_err(fail)?;
-        let mut program = std::process::Command::new(&client);
-        program.args([server.addr.as_str(), "2"]);
-        let agent = start_program(program, "library-client").map_err(fail)?;
-        let d = driver(&server.addr);
-        let a = d.run(square, 7);
-        let b = d.run(volume, (2, 3, 4));
-        let c = d.run(reverse_words, "served from a library".into());
-        let fetch = Fetch::default().within(WAIT);
-        let got = (d.get_results_with(&[a], fetch), d.get_results_with(&[b], fetch));
-        let words = d.get_results_with(&[c], fetch).map_err(fail)?;
-        let (a, b) = (got.0.map_err(fail)?, got.1.map_err(fail)?);
-        let what = client.display();
-        check(a == [Ok(49)] && b == [Ok(24)], format!("{what}: {a:?} {b:?}"))?;
-        check(words == [Ok("library a from served".to_string())], format!("{what}: {words:?}"))?;
-        let (agent_log, server_log) = (agent.log_text(), server.process.log_text());
-        for name in ["square", "volume", "reverse_words", "echo"] {
-            check(
-                agent_log.contains(name),
-                format!("{what}: agent log lacks {name}:\n{agent_log}"),
-            )?;
-            check(
-                server_log.lines().any(|l| l.contains("agent connected") && l.contains(name)),
-                format!("{what}: server log lacks {name}:\n{server_log}"),
-            )?;
-        }
-    }
-    Ok(())
 }
 
 fn map_runs_over_the_cluster_in_order() -> Result<(), Failed> {
@@ -660,7 +623,6 @@ fn main() -> std::process::ExitCode {
         trial!(join_within_gives_up_with_the_reason_and_keeps_every_result),
         trial!(thirty_two_mib_payload_round_trips),
         trial!(map_runs_over_the_cluster_in_order),
-        trial!(tasks_of_a_library_crate_are_served_in_debug_and_release),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),
         trial!(connecting_says_it_retries_and_a_bad_name_fails_at_once),
