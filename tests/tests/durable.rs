@@ -153,10 +153,11 @@ fn a_task_running_at_a_kill_9_finishes_once() -> Result<(), Failed> {
         Ok(out) => out,
         Err(e) => return Err(fail(format!("the task failed: {e}"))),
     };
-    check(out.success() && out.stdout.as_slice() == b"finished\n", format!("{out:?}"))?;
-    check(runs == 1, format!("started {runs} times, not once"))?;
-    let log = back.process.log_text();
-    check(log.contains("kept=1"), format!("re-attached with the task:\n{log}"))
+    let (before, log) = (server.process.log_text(), back.process.log_text());
+    let logs = format!("the server before the kill:\n{before}\nafter the restart:\n{log}");
+    check(out.success() && out.stdout.as_slice() == b"finished\n", format!("{out:?}\n{logs}"))?;
+    check(runs == 1, format!("started {runs} times, not once\n{logs}"))?;
+    check(log.contains("kept=1"), format!("re-attached with the task:\n{logs}"))
 }
 
 /// When an agent does not come back after the restart, the restored tasks it may have been
