@@ -13,8 +13,7 @@ use blitzen::{
     CommandSpec, DispatchError, ExitReason, Fetch, RunOptions, TaskError, command, echo, sleep,
 };
 use blitzen_tests::cluster::{
-    TempFile, binary, driver, free_port, start_agent, start_agent_with,
-    start_program, start_server,
+    TempFile, binary, driver, free_port, start_agent, start_agent_with, start_program, start_server,
 };
 use blitzen_tests::trial;
 use blitzen_tests::{check, fail};
