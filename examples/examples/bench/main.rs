@@ -12,7 +12,7 @@
 //! them when done; `bench/pool_baseline.py` measures Python's `multiprocessing.Pool` on the
 //! same workloads, and `--baseline` puts its figures beside ours.
 //!
-//! - `workloads`: W1–W15.
+//! - `workloads`: W1–W16.
 //! - `procs`: the server and agent child processes; CPU time and memory read from `/proc`.
 //! - `report`: statistics, the table, the JSON lines, the baseline.
 
@@ -33,7 +33,7 @@ use workloads::Workload;
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Args {
-    /// Workloads to run, comma-separated (W1 … W15); all by default.
+    /// Workloads to run, comma-separated (W1 … W16); all by default.
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
     workload: Vec<Workload>,
     /// Run one path only; both by default.

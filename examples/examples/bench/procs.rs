@@ -26,6 +26,8 @@ const SECRET: &str = "BLITZEN_BENCH_SECRET";
 const PLAINTEXT: &str = "BLITZEN_BENCH_PLAINTEXT";
 /// When set: the server serves its dashboard on 127.0.0.1 (any port) and says where.
 const DASHBOARD: &str = "BLITZEN_BENCH_DASHBOARD";
+/// A driver's number of tasks (W16).
+const TASKS: &str = "BLITZEN_BENCH_TASKS";
 
 /// The secret of the benchmark's secured clusters.
 const BENCH_SECRET: &str = "the benchmark's own cluster secret";
@@ -55,6 +57,7 @@ pub fn child_role() -> Option<ExitCode> {
     let result = match role.as_str() {
         "server" => serve(),
         "agent" => agent(),
+        "driver" => driver(),
         other => Err(format!("unknown role `{other}`")),
     };
     Some(match result {
@@ -77,7 +80,7 @@ fn stdin_closed() -> CancellationToken {
     token
 }
 
-fn say(line: &str) -> Result<()> {
+pub fn say(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
 }
@@ -135,6 +138,27 @@ fn agent() -> Result<()> {
         });
         blitzen_client::run(config, stdin_closed()).await.map_err(|e| e.to_string())
     })
+}
+
+/// W16's driver: its memory once connected, then, after `go` on stdin, its seconds and peak
+/// memory (see [`crate::workloads::drive`]).
+fn driver() -> Result<()> {
+    let server = std::env::var(SERVER).map_err(|_| format!("{SERVER} is not set"))?;
+    let tasks: u64 = std::env::var(TASKS)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("{TASKS} is not a number"))?;
+    let go = || {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("stdin: {e}"))?;
+        if line.trim() == "go" {
+            Ok(())
+        } else {
+            Err(format!("`{}`, not `go`, on stdin", line.trim()))
+        }
+    };
+    let done = crate::workloads::drive(&server, tasks, go)?;
+    say(&done)
 }
 
 /// A child process in a role; stopped (stdin closed, then killed if it lingers) when dropped.
@@ -209,6 +233,23 @@ impl Proc {
         let mut env = vec![(SERVER, addr.to_string()), (WORKERS, workers.to_string())];
         env.extend(security.env());
         Self::spawn("agent", &env)
+    }
+
+    /// Starts W16's driver of `tasks` tasks for the server at `addr`; it reports its memory,
+    /// then, after [`Proc::go`], its seconds and peak memory ([`Proc::report`]).
+    pub fn driver(addr: &str, tasks: u64) -> Result<Self> {
+        Self::spawn("driver", &[(SERVER, addr.to_string()), (TASKS, tasks.to_string())])
+    }
+
+    /// Tells a driver to start.
+    pub fn go(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().ok_or("the driver's stdin is closed")?;
+        writeln!(stdin, "go").and_then(|()| stdin.flush()).map_err(|e| format!("driver: {e}"))
+    }
+
+    /// The next line the child reports.
+    pub fn report(&mut self) -> Result<String> {
+        self.next_line()
     }
 
     /// Waits until an agent says it is connected with its workers up.
@@ -354,14 +395,24 @@ impl Cluster {
 
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The most resident memory a process has had so far, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// A field of `/proc/PID/status` given in kB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// CPU time a process's live threads have used, in nanoseconds (`schedstat`: exact, unlike the

@@ -85,6 +85,7 @@ fn bar(workload: Workload, path: Path) -> Option<Bar> {
         (W7, D) => 20.0,
         (W8, M) => 20.0,
         (W8, D) => 100.0,
+        (W16, D) => 90.0,
         _ => return None,
     };
     let rate_floor = (workload == W5).then_some(500_000.0);

@@ -53,10 +53,11 @@ pub enum Workload {
     W13,
     W14,
     W15,
+    W16,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 15] = [
+    pub const ALL: [Workload; 16] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -72,18 +73,19 @@ impl Workload {
         Workload::W13,
         Workload::W14,
         Workload::W15,
+        Workload::W16,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 15] = [
+        const NAMES: [&str; 16] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15",
+            "W14", "W15", "W16",
         ];
         NAMES[self as usize]
     }
 
-    /// W5, W6, the data directory's W9–W11, encryption's W12–W14 and the dashboard's W15 are
-    /// about the server and its connections: distributed only.
+    /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15 and the 10M tasks
+    /// of W16 are about the server and its connections: distributed only.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
@@ -98,7 +100,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W15"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W16"))
     }
 }
 
@@ -139,6 +141,7 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W13, _) => encrypted_vs_plain(runs, Compare::Latency),
         (Workload::W14, _) => encrypted_vs_plain(runs, Compare::Payload),
         (Workload::W15, _) => watched_vs_unwatched(runs),
+        (Workload::W16, _) => at_scale(runs),
     }
 }
 
@@ -775,6 +778,95 @@ fn watched_vs_unwatched(runs: usize) -> Result<Measured> {
             ("event_stream_bytes", streamed as f64),
         ],
     })
+}
+
+// ----- W16: 10M tasks at once -----
+
+/// W16's sizes: the rate and memory at the larger one are compared with the smaller one's.
+const W16_SIZES: [u64; 2] = [1_000_000, 10_000_000];
+
+/// Results fetched per call while the driver collects W16's tasks (in submission order).
+const W16_FETCH: usize = 100_000;
+
+/// One W16 run of one size: a fresh cluster (server, one agent of two workers) and a driver of
+/// its own, so that each process's peak memory is this run's.
+struct AtScale {
+    tasks_per_s: f64,
+    /// Peak resident memory above the process's start, per task.
+    driver_bytes_per_task: f64,
+    server_bytes_per_task: f64,
+}
+
+fn at_scale_once(tasks: u64) -> Result<AtScale> {
+    let cluster = Cluster::start(1, 2)?;
+    let mut driver = Proc::driver(&cluster.addr, tasks)?;
+    let driver_base: f64 = driver.report()?.parse().map_err(|_| "driver: no base memory")?;
+    let server_base = procs::rss_bytes(cluster.server.pid())? as f64;
+    driver.go()?;
+    let done = driver.report()?;
+    let mut fields = done.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(seconds)), Some(Ok(driver_peak))) = (fields.next(), fields.next()) else {
+        return Err(format!("driver: `{done}` is not `SECONDS PEAK_BYTES`"));
+    };
+    let server_peak = procs::peak_rss_bytes(cluster.server.pid())? as f64;
+    let n = tasks as f64;
+    Ok(AtScale {
+        tasks_per_s: n / seconds,
+        driver_bytes_per_task: (driver_peak - driver_base).max(0.0) / n,
+        server_bytes_per_task: (server_peak - server_base).max(0.0) / n,
+    })
+}
+
+/// 1M and then 10M no-op tasks submitted at once; the headline is the rate at 10M as a
+/// percentage of the rate at 1M (no slowdown with size: 100 %).
+fn at_scale(runs: usize) -> Result<Measured> {
+    let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let a = at_scale_once(W16_SIZES[0])?;
+        let b = at_scale_once(W16_SIZES[1])?;
+        ratios.push(100.0 * b.tasks_per_s / a.tasks_per_s);
+        small.push(a);
+        large.push(b);
+    }
+    let of =
+        |runs: &[AtScale], f: fn(&AtScale) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    Ok(Measured {
+        params: json!({ "tasks": W16_SIZES, "agents": 1, "workers_per_agent": 2,
+                        "submitted": "all at once, then fetched in submission order" }),
+        runs: ratios,
+        units: "% of the 1M rate",
+        better: Better::Higher,
+        extra: vec![
+            ("tasks_per_s_1m", of(&small, |r| r.tasks_per_s)),
+            ("tasks_per_s_10m", of(&large, |r| r.tasks_per_s)),
+            ("driver_peak_b_per_task_1m", of(&small, |r| r.driver_bytes_per_task)),
+            ("driver_peak_b_per_task_10m", of(&large, |r| r.driver_bytes_per_task)),
+            ("server_peak_b_per_task_1m", of(&small, |r| r.server_bytes_per_task)),
+            ("server_peak_b_per_task_10m", of(&large, |r| r.server_bytes_per_task)),
+        ],
+    })
+}
+
+/// W16's driver, in a process of its own (see [`Proc::driver`]): connects, says its resident
+/// memory, waits for `go`, submits `tasks` no-op tasks at once, fetches every result in
+/// submission order, checks each, and says the seconds that took and its peak memory.
+pub fn drive(server: &str, tasks: u64, go: impl FnOnce() -> Result<()>) -> Result<String> {
+    let d = blitzen::distributed::DistributedDispatcher::new(server);
+    d.connect().map_err(|e| e.to_string())?;
+    warm_up(&d)?;
+    crate::procs::say(&procs::rss_bytes(std::process::id())?.to_string())?;
+    go()?;
+    let start = Instant::now();
+    let ids: Vec<_> = (0..tasks).map(|i| d.run(noop, i)).collect();
+    for (n, chunk) in ids.chunks(W16_FETCH).enumerate() {
+        let out = wait(&d, chunk)?;
+        let first = (n * W16_FETCH) as u64;
+        if out.iter().enumerate().any(|(i, &x)| x != first + i as u64) {
+            return Err("W16: a result is not its input".into());
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(format!("{seconds} {}", procs::peak_rss_bytes(std::process::id())?))
 }
 
 // ----- statistics -----
