@@ -87,12 +87,39 @@ fn baseline_ratios_appear_in_the_table() {
     assert!(table.contains("vs Pool"), "{table}");
 }
 
+/// W16 at a small scale: a driver process of its own submits, fetches and reports, and every
+/// figure is there and plausible.
+#[test]
+fn w16_reports_rates_and_memory_per_task_at_both_sizes() {
+    let out = Command::new(bench())
+        .args(["--runs", "1", "--workload", "W16", "--json"])
+        .env("BLITZEN_BENCH_W16_SIZES", "20000,40000")
+        .output()
+        .expect("the bench runs");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let record: Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(record["name"], "W16", "{record}");
+    assert_eq!(record["params"]["tasks"], serde_json::json!([20000, 40000]), "{record}");
+    let ratio = record["median"].as_f64().expect("a median");
+    assert!(ratio > 0.0 && ratio.is_finite(), "{record}");
+    for size in ["1m", "10m"] {
+        let rate = record["extra"][format!("tasks_per_s_{size}")].as_f64().expect("a rate");
+        assert!(rate > 100.0, "{record}");
+        for process in ["driver", "server"] {
+            let bytes = &record["extra"][format!("{process}_peak_b_per_task_{size}")];
+            let bytes = bytes.as_f64().expect("bytes per task");
+            assert!((0.0..1e6).contains(&bytes), "{record}");
+        }
+    }
+}
+
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W16"]);
+    let out = run(&["--workload", "W17"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W16` is not a workload: use W1 … W15"),
+        text(&out.stderr).contains("`W17` is not a workload: use W1 … W16"),
         "{}",
         text(&out.stderr)
     );

@@ -785,6 +785,18 @@ fn watched_vs_unwatched(runs: usize) -> Result<Measured> {
 /// W16's sizes: the rate and memory at the larger one are compared with the smaller one's.
 const W16_SIZES: [u64; 2] = [1_000_000, 10_000_000];
 
+/// Other sizes for W16, `SMALL,LARGE` (the bench's own test runs it small).
+const W16_SIZES_ENV: &str = "BLITZEN_BENCH_W16_SIZES";
+
+fn w16_sizes() -> Result<[u64; 2]> {
+    let Ok(text) = std::env::var(W16_SIZES_ENV) else { return Ok(W16_SIZES) };
+    let sizes: Vec<u64> = text.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+    match sizes[..] {
+        [small, large] if 0 < small && small <= large => Ok([small, large]),
+        _ => Err(format!("{W16_SIZES_ENV}=`{text}` is not `SMALL,LARGE` task counts")),
+    }
+}
+
 /// Results fetched per call while the driver collects W16's tasks (in submission order).
 const W16_FETCH: usize = 100_000;
 
@@ -820,10 +832,11 @@ fn at_scale_once(tasks: u64) -> Result<AtScale> {
 /// 1M and then 10M no-op tasks submitted at once; the headline is the rate at 10M as a
 /// percentage of the rate at 1M (no slowdown with size: 100 %).
 fn at_scale(runs: usize) -> Result<Measured> {
+    let sizes = w16_sizes()?;
     let (mut small, mut large, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let a = at_scale_once(W16_SIZES[0])?;
-        let b = at_scale_once(W16_SIZES[1])?;
+        let a = at_scale_once(sizes[0])?;
+        let b = at_scale_once(sizes[1])?;
         ratios.push(100.0 * b.tasks_per_s / a.tasks_per_s);
         small.push(a);
         large.push(b);
@@ -831,7 +844,7 @@ fn at_scale(runs: usize) -> Result<Measured> {
     let of =
         |runs: &[AtScale], f: fn(&AtScale) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     Ok(Measured {
-        params: json!({ "tasks": W16_SIZES, "agents": 1, "workers_per_agent": 2,
+        params: json!({ "tasks": sizes, "agents": 1, "workers_per_agent": 2,
                         "submitted": "all at once, then fetched in submission order" }),
         runs: ratios,
         units: "% of the 1M rate",
