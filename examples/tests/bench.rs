@@ -103,7 +103,7 @@ fn w16_reports_rates_and_memory_per_task_at_both_sizes() {
     assert_eq!(record["params"]["tasks"], serde_json::json!([20000, 40000]), "{record}");
     let ratio = record["median"].as_f64().expect("a median");
     assert!(ratio > 0.0 && ratio.is_finite(), "{record}");
-    for size in ["1m", "10m"] {
+    for size in ["small", "large"] {
         let rate = record["extra"][format!("tasks_per_s_{size}")].as_f64().expect("a rate");
         assert!(rate > 100.0, "{record}");
         for process in ["driver", "server"] {
@@ -125,6 +125,17 @@ fn bad_input_is_refused_clearly() {
     );
     let out = run(&["--runs", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = Command::new(bench())
+        .args(["--runs", "1", "--workload", "W16"])
+        .env("BLITZEN_BENCH_W16_SIZES", "ten,20")
+        .output()
+        .expect("the bench runs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("BLITZEN_BENCH_W16_SIZES=`ten,20` is not `SMALL,LARGE`"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["--baseline", "/nonexistent/pool.jsonl"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read the baseline"), "{}", text(&out.stderr));

@@ -12,12 +12,17 @@
 //! them when done; `bench/pool_baseline.py` measures Python's `multiprocessing.Pool` on the
 //! same workloads, and `--baseline` puts its figures beside ours.
 //!
-//! - `workloads`: W1–W16.
-//! - `procs`: the server and agent child processes; CPU time and memory read from `/proc`.
-//! - `report`: statistics, the table, the JSON lines, the baseline.
+//! - `workloads`: W1–W8 in `workloads/mod.rs`, with the data directory's W9–W11
+//!   (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`) and W16's 10M tasks
+//!   (`at_scale`) in files of their own.
+//! - `procs`: the server, agent and driver child processes; CPU time and memory read from
+//!   `/proc`.
+//! - `stats`: medians and percentiles.
+//! - `report`: the bars, the table, the JSON lines, the baseline.
 
 mod procs;
 mod report;
+mod stats;
 mod workloads;
 
 use std::path::PathBuf;

@@ -113,12 +113,19 @@ fn serve() -> Result<()> {
     })
 }
 
+/// A child's setting from its environment.
+fn setting(name: &str) -> Result<String> {
+    std::env::var(name).map_err(|_| format!("{name} is not set"))
+}
+
+/// A child's numeric setting from its environment.
+fn number<T: std::str::FromStr>(name: &str) -> Result<T> {
+    setting(name)?.parse().map_err(|_| format!("{name} is not a number"))
+}
+
 fn agent() -> Result<()> {
-    let server = std::env::var(SERVER).map_err(|_| format!("{SERVER} is not set"))?;
-    let workers: usize = std::env::var(WORKERS)
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| format!("{WORKERS} is not a number"))?;
+    let server = setting(SERVER)?;
+    let workers: usize = number(WORKERS)?;
     let mut config = AgentConfig::new(&server, workers);
     let (secret, plaintext) = security()?;
     config.secret = secret;
@@ -143,11 +150,8 @@ fn agent() -> Result<()> {
 /// W16's driver: its memory once connected, then, after `go` on stdin, its seconds and peak
 /// memory (see [`crate::workloads::drive`]).
 fn driver() -> Result<()> {
-    let server = std::env::var(SERVER).map_err(|_| format!("{SERVER} is not set"))?;
-    let tasks: u64 = std::env::var(TASKS)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| format!("{TASKS} is not a number"))?;
+    let server = setting(SERVER)?;
+    let tasks: u64 = number(TASKS)?;
     let go = || {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map_err(|e| format!("stdin: {e}"))?;

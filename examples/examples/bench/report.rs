@@ -7,7 +7,8 @@ use std::path::Path as FsPath;
 use serde_json::{Map, Value, json};
 
 use crate::Path;
-use crate::workloads::{Measured, Workload, median};
+use crate::stats::median;
+use crate::workloads::{Measured, Workload};
 
 /// Which way is good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
