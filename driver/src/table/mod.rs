@@ -1,6 +1,8 @@
 //! [`ResultTable`]: the results a dispatcher keeps, pending until a worker answers, then done
 //! until fetched.
 
+mod slots;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use blitzen_protocol::ids::DriverTaskId;
 use crate::error::DispatchError;
 use crate::progress::{Progress, REDRAW};
 use crate::results::{Fetch, TaskId, TaskResult};
+use slots::{Kinds, Slot, Slots};
 
 /// How long a waiter watches for results before sleeping ([`ResultTable::spin_briefly`]).
 const SPIN: Duration = Duration::from_micros(250);
@@ -42,7 +45,11 @@ struct TableState {
     origin: u32,
     /// The number of the next task; numbers below it were issued.
     next: u64,
-    slots: HashMap<u64, Slot>,
+    slots: Slots,
+    /// The name and signature of each pending slot's task, by number.
+    kinds: Kinds,
+    /// What is known about the delay of some pending tasks (no agent can run them yet).
+    notes: HashMap<u64, String>,
     /// Slots still `Pending`, so waiting for all needs no scan.
     pending: usize,
     /// Set when no more tasks can run: new tasks end with this outcome at once.
@@ -51,12 +58,12 @@ struct TableState {
     subscribers: HashMap<u64, std::sync::mpsc::Sender<u64>>,
 }
 
-#[derive(Debug)]
-enum Slot {
-    /// `note` says what is known about a delay (no agent can run it yet).
-    Pending { task: Cow<'static, str>, signature: &'static str, note: Option<String> },
-    /// Boxed: most slots are pending at any time, and a result is seven times the size.
-    Done(Box<TaskResult>),
+impl TableState {
+    /// What is known about the delay of pending task `seq`, if anything.
+    fn detail(&self, seq: u64, kind: u32) -> Option<String> {
+        let note = self.notes.get(&seq)?;
+        Some(format!("task {seq} `{}`: {note}", self.kinds.get(kind).0))
+    }
 }
 
 impl ResultTable {
@@ -70,7 +77,9 @@ impl ResultTable {
             state: Mutex::new(TableState {
                 origin,
                 next: 1,
-                slots: HashMap::new(),
+                slots: Slots::default(),
+                kinds: Kinds::default(),
+                notes: HashMap::new(),
                 pending: 0,
                 closed: None,
                 subscribers: HashMap::new(),
@@ -97,14 +106,11 @@ impl ResultTable {
     /// Takes on tasks of an attached session: each of `ids` is pending until its result
     /// arrives, and new ids start at `next` at the earliest.
     pub(crate) fn adopt(&self, ids: &[u64], next: u64) {
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let kind = st.kinds.id("attached", "");
         for &seq in ids {
-            if let std::collections::hash_map::Entry::Vacant(slot) = st.slots.entry(seq) {
-                slot.insert(Slot::Pending {
-                    task: Cow::Borrowed("attached"),
-                    signature: "",
-                    note: None,
-                });
+            if st.slots.insert(seq, Slot::Pending(kind)) {
                 st.pending += 1;
             }
         }
@@ -122,7 +128,8 @@ impl ResultTable {
         let seq = st.next;
         st.next += 1;
         let id = TaskId::new(st.origin, seq);
-        st.slots.insert(seq, Slot::Pending { task: Cow::Borrowed(task), signature, note: None });
+        let kind = st.kinds.id(task, signature);
+        st.slots.insert(seq, Slot::Pending(kind));
         st.pending += 1;
         let closed = st.closed.clone();
         drop(st);
@@ -142,14 +149,14 @@ impl ResultTable {
     pub(crate) fn subscribe(&self, seqs: &[u64], tx: &std::sync::mpsc::Sender<u64>) {
         let mut st = self.lock();
         for &seq in seqs {
-            match st.slots.get(&seq) {
-                Some(Slot::Pending { .. }) => {
+            match st.slots.get(seq) {
+                Some(Slot::Pending(_)) => {
                     st.subscribers.insert(seq, tx.clone());
                 }
                 Some(Slot::Done(_)) => {
                     let _ = tx.send(seq);
                 }
-                None => {}
+                Some(Slot::Fetched) | None => {}
             }
         }
     }
@@ -164,10 +171,11 @@ impl ResultTable {
 
     /// Attaches what is known about a delay to pending tasks.
     pub(crate) fn note(&self, seqs: &[u64], note: &str) {
-        let mut st = self.lock();
-        for seq in seqs {
-            if let Some(Slot::Pending { note: n, .. }) = st.slots.get_mut(seq) {
-                *n = Some(note.to_string());
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for &seq in seqs {
+            if let Some(Slot::Pending(_)) = st.slots.get(seq) {
+                st.notes.insert(seq, note.to_string());
             }
         }
     }
@@ -179,13 +187,19 @@ impl ResultTable {
         let st = &mut *guard;
         for r in batch {
             let seq = r.id.get();
-            let Some(slot) = st.slots.get_mut(&seq) else { continue };
-            let Slot::Pending { task, signature, .. } = slot else { continue };
+            let Some(slot) = st.slots.get_mut(seq) else { continue };
+            let &mut Slot::Pending(kind) = slot else { continue };
             st.pending -= 1;
-            if let Some(subscriber) = st.subscribers.remove(&seq) {
+            if !st.subscribers.is_empty()
+                && let Some(subscriber) = st.subscribers.remove(&seq)
+            {
                 let _ = subscriber.send(seq);
             }
-            let (task, signature) = (std::mem::take(task), *signature);
+            if !st.notes.is_empty() {
+                st.notes.remove(&seq);
+            }
+            let (task, signature) = st.kinds.get(kind);
+            let task = Cow::Borrowed(task);
             let result = TaskResult { id: seq, task, worker: r.worker, run: r.run, signature };
             *slot = Slot::Done(Box::new(result));
         }
@@ -216,8 +230,8 @@ impl ResultTable {
             st.closed.get_or_insert_with(|| outcome.clone());
             st.slots
                 .iter()
-                .filter(|(_, s)| matches!(s, Slot::Pending { .. }))
-                .map(|(&seq, _)| seq)
+                .filter(|(_, s)| matches!(s, Slot::Pending(_)))
+                .map(|(seq, _)| seq)
                 .collect()
         };
         let batch = (pending.into_iter())
@@ -239,7 +253,7 @@ impl ResultTable {
         }
         Ok(ids
             .iter()
-            .filter(|id| matches!(st.slots.get(&id.seq), Some(Slot::Pending { .. })))
+            .filter(|id| matches!(st.slots.get(id.seq), Some(Slot::Pending(_))))
             .map(|id| id.seq)
             .collect())
     }
@@ -248,8 +262,8 @@ impl ResultTable {
     pub(crate) fn all_unfinished(&self) -> Vec<u64> {
         let st = self.lock();
         let mut seqs: Vec<u64> = (st.slots.iter())
-            .filter(|(_, slot)| matches!(slot, Slot::Pending { .. }))
-            .map(|(&seq, _)| seq)
+            .filter(|(_, slot)| matches!(slot, Slot::Pending(_)))
+            .map(|(seq, _)| seq)
             .collect();
         seqs.sort_unstable();
         seqs
@@ -265,7 +279,7 @@ impl ResultTable {
             if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
                 return Err(DispatchError::UnknownTask(id.seq));
             }
-            if !st.slots.contains_key(&id.seq) {
+            if st.slots.get(id.seq).is_none() {
                 return Err(DispatchError::AlreadyFetched(id.seq));
             }
         }
@@ -274,8 +288,7 @@ impl ResultTable {
         let mut ready = 0;
         let mut spun = false;
         loop {
-            while ready < ids.len() && matches!(st.slots.get(&ids[ready].seq), Some(Slot::Done(_)))
-            {
+            while ready < ids.len() && matches!(st.slots.get(ids[ready].seq), Some(Slot::Done(_))) {
                 ready += 1;
             }
             if ready == ids.len() {
@@ -287,7 +300,7 @@ impl ResultTable {
                 continue;
             }
             progress.update(|| {
-                ids.iter().filter(|id| matches!(st.slots.get(&id.seq), Some(Slot::Done(_)))).count()
+                ids.iter().filter(|id| matches!(st.slots.get(id.seq), Some(Slot::Done(_)))).count()
             });
             st = match deadline {
                 None if progress.is_enabled() => {
@@ -299,12 +312,10 @@ impl ResultTable {
                         let mut pending = 0;
                         let mut detail = None;
                         for id in ids {
-                            if let Some(Slot::Pending { task, note, .. }) = st.slots.get(&id.seq) {
+                            if let Some(&Slot::Pending(kind)) = st.slots.get(id.seq) {
                                 pending += 1;
                                 if detail.is_none() {
-                                    detail = note
-                                        .as_ref()
-                                        .map(|n| format!("task {} `{task}`: {n}", id.seq));
+                                    detail = st.detail(id.seq, kind);
                                 }
                             }
                         }
@@ -323,14 +334,14 @@ impl ResultTable {
         progress.finish();
         let results = ids
             .iter()
-            .filter_map(|id| match st.slots.get(&id.seq) {
+            .filter_map(|id| match st.slots.get(id.seq) {
                 Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
                 _ => None,
             })
             .collect();
         if fetch.clear {
             for id in ids {
-                st.slots.remove(&id.seq);
+                st.slots.remove(id.seq);
             }
         }
         Ok(results)
@@ -354,9 +365,7 @@ impl ResultTable {
             if let Some(deadline) = deadline {
                 let Some(until) = deadline.checked_duration_since(Instant::now()) else {
                     let detail = st.slots.iter().find_map(|(seq, slot)| match slot {
-                        Slot::Pending { task, note: Some(n), .. } => {
-                            Some(format!("task {seq} `{task}`: {n}"))
-                        }
+                        &Slot::Pending(kind) => st.detail(seq, kind),
                         _ => None,
                     });
                     return Err(DispatchError::WaitTimedOut {
@@ -381,7 +390,7 @@ impl ResultTable {
             .drain()
             .filter_map(|(_, s)| match s {
                 Slot::Done(r) => Some(*r),
-                Slot::Pending { .. } => None,
+                Slot::Pending(_) | Slot::Fetched => None,
             })
             .collect();
         all.sort_by_key(|r| r.id);
