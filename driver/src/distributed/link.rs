@@ -222,7 +222,9 @@ impl Connection<'_> {
         connected: &mut Option<std::sync::mpsc::Sender<Result<(), DispatchError>>>,
     ) -> End {
         let Admitted { mut reader, write, .. } = admitted;
-        let (writer, written) = blitzen_net::spawn_writer::<FromDriver>(write);
+        // Acknowledgements and heartbeats do not wait behind queued submissions: the server
+        // holds each result until acknowledged, and counts silence.
+        let (writer, written) = blitzen_net::spawn_outbox::<FromDriver>(write, QUEUED_SUBMITS);
         let silence = (3 * self.heartbeat).max(Duration::from_secs(1));
         let mut declared = Declared::default();
         // The session first: what the server holds decides what is sent again.
@@ -298,7 +300,7 @@ impl Connection<'_> {
                             }
                         }
                         self.table.complete(reports);
-                        let _ = writer.send(FromDriver::Ack(ids));
+                        let _ = writer.send_urgent(FromDriver::Ack(ids));
                     }
                     Ok(Some(ToDriver::Waiting { ids, reason })) => {
                         debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
@@ -322,9 +324,11 @@ impl Connection<'_> {
                     Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
                 },
                 _ = ticks.tick() => {
-                    let _ = writer.send(FromDriver::Heartbeat);
+                    let _ = writer.send_urgent(FromDriver::Heartbeat);
                 }
-                Some(first) = queue.recv() => {
+                // Calls wait in the queue, not as submissions, while the socket is behind.
+                _ = writer.room(), if !writer.has_room() => {}
+                Some(first) = queue.recv(), if writer.has_room() => {
                     let (mut kinds, mut tasks) = (Vec::new(), Vec::new());
                     let mut next = Some(first);
                     // Calls are gathered into one submission; a cancel goes out in its place
@@ -368,6 +372,10 @@ impl Connection<'_> {
 
 /// Most submissions in one frame.
 const SUBMIT_BATCH: usize = 65_536;
+
+/// Submission frames queued for the writer at most: a task waits in the dispatcher's queue
+/// until the socket takes what is before it, so the calls not yet sent are held once.
+const QUEUED_SUBMITS: usize = 2;
 
 /// Connects and shakes hands, retrying with backoff until the connect timeout; refusals are
 /// final.
