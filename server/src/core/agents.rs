@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use blitzen_protocol::status::{RunningTask, WorkerState};
 
 use super::stats::Outcomes;
+use super::tasks::OptionalConn;
 use super::{Core, KindId};
 use crate::store::Change;
 
@@ -271,7 +272,9 @@ impl Core {
             if !agent.running.contains(&key) {
                 continue;
             }
-            let Some(timeout) = self.tasks.get(key).and_then(|t| t.timeout_ms) else { continue };
+            let Some(timeout) = self.tasks.get(key).and_then(|t| t.timeout_ms.get()) else {
+                continue;
+            };
             let at = now + Duration::from_millis(timeout) + self.config.deadline_grace;
             self.deadlines.push(Deadline { at, key, agent: conn });
         }
@@ -285,14 +288,14 @@ impl Core {
                 break;
             }
             self.deadlines.pop();
-            let still_there = self.tasks.get(key).is_some_and(|t| t.agent == Some(conn));
+            let still_there = self.tasks.get(key).is_some_and(|t| t.agent.get() == Some(conn));
             let Some(agent) = self.agents.get(&conn) else { continue };
             if !still_there || !agent.running.contains(&key) {
                 continue;
             }
             let host = agent.host.clone();
             let Some(task) = self.take_task(key) else { continue };
-            let timeout = Duration::from_millis(task.timeout_ms.unwrap_or_default());
+            let timeout = Duration::from_millis(task.timeout_ms.get().unwrap_or_default());
             let grace = self.config.deadline_grace;
             warn!(%conn, %host, task = %task.id, ?timeout, ?grace, "no answer by the task's deadline; settled by the server");
             let reason = format!(
@@ -324,7 +327,7 @@ impl Core {
                 continue;
             }
             let Some(task) = self.tasks.get_mut(key) else { continue };
-            task.agent = None;
+            task.agent = OptionalConn::NONE;
             task.attempts += 1;
             if task.attempts >= self.config.max_attempts {
                 lost.push(key);

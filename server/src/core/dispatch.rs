@@ -9,6 +9,7 @@ use blitzen_protocol::cluster::{Assignment, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
 
 use super::Core;
+use super::tasks::OptionalConn;
 
 /// Longest an acknowledgement of results waits for assignments to ride with.
 const ACK_DELAY: Duration = Duration::from_millis(20);
@@ -32,13 +33,13 @@ impl Core {
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
                 // `next_task_for` only picks kinds the agent has.
                 let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
-                task.agent = Some(conn);
+                task.agent = OptionalConn::some(conn);
                 agent.running.insert(key);
                 agent.outbox.push(Assignment {
                     key,
                     kind,
                     args: task.args.clone(),
-                    timeout_ms: task.timeout_ms,
+                    timeout_ms: task.timeout_ms.get(),
                     retries: task.retries,
                     seq: durable.then_some(task.seq),
                 });

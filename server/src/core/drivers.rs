@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::stats::SessionStats;
-use super::tasks::Task;
+use super::tasks::{OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::Change;
 
@@ -204,13 +204,13 @@ impl Core {
                 seq,
                 kind,
                 args: s.args,
-                timeout_ms,
+                timeout_ms: timeout_ms.into(),
                 retries: s.retries,
                 // 1 ms at least (0 is "no limit"); at most 49 days.
                 unrunnable_limit_ms: s
                     .unrunnable_limit_ms
                     .map_or(0, |ms| ms.clamp(1, u32::MAX.into()) as u32),
-                agent: None,
+                agent: OptionalConn::NONE,
                 attempts: 0,
             });
             if let Some(d) = self.drivers.get_mut(&conn) {
@@ -298,7 +298,7 @@ impl Core {
             self.tasks.remove(key);
         }
         // Tasks running for it are left to finish; their results are dropped on arrival.
-        self.tasks.retain(|t| t.driver != conn || t.agent.is_some());
+        self.tasks.retain(|t| t.driver != conn || t.agent.get().is_some());
     }
 
     /// Removes a task that has ended from the books.

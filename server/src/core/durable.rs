@@ -10,7 +10,7 @@ use tracing::{debug, error, info};
 
 use super::drivers::Driver;
 use super::reattach::Restart;
-use super::tasks::Task;
+use super::tasks::{OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::{Change, Loaded, SessionRecord, TaskRecord};
 
@@ -64,10 +64,10 @@ impl Core {
                 seq: record.seq,
                 kind,
                 args: record.args,
-                timeout_ms: record.timeout_ms,
+                timeout_ms: record.timeout_ms.into(),
                 retries: record.retries,
                 unrunnable_limit_ms: record.unrunnable_limit_ms,
-                agent: None,
+                agent: OptionalConn::NONE,
                 attempts: record.attempts,
             });
             let Some(d) = self.drivers.get_mut(&key) else { continue };
@@ -121,7 +121,7 @@ impl Core {
         let record = TaskRecord {
             kind: task.kind.0,
             args: task.args.clone(),
-            timeout_ms: task.timeout_ms,
+            timeout_ms: task.timeout_ms.get(),
             retries: task.retries,
             unrunnable_limit_ms: task.unrunnable_limit_ms,
             seq: task.seq,

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::Core;
 use super::agents::Deadline;
+use super::tasks::OptionalConn;
 use crate::store::Change;
 
 /// The restored tasks held back while the agents of the previous run re-attach.
@@ -48,11 +49,11 @@ impl Core {
                 let Some(key) = restart.held.remove(seq) else { continue };
                 let Some(task) = self.tasks.get_mut(key) else { continue };
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
-                task.agent = Some(conn);
+                task.agent = OptionalConn::some(conn);
                 agent.running.insert(key);
                 kept.push((*seq, key));
                 // It may have started long ago: held to its deadline from now.
-                if let Some(timeout) = task.timeout_ms {
+                if let Some(timeout) = task.timeout_ms.get() {
                     let at = now + Duration::from_millis(timeout) + self.config.deadline_grace;
                     self.deadlines.push(Deadline { at, key, agent: conn });
                 }

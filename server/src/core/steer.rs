@@ -37,7 +37,7 @@ impl Core {
         let mut by_agent: HashMap<ConnId, Vec<TaskKey>> = HashMap::new();
         for key in keys {
             let Some(task) = self.tasks.get(key) else { continue };
-            match task.agent {
+            match task.agent.get() {
                 Some(agent) => {
                     if self.cancelling.insert(key) {
                         by_agent.entry(agent).or_default().push(key);

@@ -27,19 +27,57 @@ pub(crate) struct Task {
     pub args: Bytes,
     /// Its timeout in milliseconds, counted from its start on a worker (the driver's, or the
     /// server's default).
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: OptionalMs,
     /// Reruns the agent may make when it crashes its worker or times out.
     pub retries: u32,
     /// How long, in milliseconds, it may wait while no connected agent can run it (see
     /// `waiting`); 0: as long as it takes. A plain `u32` (not an `Option`) packs with the other
     /// 32-bit fields: every byte here is paid once per queued task.
     pub unrunnable_limit_ms: u32,
-    /// The agent running it; `None` while queued. When set, that agent's `running` holds the
+    /// The agent running it; none while queued. When set, that agent's `running` holds the
     /// task's key, and no driver queue does.
-    pub agent: Option<ConnId>,
+    pub agent: OptionalConn,
     /// Times an agent holding it vanished; at `max_attempts` the task ends `Lost`. A task
     /// with attempts is one whose late result an agent may recover.
     pub attempts: u32,
+}
+
+/// An `Option<u64>` of milliseconds in eight bytes instead of sixteen: every byte of a [`Task`]
+/// is paid once per queued task. `u64::MAX` stands for none (a timeout of 584 million years is
+/// no timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OptionalMs(u64);
+
+impl OptionalMs {
+    pub(crate) const NONE: Self = Self(u64::MAX);
+
+    pub(crate) fn get(self) -> Option<u64> {
+        (self.0 != u64::MAX).then_some(self.0)
+    }
+}
+
+impl From<Option<u64>> for OptionalMs {
+    fn from(ms: Option<u64>) -> Self {
+        ms.map_or(Self::NONE, Self)
+    }
+}
+
+/// An `Option<ConnId>` in eight bytes: connection ids count up from 1, so `u64::MAX` is never
+/// an agent's and stands for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OptionalConn(u64);
+
+impl OptionalConn {
+    pub(crate) const NONE: Self = Self(u64::MAX);
+
+    pub(crate) fn some(conn: ConnId) -> Self {
+        debug_assert_ne!(conn.get(), u64::MAX, "not an agent's connection id");
+        Self(conn.get())
+    }
+
+    pub(crate) fn get(self) -> Option<ConnId> {
+        (self.0 != u64::MAX).then_some(ConnId::new(self.0))
+    }
 }
 
 impl Task {
@@ -182,7 +220,8 @@ mod tests {
     /// A million queued tasks cost this many bytes each, before their arguments.
     #[test]
     fn a_task_record_stays_small() {
-        assert!(std::mem::size_of::<Task>() <= 104, "{} bytes", std::mem::size_of::<Task>());
+        assert!(std::mem::size_of::<Task>() <= 88, "{} bytes", std::mem::size_of::<Task>());
+        assert!(std::mem::size_of::<Slot>() <= 96, "{} bytes", std::mem::size_of::<Slot>());
     }
 
     fn task(id: u64) -> Task {
@@ -192,10 +231,10 @@ mod tests {
             seq: id,
             kind: KindId(0),
             args: Bytes::new(),
-            timeout_ms: None,
+            timeout_ms: OptionalMs::NONE,
             retries: 0,
             unrunnable_limit_ms: 0,
-            agent: None,
+            agent: OptionalConn::NONE,
             attempts: 0,
         }
     }

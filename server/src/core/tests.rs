@@ -766,7 +766,7 @@ fn after_a_restart_restored_tasks_wait_for_the_saved_agents_and_finish_where_the
     assert_eq!(kept.len(), 1, "{kept:?}");
     let (seq, key) = kept[0];
     assert_eq!((seq, owner(&c, &key)), (11, (u64::MAX, 1)), "bound under a new key");
-    assert_eq!(c.tasks[&key].agent, Some(conn(10)));
+    assert_eq!(c.tasks[&key].agent.get(), Some(conn(10)));
     // Every saved agent is back: the rest are queued again, oldest first, and run.
     turn(&mut c);
     assert!(c.restart.is_none());

@@ -152,7 +152,7 @@ impl Core {
             let Some(queue) = d.queues.get(&kind) else { continue };
             let tasks: Vec<_> = (queue.iter())
                 .filter_map(|&key| {
-                    self.tasks.get(key).filter(|t| t.agent.is_none()).map(|t| (t.id, key))
+                    self.tasks.get(key).filter(|t| t.agent.get().is_none()).map(|t| (t.id, key))
                 })
                 .collect();
             if !tasks.is_empty() {
@@ -188,7 +188,9 @@ impl Core {
                 break;
             }
             self.give_ups.pop();
-            let Some(task) = self.tasks.get(key).filter(|t| t.agent.is_none()) else { continue };
+            let Some(task) = self.tasks.get(key).filter(|t| t.agent.get().is_none()) else {
+                continue;
+            };
             let kind = task.kind;
             if self.stranded.get(&kind).is_none_or(|s| s.episode != episode) {
                 continue;
