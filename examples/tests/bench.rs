@@ -87,6 +87,19 @@ fn baseline_ratios_appear_in_the_table() {
     assert!(table.contains("vs Pool"), "{table}");
 }
 
+/// W2 reports the machine's floor beside its own round trips: a round trip between two
+/// processes that sleep in `read` takes at least a microsecond, and less than a second.
+#[test]
+fn w2_reports_the_process_round_trip_floor() {
+    let out = run(&["--runs", "1", "--workload", "W2", "--path", "multicore", "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let line: Value = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON line");
+    let floor = line["extra"]["process_round_trip_floor_us"].as_f64().expect("a floor");
+    assert!((1.0..1e6).contains(&floor), "{line}");
+    let p50 = line["median"].as_f64().expect("a p50");
+    assert!((1.0..1e6).contains(&p50), "{line}");
+}
+
 /// W16 at a small scale: a driver process of its own submits, fetches and reports, and every
 /// figure is there and plausible.
 #[test]

@@ -58,6 +58,7 @@ pub fn child_role() -> Option<ExitCode> {
         "server" => serve(),
         "agent" => agent(),
         "driver" => driver(),
+        "echo" => echo(),
         other => Err(format!("unknown role `{other}`")),
     };
     Some(match result {
@@ -83,6 +84,45 @@ fn stdin_closed() -> CancellationToken {
 pub fn say(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+}
+
+/// The echo role: connects to the address in `SERVER` and sends back every byte it reads,
+/// sleeping in `read` between them, until the other side closes.
+fn echo() -> Result<()> {
+    let addr = std::env::var(SERVER).map_err(|_| "no address to echo to")?;
+    let mut stream =
+        std::net::TcpStream::connect(&addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let mut byte = [0u8; 1];
+    while stream.read_exact(&mut byte).is_ok() {
+        stream.write_all(&byte).map_err(|e| format!("echo: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The machine's floor for one round trip between two processes: p50 of `trips` one-byte
+/// round trips over loopback TCP to an echo process, both sides sleeping in `read`. Nothing of
+/// Blitzen runs; W2 crosses such a link twice per hop.
+pub fn wake_up_floor_us(trips: usize) -> Result<f64> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("address: {e}"))?;
+    let _echo = Proc::spawn("echo", &[(SERVER, addr.to_string())])?;
+    let (mut stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let mut byte = [7u8; 1];
+    let mut trips_us = Vec::with_capacity(trips);
+    for i in 0..trips + trips / 10 {
+        let start = std::time::Instant::now();
+        stream.write_all(&byte).map_err(|e| format!("send: {e}"))?;
+        stream.read_exact(&mut byte).map_err(|e| format!("receive: {e}"))?;
+        // The first tenth warms up.
+        if i >= trips / 10 {
+            trips_us.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    trips_us.sort_by(f64::total_cmp);
+    Ok(crate::stats::percentile(&trips_us, 0.50))
 }
 
 fn serve() -> Result<()> {

@@ -227,7 +227,9 @@ const W2_TRIPS: u64 = 2_000;
 fn latency<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
+    let mut floor = Vec::new();
     for _ in 0..runs {
+        floor.push(procs::wake_up_floor_us(W2_TRIPS as usize)?);
         let mut trips = Vec::with_capacity(W2_TRIPS as usize);
         for i in 0..W2_TRIPS {
             let start = Instant::now();
@@ -244,7 +246,7 @@ fn latency<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
         runs: p50,
         units: "µs p50",
         better: Better::Lower,
-        extra: vec![("p99_us", median(&p99))],
+        extra: vec![("p99_us", median(&p99)), ("process_round_trip_floor_us", median(&floor))],
     })
 }
 
