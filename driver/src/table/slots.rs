@@ -68,7 +68,20 @@ impl Slots {
             self.behind.insert(seq, slot);
             return true;
         }
-        let index = (seq - self.base) as usize;
+        let mut index = (seq - self.base) as usize;
+        let gap = index.saturating_sub(self.window.len());
+        if gap > COMPACT_FROM && gap > SPARSE * self.live_in_window {
+            // Far ahead of a small window (adopted tasks of an old session): the window starts
+            // again at `seq`, and what it held waits behind.
+            let base = self.base;
+            let held = std::mem::take(&mut self.window).into_iter().enumerate();
+            for (i, slot) in held.filter(|(_, slot)| !matches!(slot, Slot::Fetched)) {
+                self.behind.insert(base + i as u64, slot);
+            }
+            self.base = seq;
+            self.live_in_window = 0;
+            index = 0;
+        }
         if index >= self.window.len() {
             self.window.resize_with(index + 1, || Slot::Fetched);
         }
@@ -220,6 +233,19 @@ mod tests {
         assert!(slots.get(1).is_some());
         assert!(slots.remove(1).is_some());
         assert_eq!(slots.len(), 0);
+    }
+
+    #[test]
+    fn a_number_far_ahead_starts_the_window_again() {
+        let mut slots = Slots::default();
+        slots.insert(5, Slot::Pending(0));
+        slots.insert(10_000_000, Slot::Pending(0));
+        slots.insert(10_000_001, Slot::Pending(0));
+        assert!(slots.window.len() <= 2, "window of {}", slots.window.len());
+        assert_eq!(seqs(&slots), [5, 10_000_000, 10_000_001]);
+        assert!(slots.remove(5).is_some());
+        assert!(slots.remove(10_000_000).is_some());
+        assert_eq!(seqs(&slots), [10_000_001]);
     }
 
     #[test]

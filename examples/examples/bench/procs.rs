@@ -104,8 +104,8 @@ fn echo() -> Result<()> {
 /// round trips over loopback TCP to an echo process, both sides sleeping in `read`. Nothing of
 /// Blitzen runs; W2 crosses such a link twice per hop.
 pub fn wake_up_floor_us(trips: usize) -> Result<f64> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("bind: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("bind: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("address: {e}"))?;
     let _echo = Proc::spawn("echo", &[(SERVER, addr.to_string())])?;
     let (mut stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
