@@ -125,8 +125,9 @@ mod serde_bytes_compat {
 pub(crate) enum Change {
     /// A session's counts (created or updated).
     Session { session: String, record: SessionRecord },
-    /// A task taken from a driver.
-    Task { session: String, id: u64, record: TaskRecord },
+    /// Tasks taken from a driver in one submission, by the driver's id: one session name for
+    /// all of them (a million queued tasks must not cost a million copies of it).
+    Tasks { session: String, tasks: Vec<(u64, TaskRecord)> },
     /// A task ended (its result, if any, is a `Result`); `attempted` if it has attempts saved.
     TaskEnded { session: String, id: u64, attempted: bool },
     /// A task's agent vanished while holding it: it has been handed out this many times.
@@ -138,7 +139,7 @@ pub(crate) enum Change {
     /// An agent left (not when the server stops: then it is waited for after the restart).
     AgentGone { id: u64 },
     /// A result held for a driver.
-    Result { session: String, id: u64, report: TaskReport },
+    Result { session: String, id: u64, report: Box<TaskReport> },
     /// A driver acknowledged a result.
     ResultAcked { session: String, id: u64 },
     /// A session is over: it goes with its tasks and results.
@@ -298,11 +299,21 @@ impl Store {
 
     /// Commits `changes` in one transaction. After a failure the database is closed, and the
     /// next call opens it again first (redb keeps nothing of a transaction that failed).
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        self.apply_batches(std::slice::from_ref(&changes))
+    }
+
+    /// [`Store::apply`] for batches in order, in one transaction.
+    pub(crate) fn apply_batches<C: AsRef<[Change]>>(
+        &mut self,
+        batches: &[C],
+    ) -> Result<(), StoreError> {
         if self.db.is_none() {
             let db = open_database(&self.path).map_err(|e| StoreError::Write(e.to_string()))?;
             self.db = Some(db);
         }
+        let changes = batches.iter().flat_map(|batch| batch.as_ref());
         let result = self.apply_inner(changes).map_err(|e| StoreError::Write(e.to_string()));
         if result.is_err() {
             self.db = None;
@@ -310,7 +321,10 @@ impl Store {
         result
     }
 
-    fn apply_inner(&self, changes: &[Change]) -> Result<(), redb::Error> {
+    fn apply_inner<'c>(
+        &self,
+        changes: impl Iterator<Item = &'c Change>,
+    ) -> Result<(), redb::Error> {
         let encode = |value: &dyn erased::Encode| value.encode();
         let txn = self.db()?.begin_write()?;
         {
@@ -326,9 +340,11 @@ impl Store {
                     Change::Session { session, record } => {
                         sessions.insert(session.as_str(), encode(record)?.as_slice())?;
                     }
-                    Change::Task { session, id, record } => {
-                        tasks.insert((session.as_str(), *id), encode(record)?.as_slice())?;
-                        next_seq = next_seq.max(Some(record.seq + 1));
+                    Change::Tasks { session, tasks: taken } => {
+                        for (id, record) in taken {
+                            tasks.insert((session.as_str(), *id), encode(record)?.as_slice())?;
+                            next_seq = next_seq.max(Some(record.seq + 1));
+                        }
                     }
                     Change::TaskEnded { session, id, attempted } => {
                         tasks.remove((session.as_str(), *id))?;
@@ -349,7 +365,7 @@ impl Store {
                         agents.remove(*id)?;
                     }
                     Change::Result { session, id, report } => {
-                        results.insert((session.as_str(), *id), encode(report)?.as_slice())?;
+                        results.insert((session.as_str(), *id), encode(&**report)?.as_slice())?;
                     }
                     Change::ResultAcked { session, id } => {
                         results.remove((session.as_str(), *id))?;
@@ -406,7 +422,9 @@ pub(crate) fn spawn_writer(
 ) -> std::io::Result<(Batches, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Change>)>();
     let thread = std::thread::Builder::new().name("blitzen-store".into()).spawn(move || {
-        let mut pending: Vec<Change> = Vec::new();
+        // The batches waiting for a commit, each as the core sent it (not gathered into one
+        // vector: a burst of a million tasks is not held twice while it grows).
+        let mut pending: Vec<Vec<Change>> = Vec::new();
         let mut last = 0;
         let mut failing = false;
         loop {
@@ -425,9 +443,9 @@ pub(crate) fn spawn_writer(
             for (number, changes) in next.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()))
             {
                 last = number;
-                pending.extend(changes);
+                pending.push(changes);
             }
-            let event = match store.apply(&pending) {
+            let event = match store.apply_batches(&pending) {
                 Ok(()) => {
                     pending.clear();
                     if failing {
@@ -461,6 +479,12 @@ mod tests {
         std::env::temp_dir().join(format!("blitzen-store-{}-{label}", std::process::id()))
     }
 
+    /// Every change waiting for a commit is paid once per queued task or result.
+    #[test]
+    fn a_change_stays_small() {
+        assert!(std::mem::size_of::<Change>() <= 72, "{} bytes", std::mem::size_of::<Change>());
+    }
+
     fn record(seq: u64) -> TaskRecord {
         TaskRecord {
             kind: 0,
@@ -489,9 +513,10 @@ mod tests {
                     session: s(),
                     record: SessionRecord { name: "d".into(), accepted: 3, next_id: 4 },
                 },
-                Change::Task { session: s(), id: 1, record: record(10) },
-                Change::Task { session: s(), id: 2, record: record(11) },
-                Change::Task { session: s(), id: 3, record: record(12) },
+                Change::Tasks {
+                    session: s(),
+                    tasks: vec![(1, record(10)), (2, record(11)), (3, record(12))],
+                },
                 Change::Kind {
                     number: 0,
                     kind: TaskKind { name: "t".into(), fingerprint: 1, signature: "fn t()".into() },
@@ -502,12 +527,12 @@ mod tests {
                 Change::Agent { id: 9, host: "a".into() },
                 Change::Agent { id: 10, host: "b".into() },
                 Change::AgentGone { id: 9 },
-                Change::Result { session: s(), id: 2, report },
+                Change::Result { session: s(), id: 2, report: Box::new(report) },
                 Change::Session {
                     session: "gone".into(),
                     record: SessionRecord { name: "g".into(), accepted: 1, next_id: 2 },
                 },
-                Change::Task { session: "gone".into(), id: 1, record: record(13) },
+                Change::Tasks { session: "gone".into(), tasks: vec![(1, record(13))] },
                 Change::SessionEnded { session: "gone".into() },
             ])
             .expect("commits");

@@ -178,6 +178,7 @@ impl Core {
         let save_failure = self.save_failure().map(str::to_string);
         let mut undeclared = Vec::new();
         let count = submissions.len();
+        let mut records = Vec::with_capacity(if session.is_some() { count } else { 0 });
         if let (Some(d), Some(last)) = (self.drivers.get_mut(&conn), submissions.last()) {
             d.next_id = d.next_id.max(last.id.get() + 1);
         }
@@ -217,13 +218,18 @@ impl Core {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
             }
-            if let Some(session) = &session {
-                self.record_task(key, session);
+            if session.is_some() {
+                records.extend(self.task_record(key));
             }
             let can_run = *runnable.entry(kind).or_insert_with(|| self.can_run(kind));
             if !can_run {
                 unrunnable.entry(kind).or_default().push((s.id, key));
             }
+        }
+        if let Some(session) = session
+            && !records.is_empty()
+        {
+            self.record(Change::Tasks { session, tasks: records });
         }
         debug!(%conn, driver = %name, count, refused = refused.len(), "tasks submitted");
         if !undeclared.is_empty() {
@@ -354,7 +360,7 @@ impl Core {
     /// Saves a result with this turn's changes (with a data directory and a session).
     pub(super) fn record_result(&mut self, conn: ConnId, report: &TaskReport) {
         if let Some(session) = self.durable_session(conn) {
-            let (id, report) = (report.id.get(), report.clone());
+            let (id, report) = (report.id.get(), Box::new(report.clone()));
             self.record(Change::Result { session, id, report });
         }
     }

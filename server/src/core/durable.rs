@@ -115,9 +115,9 @@ impl Core {
         self.durable.as_ref().map_or(0, |d| d.next_batch)
     }
 
-    /// Records a task taken from a driver.
-    pub(super) fn record_task(&mut self, key: TaskKey, session: &str) {
-        let Some(task) = self.tasks.get(key) else { return };
+    /// The record of a task taken from a driver, with the driver's id of it.
+    pub(super) fn task_record(&self, key: TaskKey) -> Option<(u64, TaskRecord)> {
+        let task = self.tasks.get(key)?;
         let record = TaskRecord {
             kind: task.kind.0,
             args: task.args.clone(),
@@ -127,8 +127,7 @@ impl Core {
             seq: task.seq,
             attempts: 0,
         };
-        let (session, id) = (session.to_string(), task.id.get());
-        self.record(Change::Task { session, id, record });
+        Some((task.id.get(), record))
     }
 
     /// Records that a task's agent vanished while holding it.

@@ -647,7 +647,7 @@ fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
     };
     assert!(!accepted(&mut d), "not before the batch is committed");
     let (batch, changes) = saved.try_recv().expect("a batch");
-    assert!(changes.iter().any(|ch| matches!(ch, Change::Task { .. })), "{changes:?}");
+    assert!(changes.iter().any(|ch| matches!(ch, Change::Tasks { .. })), "{changes:?}");
     c.on_event(Event::Committed { batch });
     turn(&mut c);
     assert!(accepted(&mut d), "accepted once saved");
