@@ -332,16 +332,26 @@ impl ResultTable {
             };
         }
         progress.finish();
-        let results = ids
-            .iter()
-            .filter_map(|id| match st.slots.get(id.seq) {
-                Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
-                _ => None,
-            })
-            .collect();
-        if fetch.clear {
-            for id in ids {
-                st.slots.remove(id.seq);
+        if !fetch.clear {
+            let results = ids
+                .iter()
+                .filter_map(|id| match st.slots.get(id.seq) {
+                    Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
+                    _ => None,
+                })
+                .collect();
+            return Ok(results);
+        }
+        // Cleared: the results move out. An id asked for twice gets a copy of its first.
+        let mut results: Vec<TaskResult> = Vec::with_capacity(ids.len());
+        for id in ids {
+            match st.slots.remove(id.seq) {
+                Some(Slot::Done(r)) => results.push(*r),
+                _ => {
+                    if let Some(first) = results.iter().find(|r| r.id == id.seq) {
+                        results.push(first.clone());
+                    }
+                }
             }
         }
         Ok(results)
@@ -427,6 +437,22 @@ mod tests {
             .collect();
         assert_eq!(got, [30, 10, 20]);
         assert_eq!(table.fetch(&order, Fetch::default()).expect("kept").len(), 3);
+        assert!(matches!(
+            table.fetch(&ids[..1], Fetch::default()),
+            Err(DispatchError::AlreadyFetched(1))
+        ));
+    }
+
+    #[test]
+    fn an_id_asked_for_twice_in_one_fetch_comes_back_twice() {
+        let table = ResultTable::new();
+        let ids: Vec<TaskId<u64>> = (0..2).map(|_| table.register("t", "sig").0).collect();
+        table.complete(vec![done(1, 10), done(2, 20)]);
+        let twice = [ids[1], ids[0], ids[1]];
+        let got: Vec<u64> = (table.fetch(&twice, Fetch::default()).expect("known").iter())
+            .map(|r| r.decode().expect("value"))
+            .collect();
+        assert_eq!(got, [20, 10, 20]);
         assert!(matches!(
             table.fetch(&ids[..1], Fetch::default()),
             Err(DispatchError::AlreadyFetched(1))
