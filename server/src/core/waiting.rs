@@ -162,6 +162,22 @@ impl Core {
         out
     }
 
+    /// How many tasks of `kind` each driver has queued (for a warning: no list of a million
+    /// keys built to be counted).
+    fn queued_counts(&self, kind: KindId) -> Vec<(ConnId, usize)> {
+        let mut out = Vec::new();
+        for (&conn, d) in &self.drivers {
+            let Some(queue) = d.queues.get(&kind) else { continue };
+            let waiting = (queue.iter())
+                .filter(|&&key| self.tasks.get(key).is_some_and(|t| t.agent.get().is_none()))
+                .count();
+            if waiting > 0 {
+                out.push((conn, waiting));
+            }
+        }
+        out
+    }
+
     /// When [`Core::on_waiting_timer`] has something to do next.
     pub(super) fn next_waiting_timer(&self) -> Option<Instant> {
         let warning = self.stranded.values().map(|s| s.next_warning).min();
@@ -215,7 +231,7 @@ impl Core {
     /// Warns each driver with queued tasks of a stranded `kind`, and schedules the next
     /// warning; a kind with nothing queued any more is no longer stranded.
     fn warn_stranded(&mut self, kind: KindId, now: Instant) {
-        let queued = self.queued_of(kind);
+        let queued = self.queued_counts(kind);
         let Some(s) = self.stranded.get_mut(&kind) else { return };
         if queued.is_empty() {
             self.stranded.remove(&kind);
@@ -225,12 +241,12 @@ impl Core {
         s.next_warning = now + s.interval;
         s.interval = (s.interval * 2).min(MAX_REPEAT);
         let reason = self.why_unrunnable(kind);
-        let total: usize = queued.iter().map(|(_, t)| t.len()).sum();
+        let total: usize = queued.iter().map(|&(_, n)| n).sum();
         warn!(tasks = total, waited = ?Duration::from_secs(waited.as_secs()), %reason, "tasks are waiting for an agent");
         for (driver, tasks) in queued {
             if let Some(tx) = self.drivers.get(&driver).and_then(|d| d.tx.as_ref()) {
                 let _ = tx.send(ToDriver::Stalled {
-                    tasks: tasks.len() as u64,
+                    tasks: tasks as u64,
                     waited_ms: waited.as_millis() as u64,
                     reason: reason.clone(),
                 });
