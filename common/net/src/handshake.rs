@@ -34,9 +34,10 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::framed::{self, FramedReader, NetError, WriteSide, send_one, split, split_tcp};
+use crate::framed::{self, FramedReader, NetError, WriteSide, split, split_tcp};
 use crate::secret::{Exchange, NONCE_LEN, SECRET_ENV, Secret, Secrets, Side, nonce};
 use crate::tls::{self, TlsAcceptor, Verify};
+use crate::writer::send_one;
 
 /// An admitted connection, on either side: the frames in (limit raised), the write half, and
 /// what the handshake established.

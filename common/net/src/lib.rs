@@ -18,10 +18,12 @@ pub mod framed;
 pub mod handshake;
 pub mod secret;
 pub mod tls;
+pub mod writer;
 
 pub use framed::{
-    FramedReader, NetError, Outbox, ReadSide, WriteSide, check_address, parse_server, send_one,
-    spawn_outbox, spawn_writer, split, split_tcp, with_default_port,
+    FramedReader, NetError, ReadSide, WriteSide, check_address, parse_server, split, split_tcp,
+    with_default_port,
 };
 pub use handshake::{AdmitError, Admitted, ConnectError, PeerTls, admit, connect, role_name};
 pub use secret::{OneSidedSecrets, SECRET_ENV, Secret, SecretError, Secrets};
+pub use writer::{Outbox, send_one, spawn_outbox, spawn_writer};
