@@ -36,6 +36,8 @@ pub mod pool;
 #[cfg(feature = "pool")]
 pub mod registry;
 #[cfg(feature = "pool")]
+mod start_mark;
+#[cfg(feature = "pool")]
 pub mod task;
 #[cfg(feature = "pool")]
 pub mod worker;

@@ -2,7 +2,8 @@
 //!
 //! The pool writes [`ToWorker`] frames to the worker's private socket; the worker answers with
 //! one [`FromWorker::Ready`] when it has started, then one [`FromWorker::Done`] per task, in the
-//! order the tasks arrived.
+//! order the tasks arrived. Before the first frame, the socket carries one byte with a
+//! descriptor attached: a shared file where the worker counts the tasks it has started.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use crate::finished::Finished;
 use crate::ids::JobId;
 
 /// Bumped whenever a message below changes incompatibly.
-pub const WORKER_PROTOCOL_VERSION: u32 = 2;
+pub const WORKER_PROTOCOL_VERSION: u32 = 3;
 
 /// Pool → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -107,6 +107,27 @@ fn spawn_child_and_hang(address: String) -> Result<(), String> {
     Ok(())
 }
 
+/// Appends `step` and a newline to the file at `tally`, then, by `mode`: 0 returns at once;
+/// 1 naps 300 ms; 2 waits 20 ms (past the worker's batching of the results before it), reports
+/// its worker's pid to `address` and sleeps until killed.
+#[blitzen::task]
+fn tally_step(tally: String, step: u64, mode: u8, address: String) -> Result<u64, String> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&tally);
+    let file = file.as_mut().map_err(|e| e.to_string())?;
+    file.write_all(format!("{step}\n").as_bytes()).map_err(|e| e.to_string())?;
+    match mode {
+        1 => std::thread::sleep(Duration::from_millis(300)),
+        2 => {
+            std::thread::sleep(Duration::from_millis(20));
+            report(&address, &[std::process::id()]).map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        _ => {}
+    }
+    Ok(step)
+}
+
 /// Prints `bytes` bytes of numbered lines to stdout, then returns a value.
 #[blitzen::task]
 fn chatter(bytes: usize) -> u64 {
@@ -253,8 +274,8 @@ fn segfault_is_a_crash_with_sigsegv() -> Result<(), Failed> {
 }
 
 /// Tasks that finished just before their worker crashed keep their values, and only the task
-/// that crashed it is reported WorkerCrashed, even when the worker had several: each of those
-/// runs again alone, which tells the culprit.
+/// that crashed it is reported WorkerCrashed, even when the worker had several: its start
+/// counter tells which one it was running.
 fn a_crash_blames_only_the_task_that_crashed() -> Result<(), Failed> {
     let d = dispatcher(1)?;
     d.wait_for_workers(WAIT).ok_or("not ready")?;
@@ -338,6 +359,55 @@ fn worker_killed_from_outside_is_replaced() -> Result<(), Failed> {
     }
     back_to_full_strength(&d, 2, pid)?;
     check(d.status().replacements == 1, format!("replacements {}", d.status().replacements))
+}
+
+/// However many tasks a worker holds when it is killed from outside, the one it runs ends
+/// `WorkerCrashed`, the ones behind it run once on its replacement, and nothing runs twice.
+fn a_killed_worker_ends_the_task_it_runs_however_many_it_holds() -> Result<(), Failed> {
+    let d = dispatcher(1)?;
+    let reports = Reports::new().map_err(fail)?;
+    let path = std::env::temp_dir().join(format!("blitzen-test-{}-tally", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let tally = path.to_string_lossy().into_owned();
+    let step = |step: u64, mode: u8, address: &str| {
+        d.run(tally_step, (tally.clone(), step, mode, address.to_string()))
+    };
+    let mut steps = Vec::new();
+    let outcome = (|| {
+        for held in [1u64, 3, 10] {
+            let base = held * 1000;
+            // Teach the pool that the task is short, so it is prefetched behind a running one.
+            let warm: Vec<_> = (0..50).map(|i| step(base + 100 + i, 0, "")).collect();
+            d.get_results_with(&warm, Fetch::default().within(WAIT)).map_err(fail)?;
+            // The worker naps while the rest arrive: all of them are sent to it behind the nap.
+            let nap = step(base, 1, "");
+            let runs = step(base + 1, 2, &reports.address());
+            let behind: Vec<_> = (2..=held).map(|i| step(base + i, 0, "")).collect();
+            steps.extend((0..=held).map(|i| base + i).chain((0..50).map(|i| base + 100 + i)));
+            let pid = reports.receive(WAIT).map_err(fail)?[0];
+            kill(pid);
+            match one(&d, runs)? {
+                Err(TaskError::WorkerCrashed { exit: ExitReason::Signal(9), .. }) => {}
+                other => {
+                    return Err(format!("holding {held}: the running task ended {other:?}").into());
+                }
+            }
+            check(one(&d, nap)? == Ok(base), format!("holding {held}: the nap"))?;
+            let rest = d.get_results_with(&behind, Fetch::default().within(WAIT)).map_err(fail)?;
+            for (i, r) in rest.into_iter().enumerate() {
+                let want = base + 2 + i as u64;
+                check(r == Ok(want), format!("holding {held}: task {want} ended {r:?}"))?;
+            }
+        }
+        Ok::<(), Failed>(())
+    })();
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    outcome?;
+    let mut ran: Vec<u64> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    ran.sort_unstable();
+    steps.sort_unstable();
+    check(ran == steps, format!("runs {ran:?}, expected each of {steps:?} once"))
 }
 
 fn timeout_kills_the_worker_and_its_children() -> Result<(), Failed> {
@@ -584,8 +654,7 @@ fn retries_rerun_a_crashed_task_only_when_asked() -> Result<(), Failed> {
         path.to_string_lossy().into_owned()
     };
     let (once, twice, never) = (tally("once"), tally("twice"), tally("never"));
-    // One at a time: a worker that dies holding several tasks runs each again alone (see
-    // `a_crash_blames_only_the_task_that_crashed`), which would add a run.
+    // One at a time, so each crash is one task's alone.
     let retry_once = RunOptions::default().with_retries(1);
     let results: Result<Vec<_>, _> = [
         (once.clone(), 1, retry_once),
@@ -776,6 +845,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_task_runs_by_name_and_completions_come_in_finishing_order),
         trial!(segfault_is_a_crash_with_sigsegv),
         trial!(worker_killed_from_outside_is_replaced),
+        trial!(a_killed_worker_ends_the_task_it_runs_however_many_it_holds),
         trial!(timeout_kills_the_worker_and_its_children),
         trial!(timeout_counts_from_the_start_not_the_queue),
         trial!(slow_task_does_not_hold_up_the_tasks_behind_it),

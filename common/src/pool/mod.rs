@@ -3,10 +3,11 @@
 //! [`Pool::start`] spawns N workers (see [`crate::worker`]) and waits until each has announced
 //! itself. [`Pool::submit`] queues a [`Job`]; every job ends as exactly one [`JobResult`], handed
 //! in batches to the [`ResultSink`] given at start. Panics are reported by the worker; a worker
-//! that dies is replaced at once and its running job reported `WorkerCrashed`; a job past its
-//! timeout (counted from its start on a worker) has its worker's process group killed, is
-//! reported `TimedOut`, and the worker is replaced. Jobs a dead worker had received but not
-//! started go back to the front of the queue. [`Submitter::cancel`] withdraws jobs: queued ones
+//! that dies is replaced at once and its running job (which its start counter names, see
+//! `start_mark`) reported `WorkerCrashed`; a job past its timeout (counted from its start on a
+//! worker) has its worker's process group killed, is reported `TimedOut`, and the worker is
+//! replaced. Jobs a dead worker had received but not started go back to the front of the queue,
+//! and so do those it had finished without sending their results yet. [`Submitter::cancel`] withdraws jobs: queued ones
 //! at once, running ones by killing their worker.
 //!
 //! Inside, one scheduler task owns all state (`scheduler`); each worker has a supervisor task

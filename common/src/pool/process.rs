@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::capture;
 use crate::pool::WorkerCommand;
+use crate::start_mark::StartMarks;
 use crate::worker::WORKER_ENV;
 
 /// Identifies one worker process: its slot in the pool and a generation unique to the pool,
@@ -53,6 +54,8 @@ pub(super) struct Spawned {
     /// The worker's stdout and stderr capture files, read after a crash.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// How many tasks it has started, read after it died.
+    pub starts: StartMarks,
 }
 
 /// Starts a worker process and its supervisor and writer tasks.
@@ -62,6 +65,8 @@ pub(super) fn spawn_worker(
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let starts = StartMarks::new()?;
+    starts.hand_over(&ours)?;
     let stdout = capture::new_capture_file("blitzen-worker-stdout")?;
     let stderr = capture::new_capture_file("blitzen-worker-stderr")?;
     let mut spawn = tokio::process::Command::new(&command.program);
@@ -84,7 +89,7 @@ pub(super) fn spawn_worker(
     tokio::spawn(write_frames(write, outbox));
     tokio::spawn(supervise(id, pid, child, read, events));
     debug!(pid, slot = id.slot, "worker process started");
-    Ok(Spawned { pid, frames, stdout, stderr })
+    Ok(Spawned { pid, frames, stdout, stderr, starts })
 }
 
 /// Kills a worker's whole process group (the worker and everything its tasks started).

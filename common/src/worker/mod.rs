@@ -6,7 +6,9 @@
 //! Descriptors, as the pool sets them up:
 //! - fd 0 is one end of a Unix socket pair carrying frames both ways. The worker moves it to a
 //!   private descriptor and puts `/dev/null` on fd 0, so a task that reads stdin reads nothing
-//!   and a task that prints cannot touch the frames.
+//!   and a task that prints cannot touch the frames. The first thing on it, before any frame,
+//!   is the file of the worker's start counter (see [`crate::start_mark`]), which the worker
+//!   moves before each task.
 //! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
 //!
 //! Threads: the main thread reads [`ToWorker`] frames and runs the tasks one at a time, handing
@@ -34,6 +36,7 @@ use blitzen_protocol::{
 
 use crate::capture::{self, CAPTURE_LIMIT};
 use crate::registry::{self, Registry};
+use crate::start_mark::StartCounter;
 
 mod outbox;
 
@@ -85,6 +88,7 @@ fn run() -> io::Result<()> {
     let registry = registry::global().map_err(io::Error::other)?;
 
     let socket = UnixStream::from(channel);
+    let mut starts = StartCounter::receive(&socket)?;
     let watched = socket.try_clone()?;
     let outbox = Arc::new(Outbox::new(socket.try_clone()?));
     let ready = FromWorker::Ready(WorkerReady {
@@ -116,6 +120,7 @@ fn run() -> io::Result<()> {
             Ok(None) => end_process_group(),
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
+        starts.start();
         let msg = FromWorker::Done(execute(registry, task));
         if let Err(e) = outbox.push(&msg)
             && let FromWorker::Done(done) = msg

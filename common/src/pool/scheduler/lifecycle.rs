@@ -26,7 +26,21 @@ impl Scheduler {
             self.publish_status();
             return self.on_start_failure(slot, pid, exit, w.killed, &stderr);
         }
-        if let Some(job) = w.inflight.pop_front() {
+        let running = self.running_at_death(&w);
+        // Finished, but their answers were still in the worker's batch and died with it: they
+        // run again (nothing of them reached the pool).
+        let mut finished_unsent: Vec<_> = w.inflight.drain(..running.unwrap_or(0)).collect();
+        if !finished_unsent.is_empty() {
+            warn!(
+                pid,
+                tasks = finished_unsent.len(),
+                "tasks finished just before their worker died, their results not sent yet; \
+                 they run again"
+            );
+        }
+        if running.is_some()
+            && let Some(job) = w.inflight.pop_front()
+        {
             let outcome = match w.killed {
                 Some(KillReason::Timeout { job: id, timeout }) if id == job.id => {
                     warn!(task = %job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
@@ -50,22 +64,6 @@ impl Scheduler {
                 Some(KillReason::Shutdown) => Some(Outcome::Cancelled {
                     reason: "the pool shut down while the task was running".into(),
                 }),
-                // It held others too, and may have finished some without sending their
-                // results yet: which one crashed it is not known. Each runs again alone.
-                Some(KillReason::StartupTimeout) | None
-                    if !w.inflight.is_empty() && !self.suspects.contains(&job.id) =>
-                {
-                    warn!(
-                        pid,
-                        %exit,
-                        tasks = w.inflight.len() + 1,
-                        "worker died holding several tasks; each runs again alone, to tell \
-                         which one crashed it"
-                    );
-                    self.suspects.insert(job.id);
-                    self.suspects.extend(w.inflight.iter().map(|j| j.id));
-                    None
-                }
                 Some(KillReason::StartupTimeout) | None => {
                     warn!(task = %job.id, name = %job.name, pid, %exit, "worker died running a task");
                     Some(Outcome::WorkerCrashed { exit })
@@ -89,7 +87,11 @@ impl Scheduler {
                 None => w.inflight.push_front(job),
             }
         } else if w.killed.is_none() {
-            warn!(pid, %exit, "idle worker died");
+            warn!(pid, %exit, held = w.inflight.len(), "worker died between tasks");
+        }
+        // The finished ones go back first, in order, then the rest.
+        for job in finished_unsent.drain(..).rev() {
+            w.inflight.push_front(job);
         }
         // Jobs it held but had not started go back to the front, in order; cancelled ones end.
         while let Some(job) = w.inflight.pop_back() {
@@ -103,6 +105,35 @@ impl Scheduler {
         if self.given_up.is_none() && w.killed != Some(KillReason::Shutdown) {
             self.status.update(|s| s.replacements += 1);
             self.respawn(slot);
+        }
+    }
+
+    /// Which of a dead worker's jobs it was running, by its start counter; `None` if it had
+    /// not started any of them (it died between tasks). Without a readable counter the front
+    /// one is blamed, as the pool saw it.
+    fn running_at_death(&self, w: &Worker) -> Option<usize> {
+        if w.inflight.is_empty() {
+            return None;
+        }
+        let answered = w.sent - w.inflight.len() as u64;
+        match w.process.starts.started() {
+            Ok(started) if started <= answered => None,
+            Ok(started) if started - answered <= w.inflight.len() as u64 => {
+                Some((started - answered - 1) as usize)
+            }
+            Ok(started) => {
+                error!(
+                    pid = w.process.pid,
+                    started,
+                    sent = w.sent,
+                    "worker counted more tasks started than it was sent"
+                );
+                Some(0)
+            }
+            Err(e) => {
+                error!(pid = w.process.pid, error = %e, "cannot read a dead worker's start counter");
+                Some(0)
+            }
         }
     }
 
@@ -163,6 +194,7 @@ impl Scheduler {
             ready: false,
             spawned_at: Instant::now(),
             inflight: VecDeque::new(),
+            sent: 0,
             queued_us: 0.0,
             head_started: Instant::now(),
             killed: None,

@@ -9,7 +9,7 @@
 //! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,8 +61,12 @@ struct Worker {
     /// Set when the worker has sent `Ready`; only ready workers get jobs.
     ready: bool,
     spawned_at: Instant,
-    /// Jobs sent, in order; the front one is running, the others wait in the worker.
+    /// Jobs sent and not answered, in order. The front one is running as far as the pool can
+    /// tell; after a death the worker's start counter tells which one really was (the ones
+    /// before it had finished, their answers still in the worker's batch).
     inflight: VecDeque<Job>,
+    /// Jobs ever sent to it: with `inflight` and its start counter, which one it was running.
+    sent: u64,
     /// Sum of the expected run times (µs) of the jobs in `inflight` after the first, which
     /// decides whether more may be prefetched.
     queued_us: f64,
@@ -148,11 +152,6 @@ pub(super) struct Scheduler {
     /// Running average of run time per task name (and group), in microseconds; decides
     /// prefetching.
     average_us: HashMap<Cow<'static, str>, RunTimes>,
-    /// Jobs that were on a worker which died holding several: any of them may have crashed
-    /// it. Each runs again alone (sent to an idle worker, nothing prefetched behind it), so a
-    /// crash is blamed on the job that caused it, and the others, which may have finished
-    /// with their results still unsent, get theirs.
-    suspects: HashSet<JobId>,
     /// Present until every first-generation worker is ready; reports start-up success or the
     /// first failure to `Pool::start`.
     startup: Option<oneshot::Sender<Result<(), PoolError>>>,
@@ -188,7 +187,6 @@ impl Scheduler {
             started: Vec::new(),
             status,
             average_us: HashMap::new(),
-            suspects: HashSet::new(),
             startup: Some(startup),
             start_failures: 0,
             respawn_at: vec![None; config_workers],
@@ -318,9 +316,6 @@ impl Scheduler {
                 progress = false;
                 for slot in 0..self.workers.len() {
                     let Some(next) = self.queue.front() else { break };
-                    if !self.suspects.is_empty() && self.suspects.contains(&next.id) {
-                        break;
-                    }
                     // Unknown tasks are never prefetched: they may be long.
                     let Some(expected) = expected_us(&self.average_us, next) else {
                         break;
@@ -328,7 +323,6 @@ impl Scheduler {
                     let Some(w) = &self.workers[slot] else { continue };
                     let running_known = w.inflight.front().is_some_and(|j| {
                         expected_us(&self.average_us, j).is_some_and(|a| a < window_us)
-                            && (self.suspects.is_empty() || !self.suspects.contains(&j.id))
                     });
                     if w.accepts_work()
                         && running_known
@@ -375,6 +369,7 @@ impl Scheduler {
             w.queued_us += expected_us(&self.average_us, &job).unwrap_or(0.0);
         }
         w.inflight.push_back(job);
+        w.sent += 1;
     }
 
     fn deliver(&mut self) {
@@ -384,12 +379,6 @@ impl Scheduler {
             on_start(std::mem::take(&mut self.started));
         }
         if !self.finished.is_empty() {
-            // However a suspect ended, it is no longer one.
-            if !self.suspects.is_empty() {
-                for result in &self.finished {
-                    self.suspects.remove(&result.id);
-                }
-            }
             (self.sink)(std::mem::take(&mut self.finished));
         }
     }
