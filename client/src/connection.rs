@@ -228,6 +228,7 @@ impl<'a> Connection<'a> {
                 timeout: t.timeout_ms.map(Duration::from_millis),
                 retries: t.retries,
                 group,
+                request: None,
             };
             if self.work.pool.submit(job).is_err() {
                 break;

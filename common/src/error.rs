@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use blitzen_protocol::WorkerInfo;
-use blitzen_protocol::{ExitReason, Outcome};
+use blitzen_protocol::{ExitReason, Outcome, SizeText};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -124,12 +124,33 @@ pub enum TaskError {
     /// The worker process died while running the task (abort, segfault, `exit`, a kill from
     /// outside, the OOM killer). The worker was replaced. A retry helps only if the crash was
     /// caused by something outside the task.
-    #[error("{ctx}: the worker process died: {exit}{}", ctx.stderr_suffix())]
+    #[error("{ctx}: the worker process died: {exit}{}{}", peak_suffix(*exit, *peak_rss), ctx.stderr_suffix())]
     WorkerCrashed {
         /// Which task.
         ctx: Box<TaskContext>,
         /// How the worker died.
         exit: ExitReason,
+        /// The most memory the worker held at once, in bytes, when known.
+        peak_rss: Option<u64>,
+    },
+    /// The task went past the memory limit it was given (`RunOptions::with_memory`, or its
+    /// task's `memory` attribute); its worker was replaced. A retry needs a higher limit, or
+    /// less data per task.
+    #[error(
+        "{ctx}: went past its memory limit of {}{}; its worker was replaced{}",
+        SizeText(*limit),
+        peak.map(|p| format!(" (peak RSS {})", SizeText(p))).unwrap_or_default(),
+        ctx.stderr_suffix()
+    )]
+    MemoryExceeded {
+        /// Which task.
+        ctx: Box<TaskContext>,
+        /// The limit, in bytes.
+        limit: u64,
+        /// The most memory its worker held at once, in bytes, when known (under an
+        /// address-space limit it can be far below the limit: the allocation that would have
+        /// gone past it failed before it was used).
+        peak: Option<u64>,
     },
     /// The worker binary has no task of this name. Retrying cannot help: rebuild the worker with
     /// the task linked in.
@@ -201,6 +222,18 @@ pub enum TaskError {
     },
 }
 
+/// What a crash report adds about memory: a hint when the kernel's kill may have been for lack
+/// of it, else the peak alone.
+fn peak_suffix(exit: ExitReason, peak_rss: Option<u64>) -> String {
+    match (exit, peak_rss) {
+        (ExitReason::Signal(9), Some(peak)) => {
+            format!(" — possibly out of memory: peak RSS {}", SizeText(peak))
+        }
+        (_, Some(peak)) => format!(" (peak RSS {})", SizeText(peak)),
+        (_, None) => String::new(),
+    }
+}
+
 impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -215,6 +248,7 @@ impl TaskError {
             | TaskError::Panicked { ctx, .. }
             | TaskError::TimedOut { ctx, .. }
             | TaskError::WorkerCrashed { ctx, .. }
+            | TaskError::MemoryExceeded { ctx, .. }
             | TaskError::UnknownTask { ctx }
             | TaskError::SignatureMismatch { ctx, .. }
             | TaskError::Decode { ctx, .. }
@@ -232,6 +266,7 @@ impl TaskError {
             TaskError::Panicked { .. } => "Panicked",
             TaskError::TimedOut { .. } => "TimedOut",
             TaskError::WorkerCrashed { .. } => "WorkerCrashed",
+            TaskError::MemoryExceeded { .. } => "MemoryExceeded",
             TaskError::UnknownTask { .. } => "UnknownTask",
             TaskError::SignatureMismatch { .. } => "SignatureMismatch",
             TaskError::Decode { .. } => "Decode",
@@ -283,7 +318,12 @@ impl TaskError {
             Outcome::TimedOut { timeout_ms } => {
                 TaskError::TimedOut { ctx: ctx(), timeout: Duration::from_millis(*timeout_ms) }
             }
-            Outcome::WorkerCrashed { exit } => TaskError::WorkerCrashed { ctx: ctx(), exit: *exit },
+            Outcome::WorkerCrashed { exit, peak_rss } => {
+                TaskError::WorkerCrashed { ctx: ctx(), exit: *exit, peak_rss: *peak_rss }
+            }
+            Outcome::MemoryExceeded { limit, peak } => {
+                TaskError::MemoryExceeded { ctx: ctx(), limit: *limit, peak: *peak }
+            }
             Outcome::Cancelled { reason } => {
                 TaskError::Cancelled { ctx: ctx(), reason: reason.clone() }
             }
@@ -334,7 +374,7 @@ mod tests {
     #[test]
     fn messages_name_the_task_the_worker_and_the_cause() {
         let e = TaskError::from_outcome(
-            &Outcome::WorkerCrashed { exit: ExitReason::Signal(11) },
+            &Outcome::WorkerCrashed { exit: ExitReason::Signal(11), peak_rss: None },
             || ctx("about to crash"),
             "fn f2() -> ()",
         )
@@ -355,6 +395,31 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_named_in_kills_and_limits() {
+        let text = |outcome: Outcome| {
+            TaskError::from_outcome(&outcome, || ctx(""), "sig").expect_err("an error").to_string()
+        };
+        let killed =
+            text(Outcome::WorkerCrashed { exit: ExitReason::Signal(9), peak_rss: Some(3 << 30) });
+        assert!(
+            killed.contains("SIGKILL")
+                && killed.contains("possibly out of memory: peak RSS 3.0 GiB"),
+            "{killed}"
+        );
+        let aborted =
+            text(Outcome::WorkerCrashed { exit: ExitReason::Signal(6), peak_rss: Some(1 << 20) });
+        assert!(
+            aborted.contains("(peak RSS 1.0 MiB)") && !aborted.contains("possibly"),
+            "{aborted}"
+        );
+        let limited = text(Outcome::MemoryExceeded { limit: 100 << 20, peak: Some(2 << 20) });
+        assert!(
+            limited.contains("went past its memory limit of 100.0 MiB (peak RSS 2.0 MiB)"),
+            "{limited}"
+        );
+    }
+
+    #[test]
     fn each_outcome_maps_to_its_own_variant() {
         let cases = [
             (Outcome::Returned { message: "m".into(), detail: None }, "Returned"),
@@ -363,7 +428,8 @@ mod tests {
                 "Panicked",
             ),
             (Outcome::TimedOut { timeout_ms: 5 }, "TimedOut"),
-            (Outcome::WorkerCrashed { exit: ExitReason::Code(3) }, "WorkerCrashed"),
+            (Outcome::WorkerCrashed { exit: ExitReason::Code(3), peak_rss: None }, "WorkerCrashed"),
+            (Outcome::MemoryExceeded { limit: 1 << 20, peak: None }, "MemoryExceeded"),
             (Outcome::UnknownTask, "UnknownTask"),
             (Outcome::SignatureMismatch { worker_signature: "s".into() }, "SignatureMismatch"),
             (Outcome::BadArguments { message: "m".into() }, "Decode"),

@@ -32,6 +32,8 @@ pub mod capture;
 #[cfg(feature = "error")]
 pub mod error;
 #[cfg(feature = "pool")]
+pub mod needs;
+#[cfg(feature = "pool")]
 pub mod pool;
 #[cfg(feature = "pool")]
 pub mod registry;
@@ -55,7 +57,8 @@ pub use worker::worker_main;
 #[cfg(feature = "pool")]
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::needs::Needs;
     pub use crate::task::{Task, TaskEntry, fingerprint, invoke_fallible, invoke_value};
-    pub use blitzen_protocol::Outcome;
+    pub use blitzen_protocol::{Outcome, parse_size};
     pub use inventory;
 }

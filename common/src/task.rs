@@ -31,6 +31,9 @@ pub trait Task: Copy + Send + Sync + 'static {
     /// from its own, so that two binaries built from different definitions never exchange
     /// garbage.
     const FINGERPRINT: u64;
+    /// What each call asks for unless its `RunOptions` say otherwise
+    /// (`#[task(cpus = 2, memory = "4GiB", resources(gpu = 1))]`); plain by default.
+    const NEEDS: crate::needs::Needs = crate::needs::Needs::PLAIN;
 }
 
 /// One registered task, as seen by a worker process.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use blitzen_common::task::encode_value;
 use blitzen_common::{Task, TaskError};
-use blitzen_protocol::Outcome;
+use blitzen_protocol::{Outcome, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -33,6 +33,8 @@ pub struct Call {
     pub timeout: Option<Duration>,
     pub retries: u32,
     pub unrunnable_limit: Option<Duration>,
+    /// What it holds while it runs; `None`: plain (one CPU).
+    pub request: Option<Arc<Request>>,
 }
 
 /// A task by its registered name, signature and [fingerprint](blitzen_common::task::fingerprint),
@@ -127,6 +129,7 @@ impl<B: Backend> Dispatcher<B> {
         if closed {
             return id;
         }
+        let options = RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options };
         match encode_value(&args) {
             Ok(args) => self.submit(task, id.seq(), args, options),
             Err(e) => self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() }),
@@ -147,6 +150,13 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     fn submit(&self, task: NamedTask, seq: u64, args: Bytes, options: RunOptions) {
+        let request = match options.needs.request() {
+            Ok(request) => request.map(Arc::new),
+            Err(e) => {
+                let reason = format!("it asks for what cannot be: {e}");
+                return self.table.settle(seq, Outcome::Refused { reason });
+            }
+        };
         let call = Call {
             id: seq,
             name: task.name,
@@ -156,6 +166,7 @@ impl<B: Backend> Dispatcher<B> {
             timeout: options.timeout.or(self.default_timeout),
             retries: options.retries,
             unrunnable_limit: options.unrunnable_limit.or(self.default_unrunnable_limit),
+            request,
         };
         if let Err(outcome) = self.backend.submit(call) {
             self.table.settle(seq, outcome);

@@ -60,11 +60,15 @@ pub mod logging {
 
 pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
+pub use blitzen_common::needs::Needs;
 pub use blitzen_common::pool::{PoolError, StatusSnapshot, WorkerCommand};
 pub use blitzen_common::registry::RegistryError;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};
 pub use blitzen_macros::task;
-pub use blitzen_protocol::{Blob, Captured, ExitReason, Finished, Outcome};
+pub use blitzen_protocol::{
+    Blob, Capacity, Captured, ExitReason, Finished, Outcome, Request, SizeError, SizeText,
+    parse_size,
+};
 pub use dispatcher::{Backend, Dispatcher, NamedTask};
 pub use error::DispatchError;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};

@@ -65,6 +65,7 @@ impl Backend for Multicore {
             timeout: call.timeout,
             retries: call.retries,
             group,
+            request: call.request,
         };
         self.submitter
             .submit(job)
@@ -93,6 +94,9 @@ impl fmt::Debug for Multicore {
 pub struct MulticoreBuilder {
     pool: PoolConfig,
     default_timeout: Option<Duration>,
+    cpus: Option<u32>,
+    memory: Option<u64>,
+    resources: Vec<(String, u64)>,
 }
 
 impl MulticoreBuilder {
@@ -130,8 +134,41 @@ impl MulticoreBuilder {
         self
     }
 
+    /// CPUs the running tasks may hold at once (default: the number of workers). A plain task
+    /// holds one, a task run `with_cpus(2)` two: with 4 CPUs, one such task and two plain ones
+    /// run at once.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// Memory the running tasks may hold at once, in bytes (default: the machine's). Only
+    /// tasks run `with_memory` hold some.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = Some(bytes);
+        self
+    }
+
+    /// `count` of the counted resource `name` (`gpu`, `license`…) for the tasks that ask for
+    /// it (`with_resource`); a task asking for one the dispatcher has not ends
+    /// [`TaskError::Unrunnable`](crate::TaskError::Unrunnable) at once.
+    pub fn resource(mut self, name: impl Into<String>, count: u64) -> Self {
+        let name = name.into();
+        self.resources.retain(|(n, _)| *n != name);
+        self.resources.push((name, count));
+        self
+    }
+
     /// Starts the workers and returns once all of them are ready.
-    pub fn build(self) -> Result<MulticoreDispatcher, DispatchError> {
+    pub fn build(mut self) -> Result<MulticoreDispatcher, DispatchError> {
+        if self.cpus.is_some() || self.memory.is_some() || !self.resources.is_empty() {
+            let mut capacity = self.pool.capacity_or_default();
+            capacity.cpus = self.cpus.unwrap_or(capacity.cpus);
+            capacity.memory = self.memory.unwrap_or(capacity.memory);
+            self.resources.sort();
+            capacity.custom = std::mem::take(&mut self.resources);
+            self.pool.capacity = Some(capacity);
+        }
         MulticoreDispatcher::start(self)
     }
 }
@@ -145,7 +182,13 @@ impl Dispatcher<Multicore> {
     /// Settings beyond the number of workers.
     pub fn builder() -> MulticoreBuilder {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        MulticoreBuilder { pool: PoolConfig::new(cpus), default_timeout: None }
+        MulticoreBuilder {
+            pool: PoolConfig::new(cpus),
+            default_timeout: None,
+            cpus: None,
+            memory: None,
+            resources: Vec::new(),
+        }
     }
 
     fn start(settings: MulticoreBuilder) -> Result<Self, DispatchError> {

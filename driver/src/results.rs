@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
+use blitzen_common::needs::Needs;
 use blitzen_common::task::decode_shared_value;
 use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo};
 use blitzen_protocol::{Finished, Outcome};
@@ -107,6 +108,10 @@ pub struct RunOptions {
     /// `None` (the default): it waits for as long as it takes, and the driver logs a warning
     /// now and then. Tasks on one machine can always run: the limit does not apply there.
     pub unrunnable_limit: Option<Duration>,
+    /// What the task holds while it runs, overriding its `#[task(...)]` defaults field by
+    /// field: see [`with_cpus`](Self::with_cpus), [`with_memory`](Self::with_memory),
+    /// [`with_resource`](Self::with_resource).
+    pub needs: Needs,
 }
 
 impl RunOptions {
@@ -124,6 +129,27 @@ impl RunOptions {
     /// no connected agent could run the task (see [`RunOptions::unrunnable_limit`]).
     pub fn with_unrunnable_limit(self, limit: Duration) -> Self {
         Self { unrunnable_limit: Some(limit), ..self }
+    }
+
+    /// The same options, the task holding `cpus` CPUs (worker slots) while it runs: it starts
+    /// only where that many are free. A plain task holds one.
+    pub fn with_cpus(self, cpus: u32) -> Self {
+        Self { needs: self.needs.with_cpus(cpus), ..self }
+    }
+
+    /// The same options, the task holding `bytes` of memory while it runs — also its limit:
+    /// past it, the task ends [`TaskError::MemoryExceeded`] and its worker is replaced. It
+    /// starts only where that much memory is free. [`blitzen::parse_size`](crate::parse_size)
+    /// reads `"4GiB"`.
+    pub fn with_memory(self, bytes: u64) -> Self {
+        Self { needs: self.needs.with_memory(bytes), ..self }
+    }
+
+    /// The same options, the task holding `count` of the counted resource `name` (`gpu`,
+    /// `license`…) while it runs: it runs only on an agent that advertises it, where that many
+    /// are free. Panics past four names per task.
+    pub fn with_resource(self, name: &'static str, count: u64) -> Self {
+        Self { needs: self.needs.with_resource(name, count), ..self }
     }
 }
 

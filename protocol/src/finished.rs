@@ -105,6 +105,20 @@ pub enum Outcome {
     WorkerCrashed {
         /// How it died.
         exit: ExitReason,
+        /// The most memory the worker process held at once (its peak RSS), in bytes, when
+        /// known: a worker killed by the kernel for lack of memory shows a large one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peak_rss: Option<u64>,
+    },
+    /// The task went past its memory limit; its worker was replaced.
+    MemoryExceeded {
+        /// The limit, in bytes.
+        limit: u64,
+        /// The most memory its worker process held at once (its peak RSS), in bytes, when
+        /// known. Under an address-space limit it can be far below the limit: the allocation
+        /// that would have gone past it failed before it was used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peak: Option<u64>,
     },
     /// The task was withdrawn before it finished (shutdown, cancellation).
     Cancelled {
@@ -284,7 +298,10 @@ pub(crate) mod strategies {
             any::<String>().prop_map(|message| Outcome::BadArguments { message }),
             any::<String>().prop_map(|message| Outcome::BadOutput { message }),
             any::<u64>().prop_map(|timeout_ms| Outcome::TimedOut { timeout_ms }),
-            exit().prop_map(|exit| Outcome::WorkerCrashed { exit }),
+            (exit(), proptest::option::of(any::<u64>()))
+                .prop_map(|(exit, peak_rss)| Outcome::WorkerCrashed { exit, peak_rss }),
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(limit, peak)| Outcome::MemoryExceeded { limit, peak }),
             any::<String>().prop_map(|reason| Outcome::Cancelled { reason }),
             any::<String>().prop_map(|reason| Outcome::Lost { reason }),
             any::<String>().prop_map(|reason| Outcome::Refused { reason }),

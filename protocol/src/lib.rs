@@ -22,6 +22,8 @@ pub mod cluster;
 pub mod finished;
 pub mod frame;
 pub mod ids;
+pub mod resources;
+pub mod size;
 pub mod status;
 pub mod worker;
 
@@ -31,6 +33,8 @@ pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };
 pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
+pub use resources::{Capacity, Request, Usage};
+pub use size::{SizeError, SizeText, parse_size};
 pub use worker::{
     FromWorker, RunTask, RunTaskRef, TaskDone, ToWorker, ToWorkerRef, WORKER_PROTOCOL_VERSION,
     WorkerReady,

@@ -33,6 +33,10 @@ pub struct RunTask {
     /// MessagePack-encoded arguments.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
+    /// The most memory the task may use, in bytes: the worker limits itself to it while the
+    /// task runs. Left off the wire when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 /// Borrowed twin of [`ToWorker`], encoded identically: the pool sends tasks without copying
@@ -54,6 +58,9 @@ pub struct RunTaskRef<'a> {
     pub fingerprint: u64,
     /// See [`RunTask::args`].
     pub args: &'a Bytes,
+    /// See [`RunTask::memory_limit`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 /// Worker → pool.
@@ -94,11 +101,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn to_worker() -> impl Strategy<Value = ToWorker> {
-        (any::<u64>(), any::<String>(), any::<u64>(), bytes()).prop_map(
-            |(id, name, fingerprint, args)| {
-                ToWorker::Run(RunTask { id: JobId::new(id), name, fingerprint, args })
-            },
-        )
+        (any::<u64>(), any::<String>(), any::<u64>(), bytes(), proptest::option::of(any::<u64>()))
+            .prop_map(|(id, name, fingerprint, args, memory_limit)| {
+                ToWorker::Run(RunTask { id: JobId::new(id), name, fingerprint, args, memory_limit })
+            })
     }
 
     fn from_worker() -> impl Strategy<Value = FromWorker> {
@@ -143,20 +149,39 @@ mod tests {
     fn borrowed_task_encodes_like_the_owned_one() {
         let args = Bytes::from_static(b"\x93\x01\x02\x03");
         let id = JobId::new(9);
-        let owned =
-            ToWorker::Run(RunTask { id, name: "sq".into(), fingerprint: 5, args: args.clone() });
-        let borrowed = ToWorkerRef::Run(RunTaskRef { id, name: "sq", fingerprint: 5, args: &args });
-        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
-        encode(&owned, &mut a).expect("encodes");
-        encode(&borrowed, &mut b).expect("encodes");
-        assert_eq!(a, b);
+        for memory_limit in [None, Some(1 << 20)] {
+            let owned = ToWorker::Run(RunTask {
+                id,
+                name: "sq".into(),
+                fingerprint: 5,
+                args: args.clone(),
+                memory_limit,
+            });
+            let borrowed = ToWorkerRef::Run(RunTaskRef {
+                id,
+                name: "sq",
+                fingerprint: 5,
+                args: &args,
+                memory_limit,
+            });
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            encode(&owned, &mut a).expect("encodes");
+            encode(&borrowed, &mut b).expect("encodes");
+            assert_eq!(a, b);
+            assert_eq!(memory_limit.is_none(), !String::from_utf8_lossy(&a).contains("memory"));
+        }
     }
 
     #[test]
     fn payloads_travel_as_binary_not_integer_lists() {
         let args = Bytes::from(vec![200u8; 1000]);
-        let msg =
-            ToWorker::Run(RunTask { id: JobId::new(1), name: "t".into(), fingerprint: 2, args });
+        let msg = ToWorker::Run(RunTask {
+            id: JobId::new(1),
+            name: "t".into(),
+            fingerprint: 2,
+            args,
+            memory_limit: None,
+        });
         let mut buf = BytesMut::new();
         encode(&msg, &mut buf).expect("encodes");
         // 1000 bytes as a list of integers would take 2000 bytes.

@@ -13,7 +13,15 @@ object (never ``None``): ``TaskFailed`` (it raised), ``TimedOut``, ``WorkerCrash
 
 from blitzen._version import __version__
 from blitzen import _task  # registers the `python` task before anything else uses Blitzen
-from blitzen.errors import Cancelled, Lost, TaskError, TaskFailed, TimedOut, WorkerCrashed
+from blitzen.errors import (
+    Cancelled,
+    Lost,
+    MemoryExceeded,
+    TaskError,
+    TaskFailed,
+    TimedOut,
+    WorkerCrashed,
+)
 from blitzen.multicore import MulticoreDispatcher
 from blitzen import distributed, logging, utils
 
@@ -23,6 +31,7 @@ __all__ = [
     "TaskFailed",
     "TimedOut",
     "WorkerCrashed",
+    "MemoryExceeded",
     "Cancelled",
     "Lost",
     "__version__",

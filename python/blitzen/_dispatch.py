@@ -20,11 +20,19 @@ class Dispatcher:
 
     # ----- the original's API -----
 
-    def run(self, f, *args, timeout=None, **kwargs):
+    def run(self, f, *args, timeout=None, cpus=None, memory=None, resources=None, **kwargs):
         """Submits ``f(*args, **kwargs)`` and returns its task id at once: it starts, or is
         queued, without waiting. ``timeout`` (seconds, counted from its start on a worker):
-        past it, the worker and what it started are killed, and the result is ``TimedOut``."""
-        return self._native.submit(_task.dumps_call(f, args, kwargs), timeout)
+        past it, the worker and what it started are killed, and the result is ``TimedOut``.
+
+        What the call holds while it runs: ``cpus`` (worker slots, default 1), ``memory``
+        (bytes, or a size such as ``"4GiB"``; also its limit: past it the result is
+        ``MemoryExceeded``) and ``resources`` (counted, by name: ``{"gpu": 1}``). It starts only
+        where they are free; what nowhere has ends ``Lost`` at once, and nonsense (0 CPUs, a size
+        that does not parse) raises ``ValueError`` here."""
+        return self._native.submit(
+            _task.dumps_call(f, args, kwargs), timeout, 0, cpus, memory, _counts(resources)
+        )
 
     def get_results(self, task_ids, clear=True, timeout=None):
         """Waits for the tasks and returns their results in the order of ``task_ids``. A task
@@ -108,6 +116,15 @@ class Dispatcher:
         if kind == "raised":
             return _raised(message, task_id, host, pid, stdout, stderr, detail)
         return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)
+
+
+def _counts(resources):
+    """``{"gpu": 1}`` as the native side takes it."""
+    if resources is None:
+        return None
+    if not isinstance(resources, dict):
+        raise ValueError(f"resources must be a dict such as {{'gpu': 1}}, not {resources!r}")
+    return list(resources.items())
 
 
 def _raised(traceback, task_id, host, pid, stdout, stderr, detail):

@@ -34,7 +34,7 @@ SIGNATURE = (
 _GROUP = struct.Struct("<Q")
 
 # Codes of `execute`'s answer (see python/src/task.rs).
-RETURNED, RAISED, BAD_CALL, BAD_VALUE = 0, 1, 2, 3
+RETURNED, RAISED, BAD_CALL, BAD_VALUE, OUT_OF_MEMORY = 0, 1, 2, 3, 4
 
 
 def group_of(function):
@@ -119,7 +119,7 @@ def execute(payload):
             exception = cloudpickle.dumps(e, protocol=PROTOCOL)
         except BaseException:
             exception = None
-        return (RAISED, exception, text)
+        return (OUT_OF_MEMORY if isinstance(e, MemoryError) else RAISED, exception, text)
     finally:
         _flush()
     try:

@@ -52,6 +52,12 @@ class WorkerCrashed(TaskError):
     signal); it was replaced."""
 
 
+class MemoryExceeded(TaskError):
+    """The task went past its ``memory`` limit (``run(f, x, memory="4GiB")``): it raised
+    ``MemoryError``, or its worker died of it. The message names the limit and the worker's
+    peak memory; the worker was replaced."""
+
+
 class Cancelled(TaskError):
     """The task was cancelled (``cancel``, or ``shutdown`` before it finished)."""
 
@@ -64,6 +70,7 @@ class Lost(TaskError):
 _KINDS = {
     "timeout": TimedOut,
     "crashed": WorkerCrashed,
+    "memory": MemoryExceeded,
     "cancelled": Cancelled,
     "lost": Lost,
     "error": TaskError,

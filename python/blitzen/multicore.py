@@ -4,7 +4,7 @@ import os
 
 from blitzen import _native, _task
 from blitzen import logging as _logging
-from blitzen._dispatch import Dispatcher
+from blitzen._dispatch import Dispatcher, _counts
 
 
 class MulticoreDispatcher(Dispatcher):
@@ -17,17 +17,24 @@ class MulticoreDispatcher(Dispatcher):
     of ``__main__``, lambdas and closures work (they travel by value, with cloudpickle); those
     of importable modules are imported by the workers, which share this process's ``sys.path``.
 
+    ``cpus``, ``memory`` (bytes or ``"16GiB"``) and ``resources`` (``{"gpu": 2}``) are what the
+    running tasks may hold at once, against what each ``run`` asks for (default: one CPU per
+    worker, the machine's memory, no counted resources).
+
     The constructor returns once every worker is ready.
     """
 
-    def __init__(self, workers=None, echo=True):
+    def __init__(self, workers=None, echo=True, cpus=None, memory=None, resources=None):
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive integer, not {workers!r}")
         _logging._install()
         command, env = _task.worker_command()
-        super().__init__(_native.Dispatcher.multicore(workers, command, env), echo)
+        native = _native.Dispatcher.multicore(
+            workers, command, env, cpus, memory, _counts(resources)
+        )
+        super().__init__(native, echo)
         self.workers = workers
 
     def worker_pids(self, timeout=10.0):

@@ -13,7 +13,10 @@ use blitzen::{
     Completion, DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, TaskResult,
     WorkerCommand,
 };
+use blitzen::{Needs, parse_size};
+use blitzen_common::needs::MAX_RESOURCES;
 use blitzen_protocol::Outcome;
+use blitzen_protocol::resources::check_name;
 use bytes::Bytes;
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
@@ -71,18 +74,32 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     /// A pool of `workers` worker processes, each running `command` (an interpreter entering
     /// the worker loop) with `env` added to its environment; returns once all are ready.
+    /// `cpus`, `memory` and `resources` are what the running tasks may hold at once
+    /// (default: one CPU per worker, the machine's memory, no counted resources).
     #[staticmethod]
+    #[pyo3(signature = (workers, command, env, cpus=None, memory=None, resources=None))]
     fn multicore(
         py: Python<'_>,
         workers: usize,
         command: Vec<String>,
         env: Vec<(String, String)>,
+        cpus: Option<u32>,
+        memory: Option<Bound<'_, PyAny>>,
+        resources: Option<Vec<(String, u64)>>,
     ) -> PyResult<Self> {
         task::named()?;
         let command = worker_command(command, env)?;
-        let built = py.detach(|| {
-            MulticoreDispatcher::builder().workers(workers).worker_command(command).build()
-        });
+        let mut builder = MulticoreDispatcher::builder().workers(workers).worker_command(command);
+        if let Some(cpus) = cpus {
+            builder = builder.cpus(cpus);
+        }
+        if let Some(memory) = memory {
+            builder = builder.memory(size(&memory, "memory")?);
+        }
+        for (name, count) in resources.unwrap_or_default() {
+            builder = builder.resource(name, count);
+        }
+        let built = py.detach(|| builder.build());
         Ok(Self { inner: Inner::Multicore(built.map_err(dispatch_error)?) })
     }
 
@@ -119,13 +136,23 @@ impl Dispatcher {
         Ok(Self { inner: Inner::Cluster(Box::new(d)) })
     }
 
-    /// Submits a pickled call; returns its task number at once.
-    #[pyo3(signature = (payload, timeout=None, retries=0))]
-    fn submit(&self, payload: PyBackedBytes, timeout: Option<f64>, retries: u32) -> PyResult<u64> {
+    /// Submits a pickled call; returns its task number at once. `cpus`, `memory` (bytes, or a
+    /// size such as `"4GiB"`) and `resources` (`{"gpu": 1}`) are what it holds while it runs.
+    #[pyo3(signature = (payload, timeout=None, retries=0, cpus=None, memory=None, resources=None))]
+    fn submit(
+        &self,
+        payload: PyBackedBytes,
+        timeout: Option<f64>,
+        retries: u32,
+        cpus: Option<i64>,
+        memory: Option<Bound<'_, PyAny>>,
+        resources: Option<Vec<(String, i64)>>,
+    ) -> PyResult<u64> {
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
             retries,
             unrunnable_limit: None,
+            needs: needs(cpus, memory, resources)?,
         };
         let task = task::named()?;
         // The pickle travels in the Python object's own memory.
@@ -297,6 +324,67 @@ fn worker_command(command: Vec<String>, env: Vec<(String, String)>) -> PyResult<
     Ok(command)
 }
 
+/// What a call asks for, from the keywords of `run`; a clear `ValueError` for what makes no
+/// sense, before anything is submitted.
+fn needs(
+    cpus: Option<i64>,
+    memory: Option<Bound<'_, PyAny>>,
+    resources: Option<Vec<(String, i64)>>,
+) -> PyResult<Needs> {
+    let mut needs = Needs::PLAIN;
+    if let Some(cpus) = cpus {
+        let cpus = u32::try_from(cpus).ok().filter(|&n| n > 0).ok_or_else(|| {
+            PyValueError::new_err(format!("cpus must be a positive integer, not {cpus}"))
+        })?;
+        needs = needs.with_cpus(cpus);
+    }
+    if let Some(memory) = memory {
+        needs = needs.with_memory(size(&memory, "memory")?);
+    }
+    let resources = resources.unwrap_or_default();
+    if resources.len() > MAX_RESOURCES {
+        return Err(PyValueError::new_err(format!(
+            "a task names at most {MAX_RESOURCES} resources, not {}",
+            resources.len()
+        )));
+    }
+    for (name, count) in resources {
+        check_name(&name).map_err(PyValueError::new_err)?;
+        let count = u64::try_from(count).ok().filter(|&n| n > 0).ok_or_else(|| {
+            PyValueError::new_err(format!("resources[{name:?}] must be at least 1, not {count}"))
+        })?;
+        needs = needs.with_resource(intern(name), count);
+    }
+    Ok(needs)
+}
+
+/// A number of bytes, or a size such as `"4GiB"`.
+pub(crate) fn size(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    if let Ok(text) = value.extract::<String>() {
+        return parse_size(&text)
+            .map_err(|e| PyValueError::new_err(format!("{what}={text:?}: {e}")));
+    }
+    match value.extract::<i64>() {
+        Ok(n) if n > 0 => Ok(n as u64),
+        _ => Err(PyValueError::new_err(format!(
+            "{what} must be a number of bytes > 0 or a size such as \"4GiB\", not {value}"
+        ))),
+    }
+}
+
+/// A resource name that lives as long as the process: names are few, and a task's needs hold
+/// `&'static str`s.
+fn intern(name: String) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&known) = names.iter().find(|&&known| known == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
 fn seconds(value: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         PyValueError::new_err(format!("{what} must be a number of seconds ≥ 0, not {value}"))
@@ -326,6 +414,7 @@ fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
         Outcome::Returned { .. } => "raised",
         Outcome::TimedOut { .. } => "timeout",
         Outcome::WorkerCrashed { .. } => "crashed",
+        Outcome::MemoryExceeded { .. } => "memory",
         Outcome::Cancelled { .. } => "cancelled",
         Outcome::Lost { .. } | Outcome::Refused { .. } | Outcome::Unrunnable { .. } => "lost",
         _ => "error",

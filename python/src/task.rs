@@ -14,6 +14,10 @@
 //! | 1 | raised | the pickled exception, if it pickles | the traceback |
 //! | 2 | cannot unpickle the call | — | why |
 //! | 3 | cannot pickle the value | — | why |
+//! | 4 | raised `MemoryError` | as for 1 | as for 1 |
+//!
+//! A `MemoryError` is reported as raised; under a memory limit the worker turns it into
+//! `MemoryExceeded` (see `blitzen_common::worker::note_out_of_memory`).
 //!
 //! The task's signature names the interpreter, cloudpickle, the pickle protocol and the package
 //! version. A worker or an agent with other versions has another fingerprint, so it never runs
@@ -113,10 +117,15 @@ fn invoke(args: &[u8]) -> Outcome {
         let shared = |b: PyBackedBytes| Bytes::from_owner(b);
         match answer {
             Ok((0, Some(value), _)) => Outcome::Value(shared(value)),
-            Ok((1, exception, traceback)) => Outcome::Returned {
-                message: traceback.unwrap_or_else(|| "the task raised".into()),
-                detail: exception.map(shared),
-            },
+            Ok((code @ (1 | 4), exception, traceback)) => {
+                if code == 4 {
+                    blitzen_common::worker::note_out_of_memory();
+                }
+                Outcome::Returned {
+                    message: traceback.unwrap_or_else(|| "the task raised".into()),
+                    detail: exception.map(shared),
+                }
+            }
             Ok((2, _, why)) => Outcome::BadArguments { message: why.unwrap_or_default() },
             Ok((3, _, why)) => Outcome::BadOutput { message: why.unwrap_or_default() },
             Ok((code, ..)) => Outcome::BadOutput {

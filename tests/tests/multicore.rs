@@ -250,7 +250,7 @@ fn crash(
     let d = dispatcher(2)?;
     d.wait_for_workers(WAIT).ok_or("not ready")?;
     match one(&d, task(&d))? {
-        Err(TaskError::WorkerCrashed { exit, ctx }) => {
+        Err(TaskError::WorkerCrashed { exit, ctx, .. }) => {
             check(exit == expect, format!("exit {exit:?}, expected {expect:?}"))?;
             check(ctx.stderr_tail.contains(stderr), format!("stderr tail {:?}", ctx.stderr_tail))?;
             let pid = ctx.worker.ok_or("no worker in the error")?.pid;
@@ -352,8 +352,17 @@ fn worker_killed_from_outside_is_replaced() -> Result<(), Failed> {
     let pid = reports.receive(WAIT).map_err(fail)?[0];
     kill(pid);
     match one(&d, id)? {
-        Err(TaskError::WorkerCrashed { exit: ExitReason::Signal(9), ctx }) => {
-            check(ctx.worker.map(|w| w.pid) == Some(pid), "the error names the killed worker")?;
+        Err(e @ TaskError::WorkerCrashed { exit: ExitReason::Signal(9), .. }) => {
+            let ctx = e.context();
+            check(
+                ctx.worker.as_ref().map(|w| w.pid) == Some(pid),
+                "the error names the killed worker",
+            )?;
+            let text = e.to_string();
+            check(
+                text.contains("possibly out of memory: peak RSS"),
+                format!("no memory hint: {text}"),
+            )?;
         }
         other => return Err(format!("expected SIGKILL, got {other:?}").into()),
     }

@@ -51,14 +51,46 @@ use syn::{FnArg, GenericArgument, ItemFn, PathArguments, ReturnType, Type, parse
 ///   another name.
 /// - `#[task(unregistered)]`: leave it out of the binary's registry (for tasks listed by hand,
 ///   as the built-in tasks are).
+/// - `#[task(cpus = 2, memory = "4GiB", resources(gpu = 1, license = 1))]`: what each call
+///   holds while it runs, unless its `RunOptions` say otherwise: CPUs (worker slots), memory
+///   (also its limit: past it the call ends `TaskError::MemoryExceeded`) and counted resources
+///   that agents advertise. A size that does not parse stops the build.
 ///
 /// A task's signature travels with each call: a worker built from another definition answers
 /// `TaskError::SignatureMismatch` rather than misreading the bytes.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let mut options = Options { name: None, krate: None, register: true };
+    let mut options = Options { name: None, krate: None, register: true, needs: Vec::new() };
     let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("name") {
+        if meta.path.is_ident("cpus") {
+            let cpus = meta.value()?.parse::<syn::LitInt>()?;
+            if cpus.base10_parse::<u32>()? == 0 {
+                return Err(syn::Error::new_spanned(cpus, "a task needs at least 1 CPU"));
+            }
+            options.needs.push(quote!(.with_cpus(#cpus)));
+            Ok(())
+        } else if meta.path.is_ident("memory") {
+            let memory = meta.value()?.parse::<syn::LitStr>()?;
+            let message = format!(
+                "#[task(memory = {:?})]: not a size (write e.g. \"512MiB\" or \"4GiB\")",
+                memory.value()
+            );
+            options.needs.push(quote!(.with_memory(match __private_parse_size(#memory) {
+                ::core::result::Result::Ok(bytes) => bytes,
+                ::core::result::Result::Err(_) => ::core::panic!(#message),
+            })));
+            Ok(())
+        } else if meta.path.is_ident("resources") {
+            meta.parse_nested_meta(|resource| {
+                let name = resource.path.require_ident()?.to_string();
+                let count = resource.value()?.parse::<syn::LitInt>()?;
+                if count.base10_parse::<u64>()? == 0 {
+                    return Err(syn::Error::new_spanned(count, "a count must be at least 1"));
+                }
+                options.needs.push(quote!(.with_resource(#name, #count)));
+                Ok(())
+            })
+        } else if meta.path.is_ident("name") {
             options.name = Some(meta.value()?.parse::<syn::LitStr>()?.value());
             Ok(())
         } else if meta.path.is_ident("crate") {
@@ -69,7 +101,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
             Ok(())
         } else {
             Err(meta.error(
-                "unknown option: expected `name = \"...\"`, `crate = path` or `unregistered`",
+                "unknown option: expected `name = \"...\"`, `crate = path`, `unregistered`, \
+                 `cpus = N`, `memory = \"SIZE\"` or `resources(NAME = N, ...)`",
             ))
         }
     });
@@ -86,6 +119,8 @@ struct Options {
     krate: Option<syn::Path>,
     /// Whether to submit a registry entry (the built-in tasks are listed explicitly instead).
     register: bool,
+    /// The `Needs` builder calls of `cpus`, `memory` and `resources`, in order.
+    needs: Vec<TokenStream2>,
 }
 
 fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
@@ -174,6 +209,17 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         Span::call_site(),
     );
     let gap = if docs.is_empty() { quote!() } else { quote!(#[doc = ""]) };
+    let needs = if options.needs.is_empty() {
+        quote!()
+    } else {
+        let calls = &options.needs;
+        quote! {
+            const NEEDS: #private::Needs = {
+                use #private::parse_size as __private_parse_size;
+                #private::Needs::PLAIN #(#calls)*
+            };
+        }
+    };
 
     Ok(quote! {
         #[doc(hidden)]
@@ -199,6 +245,7 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
             const NAME: &'static str = #task_name;
             const SIGNATURE: &'static str = #signature;
             const FINGERPRINT: u64 = #private::fingerprint(#signature);
+            #needs
         }
 
         impl ::core::ops::Deref for #ident {

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_protocol::{ExitReason, Finished, JobId, Outcome};
+use blitzen_protocol::{Capacity, ExitReason, Finished, JobId, Outcome, Request};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -68,6 +68,9 @@ pub struct PoolConfig {
     /// How long a worker whose running job was cancelled has, after SIGTERM to its process
     /// group, before the group is sent SIGKILL.
     pub cancel_grace: Duration,
+    /// What the running jobs may hold at once: CPUs (a plain job holds one), memory and counted
+    /// resources. `None`: one CPU per worker, the machine's memory, no counted resources.
+    pub capacity: Option<Capacity>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -81,6 +84,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("command", &self.command)
             .field("on_start", &self.on_start.is_some())
             .field("cancel_grace", &self.cancel_grace)
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
@@ -97,8 +101,24 @@ impl PoolConfig {
             command: WorkerCommand::this_binary(),
             on_start: None,
             cancel_grace: Duration::from_secs(2),
+            capacity: None,
         }
     }
+
+    /// [`PoolConfig::capacity`], or what it stands for when unset.
+    pub fn capacity_or_default(&self) -> Capacity {
+        self.capacity.clone().unwrap_or_else(|| {
+            Capacity::new(u32::try_from(self.workers).unwrap_or(u32::MAX), machine_memory())
+        })
+    }
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `u64::MAX` if unreadable.
+pub fn machine_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    (meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:")))
+        .and_then(|kib| kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib * 1024)
 }
 
 /// The program a pool starts as each of its workers, with its arguments and the environment
@@ -156,6 +176,12 @@ pub struct Job {
     /// Which calls of the task it is like, for the run-time estimates that decide prefetching
     /// (see [`Registry::group_of`](crate::registry::Registry::group_of)); 0 by default.
     pub group: u64,
+    /// What it holds while it runs, beyond a plain job's one CPU (`None`: plain). It starts
+    /// only on an idle worker, once the pool's free [`PoolConfig::capacity`] covers it; its
+    /// memory is also its limit: its worker limits its address space to what it maps already
+    /// plus this while the job runs, and a job that goes past it ends `MemoryExceeded` (see
+    /// [`crate::worker`]).
+    pub request: Option<Arc<Request>>,
 }
 
 /// How a [`Job`] ended.
@@ -227,9 +253,33 @@ pub enum PoolError {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
+    /// The capacity given makes no sense (no CPUs, no memory, a count of 0, a bad name).
+    #[error("bad capacity: {0}")]
+    BadCapacity(String),
     /// The pool ended before it was ready.
     #[error("the pool stopped while starting")]
     Stopped,
+}
+
+/// Checks that a capacity can run something: at least one CPU, some memory, counted resources
+/// with proper names, each at least 1 and named once.
+pub fn check_capacity(capacity: &Capacity) -> Result<(), String> {
+    if capacity.cpus == 0 {
+        return Err("0 CPUs: nothing could run".into());
+    }
+    if capacity.memory == 0 {
+        return Err("0 bytes of memory".into());
+    }
+    for (i, (name, count)) in capacity.custom.iter().enumerate() {
+        blitzen_protocol::resources::check_name(name)?;
+        if *count == 0 {
+            return Err(format!("0 `{name}`: leave it out instead"));
+        }
+        if capacity.custom[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!("`{name}` is named twice"));
+        }
+    }
+    Ok(())
 }
 
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
@@ -324,6 +374,9 @@ impl Pool {
         }
         if config.workers > MAX_WORKERS {
             return Err(PoolError::TooManyWorkers(config.workers));
+        }
+        if let Some(capacity) = &config.capacity {
+            check_capacity(capacity).map_err(PoolError::BadCapacity)?;
         }
         registry::global()?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();

@@ -41,8 +41,12 @@ pub(super) enum EventKind {
     Done(Vec<TaskDone>),
     /// The worker sent something that is not a valid frame; it is being killed.
     Garbage(String),
-    /// The process is gone and reaped. Always the last event of a worker.
-    Exited(ExitReason),
+    /// The process is gone and reaped, with its peak RSS in bytes when known. Always the last
+    /// event of a worker.
+    Exited {
+        exit: ExitReason,
+        peak_rss: Option<u64>,
+    },
 }
 
 /// A started worker process, as the scheduler holds it.
@@ -170,6 +174,7 @@ async fn supervise(
     }
     // The group id is the worker's pid, which cannot be reused before we reap it below.
     kill_group(pid);
+    let peak_rss = tokio::task::spawn_blocking(move || peak_rss_at_exit(pid)).await.ok().flatten();
     let exit = match child.wait().await {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ExitReason::Code(code),
@@ -181,5 +186,37 @@ async fn supervise(
             ExitReason::Unknown
         }
     };
-    send(EventKind::Exited(exit));
+    send(EventKind::Exited { exit, peak_rss });
+}
+
+/// The peak RSS, in bytes, of the worker `pid` (and of the children it reaped), once it has
+/// exited; blocks until then. `waitid` with `WNOWAIT` reads the zombie's resource usage and
+/// leaves it to be reaped by its `Child`.
+fn peak_rss_at_exit(pid: u32) -> Option<u64> {
+    loop {
+        // SAFETY: both are plain C structures for which all zero bytes are a valid value.
+        #[allow(unsafe_code)]
+        let (mut info, mut usage): (libc::siginfo_t, libc::rusage) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: the raw `waitid` system call (the C library's wrapper has no `rusage`
+        // argument), given pointers to the two structures above, which outlive the call; with
+        // `WNOWAIT` it changes nothing about the child.
+        #[allow(unsafe_code)]
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info as *mut libc::siginfo_t,
+                libc::WEXITED | libc::WNOWAIT,
+                &mut usage as *mut libc::rusage,
+            )
+        };
+        if result == 0 {
+            return u64::try_from(usage.ru_maxrss).ok().map(|kib| kib * 1024);
+        }
+        if std::io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
 }

@@ -38,8 +38,10 @@ use crate::capture::{self, CAPTURE_LIMIT};
 use crate::registry::{self, Registry};
 use crate::start_mark::StartCounter;
 
+mod memory;
 mod outbox;
 
+pub use memory::{OUT_OF_MEMORY_MESSAGE, note_out_of_memory};
 use outbox::Outbox;
 
 /// Set in the environment of a worker process, by the pool that starts it.
@@ -47,6 +49,10 @@ pub const WORKER_ENV: &str = "BLITZEN_WORKER";
 
 /// The exit code of a worker that could not set itself up.
 const SETUP_FAILED: i32 = 70;
+
+/// The exit code of a worker that ends itself after a task went past its memory limit without
+/// killing it (Python's `MemoryError`): what is left of its memory is not to be trusted.
+pub const RETIRED: i32 = 75;
 
 /// Runs the worker loop if this process was started as a worker; returns at once otherwise.
 ///
@@ -121,7 +127,11 @@ fn run() -> io::Result<()> {
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
         starts.start();
-        let msg = FromWorker::Done(execute(registry, task));
+        let (done, retire) = match task.memory_limit {
+            None => (execute(registry, task), false),
+            Some(limit) => execute_within(registry, task, limit),
+        };
+        let msg = FromWorker::Done(done);
         if let Err(e) = outbox.push(&msg)
             && let FromWorker::Done(done) = msg
         {
@@ -131,7 +141,29 @@ fn run() -> io::Result<()> {
             let fallback = TaskDone { id: done.id, run };
             outbox.push(&FromWorker::Done(fallback)).map_err(io::Error::other)?;
         }
+        if retire {
+            outbox.flush()?;
+            std::process::exit(RETIRED);
+        }
     }
+}
+
+/// Runs a task under its memory limit (see [`memory`]); says whether the worker must retire.
+fn execute_within(registry: &Registry, task: RunTask, limit: u64) -> (TaskDone, bool) {
+    let id = task.id;
+    let guard = match memory::Limit::set(limit) {
+        Ok(guard) => guard,
+        Err(e) => {
+            let reason = format!("its worker could not set its memory limit: {e}");
+            return (TaskDone { id, run: Finished::unstarted(Outcome::Lost { reason }) }, false);
+        }
+    };
+    let mut done = execute(registry, task);
+    let (out_of_memory, peak) = guard.lift();
+    if out_of_memory {
+        done.run.outcome = Outcome::MemoryExceeded { limit, peak };
+    }
+    (done, out_of_memory)
 }
 
 /// Blocks until the pool's end of the socket is closed, then ends the worker's process group.

@@ -425,6 +425,7 @@ mod tests {
             timeout: None,
             retries: 0,
             unrunnable_limit: None,
+            request: None,
         }
     }
 

@@ -15,9 +15,20 @@ use super::{
 use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 use crate::pool::process::{EventKind, WorkerEvent, WorkerId, kill_group, spawn_worker};
 use crate::pool::{JobResult, PoolError};
+use crate::worker::{OUT_OF_MEMORY_MESSAGE, RETIRED};
+
+/// Whether a worker that ran a job under a memory limit died of it: the Rust runtime aborts the
+/// process when an allocation fails, after writing the line that says so.
+fn ran_out_of_memory(exit: ExitReason, stderr: &Captured) -> bool {
+    let tail = stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES);
+    exit == ExitReason::Signal(rustix::process::Signal::ABORT.as_raw())
+        && tail
+            .lines()
+            .any(|line| line.starts_with(OUT_OF_MEMORY_MESSAGE) && line.ends_with("failed"))
+}
 
 impl Scheduler {
-    pub(super) fn on_exit(&mut self, slot: usize, exit: ExitReason) {
+    pub(super) fn on_exit(&mut self, slot: usize, exit: ExitReason, peak_rss: Option<u64>) {
         let Some(mut w) = self.workers[slot].take() else { return };
         let pid = w.process.pid;
         let stdout = read_capture(&w.process.stdout);
@@ -26,6 +37,7 @@ impl Scheduler {
             self.publish_status();
             return self.on_start_failure(slot, pid, exit, w.killed, &stderr);
         }
+        self.release(&mut w);
         let running = self.running_at_death(&w);
         // Finished, but their answers were still in the worker's batch and died with it: they
         // run again (nothing of them reached the pool).
@@ -65,8 +77,16 @@ impl Scheduler {
                     reason: "the pool shut down while the task was running".into(),
                 }),
                 Some(KillReason::StartupTimeout) | None => {
-                    warn!(task = %job.id, name = %job.name, pid, %exit, "worker died running a task");
-                    Some(Outcome::WorkerCrashed { exit })
+                    match job.request.as_ref().and_then(|r| r.memory) {
+                        Some(limit) if ran_out_of_memory(exit, &stderr) => {
+                            warn!(task = %job.id, name = %job.name, pid, limit, "task went past its memory limit");
+                            Some(Outcome::MemoryExceeded { limit, peak: peak_rss })
+                        }
+                        _ => {
+                            warn!(task = %job.id, name = %job.name, pid, %exit, ?peak_rss, "worker died running a task");
+                            Some(Outcome::WorkerCrashed { exit, peak_rss })
+                        }
+                    }
                 }
             };
             let retry =
@@ -86,6 +106,8 @@ impl Scheduler {
                 }
                 None => w.inflight.push_front(job),
             }
+        } else if exit == ExitReason::Code(RETIRED) {
+            info!(pid, "worker retired after its task went past its memory limit; replacing it");
         } else if w.killed.is_none() {
             warn!(pid, %exit, held = w.inflight.len(), "worker died between tasks");
         }
@@ -201,6 +223,7 @@ impl Scheduler {
             terminated: None,
             cancelled: Vec::new(),
             outbox: BytesMut::new(),
+            holding: false,
         });
         Ok(())
     }
@@ -278,7 +301,7 @@ impl Scheduler {
         let reap_by = tokio::time::Instant::now() + REAP_LIMIT;
         while self.workers.iter().any(Option::is_some) {
             match tokio::time::timeout_at(reap_by, self.events.recv()).await {
-                Ok(Some(WorkerEvent { worker, kind: EventKind::Exited(_) })) => {
+                Ok(Some(WorkerEvent { worker, kind: EventKind::Exited { .. } })) => {
                     if matches!(&self.workers[worker.slot], Some(w) if w.id == worker) {
                         self.workers[worker.slot] = None;
                     }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use blitzen_protocol::frame::encode;
 use blitzen_protocol::{
-    Captured, JobId, Outcome, RunTaskRef, TaskDone, ToWorkerRef, WORKER_PROTOCOL_VERSION,
+    Capacity, Captured, JobId, Outcome, Request, RunTaskRef, TaskDone, ToWorkerRef, Usage,
+    WORKER_PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +35,9 @@ const COMMANDS_PER_TURN: usize = 4096;
 
 /// The pause before retrying a worker that could not be created, times the failures so far.
 const RESPAWN_PAUSE: Duration = Duration::from_millis(500);
+
+/// What a job without a request holds.
+static PLAIN: Request = Request::PLAIN;
 
 /// How long shutdown waits for killed workers to be reaped.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
@@ -84,6 +88,9 @@ struct Worker {
     cancelled: Vec<JobId>,
     /// Frames encoded this turn, sent in one write.
     outbox: BytesMut,
+    /// Whether the front job holds its share of the pool's capacity (every front job does,
+    /// from when it is sent to an idle worker or the one before it is answered).
+    holding: bool,
 }
 
 impl Worker {
@@ -148,6 +155,9 @@ pub(super) struct Scheduler {
     finished: Vec<JobResult>,
     /// Jobs with a timeout that started this turn, for `PoolConfig::on_start`.
     started: Vec<JobId>,
+    /// What running jobs may hold at once, and what they hold.
+    capacity: Capacity,
+    usage: Usage,
     status: Arc<PoolStatus>,
     /// Running average of run time per task name (and group), in microseconds; decides
     /// prefetching.
@@ -175,7 +185,10 @@ impl Scheduler {
     ) -> Result<Self, PoolError> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let config_workers = config.workers;
+        let capacity = config.capacity_or_default();
         let mut scheduler = Scheduler {
+            usage: Usage::new(&capacity),
+            capacity,
             workers: (0..config.workers).map(|_| None).collect(),
             config,
             queue: VecDeque::new(),
@@ -248,12 +261,44 @@ impl Scheduler {
     // ----- jobs in -----
 
     fn enqueue(&mut self, job: Job) {
-        match &self.given_up {
-            Some(reason) => {
-                let outcome = Outcome::Lost { reason: reason.clone() };
-                self.finished.push(JobResult::unstarted(job.id, outcome));
-            }
-            None => self.queue.push_back(job),
+        if let Some(reason) = &self.given_up {
+            let outcome = Outcome::Lost { reason: reason.clone() };
+            self.finished.push(JobResult::unstarted(job.id, outcome));
+            return;
+        }
+        let shortfall = job.request.as_ref().and_then(|r| self.capacity.shortfall(r));
+        if let Some(shortfall) = shortfall {
+            let reason = format!("{shortfall}, more than this pool has ({})", self.capacity);
+            debug!(task = %job.id, name = %job.name, %reason, "task can never run here");
+            self.finished.push(JobResult::unstarted(job.id, Outcome::Unrunnable { reason }));
+            return;
+        }
+        self.queue.push_back(job);
+    }
+
+    /// Whether `job` may start now on an idle worker.
+    fn fits(&self, job: &Job) -> bool {
+        self.usage.fits(&self.capacity, job.request.as_deref().unwrap_or(&PLAIN))
+    }
+
+    /// The front job of `w` starts holding its share of the capacity.
+    fn hold(&mut self, slot: usize) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let Some(job) = w.inflight.front() else { return };
+        if !w.holding {
+            w.holding = true;
+            let request = job.request.as_deref().unwrap_or(&PLAIN);
+            self.usage.hold(&self.capacity, request);
+        }
+    }
+
+    /// The front job of `w` gives back its share (it was answered, or the worker died).
+    fn release(&mut self, w: &mut Worker) {
+        if let Some(job) = w.inflight.front()
+            && std::mem::take(&mut w.holding)
+        {
+            let request = job.request.as_deref().unwrap_or(&PLAIN);
+            self.usage.release(&self.capacity, request);
         }
     }
 
@@ -297,25 +342,38 @@ impl Scheduler {
             .collect()
     }
 
-    /// Assigns queued jobs: one to each idle worker first, then short jobs to busy workers up to
-    /// the prefetch depth, then sends each worker its frames in one write.
+    /// Assigns queued jobs: one to each idle worker first, then short plain jobs to busy
+    /// workers up to the prefetch depth, then sends each worker its frames in one write.
+    ///
+    /// Jobs start in submission order: one whose request does not fit in what is free yet
+    /// waits at the front, and nothing behind it starts (nor is prefetched) until it has — so a
+    /// stream of small jobs cannot starve a large one. Small jobs still fill what a running large
+    /// one leaves free.
     fn dispatch(&mut self) {
         let now = Instant::now();
+        let mut blocked = false;
         for slot in 0..self.workers.len() {
-            if self.queue.is_empty() {
-                break;
-            }
+            let Some(next) = self.queue.front() else { break };
             if matches!(&self.workers[slot], Some(w) if w.accepts_work() && w.inflight.is_empty()) {
+                if !self.fits(next) {
+                    blocked = true;
+                    break;
+                }
                 self.assign(slot, now);
+                self.hold(slot);
             }
         }
-        if self.config.prefetch > 0 {
+        if self.config.prefetch > 0 && !blocked {
             let window_us = self.config.prefetch_window.as_micros() as f64;
             let mut progress = true;
             while progress && !self.queue.is_empty() {
                 progress = false;
                 for slot in 0..self.workers.len() {
                     let Some(next) = self.queue.front() else { break };
+                    // A job with a request starts only on an idle worker, when it fits.
+                    if next.request.is_some() {
+                        break;
+                    }
                     // Unknown tasks are never prefetched: they may be long.
                     let Some(expected) = expected_us(&self.average_us, next) else {
                         break;
@@ -354,6 +412,7 @@ impl Scheduler {
             name: &job.name,
             fingerprint: job.fingerprint,
             args: &job.args,
+            memory_limit: job.request.as_ref().and_then(|r| r.memory),
         });
         if let Err(e) = encode(&frame, &mut w.outbox) {
             let outcome = Outcome::BadArguments { message: e.to_string() };
@@ -401,7 +460,7 @@ impl Scheduler {
                     kill_group(w.process.pid);
                 }
             }
-            EventKind::Exited(exit) => self.on_exit(slot, exit),
+            EventKind::Exited { exit, peak_rss } => self.on_exit(slot, exit, peak_rss),
         }
     }
 
@@ -429,7 +488,14 @@ impl Scheduler {
     }
 
     fn on_done(&mut self, slot: usize, batch: Vec<TaskDone>) {
-        let Some(w) = self.workers[slot].as_mut() else { return };
+        let Some(mut w) = self.workers[slot].take() else { return };
+        self.answered(&mut w, batch);
+        self.workers[slot] = Some(w);
+        // The next job (a plain one, prefetched) holds the CPU the answered one gave back.
+        self.hold(slot);
+    }
+
+    fn answered(&mut self, w: &mut Worker, batch: Vec<TaskDone>) {
         let pid = w.process.pid;
         for done in batch {
             match w.inflight.front() {
@@ -447,6 +513,7 @@ impl Scheduler {
                     return;
                 }
             }
+            self.release(w);
             let Some(job) = w.inflight.pop_front() else { return };
             // The next job starts now: it no longer counts as queued.
             if let Some(next) = w.inflight.front() {

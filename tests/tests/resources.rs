@@ -1,0 +1,245 @@
+//! What tasks ask for and what they get: CPUs, memory (a limit that is enforced and named) and
+//! counted resources, on real worker processes.
+//!
+//! The workers are this test binary re-executed, so `main` calls `blitzen::worker_main()` before
+//! handing over to the test harness.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blitzen::{Fetch, MulticoreDispatcher, RunOptions, TaskError, TaskId};
+use blitzen_tests::{check, fail, trial};
+use libtest_mimic::{Arguments, Failed};
+
+// ----- tasks -----
+
+/// Allocates `mib` MiB, touches every page, and returns how many bytes it held.
+#[blitzen::task]
+fn hog(mib: usize) -> usize {
+    hold(mib)
+}
+
+/// [`hog`], limited to 64 MiB by its attribute.
+#[blitzen::task(memory = "64MiB")]
+fn hog_within(mib: usize) -> usize {
+    hold(mib)
+}
+
+fn hold(mib: usize) -> usize {
+    let mut v = vec![0u8; mib << 20];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v).len()
+}
+
+/// When it ran: microseconds since the epoch at its start and end, after sleeping `ms`.
+type Span = (u64, u64);
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn spend(ms: u64) -> Span {
+    let start = now_us();
+    std::thread::sleep(Duration::from_millis(ms));
+    (start, now_us())
+}
+
+#[blitzen::task]
+fn span(ms: u64) -> Span {
+    spend(ms)
+}
+
+#[blitzen::task(cpus = 2)]
+fn wide_span(ms: u64) -> Span {
+    spend(ms)
+}
+
+#[blitzen::task(resources(gpu = 1))]
+fn gpu_span(ms: u64) -> Span {
+    spend(ms)
+}
+
+// ----- helpers -----
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn results<O: serde::de::DeserializeOwned>(
+    d: &MulticoreDispatcher,
+    ids: &[TaskId<O>],
+) -> Result<Vec<Result<O, TaskError>>, Failed> {
+    d.get_results_with(ids, Fetch::default().within(WAIT)).map_err(fail)
+}
+
+/// The most of each held at once, over spans each holding `(cpus, gpus)`.
+fn peaks(spans: &[(Span, u32, u32)]) -> (u32, u32) {
+    // Ends sort before starts at the same instant: a task that ended as another started did
+    // not run beside it.
+    let mut events: Vec<(u64, i64, i64)> = Vec::new();
+    for &((start, end), cpus, gpus) in spans {
+        events.push((start, i64::from(cpus), i64::from(gpus)));
+        events.push((end, -i64::from(cpus), -i64::from(gpus)));
+    }
+    events.sort_by_key(|&(at, cpus, _)| (at, cpus > 0));
+    let (mut cpus, mut gpus, mut most) = (0i64, 0i64, (0i64, 0i64));
+    for (_, c, g) in events {
+        cpus += c;
+        gpus += g;
+        most = (most.0.max(cpus), most.1.max(gpus));
+    }
+    (most.0 as u32, most.1 as u32)
+}
+
+// ----- memory -----
+
+/// A task that allocates past its limit ends `MemoryExceeded` naming the limit, its worker is
+/// replaced, and the tasks beside it, limited or not, finish with their values.
+fn a_task_past_its_memory_limit_ends_memory_exceeded() -> Result<(), Failed> {
+    let d = MulticoreDispatcher::new(2).map_err(fail)?;
+    let neighbours: Vec<_> = (0..20).map(|_| d.run(span, 10)).collect();
+    let limit = RunOptions::default().with_memory(64 << 20);
+    let over = d.run_with(hog, 256, limit);
+    let within = d.run_with(hog, 16, limit);
+    let over_by_attribute = d.run(hog_within, 256);
+    let within_by_attribute = d.run(hog_within, 16);
+    let unlimited = d.run(hog, 256);
+    let ended = results(&d, &[over, within, over_by_attribute, within_by_attribute, unlimited])?;
+    for (i, r) in ended.iter().enumerate() {
+        let exceeded = i == 0 || i == 2;
+        match r {
+            Err(e @ TaskError::MemoryExceeded { limit, .. }) if exceeded => {
+                check(*limit == 64 << 20, format!("limit {limit}"))?;
+                let text = e.to_string();
+                check(text.contains("went past its memory limit of 64.0 MiB"), &text)?;
+                check(
+                    text.contains("memory allocation of"),
+                    format!("no allocation line: {text}"),
+                )?;
+            }
+            Ok(n) if !exceeded => {
+                let mib = if i == 4 { 256 } else { 16 };
+                check(*n == mib << 20, format!("task {i} held {n} bytes"))?;
+            }
+            other => return Err(format!("task {i} ended {other:?}").into()),
+        }
+    }
+    for r in results(&d, &neighbours)? {
+        check(r.is_ok(), format!("a neighbour ended {r:?}"))?;
+    }
+    let pids = d.wait_for_workers(WAIT).ok_or("the pool did not recover")?;
+    check(pids.len() == 2, format!("{} workers", pids.len()))?;
+    check(d.status().replacements == 2, format!("{} replacements", d.status().replacements))
+}
+
+// ----- CPUs and counted resources -----
+
+/// Tasks asking for two CPUs, for a GPU, and plain ones, all at once: at no moment do the
+/// running ones hold more than the dispatcher has, and small ones fill what large ones leave.
+fn running_tasks_never_hold_more_than_there_is() -> Result<(), Failed> {
+    let d = MulticoreDispatcher::builder()
+        .workers(4)
+        .cpus(4)
+        .resource("gpu", 1)
+        .build()
+        .map_err(fail)?;
+    let (mut wide, mut gpu, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..8 {
+        wide.push(d.run(wide_span, 60));
+        gpu.push(d.run(gpu_span, 40));
+        plain.push(d.run(span, 30));
+    }
+    let mut spans = Vec::new();
+    for (ids, cpus, gpus) in [(&wide, 2, 0), (&gpu, 1, 1), (&plain, 1, 0)] {
+        for r in results(&d, ids)? {
+            spans.push((r.map_err(fail)?, cpus, gpus));
+        }
+    }
+    let (cpus, gpus) = peaks(&spans);
+    check(cpus <= 4 && gpus <= 1, format!("held {cpus} CPUs and {gpus} GPUs at once"))?;
+    check(cpus == 4, format!("at most {cpus} of 4 CPUs were ever used at once"))?;
+    check(gpus == 1, "the GPU was never used")
+}
+
+/// A task asking for every CPU, behind and before streams of plain ones, starts once those
+/// before it have, and none of those after it starts before it has finished.
+fn a_large_task_is_not_starved_by_small_ones() -> Result<(), Failed> {
+    let d = MulticoreDispatcher::builder().workers(2).cpus(2).build().map_err(fail)?;
+    // Teach the pool the plain task is short, so it would prefetch it behind running ones.
+    results(&d, &(0..20).map(|_| d.run(span, 0)).collect::<Vec<_>>())?;
+    let before: Vec<_> = (0..20).map(|_| d.run(span, 5)).collect();
+    let big = d.run_with(span, 20, RunOptions::default().with_cpus(2));
+    let after: Vec<_> = (0..20).map(|_| d.run(span, 5)).collect();
+    let (big_start, big_end) = results(&d, &[big])?.remove(0).map_err(fail)?;
+    let ran = |ids: &[TaskId<Span>]| -> Result<Vec<Span>, Failed> {
+        results(&d, ids)?.into_iter().map(|r| r.map_err(fail)).collect()
+    };
+    let before = ran(&before)?;
+    let after = ran(&after)?;
+    let last_before = before.iter().map(|s| s.0).max().unwrap_or(0);
+    let first_after = after.iter().map(|s| s.0).min().unwrap_or(u64::MAX);
+    check(last_before <= big_start, "a task submitted before the large one started after it")?;
+    check(
+        first_after >= big_end,
+        format!(
+            "a task submitted after the large one started {} µs before it ended",
+            big_end.saturating_sub(first_after)
+        ),
+    )
+}
+
+/// What the dispatcher can never give ends the task at once, saying what is missing; a request
+/// that makes no sense is refused; a capacity that makes no sense stops the build.
+fn what_cannot_be_had_is_an_error_at_once() -> Result<(), Failed> {
+    let d = MulticoreDispatcher::builder()
+        .workers(2)
+        .cpus(2)
+        .resource("gpu", 1)
+        .build()
+        .map_err(fail)?;
+    let options = RunOptions::default();
+    let ids = [
+        d.run_with(span, 0, options.with_cpus(3)),
+        d.run_with(span, 0, options.with_resource("tpu", 1)),
+        d.run_with(span, 0, options.with_memory(u64::MAX)),
+        d.run_with(span, 0, options.with_cpus(0)),
+        d.run_with(span, 0, options.with_resource("gpu", 0)),
+        d.run_with(span, 0, options.with_resource("g p u", 1)),
+    ];
+    let ended = d.get_results_with(&ids, Fetch::default().within(Duration::from_secs(5)));
+    let ended = ended.map_err(fail)?;
+    let expect = [
+        "unrunnable: it asks for 3 CPUs of 2",
+        "unrunnable: it asks for tpu=1 of 0",
+        "PiB memory of",
+        "refused: it asks for what cannot be: a task needs at least 1 CPU",
+        "refused: it asks for what cannot be: a request of 0 `gpu`",
+        "refused: it asks for what cannot be: `g p u` is not a resource name",
+    ];
+    for (r, want) in ended.iter().zip(expect) {
+        let text = match r {
+            Err(e @ (TaskError::Unrunnable { .. } | TaskError::Refused { .. })) => e.to_string(),
+            other => return Err(format!("expected `{want}`, got {other:?}").into()),
+        };
+        check(text.contains(want), format!("`{text}` does not say `{want}`"))?;
+    }
+    check(
+        ended[0].as_ref().is_err_and(|e| e.to_string().contains("this pool has (2 CPUs")),
+        "the pool's capacity is named",
+    )?;
+    match MulticoreDispatcher::builder().workers(1).cpus(0).build() {
+        Err(e) => check(e.to_string().contains("0 CPUs"), format!("{e}")),
+        Ok(_) => Err("a dispatcher with 0 CPUs started".into()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    blitzen::worker_main();
+    let args = Arguments::from_args();
+    let tests = vec![
+        trial!(a_task_past_its_memory_limit_ends_memory_exceeded),
+        trial!(running_tasks_never_hold_more_than_there_is),
+        trial!(a_large_task_is_not_starved_by_small_ones),
+        trial!(what_cannot_be_had_is_an_error_at_once),
+    ];
+    libtest_mimic::run(&args, tests).exit_code()
+}
