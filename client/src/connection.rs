@@ -2,6 +2,7 @@
 //! with one method per thing that can happen, driven by [`Connection::serve`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::pool::{Job, JobResult};
@@ -228,7 +229,7 @@ impl<'a> Connection<'a> {
                 timeout: t.timeout_ms.map(Duration::from_millis),
                 retries: t.retries,
                 group,
-                request: None,
+                request: t.request.map(Arc::new),
             };
             if self.work.pool.submit(job).is_err() {
                 break;

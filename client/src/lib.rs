@@ -150,6 +150,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             name: e.name.to_string(),
             fingerprint: e.fingerprint,
             signature: e.signature.to_string(),
+            request: None,
         })
         .collect();
     let (builtins, own): (Vec<&TaskEntry>, Vec<&TaskEntry>) =
@@ -160,7 +161,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     } else {
         info!(count = names.len(), tasks = %names.join(", "), "this agent serves these tasks");
     }
+    let capacity = config.pool.capacity_or_default();
+    capacity.validate().map_err(PoolError::BadCapacity)?;
+    info!(%capacity, "this agent offers");
     let role = Role::Agent {
+        capacity: Some(capacity),
         host: config.host.clone(),
         workers: u32::try_from(config.pool.workers).unwrap_or(u32::MAX),
         tasks: kinds,

@@ -29,6 +29,19 @@ struct Args {
     /// Worker processes to run (1 to 4096). Default: one per CPU.
     #[arg(long, short, value_name = "N", value_parser = |s: &str| parse_count(s, MAX_WORKERS))]
     workers: Option<usize>,
+    /// CPUs the running tasks may hold at once: a plain task holds one, a task asking for two
+    /// holds two. Default: the number of workers.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s, u32::MAX as usize))]
+    cpus: Option<usize>,
+    /// Memory the running tasks may hold at once (tasks asking for memory hold what they ask;
+    /// the others nothing), e.g. 16GiB, 512MiB, 2000000 (bytes). Default: the machine's.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// Counted resources this machine offers, as NAME=COUNT pairs separated by commas, e.g.
+    /// gpu=2,license=1: a task asking for gpu=1 runs only on an agent offering a GPU, and holds
+    /// it while it runs. Default: none.
+    #[arg(long, value_name = "NAME=N,...", value_parser = parse_counts)]
+    resources: Option<Counts>,
     /// The name this agent reports (in the server's logs and in task errors). Default: the
     /// host name.
     #[arg(long, value_name = "NAME")]
@@ -66,6 +79,18 @@ struct Args {
     log_level: String,
 }
 
+fn parse_memory(text: &str) -> Result<u64, String> {
+    blitzen_protocol::parse_size(text).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// `--resources`: counted resources by name.
+#[derive(Debug, Clone)]
+struct Counts(Vec<(String, u64)>);
+
+fn parse_counts(text: &str) -> Result<Counts, String> {
+    blitzen_protocol::resources::parse_counts(text).map(Counts)
+}
+
 fn main() -> ExitCode {
     blitzen_common::worker_main();
     let args = Args::parse();
@@ -84,6 +109,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
     let server = blitzen_net::parse_server(&args.server, args.port).map_err(anyhow::Error::msg)?;
     let mut config = AgentConfig::new(&server, workers);
+    if args.cpus.is_some() || args.memory.is_some() || args.resources.is_some() {
+        let mut capacity = config.pool.capacity_or_default();
+        capacity.cpus = args.cpus.map_or(capacity.cpus, |n| n as u32);
+        capacity.memory = args.memory.unwrap_or(capacity.memory);
+        capacity.custom = args.resources.map(|c| c.0).unwrap_or_default();
+        config.pool.capacity = Some(capacity);
+    }
     config.heartbeat = args.heartbeat;
     config.secret = match &args.secret_file {
         Some(path) => Some(Secret::from_file(path)?),

@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
+use crate::resources::{Capacity, Request};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 10;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 11;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -24,7 +25,9 @@ pub const DEFAULT_PORT: u16 = 7464;
 /// Largest frame accepted before the handshake completes.
 pub const HANDSHAKE_FRAME_LEN: usize = 64 * 1024;
 
-/// A kind of task an agent can run: its registered name and signature.
+/// A kind of task: its registered name and signature — what an agent can run — and, as a driver
+/// declares it, what its tasks hold while they run. Tasks of one name with different requests
+/// are different kinds to a driver, and the same kind to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskKind {
     /// The registered name.
@@ -34,6 +37,10 @@ pub struct TaskKind {
     /// The signature as written, for messages.
     #[serde(default)]
     pub signature: String,
+    /// What each task of this kind holds while it runs; `None`: plain (one CPU). Always `None`
+    /// in an agent's announcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
 }
 
 /// The very first message of every connection, from the connecting side, in the clear: its
@@ -107,6 +114,10 @@ pub enum Role {
         /// connection with the id of one the server still holds replaces it. 0: none.
         #[serde(default)]
         agent_id: u64,
+        /// What its running tasks may hold at once; `None`: one CPU per worker, memory
+        /// unbounded, no counted resources.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<Capacity>,
     },
     /// A driver submitting tasks.
     Driver {
@@ -322,6 +333,9 @@ pub struct Assignment {
     /// the tasks it holds by it ([`FromAgent::Reattach`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// What it holds while it runs (its kind's request); `None`: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
 }
 
 /// Server → agent.
@@ -445,8 +459,18 @@ mod tests {
     }
 
     fn kind() -> impl Strategy<Value = TaskKind> {
-        (any::<String>(), any::<u64>(), any::<String>())
-            .prop_map(|(name, fingerprint, signature)| TaskKind { name, fingerprint, signature })
+        (any::<String>(), any::<u64>(), any::<String>(), any::<bool>()).prop_map(
+            |(name, fingerprint, signature, asks)| TaskKind {
+                name,
+                fingerprint,
+                signature,
+                request: asks.then(|| Request {
+                    cpus: 2,
+                    memory: Some(1 << 30),
+                    custom: vec![("gpu".into(), 1)],
+                }),
+            },
+        )
     }
 
     fn bytes() -> impl Strategy<Value = Bytes> {
@@ -483,7 +507,8 @@ mod tests {
                              tasks in proptest::collection::vec(kind(), 0..4), name in any::<String>(),
                              conn in any::<u64>(), server in any::<u64>()) {
             let nonce = Bytes::from(vec![7u8; 32]);
-            let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1 }, nonce: nonce.clone() };
+            let capacity = Some(Capacity { cpus: workers, memory: 1 << 34, custom: vec![("gpu".into(), 2)] });
+            let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1, capacity }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&agent), agent);
             let driver = Hello { version, role: Role::Driver { name, session: "s".into(), attach: false, heartbeat_ms: 5000 }, nonce: nonce.clone() };
             prop_assert_eq!(round_trip(&driver), driver);
@@ -523,7 +548,8 @@ mod tests {
         #[test]
         fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished(), seq in proptest::option::of(any::<u64>())) {
             let key = TaskKey::new(key);
-            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq }];
+            let request = seq.map(|_| Request { cpus: 3, memory: None, custom: Vec::new() });
+            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request }];
             let assigned = ToAgent::Run(tasks);
             prop_assert_eq!(round_trip(&assigned), assigned);
             let done = FromAgent::Done(vec![AgentResult { key, worker_pid: Some(1), run }]);

@@ -122,6 +122,42 @@ impl Capacity {
         Self { cpus, memory, custom: Vec::new() }
     }
 
+    /// `cpus` CPUs and this machine's memory ([`machine_memory`]): what an agent offers unless
+    /// told otherwise (with one CPU per worker).
+    pub fn of_machine(cpus: u32) -> Self {
+        Self::new(cpus, machine_memory())
+    }
+
+    /// The same, with `count` of the counted resource `name` (replacing what it had of it).
+    pub fn with_resource(mut self, name: impl Into<String>, count: u64) -> Self {
+        let name = name.into();
+        self.custom.retain(|(n, _)| *n != name);
+        self.custom.push((name, count));
+        self.custom.sort();
+        self
+    }
+
+    /// Checks that it can run something: at least one CPU, some memory, counted resources with
+    /// proper names, each at least 1, named once, sorted.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cpus == 0 {
+            return Err("0 CPUs: nothing could run".into());
+        }
+        if self.memory == 0 {
+            return Err("0 bytes of memory".into());
+        }
+        for (i, (name, count)) in self.custom.iter().enumerate() {
+            check_name(name)?;
+            if *count == 0 {
+                return Err(format!("0 `{name}`: leave it out instead"));
+            }
+            if i > 0 && self.custom[i - 1].0 >= *name {
+                return Err(format!("`{name}` is named twice or out of order"));
+            }
+        }
+        Ok(())
+    }
+
     /// How much of counted resource `name` it has (0 if none).
     pub fn custom(&self, name: &str) -> u64 {
         self.custom.iter().find(|(n, _)| n == name).map_or(0, |(_, count)| *count)
@@ -162,6 +198,14 @@ impl fmt::Display for Capacity {
         }
         Ok(())
     }
+}
+
+/// This machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `u64::MAX` if unreadable.
+pub fn machine_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    (meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:")))
+        .and_then(|kib| kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib * 1024)
 }
 
 /// What the running tasks of one machine hold, against its [`Capacity`].

@@ -82,6 +82,11 @@ pub struct AgentStatus {
     pub last_heard_ms: u64,
     /// Its workers as it last reported them, by pid.
     pub worker_states: Vec<WorkerState>,
+    /// What its running tasks may hold at once.
+    pub capacity: crate::Capacity,
+    /// What its running tasks held when it last reported them (a plain task holds one CPU);
+    /// free is `capacity` minus this.
+    pub used: crate::Capacity,
 }
 
 /// One worker process of an agent.

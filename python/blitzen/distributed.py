@@ -11,7 +11,7 @@ import os
 
 from blitzen import _native, _task
 from blitzen import logging as _logging
-from blitzen._dispatch import Dispatcher
+from blitzen._dispatch import Dispatcher, _counts
 
 DEFAULT_PORT = 7464
 
@@ -61,15 +61,18 @@ class DistributedDispatcher(Dispatcher):
         Ctrl-C or SIGTERM when ``None``), then stops it cleanly. Blocks meanwhile."""
         self._native.spawn_server(duration)
 
-    def spawn_client(self, workers=None):
+    def spawn_client(self, workers=None, cpus=None, memory=None, resources=None):
         """Runs an agent with ``workers`` Python worker processes (default: one per CPU) for
         this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself.
         Blocks meanwhile. Its workers import the modules of the driver's functions from this
-        process's ``sys.path`` (the original's ``common.py``)."""
+        process's ``sys.path`` (the original's ``common.py``).
+
+        It offers ``cpus`` (default: ``workers``), ``memory`` (bytes or ``"16GiB"``; default: the
+        machine's) and ``resources`` (``{"gpu": 2}``) to the tasks that ask for them."""
         if workers is None:
             workers = os.cpu_count() or 1
         command, env = _task.worker_command()
-        self._native.spawn_client(workers, command, env)
+        self._native.spawn_client(workers, command, env, cpus, memory, _counts(resources))
 
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

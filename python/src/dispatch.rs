@@ -9,11 +9,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen::distributed::{DistributedDispatcher, Secret};
+use blitzen::{Capacity, Needs, parse_size};
 use blitzen::{
     Completion, DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, TaskResult,
     WorkerCommand,
 };
-use blitzen::{Needs, parse_size};
 use blitzen_common::needs::MAX_RESOURCES;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::resources::check_name;
@@ -261,17 +261,37 @@ impl Dispatcher {
     }
 
     /// Runs an agent for this dispatcher's server with `workers` Python worker processes, until
-    /// Ctrl-C or SIGTERM. Cluster only.
+    /// Ctrl-C or SIGTERM, offering `cpus`, `memory` and `resources` (default: one CPU per
+    /// worker, the machine's memory, none). Cluster only.
+    #[pyo3(signature = (workers, command, env, cpus=None, memory=None, resources=None))]
+    #[allow(clippy::too_many_arguments)]
     fn spawn_client(
         &self,
         py: Python<'_>,
         workers: usize,
         command: Vec<String>,
         env: Vec<(String, String)>,
+        cpus: Option<u32>,
+        memory: Option<Bound<'_, PyAny>>,
+        resources: Option<Vec<(String, u64)>>,
     ) -> PyResult<()> {
         let command = worker_command(command, env)?;
         let d = self.distributed()?;
-        py.detach(|| d.spawn_client_with(blitzen::tasks![], workers, command))
+        let capacity = if cpus.is_some() || memory.is_some() || resources.is_some() {
+            let mut capacity = Capacity::of_machine(u32::try_from(workers).unwrap_or(u32::MAX));
+            capacity.cpus = cpus.unwrap_or(capacity.cpus);
+            if let Some(memory) = memory {
+                capacity.memory = size(&memory, "memory")?;
+            }
+            for (name, count) in resources.unwrap_or_default() {
+                capacity = capacity.with_resource(name, count);
+            }
+            capacity.validate().map_err(PyValueError::new_err)?;
+            Some(capacity)
+        } else {
+            None
+        };
+        py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity))
             .map_err(dispatch_error)
     }
 }

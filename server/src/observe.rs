@@ -8,6 +8,7 @@ use std::time::Duration;
 use blitzen_net::{ConnectError, NetError, PeerTls, Secret};
 use blitzen_protocol::cluster::{FromObserver, Role, ToObserver};
 use blitzen_protocol::status::{ClusterStatus, Failure};
+use blitzen_protocol::{Capacity, SizeText};
 
 /// Why a request got no answer.
 #[derive(thiserror::Error)]
@@ -105,6 +106,18 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// What an agent's running tasks hold of what it has: `cpu 2/4, mem 1.0 GiB/16.0 GiB, gpu 1/2`.
+fn resources_used(capacity: &Capacity, used: &Capacity) -> String {
+    let mut parts = vec![
+        format!("cpu {}/{}", used.cpus, capacity.cpus),
+        format!("mem {}/{}", SizeText(used.memory), SizeText(capacity.memory)),
+    ];
+    for (name, count) in &capacity.custom {
+        parts.push(format!("{name} {}/{count}", used.custom(name)));
+    }
+    parts.join(", ")
+}
+
 /// The cluster at a glance: the server's totals, one row per agent and per session, then the
 /// most recent failures with their whole error.
 pub fn render_status(server: &str, status: &ClusterStatus) -> String {
@@ -143,13 +156,23 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
                     a.held.to_string(),
                     a.done.to_string(),
                     a.failed.to_string(),
+                    resources_used(&a.capacity, &a.used),
                     format!("{} ago", human_duration(a.last_heard_ms)),
                     human_duration(a.connected_for_ms),
                 ]
             })
             .collect();
-        let header =
-            ["AGENT", "WORKERS", "BUSY", "HELD", "DONE", "FAILED", "LAST HEARD", "CONNECTED FOR"];
+        let header = [
+            "AGENT",
+            "WORKERS",
+            "BUSY",
+            "HELD",
+            "DONE",
+            "FAILED",
+            "RESOURCES USED",
+            "LAST HEARD",
+            "CONNECTED FOR",
+        ];
         out.push_str(&table(&header, &rows));
     }
     out.push('\n');

@@ -97,8 +97,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     };
     let (reader, write) = (admitted.reader, admitted.write);
     match admitted.greeting.role {
-        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id } => {
-            let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id };
+        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id, capacity } => {
+            if let Some(Err(why)) = capacity.as_ref().map(|c| c.validate()) {
+                warn!(%host, %why, "agent announced a capacity that makes no sense; connection closed");
+                return;
+            }
+            if let Some(kind) = tasks.iter().find(|k| k.request.is_some()) {
+                warn!(%host, task = %kind.name, "agent announced a task with a request; connection closed");
+                return;
+            }
+            let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id, capacity };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared).await;
         }
         Role::Driver { name, session, attach, heartbeat_ms } => {

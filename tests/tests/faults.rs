@@ -402,7 +402,12 @@ fn a_partitioned_agent_is_replaced_and_rejoins_when_healed() -> Result<(), Faile
 
 /// The cluster's description of a task, as an agent announces it.
 fn kind_of<T: Task>(_: T) -> TaskKind {
-    TaskKind { name: T::NAME.into(), fingerprint: T::FINGERPRINT, signature: T::SIGNATURE.into() }
+    TaskKind {
+        name: T::NAME.into(),
+        fingerprint: T::FINGERPRINT,
+        signature: T::SIGNATURE.into(),
+        request: None,
+    }
 }
 
 fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed> {
@@ -418,6 +423,7 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
             tasks: vec![kind_of(sleep)],
             heartbeat_ms: 0,
             agent_id: 0,
+            capacity: None,
         },
         nonce: Bytes::new(),
     };
@@ -515,6 +521,7 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
             tasks: vec![],
             heartbeat_ms: 0,
             agent_id: 0,
+            capacity: None,
         },
         nonce: Bytes::new(),
     };

@@ -6,7 +6,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blitzen::{Fetch, MulticoreDispatcher, RunOptions, TaskError, TaskId};
+use blitzen::distributed::DistributedDispatcher;
+use blitzen::{
+    Capacity, CommandOutput, CommandSpec, Fetch, MulticoreDispatcher, RunOptions, TaskError,
+    TaskId, command,
+};
+use blitzen_tests::cluster::{Process, driver, start_agent_with, start_program, start_server};
 use blitzen_tests::{check, fail, trial};
 use libtest_mimic::{Arguments, Failed};
 
@@ -232,10 +237,148 @@ fn what_cannot_be_had_is_an_error_at_once() -> Result<(), Failed> {
     }
 }
 
+// ----- on a cluster -----
+
+/// Started with it set to a server's address, this binary is an agent with two workers and a
+/// GPU, whose workers know the tasks above.
+const AGENT_ENV: &str = "BLITZEN_TEST_RESOURCES_AGENT";
+
+/// `sh` printing the time (in nanoseconds) at its start and at its end, `secs` apart.
+fn timed(secs: f64) -> CommandSpec {
+    CommandSpec::new("sh").arg("-c").arg(format!("date +%s%N; sleep {secs}; date +%s%N"))
+}
+
+/// The span a [`timed`] command printed, in microseconds.
+fn span_of(out: &CommandOutput) -> Result<Span, Failed> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let times: Vec<u64> = text.lines().filter_map(|l| l.trim().parse::<u64>().ok()).collect();
+    match times[..] {
+        [start, end] => Ok((start / 1000, end / 1000)),
+        _ => Err(format!("not two times: {text:?}").into()),
+    }
+}
+
+fn connected(agent: &Process) -> Result<(), Failed> {
+    check(agent.wait_for_log("connected", 1, WAIT), format!("no connection:\n{}", agent.log_text()))
+}
+
+/// Two stock agents offering different resources (`--cpus`, `--memory`, `--resources`): each
+/// task runs only on an agent that has what it asks for, at no moment do an agent's running
+/// tasks hold more than it offers, and a task no agent could ever fit ends `Unrunnable` naming
+/// the largest.
+fn tasks_run_only_where_they_fit_and_never_past_what_an_agent_offers() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let big = start_agent_with(&server.addr, 4, "big", &["--cpus", "4", "--resources", "gpu=1"])
+        .map_err(fail)?;
+    let small = start_agent_with(&server.addr, 2, "small", &["--memory", "1GiB"]).map_err(fail)?;
+    connected(&big)?;
+    connected(&small)?;
+    let d = driver(&server.addr);
+    let options = RunOptions::default();
+    // (options, CPUs, GPUs, whether only `big` has what it asks for)
+    let kinds = [
+        (options.with_resource("gpu", 1), 1, 1, true),
+        (options.with_memory(2 << 30), 1, 0, true),
+        (options.with_cpus(2), 2, 0, false),
+        (options, 1, 0, false),
+    ];
+    let mut submitted = Vec::new();
+    for round in 0..6 {
+        for (i, &(options, cpus, gpus, big_only)) in kinds.iter().enumerate() {
+            let secs = 0.1 + 0.05 * ((round + i) % 3) as f64;
+            submitted.push((d.run_with(command, timed(secs), options), cpus, gpus, big_only));
+        }
+    }
+    let never = d.run_with(
+        command,
+        timed(0.0),
+        options.with_cpus(8).with_unrunnable_limit(Duration::from_secs(2)),
+    );
+    let ids: Vec<_> = submitted.iter().map(|(id, ..)| *id).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let mut per_host: std::collections::HashMap<String, Vec<(Span, u32, u32)>> = Default::default();
+    for (r, &(_, cpus, gpus, big_only)) in results.iter().zip(&submitted) {
+        let host = r.worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+        let out: CommandOutput = r.decode().map_err(fail)?;
+        check(out.success(), format!("a command failed: {out:?}"))?;
+        check(
+            !big_only || host == "big",
+            format!("a task asking for {cpus} CPUs, {gpus} GPUs ran on {host}"),
+        )?;
+        per_host.entry(host).or_default().push((span_of(&out)?, cpus, gpus));
+    }
+    for (host, spans) in &per_host {
+        let (cpus, gpus) = peaks(spans);
+        let (most_cpus, most_gpus) = if host == "big" { (4, 1) } else { (2, 0) };
+        check(
+            cpus <= most_cpus && gpus <= most_gpus,
+            format!("{host} ran tasks holding {cpus} CPUs and {gpus} GPUs at once"),
+        )?;
+    }
+    check(per_host.len() == 2, format!("the tasks ran on {:?} only", per_host.keys()))?;
+    match d.get_results_with(&[never], Fetch::default().within(WAIT)).map_err(fail)?.remove(0) {
+        Err(e @ TaskError::Unrunnable { .. }) => {
+            let text = e.to_string();
+            check(text.contains("it asks for 8 CPUs of 4 on the largest, big"), &text)
+        }
+        other => Err(format!("the 8-CPU task ended {other:?}").into()),
+    }
+}
+
+/// On a cluster, a task past its memory limit ends `MemoryExceeded` on its agent, which
+/// replaces the worker, and the tasks beside it finish.
+fn a_task_past_its_memory_limit_on_an_agent_ends_memory_exceeded() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(AGENT_ENV, &server.addr);
+    let agent = start_program(program, "own-agent").map_err(fail)?;
+    connected(&agent)?;
+    let d = driver(&server.addr);
+    let neighbours: Vec<_> = (0..10).map(|_| d.run(span, 20)).collect();
+    let over = d.run(hog_within, 256);
+    let within = d.run(hog_within, 16);
+    let gpu = d.run(gpu_span, 10);
+    let ended = d.get_results_with(&[over, within], Fetch::default().within(WAIT)).map_err(fail)?;
+    match &ended[0] {
+        Err(e @ TaskError::MemoryExceeded { limit, .. }) => {
+            check(*limit == 64 << 20, format!("limit {limit}"))?;
+            let host = e.context().worker.as_ref().and_then(|w| w.host.clone());
+            check(host.is_some_and(|h| !h.is_empty()), format!("no host in {e}"))?;
+        }
+        other => return Err(format!("the hog ended {other:?}").into()),
+    }
+    check(ended[1] == Ok(16 << 20), format!("within its limit: {:?}", ended[1]))?;
+    check(results_of(&d, &[gpu])?[0].is_ok(), "the GPU task")?;
+    for r in results_of(&d, &neighbours)? {
+        check(r.is_ok(), format!("a neighbour ended {r:?}"))?;
+    }
+    Ok(())
+}
+
+fn results_of<O: serde::de::DeserializeOwned>(
+    d: &DistributedDispatcher,
+    ids: &[TaskId<O>],
+) -> Result<Vec<Result<O, TaskError>>, Failed> {
+    d.get_results_with(ids, Fetch::default().within(WAIT)).map_err(fail)
+}
+
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
+    if let Ok(server) = std::env::var(AGENT_ENV) {
+        let capacity = Capacity::of_machine(2).with_resource("gpu", 1);
+        let d = DistributedDispatcher::new(server);
+        return match d.spawn_client_offering(blitzen::tasks![], 2, capacity) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let args = Arguments::from_args();
     let tests = vec![
+        trial!(tasks_run_only_where_they_fit_and_never_past_what_an_agent_offers),
+        trial!(a_task_past_its_memory_limit_on_an_agent_ends_memory_exceeded),
         trial!(a_task_past_its_memory_limit_ends_memory_exceeded),
         trial!(running_tasks_never_hold_more_than_there_is),
         trial!(a_large_task_is_not_starved_by_small_ones),

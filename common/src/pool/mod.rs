@@ -107,18 +107,10 @@ impl PoolConfig {
 
     /// [`PoolConfig::capacity`], or what it stands for when unset.
     pub fn capacity_or_default(&self) -> Capacity {
-        self.capacity.clone().unwrap_or_else(|| {
-            Capacity::new(u32::try_from(self.workers).unwrap_or(u32::MAX), machine_memory())
+        (self.capacity.clone()).unwrap_or_else(|| {
+            Capacity::of_machine(u32::try_from(self.workers).unwrap_or(u32::MAX))
         })
     }
-}
-
-/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `u64::MAX` if unreadable.
-pub fn machine_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    (meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:")))
-        .and_then(|kib| kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map_or(u64::MAX, |kib| kib * 1024)
 }
 
 /// The program a pool starts as each of its workers, with its arguments and the environment
@@ -261,27 +253,6 @@ pub enum PoolError {
     Stopped,
 }
 
-/// Checks that a capacity can run something: at least one CPU, some memory, counted resources
-/// with proper names, each at least 1 and named once.
-pub fn check_capacity(capacity: &Capacity) -> Result<(), String> {
-    if capacity.cpus == 0 {
-        return Err("0 CPUs: nothing could run".into());
-    }
-    if capacity.memory == 0 {
-        return Err("0 bytes of memory".into());
-    }
-    for (i, (name, count)) in capacity.custom.iter().enumerate() {
-        blitzen_protocol::resources::check_name(name)?;
-        if *count == 0 {
-            return Err(format!("0 `{name}`: leave it out instead"));
-        }
-        if capacity.custom[..i].iter().any(|(n, _)| n == name) {
-            return Err(format!("`{name}` is named twice"));
-        }
-    }
-    Ok(())
-}
-
 /// The same text as `Display`: a `main` that returns this error prints a sentence.
 impl std::fmt::Debug for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -376,7 +347,7 @@ impl Pool {
             return Err(PoolError::TooManyWorkers(config.workers));
         }
         if let Some(capacity) = &config.capacity {
-            check_capacity(capacity).map_err(PoolError::BadCapacity)?;
+            capacity.validate().map_err(PoolError::BadCapacity)?;
         }
         registry::global()?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();

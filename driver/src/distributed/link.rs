@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blitzen_net::{Admitted, ConnectError, NetError, Secret};
-use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, ToDriver, Welcome};
 use blitzen_protocol::ids::{DriverTaskId, KindIndex};
+use blitzen_protocol::{Outcome, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -451,7 +451,9 @@ mod tests {
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
-    numbers: HashMap<(&'static str, u64), KindIndex>,
+    /// By name, fingerprint and request: the same task asking for other resources is another
+    /// kind to the server.
+    numbers: HashMap<(&'static str, u64, Option<Arc<Request>>), KindIndex>,
 }
 
 impl Declared {
@@ -459,11 +461,13 @@ impl Declared {
     /// in the same frame.
     fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
         let next = KindIndex::new(self.numbers.len() as u32);
-        let kind = *self.numbers.entry((call.name, call.fingerprint)).or_insert_with(|| {
+        let key = (call.name, call.fingerprint, call.request);
+        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request)| {
             kinds.push(TaskKind {
                 name: call.name.to_string(),
                 fingerprint: call.fingerprint,
                 signature: call.signature.to_string(),
+                request: request.as_deref().cloned(),
             });
             next
         });

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use blitzen_client::AgentConfig;
 use blitzen_common::logging;
+use blitzen_common::pool::PoolError;
 use blitzen_common::worker::is_unentered_worker;
+use blitzen_protocol::Capacity;
 use blitzen_server::{Server, ServerConfig};
 use tokio::sync::Notify;
 use tracing::info;
@@ -36,7 +38,14 @@ impl LocalCluster {
     /// Starts a server and an agent with `workers` worker processes, and returns once the
     /// agent's workers are up and connected.
     pub fn start(workers: usize) -> Result<Self, DispatchError> {
-        Self::start_with(workers, None)
+        Self::start_with(workers, None, None)
+    }
+
+    /// [`start`](Self::start), the agent offering `capacity` (CPUs, memory, counted resources)
+    /// instead of one CPU per worker and the machine's memory.
+    pub fn start_offering(workers: usize, capacity: Capacity) -> Result<Self, DispatchError> {
+        capacity.validate().map_err(PoolError::BadCapacity)?;
+        Self::start_with(workers, None, Some(capacity))
     }
 
     /// [`start`](Self::start), with a server that keeps its state in `dir` (the binary's
@@ -48,12 +57,13 @@ impl LocalCluster {
         workers: usize,
         dir: impl Into<std::path::PathBuf>,
     ) -> Result<Self, DispatchError> {
-        Self::start_with(workers, Some(dir.into()))
+        Self::start_with(workers, Some(dir.into()), None)
     }
 
     fn start_with(
         workers: usize,
         data_dir: Option<std::path::PathBuf>,
+        capacity: Option<Capacity>,
     ) -> Result<Self, DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
@@ -71,6 +81,7 @@ impl LocalCluster {
         let server = runtime.block_on(Server::bind(config))?;
         let addr = server.local_addr().map_err(blitzen_server::ServeError::from)?.to_string();
         let mut agent = AgentConfig::new(&addr, workers);
+        agent.pool.capacity = capacity;
         let connected = Arc::new(Notify::new());
         agent.connected = Some(connected.clone());
         let (ready_tx, ready) = std::sync::mpsc::channel();

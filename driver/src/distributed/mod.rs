@@ -23,8 +23,8 @@ use blitzen_common::pool::WorkerCommand;
 use blitzen_common::worker::is_unentered_worker;
 use blitzen_net::PeerTls;
 use blitzen_net::tls::Verify;
-use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
+use blitzen_protocol::{Capacity, Outcome};
 use blitzen_server::{Secrets, ServerConfig};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -471,6 +471,18 @@ impl Dispatcher<Cluster> {
         self.spawn_client_with(tasks, workers, WorkerCommand::this_binary())
     }
 
+    /// [`spawn_client`](Self::spawn_client), the agent offering `capacity` (CPUs, memory,
+    /// counted resources such as GPUs) instead of one CPU per worker and the machine's memory:
+    /// `Capacity::of_machine(workers).with_resource("gpu", 2)`.
+    pub fn spawn_client_offering(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        capacity: Capacity,
+    ) -> Result<(), DispatchError> {
+        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), Some(capacity))
+    }
+
     /// [`spawn_client`](Self::spawn_client) whose workers run `command` instead of this program
     /// (the Python package's agent runs its interpreter).
     pub fn spawn_client_with(
@@ -478,6 +490,18 @@ impl Dispatcher<Cluster> {
         tasks: Tasks,
         workers: usize,
         command: WorkerCommand,
+    ) -> Result<(), DispatchError> {
+        self.spawn_agent(tasks, workers, command, None)
+    }
+
+    /// Runs an agent in this process until Ctrl-C or SIGTERM; `capacity` `None`: the default.
+    #[doc(hidden)]
+    pub fn spawn_agent(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        command: WorkerCommand,
+        capacity: Option<Capacity>,
     ) -> Result<(), DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
@@ -493,6 +517,7 @@ impl Dispatcher<Cluster> {
         }
         let mut config = AgentConfig::new(&self.backend.server, workers);
         config.pool.command = command;
+        config.pool.capacity = capacity;
         config.secret = self.backend.secret()?;
         config.tls = self.backend.tls.clone();
         blitzen_client::run_until_signal(config)?;

@@ -2,14 +2,14 @@
 //! deadlines of started tasks whose agent stays silent about them.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{
     AgentResult, Assignment, TaskKind, TaskReport, ToAgent, WorkerReport,
 };
 use blitzen_protocol::ids::{ConnId, KindIndex, TaskKey};
-use blitzen_protocol::{Outcome, WorkerInfo};
+use blitzen_protocol::{Capacity, Outcome, Usage, WorkerInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,6 +38,8 @@ pub(crate) struct JoiningAgent {
     pub kinds: Vec<TaskKind>,
     /// The agent process (0: none); see [`Agent::id`].
     pub id: u64,
+    /// What its running tasks may hold at once, as it said; `None`: one CPU per worker.
+    pub capacity: Option<Capacity>,
 }
 
 /// A connected agent.
@@ -53,9 +55,19 @@ pub(super) struct Agent {
     /// Running average of its tasks' run times (µs), once some have finished; widens its
     /// credit for short tasks.
     pub average_us: Option<f64>,
-    /// Tasks assigned to it and not finished, those still in `outbox` included: every one has
-    /// its `Task::agent` set to this agent. Its size is what [`Agent::capacity`] limits.
-    pub running: HashSet<TaskKey>,
+    /// Tasks assigned to it and not finished, those still in `outbox` included, each with its
+    /// kind (whose request it holds in `usage`): every one has its `Task::agent` set to this
+    /// agent. Its size is what [`Agent::capacity`] limits.
+    pub running: HashMap<TaskKey, KindId>,
+    /// What its tasks may hold at once.
+    pub resources: Capacity,
+    /// What the tasks in `running` hold (a plain one, one CPU: with prefetching, plain tasks
+    /// may hold more CPUs here than it has; a task with a request fits only in what is left).
+    pub usage: Usage,
+    /// The oldest task it could run that did not fit: it gets nothing else until that one does.
+    pub reserved_for: Option<TaskKey>,
+    /// What its running tasks held when it last reported them, for observers.
+    pub used: Capacity,
     /// Its connection's writer.
     pub tx: mpsc::UnboundedSender<ToAgent>,
     /// Cancelled to close its connection when it breaks the protocol.
@@ -159,18 +171,23 @@ impl Core {
             .map(|(i, k)| (self.intern(k), KindIndex::new(i as u32)))
             .collect();
         let workers = (joining.workers as usize).max(1);
+        let resources =
+            (joining.capacity).unwrap_or_else(|| Capacity::new(workers as u32, u64::MAX));
         let host = joining.host;
-        info!(%conn, %host, workers, tasks = %names, "agent connected");
+        info!(%conn, %host, workers, %resources, tasks = %names, "agent connected");
         if joining.id != 0 && self.durable.is_some() {
             self.record(Change::Agent { id: joining.id, host: host.clone() });
         }
-        self.kinds_runnable(kinds.keys().copied(), &host);
         let agent = Agent {
-            host,
+            host: host.clone(),
             kinds,
             workers,
             average_us: None,
-            running: HashSet::new(),
+            running: HashMap::new(),
+            usage: Usage::new(&resources),
+            used: Capacity { cpus: 0, memory: 0, custom: Vec::new() },
+            resources,
+            reserved_for: None,
             tx,
             close,
             outbox: Vec::new(),
@@ -184,6 +201,7 @@ impl Core {
             reported: Vec::new(),
         };
         self.agents.insert(conn, agent);
+        self.kinds_runnable(&host);
     }
 
     /// Results from an agent. Each task's first result is kept; a later one (the task ran
@@ -208,11 +226,14 @@ impl Core {
             }
             if !recovered {
                 let Some(agent) = self.agents.get_mut(&conn) else { return };
-                if !agent.running.remove(&r.key) {
+                let Some(kind) = agent.running.remove(&r.key) else {
                     warn!(%conn, %host, key = %r.key, "agent sent a result for a task it does not hold; connection closed");
                     agent.close.cancel();
                     break;
-                }
+                };
+                let request = self.request(kind).clone();
+                let Some(agent) = self.agents.get_mut(&conn) else { return };
+                agent.usage.release(&agent.resources, &request);
                 let us = r.run.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
             } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {
@@ -245,6 +266,20 @@ impl Core {
 
     /// An agent said what its workers run now.
     pub(super) fn agent_workers(&mut self, conn: ConnId, workers: Vec<WorkerReport>) {
+        let Some(agent) = self.agents.get(&conn) else { return };
+        let mut used = Usage::new(&agent.resources);
+        for (key, _) in workers.iter().filter_map(|w| w.running) {
+            if let Some(task) = self.tasks.get(key) {
+                used.hold(&agent.resources, self.request(task.kind));
+            }
+        }
+        let used = Capacity {
+            cpus: used.cpus,
+            memory: used.memory,
+            custom: (agent.resources.custom.iter().zip(used.custom))
+                .map(|((name, _), n)| (name.clone(), n))
+                .collect(),
+        };
         let states = (workers.into_iter())
             .map(|w| WorkerState {
                 pid: w.pid,
@@ -260,6 +295,7 @@ impl Core {
             let now = Instant::now();
             agent.last_heard = now;
             agent.reported = states;
+            agent.used = used;
         }
     }
 
@@ -269,7 +305,7 @@ impl Core {
         debug!(%conn, count = keys.len(), "tasks with a timeout started");
         let now = Instant::now();
         for key in keys {
-            if !agent.running.contains(&key) {
+            if !agent.running.contains_key(&key) {
                 continue;
             }
             let Some(timeout) = self.tasks.get(key).and_then(|t| t.timeout_ms.get()) else {
@@ -290,7 +326,7 @@ impl Core {
             self.deadlines.pop();
             let still_there = self.tasks.get(key).is_some_and(|t| t.agent.get() == Some(conn));
             let Some(agent) = self.agents.get(&conn) else { continue };
-            if !still_there || !agent.running.contains(&key) {
+            if !still_there || !agent.running.contains_key(&key) {
                 continue;
             }
             let host = agent.host.clone();
@@ -316,7 +352,7 @@ impl Core {
             self.record(Change::AgentGone { id: agent.id });
         }
         let mut lost = Vec::new();
-        for key in agent.running {
+        for key in agent.running.into_keys() {
             if self.cancelling.contains(&key) {
                 // Cancelled: it ends here rather than running again elsewhere.
                 if let Some(task) = self.take_task(key) {

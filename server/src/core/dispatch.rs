@@ -2,14 +2,25 @@
 //! every connection its batch of the turn (assignments and acknowledgements of results to
 //! agents, results and acceptance counts to drivers).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{Assignment, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
 
-use super::Core;
 use super::tasks::OptionalConn;
+use super::{Core, KindId};
+
+/// What an agent does about a driver's queue (see `Core::oldest_for`).
+enum Pick {
+    /// Take the front task of this kind.
+    Take(KindId),
+    /// The oldest task does not fit yet: wait for it.
+    Reserve(TaskKey),
+    /// The oldest task does not fit, and another agent waits for it.
+    Reserved,
+    /// Nothing it can run.
+    Nothing,
+}
 
 /// Longest an acknowledgement of results waits for assignments to ride with.
 const ACK_DELAY: Duration = Duration::from_millis(20);
@@ -30,11 +41,18 @@ impl Core {
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
                 let Some(task) = self.tasks.get_mut(key) else { continue };
+                let class = task.kind;
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
                 // `next_task_for` only picks kinds the agent has.
-                let Some(&kind) = agent.kinds.get(&task.kind) else { continue };
+                let Some(&kind) = agent.kinds.get(&self.bases[class.index()]) else { continue };
                 task.agent = OptionalConn::some(conn);
-                agent.running.insert(key);
+                agent.running.insert(key, class);
+                let request = self.kinds[class.index()].request.clone();
+                if let Some(request) = &request {
+                    agent.usage.hold(&agent.resources, request);
+                } else {
+                    agent.usage.cpus += 1;
+                }
                 agent.outbox.push(Assignment {
                     key,
                     kind,
@@ -42,38 +60,100 @@ impl Core {
                     timeout_ms: task.timeout_ms.get(),
                     retries: task.retries,
                     seq: durable.then_some(task.seq),
+                    request,
                 });
             }
         }
     }
 
-    /// The oldest queued task of the next driver (in rotation) that this agent can run.
-    fn next_task_for(&mut self, agent: ConnId) -> Option<TaskKey> {
-        let kinds = &self.agents.get(&agent)?.kinds;
-        let tasks = &self.tasks;
-        for _ in 0..self.rotation.len() {
-            let conn = self.rotation.pop_front()?;
-            self.rotation.push_back(conn);
-            let Some(d) = self.drivers.get_mut(&conn) else { continue };
-            // Tasks that ended while queued (a late result settled them) leave dead keys.
-            for q in d.queues.values_mut() {
-                while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
-                    q.pop_front();
+    /// The next task this agent gets: the one it is reserved for, once it fits; else the
+    /// oldest queued task of the next driver (in rotation) among the kinds it can run — or,
+    /// when that one does not fit yet and no other agent waits for it, none: the agent is
+    /// reserved for it.
+    fn next_task_for(&mut self, conn: ConnId) -> Option<TaskKey> {
+        let agent = self.agents.get(&conn)?;
+        if let Some(key) = agent.reserved_for {
+            match self.tasks.get(key).filter(|t| t.agent.get().is_none()) {
+                Some(task) if agent.usage.fits(&agent.resources, self.request(task.kind)) => {
+                    let (driver, class) = (task.driver, task.kind);
+                    self.unreserve(conn, key);
+                    let queue = self.drivers.get_mut(&driver)?.queues.get_mut(&class)?;
+                    let at = queue.iter().position(|&k| k == key)?;
+                    return queue.remove(at);
                 }
+                // It waits for this agent's running tasks to drain.
+                Some(_) => return None,
+                // It ended, or went to another agent.
+                None => self.unreserve(conn, key),
             }
-            // The oldest task among the kinds this agent can run.
-            let best = d
-                .queues
-                .iter()
-                .filter(|(k, _)| kinds.contains_key(k))
-                .filter_map(|(&k, q)| Some((k, tasks.get(*q.front()?)?.seq)))
-                .min_by_key(|&(_, seq)| seq)
-                .map(|(k, _)| k);
-            if let Some(kind) = best {
-                return d.queues.get_mut(&kind).and_then(VecDeque::pop_front);
+        }
+        for _ in 0..self.rotation.len() {
+            let driver = self.rotation.pop_front()?;
+            self.rotation.push_back(driver);
+            match self.oldest_for(conn, driver, false)? {
+                Pick::Take(class) => {
+                    return self.drivers.get_mut(&driver)?.queues.get_mut(&class)?.pop_front();
+                }
+                Pick::Reserve(key) => {
+                    self.reservations.insert(key, conn);
+                    self.agents.get_mut(&conn)?.reserved_for = Some(key);
+                    return None;
+                }
+                // The oldest waits for another agent: the oldest of what fits here now.
+                Pick::Reserved => {
+                    if let Pick::Take(class) = self.oldest_for(conn, driver, true)? {
+                        let queue = self.drivers.get_mut(&driver)?.queues.get_mut(&class)?;
+                        return queue.pop_front();
+                    }
+                }
+                Pick::Nothing => {}
             }
         }
         None
+    }
+
+    /// What `agent` should do about `driver`'s queue: the oldest task among the kinds it can
+    /// run (`fitting`: among those that fit now), and whether it fits.
+    fn oldest_for(&mut self, agent: ConnId, driver: ConnId, fitting: bool) -> Option<Pick> {
+        let (tasks, kinds, bases) = (&self.tasks, &self.kinds, &self.bases);
+        let a = self.agents.get(&agent)?;
+        let d = self.drivers.get_mut(&driver)?;
+        // Tasks that ended while queued (a late result settled them) leave dead keys.
+        for q in d.queues.values_mut() {
+            while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
+                q.pop_front();
+            }
+        }
+        let runnable = |class: KindId| match &kinds[class.index()].request {
+            None => Some(true),
+            Some(_) if !a.kinds.contains_key(&bases[class.index()]) => None,
+            Some(r) if a.resources.shortfall(r).is_some() => None,
+            Some(r) => Some(a.usage.fits(&a.resources, r)),
+        };
+        let best = (d.queues.iter())
+            .filter(|(class, _)| a.kinds.contains_key(&bases[class.index()]))
+            .filter_map(|(&class, q)| {
+                let key = *q.front()?;
+                let fits = runnable(class)?;
+                (!fitting || fits).then_some((tasks.get(key)?.seq, class, key, fits))
+            })
+            .min_by_key(|&(seq, ..)| seq);
+        Some(match best {
+            None => Pick::Nothing,
+            Some((_, class, _, true)) => Pick::Take(class),
+            Some((_, _, key, false)) if self.reservations.contains_key(&key) => Pick::Reserved,
+            Some((_, _, key, false)) => Pick::Reserve(key),
+        })
+    }
+
+    /// Ends `agent`'s reservation for `key`.
+    fn unreserve(&mut self, agent: ConnId, key: TaskKey) {
+        if self.reservations.get(&key) == Some(&agent) {
+            self.reservations.remove(&key);
+        }
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.reserved_for = None;
+        }
     }
 
     /// Sends every connection its batch of this turn.

@@ -26,10 +26,19 @@
 //! order; between drivers, assignments go round-robin. A task goes only to an agent whose binary
 //! has the task's name *and* signature; a task no connected agent can run waits, and its driver
 //! is told why.
+//!
+//! Resources: an agent advertises CPUs, memory and counted resources; each task it holds holds
+//! its kind's request (a plain task one CPU) until its result arrives. A task with a request
+//! goes only to an agent whose free share covers it. When the oldest task an agent could run
+//! does not fit yet, the agent is *reserved* for it: it gets nothing else until that task fits
+//! (its running tasks drain), so a stream of small tasks cannot starve a large one; other
+//! agents carry on. A task that no connected agent could ever fit is stranded like one no agent
+//! has (see `waiting`). The agent's own pool enforces the same capacity again.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
+use blitzen_protocol::Request;
 use blitzen_protocol::cluster::{
     AgentResult, FromObserver, Submission, TaskKind, TaskReport, ToAgent, ToDriver, ToObserver,
     WorkerReport,
@@ -148,10 +157,14 @@ pub(crate) struct Core {
     /// Events from the connection tasks; the loop ends when every sender is gone.
     events: mpsc::UnboundedReceiver<Event>,
     /// Every kind of task any connection has declared, once each; a [`KindId`] indexes it.
-    /// Never shrinks: a server meets few distinct kinds in its life.
+    /// Never shrinks: a server meets few distinct kinds in its life. A driver's kind carries
+    /// what its tasks ask for: one name with two requests is two kinds here, each queued on its
+    /// own, and both the same *base* kind (the name and signature alone) to agents.
     kinds: Vec<TaskKind>,
-    /// `kinds` by name and fingerprint, to intern a declaration.
-    kind_ids: HashMap<(String, u64), KindId>,
+    /// The base kind of each of `kinds` (itself for a kind without a request).
+    bases: Vec<KindId>,
+    /// `kinds` by name, fingerprint and request, to intern a declaration.
+    kind_ids: HashMap<(String, u64, Option<Request>), KindId>,
     /// Every task held, queued or running, until it ends; its key names it everywhere else.
     tasks: TaskTable,
     /// The next task's `Task::seq`: submission order across the server.
@@ -174,6 +187,9 @@ pub(crate) struct Core {
     deadlines: BinaryHeap<Deadline>,
     /// Kinds with queued tasks that no connected agent can run.
     stranded: HashMap<KindId, Stranded>,
+    /// Queued tasks that did not fit on the agent that would run them next, each with that
+    /// agent, which takes nothing else until it fits (see `dispatch`).
+    reservations: HashMap<TaskKey, ConnId>,
     /// Strandings so far: the last one's episode number.
     episodes: u64,
     /// When queued tasks with an unrunnable limit give up; stale entries (the task started,
@@ -240,6 +256,7 @@ impl Core {
             config,
             events,
             kinds: Vec::new(),
+            bases: Vec::new(),
             kind_ids: HashMap::new(),
             tasks: TaskTable::default(),
             next_seq: 0,
@@ -250,6 +267,7 @@ impl Core {
             agents: HashMap::new(),
             deadlines: BinaryHeap::new(),
             stranded: HashMap::new(),
+            reservations: HashMap::new(),
             episodes: 0,
             give_ups: BinaryHeap::new(),
             durable,
@@ -424,11 +442,14 @@ impl Core {
 
     /// The server's id of a kind, interning it on first sight.
     fn intern(&mut self, kind: TaskKind) -> KindId {
-        let key = (kind.name.clone(), kind.fingerprint);
+        let key = (kind.name.clone(), kind.fingerprint, kind.request.clone());
         if let Some(&id) = self.kind_ids.get(&key) {
             return id;
         }
+        let base = (kind.request.is_some())
+            .then(|| self.intern(TaskKind { request: None, ..kind.clone() }));
         let id = KindId(self.kinds.len() as u32);
+        self.bases.push(base.unwrap_or(id));
         if let Some(durable) = &mut self.durable
             && id.0 >= durable.kinds_saved
         {
@@ -444,6 +465,17 @@ impl Core {
     fn kind(&self, id: KindId) -> &TaskKind {
         &self.kinds[id.index()]
     }
+
+    /// The kind without its request: what an agent announces.
+    fn base(&self, id: KindId) -> KindId {
+        self.bases[id.index()]
+    }
+
+    /// What a task of this kind holds while it runs.
+    fn request(&self, id: KindId) -> &Request {
+        static PLAIN: Request = Request::PLAIN;
+        self.kinds[id.index()].request.as_ref().unwrap_or(&PLAIN)
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -455,3 +487,5 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_resources;

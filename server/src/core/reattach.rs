@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use blitzen_protocol::Request;
 use blitzen_protocol::cluster::ToAgent;
 use blitzen_protocol::ids::{ConnId, TaskKey};
 use tracing::{info, warn};
@@ -50,7 +51,9 @@ impl Core {
                 let Some(task) = self.tasks.get_mut(key) else { continue };
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
                 task.agent = OptionalConn::some(conn);
-                agent.running.insert(key);
+                agent.running.insert(key, task.kind);
+                let request = self.kinds[task.kind.index()].request.as_ref();
+                agent.usage.hold(&agent.resources, request.unwrap_or(&Request::PLAIN));
                 kept.push((*seq, key));
                 // It may have started long ago: held to its deadline from now.
                 if let Some(timeout) = task.timeout_ms.get() {

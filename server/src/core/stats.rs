@@ -207,7 +207,7 @@ impl Core {
         let now = Instant::now();
         // Tasks agents hold, by driver: one pass over what agents hold (at most their credit).
         let mut held_by: HashMap<ConnId, u64> = HashMap::new();
-        for key in self.agents.values().flat_map(|a| a.running.iter()) {
+        for key in self.agents.values().flat_map(|a| a.running.keys()) {
             if let Some(task) = self.tasks.get(*key) {
                 *held_by.entry(task.driver).or_default() += 1;
             }
@@ -239,6 +239,8 @@ impl Core {
                         as u64,
                     last_heard_ms: now.saturating_duration_since(a.last_heard).as_millis() as u64,
                     worker_states,
+                    capacity: a.resources.clone(),
+                    used: a.used.clone(),
                 }
             })
             .collect();

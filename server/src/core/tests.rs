@@ -1,6 +1,5 @@
 //! Unit tests of the core: events in, assignments and reports out. Each turn ends with
 //! [`Core::end_turn`], as in [`Core::run`].
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::agents::MAX_CREDIT;
@@ -12,12 +11,12 @@ use blitzen_protocol::{Finished, Outcome};
 use bytes::Bytes;
 
 /// Connection `n`.
-fn conn(n: u64) -> ConnId {
+pub(super) fn conn(n: u64) -> ConnId {
     ConnId::new(n)
 }
 
 /// A submission with no timeout and no retries.
-fn submission(id: u64, kind: u32) -> Submission {
+pub(super) fn submission(id: u64, kind: u32) -> Submission {
     Submission {
         id: DriverTaskId::new(id),
         kind: KindIndex::new(kind),
@@ -28,15 +27,15 @@ fn submission(id: u64, kind: u32) -> Submission {
     }
 }
 
-fn kind(name: &str) -> TaskKind {
-    TaskKind { name: name.into(), fingerprint: 7, signature: format!("fn {name}()") }
+pub(super) fn kind(name: &str) -> TaskKind {
+    TaskKind { name: name.into(), fingerprint: 7, signature: format!("fn {name}()"), request: None }
 }
 
-fn core(config: ServerConfig) -> Core {
+pub(super) fn core(config: ServerConfig) -> Core {
     Core::new(config, mpsc::unbounded_channel().1, None)
 }
 
-fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
+pub(super) fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
     let (tx, rx) = mpsc::unbounded_channel();
     let session = format!("s{n}");
     let name = format!("d{n}");
@@ -44,7 +43,7 @@ fn driver(core: &mut Core, n: u64) -> mpsc::UnboundedReceiver<ToDriver> {
     rx
 }
 
-fn agent(
+pub(super) fn agent(
     core: &mut Core,
     n: u64,
     workers: u32,
@@ -52,25 +51,26 @@ fn agent(
 ) -> mpsc::UnboundedReceiver<ToAgent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = kinds.iter().map(|k| kind(k)).collect();
-    let agent = JoiningAgent { host: format!("a{n}"), workers, kinds, id: 1000 + n };
+    let agent =
+        JoiningAgent { host: format!("a{n}"), workers, kinds, id: 1000 + n, capacity: None };
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
     rx
 }
 
 /// Submits tasks of kind `name`, declaring it again (a driver may; the table just grows).
-fn submit(core: &mut Core, n: u64, name: &str, ids: std::ops::Range<u64>) {
+pub(super) fn submit(core: &mut Core, n: u64, name: &str, ids: std::ops::Range<u64>) {
     let index = core.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
     let tasks = ids.map(|id| submission(id, index)).collect();
     core.on_event(Event::Submit { conn: conn(n), kinds: vec![kind(name)], tasks });
 }
 
 /// Ends a turn, as the event loop does.
-fn turn(core: &mut Core) {
+pub(super) fn turn(core: &mut Core) {
     core.end_turn();
 }
 
-fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey> {
+pub(super) fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey> {
     let mut keys = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let ToAgent::Run(batch) = msg {
@@ -80,7 +80,7 @@ fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey> {
     keys
 }
 
-fn done(keys: &[TaskKey]) -> Vec<AgentResult> {
+pub(super) fn done(keys: &[TaskKey]) -> Vec<AgentResult> {
     keys.iter()
         .map(|&key| {
             let mut run = Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01")));
@@ -147,7 +147,11 @@ fn credit_follows_task_length() {
         kinds: HashMap::new(),
         workers: 4,
         average_us: None,
-        running: HashSet::new(),
+        running: HashMap::new(),
+        resources: blitzen_protocol::Capacity::new(4, 1 << 30),
+        usage: Default::default(),
+        reserved_for: None,
+        used: blitzen_protocol::Capacity::new(0, 0),
         tx: mpsc::unbounded_channel().0,
         close: CancellationToken::new(),
         outbox: Vec::new(),
@@ -374,7 +378,7 @@ fn a_result_for_a_task_the_agent_does_not_hold_closes_its_connection() {
     turn(&mut c);
     let mut keys = assigned(&mut a);
     if keys.is_empty() {
-        keys = c.agents[&conn(11)].running.iter().copied().collect();
+        keys = c.agents[&conn(11)].running.keys().copied().collect();
         c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
         assert!(c.agents[&conn(10)].close.is_cancelled());
     } else {
@@ -435,13 +439,13 @@ fn a_recovered_result_for_a_task_never_lost_closes_the_connection() {
 
 /// What a driver heard: notes of waiting tasks, warnings, and the outcomes of results.
 #[derive(Debug, Default)]
-struct Heard {
-    notes: Vec<(Vec<DriverTaskId>, String)>,
-    warnings: Vec<(u64, String)>,
-    outcomes: Vec<(u64, Outcome)>,
+pub(super) struct Heard {
+    pub notes: Vec<(Vec<DriverTaskId>, String)>,
+    pub warnings: Vec<(u64, String)>,
+    pub outcomes: Vec<(u64, Outcome)>,
 }
 
-fn heard(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Heard {
+pub(super) fn heard(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Heard {
     let mut h = Heard::default();
     while let Ok(msg) = rx.try_recv() {
         match msg {
@@ -509,8 +513,13 @@ fn a_task_with_an_unrunnable_limit_ends_once_it_waited_that_long_without_a_break
     turn(&mut c);
     c.on_waiting_timer(start + Duration::from_secs(3));
     // An agent with `t` comes at 3 s and goes at once: the count starts again from there.
-    let t = c.kind_ids[&("t".to_string(), 7)];
-    c.kinds_runnable([t].into_iter(), "a10");
+    let t = c.kind_ids[&("t".to_string(), 7, None)];
+    let _a = agent(&mut c, 10, 1, &["other"]);
+    if let Some(a) = c.agents.get_mut(&conn(10)) {
+        a.kinds.insert(t, KindIndex::new(1));
+    }
+    c.kinds_runnable("a10");
+    c.agents.remove(&conn(10));
     c.kinds_left(vec![t], start + Duration::from_secs(3));
     c.on_waiting_timer(start + Duration::from_secs(6));
     c.end_turn();
@@ -619,7 +628,13 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
     // The same agent process (id 1010) connects again before its old connection is noticed
     // dead: the old one is given up, and the result it recovers is expected, not a breach.
     let (tx, _new) = mpsc::unbounded_channel();
-    let joining = JoiningAgent { host: "a10".into(), workers: 1, kinds: vec![kind("t")], id: 1010 };
+    let joining = JoiningAgent {
+        host: "a10".into(),
+        workers: 1,
+        kinds: vec![kind("t")],
+        id: 1010,
+        capacity: None,
+    };
     let close = CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close: close.clone() });
     assert!(!c.agents.contains_key(&conn(10)), "the dead connection is gone");

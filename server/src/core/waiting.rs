@@ -16,6 +16,7 @@ use blitzen_protocol::cluster::{TaskReport, ToDriver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tracing::{info, warn};
 
+use super::agents::Agent;
 use super::{Core, KindId};
 
 /// The first warning about a stranded kind comes this long after it was stranded: an agent that
@@ -65,9 +66,17 @@ impl PartialOrd for GiveUp {
 }
 
 impl Core {
-    /// Whether a connected agent has tasks of `kind`.
+    /// Whether a connected agent has tasks of `kind` and could fit what they ask for.
     pub(super) fn can_run(&self, kind: KindId) -> bool {
-        self.agents.values().any(|a| a.kinds.contains_key(&kind))
+        self.agents.values().any(|a| self.could_run(a, kind))
+    }
+
+    /// Whether `agent` has tasks of `kind` and could fit what they ask for, once what it runs
+    /// has drained.
+    fn could_run(&self, agent: &Agent, kind: KindId) -> bool {
+        agent.kinds.contains_key(&self.base(kind))
+            && (self.kind(kind).request.as_ref())
+                .is_none_or(|r| agent.resources.shortfall(r).is_none())
     }
 
     /// Marks `kind` stranded from `now` unless it already is; returns the episode.
@@ -110,9 +119,11 @@ impl Core {
         }
     }
 
-    /// An agent joined: the kinds it has are no longer stranded.
-    pub(super) fn kinds_runnable(&mut self, kinds: impl Iterator<Item = KindId>, host: &str) {
-        for kind in kinds {
+    /// An agent joined: the kinds it can run are no longer stranded.
+    pub(super) fn kinds_runnable(&mut self, host: &str) {
+        let runnable: Vec<KindId> =
+            self.stranded.keys().copied().filter(|&k| self.can_run(k)).collect();
+        for kind in runnable {
             if let Some(s) = self.stranded.remove(&kind) {
                 let name = &self.kind(kind).name;
                 info!(task = %name, %host, waited = ?s.since.elapsed(), "an agent that can run waiting tasks joined");
@@ -120,9 +131,15 @@ impl Core {
         }
     }
 
-    /// An agent left: each kind it had that no other agent has, and of which tasks are queued,
-    /// is stranded; its queued tasks note why, and those with a limit are set to give up.
+    /// An agent left: each kind it had (with whatever request) that no other agent can run,
+    /// and of which tasks are queued, is stranded; its queued tasks note why, and those with a
+    /// limit are set to give up.
     pub(super) fn kinds_left(&mut self, kinds: Vec<KindId>, now: Instant) {
+        let bases: Vec<KindId> = kinds.iter().map(|&k| self.base(k)).collect();
+        let kinds: Vec<KindId> = (0..self.kinds.len() as u32)
+            .map(KindId)
+            .filter(|&k| bases.contains(&self.base(k)))
+            .collect();
         for kind in kinds {
             if self.can_run(kind) || self.stranded.contains_key(&kind) {
                 continue;
@@ -257,6 +274,18 @@ impl Core {
     /// Why no connected agent can run tasks of `kind`, for the driver.
     pub(super) fn why_unrunnable(&self, kind: KindId) -> String {
         let wanted = self.kind(kind);
+        let base = self.base(kind);
+        let largest = (self.agents.values())
+            .filter(|a| a.kinds.contains_key(&base))
+            .max_by_key(|a| (a.resources.cpus, a.resources.memory));
+        if let (Some(request), Some(largest)) = (&wanted.request, largest) {
+            let shortfall = largest.resources.shortfall(request).unwrap_or_default();
+            return format!(
+                "no connected agent with `{}` has what it asks for ({request}): {shortfall} on \
+                 the largest, {}, which has {}",
+                wanted.name, largest.host, largest.resources
+            );
+        }
         let others: Vec<&str> = self
             .agents
             .values()

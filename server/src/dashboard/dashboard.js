@@ -12,6 +12,13 @@ function fmtDuration(ms) {
   return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
 }
 
+function fmtBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let unit = 0;
+  while (n >= 1024 && unit + 1 < units.length) { n /= 1024; unit++; }
+  return unit === 0 ? `${n} B` : `${n.toFixed(1)} ${units[unit]}`;
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -78,6 +85,16 @@ function render(status) {
     el("td", {}, String(d.cancelled)), el("td", {}, d.throughput.toFixed(1)))));
 
   const agents = $("agents");
+  // What the running tasks hold of what the agent has: "cpu 2/4 · mem 1.0 GiB/16.0 GiB · gpu 1/2".
+  function resourcesUsed(a) {
+    const parts = [`cpu ${a.used.cpus}/${a.capacity.cpus}`,
+      `mem ${fmtBytes(a.used.memory)}/${fmtBytes(a.capacity.memory)}`];
+    for (const [name, count] of a.capacity.custom || []) {
+      const held = (a.used.custom || []).find(([n]) => n === name);
+      parts.push(`${name} ${held ? held[1] : 0}/${count}`);
+    }
+    return parts.join(" · ");
+  }
   if (status.agents.length === 0) {
     agents.replaceChildren(el("p", { class: "none" }, "no agents connected"));
   } else {
@@ -92,6 +109,7 @@ function render(status) {
       return el("div", { class: "agent", "data-agent": a.host },
         el("div", { class: "head" }, el("b", {}, a.host),
           ...[`${a.busy}/${a.workers} busy`, `${a.held} held`, `${a.done} done`, `${a.failed} failed`,
+            resourcesUsed(a),
             `heard ${fmtDuration(a.last_heard_ms)} ago`, `connected ${fmtDuration(a.connected_for_ms)}`]
             .map((t) => el("span", {}, t))),
         el("div", { class: "workers" }, ...cells));

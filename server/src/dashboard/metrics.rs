@@ -24,6 +24,12 @@ struct Agent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentResource {
+    agent: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Session {
     session: String,
     state: &'static str,
@@ -78,6 +84,32 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     registry.register("agent_busy_workers", "Workers of each agent running a task", busy);
     registry.register("agent_tasks_done", "Tasks each agent finished", agent_done);
     registry.register("agent_tasks_failed", "Tasks that failed on each agent", agent_failed);
+    let offered = Family::<AgentResource, Gauge>::default();
+    let used = Family::<AgentResource, Gauge>::default();
+    for a in &status.agents {
+        let mut amounts = vec![
+            ("cpu".to_string(), u64::from(a.capacity.cpus), u64::from(a.used.cpus)),
+            ("memory_bytes".to_string(), a.capacity.memory, a.used.memory),
+        ];
+        for (name, count) in &a.capacity.custom {
+            amounts.push((name.clone(), *count, a.used.custom(name)));
+        }
+        for (resource, has, holds) in amounts {
+            let labels = AgentResource { agent: a.host.clone(), resource };
+            offered.get_or_create(&labels).set(i64::try_from(has).unwrap_or(i64::MAX));
+            used.get_or_create(&labels).set(i64::try_from(holds).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "agent_resource",
+        "What each agent offers its tasks: CPUs, memory in bytes, counted resources",
+        offered,
+    );
+    registry.register(
+        "agent_resource_used",
+        "What the running tasks of each agent hold, as it last reported them",
+        used,
+    );
     let sessions = Family::<Session, Gauge>::default();
     for d in &status.sessions {
         for (state, n) in [

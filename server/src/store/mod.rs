@@ -454,7 +454,12 @@ mod tests {
                 },
                 Change::Kind {
                     number: 0,
-                    kind: TaskKind { name: "t".into(), fingerprint: 1, signature: "fn t()".into() },
+                    kind: TaskKind {
+                        name: "t".into(),
+                        fingerprint: 1,
+                        signature: "fn t()".into(),
+                        request: None,
+                    },
                 },
                 Change::Attempts { session: s(), id: 3, attempts: 2 },
                 Change::Attempts { session: s(), id: 2, attempts: 1 },

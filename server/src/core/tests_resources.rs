@@ -1,0 +1,117 @@
+//! Unit tests of the core's placement by resources: tasks go only where their request fits,
+//! hold it until their result, reserve an agent rather than starve, and wait with a reason when
+//! no agent could ever fit them.
+
+use super::tests::{
+    Heard, agent, assigned, conn, core, done, driver, heard, kind, submission, turn,
+};
+use super::*;
+use blitzen_protocol::{Capacity, Request};
+
+fn request(cpus: u32, custom: &[(&str, u64)]) -> Request {
+    Request {
+        cpus,
+        memory: None,
+        custom: custom.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+    }
+}
+
+/// Submits tasks of `name` asking for `request`.
+fn submit_asking(c: &mut Core, n: u64, name: &str, request: &Request, ids: std::ops::Range<u64>) {
+    let index = c.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let tasks = ids.map(|id| submission(id, index)).collect();
+    let kind = TaskKind { request: Some(request.clone()), ..kind(name) };
+    c.on_event(Event::Submit { conn: conn(n), kinds: vec![kind], tasks });
+}
+
+/// An agent with `workers` workers offering `capacity`.
+fn agent_with(
+    c: &mut Core,
+    n: u64,
+    workers: u32,
+    capacity: Capacity,
+) -> mpsc::UnboundedReceiver<ToAgent> {
+    let rx = agent(c, n, workers, &["t"]);
+    if let Some(a) = c.agents.get_mut(&conn(n)) {
+        a.usage = blitzen_protocol::Usage::new(&capacity);
+        a.resources = capacity;
+    }
+    rx
+}
+
+fn gpus(n: u64) -> Capacity {
+    Capacity { cpus: 4, memory: 1 << 34, custom: vec![("gpu".into(), n)] }
+}
+
+#[test]
+fn tasks_with_a_request_go_only_where_it_fits_and_hold_it_until_their_result() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    let mut with_gpu = agent_with(&mut c, 10, 4, gpus(1));
+    let mut without = agent_with(&mut c, 11, 4, Capacity::new(4, 1 << 34));
+    submit_asking(&mut c, 1, "t", &request(1, &[("gpu", 1)]), 0..3);
+    turn(&mut c);
+    let first = assigned(&mut with_gpu);
+    assert_eq!(first.len(), 1, "one GPU, one task at a time");
+    assert!(assigned(&mut without).is_empty(), "no GPU there");
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&first), recovered: false });
+    turn(&mut c);
+    assert_eq!(assigned(&mut with_gpu).len(), 1, "the GPU is free again");
+    assert!(assigned(&mut without).is_empty());
+}
+
+#[test]
+fn an_agent_is_reserved_for_a_large_task_rather_than_fed_small_ones() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    let mut a = agent_with(&mut c, 10, 2, Capacity::new(2, 1 << 34));
+    submit(&mut c, 1, 0..6);
+    submit_asking(&mut c, 1, "t", &request(2, &[]), 6..7);
+    submit(&mut c, 1, 7..20);
+    let mut order = Vec::new();
+    for _ in 0..20 {
+        let held_before = c.agents[&conn(10)].running.len();
+        turn(&mut c);
+        let keys = assigned(&mut a);
+        if keys.is_empty() {
+            break;
+        }
+        for (i, key) in keys.iter().enumerate() {
+            order.push((c.tasks[key].id.get(), held_before + i));
+        }
+        c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
+    }
+    let ids: Vec<u64> = order.iter().map(|&(id, _)| id).collect();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>(), "in submission order, none passing the large one");
+    let big = order.iter().find(|&&(id, _)| id == 6).map(|&(_, held)| held);
+    assert_eq!(big, Some(0), "the large task went to an agent holding nothing else");
+}
+
+fn submit(c: &mut Core, n: u64, ids: std::ops::Range<u64>) {
+    super::tests::submit(c, n, "t", ids);
+}
+
+#[test]
+fn a_task_no_agent_could_ever_fit_waits_and_says_what_is_missing() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    let mut a = agent_with(&mut c, 10, 2, gpus(1));
+    submit_asking(&mut c, 1, "t", &request(8, &[("gpu", 2)]), 0..1);
+    submit(&mut c, 1, 1..2);
+    turn(&mut c);
+    assert_eq!(assigned(&mut a).len(), 1, "the plain task runs; the large one waits");
+    let Heard { notes, .. } = heard(&mut d);
+    let reason = notes.first().map(|(_, r)| r.as_str()).unwrap_or_default();
+    assert!(reason.contains("it asks for 8 CPUs of 4, gpu=2 of 1 on the largest, a10"), "{reason}");
+    // An agent that could fit it joins: it runs there.
+    let mut big = agent_with(
+        &mut c,
+        11,
+        8,
+        Capacity { cpus: 8, memory: 1 << 34, custom: vec![("gpu".into(), 2)] },
+    );
+    c.kinds_runnable("a11");
+    turn(&mut c);
+    assert_eq!(assigned(&mut big).len(), 1);
+    assert!(c.stranded.is_empty(), "no longer stranded");
+}
