@@ -229,7 +229,7 @@ impl<'a> Connection<'a> {
                 timeout: t.timeout_ms.map(Duration::from_millis),
                 retries: t.retries,
                 group,
-                request: t.request.map(Arc::new),
+                request: t.request.map(|r| Arc::new(*r)),
             };
             if self.work.pool.submit(job).is_err() {
                 break;

@@ -13,6 +13,9 @@ fn help_documents_every_flag() {
         "--server",
         "--port",
         "--workers",
+        "--cpus",
+        "--memory",
+        "--resources",
         "--name",
         "--heartbeat",
         "--secret-file",
@@ -34,6 +37,13 @@ fn bad_input_is_a_clear_error() {
         (vec!["--heartbeat", "0"], "more than 0"),
         (vec!["--secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
         (vec!["--secret-file", "Cargo.toml", "--workers", "0"], "at least 1"),
+        (vec!["--cpus", "0"], "at least 1"),
+        (vec!["--memory", "4 gigs"], "unknown unit"),
+        (vec!["--memory", "0"], "zero bytes"),
+        (vec!["--resources", "gpu=0"], "at least 1"),
+        (vec!["--resources", "gpu"], "not NAME=COUNT"),
+        (vec!["--resources", "gpu=1,gpu=2"], "named twice"),
+        (vec!["--resources", "9lives=1"], "not a resource name"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -65,6 +65,12 @@ impl Needs {
         self
     }
 
+    /// Whether it says nothing (a plain task): checked first, so that a plain call pays
+    /// nothing.
+    pub const fn is_plain(&self) -> bool {
+        self.cpus.is_none() && self.memory.is_none() && self.len == 0
+    }
+
     /// The counted resources it names, in the order named.
     pub fn resources(&self) -> &[(&'static str, u64)] {
         &self.resources[..self.len]

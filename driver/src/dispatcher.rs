@@ -129,7 +129,11 @@ impl<B: Backend> Dispatcher<B> {
         if closed {
             return id;
         }
-        let options = RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options };
+        let options = if T::NEEDS.is_plain() {
+            options
+        } else {
+            RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
+        };
         match encode_value(&args) {
             Ok(args) => self.submit(task, id.seq(), args, options),
             Err(e) => self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() }),
@@ -150,12 +154,15 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     fn submit(&self, task: NamedTask, seq: u64, args: Bytes, options: RunOptions) {
-        let request = match options.needs.request() {
-            Ok(request) => request.map(Arc::new),
-            Err(e) => {
-                let reason = format!("it asks for what cannot be: {e}");
-                return self.table.settle(seq, Outcome::Refused { reason });
-            }
+        let request = match options.needs.is_plain().then_some(None) {
+            Some(plain) => plain,
+            None => match options.needs.request() {
+                Ok(request) => request.map(Arc::new),
+                Err(e) => {
+                    let reason = format!("it asks for what cannot be: {e}");
+                    return self.table.settle(seq, Outcome::Refused { reason });
+                }
+            },
         };
         let call = Call {
             id: seq,

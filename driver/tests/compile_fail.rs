@@ -1,5 +1,5 @@
 //! Mistakes the compiler catches, each with a message that says what to do: a task argument
-//! that borrows, a plain function passed to `run`. Each program in `tests/ui/` must fail to
+//! that borrows, a plain function passed to `run`, a task asking for what cannot be. Each program in `tests/ui/` must fail to
 //! compile with exactly the diagnostics in the `.stderr` file beside it.
 //!
 //! The programs are compiled by `rustc` against the `blitzen` library of the test build itself

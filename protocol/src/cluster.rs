@@ -335,7 +335,7 @@ pub struct Assignment {
     pub seq: Option<u64>,
     /// What it holds while it runs (its kind's request); `None`: plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<Request>,
+    pub request: Option<Box<Request>>,
 }
 
 /// Server → agent.
@@ -548,7 +548,7 @@ mod tests {
         #[test]
         fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished(), seq in proptest::option::of(any::<u64>())) {
             let key = TaskKey::new(key);
-            let request = seq.map(|_| Request { cpus: 3, memory: None, custom: Vec::new() });
+            let request = seq.map(|_| Box::new(Request { cpus: 3, memory: None, custom: Vec::new() }));
             let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request }];
             let assigned = ToAgent::Run(tasks);
             prop_assert_eq!(round_trip(&assigned), assigned);

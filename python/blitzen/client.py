@@ -23,6 +23,18 @@ def main(argv=None):
         "--workers", type=int, default=os.cpu_count() or 1, help="worker processes"
     )
     parser.add_argument(
+        "--cpus", type=int, default=None, help="CPUs the running tasks may hold (default: --workers)"
+    )
+    parser.add_argument(
+        "--memory", default=None, help="memory the running tasks may hold, e.g. 16GiB (default: the machine's)"
+    )
+    parser.add_argument(
+        "--resources",
+        default=None,
+        metavar="NAME=N,...",
+        help="counted resources this machine offers, e.g. gpu=2,license=1",
+    )
+    parser.add_argument(
         "--secret-file", help="file holding the cluster's secret (else BLITZEN_SECRET)"
     )
     parser.add_argument(
@@ -37,6 +49,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.cpus is not None and args.cpus < 1:
+        parser.error("--cpus must be at least 1")
+    resources = None
+    if args.resources:
+        resources = {}
+        for part in filter(None, (p.strip() for p in args.resources.split(","))):
+            name, sep, count = part.partition("=")
+            if not sep or not count.strip().isdigit() or int(count) < 1:
+                parser.error(f"--resources: `{part}` is not NAME=COUNT with COUNT at least 1")
+            resources[name.strip()] = int(count)
     secret = None
     if args.secret_file:
         try:
@@ -49,7 +71,9 @@ def main(argv=None):
         args.server, args.port, secret=secret, plaintext=args.insecure_plaintext
     )
     try:
-        dispatcher.spawn_client(args.workers)
+        dispatcher.spawn_client(
+            args.workers, cpus=args.cpus, memory=args.memory, resources=resources
+        )
     except (RuntimeError, ValueError) as e:
         print(f"blitzen-py-client: {e}", file=sys.stderr)
         return 1

@@ -23,3 +23,9 @@ def span(seconds):
     began = time.time()
     time.sleep(seconds)
     return os.getpid(), began, time.time()
+
+
+def hog(mib):
+    """Holds `mib` MiB for a moment; returns how many bytes it held."""
+    held = bytearray(mib << 20)
+    return len(held)

@@ -37,14 +37,15 @@ def start_server(processes, port, secret=SECRET, extra_env=None):
     return server
 
 
-def start_client(processes, port, workers=2, secret=SECRET, prelude=""):
-    """A Python agent; `prelude` runs before blitzen is imported."""
+def start_client(processes, port, workers=2, secret=SECRET, prelude="", args=()):
+    """A Python agent; `prelude` runs before blitzen is imported; `args` are more flags."""
     env = {"BLITZEN_PORT": str(port), "BLITZEN_SECRET": secret}
+    flags = ["--workers", str(workers), "--path", str(HERE), *args]
     code = (
         f"{prelude}\n"
         "import sys\n"
         "from blitzen.client import main\n"
-        f"sys.exit(main(['--workers', '{workers}', '--path', {str(HERE)!r}]))\n"
+        f"sys.exit(main({flags!r}))\n"
     )
     client = processes.start(["-c", code], env=env)
     wait_for_output(client, "connected")

@@ -163,6 +163,10 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
     let busy = status_until(&addr, &secret, "two busy workers", |s| s["agents"][0]["busy"] == 2)?;
     let agent = &busy["agents"][0];
     check(agent["host"] == "status-agent" && agent["workers"] == 2, format!("agent: {agent}"))?;
+    check(
+        agent["capacity"]["cpus"] == 2 && agent["used"]["cpus"] == 2,
+        format!("the agent's resources: {agent}"),
+    )?;
     let states = agent["worker_states"].as_array().ok_or("no worker states")?;
     check(
         states.iter().all(|w| w["task"]["task"] == "sleep" && w["task"]["session"] == session),
@@ -185,7 +189,9 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
     // The same in words.
     let text = server_command(&["status", "--server", &addr, "--secret-file", secret.arg()])?;
     check(text.ok, format!("status: {}", text.stderr))?;
-    for shown in ["status-agent", session, "TimedOut", "AGENT", "SESSION"] {
+    for shown in
+        ["status-agent", session, "TimedOut", "AGENT", "SESSION", "RESOURCES USED", "cpu 2/2"]
+    {
         check(text.stdout.contains(shown), format!("`{shown}` missing from:\n{}", text.stdout))?;
     }
     let listed = server_command(&[
@@ -378,6 +384,8 @@ fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> 
     }
     let cell = browser.text("#agents .worker.busy").map_err(fail)?;
     check(cell.starts_with("sleep #"), format!("a busy worker's cell: {cell}"))?;
+    let head = browser.text("#agents .agent .head").map_err(fail)?;
+    check(head.contains("cpu ") && head.contains("/2"), format!("the agent's resources: {head}"))?;
     let moved =
         format!("return Number(document.getElementById('t-finished').textContent) > {first}");
     check(browser.wait_for(&moved, WAIT).map_err(fail)?, "the finished count never moved")?;
@@ -436,6 +444,9 @@ fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> 
     check(failed_total == Some(1.0), format!("failed: {failed_total:?}"))?;
     let workers = sample(&scrape, "blitzen_agent_workers", &[("agent", "dash-agent")]);
     check(workers == Some(2.0), format!("workers: {workers:?}"))?;
+    let cpus =
+        sample(&scrape, "blitzen_agent_resource", &[("agent", "dash-agent"), ("resource", "cpu")]);
+    check(cpus == Some(2.0), format!("the agent's CPUs: {cpus:?}"))?;
     let done = sample(
         &scrape,
         "blitzen_session_tasks",

@@ -209,6 +209,12 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         Span::call_site(),
     );
     let gap = if docs.is_empty() { quote!() } else { quote!(#[doc = ""]) };
+    // Evaluated where the task is declared, so a bad size stops even `cargo check`.
+    let needs_checked = if options.needs.is_empty() {
+        quote!()
+    } else {
+        quote!(const _: #private::Needs = <#ident as #private::Task>::NEEDS;)
+    };
     let needs = if options.needs.is_empty() {
         quote!()
     } else {
@@ -274,6 +280,7 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         }
 
         #registration
+        #needs_checked
     })
 }
 

@@ -348,6 +348,11 @@ impl Core {
     pub(super) fn agent_left(&mut self, conn: ConnId, reason: &str) {
         let Some(agent) = self.agents.remove(&conn) else { return };
         warn!(%conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
+        if let Some(key) = agent.reserved_for
+            && self.reservations.get(&key) == Some(&conn)
+        {
+            self.reservations.remove(&key);
+        }
         if agent.id != 0 && self.durable.is_some() {
             self.record(Change::AgentGone { id: agent.id });
         }

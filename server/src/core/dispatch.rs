@@ -47,12 +47,13 @@ impl Core {
                 let Some(&kind) = agent.kinds.get(&self.bases[class.index()]) else { continue };
                 task.agent = OptionalConn::some(conn);
                 agent.running.insert(key, class);
-                let request = self.kinds[class.index()].request.clone();
-                if let Some(request) = &request {
+                let request = self.kinds[class.index()].request.as_ref();
+                if let Some(request) = request {
                     agent.usage.hold(&agent.resources, request);
                 } else {
                     agent.usage.cpus += 1;
                 }
+                let request = request.map(|r| Box::new(r.clone()));
                 agent.outbox.push(Assignment {
                     key,
                     kind,

@@ -454,7 +454,7 @@ impl Core {
             && id.0 >= durable.kinds_saved
         {
             durable.kinds_saved = id.0 + 1;
-            durable.changes.push(Change::Kind { number: id.0, kind: kind.clone() });
+            durable.changes.push(Change::Kind { number: id.0, kind: Box::new(kind.clone()) });
         }
         self.kinds.push(kind);
         self.kind_ids.insert(key, id);

@@ -115,3 +115,27 @@ fn a_task_no_agent_could_ever_fit_waits_and_says_what_is_missing() {
     assert_eq!(assigned(&mut big).len(), 1);
     assert!(c.stranded.is_empty(), "no longer stranded");
 }
+
+#[test]
+fn a_reservation_ends_with_its_agent() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    let mut a = agent_with(&mut c, 10, 2, Capacity::new(2, 1 << 34));
+    submit(&mut c, 1, 0..2);
+    turn(&mut c);
+    assert_eq!(assigned(&mut a).len(), 2);
+    submit_asking(&mut c, 1, "t", &request(2, &[]), 2..3);
+    turn(&mut c);
+    assert_eq!(c.reservations.len(), 1, "the agent waits for its tasks to drain");
+    c.on_event(Event::AgentLeft { conn: conn(10), reason: "gone".into() });
+    assert!(c.reservations.is_empty());
+    let mut b = agent_with(&mut c, 11, 2, Capacity::new(2, 1 << 34));
+    turn(&mut c);
+    let keys = assigned(&mut b);
+    let ids: Vec<u64> = keys.iter().map(|k| c.tasks[k].id.get()).collect();
+    assert_eq!(ids, [0, 1], "the lost agent's tasks first, in order");
+    c.on_event(Event::AgentDone { conn: conn(11), results: done(&keys), recovered: false });
+    turn(&mut c);
+    let keys = assigned(&mut b);
+    assert_eq!(keys.iter().map(|k| c.tasks[k].id.get()).collect::<Vec<_>>(), [2]);
+}

@@ -133,7 +133,7 @@ pub(crate) enum Change {
     /// A task's agent vanished while holding it: it has been handed out this many times.
     Attempts { session: String, id: u64, attempts: u32 },
     /// A kind met for the first time, with its number (the next one).
-    Kind { number: u32, kind: TaskKind },
+    Kind { number: u32, kind: Box<TaskKind> },
     /// An agent connected.
     Agent { id: u64, host: String },
     /// An agent left (not when the server stops: then it is waited for after the restart).
@@ -454,12 +454,16 @@ mod tests {
                 },
                 Change::Kind {
                     number: 0,
-                    kind: TaskKind {
+                    kind: Box::new(TaskKind {
                         name: "t".into(),
                         fingerprint: 1,
                         signature: "fn t()".into(),
-                        request: None,
-                    },
+                        request: Some(blitzen_protocol::Request {
+                            cpus: 2,
+                            memory: Some(1 << 30),
+                            custom: vec![("gpu".into(), 1)],
+                        }),
+                    }),
                 },
                 Change::Attempts { session: s(), id: 3, attempts: 2 },
                 Change::Attempts { session: s(), id: 2, attempts: 1 },
@@ -489,6 +493,8 @@ mod tests {
         assert_eq!(attempts, [0, 2], "attempts saved, and gone with their task");
         assert_eq!(loaded.results.len(), 1);
         assert_eq!(loaded.kinds.len(), 1);
+        let request = loaded.kinds[0].request.as_ref().map(|r| r.to_string());
+        assert_eq!(request.as_deref(), Some("2 CPUs, 1.0 GiB memory, gpu=1"), "kept with its kind");
         assert_eq!(loaded.agents, [(10, "b".to_string())]);
         assert_eq!(loaded.next_seq, 14, "above every seq stored, the ended ones too");
         let _ = std::fs::remove_dir_all(&path);

@@ -1,0 +1,92 @@
+"""What calls ask for — CPUs, memory, counted resources — and what they get, on real Python
+worker processes and on a cluster: they run only where it fits, a memory limit is enforced and
+named (``MemoryExceeded``), and nonsense is a ``ValueError`` at the call."""
+
+import pytest
+
+import blitzen
+from blitzen import Lost, MemoryExceeded, MulticoreDispatcher
+from blitzen.distributed import DistributedDispatcher
+
+from calls import hog, span, square
+from conftest import free_port
+from test_distributed import SECRET, start_client, start_server
+
+
+def overlaps(spans):
+    """The most spans running at once."""
+    events = sorted([(b, 1) for _, b, _ in spans] + [(e, -1) for _, _, e in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_call_past_its_memory_limit_is_memory_exceeded_and_its_neighbours_finish():
+    d = MulticoreDispatcher(workers=2)
+    try:
+        neighbours = [d.run(square, i) for i in range(10)]
+        over = d.run(hog, 256, memory="64MiB")
+        within = d.run(hog, 8, memory=64 << 20)
+        unlimited = d.run(hog, 256)
+        ended = d.get_results([over, within, unlimited])
+        assert isinstance(ended[0], MemoryExceeded), ended[0]
+        assert "went past its memory limit of 64.0 MiB" in str(ended[0])
+        assert isinstance(ended[0], blitzen.TaskError)
+        assert ended[1:] == [8 << 20, 256 << 20]
+        assert d.get_results(neighbours) == [i * i for i in range(10)]
+    finally:
+        d.shutdown()
+
+
+def test_calls_hold_what_they_ask_for_and_what_is_nowhere_is_lost():
+    d = MulticoreDispatcher(workers=3, cpus=3, resources={"gpu": 1})
+    try:
+        gpu = [d.run(span, 0.1, resources={"gpu": 1}) for _ in range(4)]
+        wide = [d.run(span, 0.1, cpus=3) for _ in range(2)]
+        nowhere = d.run(square, 2, resources={"tpu": 1})
+        assert overlaps(d.get_results(gpu)) == 1, "one GPU: one call at a time"
+        assert overlaps(d.get_results(wide)) == 1, "each holds all three CPUs"
+        lost = d.get_results(nowhere)
+        assert isinstance(lost, Lost) and "tpu=1 of 0" in str(lost), lost
+    finally:
+        d.shutdown()
+
+
+def test_nonsense_is_a_value_error_at_the_call():
+    d = MulticoreDispatcher(workers=1)
+    try:
+        for kwargs, said in [
+            ({"cpus": 0}, "cpus"),
+            ({"memory": "4 gigs"}, "memory"),
+            ({"memory": -5}, "memory"),
+            ({"memory": 0}, "memory"),
+            ({"resources": {"gpu": 0}}, "gpu"),
+            ({"resources": {"no such": 1}}, "resource name"),
+            ({"resources": ["gpu"]}, "dict"),
+        ]:
+            with pytest.raises(ValueError, match=said):
+                d.run(square, 1, **kwargs)
+        assert d.pending() == 0, "nothing was queued"
+    finally:
+        d.shutdown()
+    with pytest.raises((ValueError, RuntimeError), match="0 CPUs"):
+        MulticoreDispatcher(workers=1, cpus=0)
+
+
+def test_on_a_cluster_calls_run_where_their_resources_are(processes):
+    port = free_port()
+    start_server(processes, port)
+    start_client(processes, port, workers=2, args=["--resources", "gpu=1"])
+    d = DistributedDispatcher("127.0.0.1", port, secret=SECRET, connect_timeout=10)
+    try:
+        gpu = [d.run(span, 0.1, resources={"gpu": 1}) for _ in range(3)]
+        over = d.run(hog, 256, memory="64MiB")
+        plain = [d.run(square, i) for i in range(5)]
+        assert overlaps(d.get_results(gpu)) == 1
+        exceeded = d.get_results(over)
+        assert isinstance(exceeded, MemoryExceeded) and exceeded.host, exceeded
+        assert d.get_results(plain) == [i * i for i in range(5)]
+    finally:
+        d.shutdown()
