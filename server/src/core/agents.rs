@@ -231,9 +231,11 @@ impl Core {
                     agent.close.cancel();
                     break;
                 };
-                let request = self.request(kind).clone();
                 let Some(agent) = self.agents.get_mut(&conn) else { return };
-                agent.usage.release(&agent.resources, &request);
+                match &self.kinds[kind.index()].request {
+                    Some(request) => agent.usage.release(&agent.resources, request),
+                    None => agent.usage.cpus = agent.usage.cpus.saturating_sub(1),
+                }
                 let us = r.run.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
             } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {

@@ -2,24 +2,74 @@
 //! every connection its batch of the turn (assignments and acknowledgements of results to
 //! agents, results and acceptance counts to drivers).
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::cluster::{Assignment, ToAgent, ToDriver};
+use blitzen_protocol::cluster::{Assignment, TaskKind, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
 
-use super::tasks::OptionalConn;
+use super::agents::Agent;
+use super::drivers::Driver;
+use super::tasks::{OptionalConn, TaskTable};
 use super::{Core, KindId};
 
-/// What an agent does about a driver's queue (see `Core::oldest_for`).
+/// What an agent does about a driver's queue (see [`Choice::oldest`]).
 enum Pick {
-    /// Take the front task of this kind.
-    Take(KindId),
+    /// This task, taken off its queue.
+    Taken(TaskKey),
     /// The oldest task does not fit yet: wait for it.
     Reserve(TaskKey),
     /// The oldest task does not fit, and another agent waits for it.
     Reserved,
     /// Nothing it can run.
     Nothing,
+}
+
+/// What choosing an agent's next task from a driver's queues looks at.
+struct Choice<'a> {
+    tasks: &'a TaskTable,
+    kinds: &'a [TaskKind],
+    bases: &'a [KindId],
+    agent: &'a Agent,
+    reservations: &'a HashMap<TaskKey, ConnId>,
+}
+
+impl Choice<'_> {
+    /// What the agent should do about the driver's queues: take the oldest task among the
+    /// kinds it can run (`fitting`: among those that fit now) if it fits, or wait for it.
+    fn oldest(&self, d: &mut Driver, fitting: bool) -> Pick {
+        let Choice { tasks, kinds, bases, agent: a, .. } = *self;
+        // Tasks that ended while queued (a late result settled them) leave dead keys.
+        for q in d.queues.values_mut() {
+            while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
+                q.pop_front();
+            }
+        }
+        // Whether a task of `class` fits now; `None`: it never could here.
+        let runnable = |class: KindId| match &kinds[class.index()].request {
+            None => Some(true),
+            Some(r) if a.resources.shortfall(r).is_some() => None,
+            Some(r) => Some(a.usage.fits(&a.resources, r)),
+        };
+        let best = (d.queues.iter())
+            .filter(|(class, _)| a.kinds.contains_key(&bases[class.index()]))
+            .filter_map(|(&class, q)| {
+                let key = *q.front()?;
+                let fits = runnable(class)?;
+                (!fitting || fits).then_some((tasks.get(key)?.seq, class, key, fits))
+            })
+            .min_by_key(|&(seq, ..)| seq);
+        match best {
+            None => Pick::Nothing,
+            Some((_, class, _, true)) => d
+                .queues
+                .get_mut(&class)
+                .and_then(VecDeque::pop_front)
+                .map_or(Pick::Nothing, Pick::Taken),
+            Some((_, _, key, false)) if self.reservations.contains_key(&key) => Pick::Reserved,
+            Some((_, _, key, false)) => Pick::Reserve(key),
+        }
+    }
 }
 
 /// Longest an acknowledgement of results waits for assignments to ride with.
@@ -72,7 +122,7 @@ impl Core {
     /// when that one does not fit yet and no other agent waits for it, none: the agent is
     /// reserved for it.
     fn next_task_for(&mut self, conn: ConnId) -> Option<TaskKey> {
-        let agent = self.agents.get(&conn)?;
+        let mut agent = self.agents.get(&conn)?;
         if let Some(key) = agent.reserved_for {
             match self.tasks.get(key).filter(|t| t.agent.get().is_none()) {
                 Some(task) if agent.usage.fits(&agent.resources, self.request(task.kind)) => {
@@ -85,16 +135,25 @@ impl Core {
                 // It waits for this agent's running tasks to drain.
                 Some(_) => return None,
                 // It ended, or went to another agent.
-                None => self.unreserve(conn, key),
+                None => {
+                    self.unreserve(conn, key);
+                    agent = self.agents.get(&conn)?;
+                }
             }
         }
         for _ in 0..self.rotation.len() {
             let driver = self.rotation.pop_front()?;
             self.rotation.push_back(driver);
-            match self.oldest_for(conn, driver, false)? {
-                Pick::Take(class) => {
-                    return self.drivers.get_mut(&driver)?.queues.get_mut(&class)?.pop_front();
-                }
+            let Some(d) = self.drivers.get_mut(&driver) else { continue };
+            let choice = Choice {
+                tasks: &self.tasks,
+                kinds: &self.kinds,
+                bases: &self.bases,
+                agent,
+                reservations: &self.reservations,
+            };
+            match choice.oldest(d, false) {
+                Pick::Taken(key) => return Some(key),
                 Pick::Reserve(key) => {
                     self.reservations.insert(key, conn);
                     self.agents.get_mut(&conn)?.reserved_for = Some(key);
@@ -102,49 +161,14 @@ impl Core {
                 }
                 // The oldest waits for another agent: the oldest of what fits here now.
                 Pick::Reserved => {
-                    if let Pick::Take(class) = self.oldest_for(conn, driver, true)? {
-                        let queue = self.drivers.get_mut(&driver)?.queues.get_mut(&class)?;
-                        return queue.pop_front();
+                    if let Pick::Taken(key) = choice.oldest(d, true) {
+                        return Some(key);
                     }
                 }
                 Pick::Nothing => {}
             }
         }
         None
-    }
-
-    /// What `agent` should do about `driver`'s queue: the oldest task among the kinds it can
-    /// run (`fitting`: among those that fit now), and whether it fits.
-    fn oldest_for(&mut self, agent: ConnId, driver: ConnId, fitting: bool) -> Option<Pick> {
-        let (tasks, kinds, bases) = (&self.tasks, &self.kinds, &self.bases);
-        let a = self.agents.get(&agent)?;
-        let d = self.drivers.get_mut(&driver)?;
-        // Tasks that ended while queued (a late result settled them) leave dead keys.
-        for q in d.queues.values_mut() {
-            while q.front().is_some_and(|&k| tasks.get(k).is_none()) {
-                q.pop_front();
-            }
-        }
-        let runnable = |class: KindId| match &kinds[class.index()].request {
-            None => Some(true),
-            Some(_) if !a.kinds.contains_key(&bases[class.index()]) => None,
-            Some(r) if a.resources.shortfall(r).is_some() => None,
-            Some(r) => Some(a.usage.fits(&a.resources, r)),
-        };
-        let best = (d.queues.iter())
-            .filter(|(class, _)| a.kinds.contains_key(&bases[class.index()]))
-            .filter_map(|(&class, q)| {
-                let key = *q.front()?;
-                let fits = runnable(class)?;
-                (!fitting || fits).then_some((tasks.get(key)?.seq, class, key, fits))
-            })
-            .min_by_key(|&(seq, ..)| seq);
-        Some(match best {
-            None => Pick::Nothing,
-            Some((_, class, _, true)) => Pick::Take(class),
-            Some((_, _, key, false)) if self.reservations.contains_key(&key) => Pick::Reserved,
-            Some((_, _, key, false)) => Pick::Reserve(key),
-        })
     }
 
     /// Ends `agent`'s reservation for `key`.
