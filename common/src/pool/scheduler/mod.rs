@@ -6,7 +6,8 @@
 //! to the sink in one batch.
 //!
 //! This file holds the state and the flow of jobs (queue, dispatch, answers, timeouts);
-//! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown).
+//! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown);
+//! `holding` what running jobs hold of the pool's capacity.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use blitzen_protocol::frame::encode;
 use blitzen_protocol::{
-    Capacity, Captured, JobId, Outcome, Request, RunTaskRef, TaskDone, ToWorkerRef, Usage,
+    Capacity, Captured, JobId, Outcome, RunTaskRef, TaskDone, ToWorkerRef, Usage,
     WORKER_PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
@@ -27,6 +28,7 @@ use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, sign
 use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
+mod holding;
 mod lifecycle;
 
 /// Commands taken per loop turn before assigning work, so a flood of submissions cannot keep
@@ -35,9 +37,6 @@ const COMMANDS_PER_TURN: usize = 4096;
 
 /// The pause before retrying a worker that could not be created, times the failures so far.
 const RESPAWN_PAUSE: Duration = Duration::from_millis(500);
-
-/// What a job without a request holds.
-static PLAIN: Request = Request::PLAIN;
 
 /// How long shutdown waits for killed workers to be reaped.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
@@ -274,32 +273,6 @@ impl Scheduler {
             return;
         }
         self.queue.push_back(job);
-    }
-
-    /// Whether `job` may start now on an idle worker.
-    fn fits(&self, job: &Job) -> bool {
-        self.usage.fits(&self.capacity, job.request.as_deref().unwrap_or(&PLAIN))
-    }
-
-    /// The front job of `w` starts holding its share of the capacity.
-    fn hold(&mut self, slot: usize) {
-        let Some(w) = self.workers[slot].as_mut() else { return };
-        let Some(job) = w.inflight.front() else { return };
-        if !w.holding {
-            w.holding = true;
-            let request = job.request.as_deref().unwrap_or(&PLAIN);
-            self.usage.hold(&self.capacity, request);
-        }
-    }
-
-    /// The front job of `w` gives back its share (it was answered, or the worker died).
-    fn release(&mut self, w: &mut Worker) {
-        if let Some(job) = w.inflight.front()
-            && std::mem::take(&mut w.holding)
-        {
-            let request = job.request.as_deref().unwrap_or(&PLAIN);
-            self.usage.release(&self.capacity, request);
-        }
     }
 
     /// Withdraws jobs: queued ones end at once; a running one has its worker terminated; one a
