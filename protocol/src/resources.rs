@@ -49,16 +49,7 @@ impl Request {
         if self.memory == Some(0) {
             return Err("a memory request of 0 bytes".into());
         }
-        for (i, (name, count)) in self.custom.iter().enumerate() {
-            check_name(name)?;
-            if *count == 0 {
-                return Err(format!("a request of 0 `{name}`"));
-            }
-            if i > 0 && self.custom[i - 1].0 >= *name {
-                return Err(format!("resource `{name}` named twice or out of order"));
-            }
-        }
-        Ok(())
+        check_counts(&self.custom, |name| format!("a request of 0 `{name}`"))
     }
 
     /// Sorts the counted resources by name and adds up those named twice.
@@ -104,6 +95,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks counted resources: proper names, sorted, each once, none counted 0 (`zero` says
+/// that).
+fn check_counts(counts: &[(String, u64)], zero: impl Fn(&str) -> String) -> Result<(), String> {
+    for (i, (name, count)) in counts.iter().enumerate() {
+        check_name(name)?;
+        if *count == 0 {
+            return Err(zero(name));
+        }
+        if i > 0 && counts[i - 1].0 >= *name {
+            return Err(format!("resource `{name}` named twice or out of order"));
+        }
+    }
+    Ok(())
+}
+
 /// What a machine offers its tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
@@ -146,16 +152,7 @@ impl Capacity {
         if self.memory == 0 {
             return Err("0 bytes of memory".into());
         }
-        for (i, (name, count)) in self.custom.iter().enumerate() {
-            check_name(name)?;
-            if *count == 0 {
-                return Err(format!("0 `{name}`: leave it out instead"));
-            }
-            if i > 0 && self.custom[i - 1].0 >= *name {
-                return Err(format!("`{name}` is named twice or out of order"));
-            }
-        }
-        Ok(())
+        check_counts(&self.custom, |name| format!("0 `{name}`: leave it out instead"))
     }
 
     /// How much of counted resource `name` it has (0 if none).
