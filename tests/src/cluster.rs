@@ -175,7 +175,11 @@ pub struct ServerProcess {
 /// Starts `blitzen-server` on 127.0.0.1 (port 0 unless `args` names one) and waits until it
 /// listens.
 pub fn start_server(args: &[&str]) -> io::Result<ServerProcess> {
-    let mut command = Command::new(binary("blitzen-server")?);
+    start_server_as(Command::new(binary("blitzen-server")?), args)
+}
+
+/// [`start_server`] for a `command` that runs `blitzen-server` (in a network namespace, say).
+pub fn start_server_as(mut command: Command, args: &[&str]) -> io::Result<ServerProcess> {
     if !args.contains(&"--port") {
         command.args(["--port", "0"]);
     }
@@ -209,7 +213,18 @@ pub fn start_agent_with(
     name: &str,
     args: &[&str],
 ) -> io::Result<Process> {
-    let mut command = Command::new(binary("blitzen-client")?);
+    start_agent_as(Command::new(binary("blitzen-client")?), server, workers, name, args)
+}
+
+/// [`start_agent_with`] for a `command` that runs `blitzen-client` (in a network namespace,
+/// say).
+pub fn start_agent_as(
+    mut command: Command,
+    server: &str,
+    workers: usize,
+    name: &str,
+    args: &[&str],
+) -> io::Result<Process> {
     command.args(["--server", server, "--workers", &workers.to_string(), "--name", name]);
     command.args(args);
     let (mut process, stdout) = Process::spawn(command, name)?;

@@ -10,6 +10,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod netns;
 pub mod proxy;
 
 use std::io::{Read, Write};

@@ -1,0 +1,229 @@
+//! The cluster on real addresses: the server, the agents and the driver each on a host of its
+//! own — a network namespace the test makes (see `blitzen_tests::netns`) — encrypted with a
+//! shared secret, over links that are cut for 30 s or slowed to 1 Mbit/s.
+//!
+//! This binary has its own `main`: started with `BLITZEN_TEST_NETNS_DRIVER` set, it is the
+//! driver, run on its host, and prints what it got as one JSON line.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use blitzen::distributed::{DistributedDispatcher, Secret};
+use blitzen::{Fetch, echo, sleep};
+use blitzen_tests::cluster::{Process, TempFile, binary, start_agent_as, start_server_as};
+use blitzen_tests::netns::{Host, Network};
+use blitzen_tests::{check, fail, trial};
+use libtest_mimic::{Arguments, Failed};
+use serde_bytes::ByteBuf;
+
+/// Started with it set to `ADDR SECRET_FILE KIND COUNT SIZE`, this binary is a driver: it runs
+/// COUNT tasks — `echo` of SIZE bytes, or `sleep` of SIZE milliseconds — and prints a
+/// [`Report`].
+const DRIVER_ENV: &str = "BLITZEN_TEST_NETNS_DRIVER";
+
+const SECRET: &[u8] = b"a secret shared by every host of the test network";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What the driver got.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Report {
+    /// Tasks that returned what they should.
+    ok: usize,
+    /// The others, in words.
+    failed: Vec<String>,
+    /// Tasks per host that ran them.
+    hosts: BTreeMap<String, usize>,
+    /// From the first submission to the last result.
+    secs: f64,
+}
+
+fn drive(spec: &str) -> Result<Report, String> {
+    let [addr, secret, kind, count, size] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(format!("{DRIVER_ENV}: `{spec}`"));
+    };
+    let secret = Secret::from_file(std::path::Path::new(secret)).map_err(|e| e.to_string())?;
+    let (count, size): (usize, usize) =
+        (count.parse().map_err(|_| "count")?, size.parse().map_err(|_| "size")?);
+    let d = DistributedDispatcher::new(addr)
+        .with_secret(secret)
+        .with_connect_timeout(Duration::from_secs(20));
+    let started = Instant::now();
+    let ids: Vec<_> = match kind {
+        "echo" => (0..count)
+            .map(|i| d.run(echo::<ByteBuf>(), ByteBuf::from(vec![i as u8; size])).untyped())
+            .collect(),
+        _ => (0..count).map(|_| d.run(sleep, size as f64 / 1000.0).untyped()).collect(),
+    };
+    let results = d
+        .get_task_results(&ids, Fetch::default().within(Duration::from_secs(240)))
+        .map_err(|e| e.to_string())?;
+    let mut report = Report { ok: 0, failed: Vec::new(), hosts: BTreeMap::new(), secs: 0.0 };
+    report.secs = started.elapsed().as_secs_f64();
+    for (i, r) in results.iter().enumerate() {
+        let host = r.worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
+        *report.hosts.entry(host).or_default() += 1;
+        let right = match kind {
+            "echo" => r.decode::<ByteBuf>().is_ok_and(|v| *v == vec![i as u8; size]),
+            _ => r.decode::<f64>().is_ok_and(|s| s == size as f64 / 1000.0),
+        };
+        if right {
+            report.ok += 1;
+        } else {
+            report.failed.push(format!("task {i}: {:?}", r.outcome().err()));
+        }
+    }
+    d.shutdown();
+    Ok(report)
+}
+
+/// The server and `agents` agents of 2 workers, each on its own host; the agents connected.
+struct Cluster {
+    // Dropped first: the processes stop before their namespaces go.
+    agents: Vec<Process>,
+    server: Process,
+    addr: String,
+    hosts: Vec<Host>,
+    driver: Host,
+    secret: TempFile,
+    net: Network,
+}
+
+fn cluster(label: &str, agents: usize) -> Result<Cluster, Failed> {
+    let mut net = Network::new(label).map_err(fail)?;
+    let secret = TempFile::new("secret", SECRET).map_err(fail)?;
+    let server_host = net.host("server").map_err(fail)?;
+    let command = net.command(&server_host, binary("blitzen-server").map_err(fail)?);
+    let server = start_server_as(
+        command,
+        &["--bind", &server_host.addr, "--secret-file", secret.arg(), "--log-level", "info"],
+    )
+    .map_err(fail)?;
+    let addr = server.addr.clone();
+    let mut processes = Vec::new();
+    let mut hosts = Vec::new();
+    for n in 1..=agents {
+        let name = format!("a{n}");
+        let host = net.host(&name).map_err(fail)?;
+        let command = net.command(&host, binary("blitzen-client").map_err(fail)?);
+        let agent = start_agent_as(command, &addr, 2, &name, &["--secret-file", secret.arg()])
+            .map_err(fail)?;
+        check(agent.wait_for_log("connected", 1, WAIT), format!("{name}:\n{}", agent.log_text()))?;
+        check(
+            agent.log_text().contains("encrypted=true"),
+            format!("{name} is not encrypted:\n{}", agent.log_text()),
+        )?;
+        processes.push(agent);
+        hosts.push(host);
+    }
+    let driver = net.host("driver").map_err(fail)?;
+    Ok(Cluster { agents: processes, server: server.process, addr, hosts, driver, secret, net })
+}
+
+impl Cluster {
+    /// The driver on its host, running `count` tasks of `kind` and `size`.
+    fn start_driver(&self, kind: &str, count: usize, size: usize) -> Result<Process, Failed> {
+        let mut command = self.net.command(&self.driver, std::env::current_exe().map_err(fail)?);
+        let spec = format!("{} {} {kind} {count} {size}", self.addr, self.secret.arg());
+        command.env(DRIVER_ENV, spec);
+        blitzen_tests::cluster::start_program(command, "driver").map_err(fail)
+    }
+
+    /// Waits for the driver and reads its report.
+    fn report(&self, mut driver: Process, limit: Duration) -> Result<Report, Failed> {
+        let status = driver.wait_exit(limit).map_err(fail)?;
+        let log = driver.log_text();
+        check(
+            status.is_some_and(|s| s.success()),
+            format!("the driver failed ({status:?}):\n{log}"),
+        )?;
+        let line = log.lines().rev().find(|l| l.starts_with('{')).ok_or("no report")?;
+        serde_json::from_str(line).map_err(fail)
+    }
+
+    /// How many times the server counted agent `name` gone.
+    fn lost_count(&self, name: &str) -> usize {
+        let log = self.server.log_text();
+        log.lines()
+            .filter(|l| l.contains("agent disconnected") && l.contains(&format!("host={name}")))
+            .count()
+    }
+}
+
+/// Two agents and a driver on hosts of their own reach the server at its private address over
+/// TLS; every task returns its own value once, and both agents ran some.
+fn a_cluster_on_private_addresses_runs_every_task_once() -> Result<(), Failed> {
+    let c = cluster("plain", 2)?;
+    let driver = c.start_driver("echo", 2000, 1024)?;
+    let report = c.report(driver, WAIT)?;
+    check(report.ok == 2000 && report.failed.is_empty(), format!("{report:?}"))?;
+    check(report.hosts.len() == 2, format!("ran on {:?}", report.hosts))?;
+    println!("2000 echo tasks of 1 KiB across namespaces: {:.0} tasks/s", 2000.0 / report.secs);
+    check(c.lost_count("a1") + c.lost_count("a2") == 0, "an agent was counted lost")
+}
+
+/// An agent's cable is pulled for 30 s while it runs tasks: the server counts it lost and runs
+/// its tasks on the other agent, it reconnects once the cable is back, every task resolves
+/// once, and the other agent is never counted lost.
+fn an_agent_cut_off_for_30_s_comes_back_and_nothing_is_lost() -> Result<(), Failed> {
+    let c = cluster("cut", 2)?;
+    let driver = c.start_driver("sleep", 80, 400)?;
+    std::thread::sleep(Duration::from_secs(1));
+    c.net.cut(&c.hosts[0]).map_err(fail)?;
+    std::thread::sleep(Duration::from_secs(30));
+    c.net.mend(&c.hosts[0]).map_err(fail)?;
+    let report = c.report(driver, Duration::from_secs(120))?;
+    check(report.ok == 80 && report.failed.is_empty(), format!("{report:?}"))?;
+    check(c.lost_count("a2") == 0, format!("a2 was counted lost:\n{}", c.server.log_text()))?;
+    check(c.lost_count("a1") == 1, format!("a1 lost {} times", c.lost_count("a1")))?;
+    let a1 = &c.agents[0];
+    check(
+        a1.wait_for_log("connected", 2, WAIT),
+        format!("a1 never reconnected:\n{}", a1.log_text()),
+    )?;
+    println!(
+        "80 tasks of 0.4 s with a 30 s outage: {:.1} s, by host {:?}",
+        report.secs, report.hosts
+    );
+    Ok(())
+}
+
+/// An agent behind a 1 Mbit/s link gets 64 KiB arguments and sends 64 KiB results: each
+/// arrives once, and a frame crawling over the link is not taken for silence.
+fn an_agent_on_a_1_mbit_link_delivers_every_result_once() -> Result<(), Failed> {
+    let c = cluster("slow", 1)?;
+    c.net.limit(&c.hosts[0], "1mbit").map_err(fail)?;
+    let driver = c.start_driver("echo", 16, 64 << 10)?;
+    let report = c.report(driver, Duration::from_secs(120))?;
+    check(report.ok == 16 && report.failed.is_empty(), format!("{report:?}"))?;
+    check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
+    let mbit = 16.0 * 65536.0 * 8.0 / report.secs / 1e6;
+    println!(
+        "16 echo tasks of 64 KiB over 1 Mbit/s: {:.1} s, {mbit:.2} Mbit/s each way",
+        report.secs
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    blitzen::worker_main();
+    if let Ok(spec) = std::env::var(DRIVER_ENV) {
+        return match drive(&spec).and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
+        {
+            Ok(line) => {
+                eprintln!("{line}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("driver: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Arguments::from_args();
+    let tests = vec![
+        trial!(a_cluster_on_private_addresses_runs_every_task_once),
+        trial!(an_agent_cut_off_for_30_s_comes_back_and_nothing_is_lost),
+        trial!(an_agent_on_a_1_mbit_link_delivers_every_result_once),
+    ];
+    libtest_mimic::run(&args, tests).exit_code()
+}
