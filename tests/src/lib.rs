@@ -12,6 +12,7 @@ pub mod browser;
 pub mod cluster;
 pub mod netns;
 pub mod proxy;
+pub mod wire;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -5,8 +5,9 @@
 //! only inside the namespaces this network made (nothing is routed out of them, and the
 //! machine's own namespace never sees these links). A process runs on a host by
 //! `ip netns exec` ([`Network::command`]). Links can be cut and mended ([`Network::cut`]) and
-//! slowed to a rate ([`Network::limit`], a token bucket). Everything is removed when the network
-//! is dropped.
+//! slowed to a rate ([`Network::limit`], a token bucket); a host made with
+//! [`Network::faulty_host`] has a cable with latency, jitter and loss instead (see [`crate::wire`]).
+//! Everything is removed when the network is dropped.
 //!
 //! Making namespaces needs root (`CAP_NET_ADMIN`); the suite runs as root, as CI does. Without it
 //! [`Network::new`] says so.
@@ -14,6 +15,8 @@
 use std::ffi::OsStr;
 use std::io;
 use std::process::{Command, Stdio};
+
+use crate::wire::{self, Faults, Wire};
 
 /// Hosts in namespaces of their own, joined by a switch; removed when dropped.
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub struct Network {
     switch: String,
     /// The hosts' namespaces, made so far.
     hosts: Vec<String>,
+    /// The faulty hosts' cables.
+    wires: Vec<Wire>,
 }
 
 /// One host of a [`Network`].
@@ -68,7 +73,7 @@ impl Network {
         let tag = format!("blz-{}-{label}", std::process::id());
         let switch = format!("{tag}-sw");
         ip(&["netns", "add", &switch])?;
-        let network = Self { tag, switch, hosts: Vec::new() };
+        let network = Self { tag, switch, hosts: Vec::new(), wires: Vec::new() };
         ip(&["-n", &network.switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &network.switch, "link", "set", "br0", "up"])?;
         Ok(network)
@@ -76,15 +81,36 @@ impl Network {
 
     /// A new host named `name`, cabled into the switch.
     pub fn host(&mut self, name: &str) -> io::Result<Host> {
-        let n = self.hosts.len() + 1;
-        let namespace = format!("{}-{name}", self.tag);
-        ip(&["netns", "add", &namespace])?;
-        self.hosts.push(namespace.clone());
+        let (n, namespace) = self.new_namespace(name)?;
         let (port, end) = (format!("p{n}"), format!("h{n}"));
         let sw = self.switch.as_str();
         ip(&["-n", sw, "link", "add", &port, "type", "veth", "peer", "name", &end])?;
         ip(&["-n", sw, "link", "set", &end, "netns", &namespace])?;
         ip(&["-n", &namespace, "link", "set", &end, "name", "eth0"])?;
+        self.plug(n, namespace, port)
+    }
+
+    /// A new host named `name`, whose cable into the switch does `faults` to every frame.
+    pub fn faulty_host(&mut self, name: &str, faults: Faults) -> io::Result<Host> {
+        let (n, namespace) = self.new_namespace(name)?;
+        let port = format!("p{n}");
+        ip(&["-n", &namespace, "tuntap", "add", "dev", "eth0", "mode", "tap"])?;
+        ip(&["-n", &self.switch, "tuntap", "add", "dev", &port, "mode", "tap"])?;
+        self.wires.push(wire::connect(&namespace, "eth0", &self.switch, &port, faults)?);
+        self.plug(n, namespace, port)
+    }
+
+    fn new_namespace(&mut self, name: &str) -> io::Result<(usize, String)> {
+        let n = self.hosts.len() + 1;
+        let namespace = format!("{}-{name}", self.tag);
+        ip(&["netns", "add", &namespace])?;
+        self.hosts.push(namespace.clone());
+        Ok((n, namespace))
+    }
+
+    /// Gives host `n` its address and plugs its cable (`eth0` there, `port` in the switch) in.
+    fn plug(&self, n: usize, namespace: String, port: String) -> io::Result<Host> {
+        let sw = self.switch.as_str();
         let addr = format!("10.77.0.{n}");
         ip(&["-n", &namespace, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
@@ -127,6 +153,7 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        self.wires.clear();
         // Deleting a namespace removes its end of each cable, and with it the other end.
         for namespace in self.hosts.iter().chain(std::iter::once(&self.switch)) {
             let _ = ip(&["netns", "del", namespace]);

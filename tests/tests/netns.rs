@@ -12,6 +12,7 @@ use blitzen::distributed::{DistributedDispatcher, Secret};
 use blitzen::{Fetch, echo, sleep};
 use blitzen_tests::cluster::{Process, TempFile, binary, start_agent_as, start_server_as};
 use blitzen_tests::netns::{Host, Network};
+use blitzen_tests::wire::Faults;
 use blitzen_tests::{check, fail, trial};
 use libtest_mimic::{Arguments, Failed};
 use serde_bytes::ByteBuf;
@@ -89,6 +90,11 @@ struct Cluster {
 }
 
 fn cluster(label: &str, agents: usize) -> Result<Cluster, Failed> {
+    cluster_with(label, agents, None)
+}
+
+/// [`cluster`] whose agents' cables do `faults`.
+fn cluster_with(label: &str, agents: usize, faults: Option<Faults>) -> Result<Cluster, Failed> {
     let mut net = Network::new(label).map_err(fail)?;
     let secret = TempFile::new("secret", SECRET).map_err(fail)?;
     let server_host = net.host("server").map_err(fail)?;
@@ -103,7 +109,11 @@ fn cluster(label: &str, agents: usize) -> Result<Cluster, Failed> {
     let mut hosts = Vec::new();
     for n in 1..=agents {
         let name = format!("a{n}");
-        let host = net.host(&name).map_err(fail)?;
+        let host = match faults {
+            Some(faults) => net.faulty_host(&name, faults),
+            None => net.host(&name),
+        }
+        .map_err(fail)?;
         let command = net.command(&host, binary("blitzen-client").map_err(fail)?);
         let agent = start_agent_as(command, &addr, 2, &name, &["--secret-file", secret.arg()])
             .map_err(fail)?;
@@ -204,6 +214,40 @@ fn an_agent_on_a_1_mbit_link_delivers_every_result_once() -> Result<(), Failed> 
     Ok(())
 }
 
+/// An agent 50 ms (±10 ms) of round trip away: every task resolves once; how busy its workers
+/// stay with the default credit is printed (tasks of 10 ms on 2 workers: 200/s at best).
+fn an_agent_50_ms_away_with_jitter_runs_every_task_once() -> Result<(), Failed> {
+    let jittery =
+        Faults { delay: Duration::from_millis(25), jitter: Duration::from_millis(5), loss: 0.0 };
+    let c = cluster_with("far", 1, Some(jittery))?;
+    let driver = c.start_driver("sleep", 400, 10)?;
+    let report = c.report(driver, Duration::from_secs(120))?;
+    check(report.ok == 400 && report.failed.is_empty(), format!("{report:?}"))?;
+    check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
+    let rate = 400.0 / report.secs;
+    println!(
+        "400 tasks of 10 ms on 2 workers at 50 ms RTT: {rate:.0} tasks/s, {:.0} % of the workers' 200/s",
+        rate / 2.0
+    );
+    Ok(())
+}
+
+/// An agent whose cable loses 2 % of the frames each way: every task resolves once, and the
+/// agent is not counted lost.
+fn an_agent_on_a_lossy_link_runs_every_task_once() -> Result<(), Failed> {
+    let lossy = Faults { delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.02 };
+    let c = cluster_with("lossy", 1, Some(lossy))?;
+    let driver = c.start_driver("echo", 1000, 1024)?;
+    let report = c.report(driver, Duration::from_secs(120))?;
+    check(report.ok == 1000 && report.failed.is_empty(), format!("{report:?}"))?;
+    check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
+    println!(
+        "1000 echo tasks of 1 KiB with 2 % loss each way: {:.0} tasks/s",
+        1000.0 / report.secs
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
     if let Ok(spec) = std::env::var(DRIVER_ENV) {
@@ -224,6 +268,8 @@ fn main() -> std::process::ExitCode {
         trial!(a_cluster_on_private_addresses_runs_every_task_once),
         trial!(an_agent_cut_off_for_30_s_comes_back_and_nothing_is_lost),
         trial!(an_agent_on_a_1_mbit_link_delivers_every_result_once),
+        trial!(an_agent_50_ms_away_with_jitter_runs_every_task_once),
+        trial!(an_agent_on_a_lossy_link_runs_every_task_once),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

@@ -56,9 +56,13 @@ pub(super) struct Agent {
     /// credit for short tasks.
     pub average_us: Option<f64>,
     /// Tasks assigned to it and not finished, those still in `outbox` included, each with its
-    /// kind (whose request it holds in `usage`): every one has its `Task::agent` set to this
-    /// agent. Its size is what [`Agent::capacity`] limits.
-    pub running: HashMap<TaskKey, KindId>,
+    /// kind (whose request it holds in `usage`) and when it was sent: every one has its
+    /// `Task::agent` set to this agent. Its size is what [`Agent::capacity`] limits.
+    pub running: HashMap<TaskKey, (KindId, Instant)>,
+    /// The round trip to it, in µs, as its results show it: the time from sending a task to
+    /// its result, less the task's run time, at its lowest lately (a task that waited for a
+    /// worker shows more). Widens its credit, so that a distant agent's workers do not idle.
+    pub round_trip_us: Option<f64>,
     /// What its tasks may hold at once.
     pub resources: Capacity,
     /// What the tasks in `running` hold (a plain one, one CPU: with prefetching, plain tasks
@@ -99,17 +103,28 @@ pub(super) struct Agent {
 }
 
 impl Agent {
-    /// Tasks it may hold at once.
+    /// Tasks it may hold at once: two per worker, and, once its tasks have shown how long they
+    /// take, what keeps each worker busy for `WORK_WINDOW` plus a round trip to it.
     pub(super) fn capacity(&self) -> usize {
         let base = 2 * self.workers;
         let extra = match self.average_us {
             Some(avg) => {
-                let window = (self.workers as f64) * WORK_WINDOW.as_micros() as f64;
-                (window / avg.max(1.0)) as usize
+                let per_worker = WORK_WINDOW.as_micros() as f64 + self.round_trip_us.unwrap_or(0.0);
+                ((self.workers as f64) * per_worker / avg.max(1.0)) as usize
             }
             None => 0,
         };
         (base + extra).min(MAX_CREDIT.max(base))
+    }
+
+    /// Learns the round trip from a result that took `total_us` from sending to arriving, of a
+    /// task that ran `run_us`: the lowest sample is taken at once, higher ones only slowly.
+    pub(super) fn learn_round_trip(&mut self, total_us: f64, run_us: f64) {
+        let sample = (total_us - run_us).max(0.0);
+        self.round_trip_us = Some(match self.round_trip_us {
+            Some(rtt) if sample >= rtt => 0.99 * rtt + 0.01 * sample,
+            _ => sample,
+        });
     }
 }
 
@@ -184,6 +199,7 @@ impl Core {
             workers,
             average_us: None,
             running: HashMap::new(),
+            round_trip_us: None,
             usage: Usage::new(&resources),
             used: Capacity { cpus: 0, memory: 0, custom: Vec::new() },
             resources,
@@ -211,7 +227,8 @@ impl Core {
     /// ignored.
     pub(super) fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
         let Some(agent) = self.agents.get_mut(&conn) else { return };
-        agent.last_heard = Instant::now();
+        let now = Instant::now();
+        agent.last_heard = now;
         let host = agent.host.clone();
         let mut duplicates = 0;
         for r in results {
@@ -226,7 +243,7 @@ impl Core {
             }
             if !recovered {
                 let Some(agent) = self.agents.get_mut(&conn) else { return };
-                let Some(kind) = agent.running.remove(&r.key) else {
+                let Some((kind, sent)) = agent.running.remove(&r.key) else {
                     warn!(%conn, %host, key = %r.key, "agent sent a result for a task it does not hold; connection closed");
                     agent.close.cancel();
                     break;
@@ -238,6 +255,7 @@ impl Core {
                 }
                 let us = r.run.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
+                agent.learn_round_trip(now.saturating_duration_since(sent).as_micros() as f64, us);
             } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {
                 // Only a task some agent lost can come back late; this one never was.
                 warn!(%conn, %host, key = %r.key, "agent recovered a result for a task no agent lost; connection closed");

@@ -83,6 +83,7 @@ impl Core {
         let agent_ids: Vec<ConnId> = self.agents.keys().copied().collect();
         // With a data directory each task carries its number, for re-attaching after a restart.
         let durable = self.durable.is_some();
+        let now = Instant::now();
         for conn in agent_ids {
             // `running` includes the tasks still in the outbox.
             while let Some(agent) = self.agents.get(&conn) {
@@ -96,7 +97,7 @@ impl Core {
                 // `next_task_for` only picks kinds the agent has.
                 let Some(&kind) = agent.kinds.get(&self.bases[class.index()]) else { continue };
                 task.agent = OptionalConn::some(conn);
-                agent.running.insert(key, class);
+                agent.running.insert(key, (class, now));
                 let request = self.kinds[class.index()].request.as_ref();
                 if let Some(request) = request {
                     agent.usage.hold(&agent.resources, request);

@@ -20,8 +20,9 @@
 //!   not yet acknowledged.
 //!
 //! Scheduling is push-based: an agent has credit for its workers plus as many again, and, once
-//! its tasks have shown how long they take, for about `WORK_WINDOW` of expected work per worker
-//! (up to `MAX_CREDIT`), so tiny tasks stream across the network without gaps while long ones
+//! its tasks have shown how long they take, for about `WORK_WINDOW` plus a round trip to it of
+//! expected work per worker (up to `MAX_CREDIT`), so tiny tasks stream across the network
+//! without gaps, a distant agent's workers do not idle waiting for the next task, and long ones
 //! never pile up behind one agent as another idles. Within a driver, tasks run in submission
 //! order; between drivers, assignments go round-robin. A task goes only to an agent whose binary
 //! has the task's name *and* signature; a task no connected agent can run waits, and its driver

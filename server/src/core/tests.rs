@@ -148,6 +148,7 @@ fn credit_follows_task_length() {
         workers: 4,
         average_us: None,
         running: HashMap::new(),
+        round_trip_us: None,
         resources: blitzen_protocol::Capacity::new(4, 1 << 30),
         usage: Default::default(),
         reserved_for: None,
@@ -169,6 +170,15 @@ fn credit_follows_task_length() {
     assert_eq!(a.capacity(), 8, "long tasks: no more");
     a.average_us = Some(1_000.0);
     assert_eq!(a.capacity(), 28, "1 ms tasks: 5 ms of work per worker more");
+    a.learn_round_trip(60_000.0, 10_000.0);
+    a.learn_round_trip(120_000.0, 10_000.0);
+    let rtt = a.round_trip_us.unwrap_or_default();
+    assert!(
+        (50_000.0..52_000.0).contains(&rtt),
+        "a task that waited moves it only a little: {rtt}"
+    );
+    a.learn_round_trip(60_000.0, 10_000.0);
+    assert_eq!(a.capacity(), 228, "1 ms tasks 50 ms away: 55 ms of work per worker more");
     a.average_us = Some(1.0);
     assert_eq!(a.capacity(), MAX_CREDIT);
 }
