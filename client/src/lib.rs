@@ -61,6 +61,10 @@ pub struct AgentConfig {
     pub secret: Option<Secret>,
     /// How the connection is encrypted, and what is checked of the server's certificate.
     pub tls: PeerTls,
+    /// Where to read the server's address and certificate fingerprint before each attempt to
+    /// connect, instead of `server` (what `blitzen-server --address-file` writes): the agent
+    /// waits for the file, and follows a server that restarts elsewhere.
+    pub server_file: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -76,8 +80,22 @@ impl AgentConfig {
             connected: None,
             secret: None,
             tls: PeerTls::default(),
+            server_file: None,
         }
     }
+}
+
+/// What `blitzen-server --address-file` wrote: the server's `host:port`, and the fingerprint
+/// of its certificate when it encrypts.
+pub fn read_server_file(path: &std::path::Path) -> Result<(String, Option<String>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = |key: &str| {
+        text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).map(str::trim)
+    };
+    let server = value("server")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("{} has no `server=HOST:PORT` line", path.display()))?;
+    Ok((server.to_string(), value("fingerprint").map(str::to_string)))
 }
 
 /// Why an agent stopped on its own.
@@ -176,11 +194,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut backoff = Duration::from_millis(100);
     let mut waiting_logged = false;
     while !shutdown.is_cancelled() {
+        let (server, tls) = match where_the_server_is(&config) {
+            Ok(found) => found,
+            Err(why) => {
+                if !waiting_logged {
+                    info!(%why, "waiting for the server's address file");
+                    waiting_logged = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+                continue;
+            }
+        };
         let attempt = blitzen_net::connect(
-            &config.server,
+            &server,
             role.clone(),
             config.secret.as_ref(),
-            &config.tls,
+            &tls,
             config.connect_timeout,
         );
         match attempt.await {
@@ -200,7 +233,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 }
                 let Some(w) = work.as_mut() else { break };
                 let encrypted = admitted.encrypted;
-                info!(server = %config.server, workers = config.pool.workers, encrypted, "connected");
+                info!(%server, workers = config.pool.workers, encrypted, "connected");
                 if let Some(connected) = &config.connected {
                     connected.notify_one();
                 }
@@ -211,11 +244,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 }
             }
             Err(cause) if cause.is_refusal() => {
-                return Err(AgentError::Refused { server: config.server.clone(), cause });
+                return Err(AgentError::Refused { server, cause });
             }
             Err(e) => {
                 if !waiting_logged {
-                    info!(server = %config.server, error = %e, "server not reachable; retrying");
+                    info!(%server, error = %e, "server not reachable; retrying");
                     waiting_logged = true;
                 }
                 debug!(?backoff, "next attempt");
@@ -232,6 +265,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     info!("agent stopped");
     Ok(())
+}
+
+/// The server to connect to now, and how: from the agent's settings, or from its server file.
+fn where_the_server_is(config: &AgentConfig) -> Result<(String, PeerTls), String> {
+    let Some(path) = &config.server_file else {
+        return Ok((config.server.clone(), config.tls.clone()));
+    };
+    let (server, fingerprint) = read_server_file(path)?;
+    let tls = PeerTls::from_flags(config.tls.plaintext, fingerprint.as_deref(), None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((blitzen_net::with_default_port(&server, DEFAULT_PORT), tls))
 }
 
 /// The worker pool for one server, and what it holds.

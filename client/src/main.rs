@@ -23,6 +23,12 @@ struct Args {
     /// The server: HOST or HOST:PORT.
     #[arg(long, short, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
     server: String,
+    /// Read the server's address, and its certificate's fingerprint, from this file (what
+    /// `blitzen-server --address-file` writes) before each attempt to connect, instead of
+    /// --server: the agent waits until the file exists, and follows a server that restarts
+    /// elsewhere. For Slurm jobs, whose nodes share a file system.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["server", "port", "tls_pin", "tls_ca"])]
+    server_file: Option<PathBuf>,
     /// The server's port, when --server does not give one.
     #[arg(long, short, default_value_t = DEFAULT_PORT)]
     port: u16,
@@ -109,6 +115,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
     let server = blitzen_net::parse_server(&args.server, args.port).map_err(anyhow::Error::msg)?;
     let mut config = AgentConfig::new(&server, workers);
+    config.server_file = args.server_file.clone();
     if args.cpus.is_some() || args.memory.is_some() || args.resources.is_some() {
         let mut capacity = config.pool.capacity_or_default();
         capacity.cpus = args.cpus.map_or(capacity.cpus, |n| n as u32);

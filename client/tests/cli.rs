@@ -11,6 +11,7 @@ fn help_documents_every_flag() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--server",
+        "--server-file",
         "--port",
         "--workers",
         "--cpus",
@@ -44,6 +45,7 @@ fn bad_input_is_a_clear_error() {
         (vec!["--resources", "gpu"], "not NAME=COUNT"),
         (vec!["--resources", "gpu=1,gpu=2"], "named twice"),
         (vec!["--resources", "9lives=1"], "not a resource name"),
+        (vec!["--server-file", "f", "--server", "h"], "cannot be used with"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

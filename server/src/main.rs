@@ -156,6 +156,13 @@ struct Args {
     /// crosses the network in the clear (it only lets one watch).
     #[arg(long, value_name = "PATH", requires = "dashboard")]
     dashboard_token_file: Option<PathBuf>,
+    /// Once listening, write where agents find this server to PATH: `server=HOST:PORT` (the
+    /// --bind address, or this machine's host name with --bind 0.0.0.0) and, when
+    /// connections are encrypted, `fingerprint=…` of its certificate. Agents started with
+    /// `--server-file PATH` read it (on a shared file system, as in a Slurm job). The file is
+    /// replaced whole at each start.
+    #[arg(long, value_name = "PATH")]
+    address_file: Option<PathBuf>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -210,7 +217,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         dashboard: args.dashboard,
         dashboard_token: args.dashboard_token_file.as_ref().map(Secret::from_file).transpose()?,
     };
-    serve_until(config, args.duration, |addr| println!("blitzen-server listening on {addr}"))?;
+    let address_file = args.address_file.clone();
+    serve_until(config, args.duration, |server| {
+        let addr = server.local_addr()?;
+        if let Some(path) = &address_file {
+            server.write_address_file(path).map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot write --address-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(file = %path.display(), "where agents find the server is written");
+        }
+        println!("blitzen-server listening on {addr}");
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -99,7 +99,7 @@ fn fresh_server_id() -> io::Result<ServerId> {
 /// The server's side of TLS: with secrets, unless `plaintext`. Its certificate is the site's
 /// (`tls_cert`), or one of its own, kept in the data directory when there is one (so peers can
 /// pin its fingerprint), fresh at each start otherwise.
-async fn tls_acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, ServeError> {
+async fn tls_acceptor(config: &ServerConfig) -> Result<Option<(TlsAcceptor, String)>, ServeError> {
     if !config.secrets.enabled() {
         return match config.tls_cert {
             Some(_) => Err(ServeError::TlsWithoutSecret),
@@ -121,8 +121,9 @@ async fn tls_acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, Serv
     .await
     .map_err(io::Error::other)??;
     let own = if config.tls_cert.is_some() { "the site's" } else { "its own" };
-    info!(fingerprint = %identity.fingerprint(), certificate = own, "connections are encrypted (TLS 1.3)");
-    Ok(Some(identity.acceptor()?))
+    let fingerprint = identity.fingerprint().to_string();
+    info!(%fingerprint, certificate = own, "connections are encrypted (TLS 1.3)");
+    Ok(Some((identity.acceptor()?, fingerprint)))
 }
 
 /// A bound server, ready to run.
@@ -134,6 +135,8 @@ pub struct Server {
     store: Option<(Store, ServerId, Loaded)>,
     /// The server's side of TLS, when connections are encrypted.
     tls: Option<TlsAcceptor>,
+    /// Its certificate's SHA-256 fingerprint, when connections are encrypted.
+    fingerprint: Option<String>,
     /// The dashboard's socket and the token it asks for, when there is one.
     dashboard: Option<(TcpListener, Option<blitzen_net::Secret>)>,
 }
@@ -158,7 +161,7 @@ impl Server {
             }
             None => None,
         };
-        let tls = tls_acceptor(&config).await?;
+        let (tls, fingerprint) = tls_acceptor(&config).await?.unzip();
         let dashboard = match config.dashboard {
             Some(addr) => {
                 // Never the cluster's secret: the page is plain HTTP, so whatever a browser
@@ -177,7 +180,37 @@ impl Server {
         let addr = SocketAddr::new(config.bind, config.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, config, store, tls, dashboard })
+        Ok(Self { listener, config, store, tls, fingerprint, dashboard })
+    }
+
+    /// The SHA-256 fingerprint of its certificate, when connections are encrypted.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Writes where agents find it — `server=HOST:PORT`, and `fingerprint=…` when connections
+    /// are encrypted — to `path`, whole or not at all (a new file renamed over the old), for
+    /// `blitzen-client --server-file`. HOST is the address it listens on, or this machine's
+    /// host name when it listens on every address.
+    pub fn write_address_file(&self, path: &std::path::Path) -> io::Result<()> {
+        let addr = self.local_addr()?;
+        let mut text = if addr.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("server={host}:{}\n", addr.port())
+        } else {
+            format!("server={addr}\n")
+        };
+        if let Some(fingerprint) = &self.fingerprint {
+            text.push_str(&format!("fingerprint={fingerprint}\n"));
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let partial = path.with_file_name(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, path)
     }
 
     /// The address the dashboard listens on, when there is one.
@@ -309,19 +342,19 @@ impl Server {
 }
 
 /// Binds a server with `config` and serves until `duration` or a signal (see
-/// [`Server::run_until`]), on a runtime of its own; blocks meanwhile. `listening` is told the
-/// address once it is bound.
+/// [`Server::run_until`]), on a runtime of its own; blocks meanwhile. `listening` is given the
+/// server once it is bound (to say where it listens); its error stops it.
 pub fn serve_until(
     config: ServerConfig,
     duration: Option<Duration>,
-    listening: impl FnOnce(SocketAddr),
+    listening: impl FnOnce(&Server) -> io::Result<()>,
 ) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         // Before anyone hears it listens: a SIGTERM right after stops it cleanly.
         let signals = termination();
-        listening(server.local_addr()?);
+        listening(&server)?;
         server.run_until_signal(duration, signals).await
     })
 }

@@ -12,6 +12,7 @@ fn help_documents_every_flag() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--bind",
+        "--address-file",
         "--port",
         "--duration",
         "--timeout",

@@ -22,6 +22,11 @@ use serde_bytes::ByteBuf;
 /// [`Report`].
 const DRIVER_ENV: &str = "BLITZEN_TEST_NETNS_DRIVER";
 
+/// Started with it set to `KIND COUNT SIZE`, this binary is the driver of a Slurm job: as
+/// [`DRIVER_ENV`], finding the server where the job script says (`BLITZEN_SERVER`,
+/// `BLITZEN_TLS_PIN`, `BLITZEN_SECRET_FILE`).
+const SLURM_DRIVER_ENV: &str = "BLITZEN_TEST_SLURM_DRIVER";
+
 const SECRET: &[u8] = b"a secret shared by every host of the test network";
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -43,11 +48,32 @@ fn drive(spec: &str) -> Result<Report, String> {
         return Err(format!("{DRIVER_ENV}: `{spec}`"));
     };
     let secret = Secret::from_file(std::path::Path::new(secret)).map_err(|e| e.to_string())?;
+    run_tasks(DistributedDispatcher::new(addr).with_secret(secret), kind, count, size)
+}
+
+/// The driver of a Slurm job: where the server is, as the job script says.
+fn drive_in_slurm(spec: &str) -> Result<Report, String> {
+    let [kind, count, size] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(format!("{SLURM_DRIVER_ENV}: `{spec}`"));
+    };
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let pin = env("BLITZEN_TLS_PIN")?.parse().map_err(|e| format!("BLITZEN_TLS_PIN: {e}"))?;
+    let d = DistributedDispatcher::new(env("BLITZEN_SERVER")?)
+        .with_secret_file(env("BLITZEN_SECRET_FILE")?)
+        .map_err(|e| e.to_string())?
+        .with_tls_pin(pin);
+    run_tasks(d, kind, count, size)
+}
+
+fn run_tasks(
+    d: DistributedDispatcher,
+    kind: &str,
+    count: &str,
+    size: &str,
+) -> Result<Report, String> {
     let (count, size): (usize, usize) =
         (count.parse().map_err(|_| "count")?, size.parse().map_err(|_| "size")?);
-    let d = DistributedDispatcher::new(addr)
-        .with_secret(secret)
-        .with_connect_timeout(Duration::from_secs(20));
+    let d = d.with_connect_timeout(Duration::from_secs(20));
     let started = Instant::now();
     let ids: Vec<_> = match kind {
         "echo" => (0..count)
@@ -248,11 +274,107 @@ fn an_agent_on_a_lossy_link_runs_every_task_once() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The job script of `deploy/slurm`, run as Slurm would run it on a job of three nodes — each
+/// node a host of the test network, `srun` and `scontrol` stand-ins that run a step's command
+/// on the nodes it names: the server on the first node writes its address file, an agent on
+/// each node finds the server by it, the driver runs its tasks, and when it ends the script
+/// stops the agents and the server.
+fn the_slurm_job_script_runs_a_cluster_across_its_nodes() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut net = Network::new("slurm").map_err(fail)?;
+    let nodes: Vec<Host> =
+        (1..=3).map(|n| net.host(&format!("node{n}"))).collect::<Result<_, _>>().map_err(fail)?;
+    let dir = std::env::temp_dir().join(format!("blitzen-slurm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin")).map_err(fail)?;
+    let outcome = (|| {
+        for (name, text) in [("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)] {
+            let path = dir.join("bin").join(name);
+            std::fs::write(&path, text).map_err(fail)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(fail)?;
+        }
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).map_err(fail)?;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        let bin = binary("blitzen-server").map_err(fail)?;
+        let bin_dir = format!("{}/", bin.parent().ok_or("no folder")?.display());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/slurm/blitzen.sbatch");
+        let node_list: Vec<&str> = nodes.iter().map(|n| n.namespace.as_str()).collect();
+        let path =
+            format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let mut command = std::process::Command::new("bash");
+        command
+            .arg(script)
+            .arg(std::env::current_exe().map_err(fail)?)
+            .env("PATH", path)
+            .env("SLURM_JOB_NODELIST", node_list.join(","))
+            .env("SLURM_JOB_ID", std::process::id().to_string())
+            .env("SLURM_CPUS_PER_TASK", "2")
+            .env("SLURM_SUBMIT_DIR", &dir)
+            .env("BLITZEN_BIN", bin_dir)
+            .env("BLITZEN_SECRET_FILE", &secret)
+            .env("BLITZEN_BIND", &nodes[0].addr)
+            .env(SLURM_DRIVER_ENV, "echo 300 1024");
+        let mut job = blitzen_tests::cluster::start_program(command, "job").map_err(fail)?;
+        let status = job.wait_exit(Duration::from_secs(120)).map_err(fail)?;
+        let log = job.log_text();
+        check(status.is_some_and(|s| s.success()), format!("the job failed ({status:?}):\n{log}"))?;
+        let line = log.lines().rev().find(|l| l.starts_with('{')).ok_or("no report")?;
+        let report: Report = serde_json::from_str(line).map_err(fail)?;
+        check(report.ok == 300 && report.failed.is_empty(), format!("{report:?}"))?;
+        let agents = log.lines().filter(|l| l.contains("agent connected")).count();
+        check(agents == 3, format!("{agents} agents connected, not 3:\n{log}"))?;
+        println!("a Slurm job of 3 nodes: 300 echo tasks in {:.2} s", report.secs);
+        let address = dir.join(format!(".blitzen-{}.address", std::process::id()));
+        check(!address.exists(), "the job left its address file behind")?;
+        for node in &nodes {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", &node.namespace])
+                .output()
+                .map_err(fail)?;
+            let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            check(left.is_empty(), format!("processes left on {}: {left}", node.namespace))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+/// `srun` as a job step runs: the command on each node of `--nodelist`, or of the job, in the
+/// node's network namespace (a node's name is its namespace's); a signal reaches every task.
+const FAKE_SRUN: &str = r#"#!/bin/bash
+nodes=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --nodelist=*) nodes="${1#--nodelist=}"; shift ;;
+        --nodes=*|--ntasks=*|--ntasks-per-node=*|--overlap) shift ;;
+        --*) echo "srun (test): unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+[ -n "$nodes" ] || nodes="$SLURM_JOB_NODELIST"
+trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT
+for node in ${nodes//,/ }; do
+    ip netns exec "$node" "$@" &
+done
+wait
+"#;
+
+/// `scontrol show hostnames LIST`: the nodes of a comma-separated list, one a line.
+const FAKE_SCONTROL: &str = r#"#!/bin/bash
+[ "$1 $2" = "show hostnames" ] || { echo "scontrol (test): only show hostnames" >&2; exit 2; }
+tr ',' '\n' <<< "$3"
+"#;
+
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
-    if let Ok(spec) = std::env::var(DRIVER_ENV) {
-        return match drive(&spec).and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
-        {
+    let driver = std::env::var(DRIVER_ENV).map(|spec| drive(&spec));
+    let driver =
+        driver.or_else(|_| std::env::var(SLURM_DRIVER_ENV).map(|spec| drive_in_slurm(&spec)));
+    if let Ok(driven) = driver {
+        return match driven.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
             Ok(line) => {
                 eprintln!("{line}");
                 std::process::ExitCode::SUCCESS
@@ -270,6 +392,7 @@ fn main() -> std::process::ExitCode {
         trial!(an_agent_on_a_1_mbit_link_delivers_every_result_once),
         trial!(an_agent_50_ms_away_with_jitter_runs_every_task_once),
         trial!(an_agent_on_a_lossy_link_runs_every_task_once),
+        trial!(the_slurm_job_script_runs_a_cluster_across_its_nodes),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

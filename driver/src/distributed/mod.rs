@@ -454,7 +454,7 @@ impl Dispatcher<Cluster> {
             data_dir: self.backend.data_dir.clone(),
             ..ServerConfig::default()
         };
-        blitzen_server::serve_until(config, duration.into(), |_| {})?;
+        blitzen_server::serve_until(config, duration.into(), |_| Ok(()))?;
         Ok(())
     }
 
