@@ -7,7 +7,7 @@
 //! - fd 0 is one end of a Unix socket pair carrying frames both ways. The worker moves it to a
 //!   private descriptor and puts `/dev/null` on fd 0, so a task that reads stdin reads nothing
 //!   and a task that prints cannot touch the frames. The first thing on it, before any frame,
-//!   is the file of the worker's start counter (see [`crate::start_mark`]), which the worker
+//!   is the file of the worker's start counter (see `start_mark`), which the worker
 //!   moves before each task.
 //! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
 //!
