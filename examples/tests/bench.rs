@@ -127,12 +127,39 @@ fn w16_reports_rates_and_memory_per_task_at_both_sizes() {
     }
 }
 
+/// W17 at a small scale: simulated agents in processes of their own answer 100 drivers, one
+/// of them is killed, and every figure is there and plausible.
+#[test]
+fn w17_reports_rates_memory_latency_and_notice_with_many_agents() {
+    let out = Command::new(bench())
+        .args(["--runs", "1", "--workload", "W17", "--json"])
+        .env("BLITZEN_BENCH_W17_SIZES", "2,150,20")
+        .output()
+        .expect("the bench runs");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let record: Value = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON line");
+    assert_eq!(record["name"], "W17", "{record}");
+    assert_eq!(record["params"]["agents"], serde_json::json!([2, 150]), "{record}");
+    let extra = &record["extra"];
+    for (figure, range) in [
+        ("tasks_per_s_few", 10.0..1e8),
+        ("tasks_per_s_many", 10.0..1e8),
+        ("server_cpu_us_per_task", 0.0..1e6),
+        ("server_bytes_per_idle_agent", 0.0..1e7),
+        ("submit_to_assignment_p99_us", 0.0..6e7),
+        ("notice_100_killed_ms", 0.0..6e4),
+    ] {
+        let value = extra[figure].as_f64().expect(figure);
+        assert!(range.contains(&value), "{figure}: {record}");
+    }
+}
+
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W17"]);
+    let out = run(&["--workload", "W18"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W17` is not a workload: use W1 … W16"),
+        text(&out.stderr).contains("`W18` is not a workload: use W1 … W17"),
         "{}",
         text(&out.stderr)
     );

@@ -38,7 +38,7 @@ use workloads::Workload;
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Args {
-    /// Workloads to run, comma-separated (W1 … W16); all by default.
+    /// Workloads to run, comma-separated (W1 … W17); all by default.
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
     workload: Vec<Workload>,
     /// Run one path only; both by default.

@@ -28,6 +28,8 @@ const PLAINTEXT: &str = "BLITZEN_BENCH_PLAINTEXT";
 const DASHBOARD: &str = "BLITZEN_BENCH_DASHBOARD";
 /// A driver's number of tasks (W16).
 const TASKS: &str = "BLITZEN_BENCH_TASKS";
+/// How many agents a simulating process holds (W17).
+const AGENTS: &str = "BLITZEN_BENCH_AGENTS";
 
 /// The secret of the benchmark's secured clusters.
 const BENCH_SECRET: &str = "the benchmark's own cluster secret";
@@ -59,6 +61,7 @@ pub fn child_role() -> Option<ExitCode> {
         "agent" => agent(),
         "driver" => driver(),
         "echo" => echo(),
+        "simagents" => simulated_agents(),
         other => Err(format!("unknown role `{other}`")),
     };
     Some(match result {
@@ -125,7 +128,16 @@ pub fn wake_up_floor_us(trips: usize) -> Result<f64> {
     Ok(crate::stats::percentile(&trips_us, 0.50))
 }
 
+/// Lets this process open as many files as it may (the soft limit up to the hard one): a server
+/// of 1,000 agents holds more sockets than the usual soft limit of 1,024.
+fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, ..limit });
+}
+
 fn serve() -> Result<()> {
+    raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +197,11 @@ fn agent() -> Result<()> {
         });
         blitzen_client::run(config, stdin_closed()).await.map_err(|e| e.to_string())
     })
+}
+
+/// W17's simulated agents (see [`crate::workloads::simulate`]).
+fn simulated_agents() -> Result<()> {
+    crate::workloads::simulate(&setting(SERVER)?, number(AGENTS)?)
 }
 
 /// W16's driver: its memory once connected, then, after `go` on stdin, its seconds and peak
@@ -281,6 +298,11 @@ impl Proc {
 
     /// Starts W16's driver of `tasks` tasks for the server at `addr`; it reports its memory,
     /// then, after [`Proc::go`], its seconds and peak memory ([`Proc::report`]).
+    /// A process of `agents` simulated agents (W17); [`Proc::ready`] once all are connected.
+    pub fn simulated_agents(addr: &str, agents: usize) -> Result<Self> {
+        Self::spawn("simagents", &[(SERVER, addr.to_string()), (AGENTS, agents.to_string())])
+    }
+
     pub fn driver(addr: &str, tasks: u64) -> Result<Self> {
         Self::spawn("driver", &[(SERVER, addr.to_string()), (TASKS, tasks.to_string())])
     }

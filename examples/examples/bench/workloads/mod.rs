@@ -16,11 +16,14 @@ use crate::stats::{median, percentile};
 
 mod at_scale;
 mod durable;
+mod many_agents;
 mod side_by_side;
 
 use at_scale::at_scale;
 pub use at_scale::drive;
 use durable::{durable_queue, durable_throughput, restart_queued};
+use many_agents::many_agents;
+pub use many_agents::simulate;
 use side_by_side::{Compare, encrypted_vs_plain, watched_vs_unwatched};
 
 /// The no-op task: an int in, the same int out.
@@ -62,10 +65,11 @@ pub enum Workload {
     W14,
     W15,
     W16,
+    W17,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 16] = [
+    pub const ALL: [Workload; 17] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -82,18 +86,20 @@ impl Workload {
         Workload::W14,
         Workload::W15,
         Workload::W16,
+        Workload::W17,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 16] = [
+        const NAMES: [&str; 17] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15", "W16",
+            "W14", "W15", "W16", "W17",
         ];
         NAMES[self as usize]
     }
 
-    /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15 and the 10M tasks
-    /// of W16 are about the server and its connections: distributed only.
+    /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15, the 10M tasks
+    /// of W16 and the 1,000 agents of W17 are about the server and its connections: distributed
+    /// only.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
@@ -108,7 +114,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W16"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W17"))
     }
 }
 
@@ -150,6 +156,7 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W14, _) => encrypted_vs_plain(runs, Compare::Payload),
         (Workload::W15, _) => watched_vs_unwatched(runs),
         (Workload::W16, _) => at_scale(runs),
+        (Workload::W17, _) => many_agents(runs),
     }
 }
 
