@@ -341,6 +341,26 @@ impl Server {
     }
 }
 
+/// Lets this process hold as many open files as it may: the soft limit, often 1,024, is raised
+/// to the hard one. Each agent and each driver is a socket, so a server of 1,000 agents needs
+/// more than the usual soft limit.
+fn raise_open_files() {
+    // SAFETY: `getrlimit` and `setrlimit` read and write one `rlimit`, a plain C structure of
+    // two integers that lives on this stack for the duration of each call.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(before, now = limit.rlim_cur, "open-files limit raised");
+            }
+        }
+    }
+}
+
 /// Binds a server with `config` and serves until `duration` or a signal (see
 /// [`Server::run_until`]), on a runtime of its own; blocks meanwhile. `listening` is given the
 /// server once it is bound (to say where it listens); its error stops it.
@@ -349,6 +369,7 @@ pub fn serve_until(
     duration: Option<Duration>,
     listening: impl FnOnce(&Server) -> io::Result<()>,
 ) -> Result<(), ServeError> {
+    raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;

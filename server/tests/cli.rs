@@ -161,3 +161,30 @@ fn log_file_receives_the_log() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("serving"), "logged to stderr too");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Started with a low soft limit of open files, the server raises it to the hard limit: each
+/// agent and driver is a socket, and 1,000 agents need more than the usual 1,024.
+#[test]
+fn the_server_raises_its_open_files_limit_for_many_agents() {
+    use std::io::BufRead;
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("ulimit -Sn 256 && exec {BIN} --port 0 --duration 3")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runs");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("a line");
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening on"), "{line}");
+    let open: Vec<&str> = (limits.lines())
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().skip(3).take(2).collect())
+        .unwrap_or_default();
+    assert!(open.len() == 2 && open[0] == open[1] && open[0] != "256", "{limits}");
+}
