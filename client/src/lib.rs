@@ -169,6 +169,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             fingerprint: e.fingerprint,
             signature: e.signature.to_string(),
             request: None,
+            label: None,
         })
         .collect();
     let (builtins, own): (Vec<&TaskEntry>, Vec<&TaskEntry>) =

@@ -35,6 +35,8 @@ pub struct Call {
     pub unrunnable_limit: Option<Duration>,
     /// What it holds while it runs; `None`: plain (one CPU).
     pub request: Option<Arc<Request>>,
+    /// What people see it as, when not its name (`RunOptions::with_label`).
+    pub label: Option<&'static str>,
 }
 
 /// A task by its registered name, signature and [fingerprint](blitzen_common::task::fingerprint),
@@ -125,7 +127,7 @@ impl<B: Backend> Dispatcher<B> {
     ) -> TaskId<T::Output> {
         let task =
             NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
-        let (id, closed) = self.table.register(T::NAME, T::SIGNATURE);
+        let (id, closed) = self.table.register(options.label.unwrap_or(T::NAME), T::SIGNATURE);
         if closed {
             return id;
         }
@@ -146,7 +148,8 @@ impl<B: Backend> Dispatcher<B> {
     /// Rust functions (the Python package's `python` task takes a pickle); Rust programs use
     /// [`run`](Self::run). Fetch the result with [`get_task_results`](Self::get_task_results).
     pub fn run_named(&self, task: NamedTask, args: Bytes, options: RunOptions) -> TaskId {
-        let (id, closed) = self.table.register(task.name, task.signature);
+        let shown = options.label.unwrap_or(task.name);
+        let (id, closed) = self.table.register(shown, task.signature);
         if !closed {
             self.submit(task, id.seq(), args, options);
         }
@@ -174,6 +177,7 @@ impl<B: Backend> Dispatcher<B> {
             retries: options.retries,
             unrunnable_limit: options.unrunnable_limit.or(self.default_unrunnable_limit),
             request,
+            label: options.label,
         };
         if let Err(outcome) = self.backend.submit(call) {
             self.table.settle(seq, outcome);

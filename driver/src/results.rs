@@ -112,6 +112,9 @@ pub struct RunOptions {
     /// field: see [`with_cpus`](Self::with_cpus), [`with_memory`](Self::with_memory),
     /// [`with_resource`](Self::with_resource).
     pub needs: Needs,
+    /// What people see the task as — in errors, a cluster's status, failures, dashboard and
+    /// metrics — instead of its name; `None`: its name.
+    pub label: Option<&'static str>,
 }
 
 impl RunOptions {
@@ -143,6 +146,12 @@ impl RunOptions {
     /// reads `"4GiB"`.
     pub fn with_memory(self, bytes: u64) -> Self {
         Self { needs: self.needs.with_memory(bytes), ..self }
+    }
+
+    /// The same options, the task shown as `label` instead of its name (the Python package
+    /// labels its calls with their function, `__main__.f2`, since they all run as `python`).
+    pub fn with_label(self, label: &'static str) -> Self {
+        Self { label: Some(label), ..self }
     }
 
     /// The same options, the task holding `count` of the counted resource `name` (`gpu`,

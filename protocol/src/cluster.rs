@@ -41,6 +41,19 @@ pub struct TaskKind {
     /// in an agent's announcement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Request>,
+    /// What people see the tasks of this kind as, in the status, the failures, the dashboard
+    /// and the metrics, when it is not `name`: the Python package's calls all run as the task
+    /// `python`, and are labelled with their function (`__main__.f2`). Always `None` in an
+    /// agent's announcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl TaskKind {
+    /// What people see its tasks as: its label, or its name.
+    pub fn shown(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The very first message of every connection, from the connecting side, in the clear: its
@@ -469,6 +482,7 @@ mod tests {
                     memory: Some(1 << 30),
                     custom: vec![("gpu".into(), 1)],
                 }),
+                label: asks.then(|| "__main__.f2".into()),
             },
         )
     }

@@ -26,6 +26,23 @@ pub struct ClusterStatus {
     pub sessions: Vec<SessionStatus>,
     /// The latest failures of every session, most recent last.
     pub recent_failures: Vec<Failure>,
+    /// How the tasks of each name ended since the server started (a Python call's name is
+    /// its function's, `__main__.f2`), by name.
+    #[serde(default)]
+    pub tasks: Vec<TaskCounts>,
+}
+
+/// How the tasks of one name ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    /// The name people see: a task's label, or its registered name.
+    pub task: String,
+    /// Ended with a value.
+    pub done: u64,
+    /// Failed (any error but a cancel).
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
 }
 
 /// The server and its totals.

@@ -31,7 +31,13 @@ class Dispatcher:
         where they are free; what nowhere has ends ``Lost`` at once, and nonsense (0 CPUs, a size
         that does not parse) raises ``ValueError`` here."""
         return self._native.submit(
-            _task.dumps_call(f, args, kwargs), timeout, 0, cpus, memory, _counts(resources)
+            _task.dumps_call(f, args, kwargs),
+            timeout,
+            0,
+            cpus,
+            memory,
+            _counts(resources),
+            _label(f),
         )
 
     def get_results(self, task_ids, clear=True, timeout=None):
@@ -116,6 +122,13 @@ class Dispatcher:
         if kind == "raised":
             return _raised(message, task_id, host, pid, stdout, stderr, detail)
         return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)
+
+
+def _label(f):
+    """What people see a call of ``f`` as: ``module.qualname`` (``__main__.f2``)."""
+    module = getattr(f, "__module__", None) or "?"
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
+    return f"{module}.{name}"
 
 
 def _counts(resources):

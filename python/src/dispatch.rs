@@ -138,7 +138,11 @@ impl Dispatcher {
 
     /// Submits a pickled call; returns its task number at once. `cpus`, `memory` (bytes, or a
     /// size such as `"4GiB"`) and `resources` (`{"gpu": 1}`) are what it holds while it runs.
-    #[pyo3(signature = (payload, timeout=None, retries=0, cpus=None, memory=None, resources=None))]
+    /// `label` is what people see the call as (`module.qualname` of its function).
+    #[pyo3(signature = (
+        payload, timeout=None, retries=0, cpus=None, memory=None, resources=None, label=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         payload: PyBackedBytes,
@@ -147,12 +151,14 @@ impl Dispatcher {
         cpus: Option<i64>,
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, i64)>>,
+        label: Option<String>,
     ) -> PyResult<u64> {
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
             retries,
             unrunnable_limit: None,
             needs: needs(cpus, memory, resources)?,
+            label: label.filter(|l| !l.is_empty()).map(|l| intern(truncated(l))),
         };
         let task = task::named()?;
         // The pickle travels in the Python object's own memory.
@@ -392,8 +398,20 @@ pub(crate) fn size(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     }
 }
 
-/// A resource name that lives as long as the process: names are few, and a task's needs hold
-/// `&'static str`s.
+/// A label of at most 200 bytes (cut at a character boundary): labels are shown, not parsed.
+fn truncated(mut label: String) -> String {
+    if label.len() > 200 {
+        let mut end = 200;
+        while !label.is_char_boundary(end) {
+            end -= 1;
+        }
+        label.truncate(end);
+    }
+    label
+}
+
+/// A resource name or a label that lives as long as the process: there are few (one per
+/// function), and options hold `&'static str`s.
 fn intern(name: String) -> &'static str {
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);

@@ -8,7 +8,7 @@ import blitzen
 from blitzen import Lost, MemoryExceeded, MulticoreDispatcher
 from blitzen.distributed import DistributedDispatcher
 
-from calls import hog, span, square
+from calls import hog, nap, span, square
 from conftest import free_port
 from test_distributed import SECRET, start_client, start_server
 
@@ -90,3 +90,21 @@ def test_on_a_cluster_calls_run_where_their_resources_are(processes):
         assert d.get_results(plain) == [i * i for i in range(5)]
     finally:
         d.shutdown()
+
+
+def test_a_call_is_known_by_its_function_not_as_python(processes):
+    d = MulticoreDispatcher(workers=1)
+    try:
+        timed_out = d.get_results(d.run(nap, 5, timeout=0.2))
+        assert "`calls.nap`" in str(timed_out), timed_out
+    finally:
+        d.shutdown()
+    port = free_port()
+    start_server(processes, port)
+    start_client(processes, port, workers=1)
+    c = DistributedDispatcher("127.0.0.1", port, secret=SECRET, connect_timeout=10)
+    try:
+        timed_out = c.get_results(c.run(nap, 5, timeout=0.2))
+        assert "`calls.nap`" in str(timed_out) and "python" not in str(timed_out), timed_out
+    finally:
+        c.shutdown()

@@ -34,6 +34,10 @@ enum Command {
     /// last heard from), sessions (queued, running, done, failed, cancelled, throughput), and
     /// the most recent failures with their full error.
     Status {
+        /// Show only the failures and the running tasks of this name (a Rust task's name, or a
+        /// Python function's `module.qualname`, e.g. `__main__.f2`).
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
         #[command(flatten)]
         to: observe_cli::Target,
     },
@@ -43,6 +47,9 @@ enum Command {
         /// The session (see `status`).
         #[arg(long)]
         session: String,
+        /// Only the failures of tasks of this name (see `status --task`).
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
         #[command(flatten)]
         to: observe_cli::Target,
     },
@@ -282,9 +289,9 @@ mod observe_cli {
     /// Runs a subcommand; exit code 0 when the server answered, 1 otherwise.
     pub(super) fn run(command: Command) -> ExitCode {
         let to = match &command {
-            Command::Status { to } | Command::Failures { to, .. } | Command::Cancel { to, .. } => {
-                to
-            }
+            Command::Status { to, .. }
+            | Command::Failures { to, .. }
+            | Command::Cancel { to, .. } => to,
         };
         let json = to.json;
         match answer(&command, to) {
@@ -327,6 +334,27 @@ mod observe_cli {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let reply = runtime.block_on(ask(&server, secret.as_ref(), &tls, request, to.timeout))?;
         let json = |value: serde_json::Result<String>| value.map(|v| v + "\n");
+        let only = match command {
+            Command::Status { task, .. } | Command::Failures { task, .. } => task.as_deref(),
+            Command::Cancel { .. } => None,
+        };
+        let reply = match (reply, only) {
+            (ToObserver::Status(mut status), Some(name)) => {
+                status.recent_failures.retain(|f| f.task == name);
+                for agent in &mut status.agents {
+                    for worker in &mut agent.worker_states {
+                        worker.task = worker.task.take().filter(|t| t.task == name);
+                    }
+                }
+                status.tasks.retain(|t| t.task == name);
+                ToObserver::Status(status)
+            }
+            (ToObserver::Failures(mut failures), Some(name)) => {
+                failures.retain(|f| f.task == name);
+                ToObserver::Failures(failures)
+            }
+            (reply, _) => reply,
+        };
         Ok(match reply {
             ToObserver::Status(status) if to.json => json(serde_json::to_string(&status))?,
             ToObserver::Status(status) => render_status(&server, &status),

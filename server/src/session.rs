@@ -102,8 +102,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
                 warn!(%host, %why, "agent announced a capacity that makes no sense; connection closed");
                 return;
             }
-            if let Some(kind) = tasks.iter().find(|k| k.request.is_some()) {
-                warn!(%host, task = %kind.name, "agent announced a task with a request; connection closed");
+            if let Some(kind) = tasks.iter().find(|k| k.request.is_some() || k.label.is_some()) {
+                warn!(%host, task = %kind.name, "agent announced a task with a request or a label; connection closed");
                 return;
             }
             let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id, capacity };

@@ -407,6 +407,7 @@ fn kind_of<T: Task>(_: T) -> TaskKind {
         fingerprint: T::FINGERPRINT,
         signature: T::SIGNATURE.into(),
         request: None,
+        label: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blitzen::distributed::{DistributedDispatcher, Secret};
-use blitzen::{CommandSpec, Fetch, TaskError, command, sleep};
+use blitzen::{CommandSpec, Fetch, RunOptions, TaskError, command, sleep};
 use blitzen_tests::cluster::{TempFile, binary, driver, start_agent, start_server};
 use blitzen_tests::trial;
 use blitzen_tests::{check, fail, is_alive};
@@ -155,9 +155,12 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
         .with_secret(key)
         .with_session(session);
     // A failure with a whole error to show: a timeout.
-    let failed = d.run_with_timeout(sleep, 30.0, Duration::from_millis(300));
+    // Labelled as the Python package labels its calls: the failure is shown by its label.
+    let labelled = RunOptions::timeout(Duration::from_millis(300)).with_label("__main__.f2");
+    let failed = d.run_with(sleep, 30.0, labelled);
     let r = d.get_results_with(&[failed], Fetch::default().within(WAIT)).map_err(fail)?;
     check(matches!(r[0], Err(TaskError::TimedOut { .. })), format!("{r:?}"))?;
+    check(format!("{:?}", r[0]).contains("`__main__.f2`"), format!("the error: {:?}", r[0]))?;
     // Two long tasks keep both workers busy, two more wait behind them.
     let long: Vec<_> = (0..4).map(|_| d.run(sleep, 600.0)).collect();
     let busy = status_until(&addr, &secret, "two busy workers", |s| s["agents"][0]["busy"] == 2)?;
@@ -182,16 +185,52 @@ fn status_failures_and_cancel_from_the_shell() -> Result<(), Failed> {
     let failure = &busy["recent_failures"][0];
     check(
         failure["kind"] == "TimedOut"
+            && failure["task"] == "__main__.f2"
             && failure["host"] == "status-agent"
             && failure["error"].as_str().is_some_and(|e| e.contains("timed out")),
         format!("failure: {failure}"),
     )?;
+    let counted = (busy["tasks"].as_array().into_iter().flatten())
+        .find(|t| t["task"] == "__main__.f2")
+        .ok_or("the label is not counted")?;
+    check(counted["failed"] == 1, format!("counted: {counted}"))?;
+    // `--task` keeps what is of that name.
+    let only = |name: &str| -> Result<serde_json::Value, Failed> {
+        let asked = server_command(&[
+            "status",
+            "--server",
+            &addr,
+            "--secret-file",
+            secret.arg(),
+            "--json",
+            "--task",
+            name,
+        ])?;
+        check(asked.ok, format!("status --task: {}", asked.stderr))?;
+        serde_json::from_str(&asked.stdout).map_err(fail)
+    };
+    let of_f2 = only("__main__.f2")?;
+    check(of_f2["recent_failures"].as_array().is_some_and(|f| f.len() == 1), format!("{of_f2}"))?;
+    let of_sleep = only("sleep")?;
+    check(
+        of_sleep["recent_failures"].as_array().is_some_and(Vec::is_empty),
+        format!("{of_sleep}"),
+    )?;
+    let busy_sleep = of_sleep["agents"][0]["worker_states"].as_array().into_iter().flatten();
+    check(busy_sleep.filter(|w| w["task"]["task"] == "sleep").count() == 2, "the sleeps run")?;
     // The same in words.
     let text = server_command(&["status", "--server", &addr, "--secret-file", secret.arg()])?;
     check(text.ok, format!("status: {}", text.stderr))?;
-    for shown in
-        ["status-agent", session, "TimedOut", "AGENT", "SESSION", "RESOURCES USED", "cpu 2/2"]
-    {
+    for shown in [
+        "status-agent",
+        session,
+        "TimedOut",
+        "`__main__.f2`",
+        "AGENT",
+        "SESSION",
+        "RESOURCES USED",
+        "cpu 2/2",
+    ] {
         check(text.stdout.contains(shown), format!("`{shown}` missing from:\n{}", text.stdout))?;
     }
     let listed = server_command(&[
@@ -369,7 +408,8 @@ fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> 
     check(browser.wait_for(live, WAIT).map_err(fail)?, "the page never went live")?;
     // About ten seconds of work for two workers, submitted once the page follows.
     let d = driver(&server.addr).with_session("dashboard-session");
-    let failed = d.run_with_timeout(sleep, 30.0, Duration::from_millis(300));
+    let labelled = RunOptions::timeout(Duration::from_millis(300)).with_label("__main__.f2");
+    let failed = d.run_with(sleep, 30.0, labelled);
     let ids: Vec<_> = (0..200).map(|_| d.run(sleep, 0.1)).collect();
     let finished = || -> Result<u64, Failed> {
         let text = browser.text("#t-finished").map_err(fail)?;
@@ -383,7 +423,9 @@ fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> 
         return Err(format!("the workers never showed busy; the page:\n{page}\n{status}").into());
     }
     let cell = browser.text("#agents .worker.busy").map_err(fail)?;
-    check(cell.starts_with("sleep #"), format!("a busy worker's cell: {cell}"))?;
+    // The labelled task shows by its label while it runs.
+    let shown = cell.starts_with("sleep #") || cell.starts_with("__main__.f2 #");
+    check(shown, format!("a busy worker's cell: {cell}"))?;
     let head = browser.text("#agents .agent .head").map_err(fail)?;
     check(head.contains("cpu ") && head.contains("/2"), format!("the agent's resources: {head}"))?;
     let moved =
@@ -399,6 +441,7 @@ fn the_dashboard_follows_a_running_cluster_in_a_browser() -> Result<(), Failed> 
     )?;
     let summary = browser.text("#failures details.failure summary").map_err(fail)?;
     check(summary.starts_with("TimedOut"), format!("the failure's summary: {summary}"))?;
+    check(summary.contains("__main__.f2"), format!("the failure's summary: {summary}"))?;
     let session = browser.text("#sessions tr[data-session='dashboard-session']").map_err(fail)?;
     check(session.contains("dashboard-session"), format!("the session's row: {session}"))?;
     if let Some(path) = std::env::var_os("BLITZEN_SCREENSHOT") {

@@ -426,6 +426,7 @@ mod tests {
             retries: 0,
             unrunnable_limit: None,
             request: None,
+            label: None,
         }
     }
 
@@ -451,9 +452,9 @@ mod tests {
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
-    /// By name, fingerprint and request: the same task asking for other resources is another
-    /// kind to the server.
-    numbers: HashMap<(&'static str, u64, Option<Arc<Request>>), KindIndex>,
+    /// By name, fingerprint, request and label: the same task asking for other resources, or
+    /// shown under another label, is another kind to the server.
+    numbers: HashMap<(&'static str, u64, Option<Arc<Request>>, Option<&'static str>), KindIndex>,
 }
 
 impl Declared {
@@ -461,13 +462,14 @@ impl Declared {
     /// in the same frame.
     fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
         let next = KindIndex::new(self.numbers.len() as u32);
-        let key = (call.name, call.fingerprint, call.request);
-        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request)| {
+        let key = (call.name, call.fingerprint, call.request, call.label);
+        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request, label)| {
             kinds.push(TaskKind {
                 name: call.name.to_string(),
                 fingerprint: call.fingerprint,
                 signature: call.signature.to_string(),
                 request: request.as_deref().cloned(),
+                label: label.map(str::to_string),
             });
             next
         });

@@ -306,7 +306,7 @@ impl Core {
                 task: w.running.and_then(|(key, for_ms)| {
                     let task = self.tasks.get(key)?;
                     let session = self.drivers.get(&task.driver)?.session.clone();
-                    let name = self.kind(task.kind).name.clone();
+                    let name = self.kind(task.kind).shown().to_string();
                     Some(RunningTask { session, id: task.id.get(), task: name, for_ms })
                 }),
             })

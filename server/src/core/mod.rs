@@ -164,8 +164,8 @@ pub(crate) struct Core {
     kinds: Vec<TaskKind>,
     /// The base kind of each of `kinds` (itself for a kind without a request).
     bases: Vec<KindId>,
-    /// `kinds` by name, fingerprint and request, to intern a declaration.
-    kind_ids: HashMap<(String, u64, Option<Request>), KindId>,
+    /// `kinds` by name, fingerprint, request and label, to intern a declaration.
+    kind_ids: HashMap<(String, u64, Option<Request>, Option<String>), KindId>,
     /// Every task held, queued or running, until it ends; its key names it everywhere else.
     tasks: TaskTable,
     /// The next task's `Task::seq`: submission order across the server.
@@ -443,12 +443,12 @@ impl Core {
 
     /// The server's id of a kind, interning it on first sight.
     fn intern(&mut self, kind: TaskKind) -> KindId {
-        let key = (kind.name.clone(), kind.fingerprint, kind.request.clone());
+        let key = (kind.name.clone(), kind.fingerprint, kind.request.clone(), kind.label.clone());
         if let Some(&id) = self.kind_ids.get(&key) {
             return id;
         }
-        let base = (kind.request.is_some())
-            .then(|| self.intern(TaskKind { request: None, ..kind.clone() }));
+        let base = (kind.request.is_some() || kind.label.is_some())
+            .then(|| self.intern(TaskKind { request: None, label: None, ..kind.clone() }));
         let id = KindId(self.kinds.len() as u32);
         self.bases.push(base.unwrap_or(id));
         if let Some(durable) = &mut self.durable
@@ -467,7 +467,7 @@ impl Core {
         &self.kinds[id.index()]
     }
 
-    /// The kind without its request: what an agent announces.
+    /// The kind without its request and label: what an agent announces.
     fn base(&self, id: KindId) -> KindId {
         self.bases[id.index()]
     }

@@ -16,7 +16,7 @@ use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::ConnId;
 use blitzen_protocol::status::{
     AgentStatus, ClusterStatus, FAILURES_KEPT, Failure, HISTORY_SECONDS, RECENT_FAILURES,
-    ServerStatus, SessionStatus,
+    ServerStatus, SessionStatus, TaskCounts,
 };
 
 use super::{Core, KindId};
@@ -128,6 +128,9 @@ pub(super) struct ServerStats {
     pub rate: Rate,
     /// The latest failures of every session, at most [`RECENT_FAILURES`], oldest first.
     pub recent_failures: VecDeque<Failure>,
+    /// How the tasks of each kind ended, indexed by [`KindId`]: a vector, so that counting costs
+    /// no hashing per task.
+    pub by_kind: Vec<Outcomes>,
 }
 
 impl ServerStats {
@@ -138,6 +141,7 @@ impl ServerStats {
             outcomes: Outcomes::default(),
             rate: Rate::new(now),
             recent_failures: VecDeque::new(),
+            by_kind: Vec::new(),
         }
     }
 }
@@ -159,6 +163,13 @@ impl Core {
         let outcome = &report.run.outcome;
         self.stats.outcomes.count(outcome);
         self.stats.rate.count();
+        if let Some(kind) = kind {
+            let by_kind = &mut self.stats.by_kind;
+            if by_kind.len() <= kind.index() {
+                by_kind.resize(kind.index() + 1, Outcomes::default());
+            }
+            by_kind[kind.index()].count(outcome);
+        }
         let Some(d) = self.drivers.get_mut(&conn) else { return };
         d.stats.outcomes.count(outcome);
         d.stats.rate.count();
@@ -166,7 +177,8 @@ impl Core {
             return;
         }
         let kinds = &self.kinds;
-        let task = kind.map_or_else(|| "unknown".to_string(), |k| kinds[k.index()].name.clone());
+        let task =
+            kind.map_or_else(|| "unknown".to_string(), |k| kinds[k.index()].shown().to_string());
         let stderr_tail = report.run.stderr.last_lines(STDERR_TAIL_LINES, STDERR_TAIL_BYTES);
         let ctx = || TaskContext {
             id: report.id.get(),
@@ -284,7 +296,30 @@ impl Core {
             agents,
             sessions,
             recent_failures: self.stats.recent_failures.iter().cloned().collect(),
+            tasks: self.task_counts(),
         }
+    }
+
+    /// [`ServerStats::by_kind`] added up by the name people see, sorted by it.
+    fn task_counts(&self) -> Vec<TaskCounts> {
+        let mut by_name: std::collections::BTreeMap<&str, Outcomes> = Default::default();
+        for (i, counts) in self.stats.by_kind.iter().enumerate() {
+            if counts.finished() == 0 {
+                continue;
+            }
+            let sum = by_name.entry(self.kinds[i].shown()).or_default();
+            sum.done += counts.done;
+            sum.failed += counts.failed;
+            sum.cancelled += counts.cancelled;
+        }
+        (by_name.into_iter())
+            .map(|(task, o)| TaskCounts {
+                task: task.to_string(),
+                done: o.done,
+                failed: o.failed,
+                cancelled: o.cancelled,
+            })
+            .collect()
     }
 }
 

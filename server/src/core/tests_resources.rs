@@ -6,7 +6,8 @@ use super::tests::{
     Heard, agent, assigned, conn, core, done, driver, heard, kind, submission, turn,
 };
 use super::*;
-use blitzen_protocol::{Capacity, Request};
+use blitzen_protocol::cluster::AgentResult;
+use blitzen_protocol::{Capacity, Finished, Outcome, Request};
 
 fn request(cpus: u32, custom: &[(&str, u64)]) -> Request {
     Request {
@@ -138,4 +139,30 @@ fn a_reservation_ends_with_its_agent() {
     turn(&mut c);
     let keys = assigned(&mut b);
     assert_eq!(keys.iter().map(|k| c.tasks[k].id.get()).collect::<Vec<_>>(), [2]);
+}
+
+/// A labelled kind (the Python package's `python` task, labelled with its function) is shown
+/// by its label in the failures and the status, counted by it, and runs on an agent that has
+/// the task by its name.
+#[test]
+fn a_label_is_what_the_status_shows_and_counts() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    let index = c.drivers.get(&conn(1)).map_or(0, |d| d.kinds.len() as u32);
+    let kind = TaskKind { label: Some("__main__.f2".into()), ..kind("t") };
+    let tasks = (0..2).map(|id| submission(id, index)).collect();
+    c.on_event(Event::Submit { conn: conn(1), kinds: vec![kind], tasks });
+    turn(&mut c);
+    let keys = assigned(&mut a);
+    assert_eq!(keys.len(), 2, "the agent has `t`: the label is not part of what it runs");
+    let failed = Finished::unstarted(Outcome::Returned { message: "no".into(), detail: None });
+    let mut results = done(&keys[..1]);
+    results.push(AgentResult { key: keys[1], worker_pid: Some(7), run: failed });
+    c.on_event(Event::AgentDone { conn: conn(10), results, recovered: false });
+    turn(&mut c);
+    let status = c.status();
+    assert_eq!(status.recent_failures[0].task, "__main__.f2");
+    let counts: Vec<_> = status.tasks.iter().map(|t| (t.task.as_str(), t.done, t.failed)).collect();
+    assert_eq!(counts, [("__main__.f2", 1, 1)]);
 }

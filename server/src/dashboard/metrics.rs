@@ -30,6 +30,12 @@ struct AgentResource {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskOutcome {
+    task: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Session {
     session: String,
     state: &'static str,
@@ -125,6 +131,17 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
         }
     }
     registry.register("session_tasks", "Tasks of each session, by state", sessions);
+    let by_task = Family::<TaskOutcome, Counter>::default();
+    for t in &status.tasks {
+        for (outcome, n) in [("done", t.done), ("failed", t.failed), ("cancelled", t.cancelled)] {
+            by_task.get_or_create(&TaskOutcome { task: t.task.clone(), outcome }).inc_by(n);
+        }
+    }
+    registry.register(
+        "task_finished",
+        "Tasks finished since the server started, by name (a Python call's is its function's)",
+        by_task,
+    );
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)

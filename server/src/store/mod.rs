@@ -463,6 +463,7 @@ mod tests {
                             memory: Some(1 << 30),
                             custom: vec![("gpu".into(), 1)],
                         }),
+                        label: Some("__main__.f2".into()),
                     }),
                 },
                 Change::Attempts { session: s(), id: 3, attempts: 2 },

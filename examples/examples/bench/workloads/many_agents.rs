@@ -60,6 +60,7 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                     fingerprint: <noop as Task>::FINGERPRINT,
                     signature: <noop as Task>::SIGNATURE.into(),
                     request: None,
+                    label: None,
                 }],
                 heartbeat_ms: 5_000,
                 agent_id: (u64::from(std::process::id()) << 20) | i as u64 | 1 << 63,
