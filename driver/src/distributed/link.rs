@@ -449,12 +449,15 @@ mod tests {
     }
 }
 
+/// What tells one declared kind from another: name, fingerprint, request and label.
+type KindKey = (&'static str, u64, Option<Arc<Request>>, Option<&'static str>);
+
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
     /// By name, fingerprint, request and label: the same task asking for other resources, or
     /// shown under another label, is another kind to the server.
-    numbers: HashMap<(&'static str, u64, Option<Arc<Request>>, Option<&'static str>), KindIndex>,
+    numbers: HashMap<KindKey, KindIndex>,
 }
 
 impl Declared {
