@@ -73,6 +73,12 @@ fn the_python_package_passes_its_pytest_suite() {
     if let Some(report) = std::env::var_os("BLITZEN_PYTEST_JUNIT") {
         pytest.arg("--junitxml").arg(report);
     }
+    // The server binary the workspace builds, for the tests that ask it for the status.
+    let target =
+        std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf()));
+    if let Some(server) = target.map(|t| t.join("blitzen-server")).filter(|s| s.exists()) {
+        pytest.env("BLITZEN_SERVER_BIN", server);
+    }
     let out = pytest
         .env("PYTHONPATH", &site)
         .env("PYTHONDONTWRITEBYTECODE", "1")

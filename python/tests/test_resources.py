@@ -2,6 +2,10 @@
 worker processes and on a cluster: they run only where it fits, a memory limit is enforced and
 named (``MemoryExceeded``), and nonsense is a ``ValueError`` at the call."""
 
+import json
+import os
+import subprocess
+
 import pytest
 
 import blitzen
@@ -108,3 +112,34 @@ def test_a_call_is_known_by_its_function_not_as_python(processes):
         assert "`calls.nap`" in str(timed_out) and "python" not in str(timed_out), timed_out
     finally:
         c.shutdown()
+
+
+def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status(processes):
+    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
+    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
+    port = free_port()
+    start_server(processes, port)
+    start_client(processes, port, workers=1)
+    script = (
+        "from blitzen.distributed import DistributedDispatcher\n"
+        "def f2():\n"
+        "    raise ValueError('Throwing error')\n"
+        f"d = DistributedDispatcher('127.0.0.1', {port}, secret={SECRET!r}, connect_timeout=10)\n"
+        "print(d.get_results(d.run(f2)))\n"
+        "d.shutdown()\n"
+    )
+    driver = processes.start(["-c", script])
+    assert driver.wait(timeout=60) == 0
+    asked = subprocess.run(
+        [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json", "--task", "__main__.f2"],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert asked.returncode == 0, asked.stderr
+    status = json.loads(asked.stdout)
+    failures = status["recent_failures"]
+    assert [f["task"] for f in failures] == ["__main__.f2"], failures
+    assert "Throwing error" in failures[0]["error"]
+    assert status["tasks"] == [{"task": "__main__.f2", "done": 0, "failed": 1, "cancelled": 0}]
