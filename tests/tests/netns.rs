@@ -27,6 +27,9 @@ const DRIVER_ENV: &str = "BLITZEN_TEST_NETNS_DRIVER";
 /// `BLITZEN_TLS_PIN`, `BLITZEN_SECRET_FILE`).
 const SLURM_DRIVER_ENV: &str = "BLITZEN_TEST_SLURM_DRIVER";
 
+/// Where the driver writes its report instead of stderr, when set.
+const REPORT_ENV: &str = "BLITZEN_TEST_REPORT";
+
 const SECRET: &[u8] = b"a secret shared by every host of the test network";
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -315,13 +318,15 @@ fn the_slurm_job_script_runs_a_cluster_across_its_nodes() -> Result<(), Failed> 
             .env("BLITZEN_BIN", bin_dir)
             .env("BLITZEN_SECRET_FILE", &secret)
             .env("BLITZEN_BIND", &nodes[0].addr)
-            .env(SLURM_DRIVER_ENV, "echo 300 1024");
+            .env(SLURM_DRIVER_ENV, "echo 300 1024")
+            .env(REPORT_ENV, dir.join("report.json"));
         let mut job = blitzen_tests::cluster::start_program(command, "job").map_err(fail)?;
         let status = job.wait_exit(Duration::from_secs(120)).map_err(fail)?;
         let log = job.log_text();
         check(status.is_some_and(|s| s.success()), format!("the job failed ({status:?}):\n{log}"))?;
-        let line = log.lines().rev().find(|l| l.starts_with('{')).ok_or("no report")?;
-        let report: Report = serde_json::from_str(line).map_err(fail)?;
+        let line = std::fs::read_to_string(dir.join("report.json"))
+            .map_err(|e| fail(format!("no report ({e}):\n{log}")))?;
+        let report: Report = serde_json::from_str(&line).map_err(fail)?;
         check(report.ok == 300 && report.failed.is_empty(), format!("{report:?}"))?;
         let agents = log.lines().filter(|l| l.contains("agent connected")).count();
         check(agents == 3, format!("{agents} agents connected, not 3:\n{log}"))?;
@@ -375,10 +380,20 @@ fn main() -> std::process::ExitCode {
         driver.or_else(|_| std::env::var(SLURM_DRIVER_ENV).map(|spec| drive_in_slurm(&spec)));
     if let Ok(driven) = driver {
         return match driven.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
-            Ok(line) => {
-                eprintln!("{line}");
-                std::process::ExitCode::SUCCESS
-            }
+            // Into a file of its own when asked: in a job, other processes share its stderr.
+            Ok(line) => match std::env::var_os(REPORT_ENV) {
+                Some(path) => match std::fs::write(path, line) {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("driver: cannot write the report: {e}");
+                        std::process::ExitCode::FAILURE
+                    }
+                },
+                None => {
+                    eprintln!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+            },
             Err(e) => {
                 eprintln!("driver: {e}");
                 std::process::ExitCode::FAILURE
