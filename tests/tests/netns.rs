@@ -163,8 +163,14 @@ impl Cluster {
     fn start_driver(&self, kind: &str, count: usize, size: usize) -> Result<Process, Failed> {
         let mut command = self.net.command(&self.driver, std::env::current_exe().map_err(fail)?);
         let spec = format!("{} {} {kind} {count} {size}", self.addr, self.secret.arg());
-        command.env(DRIVER_ENV, spec);
+        command.env(DRIVER_ENV, spec).env(REPORT_ENV, self.report_file());
+        let _ = std::fs::remove_file(self.report_file());
         blitzen_tests::cluster::start_program(command, "driver").map_err(fail)
+    }
+
+    /// Where the driver writes its report.
+    fn report_file(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("blitzen-netns-{}-report.json", self.driver.namespace))
     }
 
     /// Waits for the driver and reads its report.
@@ -175,8 +181,10 @@ impl Cluster {
             status.is_some_and(|s| s.success()),
             format!("the driver failed ({status:?}):\n{log}"),
         )?;
-        let line = log.lines().rev().find(|l| l.starts_with('{')).ok_or("no report")?;
-        serde_json::from_str(line).map_err(fail)
+        let line = std::fs::read_to_string(self.report_file())
+            .map_err(|e| fail(format!("no report ({e}):\n{log}")))?;
+        let _ = std::fs::remove_file(self.report_file());
+        serde_json::from_str(&line).map_err(fail)
     }
 
     /// How many times the server counted agent `name` gone.
