@@ -11,7 +11,8 @@ use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
-use blitzen_protocol::{Finished, Outcome};
+use blitzen_protocol::output::AgentOutput;
+use blitzen_protocol::{Finished, Lines, Outcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -164,6 +165,7 @@ impl<'a> Connection<'a> {
                     Err(e) => break End::Lost(format!("bad frame from the server: {e}")),
                 },
                 Some(batch) = self.work.results.recv() => self.on_results(batch),
+                Some(first) = self.work.output.recv() => self.on_output(Some(first)),
                 Some(keys) = self.work.started.recv() => self.on_started(keys),
                 _ = ticks.tick() => self.on_tick(),
                 _ = reports.tick() => self.report_workers().await,
@@ -230,6 +232,7 @@ impl<'a> Connection<'a> {
                 retries: t.retries,
                 group,
                 request: t.request.map(|r| Arc::new(*r)),
+                stream: t.stream,
             };
             if self.work.pool.submit(job).is_err() {
                 break;
@@ -304,6 +307,8 @@ impl<'a> Connection<'a> {
         while let Ok(more) = self.work.results.try_recv() {
             batch.extend(more);
         }
+        // A task's lines go out before its result.
+        self.on_output(None)?;
         if let Some((_, finished)) = &mut self.reattaching {
             // Their keys may change: sent once the server has answered.
             finished.extend(batch);
@@ -332,6 +337,23 @@ impl<'a> Connection<'a> {
         }
         self.sent_since_tick = true;
         Ok(())
+    }
+
+    /// Lines streamed tasks printed (`first`, and all the pool has handed on since) go to the
+    /// server; those of tasks assigned on an earlier connection are dropped.
+    fn on_output(&mut self, first: Option<(JobId, Lines)>) -> Result<(), Closed> {
+        let mut batch = Vec::new();
+        let mut take = |(id, lines): (JobId, Lines)| match self.work.jobs.get(&id) {
+            Some(held) if held.connection == self.number => {
+                batch.push(AgentOutput { key: held.key, lines });
+            }
+            _ => debug!(job = %id, "output of a task of an earlier connection; dropped"),
+        };
+        first.into_iter().for_each(&mut take);
+        while let Ok(more) = self.work.output.try_recv() {
+            take(more);
+        }
+        if batch.is_empty() { Ok(()) } else { self.send(FromAgent::Output(batch)) }
     }
 
     /// Tasks with a timeout started on a worker: the server holds them to their deadline.

@@ -29,6 +29,7 @@ use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{ConnectError, PeerTls, Secret};
+use blitzen_protocol::Lines;
 use blitzen_protocol::cluster::{AgentResult, Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use tokio::sync::mpsc;
@@ -170,6 +171,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             signature: e.signature.to_string(),
             request: None,
             label: None,
+            stream: false,
         })
         .collect();
     let (builtins, own): (Vec<&TaskEntry>, Vec<&TaskEntry>) =
@@ -292,6 +294,8 @@ struct Work {
     results: mpsc::UnboundedReceiver<Vec<JobResult>>,
     /// Jobs with a timeout that started on a worker.
     started: mpsc::UnboundedReceiver<Vec<JobId>>,
+    /// Lines streamed jobs printed, from the pool (each job's before its result).
+    output: mpsc::UnboundedReceiver<(JobId, Lines)>,
     /// The tasks the pool holds (running or waiting for a worker), by the agent's own job
     /// number: a task's key may change when the agent re-attaches after a restart.
     jobs: HashMap<JobId, Held>,
@@ -341,6 +345,10 @@ impl Work {
         pool_config.on_start = Some(Arc::new(move |ids| {
             let _ = started_tx.send(ids);
         }));
+        let (output_tx, output) = mpsc::unbounded_channel();
+        pool_config.on_output = Some(Arc::new(move |id, lines| {
+            let _ = output_tx.send((id, lines));
+        }));
         let pool = Pool::start(pool_config, sink).await?;
         Ok(Self {
             server_id,
@@ -348,6 +356,7 @@ impl Work {
             pool,
             results,
             started,
+            output,
             jobs: HashMap::new(),
             next_job: 0,
             connection: 0,

@@ -35,7 +35,7 @@ pub fn snapshot(fd: BorrowedFd<'_>, limit: usize) -> io::Result<Captured> {
     let half = limit / 2;
     let head = read_at(fd, 0, half)?;
     let tail = read_at(fd, size - half as u64, half)?;
-    Ok(Captured { head, tail, omitted: size - 2 * half as u64 })
+    Ok(Captured { head, tail, omitted: size - 2 * half as u64, ..Default::default() })
 }
 
 /// [`snapshot`], then empties the file and rewinds it for the next task.

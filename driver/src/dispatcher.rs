@@ -6,16 +6,18 @@
 //! connecting to a server — lives in the backend and in each alias's own constructors.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blitzen_common::task::encode_value;
 use blitzen_common::{Task, TaskError};
-use blitzen_protocol::{Outcome, Request};
+use blitzen_protocol::{Lines, Outcome, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::DispatchError;
+use crate::output::{Output, OutputLines, OutputReader, print_prefixed};
 use crate::results::{Fetch, RunOptions, TaskId, TaskResult};
 use crate::table::ResultTable;
 
@@ -37,6 +39,8 @@ pub struct Call {
     pub request: Option<Arc<Request>>,
     /// What people see it as, when not its name (`RunOptions::with_label`).
     pub label: Option<&'static str>,
+    /// Whether its lines are sent as it prints them ([`Dispatcher::with_output`]).
+    pub stream: bool,
 }
 
 /// A task by its registered name, signature and [fingerprint](blitzen_common::task::fingerprint),
@@ -69,6 +73,13 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     fn stop(&self);
 }
 
+/// The longest a fetch waits for the lines of its tasks to be handed on.
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub(crate) mod sealed {
     /// Keeps [`Backend`](super::Backend) implemented by this crate only.
     pub trait Sealed {}
@@ -91,9 +102,65 @@ pub struct Dispatcher<B: Backend> {
     /// Unrunnable limit of tasks submitted without one (set on clusters only).
     pub(crate) default_unrunnable_limit: Option<Duration>,
     pub(crate) backend: B,
+    /// Whether tasks are streamed ([`Dispatcher::with_output`]).
+    pub(crate) streaming: bool,
+    /// The thread that hands streamed lines on, for [`Output::Stream`] and [`Output::Handler`].
+    pub(crate) output_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<B: Backend> Dispatcher<B> {
+    /// A dispatcher over `backend`, filling `table`.
+    pub(crate) fn assemble(table: Arc<ResultTable>, backend: B) -> Self {
+        Self {
+            table,
+            default_timeout: None,
+            default_unrunnable_limit: None,
+            backend,
+            streaming: false,
+            output_thread: Mutex::new(None),
+        }
+    }
+
+    /// Sets what is done with what tasks submitted from now on print while they run: see
+    /// [`Output`]. `Output::Stream` writes each line to this process's stdout or stderr as it
+    /// comes, `[task 12 on node3] ` before it.
+    pub fn with_output(mut self, output: Output) -> Self {
+        self.streaming = !matches!(output, Output::Capture);
+        let handler: Arc<dyn Fn(&OutputLines) + Send + Sync> = match output {
+            Output::Capture | Output::Collect => return self,
+            Output::Stream => Arc::new(|lines: &OutputLines| {
+                let lines_ = Lines { stream: lines.stream, text: lines.text.clone() };
+                print_prefixed(lines.task.seq(), lines.host.as_deref(), &lines_)
+            }),
+            Output::Handler(handler) => handler,
+        };
+        let table = self.table.clone();
+        let spawned = std::thread::Builder::new().name("blitzen-output".into()).spawn(move || {
+            while table.output.wait(None) {
+                let origin = table.origin();
+                for (seq, host, lines) in table.output.take_in_hand() {
+                    let task = TaskId::new(origin, seq);
+                    handler(&OutputLines { task, host, stream: lines.stream, text: lines.text });
+                }
+                table.output.handed();
+            }
+        });
+        match spawned {
+            Ok(thread) => *lock(&self.output_thread) = Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread that prints tasks' lines; they stay in the results");
+                self.streaming = false;
+            }
+        }
+        self
+    }
+
+    /// Where the lines of streamed tasks wait with [`Output::Collect`]; it does not keep the
+    /// dispatcher alive.
+    pub fn output_reader(&self) -> OutputReader {
+        OutputReader { table: self.table.clone() }
+    }
+
     /// Sets the timeout of tasks submitted without one.
     pub fn with_default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
@@ -178,6 +245,7 @@ impl<B: Backend> Dispatcher<B> {
             unrunnable_limit: options.unrunnable_limit.or(self.default_unrunnable_limit),
             request,
             label: options.label,
+            stream: self.streaming,
         };
         if let Err(outcome) = self.backend.submit(call) {
             self.table.settle(seq, outcome);
@@ -203,6 +271,7 @@ impl<B: Backend> Dispatcher<B> {
         fetch: Fetch,
     ) -> Result<Vec<Result<O, TaskError>>, DispatchError> {
         let results = self.table.fetch(ids, fetch)?;
+        self.settle_output();
         Ok(results.iter().map(TaskResult::decode).collect())
     }
 
@@ -214,7 +283,18 @@ impl<B: Backend> Dispatcher<B> {
         ids: &[TaskId<O>],
         fetch: Fetch,
     ) -> Result<Vec<TaskResult>, DispatchError> {
-        self.table.fetch(ids, fetch)
+        let results = self.table.fetch(ids, fetch)?;
+        self.settle_output();
+        Ok(results)
+    }
+
+    /// With a thread handing streamed lines on, waits until it has handed on those that came
+    /// before the results just fetched (at most [`SETTLE_LIMIT`]: a stuck handler delays
+    /// results no longer).
+    fn settle_output(&self) {
+        if self.streaming && lock(&self.output_thread).is_some() {
+            self.table.output.settle(SETTLE_LIMIT);
+        }
     }
 
     /// Waits for every task, returns every result not yet fetched in submission order, then
@@ -224,6 +304,7 @@ impl<B: Backend> Dispatcher<B> {
     /// limit.
     pub fn join(&self) -> Vec<TaskResult> {
         let results = self.table.take_all(None).unwrap_or_default();
+        self.settle_output();
         self.shutdown();
         results
     }
@@ -235,6 +316,7 @@ impl<B: Backend> Dispatcher<B> {
     /// down.)
     pub fn join_within(&self, limit: Duration) -> Result<Vec<TaskResult>, DispatchError> {
         let results = self.table.take_all(Some(limit))?;
+        self.settle_output();
         self.shutdown();
         Ok(results)
     }
@@ -276,6 +358,11 @@ impl<B: Backend> Dispatcher<B> {
     pub fn shutdown(&self) {
         self.backend.stop();
         self.table.close(Outcome::Cancelled { reason: "the dispatcher is shut down".into() });
+        // The lines that came before the stop are handed on before this returns.
+        self.table.output.close();
+        if let Some(thread) = lock(&self.output_thread).take() {
+            let _ = thread.join();
+        }
     }
 
     /// The id of this dispatcher's task number `seq` ([`TaskId::seq`]), for bindings that hand

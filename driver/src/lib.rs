@@ -42,6 +42,7 @@ mod dispatcher;
 pub mod distributed;
 mod error;
 mod multicore;
+mod output;
 mod progress;
 mod results;
 mod runtime;
@@ -67,11 +68,14 @@ pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo,
 pub use blitzen_macros::task;
 pub use blitzen_protocol::{
     Blob, Capacity, Captured, ExitReason, Finished, Outcome, Request, SizeError, SizeText,
-    parse_size,
+    StdStream, parse_size,
 };
 pub use dispatcher::{Backend, Dispatcher, NamedTask};
 pub use error::DispatchError;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
+pub use output::{
+    OUTPUT_QUEUE_BYTES, Output, OutputLines, OutputReader, STREAM_BURST, STREAM_RATE,
+};
 pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
 pub use streams::{Completion, Completions, Imap, ImapUnordered};
 pub use tasks::Tasks;

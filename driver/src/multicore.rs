@@ -66,6 +66,7 @@ impl Backend for Multicore {
             retries: call.retries,
             group,
             request: call.request,
+            stream: call.stream,
         };
         self.submitter
             .submit(job)
@@ -202,7 +203,10 @@ impl Dispatcher<Multicore> {
             sink_table.complete(batch.into_iter().map(report).collect())
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let config = settings.pool;
+        let mut config = settings.pool;
+        let output_table = table.clone();
+        config.on_output =
+            Some(Arc::new(move |id: JobId, lines| output_table.output.push(id.get(), None, lines)));
         let thread = RuntimeThread::spawn(
             "blitzen-multicore",
             runtime::current_thread()?,
@@ -226,12 +230,10 @@ impl Dispatcher<Multicore> {
         // On an error the thread has ended: dropping it joins it.
         let (submitter, status) = started?;
         debug!(workers = status.snapshot().target, "multicore dispatcher started");
-        Ok(Dispatcher {
-            table,
-            default_timeout: settings.default_timeout,
-            default_unrunnable_limit: None,
-            backend: Multicore { submitter, status, thread, registry },
-        })
+        let backend = Multicore { submitter, status, thread, registry };
+        let mut dispatcher = Dispatcher::assemble(table, backend);
+        dispatcher.default_timeout = settings.default_timeout;
+        Ok(dispatcher)
     }
 
     /// The workers now: how many are wanted, the pids of those ready, replacements so far.

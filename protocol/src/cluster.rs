@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
+use crate::output::{AgentOutput, TaskOutput};
 use crate::resources::{Capacity, Request};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 11;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 12;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -47,6 +48,10 @@ pub struct TaskKind {
     /// agent's announcement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Whether the driver sees what its tasks print as they run ([`ToDriver::Output`]).
+    /// Always `false` in an agent's announcement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl TaskKind {
@@ -323,6 +328,8 @@ pub enum ToDriver {
     },
     /// Nothing else to say: the server is alive.
     Heartbeat,
+    /// Lines streamed tasks printed, as they run; each task's come before its result.
+    Output(Vec<TaskOutput>),
 }
 
 /// A task sent to an agent.
@@ -349,6 +356,9 @@ pub struct Assignment {
     /// What it holds while it runs (its kind's request); `None`: plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Box<Request>>,
+    /// Send what it prints as it runs ([`FromAgent::Output`]); its kind is streamed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Server → agent.
@@ -409,6 +419,9 @@ pub enum FromAgent {
     /// What each worker runs now (sent every half second while any runs, and once when all
     /// went idle): for the server's status and dashboard.
     Workers(Vec<WorkerReport>),
+    /// Lines streamed tasks (assigned on this connection) printed, as they run; each task's
+    /// come before its result.
+    Output(Vec<AgentOutput>),
 }
 
 /// One worker of an agent, as it reports it ([`FromAgent::Workers`]).
@@ -483,6 +496,7 @@ mod tests {
                     custom: vec![("gpu".into(), 1)],
                 }),
                 label: asks.then(|| "__main__.f2".into()),
+                stream: asks,
             },
         )
     }
@@ -563,9 +577,16 @@ mod tests {
         fn agent_messages_round_trip(key in any::<u64>(), kind in any::<u32>(), args in bytes(), run in finished(), seq in proptest::option::of(any::<u64>())) {
             let key = TaskKey::new(key);
             let request = seq.map(|_| Box::new(Request { cpus: 3, memory: None, custom: Vec::new() }));
-            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request }];
+            let stream = seq.is_some();
+            let lines = crate::Lines { stream: crate::StdStream::Stderr, text: args.clone() };
+            let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request, stream }];
             let assigned = ToAgent::Run(tasks);
             prop_assert_eq!(round_trip(&assigned), assigned);
+            let output = FromAgent::Output(vec![AgentOutput { key, lines: lines.clone() }]);
+            prop_assert_eq!(round_trip(&output), output);
+            let id = DriverTaskId::new(key.get());
+            let output = ToDriver::Output(vec![TaskOutput { id, host: "h".into(), lines }]);
+            prop_assert_eq!(round_trip(&output), output);
             let done = FromAgent::Done(vec![AgentResult { key, worker_pid: Some(1), run }]);
             prop_assert_eq!(round_trip(&done), done);
             let started = FromAgent::Started(vec![key]);

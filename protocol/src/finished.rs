@@ -208,12 +208,17 @@ pub struct Captured {
     /// Bytes written between `head` and `tail` that were not kept.
     #[serde(default)]
     pub omitted: u64,
+    /// Of a streamed task (see [`crate::output`]), the lines not shown live: past the rate or
+    /// size a worker streams per task, or what a server or driver could not keep up with.
+    /// They are in the capture all the same.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unstreamed: u64,
 }
 
 impl Captured {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
-        self.head.is_empty() && self.tail.is_empty() && self.omitted == 0
+        self.head.is_empty() && self.tail.is_empty() && self.omitted == 0 && self.unstreamed == 0
     }
 
     /// Whether some of the stream was left out.
@@ -262,11 +267,9 @@ pub(crate) mod strategies {
     }
 
     pub(crate) fn captured() -> impl Strategy<Value = Captured> {
-        (bytes(), bytes(), any::<u64>()).prop_map(|(head, tail, omitted)| Captured {
-            head,
-            tail,
-            omitted,
-        })
+        (bytes(), bytes(), any::<u64>(), any::<u64>()).prop_map(
+            |(head, tail, omitted, unstreamed)| Captured { head, tail, omitted, unstreamed },
+        )
     }
 
     fn exit() -> impl Strategy<Value = ExitReason> {
@@ -356,7 +359,12 @@ mod tests {
 
     #[test]
     fn captured_text_marks_the_omission() {
-        let c = Captured { head: Bytes::from("ab"), tail: Bytes::from("yz\n"), omitted: 10 };
+        let c = Captured {
+            head: Bytes::from("ab"),
+            tail: Bytes::from("yz\n"),
+            omitted: 10,
+            unstreamed: 0,
+        };
         assert_eq!(c.to_text(), "ab\n[... 10 bytes omitted ...]\nyz\n");
         assert_eq!(c.total_len(), 15);
         let d = Captured { head: Bytes::from("1\n2\n3\n4\n"), ..Default::default() };

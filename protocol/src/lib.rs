@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod finished;
 pub mod frame;
 pub mod ids;
+pub mod output;
 pub mod resources;
 pub mod size;
 pub mod status;
@@ -33,6 +34,7 @@ pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };
 pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
+pub use output::{Lines, StdStream};
 pub use resources::{Capacity, Request, Usage};
 pub use size::{SizeError, SizeText, parse_size};
 pub use worker::{

@@ -2,7 +2,8 @@
 //!
 //! The pool writes [`ToWorker`] frames to the worker's private socket; the worker answers with
 //! one [`FromWorker::Ready`] when it has started, then one [`FromWorker::Done`] per task, in the
-//! order the tasks arrived. Before the first frame, the socket carries one byte with a
+//! order the tasks arrived, and for a streamed task ([`RunTask::stream`]) any number of
+//! [`FromWorker::Output`] before its `Done`. Before the first frame, the socket carries one byte with a
 //! descriptor attached: a shared file where the worker counts the tasks it has started.
 
 use bytes::Bytes;
@@ -10,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::finished::Finished;
 use crate::ids::JobId;
+use crate::output::Lines;
 
 /// Bumped whenever a message below changes incompatibly.
-pub const WORKER_PROTOCOL_VERSION: u32 = 3;
+pub const WORKER_PROTOCOL_VERSION: u32 = 4;
 
 /// Pool → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,9 @@ pub struct RunTask {
     /// task runs. Left off the wire when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<u64>,
+    /// Send what the task prints as it comes ([`FromWorker::Output`]), not only in its result.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Borrowed twin of [`ToWorker`], encoded identically: the pool sends tasks without copying
@@ -61,6 +66,9 @@ pub struct RunTaskRef<'a> {
     /// See [`RunTask::memory_limit`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<u64>,
+    /// See [`RunTask::stream`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Worker → pool.
@@ -72,6 +80,13 @@ pub enum FromWorker {
     Ready(WorkerReady),
     /// A task finished (in any way the worker could observe).
     Done(TaskDone),
+    /// Lines a streamed task printed, while it runs.
+    Output {
+        /// The [`RunTask::id`] of the task.
+        id: JobId,
+        /// What it printed.
+        lines: Lines,
+    },
 }
 
 /// The worker's start-up announcement.
@@ -97,13 +112,22 @@ mod tests {
     use super::*;
     use crate::finished::strategies::{bytes, finished};
     use crate::frame::{decode, decode_frame, encode};
+    use crate::output::StdStream;
     use bytes::BytesMut;
     use proptest::prelude::*;
 
     fn to_worker() -> impl Strategy<Value = ToWorker> {
-        (any::<u64>(), any::<String>(), any::<u64>(), bytes(), proptest::option::of(any::<u64>()))
-            .prop_map(|(id, name, fingerprint, args, memory_limit)| {
-                ToWorker::Run(RunTask { id: JobId::new(id), name, fingerprint, args, memory_limit })
+        (
+            any::<u64>(),
+            any::<String>(),
+            any::<u64>(),
+            bytes(),
+            proptest::option::of(any::<u64>()),
+            any::<bool>(),
+        )
+            .prop_map(|(id, name, fingerprint, args, memory_limit, stream)| {
+                let id = JobId::new(id);
+                ToWorker::Run(RunTask { id, name, fingerprint, args, memory_limit, stream })
             })
     }
 
@@ -113,6 +137,10 @@ mod tests {
                 .prop_map(|(pid, version)| FromWorker::Ready(WorkerReady { pid, version })),
             (any::<u64>(), finished())
                 .prop_map(|(id, run)| FromWorker::Done(TaskDone { id: JobId::new(id), run })),
+            (any::<u64>(), any::<bool>(), bytes()).prop_map(|(id, err, text)| {
+                let stream = if err { StdStream::Stderr } else { StdStream::Stdout };
+                FromWorker::Output { id: JobId::new(id), lines: Lines { stream, text } }
+            }),
         ]
     }
 
@@ -149,13 +177,14 @@ mod tests {
     fn borrowed_task_encodes_like_the_owned_one() {
         let args = Bytes::from_static(b"\x93\x01\x02\x03");
         let id = JobId::new(9);
-        for memory_limit in [None, Some(1 << 20)] {
+        for (memory_limit, stream) in [(None, false), (Some(1 << 20), true)] {
             let owned = ToWorker::Run(RunTask {
                 id,
                 name: "sq".into(),
                 fingerprint: 5,
                 args: args.clone(),
                 memory_limit,
+                stream,
             });
             let borrowed = ToWorkerRef::Run(RunTaskRef {
                 id,
@@ -163,6 +192,7 @@ mod tests {
                 fingerprint: 5,
                 args: &args,
                 memory_limit,
+                stream,
             });
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
             encode(&owned, &mut a).expect("encodes");
@@ -181,6 +211,7 @@ mod tests {
             fingerprint: 2,
             args,
             memory_limit: None,
+            stream: false,
         });
         let mut buf = BytesMut::new();
         encode(&msg, &mut buf).expect("encodes");

@@ -1,7 +1,11 @@
-"""What both dispatchers share: submitting calls, fetching results, streams, cancel."""
+"""What both dispatchers share: submitting calls, fetching results, streams, cancel, and
+printing what the tasks print while they run."""
 
+import atexit
 import pickle
 import sys
+import threading
+import weakref
 
 from blitzen import _task
 from blitzen.errors import _KINDS, TaskError, TaskFailed
@@ -10,13 +14,20 @@ from blitzen.errors import _KINDS, TaskError, TaskFailed
 class Dispatcher:
     """The methods of ``MulticoreDispatcher`` and ``DistributedDispatcher``.
 
-    ``echo``: what a task printed is written to this process's ``sys.stdout`` and
-    ``sys.stderr`` when its result is fetched (default ``True``).
+    ``echo`` (default ``True``): what a task prints is written to this process's
+    ``sys.stdout`` and ``sys.stderr`` line by line as it prints it, as a local
+    ``multiprocessing.Pool``'s workers would (a task's lines are out before its result is
+    returned). Lines beyond what a task may stream (256 KiB at once, then 64 KiB/s) are not
+    shown live: they are in its result's ``stdout``/``stderr``, and a note says how many.
+    ``echo=False``: nothing is printed; the output is still in each ``TaskError``.
     """
 
     def __init__(self, native, echo=True):
         self._native = native
         self._echo = echo
+        self._printer = _Printer(native.output_reader()) if echo else None
+        # At exit, before the interpreter winds down: no thread is left waiting in Blitzen.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ----- the original's API -----
 
@@ -46,19 +57,37 @@ class Dispatcher:
         results for another call. ``timeout`` (seconds): give up with ``TimeoutError``, and the
         results stay. Ctrl-C interrupts the wait."""
         single = isinstance(task_ids, int)
-        rows = self._native.results([task_ids] if single else list(task_ids), clear, timeout)
+        ids = [task_ids] if single else list(task_ids)
+        try:
+            rows = self._native.results(ids, clear, timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C (in a notebook: the stop button) ends the wait and the tasks waited for;
+            # the dispatcher stays.
+            self._native.cancel(ids)
+            raise
         results = [self._result(row) for row in rows]
         return results[0] if single else results
 
     def join(self):
         """Waits for every task, returns every result not yet fetched in the order the tasks
-        were run, then shuts down."""
-        return [self._result(row) for row in self._native.join()]
+        were run, then shuts down. Ctrl-C cancels them all."""
+        try:
+            rows = self._native.join()
+        except KeyboardInterrupt:
+            self._native.cancel_all()
+            raise
+        results = [self._result(row) for row in rows]
+        if self._printer is not None:
+            self._printer.stop()
+        return results
 
     def shutdown(self):
         """Stops the workers (or leaves the cluster); unfinished tasks end ``Cancelled``.
-        Idempotent; also done when the dispatcher is garbage-collected or its ``with`` ends."""
+        Idempotent; also done when the dispatcher is garbage-collected, its ``with`` ends, or
+        the interpreter exits."""
         self._native.shutdown()
+        if self._printer is not None:
+            self._printer.stop()
 
     # ----- beyond the original -----
 
@@ -109,12 +138,16 @@ class Dispatcher:
     # ----- results -----
 
     def _result(self, row):
-        kind, value, message, task_id, host, pid, stdout, stderr, detail = row
-        if self._echo:
-            if stdout:
-                sys.stdout.write(stdout)
-            if stderr:
-                sys.stderr.write(stderr)
+        kind, value, message, task_id, host, pid, stdout, stderr, detail, unstreamed = row
+        if self._printer is not None:
+            # Whatever came before this result is printed before it is returned.
+            self._printer.drain()
+            if unstreamed:
+                sys.stderr.write(
+                    f"[blitzen] task {task_id}: {unstreamed} lines of its output were not "
+                    "shown as they came (too many, too fast); its result's stdout and "
+                    "stderr have them\n"
+                )
         if kind == "ok":
             return pickle.loads(value)
         if kind == "bytes":
@@ -122,6 +155,46 @@ class Dispatcher:
         if kind == "raised":
             return _raised(message, task_id, host, pid, stdout, stderr, detail)
         return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)
+
+
+class _Printer:
+    """Prints the lines streamed tasks print as they come, from a thread of its own.
+
+    The thread waits for lines without the interpreter lock and prints them holding
+    ``_lock``; ``drain`` takes the same lock, so once it returns every line that came before
+    it is printed."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="blitzen-output", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while self._reader.wait(None):
+            self.drain()
+
+    def drain(self):
+        with self._lock:
+            for _task, _host, to_stderr, text in self._reader.take():
+                stream = sys.stderr if to_stderr else sys.stdout
+                try:
+                    stream.write(text)
+                    stream.flush()
+                except Exception:  # a closed stdout loses the lines, as a local print would
+                    pass
+
+    def stop(self):
+        """After the dispatcher shut down: the thread has printed the last lines and ends."""
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self.drain()
+
+
+def _shutdown_at_exit(ref):
+    dispatcher = ref()
+    if dispatcher is not None:
+        dispatcher.shutdown()
 
 
 def _label(f):

@@ -138,6 +138,9 @@ def worker_command():
     boot = (
         "import json, os, sys; "
         "sys.path[:] = json.loads(os.environ.pop('BLITZEN_SYS_PATH')); "
+        # A streamed task's lines leave as it prints them.
+        "sys.stdout.reconfigure(line_buffering=True); "
+        "sys.stderr.reconfigure(line_buffering=True); "
         "from blitzen import _native; _native.worker_main()"
     )
     import json

@@ -52,7 +52,7 @@ class DistributedDispatcher(Dispatcher):
         self.port = port
         server = f"[{server_ip}]:{port}" if ":" in str(server_ip) else f"{server_ip}:{port}"
         native = _native.Dispatcher.cluster(
-            server, secret, plaintext, connect_timeout, allow_insecure, unrunnable_limit
+            server, secret, plaintext, connect_timeout, allow_insecure, unrunnable_limit, echo
         )
         super().__init__(native, echo)
 

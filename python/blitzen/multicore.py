@@ -32,7 +32,7 @@ class MulticoreDispatcher(Dispatcher):
         _logging._install()
         command, env = _task.worker_command()
         native = _native.Dispatcher.multicore(
-            workers, command, env, cpus, memory, _counts(resources)
+            workers, command, env, cpus, memory, _counts(resources), echo
         )
         super().__init__(native, echo)
         self.workers = workers

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen::distributed::{DistributedDispatcher, Secret};
-use blitzen::{Capacity, Needs, parse_size};
+use blitzen::{Capacity, Needs, Output, StdStream, parse_size};
 use blitzen::{
     Completion, DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, TaskResult,
     WorkerCommand,
@@ -28,7 +28,8 @@ use crate::task;
 /// How long a wait runs without the interpreter lock before Python checks for signals.
 const SLICE: Duration = Duration::from_millis(100);
 
-/// One result for Python: `(kind, value, message, task, host, pid, stdout, stderr, detail)`.
+/// One result for Python: `(kind, value, message, task, host, pid, stdout, stderr, detail,
+/// unstreamed)`, `unstreamed` the lines of a streamed task not shown as they came.
 ///
 /// `kind` is `ok` (`value` is the pickled value), `bytes` (the value is one large `bytes`
 /// object, taken out of its pickle here: `value` is that object), `raised` (`message` is the traceback,
@@ -46,6 +47,7 @@ type Row<'py> = (
     String,
     String,
     Option<Bound<'py, PyBytes>>,
+    u64,
 );
 
 enum Inner {
@@ -75,9 +77,13 @@ impl Dispatcher {
     /// A pool of `workers` worker processes, each running `command` (an interpreter entering
     /// the worker loop) with `env` added to its environment; returns once all are ready.
     /// `cpus`, `memory` and `resources` are what the running tasks may hold at once
-    /// (default: one CPU per worker, the machine's memory, no counted resources).
+    /// (default: one CPU per worker, the machine's memory, no counted resources). With
+    /// `stream`, what the tasks print is sent as it comes, for the `output_reader`.
     #[staticmethod]
-    #[pyo3(signature = (workers, command, env, cpus=None, memory=None, resources=None))]
+    #[pyo3(signature = (
+        workers, command, env, cpus=None, memory=None, resources=None, stream=false
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn multicore(
         py: Python<'_>,
         workers: usize,
@@ -86,6 +92,7 @@ impl Dispatcher {
         cpus: Option<u32>,
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, u64)>>,
+        stream: bool,
     ) -> PyResult<Self> {
         task::named()?;
         let command = worker_command(command, env)?;
@@ -99,16 +106,16 @@ impl Dispatcher {
         for (name, count) in resources.unwrap_or_default() {
             builder = builder.resource(name, count);
         }
-        let built = py.detach(|| builder.build());
-        Ok(Self { inner: Inner::Multicore(built.map_err(dispatch_error)?) })
+        let built = py.detach(|| builder.build()).map_err(dispatch_error)?;
+        Ok(Self { inner: Inner::Multicore(streamed(built, stream)) })
     }
 
     /// A dispatcher for the server at `server` (`host` or `host:port`); nothing is contacted
-    /// until the first task.
+    /// until the first task. `stream` as for `multicore`.
     #[staticmethod]
     #[pyo3(signature = (
         server, secret=None, plaintext=false, connect_timeout=None, allow_insecure=false,
-        unrunnable_limit=None
+        unrunnable_limit=None, stream=false
     ))]
     fn cluster(
         server: &str,
@@ -117,6 +124,7 @@ impl Dispatcher {
         connect_timeout: Option<f64>,
         allow_insecure: bool,
         unrunnable_limit: Option<f64>,
+        stream: bool,
     ) -> PyResult<Self> {
         task::named()?;
         let mut d = DistributedDispatcher::new(server)
@@ -133,7 +141,13 @@ impl Dispatcher {
         if let Some(limit) = unrunnable_limit {
             d = d.with_unrunnable_limit(seconds(limit, "unrunnable_limit")?);
         }
-        Ok(Self { inner: Inner::Cluster(Box::new(d)) })
+        Ok(Self { inner: Inner::Cluster(Box::new(streamed(d, stream))) })
+    }
+
+    /// Where the lines of streamed tasks wait (a dispatcher made with `stream`). Holding it
+    /// does not keep the dispatcher alive; once it has shut down, `wait` returns `False`.
+    fn output_reader(&self) -> OutputReader {
+        OutputReader { inner: on!(&self.inner, |d| d.output_reader()) }
     }
 
     /// Submits a pickled call; returns its task number at once. `cpus`, `memory` (bytes, or a
@@ -299,6 +313,41 @@ impl Dispatcher {
         };
         py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity))
             .map_err(dispatch_error)
+    }
+}
+
+/// `d`, streaming what its tasks print into its output reader when `stream`.
+fn streamed<B: blitzen::Backend>(
+    d: blitzen::Dispatcher<B>,
+    stream: bool,
+) -> blitzen::Dispatcher<B> {
+    if stream { d.with_output(Output::Collect) } else { d }
+}
+
+/// The lines streamed tasks printed, for the package's thread that prints them.
+#[pyclass(module = "blitzen._native", frozen)]
+pub(crate) struct OutputReader {
+    inner: blitzen::OutputReader,
+}
+
+#[pymethods]
+impl OutputReader {
+    /// Waits up to `timeout` seconds (`None`: as long as it takes) for lines; says whether
+    /// there are some. `False` at once once the dispatcher has shut down and all were taken.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let limit = timeout.map(|t| seconds(t, "timeout")).transpose()?;
+        Ok(py.detach(|| self.inner.wait(limit)))
+    }
+
+    /// Every line not taken yet, oldest first: `(task, host, to_stderr, text)`.
+    fn take(&self) -> Vec<(u64, Option<String>, bool, String)> {
+        (self.inner.take().into_iter())
+            .map(|l| {
+                let text = l.to_text();
+                (l.task.seq(), l.host, l.stream == StdStream::Stderr, text)
+            })
+            .collect()
     }
 }
 
@@ -471,7 +520,9 @@ fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
         Some(w) => (w.host.clone(), Some(w.pid)),
         None => (None, None),
     };
-    (kind, value, message, r.id, host, pid, r.run.stdout.to_text(), r.run.stderr.to_text(), detail)
+    let unstreamed = r.run.stdout.unstreamed + r.run.stderr.unstreamed;
+    let (stdout, stderr) = (r.run.stdout.to_text(), r.run.stderr.to_text());
+    (kind, value, message, r.id, host, pid, stdout, stderr, detail, unstreamed)
 }
 
 /// The data of a pickle (protocol 5) of one `bytes` object of 64 KiB or more, as Python

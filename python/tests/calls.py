@@ -29,3 +29,27 @@ def hog(mib):
     """Holds `mib` MiB for a moment; returns how many bytes it held."""
     held = bytearray(mib << 20)
     return len(held)
+
+
+def gated(port):
+    """Prints a line to each stream, waits until the test listening on `port` says go, then
+    prints one more."""
+    import socket
+    import sys
+
+    print(f"Finished the first half on {os.getpid()}")
+    print("a warning before the gate", file=sys.stderr)
+    with socket.create_connection(("127.0.0.1", port)) as gate:
+        gate.recv(1)
+    print("after the gate")
+    return 7
+
+
+def flood(lines):
+    """Prints `lines` lines of 100 bytes as fast as it can."""
+    import sys
+
+    line = "x" * 99 + "\n"
+    for _ in range(lines):
+        sys.stdout.write(line)
+    return lines

@@ -159,6 +159,7 @@ async fn serve_agent(
             Ok(Some(FromAgent::Started(keys))) => Event::AgentStarted { conn, keys },
             Ok(Some(FromAgent::Reattach(seqs))) => Event::AgentReattach { conn, seqs },
             Ok(Some(FromAgent::Workers(workers))) => Event::AgentWorkers { conn, workers },
+            Ok(Some(FromAgent::Output(output))) => Event::AgentOutput { conn, output },
             Ok(Some(FromAgent::Heartbeat)) => Event::AgentHeard { conn },
             Ok(None) => break "connection closed".to_string(),
             Err(NetError::Silent(limit)) => {

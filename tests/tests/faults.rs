@@ -408,6 +408,7 @@ fn kind_of<T: Task>(_: T) -> TaskKind {
         signature: T::SIGNATURE.into(),
         request: None,
         label: None,
+        stream: false,
     }
 }
 

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_protocol::{Capacity, ExitReason, Finished, JobId, Outcome, Request};
+use blitzen_protocol::{Capacity, ExitReason, Finished, JobId, Lines, Outcome, Request};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -65,6 +65,10 @@ pub struct PoolConfig {
     /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
     /// not block.
     pub on_start: Option<Arc<dyn Fn(Vec<JobId>) + Send + Sync>>,
+    /// Handed the lines streamed jobs ([`Job::stream`]) print, as they come; a job's lines
+    /// come before its result reaches the sink. Called on the pool's runtime; it must not
+    /// block. Without it, streamed jobs' lines are dropped (their results have them).
+    pub on_output: Option<OutputSink>,
     /// How long a worker whose running job was cancelled has, after SIGTERM to its process
     /// group, before the group is sent SIGKILL.
     pub cancel_grace: Duration,
@@ -83,6 +87,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("max_start_failures", &self.max_start_failures)
             .field("command", &self.command)
             .field("on_start", &self.on_start.is_some())
+            .field("on_output", &self.on_output.is_some())
             .field("cancel_grace", &self.cancel_grace)
             .field("capacity", &self.capacity)
             .finish()
@@ -100,6 +105,7 @@ impl PoolConfig {
             max_start_failures: 5,
             command: WorkerCommand::this_binary(),
             on_start: None,
+            on_output: None,
             cancel_grace: Duration::from_secs(2),
             capacity: None,
         }
@@ -174,6 +180,10 @@ pub struct Job {
     /// plus this while the job runs, and a job that goes past it ends `MemoryExceeded` (see
     /// [`crate::worker`]).
     pub request: Option<Arc<Request>>,
+    /// Whether what it prints is handed to [`PoolConfig::on_output`] as it runs, line by line
+    /// (within a budget per job: see [`crate::worker::STREAM_BURST`]), besides being captured
+    /// in its result.
+    pub stream: bool,
 }
 
 /// How a [`Job`] ended.
@@ -196,6 +206,9 @@ impl JobResult {
 
 /// Receives finished jobs, in batches, on the pool's runtime. It must not block for long.
 pub type ResultSink = Box<dyn FnMut(Vec<JobResult>) + Send>;
+
+/// Receives the lines a streamed job printed ([`PoolConfig::on_output`]).
+pub type OutputSink = Arc<dyn Fn(JobId, Lines) + Send + Sync>;
 
 /// The pool could not start.
 #[derive(thiserror::Error)]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::capture;
-use crate::pool::WorkerCommand;
+use crate::pool::{OutputSink, WorkerCommand};
 use crate::start_mark::StartMarks;
 use crate::worker::WORKER_ENV;
 
@@ -67,6 +67,7 @@ pub(super) fn spawn_worker(
     command: &WorkerCommand,
     id: WorkerId,
     events: mpsc::UnboundedSender<WorkerEvent>,
+    on_output: Option<OutputSink>,
 ) -> io::Result<Spawned> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let starts = StartMarks::new()?;
@@ -91,7 +92,7 @@ pub(super) fn spawn_worker(
     let (read, write) = tokio::net::UnixStream::from_std(ours)?.into_split();
     let (frames, outbox) = mpsc::unbounded_channel();
     tokio::spawn(write_frames(write, outbox));
-    tokio::spawn(supervise(id, pid, child, read, events));
+    tokio::spawn(supervise(id, pid, child, read, events, on_output));
     debug!(pid, slot = id.slot, "worker process started");
     Ok(Spawned { pid, frames, stdout, stderr, starts })
 }
@@ -119,7 +120,8 @@ async fn write_frames(mut socket: OwnedWriteHalf, mut outbox: mpsc::UnboundedRec
     // Dropping the write half shuts the socket down for writing: the worker sees EOF and exits.
 }
 
-/// Reads the worker's frames until its socket closes, then makes sure the whole process group
+/// Reads the worker's frames until its socket closes (handing a streamed task's lines to
+/// `on_output`), then makes sure the whole process group
 /// is dead, reaps the worker and reports how it ended.
 async fn supervise(
     id: WorkerId,
@@ -127,6 +129,7 @@ async fn supervise(
     mut child: tokio::process::Child,
     mut socket: OwnedReadHalf,
     events: mpsc::UnboundedSender<WorkerEvent>,
+    on_output: Option<OutputSink>,
 ) {
     let send = |kind| {
         // The scheduler outlives its supervisors; if it is gone, nobody needs the news.
@@ -139,6 +142,13 @@ async fn supervise(
             match decode_frame(&mut buf, MAX_FRAME_LEN) {
                 Ok(Some(body)) => match decode_shared::<FromWorker>(&body.freeze()) {
                     Ok(FromWorker::Done(d)) => done.push(d),
+                    // Handed on at once: a task's lines go out before its result, which takes
+                    // the way through the scheduler.
+                    Ok(FromWorker::Output { id, lines }) => {
+                        if let Some(on_output) = &on_output {
+                            on_output(id, lines);
+                        }
+                    }
                     Ok(FromWorker::Ready(ready)) => {
                         if !done.is_empty() {
                             send(EventKind::Done(std::mem::take(&mut done)));

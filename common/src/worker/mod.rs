@@ -9,7 +9,8 @@
 //!   and a task that prints cannot touch the frames. The first thing on it, before any frame,
 //!   is the file of the worker's start counter (see `start_mark`), which the worker
 //!   moves before each task.
-//! - fd 1 and fd 2 are capture files (see [`crate::capture`]).
+//! - fd 1 and fd 2 are capture files (see [`crate::capture`]); while a streamed task runs,
+//!   pipes to a reader thread of the worker (see `stream`).
 //!
 //! Threads: the main thread reads [`ToWorker`] frames and runs the tasks one at a time, handing
 //! each [`TaskDone`] to the `outbox`, which batches results while tasks stream and sends them
@@ -40,9 +41,13 @@ use crate::start_mark::StartCounter;
 
 mod memory;
 mod outbox;
+mod stream;
 
 pub use memory::{OUT_OF_MEMORY_MESSAGE, note_out_of_memory};
 use outbox::Outbox;
+use stream::Streamer;
+
+pub use stream::{STREAM_BURST, STREAM_RATE};
 
 /// Set in the environment of a worker process, by the pool that starts it.
 pub const WORKER_ENV: &str = "BLITZEN_WORKER";
@@ -112,6 +117,8 @@ fn run() -> io::Result<()> {
         .spawn(move || flusher.run_flusher())?;
 
     let mut frames = FrameReader::new(socket, MAX_FRAME_LEN);
+    // Made at the first streamed task.
+    let mut streamer: Option<Streamer> = None;
     loop {
         if !frames.has_frame() {
             // About to wait for work: nothing may stay behind.
@@ -127,9 +134,17 @@ fn run() -> io::Result<()> {
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
         starts.start();
+        let streaming = match (task.stream, &streamer) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => Some(&*streamer.insert(Streamer::start(outbox.clone())?)),
+        };
+        if let Some(s) = streaming {
+            s.begin(task.id)?;
+        }
         let (done, retire) = match task.memory_limit {
-            None => (execute(registry, task), false),
-            Some(limit) => execute_within(registry, task, limit),
+            None => (execute(registry, task, streaming), false),
+            Some(limit) => execute_within(registry, task, limit, streaming),
         };
         let msg = FromWorker::Done(done);
         if let Err(e) = outbox.push(&msg)
@@ -149,16 +164,24 @@ fn run() -> io::Result<()> {
 }
 
 /// Runs a task under its memory limit (see [`memory`]); says whether the worker must retire.
-fn execute_within(registry: &Registry, task: RunTask, limit: u64) -> (TaskDone, bool) {
+fn execute_within(
+    registry: &Registry,
+    task: RunTask,
+    limit: u64,
+    streaming: Option<&Streamer>,
+) -> (TaskDone, bool) {
     let id = task.id;
     let guard = match memory::Limit::set(limit) {
         Ok(guard) => guard,
         Err(e) => {
             let reason = format!("its worker could not set its memory limit: {e}");
+            if let Some(s) = streaming {
+                s.end();
+            }
             return (TaskDone { id, run: Finished::unstarted(Outcome::Lost { reason }) }, false);
         }
     };
-    let mut done = execute(registry, task);
+    let mut done = execute(registry, task, streaming);
     let (out_of_memory, peak) = guard.lift();
     if out_of_memory {
         done.run.outcome = Outcome::MemoryExceeded { limit, peak };
@@ -188,8 +211,8 @@ fn end_process_group() -> ! {
     std::process::exit(0)
 }
 
-/// Runs one task and collects its outcome and output.
-fn execute(registry: &Registry, task: RunTask) -> TaskDone {
+/// Runs one task and collects its outcome and output (ending its streaming, if it streams).
+fn execute(registry: &Registry, task: RunTask, streaming: Option<&Streamer>) -> TaskDone {
     let started = Instant::now();
     let outcome = match registry.get(&task.name) {
         None => Outcome::UnknownTask,
@@ -218,8 +241,10 @@ fn execute(registry: &Registry, task: RunTask) -> TaskDone {
     let elapsed_us = started.elapsed().as_micros() as u64;
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
-    let stdout = capture::take(io::stdout().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
-    let stderr = capture::take(io::stderr().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    let unstreamed = streaming.map_or([0; 2], Streamer::end);
+    let mut stdout = capture::take(io::stdout().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    let mut stderr = capture::take(io::stderr().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    (stdout.unstreamed, stderr.unstreamed) = (unstreamed[0], unstreamed[1]);
     TaskDone { id: task.id, run: Finished { outcome, stdout, stderr, elapsed_us } }
 }
 

@@ -61,7 +61,7 @@ impl Batch {
                 Outcome::Value(value) if value.len() >= SPLICE_BYTES => Some(value.clone()),
                 _ => None,
             },
-            FromWorker::Ready(_) => None,
+            FromWorker::Ready(_) | FromWorker::Output { .. } => None,
         };
         let Some(large) = large else { return encode(msg, &mut self.buf) };
         let start = self.buf.len();

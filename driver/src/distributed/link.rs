@@ -302,6 +302,11 @@ impl Connection<'_> {
                         self.table.complete(reports);
                         let _ = writer.send_urgent(FromDriver::Ack(ids));
                     }
+                    Ok(Some(ToDriver::Output(output))) => {
+                        for o in output {
+                            self.table.output.push(o.id.get(), Some(o.host), o.lines);
+                        }
+                    }
                     Ok(Some(ToDriver::Waiting { ids, reason })) => {
                         debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
                         let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
@@ -427,6 +432,7 @@ mod tests {
             unrunnable_limit: None,
             request: None,
             label: None,
+            stream: false,
         }
     }
 
@@ -449,14 +455,14 @@ mod tests {
     }
 }
 
-/// What tells one declared kind from another: name, fingerprint, request and label.
-type KindKey = (&'static str, u64, Option<Arc<Request>>, Option<&'static str>);
+/// What tells one declared kind from another: name, fingerprint, request, label, streaming.
+type KindKey = (&'static str, u64, Option<Arc<Request>>, Option<&'static str>, bool);
 
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
-    /// By name, fingerprint, request and label: the same task asking for other resources, or
-    /// shown under another label, is another kind to the server.
+    /// By name, fingerprint, request, label and streaming: the same task asking for other
+    /// resources, shown under another label or streamed, is another kind to the server.
     numbers: HashMap<KindKey, KindIndex>,
 }
 
@@ -465,14 +471,15 @@ impl Declared {
     /// in the same frame.
     fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
         let next = KindIndex::new(self.numbers.len() as u32);
-        let key = (call.name, call.fingerprint, call.request, call.label);
-        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request, label)| {
+        let key = (call.name, call.fingerprint, call.request, call.label, call.stream);
+        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request, label, stream)| {
             kinds.push(TaskKind {
                 name: call.name.to_string(),
                 fingerprint: call.fingerprint,
                 signature: call.signature.to_string(),
                 request: request.as_deref().cloned(),
                 label: label.map(str::to_string),
+                stream: *stream,
             });
             next
         });

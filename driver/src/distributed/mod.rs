@@ -235,11 +235,9 @@ impl Dispatcher<Cluster> {
     pub fn new(server: impl AsRef<str>) -> Self {
         let session = random_session();
         let table = Arc::new(ResultTable::with_origin(session_origin(&session)));
-        Dispatcher {
-            table: table.clone(),
-            default_timeout: None,
-            default_unrunnable_limit: None,
-            backend: Cluster {
+        Dispatcher::assemble(
+            table.clone(),
+            Cluster {
                 server: blitzen_net::with_default_port(server.as_ref(), DEFAULT_PORT),
                 connect_timeout: Duration::from_secs(10),
                 heartbeat: DEFAULT_HEARTBEAT,
@@ -255,7 +253,7 @@ impl Dispatcher<Cluster> {
                 handoff: Arc::new(Handoff::default()),
                 link: Mutex::new(LinkState::Idle),
             },
-        }
+        )
     }
 
     /// How long to keep trying to reach the server (default 10 s) before every task ends with

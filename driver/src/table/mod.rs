@@ -14,6 +14,7 @@ use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::DriverTaskId;
 
 use crate::error::DispatchError;
+use crate::output::OutputFeed;
 use crate::progress::{Progress, REDRAW};
 use crate::results::{Fetch, TaskId, TaskResult};
 use slots::{Kinds, Slot, Slots};
@@ -38,6 +39,9 @@ pub(crate) struct ResultTable {
     changed: Condvar,
     /// Counts batches of results, so a waiter can watch for news without the lock.
     batches: AtomicU64,
+    /// Lines streamed tasks printed, for the dispatcher's consumer; each task's lines are here
+    /// before its result is.
+    pub(crate) output: OutputFeed,
 }
 
 #[derive(Debug)]
@@ -86,6 +90,7 @@ impl ResultTable {
             }),
             changed: Condvar::new(),
             batches: AtomicU64::new(0),
+            output: OutputFeed::default(),
         }
     }
 
@@ -185,8 +190,9 @@ impl ResultTable {
     pub(crate) fn complete(&self, batch: Vec<TaskReport>) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        for r in batch {
+        for mut r in batch {
             let seq = r.id.get();
+            self.output.add_dropped(seq, &mut r.run);
             let Some(slot) = st.slots.get_mut(seq) else { continue };
             let &mut Slot::Pending(kind) = slot else { continue };
             st.pending -= 1;

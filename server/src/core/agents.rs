@@ -264,6 +264,8 @@ impl Core {
                 }
                 break;
             }
+            let mut run = r.run;
+            self.add_unstreamed(r.key, &mut run);
             let Some(task) = self.take_task(r.key) else {
                 duplicates += 1;
                 continue;
@@ -271,13 +273,9 @@ impl Core {
             debug!(task = %task.id, driver = %task.driver, agent = %conn, recovered, "task finished");
             let worker = r.worker_pid.map(|pid| WorkerInfo { pid, host: Some(host.clone()) });
             if let Some(agent) = self.agents.get_mut(&conn) {
-                agent.outcomes.count(&r.run.outcome);
+                agent.outcomes.count(&run.outcome);
             }
-            self.report(
-                task.driver,
-                TaskReport { id: task.id, worker, run: r.run },
-                Some(task.kind),
-            );
+            self.report(task.driver, TaskReport { id: task.id, worker, run }, Some(task.kind));
         }
         if duplicates > 0 {
             info!(%conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");

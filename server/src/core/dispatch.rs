@@ -105,6 +105,7 @@ impl Core {
                     agent.usage.cpus += 1;
                 }
                 let request = request.map(|r| Box::new(r.clone()));
+                let stream = self.kinds[class.index()].stream;
                 agent.outbox.push(Assignment {
                     key,
                     kind,
@@ -113,6 +114,7 @@ impl Core {
                     retries: task.retries,
                     seq: durable.then_some(task.seq),
                     request,
+                    stream,
                 });
             }
         }
@@ -205,6 +207,13 @@ impl Core {
             }
         }
         for d in self.drivers.values_mut() {
+            // A task's lines go before its result.
+            if !d.output.is_empty() {
+                let output = std::mem::take(&mut d.output);
+                if let Some(tx) = &d.tx {
+                    let _ = tx.send(ToDriver::Output(output));
+                }
+            }
             if !d.outbox.is_empty() {
                 let batch = std::mem::take(&mut d.outbox);
                 if let Some(tx) = &d.tx {

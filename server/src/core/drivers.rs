@@ -6,9 +6,11 @@ use std::time::Instant;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::output::TaskOutput;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::output::OutputBudget;
 use super::stats::SessionStats;
 use super::tasks::{OptionalConn, Task};
 use super::{Core, KindId};
@@ -47,6 +49,10 @@ pub(super) struct Driver {
     pub queues: HashMap<KindId, VecDeque<TaskKey>>,
     /// Reports to send at the end of this turn.
     pub outbox: Vec<TaskReport>,
+    /// Lines its streamed tasks printed, to send at the end of this turn before the reports.
+    pub output: Vec<TaskOutput>,
+    /// What it may still be sent of such lines.
+    pub output_budget: OutputBudget,
     /// Its tasks still held (queued or running): a departed driver is forgotten once this is
     /// zero and the cache holds nothing for it.
     pub live: usize,
@@ -71,6 +77,8 @@ impl Driver {
             accepted_told: true,
             queues: HashMap::new(),
             outbox: Vec::new(),
+            output: Vec::new(),
+            output_budget: OutputBudget::new(at),
             live: 0,
             stats: SessionStats::new(at),
         }
@@ -312,6 +320,9 @@ impl Core {
         let task = self.tasks.remove(key)?;
         if !self.cancelling.is_empty() {
             self.cancelling.remove(&key);
+        }
+        if !self.unstreamed.is_empty() {
+            self.unstreamed.remove(&key);
         }
         if let Some(d) = self.drivers.get_mut(&task.driver) {
             d.live = d.live.saturating_sub(1);

@@ -45,6 +45,7 @@ use blitzen_protocol::cluster::{
     WorkerReport,
 };
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::output::AgentOutput;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -60,6 +61,7 @@ mod cache;
 mod dispatch;
 mod drivers;
 mod durable;
+mod output;
 mod reattach;
 mod stats;
 mod steer;
@@ -101,6 +103,8 @@ pub(crate) enum Event {
     AgentReattach { conn: ConnId, seqs: Vec<u64> },
     /// What an agent's workers run now.
     AgentWorkers { conn: ConnId, workers: Vec<WorkerReport> },
+    /// Lines streamed tasks printed on an agent.
+    AgentOutput { conn: ConnId, output: Vec<AgentOutput> },
     /// An agent sent a heartbeat.
     AgentHeard { conn: ConnId },
     /// An agent's connection ended, or it went silent.
@@ -141,6 +145,9 @@ pub(crate) enum Event {
     SaveFailed { error: String },
 }
 
+/// What tells kinds apart: name, fingerprint, request, label, whether streamed.
+type KindKey = (String, u64, Option<Request>, Option<String>, bool);
+
 /// A [`TaskKind`] interned by the server: its index in `Core::kinds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct KindId(u32);
@@ -164,8 +171,8 @@ pub(crate) struct Core {
     kinds: Vec<TaskKind>,
     /// The base kind of each of `kinds` (itself for a kind without a request).
     bases: Vec<KindId>,
-    /// `kinds` by name, fingerprint, request and label, to intern a declaration.
-    kind_ids: HashMap<(String, u64, Option<Request>, Option<String>), KindId>,
+    /// `kinds` by all they are, to intern a declaration.
+    kind_ids: HashMap<KindKey, KindId>,
     /// Every task held, queued or running, until it ends; its key names it everywhere else.
     tasks: TaskTable,
     /// The next task's `Task::seq`: submission order across the server.
@@ -191,6 +198,8 @@ pub(crate) struct Core {
     /// Queued tasks that did not fit on the agent that would run them next, each with that
     /// agent, which takes nothing else until it fits (see `dispatch`).
     reservations: HashMap<TaskKey, ConnId>,
+    /// Lines of running tasks not sent to their drivers, by stream (see `output`).
+    unstreamed: HashMap<TaskKey, [u64; 2]>,
     /// Strandings so far: the last one's episode number.
     episodes: u64,
     /// When queued tasks with an unrunnable limit give up; stale entries (the task started,
@@ -259,6 +268,7 @@ impl Core {
             kinds: Vec::new(),
             bases: Vec::new(),
             kind_ids: HashMap::new(),
+            unstreamed: HashMap::new(),
             tasks: TaskTable::default(),
             next_seq: 0,
             drivers: HashMap::new(),
@@ -340,6 +350,7 @@ impl Core {
             Event::AgentStarted { conn, keys } => self.agent_started(conn, keys),
             Event::AgentReattach { conn, seqs } => self.agent_reattached(conn, seqs),
             Event::AgentWorkers { conn, workers } => self.agent_workers(conn, workers),
+            Event::AgentOutput { conn, output } => self.agent_output(conn, output),
             Event::AgentHeard { conn } => {
                 if let Some(agent) = self.agents.get_mut(&conn) {
                     agent.last_heard = Instant::now();
@@ -443,12 +454,19 @@ impl Core {
 
     /// The server's id of a kind, interning it on first sight.
     fn intern(&mut self, kind: TaskKind) -> KindId {
-        let key = (kind.name.clone(), kind.fingerprint, kind.request.clone(), kind.label.clone());
+        let key = (
+            kind.name.clone(),
+            kind.fingerprint,
+            kind.request.clone(),
+            kind.label.clone(),
+            kind.stream,
+        );
         if let Some(&id) = self.kind_ids.get(&key) {
             return id;
         }
-        let base = (kind.request.is_some() || kind.label.is_some())
-            .then(|| self.intern(TaskKind { request: None, label: None, ..kind.clone() }));
+        let base = (kind.request.is_some() || kind.label.is_some() || kind.stream).then(|| {
+            self.intern(TaskKind { request: None, label: None, stream: false, ..kind.clone() })
+        });
         let id = KindId(self.kinds.len() as u32);
         self.bases.push(base.unwrap_or(id));
         if let Some(durable) = &mut self.durable
@@ -467,7 +485,7 @@ impl Core {
         &self.kinds[id.index()]
     }
 
-    /// The kind without its request and label: what an agent announces.
+    /// The kind without its request, label and streaming: what an agent announces.
     fn base(&self, id: KindId) -> KindId {
         self.bases[id.index()]
     }

@@ -464,6 +464,7 @@ mod tests {
                             custom: vec![("gpu".into(), 1)],
                         }),
                         label: Some("__main__.f2".into()),
+                        stream: true,
                     }),
                 },
                 Change::Attempts { session: s(), id: 3, attempts: 2 },

@@ -203,13 +203,16 @@ impl Scheduler {
     pub(super) fn spawn(&mut self, slot: usize) -> Result<(), PoolError> {
         let id = WorkerId { slot, generation: self.next_generation };
         self.next_generation += 1;
-        let process =
-            spawn_worker(&self.config.command, id, self.events_tx.clone()).map_err(|source| {
-                PoolError::Spawn {
-                    program: self.config.command.program.display().to_string(),
-                    source,
-                }
-            })?;
+        let process = spawn_worker(
+            &self.config.command,
+            id,
+            self.events_tx.clone(),
+            self.config.on_output.clone(),
+        )
+        .map_err(|source| PoolError::Spawn {
+            program: self.config.command.program.display().to_string(),
+            source,
+        })?;
         self.workers[slot] = Some(Worker {
             id,
             process,

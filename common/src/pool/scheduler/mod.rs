@@ -386,6 +386,7 @@ impl Scheduler {
             fingerprint: job.fingerprint,
             args: &job.args,
             memory_limit: job.request.as_ref().and_then(|r| r.memory),
+            stream: job.stream,
         });
         if let Err(e) = encode(&frame, &mut w.outbox) {
             let outcome = Outcome::BadArguments { message: e.to_string() };

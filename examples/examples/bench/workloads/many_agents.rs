@@ -61,6 +61,7 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                     signature: <noop as Task>::SIGNATURE.into(),
                     request: None,
                     label: None,
+                    stream: false,
                 }],
                 heartbeat_ms: 5_000,
                 agent_id: (u64::from(std::process::id()) << 20) | i as u64 | 1 << 63,

@@ -1,0 +1,223 @@
+//! What tasks print while they run, streamed to the driver (`with_output`): lines arrive while
+//! the task still runs, on one machine and through a real server and agent, and a task that
+//! floods its output is bounded, its dropped lines counted in its result.
+//!
+//! The workers are this test binary re-executed, so `main` calls `blitzen::worker_main()` before
+//! handing over to the test harness.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use blitzen::distributed::DistributedDispatcher;
+use blitzen::{
+    Backend, Dispatcher, Fetch, MulticoreDispatcher, Output, OutputLines, StdStream, TaskId,
+    TaskResult,
+};
+use blitzen_tests::cluster::{Process, driver, start_program, start_server};
+use blitzen_tests::{check, fail, trial};
+use libtest_mimic::{Arguments, Failed};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const AGENT_ENV: &str = "BLITZEN_TEST_OUTPUT_AGENT";
+
+// ----- tasks -----
+
+/// Prints a line to each stream, then waits until the test at `gate` says go, then prints one
+/// more.
+#[blitzen::task]
+fn print_then_wait(gate: String) -> u32 {
+    println!("before the gate");
+    eprintln!("a warning before the gate");
+    let mut byte = [0u8; 1];
+    let opened = TcpStream::connect(&gate).and_then(|mut s| s.read_exact(&mut byte));
+    println!("after the gate: {opened:?}");
+    7
+}
+
+/// Prints `lines` lines of 100 bytes as fast as it can.
+#[blitzen::task]
+fn flood(lines: u64) -> u64 {
+    let mut out = std::io::stdout().lock();
+    let line = [b'x'; 99];
+    for _ in 0..lines {
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+    }
+    lines
+}
+
+// ----- helpers -----
+
+/// A dispatcher's streamed lines, into a channel.
+fn collect<B: Backend>(d: Dispatcher<B>) -> (Dispatcher<B>, Receiver<OutputLines>) {
+    let (tx, rx) = channel();
+    let tx = std::sync::Mutex::new(tx);
+    let handler = Arc::new(move |lines: &OutputLines| {
+        let _ = tx.lock().map(|tx| tx.send(lines.clone()));
+    });
+    (d.with_output(Output::Handler(handler)), rx)
+}
+
+/// Waits for a line of `task` containing `text`; returns what came of it.
+fn wait_for_line(
+    rx: &Receiver<OutputLines>,
+    task: TaskId,
+    text: &str,
+) -> Result<OutputLines, Failed> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(lines) = rx.recv_timeout(left) else { break };
+        if lines.task == task && lines.to_text().contains(text) {
+            return Ok(lines);
+        }
+        seen.push(lines.to_text());
+    }
+    Err(format!("no line with {text:?} within {WAIT:?}; seen {seen:?}").into())
+}
+
+/// The gated task's story, on any dispatcher: its first lines arrive while it waits at the
+/// gate, the last before its result; the result has them all captured.
+fn gated<B: Backend>(d: Dispatcher<B>, expect_host: bool) -> Result<(), Failed> {
+    let (d, rx) = collect(d);
+    let gate = TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    let addr = gate.local_addr().map_err(fail)?.to_string();
+    let id = d.run(print_then_wait, addr);
+    let untyped = id.untyped();
+    let first = wait_for_line(&rx, untyped, "before the gate")?;
+    check(first.stream == StdStream::Stdout, format!("{first:?}"))?;
+    check(first.host.is_some() == expect_host, format!("host of {first:?}"))?;
+    wait_for_line(&rx, untyped, "a warning before the gate")
+        .and_then(|l| check(l.stream == StdStream::Stderr, format!("{l:?}")))?;
+    // The task still waits at the gate: it has not ended.
+    check(d.pending() == 1, format!("{} pending while the task waits", d.pending()))?;
+    let (mut waiting, _) = gate.accept().map_err(fail)?;
+    waiting.write_all(b"g").map_err(fail)?;
+    let results = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let result: &TaskResult = &results[0];
+    check(result.decode_as(print_then_wait) == Ok(7), format!("{result:?}"))?;
+    // The last line came before the result.
+    let last = rx.try_iter().find(|l| l.to_text().contains("after the gate"));
+    check(last.is_some(), "the line printed after the gate came before the result")?;
+    let stdout = result.run.stdout.to_text();
+    check(
+        stdout.contains("before the gate") && stdout.contains("after the gate"),
+        format!("captured: {stdout:?}"),
+    )?;
+    check(result.run.stdout.unstreamed == 0, format!("{:?}", result.run.stdout))?;
+    check(result.run.stderr.to_text().contains("a warning"), format!("{:?}", result.run.stderr))
+}
+
+/// A flood of lines: what is streamed stays within a worker's budget (its burst, then its rate
+/// for as long as the task ran), and streamed plus dropped are every line.
+fn flooded<B: Backend>(d: Dispatcher<B>) -> Result<(), Failed> {
+    const LINES: u64 = 200_000;
+    let (d, rx) = collect(d);
+    let started = Instant::now();
+    let id = d.run(flood, LINES);
+    let results = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    let elapsed = started.elapsed();
+    let result = &results[0];
+    check(result.decode_as(flood) == Ok(LINES), format!("{result:?}"))?;
+    let streamed: Vec<OutputLines> = rx.try_iter().collect();
+    let bytes: u64 = streamed.iter().map(|l| l.text.len() as u64).sum();
+    let lines: u64 =
+        streamed.iter().map(|l| l.text.iter().filter(|&&b| b == b'\n').count() as u64).sum();
+    let dropped = result.run.stdout.unstreamed;
+    check(
+        lines + dropped == LINES,
+        format!("{lines} lines streamed and {dropped} dropped of {LINES}"),
+    )?;
+    check(dropped > 0, "a flood past the budget drops lines")?;
+    let budget = blitzen::STREAM_BURST as f64 + blitzen::STREAM_RATE as f64 * elapsed.as_secs_f64();
+    check(
+        bytes as f64 <= budget,
+        format!("{bytes} bytes streamed in {elapsed:?}, budget {budget}"),
+    )?;
+    check(
+        result.run.stdout.total_len() == LINES * 100,
+        format!("the capture counts all {} bytes: {}", LINES * 100, result.run.stdout.total_len()),
+    )
+}
+
+// ----- tests -----
+
+/// On one machine: lines arrive while the task runs.
+fn a_streamed_task_s_lines_arrive_while_it_runs() -> Result<(), Failed> {
+    gated(MulticoreDispatcher::new(2).map_err(fail)?, false)
+}
+
+/// On one machine: a flood is bounded and counted.
+fn a_task_flooding_its_output_is_bounded_and_its_dropped_lines_counted() -> Result<(), Failed> {
+    flooded(MulticoreDispatcher::new(1).map_err(fail)?)
+}
+
+/// A task's lines never mix with the next one's on the same worker, and a task that is not
+/// streamed is not, on the same dispatcher's worker.
+fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
+    let (d, rx) = collect(MulticoreDispatcher::new(1).map_err(fail)?);
+    let ids: Vec<_> = (0..50).map(|i| d.run(blitzen::echo::<String>(), format!("{i}"))).collect();
+    let printed: Vec<_> = (0..50u64).map(|_| d.run(flood, 3)).collect();
+    d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let results = d.get_task_results(&printed, Fetch::default().within(WAIT)).map_err(fail)?;
+    let lines: Vec<OutputLines> = rx.try_iter().collect();
+    for id in &printed {
+        let of_it: usize = (lines.iter().filter(|l| l.task == id.untyped()))
+            .map(|l| l.text.iter().filter(|&&b| b == b'\n').count())
+            .sum();
+        check(of_it == 3, format!("task {} streamed {of_it} lines, not 3", id.seq()))?;
+    }
+    check(lines.len() <= 50 * 3, format!("{} batches", lines.len()))?;
+    check(results.iter().all(|r| r.run.stdout.total_len() == 300), "each captured its 3 lines")
+}
+
+fn start_own_agent(server: &str) -> Result<Process, Failed> {
+    let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
+    program.env(AGENT_ENV, server);
+    let agent = start_program(program, "own-agent").map_err(fail)?;
+    check(
+        agent.wait_for_log("connected", 1, WAIT),
+        format!("no connection:\n{}", agent.log_text()),
+    )?;
+    Ok(agent)
+}
+
+/// Through a real server and agent: lines arrive, with the agent's host, while the task runs.
+fn a_streamed_task_s_lines_cross_the_cluster_while_it_runs() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_own_agent(&server.addr)?;
+    gated(driver(&server.addr), true)
+}
+
+/// Through a real server and agent: a flood is bounded and counted.
+fn a_flood_on_a_cluster_is_bounded_and_counted() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_own_agent(&server.addr)?;
+    flooded(driver(&server.addr))
+}
+
+fn main() -> std::process::ExitCode {
+    blitzen::worker_main();
+    if let Ok(server) = std::env::var(AGENT_ENV) {
+        return match DistributedDispatcher::new(server).spawn_client(blitzen::tasks![], 2) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Arguments::from_args();
+    let tests = vec![
+        trial!(a_streamed_task_s_lines_arrive_while_it_runs),
+        trial!(a_task_flooding_its_output_is_bounded_and_its_dropped_lines_counted),
+        trial!(each_line_belongs_to_the_task_that_printed_it),
+        trial!(a_streamed_task_s_lines_cross_the_cluster_while_it_runs),
+        trial!(a_flood_on_a_cluster_is_bounded_and_counted),
+    ];
+    libtest_mimic::run(&args, tests).exit_code()
+}
