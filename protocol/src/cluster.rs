@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::finished::{Finished, WorkerInfo};
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 use crate::output::{AgentOutput, TaskOutput};
+
+mod kinds;
+
 use crate::resources::{Capacity, Request};
+pub use kinds::{AgentSignature, Mismatch, TaskKind};
 
 /// Bumped whenever a message below changes incompatibly.
 pub const CLUSTER_PROTOCOL_VERSION: u32 = 12;
@@ -25,41 +29,6 @@ pub const DEFAULT_PORT: u16 = 7464;
 
 /// Largest frame accepted before the handshake completes.
 pub const HANDSHAKE_FRAME_LEN: usize = 64 * 1024;
-
-/// A kind of task: its registered name and signature — what an agent can run — and, as a driver
-/// declares it, what its tasks hold while they run. Tasks of one name with different requests
-/// are different kinds to a driver, and the same kind to an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TaskKind {
-    /// The registered name.
-    pub name: String,
-    /// The fingerprint of its signature.
-    pub fingerprint: u64,
-    /// The signature as written, for messages.
-    #[serde(default)]
-    pub signature: String,
-    /// What each task of this kind holds while it runs; `None`: plain (one CPU). Always `None`
-    /// in an agent's announcement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<Request>,
-    /// What people see the tasks of this kind as, in the status, the failures, the dashboard
-    /// and the metrics, when it is not `name`: the Python package's calls all run as the task
-    /// `python`, and are labelled with their function (`__main__.f2`). Always `None` in an
-    /// agent's announcement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Whether the driver sees what its tasks print as they run ([`ToDriver::Output`]).
-    /// Always `false` in an agent's announcement.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
-}
-
-impl TaskKind {
-    /// What people see its tasks as: its label, or its name.
-    pub fn shown(&self) -> &str {
-        self.label.as_deref().unwrap_or(&self.name)
-    }
-}
 
 /// The very first message of every connection, from the connecting side, in the clear: its
 /// version and whether it encrypts. Nothing else about the peer travels before the server's
@@ -330,6 +299,10 @@ pub enum ToDriver {
     Heartbeat,
     /// Lines streamed tasks printed, as they run; each task's come before its result.
     Output(Vec<TaskOutput>),
+    /// A kind this connection declared has no connected agent with its signature, though
+    /// agents have a task of its name: sent when it is declared, and again whenever an agent
+    /// joins while it lasts.
+    Mismatch(Mismatch),
 }
 
 /// A task sent to an agent.

@@ -1,9 +1,11 @@
 """DistributedDispatcher on a real cluster: a server and Python agents in their own processes,
 over loopback, encrypted with a shared secret."""
 
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -181,6 +183,57 @@ def test_an_agent_with_other_versions_is_never_given_the_calls(processes):
         start_client(processes, port)
         assert d.get_results([task_id], timeout=30) == [9]
     finally:
+        d.shutdown()
+
+
+class Warnings(logging.Handler):
+    """The warnings Blitzen logs, with a way to wait for one."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+        self.changed = threading.Condition()
+
+    def emit(self, record):
+        with self.changed:
+            self.messages.append(record.getMessage())
+            self.changed.notify_all()
+
+    def wait_for(self, *texts, within=20):
+        def found():
+            return next((m for m in self.messages if all(t in m for t in texts)), None)
+
+        with self.changed:
+            if not self.changed.wait_for(found, timeout=within):
+                raise AssertionError(f"no warning with {texts} within {within} s: {self.messages}")
+            return found()
+
+
+def test_agents_with_other_versions_are_reported_at_connect_and_as_they_join(processes):
+    port = free_port()
+    start_server(processes, port)
+    start_client(processes, port, prelude="import cloudpickle; cloudpickle.__version__ = '0.0.0'")
+    warnings = Warnings()
+    logger = logging.getLogger("blitzen")
+    logger.addHandler(warnings)
+    d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
+    try:
+        started = time.monotonic()
+        task_id = d.run(square, 3)
+        # At connect, long before any limit: the agent and its versions.
+        told = warnings.wait_for("no connected agent has `python` as this driver does", "cloudpickle 0.0.0")
+        assert time.monotonic() - started < 10
+        import cloudpickle
+
+        assert f"cloudpickle {cloudpickle.__version__}" in told, told
+        # Another agent with other versions joins: told again, of both.
+        start_client(processes, port, prelude="import cloudpickle; cloudpickle.__version__ = '0.0.1'")
+        warnings.wait_for("cloudpickle 0.0.0", "cloudpickle 0.0.1")
+        # One built alike joins: the call runs there.
+        start_client(processes, port)
+        assert d.get_results([task_id], timeout=30) == [9]
+    finally:
+        logger.removeHandler(warnings)
         d.shutdown()
 
 

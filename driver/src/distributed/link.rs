@@ -307,6 +307,9 @@ impl Connection<'_> {
                             self.table.output.push(o.id.get(), Some(o.host), o.lines);
                         }
                     }
+                    Ok(Some(ToDriver::Mismatch(mismatch))) => {
+                        warn!("{mismatch}: its tasks wait until an agent built alike connects");
+                    }
                     Ok(Some(ToDriver::Waiting { ids, reason })) => {
                         debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
                         let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();

@@ -182,6 +182,7 @@ impl Core {
             self.agent_left(old, "the agent reconnected on a new connection");
         }
         let names = name_list(joining.kinds.iter().map(|k| k.name.as_str()));
+        let joined: Vec<String> = joining.kinds.iter().map(|k| k.name.clone()).collect();
         let kinds: HashMap<KindId, KindIndex> = (joining.kinds.into_iter().enumerate())
             .map(|(i, k)| (self.intern(k), KindIndex::new(i as u32)))
             .collect();
@@ -218,6 +219,7 @@ impl Core {
         };
         self.agents.insert(conn, agent);
         self.kinds_runnable(&host);
+        self.tell_mismatches_after_join(&joined.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Results from an agent. Each task's first result is kept; a later one (the task ran

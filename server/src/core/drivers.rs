@@ -172,6 +172,9 @@ impl Core {
         submissions: Vec<Submission>,
     ) {
         let new_kinds: Vec<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
+        if !new_kinds.is_empty() {
+            self.tell_mismatches(conn, &new_kinds);
+        }
         let Some(driver) = self.drivers.get_mut(&conn) else { return };
         driver.kinds.extend(new_kinds);
         driver.accepted += submissions.len() as u64;

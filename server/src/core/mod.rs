@@ -61,6 +61,7 @@ mod cache;
 mod dispatch;
 mod drivers;
 mod durable;
+mod mismatch;
 mod output;
 mod reattach;
 mod stats;
