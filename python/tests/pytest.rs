@@ -29,7 +29,8 @@ fn extension_module() -> PathBuf {
     module
 }
 
-/// The package as Python imports it: the sources and the built module, side by side.
+/// The package as Python imports it (and mypy reads it): the sources, their stubs and the
+/// built module, side by side.
 fn stage(library: &Path, into: &Path) -> PathBuf {
     let package = into.join("blitzen");
     let _ = std::fs::remove_dir_all(into);
@@ -37,7 +38,10 @@ fn stage(library: &Path, into: &Path) -> PathBuf {
     let sources = package_dir().join("blitzen");
     for entry in std::fs::read_dir(&sources).expect("python/blitzen") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "py") {
+        // The sources, their type stubs and the marker that says the package has them.
+        let shipped = path.extension().is_some_and(|e| e == "py" || e == "pyi")
+            || path.file_name().is_some_and(|n| n == "py.typed");
+        if shipped {
             std::fs::copy(&path, package.join(path.file_name().expect("name"))).expect("copy");
         }
     }

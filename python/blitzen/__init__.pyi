@@ -1,0 +1,27 @@
+"""Blitzen: keep every core busy with independent Python functions, on one machine or a cluster."""
+
+from blitzen import distributed as distributed
+from blitzen import logging as logging
+from blitzen import utils as utils
+from blitzen.errors import Cancelled as Cancelled
+from blitzen.errors import Lost as Lost
+from blitzen.errors import MemoryExceeded as MemoryExceeded
+from blitzen.errors import TaskError as TaskError
+from blitzen.errors import TaskFailed as TaskFailed
+from blitzen.errors import TimedOut as TimedOut
+from blitzen.errors import WorkerCrashed as WorkerCrashed
+from blitzen.multicore import MulticoreDispatcher as MulticoreDispatcher
+
+__version__: str
+
+__all__ = [
+    "MulticoreDispatcher",
+    "TaskError",
+    "TaskFailed",
+    "TimedOut",
+    "WorkerCrashed",
+    "MemoryExceeded",
+    "Cancelled",
+    "Lost",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Private: the Rust core (no public names)."""

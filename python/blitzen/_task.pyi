@@ -1,0 +1,1 @@
+"""Private: how a call is pickled and run (no public names)."""

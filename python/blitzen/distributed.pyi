@@ -1,0 +1,32 @@
+"""``DistributedDispatcher``: the same API over a cluster."""
+
+from collections.abc import Mapping
+
+from blitzen._dispatch import Dispatcher
+
+DEFAULT_PORT: int
+
+class DistributedDispatcher(Dispatcher):
+    server_ip: str
+    port: int
+    def __init__(
+        self,
+        server_ip: str = ...,
+        port: int | None = ...,
+        secret: str | bytes | None = ...,
+        connect_timeout: float | None = ...,
+        plaintext: bool = ...,
+        echo: bool = ...,
+        allow_insecure: bool = ...,
+        unrunnable_limit: float | None = ...,
+    ) -> None: ...
+    def spawn_server(self, duration: float | None = ...) -> None: ...
+    def spawn_client(
+        self,
+        workers: int | None = ...,
+        cpus: int | None = ...,
+        memory: int | str | None = ...,
+        resources: Mapping[str, int] | None = ...,
+    ) -> None: ...
+
+__all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

@@ -1,0 +1,17 @@
+"""``MulticoreDispatcher``: a pool of worker processes on this machine."""
+
+from collections.abc import Mapping
+
+from blitzen._dispatch import Dispatcher
+
+class MulticoreDispatcher(Dispatcher):
+    workers: int
+    def __init__(
+        self,
+        workers: int | None = ...,
+        echo: bool = ...,
+        cpus: int | None = ...,
+        memory: int | str | None = ...,
+        resources: Mapping[str, int] | None = ...,
+    ) -> None: ...
+    def worker_pids(self, timeout: float = ...) -> list[int] | None: ...

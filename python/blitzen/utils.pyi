@@ -1,0 +1,3 @@
+def get_local_ip() -> str: ...
+
+__all__ = ["get_local_ip"]

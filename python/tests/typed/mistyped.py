@@ -1,0 +1,14 @@
+"""Mistakes the stubs catch: each line marked below is an error under ``mypy --strict``."""
+
+from blitzen import MulticoreDispatcher
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+d = MulticoreDispatcher(workers="four")  # error: workers
+task: str = d.run(square, 3)  # error: run returns an int
+d.run(square, 3, timeout="soon")  # error: timeout
+names: list[str] = d.map(square, [1, 2])  # error: map returns what square returns
+d.cancel("all")  # error: task ids
