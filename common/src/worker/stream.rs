@@ -23,7 +23,8 @@ use bytes::{BufMut, BytesMut};
 
 use super::outbox::Outbox;
 
-/// Bytes of lines a task may stream at once (each line also costs [`LINE_COST`]).
+/// Bytes of lines a task may stream at once (each line also costs 32 bytes more, so empty lines
+/// are bounded too).
 pub const STREAM_BURST: u64 = 256 * 1024;
 
 /// Bytes of lines per second a task streams past its burst.
