@@ -65,6 +65,7 @@ class Dispatcher:
             # the dispatcher stays.
             self._native.cancel(ids)
             raise
+        self._printed()
         results = [self._result(row) for row in rows]
         return results[0] if single else results
 
@@ -76,6 +77,7 @@ class Dispatcher:
         except KeyboardInterrupt:
             self._native.cancel_all()
             raise
+        self._printed()
         results = [self._result(row) for row in rows]
         if self._printer is not None:
             self._printer.stop()
@@ -137,11 +139,14 @@ class Dispatcher:
 
     # ----- results -----
 
+    def _printed(self):
+        """Prints every line that came before the results just fetched."""
+        if self._printer is not None:
+            self._printer.drain()
+
     def _result(self, row):
         kind, value, message, task_id, host, pid, stdout, stderr, detail, unstreamed = row
         if self._printer is not None:
-            # Whatever came before this result is printed before it is returned.
-            self._printer.drain()
             if unstreamed:
                 sys.stderr.write(
                     f"[blitzen] task {task_id}: {unstreamed} lines of its output were not "

@@ -13,6 +13,7 @@ from blitzen import Lost, MemoryExceeded, MulticoreDispatcher
 from blitzen.distributed import DistributedDispatcher
 
 from calls import hog, nap, span, square
+from browser import Browser
 from conftest import free_port
 from test_distributed import SECRET, start_client, start_server
 
@@ -114,11 +115,29 @@ def test_a_call_is_known_by_its_function_not_as_python(processes):
         c.shutdown()
 
 
-def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status(processes):
+def start_server_binary(processes, server_bin, port, dashboard):
+    """The workspace's ``blitzen-server``, with its dashboard at `dashboard`."""
+    server = subprocess.Popen(
+        [server_bin, "--port", str(port), "--dashboard", dashboard],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    processes.started.append(server)
+    line = server.stdout.readline()
+    assert str(port) in line, (line, server.stderr.read() if server.poll() is not None else "")
+    return server
+
+
+def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status_and_on_the_dashboard(
+    processes,
+):
     server_bin = os.environ.get("BLITZEN_SERVER_BIN")
     assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
-    port = free_port()
-    start_server(processes, port)
+    port, dashboard = free_port(), f"127.0.0.1:{free_port()}"
+    start_server_binary(processes, server_bin, port, dashboard)
     start_client(processes, port, workers=1)
     script = (
         "from blitzen.distributed import DistributedDispatcher\n"
@@ -143,3 +162,17 @@ def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status(processes
     assert [f["task"] for f in failures] == ["__main__.f2"], failures
     assert "Throwing error" in failures[0]["error"]
     assert status["tasks"] == [{"task": "__main__.f2", "done": 0, "failed": 1, "cancelled": 0}]
+    # The dashboard, in a real browser: the failure is shown by its function, with its error.
+    browser = Browser()
+    try:
+        browser.open(f"http://{dashboard}/")
+        listed = "return document.querySelector('#failures details.failure summary') !== null"
+        assert browser.wait_for(listed), browser.eval("return document.body.innerText")
+        summary = browser.text("#failures details.failure summary")
+        assert "__main__.f2" in summary, summary
+        assert "python" not in summary.split(), summary
+        # The error is inside the closed <details>: its text, not what is visible.
+        error = browser.eval("return document.querySelector('#failures details.failure pre').textContent")
+        assert "Throwing error" in error, error
+    finally:
+        browser.close()
