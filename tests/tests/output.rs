@@ -175,6 +175,40 @@ fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
     check(results.iter().all(|r| r.run.stdout.total_len() == 300), "each captured its 3 lines")
 }
 
+/// Two drivers share an agent's workers, one streamed and one not: each streamed task's lines
+/// reach the first driver whole, the other driver's tasks are never streamed, and every task's
+/// result has exactly its own output.
+fn streamed_and_plain_tasks_share_workers_without_mixing() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_own_agent(&server.addr)?;
+    let (streamed, rx) = collect(driver(&server.addr));
+    let plain = driver(&server.addr);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        a.push(streamed.run(flood, 2));
+        b.push(plain.run(flood, 3));
+    }
+    let a_results = streamed.get_task_results(&a, Fetch::default().within(WAIT)).map_err(fail)?;
+    let b_results = plain.get_task_results(&b, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(
+        a_results.iter().all(|r| r.run.stdout.total_len() == 200),
+        "each streamed task: its 2 lines",
+    )?;
+    check(
+        b_results.iter().all(|r| r.run.stdout.total_len() == 300),
+        "each plain task: its 3 lines",
+    )?;
+    let lines: Vec<OutputLines> = rx.try_iter().collect();
+    for id in &a {
+        let of_it: usize = (lines.iter().filter(|l| l.task == id.untyped()))
+            .map(|l| l.text.iter().filter(|&&b| b == b'\n').count())
+            .sum();
+        check(of_it == 2, format!("streamed task {} sent {of_it} lines, not 2", id.seq()))?;
+    }
+    let total: usize = lines.iter().map(|l| l.text.iter().filter(|&&b| b == b'\n').count()).sum();
+    check(total == 80, format!("{total} lines streamed, not the 80 of the streamed tasks"))
+}
+
 fn start_own_agent(server: &str) -> Result<Process, Failed> {
     let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
     program.env(AGENT_ENV, server);
@@ -218,6 +252,7 @@ fn main() -> std::process::ExitCode {
         trial!(each_line_belongs_to_the_task_that_printed_it),
         trial!(a_streamed_task_s_lines_cross_the_cluster_while_it_runs),
         trial!(a_flood_on_a_cluster_is_bounded_and_counted),
+        trial!(streamed_and_plain_tasks_share_workers_without_mixing),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

@@ -23,7 +23,7 @@ use std::backtrace::{Backtrace, BacktraceStatus};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, PanicHookInfo};
 use std::sync::Arc;
@@ -134,17 +134,24 @@ fn run() -> io::Result<()> {
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
         starts.start();
-        let streaming = match (task.stream, &streamer) {
-            (false, _) => None,
-            (true, Some(s)) => Some(s),
-            (true, None) => Some(&*streamer.insert(Streamer::start(outbox.clone())?)),
-        };
-        if let Some(s) = streaming {
-            s.begin(task.id)?;
+        if task.stream && streamer.is_none() {
+            streamer = Some(Streamer::start(outbox.clone())?);
         }
+        let streaming = match &streamer {
+            Some(s) if task.stream => {
+                s.begin(task.id)?;
+                Some(s)
+            }
+            Some(s) => {
+                s.pause()?;
+                None
+            }
+            None => None,
+        };
+        let captures = streamer.as_ref().map(Streamer::captures);
         let (done, retire) = match task.memory_limit {
-            None => (execute(registry, task, streaming), false),
-            Some(limit) => execute_within(registry, task, limit, streaming),
+            None => (execute(registry, task, streaming, captures), false),
+            Some(limit) => execute_within(registry, task, limit, streaming, captures),
         };
         let msg = FromWorker::Done(done);
         if let Err(e) = outbox.push(&msg)
@@ -169,6 +176,7 @@ fn execute_within(
     task: RunTask,
     limit: u64,
     streaming: Option<&Streamer>,
+    captures: Option<[BorrowedFd<'_>; 2]>,
 ) -> (TaskDone, bool) {
     let id = task.id;
     let guard = match memory::Limit::set(limit) {
@@ -181,7 +189,7 @@ fn execute_within(
             return (TaskDone { id, run: Finished::unstarted(Outcome::Lost { reason }) }, false);
         }
     };
-    let mut done = execute(registry, task, streaming);
+    let mut done = execute(registry, task, streaming, captures);
     let (out_of_memory, peak) = guard.lift();
     if out_of_memory {
         done.run.outcome = Outcome::MemoryExceeded { limit, peak };
@@ -211,8 +219,14 @@ fn end_process_group() -> ! {
     std::process::exit(0)
 }
 
-/// Runs one task and collects its outcome and output (ending its streaming, if it streams).
-fn execute(registry: &Registry, task: RunTask, streaming: Option<&Streamer>) -> TaskDone {
+/// Runs one task and collects its outcome and output (ending its streaming, if it streams)
+/// from the capture files: fd 1 and fd 2, or `captures` once the worker has streamed.
+fn execute(
+    registry: &Registry,
+    task: RunTask,
+    streaming: Option<&Streamer>,
+    captures: Option<[BorrowedFd<'_>; 2]>,
+) -> TaskDone {
     let started = Instant::now();
     let outcome = match registry.get(&task.name) {
         None => Outcome::UnknownTask,
@@ -242,8 +256,9 @@ fn execute(registry: &Registry, task: RunTask, streaming: Option<&Streamer>) -> 
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
     let unstreamed = streaming.map_or([0; 2], Streamer::end);
-    let mut stdout = capture::take(io::stdout().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
-    let mut stderr = capture::take(io::stderr().as_fd(), CAPTURE_LIMIT).unwrap_or_default();
+    let [out, err] = captures.unwrap_or([rustix::stdio::stdout(), rustix::stdio::stderr()]);
+    let mut stdout = capture::take(out, CAPTURE_LIMIT).unwrap_or_default();
+    let mut stderr = capture::take(err, CAPTURE_LIMIT).unwrap_or_default();
     (stdout.unstreamed, stderr.unstreamed) = (unstreamed[0], unstreamed[1]);
     TaskDone { id: task.id, run: Finished { outcome, stdout, stderr, elapsed_us } }
 }

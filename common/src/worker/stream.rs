@@ -7,13 +7,16 @@
 //! ([`FromWorker::Output`]) as they come, within a budget per task ([`STREAM_BURST`] at once,
 //! then [`STREAM_RATE`]); lines beyond it are counted, not sent
 //! ([`Captured::unstreamed`](blitzen_protocol::Captured::unstreamed)). When the task ends the
-//! main thread puts the capture files back on fd 1 and fd 2 and, holding the same lock as the
-//! reader, drains the pipes: everything the task wrote is sent before its result, and nothing
-//! written after it is counted as its own.
+//! main thread, holding the same lock as the reader, drains the pipes: everything the task
+//! wrote is sent before its result, and nothing written after it is counted as its own. The
+//! pipes stay on fd 1 and fd 2 for the next streamed task; a task that is not streamed gets
+//! the capture files back first. A streamed task thus costs one `poll` more than another when
+//! it prints nothing.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -37,10 +40,13 @@ const LINE_COST: u64 = 32;
 /// The two pipes, the reader thread's state, and the capture files to put back.
 pub(super) struct Streamer {
     shared: Arc<Shared>,
-    /// The pipes' write ends, put on fd 1 and fd 2 while a streamed task runs.
+    /// The pipes' write ends, put on fd 1 and fd 2 for streamed tasks.
     writers: [OwnedFd; 2],
-    /// Duplicates of the capture files, put back on fd 1 and fd 2 after it.
+    /// Duplicates of the capture files (sharing their offsets), put back on fd 1 and fd 2 for
+    /// a task that is not streamed; its output is taken from them.
     captures: [OwnedFd; 2],
+    /// Whether fd 1 and fd 2 are the pipes now.
+    on_pipes: Cell<bool>,
 }
 
 struct Shared {
@@ -95,7 +101,12 @@ impl Streamer {
         std::thread::Builder::new()
             .name("blitzen-output".into())
             .spawn(move || reader.run_reader())?;
-        Ok(Self { shared, writers: [out_w, err_w], captures })
+        Ok(Self { shared, writers: [out_w, err_w], captures, on_pipes: Cell::new(false) })
+    }
+
+    /// The capture files, where every task's output ends up.
+    pub(super) fn captures(&self) -> [BorrowedFd<'_>; 2] {
+        [self.captures[0].as_fd(), self.captures[1].as_fd()]
     }
 
     /// The streamed task `id` starts: what it writes goes through the pipes.
@@ -107,19 +118,33 @@ impl Streamer {
             st.budget = STREAM_BURST;
             st.refilled = Instant::now();
         }
-        rustix::stdio::dup2_stdout(&self.writers[0])?;
-        rustix::stdio::dup2_stderr(&self.writers[1])?;
+        if !self.on_pipes.get() {
+            rustix::stdio::dup2_stdout(&self.writers[0])?;
+            rustix::stdio::dup2_stderr(&self.writers[1])?;
+            self.on_pipes.set(true);
+        }
         Ok(())
     }
 
-    /// The task ended (its buffered output flushed): the capture files go back on fd 1 and
-    /// fd 2, what is left in the pipes is taken, and its last lines sent. Returns the lines of
-    /// each stream not sent.
+    /// A task that is not streamed starts: it writes into the capture files again. What a
+    /// process left behind wrote into the pipes meanwhile is captured first.
+    pub(super) fn pause(&self) -> io::Result<()> {
+        if self.on_pipes.get() {
+            rustix::stdio::dup2_stdout(&self.captures[0])?;
+            rustix::stdio::dup2_stderr(&self.captures[1])?;
+            self.on_pipes.set(false);
+            self.shared.drain(&mut lock(&self.shared.state));
+        }
+        Ok(())
+    }
+
+    /// The task ended (its buffered output flushed): what is left in the pipes is taken, and
+    /// its last lines sent. Returns the lines of each stream not sent.
     pub(super) fn end(&self) -> [u64; 2] {
-        let _ = rustix::stdio::dup2_stdout(&self.captures[0]);
-        let _ = rustix::stdio::dup2_stderr(&self.captures[1]);
         let mut st = lock(&self.shared.state);
-        self.shared.drain(&mut st);
+        if self.shared.readable() {
+            self.shared.drain(&mut st);
+        }
         for i in 0..2 {
             let last = st.partial[i].split().freeze();
             if !last.is_empty() {
@@ -147,6 +172,18 @@ impl Shared {
             let mut st = lock(&self.state);
             self.drain(&mut st);
         }
+    }
+
+    /// Whether either pipe holds something, asked of both in one `poll`.
+    fn readable(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [
+            PollFd::new(&self.readers[0], PollFlags::IN),
+            PollFd::new(&self.readers[1], PollFlags::IN),
+        ];
+        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+        // On an error, read them: that only costs a `read` each.
+        !matches!(poll(&mut fds, Some(&now)), Ok(0))
     }
 
     /// Reads both pipes until they are empty.
