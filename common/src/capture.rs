@@ -55,6 +55,27 @@ pub fn take(fd: BorrowedFd<'_>, limit: usize) -> io::Result<Captured> {
     Ok(captured)
 }
 
+/// Moves what waits in `pipe` (a non-blocking read end a dead worker's streamed task wrote
+/// to, its own reader gone with it) into the capture file `file`, after what it holds.
+pub fn salvage(pipe: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Ok(n) => {
+                let end = rustix::fs::fstat(file)?.st_size.max(0) as u64;
+                let mut written = 0;
+                while written < n {
+                    written += rustix::io::pwrite(file, &buf[written..n], end + written as u64)?;
+                }
+                rustix::fs::seek(file, SeekFrom::Start(end + n as u64))?;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Reads up to `len` bytes at `offset` (fewer if the file is shorter).
 fn read_at(fd: impl AsFd, offset: u64, len: usize) -> io::Result<Bytes> {
     let mut buf = vec![0u8; len];
@@ -97,6 +118,22 @@ mod tests {
         child.write_all(b"from a child\n").expect("write");
         assert_eq!(&take(fd.as_fd(), 100).expect("take").head[..], b"from a child\n");
         assert!(take(fd.as_fd(), 100).expect("take").is_empty(), "emptied and rewound");
+    }
+
+    #[test]
+    fn what_a_dead_worker_left_in_its_pipe_joins_the_capture() {
+        let fd = new_capture_file("test").expect("memfd");
+        File::from(fd.try_clone().expect("dup")).write_all(b"captured\n").expect("write");
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK).expect("non-blocking");
+        rustix::io::write(&write, b"last words\n").expect("write");
+        salvage(read.as_fd(), fd.as_fd()).expect("salvage");
+        assert_eq!(
+            &snapshot(fd.as_fd(), 100).expect("snapshot").head[..],
+            b"captured\nlast words\n"
+        );
+        salvage(read.as_fd(), fd.as_fd()).expect("an empty pipe is nothing to salvage");
+        assert_eq!(take(fd.as_fd(), 100).expect("take").head.len(), 20, "the offset follows");
     }
 
     #[test]

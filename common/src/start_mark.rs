@@ -8,10 +8,13 @@
 //! the file. Knowing how many of the tasks it sent were answered, it knows which one ran when the
 //! worker died — the ones before it had finished (their results were still in the worker's
 //! batch), the ones after had not started.
+//!
+//! The same message carries the descriptors the worker streams output through (see
+//! `worker::stream`), so that everything a worker is given at start arrives at once.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +26,9 @@ use rustix::net::{
 
 /// The size of the shared file: one counter.
 const LEN: usize = std::mem::size_of::<u64>();
+
+/// The most descriptors handed over with the file.
+pub(crate) const MAX_EXTRA: usize = 4;
 
 /// The pool's side: the file, read once the worker is gone.
 #[derive(Debug)]
@@ -38,12 +44,18 @@ impl StartMarks {
         Ok(Self { file })
     }
 
-    /// Sends the file to the worker on the far end of `socket`, ahead of anything else.
-    pub(crate) fn hand_over(&self, socket: &UnixStream) -> io::Result<()> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    /// Sends the file, and `extra` descriptors (at most [`MAX_EXTRA`]), to the worker on the
+    /// far end of `socket`, ahead of anything else.
+    pub(crate) fn hand_over(
+        &self,
+        socket: &UnixStream,
+        extra: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1 + MAX_EXTRA))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [self.file.as_fd()];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        let fds: Vec<BorrowedFd<'_>> =
+            std::iter::once(self.file.as_fd()).chain(extra.iter().copied()).collect();
+        if extra.len() > MAX_EXTRA || !control.push(SendAncillaryMessage::ScmRights(&fds)) {
             return Err(io::Error::other("no room for a descriptor in the message"));
         }
         let sent =
@@ -73,9 +85,10 @@ pub(crate) struct StartCounter {
 }
 
 impl StartCounter {
-    /// Takes the file the pool sent first thing on `socket` and maps it.
-    pub(crate) fn receive(socket: &UnixStream) -> io::Result<Self> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    /// Takes the file the pool sent first thing on `socket` and maps it; returns it with the
+    /// other descriptors that came along, in order.
+    pub(crate) fn receive(socket: &UnixStream) -> io::Result<(Self, Vec<OwnedFd>)> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1 + MAX_EXTRA))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8];
         let got = rustix::net::recvmsg(
@@ -84,16 +97,18 @@ impl StartCounter {
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         )?;
-        let mut file = None;
+        let mut fds = Vec::new();
         for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                file = file.or(fds.into_iter().next());
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
             }
         }
-        let file: OwnedFd = match (got.bytes, file) {
+        let mut fds = fds.into_iter();
+        let file: OwnedFd = match (got.bytes, fds.next()) {
             (1, Some(file)) => file,
             _ => return Err(io::Error::other("the pool did not send the start counter first")),
         };
+        let extra: Vec<OwnedFd> = fds.collect();
         if rustix::fs::fstat(&file)?.st_size < LEN as i64 {
             return Err(io::Error::other("the start counter's file is too small"));
         }
@@ -116,7 +131,7 @@ impl StartCounter {
             )?;
             &*(at as *const AtomicU64)
         };
-        Ok(Self { cell, count: cell.load(Ordering::Relaxed) })
+        Ok((Self { cell, count: cell.load(Ordering::Relaxed) }, extra))
     }
 
     /// Counts one more task started: call it just before running the task.
@@ -135,11 +150,16 @@ mod tests {
         let (pool, worker) = UnixStream::pair().expect("socket pair");
         let marks = StartMarks::new().expect("memfd");
         assert_eq!(marks.started().expect("reads"), 0);
-        marks.hand_over(&pool).expect("sends");
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        marks.hand_over(&pool, &[read.as_fd(), write.as_fd()]).expect("sends");
         // Frames after the hand-over are left for the worker's frame reader.
         use std::io::{Read, Write};
         (&pool).write_all(b"frames").expect("writes");
-        let mut counter = StartCounter::receive(&worker).expect("receives");
+        let (mut counter, extra) = StartCounter::receive(&worker).expect("receives");
+        assert_eq!(extra.len(), 2, "the other descriptors came along");
+        rustix::io::write(&extra[1], b"x").expect("writes into the pipe it was given");
+        let mut got = [0u8];
+        assert_eq!(rustix::io::read(&read, &mut got).expect("reads"), 1);
         for _ in 0..3 {
             counter.start();
         }

@@ -9,7 +9,9 @@ import threading
 from blitzen import MulticoreDispatcher
 from blitzen.distributed import DistributedDispatcher
 
-from calls import flood, gated
+from blitzen import WorkerCrashed
+
+from calls import flood, gated, last_words
 from test_distributed import SECRET, start_client, start_server
 from conftest import free_port
 
@@ -93,6 +95,15 @@ def test_a_flood_is_bounded_and_the_rest_is_said_to_be_in_the_result(monkeypatch
     assert "lines of its output were not shown as they came" in err.text, err.text
     dropped = int(err.text.split(": ", 1)[1].split(" ", 1)[0])
     assert shown + dropped == lines, (shown, dropped)
+
+
+def test_what_a_task_printed_just_before_its_worker_died_is_kept(monkeypatch):
+    out, _ = record(monkeypatch)
+    with MulticoreDispatcher(workers=2) as d:
+        results = d.get_results([d.run(last_words, n) for n in range(10)], timeout=60)
+    for n, r in enumerate(results):
+        assert isinstance(r, WorkerCrashed), r
+        assert r.stdout == f"last words {n}\n", (n, r.stdout)
 
 
 def test_echo_false_prints_nothing(monkeypatch):

@@ -50,6 +50,17 @@ fn flood(lines: u64) -> u64 {
     lines
 }
 
+/// Prints a line, then ends its worker at once, before the worker's reader may have taken it.
+#[blitzen::task]
+fn last_words(n: u32) -> u32 {
+    println!("last words {n}");
+    // SAFETY: `_exit` ends the process at once; nothing of this process is used after it.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(3)
+    }
+}
+
 // ----- helpers -----
 
 /// A dispatcher's streamed lines, into a channel.
@@ -209,6 +220,23 @@ fn streamed_and_plain_tasks_share_workers_without_mixing() -> Result<(), Failed>
     check(total == 80, format!("{total} lines streamed, not the 80 of the streamed tasks"))
 }
 
+/// What a streamed task printed just before its worker died is in the crash's output, every
+/// time: the pool takes what the dead worker's reader had not.
+fn a_streamed_task_s_last_words_before_its_worker_dies_are_kept() -> Result<(), Failed> {
+    let (d, _rx) = collect(MulticoreDispatcher::new(2).map_err(fail)?);
+    let ids: Vec<_> = (0..20).map(|n| d.run(last_words, n)).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    for (n, r) in results.iter().enumerate() {
+        check(
+            matches!(r.outcome(), Err(blitzen::TaskError::WorkerCrashed { .. })),
+            format!("task {n}: {:?}", r.outcome()),
+        )?;
+        let stdout = r.run.stdout.to_text();
+        check(stdout == format!("last words {n}\n"), format!("task {n} kept {stdout:?}"))?;
+    }
+    Ok(())
+}
+
 fn start_own_agent(server: &str) -> Result<Process, Failed> {
     let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
     program.env(AGENT_ENV, server);
@@ -253,6 +281,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_streamed_task_s_lines_cross_the_cluster_while_it_runs),
         trial!(a_flood_on_a_cluster_is_bounded_and_counted),
         trial!(streamed_and_plain_tasks_share_workers_without_mixing),
+        trial!(a_streamed_task_s_last_words_before_its_worker_dies_are_kept),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

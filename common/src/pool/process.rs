@@ -2,7 +2,7 @@
 //! answers and reaps it, and a writer that sends it jobs.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
@@ -60,6 +60,9 @@ pub(super) struct Spawned {
     pub stderr: OwnedFd,
     /// How many tasks it has started, read after it died.
     pub starts: StartMarks,
+    /// The read ends of the pipes its streamed tasks write to (the worker reads them too):
+    /// what it had not read when it died is taken from them into the capture.
+    pub pipes: [OwnedFd; 2],
 }
 
 /// Starts a worker process and its supervisor and writer tasks.
@@ -71,7 +74,15 @@ pub(super) fn spawn_worker(
 ) -> io::Result<Spawned> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let starts = StartMarks::new()?;
-    starts.hand_over(&ours)?;
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // Shared with the worker's descriptors: its reader never blocks, nor does the salvage.
+    rustix::fs::fcntl_setfl(&out_r, rustix::fs::OFlags::NONBLOCK)?;
+    rustix::fs::fcntl_setfl(&err_r, rustix::fs::OFlags::NONBLOCK)?;
+    let handed = [out_r.as_fd(), out_w.as_fd(), err_r.as_fd(), err_w.as_fd()];
+    starts.hand_over(&ours, &handed)?;
+    // Only the worker writes: once it is gone, reading a pipe ends.
+    drop((out_w, err_w));
     let stdout = capture::new_capture_file("blitzen-worker-stdout")?;
     let stderr = capture::new_capture_file("blitzen-worker-stderr")?;
     let mut spawn = tokio::process::Command::new(&command.program);
@@ -94,7 +105,7 @@ pub(super) fn spawn_worker(
     tokio::spawn(write_frames(write, outbox));
     tokio::spawn(supervise(id, pid, child, read, events, on_output));
     debug!(pid, slot = id.slot, "worker process started");
-    Ok(Spawned { pid, frames, stdout, stderr, starts })
+    Ok(Spawned { pid, frames, stdout, stderr, starts, pipes: [out_r, err_r] })
 }
 
 /// Kills a worker's whole process group (the worker and everything its tasks started).

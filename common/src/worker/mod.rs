@@ -8,7 +8,7 @@
 //!   private descriptor and puts `/dev/null` on fd 0, so a task that reads stdin reads nothing
 //!   and a task that prints cannot touch the frames. The first thing on it, before any frame,
 //!   is the file of the worker's start counter (see `start_mark`), which the worker
-//!   moves before each task.
+//!   moves before each task, with the two pipes streamed tasks write to.
 //! - fd 1 and fd 2 are capture files (see [`crate::capture`]); while a streamed task runs,
 //!   pipes to a reader thread of the worker (see `stream`).
 //!
@@ -99,7 +99,8 @@ fn run() -> io::Result<()> {
     let registry = registry::global().map_err(io::Error::other)?;
 
     let socket = UnixStream::from(channel);
-    let mut starts = StartCounter::receive(&socket)?;
+    let (mut starts, pipes) = StartCounter::receive(&socket)?;
+    let mut pipes = Some(pipes);
     let watched = socket.try_clone()?;
     let outbox = Arc::new(Outbox::new(socket.try_clone()?));
     let ready = FromWorker::Ready(WorkerReady {
@@ -134,8 +135,11 @@ fn run() -> io::Result<()> {
             Err(e) => return Err(io::Error::other(format!("reading from the pool: {e}"))),
         };
         starts.start();
-        if task.stream && streamer.is_none() {
-            streamer = Some(Streamer::start(outbox.clone())?);
+        if task.stream
+            && streamer.is_none()
+            && let Some(pipes) = pipes.take()
+        {
+            streamer = Some(Streamer::start(outbox.clone(), pipes)?);
         }
         let streaming = match &streamer {
             Some(s) if task.stream => {

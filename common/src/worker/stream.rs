@@ -2,8 +2,10 @@
 //!
 //! A task that is not streamed writes straight into its capture files (see [`crate::capture`]).
 //! While a streamed one runs, fd 1 and fd 2 are instead the write ends of two pipes, and a
-//! reader thread of the worker takes what arrives: it appends it to the capture files — the
-//! result carries the output as for any task — and sends whole lines to the pool
+//! reader thread of the worker takes what arrives: it moves it into the capture files with
+//! `splice` — in the kernel, so that at any moment each byte is in the pipe or in the file,
+//! and a worker dying mid-way loses nothing: the pool holds both, and salvages the pipe —, reads
+//! it back from there, and sends whole lines to the pool
 //! ([`FromWorker::Output`]) as they come, within a budget per task ([`STREAM_BURST`] at once,
 //! then [`STREAM_RATE`]); lines beyond it are counted, not sent
 //! ([`Captured::unstreamed`](blitzen_protocol::Captured::unstreamed)). When the task ends the
@@ -15,7 +17,7 @@
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -23,6 +25,7 @@ use std::time::Instant;
 use blitzen_protocol::output::MAX_LINE;
 use blitzen_protocol::{FromWorker, JobId, Lines, StdStream};
 use bytes::{BufMut, BytesMut};
+use rustix::fs::SeekFrom;
 
 use super::outbox::Outbox;
 
@@ -77,17 +80,18 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Streamer {
-    /// Makes the pipes (fd 1 and fd 2 must be the capture files) and starts the reader thread.
-    pub(super) fn start(outbox: Arc<Outbox>) -> io::Result<Self> {
+    /// Takes the pipes the pool handed over (stdout's read and write ends, then stderr's; the
+    /// read ends non-blocking) and starts the reader thread; fd 1 and fd 2 must be the capture
+    /// files. The pool keeps its own read ends: what this worker had not read when it died, the
+    /// pool takes into the capture.
+    pub(super) fn start(outbox: Arc<Outbox>, pipes: Vec<OwnedFd>) -> io::Result<Self> {
+        let Ok([out_r, out_w, err_r, err_w]) = <[OwnedFd; 4]>::try_from(pipes) else {
+            return Err(io::Error::other("the pool did not hand over the output pipes"));
+        };
         let captures = [io::stdout().as_fd().try_clone_to_owned()?, {
             io::stderr().as_fd().try_clone_to_owned()?
         }];
         let files = [File::from(captures[0].try_clone()?), File::from(captures[1].try_clone()?)];
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        for reader in [&out_r, &err_r] {
-            rustix::fs::fcntl_setfl(reader, rustix::fs::OFlags::NONBLOCK)?;
-        }
         let state = State {
             task: None,
             files,
@@ -186,25 +190,41 @@ impl Shared {
         !matches!(poll(&mut fds, Some(&now)), Ok(0))
     }
 
-    /// Reads both pipes until they are empty.
+    /// Moves both pipes into the capture files until the pipes are empty, and takes the lines
+    /// from what was moved.
     fn drain(&self, st: &mut State) {
-        let mut buf = [0u8; 64 * 1024];
+        use rustix::pipe::{SpliceFlags, splice};
+        let mut buf = vec![0u8; 64 * 1024];
         for i in 0..2 {
-            loop {
-                match rustix::io::read(&self.readers[i], &mut buf) {
+            while let Ok(at) = rustix::fs::seek(&st.files[i], SeekFrom::Current(0)) {
+                let moved = splice(
+                    &self.readers[i],
+                    None,
+                    &st.files[i],
+                    None,
+                    buf.len(),
+                    SpliceFlags::NONBLOCK,
+                );
+                match moved {
                     Ok(0) | Err(rustix::io::Errno::AGAIN) => break,
-                    Ok(n) => self.take(st, i, &buf[..n]),
+                    Ok(n) => match rustix::io::pread(&st.files[i], &mut buf[..n], at) {
+                        Ok(got) => self.take(st, i, &buf[..got]),
+                        Err(_) => break,
+                    },
                     Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => break,
+                    // The capture file takes no more (memory is short): the lines are still
+                    // read, so the task is never stuck on a full pipe; they are not captured.
+                    Err(_) => match rustix::io::read(&self.readers[i], &mut buf) {
+                        Ok(n) if n > 0 => self.take(st, i, &buf[..n]),
+                        _ => break,
+                    },
                 }
             }
         }
     }
 
-    /// Bytes the task wrote to stream `i`: into its capture, and its whole lines out.
+    /// Bytes the task wrote to stream `i`, now in its capture: its whole lines go out.
     fn take(&self, st: &mut State, i: usize, data: &[u8]) {
-        // A full capture file is as good as a lost line: the task goes on regardless.
-        let _ = st.files[i].write_all(data);
         if st.task.is_none() {
             // From a process a task left behind: captured, counted for nobody.
             return;

@@ -2,16 +2,18 @@
 //! held, replacing them, giving up on a crash loop, and the final shutdown.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use blitzen_protocol::{Captured, ExitReason, Finished, Outcome};
 use bytes::BytesMut;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     KillReason, REAP_LIMIT, RESPAWN_PAUSE, Scheduler, Worker, cancelled_queued, cancelled_running,
     read_capture,
 };
+use crate::capture;
 use crate::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 use crate::pool::process::{EventKind, WorkerEvent, WorkerId, kill_group, spawn_worker};
 use crate::pool::{JobResult, PoolError};
@@ -31,6 +33,12 @@ impl Scheduler {
     pub(super) fn on_exit(&mut self, slot: usize, exit: ExitReason, peak_rss: Option<u64>) {
         let Some(mut w) = self.workers[slot].take() else { return };
         let pid = w.process.pid;
+        // What its streamed task wrote and its own reader had not taken yet.
+        for (pipe, file) in w.process.pipes.iter().zip([&w.process.stdout, &w.process.stderr]) {
+            if let Err(e) = capture::salvage(pipe.as_fd(), file.as_fd()) {
+                debug!(pid, error = %e, "cannot take what a dead worker left in its pipe");
+            }
+        }
         let stdout = read_capture(&w.process.stdout);
         let stderr = read_capture(&w.process.stderr);
         if !w.ready {
