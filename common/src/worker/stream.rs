@@ -102,9 +102,16 @@ impl Streamer {
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), readers: [out_r, err_r], outbox });
         let reader = shared.clone();
-        std::thread::Builder::new()
-            .name("blitzen-output".into())
-            .spawn(move || reader.run_reader())?;
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new().name("blitzen-output".into()).spawn(move || {
+            // Once through everything the reader does, before the task runs: what a new thread
+            // sets up lazily (its thread-local data, above all) must not be set up while a
+            // task's memory limit is in force, where it cannot be had.
+            reader.drain(&mut lock(&reader.state));
+            let _ = ready_tx.send(());
+            reader.run_reader()
+        })?;
+        ready.recv().map_err(|_| io::Error::other("the output reader thread did not start"))?;
         Ok(Self { shared, writers: [out_w, err_w], captures, on_pipes: Cell::new(false) })
     }
 
@@ -194,7 +201,8 @@ impl Shared {
     /// from what was moved.
     fn drain(&self, st: &mut State) {
         use rustix::pipe::{SpliceFlags, splice};
-        let mut buf = vec![0u8; 64 * 1024];
+        // On the stack: nothing is allocated here while a task's memory limit is in force.
+        let mut buf = [0u8; 64 * 1024];
         for i in 0..2 {
             while let Ok(at) = rustix::fs::seek(&st.files[i], SeekFrom::Current(0)) {
                 let moved = splice(
