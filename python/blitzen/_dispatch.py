@@ -63,7 +63,7 @@ class Dispatcher:
         except KeyboardInterrupt:
             # Ctrl-C (in a notebook: the stop button) ends the wait and the tasks waited for;
             # the dispatcher stays.
-            self._native.cancel(ids)
+            _quietly(self._native.cancel, ids)
             raise
         self._printed()
         results = [self._result(row) for row in rows]
@@ -75,7 +75,7 @@ class Dispatcher:
         try:
             rows = self._native.join()
         except KeyboardInterrupt:
-            self._native.cancel_all()
+            _quietly(self._native.cancel_all)
             raise
         self._printed()
         results = [self._result(row) for row in rows]
@@ -194,6 +194,14 @@ class _Printer:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         self.drain()
+
+
+def _quietly(f, *args):
+    """``f(*args)``, while a ``KeyboardInterrupt`` is on its way: nothing may replace it."""
+    try:
+        f(*args)
+    except Exception:
+        pass
 
 
 def _shutdown_at_exit(ref):
