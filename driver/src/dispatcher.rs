@@ -124,7 +124,17 @@ impl<B: Backend> Dispatcher<B> {
     /// Sets what is done with what tasks submitted from now on print while they run: see
     /// [`Output`]. `Output::Stream` writes each line to this process's stdout or stderr as it
     /// comes, `[task 12 on node3] ` before it.
+    ///
+    /// Choose once, when the dispatcher is made: once a thread hands lines to a handler
+    /// (`Stream`, `Handler`), a later choice is ignored, with a warning.
     pub fn with_output(mut self, output: Output) -> Self {
+        if lock(&self.output_thread).is_some() {
+            tracing::warn!(
+                ?output,
+                "the dispatcher's output was chosen already; this choice is ignored"
+            );
+            return self;
+        }
         self.streaming = !matches!(output, Output::Capture);
         let handler: Arc<dyn Fn(&OutputLines) + Send + Sync> = match output {
             Output::Capture | Output::Collect => return self,
