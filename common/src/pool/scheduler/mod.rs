@@ -6,6 +6,7 @@
 //! to the sink in one batch.
 //!
 //! This file holds the state and the flow of jobs (queue, dispatch, answers, timeouts);
+//! `dispatch` which queued job goes to which worker, and when (prefetching by run times);
 //! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown);
 //! `holding` what running jobs hold of the pool's capacity.
 
@@ -15,10 +16,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::frame::encode;
 use blitzen_protocol::{
-    Capacity, Captured, JobId, Outcome, RunTaskRef, TaskDone, ToWorkerRef, Usage,
-    WORKER_PROTOCOL_VERSION,
+    Capacity, Captured, JobId, Outcome, TaskDone, Usage, WORKER_PROTOCOL_VERSION,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
@@ -28,8 +27,11 @@ use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, sign
 use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
+mod dispatch;
 mod holding;
 mod lifecycle;
+
+use dispatch::{RunTimes, expected_us};
 
 /// Commands taken per loop turn before assigning work, so a flood of submissions cannot keep
 /// idle workers waiting.
@@ -108,35 +110,6 @@ impl Worker {
             self.inflight.front()?.timeout.map(|t| self.head_started + t)
         }
     }
-}
-
-/// The running average run time of one task's calls, by group ([`Job::group`]).
-#[derive(Debug, Default)]
-struct RunTimes {
-    /// Group 0: every call of a task without groups.
-    plain: Option<f64>,
-    others: HashMap<u64, f64>,
-}
-
-impl RunTimes {
-    fn get(&self, group: u64) -> Option<f64> {
-        if group == 0 { self.plain } else { self.others.get(&group).copied() }
-    }
-
-    fn record(&mut self, group: u64, us: f64) {
-        let blend = |old: Option<f64>| old.map_or(us, |avg| 0.8 * avg + 0.2 * us);
-        if group == 0 {
-            self.plain = Some(blend(self.plain));
-        } else {
-            let old = self.others.get(&group).copied();
-            self.others.insert(group, blend(old));
-        }
-    }
-}
-
-/// The expected run time of `job`, if calls like it have run.
-fn expected_us(average: &HashMap<Cow<'static, str>, RunTimes>, job: &Job) -> Option<f64> {
-    average.get(job.name.as_ref())?.get(job.group)
 }
 
 pub(super) struct Scheduler {
@@ -313,96 +286,6 @@ impl Scheduler {
                 running: w.inflight.front().map(|job| (job.id, w.head_started)),
             })
             .collect()
-    }
-
-    /// Assigns queued jobs: one to each idle worker first, then short plain jobs to busy
-    /// workers up to the prefetch depth, then sends each worker its frames in one write.
-    ///
-    /// Jobs start in submission order: one whose request does not fit in what is free yet
-    /// waits at the front, and nothing behind it starts (nor is prefetched) until it has — so a
-    /// stream of small jobs cannot starve a large one. Small jobs still fill what a running large
-    /// one leaves free.
-    fn dispatch(&mut self) {
-        let now = Instant::now();
-        let mut blocked = false;
-        for slot in 0..self.workers.len() {
-            let Some(next) = self.queue.front() else { break };
-            if matches!(&self.workers[slot], Some(w) if w.accepts_work() && w.inflight.is_empty()) {
-                if !self.fits(next) {
-                    blocked = true;
-                    break;
-                }
-                self.assign(slot, now);
-                self.hold(slot);
-            }
-        }
-        if self.config.prefetch > 0 && !blocked {
-            let window_us = self.config.prefetch_window.as_micros() as f64;
-            let mut progress = true;
-            while progress && !self.queue.is_empty() {
-                progress = false;
-                for slot in 0..self.workers.len() {
-                    let Some(next) = self.queue.front() else { break };
-                    // A job with a request starts only on an idle worker, when it fits.
-                    if next.request.is_some() {
-                        break;
-                    }
-                    // Unknown tasks are never prefetched: they may be long.
-                    let Some(expected) = expected_us(&self.average_us, next) else {
-                        break;
-                    };
-                    let Some(w) = &self.workers[slot] else { continue };
-                    let running_known = w.inflight.front().is_some_and(|j| {
-                        expected_us(&self.average_us, j).is_some_and(|a| a < window_us)
-                    });
-                    if w.accepts_work()
-                        && running_known
-                        && w.inflight.len() <= self.config.prefetch
-                        && w.queued_us + expected <= window_us
-                    {
-                        self.assign(slot, now);
-                        progress = true;
-                    }
-                }
-            }
-        }
-        for w in self.workers.iter_mut().flatten() {
-            if !w.outbox.is_empty() {
-                // A send error means the worker is gone; its supervisor reports that.
-                let _ = w.process.frames.send(w.outbox.split().freeze());
-            }
-        }
-    }
-
-    fn assign(&mut self, slot: usize, now: Instant) {
-        let Some(job) = self.queue.pop_front() else { return };
-        let Some(w) = self.workers[slot].as_mut() else {
-            self.queue.push_front(job);
-            return;
-        };
-        let frame = ToWorkerRef::Run(RunTaskRef {
-            id: job.id,
-            name: &job.name,
-            fingerprint: job.fingerprint,
-            args: &job.args,
-            memory_limit: job.request.as_ref().and_then(|r| r.memory),
-            stream: job.stream,
-        });
-        if let Err(e) = encode(&frame, &mut w.outbox) {
-            let outcome = Outcome::BadArguments { message: e.to_string() };
-            self.finished.push(JobResult::unstarted(job.id, outcome));
-            return;
-        }
-        if w.inflight.is_empty() {
-            w.head_started = now;
-            if job.timeout.is_some() && self.config.on_start.is_some() {
-                self.started.push(job.id);
-            }
-        } else {
-            w.queued_us += expected_us(&self.average_us, &job).unwrap_or(0.0);
-        }
-        w.inflight.push_back(job);
-        w.sent += 1;
     }
 
     fn deliver(&mut self) {
