@@ -1,0 +1,105 @@
+//! The seed's `spawn_server` and `spawn_client`: a server, or an agent, run in this process
+//! with the dispatcher's address, secret and TLS settings.
+
+use std::time::Duration;
+
+use blitzen_client::AgentConfig;
+use blitzen_common::logging;
+use blitzen_common::pool::WorkerCommand;
+use blitzen_common::worker::is_unentered_worker;
+use blitzen_protocol::Capacity;
+use blitzen_server::{Secrets, ServerConfig};
+use tracing::warn;
+
+use super::{Cluster, resolve};
+use crate::dispatcher::Dispatcher;
+use crate::error::DispatchError;
+use crate::tasks::Tasks;
+
+impl Dispatcher<Cluster> {
+    /// Runs a server on this dispatcher's address for `duration` (until Ctrl-C or SIGTERM when
+    /// `None`), then shuts it down cleanly. Blocks meanwhile, like the seed's `spawn_server`.
+    pub fn spawn_server(&self, duration: impl Into<Option<Duration>>) -> Result<(), DispatchError> {
+        let server = &self.backend.server;
+        let addr = resolve(server)
+            .map_err(|source| DispatchError::Resolve { server: server.clone(), source })?;
+        logging::install();
+        let config = ServerConfig {
+            bind: addr.ip(),
+            port: addr.port(),
+            secrets: self.backend.secret()?.map(Secrets::both).unwrap_or_default(),
+            allow_insecure: self.backend.insecure,
+            plaintext: self.backend.tls.plaintext,
+            data_dir: self.backend.data_dir.clone(),
+            ..ServerConfig::default()
+        };
+        blitzen_server::serve_until(config, duration.into(), |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Runs an agent with `workers` worker processes for this dispatcher's server, until Ctrl-C
+    /// or SIGTERM; it waits for the server and reconnects by itself. The seed's
+    /// `spawn_client(workers=6)`.
+    ///
+    /// `tasks` names the crates of the tasks it serves: `blitzen::tasks![my_tasks]`, or
+    /// `blitzen::tasks![]` when they are in this program's own modules (the built-in tasks are
+    /// always served). The workers are this program re-executed, so `main` must call
+    /// [`worker_main`](crate::worker_main) first. The agent logs every task it serves when it
+    /// starts; a crate named without any task is a warning.
+    pub fn spawn_client(&self, tasks: Tasks, workers: usize) -> Result<(), DispatchError> {
+        self.spawn_client_with(tasks, workers, WorkerCommand::this_binary())
+    }
+
+    /// [`spawn_client`](Self::spawn_client), the agent offering `capacity` (CPUs, memory,
+    /// counted resources such as GPUs) instead of one CPU per worker and the machine's memory:
+    /// `Capacity::of_machine(workers).with_resource("gpu", 2)`.
+    pub fn spawn_client_offering(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        capacity: Capacity,
+    ) -> Result<(), DispatchError> {
+        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), Some(capacity))
+    }
+
+    /// [`spawn_client`](Self::spawn_client) whose workers run `command` instead of this program
+    /// (the Python package's agent runs its interpreter).
+    pub fn spawn_client_with(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        command: WorkerCommand,
+    ) -> Result<(), DispatchError> {
+        self.spawn_agent(tasks, workers, command, None)
+    }
+
+    /// Runs an agent in this process until Ctrl-C or SIGTERM; `capacity` `None`: the default.
+    #[doc(hidden)]
+    pub fn spawn_agent(
+        &self,
+        tasks: Tasks,
+        workers: usize,
+        command: WorkerCommand,
+        capacity: Option<Capacity>,
+    ) -> Result<(), DispatchError> {
+        if is_unentered_worker() {
+            return Err(DispatchError::WorkerEntryMissing);
+        }
+        logging::install();
+        let empty = tasks.crates_without_tasks().map_err(blitzen_common::pool::PoolError::from)?;
+        for krate in empty {
+            warn!(
+                %krate,
+                "`{krate}` is named in blitzen::tasks![] but none of its functions is a \
+                 #[blitzen::task]"
+            );
+        }
+        let mut config = AgentConfig::new(&self.backend.server, workers);
+        config.pool.command = command;
+        config.pool.capacity = capacity;
+        config.secret = self.backend.secret()?;
+        config.tls = self.backend.tls.clone();
+        blitzen_client::run_until_signal(config)?;
+        Ok(())
+    }
+}
