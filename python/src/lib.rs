@@ -8,13 +8,15 @@
 //!   process, `worker_main` runs Blitzen's worker loop, which calls the package's `execute`.
 //! - `dispatch`: `Dispatcher`, one class over Blitzen's multicore and distributed dispatchers,
 //!   which submits pickles, waits (without the interpreter lock, and waking for Ctrl-C) and hands
-//!   each result back as a plain tuple for the package to turn into a value or an exception.
+//!   each result back as a plain tuple (`rows`) for the package to turn into a value or an
+//!   exception; and the `OutputReader` the package's printer thread takes streamed lines from.
 //! - `log`: Blitzen's `tracing` events, forwarded to Python's `logging` (the `blitzen` logger).
 
 use pyo3::prelude::*;
 
 mod dispatch;
 mod log;
+mod rows;
 mod task;
 
 /// The module Python imports as `blitzen._native`.
