@@ -196,13 +196,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
     let mut waiting_logged = false;
+    // What was wrong with the server file last time: each new reason is logged once.
+    let mut file_trouble: Option<String> = None;
     while !shutdown.is_cancelled() {
         let (server, tls) = match where_the_server_is(&config) {
-            Ok(found) => found,
+            Ok(found) => {
+                file_trouble = None;
+                found
+            }
             Err(why) => {
-                if !waiting_logged {
+                if file_trouble.as_ref() != Some(&why) {
                     info!(%why, "waiting for the server's address file");
-                    waiting_logged = true;
+                    file_trouble = Some(why);
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

@@ -3,7 +3,8 @@
 //! every flag they pass is one the binary documents, the pods run as a user of their own, the
 //! probes and Services point at ports that exist, the Secret they mount has the keys they read —
 //! and the server's and the agent's command lines from the manifests are run for real, the probe's
-//! path asked of that server. The Dockerfile is read for its two stages and its user.
+//! path asked of that server. The Dockerfile is read for its two stages and its user. An agent
+//! following the Slurm recipe's `--server-file` waits out a wrong file and joins once it is right.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -260,4 +261,37 @@ fn the_image_builds_in_two_stages_and_runs_as_a_user_of_its_own() {
             "{name}"
         );
     }
+}
+
+/// Writes `text` to `path` whole (a rename), as `blitzen-server --address-file` does.
+fn write_whole(path: &Path, text: &str) {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).expect("write");
+    std::fs::rename(&partial, path).expect("rename");
+}
+
+/// An agent following `--server-file` (the Slurm recipe's) waits out a file that is missing,
+/// then one without a `server=` line, then one whose fingerprint is no fingerprint — saying
+/// each reason once — and joins as soon as the file names the server.
+#[test]
+fn an_agent_waits_out_a_wrong_server_file_and_joins_once_it_names_the_server() {
+    let server = start_server_as(Command::new(binary("blitzen-server").expect("built")), &[])
+        .expect("the server starts");
+    let marker = TempFile::new("server-file", b"").expect("file");
+    let path = marker.path.with_extension("addr");
+    let mut command = Command::new(binary("blitzen-client").expect("built"));
+    command.args(["--server-file", path.to_str().expect("utf-8"), "--workers", "1"]);
+    let agent = start_agent_as_plain(command);
+    let limit = Duration::from_secs(20);
+    let said = |text: &str| agent.wait_for_log(text, 1, limit);
+    assert!(said("No such file"), "{}", agent.log_text());
+    write_whole(&path, "nonsense\n");
+    assert!(said("has no `server=HOST:PORT` line"), "{}", agent.log_text());
+    write_whole(&path, &format!("server={}\nfingerprint=not-hex\n", server.addr));
+    assert!(said("not-hex"), "{}", agent.log_text());
+    assert!(!agent.log_text().contains("connected"), "{}", agent.log_text());
+    write_whole(&path, &format!("server={}\n", server.addr));
+    assert!(said("connected"), "{}", agent.log_text());
+    drop(agent);
+    let _ = std::fs::remove_file(&path);
 }
