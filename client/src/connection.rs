@@ -12,7 +12,7 @@ use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::output::AgentOutput;
-use blitzen_protocol::{Finished, Lines, Outcome};
+use blitzen_protocol::{Finished, Lines, Outcome, StdStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -177,11 +177,13 @@ impl<'a> Connection<'a> {
         // What is still running goes out as recovered on the next connection; results that
         // finished while re-attaching wait in the pool's place.
         if let Some((_, finished)) = self.reattaching.take() {
-            self.work.unsent.extend(finished.into_iter().filter_map(|r| {
-                let held = self.work.jobs.remove(&r.id)?;
-                let result = AgentResult { key: held.key, worker_pid: r.worker, run: r.run };
-                Some(Unacked { seq: held.seq, result })
-            }));
+            for r in finished {
+                let Some(held) = self.work.jobs.remove(&r.id) else { continue };
+                let mut run = r.run;
+                self.work.add_unstreamed(r.id, &mut run);
+                let result = AgentResult { key: held.key, worker_pid: r.worker, run };
+                self.work.unsent.push(Unacked { seq: held.seq, result });
+            }
         }
         self.work.unsent.extend(self.unacked.into_values());
         end
@@ -273,6 +275,9 @@ impl<'a> Connection<'a> {
         });
         // The server no longer has them (ended, cancelled, or queued again for another agent):
         // they stop here rather than run on for nobody; their results are discarded.
+        for id in &dropped {
+            self.work.unstreamed.remove(id);
+        }
         let dropped_jobs = dropped.len();
         if !dropped.is_empty() {
             let _ = self.work.pool.submitter().cancel(dropped);
@@ -320,7 +325,9 @@ impl<'a> Connection<'a> {
                 debug!(job = %r.id, "result of a task dropped when re-attaching; discarded");
                 continue;
             };
-            let result = AgentResult { key: held.key, worker_pid: r.worker, run: r.run };
+            let mut run = r.run;
+            self.work.add_unstreamed(r.id, &mut run);
+            let result = AgentResult { key: held.key, worker_pid: r.worker, run };
             self.unacked.insert(held.key, Unacked { seq: held.seq, result: result.clone() });
             if held.connection == self.number {
                 done.push(result);
@@ -343,14 +350,21 @@ impl<'a> Connection<'a> {
     /// server; those of tasks assigned on an earlier connection are dropped.
     fn on_output(&mut self, first: Option<(JobId, Lines)>) -> Result<(), Closed> {
         let mut batch = Vec::new();
-        let mut take = |(id, lines): (JobId, Lines)| match self.work.jobs.get(&id) {
-            Some(held) if held.connection == self.number => {
+        let number = self.number;
+        let work = &mut *self.work;
+        let mut take = |(id, lines): (JobId, Lines)| match work.jobs.get(&id) {
+            Some(held) if held.connection == number => {
                 batch.push(AgentOutput { key: held.key, lines });
             }
-            _ => debug!(job = %id, "output of a task of an earlier connection; dropped"),
+            // Its server is not the one it was assigned by any more: counted in its result.
+            Some(_) => {
+                let index = usize::from(lines.stream == StdStream::Stderr);
+                work.unstreamed.entry(id).or_default()[index] += lines.count();
+            }
+            None => debug!(job = %id, "output of a task dropped when re-attaching; dropped"),
         };
         first.into_iter().for_each(&mut take);
-        while let Ok(more) = self.work.output.try_recv() {
+        while let Ok(more) = work.output.try_recv() {
             take(more);
         }
         if batch.is_empty() { Ok(()) } else { self.send(FromAgent::Output(batch)) }

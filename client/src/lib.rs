@@ -301,6 +301,9 @@ struct Work {
     started: mpsc::UnboundedReceiver<Vec<JobId>>,
     /// Lines streamed jobs printed, from the pool (each job's before its result).
     output: mpsc::UnboundedReceiver<(JobId, Lines)>,
+    /// Lines of jobs assigned on an earlier connection, not sent (the server they were for
+    /// has no use for them): counted into their results, by stream.
+    unstreamed: HashMap<JobId, [u64; 2]>,
     /// The tasks the pool holds (running or waiting for a worker), by the agent's own job
     /// number: a task's key may change when the agent re-attaches after a restart.
     jobs: HashMap<JobId, Held>,
@@ -362,11 +365,25 @@ impl Work {
             results,
             started,
             output,
+            unstreamed: HashMap::new(),
             jobs: HashMap::new(),
             next_job: 0,
             connection: 0,
             unsent: Vec::new(),
         })
+    }
+}
+
+impl Work {
+    /// Adds the lines of job `id` that were not sent into its result.
+    fn add_unstreamed(&mut self, id: JobId, run: &mut blitzen_protocol::Finished) {
+        if self.unstreamed.is_empty() {
+            return;
+        }
+        if let Some([stdout, stderr]) = self.unstreamed.remove(&id) {
+            run.stdout.unstreamed += stdout;
+            run.stderr.unstreamed += stderr;
+        }
     }
 }
 

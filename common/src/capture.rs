@@ -57,12 +57,17 @@ pub fn take(fd: BorrowedFd<'_>, limit: usize) -> io::Result<Captured> {
 
 /// Moves what waits in `pipe` (a non-blocking read end a dead worker's streamed task wrote
 /// to, its own reader gone with it) into the capture file `file`, after what it holds.
-pub fn salvage(pipe: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<()> {
+/// Returns how many lines that was (a last one without its newline counts): they were never
+/// streamed.
+pub fn salvage(pipe: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u64> {
     let mut buf = [0u8; 64 * 1024];
+    let (mut lines, mut last) = (0u64, b'\n');
     loop {
         match rustix::io::read(pipe, &mut buf) {
-            Ok(0) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Ok(0) | Err(rustix::io::Errno::AGAIN) => return Ok(lines + u64::from(last != b'\n')),
             Ok(n) => {
+                lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+                last = buf[n - 1];
                 let end = rustix::fs::fstat(file)?.st_size.max(0) as u64;
                 let mut written = 0;
                 while written < n {
@@ -127,13 +132,12 @@ mod tests {
         let (read, write) = rustix::pipe::pipe().expect("pipe");
         rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK).expect("non-blocking");
         rustix::io::write(&write, b"last words\n").expect("write");
-        salvage(read.as_fd(), fd.as_fd()).expect("salvage");
-        assert_eq!(
-            &snapshot(fd.as_fd(), 100).expect("snapshot").head[..],
-            b"captured\nlast words\n"
-        );
-        salvage(read.as_fd(), fd.as_fd()).expect("an empty pipe is nothing to salvage");
-        assert_eq!(take(fd.as_fd(), 100).expect("take").head.len(), 20, "the offset follows");
+        rustix::io::write(&write, b"and a half").expect("write");
+        assert_eq!(salvage(read.as_fd(), fd.as_fd()).expect("salvage"), 2, "two lines");
+        let kept = snapshot(fd.as_fd(), 100).expect("snapshot");
+        assert_eq!(&kept.head[..], b"captured\nlast words\nand a half");
+        assert_eq!(salvage(read.as_fd(), fd.as_fd()).expect("nothing left"), 0);
+        assert_eq!(take(fd.as_fd(), 100).expect("take").head.len(), 30, "the offset follows");
     }
 
     #[test]

@@ -237,6 +237,36 @@ fn a_streamed_task_s_last_words_before_its_worker_dies_are_kept() -> Result<(), 
     Ok(())
 }
 
+/// A line printed while the agent's link to the server is cut is not lost without a trace:
+/// it is streamed (the agent reconnected and was handed the task again first) or counted in
+/// the result.
+fn a_line_printed_while_the_agent_reconnects_is_streamed_or_counted() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let proxy = blitzen_tests::proxy::Proxy::start(&server.addr).map_err(fail)?;
+    let agent = start_own_agent(&proxy.addr)?;
+    let (d, rx) = collect(driver(&server.addr));
+    let gate = TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    let id = d.run(print_then_wait, gate.local_addr().map_err(fail)?.to_string());
+    wait_for_line(&rx, id.untyped(), "before the gate")?;
+    let (mut waiting, _) = gate.accept().map_err(fail)?;
+    proxy.cut();
+    // The line comes while the agent is off, or just back.
+    waiting.write_all(b"g").map_err(fail)?;
+    let results = d.get_task_results(&[id], Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results[0].decode_as(print_then_wait) == Ok(7), format!("{:?}", results[0]))?;
+    check(
+        agent.wait_for_log("connected", 2, WAIT),
+        format!("the agent reconnected:\n{}", agent.log_text()),
+    )?;
+    let streamed = rx.try_iter().filter(|l| l.to_text().contains("after the gate")).count();
+    let counted = results[0].run.stdout.unstreamed;
+    check(
+        streamed as u64 + counted == 1,
+        format!("the last line: streamed {streamed} times, counted {counted} times"),
+    )?;
+    check(results[0].run.stdout.to_text().contains("after the gate"), "and captured")
+}
+
 fn start_own_agent(server: &str) -> Result<Process, Failed> {
     let mut program = std::process::Command::new(std::env::current_exe().map_err(fail)?);
     program.env(AGENT_ENV, server);
@@ -282,6 +312,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_flood_on_a_cluster_is_bounded_and_counted),
         trial!(streamed_and_plain_tasks_share_workers_without_mixing),
         trial!(a_streamed_task_s_last_words_before_its_worker_dies_are_kept),
+        trial!(a_line_printed_while_the_agent_reconnects_is_streamed_or_counted),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

@@ -34,13 +34,18 @@ impl Scheduler {
         let Some(mut w) = self.workers[slot].take() else { return };
         let pid = w.process.pid;
         // What its streamed task wrote and its own reader had not taken yet.
-        for (pipe, file) in w.process.pipes.iter().zip([&w.process.stdout, &w.process.stderr]) {
-            if let Err(e) = capture::salvage(pipe.as_fd(), file.as_fd()) {
-                debug!(pid, error = %e, "cannot take what a dead worker left in its pipe");
+        let mut salvaged = [0; 2];
+        let files = [&w.process.stdout, &w.process.stderr];
+        for ((pipe, file), lines) in w.process.pipes.iter().zip(files).zip(&mut salvaged) {
+            match capture::salvage(pipe.as_fd(), file.as_fd()) {
+                Ok(n) => *lines = n,
+                Err(e) => {
+                    debug!(pid, error = %e, "cannot take what a dead worker left in its pipe")
+                }
             }
         }
-        let stdout = read_capture(&w.process.stdout);
-        let stderr = read_capture(&w.process.stderr);
+        let mut stdout = read_capture(&w.process.stdout);
+        let mut stderr = read_capture(&w.process.stderr);
         if !w.ready {
             self.publish_status();
             return self.on_start_failure(slot, pid, exit, w.killed, &stderr);
@@ -108,6 +113,9 @@ impl Scheduler {
                     w.inflight.push_front(job);
                 }
                 Some(outcome) => {
+                    if job.stream {
+                        (stdout.unstreamed, stderr.unstreamed) = (salvaged[0], salvaged[1]);
+                    }
                     let elapsed_us = w.head_started.elapsed().as_micros() as u64;
                     let run = Finished { outcome, stdout, stderr, elapsed_us };
                     self.finished.push(JobResult { id: job.id, worker: Some(pid), run });
