@@ -183,7 +183,20 @@ fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
         check(of_it == 3, format!("task {} streamed {of_it} lines, not 3", id.seq()))?;
     }
     check(lines.len() <= 50 * 3, format!("{} batches", lines.len()))?;
-    check(results.iter().all(|r| r.run.stdout.total_len() == 300), "each captured its 3 lines")
+    for r in &results {
+        let text = r.run.stdout.to_text();
+        let zeros = text.bytes().take_while(|&b| b == 0).count();
+        check(
+            r.run.stdout.total_len() == 300,
+            format!(
+                "task {} captured {} bytes, {zeros} zeros first, then {:?}",
+                r.id,
+                r.run.stdout.total_len(),
+                &text[zeros..]
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 /// Two drivers share an agent's workers, one streamed and one not: each streamed task's lines

@@ -205,20 +205,30 @@ impl Shared {
         let mut buf = [0u8; 64 * 1024];
         for i in 0..2 {
             while let Ok(at) = rustix::fs::seek(&st.files[i], SeekFrom::Current(0)) {
+                // At an explicit offset, then the file's position moved past what came: a
+                // `splice` at the file's own position writes that position back even when it
+                // moves nothing, which would undo the main thread rewinding the file after a
+                // task (it does so without this lock).
+                let mut end = at;
                 let moved = splice(
                     &self.readers[i],
                     None,
                     &st.files[i],
-                    None,
+                    Some(&mut end),
                     buf.len(),
                     SpliceFlags::NONBLOCK,
                 );
                 match moved {
                     Ok(0) | Err(rustix::io::Errno::AGAIN) => break,
-                    Ok(n) => match rustix::io::pread(&st.files[i], &mut buf[..n], at) {
-                        Ok(got) => self.take(st, i, &buf[..got]),
-                        Err(_) => break,
-                    },
+                    Ok(n) => {
+                        if rustix::fs::seek(&st.files[i], SeekFrom::Start(end)).is_err() {
+                            break;
+                        }
+                        match rustix::io::pread(&st.files[i], &mut buf[..n], at) {
+                            Ok(got) => self.take(st, i, &buf[..got]),
+                            Err(_) => break,
+                        }
+                    }
                     Err(rustix::io::Errno::INTR) => continue,
                     // The capture file takes no more (memory is short): the lines are still
                     // read, so the task is never stuck on a full pipe; they are not captured.
