@@ -290,8 +290,9 @@ impl Shared {
         }
         if sent > 0 {
             let lines = Lines { stream: STREAMS[i], text: text.slice(..sent) };
+            let count = lines.count();
             if self.outbox.push(&FromWorker::Output { id, lines }).is_err() {
-                st.unstreamed[i] += 1;
+                st.unstreamed[i] += count;
             }
         }
     }
