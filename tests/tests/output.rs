@@ -73,6 +73,16 @@ fn collect<B: Backend>(d: Dispatcher<B>) -> (Dispatcher<B>, Receiver<OutputLines
     (d.with_output(Output::Handler(handler)), rx)
 }
 
+/// The lines in a batch.
+fn newlines(lines: &OutputLines) -> usize {
+    lines.text.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// The lines streamed of `task`.
+fn lines_of(lines: &[OutputLines], task: TaskId) -> usize {
+    lines.iter().filter(|l| l.task == task).map(newlines).sum()
+}
+
 /// Waits for a line of `task` containing `text`; returns what came of it.
 fn wait_for_line(
     rx: &Receiver<OutputLines>,
@@ -136,8 +146,7 @@ fn flooded<B: Backend>(d: Dispatcher<B>) -> Result<(), Failed> {
     check(result.decode_as(flood) == Ok(LINES), format!("{result:?}"))?;
     let streamed: Vec<OutputLines> = rx.try_iter().collect();
     let bytes: u64 = streamed.iter().map(|l| l.text.len() as u64).sum();
-    let lines: u64 =
-        streamed.iter().map(|l| l.text.iter().filter(|&&b| b == b'\n').count() as u64).sum();
+    let lines = streamed.iter().map(newlines).sum::<usize>() as u64;
     let dropped = result.run.stdout.unstreamed;
     check(
         lines + dropped == LINES,
@@ -167,8 +176,7 @@ fn a_task_flooding_its_output_is_bounded_and_its_dropped_lines_counted() -> Resu
     flooded(MulticoreDispatcher::new(1).map_err(fail)?)
 }
 
-/// A task's lines never mix with the next one's on the same worker, and a task that is not
-/// streamed is not, on the same dispatcher's worker.
+/// A task's lines never mix with the next one's on the same worker.
 fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
     let (d, rx) = collect(MulticoreDispatcher::new(1).map_err(fail)?);
     let ids: Vec<_> = (0..50).map(|i| d.run(blitzen::echo::<String>(), format!("{i}"))).collect();
@@ -177,9 +185,7 @@ fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
     let results = d.get_task_results(&printed, Fetch::default().within(WAIT)).map_err(fail)?;
     let lines: Vec<OutputLines> = rx.try_iter().collect();
     for id in &printed {
-        let of_it: usize = (lines.iter().filter(|l| l.task == id.untyped()))
-            .map(|l| l.text.iter().filter(|&&b| b == b'\n').count())
-            .sum();
+        let of_it = lines_of(&lines, id.untyped());
         check(of_it == 3, format!("task {} streamed {of_it} lines, not 3", id.seq()))?;
     }
     check(lines.len() <= 50 * 3, format!("{} batches", lines.len()))?;
@@ -224,12 +230,10 @@ fn streamed_and_plain_tasks_share_workers_without_mixing() -> Result<(), Failed>
     )?;
     let lines: Vec<OutputLines> = rx.try_iter().collect();
     for id in &a {
-        let of_it: usize = (lines.iter().filter(|l| l.task == id.untyped()))
-            .map(|l| l.text.iter().filter(|&&b| b == b'\n').count())
-            .sum();
+        let of_it = lines_of(&lines, id.untyped());
         check(of_it == 2, format!("streamed task {} sent {of_it} lines, not 2", id.seq()))?;
     }
-    let total: usize = lines.iter().map(|l| l.text.iter().filter(|&&b| b == b'\n').count()).sum();
+    let total: usize = lines.iter().map(newlines).sum();
     check(total == 80, format!("{total} lines streamed, not the 80 of the streamed tasks"))
 }
 
