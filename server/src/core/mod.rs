@@ -8,10 +8,13 @@
 //! concern, each file an `impl Core` block:
 //! - `drivers`: drivers joining and leaving, submissions, results on their way back.
 //! - `agents`: agents joining and leaving, their results, and deadlines of started tasks.
+//! - `kinds`: the kinds of task declared, each interned once, with its base (what agents run).
 //! - `dispatch`: assigning queued tasks to agents with credit, and flushing every outbox.
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
+//! - `mismatch`: drivers told when no agent has their kind's signature, each agent's own.
+//! - `output`: lines streamed tasks print, from agents to drivers, within a budget.
 //! - `steer`: what observers ask: the status, a session's failures, cancels (drivers cancel
 //!   their own tasks here too).
 //! - `stats`: what is counted for observers (rates, outcomes, failures) and the status built
@@ -39,7 +42,6 @@
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use blitzen_protocol::Request;
 use blitzen_protocol::cluster::{
     AgentResult, FromObserver, Submission, TaskKind, TaskReport, ToAgent, ToDriver, ToObserver,
     WorkerReport,
@@ -61,6 +63,7 @@ mod cache;
 mod dispatch;
 mod drivers;
 mod durable;
+mod kinds;
 mod mismatch;
 mod output;
 mod reattach;
@@ -78,6 +81,8 @@ use tasks::TaskTable;
 use waiting::{GiveUp, Stranded};
 
 pub(crate) use agents::JoiningAgent;
+pub(crate) use kinds::KindId;
+use kinds::KindKey;
 
 /// What connection tasks report to the core.
 #[derive(Debug)]
@@ -144,19 +149,6 @@ pub(crate) enum Event {
     Committed { batch: u64 },
     /// The data directory cannot be written (a full disk): the changes wait for a retry.
     SaveFailed { error: String },
-}
-
-/// What tells kinds apart: name, fingerprint, request, label, whether streamed.
-type KindKey = (String, u64, Option<Request>, Option<String>, bool);
-
-/// A [`TaskKind`] interned by the server: its index in `Core::kinds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct KindId(u32);
-
-impl KindId {
-    fn index(self) -> usize {
-        self.0 as usize
-    }
 }
 
 /// The server's state, owned by the one task that runs [`Core::run`].
@@ -451,50 +443,6 @@ impl Core {
         // Dropping the senders lets each writer flush and close its connection.
         self.drivers.clear();
         self.agents.clear();
-    }
-
-    /// The server's id of a kind, interning it on first sight.
-    fn intern(&mut self, kind: TaskKind) -> KindId {
-        let key = (
-            kind.name.clone(),
-            kind.fingerprint,
-            kind.request.clone(),
-            kind.label.clone(),
-            kind.stream,
-        );
-        if let Some(&id) = self.kind_ids.get(&key) {
-            return id;
-        }
-        let base = (kind.request.is_some() || kind.label.is_some() || kind.stream).then(|| {
-            self.intern(TaskKind { request: None, label: None, stream: false, ..kind.clone() })
-        });
-        let id = KindId(self.kinds.len() as u32);
-        self.bases.push(base.unwrap_or(id));
-        if let Some(durable) = &mut self.durable
-            && id.0 >= durable.kinds_saved
-        {
-            durable.kinds_saved = id.0 + 1;
-            durable.changes.push(Change::Kind { number: id.0, kind: Box::new(kind.clone()) });
-        }
-        self.kinds.push(kind);
-        self.kind_ids.insert(key, id);
-        id
-    }
-
-    /// The kind an id stands for.
-    fn kind(&self, id: KindId) -> &TaskKind {
-        &self.kinds[id.index()]
-    }
-
-    /// The kind without its request, label and streaming: what an agent announces.
-    fn base(&self, id: KindId) -> KindId {
-        self.bases[id.index()]
-    }
-
-    /// What a task of this kind holds while it runs.
-    fn request(&self, id: KindId) -> &Request {
-        static PLAIN: Request = Request::PLAIN;
-        self.kinds[id.index()].request.as_ref().unwrap_or(&PLAIN)
     }
 }
 
