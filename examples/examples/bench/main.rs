@@ -13,16 +13,17 @@
 //! same workloads, and `--baseline` puts its figures beside ours.
 //!
 //! - `workloads`: W1–W8 in `workloads/mod.rs`, with the data directory's W9–W11
-//!   (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`) and W16's 10M tasks
-//!   (`at_scale`) in files of their own.
-//! - `procs`: the server, agent and driver child processes; CPU time and memory read from
-//!   `/proc`.
+//!   (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`), W16's 10M tasks
+//!   (`at_scale`) and W17's thousand agents (`many_agents`) in files of their own.
+//! - `procs`: the server, agent and driver child processes.
+//! - `usage`: CPU time and memory of processes, read from `/proc`.
 //! - `stats`: medians and percentiles.
 //! - `report`: the bars, the table, the JSON lines, the baseline.
 
 mod procs;
 mod report;
 mod stats;
+mod usage;
 mod workloads;
 
 use std::path::PathBuf;

@@ -1,8 +1,8 @@
 //! The distributed path's processes: a server and agents, each this program re-executed in
 //! another role (`BLITZEN_BENCH_ROLE`), so that the agents' workers know the benchmark's tasks.
 //! A child reports on stdout (the server its address, an agent `ready` once connected) and
-//! stops when its stdin closes — so it also stops if the benchmark dies. Also: CPU time and
-//! memory of processes, read from `/proc`.
+//! stops when its stdin closes — so it also stops if the benchmark dies. CPU time and memory
+//! of processes, read from `/proc`, are in `usage`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -455,65 +455,4 @@ impl Cluster {
             }
         }
     }
-}
-
-// ----- /proc -----
-
-/// Resident memory of a process, in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
-    status_bytes(pid, "VmRSS")
-}
-
-/// The most resident memory a process has had so far, in bytes.
-pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    status_bytes(pid, "VmHWM")
-}
-
-/// A field of `/proc/PID/status` given in kB, in bytes.
-fn status_bytes(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-/// CPU time a process's live threads have used, in nanoseconds (`schedstat`: exact, unlike the
-/// 10 ms ticks of `stat`).
-pub fn cpu_ns(pid: u32) -> Result<u64> {
-    let dir = format!("/proc/{pid}/task");
-    let mut total = 0;
-    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
-        let Ok(entry) = entry else { continue };
-        let path = entry.path().join("schedstat");
-        // A thread may end between listing and reading.
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let ns = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
-        total += ns.ok_or_else(|| format!("{}: unexpected contents", path.display()))?;
-    }
-    Ok(total)
-}
-
-/// Processes whose parent is `pid`.
-pub fn children(pid: u32) -> Result<Vec<u32>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        // The command name may hold spaces and parentheses: fields start after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            found.push(child);
-        }
-    }
-    Ok(found)
 }

@@ -6,9 +6,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{Measured, noop, wait, warm_up};
-use crate::procs::{self, Cluster, Proc, Result};
+use crate::procs::{Cluster, Proc, Result};
 use crate::report::Better;
 use crate::stats::median;
+use crate::usage;
 
 /// W16's sizes: the rate and memory at the larger one are compared with the smaller one's.
 const W16_SIZES: [u64; 2] = [1_000_000, 10_000_000];
@@ -41,14 +42,14 @@ fn at_scale_once(tasks: u64) -> Result<AtScale> {
     let cluster = Cluster::start(1, 2)?;
     let mut driver = Proc::driver(&cluster.addr, tasks)?;
     let driver_base: f64 = driver.report()?.parse().map_err(|_| "driver: no base memory")?;
-    let server_base = procs::rss_bytes(cluster.server.pid())? as f64;
+    let server_base = usage::rss_bytes(cluster.server.pid())? as f64;
     driver.go()?;
     let done = driver.report()?;
     let mut fields = done.split_whitespace().map(str::parse::<f64>);
     let (Some(Ok(seconds)), Some(Ok(driver_peak))) = (fields.next(), fields.next()) else {
         return Err(format!("driver: `{done}` is not `SECONDS PEAK_BYTES`"));
     };
-    let server_peak = procs::peak_rss_bytes(cluster.server.pid())? as f64;
+    let server_peak = usage::peak_rss_bytes(cluster.server.pid())? as f64;
     let n = tasks as f64;
     Ok(AtScale {
         tasks_per_s: n / seconds,
@@ -96,7 +97,7 @@ pub fn drive(server: &str, tasks: u64, go: impl FnOnce() -> Result<()>) -> Resul
     let d = blitzen::distributed::DistributedDispatcher::new(server);
     d.connect().map_err(|e| e.to_string())?;
     warm_up(&d)?;
-    crate::procs::say(&procs::rss_bytes(std::process::id())?.to_string())?;
+    crate::procs::say(&usage::rss_bytes(std::process::id())?.to_string())?;
     go()?;
     let start = Instant::now();
     let ids: Vec<_> = (0..tasks).map(|i| d.run(noop, i)).collect();
@@ -108,5 +109,5 @@ pub fn drive(server: &str, tasks: u64, go: impl FnOnce() -> Result<()>) -> Resul
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(format!("{seconds} {}", procs::peak_rss_bytes(std::process::id())?))
+    Ok(format!("{seconds} {}", usage::peak_rss_bytes(std::process::id())?))
 }

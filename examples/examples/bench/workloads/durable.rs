@@ -7,9 +7,10 @@ use blitzen::TaskId;
 use serde_json::json;
 
 use super::{Measured, PATIENCE, W1_TASKS, W5_TASKS, noop, throughput, wait, warm_up};
-use crate::procs::{self, Cluster, Proc, Result};
+use crate::procs::{Cluster, Proc, Result};
 use crate::report::Better;
 use crate::stats::median;
+use crate::usage;
 
 /// A data directory for one workload, removed when dropped.
 struct DataDir(std::path::PathBuf);
@@ -106,9 +107,9 @@ pub(super) fn durable_queue(runs: usize) -> Result<Measured> {
         let dir = DataDir::new("w10")?;
         let empty = dir.size()?;
         let cluster = Cluster::start_in(Some(&dir.0), 0, 0)?;
-        let before = procs::rss_bytes(cluster.server.pid())?;
+        let before = usage::rss_bytes(cluster.server.pid())?;
         let (_, rate) = fill_queue(&cluster, "w10")?;
-        let after = procs::rss_bytes(cluster.server.pid())?;
+        let after = usage::rss_bytes(cluster.server.pid())?;
         rates.push(rate);
         disk.push(dir.size()?.saturating_sub(empty) as f64 / W5_TASKS as f64);
         memory.push(after.saturating_sub(before) as f64 / W5_TASKS as f64);

@@ -20,9 +20,10 @@ use blitzen_protocol::{Finished, Outcome};
 use serde_json::json;
 
 use super::{Measured, noop, wait};
-use crate::procs::{self, Proc, Result, say};
+use crate::procs::{Proc, Result, say};
 use crate::report::Better;
 use crate::stats::{median, percentile};
+use crate::usage;
 
 /// Agents per simulating process: killing one kills this many at once.
 const PER_PROCESS: usize = 100;
@@ -219,13 +220,13 @@ fn once(few: usize, many: usize, tasks: u64) -> Result<Run> {
     while agents_connected(&addr)? > 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = procs::rss_bytes(server.pid())? as f64;
+    let before = usage::rss_bytes(server.pid())? as f64;
     let mut sims = simulators(&addr, many)?;
     std::thread::sleep(Duration::from_secs(1));
-    let idle = procs::rss_bytes(server.pid())? as f64;
-    let cpu_before = procs::cpu_ns(server.pid())?;
+    let idle = usage::rss_bytes(server.pid())? as f64;
+    let cpu_before = usage::cpu_ns(server.pid())?;
     let rate_many = load(&addr, tasks)?;
-    let cpu = procs::cpu_ns(server.pid())?.saturating_sub(cpu_before);
+    let cpu = usage::cpu_ns(server.pid())?.saturating_sub(cpu_before);
     let mut p99s = Vec::new();
     for p in &mut sims {
         p.go()?;

@@ -13,6 +13,7 @@ use crate::Path;
 use crate::procs::{self, Cluster, Proc, Result};
 use crate::report::Better;
 use crate::stats::{median, percentile};
+use crate::usage;
 
 mod at_scale;
 mod durable;
@@ -329,14 +330,14 @@ fn queue_memory(runs: usize) -> Result<Measured> {
         let cluster = Cluster::start(0, 0)?;
         let d = cluster.dispatcher();
         d.connect().map_err(|e| e.to_string())?;
-        let before = procs::rss_bytes(cluster.server.pid())?;
+        let before = usage::rss_bytes(cluster.server.pid())?;
         let start = Instant::now();
         for i in 0..W5_TASKS {
             let _ = d.run(noop, i);
         }
         d.wait_accepted(PATIENCE).map_err(|e| e.to_string())?;
         rates.push(W5_TASKS as f64 / start.elapsed().as_secs_f64());
-        let after = procs::rss_bytes(cluster.server.pid())?;
+        let after = usage::rss_bytes(cluster.server.pid())?;
         per_task.push(after.saturating_sub(before) as f64 / W5_TASKS as f64);
     }
     Ok(Measured {
@@ -398,14 +399,14 @@ fn idle_cpu_ms(groups: &[(&'static str, Vec<u32>)]) -> Result<Vec<(&'static str,
 }
 
 fn total_cpu(pids: &[u32]) -> Result<u64> {
-    pids.iter().map(|&p| procs::cpu_ns(p)).sum()
+    pids.iter().map(|&p| usage::cpu_ns(p)).sum()
 }
 
 fn idle_multicore(runs: usize) -> Result<Measured> {
     let d = MulticoreDispatcher::new(2).map_err(|e| e.to_string())?;
     warm_up(&d)?;
     let me = std::process::id();
-    let workers = procs::children(me)?;
+    let workers = usage::children(me)?;
     if workers.len() != 2 {
         return Err(format!("W7: expected 2 worker processes, found {workers:?}"));
     }
@@ -418,7 +419,7 @@ fn idle_cluster(runs: usize) -> Result<Measured> {
     let d = cluster.dispatcher();
     warm_up(&d)?;
     let agent = cluster.agents[0].pid();
-    let workers = procs::children(agent)?;
+    let workers = usage::children(agent)?;
     if workers.len() != 2 {
         return Err(format!("W7: expected 2 worker processes, found {workers:?}"));
     }
