@@ -158,7 +158,9 @@ impl<B: Backend> Dispatcher<B> {
         match spawned {
             Ok(thread) => *lock(&self.output_thread) = Some(thread),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the thread that prints tasks' lines; they stay in the results");
+                let what =
+                    "cannot start the thread that prints tasks' lines; they stay in the results";
+                tracing::warn!(error = %e, "{what}");
                 self.streaming = false;
             }
         }

@@ -7,10 +7,10 @@
 //! the captured output in full.
 //!
 //! Streaming is bounded at every hop: a worker streams [`STREAM_BURST`] (256 KiB) of a task's
-//! lines at once and [`STREAM_RATE`] (64 KiB/s) past that, a server sends a driver 4 MiB at once and 1 MiB/s past that, and a
-//! dispatcher holds at most [`OUTPUT_QUEUE_BYTES`] of lines its consumer has not taken. What
-//! is beyond is dropped and counted, and the count is in the task's result
-//! ([`Captured::unstreamed`](blitzen_protocol::Captured::unstreamed)).
+//! lines at once and [`STREAM_RATE`] (64 KiB/s) past that, a server sends a driver 4 MiB at
+//! once and 1 MiB/s past that, and a dispatcher holds at most [`OUTPUT_QUEUE_BYTES`] of lines
+//! its consumer has not taken. What is beyond is dropped and counted, and the count is in the
+//! task's result ([`Captured::unstreamed`](blitzen_protocol::Captured::unstreamed)).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -40,8 +40,9 @@ pub enum Output {
     /// Each batch of lines handed to this function as it comes, on a thread of the
     /// dispatcher's.
     Handler(Arc<dyn Fn(&OutputLines) + Send + Sync>),
-    /// Kept for an [`OutputReader`] ([`Dispatcher::output_reader`](crate::Dispatcher::output_reader))
-    /// to take: bindings to other languages print them themselves.
+    /// Kept for an [`OutputReader`]
+    /// ([`Dispatcher::output_reader`](crate::Dispatcher::output_reader)) to take: bindings to
+    /// other languages print them themselves.
     Collect,
 }
 

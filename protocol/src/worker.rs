@@ -3,8 +3,9 @@
 //! The pool writes [`ToWorker`] frames to the worker's private socket; the worker answers with
 //! one [`FromWorker::Ready`] when it has started, then one [`FromWorker::Done`] per task, in the
 //! order the tasks arrived, and for a streamed task ([`RunTask::stream`]) any number of
-//! [`FromWorker::Output`] before its `Done`. Before the first frame, the socket carries one byte with a
-//! descriptor attached: a shared file where the worker counts the tasks it has started.
+//! [`FromWorker::Output`] before its `Done`. Before the first frame, the socket carries one
+//! byte with descriptors attached: a shared file where the worker counts the tasks it has
+//! started, and the two pipes its streamed tasks write to.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

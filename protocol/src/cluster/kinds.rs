@@ -27,7 +27,8 @@ pub struct TaskKind {
     /// agent's announcement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Whether the driver sees what its tasks print as they run ([`ToDriver::Output`](super::ToDriver::Output)).
+    /// Whether the driver sees what its tasks print as they run
+    /// ([`ToDriver::Output`](super::ToDriver::Output)).
     /// Always `false` in an agent's announcement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
