@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::error::DispatchError;
 use crate::output::{Output, OutputLines, OutputReader, print_prefixed};
 use crate::results::{Fetch, RunOptions, TaskId, TaskResult};
-use crate::table::ResultTable;
+use crate::table::{DispatcherStats, ResultTable};
 
 /// One submitted call, as a backend receives it.
 #[doc(hidden)]
@@ -387,6 +387,11 @@ impl<B: Backend> Dispatcher<B> {
     /// Tasks submitted and not yet finished.
     pub fn pending(&self) -> usize {
         self.table.pending()
+    }
+
+    /// What this dispatcher has counted: see [`DispatcherStats`].
+    pub fn stats(&self) -> DispatcherStats {
+        self.table.stats()
     }
 }
 

@@ -78,6 +78,7 @@ pub use output::{
 };
 pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
 pub use streams::{Completion, Completions, Imap, ImapUnordered};
+pub use table::DispatcherStats;
 pub use tasks::Tasks;
 
 /// What `#[task]` expansions refer to. Not a stable API.

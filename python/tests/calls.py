@@ -18,6 +18,16 @@ def nap(seconds):
     return seconds
 
 
+def announced_nap(port, seconds):
+    """Tells the test listening on `port` that it has started, then naps."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as told:
+        told.sendall(b"started")
+    time.sleep(seconds)
+    return seconds
+
+
 def span(seconds):
     """Naps; returns this worker's pid and when the nap began and ended."""
     began = time.time()

@@ -4,6 +4,7 @@ over loopback, encrypted with a shared secret."""
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from blitzen import Cancelled, Lost, TaskFailed, TimedOut, WorkerCrashed
 from blitzen.distributed import DistributedDispatcher
 
-from calls import hard_exit, nap, span, square
+from calls import announced_nap, hard_exit, nap, span, square
 from conftest import EXAMPLES, HERE, free_port, wait_for_output
 
 SECRET = "a-cluster-secret-for-the-tests"
@@ -115,8 +116,13 @@ def test_values_failures_and_where_they_ran(driver):
 def test_crash_timeout_and_cancel_on_a_cluster(driver):
     crashed = driver.run(hard_exit, 9)
     timed_out = driver.run(nap, 30, timeout=0.5)
-    running = driver.run(nap, 60)
-    time.sleep(0.5)
+    # Cancelled once it is known to run: it tells a listening socket when it starts.
+    with socket.create_server(("127.0.0.1", 0)) as starts:
+        starts.settimeout(60)
+        running = driver.run(announced_nap, starts.getsockname()[1], 60)
+        told, _ = starts.accept()
+        with told:
+            assert told.recv(16) == b"started"
     driver.cancel(running)
     r_crashed, r_timed_out, r_running = driver.get_results([crashed, timed_out, running])
     assert isinstance(r_crashed, WorkerCrashed) and "code 9" in str(r_crashed)

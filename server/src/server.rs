@@ -178,8 +178,7 @@ impl Server {
             None => None,
         };
         let addr = SocketAddr::new(config.bind, config.port);
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServeError::Bind { addr, source })?;
         Ok(Self { listener, config, store, tls, fingerprint, dashboard })
     }
 
@@ -339,6 +338,25 @@ impl Server {
         }
         serving.await
     }
+}
+
+/// Connections the kernel completes and queues while the accept loop is busy. A backlog of 128
+/// (what `TcpListener::bind` asks for) overflows when hundreds of agents connect at once, and a
+/// connection dropped from a full queue is retried by its peer only a second later. The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`], reusing an address in TIME_WAIT as a restarted
+/// server must.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Lets this process hold as many open files as it may: the soft limit, often 1,024, is raised

@@ -7,11 +7,13 @@
 //! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
 //! - [`proxy`]: a TCP proxy that throttles, freezes, cuts, records or tampers with a link.
 //! - [`hostile_bytes`]: what a stranger may send a server instead of a handshake.
+//! - [`tally`]: how many times each task ran, and this program as an agent that runs it.
 
 pub mod browser;
 pub mod cluster;
 pub mod netns;
 pub mod proxy;
+pub mod tally;
 pub mod wire;
 
 use std::io::{Read, Write};
@@ -74,6 +76,53 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, signal);
     }
+}
+
+/// Sends `bytes` on a fresh connection to `addr` (then shuts down writing, when `close_write`)
+/// and returns what the server answered before it closed the connection. A server that closes
+/// (EOF) or resets it has refused; one that is still silent after 20 s has not, and that is an
+/// error here, never an empty answer.
+pub fn poke(addr: &str, bytes: &[u8], close_write: bool) -> std::io::Result<Vec<u8>> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    // The server may close before it has read everything (a length past the limit): writing
+    // or shutting down then fails, and what counts is what it answered.
+    let _ = s.write_all(bytes);
+    if close_write {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    read_until_closed(&mut s)
+}
+
+/// Reads until the peer closes (EOF) or resets the connection; a read timeout or any other
+/// error is returned, with what came before it.
+pub fn read_until_closed(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    match s.read_to_end(&mut answer) {
+        Ok(_) => Ok(answer),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(answer),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("the connection was not closed ({e}) after {} bytes", answer.len()),
+        )),
+    }
+}
+
+/// The sum of the numbers `KEY=N` on the lines of `log` that contain `line_has`, e.g. the results
+/// a server owed drivers when they reconnected: `log_sum(log, "driver reconnected", "owed")`.
+pub fn log_sum(log: &str, line_has: &str, key: &str) -> u64 {
+    let key = format!("{key}=");
+    (log.lines().filter(|l| l.contains(line_has)))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(key.as_str())?;
+            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// How many file descriptors a process has open, from `/proc`.
+pub fn open_fds(pid: u32) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 /// Resident memory of a process in bytes, from `/proc`.

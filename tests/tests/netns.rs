@@ -44,6 +44,8 @@ struct Report {
     hosts: BTreeMap<String, usize>,
     /// From the first submission to the last result.
     secs: f64,
+    /// Results that reached the driver for a task that had one already (and were dropped).
+    duplicates: u64,
 }
 
 fn drive(spec: &str) -> Result<Report, String> {
@@ -87,7 +89,8 @@ fn run_tasks(
     let results = d
         .get_task_results(&ids, Fetch::default().within(Duration::from_secs(240)))
         .map_err(|e| e.to_string())?;
-    let mut report = Report { ok: 0, failed: Vec::new(), hosts: BTreeMap::new(), secs: 0.0 };
+    let mut report =
+        Report { ok: 0, failed: Vec::new(), hosts: BTreeMap::new(), secs: 0.0, duplicates: 0 };
     report.secs = started.elapsed().as_secs_f64();
     for (i, r) in results.iter().enumerate() {
         let host = r.worker.as_ref().and_then(|w| w.host.clone()).unwrap_or_default();
@@ -102,6 +105,7 @@ fn run_tasks(
             report.failed.push(format!("task {i}: {:?}", r.outcome().err()));
         }
     }
+    report.duplicates = d.stats().duplicates;
     d.shutdown();
     Ok(report)
 }
@@ -187,6 +191,17 @@ impl Cluster {
         serde_json::from_str(&line).map_err(fail)
     }
 
+    /// Fails unless every task returned what it should, each once: no result reached the driver
+    /// twice and, unless agents were lost, the server heard of no task that ran twice.
+    fn check_each_once(&self, report: &Report, tasks: usize) -> Result<(), Failed> {
+        check(report.ok == tasks && report.failed.is_empty(), format!("{report:?}"))?;
+        check(report.duplicates == 0, format!("results reached the driver twice: {report:?}"))?;
+        let log = self.server.log_text();
+        let lost = log.lines().any(|l| l.contains("agent disconnected"));
+        let twice = log.lines().filter(|l| l.contains("ran twice")).count();
+        check(lost || twice == 0, format!("{twice} tasks ran twice:\n{log}"))
+    }
+
     /// How many times the server counted agent `name` gone.
     fn lost_count(&self, name: &str) -> usize {
         let log = self.server.log_text();
@@ -202,7 +217,7 @@ fn a_cluster_on_private_addresses_runs_every_task_once() -> Result<(), Failed> {
     let c = cluster("plain", 2)?;
     let driver = c.start_driver("echo", 2000, 1024)?;
     let report = c.report(driver, WAIT)?;
-    check(report.ok == 2000 && report.failed.is_empty(), format!("{report:?}"))?;
+    c.check_each_once(&report, 2000)?;
     check(report.hosts.len() == 2, format!("ran on {:?}", report.hosts))?;
     println!("2000 echo tasks of 1 KiB across namespaces: {:.0} tasks/s", 2000.0 / report.secs);
     check(c.lost_count("a1") + c.lost_count("a2") == 0, "an agent was counted lost")
@@ -219,7 +234,7 @@ fn an_agent_cut_off_for_30_s_comes_back_and_nothing_is_lost() -> Result<(), Fail
     std::thread::sleep(Duration::from_secs(30));
     c.net.mend(&c.hosts[0]).map_err(fail)?;
     let report = c.report(driver, Duration::from_secs(120))?;
-    check(report.ok == 80 && report.failed.is_empty(), format!("{report:?}"))?;
+    c.check_each_once(&report, 80)?;
     check(c.lost_count("a2") == 0, format!("a2 was counted lost:\n{}", c.server.log_text()))?;
     check(c.lost_count("a1") == 1, format!("a1 lost {} times", c.lost_count("a1")))?;
     let a1 = &c.agents[0];
@@ -241,7 +256,7 @@ fn an_agent_on_a_1_mbit_link_delivers_every_result_once() -> Result<(), Failed> 
     c.net.limit(&c.hosts[0], "1mbit").map_err(fail)?;
     let driver = c.start_driver("echo", 16, 64 << 10)?;
     let report = c.report(driver, Duration::from_secs(120))?;
-    check(report.ok == 16 && report.failed.is_empty(), format!("{report:?}"))?;
+    c.check_each_once(&report, 16)?;
     check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
     let mbit = 16.0 * 65536.0 * 8.0 / report.secs / 1e6;
     println!(
@@ -259,7 +274,7 @@ fn an_agent_50_ms_away_with_jitter_runs_every_task_once() -> Result<(), Failed> 
     let c = cluster_with("far", 1, Some(jittery))?;
     let driver = c.start_driver("sleep", 400, 10)?;
     let report = c.report(driver, Duration::from_secs(120))?;
-    check(report.ok == 400 && report.failed.is_empty(), format!("{report:?}"))?;
+    c.check_each_once(&report, 400)?;
     check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
     let rate = 400.0 / report.secs;
     println!(
@@ -276,7 +291,7 @@ fn an_agent_on_a_lossy_link_runs_every_task_once() -> Result<(), Failed> {
     let c = cluster_with("lossy", 1, Some(lossy))?;
     let driver = c.start_driver("echo", 1000, 1024)?;
     let report = c.report(driver, Duration::from_secs(120))?;
-    check(report.ok == 1000 && report.failed.is_empty(), format!("{report:?}"))?;
+    c.check_each_once(&report, 1000)?;
     check(c.lost_count("a1") == 0, format!("a1 was counted lost:\n{}", c.server.log_text()))?;
     println!(
         "1000 echo tasks of 1 KiB with 2 % loss each way: {:.0} tasks/s",
@@ -336,6 +351,7 @@ fn the_slurm_job_script_runs_a_cluster_across_its_nodes() -> Result<(), Failed> 
             .map_err(|e| fail(format!("no report ({e}):\n{log}")))?;
         let report: Report = serde_json::from_str(&line).map_err(fail)?;
         check(report.ok == 300 && report.failed.is_empty(), format!("{report:?}"))?;
+        check(report.duplicates == 0, format!("results reached the driver twice: {report:?}"))?;
         let agents = log.lines().filter(|l| l.contains("agent connected")).count();
         check(agents == 3, format!("{agents} agents connected, not 3:\n{log}"))?;
         println!("a Slurm job of 3 nodes: 300 echo tasks in {:.2} s", report.secs);

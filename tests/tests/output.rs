@@ -50,6 +50,24 @@ fn flood(lines: u64) -> u64 {
     lines
 }
 
+/// Prints `lines` lines that name it and their place: `task 12 line 0`, `task 12 line 1`, ...
+#[blitzen::task]
+fn numbered(task: u64, lines: u64) -> u64 {
+    for k in 0..lines {
+        println!("{}", numbered_line(task, k));
+    }
+    lines
+}
+
+fn numbered_line(task: u64, k: u64) -> String {
+    format!("task {task} line {k}")
+}
+
+/// What [`numbered`] prints.
+fn numbered_text(task: u64, lines: u64) -> String {
+    (0..lines).map(|k| numbered_line(task, k) + "\n").collect()
+}
+
 /// Prints a line, then ends its worker at once, before the worker's reader may have taken it.
 #[blitzen::task]
 fn last_words(n: u32) -> u32 {
@@ -78,9 +96,9 @@ fn newlines(lines: &OutputLines) -> usize {
     lines.text.iter().filter(|&&b| b == b'\n').count()
 }
 
-/// The lines streamed of `task`.
-fn lines_of(lines: &[OutputLines], task: TaskId) -> usize {
-    lines.iter().filter(|l| l.task == task).map(newlines).sum()
+/// The text streamed of `task`, in the order it came.
+fn text_of(lines: &[OutputLines], task: TaskId) -> String {
+    lines.iter().filter(|l| l.task == task).map(|l| l.to_text()).collect()
 }
 
 /// Waits for a line of `task` containing `text`; returns what came of it.
@@ -180,26 +198,23 @@ fn a_task_flooding_its_output_is_bounded_and_its_dropped_lines_counted() -> Resu
 fn each_line_belongs_to_the_task_that_printed_it() -> Result<(), Failed> {
     let (d, rx) = collect(MulticoreDispatcher::new(1).map_err(fail)?);
     let ids: Vec<_> = (0..50).map(|i| d.run(blitzen::echo::<String>(), format!("{i}"))).collect();
-    let printed: Vec<_> = (0..50u64).map(|_| d.run(flood, 3)).collect();
+    // Each task prints its own number on every line, so lines given to the wrong task show.
+    let printed: Vec<_> = (0..50u64).map(|n| d.run(numbered, (n, 3))).collect();
     d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
     let results = d.get_task_results(&printed, Fetch::default().within(WAIT)).map_err(fail)?;
     let lines: Vec<OutputLines> = rx.try_iter().collect();
-    for id in &printed {
-        let of_it = lines_of(&lines, id.untyped());
-        check(of_it == 3, format!("task {} streamed {of_it} lines, not 3", id.seq()))?;
+    for (n, id) in printed.iter().enumerate() {
+        let streamed = text_of(&lines, id.untyped());
+        let expected = numbered_text(n as u64, 3);
+        check(streamed == expected, format!("task {n} streamed {streamed:?}"))?;
     }
     check(lines.len() <= 50 * 3, format!("{} batches", lines.len()))?;
-    for r in &results {
+    for (n, r) in results.iter().enumerate() {
         let text = r.run.stdout.to_text();
         let zeros = text.bytes().take_while(|&b| b == 0).count();
         check(
-            r.run.stdout.total_len() == 300,
-            format!(
-                "task {} captured {} bytes, {zeros} zeros first, then {:?}",
-                r.id,
-                r.run.stdout.total_len(),
-                &text[zeros..]
-            ),
+            text == numbered_text(n as u64, 3),
+            format!("task {n} captured {zeros} zeros first, then {:?}", &text[zeros..]),
         )?;
     }
     Ok(())
@@ -213,25 +228,27 @@ fn streamed_and_plain_tasks_share_workers_without_mixing() -> Result<(), Failed>
     let _agent = start_own_agent(&server.addr)?;
     let (streamed, rx) = collect(driver(&server.addr));
     let plain = driver(&server.addr);
+    // Streamed tasks print numbers 0 to 39, the plain driver's 1000 to 1039.
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..40 {
-        a.push(streamed.run(flood, 2));
-        b.push(plain.run(flood, 3));
+    for n in 0..40 {
+        a.push(streamed.run(numbered, (n, 2)));
+        b.push(plain.run(numbered, (1_000 + n, 3)));
     }
     let a_results = streamed.get_task_results(&a, Fetch::default().within(WAIT)).map_err(fail)?;
     let b_results = plain.get_task_results(&b, Fetch::default().within(WAIT)).map_err(fail)?;
-    check(
-        a_results.iter().all(|r| r.run.stdout.total_len() == 200),
-        "each streamed task: its 2 lines",
-    )?;
-    check(
-        b_results.iter().all(|r| r.run.stdout.total_len() == 300),
-        "each plain task: its 3 lines",
-    )?;
+    for (n, r) in a_results.iter().enumerate() {
+        let text = r.run.stdout.to_text();
+        check(text == numbered_text(n as u64, 2), format!("streamed task {n} captured {text:?}"))?;
+    }
+    for (n, r) in b_results.iter().enumerate() {
+        let text = r.run.stdout.to_text();
+        let expected = numbered_text(1_000 + n as u64, 3);
+        check(text == expected, format!("plain task {n} captured {text:?}"))?;
+    }
     let lines: Vec<OutputLines> = rx.try_iter().collect();
-    for id in &a {
-        let of_it = lines_of(&lines, id.untyped());
-        check(of_it == 2, format!("streamed task {} sent {of_it} lines, not 2", id.seq()))?;
+    for (n, id) in a.iter().enumerate() {
+        let text = text_of(&lines, id.untyped());
+        check(text == numbered_text(n as u64, 2), format!("streamed task {n} sent {text:?}"))?;
     }
     let total: usize = lines.iter().map(newlines).sum();
     check(total == 80, format!("{total} lines streamed, not the 80 of the streamed tasks"))

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::DriverTaskId;
+use tracing::debug;
 
 use crate::error::DispatchError;
 use crate::output::OutputFeed;
@@ -60,6 +61,8 @@ struct TableState {
     closed: Option<Outcome>,
     /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`).
     subscribers: HashMap<u64, std::sync::mpsc::Sender<u64>>,
+    /// Reports dropped because their task already had a result ([`DispatcherStats::duplicates`]).
+    duplicates: u64,
 }
 
 impl TableState {
@@ -87,6 +90,7 @@ impl ResultTable {
                 pending: 0,
                 closed: None,
                 subscribers: HashMap::new(),
+                duplicates: 0,
             }),
             changed: Condvar::new(),
             batches: AtomicU64::new(0),
@@ -193,8 +197,13 @@ impl ResultTable {
         for mut r in batch {
             let seq = r.id.get();
             self.output.add_dropped(seq, &mut r.run);
-            let Some(slot) = st.slots.get_mut(seq) else { continue };
-            let &mut Slot::Pending(kind) = slot else { continue };
+            let slot = st.slots.get_mut(seq);
+            let Some(slot @ &mut Slot::Pending(kind)) = slot else {
+                // Its first result came before (or it was fetched): a copy sent again.
+                st.duplicates += 1;
+                debug!(task = seq, "a second result of a task was dropped");
+                continue;
+            };
             st.pending -= 1;
             if !st.subscribers.is_empty()
                 && let Some(subscriber) = st.subscribers.remove(&seq)
@@ -417,6 +426,27 @@ impl ResultTable {
     pub(crate) fn pending(&self) -> usize {
         self.lock().pending
     }
+
+    /// What the table has counted.
+    pub(crate) fn stats(&self) -> DispatcherStats {
+        let st = self.lock();
+        DispatcherStats { pending: st.pending, duplicates: st.duplicates }
+    }
+}
+
+/// What a dispatcher has counted since it was made ([`Dispatcher::stats`]).
+///
+/// [`Dispatcher::stats`]: crate::Dispatcher::stats
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DispatcherStats {
+    /// Tasks submitted and not yet finished.
+    pub pending: usize,
+    /// Results that arrived for a task that already had one, and were dropped: the caller
+    /// sees each task's result once whatever this says. On a cluster a server sends again,
+    /// after a driver reconnects, the results whose acknowledgement it had not received, so a
+    /// few after a lost connection are expected; any other is a fault worth reporting.
+    pub duplicates: u64,
 }
 
 #[cfg(test)]
@@ -485,6 +515,22 @@ mod tests {
             b.fetch(&[late], Fetch::default()).expect("settled")[0].outcome(),
             Err(TaskError::Cancelled { .. })
         ));
+    }
+
+    #[test]
+    fn a_second_result_is_dropped_and_counted_whether_or_not_the_first_was_fetched() {
+        let table = ResultTable::new();
+        let ids: Vec<TaskId<u64>> = (0..2).map(|_| table.register("t", "sig").0).collect();
+        table.complete(vec![done(1, 10), done(2, 20)]);
+        assert_eq!(table.stats().duplicates, 0);
+        table.complete(vec![done(1, 11)]);
+        let first = table.fetch(&ids[..1], Fetch::default()).expect("done");
+        assert_eq!(first[0].decode::<u64>().expect("value"), 10, "the first result stays");
+        table.complete(vec![done(1, 12), done(2, 21)]);
+        let stats = table.stats();
+        assert_eq!((stats.duplicates, stats.pending), (3, 0));
+        let second = table.fetch(&ids[1..], Fetch::default()).expect("done");
+        assert_eq!(second[0].decode::<u64>().expect("value"), 20);
     }
 
     #[test]

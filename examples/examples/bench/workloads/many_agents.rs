@@ -226,7 +226,11 @@ fn once(few: usize, many: usize, tasks: u64) -> Result<Run> {
     let idle = usage::rss_bytes(server.pid())? as f64;
     let cpu_before = usage::cpu_ns(server.pid())?;
     let rate_many = load(&addr, tasks)?;
-    let cpu = usage::cpu_ns(server.pid())?.saturating_sub(cpu_before);
+    // Counted over the server's live threads: one that ended meanwhile would take its time
+    // away, and a figure that went down is no figure.
+    let cpu = (usage::cpu_ns(server.pid())?.checked_sub(cpu_before))
+        .filter(|&ns| ns > 0)
+        .ok_or("the server's CPU time did not grow while it served the load")?;
     let mut p99s = Vec::new();
     for p in &mut sims {
         p.go()?;
@@ -256,7 +260,7 @@ fn once(few: usize, many: usize, tasks: u64) -> Result<Run> {
         rate_10: rate_few,
         rate_1000: rate_many,
         cpu_us_per_task: cpu as f64 / 1e3 / tasks,
-        bytes_per_idle_agent: (idle - before).max(0.0) / many as f64,
+        bytes_per_idle_agent: (idle - before) / many as f64,
         p99_us: p99s.iter().copied().fold(0.0, f64::max),
         notice_ms,
     })
