@@ -17,8 +17,10 @@
 //!   connections) and [`AgentError`].
 //! - `connection` (private): one connection — tasks in, results out, heartbeats — as a type
 //!   with one method per message.
+//! - `succession` (private): the lock that tells which ended agent process this one replaces.
 
 mod connection;
+mod succession;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use connection::{Connection, End};
+use succession::Succession;
 
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
 
@@ -185,13 +188,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let capacity = config.pool.capacity_or_default();
     capacity.validate().map_err(PoolError::BadCapacity)?;
     info!(%capacity, "this agent offers");
+    let id = agent_id();
+    // Held until this function returns: the lock is this process's for as long as it serves.
+    let succession = Succession::claim(&config.host, id);
+    if succession.replaces != 0 {
+        info!(host = %config.host, "this agent replaces an ended agent process of the same name");
+    }
     let role = Role::Agent {
         capacity: Some(capacity),
         host: config.host.clone(),
         workers: u32::try_from(config.pool.workers).unwrap_or(u32::MAX),
         tasks: kinds,
         heartbeat_ms: config.heartbeat.as_millis() as u64,
-        agent_id: agent_id(),
+        agent_id: id,
+        replaces: succession.replaces,
     };
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);

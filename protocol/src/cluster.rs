@@ -101,6 +101,11 @@ pub enum Role {
         /// connection with the id of one the server still holds replaces it. 0: none.
         #[serde(default)]
         agent_id: u64,
+        /// The id of the agent process this one replaces: the last process that ran as an agent
+        /// of the same name on this machine, which has ended (the agent knows it by the lock it
+        /// took over). A server waiting for that one after a restart stops waiting. 0: none.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        replaces: u64,
         /// What its running tasks may hold at once; `None`: one CPU per worker, memory
         /// unbounded, no counted resources.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,8 +203,8 @@ pub struct Submission {
 
 /// Fields at their default are left out of the per-task messages (they are read back as the
 /// default): every byte there is paid once per task.
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 /// Driver → server.

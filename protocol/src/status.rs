@@ -30,6 +30,26 @@ pub struct ClusterStatus {
     /// its function's, `__main__.f2`), by name.
     #[serde(default)]
     pub tasks: Vec<TaskCounts>,
+    /// After a restart on the data directory: the restored tasks held while the agents that
+    /// were connected re-attach. `None` when nothing is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartStatus>,
+}
+
+/// Restored tasks held after a restart while the agents connected before it re-attach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartStatus {
+    /// Restored tasks no agent has claimed yet: they run nowhere until released.
+    pub held: u64,
+    /// The agents waited for, by name: connected before the restart, neither back nor known
+    /// to have ended.
+    pub awaiting: Vec<String>,
+    /// How long the server must stay up before the held tasks are queued again whoever is
+    /// missing, in milliseconds.
+    pub release_in_ms: u64,
+    /// How much of the re-attach grace the hold has used, over every restart since it began, in
+    /// milliseconds.
+    pub grace_used_ms: u64,
 }
 
 /// How the tasks of one name ended.

@@ -134,7 +134,9 @@ struct Args {
     data_dir: Option<PathBuf>,
     /// With --data-dir: after a restart, seconds the restored tasks wait at most for the agents
     /// connected before it to re-attach with the tasks they are running (which then finish once,
-    /// not rerun). Once every such agent is back, or the time is up, the rest are queued again.
+    /// not rerun): seconds of this server's uptime, summed over restarts that come before it is
+    /// over. Once every such agent is back or known to have ended, or the time is up, the rest
+    /// are queued again.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     reattach_grace: Duration,
     /// Allow listening on a non-loopback address without a secret.

@@ -143,6 +143,16 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
         s.throughput,
         s.results_held
     );
+    if let Some(r) = &status.restart {
+        let awaiting = if r.awaiting.is_empty() { "nobody".into() } else { r.awaiting.join(", ") };
+        let _ = writeln!(
+            out,
+            "after a restart: {} restored tasks held until the agents connected before it \
+             re-attach (waiting for {awaiting}); released in {} at the latest",
+            r.held,
+            human_duration(r.release_in_ms)
+        );
+    }
     out.push('\n');
     if status.agents.is_empty() {
         out.push_str("no agents connected\n");

@@ -97,7 +97,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     };
     let (reader, write) = (admitted.reader, admitted.write);
     match admitted.greeting.role {
-        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id, capacity } => {
+        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id, replaces, capacity } => {
             if let Some(Err(why)) = capacity.as_ref().map(|c| c.validate()) {
                 warn!(%host, %why, "agent announced a capacity that makes no sense; connection closed");
                 return;
@@ -106,7 +106,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
                 warn!(%host, task = %kind.name, "agent announced a task with a request or a label; connection closed");
                 return;
             }
-            let joining = JoiningAgent { host, workers, kinds: tasks, id: agent_id, capacity };
+            let joining =
+                JoiningAgent { host, workers, kinds: tasks, id: agent_id, replaces, capacity };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared).await;
         }
         Role::Driver { name, session, attach, heartbeat_ms } => {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blitzen::distributed::DistributedDispatcher;
-use blitzen::{CommandSpec, Fetch, TaskError, command, echo, sleep};
+use blitzen::{CommandSpec, DispatchError, Fetch, TaskError, command, echo, sleep};
 use blitzen_tests::cluster::{
-    ServerProcess, binary, driver, free_port, start_agent, start_program, start_server,
+    Process, ServerProcess, binary, driver, free_port, start_agent, start_program, start_server,
 };
 use blitzen_tests::tally::{Tally, counted, start_own_agent};
 use blitzen_tests::trial;
@@ -95,8 +95,8 @@ fn a_driver_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
     let dir = TempDir::new("ride");
     let port = free_port().map_err(fail)?;
     let mut server = durable_server(&dir, port, &[])?;
-    let _a = start_own_agent(&server.addr, 3, "agent-a", Duration::from_secs(5))?;
-    let _b = start_own_agent(&server.addr, 3, "agent-b", Duration::from_secs(5))?;
+    let a = start_own_agent(&server.addr, 3, "agent-a", Duration::from_secs(5))?;
+    let b = start_own_agent(&server.addr, 3, "agent-b", Duration::from_secs(5))?;
     let d = driver(&server.addr);
     let runs = Tally::new().map_err(fail)?;
     let ids: Vec<_> = (0..10_000).map(|i| d.run(counted, runs.args(i, 1 + i % 5))).collect();
@@ -113,12 +113,31 @@ fn a_driver_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
         log.matches("agent re-attached after the restart").count() == 2,
         format!("both agents re-attached:\n{log}"),
     )?;
-    // Once: no task ran twice (those running at the kill finished where they were), and the
-    // restarted server sent again only the results it was owed when the driver came back.
+    // Once: no task ran twice (those running at the kill finished where they were), and what
+    // reached the driver twice was sent again for a reason: owed to it when it came back, or
+    // sent again by an agent whose result the killed server had passed on unsaved.
     runs.check_each_once(0..10_000)?;
-    let owed = blitzen_tests::log_sum(&log, "driver reconnected to its session", "owed");
+    let again = sent_again(&[log.as_str()], &[&a, &b]);
     let duplicates = d.stats().duplicates;
-    check(duplicates <= owed, format!("{duplicates} results came twice, {owed} were owed"))
+    check(duplicates <= again, format!("{duplicates} results came twice, {again} were sent again"))
+}
+
+/// Results sent again after restarts, by the `logs` of the server's runs and its `agents`: those
+/// the server owed a driver when it reconnected, and those agents sent again because the server
+/// had not acknowledged them — when they reconnect, or as tasks they kept when they re-attach
+/// (a server killed after passing a result on to its driver, before saving it, gets it again
+/// from its agent). A driver may receive each of them a second time.
+fn sent_again(logs: &[&str], agents: &[&Process]) -> u64 {
+    let owed: u64 = (logs.iter())
+        .map(|log| {
+            blitzen_tests::log_sum(log, "driver reconnected to its session", "owed")
+                + blitzen_tests::log_sum(log, "agent re-attached after the restart", "kept")
+        })
+        .sum();
+    let resent: u64 = (agents.iter())
+        .map(|a| blitzen_tests::log_sum(&a.log_text(), "sending again results", "count"))
+        .sum();
+    owed + resent
 }
 
 /// Lines in a file (0 if it does not exist).
@@ -203,6 +222,152 @@ fn tasks_of_an_agent_that_does_not_return_run_again_after_the_grace() -> Result<
         log.contains("these agents did not re-attach") && log.contains("missing=gone"),
         format!("logged:\n{log}"),
     )
+}
+
+/// How a new agent connects after the restart, in the crash-loop tests below.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Newcomer {
+    /// A new process of the killed agent: the same name, on the same machine.
+    SameName,
+    /// An agent of another name: nothing tells the server the killed one has ended.
+    OtherName,
+}
+
+/// Two tasks run on an agent; it is killed with the server (`kill -9`), the server restarts
+/// with a grace of 6 s, a new agent connects as `comes` says, and the server is killed and started again
+/// every 2 s until both tasks' results are in. Returns how long that took from the first
+/// restart, and the logs of every run after it. Each task, on its second run, finds a mark and
+/// finishes at once; each writes a line as it starts and one as it ends.
+fn held_through_a_crash_loop(label: &str, comes: Newcomer) -> Result<Duration, Failed> {
+    const GRACE: &str = "6";
+    let dir = TempDir::new(label);
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    // Named for this test alone: a new process of this name takes over the old one's lock.
+    let held = format!("held-{label}");
+    let mut agent = start_agent(&server.addr, 2, &held).map_err(fail)?;
+    let d = driver(&server.addr);
+    let (starts, ends, mark) = (
+        dir.0.with_extension("starts"),
+        dir.0.with_extension("ends"),
+        dir.0.with_extension("mark"),
+    );
+    for file in [&starts, &ends, &mark] {
+        let _ = std::fs::remove_file(file);
+    }
+    let script = |n: u32| {
+        format!(
+            "echo {n} >> '{}'; [ -e '{}' ] || sleep 60; echo {n} >> '{}'; echo {n}",
+            starts.display(),
+            mark.display(),
+            ends.display()
+        )
+    };
+    let ids: Vec<_> =
+        (0..2).map(|n| d.run(command, CommandSpec::new("sh").arg("-c").arg(script(n)))).collect();
+    check(wait_for_lines(&starts, 2), "both tasks started")?;
+    // The server first, then the agent: killed first, the agent could be seen leaving.
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    blitzen_tests::kill(agent.pid());
+    agent.wait_exit(WAIT).map_err(fail)?;
+    std::fs::write(&mark, b"").map_err(fail)?;
+
+    let first_restart = std::time::Instant::now();
+    let mut runs = vec![durable_server(&dir, port, &["--reattach-grace", GRACE])?];
+    let name = if comes == Newcomer::SameName { held.clone() } else { format!("other-{label}") };
+    let newcomer = start_agent(&runs[0].addr, 2, &name).map_err(fail)?;
+    if comes == Newcomer::OtherName {
+        // The status says what is held, for whom, and for how long at most.
+        let said: serde_json::Value =
+            serde_json::from_str(&status(&runs[0].addr, &["--json"])?).map_err(fail)?;
+        let restart = &said["restart"];
+        check(
+            restart["held"] == 2 && restart["awaiting"] == serde_json::json!([held]),
+            format!("status --json: {said}"),
+        )?;
+        let left = restart["release_in_ms"].as_u64().unwrap_or(u64::MAX);
+        check(left <= 6_000, format!("released in {left} ms at the latest: {said}"))?;
+        let text = status(&runs[0].addr, &[])?;
+        let line = text.lines().find(|l| l.contains("restored tasks held")).unwrap_or_default();
+        check(
+            line.contains("2 restored tasks") && line.contains(&held),
+            format!("status:\n{text}"),
+        )?;
+    }
+    let results = loop {
+        match d.get_results_with(&ids, Fetch::keep().within(Duration::from_secs(2))) {
+            Ok(results) => break results,
+            Err(DispatchError::WaitTimedOut { .. }) if first_restart.elapsed() < WAIT => {
+                let last = runs.last_mut().ok_or("no server")?;
+                blitzen_tests::kill(last.process.pid());
+                last.process.wait_exit(WAIT).map_err(fail)?;
+                runs.push(durable_server(&dir, port, &["--reattach-grace", GRACE])?);
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    let took = first_restart.elapsed();
+    let logs: Vec<String> = runs.iter().map(|r| r.process.log_text()).collect();
+    let all = logs.join("\n----- the next run -----\n");
+    for (n, r) in results.iter().enumerate() {
+        let out = r.as_ref().map_err(|e| fail(format!("task {n}: {e}\n{all}")))?;
+        check(out.stdout == format!("{n}\n").as_bytes(), format!("task {n}: {out:?}"))?;
+    }
+    // Each finished once (the first runs died with their agent), and reached the driver once.
+    let ended = std::fs::read_to_string(&ends).unwrap_or_default();
+    let mut ended: Vec<&str> = ended.lines().collect();
+    ended.sort_unstable();
+    check(ended == ["0", "1"], format!("the tasks ended {ended:?}\n{all}"))?;
+    let logs: Vec<&str> = logs.iter().map(String::as_str).collect();
+    let again = sent_again(&logs, &[&agent, &newcomer]);
+    let duplicates = d.stats().duplicates;
+    check(
+        duplicates <= again,
+        format!("{duplicates} results came twice, {again} were sent again"),
+    )?;
+    check(
+        logs[0].contains("holding the restored tasks")
+            && logs[0].contains(&format!("agents={held}")),
+        format!("the first restart held the tasks for the killed agent:\n{}", logs[0]),
+    )?;
+    println!(
+        "{label}: the held tasks ran {took:?} after the first restart, {} restarts",
+        runs.len()
+    );
+    if comes == Newcomer::SameName {
+        let replaced = logs.iter().any(|l| l.contains("a new process of an agent the restarted"));
+        check(replaced, format!("the new process ended the wait:\n{all}"))?;
+    }
+    Ok(took)
+}
+
+/// What `blitzen-server status` says of the server at `addr`, with `args`.
+fn status(addr: &str, args: &[&str]) -> Result<String, Failed> {
+    let out = std::process::Command::new(binary("blitzen-server").map_err(fail)?)
+        .args(["status", "--server", addr])
+        .args(args)
+        .env_remove("BLITZEN_SECRET")
+        .output()
+        .map_err(fail)?;
+    check(out.status.success(), format!("status: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The killed agent's new process (the same name) proves the old one ended: the tasks it held
+/// run at once, though the server keeps restarting.
+fn a_new_process_of_a_killed_agent_ends_the_wait_for_it() -> Result<(), Failed> {
+    let took = held_through_a_crash_loop("same-name", Newcomer::SameName)?;
+    check(took < Duration::from_secs(6), format!("ran {took:?} after the first restart"))
+}
+
+/// A killed agent that never comes back is waited for one grace of the server's uptime, not a
+/// fresh grace at each restart: a server restarting every 2 s with a 6 s grace runs the tasks
+/// the agent held within that grace plus one restart.
+fn a_crash_looping_server_waits_one_grace_for_an_agent_that_never_returns() -> Result<(), Failed> {
+    let took = held_through_a_crash_loop("crash-loop", Newcomer::OtherName)?;
+    check(took >= Duration::from_secs(5), format!("released after {took:?}, before the grace"))?;
+    check(took < Duration::from_secs(6 + 2 + 3), format!("ran {took:?} after the first restart"))
 }
 
 /// A task the restarted server no longer holds for its agent (with `--reattach-grace 0` it is
@@ -435,6 +600,8 @@ fn main() -> std::process::ExitCode {
         trial!(a_local_cluster_keeps_its_state_in_a_data_directory),
         trial!(tasks_of_an_agent_that_does_not_return_run_again_after_the_grace),
         trial!(a_task_the_restarted_server_dropped_stops_on_its_agent),
+        trial!(a_new_process_of_a_killed_agent_ends_the_wait_for_it),
+        trial!(a_crash_looping_server_waits_one_grace_for_an_agent_that_never_returns),
         trial!(a_full_disk_refuses_new_tasks_and_loses_nothing).with_ignored_flag(!mount),
     ];
     libtest_mimic::run(&args, trials).exit_code()

@@ -38,6 +38,8 @@ pub(crate) struct JoiningAgent {
     pub kinds: Vec<TaskKind>,
     /// The agent process (0: none); see [`Agent::id`].
     pub id: u64,
+    /// The agent process it replaces, which has ended (0: none).
+    pub replaces: u64,
     /// What its running tasks may hold at once, as it said; `None`: one CPU per worker.
     pub capacity: Option<Capacity>,
 }
@@ -173,6 +175,9 @@ impl Core {
         tx: mpsc::UnboundedSender<ToAgent>,
         close: CancellationToken,
     ) {
+        if joining.replaces != 0 {
+            self.agent_replaced(joining.replaces, &joining.host);
+        }
         if joining.id != 0
             && let Some(&old) =
                 (self.agents.iter()).find(|(_, a)| a.id == joining.id).map(|(conn, _)| conn)
@@ -220,6 +225,11 @@ impl Core {
         self.agents.insert(conn, agent);
         self.kinds_runnable(&host);
         self.tell_mismatches_after_join(&joined.iter().map(String::as_str).collect::<Vec<_>>());
+        if self.restart.as_ref().is_some_and(|r| r.awaiting.is_empty()) {
+            self.release_held(
+                "every agent connected before the restart re-attached or was replaced",
+            );
+        }
     }
 
     /// Results from an agent. Each task's first result is kept; a later one (the task ran

@@ -9,7 +9,6 @@ use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tracing::{debug, error, info};
 
 use super::drivers::Driver;
-use super::reattach::Restart;
 use super::tasks::{OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::{Change, Loaded, SessionRecord, TaskRecord};
@@ -87,12 +86,11 @@ impl Core {
         }
         info!(sessions = keys.len(), tasks = count, results, "restored from the data directory");
         if hold {
-            let hosts: Vec<&str> = loaded.agents.iter().map(|(_, h)| h.as_str()).collect();
-            let grace = self.config.reattach_grace;
-            info!(tasks = held.len(), agents = %hosts.join(", "), ?grace, "holding the restored tasks while the agents connected before the restart re-attach");
-            let awaiting = loaded.agents.into_iter().collect();
-            self.restart = Some(Restart { until: now + grace, awaiting, held });
+            self.hold_restored(held, loaded.agents, loaded.reattach_used_ms, now);
         } else {
+            if loaded.reattach_used_ms.is_some() {
+                self.record(Change::ReattachUsed { ms: None });
+            }
             self.kinds_left(queued_kinds.into_iter().collect(), now);
         }
     }

@@ -81,8 +81,14 @@ mod tests {
         kinds: Vec<TaskKind>,
     ) -> mpsc::UnboundedReceiver<ToAgent> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let agent =
-            JoiningAgent { host: format!("a{n}"), workers: 1, kinds, id: 0, capacity: None };
+        let agent = JoiningAgent {
+            host: format!("a{n}"),
+            workers: 1,
+            kinds,
+            id: 0,
+            replaces: 0,
+            capacity: None,
+        };
         c.on_event(Event::AgentJoined {
             conn: conn(n),
             agent,

@@ -457,3 +457,5 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests;
 #[cfg(test)]
 mod tests_resources;
+#[cfg(test)]
+mod tests_restart;

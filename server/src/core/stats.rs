@@ -297,6 +297,7 @@ impl Core {
             sessions,
             recent_failures: self.stats.recent_failures.iter().cloned().collect(),
             tasks: self.task_counts(),
+            restart: self.restart_status(),
         }
     }
 

@@ -58,8 +58,14 @@ pub(super) fn agent(
 ) -> mpsc::UnboundedReceiver<ToAgent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = kinds.iter().map(|k| kind(k)).collect();
-    let agent =
-        JoiningAgent { host: format!("a{n}"), workers, kinds, id: 1000 + n, capacity: None };
+    let agent = JoiningAgent {
+        host: format!("a{n}"),
+        workers,
+        kinds,
+        id: 1000 + n,
+        replaces: 0,
+        capacity: None,
+    };
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
     rx
@@ -650,6 +656,7 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
         workers: 1,
         kinds: vec![kind("t")],
         id: 1010,
+        replaces: 0,
         capacity: None,
     };
     let close = CancellationToken::new();

@@ -36,7 +36,9 @@ fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
 const FORMAT: u64 = 1;
 
 /// `"format"` → [`FORMAT`]; `"server_id"` → the server's id, the same across restarts;
-/// `"next_seq"` → above every task's `seq` so far, so numbers are never reused.
+/// `"next_seq"` → above every task's `seq` so far, so numbers are never reused;
+/// `"reattach_used_ms"` → while restored tasks are held for agents to re-attach, how much of the
+/// re-attach grace the runs of this hold have used so far, kept across their restarts.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The server's kind number → the [`TaskKind`]: every kind it met, numbered densely in the order
 /// it met them, which a restarted server keeps (so a [`TaskRecord`] names its kind by number).
@@ -144,6 +146,9 @@ pub(crate) enum Change {
     ResultAcked { session: String, id: u64 },
     /// A session is over: it goes with its tasks and results.
     SessionEnded { session: String },
+    /// Restored tasks are held for agents to re-attach, and the runs of this hold have used this
+    /// many milliseconds of the grace so far; `None`: they were released.
+    ReattachUsed { ms: Option<u64> },
 }
 
 /// What a data directory holds at start.
@@ -159,6 +164,9 @@ pub(crate) struct Loaded {
     pub agents: Vec<(u64, String)>,
     /// Above every task's `seq` so far.
     pub next_seq: u64,
+    /// How much of the re-attach grace the runs before used holding restored tasks, when the
+    /// run that stopped held some: milliseconds.
+    pub reattach_used_ms: Option<u64>,
 }
 
 /// An open data directory.
@@ -293,7 +301,9 @@ impl Store {
             let (id, host) = entry?;
             loaded.agents.push((id.value(), host.value().to_string()));
         }
-        loaded.next_seq = txn.open_table(META)?.get("next_seq")?.map_or(0, |v| v.value());
+        let meta = txn.open_table(META)?;
+        loaded.next_seq = meta.get("next_seq")?.map_or(0, |v| v.value());
+        loaded.reattach_used_ms = meta.get("reattach_used_ms")?.map(|v| v.value());
         Ok(loaded)
     }
 
@@ -335,6 +345,7 @@ impl Store {
             let mut kinds = txn.open_table(KINDS)?;
             let mut agents = txn.open_table(AGENTS)?;
             let mut next_seq = None;
+            let mut reattach_used = None;
             for change in changes {
                 match change {
                     Change::Session { session, record } => {
@@ -377,12 +388,24 @@ impl Store {
                         attempts.retain_in(all.clone(), |_, _| false)?;
                         results.retain_in(all, |_, _| false)?;
                     }
+                    Change::ReattachUsed { ms } => reattach_used = Some(*ms),
                 }
             }
-            if let Some(next) = next_seq {
+            if next_seq.is_some() || reattach_used.is_some() {
                 let mut meta = txn.open_table(META)?;
-                let stored = meta.get("next_seq")?.map_or(0, |v| v.value());
-                meta.insert("next_seq", next.max(stored))?;
+                if let Some(next) = next_seq {
+                    let stored = meta.get("next_seq")?.map_or(0, |v| v.value());
+                    meta.insert("next_seq", next.max(stored))?;
+                }
+                match reattach_used {
+                    Some(Some(used)) => {
+                        meta.insert("reattach_used_ms", used)?;
+                    }
+                    Some(None) => {
+                        meta.remove("reattach_used_ms")?;
+                    }
+                    None => {}
+                }
             }
         }
         txn.commit()?;

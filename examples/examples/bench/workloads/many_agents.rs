@@ -66,6 +66,7 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                 }],
                 heartbeat_ms: 5_000,
                 agent_id: (u64::from(std::process::id()) << 20) | i as u64 | 1 << 63,
+                replaces: 0,
                 capacity: None,
             };
             let limit = Duration::from_secs(30);
