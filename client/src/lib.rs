@@ -251,7 +251,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 }
                 let Some(w) = work.as_mut() else { break };
                 let encrypted = admitted.encrypted;
-                info!(%server, workers = config.pool.workers, encrypted, "connected");
+                let key_exchange = admitted.key_exchange.as_deref().unwrap_or("none");
+                info!(%server, workers = config.pool.workers, encrypted, %key_exchange, "connected");
                 if let Some(connected) = &config.connected {
                     connected.notify_one();
                 }

@@ -36,7 +36,11 @@ fn secured_server(secret: &TempFile, extra: &[&str]) -> Result<ServerProcess, Fa
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    contains_bytes(haystack, needle.as_bytes())
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Runs one task carrying the marker through proxies on the agent's and the driver's links and
@@ -78,6 +82,23 @@ fn nothing_travels_in_the_clear() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Every connection's key exchange is the post-quantum hybrid X25519MLKEM768: on both links the
+/// server's hello chooses it (its key share: group 0x11EC, a 1,120-byte key), where plain X25519
+/// would show group 0x001D with 32 bytes.
+fn connections_agree_on_a_post_quantum_key_exchange() -> Result<(), Failed> {
+    // The key_share extension (0x0033) of a ServerHello: 1,124 bytes, group 0x11EC, 1,120 bytes.
+    const HYBRID_SHARE: [u8; 8] = [0x00, 0x33, 0x04, 0x64, 0x11, 0xEC, 0x04, 0x60];
+    const X25519_SHARE: [u8; 8] = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1D, 0x00, 0x20];
+    for (link, bytes) in record_a_task(false)? {
+        check(
+            contains_bytes(&bytes, &HYBRID_SHARE),
+            format!("the {link} link: no hybrid key share"),
+        )?;
+        check(!contains_bytes(&bytes, &X25519_SHARE), format!("the {link} link: plain X25519"))?;
+    }
+    Ok(())
+}
+
 /// A byte flipped on the way from the server to an agent, or from a driver to the server,
 /// fails the TLS record's authentication: the connection is closed with a logged error, and the
 /// task runs once the connection is back — with its own argument, never the altered bytes.
@@ -92,6 +113,8 @@ fn a_tampered_byte_breaks_only_the_connection() -> Result<(), Failed> {
     let warm = d.run(echo::<String>(), "warm".to_string());
     let r = d.get_results_with(&[warm], Fetch::default().within(WAIT)).map_err(fail)?;
     check(r == [Ok("warm".to_string())], format!("{r:?}"))?;
+    let says = agent.wait_for_log("encrypted=true key_exchange=X25519MLKEM768", 1, WAIT);
+    check(says, format!("the agent names its key exchange:\n{}", agent.log_text()))?;
 
     // The assignment to the agent is altered.
     agent_link.tamper(Direction::Down);
@@ -418,6 +441,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
         trial!(nothing_travels_in_the_clear),
+        trial!(connections_agree_on_a_post_quantum_key_exchange),
         trial!(a_tampered_byte_breaks_only_the_connection),
         trial!(a_man_in_the_middle_is_refused_on_both_sides),
         trial!(hostile_input_before_and_after_the_tls_handshake),

@@ -56,6 +56,8 @@ pub struct Admitted<M> {
     pub greeting: M,
     /// Whether the connection is encrypted (TLS 1.3).
     pub encrypted: bool,
+    /// The key exchange its TLS session negotiated (`X25519MLKEM768`); `None` in the clear.
+    pub key_exchange: Option<String>,
 }
 
 impl<M: std::fmt::Debug> std::fmt::Debug for Admitted<M> {
@@ -63,6 +65,7 @@ impl<M: std::fmt::Debug> std::fmt::Debug for Admitted<M> {
         f.debug_struct("Admitted")
             .field("greeting", &self.greeting)
             .field("encrypted", &self.encrypted)
+            .field("key_exchange", &self.key_exchange)
             .finish_non_exhaustive()
     }
 }
@@ -240,19 +243,20 @@ async fn greet(
         Ok(None) => return Err(ConnectError::Closed),
         Err(e) => return Err(ConnectError::BadReply(e)),
     };
-    let (read, mut write, binding) = match (reply, encrypt) {
+    let (read, mut write, binding, key_exchange) = match (reply, encrypt) {
         (PrefaceReply::StartTls, true) => {
             let (connector, name) = tls.verify.connector(host)?;
             let stream = (connector.connect(name, tls::buffered(stream)).await)
                 .map_err(|e| tls_failure(&e))?;
             let binding = tls::binding(stream.get_ref().1)
                 .map_err(|e| ConnectError::Tls(format!("no keying material: {e}")))?;
+            let key_exchange = tls::key_exchange(stream.get_ref().1);
             let (read, write) = split(stream);
-            (read, write, binding.to_vec())
+            (read, write, binding.to_vec(), key_exchange)
         }
         (PrefaceReply::Plain, false) => {
             let (read, write) = split_tcp(stream);
-            (read, write, Vec::new())
+            (read, write, Vec::new(), None)
         }
         // The server neither authenticates nor encrypts: with a secret, we do not trust it.
         (PrefaceReply::Plain, true) => return Err(ConnectError::Unauthenticated),
@@ -301,7 +305,7 @@ async fn greet(
     match reply {
         HelloReply::Welcome(welcome) => {
             reader.set_max(MAX_FRAME_LEN);
-            Ok(Admitted { reader, write, greeting: welcome, encrypted: encrypt })
+            Ok(Admitted { reader, write, greeting: welcome, encrypted: encrypt, key_exchange })
         }
         HelloReply::Refusal(r) => Err(ConnectError::Refused(r.reason)),
         HelloReply::Challenge(_) => Err(ConnectError::SecondChallenge),

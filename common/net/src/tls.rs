@@ -9,9 +9,11 @@
 //! peers check the certificate as well: against a CA ([`Verify::Ca`]) or a pinned fingerprint
 //! ([`Verify::Pin`]).
 //!
-//! Only TLS 1.3, with ring's AES-GCM and ChaCha20-Poly1305 suites: every session has forward
+//! Only TLS 1.3, with aws-lc-rs' AES-GCM and ChaCha20-Poly1305 suites: every session has forward
 //! secrecy (ephemeral key exchange), so a secret or a key stolen later does not open recorded
-//! traffic.
+//! traffic. The key exchange is the post-quantum hybrid X25519MLKEM768 (ML-KEM with X25519), so
+//! traffic recorded today stays closed to a quantum computer later; plain X25519 only for a
+//! peer that does not offer it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
-use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
@@ -188,15 +190,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// ring's suites, AES-128-GCM first: as secure for this purpose as AES-256 and about a third
-/// faster; ChaCha20-Poly1305 for machines without AES instructions.
+/// aws-lc-rs' TLS 1.3 suites, AES-128-GCM first: as secure for this purpose as AES-256 and about
+/// a third faster; ChaCha20-Poly1305 for machines without AES instructions. Key exchange:
+/// X25519MLKEM768 first, X25519 for a peer without it.
 fn provider() -> Arc<CryptoProvider> {
-    use ring::cipher_suite::{
+    use aws_lc_rs::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
-    let mut provider = ring::default_provider();
+    use aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
+    let mut provider = aws_lc_rs::default_provider();
     provider.cipher_suites =
         vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    provider.kx_groups = vec![X25519MLKEM768, X25519];
     Arc::new(provider)
 }
 
@@ -365,6 +370,12 @@ impl ServerCertVerifier for AnyOrPinned {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The key exchange a TLS session negotiated, by its name: `X25519MLKEM768` between Blitzen's
+/// own peers.
+pub fn key_exchange<D>(connection: &rustls::ConnectionCommon<D>) -> Option<String> {
+    connection.negotiated_key_exchange_group().map(|group| format!("{:?}", group.name()))
 }
 
 /// The keying material of a TLS session that both proofs of the secret cover.

@@ -111,9 +111,10 @@ pub(super) async fn drive(
         }
         server_id = Some(this_run);
         let encrypted = admitted.encrypted;
+        let key_exchange = admitted.key_exchange.as_deref().unwrap_or("none");
         match &lost_for {
-            Some(_) => info!(%server, encrypted, "reconnected to the server"),
-            None => info!(%server, encrypted, "connected to the server"),
+            Some(_) => info!(%server, encrypted, %key_exchange, "reconnected to the server"),
+            None => info!(%server, encrypted, %key_exchange, "connected to the server"),
         }
         let connection = Connection {
             table: &table,

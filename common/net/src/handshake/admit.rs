@@ -144,7 +144,7 @@ async fn check(
         let (_, write) = split_tcp(stream);
         return Err((AdmitError::Refused { role: "peer", reason }, Some(write)));
     }
-    let (read, mut write, binding) = match tls {
+    let (read, mut write, binding, key_exchange) = match tls {
         Some(acceptor) => {
             if let Err(e) = send_one(&mut stream, &PrefaceReply::StartTls).await {
                 return Err((e.into(), None));
@@ -169,22 +169,24 @@ async fn check(
                 Ok(binding) => binding.to_vec(),
                 Err(e) => return Err((AdmitError::Tls(format!("no keying material: {e}")), None)),
             };
+            let key_exchange = tls::key_exchange(stream.get_ref().1);
             let (read, write) = split(stream);
-            (read, write, binding)
+            (read, write, binding, key_exchange)
         }
         None => {
             if let Err(e) = send_one(&mut stream, &PrefaceReply::Plain).await {
                 return Err((e.into(), None));
             }
             let (read, write) = split_tcp(stream);
-            (read, write, Vec::new())
+            (read, write, Vec::new(), None)
         }
     };
     let mut reader = FramedReader::new(read, HANDSHAKE_FRAME_LEN);
     match authenticate(&mut reader, &mut write, secrets, &binding, welcome).await {
         Ok(hello) => {
             reader.set_max(MAX_FRAME_LEN);
-            Ok(Admitted { reader, write, greeting: hello, encrypted: tls.is_some() })
+            let encrypted = tls.is_some();
+            Ok(Admitted { reader, write, greeting: hello, encrypted, key_exchange })
         }
         Err(e) => Err((e, Some(write))),
     }
