@@ -57,7 +57,7 @@ pub(super) fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measur
     };
     Ok(Measured {
         params: json!({ "workload": of, "agents": 1, "workers_per_agent": 2,
-                        "encrypted": "TLS 1.3 (AES-GCM, ring)",
+                        "encrypted": "TLS 1.3 (AES-GCM, X25519MLKEM768, aws-lc-rs)",
                         "against": "the same secret, --insecure-plaintext" }),
         runs: headline,
         units,
