@@ -12,18 +12,18 @@
 //! its consumer has not taken. What is beyond is dropped and counted, and the count is in the
 //! task's result ([`Captured::unstreamed`](blitzen_protocol::Captured::unstreamed)).
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use blitzen_protocol::{Finished, Lines, StdStream};
+use blitzen_protocol::{Lines, StdStream};
 use bytes::Bytes;
 
 use crate::results::TaskId;
 use crate::table::ResultTable;
+
+pub use crate::table::feed::OUTPUT_QUEUE_BYTES;
 
 pub use blitzen_common::worker::{STREAM_BURST, STREAM_RATE};
 
@@ -106,138 +106,6 @@ impl OutputReader {
     }
 }
 
-/// Bytes of lines a dispatcher holds for its consumer; lines beyond are dropped and counted.
-pub const OUTPUT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Lines from the backend, waiting for the consumer, and the count of those dropped by task.
-#[derive(Debug, Default)]
-pub(crate) struct OutputFeed {
-    state: Mutex<FeedState>,
-    ready: Condvar,
-    /// Whether `FeedState::dropped` may be non-empty: results look only then.
-    dropped_any: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct FeedState {
-    queue: VecDeque<(u64, Option<String>, Lines)>,
-    bytes: usize,
-    /// Lines not kept, by task number and stream.
-    dropped: HashMap<u64, [u64; 2]>,
-    /// Whether the consumer is handing on lines it took.
-    in_hand: bool,
-    closed: bool,
-}
-
-fn index(stream: StdStream) -> usize {
-    match stream {
-        StdStream::Stdout => 0,
-        StdStream::Stderr => 1,
-    }
-}
-
-impl OutputFeed {
-    fn lock(&self) -> MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Lines of task `seq`, from the backend: never waits.
-    pub(crate) fn push(&self, seq: u64, host: Option<String>, lines: Lines) {
-        let mut st = self.lock();
-        if st.closed || st.bytes + lines.text.len() > OUTPUT_QUEUE_BYTES {
-            st.dropped.entry(seq).or_default()[index(lines.stream)] += lines.count();
-            self.dropped_any.store(true, Ordering::Relaxed);
-            return;
-        }
-        st.bytes += lines.text.len();
-        st.queue.push_back((seq, host, lines));
-        drop(st);
-        self.ready.notify_all();
-    }
-
-    /// Adds the lines of task `seq` that were dropped here into its result.
-    pub(crate) fn add_dropped(&self, seq: u64, run: &mut Finished) {
-        if !self.dropped_any.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut st = self.lock();
-        if let Some([stdout, stderr]) = st.dropped.remove(&seq) {
-            run.stdout.unstreamed += stdout;
-            run.stderr.unstreamed += stderr;
-        }
-        if st.dropped.is_empty() {
-            self.dropped_any.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Waits up to `limit` for lines; says whether there are some. `false` at once when closed
-    /// and empty.
-    pub(crate) fn wait(&self, limit: Option<Duration>) -> bool {
-        let deadline = limit.map(|l| Instant::now() + l);
-        let mut st = self.lock();
-        loop {
-            if !st.queue.is_empty() {
-                return true;
-            }
-            if st.closed {
-                return false;
-            }
-            st = match deadline {
-                None => self.ready.wait(st).unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.ready.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
-                }
-            };
-        }
-    }
-
-    /// Every line waiting, oldest first, by task number.
-    pub(crate) fn take(&self) -> Vec<(u64, Option<String>, Lines)> {
-        let mut st = self.lock();
-        st.bytes = 0;
-        st.queue.drain(..).collect()
-    }
-
-    /// [`take`](Self::take), for a consumer that then calls [`handed`](Self::handed) once it
-    /// has handed them on: [`settle`](Self::settle) waits for that.
-    pub(crate) fn take_in_hand(&self) -> Vec<(u64, Option<String>, Lines)> {
-        let mut st = self.lock();
-        st.bytes = 0;
-        st.in_hand = true;
-        st.queue.drain(..).collect()
-    }
-
-    /// The consumer has handed on what it took.
-    pub(crate) fn handed(&self) {
-        self.lock().in_hand = false;
-        self.ready.notify_all();
-    }
-
-    /// Waits (at most `limit`) until the consumer has handed on every line that came so far:
-    /// a task's lines are out before its result is returned.
-    pub(crate) fn settle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        let mut st = self.lock();
-        while (!st.queue.is_empty() || st.in_hand) && !st.closed {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            st = self.ready.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0;
-        }
-    }
-
-    /// No more lines will come: a waiting consumer returns once it has taken what is left.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
-    }
-}
-
 /// Writes lines to this process's stdout or stderr, each prefixed with its task and host.
 pub(crate) fn print_prefixed(seq: u64, host: Option<&str>, lines: &Lines) {
     let text = prefixed(seq, host, &lines.text);
@@ -277,48 +145,5 @@ mod tests {
         );
         assert_eq!(prefixed(4, None, b"one\n"), b"[task 4] one\n");
         assert!(prefixed(4, None, b"").is_empty());
-    }
-
-    fn lines(text: &'static str) -> Lines {
-        Lines { stream: StdStream::Stdout, text: Bytes::from_static(text.as_bytes()) }
-    }
-
-    #[test]
-    fn lines_past_the_queue_bound_are_counted_into_the_result() {
-        let feed = OutputFeed::default();
-        let big = Bytes::from(vec![b'x'; OUTPUT_QUEUE_BYTES]);
-        feed.push(1, None, Lines { stream: StdStream::Stdout, text: big });
-        feed.push(1, None, lines("a\nb\n"));
-        feed.push(2, None, Lines { stream: StdStream::Stderr, ..lines("c\n") });
-        feed.push(2, None, lines("d"));
-        let mut run = Finished::unstarted(blitzen_protocol::Outcome::UnknownTask);
-        feed.add_dropped(1, &mut run);
-        assert_eq!((run.stdout.unstreamed, run.stderr.unstreamed), (2, 0));
-        let mut run = Finished::unstarted(blitzen_protocol::Outcome::UnknownTask);
-        feed.add_dropped(2, &mut run);
-        assert_eq!((run.stdout.unstreamed, run.stderr.unstreamed), (1, 1));
-        assert!(feed.wait(Some(Duration::ZERO)));
-        assert_eq!(feed.take().len(), 1);
-        feed.push(3, None, lines("e\n"));
-        assert_eq!(feed.take().len(), 1, "taken lines make room");
-    }
-
-    #[test]
-    fn a_waiting_consumer_is_woken_by_lines_and_by_the_close() {
-        let feed = Arc::new(OutputFeed::default());
-        let waiter = {
-            let feed = feed.clone();
-            std::thread::spawn(move || feed.wait(None))
-        };
-        feed.push(1, Some("h".into()), lines("x\n"));
-        assert!(waiter.join().expect("waiter"));
-        assert_eq!(feed.take()[0].1.as_deref(), Some("h"));
-        let waiter = {
-            let feed = feed.clone();
-            std::thread::spawn(move || feed.wait(None))
-        };
-        feed.close();
-        assert!(!waiter.join().expect("waiter"), "closed and empty");
-        assert!(!feed.wait(Some(Duration::from_secs(5))), "at once once closed");
     }
 }

@@ -1,6 +1,7 @@
 //! [`ResultTable`]: the results a dispatcher keeps, pending until a worker answers, then done
 //! until fetched.
 
+pub(crate) mod feed;
 mod slots;
 
 use std::borrow::Cow;
@@ -15,9 +16,9 @@ use blitzen_protocol::ids::DriverTaskId;
 use tracing::debug;
 
 use crate::error::DispatchError;
-use crate::output::OutputFeed;
 use crate::progress::{Progress, REDRAW};
 use crate::results::{Fetch, TaskId, TaskResult};
+use feed::OutputFeed;
 use slots::{Kinds, Slot, Slots};
 
 /// How long a waiter watches for results before sleeping ([`ResultTable::spin_briefly`]).

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use blitzen_protocol::status::{RunningTask, WorkerState};
 
-use super::stats::Outcomes;
+use super::counters::Outcomes;
 use super::tasks::OptionalConn;
 use super::{Core, KindId};
 use crate::store::Change;

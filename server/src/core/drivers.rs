@@ -10,8 +10,8 @@ use blitzen_protocol::output::TaskOutput;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::counters::SessionStats;
 use super::output::OutputBudget;
-use super::stats::SessionStats;
 use super::tasks::{OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::Change;

@@ -17,8 +17,8 @@
 //! - `output`: lines streamed tasks print, from agents to drivers, within a budget.
 //! - `steer`: what observers ask: the status, a session's failures, cancels (drivers cancel
 //!   their own tasks here too).
-//! - `stats`: what is counted for observers (rates, outcomes, failures) and the status built
-//!   from it.
+//! - `counters`: what is counted for observers (rates, outcomes, failures), leaf types; `stats`:
+//!   counting each result into them, and the status built from them.
 //! - `tasks`: [`TaskTable`], the slab of every task held; `cache`: [`ResultCache`], the results
 //!   not yet acknowledged.
 //!
@@ -60,6 +60,7 @@ use crate::store::{Batches, Change, Loaded};
 
 mod agents;
 mod cache;
+mod counters;
 mod dispatch;
 mod drivers;
 mod durable;
@@ -74,9 +75,9 @@ mod waiting;
 
 use agents::{Agent, Deadline};
 use cache::ResultCache;
+use counters::ServerStats;
 use drivers::Driver;
 use reattach::Restart;
-use stats::ServerStats;
 use tasks::TaskTable;
 use waiting::{GiveUp, Stranded};
 

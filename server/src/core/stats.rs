@@ -1,6 +1,5 @@
-//! What the server counts for observers: finished tasks per second, outcomes per session and
-//! per agent, recent failures with their whole error — and [`Core::status`], the cluster at a
-//! glance built from them.
+//! Counting results for observers ([`Core::count_result`], into the counters of `counters`),
+//! and [`Core::status`], the cluster at a glance built from them.
 //!
 //! Counting is on the hot path (every result), so it is a few additions per result: the clock
 //! is read once per turn ([`Core::fold_rates`]), and a failure's text is rendered only for
@@ -15,136 +14,12 @@ use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::TaskReport;
 use blitzen_protocol::ids::ConnId;
 use blitzen_protocol::status::{
-    AgentStatus, ClusterStatus, FAILURES_KEPT, Failure, HISTORY_SECONDS, RECENT_FAILURES,
-    ServerStatus, SessionStatus, TaskCounts,
+    AgentStatus, ClusterStatus, FAILURES_KEPT, Failure, RECENT_FAILURES, ServerStatus,
+    SessionStatus, TaskCounts,
 };
 
+use super::counters::Outcomes;
 use super::{Core, KindId};
-
-/// Tasks finished per second, over the last [`HISTORY_SECONDS`] seconds.
-#[derive(Debug, Clone)]
-pub(super) struct Rate {
-    /// When second 0 began.
-    origin: Instant,
-    /// The second the last bucket counts (seconds since `origin`).
-    second: u64,
-    /// Counts per second, oldest first; the last is `second`.
-    buckets: VecDeque<u32>,
-    /// Counted this turn, not yet in a bucket.
-    unfolded: u32,
-}
-
-impl Rate {
-    pub(super) fn new(origin: Instant) -> Self {
-        Self { origin, second: 0, buckets: VecDeque::from([0]), unfolded: 0 }
-    }
-
-    /// One more finished task (put into its second by [`fold`](Self::fold)).
-    pub(super) fn count(&mut self) {
-        self.unfolded += 1;
-    }
-
-    /// Moves the buckets on to `now` and adds what was counted since the last fold.
-    pub(super) fn fold(&mut self, now: Instant) {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        while self.second < second {
-            self.second += 1;
-            self.buckets.push_back(0);
-            if self.buckets.len() > HISTORY_SECONDS {
-                self.buckets.pop_front();
-            }
-            if self.second + (HISTORY_SECONDS as u64) < second {
-                // A long quiet spell: every bucket is zero.
-                self.buckets.iter_mut().for_each(|b| *b = 0);
-                self.second = second;
-            }
-        }
-        if let Some(last) = self.buckets.back_mut() {
-            *last = last.saturating_add(self.unfolded);
-        }
-        self.unfolded = 0;
-    }
-
-    /// The counts of the last [`HISTORY_SECONDS`] seconds up to `now`, oldest first.
-    pub(super) fn history(&self, now: Instant) -> Vec<u32> {
-        let mut rate = self.clone();
-        rate.fold(now);
-        let mut history = vec![0; HISTORY_SECONDS - rate.buckets.len()];
-        history.extend(rate.buckets.iter());
-        history
-    }
-
-    /// Tasks per second over the last full minute (the second in progress left out).
-    pub(super) fn per_second(&self, now: Instant) -> f64 {
-        let history = self.history(now);
-        let minute = &history[history.len() - 61..history.len() - 1];
-        let elapsed = now.saturating_duration_since(self.origin).as_secs().clamp(1, 60);
-        minute.iter().map(|&n| f64::from(n)).sum::<f64>() / elapsed as f64
-    }
-}
-
-/// How the tasks of a session (or the whole server, or an agent) ended.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Outcomes {
-    pub done: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-}
-
-impl Outcomes {
-    pub(super) fn count(&mut self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Value(_) => self.done += 1,
-            Outcome::Cancelled { .. } => self.cancelled += 1,
-            _ => self.failed += 1,
-        }
-    }
-
-    pub(super) fn finished(&self) -> u64 {
-        self.done + self.failed + self.cancelled
-    }
-}
-
-/// A session's counts, kept with its driver.
-#[derive(Debug, Clone)]
-pub(super) struct SessionStats {
-    pub outcomes: Outcomes,
-    pub rate: Rate,
-    /// Its latest failures, at most [`FAILURES_KEPT`], oldest first.
-    pub failures: VecDeque<Failure>,
-}
-
-impl SessionStats {
-    pub(super) fn new(now: Instant) -> Self {
-        Self { outcomes: Outcomes::default(), rate: Rate::new(now), failures: VecDeque::new() }
-    }
-}
-
-/// The server's own counts.
-#[derive(Debug)]
-pub(super) struct ServerStats {
-    pub started: Instant,
-    pub outcomes: Outcomes,
-    pub rate: Rate,
-    /// The latest failures of every session, at most [`RECENT_FAILURES`], oldest first.
-    pub recent_failures: VecDeque<Failure>,
-    /// How the tasks of each kind ended, indexed by [`KindId`]: a vector, so that counting costs
-    /// no hashing per task.
-    pub by_kind: Vec<Outcomes>,
-}
-
-impl ServerStats {
-    pub(super) fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            started: now,
-            outcomes: Outcomes::default(),
-            rate: Rate::new(now),
-            recent_failures: VecDeque::new(),
-            by_kind: Vec::new(),
-        }
-    }
-}
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -204,11 +79,11 @@ impl Core {
     /// Puts what was counted this turn into its second.
     pub(super) fn fold_rates(&mut self) {
         let now = Instant::now();
-        if self.stats.rate.unfolded > 0 {
+        if self.stats.rate.has_unfolded() {
             self.stats.rate.fold(now);
         }
         for d in self.drivers.values_mut() {
-            if d.stats.rate.unfolded > 0 {
+            if d.stats.rate.has_unfolded() {
                 d.stats.rate.fold(now);
             }
         }
@@ -321,33 +196,5 @@ impl Core {
                 cancelled: o.cancelled,
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn a_rate_counts_per_second_and_forgets_old_seconds() {
-        let t0 = Instant::now();
-        let mut rate = Rate::new(t0);
-        for _ in 0..30 {
-            rate.count();
-        }
-        rate.fold(t0 + Duration::from_millis(500));
-        for _ in 0..90 {
-            rate.count();
-        }
-        rate.fold(t0 + Duration::from_millis(2100));
-        let history = rate.history(t0 + Duration::from_millis(2500));
-        assert_eq!(history.len(), HISTORY_SECONDS);
-        assert_eq!(&history[HISTORY_SECONDS - 3..], &[30, 0, 90]);
-        // Over the full seconds so far (0 and 1; 2 is in progress): 30 in 2 s.
-        assert_eq!(rate.per_second(t0 + Duration::from_millis(2500)), 15.0);
-        let later = t0 + Duration::from_secs(10 * HISTORY_SECONDS as u64);
-        assert!(rate.history(later).iter().all(|&n| n == 0), "old seconds are forgotten");
-        assert_eq!(rate.per_second(later), 0.0);
     }
 }
