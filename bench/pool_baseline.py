@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """W1-W4 of Blitzen's benchmark on Python's multiprocessing.Pool, the baseline every Python user
 knows. Standard library only; 2 workers (4 for W3), one apply_async per task. Prints one JSON
-line per workload in the schema of `cargo run --release --example bench -- --json`, so that
+line per workload in the schema of `cargo run --release --bin bench -- --json`, so that
 
     python3 bench/pool_baseline.py > pool.jsonl
-    cargo run --release --example bench -- --baseline pool.jsonl
+    cargo run --release --bin bench -- --baseline pool.jsonl
 
 shows our figures as multiples of these.
 """

@@ -5,7 +5,7 @@ Python's multiprocessing.Pool, in one run: each run of a workload goes to the th
 in a rotating order. 2 workers (4 for W3), one call per task, as in `pool_baseline.py`.
 
 Prints one JSON line per workload and system in the schema of
-`cargo run --release --example bench -- --json`, then a table of the medians on stderr:
+`cargo run --release --bin bench -- --json`, then a table of the medians on stderr:
 
     pip install ./python
     python3 bench/python_bench.py --runs 5

@@ -15,10 +15,12 @@
 //!
 //! - this file: [`AgentConfig`], [`run`] (connect, reconnect, keep the pool across
 //!   connections) and [`AgentError`].
+//! - [`cli`]: the binary's command line — its flags, and running an agent with them.
 //! - `connection` (private): one connection — tasks in, results out, heartbeats — as a type
 //!   with one method per message.
 //! - `succession` (private): the lock that tells which ended agent process this one replaces.
 
+pub mod cli;
 mod connection;
 mod succession;
 

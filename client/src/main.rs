@@ -1,138 +1,16 @@
 //! `blitzen-client`: gives a Blitzen cluster the worker processes of this machine.
 //!
-//! Parses flags, sets up logging, and runs the agent until Ctrl-C or SIGTERM. The workers are
-//! this binary re-executed, so `worker_main` comes first.
+//! Parses flags, then runs the agent until Ctrl-C or SIGTERM (`blitzen_client::cli`). The
+//! workers are this binary re-executed, so `worker_main` comes first.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use blitzen_client::{AgentConfig, DEFAULT_PORT};
-use blitzen_common::cli::{finish, parse_count, parse_log_level, parse_secs};
-use blitzen_common::logging;
-use blitzen_common::pool::MAX_WORKERS;
-use blitzen_net::Secret;
+use blitzen_client::cli::{Args, run};
+use blitzen_common::cli::finish;
 use clap::Parser;
-
-/// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
-/// reconnecting if it restarts) and runs its tasks on N worker processes. This stock binary
-/// runs the built-in tasks: sleep, echo and command (any program).
-#[derive(Debug, Parser)]
-#[command(name = "blitzen-client", version)]
-struct Args {
-    /// The server: HOST or HOST:PORT.
-    #[arg(long, short, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
-    server: String,
-    /// Read the server's address, and its certificate's fingerprint, from this file (what
-    /// `blitzen-server --address-file` writes) before each attempt to connect, instead of
-    /// --server: the agent waits until the file exists, and follows a server that restarts
-    /// elsewhere. For Slurm jobs, whose nodes share a file system.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["server", "port", "tls_pin", "tls_ca"])]
-    server_file: Option<PathBuf>,
-    /// The server's port, when --server does not give one.
-    #[arg(long, short, default_value_t = DEFAULT_PORT)]
-    port: u16,
-    /// Worker processes to run (1 to 4096). Default: one per CPU.
-    #[arg(long, short, value_name = "N", value_parser = |s: &str| parse_count(s, MAX_WORKERS))]
-    workers: Option<usize>,
-    /// CPUs the running tasks may hold at once: a plain task holds one, a task asking for two
-    /// holds two. Default: the number of workers.
-    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s, u32::MAX as usize))]
-    cpus: Option<usize>,
-    /// Memory the running tasks may hold at once (tasks asking for memory hold what they ask;
-    /// the others nothing), e.g. 16GiB, 512MiB, 2000000 (bytes). Default: the machine's.
-    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
-    memory: Option<u64>,
-    /// Counted resources this machine offers, as NAME=COUNT pairs separated by commas, e.g.
-    /// gpu=2,license=1: a task asking for gpu=1 runs only on an agent offering a GPU, and holds
-    /// it while it runs. Default: none.
-    #[arg(long, value_name = "NAME=N,...", value_parser = parse_counts)]
-    resources: Option<Counts>,
-    /// The name this agent reports (in the server's logs and in task errors). Default: the
-    /// host name.
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
-    /// File holding the cluster's shared secret (the server's --secret-file, or its
-    /// --agent-secret-file). Default: the BLITZEN_SECRET environment variable, if set.
-    #[arg(long, value_name = "PATH")]
-    secret_file: Option<PathBuf>,
-    /// With a secret, connect UNENCRYPTED (the server must run with --insecure-plaintext too):
-    /// anyone on the path can then read and alter every task and result. Default: with a
-    /// secret the connection is TLS 1.3, authenticated by the secret.
-    #[arg(long, conflicts_with_all = ["tls_pin", "tls_ca"])]
-    insecure_plaintext: bool,
-    /// Also require the server's certificate to have this SHA-256 fingerprint (the server logs
-    /// it at start; 64 hex digits, colons allowed). The secret authenticates the server either
-    /// way; a pin also catches a server with the right secret and the wrong certificate.
-    #[arg(long, value_name = "FINGERPRINT", conflicts_with = "tls_ca")]
-    tls_pin: Option<String>,
-    /// Also require the server's certificate to be issued by a CA in this PEM file and to name
-    /// the --server host (for a server started with --tls-cert).
-    #[arg(long, value_name = "PATH")]
-    tls_ca: Option<PathBuf>,
-    /// Seconds between heartbeats when there is nothing else to send, both ways: the server
-    /// counts the agent lost (and runs its tasks elsewhere) after three intervals without a byte
-    /// from it; the agent reconnects after three intervals plus 10 s without a byte from the
-    /// server. A large result on a slow link is not silence.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
-    heartbeat: Duration,
-    /// Write the log to this file (appended) instead of stderr.
-    #[arg(long, value_name = "PATH")]
-    log_file: Option<PathBuf>,
-    /// Log level: error, warn, info, debug (a line per task), trace, off, or a RUST_LOG-style
-    /// directive.
-    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
-    log_level: String,
-}
-
-fn parse_memory(text: &str) -> Result<u64, String> {
-    blitzen_protocol::parse_size(text).map_err(|e| format!("`{text}`: {e}"))
-}
-
-/// `--resources`: counted resources by name.
-#[derive(Debug, Clone)]
-struct Counts(Vec<(String, u64)>);
-
-fn parse_counts(text: &str) -> Result<Counts, String> {
-    blitzen_protocol::resources::parse_counts(text).map(Counts)
-}
 
 fn main() -> ExitCode {
     blitzen_common::worker_main();
     let args = Args::parse();
     finish("blitzen-client", run(args))
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    logging::install();
-    logging::set_loglevel(&args.log_level)?;
-    if let Some(path) = &args.log_file {
-        logging::set_logfile(path)?;
-    }
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
-    });
-    anyhow::ensure!(!args.heartbeat.is_zero(), "--heartbeat must be more than 0 seconds");
-    let server = blitzen_net::parse_server(&args.server, args.port).map_err(anyhow::Error::msg)?;
-    let mut config = AgentConfig::new(&server, workers);
-    config.server_file = args.server_file.clone();
-    if args.cpus.is_some() || args.memory.is_some() || args.resources.is_some() {
-        let mut capacity = config.pool.capacity_or_default();
-        capacity.cpus = args.cpus.map_or(capacity.cpus, |n| n as u32);
-        capacity.memory = args.memory.unwrap_or(capacity.memory);
-        capacity.custom = args.resources.map(|c| c.0).unwrap_or_default();
-        config.pool.capacity = Some(capacity);
-    }
-    config.heartbeat = args.heartbeat;
-    config.secret = match &args.secret_file {
-        Some(path) => Some(Secret::from_file(path)?),
-        None => Secret::from_env()?,
-    };
-    let (pin, ca) = (args.tls_pin.as_deref(), args.tls_ca.as_deref());
-    config.tls = blitzen_net::PeerTls::from_flags(args.insecure_plaintext, pin, ca)?;
-    if let Some(name) = args.name {
-        config.host = name;
-    }
-    blitzen_client::run_until_signal(config)?;
-    Ok(())
 }

@@ -162,14 +162,8 @@ impl MulticoreBuilder {
 
     /// Starts the workers and returns once all of them are ready.
     pub fn build(mut self) -> Result<MulticoreDispatcher, DispatchError> {
-        if self.cpus.is_some() || self.memory.is_some() || !self.resources.is_empty() {
-            let mut capacity = self.pool.capacity_or_default();
-            capacity.cpus = self.cpus.unwrap_or(capacity.cpus);
-            capacity.memory = self.memory.unwrap_or(capacity.memory);
-            self.resources.sort();
-            capacity.custom = std::mem::take(&mut self.resources);
-            self.pool.capacity = Some(capacity);
-        }
+        let resources = std::mem::take(&mut self.resources);
+        self.pool.offer(self.cpus, self.memory, resources);
         MulticoreDispatcher::start(self)
     }
 }

@@ -134,6 +134,28 @@ impl Capacity {
         Self::new(cpus, machine_memory())
     }
 
+    /// What a pool of `workers` offers when told `cpus`, `memory` and counted `resources`: the
+    /// machine's ([`Capacity::of_machine`]) with those in place of its own; `None` when told
+    /// nothing, which stands for the same default. The one rule of every front end (the
+    /// multicore builder, `blitzen-client`, the Python package).
+    pub fn offered(
+        workers: usize,
+        cpus: Option<u32>,
+        memory: Option<u64>,
+        resources: Vec<(String, u64)>,
+    ) -> Option<Self> {
+        if cpus.is_none() && memory.is_none() && resources.is_empty() {
+            return None;
+        }
+        let mut capacity = Self::of_machine(u32::try_from(workers).unwrap_or(u32::MAX));
+        capacity.cpus = cpus.unwrap_or(capacity.cpus);
+        capacity.memory = memory.unwrap_or(capacity.memory);
+        for (name, count) in resources {
+            capacity = capacity.with_resource(name, count);
+        }
+        Some(capacity)
+    }
+
     /// The same, with `count` of the counted resource `name` (replacing what it had of it).
     pub fn with_resource(mut self, name: impl Into<String>, count: u64) -> Self {
         let name = name.into();

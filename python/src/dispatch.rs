@@ -274,20 +274,11 @@ impl Dispatcher {
     ) -> PyResult<()> {
         let command = worker_command(command, env)?;
         let d = self.distributed()?;
-        let capacity = if cpus.is_some() || memory.is_some() || resources.is_some() {
-            let mut capacity = Capacity::of_machine(u32::try_from(workers).unwrap_or(u32::MAX));
-            capacity.cpus = cpus.unwrap_or(capacity.cpus);
-            if let Some(memory) = memory {
-                capacity.memory = size(&memory, "memory")?;
-            }
-            for (name, count) in resources.unwrap_or_default() {
-                capacity = capacity.with_resource(name, count);
-            }
+        let memory = memory.map(|m| size(&m, "memory")).transpose()?;
+        let capacity = Capacity::offered(workers, cpus, memory, resources.unwrap_or_default());
+        if let Some(capacity) = &capacity {
             capacity.validate().map_err(PyValueError::new_err)?;
-            Some(capacity)
-        } else {
-            None
-        };
+        }
         py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity))
             .map_err(dispatch_error)
     }

@@ -5,6 +5,8 @@
 //! server pushes each task to an agent with free capacity and pushes each result back to the
 //! driver that submitted it. It never decodes task arguments or results.
 //!
+//! - [`cli`]: the binary's command line — its flags, serving with them, and the subcommands
+//!   that ask a running server.
 //! - [`config`]: [`ServerConfig`], every setting, with the defaults of the binary.
 //! - [`server`]: [`Server`] — bind (refusing unsafe settings), then run until a shutdown token
 //!   is cancelled; [`serve_until`], the whole life of a server until a duration or a signal.
@@ -18,6 +20,7 @@
 //! turn frames into events for the core and hand it a writer for their connection; the core
 //! decides and writes back.
 
+pub mod cli;
 pub mod config;
 mod core;
 mod dashboard;

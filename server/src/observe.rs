@@ -118,6 +118,56 @@ fn resources_used(capacity: &Capacity, used: &Capacity) -> String {
     parts.join(", ")
 }
 
+/// `reply` with only what concerns the tasks named `only` (a Rust task's name, a Python
+/// function's `module.qualname`): the running tasks, failures and counts of that name, for
+/// `status --task` and `failures --task`. Everything when `only` is `None`.
+pub fn only_task(reply: ToObserver, only: Option<&str>) -> ToObserver {
+    let Some(name) = only else { return reply };
+    match reply {
+        ToObserver::Status(mut status) => {
+            status.recent_failures.retain(|f| f.task == name);
+            for agent in &mut status.agents {
+                for worker in &mut agent.worker_states {
+                    worker.task = worker.task.take().filter(|t| t.task == name);
+                }
+            }
+            status.tasks.retain(|t| t.task == name);
+            ToObserver::Status(status)
+        }
+        ToObserver::Failures(mut failures) => {
+            failures.retain(|f| f.task == name);
+            ToObserver::Failures(failures)
+        }
+        reply => reply,
+    }
+}
+
+/// A server's answer as the subcommands print it: one JSON value and a newline with `json`,
+/// text for a person otherwise. The server's own error is an error here.
+pub fn render(
+    server: &str,
+    reply: ToObserver,
+    json: bool,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let to_json = |value: serde_json::Result<String>| value.map(|v| v + "\n");
+    Ok(match reply {
+        ToObserver::Status(status) if json => to_json(serde_json::to_string(&status))?,
+        ToObserver::Status(status) => render_status(server, &status),
+        ToObserver::Failures(failures) if json => to_json(serde_json::to_string(&failures))?,
+        ToObserver::Failures(failures) if failures.is_empty() => {
+            "no failed tasks in this session\n".to_string()
+        }
+        ToObserver::Failures(failures) => render_failures(&failures),
+        ToObserver::Cancelled(report) if json => to_json(serde_json::to_string(&report))?,
+        ToObserver::Cancelled(r) => format!(
+            "cancelled {} queued tasks; {} running tasks are being stopped on their agents; \
+             {} ids named no unfinished task\n",
+            r.queued, r.running, r.not_found
+        ),
+        ToObserver::Error(message) => return Err(message.into()),
+    })
+}
+
 /// The cluster at a glance: the server's totals, one row per agent and per session, then the
 /// most recent failures with their whole error.
 pub fn render_status(server: &str, status: &ClusterStatus) -> String {

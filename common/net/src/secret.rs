@@ -84,6 +84,15 @@ impl Secret {
         Self::new(bytes, &origin)
     }
 
+    /// The secret in the file at `path` when one is named, else the one in [`SECRET_ENV`], if
+    /// set: the rule of every front end's `--secret-file`.
+    pub fn from_file_or_env(path: Option<&Path>) -> Result<Option<Self>, SecretError> {
+        match path {
+            Some(path) => Self::from_file(path).map(Some),
+            None => Self::from_env(),
+        }
+    }
+
     /// The secret in [`SECRET_ENV`], if set.
     pub fn from_env() -> Result<Option<Self>, SecretError> {
         match std::env::var_os(SECRET_ENV) {

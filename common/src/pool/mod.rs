@@ -117,6 +117,14 @@ impl PoolConfig {
             Capacity::of_machine(u32::try_from(self.workers).unwrap_or(u32::MAX))
         })
     }
+
+    /// Offers `cpus`, `memory` and counted `resources` in place of the machine's where given
+    /// ([`Capacity::offered`]).
+    pub fn offer(&mut self, cpus: Option<u32>, memory: Option<u64>, resources: Vec<(String, u64)>) {
+        if let Some(capacity) = Capacity::offered(self.workers, cpus, memory, resources) {
+            self.capacity = Some(capacity);
+        }
+    }
 }
 
 /// The program a pool starts as each of its workers, with its arguments and the environment

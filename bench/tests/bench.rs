@@ -7,17 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// `target/<profile>/examples/bench`, built by `cargo test` with the other examples.
+/// The benchmark program, built by `cargo test` with this test.
 fn bench() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let bench = profile_dir.join("examples").join("bench");
-    assert!(
-        bench.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or `cargo build --example bench`)",
-        bench.display()
-    );
-    bench
+    PathBuf::from(env!("CARGO_BIN_EXE_bench"))
 }
 
 fn run(args: &[&str]) -> Output {

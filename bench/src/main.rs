@@ -3,7 +3,7 @@
 //! line per workload and path for machines.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--workload W1,W2] [--path multicore|distributed]
+//! cargo run --release --bin bench -- [--workload W1,W2] [--path multicore|distributed]
 //!                                          [--runs 5] [--json] [--baseline pool.jsonl]
 //! ```
 //!

@@ -7,7 +7,7 @@
 //! was killed runs again by design), the results the driver dropped as sent twice, and the
 //! server's memory, run by run.
 //!
-//! Run with `cargo run --release --example chaos -- --minutes 10` (`--server-every 9`,
+//! Run with `cargo run --release --bin chaos -- --minutes 10` (`--server-every 9`,
 //! `--chaos-every 1.5`, in seconds, change the pace). It starts its own processes on
 //! 127.0.0.1 and stops them when it ends.
 
