@@ -32,6 +32,9 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 
 use report::{Baseline, Machine, Record};
+
+/// What goes wrong in the benchmark, as a sentence.
+pub type Result<T> = std::result::Result<T, String>;
 use workloads::Workload;
 
 /// Measures Blitzen's overhead: throughput, latency, scaling, payloads, queue memory, fan-in,
@@ -77,7 +80,7 @@ impl Path {
 
 fn main() -> ExitCode {
     blitzen::worker_main();
-    if let Some(code) = procs::child_role() {
+    if let Some(code) = procs::child_role(workloads::role) {
         return code;
     }
     let args = Args::parse();

@@ -18,7 +18,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use tokio_util::sync::CancellationToken;
 
 const ROLE: &str = "BLITZEN_BENCH_ROLE";
-const SERVER: &str = "BLITZEN_BENCH_SERVER";
+pub const SERVER: &str = "BLITZEN_BENCH_SERVER";
 const WORKERS: &str = "BLITZEN_BENCH_WORKERS";
 const DATA_DIR: &str = "BLITZEN_BENCH_DATA_DIR";
 /// When set: the cluster's secret is this; `BLITZEN_BENCH_PLAINTEXT` turns encryption off.
@@ -27,9 +27,9 @@ const PLAINTEXT: &str = "BLITZEN_BENCH_PLAINTEXT";
 /// When set: the server serves its dashboard on 127.0.0.1 (any port) and says where.
 const DASHBOARD: &str = "BLITZEN_BENCH_DASHBOARD";
 /// A driver's number of tasks (W16).
-const TASKS: &str = "BLITZEN_BENCH_TASKS";
+pub const TASKS: &str = "BLITZEN_BENCH_TASKS";
 /// How many agents a simulating process holds (W17).
-const AGENTS: &str = "BLITZEN_BENCH_AGENTS";
+pub const AGENTS: &str = "BLITZEN_BENCH_AGENTS";
 
 /// The secret of the benchmark's secured clusters.
 const BENCH_SECRET: &str = "the benchmark's own cluster secret";
@@ -49,20 +49,20 @@ const REPORT_LIMIT: Duration = Duration::from_secs(120);
 /// How long a child may take to stop once asked.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
-pub type Result<T> = std::result::Result<T, String>;
+pub use crate::Result;
 
-/// In a child process: plays its role and returns the exit code; `None` in the benchmark itself.
-pub fn child_role() -> Option<ExitCode> {
+/// In a child process: plays its role — a cluster's, or one of `other_roles` (the workloads'
+/// own, which answers `None` for a role it does not know) — and returns the exit code; `None`
+/// in the benchmark itself.
+pub fn child_role(other_roles: fn(&str) -> Option<Result<()>>) -> Option<ExitCode> {
     let role = std::env::var(ROLE).ok()?;
     // Agents leaving at the end of a workload are no news here.
     let _ = blitzen::logging::set_loglevel("error");
     let result = match role.as_str() {
         "server" => serve(),
         "agent" => agent(),
-        "driver" => driver(),
         "echo" => echo(),
-        "simagents" => simulated_agents(),
-        other => Err(format!("unknown role `{other}`")),
+        other => other_roles(other).unwrap_or_else(|| Err(format!("unknown role `{other}`"))),
     };
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,12 +166,12 @@ fn serve() -> Result<()> {
 }
 
 /// A child's setting from its environment.
-fn setting(name: &str) -> Result<String> {
+pub fn setting(name: &str) -> Result<String> {
     std::env::var(name).map_err(|_| format!("{name} is not set"))
 }
 
 /// A child's numeric setting from its environment.
-fn number<T: std::str::FromStr>(name: &str) -> Result<T> {
+pub fn number<T: std::str::FromStr>(name: &str) -> Result<T> {
     setting(name)?.parse().map_err(|_| format!("{name} is not a number"))
 }
 
@@ -197,29 +197,6 @@ fn agent() -> Result<()> {
         });
         blitzen_client::run(config, stdin_closed()).await.map_err(|e| e.to_string())
     })
-}
-
-/// W17's simulated agents (see [`crate::workloads::simulate`]).
-fn simulated_agents() -> Result<()> {
-    crate::workloads::simulate(&setting(SERVER)?, number(AGENTS)?)
-}
-
-/// W16's driver: its memory once connected, then, after `go` on stdin, its seconds and peak
-/// memory (see [`crate::workloads::drive`]).
-fn driver() -> Result<()> {
-    let server = setting(SERVER)?;
-    let tasks: u64 = number(TASKS)?;
-    let go = || {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map_err(|e| format!("stdin: {e}"))?;
-        if line.trim() == "go" {
-            Ok(())
-        } else {
-            Err(format!("`{}`, not `go`, on stdin", line.trim()))
-        }
-    };
-    let done = crate::workloads::drive(&server, tasks, go)?;
-    say(&done)
 }
 
 /// A child process in a role; stopped (stdin closed, then killed if it lingers) when dropped.

@@ -8,14 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Path;
 use crate::stats::median;
-use crate::workloads::{Measured, Workload};
-
-/// Which way is good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Better {
-    Higher,
-    Lower,
-}
+use crate::workloads::{Better, Measured, Workload};
 
 impl Better {
     fn name(self) -> &'static str {

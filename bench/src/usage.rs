@@ -1,6 +1,6 @@
 //! CPU time and memory of processes, and their children, read from `/proc`.
 
-use crate::procs::Result;
+use crate::Result;
 
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {

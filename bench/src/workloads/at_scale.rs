@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::Better;
 use super::{Measured, noop, wait, warm_up};
-use crate::procs::{Cluster, Proc, Result};
-use crate::report::Better;
+use crate::Result;
+use crate::procs::{Cluster, Proc};
 use crate::stats::median;
 use crate::usage;
 

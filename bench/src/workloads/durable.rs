@@ -6,9 +6,10 @@ use std::time::Instant;
 use blitzen::TaskId;
 use serde_json::json;
 
+use super::Better;
 use super::{Measured, PATIENCE, W1_TASKS, W5_TASKS, noop, throughput, wait, warm_up};
-use crate::procs::{Cluster, Proc, Result};
-use crate::report::Better;
+use crate::Result;
+use crate::procs::{Cluster, Proc};
 use crate::stats::median;
 use crate::usage;
 

@@ -19,9 +19,10 @@ use blitzen_protocol::cluster::{
 use blitzen_protocol::{Finished, Outcome};
 use serde_json::json;
 
+use super::Better;
 use super::{Measured, noop, wait};
-use crate::procs::{Proc, Result, say};
-use crate::report::Better;
+use crate::Result;
+use crate::procs::{Proc, say};
 use crate::stats::{median, percentile};
 use crate::usage;
 

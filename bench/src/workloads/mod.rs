@@ -10,8 +10,8 @@ use serde_bytes::ByteBuf;
 use serde_json::{Value, json};
 
 use crate::Path;
-use crate::procs::{self, Cluster, Proc, Result};
-use crate::report::Better;
+use crate::Result;
+use crate::procs::{self, Cluster, Proc};
 use crate::stats::{median, percentile};
 use crate::usage;
 
@@ -497,4 +497,44 @@ fn startup_cluster(runs: usize) -> Result<Measured> {
         better: Better::Lower,
         extra: Vec::new(),
     })
+}
+
+/// The workloads' own roles of a child process, by name: `None` for a role that is not theirs
+/// (see [`procs::child_role`]).
+pub fn role(name: &str) -> Option<Result<()>> {
+    match name {
+        "driver" => Some(driver()),
+        "simagents" => Some(simulated_agents()),
+        _ => None,
+    }
+}
+
+/// W17's simulated agents (see [`simulate`]).
+fn simulated_agents() -> Result<()> {
+    simulate(&procs::setting(procs::SERVER)?, procs::number(procs::AGENTS)?)
+}
+
+/// W16's driver: its memory once connected, then, after `go` on stdin, its seconds and peak
+/// memory (see [`drive`]).
+fn driver() -> Result<()> {
+    let server = procs::setting(procs::SERVER)?;
+    let tasks: u64 = procs::number(procs::TASKS)?;
+    let go = || {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("stdin: {e}"))?;
+        if line.trim() == "go" {
+            Ok(())
+        } else {
+            Err(format!("`{}`, not `go`, on stdin", line.trim()))
+        }
+    };
+    let done = drive(&server, tasks, go)?;
+    procs::say(&done)
+}
+
+/// Which way is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
 }

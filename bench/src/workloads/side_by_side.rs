@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::Better;
 use super::{Measured, latency, mebibyte, median, payload_rate, throughput, warm_up};
-use crate::procs::{Cluster, Result, Security};
-use crate::report::Better;
+use crate::Result;
+use crate::procs::{Cluster, Security};
 
 /// What W12–W14 compare.
 #[derive(Debug, Clone, Copy)]

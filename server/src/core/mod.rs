@@ -7,9 +7,11 @@
 //! This file holds the state, the event loop and the end of the server; the rest is split by
 //! concern, each file an `impl Core` block:
 //! - `drivers`: drivers joining and leaving, submissions, results on their way back.
-//! - `agents`: agents joining and leaving, their results, and deadlines of started tasks.
+//! - `agents`: agents joining and leaving, their results; `deadlines`: started tasks an agent
+//!   does not answer for, settled by the server.
 //! - `kinds`: the kinds of task declared, each interned once, with its base (what agents run).
 //! - `dispatch`: assigning queued tasks to agents with credit, and flushing every outbox.
+//! - `event`: [`Event`], what the connections tell the core.
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
@@ -42,13 +44,10 @@
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use blitzen_protocol::cluster::{
-    AgentResult, FromObserver, Submission, TaskKind, TaskReport, ToAgent, ToDriver, ToObserver,
-    WorkerReport,
-};
-use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
-use blitzen_protocol::output::AgentOutput;
 use std::sync::Arc;
+
+use blitzen_protocol::cluster::{TaskKind, TaskReport, ToAgent, ToDriver, ToObserver};
+use blitzen_protocol::ids::{ConnId, TaskKey};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -61,9 +60,11 @@ use crate::store::{Batches, Change, Loaded};
 mod agents;
 mod cache;
 mod counters;
+mod deadlines;
 mod dispatch;
 mod drivers;
 mod durable;
+mod event;
 mod kinds;
 mod mismatch;
 mod output;
@@ -73,9 +74,10 @@ mod steer;
 mod tasks;
 mod waiting;
 
-use agents::{Agent, Deadline};
+use agents::Agent;
 use cache::ResultCache;
 use counters::ServerStats;
+use deadlines::Deadline;
 use drivers::Driver;
 use reattach::Restart;
 use tasks::TaskTable;
@@ -85,72 +87,7 @@ pub(crate) use agents::JoiningAgent;
 pub(crate) use kinds::KindId;
 use kinds::KindKey;
 
-/// What connection tasks report to the core.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// An agent was admitted.
-    AgentJoined {
-        conn: ConnId,
-        agent: JoiningAgent,
-        /// Its connection's writer.
-        tx: mpsc::UnboundedSender<ToAgent>,
-        /// Cancelled by the core to close the connection (the agent broke the protocol).
-        close: CancellationToken,
-    },
-    /// Finished tasks from an agent.
-    AgentDone {
-        conn: ConnId,
-        results: Vec<AgentResult>,
-        /// Results of tasks assigned on an earlier connection of the agent.
-        recovered: bool,
-    },
-    /// Tasks with a timeout started on the agent's workers.
-    AgentStarted { conn: ConnId, keys: Vec<TaskKey> },
-    /// An agent re-attached after a restart with the tasks it holds from before, by `seq`.
-    AgentReattach { conn: ConnId, seqs: Vec<u64> },
-    /// What an agent's workers run now.
-    AgentWorkers { conn: ConnId, workers: Vec<WorkerReport> },
-    /// Lines streamed tasks printed on an agent.
-    AgentOutput { conn: ConnId, output: Vec<AgentOutput> },
-    /// An agent sent a heartbeat.
-    AgentHeard { conn: ConnId },
-    /// An agent's connection ended, or it went silent.
-    AgentLeft { conn: ConnId, reason: String },
-    /// A driver was admitted.
-    DriverJoined {
-        conn: ConnId,
-        name: String,
-        /// Its session; one the server knows is taken over by this connection.
-        session: String,
-        /// A new process attaching to the session: it hears every task the session holds.
-        attach: bool,
-        /// Its connection's writer.
-        tx: mpsc::UnboundedSender<ToDriver>,
-    },
-    /// New tasks from a driver.
-    Submit {
-        conn: ConnId,
-        /// Kinds new to this connection, appended to its table.
-        kinds: Vec<TaskKind>,
-        tasks: Vec<Submission>,
-    },
-    /// A driver cancels some of its tasks.
-    Cancel { conn: ConnId, ids: Vec<DriverTaskId> },
-    /// An observer's request, and where its answer goes.
-    Observe { request: FromObserver, reply: oneshot::Sender<ToObserver> },
-    /// A driver has these results: the server may forget them.
-    Ack { conn: ConnId, ids: Vec<DriverTaskId> },
-    /// A driver's connection ended.
-    DriverLeft {
-        conn: ConnId,
-        /// The driver said goodbye: forget everything it had.
-        bye: bool,
-    },
-    /// The data directory holds every change up to this batch.
-    Committed { batch: u64 },
-    /// The data directory cannot be written (a full disk): the changes wait for a retry.
-    SaveFailed { error: String },
-}
+pub(crate) use event::Event;
 
 /// The server's state, owned by the one task that runs [`Core::run`].
 pub(crate) struct Core {
@@ -460,3 +397,7 @@ mod tests;
 mod tests_resources;
 #[cfg(test)]
 mod tests_restart;
+#[cfg(test)]
+mod tests_results;
+#[cfg(test)]
+mod tests_sessions;

@@ -31,7 +31,7 @@ use blitzen_protocol::status::RestartStatus;
 use tracing::{info, warn};
 
 use super::Core;
-use super::agents::Deadline;
+use super::deadlines::Deadline;
 use super::tasks::OptionalConn;
 use crate::store::Change;
 

@@ -2,9 +2,8 @@
 //! hold it until their result, reserve an agent rather than starve, and wait with a reason when
 //! no agent could ever fit them.
 
-use super::tests::{
-    Heard, agent, assigned, conn, core, done, driver, heard, kind, submission, turn,
-};
+use super::tests::{agent, assigned, conn, core, done, driver, kind, submission, turn};
+use super::tests_results::{Heard, heard};
 use super::*;
 use blitzen_protocol::cluster::AgentResult;
 use blitzen_protocol::{Capacity, Finished, Outcome, Request};
