@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_common::pool::{Job, JobResult};
+use blitzen_common::pool::{Job, Report, RunTask};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
-use blitzen_protocol::cluster::{AgentResult, Assignment, FromAgent, ToAgent, WorkerReport};
+use blitzen_protocol::cluster::{Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::output::AgentOutput;
 use blitzen_protocol::{Finished, Lines, Outcome, StdStream};
@@ -62,7 +62,7 @@ pub(crate) struct Connection<'a> {
     unacked: HashMap<TaskKey, Unacked>,
     /// While the restarted server has not answered the re-attach: its run, and the results
     /// finished meanwhile (sent once the tasks have their new keys).
-    reattaching: Option<(ServerId, Vec<JobResult>)>,
+    reattaching: Option<(ServerId, Vec<Report<JobId>>)>,
     /// What this agent already has of tasks from an earlier connection to the same run: their
     /// results sent again (`None`) or their jobs still running (`Some`). The server may have
     /// handed such a task out again — to this agent, now back — before it heard: it is not run
@@ -118,11 +118,11 @@ impl<'a> Connection<'a> {
         connection.earlier = running.collect();
         // Results the last connection sent without hearing they arrived go out again first.
         let unsent = std::mem::take(&mut connection.work.unsent);
-        connection.earlier.extend(unsent.iter().map(|u| (u.result.key, None)));
+        connection.earlier.extend(unsent.iter().map(|u| (u.result.id, None)));
         if !unsent.is_empty() {
             info!(count = unsent.len(), "sending again results the server had not acknowledged");
             let results = unsent.iter().map(|u| u.result.clone()).collect();
-            connection.unacked.extend(unsent.into_iter().map(|u| (u.result.key, u)));
+            connection.unacked.extend(unsent.into_iter().map(|u| (u.result.id, u)));
             let _ = connection.send(FromAgent::Recovered(results));
         }
         connection
@@ -181,7 +181,7 @@ impl<'a> Connection<'a> {
                 let Some(held) = self.work.jobs.remove(&r.id) else { continue };
                 let mut run = r.run;
                 self.work.add_unstreamed(r.id, &mut run);
-                let result = AgentResult { key: held.key, worker_pid: r.worker, run };
+                let result = Report { id: held.key, worker: r.worker, run };
                 self.work.unsent.push(Unacked { seq: held.seq, result });
             }
         }
@@ -225,24 +225,24 @@ impl<'a> Connection<'a> {
             self.work.jobs.insert(id, held);
             // The registry was built before the agent connected.
             let group = registry::global().map_or(0, |r| r.group_of(entry.name, &t.args));
-            let job = Job {
+            let request = t.request.map(|r| Arc::new(*r));
+            let run = RunTask {
                 id,
                 name: entry.name.into(),
                 fingerprint: entry.fingerprint,
                 args: t.args,
-                timeout: t.timeout_ms.map(Duration::from_millis),
-                retries: t.retries,
-                group,
-                request: t.request.map(|r| Arc::new(*r)),
+                memory_limit: request.as_ref().and_then(|r| r.memory),
                 stream: t.stream,
             };
+            let timeout = t.timeout_ms.map(Duration::from_millis);
+            let job = Job { run, timeout, retries: t.retries, group, request };
             if self.work.pool.submit(job).is_err() {
                 break;
             }
         }
-        let unknown = unknown.into_iter().map(|key| AgentResult {
-            key,
-            worker_pid: None,
+        let unknown = unknown.into_iter().map(|key| Report {
+            id: key,
+            worker: None,
             run: Finished::unstarted(Outcome::UnknownTask),
         });
         again.extend(unknown);
@@ -286,7 +286,7 @@ impl<'a> Connection<'a> {
         let mut again = Vec::new();
         for mut u in std::mem::take(&mut self.work.unsent) {
             if let Some(&key) = u.seq.and_then(|seq| keys.get(&seq)) {
-                u.result.key = key;
+                u.result.id = key;
                 again.push(u.result.clone());
                 self.unacked.insert(key, u);
                 kept += 1;
@@ -308,7 +308,7 @@ impl<'a> Connection<'a> {
 
     /// Results from the pool: those of this connection's tasks go out as done, those of
     /// tasks assigned on an earlier connection as recovered.
-    fn on_results(&mut self, mut batch: Vec<JobResult>) -> Result<(), Closed> {
+    fn on_results(&mut self, mut batch: Vec<Report<JobId>>) -> Result<(), Closed> {
         while let Ok(more) = self.work.results.try_recv() {
             batch.extend(more);
         }
@@ -327,7 +327,7 @@ impl<'a> Connection<'a> {
             };
             let mut run = r.run;
             self.work.add_unstreamed(r.id, &mut run);
-            let result = AgentResult { key: held.key, worker_pid: r.worker, run };
+            let result = Report { id: held.key, worker: r.worker, run };
             self.unacked.insert(held.key, Unacked { seq: held.seq, result: result.clone() });
             if held.connection == self.number {
                 done.push(result);

@@ -29,12 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::cli::termination;
-use blitzen_common::pool::{JobResult, Pool, PoolConfig, PoolError};
+use blitzen_common::pool::{Pool, PoolConfig, PoolError, Report};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{ConnectError, PeerTls, Secret};
 use blitzen_protocol::Lines;
-use blitzen_protocol::cluster::{AgentResult, Role, TaskKind};
+use blitzen_protocol::cluster::{Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -309,7 +309,7 @@ struct Work {
     run: ServerId,
     pool: Pool,
     /// Finished jobs, from the pool's sink.
-    results: mpsc::UnboundedReceiver<Vec<JobResult>>,
+    results: mpsc::UnboundedReceiver<Vec<Report<JobId>>>,
     /// Jobs with a timeout that started on a worker.
     started: mpsc::UnboundedReceiver<Vec<JobId>>,
     /// Lines streamed jobs printed, from the pool (each job's before its result).
@@ -348,7 +348,7 @@ struct Held {
 struct Unacked {
     /// Its task's number in the data directory, to name it by when re-attaching.
     seq: Option<u64>,
-    result: AgentResult,
+    result: Report<TaskKey>,
 }
 
 impl Work {
@@ -357,7 +357,7 @@ impl Work {
         server_id: ServerId,
         run: ServerId,
     ) -> Result<Self, AgentError> {
-        let (results_tx, results) = mpsc::unbounded_channel::<Vec<JobResult>>();
+        let (results_tx, results) = mpsc::unbounded_channel::<Vec<Report<JobId>>>();
         let sink = Box::new(move |batch| {
             let _ = results_tx.send(batch);
         });

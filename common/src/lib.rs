@@ -19,7 +19,7 @@
 //! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::Job`]; the pool sends
 //! it to a worker process (the same binary, re-executed), which looks the name up in the
 //! registry, runs it, and answers with the run's [`Finished`](blitzen_protocol::Finished)
-//! record; the pool hands back a [`pool::JobResult`], whose outcome [`TaskError::from_outcome`]
+//! record; the pool hands back a [`pool::Report`], whose outcome [`TaskError::from_outcome`]
 //! turns into a value or an error.
 
 pub mod cli;

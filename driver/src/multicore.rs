@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::pool::{
-    Job, JobResult, Pool, PoolConfig, PoolError, PoolStatus, StatusSnapshot, Submitter,
-    WorkerCommand,
+    Job, Pool, PoolConfig, PoolError, PoolStatus, RunTask, StatusSnapshot, Submitter, WorkerCommand,
 };
 use blitzen_common::registry::{self, Registry};
 use blitzen_common::worker::is_unentered_worker;
-use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::Outcome;
+use blitzen_protocol::Report;
 use blitzen_protocol::ids::{DriverTaskId, JobId};
-use blitzen_protocol::{Outcome, WorkerInfo};
 use tracing::debug;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
@@ -57,17 +56,16 @@ impl sealed::Sealed for Multicore {}
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
         let group = self.registry.group_of(call.name, &call.args);
-        let job = Job {
+        let run = RunTask {
             id: JobId::new(call.id),
             name: call.name.into(),
             fingerprint: call.fingerprint,
             args: call.args,
-            timeout: call.timeout,
-            retries: call.retries,
-            group,
-            request: call.request,
+            memory_limit: call.request.as_ref().and_then(|r| r.memory),
             stream: call.stream,
         };
+        let job =
+            Job { run, timeout: call.timeout, retries: call.retries, group, request: call.request };
         self.submitter
             .submit(job)
             .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })
@@ -193,7 +191,7 @@ impl Dispatcher<Multicore> {
         let registry = registry::global().map_err(PoolError::from)?;
         let table = Arc::new(ResultTable::new());
         let sink_table = table.clone();
-        let sink = Box::new(move |batch: Vec<JobResult>| {
+        let sink = Box::new(move |batch: Vec<Report<JobId>>| {
             sink_table.complete(batch.into_iter().map(report).collect())
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -246,9 +244,9 @@ impl Dispatcher<Multicore> {
     }
 }
 
-/// A job's result as the dispatcher's table takes it: the task number it was submitted under,
-/// on this machine's worker.
-fn report(r: JobResult) -> TaskReport {
-    let worker = r.worker.map(|pid| WorkerInfo { pid, host: None });
-    TaskReport { id: DriverTaskId::new(r.id.get()), worker, run: r.run }
+/// A job's report as the dispatcher's table takes it: by the task number it was submitted
+/// under (the job's id is that number).
+fn report(r: Report<JobId>) -> Report<DriverTaskId> {
+    let id = DriverTaskId::new(r.id.get());
+    r.with_id(id)
 }

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::finished::{Finished, WorkerInfo};
+use crate::finished::Report;
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
 use crate::output::{AgentOutput, TaskOutput};
 
@@ -22,7 +22,7 @@ use crate::resources::{Capacity, Request};
 pub use kinds::{AgentSignature, Mismatch, TaskKind};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 12;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 13;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -230,25 +230,6 @@ pub enum FromDriver {
     Heartbeat,
 }
 
-/// A finished task, as reported to its driver.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskReport {
-    /// The driver's id of the task.
-    pub id: DriverTaskId,
-    /// The worker that ran it, if it reached one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<WorkerInfo>,
-    /// How it ended.
-    pub run: Finished,
-}
-
-impl TaskReport {
-    /// A task that ended without reaching a worker.
-    pub fn unstarted(id: DriverTaskId, outcome: crate::Outcome) -> Self {
-        Self { id, worker: None, run: Finished::unstarted(outcome) }
-    }
-}
-
 /// Server → driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToDriver {
@@ -275,7 +256,7 @@ pub enum ToDriver {
         next_id: u64,
     },
     /// Finished tasks.
-    Results(Vec<TaskReport>),
+    Results(Vec<Report<DriverTaskId>>),
     /// These tasks wait because no connected agent can run them: noted, to say why when a
     /// wait for them ends without them. Sent when they are submitted, or when the last agent
     /// that could run them left.
@@ -362,28 +343,16 @@ pub enum ToAgent {
     Cancel(Vec<TaskKey>),
 }
 
-/// A finished task, as an agent reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentResult {
-    /// The server's key for the task.
-    pub key: TaskKey,
-    /// The pid of the worker that ran it, if it reached one (the server knows the host).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_pid: Option<u32>,
-    /// How it ended.
-    pub run: Finished,
-}
-
 /// Agent → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromAgent {
     /// Finished tasks, each assigned on this connection.
-    Done(Vec<AgentResult>),
+    Done(Vec<Report<TaskKey>>),
     /// Tasks assigned on an earlier connection to the same run of the server (same
     /// [`Welcome::run`]) that finished while the agent was disconnected. The server has
     /// handed them out again meanwhile: it keeps the first result of each task and drops the
     /// others.
-    Recovered(Vec<AgentResult>),
+    Recovered(Vec<Report<TaskKey>>),
     /// These tasks (assigned on this connection, with a timeout) started on a worker: the
     /// server holds each to its timeout plus a grace period.
     Started(Vec<TaskKey>),

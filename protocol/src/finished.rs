@@ -1,9 +1,10 @@
 //! How one run of a task ended: [`Finished`] (its [`Outcome`], what it printed as
-//! [`Captured`] output, how long it ran) and the [`WorkerInfo`] of whoever ran it.
+//! [`Captured`] output, how long it ran), the [`WorkerInfo`] of whoever ran it, and
+//! [`Report`], the two with the task's id: a finished task on its way back.
 //!
-//! Every message and record that carries a finished task — a worker's answer, a pool's job
-//! result, an agent's result, the server's report to a driver, the driver's result table —
-//! embeds this one `Finished` record, so a field added here reaches every hop at once.
+//! Every hop of a finished task — a worker's answer, a pool's job result, an agent's result,
+//! the server's report to a driver — is one `Report`, by the id that hop knows the task by, so
+//! a field added here reaches every hop at once.
 
 use std::fmt;
 use std::time::Duration;
@@ -41,6 +42,34 @@ impl Finished {
     /// Its run time on the worker.
     pub fn elapsed(&self) -> Duration {
         Duration::from_micros(self.elapsed_us)
+    }
+}
+
+/// A finished task on its way back to whoever submitted it, the same record at every hop, by
+/// the id that hop knows it by: worker → pool and pool → agent or dispatcher by
+/// [`JobId`](crate::JobId), agent → server by [`TaskKey`](crate::TaskKey), server → driver by
+/// [`DriverTaskId`](crate::DriverTaskId).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report<Id> {
+    /// The task, as this hop knows it.
+    pub id: Id,
+    /// The worker that ran it, if it reached one: filled by the pool (its pid) and the server
+    /// (its agent's host); the worker itself leaves it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerInfo>,
+    /// How it ended.
+    pub run: Finished,
+}
+
+impl<Id> Report<Id> {
+    /// A task that ended without reaching a worker.
+    pub fn unstarted(id: Id, outcome: Outcome) -> Self {
+        Self { id, worker: None, run: Finished::unstarted(outcome) }
+    }
+
+    /// The same report, for the next hop, which knows the task as `id`.
+    pub fn with_id<Next>(self, id: Next) -> Report<Next> {
+        Report { id, worker: self.worker, run: self.run }
     }
 }
 

@@ -6,7 +6,8 @@
 //!   so both ends enforce the same [`frame::MAX_FRAME_LEN`].
 //! - [`ids`]: the ids on the wire, one type each ([`TaskKey`], [`DriverTaskId`], [`ConnId`]…).
 //! - [`finished`]: [`Finished`], how one run of a task ended (its [`Outcome`], its [`Captured`]
-//!   output, its run time): the one record every hop of a finished task carries.
+//!   output, its run time), and [`Report`], the one record every hop of a finished task carries
+//!   (the task's id at that hop, its worker, its `Finished`).
 //! - [`worker`]: the messages between a process pool and its worker processes ([`ToWorker`],
 //!   [`FromWorker`]).
 //! - [`cluster`]: the messages between the server, its agents and drivers, after a
@@ -29,7 +30,7 @@ pub mod status;
 pub mod worker;
 
 pub use blob::Blob;
-pub use finished::{Captured, ExitReason, Finished, Outcome, WorkerInfo};
+pub use finished::{Captured, ExitReason, Finished, Outcome, Report, WorkerInfo};
 pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };
@@ -37,7 +38,4 @@ pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
 pub use output::{Lines, StdStream};
 pub use resources::{Capacity, Request, Usage};
 pub use size::{SizeError, SizeText, parse_size};
-pub use worker::{
-    FromWorker, RunTask, RunTaskRef, TaskDone, ToWorker, ToWorkerRef, WORKER_PROTOCOL_VERSION,
-    WorkerReady,
-};
+pub use worker::{FromWorker, RunTask, ToWorker, WORKER_PROTOCOL_VERSION, WorkerReady};

@@ -7,21 +7,24 @@
 //! byte with descriptors attached: a shared file where the worker counts the tasks it has
 //! started, and the two pipes its streamed tasks write to.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::finished::Finished;
+use crate::finished::Report;
 use crate::ids::JobId;
 use crate::output::Lines;
 
 /// Bumped whenever a message below changes incompatibly.
 pub const WORKER_PROTOCOL_VERSION: u32 = 4;
 
-/// Pool → worker.
+/// Pool → worker. The pool sends `ToWorker<&RunTask>`, its own task by reference: the same
+/// bytes as the owned `ToWorker` the worker reads, without copying a name or arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToWorker {
+pub enum ToWorker<R = RunTask> {
     /// Run one task. Tasks are run one at a time, in arrival order.
-    Run(RunTask),
+    Run(R),
 }
 
 /// One task for a worker to run.
@@ -29,8 +32,8 @@ pub enum ToWorker {
 pub struct RunTask {
     /// The id the pool uses to match the answer.
     pub id: JobId,
-    /// The registered task name.
-    pub name: String,
+    /// The registered task name (borrowed for the static names of compiled tasks).
+    pub name: Cow<'static, str>,
     /// Fingerprint of the task signature the submitter was compiled with.
     pub fingerprint: u64,
     /// MessagePack-encoded arguments.
@@ -45,33 +48,6 @@ pub struct RunTask {
     pub stream: bool,
 }
 
-/// Borrowed twin of [`ToWorker`], encoded identically: the pool sends tasks without copying
-/// their names or arguments.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub enum ToWorkerRef<'a> {
-    /// See [`ToWorker::Run`].
-    Run(RunTaskRef<'a>),
-}
-
-/// Borrowed twin of [`RunTask`].
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct RunTaskRef<'a> {
-    /// See [`RunTask::id`].
-    pub id: JobId,
-    /// See [`RunTask::name`].
-    pub name: &'a str,
-    /// See [`RunTask::fingerprint`].
-    pub fingerprint: u64,
-    /// See [`RunTask::args`].
-    pub args: &'a Bytes,
-    /// See [`RunTask::memory_limit`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_limit: Option<u64>,
-    /// See [`RunTask::stream`].
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
-}
-
 /// Worker → pool.
 // Messages are decoded and consumed at once; boxing `Done` would cost an allocation per task.
 #[allow(clippy::large_enum_variant)]
@@ -79,8 +55,9 @@ pub struct RunTaskRef<'a> {
 pub enum FromWorker {
     /// Sent once, after start-up, before any task.
     Ready(WorkerReady),
-    /// A task finished (in any way the worker could observe).
-    Done(TaskDone),
+    /// A task finished (in any way the worker could observe); the worker leaves
+    /// [`Report::worker`] off, the pool knows it.
+    Done(Report<JobId>),
     /// Lines a streamed task printed, while it runs.
     Output {
         /// The [`RunTask::id`] of the task.
@@ -97,15 +74,6 @@ pub struct WorkerReady {
     pub pid: u32,
     /// [`WORKER_PROTOCOL_VERSION`] of the worker.
     pub version: u32,
-}
-
-/// The answer to one [`RunTask`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskDone {
-    /// The [`RunTask::id`] answered.
-    pub id: JobId,
-    /// How the run ended.
-    pub run: Finished,
 }
 
 #[cfg(test)]
@@ -128,6 +96,7 @@ mod tests {
         )
             .prop_map(|(id, name, fingerprint, args, memory_limit, stream)| {
                 let id = JobId::new(id);
+                let name = Cow::Owned(name);
                 ToWorker::Run(RunTask { id, name, fingerprint, args, memory_limit, stream })
             })
     }
@@ -136,8 +105,11 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<u32>())
                 .prop_map(|(pid, version)| FromWorker::Ready(WorkerReady { pid, version })),
-            (any::<u64>(), finished())
-                .prop_map(|(id, run)| FromWorker::Done(TaskDone { id: JobId::new(id), run })),
+            (any::<u64>(), finished()).prop_map(|(id, run)| FromWorker::Done(Report {
+                id: JobId::new(id),
+                worker: None,
+                run
+            })),
             (any::<u64>(), any::<bool>(), bytes()).prop_map(|(id, err, text)| {
                 let stream = if err { StdStream::Stderr } else { StdStream::Stdout };
                 FromWorker::Output { id: JobId::new(id), lines: Lines { stream, text } }
@@ -187,18 +159,18 @@ mod tests {
                 memory_limit,
                 stream,
             });
-            let borrowed = ToWorkerRef::Run(RunTaskRef {
-                id,
-                name: "sq",
-                fingerprint: 5,
-                args: &args,
-                memory_limit,
-                stream,
-            });
+            let ToWorker::Run(task) = &owned;
+            let borrowed: ToWorker<&RunTask> = ToWorker::Run(task);
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
             encode(&owned, &mut a).expect("encodes");
             encode(&borrowed, &mut b).expect("encodes");
             assert_eq!(a, b);
+            let back: ToWorker = decode_frame(&mut b, usize::MAX)
+                .ok()
+                .flatten()
+                .and_then(|body| decode(&body).ok())
+                .expect("decodes");
+            assert_eq!(back, owned);
             assert_eq!(memory_limit.is_none(), !String::from_utf8_lossy(&a).contains("memory"));
         }
     }

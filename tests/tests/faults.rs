@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use blitzen::distributed::DistributedDispatcher;
 use blitzen::{CommandSpec, Fetch, Task, TaskError, TaskId, command, echo, sleep};
+use blitzen_protocol::Report;
 use blitzen_protocol::cluster::{
-    AgentResult, CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Preface, PrefaceReply,
-    Role, TaskKind, ToAgent,
+    CLUSTER_PROTOCOL_VERSION, FromAgent, Hello, HelloReply, Preface, PrefaceReply, Role, TaskKind,
+    ToAgent,
 };
 use blitzen_protocol::frame::{FrameReader, decode_shared, encode};
-use blitzen_protocol::{Finished, MAX_FRAME_LEN, Outcome, TaskKey};
+use blitzen_protocol::{MAX_FRAME_LEN, Outcome, TaskKey};
 use blitzen_tests::cluster::{
     TempFile, binary, driver, start_agent, start_agent_with, start_program, start_server,
 };
@@ -599,11 +600,8 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
     };
     let result_not_held = {
         let mut bytes = frame(&agent_hello(CLUSTER_PROTOCOL_VERSION));
-        bytes.extend(frame(&FromAgent::Done(vec![AgentResult {
-            key: TaskKey::new(12345),
-            worker_pid: None,
-            run: Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01"))),
-        }])));
+        let value = Outcome::Value(Bytes::from_static(b"\x01"));
+        bytes.extend(frame(&FromAgent::Done(vec![Report::unstarted(TaskKey::new(12345), value)])));
         bytes
     };
     let mut corpus = blitzen_tests::hostile_bytes();

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use blitzen::Task;
 use blitzen::distributed::DistributedDispatcher;
 use blitzen_net::PeerTls;
-use blitzen_protocol::cluster::{
-    AgentResult, FromAgent, FromObserver, Role, TaskKind, ToAgent, ToObserver,
-};
-use blitzen_protocol::{Finished, Outcome};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::{FromAgent, FromObserver, Role, TaskKind, ToAgent, ToObserver};
+use blitzen_protocol::{Finished, Outcome, WorkerInfo};
 use serde_json::json;
 
 use super::Better;
@@ -122,7 +121,7 @@ async fn answer(
                             }
                             let mut run = Finished::unstarted(Outcome::Value(a.args));
                             run.elapsed_us = 1;
-                            AgentResult { key: a.key, worker_pid: Some(1), run }
+                            Report { id: a.key, worker: Some(WorkerInfo { pid: 1, host: None }), run }
                         })
                         .collect();
                     delays.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);

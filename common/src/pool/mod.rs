@@ -1,7 +1,7 @@
 //! A pool of worker processes that survives whatever its tasks do.
 //!
 //! [`Pool::start`] spawns N workers (see [`crate::worker`]) and waits until each has announced
-//! itself. [`Pool::submit`] queues a [`Job`]; every job ends as exactly one [`JobResult`], handed
+//! itself. [`Pool::submit`] queues a [`Job`]; every job ends as exactly one [`Report`], handed
 //! in batches to the [`ResultSink`] given at start. Panics are reported by the worker; a worker
 //! that dies is replaced at once and its running job (which its start counter names, see
 //! `start_mark`) reported `WorkerCrashed`; a job past its timeout (counted from its start on a
@@ -25,14 +25,13 @@ mod process;
 mod scheduler;
 mod status;
 
-use std::borrow::Cow;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_protocol::{Capacity, ExitReason, Finished, JobId, Lines, Outcome, Request};
-use bytes::Bytes;
+use blitzen_protocol::{Capacity, ExitReason, JobId, Lines, Request};
+pub use blitzen_protocol::{Report, RunTask};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -167,14 +166,12 @@ impl WorkerCommand {
 /// One task for the pool.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// Chosen by the submitter; echoed in the [`JobResult`].
-    pub id: JobId,
-    /// Registered task name.
-    pub name: Cow<'static, str>,
-    /// Fingerprint of the submitter's signature of the task.
-    pub fingerprint: u64,
-    /// MessagePack-encoded arguments.
-    pub args: Bytes,
+    /// What its worker is sent: its id (chosen by the submitter, echoed in its [`Report`]),
+    /// the registered task name, the fingerprint of the submitter's signature of the task, the
+    /// arguments, its memory limit (its request's memory) and whether it streams what it
+    /// prints (handed to [`PoolConfig::on_output`] as it runs, line by line, within a budget
+    /// per job: see [`crate::worker::STREAM_BURST`]; captured in its report either way).
+    pub run: RunTask,
     /// Limit on the run time, counted from the start on a worker.
     pub timeout: Option<Duration>,
     /// Times to run it again (on a fresh worker) when it crashes its worker or times out.
@@ -188,32 +185,10 @@ pub struct Job {
     /// plus this while the job runs, and a job that goes past it ends `MemoryExceeded` (see
     /// [`crate::worker`]).
     pub request: Option<Arc<Request>>,
-    /// Whether what it prints is handed to [`PoolConfig::on_output`] as it runs, line by line
-    /// (within a budget per job: see [`crate::worker::STREAM_BURST`]), besides being captured
-    /// in its result.
-    pub stream: bool,
-}
-
-/// How a [`Job`] ended.
-#[derive(Debug, Clone)]
-pub struct JobResult {
-    /// [`Job::id`].
-    pub id: JobId,
-    /// The pid of the worker that ran it, if it reached one.
-    pub worker: Option<u32>,
-    /// How the run ended.
-    pub run: Finished,
-}
-
-impl JobResult {
-    /// A job that ends without reaching a worker.
-    pub(crate) fn unstarted(id: JobId, outcome: Outcome) -> Self {
-        Self { id, worker: None, run: Finished::unstarted(outcome) }
-    }
 }
 
 /// Receives finished jobs, in batches, on the pool's runtime. It must not block for long.
-pub type ResultSink = Box<dyn FnMut(Vec<JobResult>) + Send>;
+pub type ResultSink = Box<dyn FnMut(Vec<Report<JobId>>) + Send>;
 
 /// Receives the lines a streamed job printed ([`PoolConfig::on_output`]).
 pub type OutputSink = Arc<dyn Fn(JobId, Lines) + Send + Sync>;
@@ -324,7 +299,7 @@ impl Submitter {
     /// has its worker's process group sent SIGTERM (SIGKILL after
     /// [`PoolConfig::cancel_grace`]), ends `Cancelled`, and its worker is replaced. A job that
     /// finishes before the cancel reaches it keeps its result; ids the pool does not hold are
-    /// ignored. Each job still ends as exactly one [`JobResult`].
+    /// ignored. Each job still ends as exactly one [`Report`].
     pub fn cancel(&self, ids: Vec<JobId>) -> Result<(), PoolStopped> {
         self.commands.send(Command::Cancel(ids)).map_err(|_| PoolStopped)
     }

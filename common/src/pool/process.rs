@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
 use blitzen_protocol::frame::{decode_frame, decode_shared};
-use blitzen_protocol::{ExitReason, FromWorker, MAX_FRAME_LEN, TaskDone, WorkerReady};
+use blitzen_protocol::{ExitReason, FromWorker, JobId, MAX_FRAME_LEN, Report, WorkerReady};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -38,7 +38,7 @@ pub(super) struct WorkerEvent {
 pub(super) enum EventKind {
     Ready(WorkerReady),
     /// Answers, in the order the worker sent them.
-    Done(Vec<TaskDone>),
+    Done(Vec<Report<JobId>>),
     /// The worker sent something that is not a valid frame; it is being killed.
     Garbage(String),
     /// The process is gone and reaped, with its peak RSS in bytes when known. Always the last

@@ -13,7 +13,7 @@
 //!   pipes to a reader thread of the worker (see `stream`).
 //!
 //! Threads: the main thread reads [`ToWorker`] frames and runs the tasks one at a time, handing
-//! each [`TaskDone`] to the `outbox`, which batches results while tasks stream and sends them
+//! each [`Report`] to the `outbox`, which batches results while tasks stream and sends them
 //! at once when the worker goes idle (its flusher thread bounds the wait). A watchdog thread
 //! sleeps in `poll` until the pool's end of the socket closes — the pool stopped the worker, or
 //! the parent died, even mid-task — and then kills the worker's whole process group, which takes
@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use blitzen_protocol::frame::decode_shared;
 use blitzen_protocol::{
-    Finished, FrameReader, FromWorker, MAX_FRAME_LEN, Outcome, RunTask, TaskDone, ToWorker,
+    Finished, FrameReader, FromWorker, JobId, MAX_FRAME_LEN, Outcome, Report, RunTask, ToWorker,
     WORKER_PROTOCOL_VERSION, WorkerReady,
 };
 
@@ -164,7 +164,7 @@ fn run() -> io::Result<()> {
             // The value is too large for a frame: report that instead of the value.
             let message = format!("the task's result cannot be sent: {e}");
             let run = Finished { outcome: Outcome::BadOutput { message }, ..done.run };
-            let fallback = TaskDone { id: done.id, run };
+            let fallback = Report { id: done.id, worker: None, run };
             outbox.push(&FromWorker::Done(fallback)).map_err(io::Error::other)?;
         }
         if retire {
@@ -181,7 +181,7 @@ fn execute_within(
     limit: u64,
     streaming: Option<&Streamer>,
     captures: Option<[BorrowedFd<'_>; 2]>,
-) -> (TaskDone, bool) {
+) -> (Report<JobId>, bool) {
     let id = task.id;
     let guard = match memory::Limit::set(limit) {
         Ok(guard) => guard,
@@ -190,7 +190,7 @@ fn execute_within(
             if let Some(s) = streaming {
                 s.end();
             }
-            return (TaskDone { id, run: Finished::unstarted(Outcome::Lost { reason }) }, false);
+            return (Report::unstarted(id, Outcome::Lost { reason }), false);
         }
     };
     let mut done = execute(registry, task, streaming, captures);
@@ -230,7 +230,7 @@ fn execute(
     task: RunTask,
     streaming: Option<&Streamer>,
     captures: Option<[BorrowedFd<'_>; 2]>,
-) -> TaskDone {
+) -> Report<JobId> {
     let started = Instant::now();
     let outcome = match registry.get(&task.name) {
         None => Outcome::UnknownTask,
@@ -264,7 +264,7 @@ fn execute(
     let mut stdout = capture::take(out, CAPTURE_LIMIT).unwrap_or_default();
     let mut stderr = capture::take(err, CAPTURE_LIMIT).unwrap_or_default();
     (stdout.unstreamed, stderr.unstreamed) = (unstreamed[0], unstreamed[1]);
-    TaskDone { id: task.id, run: Finished { outcome, stdout, stderr, elapsed_us } }
+    Report { id: task.id, worker: None, run: Finished { outcome, stdout, stderr, elapsed_us } }
 }
 
 /// What the panic hook records: message, location, backtrace.

@@ -247,7 +247,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use blitzen_protocol::frame::decode_frame;
-    use blitzen_protocol::{Captured, Finished, JobId, TaskDone, WorkerReady};
+    use blitzen_protocol::{Captured, Finished, JobId, Report, WorkerReady};
     use std::io::Read;
 
     fn done(id: u64, value: Bytes) -> FromWorker {
@@ -258,7 +258,7 @@ mod tests {
             stderr,
             elapsed_us: 7,
         };
-        FromWorker::Done(TaskDone { id: JobId::new(id), run })
+        FromWorker::Done(Report { id: JobId::new(id), worker: None, run })
     }
 
     /// Large values are spliced in, small ones copied: on the wire both are exactly what

@@ -11,7 +11,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::Report;
 use blitzen_protocol::ids::DriverTaskId;
 use tracing::debug;
 
@@ -152,7 +152,7 @@ impl ResultTable {
 
     /// Settles one task that never reached a worker.
     pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
-        self.complete(vec![TaskReport::unstarted(DriverTaskId::new(seq), outcome)]);
+        self.complete(vec![Report::unstarted(DriverTaskId::new(seq), outcome)]);
     }
 
     /// Sends each of `seqs` on `tx` as soon as it is done (at once for those already done).
@@ -192,7 +192,7 @@ impl ResultTable {
 
     /// Records a batch of finished tasks (from either backend, as the cluster reports them)
     /// and wakes waiters.
-    pub(crate) fn complete(&self, batch: Vec<TaskReport>) {
+    pub(crate) fn complete(&self, batch: Vec<Report<DriverTaskId>>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         for mut r in batch {
@@ -251,7 +251,7 @@ impl ResultTable {
                 .collect()
         };
         let batch = (pending.into_iter())
-            .map(|seq| TaskReport::unstarted(DriverTaskId::new(seq), outcome.clone()))
+            .map(|seq| Report::unstarted(DriverTaskId::new(seq), outcome.clone()))
             .collect();
         self.complete(batch);
     }
@@ -455,9 +455,9 @@ mod tests {
     use super::*;
     use blitzen_common::{DecodeTarget, TaskError};
 
-    fn done(seq: u64, value: u64) -> TaskReport {
+    fn done(seq: u64, value: u64) -> Report<DriverTaskId> {
         let bytes = blitzen_common::task::encode_value(&value).expect("encodes");
-        TaskReport::unstarted(DriverTaskId::new(seq), Outcome::Value(bytes))
+        Report::unstarted(DriverTaskId::new(seq), Outcome::Value(bytes))
     }
 
     #[test]

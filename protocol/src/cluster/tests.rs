@@ -1,4 +1,5 @@
 use super::*;
+use crate::finished::WorkerInfo;
 use crate::finished::strategies::finished;
 use crate::frame::{decode_frame, decode_shared, encode};
 use bytes::BytesMut;
@@ -94,8 +95,8 @@ proptest! {
         let ack = FromDriver::Ack(acks.into_iter().map(DriverTaskId::new).collect());
         prop_assert_eq!(round_trip(&ack), ack);
         let report = ToDriver::Results(vec![
-            TaskReport { id, worker: Some(WorkerInfo { pid: 7, host }), run },
-            TaskReport::unstarted(id, crate::Outcome::Value(args)),
+            Report { id, worker: Some(WorkerInfo { pid: 7, host }), run },
+            Report::unstarted(id, crate::Outcome::Value(args)),
         ]);
         prop_assert_eq!(round_trip(&report), report);
     }
@@ -114,7 +115,8 @@ proptest! {
         let id = DriverTaskId::new(key.get());
         let output = ToDriver::Output(vec![TaskOutput { id, host: "h".into(), lines }]);
         prop_assert_eq!(round_trip(&output), output);
-        let done = FromAgent::Done(vec![AgentResult { key, worker_pid: Some(1), run }]);
+        let worker = Some(WorkerInfo { pid: 1, host: None });
+        let done = FromAgent::Done(vec![Report { id: key, worker, run }]);
         prop_assert_eq!(round_trip(&done), done);
         let started = FromAgent::Started(vec![key]);
         prop_assert_eq!(round_trip(&started), started);

@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::cluster::{
-    AgentResult, Assignment, TaskKind, TaskReport, ToAgent, WorkerReport,
-};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::{Assignment, TaskKind, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{ConnId, KindIndex, TaskKey};
 use blitzen_protocol::{Capacity, Outcome, Usage, WorkerInfo};
 use tokio::sync::mpsc;
@@ -212,7 +211,12 @@ impl Core {
     /// this connection for a task the agent does not hold, or a recovered one for a task no agent
     /// ever lost, breaks the protocol: the connection is closed and the rest of the batch
     /// ignored.
-    pub(super) fn agent_done(&mut self, conn: ConnId, results: Vec<AgentResult>, recovered: bool) {
+    pub(super) fn agent_done(
+        &mut self,
+        conn: ConnId,
+        results: Vec<Report<TaskKey>>,
+        recovered: bool,
+    ) {
         let Some(agent) = self.agents.get_mut(&conn) else { return };
         let now = Instant::now();
         agent.last_heard = now;
@@ -222,16 +226,16 @@ impl Core {
             let (durable, batch) = (self.durable.is_some(), self.current_batch());
             if let Some(agent) = self.agents.get_mut(&conn) {
                 if durable {
-                    agent.unsaved.push((batch, r.key));
+                    agent.unsaved.push((batch, r.id));
                 } else {
-                    agent.acks.push(r.key);
+                    agent.acks.push(r.id);
                     agent.acks_since.get_or_insert_with(Instant::now);
                 }
             }
             if !recovered {
                 let Some(agent) = self.agents.get_mut(&conn) else { return };
-                let Some((kind, sent)) = agent.running.remove(&r.key) else {
-                    warn!(%conn, %host, key = %r.key, "agent sent a result for a task it does not hold; connection closed");
+                let Some((kind, sent)) = agent.running.remove(&r.id) else {
+                    warn!(%conn, %host, key = %r.id, "agent sent a result for a task it does not hold; connection closed");
                     agent.close.cancel();
                     break;
                 };
@@ -243,26 +247,26 @@ impl Core {
                 let us = r.run.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
                 agent.learn_round_trip(now.saturating_duration_since(sent).as_micros() as f64, us);
-            } else if self.tasks.get(r.key).is_some_and(|t| t.attempts == 0) {
+            } else if self.tasks.get(r.id).is_some_and(|t| t.attempts == 0) {
                 // Only a task some agent lost can come back late; this one never was.
-                warn!(%conn, %host, key = %r.key, "agent recovered a result for a task no agent lost; connection closed");
+                warn!(%conn, %host, key = %r.id, "agent recovered a result for a task no agent lost; connection closed");
                 if let Some(agent) = self.agents.get(&conn) {
                     agent.close.cancel();
                 }
                 break;
             }
             let mut run = r.run;
-            self.add_unstreamed(r.key, &mut run);
-            let Some(task) = self.take_task(r.key) else {
+            self.add_unstreamed(r.id, &mut run);
+            let Some(task) = self.take_task(r.id) else {
                 duplicates += 1;
                 continue;
             };
             debug!(task = %task.id, driver = %task.driver, agent = %conn, recovered, "task finished");
-            let worker = r.worker_pid.map(|pid| WorkerInfo { pid, host: Some(host.clone()) });
+            let worker = r.worker.map(|w| WorkerInfo { pid: w.pid, host: Some(host.clone()) });
             if let Some(agent) = self.agents.get_mut(&conn) {
                 agent.outcomes.count(&run.outcome);
             }
-            self.report(task.driver, TaskReport { id: task.id, worker, run }, Some(task.kind));
+            self.report(task.driver, Report { id: task.id, worker, run }, Some(task.kind));
         }
         if duplicates > 0 {
             info!(%conn, %host, duplicates, recovered, "results for tasks that had already ended (they ran twice); dropped");
@@ -323,7 +327,7 @@ impl Core {
                 // Cancelled: it ends here rather than running again elsewhere.
                 if let Some(task) = self.take_task(key) {
                     let reason = "cancelled; its agent disconnected before it answered".into();
-                    let report = TaskReport::unstarted(task.id, Outcome::Cancelled { reason });
+                    let report = Report::unstarted(task.id, Outcome::Cancelled { reason });
                     self.report(task.driver, report, Some(task.kind));
                 }
                 continue;
@@ -352,7 +356,7 @@ impl Core {
                     "its agent disconnected {} times while holding it; giving up",
                     task.attempts
                 );
-                let report = TaskReport::unstarted(task.id, Outcome::Lost { reason });
+                let report = Report::unstarted(task.id, Outcome::Lost { reason });
                 self.report(task.driver, report, Some(task.kind));
             }
         }

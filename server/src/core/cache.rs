@@ -4,14 +4,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::Report;
 use blitzen_protocol::ids::{ConnId, DriverTaskId};
 
 /// Unacknowledged results by driver, with the caps of `--result-ttl` and `--max-results`.
 #[derive(Debug)]
 pub(super) struct ResultCache {
     /// By driver, then by the driver's task id: the result and when it arrived.
-    by_driver: HashMap<ConnId, HashMap<DriverTaskId, (TaskReport, Instant)>>,
+    by_driver: HashMap<ConnId, HashMap<DriverTaskId, (Report<DriverTaskId>, Instant)>>,
     /// Arrival order, for eviction. Entries whose result was acknowledged meanwhile are skipped
     /// (and trimmed from the front every turn), so acknowledging costs no search.
     order: VecDeque<Arrival>,
@@ -49,7 +49,7 @@ impl ResultCache {
     }
 
     /// Keeps a result until acknowledged; returns how many older results the count cap evicted.
-    pub(super) fn insert(&mut self, conn: ConnId, report: TaskReport) -> usize {
+    pub(super) fn insert(&mut self, conn: ConnId, report: Report<DriverTaskId>) -> usize {
         let now = Instant::now();
         let id = report.id;
         if self.by_driver.entry(conn).or_default().insert(id, (report, now)).is_none() {
@@ -82,10 +82,11 @@ impl ResultCache {
     }
 
     /// Every result held for a driver, oldest first: what it is owed when it reconnects.
-    pub(super) fn held(&self, conn: ConnId) -> Vec<TaskReport> {
-        let mut held: Vec<(&TaskReport, Instant)> = (self.by_driver.get(&conn).into_iter())
-            .flat_map(|r| r.values().map(|(report, at)| (report, *at)))
-            .collect();
+    pub(super) fn held(&self, conn: ConnId) -> Vec<Report<DriverTaskId>> {
+        let mut held: Vec<(&Report<DriverTaskId>, Instant)> =
+            (self.by_driver.get(&conn).into_iter())
+                .flat_map(|r| r.values().map(|(report, at)| (report, *at)))
+                .collect();
         held.sort_by_key(|&(report, at)| (at, report.id));
         held.into_iter().map(|(report, _)| report.clone()).collect()
     }

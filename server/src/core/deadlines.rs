@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::TaskReport;
+use blitzen_protocol::Report;
 use blitzen_protocol::ids::{ConnId, TaskKey};
 use tracing::{debug, warn};
 
@@ -76,7 +76,7 @@ impl Core {
                 "its agent {host} did not answer within the task's timeout ({timeout:?}) plus a \
                  grace of {grace:?}; settled by the server"
             );
-            let report = TaskReport::unstarted(task.id, Outcome::Lost { reason });
+            let report = Report::unstarted(task.id, Outcome::Lost { reason });
             self.report(task.driver, report, Some(task.kind));
         }
     }

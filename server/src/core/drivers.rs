@@ -4,7 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::{Submission, TaskKind, TaskReport, ToDriver};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::{Submission, TaskKind, ToDriver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use blitzen_protocol::output::TaskOutput;
 use tokio::sync::mpsc;
@@ -48,7 +49,7 @@ pub(super) struct Driver {
     /// while queued (a late result settled them); they are skipped and dropped at the front.
     pub queues: HashMap<KindId, VecDeque<TaskKey>>,
     /// Reports to send at the end of this turn.
-    pub outbox: Vec<TaskReport>,
+    pub outbox: Vec<Report<DriverTaskId>>,
     /// Lines its streamed tasks printed, to send at the end of this turn before the reports.
     pub output: Vec<TaskOutput>,
     /// What it may still be sent of such lines.
@@ -249,7 +250,7 @@ impl Core {
                 let reason = "the driver submitted it with a kind of task it never declared \
                               (a bug in the driver)"
                     .to_string();
-                self.report(conn, TaskReport::unstarted(id, Outcome::Refused { reason }), None);
+                self.report(conn, Report::unstarted(id, Outcome::Refused { reason }), None);
             }
         }
         if let Some(error) = save_failure.filter(|_| !unsaved.is_empty()) {
@@ -260,7 +261,7 @@ impl Core {
             );
             for id in unsaved {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, TaskReport::unstarted(id, outcome), None);
+                self.report(conn, Report::unstarted(id, outcome), None);
             }
         }
         if !refused.is_empty() {
@@ -272,7 +273,7 @@ impl Core {
             );
             for id in refused {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, TaskReport::unstarted(id, outcome), None);
+                self.report(conn, Report::unstarted(id, outcome), None);
             }
         }
         let now = Instant::now();
@@ -366,13 +367,18 @@ impl Core {
 
     /// Queues a result for its driver (sent at the end of the turn, kept until acknowledged);
     /// `kind` is the task's, when it got as far as being queued.
-    pub(super) fn report(&mut self, conn: ConnId, report: TaskReport, kind: Option<KindId>) {
+    pub(super) fn report(
+        &mut self,
+        conn: ConnId,
+        report: Report<DriverTaskId>,
+        kind: Option<KindId>,
+    ) {
         self.record_result(conn, &report);
         self.deliver(conn, report, kind);
     }
 
     /// Saves a result with this turn's changes (with a data directory and a session).
-    pub(super) fn record_result(&mut self, conn: ConnId, report: &TaskReport) {
+    pub(super) fn record_result(&mut self, conn: ConnId, report: &Report<DriverTaskId>) {
         if let Some(session) = self.durable_session(conn) {
             let (id, report) = (report.id.get(), Box::new(report.clone()));
             self.record(Change::Result { session, id, report });
@@ -380,7 +386,12 @@ impl Core {
     }
 
     /// Counts a result and queues it for its driver, keeping it until acknowledged.
-    pub(super) fn deliver(&mut self, conn: ConnId, report: TaskReport, kind: Option<KindId>) {
+    pub(super) fn deliver(
+        &mut self,
+        conn: ConnId,
+        report: Report<DriverTaskId>,
+        kind: Option<KindId>,
+    ) {
         self.count_result(conn, &report, kind);
         let Some(d) = self.drivers.get_mut(&conn) else { return };
         if d.tx.is_some() {

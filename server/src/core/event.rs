@@ -1,8 +1,9 @@
 //! [`Event`]: what the connections' tasks tell the core, one variant per message that changes
 //! its state.
 
+use blitzen_protocol::Report;
 use blitzen_protocol::cluster::{
-    AgentResult, FromObserver, Submission, TaskKind, ToAgent, ToDriver, ToObserver, WorkerReport,
+    FromObserver, Submission, TaskKind, ToAgent, ToDriver, ToObserver, WorkerReport,
 };
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use blitzen_protocol::output::AgentOutput;
@@ -26,7 +27,7 @@ pub(crate) enum Event {
     /// Finished tasks from an agent.
     AgentDone {
         conn: ConnId,
-        results: Vec<AgentResult>,
+        results: Vec<Report<TaskKey>>,
         /// Results of tasks assigned on an earlier connection of the agent.
         recovered: bool,
     },

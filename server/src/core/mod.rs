@@ -46,8 +46,9 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use blitzen_protocol::cluster::{TaskKind, TaskReport, ToAgent, ToDriver, ToObserver};
-use blitzen_protocol::ids::{ConnId, TaskKey};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::{TaskKind, ToAgent, ToDriver, ToObserver};
+use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -149,7 +150,7 @@ pub(crate) struct Core {
     publish: Option<watch::Sender<Arc<Snapshot>>>,
     /// With a data directory: queued tasks cancelled in batch `.0`, told to their drivers once
     /// it is saved.
-    unsaved_cancels: Vec<(u64, ConnId, TaskReport, KindId)>,
+    unsaved_cancels: Vec<(u64, ConnId, Report<DriverTaskId>, KindId)>,
     /// With a data directory: answers to observers' cancels, sent once batch `.0` is saved.
     unsaved_replies: Vec<(u64, oneshot::Sender<ToObserver>, ToObserver)>,
 }

@@ -11,8 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use blitzen_common::TaskError;
 use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES, TaskContext};
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::TaskReport;
-use blitzen_protocol::ids::ConnId;
+use blitzen_protocol::Report;
+use blitzen_protocol::ids::{ConnId, DriverTaskId};
 use blitzen_protocol::status::{
     AgentStatus, ClusterStatus, FAILURES_KEPT, Failure, RECENT_FAILURES, ServerStatus,
     SessionStatus, TaskCounts,
@@ -34,7 +34,12 @@ fn push_capped<T>(list: &mut VecDeque<T>, item: T, cap: usize) {
 
 impl Core {
     /// Counts a result about to go to driver `conn`; a failure is kept with its whole error.
-    pub(super) fn count_result(&mut self, conn: ConnId, report: &TaskReport, kind: Option<KindId>) {
+    pub(super) fn count_result(
+        &mut self,
+        conn: ConnId,
+        report: &Report<DriverTaskId>,
+        kind: Option<KindId>,
+    ) {
         let outcome = &report.run.outcome;
         self.stats.outcomes.count(outcome);
         self.stats.rate.count();

@@ -10,7 +10,8 @@
 use std::collections::{HashMap, HashSet};
 
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::{FromObserver, TaskReport, ToAgent, ToObserver};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::{FromObserver, ToAgent, ToObserver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use blitzen_protocol::status::CancelReport;
 use tokio::sync::oneshot;
@@ -48,7 +49,7 @@ impl Core {
                     // Its key stays in its queue and is skipped there.
                     let Some(task) = self.take_task(key) else { continue };
                     let reason = "cancelled before it started".to_string();
-                    let cancelled = TaskReport::unstarted(task.id, Outcome::Cancelled { reason });
+                    let cancelled = Report::unstarted(task.id, Outcome::Cancelled { reason });
                     // Saved with the task's end; its driver hears it once that is on disk, so
                     // a restart cannot bring back a task whose cancel was reported.
                     self.record_result(task.driver, &cancelled);

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::agents::MAX_CREDIT;
 use super::*;
-use blitzen_protocol::cluster::{AgentResult, Submission, TaskReport};
+use blitzen_protocol::cluster::Submission;
 use blitzen_protocol::ids::{DriverTaskId, KindIndex};
 use blitzen_protocol::{Finished, Outcome};
+use blitzen_protocol::{Report, WorkerInfo};
 use bytes::Bytes;
 
 /// Connection `n`.
@@ -95,12 +96,12 @@ pub(super) fn assigned(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> Vec<TaskKey
     keys
 }
 
-pub(super) fn done(keys: &[TaskKey]) -> Vec<AgentResult> {
+pub(super) fn done(keys: &[TaskKey]) -> Vec<Report<TaskKey>> {
     keys.iter()
         .map(|&key| {
             let mut run = Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01")));
             run.elapsed_us = 1;
-            AgentResult { key, worker_pid: Some(1), run }
+            Report { id: key, worker: Some(WorkerInfo { pid: 1, host: None }), run }
         })
         .collect()
 }
@@ -242,7 +243,7 @@ fn unfetched_results_are_capped_by_count_and_age() {
 
     assert!(c.drivers.contains_key(&conn(1)), "kept while results wait for it");
     c.cache = cache::ResultCache::new(Duration::ZERO, 2);
-    let lost = TaskReport::unstarted(DriverTaskId::new(9), Outcome::Lost { reason: "r".into() });
+    let lost = Report::unstarted(DriverTaskId::new(9), Outcome::Lost { reason: "r".into() });
     c.report(conn(1), lost, None);
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");

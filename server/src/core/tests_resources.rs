@@ -5,8 +5,8 @@
 use super::tests::{agent, assigned, conn, core, done, driver, kind, submission, turn};
 use super::tests_results::{Heard, heard};
 use super::*;
-use blitzen_protocol::cluster::AgentResult;
 use blitzen_protocol::{Capacity, Finished, Outcome, Request};
+use blitzen_protocol::{Report, WorkerInfo};
 
 fn request(cpus: u32, custom: &[(&str, u64)]) -> Request {
     Request {
@@ -157,7 +157,11 @@ fn a_label_is_what_the_status_shows_and_counts() {
     assert_eq!(keys.len(), 2, "the agent has `t`: the label is not part of what it runs");
     let failed = Finished::unstarted(Outcome::Returned { message: "no".into(), detail: None });
     let mut results = done(&keys[..1]);
-    results.push(AgentResult { key: keys[1], worker_pid: Some(7), run: failed });
+    results.push(Report {
+        id: keys[1],
+        worker: Some(WorkerInfo { pid: 7, host: None }),
+        run: failed,
+    });
     c.on_event(Event::AgentDone { conn: conn(10), results, recovered: false });
     turn(&mut c);
     let status = c.status();

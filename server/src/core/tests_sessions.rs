@@ -8,9 +8,10 @@ use super::tests::{agent, assigned, conn, core, done, driver, kind, owner, submi
 use super::tests_results::heard;
 use super::*;
 use crate::store::Change;
-use blitzen_protocol::cluster::{AgentResult, FromObserver};
+use blitzen_protocol::cluster::FromObserver;
 use blitzen_protocol::ids::DriverTaskId;
 use blitzen_protocol::{Finished, Outcome};
+use blitzen_protocol::{Report, WorkerInfo};
 use bytes::Bytes;
 
 #[test]
@@ -328,7 +329,11 @@ fn failures_are_kept_with_their_whole_error_for_observers() {
         location: Some("src/lib.rs:3:5".into()),
         backtrace: None,
     };
-    let result = AgentResult { key, worker_pid: Some(4242), run: Finished::unstarted(outcome) };
+    let result = Report {
+        id: key,
+        worker: Some(WorkerInfo { pid: 4242, host: None }),
+        run: Finished::unstarted(outcome),
+    };
     c.on_event(Event::AgentDone { conn: conn(10), results: vec![result], recovered: false });
     turn(&mut c);
     assert_eq!(results(&mut d).len(), 1);

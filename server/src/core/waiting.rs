@@ -12,7 +12,8 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::Outcome;
-use blitzen_protocol::cluster::{TaskReport, ToDriver};
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::ToDriver;
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tracing::{info, warn};
 
@@ -239,7 +240,7 @@ impl Core {
             warn!(driver = %task.driver, task = %task.id, %reason, "task gave up waiting for an agent");
             self.report(
                 task.driver,
-                TaskReport::unstarted(task.id, Outcome::Unrunnable { reason }),
+                Report::unstarted(task.id, Outcome::Unrunnable { reason }),
                 Some(task.kind),
             );
         }

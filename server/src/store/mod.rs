@@ -10,8 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use blitzen_protocol::cluster::{TaskKind, TaskReport};
-use blitzen_protocol::ids::ServerId;
+use blitzen_protocol::Report;
+use blitzen_protocol::cluster::TaskKind;
+use blitzen_protocol::ids::{DriverTaskId, ServerId};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,7 @@ const ATTEMPTS: TableDefinition<(&str, u64), u32> = TableDefinition::new("attemp
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (session, driver task id) → [`TaskRecord`], for tasks queued or running.
 const TASKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tasks");
-/// (session, driver task id) → the [`TaskReport`] not yet acknowledged by the driver.
+/// (session, driver task id) → the [`Report<DriverTaskId>`] not yet acknowledged by the driver.
 const RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results");
 
 /// The data directory cannot be used.
@@ -141,7 +142,7 @@ pub(crate) enum Change {
     /// An agent left (not when the server stops: then it is waited for after the restart).
     AgentGone { id: u64 },
     /// A result held for a driver.
-    Result { session: String, id: u64, report: Box<TaskReport> },
+    Result { session: String, id: u64, report: Box<Report<DriverTaskId>> },
     /// A driver acknowledged a result.
     ResultAcked { session: String, id: u64 },
     /// A session is over: it goes with its tasks and results.
@@ -157,7 +158,7 @@ pub(crate) struct Loaded {
     pub sessions: Vec<(String, SessionRecord)>,
     /// With their attempts.
     pub tasks: Vec<(String, u64, TaskRecord)>,
-    pub results: Vec<(String, TaskReport)>,
+    pub results: Vec<(String, Report<DriverTaskId>)>,
     /// Every kind, in the order of its number.
     pub kinds: Vec<TaskKind>,
     /// The agents connected when the server stopped: `(id, host)`.

@@ -32,7 +32,7 @@ fn what_is_committed_is_there_after_reopening_and_the_id_stays() {
     assert_eq!(id, ServerId::new(7));
     assert!(loaded.tasks.is_empty());
     let s = || "s1".to_string();
-    let report = TaskReport::unstarted(DriverTaskId::new(2), Outcome::Lost { reason: "r".into() });
+    let report = Report::unstarted(DriverTaskId::new(2), Outcome::Lost { reason: "r".into() });
     store
         .apply(&[
             Change::Session {

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use blitzen_protocol::frame::encode;
-use blitzen_protocol::{Outcome, RunTaskRef, ToWorkerRef};
+use blitzen_protocol::{Outcome, ToWorker};
 
 use super::Scheduler;
-use crate::pool::{Job, JobResult};
+use crate::pool::{Job, Report};
 
 /// The running average run time of one task's calls, by group ([`Job::group`]).
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub(super) fn expected_us(
     average: &HashMap<Cow<'static, str>, RunTimes>,
     job: &Job,
 ) -> Option<f64> {
-    average.get(job.name.as_ref())?.get(job.group)
+    average.get(job.run.name.as_ref())?.get(job.group)
 }
 
 impl Scheduler {
@@ -109,23 +109,16 @@ impl Scheduler {
             self.queue.push_front(job);
             return;
         };
-        let frame = ToWorkerRef::Run(RunTaskRef {
-            id: job.id,
-            name: &job.name,
-            fingerprint: job.fingerprint,
-            args: &job.args,
-            memory_limit: job.request.as_ref().and_then(|r| r.memory),
-            stream: job.stream,
-        });
+        let frame = ToWorker::Run(&job.run);
         if let Err(e) = encode(&frame, &mut w.outbox) {
             let outcome = Outcome::BadArguments { message: e.to_string() };
-            self.finished.push(JobResult::unstarted(job.id, outcome));
+            self.finished.push(Report::unstarted(job.run.id, outcome));
             return;
         }
         if w.inflight.is_empty() {
             w.head_started = now;
             if job.timeout.is_some() && self.config.on_start.is_some() {
-                self.started.push(job.id);
+                self.started.push(job.run.id);
             }
         } else {
             w.queued_us += expected_us(&self.average_us, &job).unwrap_or(0.0);

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::{
-    Capacity, Captured, JobId, Outcome, TaskDone, Usage, WORKER_PROTOCOL_VERSION,
+    Capacity, Captured, JobId, Outcome, Report, Usage, WORKER_PROTOCOL_VERSION, WorkerInfo,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, signal_group};
-use super::{Command, Job, JobResult, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
+use super::{Command, Job, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
 mod dispatch;
@@ -124,7 +124,7 @@ pub(super) struct Scheduler {
     commands: mpsc::UnboundedReceiver<Command>,
     sink: ResultSink,
     /// Results gathered this turn, delivered together.
-    finished: Vec<JobResult>,
+    finished: Vec<Report<JobId>>,
     /// Jobs with a timeout that started this turn, for `PoolConfig::on_start`.
     started: Vec<JobId>,
     /// What running jobs may hold at once, and what they hold.
@@ -235,14 +235,14 @@ impl Scheduler {
     fn enqueue(&mut self, job: Job) {
         if let Some(reason) = &self.given_up {
             let outcome = Outcome::Lost { reason: reason.clone() };
-            self.finished.push(JobResult::unstarted(job.id, outcome));
+            self.finished.push(Report::unstarted(job.run.id, outcome));
             return;
         }
         let shortfall = job.request.as_ref().and_then(|r| self.capacity.shortfall(r));
         if let Some(shortfall) = shortfall {
             let reason = format!("{shortfall}, more than this pool has ({})", self.capacity);
-            debug!(task = %job.id, name = %job.name, %reason, "task can never run here");
-            self.finished.push(JobResult::unstarted(job.id, Outcome::Unrunnable { reason }));
+            debug!(task = %job.run.id, name = %job.run.name, %reason, "task can never run here");
+            self.finished.push(Report::unstarted(job.run.id, Outcome::Unrunnable { reason }));
             return;
         }
         self.queue.push_back(job);
@@ -254,17 +254,17 @@ impl Scheduler {
         let ids: std::collections::HashSet<JobId> = ids.into_iter().collect();
         let finished = &mut self.finished;
         self.queue.retain(|job| {
-            let keep = !ids.contains(&job.id);
+            let keep = !ids.contains(&job.run.id);
             if !keep {
-                debug!(task = %job.id, name = %job.name, "queued task cancelled");
-                finished.push(JobResult::unstarted(job.id, cancelled_queued()));
+                debug!(task = %job.run.id, name = %job.run.name, "queued task cancelled");
+                finished.push(Report::unstarted(job.run.id, cancelled_queued()));
             }
             keep
         });
         for w in self.workers.iter_mut().flatten() {
             let hit: Vec<(usize, JobId)> = (w.inflight.iter().enumerate())
-                .filter(|(_, job)| ids.contains(&job.id) && !w.cancelled.contains(&job.id))
-                .map(|(i, job)| (i, job.id))
+                .filter(|(_, job)| ids.contains(&job.run.id) && !w.cancelled.contains(&job.run.id))
+                .map(|(i, job)| (i, job.run.id))
                 .collect();
             for (i, id) in hit {
                 if i == 0 {
@@ -283,7 +283,7 @@ impl Scheduler {
             .filter(|w| w.ready && w.killed.is_none())
             .map(|w| WorkerView {
                 pid: w.process.pid,
-                running: w.inflight.front().map(|job| (job.id, w.head_started)),
+                running: w.inflight.front().map(|job| (job.run.id, w.head_started)),
             })
             .collect()
     }
@@ -344,7 +344,7 @@ impl Scheduler {
         }
     }
 
-    fn on_done(&mut self, slot: usize, batch: Vec<TaskDone>) {
+    fn on_done(&mut self, slot: usize, batch: Vec<Report<JobId>>) {
         let Some(mut w) = self.workers[slot].take() else { return };
         self.answered(&mut w, batch);
         self.workers[slot] = Some(w);
@@ -352,13 +352,13 @@ impl Scheduler {
         self.hold(slot);
     }
 
-    fn answered(&mut self, w: &mut Worker, batch: Vec<TaskDone>) {
+    fn answered(&mut self, w: &mut Worker, batch: Vec<Report<JobId>>) {
         let pid = w.process.pid;
         for done in batch {
             match w.inflight.front() {
-                Some(job) if job.id == done.id => {}
+                Some(job) if job.run.id == done.id => {}
                 other => {
-                    let expected = other.map(|j| j.id);
+                    let expected = other.map(|j| j.run.id);
                     error!(
                         pid,
                         answered = %done.id,
@@ -380,33 +380,37 @@ impl Scheduler {
                 w.queued_us = 0.0;
             }
             let us = done.run.elapsed_us as f64;
-            match self.average_us.get_mut(job.name.as_ref()) {
+            match self.average_us.get_mut(job.run.name.as_ref()) {
                 Some(times) => times.record(job.group, us),
                 None => {
                     let mut times = RunTimes::default();
                     times.record(job.group, us);
-                    self.average_us.insert(job.name.clone(), times);
+                    self.average_us.insert(job.run.name.clone(), times);
                 }
             }
             // A job cancelled behind the running one that ran anyway (its worker got to it
             // before the cancel): it finished first, and keeps its result.
             if !w.cancelled.is_empty() {
-                w.cancelled.retain(|&id| id != job.id);
+                w.cancelled.retain(|&id| id != job.run.id);
             }
-            debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
-            self.finished.push(JobResult { id: done.id, worker: Some(pid), run: done.run });
+            debug!(task = %job.run.id, name = %job.run.name, pid, us = done.run.elapsed_us, "task finished");
+            self.finished.push(Report {
+                id: done.id,
+                worker: Some(WorkerInfo { pid, host: None }),
+                run: done.run,
+            });
         }
         if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();
-            let cancelled = w.cancelled.iter().position(|&id| id == next.id);
+            let cancelled = w.cancelled.iter().position(|&id| id == next.run.id);
             if let Some(at) = cancelled.filter(|_| !w.cancelled.is_empty()) {
                 w.cancelled.swap_remove(at);
-                let id = next.id;
+                let id = next.run.id;
                 terminate(w, id);
                 return;
             }
             if next.timeout.is_some() && self.config.on_start.is_some() {
-                self.started.push(next.id);
+                self.started.push(next.run.id);
             }
         }
     }
@@ -445,7 +449,7 @@ impl Scheduler {
             if w.deadline(startup, grace).is_some_and(|d| d <= now) {
                 let reason = match (w.ready, w.inflight.front()) {
                     (true, Some(job)) => KillReason::Timeout {
-                        job: job.id,
+                        job: job.run.id,
                         timeout: job.timeout.unwrap_or_default(),
                     },
                     _ => KillReason::StartupTimeout,
