@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use blitzen_common::task::encode_value;
 use blitzen_common::{Task, TaskError};
+use blitzen_protocol::ids::DriverTaskId;
 use blitzen_protocol::{Lines, Outcome, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -26,7 +27,7 @@ use crate::table::{DispatcherStats, ResultTable};
 #[derive(Debug, Clone)]
 pub struct Call {
     /// The dispatcher's number of the task.
-    pub id: u64,
+    pub id: DriverTaskId,
     pub name: &'static str,
     pub signature: &'static str,
     pub fingerprint: u64,
@@ -66,7 +67,7 @@ pub trait Backend: Send + Sync + sealed::Sealed {
 
     /// Withdraws tasks by number without waiting; each still ends with exactly one result.
     #[doc(hidden)]
-    fn cancel(&self, ids: Vec<u64>);
+    fn cancel(&self, ids: Vec<DriverTaskId>);
 
     /// Stops whatever runs the tasks; idempotent.
     #[doc(hidden)]
@@ -140,7 +141,7 @@ impl<B: Backend> Dispatcher<B> {
             Output::Capture | Output::Collect => return self,
             Output::Stream => Arc::new(|lines: &OutputLines| {
                 let lines_ = Lines { stream: lines.stream, text: lines.text.clone() };
-                print_prefixed(lines.task.seq(), lines.host.as_deref(), &lines_)
+                print_prefixed(lines.task.task(), lines.host.as_deref(), &lines_)
             }),
             Output::Handler(handler) => handler,
         };
@@ -148,8 +149,8 @@ impl<B: Backend> Dispatcher<B> {
         let spawned = std::thread::Builder::new().name("blitzen-output".into()).spawn(move || {
             while table.output.wait(None) {
                 let origin = table.origin();
-                for (seq, host, lines) in table.output.take_in_hand() {
-                    let task = TaskId::new(origin, seq);
+                for (id, host, lines) in table.output.take_in_hand() {
+                    let task = TaskId::new(origin, id.get());
                     handler(&OutputLines { task, host, stream: lines.stream, text: lines.text });
                 }
                 table.output.handed();
@@ -216,8 +217,10 @@ impl<B: Backend> Dispatcher<B> {
             RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
         };
         match encode_value(&args) {
-            Ok(args) => self.submit(task, id.seq(), args, options),
-            Err(e) => self.table.settle(id.seq(), Outcome::BadArguments { message: e.to_string() }),
+            Ok(args) => self.submit(task, id.task(), args, options),
+            Err(e) => {
+                self.table.settle(id.task(), Outcome::BadArguments { message: e.to_string() })
+            }
         }
         id
     }
@@ -230,24 +233,24 @@ impl<B: Backend> Dispatcher<B> {
         let shown = options.label.unwrap_or(task.name);
         let (id, closed) = self.table.register(shown, task.signature);
         if !closed {
-            self.submit(task, id.seq(), args, options);
+            self.submit(task, id.task(), args, options);
         }
         id
     }
 
-    fn submit(&self, task: NamedTask, seq: u64, args: Bytes, options: RunOptions) {
+    fn submit(&self, task: NamedTask, id: DriverTaskId, args: Bytes, options: RunOptions) {
         let request = match options.needs.is_plain().then_some(None) {
             Some(plain) => plain,
             None => match options.needs.request() {
                 Ok(request) => request.map(Arc::new),
                 Err(e) => {
                     let reason = format!("it asks for what cannot be: {e}");
-                    return self.table.settle(seq, Outcome::Refused { reason });
+                    return self.table.settle(id, Outcome::Refused { reason });
                 }
             },
         };
         let call = Call {
-            id: seq,
+            id,
             name: task.name,
             signature: task.signature,
             fingerprint: task.fingerprint,
@@ -260,7 +263,7 @@ impl<B: Backend> Dispatcher<B> {
             stream: self.streaming,
         };
         if let Err(outcome) = self.backend.submit(call) {
-            self.table.settle(seq, outcome);
+            self.table.settle(id, outcome);
         }
     }
 

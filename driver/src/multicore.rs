@@ -57,7 +57,7 @@ impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
         let group = self.registry.group_of(call.name, &call.args);
         let run = RunTask {
-            id: JobId::new(call.id),
+            id: JobId::new(call.id.get()),
             name: call.name.into(),
             fingerprint: call.fingerprint,
             args: call.args,
@@ -71,9 +71,9 @@ impl Backend for Multicore {
             .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })
     }
 
-    fn cancel(&self, ids: Vec<u64>) {
-        // A stopped pool has ended (or will end) every job already.
-        let _ = self.submitter.cancel(ids.into_iter().map(JobId::new).collect());
+    fn cancel(&self, ids: Vec<DriverTaskId>) {
+        // A stopped pool has ended (or will end) every job already; a job's id is its task's.
+        let _ = self.submitter.cancel(ids.into_iter().map(|id| JobId::new(id.get())).collect());
     }
 
     /// Cancels queued and running jobs, kills and reaps every worker, joins the runtime thread.
@@ -197,8 +197,9 @@ impl Dispatcher<Multicore> {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut config = settings.pool;
         let output_table = table.clone();
-        config.on_output =
-            Some(Arc::new(move |id: JobId, lines| output_table.output.push(id.get(), None, lines)));
+        config.on_output = Some(Arc::new(move |id: JobId, lines| {
+            output_table.output.push(DriverTaskId::new(id.get()), None, lines)
+        }));
         let thread = RuntimeThread::spawn(
             "blitzen-multicore",
             runtime::current_thread()?,

@@ -17,6 +17,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blitzen_protocol::ids::DriverTaskId;
 use blitzen_protocol::{Lines, StdStream};
 use bytes::Bytes;
 
@@ -96,8 +97,8 @@ impl OutputReader {
     pub fn take(&self) -> Vec<OutputLines> {
         let origin = self.table.origin();
         (self.table.output.take().into_iter())
-            .map(|(seq, host, lines)| OutputLines {
-                task: TaskId::new(origin, seq),
+            .map(|(id, host, lines)| OutputLines {
+                task: TaskId::new(origin, id.get()),
                 host,
                 stream: lines.stream,
                 text: lines.text,
@@ -107,8 +108,8 @@ impl OutputReader {
 }
 
 /// Writes lines to this process's stdout or stderr, each prefixed with its task and host.
-pub(crate) fn print_prefixed(seq: u64, host: Option<&str>, lines: &Lines) {
-    let text = prefixed(seq, host, &lines.text);
+pub(crate) fn print_prefixed(id: DriverTaskId, host: Option<&str>, lines: &Lines) {
+    let text = prefixed(id, host, &lines.text);
     // A closed stdout loses the lines, as it would lose a local program's.
     let _ = match lines.stream {
         StdStream::Stdout => std::io::stdout().lock().write_all(&text),
@@ -117,10 +118,10 @@ pub(crate) fn print_prefixed(seq: u64, host: Option<&str>, lines: &Lines) {
 }
 
 /// Each line of `text` with `[task 12 on host] ` before it, the last ending with `\n` too.
-fn prefixed(seq: u64, host: Option<&str>, text: &[u8]) -> Vec<u8> {
+fn prefixed(id: DriverTaskId, host: Option<&str>, text: &[u8]) -> Vec<u8> {
     let prefix = match host {
-        Some(host) => format!("[task {seq} on {host}] "),
-        None => format!("[task {seq}] "),
+        Some(host) => format!("[task {id} on {host}] "),
+        None => format!("[task {id}] "),
     };
     let mut out = Vec::with_capacity(text.len() + 16 * prefix.len());
     for line in text.split_inclusive(|&b| b == b'\n') {
@@ -140,10 +141,10 @@ mod tests {
     #[test]
     fn each_line_is_prefixed_with_its_task_and_host() {
         assert_eq!(
-            prefixed(12, Some("node3"), b"a\nb"),
+            prefixed(DriverTaskId::new(12), Some("node3"), b"a\nb"),
             b"[task 12 on node3] a\n[task 12 on node3] b\n"
         );
-        assert_eq!(prefixed(4, None, b"one\n"), b"[task 4] one\n");
-        assert!(prefixed(4, None, b"").is_empty());
+        assert_eq!(prefixed(DriverTaskId::new(4), None, b"one\n"), b"[task 4] one\n");
+        assert!(prefixed(DriverTaskId::new(4), None, b"").is_empty());
     }
 }

@@ -11,6 +11,7 @@ use blitzen_common::error::{STDERR_TAIL_BYTES, STDERR_TAIL_LINES};
 use blitzen_common::needs::Needs;
 use blitzen_common::task::decode_shared_value;
 use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo};
+use blitzen_protocol::ids::DriverTaskId;
 use blitzen_protocol::{Finished, Outcome};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -38,6 +39,11 @@ impl<O> TaskId<O> {
     /// The number of the task within its dispatcher: 1, 2, 3… in submission order.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The task as the dispatcher's table, its backend and the server know it.
+    pub(crate) fn task(&self) -> DriverTaskId {
+        DriverTaskId::new(self.seq)
     }
 
     /// The same id without its output type.

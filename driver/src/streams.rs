@@ -1,6 +1,7 @@
 //! `map`, `imap` and `imap_unordered` (achilles' names, `multiprocessing.Pool`'s semantics) on
 //! every [`Dispatcher`].
 
+use blitzen_protocol::ids::DriverTaskId;
 use std::marker::PhantomData;
 use std::sync::mpsc;
 
@@ -49,9 +50,9 @@ impl<B: Backend> Dispatcher<B> {
     /// dispatcher as it goes.
     pub fn as_completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> ImapUnordered<'_, B, O> {
         let (tx, done) = mpsc::channel();
-        let seqs: Vec<u64> = ids.iter().map(TaskId::seq).collect();
-        self.table.subscribe(&seqs, &tx);
-        let waiting = ids.iter().map(|id| (id.seq(), *id)).collect();
+        let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
+        self.table.subscribe(&tasks, &tx);
+        let waiting = ids.iter().map(|id| (id.task(), *id)).collect();
         ImapUnordered { dispatcher: self, waiting, done, _output: PhantomData, _tx: tx }
     }
 }
@@ -62,9 +63,9 @@ impl<B: Backend> Dispatcher<B> {
     /// in slices. Rust programs use [`as_completed`](Self::as_completed).
     pub fn completions<O>(&self, ids: &[TaskId<O>]) -> Completions {
         let (tx, done) = mpsc::channel();
-        let seqs: Vec<u64> = ids.iter().map(TaskId::seq).collect();
-        self.table.subscribe(&seqs, &tx);
-        Completions { waiting: seqs.into_iter().collect(), done, _tx: tx }
+        let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
+        self.table.subscribe(&tasks, &tx);
+        Completions { waiting: tasks.into_iter().collect(), done, _tx: tx }
     }
 }
 
@@ -72,16 +73,17 @@ impl<B: Backend> Dispatcher<B> {
 /// numbers arrive on as they finish.
 #[derive(Debug)]
 pub struct Completions {
-    waiting: std::collections::HashSet<u64>,
-    done: mpsc::Receiver<u64>,
+    waiting: std::collections::HashSet<DriverTaskId>,
+    done: mpsc::Receiver<DriverTaskId>,
     /// Keeps the channel open while tasks are awaited.
-    _tx: mpsc::Sender<u64>,
+    _tx: mpsc::Sender<DriverTaskId>,
 }
 
 /// One wait of [`Completions::next_within`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
-    /// This task has finished (its result is in the dispatcher).
+    /// The task of this number ([`TaskId::seq`]) has finished (its result is in the
+    /// dispatcher).
     Finished(u64),
     /// None finished within the wait.
     Waiting,
@@ -96,7 +98,7 @@ impl Completions {
         while !self.waiting.is_empty() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.done.recv_timeout(left) {
-                Ok(seq) if self.waiting.remove(&seq) => return Completion::Finished(seq),
+                Ok(id) if self.waiting.remove(&id) => return Completion::Finished(id.get()),
                 Ok(_) => continue,
                 Err(_) => return Completion::Waiting,
             }
@@ -125,7 +127,7 @@ impl<B: Backend, O: DeserializeOwned> Iterator for Imap<'_, B, O> {
         match self.dispatcher.get_results_with(&[id], Fetch::default()) {
             Ok(mut one) => one.pop(),
             // Only if someone else fetched this id meanwhile.
-            Err(e) => Some(Err(fetched_elsewhere(id.seq(), e))),
+            Err(e) => Some(Err(fetched_elsewhere(id.task(), e))),
         }
     }
 
@@ -139,13 +141,13 @@ impl<B: Backend, O: DeserializeOwned> Iterator for Imap<'_, B, O> {
 #[derive(Debug)]
 pub struct ImapUnordered<'a, B: Backend, O> {
     dispatcher: &'a Dispatcher<B>,
-    /// Tasks not yielded yet, by number.
-    waiting: std::collections::HashMap<u64, TaskId<O>>,
-    /// Numbers of finished tasks, sent by the result table.
-    done: mpsc::Receiver<u64>,
+    /// Tasks not yielded yet.
+    waiting: std::collections::HashMap<DriverTaskId, TaskId<O>>,
+    /// Finished tasks, sent by the result table.
+    done: mpsc::Receiver<DriverTaskId>,
     _output: PhantomData<fn() -> O>,
     /// Keeps the channel open while tasks are outstanding.
-    _tx: mpsc::Sender<u64>,
+    _tx: mpsc::Sender<DriverTaskId>,
 }
 
 impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
@@ -154,11 +156,11 @@ impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.waiting.is_empty() {
             // Every task settles eventually (at worst as cancelled at shutdown), so this ends.
-            let seq = self.done.recv().ok()?;
-            let Some(id) = self.waiting.remove(&seq) else { continue };
+            let task = self.done.recv().ok()?;
+            let Some(id) = self.waiting.remove(&task) else { continue };
             let result = match self.dispatcher.get_results_with(&[id], Fetch::default()) {
                 Ok(mut one) => one.pop()?,
-                Err(e) => Err(fetched_elsewhere(seq, e)),
+                Err(e) => Err(fetched_elsewhere(task, e)),
             };
             return Some((id, result));
         }
@@ -172,16 +174,16 @@ impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
 
 impl<B: Backend, O> Drop for ImapUnordered<'_, B, O> {
     fn drop(&mut self) {
-        let seqs: Vec<u64> = self.waiting.keys().copied().collect();
-        self.dispatcher.table.unsubscribe(&seqs);
+        let tasks: Vec<DriverTaskId> = self.waiting.keys().copied().collect();
+        self.dispatcher.table.unsubscribe(&tasks);
     }
 }
 
 /// A stream's task whose result another caller took first.
-fn fetched_elsewhere(seq: u64, e: DispatchError) -> TaskError {
+fn fetched_elsewhere(task: DriverTaskId, e: DispatchError) -> TaskError {
     TaskError::Lost {
         ctx: Box::new(blitzen_common::TaskContext {
-            id: seq,
+            id: task.get(),
             task: "?".into(),
             worker: None,
             stderr_tail: String::new(),

@@ -46,7 +46,7 @@ pub(super) enum Outgoing {
     /// A task to submit.
     Call(Call),
     /// Tasks to cancel, by number.
-    Cancel(Vec<u64>),
+    Cancel(Vec<DriverTaskId>),
 }
 
 /// How one connection ended.
@@ -173,7 +173,7 @@ struct Backlog {
     calls: std::collections::VecDeque<Call>,
     /// Tasks asked to be cancelled whose results have not arrived: asked again on every new
     /// connection, since the server may not have heard (the cancel is idempotent).
-    cancels: std::collections::HashSet<u64>,
+    cancels: std::collections::HashSet<DriverTaskId>,
 }
 
 impl Backlog {
@@ -241,9 +241,8 @@ impl Connection<'_> {
                     if !resumed {
                         return End::Refused(DispatchError::UnknownSession(self.session.into()));
                     }
-                    let ids: Vec<u64> = held.iter().map(|id| id.get()).collect();
-                    info!(tasks = ids.len(), "attached to the session");
-                    self.table.adopt(&ids, next_id);
+                    info!(tasks = held.len(), "attached to the session");
+                    self.table.adopt(&held, next_id);
                     // What the other process submitted is not this one's to count.
                     backlog.attached(accepted);
                 }
@@ -265,10 +264,9 @@ impl Connection<'_> {
                     let _ = writer.send(FromDriver::Submit { kinds, tasks });
                 }
                 if !backlog.cancels.is_empty() {
-                    let mut ids: Vec<u64> = backlog.cancels.iter().copied().collect();
+                    let mut ids: Vec<DriverTaskId> = backlog.cancels.iter().copied().collect();
                     ids.sort_unstable();
-                    let _ = writer
-                        .send(FromDriver::Cancel(ids.into_iter().map(DriverTaskId::new).collect()));
+                    let _ = writer.send(FromDriver::Cancel(ids));
                 }
             }
             Ok(Some(other)) => return End::Lost(format!("the server opened with {other:?}")),
@@ -297,7 +295,7 @@ impl Connection<'_> {
                         debug!(count = ids.len(), "results received");
                         if !backlog.cancels.is_empty() {
                             for id in &ids {
-                                backlog.cancels.remove(&id.get());
+                                backlog.cancels.remove(id);
                             }
                         }
                         self.table.complete(reports);
@@ -305,7 +303,7 @@ impl Connection<'_> {
                     }
                     Ok(Some(ToDriver::Output(output))) => {
                         for o in output {
-                            self.table.output.push(o.id.get(), Some(o.host), o.lines);
+                            self.table.output.push(o.id, Some(o.host), o.lines);
                         }
                     }
                     Ok(Some(ToDriver::Mismatch(mismatch))) => {
@@ -313,8 +311,7 @@ impl Connection<'_> {
                     }
                     Ok(Some(ToDriver::Waiting { ids, reason })) => {
                         debug!(tasks = ids.len(), %reason, "tasks wait for an agent");
-                        let seqs: Vec<u64> = ids.iter().map(|id| id.get()).collect();
-                        self.table.note(&seqs, &reason);
+                        self.table.note(&ids, &reason);
                     }
                     Ok(Some(ToDriver::Stalled { tasks, waited_ms, reason })) => {
                         let waited = Duration::from_secs(waited_ms / 1000);
@@ -356,7 +353,6 @@ impl Connection<'_> {
                                 }
                                 debug!(count = ids.len(), "cancelling tasks");
                                 backlog.cancels.extend(ids.iter().copied());
-                                let ids = ids.into_iter().map(DriverTaskId::new).collect();
                                 let _ = writer.send(FromDriver::Cancel(ids));
                             }
                         }
@@ -426,7 +422,7 @@ mod tests {
 
     fn call(id: u64) -> Call {
         Call {
-            id,
+            id: DriverTaskId::new(id),
             name: "t",
             signature: "fn t()",
             fingerprint: 1,
@@ -446,14 +442,14 @@ mod tests {
         b.calls.extend((1..=5).map(call));
         b.session(false, 0);
         b.accepted_in_session(3);
-        assert_eq!(b.calls.iter().map(|c| c.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(b.calls.iter().map(|c| c.id.get()).collect::<Vec<_>>(), [4, 5]);
         // Reconnected to the same session, which had taken one more meanwhile.
         b.session(true, 4);
         assert_eq!((b.accepted, b.calls.len()), (4, 1));
         // The server forgot the session (nothing was left in it): a new one counts from 0.
         b.calls.extend((6..=7).map(call));
         b.session(false, 0);
-        assert_eq!(b.calls.iter().map(|c| c.id).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(b.calls.iter().map(|c| c.id.get()).collect::<Vec<_>>(), [5, 6, 7]);
         b.accepted_in_session(3);
         assert_eq!((b.accepted, b.calls.len()), (7, 0));
     }
@@ -488,7 +484,7 @@ impl Declared {
             next
         });
         Submission {
-            id: DriverTaskId::new(call.id),
+            id: call.id,
             kind,
             args: call.args,
             timeout_ms: call.timeout.map(|t| t.as_millis() as u64),

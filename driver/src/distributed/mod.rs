@@ -24,6 +24,7 @@ use blitzen_net::PeerTls;
 use blitzen_net::tls::Verify;
 use blitzen_protocol::Outcome;
 use blitzen_protocol::cluster::DEFAULT_PORT;
+use blitzen_protocol::ids::DriverTaskId;
 use tokio::sync::mpsc;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
@@ -165,7 +166,7 @@ impl Backend for Cluster {
         }
     }
 
-    fn cancel(&self, ids: Vec<u64>) {
+    fn cancel(&self, ids: Vec<DriverTaskId>) {
         let link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         // Without a connection, no task of this dispatcher is unfinished (they ended `Lost`).
         if let LinkState::Up(l) = &*link {

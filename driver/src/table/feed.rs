@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use blitzen_protocol::ids::DriverTaskId;
 use blitzen_protocol::{Finished, Lines, StdStream};
 
 /// Bytes of lines a dispatcher holds for its consumer; lines beyond are dropped and counted.
@@ -23,10 +24,10 @@ pub(crate) struct OutputFeed {
 
 #[derive(Debug, Default)]
 struct FeedState {
-    queue: VecDeque<(u64, Option<String>, Lines)>,
+    queue: VecDeque<(DriverTaskId, Option<String>, Lines)>,
     bytes: usize,
     /// Lines not kept, by task number and stream.
-    dropped: HashMap<u64, [u64; 2]>,
+    dropped: HashMap<DriverTaskId, [u64; 2]>,
     /// Whether the consumer is handing on lines it took.
     in_hand: bool,
     closed: bool,
@@ -44,27 +45,27 @@ impl OutputFeed {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Lines of task `seq`, from the backend: never waits.
-    pub(crate) fn push(&self, seq: u64, host: Option<String>, lines: Lines) {
+    /// Lines of task `id`, from the backend: never waits.
+    pub(crate) fn push(&self, id: DriverTaskId, host: Option<String>, lines: Lines) {
         let mut st = self.lock();
         if st.closed || st.bytes + lines.text.len() > OUTPUT_QUEUE_BYTES {
-            st.dropped.entry(seq).or_default()[index(lines.stream)] += lines.count();
+            st.dropped.entry(id).or_default()[index(lines.stream)] += lines.count();
             self.dropped_any.store(true, Ordering::Relaxed);
             return;
         }
         st.bytes += lines.text.len();
-        st.queue.push_back((seq, host, lines));
+        st.queue.push_back((id, host, lines));
         drop(st);
         self.ready.notify_all();
     }
 
-    /// Adds the lines of task `seq` that were dropped here into its result.
-    pub(crate) fn add_dropped(&self, seq: u64, run: &mut Finished) {
+    /// Adds the lines of task `id` that were dropped here into its result.
+    pub(crate) fn add_dropped(&self, id: DriverTaskId, run: &mut Finished) {
         if !self.dropped_any.load(Ordering::Relaxed) {
             return;
         }
         let mut st = self.lock();
-        if let Some([stdout, stderr]) = st.dropped.remove(&seq) {
+        if let Some([stdout, stderr]) = st.dropped.remove(&id) {
             run.stdout.unstreamed += stdout;
             run.stderr.unstreamed += stderr;
         }
@@ -98,8 +99,8 @@ impl OutputFeed {
         }
     }
 
-    /// Every line waiting, oldest first, by task number.
-    pub(crate) fn take(&self) -> Vec<(u64, Option<String>, Lines)> {
+    /// Every line waiting, oldest first, by task.
+    pub(crate) fn take(&self) -> Vec<(DriverTaskId, Option<String>, Lines)> {
         let mut st = self.lock();
         st.bytes = 0;
         st.queue.drain(..).collect()
@@ -107,7 +108,7 @@ impl OutputFeed {
 
     /// [`take`](Self::take), for a consumer that then calls [`handed`](Self::handed) once it
     /// has handed them on: [`settle`](Self::settle) waits for that.
-    pub(crate) fn take_in_hand(&self) -> Vec<(u64, Option<String>, Lines)> {
+    pub(crate) fn take_in_hand(&self) -> Vec<(DriverTaskId, Option<String>, Lines)> {
         let mut st = self.lock();
         st.bytes = 0;
         st.in_hand = true;
@@ -155,19 +156,19 @@ mod tests {
     fn lines_past_the_queue_bound_are_counted_into_the_result() {
         let feed = OutputFeed::default();
         let big = Bytes::from(vec![b'x'; OUTPUT_QUEUE_BYTES]);
-        feed.push(1, None, Lines { stream: StdStream::Stdout, text: big });
-        feed.push(1, None, lines("a\nb\n"));
-        feed.push(2, None, Lines { stream: StdStream::Stderr, ..lines("c\n") });
-        feed.push(2, None, lines("d"));
+        feed.push(DriverTaskId::new(1), None, Lines { stream: StdStream::Stdout, text: big });
+        feed.push(DriverTaskId::new(1), None, lines("a\nb\n"));
+        feed.push(DriverTaskId::new(2), None, Lines { stream: StdStream::Stderr, ..lines("c\n") });
+        feed.push(DriverTaskId::new(2), None, lines("d"));
         let mut run = Finished::unstarted(blitzen_protocol::Outcome::UnknownTask);
-        feed.add_dropped(1, &mut run);
+        feed.add_dropped(DriverTaskId::new(1), &mut run);
         assert_eq!((run.stdout.unstreamed, run.stderr.unstreamed), (2, 0));
         let mut run = Finished::unstarted(blitzen_protocol::Outcome::UnknownTask);
-        feed.add_dropped(2, &mut run);
+        feed.add_dropped(DriverTaskId::new(2), &mut run);
         assert_eq!((run.stdout.unstreamed, run.stderr.unstreamed), (1, 1));
         assert!(feed.wait(Some(Duration::ZERO)));
         assert_eq!(feed.take().len(), 1);
-        feed.push(3, None, lines("e\n"));
+        feed.push(DriverTaskId::new(3), None, lines("e\n"));
         assert_eq!(feed.take().len(), 1, "taken lines make room");
     }
 
@@ -178,7 +179,7 @@ mod tests {
             let feed = feed.clone();
             std::thread::spawn(move || feed.wait(None))
         };
-        feed.push(1, Some("h".into()), lines("x\n"));
+        feed.push(DriverTaskId::new(1), Some("h".into()), lines("x\n"));
         assert!(waiter.join().expect("waiter"));
         assert_eq!(feed.take()[0].1.as_deref(), Some("h"));
         let waiter = {

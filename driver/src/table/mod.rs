@@ -55,22 +55,22 @@ struct TableState {
     /// The name and signature of each pending slot's task, by number.
     kinds: Kinds,
     /// What is known about the delay of some pending tasks (no agent can run them yet).
-    notes: HashMap<u64, String>,
+    notes: HashMap<DriverTaskId, String>,
     /// Slots still `Pending`, so waiting for all needs no scan.
     pending: usize,
     /// Set when no more tasks can run: new tasks end with this outcome at once.
     closed: Option<Outcome>,
     /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`).
-    subscribers: HashMap<u64, std::sync::mpsc::Sender<u64>>,
+    subscribers: HashMap<DriverTaskId, std::sync::mpsc::Sender<DriverTaskId>>,
     /// Reports dropped because their task already had a result ([`DispatcherStats::duplicates`]).
     duplicates: u64,
 }
 
 impl TableState {
-    /// What is known about the delay of pending task `seq`, if anything.
-    fn detail(&self, seq: u64, kind: u32) -> Option<String> {
-        let note = self.notes.get(&seq)?;
-        Some(format!("task {seq} `{}`: {note}", self.kinds.get(kind).0))
+    /// What is known about the delay of pending task `id`, if anything.
+    fn detail(&self, id: DriverTaskId, kind: u32) -> Option<String> {
+        let note = self.notes.get(&id)?;
+        Some(format!("task {id} `{}`: {note}", self.kinds.get(kind).0))
     }
 }
 
@@ -115,12 +115,12 @@ impl ResultTable {
 
     /// Takes on tasks of an attached session: each of `ids` is pending until its result
     /// arrives, and new ids start at `next` at the earliest.
-    pub(crate) fn adopt(&self, ids: &[u64], next: u64) {
+    pub(crate) fn adopt(&self, ids: &[DriverTaskId], next: u64) {
         let mut guard = self.lock();
         let st = &mut *guard;
         let kind = st.kinds.id("attached", "");
-        for &seq in ids {
-            if st.slots.insert(seq, Slot::Pending(kind)) {
+        for &id in ids {
+            if st.slots.insert(id.get(), Slot::Pending(kind)) {
                 st.pending += 1;
             }
         }
@@ -145,26 +145,30 @@ impl ResultTable {
         drop(st);
         let is_closed = closed.is_some();
         if let Some(outcome) = closed {
-            self.settle(seq, outcome);
+            self.settle(DriverTaskId::new(seq), outcome);
         }
         (id, is_closed)
     }
 
     /// Settles one task that never reached a worker.
-    pub(crate) fn settle(&self, seq: u64, outcome: Outcome) {
-        self.complete(vec![Report::unstarted(DriverTaskId::new(seq), outcome)]);
+    pub(crate) fn settle(&self, id: DriverTaskId, outcome: Outcome) {
+        self.complete(vec![Report::unstarted(id, outcome)]);
     }
 
-    /// Sends each of `seqs` on `tx` as soon as it is done (at once for those already done).
-    pub(crate) fn subscribe(&self, seqs: &[u64], tx: &std::sync::mpsc::Sender<u64>) {
+    /// Sends each of `ids` on `tx` as soon as it is done (at once for those already done).
+    pub(crate) fn subscribe(
+        &self,
+        ids: &[DriverTaskId],
+        tx: &std::sync::mpsc::Sender<DriverTaskId>,
+    ) {
         let mut st = self.lock();
-        for &seq in seqs {
-            match st.slots.get(seq) {
+        for &id in ids {
+            match st.slots.get(id.get()) {
                 Some(Slot::Pending(_)) => {
-                    st.subscribers.insert(seq, tx.clone());
+                    st.subscribers.insert(id, tx.clone());
                 }
                 Some(Slot::Done(_)) => {
-                    let _ = tx.send(seq);
+                    let _ = tx.send(id);
                 }
                 Some(Slot::Fetched) | None => {}
             }
@@ -172,51 +176,51 @@ impl ResultTable {
     }
 
     /// Drops the subscriptions of tasks nobody waits for any more.
-    pub(crate) fn unsubscribe(&self, seqs: &[u64]) {
+    pub(crate) fn unsubscribe(&self, ids: &[DriverTaskId]) {
         let mut st = self.lock();
-        for seq in seqs {
-            st.subscribers.remove(seq);
+        for id in ids {
+            st.subscribers.remove(id);
         }
     }
 
     /// Attaches what is known about a delay to pending tasks.
-    pub(crate) fn note(&self, seqs: &[u64], note: &str) {
+    pub(crate) fn note(&self, ids: &[DriverTaskId], note: &str) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        for &seq in seqs {
-            if let Some(Slot::Pending(_)) = st.slots.get(seq) {
-                st.notes.insert(seq, note.to_string());
+        for &id in ids {
+            if let Some(Slot::Pending(_)) = st.slots.get(id.get()) {
+                st.notes.insert(id, note.to_string());
             }
         }
     }
 
-    /// Records a batch of finished tasks (from either backend, as the cluster reports them)
-    /// and wakes waiters.
+    /// Records a batch of finished tasks (from either backend) and wakes waiters.
     pub(crate) fn complete(&self, batch: Vec<Report<DriverTaskId>>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         for mut r in batch {
-            let seq = r.id.get();
-            self.output.add_dropped(seq, &mut r.run);
-            let slot = st.slots.get_mut(seq);
+            let id = r.id;
+            self.output.add_dropped(id, &mut r.run);
+            let slot = st.slots.get_mut(id.get());
             let Some(slot @ &mut Slot::Pending(kind)) = slot else {
                 // Its first result came before (or it was fetched): a copy sent again.
                 st.duplicates += 1;
-                debug!(task = seq, "a second result of a task was dropped");
+                debug!(task = %id, "a second result of a task was dropped");
                 continue;
             };
             st.pending -= 1;
             if !st.subscribers.is_empty()
-                && let Some(subscriber) = st.subscribers.remove(&seq)
+                && let Some(subscriber) = st.subscribers.remove(&id)
             {
-                let _ = subscriber.send(seq);
+                let _ = subscriber.send(id);
             }
             if !st.notes.is_empty() {
-                st.notes.remove(&seq);
+                st.notes.remove(&id);
             }
             let (task, signature) = st.kinds.get(kind);
             let task = Cow::Borrowed(task);
-            let result = TaskResult { id: seq, task, worker: r.worker, run: r.run, signature };
+            let (worker, run) = (r.worker, r.run);
+            let result = TaskResult { id: id.get(), task, worker, run, signature };
             *slot = Slot::Done(Box::new(result));
         }
         drop(guard);
@@ -241,18 +245,17 @@ impl ResultTable {
     /// Refuses new tasks and settles every pending one, both with `outcome` (unless the table
     /// was closed before, whose outcome stays for new tasks).
     pub(crate) fn close(&self, outcome: Outcome) {
-        let pending: Vec<u64> = {
+        let pending: Vec<DriverTaskId> = {
             let mut st = self.lock();
             st.closed.get_or_insert_with(|| outcome.clone());
             st.slots
                 .iter()
                 .filter(|(_, s)| matches!(s, Slot::Pending(_)))
-                .map(|(seq, _)| seq)
+                .map(|(seq, _)| DriverTaskId::new(seq))
                 .collect()
         };
-        let batch = (pending.into_iter())
-            .map(|seq| Report::unstarted(DriverTaskId::new(seq), outcome.clone()))
-            .collect();
+        let batch =
+            (pending.into_iter()).map(|id| Report::unstarted(id, outcome.clone())).collect();
         self.complete(batch);
     }
 
@@ -260,7 +263,10 @@ impl ResultTable {
     /// Of `ids`, those not finished yet, checking first that this table issued every one (an id
     /// of another dispatcher, or never issued, is an error). Fetched and finished ones are left
     /// out: a cancel does nothing to them.
-    pub(crate) fn unfinished<O>(&self, ids: &[TaskId<O>]) -> Result<Vec<u64>, DispatchError> {
+    pub(crate) fn unfinished<O>(
+        &self,
+        ids: &[TaskId<O>],
+    ) -> Result<Vec<DriverTaskId>, DispatchError> {
         let st = self.lock();
         for id in ids {
             if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
@@ -270,19 +276,19 @@ impl ResultTable {
         Ok(ids
             .iter()
             .filter(|id| matches!(st.slots.get(id.seq), Some(Slot::Pending(_))))
-            .map(|id| id.seq)
+            .map(|id| DriverTaskId::new(id.seq))
             .collect())
     }
 
     /// Every task not finished yet, in submission order.
-    pub(crate) fn all_unfinished(&self) -> Vec<u64> {
+    pub(crate) fn all_unfinished(&self) -> Vec<DriverTaskId> {
         let st = self.lock();
-        let mut seqs: Vec<u64> = (st.slots.iter())
+        let mut ids: Vec<DriverTaskId> = (st.slots.iter())
             .filter(|(_, slot)| matches!(slot, Slot::Pending(_)))
-            .map(|(seq, _)| seq)
+            .map(|(seq, _)| DriverTaskId::new(seq))
             .collect();
-        seqs.sort_unstable();
-        seqs
+        ids.sort_unstable();
+        ids
     }
 
     pub(crate) fn fetch<O>(
@@ -331,7 +337,7 @@ impl ResultTable {
                             if let Some(&Slot::Pending(kind)) = st.slots.get(id.seq) {
                                 pending += 1;
                                 if detail.is_none() {
-                                    detail = st.detail(id.seq, kind);
+                                    detail = st.detail(id.task(), kind);
                                 }
                             }
                         }
@@ -391,7 +397,7 @@ impl ResultTable {
             if let Some(deadline) = deadline {
                 let Some(until) = deadline.checked_duration_since(Instant::now()) else {
                     let detail = st.slots.iter().find_map(|(seq, slot)| match slot {
-                        &Slot::Pending(kind) => st.detail(seq, kind),
+                        &Slot::Pending(kind) => st.detail(DriverTaskId::new(seq), kind),
                         _ => None,
                     });
                     return Err(DispatchError::WaitTimedOut {
@@ -504,7 +510,7 @@ mod tests {
         assert!(matches!(a.fetch(&[id], Fetch::default()), Err(DispatchError::UnknownTask(1))));
         let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(20)));
         assert!(matches!(err, Err(DispatchError::WaitTimedOut { pending: 1, total: 1, .. })));
-        b.note(&[id.seq()], "no agent can run it");
+        b.note(&[id.task()], "no agent can run it");
         let err = b.fetch(&[id], Fetch::default().within(Duration::from_millis(1)));
         assert!(format!("{:?}", err).contains("no agent can run it"), "{err:?}");
         b.close(Outcome::Cancelled { reason: "closing".into() });
