@@ -5,13 +5,15 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::Report;
-use blitzen_protocol::ids::{ConnId, DriverTaskId};
+use blitzen_protocol::ids::DriverTaskId;
+
+use super::tasks::DriverKey;
 
 /// Unacknowledged results by driver, with the caps of `--result-ttl` and `--max-results`.
 #[derive(Debug)]
 pub(super) struct ResultCache {
     /// By driver, then by the driver's task id: the result and when it arrived.
-    by_driver: HashMap<ConnId, HashMap<DriverTaskId, (Report<DriverTaskId>, Instant)>>,
+    by_driver: HashMap<DriverKey, HashMap<DriverTaskId, (Report<DriverTaskId>, Instant)>>,
     /// Arrival order, for eviction. Entries whose result was acknowledged meanwhile are skipped
     /// (and trimmed from the front every turn), so acknowledging costs no search.
     order: VecDeque<Arrival>,
@@ -23,13 +25,13 @@ pub(super) struct ResultCache {
     max: usize,
     /// Results evicted since the core last took them ([`ResultCache::take_evicted`]), for the
     /// data directory to forget too.
-    evicted: Vec<(ConnId, DriverTaskId)>,
+    evicted: Vec<(DriverKey, DriverTaskId)>,
 }
 
 /// One result's place in the arrival order.
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
-    driver: ConnId,
+    driver: DriverKey,
     id: DriverTaskId,
     /// When it arrived; an entry is stale when the result held under its id arrived at
     /// another time (it was acknowledged, and the id reported again).
@@ -49,13 +51,13 @@ impl ResultCache {
     }
 
     /// Keeps a result until acknowledged; returns how many older results the count cap evicted.
-    pub(super) fn insert(&mut self, conn: ConnId, report: Report<DriverTaskId>) -> usize {
+    pub(super) fn insert(&mut self, driver: DriverKey, report: Report<DriverTaskId>) -> usize {
         let now = Instant::now();
         let id = report.id;
-        if self.by_driver.entry(conn).or_default().insert(id, (report, now)).is_none() {
+        if self.by_driver.entry(driver).or_default().insert(id, (report, now)).is_none() {
             self.count += 1;
         }
-        self.order.push_back(Arrival { driver: conn, id, at: now });
+        self.order.push_back(Arrival { driver, id, at: now });
         let mut evicted = 0;
         while self.count > self.max && self.evict_oldest() {
             evicted += 1;
@@ -64,8 +66,8 @@ impl ResultCache {
     }
 
     /// Forgets acknowledged results.
-    pub(super) fn ack(&mut self, conn: ConnId, ids: &[DriverTaskId]) {
-        if let Some(results) = self.by_driver.get_mut(&conn) {
+    pub(super) fn ack(&mut self, driver: DriverKey, ids: &[DriverTaskId]) {
+        if let Some(results) = self.by_driver.get_mut(&driver) {
             for id in ids {
                 if results.remove(id).is_some() {
                     self.count -= 1;
@@ -75,16 +77,16 @@ impl ResultCache {
     }
 
     /// Forgets everything held for a driver.
-    pub(super) fn forget(&mut self, conn: ConnId) {
-        if let Some(results) = self.by_driver.remove(&conn) {
+    pub(super) fn forget(&mut self, driver: DriverKey) {
+        if let Some(results) = self.by_driver.remove(&driver) {
             self.count -= results.len();
         }
     }
 
     /// Every result held for a driver, oldest first: what it is owed when it reconnects.
-    pub(super) fn held(&self, conn: ConnId) -> Vec<Report<DriverTaskId>> {
+    pub(super) fn held(&self, driver: DriverKey) -> Vec<Report<DriverTaskId>> {
         let mut held: Vec<(&Report<DriverTaskId>, Instant)> =
-            (self.by_driver.get(&conn).into_iter())
+            (self.by_driver.get(&driver).into_iter())
                 .flat_map(|r| r.values().map(|(report, at)| (report, *at)))
                 .collect();
         held.sort_by_key(|&(report, at)| (at, report.id));
@@ -92,8 +94,8 @@ impl ResultCache {
     }
 
     /// Whether anything is held for a driver.
-    pub(super) fn holds(&self, conn: ConnId) -> bool {
-        self.by_driver.get(&conn).is_some_and(|r| !r.is_empty())
+    pub(super) fn holds(&self, driver: DriverKey) -> bool {
+        self.by_driver.get(&driver).is_some_and(|r| !r.is_empty())
     }
 
     /// Results held.
@@ -103,8 +105,8 @@ impl ResultCache {
 
     /// Ids held for one driver.
     #[cfg(test)]
-    pub(super) fn ids(&self, conn: ConnId) -> Vec<u64> {
-        let mut ids: Vec<u64> = (self.by_driver.get(&conn).into_iter())
+    pub(super) fn ids(&self, driver: DriverKey) -> Vec<u64> {
+        let mut ids: Vec<u64> = (self.by_driver.get(&driver).into_iter())
             .flat_map(|r| r.keys().map(|id| id.get()))
             .collect();
         ids.sort_unstable();
@@ -162,7 +164,7 @@ impl ResultCache {
     }
 
     /// The results evicted by the caps since the last call.
-    pub(super) fn take_evicted(&mut self) -> Vec<(ConnId, DriverTaskId)> {
+    pub(super) fn take_evicted(&mut self) -> Vec<(DriverKey, DriverTaskId)> {
         std::mem::take(&mut self.evicted)
     }
 }

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::counters::SessionStats;
 use super::output::OutputBudget;
-use super::tasks::{OptionalConn, Task};
+use super::tasks::{DriverKey, OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::Change;
 
@@ -25,7 +25,8 @@ pub(super) struct Driver {
     pub name: String,
     /// Its session (empty: none, it cannot reconnect).
     pub session: String,
-    /// Its current connection, or the last one.
+    /// Its current connection, or the last one (0, which no connection is given, for a session
+    /// restored from the data directory and not taken over yet).
     pub conn: ConnId,
     /// When its connection ended without a goodbye, while it has none.
     pub departed: Option<Instant>,
@@ -87,6 +88,13 @@ impl Driver {
 }
 
 impl Core {
+    /// A key for a new driver.
+    pub(super) fn new_driver_key(&mut self) -> DriverKey {
+        let key = DriverKey::new(self.next_driver);
+        self.next_driver += 1;
+        key
+    }
+
     /// A driver connected: a new session, or one the server knows, which this connection takes
     /// over — the driver hears how many of its tasks the server holds, and gets every result it
     /// is owed again.
@@ -152,15 +160,16 @@ impl Core {
             held: Vec::new(),
             next_id: 0,
         });
+        let key = self.new_driver_key();
         let mut driver = Driver::departed(name, session.clone(), conn, Instant::now());
         driver.tx = Some(tx);
         driver.departed = None;
         if !session.is_empty() {
-            self.sessions.insert(session, conn);
+            self.sessions.insert(session, key);
         }
-        self.connections.insert(conn, conn);
-        self.drivers.insert(conn, driver);
-        self.rotation.push_back(conn);
+        self.connections.insert(conn, key);
+        self.drivers.insert(key, driver);
+        self.rotation.push_back(key);
     }
 
     /// Queues a driver's new tasks; those beyond the task limit, or of a kind it never
@@ -168,20 +177,20 @@ impl Core {
     /// `waiting`).
     pub(super) fn submit(
         &mut self,
-        conn: ConnId,
+        driver_key: DriverKey,
         kinds: Vec<TaskKind>,
         submissions: Vec<Submission>,
     ) {
         let new_kinds: Vec<KindId> = kinds.into_iter().map(|k| self.intern(k)).collect();
         if !new_kinds.is_empty() {
-            self.tell_mismatches(conn, &new_kinds);
+            self.tell_mismatches(driver_key, &new_kinds);
         }
-        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+        let Some(driver) = self.drivers.get_mut(&driver_key) else { return };
         driver.kinds.extend(new_kinds);
         driver.accepted += submissions.len() as u64;
         let name = driver.name.clone();
         let declared = driver.kinds.clone();
-        let session = self.durable_session(conn);
+        let session = self.durable_session(driver_key);
         let mut unrunnable: HashMap<KindId, Vec<(DriverTaskId, TaskKey)>> = HashMap::new();
         // Whether a connected agent has each kind submitted, looked up once per kind.
         let mut runnable: HashMap<KindId, bool> = HashMap::new();
@@ -191,7 +200,7 @@ impl Core {
         let mut undeclared = Vec::new();
         let count = submissions.len();
         let mut records = Vec::with_capacity(if session.is_some() { count } else { 0 });
-        if let (Some(d), Some(last)) = (self.drivers.get_mut(&conn), submissions.last()) {
+        if let (Some(d), Some(last)) = (self.drivers.get_mut(&driver_key), submissions.last()) {
             d.next_id = d.next_id.max(last.id.get() + 1);
         }
         for s in submissions {
@@ -212,7 +221,7 @@ impl Core {
             let timeout_ms =
                 s.timeout_ms.or(self.config.default_timeout.map(|t| t.as_millis() as u64));
             let key = self.tasks.insert(Task {
-                driver: conn,
+                driver: driver_key,
                 id: s.id,
                 seq,
                 kind,
@@ -226,7 +235,7 @@ impl Core {
                 agent: OptionalConn::NONE,
                 attempts: 0,
             });
-            if let Some(d) = self.drivers.get_mut(&conn) {
+            if let Some(d) = self.drivers.get_mut(&driver_key) {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
             }
@@ -243,29 +252,29 @@ impl Core {
         {
             self.record(Change::Tasks { session, tasks: records });
         }
-        debug!(%conn, driver = %name, count, refused = refused.len(), "tasks submitted");
+        debug!(%driver_key, driver = %name, count, refused = refused.len(), "tasks submitted");
         if !undeclared.is_empty() {
-            warn!(%conn, driver = %name, tasks = undeclared.len(), "submissions name a kind the driver never declared; refused");
+            warn!(%driver_key, driver = %name, tasks = undeclared.len(), "submissions name a kind the driver never declared; refused");
             for id in undeclared {
                 let reason = "the driver submitted it with a kind of task it never declared \
                               (a bug in the driver)"
                     .to_string();
-                self.report(conn, Report::unstarted(id, Outcome::Refused { reason }), None);
+                self.report(driver_key, Report::unstarted(id, Outcome::Refused { reason }), None);
             }
         }
         if let Some(error) = save_failure.filter(|_| !unsaved.is_empty()) {
-            warn!(%conn, driver = %name, refused = unsaved.len(), %error, "the data directory takes no writes; submissions refused");
+            warn!(%driver_key, driver = %name, refused = unsaved.len(), %error, "the data directory takes no writes; submissions refused");
             let reason = format!(
                 "the server cannot save to its data directory ({error}); submit again once it \
                  has space"
             );
             for id in unsaved {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, Report::unstarted(id, outcome), None);
+                self.report(driver_key, Report::unstarted(id, outcome), None);
             }
         }
         if !refused.is_empty() {
-            warn!(%conn, driver = %name, refused = refused.len(), limit = self.config.task_limit, "task limit reached; submissions refused");
+            warn!(%driver_key, driver = %name, refused = refused.len(), limit = self.config.task_limit, "task limit reached; submissions refused");
             let reason = format!(
                 "the server already holds its limit of {} tasks (--task-limit); submit again \
                  once earlier tasks have finished",
@@ -273,18 +282,18 @@ impl Core {
             );
             for id in refused {
                 let outcome = Outcome::Refused { reason: reason.clone() };
-                self.report(conn, Report::unstarted(id, outcome), None);
+                self.report(driver_key, Report::unstarted(id, outcome), None);
             }
         }
         let now = Instant::now();
         for (kind, tasks) in unrunnable {
-            self.queued_unrunnable(conn, kind, &tasks, now);
+            self.queued_unrunnable(driver_key, kind, &tasks, now);
         }
         // The driver hears them accepted once they are saved (at once without a data directory).
-        self.record_session(conn);
+        self.record_session(driver_key);
         let batch = self.current_batch();
         let durable = self.durable.is_some();
-        if let Some(d) = self.drivers.get_mut(&conn) {
+        if let Some(d) = self.drivers.get_mut(&driver_key) {
             if durable {
                 d.accepted_at.push_back((batch, d.accepted));
             } else {
@@ -296,27 +305,27 @@ impl Core {
 
     /// A driver's connection ended. After a goodbye it is forgotten with its queued tasks and
     /// results; without one its tasks go on and their results wait in the cache.
-    pub(super) fn driver_left(&mut self, conn: ConnId, bye: bool) {
-        let Some(driver) = self.drivers.get_mut(&conn) else { return };
+    pub(super) fn driver_left(&mut self, driver_key: DriverKey, bye: bool) {
+        let Some(driver) = self.drivers.get_mut(&driver_key) else { return };
         driver.tx = None;
         driver.departed = Some(Instant::now());
         if !bye {
-            info!(%conn, driver = %driver.name, "driver disconnected; its tasks go on and results are kept");
+            info!(%driver_key, driver = %driver.name, "driver disconnected; its tasks go on and results are kept");
             return;
         }
-        info!(%conn, driver = %driver.name, "driver finished");
-        if let Some(session) = self.durable_session(conn) {
+        info!(%driver_key, driver = %driver.name, "driver finished");
+        if let Some(session) = self.durable_session(driver_key) {
             self.record(Change::SessionEnded { session });
         }
-        let Some(driver) = self.drivers.remove(&conn) else { return };
+        let Some(driver) = self.drivers.remove(&driver_key) else { return };
         self.sessions.remove(&driver.session);
-        self.rotation.retain(|&c| c != conn);
-        self.cache.forget(conn);
+        self.rotation.retain(|&c| c != driver_key);
+        self.cache.forget(driver_key);
         for key in driver.queues.into_values().flatten() {
             self.tasks.remove(key);
         }
         // Tasks running for it are left to finish; their results are dropped on arrival.
-        self.tasks.retain(|t| t.driver != conn || t.agent.get().is_some());
+        self.tasks.retain(|t| t.driver != driver_key || t.agent.get().is_some());
     }
 
     /// Removes a task that has ended from the books.
@@ -344,24 +353,24 @@ impl Core {
     /// last).
     pub(super) fn forget_departed(&mut self) {
         let ttl = self.config.session_ttl;
-        let done: Vec<ConnId> = self
+        let done: Vec<DriverKey> = self
             .drivers
             .iter()
-            .filter(|(conn, d)| {
+            .filter(|(key, d)| {
                 let kept = !d.session.is_empty() && d.departed.is_some_and(|at| at.elapsed() < ttl);
-                d.tx.is_none() && d.live == 0 && !self.cache.holds(**conn) && !kept
+                d.tx.is_none() && d.live == 0 && !self.cache.holds(**key) && !kept
             })
-            .map(|(&conn, _)| conn)
+            .map(|(&key, _)| key)
             .collect();
-        for conn in done {
-            if let Some(session) = self.durable_session(conn) {
+        for key in done {
+            if let Some(session) = self.durable_session(key) {
                 self.record(Change::SessionEnded { session });
             }
-            if let Some(d) = self.drivers.remove(&conn) {
-                debug!(%conn, driver = %d.name, "departed driver forgotten: nothing left for it");
+            if let Some(d) = self.drivers.remove(&key) {
+                debug!(driver = %d.name, "departed driver forgotten: nothing left for it");
                 self.sessions.remove(&d.session);
             }
-            self.rotation.retain(|&c| c != conn);
+            self.rotation.retain(|&k| k != key);
         }
     }
 
@@ -369,17 +378,17 @@ impl Core {
     /// `kind` is the task's, when it got as far as being queued.
     pub(super) fn report(
         &mut self,
-        conn: ConnId,
+        driver_key: DriverKey,
         report: Report<DriverTaskId>,
         kind: Option<KindId>,
     ) {
-        self.record_result(conn, &report);
-        self.deliver(conn, report, kind);
+        self.record_result(driver_key, &report);
+        self.deliver(driver_key, report, kind);
     }
 
     /// Saves a result with this turn's changes (with a data directory and a session).
-    pub(super) fn record_result(&mut self, conn: ConnId, report: &Report<DriverTaskId>) {
-        if let Some(session) = self.durable_session(conn) {
+    pub(super) fn record_result(&mut self, driver_key: DriverKey, report: &Report<DriverTaskId>) {
+        if let Some(session) = self.durable_session(driver_key) {
             let (id, report) = (report.id.get(), Box::new(report.clone()));
             self.record(Change::Result { session, id, report });
         }
@@ -388,16 +397,16 @@ impl Core {
     /// Counts a result and queues it for its driver, keeping it until acknowledged.
     pub(super) fn deliver(
         &mut self,
-        conn: ConnId,
+        driver_key: DriverKey,
         report: Report<DriverTaskId>,
         kind: Option<KindId>,
     ) {
-        self.count_result(conn, &report, kind);
-        let Some(d) = self.drivers.get_mut(&conn) else { return };
+        self.count_result(driver_key, &report, kind);
+        let Some(d) = self.drivers.get_mut(&driver_key) else { return };
         if d.tx.is_some() {
             d.outbox.push(report.clone());
         }
-        let evicted = self.cache.insert(conn, report);
+        let evicted = self.cache.insert(driver_key, report);
         if evicted > 0 {
             info!(
                 evicted,

@@ -9,7 +9,7 @@ use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
 use tracing::{debug, error, info};
 
 use super::drivers::Driver;
-use super::tasks::{OptionalConn, Task};
+use super::tasks::{DriverKey, OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::{Change, Loaded, SessionRecord, TaskRecord};
 
@@ -25,11 +25,11 @@ impl Core {
             durable.kinds_saved = loaded.kinds.len() as u32;
         }
         let kinds: Vec<KindId> = loaded.kinds.into_iter().map(|k| self.intern(k)).collect();
-        let mut keys: HashMap<String, ConnId> = HashMap::new();
-        for (i, (session, record)) in loaded.sessions.into_iter().enumerate() {
-            // Far above the numbers live connections get.
-            let key = ConnId::new(u64::MAX - i as u64);
-            let mut driver = Driver::departed(record.name, session.clone(), key, now);
+        let mut keys: HashMap<String, DriverKey> = HashMap::new();
+        for (session, record) in loaded.sessions {
+            let key = self.new_driver_key();
+            // Departed: no connection of it yet (`Driver::conn` is none the server gives out).
+            let mut driver = Driver::departed(record.name, session.clone(), ConnId::new(0), now);
             driver.accepted = record.accepted;
             driver.durable_accepted = record.accepted;
             driver.next_id = record.next_id;
@@ -103,7 +103,7 @@ impl Core {
     }
 
     /// The session of a driver whose state is saved: with a data directory and a session.
-    pub(super) fn durable_session(&self, driver: ConnId) -> Option<String> {
+    pub(super) fn durable_session(&self, driver: DriverKey) -> Option<String> {
         self.durable.as_ref()?;
         self.drivers.get(&driver).map(|d| d.session.clone()).filter(|s| !s.is_empty())
     }
@@ -138,7 +138,7 @@ impl Core {
     }
 
     /// Records a session's counts.
-    pub(super) fn record_session(&mut self, driver: ConnId) {
+    pub(super) fn record_session(&mut self, driver: DriverKey) {
         let Some(session) = self.durable_session(driver) else { return };
         let Some(d) = self.drivers.get(&driver) else { return };
         let record =

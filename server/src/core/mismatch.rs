@@ -7,9 +7,9 @@
 use std::collections::HashSet;
 
 use blitzen_protocol::cluster::{AgentSignature, Mismatch, ToDriver};
-use blitzen_protocol::ids::ConnId;
 use tracing::warn;
 
+use super::tasks::DriverKey;
 use super::{Core, KindId};
 
 impl Core {
@@ -36,17 +36,17 @@ impl Core {
         Some(Mismatch { task: wanted.name.clone(), signature: wanted.signature.clone(), agents })
     }
 
-    /// Tells the driver on `conn` of each of `kinds` (just declared) that no agent has as it
+    /// Tells the driver `driver_key` of each of `kinds` (just declared) that no agent has as it
     /// does.
-    pub(super) fn tell_mismatches(&self, conn: ConnId, kinds: &[KindId]) {
-        let Some(tx) = self.drivers.get(&conn).and_then(|d| d.tx.as_ref()) else { return };
+    pub(super) fn tell_mismatches(&self, driver_key: DriverKey, kinds: &[KindId]) {
+        let Some(tx) = self.drivers.get(&driver_key).and_then(|d| d.tx.as_ref()) else { return };
         let mut told = HashSet::new();
         for &kind in kinds {
             if !told.insert(self.base(kind)) {
                 continue;
             }
             if let Some(mismatch) = self.mismatch(kind) {
-                warn!(%conn, %mismatch, "a driver's task has no agent with its signature");
+                warn!(%driver_key, %mismatch, "a driver's task has no agent with its signature");
                 let _ = tx.send(ToDriver::Mismatch(mismatch));
             }
         }
@@ -55,12 +55,12 @@ impl Core {
     /// An agent with tasks of these names joined: every connected driver that declared a kind
     /// of one of them that still no agent has is told again, the new agent included.
     pub(super) fn tell_mismatches_after_join(&self, names: &[&str]) {
-        for d in self.drivers.values().filter(|d| d.tx.is_some()) {
+        for (&key, d) in self.drivers.iter().filter(|(_, d)| d.tx.is_some()) {
             let kinds: Vec<KindId> = (d.kinds.iter().copied())
                 .filter(|&k| names.contains(&self.kind(k).name.as_str()))
                 .collect();
             if !kinds.is_empty() {
-                self.tell_mismatches(d.conn, &kinds);
+                self.tell_mismatches(key, &kinds);
             }
         }
     }

@@ -81,7 +81,7 @@ use counters::ServerStats;
 use deadlines::Deadline;
 use drivers::Driver;
 use reattach::Restart;
-use tasks::TaskTable;
+use tasks::{DriverKey, TaskTable};
 use waiting::{GiveUp, Stranded};
 
 pub(crate) use agents::JoiningAgent;
@@ -109,15 +109,17 @@ pub(crate) struct Core {
     tasks: TaskTable,
     /// The next task's `Task::seq`: submission order across the server.
     next_seq: u64,
+    /// The next driver's key: one per session, counted from 1, never reused.
+    next_driver: u64,
     /// Connected drivers, and departed ones the server still holds tasks or results for, by
-    /// the first connection of their session (what tasks and results name them by).
-    drivers: HashMap<ConnId, Driver>,
+    /// their key (what tasks and results name them by).
+    drivers: HashMap<DriverKey, Driver>,
     /// Drivers by session, for a reconnecting driver to take its session over.
-    sessions: HashMap<String, ConnId>,
+    sessions: HashMap<String, DriverKey>,
     /// The driver each live driver connection serves.
-    connections: HashMap<ConnId, ConnId>,
+    connections: HashMap<ConnId, DriverKey>,
     /// Drivers in round-robin order (the front one is served next); the same set as `drivers`.
-    rotation: VecDeque<ConnId>,
+    rotation: VecDeque<DriverKey>,
     /// Connected agents. A task's `agent` always names one of these or none.
     agents: HashMap<ConnId, Agent>,
     /// Results not yet acknowledged, within the caps on age and number.
@@ -150,7 +152,7 @@ pub(crate) struct Core {
     publish: Option<watch::Sender<Arc<Snapshot>>>,
     /// With a data directory: queued tasks cancelled in batch `.0`, told to their drivers once
     /// it is saved.
-    unsaved_cancels: Vec<(u64, ConnId, Report<DriverTaskId>, KindId)>,
+    unsaved_cancels: Vec<(u64, DriverKey, Report<DriverTaskId>, KindId)>,
     /// With a data directory: answers to observers' cancels, sent once batch `.0` is saved.
     unsaved_replies: Vec<(u64, oneshot::Sender<ToObserver>, ToObserver)>,
 }
@@ -203,6 +205,7 @@ impl Core {
             unstreamed: HashMap::new(),
             tasks: TaskTable::default(),
             next_seq: 0,
+            next_driver: 1,
             drivers: HashMap::new(),
             sessions: HashMap::new(),
             connections: HashMap::new(),

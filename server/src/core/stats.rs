@@ -19,6 +19,7 @@ use blitzen_protocol::status::{
 };
 
 use super::counters::Outcomes;
+use super::tasks::DriverKey;
 use super::{Core, KindId};
 
 fn unix_ms() -> u64 {
@@ -36,7 +37,7 @@ impl Core {
     /// Counts a result about to go to driver `conn`; a failure is kept with its whole error.
     pub(super) fn count_result(
         &mut self,
-        conn: ConnId,
+        driver_key: DriverKey,
         report: &Report<DriverTaskId>,
         kind: Option<KindId>,
     ) {
@@ -50,7 +51,7 @@ impl Core {
             }
             by_kind[kind.index()].count(outcome);
         }
-        let Some(d) = self.drivers.get_mut(&conn) else { return };
+        let Some(d) = self.drivers.get_mut(&driver_key) else { return };
         d.stats.outcomes.count(outcome);
         d.stats.rate.count();
         if matches!(outcome, Outcome::Value(_) | Outcome::Cancelled { .. }) {
@@ -98,7 +99,7 @@ impl Core {
     pub(super) fn status(&self) -> ClusterStatus {
         let now = Instant::now();
         // Tasks agents hold, by driver: one pass over what agents hold (at most their credit).
-        let mut held_by: HashMap<ConnId, u64> = HashMap::new();
+        let mut held_by: HashMap<DriverKey, u64> = HashMap::new();
         for key in self.agents.values().flat_map(|a| a.running.keys()) {
             if let Some(task) = self.tasks.get(*key) {
                 *held_by.entry(task.driver).or_default() += 1;
@@ -136,7 +137,8 @@ impl Core {
                 }
             })
             .collect();
-        let mut sessions: Vec<(&ConnId, &super::drivers::Driver)> = self.drivers.iter().collect();
+        let mut sessions: Vec<(&DriverKey, &super::drivers::Driver)> =
+            self.drivers.iter().collect();
         sessions.sort_by_key(|(conn, _)| **conn);
         let sessions = sessions
             .into_iter()

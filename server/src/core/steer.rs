@@ -18,12 +18,13 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::Core;
+use super::tasks::DriverKey;
 
 impl Core {
     /// Cancels tasks of `driver`: those of `ids`, or every one it has unfinished (`None`).
     pub(super) fn cancel(
         &mut self,
-        driver: ConnId,
+        driver: DriverKey,
         ids: Option<Vec<DriverTaskId>>,
     ) -> CancelReport {
         let wanted: Option<HashSet<DriverTaskId>> =
@@ -127,7 +128,7 @@ impl Core {
     }
 
     /// The driver holding a session, by the session's name.
-    fn session_driver(&self, session: &str) -> Option<ConnId> {
+    fn session_driver(&self, session: &str) -> Option<DriverKey> {
         self.sessions.get(session).copied().filter(|d| self.drivers.contains_key(d))
     }
 }

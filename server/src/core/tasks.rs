@@ -11,11 +11,36 @@ use bytes::Bytes;
 
 use super::KindId;
 
+/// A driver the server holds tasks or results for: its session, across the connections that
+/// take it over. Numbered by the core as drivers join (and as sessions are restored), never
+/// reused; not a connection's id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct DriverKey(u64);
+
+impl DriverKey {
+    /// The key numbered `n`.
+    pub(crate) const fn new(n: u64) -> Self {
+        Self(n)
+    }
+}
+
+impl std::fmt::Display for DriverKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "d{}", self.0)
+    }
+}
+
+impl std::fmt::Debug for DriverKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DriverKey({})", self.0)
+    }
+}
+
 /// One task the server holds, from its submission until it ends.
 #[derive(Debug, Clone)]
 pub(crate) struct Task {
     /// The driver that submitted it; its result goes there.
-    pub driver: ConnId,
+    pub driver: DriverKey,
     /// The driver's id of the task, quoted in every report about it.
     pub id: DriverTaskId,
     /// Submission order across the server; a requeued task goes back before every task with a
@@ -226,7 +251,7 @@ mod tests {
 
     fn task(id: u64) -> Task {
         Task {
-            driver: ConnId::new(1),
+            driver: DriverKey::new(1),
             id: DriverTaskId::new(id),
             seq: id,
             kind: KindId(0),

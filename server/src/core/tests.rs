@@ -76,7 +76,7 @@ pub(super) fn agent(
 
 /// Submits tasks of kind `name`, declaring it again (a driver may; the table just grows).
 pub(super) fn submit(core: &mut Core, n: u64, name: &str, ids: std::ops::Range<u64>) {
-    let index = core.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let index = core.drivers.get(&key(core, n)).map_or(0, |d| d.kinds.len() as u32);
     let tasks = ids.map(|id| submission(id, index)).collect();
     core.on_event(Event::Submit { conn: conn(n), kinds: vec![kind(name)], tasks });
 }
@@ -117,10 +117,16 @@ pub(super) fn outcomes(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<(u64, 
     got
 }
 
-/// The driver and the driver's id of a task.
+/// The driver (the `n` of [`driver`]: its session is `sN`) and the driver's id of a task.
 pub(super) fn owner(core: &Core, key: &TaskKey) -> (u64, u64) {
     let task = &core.tasks[key];
-    (task.driver.get(), task.id.get())
+    let session = core.drivers.get(&task.driver).map_or("", |d| d.session.as_str());
+    (session.trim_start_matches('s').parse().unwrap_or(0), task.id.get())
+}
+
+/// The key of the driver that [`driver`] joined as `n` (by its session, `sN`).
+pub(super) fn key(core: &Core, n: u64) -> DriverKey {
+    core.sessions.get(&format!("s{n}")).copied().unwrap_or(DriverKey::new(0))
 }
 
 #[test]
@@ -239,18 +245,18 @@ fn unfetched_results_are_capped_by_count_and_age() {
     c.on_event(Event::AgentDone { conn: conn(10), results: done(&keys), recovered: false });
     turn(&mut c);
     assert_eq!(c.cache.len(), 2);
-    assert_eq!(c.cache.ids(conn(1)), [3, 4], "the newest are kept");
+    assert_eq!(c.cache.ids(key(&c, 1)), [3, 4], "the newest are kept");
 
-    assert!(c.drivers.contains_key(&conn(1)), "kept while results wait for it");
+    assert!(c.drivers.contains_key(&key(&c, 1)), "kept while results wait for it");
     c.cache = cache::ResultCache::new(Duration::ZERO, 2);
     let lost = Report::unstarted(DriverTaskId::new(9), Outcome::Lost { reason: "r".into() });
-    c.report(conn(1), lost, None);
+    c.report(key(&c, 1), lost, None);
     c.expire_results();
     assert_eq!(c.cache.len(), 0, "expired at once with a zero age cap");
     turn(&mut c);
-    assert!(c.drivers.contains_key(&conn(1)), "its session is kept a while, to reconnect to");
+    assert!(c.drivers.contains_key(&key(&c, 1)), "its session is kept a while, to reconnect to");
     let long_ago = Instant::now().checked_sub(c.config.session_ttl + Duration::from_secs(1));
-    c.drivers.get_mut(&conn(1)).expect("kept").departed = long_ago;
+    c.drivers.get_mut(&key(&c, 1)).expect("kept").departed = long_ago;
     turn(&mut c);
     assert!(
         c.drivers.is_empty() && c.rotation.is_empty(),

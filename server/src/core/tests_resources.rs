@@ -2,7 +2,7 @@
 //! hold it until their result, reserve an agent rather than starve, and wait with a reason when
 //! no agent could ever fit them.
 
-use super::tests::{agent, assigned, conn, core, done, driver, kind, submission, turn};
+use super::tests::{agent, assigned, conn, core, done, driver, key, kind, submission, turn};
 use super::tests_results::{Heard, heard};
 use super::*;
 use blitzen_protocol::{Capacity, Finished, Outcome, Request};
@@ -18,7 +18,7 @@ fn request(cpus: u32, custom: &[(&str, u64)]) -> Request {
 
 /// Submits tasks of `name` asking for `request`.
 fn submit_asking(c: &mut Core, n: u64, name: &str, request: &Request, ids: std::ops::Range<u64>) {
-    let index = c.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let index = c.drivers.get(&key(c, n)).map_or(0, |d| d.kinds.len() as u32);
     let tasks = ids.map(|id| submission(id, index)).collect();
     let kind = TaskKind { request: Some(request.clone()), ..kind(name) };
     c.on_event(Event::Submit { conn: conn(n), kinds: vec![kind], tasks });
@@ -148,7 +148,7 @@ fn a_label_is_what_the_status_shows_and_counts() {
     let mut c = core(ServerConfig::default());
     let _d = driver(&mut c, 1);
     let mut a = agent(&mut c, 10, 1, &["t"]);
-    let index = c.drivers.get(&conn(1)).map_or(0, |d| d.kinds.len() as u32);
+    let index = c.drivers.get(&key(&c, 1)).map_or(0, |d| d.kinds.len() as u32);
     let kind = TaskKind { label: Some("__main__.f2".into()), ..kind("t") };
     let tasks = (0..2).map(|id| submission(id, index)).collect();
     c.on_event(Event::Submit { conn: conn(1), kinds: vec![kind], tasks });

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::tests::{
-    agent, assigned, conn, core, done, driver, kind, outcomes, owner, submission, submit, turn,
+    agent, assigned, conn, core, done, driver, key, kind, outcomes, owner, submission, submit, turn,
 };
 use super::*;
 use blitzen_protocol::Outcome;
@@ -156,7 +156,7 @@ pub(super) fn heard(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Heard {
 }
 
 fn submit_limited(core: &mut Core, n: u64, name: &str, id: u64, limit_ms: u64) {
-    let index = core.drivers.get(&conn(n)).map_or(0, |d| d.kinds.len() as u32);
+    let index = core.drivers.get(&key(core, n)).map_or(0, |d| d.kinds.len() as u32);
     let task = Submission { unrunnable_limit_ms: Some(limit_ms), ..submission(id, index) };
     core.on_event(Event::Submit { conn: conn(n), kinds: vec![kind(name)], tasks: vec![task] });
 }

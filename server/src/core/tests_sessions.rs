@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::tests::{agent, assigned, conn, core, done, driver, kind, owner, submit, turn};
+use super::tests::{agent, assigned, conn, core, done, driver, key, kind, owner, submit, turn};
 use super::tests_results::heard;
 use super::*;
 use crate::store::Change;
@@ -51,7 +51,10 @@ fn a_reconnecting_driver_takes_its_session_over_and_is_owed_every_result() {
     c.on_event(Event::DriverLeft { conn: conn(1), bye: true });
     turn(&mut c);
     assert_eq!(c.cache.len(), 0);
-    assert!(c.drivers.contains_key(&conn(1)), "the old connection's goodbye is not the driver's");
+    assert!(
+        c.drivers.contains_key(&key(&c, 1)),
+        "the old connection's goodbye is not the driver's"
+    );
     // The last two tasks run and their results reach the new connection.
     let rest = assigned(&mut a);
     c.on_event(Event::AgentDone { conn: conn(10), results: done(&rest), recovered: false });
@@ -237,7 +240,7 @@ fn after_a_restart_restored_tasks_wait_for_the_saved_agents_and_finish_where_the
     let kept = kept.expect("answered");
     assert_eq!(kept.len(), 1, "{kept:?}");
     let (seq, key) = kept[0];
-    assert_eq!((seq, owner(&c, &key)), (11, (u64::MAX, 1)), "bound under a new key");
+    assert_eq!((seq, owner(&c, &key)), (11, (1, 1)), "bound under a new key");
     assert_eq!(c.tasks[&key].agent.get(), Some(conn(10)));
     // Every saved agent is back: the rest are queued again, oldest first, and run.
     turn(&mut c);

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::Report;
 use blitzen_protocol::cluster::ToDriver;
-use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::ids::{DriverTaskId, TaskKey};
 use tracing::{info, warn};
 
 use super::agents::Agent;
+use super::tasks::DriverKey;
 use super::{Core, KindId};
 
 /// The first warning about a stranded kind comes this long after it was stranded: an agent that
@@ -97,7 +98,7 @@ impl Core {
     /// driver notes why, and each task with a limit is set to give up.
     pub(super) fn queued_unrunnable(
         &mut self,
-        driver: ConnId,
+        driver: DriverKey,
         kind: KindId,
         tasks: &[(DriverTaskId, TaskKey)],
         now: Instant,
@@ -164,9 +165,9 @@ impl Core {
     }
 
     /// The queued tasks of `kind`, by driver.
-    fn queued_of(&self, kind: KindId) -> Vec<(ConnId, Vec<(DriverTaskId, TaskKey)>)> {
+    fn queued_of(&self, kind: KindId) -> Vec<(DriverKey, Vec<(DriverTaskId, TaskKey)>)> {
         let mut out = Vec::new();
-        for (&conn, d) in &self.drivers {
+        for (&driver, d) in &self.drivers {
             let Some(queue) = d.queues.get(&kind) else { continue };
             let tasks: Vec<_> = (queue.iter())
                 .filter_map(|&key| {
@@ -174,7 +175,7 @@ impl Core {
                 })
                 .collect();
             if !tasks.is_empty() {
-                out.push((conn, tasks));
+                out.push((driver, tasks));
             }
         }
         out
@@ -182,15 +183,15 @@ impl Core {
 
     /// How many tasks of `kind` each driver has queued (for a warning: no list of a million
     /// keys built to be counted).
-    fn queued_counts(&self, kind: KindId) -> Vec<(ConnId, usize)> {
+    fn queued_counts(&self, kind: KindId) -> Vec<(DriverKey, usize)> {
         let mut out = Vec::new();
-        for (&conn, d) in &self.drivers {
+        for (&driver, d) in &self.drivers {
             let Some(queue) = d.queues.get(&kind) else { continue };
             let waiting = (queue.iter())
                 .filter(|&&key| self.tasks.get(key).is_some_and(|t| t.agent.get().is_none()))
                 .count();
             if waiting > 0 {
-                out.push((conn, waiting));
+                out.push((driver, waiting));
             }
         }
         out
