@@ -12,7 +12,7 @@ use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
 use blitzen_protocol::output::AgentOutput;
-use blitzen_protocol::{Finished, Lines, Outcome, StdStream};
+use blitzen_protocol::{Finished, Lines, Outcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -276,7 +276,7 @@ impl<'a> Connection<'a> {
         // The server no longer has them (ended, cancelled, or queued again for another agent):
         // they stop here rather than run on for nobody; their results are discarded.
         for id in &dropped {
-            self.work.unstreamed.remove(id);
+            self.work.unstreamed.forget(id);
         }
         let dropped_jobs = dropped.len();
         if !dropped.is_empty() {
@@ -357,10 +357,7 @@ impl<'a> Connection<'a> {
                 batch.push(AgentOutput { key: held.key, lines });
             }
             // Its server is not the one it was assigned by any more: counted in its result.
-            Some(_) => {
-                let index = usize::from(lines.stream == StdStream::Stderr);
-                work.unstreamed.entry(id).or_default()[index] += lines.count();
-            }
+            Some(_) => work.unstreamed.count(id, lines.stream, lines.count()),
             None => debug!(job = %id, "output of a task dropped when re-attaching; dropped"),
         };
         first.into_iter().for_each(&mut take);

@@ -33,9 +33,9 @@ use blitzen_common::pool::{Pool, PoolConfig, PoolError, Report};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{ConnectError, PeerTls, Secret};
-use blitzen_protocol::Lines;
 use blitzen_protocol::cluster::{Role, TaskKind};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
+use blitzen_protocol::{Lines, Unstreamed};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -316,7 +316,7 @@ struct Work {
     output: mpsc::UnboundedReceiver<(JobId, Lines)>,
     /// Lines of jobs assigned on an earlier connection, not sent (the server they were for
     /// has no use for them): counted into their results, by stream.
-    unstreamed: HashMap<JobId, [u64; 2]>,
+    unstreamed: Unstreamed<JobId>,
     /// The tasks the pool holds (running or waiting for a worker), by the agent's own job
     /// number: a task's key may change when the agent re-attaches after a restart.
     jobs: HashMap<JobId, Held>,
@@ -378,7 +378,7 @@ impl Work {
             results,
             started,
             output,
-            unstreamed: HashMap::new(),
+            unstreamed: Unstreamed::default(),
             jobs: HashMap::new(),
             next_job: 0,
             connection: 0,
@@ -390,13 +390,7 @@ impl Work {
 impl Work {
     /// Adds the lines of job `id` that were not sent into its result.
     fn add_unstreamed(&mut self, id: JobId, run: &mut blitzen_protocol::Finished) {
-        if self.unstreamed.is_empty() {
-            return;
-        }
-        if let Some([stdout, stderr]) = self.unstreamed.remove(&id) {
-            run.stdout.unstreamed += stdout;
-            run.stderr.unstreamed += stderr;
-        }
+        self.unstreamed.add_into(&id, run);
     }
 }
 

@@ -35,7 +35,7 @@ pub use frame::{
     DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
 };
 pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
-pub use output::{Lines, StdStream};
+pub use output::{Lines, StdStream, Unstreamed};
 pub use resources::{Capacity, Request, Usage};
 pub use size::{SizeError, SizeText, parse_size};
 pub use worker::{FromWorker, RunTask, ToWorker, WORKER_PROTOCOL_VERSION, WorkerReady};

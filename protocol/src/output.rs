@@ -9,8 +9,13 @@
 //! ([`Captured::unstreamed`](crate::Captured::unstreamed)). The result still carries the
 //! captured output in full, as for a task that is not streamed.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::finished::Finished;
 
 use crate::ids::{DriverTaskId, TaskKey};
 
@@ -77,5 +82,56 @@ mod tests {
         assert_eq!(lines("a\nb\n").count(), 2);
         assert_eq!(lines("a\nb").count(), 2);
         assert_eq!(lines("\n\n").count(), 2);
+    }
+}
+
+/// Lines of tasks' output left out of a stream on the way (past a budget, or with nowhere to
+/// go), counted by task and stream until each task's report takes the count in
+/// ([`Captured::unstreamed`](crate::Captured)). One counter for every hop that can drop lines:
+/// the agent, the server and the dispatcher, each by the id it knows the task by.
+#[derive(Debug)]
+pub struct Unstreamed<Id> {
+    /// Lines left out, `[stdout, stderr]`, of tasks whose report has not come yet.
+    by_task: HashMap<Id, [u64; 2]>,
+}
+
+impl<Id> Default for Unstreamed<Id> {
+    fn default() -> Self {
+        Self { by_task: HashMap::new() }
+    }
+}
+
+impl<Id: Hash + Eq> Unstreamed<Id> {
+    /// Counts `lines` of `stream` that task `id` printed and that were left out.
+    pub fn count(&mut self, id: Id, stream: StdStream, lines: u64) {
+        let index = match stream {
+            StdStream::Stdout => 0,
+            StdStream::Stderr => 1,
+        };
+        self.by_task.entry(id).or_default()[index] += lines;
+    }
+
+    /// Adds what was left out of task `id` into its report's `run`, and forgets the task;
+    /// returns the counts added, `[stdout, stderr]`, when there were any.
+    pub fn add_into(&mut self, id: &Id, run: &mut Finished) -> Option<[u64; 2]> {
+        if self.by_task.is_empty() {
+            return None;
+        }
+        let [stdout, stderr] = self.by_task.remove(id)?;
+        run.stdout.unstreamed += stdout;
+        run.stderr.unstreamed += stderr;
+        Some([stdout, stderr])
+    }
+
+    /// Forgets task `id` (its report will not come here).
+    pub fn forget(&mut self, id: &Id) {
+        if !self.by_task.is_empty() {
+            self.by_task.remove(id);
+        }
+    }
+
+    /// Whether no line is counted.
+    pub fn is_empty(&self) -> bool {
+        self.by_task.is_empty()
     }
 }

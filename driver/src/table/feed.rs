@@ -2,13 +2,13 @@
 //! consumer, bounded, with a count per task of the lines it had to drop — added into the task's
 //! result when it comes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::ids::DriverTaskId;
-use blitzen_protocol::{Finished, Lines, StdStream};
+use blitzen_protocol::{Finished, Lines, Unstreamed};
 
 /// Bytes of lines a dispatcher holds for its consumer; lines beyond are dropped and counted.
 pub const OUTPUT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
@@ -27,17 +27,10 @@ struct FeedState {
     queue: VecDeque<(DriverTaskId, Option<String>, Lines)>,
     bytes: usize,
     /// Lines not kept, by task number and stream.
-    dropped: HashMap<DriverTaskId, [u64; 2]>,
+    dropped: Unstreamed<DriverTaskId>,
     /// Whether the consumer is handing on lines it took.
     in_hand: bool,
     closed: bool,
-}
-
-fn index(stream: StdStream) -> usize {
-    match stream {
-        StdStream::Stdout => 0,
-        StdStream::Stderr => 1,
-    }
 }
 
 impl OutputFeed {
@@ -49,7 +42,7 @@ impl OutputFeed {
     pub(crate) fn push(&self, id: DriverTaskId, host: Option<String>, lines: Lines) {
         let mut st = self.lock();
         if st.closed || st.bytes + lines.text.len() > OUTPUT_QUEUE_BYTES {
-            st.dropped.entry(id).or_default()[index(lines.stream)] += lines.count();
+            st.dropped.count(id, lines.stream, lines.count());
             self.dropped_any.store(true, Ordering::Relaxed);
             return;
         }
@@ -65,10 +58,7 @@ impl OutputFeed {
             return;
         }
         let mut st = self.lock();
-        if let Some([stdout, stderr]) = st.dropped.remove(&id) {
-            run.stdout.unstreamed += stdout;
-            run.stderr.unstreamed += stderr;
-        }
+        st.dropped.add_into(&id, run);
         if st.dropped.is_empty() {
             self.dropped_any.store(false, Ordering::Relaxed);
         }
@@ -145,6 +135,7 @@ impl OutputFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blitzen_protocol::StdStream;
     use bytes::Bytes;
     use std::sync::Arc;
 

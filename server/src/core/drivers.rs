@@ -334,9 +334,7 @@ impl Core {
         if !self.cancelling.is_empty() {
             self.cancelling.remove(&key);
         }
-        if !self.unstreamed.is_empty() {
-            self.unstreamed.remove(&key);
-        }
+        self.unstreamed.forget(&key);
         if let Some(d) = self.drivers.get_mut(&task.driver) {
             d.live = d.live.saturating_sub(1);
         }

@@ -46,9 +46,9 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use blitzen_protocol::Report;
 use blitzen_protocol::cluster::{TaskKind, ToAgent, ToDriver, ToObserver};
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::{Report, Unstreamed};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -133,7 +133,7 @@ pub(crate) struct Core {
     /// agent, which takes nothing else until it fits (see `dispatch`).
     reservations: HashMap<TaskKey, ConnId>,
     /// Lines of running tasks not sent to their drivers, by stream (see `output`).
-    unstreamed: HashMap<TaskKey, [u64; 2]>,
+    unstreamed: Unstreamed<TaskKey>,
     /// Strandings so far: the last one's episode number.
     episodes: u64,
     /// When queued tasks with an unrunnable limit give up; stale entries (the task started,
@@ -202,7 +202,7 @@ impl Core {
             kinds: Vec::new(),
             bases: Vec::new(),
             kind_ids: HashMap::new(),
-            unstreamed: HashMap::new(),
+            unstreamed: Unstreamed::default(),
             tasks: TaskTable::default(),
             next_seq: 0,
             next_driver: 1,

@@ -12,9 +12,9 @@
 
 use std::time::Instant;
 
+use blitzen_protocol::Finished;
 use blitzen_protocol::ids::{ConnId, TaskKey};
 use blitzen_protocol::output::{AgentOutput, TaskOutput};
-use blitzen_protocol::{Finished, StdStream};
 use tracing::debug;
 
 use super::Core;
@@ -53,13 +53,6 @@ impl OutputBudget {
     }
 }
 
-fn index(stream: StdStream) -> usize {
-    match stream {
-        StdStream::Stdout => 0,
-        StdStream::Stderr => 1,
-    }
-}
-
 impl Core {
     /// An agent's streamed lines: each goes to its task's driver, if that one is connected and
     /// within its budget; else it is counted with the task.
@@ -83,20 +76,15 @@ impl Core {
                 fits
             });
             if !sent {
-                self.unstreamed.entry(key).or_default()[index(lines.stream)] += lines.count();
+                self.unstreamed.count(key, lines.stream, lines.count());
             }
         }
     }
 
     /// The lines of `key` that were not sent, added into its result; forgotten either way.
     pub(super) fn add_unstreamed(&mut self, key: TaskKey, run: &mut Finished) {
-        if self.unstreamed.is_empty() {
-            return;
-        }
-        if let Some([stdout, stderr]) = self.unstreamed.remove(&key) {
+        if let Some([stdout, stderr]) = self.unstreamed.add_into(&key, run) {
             debug!(%key, stdout, stderr, "lines of a task not streamed to its driver");
-            run.stdout.unstreamed += stdout;
-            run.stderr.unstreamed += stderr;
         }
     }
 }
@@ -108,6 +96,7 @@ mod tests {
     use super::*;
     use crate::ServerConfig;
     use blitzen_protocol::Lines;
+    use blitzen_protocol::StdStream;
     use blitzen_protocol::cluster::{TaskKind, ToAgent, ToDriver};
     use bytes::Bytes;
     use std::time::Duration;
