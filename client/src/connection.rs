@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_common::pool::{Job, Report, RunTask};
+use blitzen_common::pool::{Report, RunTask};
 use blitzen_common::registry;
 use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
@@ -225,17 +225,14 @@ impl<'a> Connection<'a> {
             self.work.jobs.insert(id, held);
             // The registry was built before the agent connected.
             let group = registry::global().map_or(0, |r| r.group_of(entry.name, &t.args));
-            let request = t.request.map(|r| Arc::new(*r));
-            let run = RunTask {
-                id,
-                name: entry.name.into(),
-                fingerprint: entry.fingerprint,
-                args: t.args,
-                memory_limit: request.as_ref().and_then(|r| r.memory),
+            let task = RunTask {
                 stream: t.stream,
+                timeout: t.timeout_ms.map(Duration::from_millis),
+                retries: t.retries,
+                group,
+                ..RunTask::new(id, entry.name, entry.fingerprint, t.args)
             };
-            let timeout = t.timeout_ms.map(Duration::from_millis);
-            let job = Job { run, timeout, retries: t.retries, group, request };
+            let job = task.holding(t.request.map(|r| Arc::new(*r)));
             if self.work.pool.submit(job).is_err() {
                 break;
             }

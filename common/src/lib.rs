@@ -16,7 +16,7 @@
 //! - [`capture`]: bounded capture of a task's stdout and stderr.
 //! - [`pool`]: [`Pool`], N worker processes kept alive whatever the tasks do.
 //!
-//! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::Job`]; the pool sends
+//! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::RunTask`]; the pool sends
 //! it to a worker process (the same binary, re-executed), which looks the name up in the
 //! registry, runs it, and answers with the run's [`Finished`](blitzen_protocol::Finished)
 //! record; the pool hands back a [`pool::Report`], whose outcome [`TaskError::from_outcome`]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_common::pool::{
-    Job, Pool, PoolConfig, PoolError, PoolStatus, RunTask, StatusSnapshot, Submitter, WorkerCommand,
+    Pool, PoolConfig, PoolError, PoolStatus, RunTask, StatusSnapshot, Submitter, WorkerCommand,
 };
 use blitzen_common::registry::{self, Registry};
 use blitzen_common::worker::is_unentered_worker;
@@ -56,16 +56,14 @@ impl sealed::Sealed for Multicore {}
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
         let group = self.registry.group_of(call.name, &call.args);
-        let run = RunTask {
-            id: JobId::new(call.id.get()),
-            name: call.name.into(),
-            fingerprint: call.fingerprint,
-            args: call.args,
-            memory_limit: call.request.as_ref().and_then(|r| r.memory),
+        let task = RunTask {
             stream: call.stream,
+            timeout: call.timeout,
+            retries: call.retries,
+            group,
+            ..RunTask::new(JobId::new(call.id.get()), call.name, call.fingerprint, call.args)
         };
-        let job =
-            Job { run, timeout: call.timeout, retries: call.retries, group, request: call.request };
+        let job = task.holding(call.request);
         self.submitter
             .submit(job)
             .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })

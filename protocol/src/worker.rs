@@ -8,6 +8,8 @@
 //! started, and the two pipes its streamed tasks write to.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::finished::Report;
 use crate::ids::JobId;
 use crate::output::Lines;
+use crate::resources::Request;
 
 /// Bumped whenever a message below changes incompatibly.
 pub const WORKER_PROTOCOL_VERSION: u32 = 4;
@@ -27,7 +30,10 @@ pub enum ToWorker<R = RunTask> {
     Run(R),
 }
 
-/// One task for a worker to run.
+/// One task for a pool to run, and for its worker: the worker is sent what it needs to run the
+/// task (id, name, fingerprint, arguments, memory limit, whether to stream); the settings the
+/// pool keeps to supervise it (timeout, retries, group, request) are not sent, and read back as
+/// their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunTask {
     /// The id the pool uses to match the answer.
@@ -46,6 +52,51 @@ pub struct RunTask {
     /// Send what the task prints as it comes ([`FromWorker::Output`]), not only in its result.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// The pool's: limit on the run time, counted from the start on a worker.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+    /// The pool's: times to run it again (on a fresh worker) when it crashes its worker or
+    /// times out.
+    #[serde(skip)]
+    pub retries: u32,
+    /// The pool's: which calls of the task it is like, for the run-time estimates that decide
+    /// prefetching; 0 by default.
+    #[serde(skip)]
+    pub group: u64,
+    /// The pool's: what it holds while it runs, beyond a plain task's one CPU (`None`: plain).
+    /// It starts only on an idle worker, once the pool's free capacity covers it; its memory is
+    /// also its limit ([`RunTask::memory_limit`], set with it by [`RunTask::holding`]).
+    #[serde(skip)]
+    pub request: Option<Arc<Request>>,
+}
+
+impl RunTask {
+    /// A plain task (one CPU, no timeout, no retries, group 0).
+    pub fn new(
+        id: JobId,
+        name: impl Into<Cow<'static, str>>,
+        fingerprint: u64,
+        args: Bytes,
+    ) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            fingerprint,
+            args,
+            memory_limit: None,
+            stream: false,
+            timeout: None,
+            retries: 0,
+            group: 0,
+            request: None,
+        }
+    }
+
+    /// The same task holding `request` while it runs, its memory its limit.
+    pub fn holding(self, request: Option<Arc<Request>>) -> Self {
+        let memory_limit = request.as_ref().and_then(|r| r.memory);
+        Self { request, memory_limit, ..self }
+    }
 }
 
 /// Worker → pool.
@@ -96,8 +147,9 @@ mod tests {
         )
             .prop_map(|(id, name, fingerprint, args, memory_limit, stream)| {
                 let id = JobId::new(id);
-                let name = Cow::Owned(name);
-                ToWorker::Run(RunTask { id, name, fingerprint, args, memory_limit, stream })
+                let task =
+                    RunTask { memory_limit, stream, ..RunTask::new(id, name, fingerprint, args) };
+                ToWorker::Run(task)
             })
     }
 
@@ -151,14 +203,8 @@ mod tests {
         let args = Bytes::from_static(b"\x93\x01\x02\x03");
         let id = JobId::new(9);
         for (memory_limit, stream) in [(None, false), (Some(1 << 20), true)] {
-            let owned = ToWorker::Run(RunTask {
-                id,
-                name: "sq".into(),
-                fingerprint: 5,
-                args: args.clone(),
-                memory_limit,
-                stream,
-            });
+            let task = RunTask::new(id, "sq", 5, args.clone());
+            let owned = ToWorker::Run(RunTask { memory_limit, stream, ..task });
             let ToWorker::Run(task) = &owned;
             let borrowed: ToWorker<&RunTask> = ToWorker::Run(task);
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
@@ -178,14 +224,7 @@ mod tests {
     #[test]
     fn payloads_travel_as_binary_not_integer_lists() {
         let args = Bytes::from(vec![200u8; 1000]);
-        let msg = ToWorker::Run(RunTask {
-            id: JobId::new(1),
-            name: "t".into(),
-            fingerprint: 2,
-            args,
-            memory_limit: None,
-            stream: false,
-        });
+        let msg = ToWorker::Run(RunTask::new(JobId::new(1), "t", 2, args));
         let mut buf = BytesMut::new();
         encode(&msg, &mut buf).expect("encodes");
         // 1000 bytes as a list of integers would take 2000 bytes.

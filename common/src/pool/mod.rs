@@ -1,7 +1,7 @@
 //! A pool of worker processes that survives whatever its tasks do.
 //!
 //! [`Pool::start`] spawns N workers (see [`crate::worker`]) and waits until each has announced
-//! itself. [`Pool::submit`] queues a [`Job`]; every job ends as exactly one [`Report`], handed
+//! itself. [`Pool::submit`] queues a [`RunTask`]; every task ends as exactly one [`Report`], handed
 //! in batches to the [`ResultSink`] given at start. Panics are reported by the worker; a worker
 //! that dies is replaced at once and its running job (which its start counter names, see
 //! `start_mark`) reported `WorkerCrashed`; a job past its timeout (counted from its start on a
@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blitzen_protocol::{Capacity, ExitReason, JobId, Lines, Request};
+use blitzen_protocol::{Capacity, ExitReason, JobId, Lines};
 pub use blitzen_protocol::{Report, RunTask};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -64,7 +64,7 @@ pub struct PoolConfig {
     /// so the server can hold the task to its deadline). Called on the pool's runtime; it must
     /// not block.
     pub on_start: Option<Arc<dyn Fn(Vec<JobId>) + Send + Sync>>,
-    /// Handed the lines streamed jobs ([`Job::stream`]) print, as they come; a job's lines
+    /// Handed the lines streamed tasks ([`RunTask::stream`]) print, as they come; a job's lines
     /// come before its result reaches the sink. Called on the pool's runtime; it must not
     /// block. Without it, streamed jobs' lines are dropped (their results have them).
     pub on_output: Option<OutputSink>,
@@ -163,30 +163,6 @@ impl WorkerCommand {
     }
 }
 
-/// One task for the pool.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// What its worker is sent: its id (chosen by the submitter, echoed in its [`Report`]),
-    /// the registered task name, the fingerprint of the submitter's signature of the task, the
-    /// arguments, its memory limit (its request's memory) and whether it streams what it
-    /// prints (handed to [`PoolConfig::on_output`] as it runs, line by line, within a budget
-    /// per job: see [`crate::worker::STREAM_BURST`]; captured in its report either way).
-    pub run: RunTask,
-    /// Limit on the run time, counted from the start on a worker.
-    pub timeout: Option<Duration>,
-    /// Times to run it again (on a fresh worker) when it crashes its worker or times out.
-    pub retries: u32,
-    /// Which calls of the task it is like, for the run-time estimates that decide prefetching
-    /// (see [`Registry::group_of`](crate::registry::Registry::group_of)); 0 by default.
-    pub group: u64,
-    /// What it holds while it runs, beyond a plain job's one CPU (`None`: plain). It starts
-    /// only on an idle worker, once the pool's free [`PoolConfig::capacity`] covers it; its
-    /// memory is also its limit: its worker limits its address space to what it maps already
-    /// plus this while the job runs, and a job that goes past it ends `MemoryExceeded` (see
-    /// [`crate::worker`]).
-    pub request: Option<Arc<Request>>,
-}
-
 /// Receives finished jobs, in batches, on the pool's runtime. It must not block for long.
 pub type ResultSink = Box<dyn FnMut(Vec<Report<JobId>>) + Send>;
 
@@ -263,7 +239,7 @@ fn stderr_block(stderr: &str) -> String {
 /// Messages from [`Pool`] handles to the scheduler.
 #[derive(Debug)]
 enum Command {
-    Submit(Job),
+    Submit(RunTask),
     Cancel(Vec<JobId>),
     Workers(oneshot::Sender<Vec<WorkerView>>),
     Shutdown(oneshot::Sender<()>),
@@ -291,7 +267,7 @@ pub struct PoolStopped;
 
 impl Submitter {
     /// Queues a job without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
+    pub fn submit(&self, job: RunTask) -> Result<(), PoolStopped> {
         self.commands.send(Command::Submit(job)).map_err(|_| PoolStopped)
     }
 
@@ -369,7 +345,7 @@ impl Pool {
     }
 
     /// Queues a job without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), PoolStopped> {
+    pub fn submit(&self, job: RunTask) -> Result<(), PoolStopped> {
         self.submitter.submit(job)
     }
 

@@ -14,3 +14,10 @@ pub fn square(x: u64) -> u64 {
 pub fn reverse_words(text: String) -> String {
     text.split_whitespace().rev().collect::<Vec<_>>().join(" ")
 }
+
+/// Sleeps `delay` seconds and returns it: the original README's task.
+#[blitzen::task]
+pub fn time_consuming_function(delay: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_secs(delay));
+    delay
+}

@@ -9,9 +9,9 @@ use blitzen_protocol::frame::encode;
 use blitzen_protocol::{Outcome, ToWorker};
 
 use super::Scheduler;
-use crate::pool::{Job, Report};
+use crate::pool::{Report, RunTask};
 
-/// The running average run time of one task's calls, by group ([`Job::group`]).
+/// The running average run time of one task's calls, by group ([`RunTask::group`]).
 #[derive(Debug, Default)]
 pub(super) struct RunTimes {
     /// Group 0: every call of a task without groups.
@@ -38,9 +38,9 @@ impl RunTimes {
 /// The expected run time of `job`, if calls like it have run.
 pub(super) fn expected_us(
     average: &HashMap<Cow<'static, str>, RunTimes>,
-    job: &Job,
+    job: &RunTask,
 ) -> Option<f64> {
-    average.get(job.run.name.as_ref())?.get(job.group)
+    average.get(job.name.as_ref())?.get(job.group)
 }
 
 impl Scheduler {
@@ -109,16 +109,16 @@ impl Scheduler {
             self.queue.push_front(job);
             return;
         };
-        let frame = ToWorker::Run(&job.run);
+        let frame = ToWorker::Run(&job);
         if let Err(e) = encode(&frame, &mut w.outbox) {
             let outcome = Outcome::BadArguments { message: e.to_string() };
-            self.finished.push(Report::unstarted(job.run.id, outcome));
+            self.finished.push(Report::unstarted(job.id, outcome));
             return;
         }
         if w.inflight.is_empty() {
             w.head_started = now;
             if job.timeout.is_some() && self.config.on_start.is_some() {
-                self.started.push(job.run.id);
+                self.started.push(job.id);
             }
         } else {
             w.queued_us += expected_us(&self.average_us, &job).unwrap_or(0.0);

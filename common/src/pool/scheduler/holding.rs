@@ -4,14 +4,14 @@
 
 use blitzen_protocol::Request;
 
-use super::{Job, Scheduler, Worker};
+use super::{RunTask, Scheduler, Worker};
 
 /// What a job without a request holds.
 static PLAIN: Request = Request::PLAIN;
 
 impl Scheduler {
     /// Whether `job` may start now on an idle worker.
-    pub(super) fn fits(&self, job: &Job) -> bool {
+    pub(super) fn fits(&self, job: &RunTask) -> bool {
         self.usage.fits(&self.capacity, job.request.as_deref().unwrap_or(&PLAIN))
     }
 

@@ -68,18 +68,18 @@ impl Scheduler {
             && let Some(job) = w.inflight.pop_front()
         {
             let outcome = match w.killed {
-                Some(KillReason::Timeout { job: id, timeout }) if id == job.run.id => {
-                    warn!(task = %job.run.id, name = %job.run.name, pid, ?timeout, "task timed out; worker killed");
+                Some(KillReason::Timeout { job: id, timeout }) if id == job.id => {
+                    warn!(task = %job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
                     Some(Outcome::TimedOut { timeout_ms: timeout.as_millis() as u64 })
                 }
-                Some(KillReason::Cancel { job: id }) if id == job.run.id => {
-                    info!(task = %job.run.id, name = %job.run.name, pid, "cancelled task's worker is gone");
+                Some(KillReason::Cancel { job: id }) if id == job.id => {
+                    info!(task = %job.id, name = %job.name, pid, "cancelled task's worker is gone");
                     Some(cancelled_running())
                 }
                 // Killed for another job's timeout or cancel, which had just finished: this one
                 // had barely started, and runs again elsewhere (unless it was cancelled too).
                 Some(KillReason::Timeout { .. } | KillReason::Cancel { .. })
-                    if w.cancelled.contains(&job.run.id) =>
+                    if w.cancelled.contains(&job.id) =>
                 {
                     Some(cancelled_running())
                 }
@@ -93,11 +93,11 @@ impl Scheduler {
                 Some(KillReason::StartupTimeout) | None => {
                     match job.request.as_ref().and_then(|r| r.memory) {
                         Some(limit) if ran_out_of_memory(exit, &stderr) => {
-                            warn!(task = %job.run.id, name = %job.run.name, pid, limit, "task went past its memory limit");
+                            warn!(task = %job.id, name = %job.name, pid, limit, "task went past its memory limit");
                             Some(Outcome::MemoryExceeded { limit, peak: peak_rss })
                         }
                         _ => {
-                            warn!(task = %job.run.id, name = %job.run.name, pid, %exit, ?peak_rss, "worker died running a task");
+                            warn!(task = %job.id, name = %job.name, pid, %exit, ?peak_rss, "worker died running a task");
                             Some(Outcome::WorkerCrashed { exit, peak_rss })
                         }
                     }
@@ -110,17 +110,17 @@ impl Scheduler {
                 Some(_) if retry => {
                     let mut job = job;
                     job.retries -= 1;
-                    info!(task = %job.run.id, name = %job.run.name, left = job.retries, "running the task again, as asked");
+                    info!(task = %job.id, name = %job.name, left = job.retries, "running the task again, as asked");
                     w.inflight.push_front(job);
                 }
                 Some(outcome) => {
-                    if job.run.stream {
+                    if job.stream {
                         (stdout.unstreamed, stderr.unstreamed) = (salvaged[0], salvaged[1]);
                     }
                     let elapsed_us = w.head_started.elapsed().as_micros() as u64;
                     let run = Finished { outcome, stdout, stderr, elapsed_us };
                     self.finished.push(Report {
-                        id: job.run.id,
+                        id: job.id,
                         worker: Some(WorkerInfo { pid, host: None }),
                         run,
                     });
@@ -138,8 +138,8 @@ impl Scheduler {
         }
         // Jobs it held but had not started go back to the front, in order; cancelled ones end.
         while let Some(job) = w.inflight.pop_back() {
-            if w.cancelled.contains(&job.run.id) {
-                self.finished.push(Report::unstarted(job.run.id, cancelled_queued()));
+            if w.cancelled.contains(&job.id) {
+                self.finished.push(Report::unstarted(job.id, cancelled_queued()));
             } else {
                 self.queue.push_front(job);
             }
@@ -272,12 +272,12 @@ impl Scheduler {
         self.given_up = Some(reason.clone());
         for job in self.queue.drain(..) {
             let outcome = Outcome::Lost { reason: reason.clone() };
-            self.finished.push(Report::unstarted(job.run.id, outcome));
+            self.finished.push(Report::unstarted(job.id, outcome));
         }
         for w in self.workers.iter_mut().flatten() {
             for job in w.inflight.drain(..) {
                 let outcome = Outcome::Lost { reason: reason.clone() };
-                self.finished.push(Report::unstarted(job.run.id, outcome));
+                self.finished.push(Report::unstarted(job.id, outcome));
             }
         }
         self.kill_all(KillReason::Shutdown);
@@ -307,14 +307,14 @@ impl Scheduler {
         let reason = "the pool shut down before the task started";
         for job in self.queue.drain(..) {
             let outcome = Outcome::Cancelled { reason: reason.into() };
-            self.finished.push(Report::unstarted(job.run.id, outcome));
+            self.finished.push(Report::unstarted(job.id, outcome));
         }
         for w in self.workers.iter_mut().flatten() {
             for job in w.inflight.drain(..) {
                 let outcome = Outcome::Cancelled {
                     reason: "the pool shut down while the task was running".into(),
                 };
-                self.finished.push(Report::unstarted(job.run.id, outcome));
+                self.finished.push(Report::unstarted(job.id, outcome));
             }
         }
         if let Some(startup) = self.startup.take() {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, signal_group};
-use super::{Command, Job, PoolConfig, PoolError, PoolStatus, ResultSink, WorkerView};
+use super::{Command, PoolConfig, PoolError, PoolStatus, ResultSink, RunTask, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
 mod dispatch;
@@ -69,7 +69,7 @@ struct Worker {
     /// Jobs sent and not answered, in order. The front one is running as far as the pool can
     /// tell; after a death the worker's start counter tells which one really was (the ones
     /// before it had finished, their answers still in the worker's batch).
-    inflight: VecDeque<Job>,
+    inflight: VecDeque<RunTask>,
     /// Jobs ever sent to it: with `inflight` and its start counter, which one it was running.
     sent: u64,
     /// Sum of the expected run times (µs) of the jobs in `inflight` after the first, which
@@ -115,7 +115,7 @@ impl Worker {
 pub(super) struct Scheduler {
     config: PoolConfig,
     /// Jobs waiting for a worker, in submission order (requeued jobs go back to the front).
-    queue: VecDeque<Job>,
+    queue: VecDeque<RunTask>,
     /// By slot; `None` while a slot has no process (after the pool gave up).
     workers: Vec<Option<Worker>>,
     /// Given to each supervisor; kept here so `events` never closes.
@@ -232,17 +232,17 @@ impl Scheduler {
 
     // ----- jobs in -----
 
-    fn enqueue(&mut self, job: Job) {
+    fn enqueue(&mut self, job: RunTask) {
         if let Some(reason) = &self.given_up {
             let outcome = Outcome::Lost { reason: reason.clone() };
-            self.finished.push(Report::unstarted(job.run.id, outcome));
+            self.finished.push(Report::unstarted(job.id, outcome));
             return;
         }
         let shortfall = job.request.as_ref().and_then(|r| self.capacity.shortfall(r));
         if let Some(shortfall) = shortfall {
             let reason = format!("{shortfall}, more than this pool has ({})", self.capacity);
-            debug!(task = %job.run.id, name = %job.run.name, %reason, "task can never run here");
-            self.finished.push(Report::unstarted(job.run.id, Outcome::Unrunnable { reason }));
+            debug!(task = %job.id, name = %job.name, %reason, "task can never run here");
+            self.finished.push(Report::unstarted(job.id, Outcome::Unrunnable { reason }));
             return;
         }
         self.queue.push_back(job);
@@ -254,17 +254,17 @@ impl Scheduler {
         let ids: std::collections::HashSet<JobId> = ids.into_iter().collect();
         let finished = &mut self.finished;
         self.queue.retain(|job| {
-            let keep = !ids.contains(&job.run.id);
+            let keep = !ids.contains(&job.id);
             if !keep {
-                debug!(task = %job.run.id, name = %job.run.name, "queued task cancelled");
-                finished.push(Report::unstarted(job.run.id, cancelled_queued()));
+                debug!(task = %job.id, name = %job.name, "queued task cancelled");
+                finished.push(Report::unstarted(job.id, cancelled_queued()));
             }
             keep
         });
         for w in self.workers.iter_mut().flatten() {
             let hit: Vec<(usize, JobId)> = (w.inflight.iter().enumerate())
-                .filter(|(_, job)| ids.contains(&job.run.id) && !w.cancelled.contains(&job.run.id))
-                .map(|(i, job)| (i, job.run.id))
+                .filter(|(_, job)| ids.contains(&job.id) && !w.cancelled.contains(&job.id))
+                .map(|(i, job)| (i, job.id))
                 .collect();
             for (i, id) in hit {
                 if i == 0 {
@@ -283,7 +283,7 @@ impl Scheduler {
             .filter(|w| w.ready && w.killed.is_none())
             .map(|w| WorkerView {
                 pid: w.process.pid,
-                running: w.inflight.front().map(|job| (job.run.id, w.head_started)),
+                running: w.inflight.front().map(|job| (job.id, w.head_started)),
             })
             .collect()
     }
@@ -356,9 +356,9 @@ impl Scheduler {
         let pid = w.process.pid;
         for done in batch {
             match w.inflight.front() {
-                Some(job) if job.run.id == done.id => {}
+                Some(job) if job.id == done.id => {}
                 other => {
-                    let expected = other.map(|j| j.run.id);
+                    let expected = other.map(|j| j.id);
                     error!(
                         pid,
                         answered = %done.id,
@@ -380,20 +380,20 @@ impl Scheduler {
                 w.queued_us = 0.0;
             }
             let us = done.run.elapsed_us as f64;
-            match self.average_us.get_mut(job.run.name.as_ref()) {
+            match self.average_us.get_mut(job.name.as_ref()) {
                 Some(times) => times.record(job.group, us),
                 None => {
                     let mut times = RunTimes::default();
                     times.record(job.group, us);
-                    self.average_us.insert(job.run.name.clone(), times);
+                    self.average_us.insert(job.name.clone(), times);
                 }
             }
             // A job cancelled behind the running one that ran anyway (its worker got to it
             // before the cancel): it finished first, and keeps its result.
             if !w.cancelled.is_empty() {
-                w.cancelled.retain(|&id| id != job.run.id);
+                w.cancelled.retain(|&id| id != job.id);
             }
-            debug!(task = %job.run.id, name = %job.run.name, pid, us = done.run.elapsed_us, "task finished");
+            debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(Report {
                 id: done.id,
                 worker: Some(WorkerInfo { pid, host: None }),
@@ -402,15 +402,15 @@ impl Scheduler {
         }
         if let Some(next) = w.inflight.front() {
             w.head_started = Instant::now();
-            let cancelled = w.cancelled.iter().position(|&id| id == next.run.id);
+            let cancelled = w.cancelled.iter().position(|&id| id == next.id);
             if let Some(at) = cancelled.filter(|_| !w.cancelled.is_empty()) {
                 w.cancelled.swap_remove(at);
-                let id = next.run.id;
+                let id = next.id;
                 terminate(w, id);
                 return;
             }
             if next.timeout.is_some() && self.config.on_start.is_some() {
-                self.started.push(next.run.id);
+                self.started.push(next.id);
             }
         }
     }
@@ -449,7 +449,7 @@ impl Scheduler {
             if w.deadline(startup, grace).is_some_and(|d| d <= now) {
                 let reason = match (w.ready, w.inflight.front()) {
                     (true, Some(job)) => KillReason::Timeout {
-                        job: job.run.id,
+                        job: job.id,
                         timeout: job.timeout.unwrap_or_default(),
                     },
                     _ => KillReason::StartupTimeout,
