@@ -2,10 +2,10 @@
 //! checked where it can break: a result that reached the caller once proves nothing about the
 //! runs behind it (the dispatcher keeps the first result of a task and drops the others).
 //!
-//! - [`counted`]: a task that appends its number to a file as it starts, then naps.
+//! - [`counted`](const@counted): a task that appends its number to a file as it starts, then naps.
 //! - [`Tally`]: that file, read back as a count per number.
 //! - [`own_agent_main`] and [`start_own_agent`]: this test program as a cluster agent whose
-//!   workers know [`counted`] (the stock `blitzen-client` runs the built-in tasks only).
+//!   workers know [`counted`](const@counted) (the stock `blitzen-client` runs the built-in tasks only).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -28,7 +28,7 @@ pub fn counted(file: String, n: u64, millis: u64) -> Result<u64, String> {
     Ok(n)
 }
 
-/// The file [`counted`] tasks append to, removed when dropped.
+/// The file [`counted`](const@counted) tasks append to, removed when dropped.
 #[derive(Debug)]
 pub struct Tally {
     file: TempFile,
@@ -40,7 +40,7 @@ impl Tally {
         Ok(Self { file: TempFile::new("tally", b"")? })
     }
 
-    /// The arguments of a [`counted`] task that counts run `n` and then naps `millis` ms.
+    /// The arguments of a [`counted`](const@counted) task that counts run `n` and then naps `millis` ms.
     pub fn args(&self, n: u64, millis: u64) -> (String, u64, u64) {
         (self.file.arg().to_string(), n, millis)
     }
