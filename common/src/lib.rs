@@ -14,6 +14,9 @@
 //! - [`error`]: [`TaskError`], every way a task can fail, with its context.
 //! - [`worker`]: what a process does when started as a worker ([`worker_main`]).
 //! - [`capture`]: bounded capture of a task's stdout and stderr.
+//! - [`needs`]: [`needs::Needs`], what a task asks for, as Rust code writes it.
+//! - `start_mark`: the counter of started tasks a worker shares with its pool, so the pool
+//!   knows which task a dead worker was running.
 //! - [`pool`]: [`Pool`], N worker processes kept alive whatever the tasks do.
 //!
 //! How they connect: a dispatcher encodes a call to a `Task` into a [`pool::RunTask`]; the pool sends

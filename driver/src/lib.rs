@@ -6,7 +6,7 @@
 //! - [`distributed::DistributedDispatcher`]: the same API over a cluster of `blitzen-client`
 //!   agents and a `blitzen-server`; also starts either in-process (`spawn_server`,
 //!   `spawn_client`).
-//! - [`logging`], [`utils::get_local_ip`]: the seed's helpers.
+//! - [`logging`], [`utils`] (`get_local_ip`): the seed's helpers.
 //! - [`task`]: the attribute that turns a plain function into a task with a typed handle.
 //!   `dispatcher.run(square, 4)` is checked at compile time against `fn square(u64) -> u64`.
 //! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
@@ -17,9 +17,10 @@
 //! Inside: `dispatcher` ([`Dispatcher`], written once over a [`Backend`]), `multicore` and
 //! [`distributed`] (the two backends), `results` (task ids, run and fetch options, results),
 //! `error` ([`DispatchError`]), `table` (the results a dispatcher keeps until they are
-//! fetched), `streams` (`map`, `imap`, `imap_unordered`), `progress` (the progress bar of long
+//! fetched, with the feed of what tasks print), `output` ([`Output`]: what is done with those
+//! lines), `streams` (`map`, `imap`, `imap_unordered`), `progress` (the progress bar of long
 //! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
-//! from).
+//! from), `tasks` ([`Tasks`], what `tasks![]` makes: the crates an agent serves).
 //!
 //! ```no_run
 //! #[blitzen::task]
@@ -84,3 +85,31 @@ pub use tasks::Tasks;
 /// What `#[task]` expansions refer to. Not a stable API.
 #[doc(hidden)]
 pub use blitzen_common::__private;
+
+/// The README and the book's pages (`docs/`), for the doc tests: every Rust example in them is
+/// compiled, and run unless it says `no_run` (those start workers or reach a server).
+#[cfg(doctest)]
+pub mod book {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/multicore.md")]
+    pub struct Multicore;
+    #[doc = include_str!("../../docs/cluster.md")]
+    pub struct Cluster;
+    #[doc = include_str!("../../docs/durability.md")]
+    pub struct Durability;
+    #[doc = include_str!("../../docs/security.md")]
+    pub struct Security;
+    #[doc = include_str!("../../docs/observing.md")]
+    pub struct Observing;
+    #[doc = include_str!("../../docs/deploying.md")]
+    pub struct Deploying;
+    #[doc = include_str!("../../docs/performance.md")]
+    pub struct Performance;
+    #[doc = include_str!("../../docs/architecture.md")]
+    pub struct Architecture;
+    #[doc = include_str!("../../docs/development.md")]
+    pub struct Development;
+    #[doc = include_str!("../../python/README.md")]
+    pub struct Python;
+}

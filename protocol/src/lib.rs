@@ -10,6 +10,12 @@
 //!   (the task's id at that hop, its worker, its `Finished`).
 //! - [`worker`]: the messages between a process pool and its worker processes ([`ToWorker`],
 //!   [`FromWorker`]).
+//! - [`output`]: the lines tasks print while they run ([`Lines`]), on their way to the driver,
+//!   and the one counter of those left out of a stream ([`Unstreamed`]).
+//! - [`resources`]: what a task asks for ([`Request`]), what a machine offers ([`Capacity`]),
+//!   what is in use ([`Usage`]).
+//! - [`size`]: sizes as people write them (`4GiB`), read and shown.
+//! - [`status`]: what the server tells observers (`status --json`, the dashboard).
 //! - [`cluster`]: the messages between the server, its agents and drivers, after a
 //!   [`cluster::Hello`] handshake.
 //! - `blob` (re-exported): [`Blob`], binary task data that is not copied on arrival.

@@ -14,6 +14,8 @@
 //!   and its answer rendered for a person; what `blitzen-server status` runs.
 //! - `dashboard` (private): the web dashboard, fed a snapshot of the core once a second.
 //! - `session` (private): one task per connection: the handshake, then frames in as events.
+//! - `store` (private): the data directory — its tables, and the writer thread that commits
+//!   each turn's changes.
 //! - `core` (private): the single owner of all state — queue, agents, drivers, results.
 //!
 //! How they connect: `Server::run` accepts connections and starts a session for each; sessions

@@ -6,6 +6,8 @@
 //!   files, a patient driver.
 //! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
 //! - [`proxy`]: a TCP proxy that throttles, freezes, cuts, records or tampers with a link.
+//! - [`netns`]: hosts in network namespaces of a test's own, and [`wire`], the user-space cable
+//!   between them (latency, jitter, loss).
 //! - [`hostile_bytes`]: what a stranger may send a server instead of a handshake.
 //! - [`tally`]: how many times each task ran, and this program as an agent that runs it.
 

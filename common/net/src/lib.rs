@@ -2,7 +2,7 @@
 //! drivers.
 //!
 //! - [`framed`]: framed MessagePack over TCP — [`FramedReader`] decodes messages off a socket,
-//!   [`spawn_writer`] batches outgoing ones into few writes.
+//!   [`spawn_writer`] batches outgoing ones into few writes (the writer task in `writer`).
 //! - [`secret`]: the cluster's shared [`Secret`] (and [`Secrets`], one per role) and the
 //!   HMAC proofs of it.
 //! - [`handshake`]: both halves of the handshake that opens every connection —

@@ -1,5 +1,6 @@
 //! Tasks in a library crate, the natural place for a user's tasks: the test's own client
-//! (`blitzen-own-client`) serves them, and the tests drive them.
+//! (`blitzen-own-client`) serves them, and the tests drive them. The tasks of `geometry` are in
+//! a module of their own, as a user's would be.
 
 pub mod geometry;
 
