@@ -363,7 +363,8 @@ fn the_circle_check_finds_a_circle() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].iter().collect::<BTreeSet<_>>(), BTreeSet::from([&a, &b]));
     let here = vec!["core".to_string(), "agents".to_string()];
-    let paths = named_paths("use super::{stats::Outcomes, Core};\nlet x = crate::store::Change;", &here);
+    let paths =
+        named_paths("use super::{stats::Outcomes, Core};\nlet x = crate::store::Change;", &here);
     assert!(paths.contains(&vec!["core".to_string(), "stats".to_string(), "Outcomes".to_string()]));
     assert!(paths.contains(&vec!["store".to_string(), "Change".to_string()]));
 }
