@@ -74,6 +74,36 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     fn stop(&self);
 }
 
+/// Runs the blocking wait `wait` of the call `call` unless that would stall the Tokio runtime
+/// whose thread this is. On a worker of a multi-thread runtime the wait goes through
+/// `block_in_place`, which hands the worker's other tasks to another thread first; on a
+/// current-thread runtime's own thread it is refused at once with
+/// [`DispatchError::WouldStall`], naming `instead`, its async twin. Elsewhere (no runtime, or a
+/// thread of `spawn_blocking`) it simply waits.
+///
+/// A current-thread runtime's `spawn_blocking` threads cannot be told from its own thread by
+/// any API of Tokio's; they are told by name (Tokio's default, `tokio-rt-worker`, or
+/// `tokio-runtime-worker` in older versions, unless the runtime was built with another).
+pub(crate) fn blocking<T>(
+    call: &'static str,
+    instead: &'static str,
+    wait: impl FnOnce() -> Result<T, DispatchError>,
+) -> Result<T, DispatchError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        Ok(_)
+            if !matches!(
+                std::thread::current().name(),
+                Some("tokio-rt-worker" | "tokio-runtime-worker")
+            ) =>
+        {
+            Err(DispatchError::WouldStall { call, instead })
+        }
+        _ => wait(),
+    }
+}
+
 /// The longest a fetch waits for the lines of its tasks to be handed on.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -285,8 +315,11 @@ impl<B: Backend> Dispatcher<B> {
         ids: &[TaskId<O>],
         fetch: Fetch,
     ) -> Result<Vec<Result<O, TaskError>>, DispatchError> {
-        let results = self.table.fetch(ids, fetch)?;
-        self.settle_output();
+        let results = blocking("get_results", "dispatcher.results(&ids)", || {
+            let results = self.table.fetch(ids, fetch)?;
+            self.settle_output();
+            Ok(results)
+        })?;
         Ok(results.iter().map(TaskResult::decode).collect())
     }
 
@@ -298,18 +331,26 @@ impl<B: Backend> Dispatcher<B> {
         ids: &[TaskId<O>],
         fetch: Fetch,
     ) -> Result<Vec<TaskResult>, DispatchError> {
-        let results = self.table.fetch(ids, fetch)?;
-        self.settle_output();
-        Ok(results)
+        blocking("get_task_results", "dispatcher.results(&ids)", || {
+            let results = self.table.fetch(ids, fetch)?;
+            self.settle_output();
+            Ok(results)
+        })
     }
 
     /// With a thread handing streamed lines on, waits until it has handed on those that came
     /// before the results just fetched (at most [`SETTLE_LIMIT`]: a stuck handler delays
     /// results no longer).
     fn settle_output(&self) {
-        if self.streaming && lock(&self.output_thread).is_some() {
+        if self.hands_output_on() {
             self.table.output.settle(SETTLE_LIMIT);
         }
+    }
+
+    /// Whether a thread of this dispatcher hands streamed lines on ([`Output::Stream`],
+    /// [`Output::Handler`]).
+    pub(crate) fn hands_output_on(&self) -> bool {
+        self.streaming && lock(&self.output_thread).is_some()
     }
 
     /// Waits for every task, returns every result not yet fetched in submission order, then
@@ -317,9 +358,18 @@ impl<B: Backend> Dispatcher<B> {
     ///
     /// It waits as long as the tasks take; [`join_within`](Self::join_within) gives up after a
     /// limit.
+    ///
+    /// # Panics
+    ///
+    /// On the thread of a current-thread Tokio runtime, which it would stall: await
+    /// [`join_async`](Self::join_async) there (see [`DispatchError::WouldStall`]).
     pub fn join(&self) -> Vec<TaskResult> {
-        let results = self.table.take_all(None).unwrap_or_default();
-        self.settle_output();
+        let joined = blocking("join", "dispatcher.join_async()", || {
+            let results = self.table.take_all(None).unwrap_or_default();
+            self.settle_output();
+            Ok(results)
+        });
+        let results = joined.unwrap_or_else(|e| panic!("{e}"));
         self.shutdown();
         results
     }
@@ -330,8 +380,11 @@ impl<B: Backend> Dispatcher<B> {
     /// result stays, for another `join` or a `get_results`. (Dropping the dispatcher shuts it
     /// down.)
     pub fn join_within(&self, limit: Duration) -> Result<Vec<TaskResult>, DispatchError> {
-        let results = self.table.take_all(Some(limit))?;
-        self.settle_output();
+        let results = blocking("join_within", "dispatcher.join_async()", || {
+            let results = self.table.take_all(Some(limit))?;
+            self.settle_output();
+            Ok(results)
+        })?;
         self.shutdown();
         Ok(results)
     }

@@ -28,6 +28,21 @@ pub enum DispatchError {
         /// What is known about why, e.g. that no agent can run a task.
         detail: Option<String>,
     },
+    /// A blocking wait was called on the thread of a current-thread Tokio runtime, where it
+    /// would stall every task of that runtime until the results came. Await the async twin
+    /// named here instead (or make the call inside `tokio::task::spawn_blocking`). Retrying the
+    /// same call there cannot help.
+    #[error(
+        "`{call}` waits, and this thread runs a current-thread Tokio runtime: waiting here \
+         would stall every task of that runtime until the results come; await `{instead}` \
+         instead, or make the call inside `tokio::task::spawn_blocking`"
+    )]
+    WouldStall {
+        /// The blocking call.
+        call: &'static str,
+        /// Its async twin.
+        instead: &'static str,
+    },
     /// The worker pool could not start.
     #[error(transparent)]
     Pool(#[from] blitzen_common::pool::PoolError),

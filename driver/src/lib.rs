@@ -39,6 +39,7 @@
 //! }
 //! ```
 
+mod awaits;
 mod dispatcher;
 pub mod distributed;
 mod error;
@@ -60,6 +61,7 @@ pub mod logging {
     };
 }
 
+pub use awaits::{Completed, CompletedResult, ResultsFuture, TaskFuture};
 pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
 pub use blitzen_common::needs::Needs;

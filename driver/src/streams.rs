@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{Backend, Dispatcher};
 use crate::error::DispatchError;
 use crate::results::{Fetch, TaskId};
+use crate::table::Subscriber;
 
 impl<B: Backend> Dispatcher<B> {
     /// Runs `task` on every item of `args` and returns all results, in the order of `args`
@@ -51,6 +52,7 @@ impl<B: Backend> Dispatcher<B> {
     pub fn as_completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> ImapUnordered<'_, B, O> {
         let (tx, done) = mpsc::channel();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
+        let tx = Subscriber::Blocking(tx);
         self.table.subscribe(&tasks, &tx);
         let waiting = ids.iter().map(|id| (id.task(), *id)).collect();
         ImapUnordered { dispatcher: self, waiting, done, _output: PhantomData, _tx: tx }
@@ -64,6 +66,7 @@ impl<B: Backend> Dispatcher<B> {
     pub fn completions<O>(&self, ids: &[TaskId<O>]) -> Completions {
         let (tx, done) = mpsc::channel();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
+        let tx = Subscriber::Blocking(tx);
         self.table.subscribe(&tasks, &tx);
         Completions { waiting: tasks.into_iter().collect(), done, _tx: tx }
     }
@@ -76,7 +79,7 @@ pub struct Completions {
     waiting: std::collections::HashSet<DriverTaskId>,
     done: mpsc::Receiver<DriverTaskId>,
     /// Keeps the channel open while tasks are awaited.
-    _tx: mpsc::Sender<DriverTaskId>,
+    _tx: Subscriber,
 }
 
 /// One wait of [`Completions::next_within`].
@@ -147,7 +150,7 @@ pub struct ImapUnordered<'a, B: Backend, O> {
     done: mpsc::Receiver<DriverTaskId>,
     _output: PhantomData<fn() -> O>,
     /// Keeps the channel open while tasks are outstanding.
-    _tx: mpsc::Sender<DriverTaskId>,
+    _tx: Subscriber,
 }
 
 impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
@@ -179,8 +182,13 @@ impl<B: Backend, O> Drop for ImapUnordered<'_, B, O> {
     }
 }
 
-/// A stream's task whose result another caller took first.
-fn fetched_elsewhere(task: DriverTaskId, e: DispatchError) -> TaskError {
+/// A stream's or a future's task whose result cannot be fetched: another caller took it first,
+/// or the wait was refused (`e` says why).
+pub(crate) fn fetched_elsewhere(task: DriverTaskId, e: DispatchError) -> TaskError {
+    let reason = match e {
+        DispatchError::AlreadyFetched(_) => format!("its result was taken by another caller: {e}"),
+        e => e.to_string(),
+    };
     TaskError::Lost {
         ctx: Box::new(blitzen_common::TaskContext {
             id: task.get(),
@@ -188,6 +196,6 @@ fn fetched_elsewhere(task: DriverTaskId, e: DispatchError) -> TaskError {
             worker: None,
             stderr_tail: String::new(),
         }),
-        reason: format!("its result was taken by another caller: {e}"),
+        reason,
     }
 }

@@ -30,6 +30,8 @@ struct FeedState {
     dropped: Unstreamed<DriverTaskId>,
     /// Whether the consumer is handing on lines it took.
     in_hand: bool,
+    /// Futures waiting for the lines to be handed on ([`OutputFeed::poll_settled`]).
+    settle_wakers: Vec<std::task::Waker>,
     closed: bool,
 }
 
@@ -107,8 +109,26 @@ impl OutputFeed {
 
     /// The consumer has handed on what it took.
     pub(crate) fn handed(&self) {
-        self.lock().in_hand = false;
+        let mut st = self.lock();
+        st.in_hand = false;
+        let wakers = std::mem::take(&mut st.settle_wakers);
+        drop(st);
         self.ready.notify_all();
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// The async face of [`settle`](Self::settle): ready once the consumer has handed on every
+    /// line that came so far (or the feed is closed); until then `waker` is woken when it has
+    /// handed some on.
+    pub(crate) fn poll_settled(&self, waker: &std::task::Waker) -> std::task::Poll<()> {
+        let mut st = self.lock();
+        if (st.queue.is_empty() && !st.in_hand) || st.closed {
+            return std::task::Poll::Ready(());
+        }
+        if !st.settle_wakers.iter().any(|w| w.will_wake(waker)) {
+            st.settle_wakers.push(waker.clone());
+        }
+        std::task::Poll::Pending
     }
 
     /// Waits (at most `limit`) until the consumer has handed on every line that came so far:
@@ -127,8 +147,12 @@ impl OutputFeed {
 
     /// No more lines will come: a waiting consumer returns once it has taken what is left.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut st = self.lock();
+        st.closed = true;
+        let wakers = std::mem::take(&mut st.settle_wakers);
+        drop(st);
         self.ready.notify_all();
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 

@@ -5,9 +5,10 @@ pub(crate) mod feed;
 mod slots;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::Outcome;
@@ -30,6 +31,25 @@ const SPIN_FOR_TASKS: usize = 4;
 
 /// Hands out distinct origins so ids of two dispatchers never match.
 static NEXT_ORIGIN: AtomicU32 = AtomicU32::new(1);
+
+/// Who hears of a task as soon as it finishes: a blocking iterator, or an async stream.
+#[derive(Debug, Clone)]
+pub(crate) enum Subscriber {
+    /// `imap_unordered`, `as_completed`, `completions`.
+    Blocking(std::sync::mpsc::Sender<DriverTaskId>),
+    /// `completed`.
+    Async(tokio::sync::mpsc::UnboundedSender<DriverTaskId>),
+}
+
+impl Subscriber {
+    fn send(&self, id: DriverTaskId) {
+        // A receiver gone is a stream dropped: nobody to tell.
+        let _ = match self {
+            Subscriber::Blocking(tx) => tx.send(id).map_err(drop),
+            Subscriber::Async(tx) => tx.send(id).map_err(drop),
+        };
+    }
+}
 
 /// Results a dispatcher holds: pending until a worker answers, then done until fetched.
 ///
@@ -60,13 +80,71 @@ struct TableState {
     pending: usize,
     /// Set when no more tasks can run: new tasks end with this outcome at once.
     closed: Option<Outcome>,
-    /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`).
-    subscribers: HashMap<DriverTaskId, std::sync::mpsc::Sender<DriverTaskId>>,
+    /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`, and its
+    /// async twin `completed`).
+    subscribers: HashMap<DriverTaskId, Subscriber>,
+    /// Futures waiting for a task ([`crate::awaits`]): woken when it is done.
+    wakers: HashMap<DriverTaskId, Vec<Waker>>,
+    /// Futures waiting until no task is pending (`join_async`).
+    idle_wakers: Vec<Waker>,
+    /// Tasks whose result nobody will fetch (an aborted future's): dropped when it comes.
+    discarded: HashSet<DriverTaskId>,
     /// Reports dropped because their task already had a result ([`DispatcherStats::duplicates`]).
     duplicates: u64,
 }
 
 impl TableState {
+    /// The results of `ids`, every one done, in the order of `ids`: moved out when `clear` (an
+    /// id asked for twice gets a copy of its first), copied otherwise.
+    fn take_done<O>(&mut self, ids: &[TaskId<O>], clear: bool) -> Vec<TaskResult> {
+        if !clear {
+            return ids
+                .iter()
+                .filter_map(|id| match self.slots.get(id.seq) {
+                    Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
+                    _ => None,
+                })
+                .collect();
+        }
+        let mut results: Vec<TaskResult> = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.slots.remove(id.seq) {
+                Some(Slot::Done(r)) => results.push(*r),
+                _ => {
+                    if let Some(first) = results.iter().find(|r| r.id == id.seq) {
+                        results.push(first.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Every result not fetched, in submission order, moved out.
+    fn drain_done(&mut self) -> Vec<TaskResult> {
+        let mut all: Vec<TaskResult> = (self.slots.drain())
+            .filter_map(|(_, s)| match s {
+                Slot::Done(r) => Some(*r),
+                Slot::Pending(_) | Slot::Fetched => None,
+            })
+            .collect();
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// Checks that this table issued every one of `ids` and that none was fetched.
+    fn check_ids<O>(&self, ids: &[TaskId<O>]) -> Result<(), DispatchError> {
+        for id in ids {
+            if id.origin != self.origin || id.seq == 0 || id.seq >= self.next {
+                return Err(DispatchError::UnknownTask(id.seq));
+            }
+            if self.slots.get(id.seq).is_none() {
+                return Err(DispatchError::AlreadyFetched(id.seq));
+            }
+        }
+        Ok(())
+    }
+
     /// What is known about the delay of pending task `id`, if anything.
     fn detail(&self, id: DriverTaskId, kind: u32) -> Option<String> {
         let note = self.notes.get(&id)?;
@@ -91,6 +169,9 @@ impl ResultTable {
                 pending: 0,
                 closed: None,
                 subscribers: HashMap::new(),
+                wakers: HashMap::new(),
+                idle_wakers: Vec::new(),
+                discarded: HashSet::new(),
                 duplicates: 0,
             }),
             changed: Condvar::new(),
@@ -156,20 +237,14 @@ impl ResultTable {
     }
 
     /// Sends each of `ids` on `tx` as soon as it is done (at once for those already done).
-    pub(crate) fn subscribe(
-        &self,
-        ids: &[DriverTaskId],
-        tx: &std::sync::mpsc::Sender<DriverTaskId>,
-    ) {
+    pub(crate) fn subscribe(&self, ids: &[DriverTaskId], tx: &Subscriber) {
         let mut st = self.lock();
         for &id in ids {
             match st.slots.get(id.get()) {
                 Some(Slot::Pending(_)) => {
                     st.subscribers.insert(id, tx.clone());
                 }
-                Some(Slot::Done(_)) => {
-                    let _ = tx.send(id);
-                }
+                Some(Slot::Done(_)) => tx.send(id),
                 Some(Slot::Fetched) | None => {}
             }
         }
@@ -198,6 +273,7 @@ impl ResultTable {
     pub(crate) fn complete(&self, batch: Vec<Report<DriverTaskId>>) {
         let mut guard = self.lock();
         let st = &mut *guard;
+        let mut wake = Vec::new();
         for mut r in batch {
             let id = r.id;
             self.output.add_dropped(id, &mut r.run);
@@ -209,10 +285,19 @@ impl ResultTable {
                 continue;
             };
             st.pending -= 1;
+            if !st.discarded.is_empty() && st.discarded.remove(&id) {
+                st.slots.remove(id.get());
+                continue;
+            }
             if !st.subscribers.is_empty()
                 && let Some(subscriber) = st.subscribers.remove(&id)
             {
-                let _ = subscriber.send(id);
+                subscriber.send(id);
+            }
+            if !st.wakers.is_empty()
+                && let Some(wakers) = st.wakers.remove(&id)
+            {
+                wake.extend(wakers);
             }
             if !st.notes.is_empty() {
                 st.notes.remove(&id);
@@ -223,7 +308,13 @@ impl ResultTable {
             let result = TaskResult { id: id.get(), task, worker, run, signature };
             *slot = Slot::Done(Box::new(result));
         }
+        if st.pending == 0 {
+            wake.append(&mut st.idle_wakers);
+        }
         drop(guard);
+        for waker in wake {
+            waker.wake();
+        }
         self.batches.fetch_add(1, Ordering::Release);
         self.changed.notify_all();
     }
@@ -297,14 +388,7 @@ impl ResultTable {
         fetch: Fetch,
     ) -> Result<Vec<TaskResult>, DispatchError> {
         let mut st = self.lock();
-        for id in ids {
-            if id.origin != st.origin || id.seq == 0 || id.seq >= st.next {
-                return Err(DispatchError::UnknownTask(id.seq));
-            }
-            if st.slots.get(id.seq).is_none() {
-                return Err(DispatchError::AlreadyFetched(id.seq));
-            }
-        }
+        st.check_ids(ids)?;
         let deadline = fetch.timeout.map(|t| Instant::now() + t);
         let mut progress = Progress::new(ids.len());
         let mut ready = 0;
@@ -354,29 +438,7 @@ impl ResultTable {
             };
         }
         progress.finish();
-        if !fetch.clear {
-            let results = ids
-                .iter()
-                .filter_map(|id| match st.slots.get(id.seq) {
-                    Some(Slot::Done(r)) => Some(TaskResult::clone(r)),
-                    _ => None,
-                })
-                .collect();
-            return Ok(results);
-        }
-        // Cleared: the results move out. An id asked for twice gets a copy of its first.
-        let mut results: Vec<TaskResult> = Vec::with_capacity(ids.len());
-        for id in ids {
-            match st.slots.remove(id.seq) {
-                Some(Slot::Done(r)) => results.push(*r),
-                _ => {
-                    if let Some(first) = results.iter().find(|r| r.id == id.seq) {
-                        results.push(first.clone());
-                    }
-                }
-            }
-        }
-        Ok(results)
+        Ok(st.take_done(ids, fetch.clear))
     }
 
     /// Waits until every task is done, then removes and returns all results not yet fetched,
@@ -417,16 +479,67 @@ impl ResultTable {
             };
         }
         progress.finish();
-        let mut all: Vec<TaskResult> = st
-            .slots
-            .drain()
-            .filter_map(|(_, s)| match s {
-                Slot::Done(r) => Some(*r),
-                Slot::Pending(_) | Slot::Fetched => None,
-            })
-            .collect();
-        all.sort_by_key(|r| r.id);
-        Ok(all)
+        Ok(st.drain_done())
+    }
+
+    /// The async face of [`fetch`](Self::fetch): the results of `ids` once every one is done;
+    /// until then `waker` is woken when the first of them not done yet is. The ids were checked
+    /// ([`check`](Self::check)) when the wait began.
+    pub(crate) fn poll_fetch<O>(
+        &self,
+        ids: &[TaskId<O>],
+        clear: bool,
+        waker: &Waker,
+    ) -> Poll<Vec<TaskResult>> {
+        let mut st = self.lock();
+        let waiting = ids.iter().find(|id| matches!(st.slots.get(id.seq), Some(Slot::Pending(_))));
+        match waiting {
+            Some(id) => {
+                let wakers = st.wakers.entry(id.task()).or_default();
+                if !wakers.iter().any(|w| w.will_wake(waker)) {
+                    wakers.push(waker.clone());
+                }
+                Poll::Pending
+            }
+            None => Poll::Ready(st.take_done(ids, clear)),
+        }
+    }
+
+    /// Checks that this table issued every one of `ids` and that none was fetched.
+    pub(crate) fn check<O>(&self, ids: &[TaskId<O>]) -> Result<(), DispatchError> {
+        self.lock().check_ids(ids)
+    }
+
+    /// The async face of [`take_all`](Self::take_all): every result not fetched once no task
+    /// is pending; until then `waker` is woken when none is.
+    pub(crate) fn poll_take_all(&self, waker: &Waker) -> Poll<Vec<TaskResult>> {
+        let mut st = self.lock();
+        if st.pending > 0 {
+            if !st.idle_wakers.iter().any(|w| w.will_wake(waker)) {
+                st.idle_wakers.push(waker.clone());
+            }
+            return Poll::Pending;
+        }
+        Poll::Ready(st.drain_done())
+    }
+
+    /// Nobody will fetch task `id`: its result is dropped when it comes (at once if it came).
+    pub(crate) fn discard(&self, id: DriverTaskId) {
+        let mut st = self.lock();
+        match st.slots.get(id.get()) {
+            Some(Slot::Pending(_)) => {
+                st.discarded.insert(id);
+            }
+            Some(Slot::Done(_)) => {
+                st.slots.remove(id.get());
+            }
+            Some(Slot::Fetched) | None => {}
+        }
+    }
+
+    /// Whether task `id` is issued and not finished yet.
+    pub(crate) fn is_pending(&self, id: DriverTaskId) -> bool {
+        matches!(self.lock().slots.get(id.get()), Some(Slot::Pending(_)))
     }
 
     /// Tasks submitted and not yet finished.
