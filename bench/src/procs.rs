@@ -273,15 +273,21 @@ impl Proc {
         Self::spawn("agent", &env)
     }
 
-    /// Starts W16's driver of `tasks` tasks for the server at `addr`; it reports its memory,
-    /// then, after [`Proc::go`], its seconds and peak memory ([`Proc::report`]).
     /// A process of `agents` simulated agents (W17); [`Proc::ready`] once all are connected.
     pub fn simulated_agents(addr: &str, agents: usize) -> Result<Self> {
         Self::spawn("simagents", &[(SERVER, addr.to_string()), (AGENTS, agents.to_string())])
     }
 
+    /// Starts W16's driver of `tasks` tasks for the server at `addr`; it reports its memory,
+    /// then, after [`Proc::go`], its seconds and peak memory ([`Proc::report`]).
     pub fn driver(addr: &str, tasks: u64) -> Result<Self> {
         Self::spawn("driver", &[(SERVER, addr.to_string()), (TASKS, tasks.to_string())])
+    }
+
+    /// Starts W20's awaiter: a driver of the server in `env`'s `SERVER`, or a multicore
+    /// dispatcher of its own without it; it reports once ([`Proc::report`]).
+    pub fn awaiter(env: &[(&str, String)]) -> Result<Self> {
+        Self::spawn("awaiter", env)
     }
 
     /// Tells a driver to start.

@@ -12,9 +12,7 @@
 //! instead (and its result is dropped when it comes), so `tokio::select!` with a timeout or a
 //! client that hangs up leaves no work behind.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -26,8 +24,8 @@ use tokio::sync::mpsc;
 use crate::dispatcher::{Backend, Dispatcher};
 use crate::error::DispatchError;
 use crate::results::{TaskId, TaskResult};
-use crate::streams::fetched_elsewhere;
-use crate::table::Subscriber;
+use crate::streams::{BATCH, CompletedResult, Unordered, fetched_elsewhere};
+use crate::table::{AsyncWait, Subscriber};
 
 impl<B: Backend> Dispatcher<B> {
     /// The result of task `id`, once it is done, without blocking a thread: the async twin of
@@ -39,7 +37,14 @@ impl<B: Backend> Dispatcher<B> {
     /// fetchable; [`TaskFuture::abort_on_drop`] cancels it instead. When the dispatcher shuts
     /// down, a pending future ends with the task's [`TaskError::Cancelled`].
     pub fn result<O: DeserializeOwned>(&self, id: TaskId<O>) -> TaskFuture<'_, B, O> {
-        TaskFuture { dispatcher: self, id, abort_on_drop: false, fetched: None, done: false }
+        TaskFuture {
+            dispatcher: self,
+            id,
+            abort_on_drop: false,
+            wait: AsyncWait::default(),
+            fetched: None,
+            done: false,
+        }
     }
 
     /// The results of `ids`, in the order of `ids`, once every one is done: the async twin of
@@ -52,6 +57,7 @@ impl<B: Backend> Dispatcher<B> {
             ids: ids.to_vec(),
             checked: Some(checked),
             abort_on_drop: false,
+            wait: AsyncWait::default(),
             fetched: None,
             done: false,
         }
@@ -66,8 +72,7 @@ impl<B: Backend> Dispatcher<B> {
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
         let tx = Subscriber::Async(tx);
         self.table.subscribe(&tasks, &tx);
-        let waiting = ids.iter().map(|id| (id.task(), *id)).collect();
-        Completed { dispatcher: self, waiting, done, _tx: tx, _output: PhantomData }
+        Completed { dispatcher: self, unordered: Unordered::new(ids), settled: true, done, _tx: tx }
     }
 
     /// Every result not yet fetched, in submission order, once every task is done: the async
@@ -99,6 +104,7 @@ pub struct TaskFuture<'a, B: Backend, O> {
     id: TaskId<O>,
     /// Cancel the task if the future is dropped before it is ready.
     abort_on_drop: bool,
+    wait: AsyncWait,
     /// Its result, taken from the table, while streamed lines are still handed on.
     fetched: Option<TaskResult>,
     /// Ready was returned (or the task's result is otherwise settled for this future).
@@ -126,8 +132,12 @@ impl<B: Backend, O: DeserializeOwned> Future for TaskFuture<'_, B, O> {
                 this.done = true;
                 return Poll::Ready(Err(fetched_elsewhere(this.id.task(), e)));
             }
-            let mut results =
-                ready!(table.poll_fetch(std::slice::from_ref(&this.id), true, cx.waker()));
+            let mut results = ready!(table.poll_fetch(
+                std::slice::from_ref(&this.id),
+                true,
+                &mut this.wait,
+                cx.waker()
+            ));
             this.fetched = results.pop();
         }
         ready!(this.dispatcher.poll_output_settled(cx));
@@ -160,6 +170,7 @@ pub struct ResultsFuture<'a, B: Backend, O> {
     /// the first poll.
     checked: Option<Result<(), DispatchError>>,
     abort_on_drop: bool,
+    wait: AsyncWait,
     /// The results, taken from the table, while streamed lines are still handed on.
     fetched: Option<Vec<TaskResult>>,
     done: bool,
@@ -184,7 +195,8 @@ impl<B: Backend, O: DeserializeOwned> Future for ResultsFuture<'_, B, O> {
             return Poll::Ready(Err(e));
         }
         if this.fetched.is_none() {
-            let results = ready!(this.dispatcher.table.poll_fetch(&this.ids, true, cx.waker()));
+            let table = &this.dispatcher.table;
+            let results = ready!(table.poll_fetch(&this.ids, true, &mut this.wait, cx.waker()));
             this.fetched = Some(results);
         }
         ready!(this.dispatcher.poll_output_settled(cx));
@@ -215,21 +227,18 @@ fn abort<B: Backend>(dispatcher: &Dispatcher<B>, tasks: &[DriverTaskId]) {
     }
 }
 
-/// A task that completed, and its result.
-pub type CompletedResult<O> = (TaskId<O>, Result<O, TaskError>);
-
 /// Results as they complete, as a `Stream`: see [`Dispatcher::completed`].
 #[must_use = "a stream does nothing unless polled"]
 #[derive(Debug)]
 pub struct Completed<'a, B: Backend, O> {
     dispatcher: &'a Dispatcher<B>,
-    /// Tasks not yielded yet.
-    waiting: HashMap<DriverTaskId, TaskId<O>>,
+    unordered: Unordered<O>,
+    /// Whether the lines streamed before the results taken were handed on.
+    settled: bool,
     /// Finished tasks, sent by the result table.
     done: mpsc::UnboundedReceiver<DriverTaskId>,
     /// Keeps the channel open while tasks are outstanding.
     _tx: Subscriber,
-    _output: PhantomData<fn() -> O>,
 }
 
 impl<B: Backend, O: DeserializeOwned> Completed<'_, B, O> {
@@ -240,28 +249,31 @@ impl<B: Backend, O: DeserializeOwned> Completed<'_, B, O> {
 
     /// Tasks not yielded yet.
     pub fn remaining(&self) -> usize {
-        self.waiting.len()
+        self.unordered.len()
     }
 
     fn poll_next_result(&mut self, cx: &mut Context<'_>) -> Poll<Option<CompletedResult<O>>> {
-        while !self.waiting.is_empty() {
-            let Some(task) = ready!(self.done.poll_recv(cx)) else { return Poll::Ready(None) };
-            let Some(id) = self.waiting.remove(&task) else { continue };
-            let table = &self.dispatcher.table;
-            let result = match table.check(std::slice::from_ref(&id)) {
-                // Done already: this does not wait.
-                Ok(()) => match table.poll_fetch(std::slice::from_ref(&id), true, cx.waker()) {
-                    Poll::Ready(mut one) => match one.pop() {
-                        Some(r) => r.decode(),
-                        None => continue,
-                    },
-                    Poll::Pending => continue,
-                },
-                Err(e) => Err(fetched_elsewhere(task, e)),
-            };
-            return Poll::Ready(Some((id, result)));
+        loop {
+            if self.unordered.has_taken() {
+                if !self.settled {
+                    ready!(self.dispatcher.poll_output_settled(cx));
+                    self.settled = true;
+                }
+                return Poll::Ready(self.unordered.pop());
+            }
+            if self.unordered.waiting() == 0 {
+                return Poll::Ready(None);
+            }
+            let Some(first) = ready!(self.done.poll_recv(cx)) else { return Poll::Ready(None) };
+            let mut finished = vec![first];
+            while finished.len() < BATCH
+                && let Ok(task) = self.done.try_recv()
+            {
+                finished.push(task);
+            }
+            self.unordered.take(&self.dispatcher.table, finished.into_iter());
+            self.settled = false;
         }
-        Poll::Ready(None)
     }
 }
 
@@ -273,13 +285,12 @@ impl<B: Backend, O: DeserializeOwned> futures_core::Stream for Completed<'_, B, 
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.waiting.len(), Some(self.waiting.len()))
+        (self.unordered.len(), Some(self.unordered.len()))
     }
 }
 
 impl<B: Backend, O> Drop for Completed<'_, B, O> {
     fn drop(&mut self) {
-        let tasks: Vec<DriverTaskId> = self.waiting.keys().copied().collect();
-        self.dispatcher.table.unsubscribe(&tasks);
+        self.unordered.unsubscribe(&self.dispatcher.table);
     }
 }

@@ -341,7 +341,7 @@ impl<B: Backend> Dispatcher<B> {
     /// With a thread handing streamed lines on, waits until it has handed on those that came
     /// before the results just fetched (at most [`SETTLE_LIMIT`]: a stuck handler delays
     /// results no longer).
-    fn settle_output(&self) {
+    pub(crate) fn settle_output(&self) {
         if self.hands_output_on() {
             self.table.output.settle(SETTLE_LIMIT);
         }

@@ -61,7 +61,7 @@ pub mod logging {
     };
 }
 
-pub use awaits::{Completed, CompletedResult, ResultsFuture, TaskFuture};
+pub use awaits::{Completed, ResultsFuture, TaskFuture};
 pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
 pub use blitzen_common::needs::Needs;
@@ -80,7 +80,7 @@ pub use output::{
     OUTPUT_QUEUE_BYTES, Output, OutputLines, OutputReader, STREAM_BURST, STREAM_RATE,
 };
 pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
-pub use streams::{Completion, Completions, Imap, ImapUnordered};
+pub use streams::{CompletedResult, Completion, Completions, Imap, ImapUnordered};
 pub use table::DispatcherStats;
 pub use tasks::Tasks;
 

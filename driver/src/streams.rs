@@ -1,17 +1,18 @@
 //! `map`, `imap` and `imap_unordered` (achilles' names, `multiprocessing.Pool`'s semantics) on
 //! every [`Dispatcher`].
 
-use blitzen_protocol::ids::DriverTaskId;
-use std::marker::PhantomData;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
+
+use blitzen_protocol::ids::DriverTaskId;
 
 use blitzen_common::{Task, TaskError};
 use serde::de::DeserializeOwned;
 
 use crate::dispatcher::{Backend, Dispatcher};
 use crate::error::DispatchError;
-use crate::results::{Fetch, TaskId};
-use crate::table::Subscriber;
+use crate::results::{Fetch, TaskId, TaskResult};
+use crate::table::{ResultTable, Subscriber};
 
 impl<B: Backend> Dispatcher<B> {
     /// Runs `task` on every item of `args` and returns all results, in the order of `args`
@@ -54,8 +55,7 @@ impl<B: Backend> Dispatcher<B> {
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
         let tx = Subscriber::Blocking(tx);
         self.table.subscribe(&tasks, &tx);
-        let waiting = ids.iter().map(|id| (id.task(), *id)).collect();
-        ImapUnordered { dispatcher: self, waiting, done, _output: PhantomData, _tx: tx }
+        ImapUnordered { dispatcher: self, unordered: Unordered::new(ids), done, _tx: tx }
     }
 }
 
@@ -144,11 +144,9 @@ impl<B: Backend, O: DeserializeOwned> Iterator for Imap<'_, B, O> {
 #[derive(Debug)]
 pub struct ImapUnordered<'a, B: Backend, O> {
     dispatcher: &'a Dispatcher<B>,
-    /// Tasks not yielded yet.
-    waiting: std::collections::HashMap<DriverTaskId, TaskId<O>>,
+    unordered: Unordered<O>,
     /// Finished tasks, sent by the result table.
     done: mpsc::Receiver<DriverTaskId>,
-    _output: PhantomData<fn() -> O>,
     /// Keeps the channel open while tasks are outstanding.
     _tx: Subscriber,
 }
@@ -157,28 +155,95 @@ impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
     type Item = (TaskId<O>, Result<O, TaskError>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.waiting.is_empty() {
+        loop {
+            if let Some(next) = self.unordered.pop() {
+                return Some(next);
+            }
+            if self.unordered.waiting() == 0 {
+                return None;
+            }
             // Every task settles eventually (at worst as cancelled at shutdown), so this ends.
-            let task = self.done.recv().ok()?;
-            let Some(id) = self.waiting.remove(&task) else { continue };
-            let result = match self.dispatcher.get_results_with(&[id], Fetch::default()) {
-                Ok(mut one) => one.pop()?,
-                Err(e) => Err(fetched_elsewhere(task, e)),
-            };
-            return Some((id, result));
+            let first = self.done.recv().ok()?;
+            let finished = std::iter::once(first).chain(self.done.try_iter().take(BATCH));
+            self.unordered.take(&self.dispatcher.table, finished);
+            self.dispatcher.settle_output();
         }
-        None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.waiting.len(), Some(self.waiting.len()))
+        let left = self.unordered.len();
+        (left, Some(left))
     }
 }
 
 impl<B: Backend, O> Drop for ImapUnordered<'_, B, O> {
     fn drop(&mut self) {
+        self.unordered.unsubscribe(&self.dispatcher.table);
+    }
+}
+
+/// The most finished tasks taken out of the table at once by a stream of results.
+pub(crate) const BATCH: usize = 1024;
+
+/// A task that completed, and its result.
+pub type CompletedResult<O> = (TaskId<O>, Result<O, TaskError>);
+
+/// What the blocking [`ImapUnordered`] and the async [`Completed`](crate::Completed) share:
+/// the tasks not yielded yet, and results taken out of the table together (one lock for all
+/// the tasks that finished since the last look), yielded one by one.
+#[derive(Debug)]
+pub(crate) struct Unordered<O> {
+    waiting: HashMap<DriverTaskId, TaskId<O>>,
+    taken: VecDeque<(TaskId<O>, Option<TaskResult>)>,
+}
+
+impl<O> Unordered<O> {
+    pub(crate) fn new(ids: &[TaskId<O>]) -> Self {
+        Self { waiting: ids.iter().map(|id| (id.task(), *id)).collect(), taken: VecDeque::new() }
+    }
+
+    /// Takes the results of `finished` tasks that are still awaited out of `table`.
+    pub(crate) fn take(
+        &mut self,
+        table: &ResultTable,
+        finished: impl Iterator<Item = DriverTaskId>,
+    ) {
+        let (tasks, ids): (Vec<DriverTaskId>, Vec<TaskId<O>>) =
+            finished.filter_map(|t| Some((t, self.waiting.remove(&t)?))).unzip();
+        self.taken.extend(ids.into_iter().zip(table.take_finished(&tasks)));
+    }
+
+    /// Tasks whose results were not taken yet.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Tasks not yielded yet.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.len() + self.taken.len()
+    }
+
+    /// Whether results were taken and not yielded yet.
+    pub(crate) fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
+    /// The table stops telling of tasks nobody waits for any more.
+    pub(crate) fn unsubscribe(&self, table: &ResultTable) {
         let tasks: Vec<DriverTaskId> = self.waiting.keys().copied().collect();
-        self.dispatcher.table.unsubscribe(&tasks);
+        table.unsubscribe(&tasks);
+    }
+}
+
+impl<O: DeserializeOwned> Unordered<O> {
+    /// The next result taken, decoded.
+    pub(crate) fn pop(&mut self) -> Option<CompletedResult<O>> {
+        let (id, result) = self.taken.pop_front()?;
+        let result = match result {
+            Some(r) => r.decode(),
+            None => Err(fetched_elsewhere(id.task(), DispatchError::AlreadyFetched(id.seq))),
+        };
+        Some((id, result))
     }
 }
 

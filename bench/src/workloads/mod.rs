@@ -16,12 +16,14 @@ use crate::stats::{median, percentile};
 use crate::usage;
 
 mod at_scale;
+mod awaits;
 mod durable;
 mod many_agents;
 mod side_by_side;
 
 use at_scale::at_scale;
 pub use at_scale::drive;
+use awaits::{async_latency, async_throughput, pending_futures};
 use durable::{durable_queue, durable_throughput, restart_queued};
 use many_agents::many_agents;
 pub use many_agents::simulate;
@@ -67,10 +69,13 @@ pub enum Workload {
     W15,
     W16,
     W17,
+    W18,
+    W19,
+    W20,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 17] = [
+    pub const ALL: [Workload; 20] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -88,23 +93,29 @@ impl Workload {
         Workload::W15,
         Workload::W16,
         Workload::W17,
+        Workload::W18,
+        Workload::W19,
+        Workload::W20,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 17] = [
+        const NAMES: [&str; 20] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15", "W16", "W17",
+            "W14", "W15", "W16", "W17", "W18", "W19", "W20",
         ];
         NAMES[self as usize]
     }
 
     /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15, the 10M tasks
     /// of W16 and the 1,000 agents of W17 are about the server and its connections: distributed
-    /// only.
+    /// only. The async face's W18–W20 run on both.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
-            || matches!(self, Workload::W7 | Workload::W8)
+            || matches!(
+                self,
+                Workload::W7 | Workload::W8 | Workload::W18 | Workload::W19 | Workload::W20
+            )
     }
 }
 
@@ -115,7 +126,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W17"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W20"))
     }
 }
 
@@ -158,6 +169,11 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W15, _) => watched_vs_unwatched(runs),
         (Workload::W16, _) => at_scale(runs),
         (Workload::W17, _) => many_agents(runs),
+        (Workload::W18, Path::Multicore) => on_multicore(2, |d| async_throughput(d, runs)),
+        (Workload::W18, Path::Distributed) => on_cluster(1, 2, |d| async_throughput(d, runs)),
+        (Workload::W19, Path::Multicore) => on_multicore(2, |d| async_latency(d, runs)),
+        (Workload::W19, Path::Distributed) => on_cluster(1, 2, |d| async_latency(d, runs)),
+        (Workload::W20, path) => pending_futures(path, runs),
     }
 }
 
@@ -505,6 +521,7 @@ pub fn role(name: &str) -> Option<Result<()>> {
     match name {
         "driver" => Some(driver()),
         "simagents" => Some(simulated_agents()),
+        "awaiter" => Some(awaits::awaiter()),
         _ => None,
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn encrypted_vs_plain(runs: usize, compare: Compare) -> Result<Measur
 
 /// Measures `a` and `b` `runs` times each, each going first in every other run so that
 /// neither profits from going second; their figures, in run order.
-fn alternately(
+pub(super) fn alternately(
     runs: usize,
     mut a: impl FnMut() -> Result<f64>,
     mut b: impl FnMut() -> Result<f64>,

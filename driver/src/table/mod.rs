@@ -32,6 +32,15 @@ const SPIN_FOR_TASKS: usize = 4;
 /// Hands out distinct origins so ids of two dispatchers never match.
 static NEXT_ORIGIN: AtomicU32 = AtomicU32::new(1);
 
+/// What an async wait for results keeps between polls (see [`ResultTable::poll_fetch`]).
+#[derive(Debug, Default)]
+pub(crate) struct AsyncWait {
+    /// How many of the ids, from the first, are known not to be pending.
+    ready: usize,
+    /// Until when the wait keeps its task awake, once it waits for few results.
+    spin_until: Option<Instant>,
+}
+
 /// Who hears of a task as soon as it finishes: a blocking iterator, or an async stream.
 #[derive(Debug, Clone)]
 pub(crate) enum Subscriber {
@@ -484,25 +493,58 @@ impl ResultTable {
 
     /// The async face of [`fetch`](Self::fetch): the results of `ids` once every one is done;
     /// until then `waker` is woken when the first of them not done yet is. The ids were checked
-    /// ([`check`](Self::check)) when the wait began.
+    /// ([`check`](Self::check)) when the wait began; `wait` is this wait's own state, kept
+    /// between polls.
+    ///
+    /// Like the blocking wait, which spins briefly before it sleeps, a wait for the last few
+    /// results keeps its task awake for a short while ([`SPIN`]) by waking it again at once:
+    /// the runtime polls its other tasks in between and does not park, so a result that comes
+    /// within microseconds costs no sleep and wake-up of the thread.
     pub(crate) fn poll_fetch<O>(
         &self,
         ids: &[TaskId<O>],
         clear: bool,
+        wait: &mut AsyncWait,
         waker: &Waker,
     ) -> Poll<Vec<TaskResult>> {
         let mut st = self.lock();
-        let waiting = ids.iter().find(|id| matches!(st.slots.get(id.seq), Some(Slot::Pending(_))));
-        match waiting {
-            Some(id) => {
-                let wakers = st.wakers.entry(id.task()).or_default();
-                if !wakers.iter().any(|w| w.will_wake(waker)) {
-                    wakers.push(waker.clone());
-                }
-                Poll::Pending
-            }
-            None => Poll::Ready(st.take_done(ids, clear)),
+        // Done, or fetched by another wait in the meantime (`take_done` leaves those out).
+        while wait.ready < ids.len()
+            && !matches!(st.slots.get(ids[wait.ready].seq), Some(Slot::Pending(_)))
+        {
+            wait.ready += 1;
         }
+        let Some(id) = ids.get(wait.ready) else {
+            return Poll::Ready(st.take_done(ids, clear));
+        };
+        let wakers = st.wakers.entry(id.task()).or_default();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        drop(st);
+        if ids.len() - wait.ready <= SPIN_FOR_TASKS {
+            let until = *wait.spin_until.get_or_insert_with(|| Instant::now() + SPIN);
+            if Instant::now() < until {
+                waker.wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Takes the results of finished `tasks` out, under one lock: each task's result, or `None`
+    /// for one another call took first.
+    pub(crate) fn take_finished(&self, tasks: &[DriverTaskId]) -> Vec<Option<TaskResult>> {
+        let mut st = self.lock();
+        let mut take = |task: &DriverTaskId| {
+            if !matches!(st.slots.get(task.get()), Some(Slot::Done(_))) {
+                return None;
+            }
+            match st.slots.remove(task.get()) {
+                Some(Slot::Done(r)) => Some(*r),
+                _ => None,
+            }
+        };
+        tasks.iter().map(&mut take).collect()
     }
 
     /// Checks that this table issued every one of `ids` and that none was fetched.
