@@ -14,18 +14,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use blitzen_common::TaskError;
 use blitzen_protocol::ids::DriverTaskId;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use crate::dispatcher::{Backend, Dispatcher};
 use crate::error::DispatchError;
 use crate::results::{TaskId, TaskResult};
-use crate::streams::{BATCH, CompletedResult, Unordered, fetched_elsewhere};
-use crate::table::{AsyncWait, Subscriber};
+use crate::streams::{CompletedResult, Unordered, fetched_elsewhere};
+use crate::table::{AsyncWait, Inbox};
 
 impl<B: Backend> Dispatcher<B> {
     /// The result of task `id`, once it is done, without blocking a thread: the async twin of
@@ -68,11 +68,10 @@ impl<B: Backend> Dispatcher<B> {
     /// futures or tokio-stream crates, or [`Completed::next`]). Each result is taken out as it
     /// is yielded.
     pub fn completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> Completed<'_, B, O> {
-        let (tx, done) = mpsc::unbounded_channel();
+        let inbox = Inbox::new();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
-        let tx = Subscriber::Async(tx);
-        self.table.subscribe(&tasks, &tx);
-        Completed { dispatcher: self, unordered: Unordered::new(ids), settled: true, done, _tx: tx }
+        self.table.subscribe(&tasks, &inbox);
+        Completed { dispatcher: self, unordered: Unordered::new(ids), settled: true, inbox }
     }
 
     /// Every result not yet fetched, in submission order, once every task is done: the async
@@ -235,10 +234,8 @@ pub struct Completed<'a, B: Backend, O> {
     unordered: Unordered<O>,
     /// Whether the lines streamed before the results taken were handed on.
     settled: bool,
-    /// Finished tasks, sent by the result table.
-    done: mpsc::UnboundedReceiver<DriverTaskId>,
-    /// Keeps the channel open while tasks are outstanding.
-    _tx: Subscriber,
+    /// Where the result table tells which tasks finished.
+    inbox: Arc<Inbox>,
 }
 
 impl<B: Backend, O: DeserializeOwned> Completed<'_, B, O> {
@@ -264,14 +261,8 @@ impl<B: Backend, O: DeserializeOwned> Completed<'_, B, O> {
             if self.unordered.waiting() == 0 {
                 return Poll::Ready(None);
             }
-            let Some(first) = ready!(self.done.poll_recv(cx)) else { return Poll::Ready(None) };
-            let mut finished = vec![first];
-            while finished.len() < BATCH
-                && let Ok(task) = self.done.try_recv()
-            {
-                finished.push(task);
-            }
-            self.unordered.take(&self.dispatcher.table, finished.into_iter());
+            let finished = ready!(self.inbox.poll_take(cx.waker()));
+            self.unordered.take(&self.dispatcher.table, finished);
             self.settled = false;
         }
     }

@@ -2,7 +2,7 @@
 //! every [`Dispatcher`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
+use std::sync::Arc;
 
 use blitzen_protocol::ids::DriverTaskId;
 
@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{Backend, Dispatcher};
 use crate::error::DispatchError;
 use crate::results::{Fetch, TaskId, TaskResult};
-use crate::table::{ResultTable, Subscriber};
+use crate::table::{Inbox, ResultTable};
 
 impl<B: Backend> Dispatcher<B> {
     /// Runs `task` on every item of `args` and returns all results, in the order of `args`
@@ -51,11 +51,10 @@ impl<B: Backend> Dispatcher<B> {
     /// Yields the results of `ids` as they complete, each with its id; removes them from the
     /// dispatcher as it goes.
     pub fn as_completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> ImapUnordered<'_, B, O> {
-        let (tx, done) = mpsc::channel();
+        let inbox = Inbox::new();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
-        let tx = Subscriber::Blocking(tx);
-        self.table.subscribe(&tasks, &tx);
-        ImapUnordered { dispatcher: self, unordered: Unordered::new(ids), done, _tx: tx }
+        self.table.subscribe(&tasks, &inbox);
+        ImapUnordered { dispatcher: self, unordered: Unordered::new(ids), inbox }
     }
 }
 
@@ -64,11 +63,10 @@ impl<B: Backend> Dispatcher<B> {
     /// bindings to other languages (the Python package's `imap_unordered`), which need to wait
     /// in slices. Rust programs use [`as_completed`](Self::as_completed).
     pub fn completions<O>(&self, ids: &[TaskId<O>]) -> Completions {
-        let (tx, done) = mpsc::channel();
+        let inbox = Inbox::new();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
-        let tx = Subscriber::Blocking(tx);
-        self.table.subscribe(&tasks, &tx);
-        Completions { waiting: tasks.into_iter().collect(), done, _tx: tx }
+        self.table.subscribe(&tasks, &inbox);
+        Completions { waiting: tasks.into_iter().collect(), finished: VecDeque::new(), inbox }
     }
 }
 
@@ -77,9 +75,9 @@ impl<B: Backend> Dispatcher<B> {
 #[derive(Debug)]
 pub struct Completions {
     waiting: std::collections::HashSet<DriverTaskId>,
-    done: mpsc::Receiver<DriverTaskId>,
-    /// Keeps the channel open while tasks are awaited.
-    _tx: Subscriber,
+    /// Tasks taken from the inbox, not reported yet.
+    finished: VecDeque<DriverTaskId>,
+    inbox: Arc<Inbox>,
 }
 
 /// One wait of [`Completions::next_within`].
@@ -99,12 +97,16 @@ impl Completions {
     pub fn next_within(&mut self, timeout: std::time::Duration) -> Completion {
         let deadline = std::time::Instant::now() + timeout;
         while !self.waiting.is_empty() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.done.recv_timeout(left) {
-                Ok(id) if self.waiting.remove(&id) => return Completion::Finished(id.get()),
-                Ok(_) => continue,
-                Err(_) => return Completion::Waiting,
+            while let Some(id) = self.finished.pop_front() {
+                if self.waiting.remove(&id) {
+                    return Completion::Finished(id.get());
+                }
             }
+            let finished = self.inbox.wait(Some(deadline));
+            if finished.is_empty() {
+                return Completion::Waiting;
+            }
+            self.finished.extend(finished);
         }
         Completion::AllDone
     }
@@ -145,10 +147,8 @@ impl<B: Backend, O: DeserializeOwned> Iterator for Imap<'_, B, O> {
 pub struct ImapUnordered<'a, B: Backend, O> {
     dispatcher: &'a Dispatcher<B>,
     unordered: Unordered<O>,
-    /// Finished tasks, sent by the result table.
-    done: mpsc::Receiver<DriverTaskId>,
-    /// Keeps the channel open while tasks are outstanding.
-    _tx: Subscriber,
+    /// Where the result table tells which tasks finished.
+    inbox: Arc<Inbox>,
 }
 
 impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
@@ -163,8 +163,7 @@ impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
                 return None;
             }
             // Every task settles eventually (at worst as cancelled at shutdown), so this ends.
-            let first = self.done.recv().ok()?;
-            let finished = std::iter::once(first).chain(self.done.try_iter().take(BATCH));
+            let finished = self.inbox.wait(None);
             self.unordered.take(&self.dispatcher.table, finished);
             self.dispatcher.settle_output();
         }
@@ -181,9 +180,6 @@ impl<B: Backend, O> Drop for ImapUnordered<'_, B, O> {
         self.unordered.unsubscribe(&self.dispatcher.table);
     }
 }
-
-/// The most finished tasks taken out of the table at once by a stream of results.
-pub(crate) const BATCH: usize = 1024;
 
 /// A task that completed, and its result.
 pub type CompletedResult<O> = (TaskId<O>, Result<O, TaskError>);
@@ -203,13 +199,9 @@ impl<O> Unordered<O> {
     }
 
     /// Takes the results of `finished` tasks that are still awaited out of `table`.
-    pub(crate) fn take(
-        &mut self,
-        table: &ResultTable,
-        finished: impl Iterator<Item = DriverTaskId>,
-    ) {
+    pub(crate) fn take(&mut self, table: &ResultTable, finished: Vec<DriverTaskId>) {
         let (tasks, ids): (Vec<DriverTaskId>, Vec<TaskId<O>>) =
-            finished.filter_map(|t| Some((t, self.waiting.remove(&t)?))).unzip();
+            finished.into_iter().filter_map(|t| Some((t, self.waiting.remove(&t)?))).unzip();
         self.taken.extend(ids.into_iter().zip(table.take_finished(&tasks)));
     }
 

@@ -2,12 +2,15 @@
 //! until fetched.
 
 pub(crate) mod feed;
+mod inbox;
 mod slots;
+
+pub(crate) use inbox::Inbox;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ use crate::error::DispatchError;
 use crate::progress::{Progress, REDRAW};
 use crate::results::{Fetch, TaskId, TaskResult};
 use feed::OutputFeed;
+use inbox::Deliveries;
 use slots::{Kinds, Slot, Slots};
 
 /// How long a waiter watches for results before sleeping ([`ResultTable::spin_briefly`]).
@@ -39,25 +43,6 @@ pub(crate) struct AsyncWait {
     ready: usize,
     /// Until when the wait keeps its task awake, once it waits for few results.
     spin_until: Option<Instant>,
-}
-
-/// Who hears of a task as soon as it finishes: a blocking iterator, or an async stream.
-#[derive(Debug, Clone)]
-pub(crate) enum Subscriber {
-    /// `imap_unordered`, `as_completed`, `completions`.
-    Blocking(std::sync::mpsc::Sender<DriverTaskId>),
-    /// `completed`.
-    Async(tokio::sync::mpsc::UnboundedSender<DriverTaskId>),
-}
-
-impl Subscriber {
-    fn send(&self, id: DriverTaskId) {
-        // A receiver gone is a stream dropped: nobody to tell.
-        let _ = match self {
-            Subscriber::Blocking(tx) => tx.send(id).map_err(drop),
-            Subscriber::Async(tx) => tx.send(id).map_err(drop),
-        };
-    }
 }
 
 /// Results a dispatcher holds: pending until a worker answers, then done until fetched.
@@ -91,7 +76,7 @@ struct TableState {
     closed: Option<Outcome>,
     /// Tasks someone wants to hear about as soon as they finish (`imap_unordered`, and its
     /// async twin `completed`).
-    subscribers: HashMap<DriverTaskId, Subscriber>,
+    subscribers: HashMap<DriverTaskId, Arc<Inbox>>,
     /// Futures waiting for a task ([`crate::awaits`]): woken when it is done.
     wakers: HashMap<DriverTaskId, Vec<Waker>>,
     /// Futures waiting until no task is pending (`join_async`).
@@ -245,18 +230,21 @@ impl ResultTable {
         self.complete(vec![Report::unstarted(id, outcome)]);
     }
 
-    /// Sends each of `ids` on `tx` as soon as it is done (at once for those already done).
-    pub(crate) fn subscribe(&self, ids: &[DriverTaskId], tx: &Subscriber) {
+    /// Tells `inbox` of each of `ids` as soon as it is done (at once of those already done).
+    pub(crate) fn subscribe(&self, ids: &[DriverTaskId], inbox: &Arc<Inbox>) {
+        let mut done = Vec::new();
         let mut st = self.lock();
         for &id in ids {
             match st.slots.get(id.get()) {
                 Some(Slot::Pending(_)) => {
-                    st.subscribers.insert(id, tx.clone());
+                    st.subscribers.insert(id, inbox.clone());
                 }
-                Some(Slot::Done(_)) => tx.send(id),
+                Some(Slot::Done(_)) => done.push(id),
                 Some(Slot::Fetched) | None => {}
             }
         }
+        drop(st);
+        inbox.deliver(&done);
     }
 
     /// Drops the subscriptions of tasks nobody waits for any more.
@@ -283,6 +271,7 @@ impl ResultTable {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Vec::new();
+        let mut deliveries = Deliveries::default();
         for mut r in batch {
             let id = r.id;
             self.output.add_dropped(id, &mut r.run);
@@ -299,9 +288,9 @@ impl ResultTable {
                 continue;
             }
             if !st.subscribers.is_empty()
-                && let Some(subscriber) = st.subscribers.remove(&id)
+                && let Some(inbox) = st.subscribers.remove(&id)
             {
-                subscriber.send(id);
+                deliveries.add(inbox, id);
             }
             if !st.wakers.is_empty()
                 && let Some(wakers) = st.wakers.remove(&id)
@@ -321,6 +310,7 @@ impl ResultTable {
             wake.append(&mut st.idle_wakers);
         }
         drop(guard);
+        deliveries.deliver();
         for waker in wake {
             waker.wake();
         }
