@@ -80,6 +80,8 @@ fn bar(workload: Workload, path: Path) -> Option<Bar> {
         (W8, M) => 20.0,
         (W8, D) => 100.0,
         (W16, D) => 90.0,
+        (W18, _) => 95.0,
+        (W19, _) => 10.0,
         _ => return None,
     };
     let rate_floor = (workload == W5).then_some(500_000.0);

@@ -10,6 +10,8 @@
 //! - [`task`]: the attribute that turns a plain function into a task with a typed handle.
 //!   `dispatcher.run(square, 4)` is checked at compile time against `fn square(u64) -> u64`.
 //! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
+//! - Blocking waits (`get_results`, `join`) and their async twins for Tokio programs
+//!   (`result(id).await`, `results(&ids)`, `completed(&ids)`, `join_async`).
 //! - Results: [`TaskId`], [`TaskResult`], [`TaskError`] (one variant per way a task can fail).
 //! - [`builtin`]: tasks every binary has: [`sleep`](const@sleep), [`echo`],
 //!   [`command`](const@command) (run a program).
@@ -18,7 +20,8 @@
 //! [`distributed`] (the two backends), `results` (task ids, run and fetch options, results),
 //! `error` ([`DispatchError`]), `table` (the results a dispatcher keeps until they are
 //! fetched, with the feed of what tasks print), `output` ([`Output`]: what is done with those
-//! lines), `streams` (`map`, `imap`, `imap_unordered`), `progress` (the progress bar of long
+//! lines), `streams` (`map`, `imap`, `imap_unordered`), `awaits` (the async face: results
+//! as futures and a stream, [`TaskFuture`], [`Completed`]), `progress` (the progress bar of long
 //! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
 //! from), `tasks` ([`Tasks`], what `tasks![]` makes: the crates an agent serves).
 //!
@@ -98,6 +101,8 @@ pub mod book {
     pub struct Multicore;
     #[doc = include_str!("../../docs/cluster.md")]
     pub struct Cluster;
+    #[doc = include_str!("../../docs/async.md")]
+    pub struct Async;
     #[doc = include_str!("../../docs/durability.md")]
     pub struct Durability;
     #[doc = include_str!("../../docs/security.md")]

@@ -9,7 +9,7 @@ use blitzen_protocol::ids::DriverTaskId;
 use blitzen_common::{Task, TaskError};
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{Backend, Dispatcher};
+use crate::dispatcher::{Backend, Dispatcher, blocking};
 use crate::error::DispatchError;
 use crate::results::{Fetch, TaskId, TaskResult};
 use crate::table::{Inbox, ResultTable};
@@ -50,6 +50,11 @@ impl<B: Backend> Dispatcher<B> {
 
     /// Yields the results of `ids` as they complete, each with its id; removes them from the
     /// dispatcher as it goes.
+    ///
+    /// # Panics
+    ///
+    /// Iterated on the thread of a current-thread Tokio runtime, which its waits would stall:
+    /// use [`completed`](Self::completed) there (see [`DispatchError::WouldStall`]).
     pub fn as_completed<O: DeserializeOwned>(&self, ids: &[TaskId<O>]) -> ImapUnordered<'_, B, O> {
         let inbox = Inbox::new();
         let tasks: Vec<DriverTaskId> = ids.iter().map(TaskId::task).collect();
@@ -163,7 +168,10 @@ impl<B: Backend, O: DeserializeOwned> Iterator for ImapUnordered<'_, B, O> {
                 return None;
             }
             // Every task settles eventually (at worst as cancelled at shutdown), so this ends.
-            let finished = self.inbox.wait(None);
+            let waited = blocking("as_completed", "dispatcher.completed(&ids)", || {
+                Ok(self.inbox.wait(None))
+            });
+            let finished = waited.unwrap_or_else(|e| panic!("{e}"));
             self.unordered.take(&self.dispatcher.table, finished);
             self.dispatcher.settle_output();
         }

@@ -270,7 +270,18 @@ fn a_blocking_wait_inside_a_runtime_fails_at_once_or_does_not_stall() -> Result<
         other => return Err(format!("expected WouldStall, got {other:?}").into()),
     }
     check(started.elapsed() < Duration::from_millis(500), "refused at once, not after the wait")?;
-    // Inside spawn_blocking of the same kind of runtime, it waits.
+    // The iterator, which cannot return the error, panics with it.
+    let rt = current_thread()?;
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async { d.as_completed(&[id]).next().map(|(_, r)| r) })
+    }));
+    let message = match &panicked {
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+        Ok(r) => return Err(format!("as_completed waited on the runtime: {r:?}").into()),
+    };
+    check(message.contains("dispatcher.completed(&ids)"), format!("panicked with {message:?}"))?;
+    // Inside spawn_blocking of the same kind of runtime, it waits (the iterator's panic left
+    // the result in the dispatcher).
     let d = Arc::new(d);
     let waited = current_thread()?.block_on({
         let d = d.clone();
