@@ -1,7 +1,7 @@
 //! `map`, `imap` and `imap_unordered` (achilles' names, `multiprocessing.Pool`'s semantics) on
 //! every [`Dispatcher`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use blitzen_protocol::ids::DriverTaskId;
@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{Backend, Dispatcher, blocking};
 use crate::error::DispatchError;
 use crate::results::{Fetch, TaskId, TaskResult};
-use crate::table::{Inbox, ResultTable};
+use crate::table::{ByTask, Inbox, ResultTable, TaskSet};
 
 impl<B: Backend> Dispatcher<B> {
     /// Runs `task` on every item of `args` and returns all results, in the order of `args`
@@ -79,7 +79,7 @@ impl<B: Backend> Dispatcher<B> {
 /// numbers arrive on as they finish.
 #[derive(Debug)]
 pub struct Completions {
-    waiting: std::collections::HashSet<DriverTaskId>,
+    waiting: TaskSet,
     /// Tasks taken from the inbox, not reported yet.
     finished: VecDeque<DriverTaskId>,
     inbox: Arc<Inbox>,
@@ -197,7 +197,7 @@ pub type CompletedResult<O> = (TaskId<O>, Result<O, TaskError>);
 /// the tasks that finished since the last look), yielded one by one.
 #[derive(Debug)]
 pub(crate) struct Unordered<O> {
-    waiting: HashMap<DriverTaskId, TaskId<O>>,
+    waiting: ByTask<TaskId<O>>,
     taken: VecDeque<(TaskId<O>, Option<TaskResult>)>,
 }
 
