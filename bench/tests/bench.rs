@@ -92,6 +92,25 @@ fn w2_reports_the_process_round_trip_floor() {
     assert!((1.0..1e6).contains(&p50), "{line}");
 }
 
+/// The async face's rows: W19 reports both p50s it compares, and W20 the cost of a pending
+/// future, with the thread count unchanged while 100,000 are pending.
+#[test]
+fn w19_and_w20_report_the_async_figures() {
+    let out = run(&["--runs", "1", "--workload", "W19,W20", "--path", "multicore", "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (w19, w20) = (&lines[0], &lines[1]);
+    for p50 in ["p50_us_awaited", "p50_us_blocking"] {
+        let us = w19["extra"][p50].as_f64().expect("a p50");
+        assert!((1.0..1e6).contains(&us), "{w19}");
+    }
+    let per_future = w20["median"].as_f64().expect("bytes per future");
+    assert!((16.0..65536.0).contains(&per_future), "{w20}");
+    assert_eq!(w20["extra"]["threads_before"], w20["extra"]["threads_while_pending"], "{w20}");
+}
+
 /// W16 at a small scale: a driver process of its own submits, fetches and reports, and every
 /// figure is there and plausible.
 #[test]
@@ -150,10 +169,10 @@ fn w17_reports_rates_memory_latency_and_notice_with_many_agents() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W18"]);
+    let out = run(&["--workload", "W21"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W18` is not a workload: use W1 … W17"),
+        text(&out.stderr).contains("`W21` is not a workload: use W1 … W20"),
         "{}",
         text(&out.stderr)
     );

@@ -78,8 +78,12 @@ class Browser:
         return self._call("POST", "/execute/sync", {"script": script, "args": []})
 
     def text(self, css):
-        found = self._call("POST", "/element", {"using": "css selector", "value": css})
-        return self._call("GET", f"/element/{found[ELEMENT]}/text")
+        """The visible text of the first element matching `css`, read in one step: the page
+        re-renders once a second, so an element found by one request may be gone by the next."""
+        found = self.eval(f"const e = document.querySelector({json.dumps(css)}); return e && e.innerText;")
+        if found is None:
+            raise LookupError(f"no `{css}` in the page")
+        return found
 
     def wait_for(self, script, within=60):
         """Waits until `script` returns true (the page updates once a second)."""

@@ -140,17 +140,30 @@ impl Browser {
             .ok_or_else(|| failed("find element", format!("no `{css}`: {found}")))
     }
 
-    /// The visible text of the first element matching `css`.
+    /// The visible text of the first element matching `css`, read in one step: the page
+    /// re-renders once a second, so an element found by one request may be gone by the next.
     pub fn text(&self, css: &str) -> io::Result<String> {
-        let id = self.element(css)?;
-        let text = self.call("GET", &format!("/element/{id}/text"), None)?;
-        Ok(text.as_str().unwrap_or_default().to_string())
+        let css_json = Value::String(css.to_string());
+        let found = self.eval(&format!(
+            "const e = document.querySelector({css_json}); return e && e.innerText;"
+        ))?;
+        found
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| failed("read text", format!("no `{css}` in the page: {found}")))
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`, found and clicked in one step (see
+    /// [`text`](Self::text)).
     pub fn click(&self, css: &str) -> io::Result<()> {
-        let id = self.element(css)?;
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({}))).map(drop)
+        let css_json = Value::String(css.to_string());
+        let script = format!(
+            "const e = document.querySelector({css_json}); if (e) {{ e.click(); }} return e !== null;"
+        );
+        match self.eval(&script)? {
+            Value::Bool(true) => Ok(()),
+            other => Err(failed("click", format!("no `{css}` in the page: {other}"))),
+        }
     }
 
     /// Types `text` into the first element matching `css`.
