@@ -122,9 +122,41 @@ pub fn log_sum(log: &str, line_has: &str, key: &str) -> u64 {
         .sum()
 }
 
-/// How many file descriptors a process has open, from `/proc`.
-pub fn open_fds(pid: u32) -> std::io::Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+/// How many of `peers` (the local addresses of this process's TCP connections to process
+/// `pid`) that process holds a descriptor for: its end of each connection is found in
+/// `/proc/net/tcp` (the socket bound to the peer's address as its remote end) and matched to
+/// its descriptors by inode. Unlike a count of all its descriptors, other connections coming
+/// and going meanwhile do not change it.
+pub fn held_connections(pid: u32, peers: &[std::net::SocketAddr]) -> std::io::Result<usize> {
+    use std::collections::HashSet;
+    let wanted: HashSet<String> = peers
+        .iter()
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => {
+                let ip = u32::from_le_bytes(v4.ip().octets());
+                Some(format!("{ip:08X}:{:04X}", v4.port()))
+            }
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    let inodes: HashSet<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (remote, inode) = (fields.get(2)?, fields.get(9)?);
+            wanted.contains(*remote).then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let mut held = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else { continue };
+        if inodes.contains(target.to_string_lossy().as_ref()) {
+            held += 1;
+        }
+    }
+    Ok(held)
 }
 
 /// Resident memory of a process in bytes, from `/proc`.
