@@ -220,6 +220,18 @@ pub enum TaskError {
         /// Why, and for how long it waited.
         reason: String,
     },
+    /// The task did not run: a task it takes an input from (or was to run after) failed —
+    /// `error` is that first failed ancestor's own error, `task` its id. Every descendant of a
+    /// failed task ends so, at once.
+    #[error("{ctx}: did not run: its input {error}")]
+    DependencyFailed {
+        /// Which task.
+        ctx: Box<TaskContext>,
+        /// The first failed ancestor.
+        task: u64,
+        /// How it failed.
+        error: Box<TaskError>,
+    },
 }
 
 /// What a crash report adds about memory: a hint when the kernel's kill may have been for lack
@@ -255,7 +267,8 @@ impl TaskError {
             | TaskError::Cancelled { ctx, .. }
             | TaskError::Lost { ctx, .. }
             | TaskError::Refused { ctx, .. }
-            | TaskError::Unrunnable { ctx, .. } => ctx,
+            | TaskError::Unrunnable { ctx, .. }
+            | TaskError::DependencyFailed { ctx, .. } => ctx,
         }
     }
 
@@ -274,6 +287,7 @@ impl TaskError {
             TaskError::Lost { .. } => "Lost",
             TaskError::Refused { .. } => "Refused",
             TaskError::Unrunnable { .. } => "Unrunnable",
+            TaskError::DependencyFailed { .. } => "DependencyFailed",
         }
     }
 
@@ -333,6 +347,28 @@ impl TaskError {
             }
             Outcome::Unrunnable { reason } => {
                 TaskError::Unrunnable { ctx: ctx(), reason: reason.clone() }
+            }
+            Outcome::DependencyFailed { task, name, outcome } => {
+                let ancestor = TaskContext {
+                    id: *task,
+                    task: Cow::Owned(name.clone()),
+                    worker: None,
+                    stderr_tail: String::new(),
+                };
+                // Boxed: a closure type of its own at each level would make the compiler
+                // instantiate this function without end.
+                let of_ancestor: Box<dyn FnOnce() -> TaskContext> = Box::new({
+                    let ancestor = ancestor.clone();
+                    move || ancestor
+                });
+                let error = match TaskError::from_outcome(outcome, of_ancestor, "") {
+                    Err(e) => e,
+                    Ok(_) => TaskError::Lost {
+                        ctx: Box::new(ancestor),
+                        reason: "it succeeded, yet was reported as failed".into(),
+                    },
+                };
+                TaskError::DependencyFailed { ctx: ctx(), task: *task, error: Box::new(error) }
             }
         })
     }

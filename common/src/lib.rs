@@ -9,6 +9,8 @@
 //!
 //! With the `pool` feature (on by default; `blitzen-server` goes without):
 //! - [`task`]: the [`Task`] trait that `#[task]` implements, and how a call is encoded.
+//! - [`inputs`]: a call's arguments argument by argument, where another task's result may
+//!   stand for a value ([`inputs::Accepts`], which `#[task]` implements too).
 //! - [`registry`]: the by-name table of the tasks compiled into this binary.
 //! - [`builtin`]: tasks every binary has: `sleep`, `echo`, `command`.
 //! - [`error`]: [`TaskError`], every way a task can fail, with its context.
@@ -35,6 +37,8 @@ pub mod capture;
 #[cfg(feature = "error")]
 pub mod error;
 #[cfg(feature = "pool")]
+pub mod inputs;
+#[cfg(feature = "pool")]
 pub mod needs;
 #[cfg(feature = "pool")]
 pub mod pool;
@@ -60,6 +64,7 @@ pub use worker::worker_main;
 #[cfg(feature = "pool")]
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::inputs::{Accepts, Input, Parts};
     pub use crate::needs::Needs;
     pub use crate::task::{Task, TaskEntry, fingerprint, invoke_fallible, invoke_value};
     pub use blitzen_protocol::{Outcome, parse_size};

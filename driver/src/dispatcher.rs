@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use blitzen_common::inputs::{Part, Parts};
 use blitzen_common::task::encode_value;
 use blitzen_common::{Task, TaskError};
 use blitzen_protocol::ids::DriverTaskId;
-use blitzen_protocol::{Lines, Outcome, Request};
+use blitzen_protocol::{Lines, Outcome};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -22,27 +23,7 @@ use crate::output::{Output, OutputLines, OutputReader, print_prefixed};
 use crate::results::{Fetch, RunOptions, TaskId, TaskResult};
 use crate::table::{DispatcherStats, ResultTable};
 
-/// One submitted call, as a backend receives it.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct Call {
-    /// The dispatcher's number of the task.
-    pub id: DriverTaskId,
-    pub name: &'static str,
-    pub signature: &'static str,
-    pub fingerprint: u64,
-    /// MessagePack-encoded arguments.
-    pub args: Bytes,
-    pub timeout: Option<Duration>,
-    pub retries: u32,
-    pub unrunnable_limit: Option<Duration>,
-    /// What it holds while it runs; `None`: plain (one CPU).
-    pub request: Option<Arc<Request>>,
-    /// What people see it as, when not its name (`RunOptions::with_label`).
-    pub label: Option<&'static str>,
-    /// Whether its lines are sent as it prints them ([`Dispatcher::with_output`]).
-    pub stream: bool,
-}
+pub use crate::call::{Call, Releaser};
 
 /// A task by its registered name, signature and [fingerprint](blitzen_common::task::fingerprint),
 /// for [`Dispatcher::run_named`]. A worker runs it only if its own entry of that name has the
@@ -72,6 +53,11 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     /// Stops whatever runs the tasks; idempotent.
     #[doc(hidden)]
     fn stop(&self);
+
+    /// What sends a task released by the result table once its inputs came in, from whatever
+    /// thread completed them.
+    #[doc(hidden)]
+    fn releaser(&self) -> Releaser;
 }
 
 /// Runs the blocking wait `wait` of the call `call` unless that would stall the Tokio runtime
@@ -102,6 +88,11 @@ pub(crate) fn blocking<T>(
         }
         _ => wait(),
     }
+}
+
+/// How a task cancelled while it waited for its inputs ends.
+fn cancelled_waiting() -> Outcome {
+    Outcome::Cancelled { reason: "cancelled while it waited for its inputs".into() }
 }
 
 /// The longest a fetch waits for the lines of its tasks to be handed on.
@@ -142,6 +133,7 @@ pub struct Dispatcher<B: Backend> {
 impl<B: Backend> Dispatcher<B> {
     /// A dispatcher over `backend`, filling `table`.
     pub(crate) fn assemble(table: Arc<ResultTable>, backend: B) -> Self {
+        table.set_releaser(backend.releaser());
         Self {
             table,
             default_timeout: None,
@@ -231,28 +223,25 @@ impl<B: Backend> Dispatcher<B> {
     /// [`run`](Self::run) with options.
     pub fn run_with<T: Task>(
         &self,
-        _task: T,
+        task: T,
         args: T::Args,
         options: RunOptions,
     ) -> TaskId<T::Output> {
-        let task =
-            NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
-        let (id, closed) = self.table.register(options.label.unwrap_or(T::NAME), T::SIGNATURE);
-        if closed {
-            return id;
-        }
-        let options = if T::NEEDS.is_plain() {
-            options
-        } else {
-            RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
+        let args = match encode_value(&args) {
+            Ok(args) => Part::Value(args),
+            Err(e) => Part::Unencodable(e.to_string()),
         };
-        match encode_value(&args) {
-            Ok(args) => self.submit(task, id.task(), args, options),
-            Err(e) => {
-                self.table.settle(id.task(), Outcome::BadArguments { message: e.to_string() })
+        match self.submit_parts(task, Parts::single(args), options, &[]) {
+            Ok(id) => id,
+            // Only a task that waits for others can be refused; this one waits for none.
+            Err((e, shown)) => {
+                let (id, closed) = self.table.register(shown, T::SIGNATURE);
+                if !closed {
+                    self.table.settle(id.task(), Outcome::Refused { reason: e.to_string() });
+                }
+                id
             }
         }
-        id
     }
 
     /// Submits a task known by name only, with its arguments already encoded as that task
@@ -263,23 +252,44 @@ impl<B: Backend> Dispatcher<B> {
         let shown = options.label.unwrap_or(task.name);
         let (id, closed) = self.table.register(shown, task.signature);
         if !closed {
-            self.submit(task, id.task(), args, options);
+            self.send(task, id.task(), args, &options);
         }
         id
     }
 
-    fn submit(&self, task: NamedTask, id: DriverTaskId, args: Bytes, options: RunOptions) {
+    /// Sends task `id` to the backend; settles it when it cannot be.
+    pub(crate) fn send(
+        &self,
+        task: NamedTask,
+        id: DriverTaskId,
+        args: Bytes,
+        options: &RunOptions,
+    ) {
+        let sent = self.call(task, id, args, options).and_then(|call| self.backend.submit(call));
+        if let Err(outcome) = sent {
+            self.table.settle(id, outcome);
+        }
+    }
+
+    /// The call of task `id`, or the outcome to settle it with when what it asks for cannot be.
+    pub(crate) fn call(
+        &self,
+        task: NamedTask,
+        id: DriverTaskId,
+        args: Bytes,
+        options: &RunOptions,
+    ) -> Result<Call, Outcome> {
         let request = match options.needs.is_plain().then_some(None) {
             Some(plain) => plain,
             None => match options.needs.request() {
                 Ok(request) => request.map(Arc::new),
                 Err(e) => {
                     let reason = format!("it asks for what cannot be: {e}");
-                    return self.table.settle(id, Outcome::Refused { reason });
+                    return Err(Outcome::Refused { reason });
                 }
             },
         };
-        let call = Call {
+        Ok(Call {
             id,
             name: task.name,
             signature: task.signature,
@@ -291,10 +301,7 @@ impl<B: Backend> Dispatcher<B> {
             request,
             label: options.label,
             stream: self.streaming,
-        };
-        if let Err(outcome) = self.backend.submit(call) {
-            self.table.settle(id, outcome);
-        }
+        })
     }
 
     /// Blocks until every listed task has finished, then returns their results in the order of
@@ -403,8 +410,9 @@ impl<B: Backend> Dispatcher<B> {
     /// [`cancel`](Self::cancel) for several tasks; every id is checked before any is cancelled.
     pub fn cancel_many<O>(&self, ids: &[TaskId<O>]) -> Result<(), DispatchError> {
         let seqs = self.table.unfinished(ids)?;
-        if !seqs.is_empty() {
-            self.backend.cancel(seqs);
+        let sent = self.table.cancel_waiting(seqs, &cancelled_waiting());
+        if !sent.is_empty() {
+            self.backend.cancel(sent);
         }
         Ok(())
     }
@@ -414,8 +422,9 @@ impl<B: Backend> Dispatcher<B> {
     pub fn cancel_all(&self) -> usize {
         let seqs = self.table.all_unfinished();
         let count = seqs.len();
-        if count > 0 {
-            self.backend.cancel(seqs);
+        let sent = self.table.cancel_waiting(seqs, &cancelled_waiting());
+        if !sent.is_empty() {
+            self.backend.cancel(sent);
         }
         count
     }

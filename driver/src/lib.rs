@@ -12,6 +12,8 @@
 //! - [`worker_main`]: call it first thing in `main`; workers are this program, re-executed.
 //! - Blocking waits (`get_results`, `join`) and their async twins for Tokio programs
 //!   (`result(id).await`, `results(&ids)`, `completed(&ids)`, `join_async`).
+//! - Task graphs: a task's handle where a value of its output type goes
+//!   (`d.submit(merge, (a, b))`), and tasks run after others (`d.after(&ids).run(…)`).
 //! - Results: [`TaskId`], [`TaskResult`], [`TaskError`] (one variant per way a task can fail).
 //! - [`builtin`]: tasks every binary has: [`sleep`](const@sleep), [`echo`],
 //!   [`command`](const@command) (run a program).
@@ -21,7 +23,9 @@
 //! `error` ([`DispatchError`]), `table` (the results a dispatcher keeps until they are
 //! fetched, with the feed of what tasks print), `output` ([`Output`]: what is done with those
 //! lines), `streams` (`map`, `imap`, `imap_unordered`), `awaits` (the async face: results
-//! as futures and a stream, [`TaskFuture`], [`Completed`]), `progress` (the progress bar of long
+//! as futures and a stream, [`TaskFuture`], [`Completed`]), `graphs` (tasks that take other
+//! tasks' results, [`Dispatcher::submit`], and run after others, [`After`]), `call` (a
+//! submitted task as a backend receives it), `progress` (the progress bar of long
 //! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
 //! from), `tasks` ([`Tasks`], what `tasks![]` makes: the crates an agent serves).
 //!
@@ -43,9 +47,11 @@
 //! ```
 
 mod awaits;
+mod call;
 mod dispatcher;
 pub mod distributed;
 mod error;
+mod graphs;
 mod multicore;
 mod output;
 mod progress;
@@ -67,6 +73,7 @@ pub mod logging {
 pub use awaits::{Completed, ResultsFuture, TaskFuture};
 pub use blitzen_client::AgentError;
 pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, sleep};
+pub use blitzen_common::inputs::{Accepts, Input};
 pub use blitzen_common::needs::Needs;
 pub use blitzen_common::pool::{PoolError, StatusSnapshot, WorkerCommand};
 pub use blitzen_common::registry::RegistryError;
@@ -78,6 +85,7 @@ pub use blitzen_protocol::{
 };
 pub use dispatcher::{Backend, Dispatcher, NamedTask};
 pub use error::DispatchError;
+pub use graphs::After;
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use output::{
     OUTPUT_QUEUE_BYTES, Output, OutputLines, OutputReader, STREAM_BURST, STREAM_RATE,
@@ -103,6 +111,8 @@ pub mod book {
     pub struct Cluster;
     #[doc = include_str!("../../docs/async.md")]
     pub struct Async;
+    #[doc = include_str!("../../docs/graphs.md")]
+    pub struct Graphs;
     #[doc = include_str!("../../docs/durability.md")]
     pub struct Durability;
     #[doc = include_str!("../../docs/security.md")]

@@ -14,7 +14,7 @@ use blitzen_protocol::Report;
 use blitzen_protocol::ids::{DriverTaskId, JobId};
 use tracing::debug;
 
-use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
+use crate::dispatcher::{Backend, Call, Dispatcher, Releaser, sealed};
 use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
@@ -53,20 +53,30 @@ pub struct Multicore {
 
 impl sealed::Sealed for Multicore {}
 
+/// Queues `call` into the pool as a job.
+fn to_pool(submitter: &Submitter, registry: &Registry, call: Call) -> Result<(), Outcome> {
+    let group = registry.group_of(call.name, &call.args);
+    let task = RunTask {
+        stream: call.stream,
+        timeout: call.timeout,
+        retries: call.retries,
+        group,
+        ..RunTask::new(JobId::new(call.id.get()), call.name, call.fingerprint, call.args)
+    };
+    let job = task.holding(call.request);
+    submitter
+        .submit(job)
+        .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })
+}
+
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
-        let group = self.registry.group_of(call.name, &call.args);
-        let task = RunTask {
-            stream: call.stream,
-            timeout: call.timeout,
-            retries: call.retries,
-            group,
-            ..RunTask::new(JobId::new(call.id.get()), call.name, call.fingerprint, call.args)
-        };
-        let job = task.holding(call.request);
-        self.submitter
-            .submit(job)
-            .map_err(|_| Outcome::Cancelled { reason: "the dispatcher is shut down".into() })
+        to_pool(&self.submitter, self.registry, call)
+    }
+
+    fn releaser(&self) -> Releaser {
+        let (submitter, registry) = (self.submitter.clone(), self.registry);
+        Box::new(move |call| to_pool(&submitter, registry, call))
     }
 
     fn cancel(&self, ids: Vec<DriverTaskId>) {

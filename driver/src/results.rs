@@ -58,6 +58,14 @@ impl<O> Clone for TaskId<O> {
     }
 }
 impl<O> Copy for TaskId<O> {}
+
+/// A task's handle stands where a value of its output type goes among the arguments of
+/// [`submit`](crate::Dispatcher::submit): the task runs with that result.
+impl<O> blitzen_common::inputs::Input<O> for TaskId<O> {
+    fn part(self) -> blitzen_common::inputs::Part {
+        blitzen_common::inputs::Part::Result { origin: self.origin, seq: self.seq }
+    }
+}
 impl<O> PartialEq for TaskId<O> {
     fn eq(&self, other: &Self) -> bool {
         (self.origin, self.seq) == (other.origin, other.seq)
@@ -121,6 +129,22 @@ pub struct RunOptions {
     /// What people see the task as — in errors, a cluster's status, failures, dashboard and
     /// metrics — instead of its name; `None`: its name.
     pub label: Option<&'static str>,
+}
+
+/// A task another runs after ([`Dispatcher::after`](crate::Dispatcher::after),
+/// [`Dispatcher::after_any`](crate::Dispatcher::after_any)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Predecessor {
+    pub(crate) origin: u32,
+    pub(crate) seq: u64,
+    /// Whether the task runs whatever this one's outcome (`after_any`).
+    pub(crate) any: bool,
+}
+
+impl Predecessor {
+    pub(crate) fn of<O>(id: &TaskId<O>, any: bool) -> Self {
+        Self { origin: id.origin, seq: id.seq, any }
+    }
 }
 
 impl RunOptions {

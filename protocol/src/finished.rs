@@ -169,6 +169,16 @@ pub enum Outcome {
         /// Why, and for how long.
         reason: String,
     },
+    /// The task did not run: a task whose result it takes as an input (or that it was to run
+    /// after) failed. Names the first failed ancestor and carries its outcome.
+    DependencyFailed {
+        /// The failed ancestor's id.
+        task: u64,
+        /// Its name (or label).
+        name: String,
+        /// How it failed.
+        outcome: Box<Outcome>,
+    },
 }
 
 /// How a process ended.

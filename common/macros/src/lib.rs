@@ -177,6 +177,40 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         quote!(#private::invoke_value::<#args_type, _, _>)
     };
+    // `Accepts`: each argument may be its value or anything that stands for one (a handle of
+    // a task with that output).
+    let inputs: Vec<_> = (0..arg_types.len()).map(|i| format_ident!("__P{}", i)).collect();
+    let accepts = match arg_types.len() {
+        0 => quote! {
+            impl #private::Accepts<()> for #ident {
+                fn parts(inputs: ()) -> #private::Parts {
+                    #private::Parts::single(#private::Input::<()>::part(inputs))
+                }
+            }
+        },
+        1 => {
+            let ty = &arg_types[0];
+            quote! {
+                impl<__P0: #private::Input<#ty>> #private::Accepts<__P0> for #ident {
+                    fn parts(inputs: __P0) -> #private::Parts {
+                        #private::Parts::single(#private::Input::<#ty>::part(inputs))
+                    }
+                }
+            }
+        }
+        _ => quote! {
+            impl<#(#inputs: #private::Input<#arg_types>),*> #private::Accepts<(#(#inputs,)*)>
+                for #ident
+            {
+                fn parts(inputs: (#(#inputs,)*)) -> #private::Parts {
+                    let (#(#names,)*) = inputs;
+                    #private::Parts::array(::std::vec![
+                        #(#private::Input::<#arg_types>::part(#names)),*
+                    ])
+                }
+            }
+        },
+    };
     let signature = format!(
         "fn {}({}) -> {}",
         task_name,
@@ -279,6 +313,7 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
             }
         }
 
+        #accepts
         #registration
         #needs_checked
     })

@@ -27,7 +27,7 @@ use blitzen_protocol::cluster::DEFAULT_PORT;
 use blitzen_protocol::ids::DriverTaskId;
 use tokio::sync::mpsc;
 
-use crate::dispatcher::{Backend, Call, Dispatcher, sealed};
+use crate::dispatcher::{Backend, Call, Dispatcher, Releaser, sealed};
 use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
@@ -122,7 +122,7 @@ pub struct Cluster {
     /// How many tasks were sent, and how many of them the server has taken.
     handoff: Arc<Handoff>,
     /// The connection, once the first task started it.
-    link: Mutex<LinkState>,
+    link: Arc<Mutex<LinkState>>,
 }
 
 enum LinkState {
@@ -142,6 +142,17 @@ struct Link {
 
 impl sealed::Sealed for Cluster {}
 
+/// Hands `call` to the connection, when there is one.
+fn send_on(link: &LinkState, handoff: &Handoff, call: Call) -> Result<(), Outcome> {
+    match link {
+        LinkState::Up(l) if l.submissions.send(link::Outgoing::Call(call)).is_ok() => {
+            handoff.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        _ => Err(Outcome::Lost { reason: "the connection to the server has ended".into() }),
+    }
+}
+
 impl Backend for Cluster {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
@@ -157,13 +168,15 @@ impl Backend for Cluster {
                 }
             }
         }
-        match &*link {
-            LinkState::Up(l) if l.submissions.send(link::Outgoing::Call(call)).is_ok() => {
-                self.handoff.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            _ => Err(Outcome::Lost { reason: "the connection to the server has ended".into() }),
-        }
+        send_on(&link, &self.handoff, call)
+    }
+
+    fn releaser(&self) -> Releaser {
+        let (link, handoff) = (self.link.clone(), self.handoff.clone());
+        // A released task's inputs were sent before it: the connection was started then.
+        Box::new(move |call| {
+            send_on(&link.lock().unwrap_or_else(PoisonError::into_inner), &handoff, call)
+        })
     }
 
     fn cancel(&self, ids: Vec<DriverTaskId>) {
@@ -248,7 +261,7 @@ impl Dispatcher<Cluster> {
                 tls: PeerTls::default(),
                 table,
                 handoff: Arc::new(Handoff::default()),
-                link: Mutex::new(LinkState::Idle),
+                link: Arc::new(Mutex::new(LinkState::Idle)),
             },
         )
     }

@@ -2,28 +2,33 @@
 //! until fetched.
 
 pub(crate) mod feed;
+mod graph;
 mod inbox;
 mod slots;
 
 pub(crate) use inbox::Inbox;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use blitzen_common::inputs::{Part, Parts};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::Report;
 use blitzen_protocol::ids::DriverTaskId;
+use bytes::Bytes;
 use tracing::debug;
 
+use crate::call::{Call, Releaser};
 use crate::error::DispatchError;
 use crate::progress::{Progress, REDRAW};
-use crate::results::{Fetch, TaskId, TaskResult};
+use crate::results::{Fetch, Predecessor, TaskId, TaskResult};
 use feed::OutputFeed;
+use graph::{Consequence, Graph, Wait, dependency_failed};
 use inbox::Deliveries;
 use slots::{Kinds, Slot, Slots};
 
@@ -86,6 +91,18 @@ pub(crate) struct ResultTable {
     /// Lines streamed tasks printed, for the dispatcher's consumer; each task's lines are here
     /// before its result is.
     pub(crate) output: OutputFeed,
+    /// Sends a task whose inputs came in ([`Graph`]); set by the dispatcher.
+    releaser: ReleaseTo,
+}
+
+/// The table's [`Releaser`], once set.
+#[derive(Default)]
+struct ReleaseTo(OnceLock<Releaser>);
+
+impl std::fmt::Debug for ReleaseTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ReleaseTo(set)" } else { "ReleaseTo(unset)" })
+    }
 }
 
 #[derive(Debug)]
@@ -113,6 +130,8 @@ struct TableState {
     discarded: TaskSet,
     /// Reports dropped because their task already had a result ([`DispatcherStats::duplicates`]).
     duplicates: u64,
+    /// Tasks waiting for others before they are sent.
+    graph: Graph,
 }
 
 impl TableState {
@@ -195,10 +214,12 @@ impl ResultTable {
                 idle_wakers: Vec::new(),
                 discarded: TaskSet::default(),
                 duplicates: 0,
+                graph: Graph::default(),
             }),
             changed: Condvar::new(),
             batches: AtomicU64::new(0),
             output: OutputFeed::default(),
+            releaser: ReleaseTo::default(),
         }
     }
 
@@ -294,23 +315,44 @@ impl ResultTable {
         }
     }
 
-    /// Records a batch of finished tasks (from either backend) and wakes waiters.
+    /// Records a batch of finished tasks (from either backend) and wakes waiters. Tasks that
+    /// waited on them are released (sent) or, when an input failed, settled in the same go.
     pub(crate) fn complete(&self, batch: Vec<Report<DriverTaskId>>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Vec::new();
         let mut deliveries = Deliveries::default();
-        for mut r in batch {
+        let mut released = Vec::new();
+        let mut consequences = Vec::new();
+        // Reports of the batch, then those of tasks that will not run because an input failed
+        // (`derived`: one may find its task settled already, by the same shutdown, say).
+        let mut work: VecDeque<(Report<DriverTaskId>, bool)> =
+            batch.into_iter().map(|r| (r, false)).collect();
+        while let Some((mut r, derived)) = work.pop_front() {
             let id = r.id;
             self.output.add_dropped(id, &mut r.run);
             let slot = st.slots.get_mut(id.get());
             let Some(slot @ &mut Slot::Pending(kind)) = slot else {
-                // Its first result came before (or it was fetched): a copy sent again.
-                st.duplicates += 1;
-                debug!(task = %id, "a second result of a task was dropped");
+                if !derived {
+                    // Its first result came before (or it was fetched): a copy sent again.
+                    st.duplicates += 1;
+                    debug!(task = %id, "a second result of a task was dropped");
+                }
                 continue;
             };
             st.pending -= 1;
+            let (task, signature) = st.kinds.get(kind);
+            if !st.graph.is_empty() {
+                st.graph.settled(id, task, &r.run.outcome, &mut consequences);
+                for consequence in consequences.drain(..) {
+                    match consequence {
+                        Consequence::Released(call) => released.push(call),
+                        Consequence::Failed(task, outcome) => {
+                            work.push_back((Report::unstarted(task, outcome), true));
+                        }
+                    }
+                }
+            }
             if !st.discarded.is_empty() && st.discarded.remove(&id) {
                 st.slots.remove(id.get());
                 continue;
@@ -328,7 +370,6 @@ impl ResultTable {
             if !st.notes.is_empty() {
                 st.notes.remove(&id);
             }
-            let (task, signature) = st.kinds.get(kind);
             let task = Cow::Borrowed(task);
             let (worker, run) = (r.worker, r.run);
             let result = TaskResult { id: id.get(), task, worker, run, signature };
@@ -344,6 +385,127 @@ impl ResultTable {
         }
         self.batches.fetch_add(1, Ordering::Release);
         self.changed.notify_all();
+        self.release(released);
+    }
+
+    /// Sends tasks whose inputs are all in; one the backend cannot take is settled.
+    fn release(&self, calls: Vec<Call>) {
+        for call in calls {
+            let id = call.id;
+            let sent = match self.releaser.0.get() {
+                Some(send) => send(call),
+                None => Err(Outcome::Lost { reason: "nothing sends released tasks".into() }),
+            };
+            if let Err(outcome) = sent {
+                self.settle(id, outcome);
+            }
+        }
+    }
+
+    /// Sets what sends released tasks; the first call wins.
+    pub(crate) fn set_releaser(&self, releaser: Releaser) {
+        let _ = self.releaser.0.set(releaser);
+    }
+
+    /// Registers a task that waits for others (see [`Graph`]), as [`register`](Self::register)
+    /// does one that does not. Every task it names — in `parts` (results standing for
+    /// arguments) and `after` — must be this table's and not fetched, or nothing is registered.
+    /// Returns its id, and its call (arguments spliced) when nothing is left to wait for:
+    /// then the caller sends it.
+    pub(crate) fn register_waiting<O>(
+        &self,
+        task: &'static str,
+        mut call: Call,
+        parts: Parts,
+        after: &[Predecessor],
+    ) -> Result<(TaskId<O>, Option<Call>), DispatchError> {
+        let mut st = self.lock();
+        let mut values = Vec::with_capacity(parts.parts.len());
+        let mut waits = Vec::new();
+        let mut failed = None;
+        let waited = (parts.parts.iter().enumerate())
+            .filter_map(|(i, part)| match part {
+                Part::Result { origin, seq } => Some((*origin, *seq, Wait::Input(i))),
+                _ => None,
+            })
+            .chain(
+                after
+                    .iter()
+                    .map(|p| (p.origin, p.seq, if p.any { Wait::AfterAny } else { Wait::After })),
+            );
+        for (origin, seq, wait) in waited {
+            if origin != st.origin || seq == 0 || seq >= st.next {
+                return Err(DispatchError::UnknownTask(seq));
+            }
+            let on = DriverTaskId::new(seq);
+            match (st.slots.get(seq), wait) {
+                (Some(Slot::Pending(_)), _) => waits.push((on, wait)),
+                (Some(Slot::Done(r)), _) => match (&r.run.outcome, wait) {
+                    (Outcome::Value(_), _) | (_, Wait::AfterAny) => {}
+                    (other, _) => {
+                        failed.get_or_insert_with(|| dependency_failed(on, &r.task, other));
+                    }
+                },
+                // Fetched: it ended, which is all `after_any` waits for.
+                (_, Wait::AfterAny) => {}
+                _ => return Err(DispatchError::AlreadyFetched(seq)),
+            }
+        }
+        for part in parts.parts {
+            values.push(match part {
+                Part::Value(bytes) => Some(bytes),
+                Part::Result { seq, .. } => match st.slots.get(seq) {
+                    Some(Slot::Done(r)) => match &r.run.outcome {
+                        Outcome::Value(bytes) => Some(bytes.clone()),
+                        _ => Some(Bytes::new()),
+                    },
+                    _ => None,
+                },
+                Part::Unencodable(_) => Some(Bytes::new()),
+            });
+        }
+        let seq = st.next;
+        st.next += 1;
+        let id = TaskId::new(st.origin, seq);
+        let kind = st.kinds.id(task, call.signature);
+        st.slots.insert(seq, Slot::Pending(kind));
+        st.pending += 1;
+        call.id = id.task();
+        let settled = st.closed.clone().or(failed);
+        if settled.is_none() && !waits.is_empty() {
+            st.graph.park(call, parts.array, values, waits);
+            return Ok((id, None));
+        }
+        drop(st);
+        if let Some(outcome) = settled {
+            self.settle(id.task(), outcome);
+            return Ok((id, None));
+        }
+        let values: Vec<Bytes> = values.into_iter().map(Option::unwrap_or_default).collect();
+        call.args = Parts::splice(parts.array, &values);
+        Ok((id, Some(call)))
+    }
+
+    /// Settles those of `ids` still waiting for others (they were never sent) with `outcome`;
+    /// returns the others.
+    pub(crate) fn cancel_waiting(
+        &self,
+        ids: Vec<DriverTaskId>,
+        outcome: &Outcome,
+    ) -> Vec<DriverTaskId> {
+        let (waiting, sent): (Vec<DriverTaskId>, Vec<DriverTaskId>) = {
+            let st = self.lock();
+            if st.graph.is_empty() {
+                return ids;
+            }
+            ids.into_iter().partition(|&id| st.graph.is_parked(id))
+        };
+        if !waiting.is_empty() {
+            self.complete(
+                waiting.into_iter().map(|id| Report::unstarted(id, outcome.clone())).collect(),
+            );
+        }
+        sent
     }
 
     /// Before sleeping on the condition variable, watches for a new batch of results for a

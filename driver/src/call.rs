@@ -1,0 +1,36 @@
+//! [`Call`]: one submitted task as a backend receives it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::{Outcome, Request};
+use bytes::Bytes;
+
+/// One submitted call, as a backend receives it.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The dispatcher's number of the task.
+    pub id: DriverTaskId,
+    pub name: &'static str,
+    pub signature: &'static str,
+    pub fingerprint: u64,
+    /// MessagePack-encoded arguments.
+    pub args: Bytes,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub unrunnable_limit: Option<Duration>,
+    /// What it holds while it runs; `None`: plain (one CPU).
+    pub request: Option<Arc<Request>>,
+    /// What people see it as, when not its name (`RunOptions::with_label`).
+    pub label: Option<&'static str>,
+    /// Whether its lines are sent as it prints them ([`Dispatcher::with_output`]).
+    pub stream: bool,
+}
+
+/// What sends a task the result table released once its inputs came in, from whatever thread
+/// completed them ([`Backend::releaser`](crate::Backend::releaser)): `Err` with the outcome to
+/// settle the task with when the backend has stopped.
+#[doc(hidden)]
+pub type Releaser = Box<dyn Fn(Call) -> Result<(), Outcome> + Send + Sync>;

@@ -1,0 +1,191 @@
+//! The graph face of a dispatcher: tasks whose arguments stand for other tasks' results
+//! ([`Dispatcher::submit`]) and tasks that run after others ([`Dispatcher::after`]). The waiting
+//! itself is the result table's (`table::graph`): a task waits there, unsent, until its inputs
+//! are in.
+
+use blitzen_common::Task;
+use blitzen_common::inputs::{Accepts, Part, Parts};
+use blitzen_protocol::Outcome;
+use blitzen_protocol::ids::DriverTaskId;
+use bytes::Bytes;
+
+use crate::dispatcher::{Backend, Dispatcher, NamedTask};
+use crate::error::DispatchError;
+use crate::results::{Predecessor, RunOptions, TaskId};
+
+impl<B: Backend> Dispatcher<B> {
+    /// Submits `task` whose arguments may stand for other tasks' results: anywhere a value of
+    /// a type goes, the handle of a task with that output type may stand — `d.submit(merge,
+    /// (a, b))` for `fn merge(x: Data, y: Data)`, `a` a `Data` or a `TaskId<Data>`; the compiler
+    /// checks the types. The task waits (in this dispatcher, not on a worker) until those
+    /// tasks have results, and runs with them. If one fails, it does not run and ends
+    /// [`TaskError::DependencyFailed`] naming that first failed task, as does every task that
+    /// waits on it, at once.
+    ///
+    /// A handle of another dispatcher, or of a task whose result was fetched (and so is no
+    /// longer kept), is an error here, and nothing is submitted. (Write `String::from("…")`
+    /// rather than `"…".into()` among the arguments: `into` cannot tell which of a value or a
+    /// handle is meant.)
+    pub fn submit<T: Accepts<P>, P>(
+        &self,
+        task: T,
+        inputs: P,
+    ) -> Result<TaskId<T::Output>, DispatchError> {
+        self.submit_with(task, inputs, RunOptions::default())
+    }
+
+    /// [`submit`](Self::submit) with options.
+    pub fn submit_with<T: Accepts<P>, P>(
+        &self,
+        task: T,
+        inputs: P,
+        options: RunOptions,
+    ) -> Result<TaskId<T::Output>, DispatchError> {
+        self.submit_parts(task, T::parts(inputs), options, &[]).map_err(|(e, _)| e)
+    }
+
+    /// Tasks to run only once every one of `ids` has succeeded, without taking their results:
+    /// `d.after(&batch).run(report, args)`. If one of them fails (an error, a crash, a
+    /// timeout, a cancel…), such a task does not run and ends
+    /// [`TaskError::DependencyFailed`] naming it.
+    pub fn after<O>(&self, ids: &[TaskId<O>]) -> After<'_, B> {
+        After { dispatcher: self, after: Vec::new() }.after(ids)
+    }
+
+    /// Tasks to run once every one of `ids` has ended, whatever the outcome (a clean-up after
+    /// a batch): `d.after_any(&batch).run(cleanup, args)`.
+    pub fn after_any<O>(&self, ids: &[TaskId<O>]) -> After<'_, B> {
+        After { dispatcher: self, after: Vec::new() }.after_any(ids)
+    }
+
+    /// What `run_with`, `submit_with` and [`After`] share: a task whose arguments are
+    /// `parts`, run after `after`. Refused (with the label it would have had) only when it
+    /// waits for a task of another dispatcher or one fetched.
+    pub(crate) fn submit_parts<T: Task>(
+        &self,
+        _task: T,
+        parts: Parts,
+        options: RunOptions,
+        after: &[Predecessor],
+    ) -> Result<TaskId<T::Output>, (DispatchError, &'static str)> {
+        let task =
+            NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
+        let options = if T::NEEDS.is_plain() {
+            options
+        } else {
+            RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
+        };
+        let shown = options.label.unwrap_or(T::NAME);
+        let unencodable = parts.parts.iter().find_map(|p| match p {
+            Part::Unencodable(message) => Some(message.clone()),
+            _ => None,
+        });
+        let waits =
+            after.is_empty() && !parts.parts.iter().any(|p| matches!(p, Part::Result { .. }));
+        if unencodable.is_some() || waits {
+            // Nothing to wait for: sent at once, as it always was.
+            let (id, closed) = self.table.register(shown, T::SIGNATURE);
+            if closed {
+                return Ok(id);
+            }
+            match unencodable {
+                Some(message) => self.table.settle(id.task(), Outcome::BadArguments { message }),
+                None => {
+                    let values: Vec<Bytes> = (parts.parts.into_iter())
+                        .map(|p| match p {
+                            Part::Value(bytes) => bytes,
+                            _ => Bytes::new(),
+                        })
+                        .collect();
+                    let args = Parts::splice(parts.array, &values);
+                    self.send(task, id.task(), args, &options);
+                }
+            }
+            return Ok(id);
+        }
+        let call = match self.call(task, DriverTaskId::new(0), Bytes::new(), &options) {
+            Ok(call) => call,
+            Err(outcome) => {
+                let (id, closed) = self.table.register(shown, T::SIGNATURE);
+                if !closed {
+                    self.table.settle(id.task(), outcome);
+                }
+                return Ok(id);
+            }
+        };
+        let (id, ready) = match self.table.register_waiting(shown, call, parts, after) {
+            Ok(registered) => registered,
+            Err(e) => return Err((e, shown)),
+        };
+        if let Some(call) = ready
+            && let Err(outcome) = self.backend.submit(call)
+        {
+            self.table.settle(id.task(), outcome);
+        }
+        Ok(id)
+    }
+}
+
+/// Tasks to submit after others: see [`Dispatcher::after`] and [`Dispatcher::after_any`].
+#[derive(Debug)]
+#[must_use = "nothing is submitted until `run` or `submit`"]
+pub struct After<'a, B: Backend> {
+    dispatcher: &'a Dispatcher<B>,
+    after: Vec<Predecessor>,
+}
+
+impl<B: Backend> After<'_, B> {
+    /// Also after every one of `ids` has succeeded.
+    pub fn after<O>(mut self, ids: &[TaskId<O>]) -> Self {
+        self.after.extend(ids.iter().map(|id| Predecessor::of(id, false)));
+        self
+    }
+
+    /// Also after every one of `ids` has ended, whatever the outcome.
+    pub fn after_any<O>(mut self, ids: &[TaskId<O>]) -> Self {
+        self.after.extend(ids.iter().map(|id| Predecessor::of(id, true)));
+        self
+    }
+
+    /// Submits `task` with `args` to run after those tasks. A task of another dispatcher, or
+    /// one whose result was fetched (its outcome is no longer known; `after_any` accepts it),
+    /// is an error, and nothing is submitted.
+    pub fn run<T: Task>(&self, task: T, args: T::Args) -> Result<TaskId<T::Output>, DispatchError> {
+        self.run_with(task, args, RunOptions::default())
+    }
+
+    /// [`run`](Self::run) with options.
+    pub fn run_with<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        options: RunOptions,
+    ) -> Result<TaskId<T::Output>, DispatchError> {
+        let args = match blitzen_common::task::encode_value(&args) {
+            Ok(args) => Part::Value(args),
+            Err(e) => Part::Unencodable(e.to_string()),
+        };
+        let parts = Parts::single(args);
+        self.dispatcher.submit_parts(task, parts, options, &self.after).map_err(|(e, _)| e)
+    }
+
+    /// [`Dispatcher::submit`], after those tasks.
+    pub fn submit<T: Accepts<P>, P>(
+        &self,
+        task: T,
+        inputs: P,
+    ) -> Result<TaskId<T::Output>, DispatchError> {
+        self.submit_with(task, inputs, RunOptions::default())
+    }
+
+    /// [`Dispatcher::submit_with`], after those tasks.
+    pub fn submit_with<T: Accepts<P>, P>(
+        &self,
+        task: T,
+        inputs: P,
+        options: RunOptions,
+    ) -> Result<TaskId<T::Output>, DispatchError> {
+        let parts = T::parts(inputs);
+        self.dispatcher.submit_parts(task, parts, options, &self.after).map_err(|(e, _)| e)
+    }
+}
