@@ -82,6 +82,7 @@ fn bar(workload: Workload, path: Path) -> Option<Bar> {
         (W16, D) => 90.0,
         (W18, _) => 95.0,
         (W19, _) => 10.0,
+        (W21, _) => 1.2,
         _ => return None,
     };
     let rate_floor = (workload == W5).then_some(500_000.0);

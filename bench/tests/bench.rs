@@ -111,6 +111,33 @@ fn w19_and_w20_report_the_async_figures() {
     assert_eq!(w20["extra"]["threads_before"], w20["extra"]["threads_while_pending"], "{w20}");
 }
 
+/// The graphs' rows on both paths, the tree at a small size: the chain reports its time per
+/// link and W2's p50 beside it, the tree both rates.
+#[test]
+fn w21_and_w22_run_a_chain_and_a_tree() {
+    let out = Command::new(bench())
+        .args(["--runs", "1", "--workload", "W21,W22", "--json"])
+        .env("BLITZEN_BENCH_W22_LEVELS", "2")
+        .output()
+        .expect("the bench runs");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for line in &lines {
+        let figures: Vec<f64> = line["extra"]
+            .as_object()
+            .expect("extra figures")
+            .values()
+            .map(|v| v.as_f64().expect("a number"))
+            .collect();
+        assert!(figures.len() == 2 && figures.iter().all(|f| *f > 0.0), "{line}");
+    }
+    assert_eq!(lines[2]["params"]["tasks"], 273, "{}", lines[2]);
+}
+
 /// W16 at a small scale: a driver process of its own submits, fetches and reports, and every
 /// figure is there and plausible.
 #[test]
@@ -169,10 +196,10 @@ fn w17_reports_rates_memory_latency_and_notice_with_many_agents() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W21"]);
+    let out = run(&["--workload", "W23"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W21` is not a workload: use W1 … W20"),
+        text(&out.stderr).contains("`W23` is not a workload: use W1 … W22"),
         "{}",
         text(&out.stderr)
     );

@@ -17,6 +17,7 @@ use crate::usage;
 
 mod at_scale;
 mod awaits;
+mod graphs;
 mod durable;
 mod many_agents;
 mod side_by_side;
@@ -24,6 +25,7 @@ mod side_by_side;
 use at_scale::at_scale;
 pub use at_scale::drive;
 use awaits::{async_latency, async_throughput, pending_futures};
+use graphs::{chain, tree};
 use durable::{durable_queue, durable_throughput, restart_queued};
 use many_agents::many_agents;
 pub use many_agents::simulate;
@@ -72,10 +74,12 @@ pub enum Workload {
     W18,
     W19,
     W20,
+    W21,
+    W22,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 20] = [
+    pub const ALL: [Workload; 22] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -96,25 +100,33 @@ impl Workload {
         Workload::W18,
         Workload::W19,
         Workload::W20,
+        Workload::W21,
+        Workload::W22,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 20] = [
+        const NAMES: [&str; 22] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15", "W16", "W17", "W18", "W19", "W20",
+            "W14", "W15", "W16", "W17", "W18", "W19", "W20", "W21", "W22",
         ];
         NAMES[self as usize]
     }
 
     /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15, the 10M tasks
     /// of W16 and the 1,000 agents of W17 are about the server and its connections: distributed
-    /// only. The async face's W18–W20 run on both.
+    /// only. The async face's W18–W20 and the graphs' W21–W22 run on both.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
             || matches!(
                 self,
-                Workload::W7 | Workload::W8 | Workload::W18 | Workload::W19 | Workload::W20
+                Workload::W7
+                    | Workload::W8
+                    | Workload::W18
+                    | Workload::W19
+                    | Workload::W20
+                    | Workload::W21
+                    | Workload::W22
             )
     }
 }
@@ -126,7 +138,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W20"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W22"))
     }
 }
 
@@ -174,6 +186,10 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W19, Path::Multicore) => on_multicore(2, |d| async_latency(d, runs)),
         (Workload::W19, Path::Distributed) => on_cluster(1, 2, |d| async_latency(d, runs)),
         (Workload::W20, path) => pending_futures(path, runs),
+        (Workload::W21, Path::Multicore) => on_multicore(2, |d| chain(d, runs)),
+        (Workload::W21, Path::Distributed) => on_cluster(1, 2, |d| chain(d, runs)),
+        (Workload::W22, Path::Multicore) => on_multicore(2, |d| tree(d, runs)),
+        (Workload::W22, Path::Distributed) => on_cluster(1, 2, |d| tree(d, runs)),
     }
 }
 

@@ -1,0 +1,142 @@
+//! W21–W22: task graphs. W21 is a chain of 1,000 tasks, each taking the one before's result:
+//! the time per link against W2's round trip, measured alternately on the same dispatcher. W22
+//! is a reduction: leaves summed 16 at a time, level by level, all submitted at once, against
+//! the same number of independent tasks (W1's kind).
+
+use std::time::Instant;
+
+use blitzen::{Backend, Dispatcher, TaskId};
+use serde_json::json;
+
+use super::side_by_side::alternately;
+use super::{Better, Measured, latency, median, noop, wait};
+use crate::Result;
+
+/// One more than its input.
+#[blitzen::task]
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+/// The sum of sixteen.
+#[allow(clippy::too_many_arguments)]
+#[blitzen::task]
+fn sum16(
+    a: u64,
+    b: u64,
+    c: u64,
+    d: u64,
+    e: u64,
+    f: u64,
+    g: u64,
+    h: u64,
+    i: u64,
+    j: u64,
+    k: u64,
+    l: u64,
+    m: u64,
+    n: u64,
+    o: u64,
+    p: u64,
+) -> u64 {
+    a + b + c + d + e + f + g + h + i + j + k + l + m + n + o + p
+}
+
+const W21_LINKS: u64 = 1_000;
+
+/// W21: per-link time of a chain, as a multiple of W2's p50.
+pub(super) fn chain<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
+    let linked = || chain_once(d);
+    let round_trip = || latency(d, 1).map(|m| m.runs[0]);
+    let (links, trips) = alternately(runs, linked, round_trip)?;
+    Ok(Measured {
+        params: json!({ "links": W21_LINKS, "task": "inc(x) = x + 1, each taking the one before" }),
+        runs: links.iter().zip(&trips).map(|(l, t)| l / t).collect(),
+        units: "× W2 p50",
+        better: Better::Lower,
+        extra: vec![("us_per_link", median(&links)), ("w2_p50_us", median(&trips))],
+    })
+}
+
+/// Submits the whole chain, waits for its end; µs per link.
+fn chain_once<B: Backend>(d: &Dispatcher<B>) -> Result<f64> {
+    let start = Instant::now();
+    let mut last = d.run(noop, 0);
+    for _ in 1..W21_LINKS {
+        last = d.submit(inc, last).map_err(|e| e.to_string())?;
+    }
+    let end = wait(d, &[last])?;
+    let per_link = start.elapsed().as_secs_f64() * 1e6 / W21_LINKS as f64;
+    if end != [W21_LINKS - 1] {
+        return Err(format!("W21: the chain ended at {end:?}"));
+    }
+    Ok(per_link)
+}
+
+/// Levels of W22's reduction above its leaves: 16⁴ = 65,536 leaves by default,
+/// `BLITZEN_BENCH_W22_LEVELS=5` for 16⁵ = 1,048,576.
+fn w22_levels() -> Result<u32> {
+    match std::env::var("BLITZEN_BENCH_W22_LEVELS") {
+        Ok(n) => match n.trim().parse() {
+            Ok(levels @ 1..=6) => Ok(levels),
+            _ => Err(format!("BLITZEN_BENCH_W22_LEVELS=`{n}` is not 1 … 6")),
+        },
+        Err(_) => Ok(4),
+    }
+}
+
+/// W22: a reduction tree's rate against independent tasks, as a percentage.
+pub(super) fn tree<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
+    let levels = w22_levels()?;
+    let leaves = 16u64.pow(levels);
+    let nodes: u64 = (0..=levels).map(|l| 16u64.pow(l)).sum();
+    let reduced = || tree_once(d, leaves, nodes);
+    let independent = || independent_once(d, nodes);
+    let (trees, flat) = alternately(runs, reduced, independent)?;
+    Ok(Measured {
+        params: json!({ "leaves": leaves, "fan_in": 16, "tasks": nodes }),
+        runs: trees.iter().zip(&flat).map(|(t, f)| 100.0 * t / f).collect(),
+        units: "% of independent",
+        better: Better::Higher,
+        extra: vec![
+            ("tasks_per_s_tree", median(&trees)),
+            ("tasks_per_s_independent", median(&flat)),
+        ],
+    })
+}
+
+/// Submits the leaves and every level at once (each node summing the sixteen below it), waits
+/// for the root; tasks per second.
+fn tree_once<B: Backend>(d: &Dispatcher<B>, leaves: u64, nodes: u64) -> Result<f64> {
+    let start = Instant::now();
+    let mut level: Vec<TaskId<u64>> = (0..leaves).map(|i| d.run(noop, i)).collect();
+    while level.len() > 1 {
+        let mut next = Vec::with_capacity(level.len() / 16);
+        for g in level.chunks_exact(16) {
+            let inputs = (
+                g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12],
+                g[13], g[14], g[15],
+            );
+            next.push(d.submit(sum16, inputs).map_err(|e| e.to_string())?);
+        }
+        level = next;
+    }
+    let root = wait(d, &level)?;
+    let rate = nodes as f64 / start.elapsed().as_secs_f64();
+    if root != [leaves * (leaves - 1) / 2] {
+        return Err(format!("W22: the tree summed to {root:?}"));
+    }
+    Ok(rate)
+}
+
+/// As many independent no-op tasks as the tree has; tasks per second.
+fn independent_once<B: Backend>(d: &Dispatcher<B>, tasks: u64) -> Result<f64> {
+    let start = Instant::now();
+    let ids: Vec<_> = (0..tasks).map(|i| d.run(noop, i)).collect();
+    let out = wait(d, &ids)?;
+    let rate = tasks as f64 / start.elapsed().as_secs_f64();
+    if out.len() as u64 != tasks {
+        return Err("W22: results missing".into());
+    }
+    Ok(rate)
+}
