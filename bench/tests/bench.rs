@@ -121,10 +121,8 @@ fn w21_and_w22_run_a_chain_and_a_tree() {
         .output()
         .expect("the bench runs");
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let lines: Vec<Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines: Vec<Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     for line in &lines {
         let figures: Vec<f64> = line["extra"]

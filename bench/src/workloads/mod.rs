@@ -17,16 +17,16 @@ use crate::usage;
 
 mod at_scale;
 mod awaits;
-mod graphs;
 mod durable;
+mod graphs;
 mod many_agents;
 mod side_by_side;
 
 use at_scale::at_scale;
 pub use at_scale::drive;
 use awaits::{async_latency, async_throughput, pending_futures};
-use graphs::{chain, tree};
 use durable::{durable_queue, durable_throughput, restart_queued};
+use graphs::{chain, tree};
 use many_agents::many_agents;
 pub use many_agents::simulate;
 use side_by_side::{Compare, encrypted_vs_plain, watched_vs_unwatched};
