@@ -58,33 +58,54 @@ pub trait Accepts<P>: Task {
 /// The arguments of one submission, argument by argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parts {
-    /// Whether the arguments are an array of the parts (several arguments) rather than the one
-    /// part itself.
-    pub array: bool,
+    /// How the parts make the arguments.
+    pub framing: Framing,
     /// The arguments, in order.
     pub parts: Vec<Part>,
+}
+
+/// How the parts of a submission make its encoded arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// One argument: the one part itself.
+    Single,
+    /// Several arguments: a MessagePack array of the parts.
+    Array,
+    /// `head`, then each part as its length (`u32`, little-endian) and its bytes: for tasks
+    /// whose arguments are not MessagePack (the Python package's calls).
+    Prefixed(Bytes),
 }
 
 impl Parts {
     /// A task of one argument.
     pub fn single(part: Part) -> Self {
-        Self { array: false, parts: vec![part] }
+        Self { framing: Framing::Single, parts: vec![part] }
     }
 
     /// A task of several arguments.
     pub fn array(parts: Vec<Part>) -> Self {
-        Self { array: true, parts }
+        Self { framing: Framing::Array, parts }
     }
 
     /// The encoded arguments, once every part is a value (`values`, in order: the parts'
     /// own values, and results put in for the others).
-    pub fn splice(array: bool, values: &[Bytes]) -> Bytes {
-        if !array {
-            return values.first().cloned().unwrap_or_default();
-        }
+    pub fn splice(framing: &Framing, values: &[Bytes]) -> Bytes {
         let len: usize = values.iter().map(Bytes::len).sum();
+        let head = match framing {
+            Framing::Single => return values.first().cloned().unwrap_or_default(),
+            Framing::Prefixed(head) => {
+                let mut out = BytesMut::with_capacity(head.len() + len + 4 * values.len());
+                out.extend_from_slice(head);
+                for v in values {
+                    out.put_u32_le(v.len() as u32);
+                    out.extend_from_slice(v);
+                }
+                return out.freeze();
+            }
+            Framing::Array => values.len() as u32,
+        };
         let mut out = BytesMut::with_capacity(len + 5);
-        let n = values.len() as u32;
+        let n = head;
         match n {
             0..=15 => out.put_u8(0x90 | n as u8),
             16..=0xffff => {
@@ -123,16 +144,20 @@ mod tests {
             value("seven".to_string().part()),
             value(vec![1.5f64, 2.5].part()),
         ];
-        assert_eq!(Parts::splice(true, &parts), whole);
+        assert_eq!(Parts::splice(&Framing::Array, &parts), whole);
         let back: (u64, String, Vec<f64>) = decode_value(&whole).expect("decodes");
         assert_eq!(back.1, "seven");
-        assert_eq!(Parts::splice(false, &[value(9u32.part())]), encode_value(&9u32).expect("9"));
+        let single = Parts::splice(&Framing::Single, &[value(9u32.part())]);
+        assert_eq!(single, encode_value(&9u32).expect("9"));
+        let head = Bytes::from_static(b"hd");
+        let prefixed = Parts::splice(&Framing::Prefixed(head), &[Bytes::from_static(b"abc")]);
+        assert_eq!(&prefixed[..], b"hd\x03\x00\x00\x00abc");
     }
 
     #[test]
     fn long_argument_lists_get_a_longer_array_header() {
         let values: Vec<Bytes> = (0..20u8).map(|i| value(i.part())).collect();
         let whole = encode_value(&(0..20u8).collect::<Vec<_>>()).expect("encodes");
-        assert_eq!(Parts::splice(true, &values), whole);
+        assert_eq!(Parts::splice(&Framing::Array, &values), whole);
     }
 }

@@ -76,6 +76,32 @@ impl<B: Backend> Dispatcher<B> {
             RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
         };
         let shown = options.label.unwrap_or(T::NAME);
+        self.submit_named_parts(task, shown, parts, options, after)
+    }
+
+    /// Submits a task known by name only whose arguments are `parts`, some of which may stand
+    /// for other tasks' results (made with [`Input::part`](blitzen_common::inputs::Input) of
+    /// a handle, such as [`id_of`](Self::id_of) gives): [`run_named`](Self::run_named) with
+    /// inputs, for bindings to other languages. Refused as [`submit`](Self::submit) is.
+    pub fn run_named_parts(
+        &self,
+        task: NamedTask,
+        parts: Parts,
+        options: RunOptions,
+    ) -> Result<TaskId, DispatchError> {
+        let shown = options.label.unwrap_or(task.name);
+        self.submit_named_parts(task, shown, parts, options, &[]).map_err(|(e, _)| e)
+    }
+
+    /// What every submission of parts comes to, shown as `shown`.
+    fn submit_named_parts<O>(
+        &self,
+        task: NamedTask,
+        shown: &'static str,
+        parts: Parts,
+        options: RunOptions,
+        after: &[Predecessor],
+    ) -> Result<TaskId<O>, (DispatchError, &'static str)> {
         let unencodable = parts.parts.iter().find_map(|p| match p {
             Part::Unencodable(message) => Some(message.clone()),
             _ => None,
@@ -84,7 +110,7 @@ impl<B: Backend> Dispatcher<B> {
             after.is_empty() && !parts.parts.iter().any(|p| matches!(p, Part::Result { .. }));
         if unencodable.is_some() || waits {
             // Nothing to wait for: sent at once, as it always was.
-            let (id, closed) = self.table.register(shown, T::SIGNATURE);
+            let (id, closed) = self.table.register(shown, task.signature);
             if closed {
                 return Ok(id);
             }
@@ -97,7 +123,7 @@ impl<B: Backend> Dispatcher<B> {
                             _ => Bytes::new(),
                         })
                         .collect();
-                    let args = Parts::splice(parts.array, &values);
+                    let args = Parts::splice(&parts.framing, &values);
                     self.send(task, id.task(), args, &options);
                 }
             }
@@ -106,7 +132,7 @@ impl<B: Backend> Dispatcher<B> {
         let call = match self.call(task, DriverTaskId::new(0), Bytes::new(), &options) {
             Ok(call) => call,
             Err(outcome) => {
-                let (id, closed) = self.table.register(shown, T::SIGNATURE);
+                let (id, closed) = self.table.register(shown, task.signature);
                 if !closed {
                     self.table.settle(id.task(), outcome);
                 }

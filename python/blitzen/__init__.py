@@ -8,13 +8,17 @@ and survive whatever the functions do.
 
 A task that does not return a value appears in ``get_results`` and ``join`` as an exception
 object (never ``None``): ``TaskFailed`` (it raised), ``TimedOut``, ``WorkerCrashed``,
-``Cancelled``, ``Lost``, all subclasses of ``TaskError``.
+``Cancelled``, ``Lost``, ``DependencyFailed``, all subclasses of ``TaskError``.
+
+``result_of(task_id)`` among the arguments of ``run`` stands for that task's result: the call
+runs with it once it is in.
 """
 
 from blitzen._version import __version__
 from blitzen import _task  # registers the `python` task before anything else uses Blitzen
 from blitzen.errors import (
     Cancelled,
+    DependencyFailed,
     Lost,
     MemoryExceeded,
     TaskError,
@@ -23,6 +27,7 @@ from blitzen.errors import (
     WorkerCrashed,
 )
 from blitzen.multicore import MulticoreDispatcher
+from blitzen._task import ResultOf as _ResultOf
 from blitzen import distributed, logging, utils
 
 __all__ = [
@@ -34,7 +39,17 @@ __all__ = [
     "MemoryExceeded",
     "Cancelled",
     "Lost",
+    "DependencyFailed",
+    "result_of",
     "__version__",
 ]
+
+
+def result_of(task_id):
+    """Stands for the result of task ``task_id`` among the arguments of ``run``:
+    ``d.run(clean, result_of(d.run(load, path)))`` runs ``clean`` once ``load`` has returned,
+    with its value. If ``load`` did not return one, ``clean`` does not run and its result is
+    ``DependencyFailed``."""
+    return _ResultOf(task_id)
 
 del _task

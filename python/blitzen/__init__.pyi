@@ -4,6 +4,7 @@ from blitzen import distributed as distributed
 from blitzen import logging as logging
 from blitzen import utils as utils
 from blitzen.errors import Cancelled as Cancelled
+from blitzen.errors import DependencyFailed as DependencyFailed
 from blitzen.errors import Lost as Lost
 from blitzen.errors import MemoryExceeded as MemoryExceeded
 from blitzen.errors import TaskError as TaskError
@@ -14,6 +15,12 @@ from blitzen.multicore import MulticoreDispatcher as MulticoreDispatcher
 
 __version__: str
 
+class _ResultOf:
+    task_id: int
+    def __init__(self, task_id: int) -> None: ...
+
+def result_of(task_id: int) -> _ResultOf: ...
+
 __all__ = [
     "MulticoreDispatcher",
     "TaskError",
@@ -23,5 +30,7 @@ __all__ = [
     "MemoryExceeded",
     "Cancelled",
     "Lost",
+    "DependencyFailed",
+    "result_of",
     "__version__",
 ]

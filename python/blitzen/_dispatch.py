@@ -40,15 +40,22 @@ class Dispatcher:
         (bytes, or a size such as ``"4GiB"``; also its limit: past it the result is
         ``MemoryExceeded``) and ``resources`` (counted, by name: ``{"gpu": 1}``). It starts only
         where they are free; what nowhere has ends ``Lost`` at once, and nonsense (0 CPUs, a size
-        that does not parse) raises ``ValueError`` here."""
+        that does not parse) raises ``ValueError`` here.
+
+        ``blitzen.result_of(t)`` among the arguments stands for task ``t``'s result: the call
+        runs once ``t`` has returned, with its value there, and ends ``DependencyFailed`` if
+        ``t`` did not return one. ``t`` must be this dispatcher's and not fetched yet
+        (``KeyError`` otherwise)."""
+        payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs)
         return self._native.submit(
-            _task.dumps_call(f, args, kwargs),
+            payload,
             timeout,
             0,
             cpus,
             memory,
             _counts(resources),
             _label(f),
+            inputs,
         )
 
     def get_results(self, task_ids, clear=True, timeout=None):

@@ -73,6 +73,60 @@ def dumps_call(function, args, kwargs):
     return group_of(function) + cloudpickle.dumps(call, protocol=PROTOCOL)
 
 
+class ResultOf:
+    """Stands for the result of task ``task_id`` among the arguments of ``run``: the call runs
+    once that task has returned, with its value in this argument's place. See
+    ``blitzen.result_of``."""
+
+    __slots__ = ("task_id",)
+
+    def __init__(self, task_id):
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise TypeError(f"result_of() takes a task id, not {type(task_id).__name__}")
+        self.task_id = task_id
+
+    def __repr__(self):
+        return f"result_of({self.task_id})"
+
+    def __reduce__(self):
+        raise TypeError(
+            "result_of() stands for a whole argument of run(), not inside another value"
+        )
+
+
+class _Slot:
+    """In a pickled call: where the result of its ``index``-th input goes."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return (_Slot, (self.index,))
+
+
+def dumps_call_with_inputs(function, args, kwargs):
+    """``dumps_call`` for a call some of whose arguments stand for other tasks' results
+    (``ResultOf``): those are replaced by slots; returns the payload and the task ids, in slot
+    order, or ``None`` for the ids when there is no such argument."""
+    if not any(type(a) is ResultOf for a in args) and not any(
+        type(v) is ResultOf for v in kwargs.values()
+    ):
+        return dumps_call(function, args, kwargs), None
+    inputs = []
+
+    def slot(value):
+        if isinstance(value, ResultOf):
+            inputs.append(value.task_id)
+            return _Slot(len(inputs) - 1)
+        return value
+
+    args = tuple(slot(a) for a in args)
+    kwargs = {k: slot(v) for k, v in kwargs.items()}
+    return dumps_call(function, args, kwargs), (inputs or None)
+
+
 def loads(data):
     return pickle.loads(data)
 
@@ -102,11 +156,17 @@ def _function(data):
     return function
 
 
-def execute(payload):
-    """Runs one pickled call on this worker; answers ``(code, data, text)``."""
+def execute(payload, inputs=None):
+    """Runs one pickled call on this worker; answers ``(code, data, text)``. ``inputs``: the
+    pickled results that go where the call's slots are."""
     try:
         data, args, kwargs = pickle.loads(payload)
         function = _function(data)
+        if inputs is not None:
+            values = [pickle.loads(i) for i in inputs]
+            put = lambda v: values[v.index] if isinstance(v, _Slot) else v  # noqa: E731
+            args = tuple(put(a) for a in args)
+            kwargs = {k: put(v) for k, v in kwargs.items()}
     except BaseException as e:
         return (BAD_CALL, None, f"cannot unpickle the call: {type(e).__name__}: {e}")
     try:

@@ -62,6 +62,11 @@ class Cancelled(TaskError):
     """The task was cancelled (``cancel``, or ``shutdown`` before it finished)."""
 
 
+class DependencyFailed(TaskError):
+    """The task did not run: a task whose result it takes (``blitzen.result_of``) did not
+    return a value. The message names that first failed task and says how it failed."""
+
+
 class Lost(TaskError):
     """The task's result cannot be had: the server could not be reached or forgot it, refused
     it, or no agent could run it."""
@@ -73,5 +78,6 @@ _KINDS = {
     "memory": MemoryExceeded,
     "cancelled": Cancelled,
     "lost": Lost,
+    "dependency": DependencyFailed,
     "error": TaskError,
 }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blitzen::distributed::{DistributedDispatcher, Secret};
-use blitzen::{Capacity, Needs, Output, StdStream, parse_size};
+use blitzen::{Capacity, Input, Needs, Output, StdStream, Untyped, parse_size};
 use blitzen::{
     Completion, DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, WorkerCommand,
 };
@@ -129,9 +129,13 @@ impl Dispatcher {
 
     /// Submits a pickled call; returns its task number at once. `cpus`, `memory` (bytes, or a
     /// size such as `"4GiB"`) and `resources` (`{"gpu": 1}`) are what it holds while it runs.
-    /// `label` is what people see the call as (`module.qualname` of its function).
+    /// `label` is what people see the call as (`module.qualname` of its function). `inputs`:
+    /// the numbers of tasks whose results the call takes (its pickle holds a placeholder for
+    /// each, see `task`): it runs once they are in, or ends `DependencyFailed`; a number of
+    /// a task whose result was fetched, or never issued, raises `KeyError`.
     #[pyo3(signature = (
-        payload, timeout=None, retries=0, cpus=None, memory=None, resources=None, label=None
+        payload, timeout=None, retries=0, cpus=None, memory=None, resources=None, label=None,
+        inputs=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
@@ -143,6 +147,7 @@ impl Dispatcher {
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, i64)>>,
         label: Option<String>,
+        inputs: Option<Vec<u64>>,
     ) -> PyResult<u64> {
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
@@ -154,7 +159,16 @@ impl Dispatcher {
         let task = task::named()?;
         // The pickle travels in the Python object's own memory.
         let args = Bytes::from_owner(payload);
-        Ok(on!(&self.inner, |d| d.run_named(task, args, options).seq()))
+        let inputs = inputs.unwrap_or_default();
+        if inputs.is_empty() {
+            return Ok(on!(&self.inner, |d| d.run_named(task, args, options).seq()));
+        }
+        let submitted = on!(&self.inner, |d| {
+            let results = inputs.iter().map(|&seq| Input::<Untyped>::part(d.id_of(seq)));
+            let parts = task::with_inputs(args, results);
+            d.run_named_parts(task, parts, options).map(|id| id.seq())
+        });
+        submitted.map_err(dispatch_error)
     }
 
     /// Waits for the tasks numbered `ids` (at most `timeout` seconds) and returns their rows

@@ -39,6 +39,7 @@ pub(crate) fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
         Outcome::MemoryExceeded { .. } => "memory",
         Outcome::Cancelled { .. } => "cancelled",
         Outcome::Lost { .. } | Outcome::Refused { .. } | Outcome::Unrunnable { .. } => "lost",
+        Outcome::DependencyFailed { .. } => "dependency",
         _ => "error",
     };
     let (value, message, detail) = match &r.run.outcome {

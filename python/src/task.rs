@@ -26,6 +26,7 @@
 use std::sync::OnceLock;
 
 use blitzen::NamedTask;
+use blitzen_common::inputs::{Framing, Part, Parts};
 use blitzen_common::registry;
 use blitzen_common::task::{TaskEntry, fingerprint};
 use blitzen_protocol::Outcome;
@@ -101,17 +102,55 @@ fn group(args: &[u8]) -> u64 {
     args.first_chunk::<HEADER>().map_or(0, |b| u64::from_le_bytes(*b))
 }
 
+/// The byte after the header of a call that takes other tasks' results (a pickle starts with
+/// its `PROTO` opcode, `0x80`, instead).
+const WITH_INPUTS: u8 = 0;
+
+/// The parts of a call that takes other tasks' results: its header and [`WITH_INPUTS`], then the
+/// call's pickle and each input's (a result's pickle, put in when it comes), each with its
+/// length before it.
+pub(crate) fn with_inputs(payload: Bytes, inputs: impl Iterator<Item = Part>) -> Parts {
+    let split = payload.len().min(HEADER);
+    let mut head = payload.slice(..split).to_vec();
+    head.push(WITH_INPUTS);
+    let parts = std::iter::once(Part::Value(payload.slice(split..))).chain(inputs).collect();
+    Parts { framing: Framing::Prefixed(Bytes::from(head)), parts }
+}
+
+/// The pickles of a call made by [`with_inputs`]: the call's, then each input's.
+fn segments(mut rest: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        out.push(tail.get(..len)?);
+        rest = tail.get(len..)?;
+    }
+    Some(out)
+}
+
 /// The registry entry's `invoke`: runs one pickled call on this worker's interpreter.
 fn invoke(args: &[u8]) -> Outcome {
     let Some(pickle) = args.get(HEADER..) else {
         return Outcome::BadArguments { message: "a python call without its header".into() };
     };
+    let (call, inputs) = match pickle.split_first() {
+        Some((&WITH_INPUTS, rest)) => match segments(rest).as_deref() {
+            Some([call, inputs @ ..]) => (*call, Some(inputs.to_vec())),
+            _ => {
+                let message = "a python call with inputs, cut short".into();
+                return Outcome::BadArguments { message };
+            }
+        },
+        _ => (pickle, None),
+    };
     Python::attach(|py| {
         let Some(execute) = EXECUTE.get() else {
             return Outcome::BadArguments { message: "the blitzen package is not set up".into() };
         };
+        let inputs = inputs.map(|i| i.into_iter().map(|b| PyBytes::new(py, b)).collect::<Vec<_>>());
         let answer = execute
-            .call1(py, (PyBytes::new(py, pickle),))
+            .call1(py, (PyBytes::new(py, call), inputs))
             .and_then(|answer| answer.extract::<(u8, Option<PyBackedBytes>, Option<String>)>(py));
         // The pickle's memory is handed on as it is: no copy.
         let shared = |b: PyBackedBytes| Bytes::from_owner(b);

@@ -273,3 +273,9 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
     missing = run("--secret-file", str(tmp_path / "none"))
     assert missing.returncode == 2 and "cannot read the secret file" in missing.stderr
+
+
+def test_a_result_stands_for_an_argument_on_a_cluster(driver):
+    from test_multicore import _pipeline
+
+    _pipeline(driver)

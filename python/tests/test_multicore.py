@@ -21,7 +21,7 @@ from blitzen import (
     WorkerCrashed,
 )
 
-from calls import hard_exit, nap, span, square
+from calls import hard_exit, nap, numbers, span, square, total
 from conftest import EXAMPLES, run_script
 
 
@@ -449,3 +449,32 @@ def test_get_local_ip_is_an_address():
     import ipaddress
 
     ipaddress.ip_address(blitzen.utils.get_local_ip())
+
+
+def test_a_result_stands_for_an_argument_in_a_two_stage_pipeline():
+    d = MulticoreDispatcher(workers=2)
+    try:
+        _pipeline(d)
+    finally:
+        d.shutdown()
+
+
+def _pipeline(d):
+    loaded = d.run(numbers, 10)
+    # A result among the positional arguments, and one among the keyword arguments.
+    summed = d.run(total, blitzen.result_of(loaded))
+    scaled = d.run(total, [1, 2], scale=blitzen.result_of(summed))
+    assert d.get_results([summed, scaled, loaded]) == [45, 135, list(range(10))]
+    # A task that did not return a value: what takes its result does not run, and says why.
+    broken = d.run(fail, "the input is corrupt")
+    after = d.run(total, blitzen.result_of(broken))
+    failed, dependent = d.get_results([broken, after])
+    assert isinstance(failed, TaskError)
+    assert isinstance(dependent, blitzen.DependencyFailed), dependent
+    assert "the input is corrupt" in dependent.message and f"task {broken}" in dependent.message
+    # A task fetched, or never issued, cannot be waited for.
+    for gone in (loaded, 10_000):
+        with pytest.raises(KeyError):
+            d.run(total, blitzen.result_of(gone))
+    with pytest.raises(TypeError):
+        d.run(total, [blitzen.result_of(summed)])

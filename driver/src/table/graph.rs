@@ -9,7 +9,7 @@
 //! every descendant at once. A task can only wait on tasks issued before it, so there are no
 //! cycles.
 
-use blitzen_common::inputs::Parts;
+use blitzen_common::inputs::{Framing, Parts};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::ids::DriverTaskId;
 use bytes::Bytes;
@@ -48,8 +48,8 @@ pub(crate) struct Graph {
 struct Parked {
     /// Its arguments are empty until it is released.
     call: Call,
-    /// Whether its arguments are an array of `values`.
-    array: bool,
+    /// How `values` make its arguments.
+    framing: Framing,
     /// Its arguments, `None` while waited for.
     values: Vec<Option<Bytes>>,
     /// Inputs and predecessors not in yet.
@@ -67,7 +67,7 @@ impl Graph {
     pub(crate) fn park(
         &mut self,
         call: Call,
-        array: bool,
+        framing: Framing,
         values: Vec<Option<Bytes>>,
         waits: Vec<(DriverTaskId, Wait)>,
     ) {
@@ -75,7 +75,7 @@ impl Graph {
         for &(on, wait) in &waits {
             self.waiters.entry(on).or_default().push((id, wait));
         }
-        self.parked.insert(id, Parked { call, array, values, missing: waits.len() });
+        self.parked.insert(id, Parked { call, framing, values, missing: waits.len() });
     }
 
     /// Whether task `id` is parked.
@@ -123,7 +123,7 @@ impl Parked {
     /// Its call, with its arguments spliced.
     fn release(mut self) -> Call {
         let values: Vec<Bytes> = self.values.into_iter().map(Option::unwrap_or_default).collect();
-        self.call.args = Parts::splice(self.array, &values);
+        self.call.args = Parts::splice(&self.framing, &values);
         self.call
     }
 }
@@ -171,7 +171,7 @@ mod tests {
         let mut g = Graph::default();
         let (a, b) = (DriverTaskId::new(1), DriverTaskId::new(2));
         let waits = vec![(a, Wait::Input(0)), (b, Wait::Input(1))];
-        g.park(call(3), true, vec![None, None], waits);
+        g.park(call(3), Framing::Array, vec![None, None], waits);
         let mut out = Vec::new();
         g.settled(a, "load", &Outcome::Value(value(5)), &mut out);
         assert!(out.is_empty(), "one input is still out");
@@ -185,8 +185,8 @@ mod tests {
     fn a_failure_fails_its_waiters_naming_the_first_failed_ancestor() {
         let mut g = Graph::default();
         let (a, b, c) = (DriverTaskId::new(1), DriverTaskId::new(2), DriverTaskId::new(3));
-        g.park(call(2), false, vec![None], vec![(a, Wait::Input(0))]);
-        g.park(call(3), false, vec![Some(value(1))], vec![(b, Wait::After)]);
+        g.park(call(2), Framing::Single, vec![None], vec![(a, Wait::Input(0))]);
+        g.park(call(3), Framing::Single, vec![Some(value(1))], vec![(b, Wait::After)]);
         let mut out = Vec::new();
         let crash = Outcome::Cancelled { reason: "asked".into() };
         g.settled(a, "load", &crash, &mut out);
@@ -209,7 +209,7 @@ mod tests {
     fn after_any_runs_whatever_the_end() {
         let mut g = Graph::default();
         let a = DriverTaskId::new(1);
-        g.park(call(2), false, vec![Some(value(1))], vec![(a, Wait::AfterAny)]);
+        g.park(call(2), Framing::Single, vec![Some(value(1))], vec![(a, Wait::AfterAny)]);
         let mut out = Vec::new();
         g.settled(a, "load", &Outcome::TimedOut { timeout_ms: 5 }, &mut out);
         assert!(matches!(&out[..], [Consequence::Released(c)] if c.args == value(1)), "{out:?}");

@@ -473,7 +473,7 @@ impl ResultTable {
         call.id = id.task();
         let settled = st.closed.clone().or(failed);
         if settled.is_none() && !waits.is_empty() {
-            st.graph.park(call, parts.array, values, waits);
+            st.graph.park(call, parts.framing, values, waits);
             return Ok((id, None));
         }
         drop(st);
@@ -482,7 +482,7 @@ impl ResultTable {
             return Ok((id, None));
         }
         let values: Vec<Bytes> = values.into_iter().map(Option::unwrap_or_default).collect();
-        call.args = Parts::splice(parts.array, &values);
+        call.args = Parts::splice(&parts.framing, &values);
         Ok((id, Some(call)))
     }
 
