@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use blitzen_common::inputs::{Part, Parts};
 use blitzen_common::task::encode_value;
 use blitzen_common::{Task, TaskError};
 use blitzen_protocol::ids::DriverTaskId;
@@ -223,25 +222,28 @@ impl<B: Backend> Dispatcher<B> {
     /// [`run`](Self::run) with options.
     pub fn run_with<T: Task>(
         &self,
-        task: T,
+        _task: T,
         args: T::Args,
         options: RunOptions,
     ) -> TaskId<T::Output> {
-        let args = match encode_value(&args) {
-            Ok(args) => Part::Value(args),
-            Err(e) => Part::Unencodable(e.to_string()),
+        let task =
+            NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
+        let (id, closed) = self.table.register(options.label.unwrap_or(T::NAME), T::SIGNATURE);
+        if closed {
+            return id;
+        }
+        let options = if T::NEEDS.is_plain() {
+            options
+        } else {
+            RunOptions { needs: T::NEEDS.overridden_by(&options.needs), ..options }
         };
-        match self.submit_parts(task, Parts::single(args), options, &[]) {
-            Ok(id) => id,
-            // Only a task that waits for others can be refused; this one waits for none.
-            Err((e, shown)) => {
-                let (id, closed) = self.table.register(shown, T::SIGNATURE);
-                if !closed {
-                    self.table.settle(id.task(), Outcome::Refused { reason: e.to_string() });
-                }
-                id
+        match encode_value(&args) {
+            Ok(args) => self.send(task, id.task(), args, &options),
+            Err(e) => {
+                self.table.settle(id.task(), Outcome::BadArguments { message: e.to_string() })
             }
         }
+        id
     }
 
     /// Submits a task known by name only, with its arguments already encoded as that task

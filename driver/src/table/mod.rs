@@ -9,7 +9,7 @@ mod slots;
 pub(crate) use inbox::Inbox;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -326,9 +326,16 @@ impl ResultTable {
         let mut consequences = Vec::new();
         // Reports of the batch, then those of tasks that will not run because an input failed
         // (`derived`: one may find its task settled already, by the same shutdown, say).
-        let mut work: VecDeque<(Report<DriverTaskId>, bool)> =
-            batch.into_iter().map(|r| (r, false)).collect();
-        while let Some((mut r, derived)) = work.pop_front() {
+        let mut batch = batch.into_iter();
+        let mut failed = Vec::new();
+        loop {
+            let (mut r, derived) = match batch.next() {
+                Some(r) => (r, false),
+                None => match failed.pop() {
+                    Some(r) => (r, true),
+                    None => break,
+                },
+            };
             let id = r.id;
             self.output.add_dropped(id, &mut r.run);
             let slot = st.slots.get_mut(id.get());
@@ -348,7 +355,7 @@ impl ResultTable {
                     match consequence {
                         Consequence::Released(call) => released.push(call),
                         Consequence::Failed(task, outcome) => {
-                            work.push_back((Report::unstarted(task, outcome), true));
+                            failed.push(Report::unstarted(task, outcome));
                         }
                     }
                 }
