@@ -19,7 +19,7 @@ impl<B: Backend> Dispatcher<B> {
     /// (a, b))` for `fn merge(x: Data, y: Data)`, `a` a `Data` or a `TaskId<Data>`; the compiler
     /// checks the types. The task waits (in this dispatcher, not on a worker) until those
     /// tasks have results, and runs with them. If one fails, it does not run and ends
-    /// [`TaskError::DependencyFailed`] naming that first failed task, as does every task that
+    /// [`TaskError::DependencyFailed`](crate::TaskError::DependencyFailed) naming that first failed task, as does every task that
     /// waits on it, at once.
     ///
     /// A handle of another dispatcher, or of a task whose result was fetched (and so is no
@@ -47,7 +47,7 @@ impl<B: Backend> Dispatcher<B> {
     /// Tasks to run only once every one of `ids` has succeeded, without taking their results:
     /// `d.after(&batch).run(report, args)`. If one of them fails (an error, a crash, a
     /// timeout, a cancel…), such a task does not run and ends
-    /// [`TaskError::DependencyFailed`] naming it.
+    /// [`TaskError::DependencyFailed`](crate::TaskError::DependencyFailed) naming it.
     pub fn after<O>(&self, ids: &[TaskId<O>]) -> After<'_, B> {
         After { dispatcher: self, after: Vec::new() }.after(ids)
     }
