@@ -235,14 +235,14 @@ fn results_in_order_and_as_they_complete() -> Result<(), Failed> {
             check(in_order == [Ok(0.3), Ok(0.01), Ok(0.1)], format!("{in_order:?}"))?;
             let again = d.results(&ids[..1]).await;
             check(matches!(again, Err(DispatchError::AlreadyFetched(_))), format!("{again:?}"))?;
-            // On two workers 0.4 and 0.05 start together, then 0.2 on the freed one.
-            let ids: Vec<_> = [0.4, 0.05, 0.2].iter().map(|&s| d.run(sleep, s)).collect();
+            // On two workers 0.6 and 0.05 start together, then 0.2 on the freed one (done at 0.25).
+            let ids: Vec<_> = [0.6, 0.05, 0.2].iter().map(|&s| d.run(sleep, s)).collect();
             let mut stream = d.completed(&ids);
             let mut order = Vec::new();
             while let Some((_, r)) = stream.next().await {
                 order.push(r.map_err(fail)?);
             }
-            check(order == [0.05, 0.2, 0.4], format!("completion order {order:?}"))?;
+            check(order == [0.05, 0.2, 0.6], format!("completion order {order:?}"))?;
             drop(stream);
             let left = d.run(echo::<u64>(), 7);
             let joined = d.join_async().await;
