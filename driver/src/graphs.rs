@@ -19,8 +19,8 @@ impl<B: Backend> Dispatcher<B> {
     /// (a, b))` for `fn merge(x: Data, y: Data)`, `a` a `Data` or a `TaskId<Data>`; the compiler
     /// checks the types. The task waits (in this dispatcher, not on a worker) until those
     /// tasks have results, and runs with them. If one fails, it does not run and ends
-    /// [`TaskError::DependencyFailed`](crate::TaskError::DependencyFailed) naming that first failed task, as does every task that
-    /// waits on it, at once.
+    /// [`TaskError::DependencyFailed`](crate::TaskError::DependencyFailed) naming that first
+    /// failed task, as does every task that waits on it, at once.
     ///
     /// A handle of another dispatcher, or of a task whose result was fetched (and so is no
     /// longer kept), is an error here, and nothing is submitted. (Write `String::from("…")`
@@ -41,7 +41,7 @@ impl<B: Backend> Dispatcher<B> {
         inputs: P,
         options: RunOptions,
     ) -> Result<TaskId<T::Output>, DispatchError> {
-        self.submit_parts(task, T::parts(inputs), options, &[]).map_err(|(e, _)| e)
+        self.submit_parts(task, T::parts(inputs), options, &[])
     }
 
     /// Tasks to run only once every one of `ids` has succeeded, without taking their results:
@@ -58,16 +58,15 @@ impl<B: Backend> Dispatcher<B> {
         After { dispatcher: self, after: Vec::new() }.after_any(ids)
     }
 
-    /// What `run_with`, `submit_with` and [`After`] share: a task whose arguments are
-    /// `parts`, run after `after`. Refused (with the label it would have had) only when it
-    /// waits for a task of another dispatcher or one fetched.
+    /// What `submit_with` and [`After`] share: a task whose arguments are `parts`, run after
+    /// `after`. Refused only when it waits for a task of another dispatcher or one fetched.
     pub(crate) fn submit_parts<T: Task>(
         &self,
         _task: T,
         parts: Parts,
         options: RunOptions,
         after: &[Predecessor],
-    ) -> Result<TaskId<T::Output>, (DispatchError, &'static str)> {
+    ) -> Result<TaskId<T::Output>, DispatchError> {
         let task =
             NamedTask { name: T::NAME, signature: T::SIGNATURE, fingerprint: T::FINGERPRINT };
         let options = if T::NEEDS.is_plain() {
@@ -90,7 +89,7 @@ impl<B: Backend> Dispatcher<B> {
         options: RunOptions,
     ) -> Result<TaskId, DispatchError> {
         let shown = options.label.unwrap_or(task.name);
-        self.submit_named_parts(task, shown, parts, options, &[]).map_err(|(e, _)| e)
+        self.submit_named_parts(task, shown, parts, options, &[])
     }
 
     /// What every submission of parts comes to, shown as `shown`.
@@ -101,14 +100,14 @@ impl<B: Backend> Dispatcher<B> {
         parts: Parts,
         options: RunOptions,
         after: &[Predecessor],
-    ) -> Result<TaskId<O>, (DispatchError, &'static str)> {
+    ) -> Result<TaskId<O>, DispatchError> {
         let unencodable = parts.parts.iter().find_map(|p| match p {
             Part::Unencodable(message) => Some(message.clone()),
             _ => None,
         });
-        let waits =
+        let independent =
             after.is_empty() && !parts.parts.iter().any(|p| matches!(p, Part::Result { .. }));
-        if unencodable.is_some() || waits {
+        if unencodable.is_some() || independent {
             // Nothing to wait for: sent at once, as it always was.
             let (id, closed) = self.table.register(shown, task.signature);
             if closed {
@@ -139,10 +138,7 @@ impl<B: Backend> Dispatcher<B> {
                 return Ok(id);
             }
         };
-        let (id, ready) = match self.table.register_waiting(shown, call, parts, after) {
-            Ok(registered) => registered,
-            Err(e) => return Err((e, shown)),
-        };
+        let (id, ready) = self.table.register_waiting(shown, call, parts, after)?;
         if let Some(call) = ready
             && let Err(outcome) = self.backend.submit(call)
         {
@@ -192,7 +188,7 @@ impl<B: Backend> After<'_, B> {
             Err(e) => Part::Unencodable(e.to_string()),
         };
         let parts = Parts::single(args);
-        self.dispatcher.submit_parts(task, parts, options, &self.after).map_err(|(e, _)| e)
+        self.dispatcher.submit_parts(task, parts, options, &self.after)
     }
 
     /// [`Dispatcher::submit`], after those tasks.
@@ -212,6 +208,6 @@ impl<B: Backend> After<'_, B> {
         options: RunOptions,
     ) -> Result<TaskId<T::Output>, DispatchError> {
         let parts = T::parts(inputs);
-        self.dispatcher.submit_parts(task, parts, options, &self.after).map_err(|(e, _)| e)
+        self.dispatcher.submit_parts(task, parts, options, &self.after)
     }
 }
