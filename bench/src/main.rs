@@ -15,7 +15,7 @@
 //! - `workloads`: W1–W8 in `workloads/mod.rs`, with the data directory's W9–W11
 //!   (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`), W16's 10M tasks
 //!   (`at_scale`), W17's thousand agents (`many_agents`), the async face's W18–W20
-//!   (`awaits`) and the graphs' W21–W22 (`graphs`) in files of their own.
+//!   (`awaits`) and the graphs' W21–W23 (`graphs`) in files of their own.
 //! - `procs`: the server, agent and driver child processes.
 //! - `usage`: CPU time and memory of processes, read from `/proc`.
 //! - `stats`: medians and percentiles.
@@ -43,7 +43,7 @@ use workloads::Workload;
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Args {
-    /// Workloads to run, comma-separated (W1 … W22); all by default.
+    /// Workloads to run, comma-separated (W1 … W23); all by default.
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
     workload: Vec<Workload>,
     /// Run one path only; both by default.

@@ -194,10 +194,10 @@ fn w17_reports_rates_memory_latency_and_notice_with_many_agents() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W23"]);
+    let out = run(&["--workload", "W24"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W23` is not a workload: use W1 … W22"),
+        text(&out.stderr).contains("`W24` is not a workload: use W1 … W23"),
         "{}",
         text(&out.stderr)
     );

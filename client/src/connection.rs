@@ -123,7 +123,7 @@ impl<'a> Connection<'a> {
             info!(count = unsent.len(), "sending again results the server had not acknowledged");
             let results = unsent.iter().map(|u| u.result.clone()).collect();
             connection.unacked.extend(unsent.into_iter().map(|u| (u.result.id, u)));
-            let _ = connection.send(FromAgent::Recovered(results));
+            let _ = connection.send_results(FromAgent::Recovered, results);
         }
         connection
     }
@@ -243,7 +243,7 @@ impl<'a> Connection<'a> {
             run: Finished::unstarted(Outcome::UnknownTask),
         });
         again.extend(unknown);
-        if again.is_empty() { Ok(()) } else { self.send(FromAgent::Done(again)) }
+        self.send_results(FromAgent::Done, again)
     }
 
     /// The restarted server named the tasks it still has, with their keys in its new run: they
@@ -297,9 +297,7 @@ impl<'a> Connection<'a> {
             dropped,
             "re-attached: the tasks the server still has finish here, the others are stopped"
         );
-        if !again.is_empty() {
-            self.send(FromAgent::Done(again))?;
-        }
+        self.send_results(FromAgent::Done, again)?;
         if finished.is_empty() { Ok(()) } else { self.on_results(finished) }
     }
 
@@ -334,11 +332,9 @@ impl<'a> Connection<'a> {
         }
         if !recovered.is_empty() {
             info!(count = recovered.len(), "delivering results finished while disconnected");
-            self.send(FromAgent::Recovered(recovered))?;
+            self.send_results(FromAgent::Recovered, recovered)?;
         }
-        if !done.is_empty() {
-            self.send(FromAgent::Done(done))?;
-        }
+        self.send_results(FromAgent::Done, done)?;
         self.sent_since_tick = true;
         Ok(())
     }
@@ -434,5 +430,19 @@ impl<'a> Connection<'a> {
 
     fn send(&self, message: FromAgent) -> Result<(), Closed> {
         self.writer.send(message).map_err(|_| Closed)
+    }
+
+    /// Sends results as `message`s (`FromAgent::Done` or `FromAgent::Recovered`) of at most
+    /// [`BATCH_BYTES`](blitzen_protocol::BATCH_BYTES) each: large results never make one
+    /// message past the frame limit.
+    fn send_results(
+        &self,
+        message: fn(Vec<Report<TaskKey>>) -> FromAgent,
+        results: Vec<Report<TaskKey>>,
+    ) -> Result<(), Closed> {
+        for batch in blitzen_protocol::by_size(results, Report::payload_len) {
+            self.send(message(batch))?;
+        }
+        Ok(())
     }
 }

@@ -155,6 +155,13 @@ mod tests {
     }
 
     #[test]
+    fn one_argument_is_its_part_itself_not_a_copy() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let args = Parts::splice(&Framing::Single, std::slice::from_ref(&big));
+        assert_eq!(args.as_ptr(), big.as_ptr());
+    }
+
+    #[test]
     fn long_argument_lists_get_a_longer_array_header() {
         let values: Vec<Bytes> = (0..20u8).map(|i| value(i.part())).collect();
         let whole = encode_value(&(0..20u8).collect::<Vec<_>>()).expect("encodes");

@@ -81,6 +81,9 @@ pub enum DispatchError {
     /// unfinished tasks ended [`TaskError::Lost`](crate::TaskError::Lost).
     #[error("the connection to the server has ended: {0}")]
     Disconnected(String),
+    /// A value to share could not be encoded.
+    #[error("the shared value cannot be encoded: {0}")]
+    Unencodable(String),
     /// The dispatcher was shut down.
     #[error("the dispatcher is shut down")]
     ShutDown,

@@ -4,7 +4,7 @@
 //! are in.
 
 use blitzen_common::Task;
-use blitzen_common::inputs::{Accepts, Part, Parts};
+use blitzen_common::inputs::{Accepts, Input, Part, Parts};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::ids::DriverTaskId;
 use bytes::Bytes;
@@ -42,6 +42,21 @@ impl<B: Backend> Dispatcher<B> {
         options: RunOptions,
     ) -> Result<TaskId<T::Output>, DispatchError> {
         self.submit_parts(task, T::parts(inputs), options, &[])
+    }
+
+    /// A value many tasks take, encoded once: its [`Shared`] handle stands where a value of its
+    /// type goes among the arguments of [`submit`](Self::submit), as a task's handle does,
+    /// for any number of tasks. The dispatcher keeps the one encoding for as long as a handle
+    /// or a task not yet sent holds it: dropping the last handle frees it once no task needs it.
+    ///
+    /// Each task still receives the bytes (on one machine through its worker's pipe, on a
+    /// cluster over the network); what `share` spares is encoding the value, and holding it,
+    /// once per task. A task of one argument gets the very bytes, with no copy in this
+    /// process.
+    pub fn share<T: serde::Serialize>(&self, value: &T) -> Result<Shared<T>, DispatchError> {
+        let bytes = blitzen_common::task::encode_value(value)
+            .map_err(|e| DispatchError::Unencodable(e.to_string()))?;
+        Ok(Shared { bytes, _type: std::marker::PhantomData })
     }
 
     /// Tasks to run only once every one of `ids` has succeeded, without taking their results:
@@ -145,6 +160,46 @@ impl<B: Backend> Dispatcher<B> {
             self.table.settle(id.task(), outcome);
         }
         Ok(id)
+    }
+}
+
+/// A value shared by many tasks, encoded once: see [`Dispatcher::share`]. Cloning the handle
+/// does not copy the value.
+pub struct Shared<T> {
+    bytes: Bytes,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Shared<T> {
+    /// The size of its encoding, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self { bytes: self.bytes.clone(), _type: std::marker::PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shared<{}>({} bytes)", std::any::type_name::<T>(), self.bytes.len())
+    }
+}
+
+/// A shared value's handle stands where a value of its type goes among the arguments of
+/// [`Dispatcher::submit`].
+impl<T> Input<T> for &Shared<T> {
+    fn part(self) -> Part {
+        Part::Value(self.bytes.clone())
+    }
+}
+
+impl<T> Input<T> for Shared<T> {
+    fn part(self) -> Part {
+        Part::Value(self.bytes)
     }
 }
 

@@ -85,7 +85,7 @@ pub use blitzen_protocol::{
 };
 pub use dispatcher::{Backend, Dispatcher, NamedTask};
 pub use error::DispatchError;
-pub use graphs::After;
+pub use graphs::{After, Shared};
 pub use multicore::{Multicore, MulticoreBuilder, MulticoreDispatcher};
 pub use output::{
     OUTPUT_QUEUE_BYTES, Output, OutputLines, OutputReader, STREAM_BURST, STREAM_RATE,

@@ -62,6 +62,20 @@ pub struct Report<Id> {
 }
 
 impl<Id> Report<Id> {
+    /// The bytes of what it carries (its value, its captured output), for batching
+    /// ([`by_size`](crate::frame::by_size)).
+    pub fn payload_len(&self) -> usize {
+        let value = match &self.run.outcome {
+            Outcome::Value(bytes) => bytes.len(),
+            Outcome::Returned { message, detail } => {
+                message.len() + detail.as_ref().map_or(0, Bytes::len)
+            }
+            _ => 0,
+        };
+        let captured = |c: &Captured| c.head.len() + c.tail.len();
+        value + captured(&self.run.stdout) + captured(&self.run.stderr)
+    }
+
     /// A task that ended without reaching a worker.
     pub fn unstarted(id: Id, outcome: Outcome) -> Self {
         Self { id, worker: None, run: Finished::unstarted(outcome) }

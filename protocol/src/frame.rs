@@ -23,6 +23,41 @@ pub const HEADER_LEN: usize = 4;
 /// cannot make us reserve gigabytes with one length prefix.
 pub const MAX_FRAME_LEN: usize = 128 * 1024 * 1024;
 
+/// The most payload bytes (arguments, results) gathered into one message of several tasks: a
+/// quarter of a frame, so that a batch never comes near [`MAX_FRAME_LEN`].
+pub const BATCH_BYTES: usize = MAX_FRAME_LEN / 4;
+
+/// The largest arguments (or value) one task may carry: a frame, less room for the rest of its
+/// message.
+pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - 1024 * 1024;
+
+/// Splits `items` into runs of at most [`BATCH_BYTES`] of payload each (by `size`), in order;
+/// an item larger than that is a run of its own; no runs for no items.
+pub fn by_size<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let total: usize = items.iter().map(&size).sum();
+    if items.is_empty() {
+        return Vec::new();
+    }
+    if total <= BATCH_BYTES {
+        return vec![items];
+    }
+    let mut runs = Vec::new();
+    let (mut run, mut bytes) = (Vec::new(), 0);
+    for item in items {
+        let len = size(&item);
+        if !run.is_empty() && bytes + len > BATCH_BYTES {
+            runs.push(std::mem::take(&mut run));
+            bytes = 0;
+        }
+        bytes += len;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
 /// A frame could not be read: the stream is unusable afterwards.
 #[derive(thiserror::Error)]
 pub enum FrameError {
@@ -312,6 +347,20 @@ impl<R: Read> FrameReader<R> {
             }
             self.buf.extend_from_slice(&self.scratch[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_within_their_bytes_and_keep_order() {
+        let sizes = vec![BATCH_BYTES / 2, BATCH_BYTES / 2, 1, BATCH_BYTES * 2, 3];
+        let runs = by_size(sizes.clone(), |&n| n);
+        assert_eq!(runs, vec![vec![sizes[0], sizes[1]], vec![1], vec![BATCH_BYTES * 2], vec![3]]);
+        assert_eq!(by_size(vec![1, 2, 3], |&n| n), vec![vec![1, 2, 3]]);
+        assert!(by_size(Vec::<usize>::new(), |&n| n).is_empty());
     }
 }
 

@@ -38,7 +38,8 @@ pub mod worker;
 pub use blob::Blob;
 pub use finished::{Captured, ExitReason, Finished, Outcome, Report, WorkerInfo};
 pub use frame::{
-    DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN, decode_shared,
+    BATCH_BYTES, DecodeError, EncodeError, FrameCodec, FrameError, FrameReader, MAX_FRAME_LEN,
+    MAX_PAYLOAD_LEN, by_size, decode_shared,
 };
 pub use ids::{ConnId, DriverTaskId, JobId, KindIndex, ServerId, TaskKey};
 pub use output::{Lines, StdStream, Unstreamed};

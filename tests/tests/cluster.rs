@@ -333,6 +333,39 @@ fn thirty_two_mib_payload_round_trips() -> Result<(), Failed> {
     check(back.into_vec() == data, "payload differs")
 }
 
+/// Five 40 MiB arguments submitted at once (200 MiB, more than one message may carry) cross
+/// every hop and come back as results, each its own; an argument larger than any message is
+/// refused at once, saying so, instead of being lost on the way.
+fn large_payloads_are_batched_within_the_frame_limit_and_too_large_is_refused() -> Result<(), Failed>
+{
+    let server = start_server(&[]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let payload =
+        |k: u32| -> Vec<u8> { (0..40 << 20).map(|i: u32| ((i + k) % 251) as u8).collect() };
+    let payloads: Vec<Vec<u8>> = (0..5).map(payload).collect();
+    // Submitted at once, and held by the server until the agent comes: it then hands them out
+    // together (2 workers and as many again), and their results come back together.
+    let ids: Vec<_> =
+        payloads.iter().map(|p| d.run(echo::<ByteBuf>(), ByteBuf::from(p.clone()))).collect();
+    let too_large = d.run(echo::<ByteBuf>(), ByteBuf::from(vec![0u8; 130 << 20]));
+    d.wait_accepted(WAIT).map_err(fail)?;
+    let agent = start_agent(&server.addr, 2, "large").map_err(fail)?;
+    let r = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(|e| {
+        format!("{e}\nserver:\n{}\nagent:\n{}", server.process.log_text(), agent.log_text())
+    })?;
+    for (k, back) in r.into_iter().enumerate() {
+        let back = back.map_err(fail)?;
+        check(back.into_vec() == payloads[k], format!("payload {k} differs"))?;
+    }
+    let refused = d.get_results_with(&[too_large], Fetch::default().within(WAIT)).map_err(fail)?;
+    match &refused[0] {
+        Err(e @ TaskError::Refused { reason, .. }) => {
+            check(reason.contains("more than a message"), format!("{e}"))
+        }
+        other => Err(format!("a 130 MiB argument: {other:?}").into()),
+    }
+}
+
 /// The first five tasks fit under the limit and run; the three past it are refused, saying why.
 fn task_limit_refuses_the_excess_with_a_clear_error() -> Result<(), Failed> {
     let server = start_server(&["--task-limit", "5"]).map_err(fail)?;
@@ -643,6 +676,7 @@ fn main() -> std::process::ExitCode {
         trial!(a_task_nobody_can_run_gives_up_after_its_unrunnable_limit),
         trial!(join_within_gives_up_with_the_reason_and_keeps_every_result),
         trial!(thirty_two_mib_payload_round_trips),
+        trial!(large_payloads_are_batched_within_the_frame_limit_and_too_large_is_refused),
         trial!(map_runs_over_the_cluster_in_order),
         trial!(task_limit_refuses_the_excess_with_a_clear_error),
         trial!(unreachable_server_is_a_clear_error_not_a_hang),

@@ -49,6 +49,11 @@ fn merge(a: u64, b: u64) -> u64 {
 }
 
 #[blitzen::task]
+fn scaled(values: Vec<u64>, k: u64) -> u64 {
+    k * values.iter().sum::<u64>()
+}
+
+#[blitzen::task]
 fn halve(x: f64) -> f64 {
     x / 2.0
 }
@@ -207,6 +212,34 @@ fn cancels_reach_waiting_tasks_and_dependents_on_a_cluster() -> Result<(), Faile
     cancels(driver(&c.server.addr))
 }
 
+/// A shared value stands for an argument of many tasks, alone or beside values and results,
+/// and outlives the tasks that took it.
+fn shared_values<B: Backend>(d: Dispatcher<B>) -> Result<(), Failed> {
+    let data: Vec<u64> = (1..=1_000).collect();
+    let shared = d.share(&data).map_err(fail)?;
+    let sums: Vec<_> =
+        (0..20).map(|_| d.submit(total, &shared)).collect::<Result<_, _>>().map_err(fail)?;
+    let k = d.run(add_one, 1);
+    let mixed = d.submit(scaled, (&shared, k)).map_err(fail)?;
+    let by_value = d.submit(scaled, (shared.clone(), 3u64)).map_err(fail)?;
+    let got = d.get_results_with(&sums, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(got.iter().all(|r| *r == Ok(500_500)), format!("sums: {got:?}"))?;
+    check(one(&d, mixed)? == Ok(1_001_000), "with a task's result beside it")?;
+    check(one(&d, by_value)? == Ok(1_501_500), "with a value beside it")?;
+    let later = d.submit(total, &shared).map_err(fail)?;
+    check(one(&d, later)? == Ok(500_500), "still there for a later task")?;
+    check(shared.encoded_len() > 1_000, format!("{shared:?}"))
+}
+
+fn a_shared_value_is_taken_by_many_tasks_multicore() -> Result<(), Failed> {
+    shared_values(MulticoreDispatcher::new(2).map_err(fail)?)
+}
+
+fn a_shared_value_is_taken_by_many_tasks_on_a_cluster() -> Result<(), Failed> {
+    let c = cluster("graph-shared")?;
+    shared_values(driver(&c.server.addr))
+}
+
 /// A handle of another dispatcher, or of a task whose result was fetched, is refused at
 /// `submit` (and `after(...)` at `run`), and nothing is queued; `after_any` of a fetched task
 /// runs (it ended).
@@ -249,6 +282,8 @@ fn main() -> std::process::ExitCode {
         trial!(a_failed_task_fails_every_descendant_at_once_on_a_cluster),
         trial!(cancels_reach_waiting_tasks_and_dependents_multicore),
         trial!(cancels_reach_waiting_tasks_and_dependents_on_a_cluster),
+        trial!(a_shared_value_is_taken_by_many_tasks_multicore),
+        trial!(a_shared_value_is_taken_by_many_tasks_on_a_cluster),
         trial!(bad_handles_are_refused_and_nothing_is_queued),
     ];
     libtest_mimic::run(&args, trials).exit_code()

@@ -1,11 +1,12 @@
-//! W21–W22: task graphs. W21 is a chain of 1,000 tasks, each taking the one before's result:
+//! W21–W23: task graphs and shared inputs. W21 is a chain of 1,000 tasks, each taking the one before's result:
 //! the time per link against W2's round trip, measured alternately on the same dispatcher. W22
 //! is a reduction: leaves summed 16 at a time, level by level, all submitted at once, against
-//! the same number of independent tasks (W1's kind).
+//! the same number of independent tasks (W1's kind). W23 gives one large input to many tasks,
+//! shared (encoded once) against passed to each by value.
 
 use std::time::Instant;
 
-use blitzen::{Backend, Dispatcher, TaskId};
+use blitzen::{Backend, Blob, Dispatcher, TaskId};
 use serde_json::json;
 
 use super::side_by_side::alternately;
@@ -139,4 +140,50 @@ fn independent_once<B: Backend>(d: &Dispatcher<B>, tasks: u64) -> Result<f64> {
         return Err("W22: results missing".into());
     }
     Ok(rate)
+}
+
+/// The sum of an input's bytes, each taken as a number.
+#[blitzen::task]
+fn byte_sum(data: Blob) -> u64 {
+    data.iter().map(|&b| u64::from(b)).sum()
+}
+
+const W23_TASKS: u64 = 20;
+const W23_BYTES: usize = 100 << 20;
+
+/// W23: 20 tasks each reading one 100 MiB input: the time with the input shared, as a
+/// percentage of the time with it passed to each task by value, alternately.
+pub(super) fn shared<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
+    let input = Blob::from(vec![1u8; W23_BYTES]);
+    let by_share = || {
+        let start = Instant::now();
+        let handle = d.share(&input).map_err(|e| e.to_string())?;
+        let ids: Vec<_> = (0..W23_TASKS)
+            .map(|_| d.submit(byte_sum, &handle))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        check_sums(&wait(d, &ids)?)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let by_value = || {
+        let start = Instant::now();
+        let ids: Vec<_> = (0..W23_TASKS).map(|_| d.run(byte_sum, input.clone())).collect();
+        check_sums(&wait(d, &ids)?)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let (shared, valued) = alternately(runs, by_share, by_value)?;
+    Ok(Measured {
+        params: json!({ "tasks": W23_TASKS, "input_bytes": W23_BYTES, "type": "Blob" }),
+        runs: shared.iter().zip(&valued).map(|(s, v)| 100.0 * s / v).collect(),
+        units: "% of the time by value",
+        better: Better::Lower,
+        extra: vec![("s_shared", median(&shared)), ("s_by_value", median(&valued))],
+    })
+}
+
+fn check_sums(sums: &[u64]) -> Result<()> {
+    match sums.iter().all(|&s| s == W23_BYTES as u64) {
+        true => Ok(()),
+        false => Err(format!("W23: sums {sums:?}")),
+    }
 }

@@ -26,7 +26,7 @@ use at_scale::at_scale;
 pub use at_scale::drive;
 use awaits::{async_latency, async_throughput, pending_futures};
 use durable::{durable_queue, durable_throughput, restart_queued};
-use graphs::{chain, tree};
+use graphs::{chain, shared, tree};
 use many_agents::many_agents;
 pub use many_agents::simulate;
 use side_by_side::{Compare, encrypted_vs_plain, watched_vs_unwatched};
@@ -76,10 +76,11 @@ pub enum Workload {
     W20,
     W21,
     W22,
+    W23,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 22] = [
+    pub const ALL: [Workload; 23] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -102,19 +103,20 @@ impl Workload {
         Workload::W20,
         Workload::W21,
         Workload::W22,
+        Workload::W23,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 22] = [
+        const NAMES: [&str; 23] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15", "W16", "W17", "W18", "W19", "W20", "W21", "W22",
+            "W14", "W15", "W16", "W17", "W18", "W19", "W20", "W21", "W22", "W23",
         ];
         NAMES[self as usize]
     }
 
     /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15, the 10M tasks
     /// of W16 and the 1,000 agents of W17 are about the server and its connections: distributed
-    /// only. The async face's W18–W20 and the graphs' W21–W22 run on both.
+    /// only. The async face's W18–W20 and the graphs' W21–W23 run on both.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
@@ -127,6 +129,7 @@ impl Workload {
                     | Workload::W20
                     | Workload::W21
                     | Workload::W22
+                    | Workload::W23
             )
     }
 }
@@ -138,7 +141,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W22"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W23"))
     }
 }
 
@@ -190,6 +193,8 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W21, Path::Distributed) => on_cluster(1, 2, |d| chain(d, runs)),
         (Workload::W22, Path::Multicore) => on_multicore(2, |d| tree(d, runs)),
         (Workload::W22, Path::Distributed) => on_cluster(1, 2, |d| tree(d, runs)),
+        (Workload::W23, Path::Multicore) => on_multicore(2, |d| shared(d, runs)),
+        (Workload::W23, Path::Distributed) => on_cluster(1, 2, |d| shared(d, runs)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use blitzen_net::{Admitted, ConnectError, NetError, Secret};
 use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, ToDriver, Welcome};
 use blitzen_protocol::ids::{DriverTaskId, KindIndex};
-use blitzen_protocol::{Outcome, Request};
+use blitzen_protocol::{BATCH_BYTES, Outcome, Request, by_size};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -257,11 +257,15 @@ impl Connection<'_> {
                         "session resumed; sending again what the server had not taken"
                     );
                 }
-                for batch in Vec::from_iter(backlog.calls.iter().cloned()).chunks(SUBMIT_BATCH) {
-                    let mut kinds = Vec::new();
-                    let tasks =
-                        batch.iter().map(|c| declared.submission(c.clone(), &mut kinds)).collect();
-                    let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                let calls = Vec::from_iter(backlog.calls.iter().cloned());
+                for batch in by_size(calls, |c| c.args.len()) {
+                    for batch in batch.chunks(SUBMIT_BATCH) {
+                        let mut kinds = Vec::new();
+                        let tasks = (batch.iter())
+                            .map(|c| declared.submission(c.clone(), &mut kinds))
+                            .collect();
+                        let _ = writer.send(FromDriver::Submit { kinds, tasks });
+                    }
                 }
                 if !backlog.cancels.is_empty() {
                     let mut ids: Vec<DriverTaskId> = backlog.cancels.iter().copied().collect();
@@ -336,12 +340,21 @@ impl Connection<'_> {
                 _ = writer.room(), if !writer.has_room() => {}
                 Some(first) = queue.recv(), if writer.has_room() => {
                     let (mut kinds, mut tasks) = (Vec::new(), Vec::new());
+                    // The arguments gathered: a submission stays within `BATCH_BYTES`.
+                    let mut bytes = 0;
                     let mut next = Some(first);
                     // Calls are gathered into one submission; a cancel goes out in its place
                     // among them, after the calls before it.
                     while let Some(outgoing) = next.take() {
                         match outgoing {
                             Outgoing::Call(call) => {
+                                if !tasks.is_empty() && bytes + call.args.len() > BATCH_BYTES {
+                                    let batch = std::mem::take(&mut tasks);
+                                    let kinds = std::mem::take(&mut kinds);
+                                    let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
+                                    bytes = 0;
+                                }
+                                bytes += call.args.len();
                                 backlog.calls.push_back(call.clone());
                                 tasks.push(declared.submission(call, &mut kinds));
                             }
@@ -350,6 +363,7 @@ impl Connection<'_> {
                                     let batch = std::mem::take(&mut tasks);
                                     let kinds = std::mem::take(&mut kinds);
                                     let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
+                                    bytes = 0;
                                 }
                                 debug!(count = ids.len(), "cancelling tasks");
                                 backlog.cancels.extend(ids.iter().copied());

@@ -142,8 +142,18 @@ struct Link {
 
 impl sealed::Sealed for Cluster {}
 
-/// Hands `call` to the connection, when there is one.
+/// Hands `call` to the connection, when there is one. Arguments that cannot fit in a message
+/// are refused here, rather than lost on the way.
 fn send_on(link: &LinkState, handoff: &Handoff, call: Call) -> Result<(), Outcome> {
+    if call.args.len() > blitzen_protocol::MAX_PAYLOAD_LEN {
+        let reason = format!(
+            "its arguments take {} bytes, more than a message to the server may carry ({}); \
+             share large inputs through files or split them",
+            call.args.len(),
+            blitzen_protocol::MAX_PAYLOAD_LEN
+        );
+        return Err(Outcome::Refused { reason });
+    }
     match link {
         LinkState::Up(l) if l.submissions.send(link::Outgoing::Call(call)).is_ok() => {
             handoff.sent.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{Assignment, TaskKind, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
+use blitzen_protocol::{Report, by_size};
 
 use super::agents::Agent;
 use super::drivers::Driver;
@@ -202,8 +203,10 @@ impl Core {
                 let _ = agent.tx.send(ToAgent::Ack(std::mem::take(&mut agent.acks)));
                 agent.acks_since = None;
             }
-            if !agent.outbox.is_empty() {
-                let _ = agent.tx.send(ToAgent::Run(std::mem::take(&mut agent.outbox)));
+            // In messages of a bounded size: large arguments never make one past the frame limit.
+            let outbox = std::mem::take(&mut agent.outbox);
+            for batch in by_size(outbox, |a| a.args.len()) {
+                let _ = agent.tx.send(ToAgent::Run(batch));
             }
         }
         for d in self.drivers.values_mut() {
@@ -215,9 +218,11 @@ impl Core {
                 }
             }
             if !d.outbox.is_empty() {
-                let batch = std::mem::take(&mut d.outbox);
+                let outbox = std::mem::take(&mut d.outbox);
                 if let Some(tx) = &d.tx {
-                    let _ = tx.send(ToDriver::Results(batch));
+                    for batch in by_size(outbox, Report::payload_len) {
+                        let _ = tx.send(ToDriver::Results(batch));
+                    }
                 }
             }
             // After the results: a driver that hears its tasks were taken already holds the
