@@ -111,19 +111,21 @@ fn w19_and_w20_report_the_async_figures() {
     assert_eq!(w20["extra"]["threads_before"], w20["extra"]["threads_while_pending"], "{w20}");
 }
 
-/// The graphs' rows on both paths, the tree at a small size: the chain reports its time per
-/// link and W2's p50 beside it, the tree both rates.
+/// The graphs' rows on both paths, the tree and the shared input at a small size: the chain
+/// reports its time per link and W2's p50 beside it, the tree both rates, the shared input
+/// both times.
 #[test]
 fn w21_and_w22_run_a_chain_and_a_tree() {
     let out = Command::new(bench())
-        .args(["--runs", "1", "--workload", "W21,W22", "--json"])
+        .args(["--runs", "1", "--workload", "W21,W22,W23", "--json"])
         .env("BLITZEN_BENCH_W22_LEVELS", "2")
+        .env("BLITZEN_BENCH_W23_MIB", "1")
         .output()
         .expect("the bench runs");
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let lines: Vec<Value> =
         text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
     for line in &lines {
         let figures: Vec<f64> = line["extra"]
             .as_object()

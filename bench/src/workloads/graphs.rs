@@ -149,12 +149,27 @@ fn byte_sum(data: Blob) -> u64 {
 }
 
 const W23_TASKS: u64 = 20;
-const W23_BYTES: usize = 100 << 20;
+
+/// W23's input: 100 MiB, or `BLITZEN_BENCH_W23_MIB` MiB.
+fn w23_bytes() -> Result<usize> {
+    match std::env::var("BLITZEN_BENCH_W23_MIB") {
+        Ok(n) => match n.trim().parse::<usize>() {
+            Ok(mib @ 1..=1024) => Ok(mib << 20),
+            _ => Err(format!("BLITZEN_BENCH_W23_MIB=`{n}` is not 1 … 1024")),
+        },
+        Err(_) => Ok(100 << 20),
+    }
+}
 
 /// W23: 20 tasks each reading one 100 MiB input: the time with the input shared, as a
 /// percentage of the time with it passed to each task by value, alternately.
 pub(super) fn shared<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
-    let input = Blob::from(vec![1u8; W23_BYTES]);
+    let bytes = w23_bytes()?;
+    let input = Blob::from(vec![1u8; bytes]);
+    let check_sums = |sums: &[u64]| match sums.iter().all(|&s| s == bytes as u64) {
+        true => Ok(()),
+        false => Err(format!("W23: sums {sums:?}")),
+    };
     let by_share = || {
         let start = Instant::now();
         let handle = d.share(&input).map_err(|e| e.to_string())?;
@@ -173,17 +188,10 @@ pub(super) fn shared<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measu
     };
     let (shared, valued) = alternately(runs, by_share, by_value)?;
     Ok(Measured {
-        params: json!({ "tasks": W23_TASKS, "input_bytes": W23_BYTES, "type": "Blob" }),
+        params: json!({ "tasks": W23_TASKS, "input_bytes": bytes, "type": "Blob" }),
         runs: shared.iter().zip(&valued).map(|(s, v)| 100.0 * s / v).collect(),
         units: "% of the time by value",
         better: Better::Lower,
         extra: vec![("s_shared", median(&shared)), ("s_by_value", median(&valued))],
     })
-}
-
-fn check_sums(sums: &[u64]) -> Result<()> {
-    match sums.iter().all(|&s| s == W23_BYTES as u64) {
-        true => Ok(()),
-        false => Err(format!("W23: sums {sums:?}")),
-    }
 }
