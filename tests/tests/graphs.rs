@@ -174,6 +174,8 @@ fn a_failed_task_fails_every_descendant_at_once_on_a_cluster() -> Result<(), Fai
 fn cancels<B: Backend>(d: Dispatcher<B>) -> Result<(), Failed> {
     let slow = d.run(sleep, 30.0);
     let waiting = d.submit(halve, slow).map_err(fail)?;
+    let stats = d.stats();
+    check(stats.waiting == 1 && stats.pending == 2, format!("waiting apart: {stats:?}"))?;
     let other_slow = d.run(sleep, 0.2);
     let withdrawn = d.submit(halve, other_slow).map_err(fail)?;
     d.cancel(&withdrawn).map_err(fail)?;

@@ -78,6 +78,11 @@ impl Graph {
         self.parked.insert(id, Parked { call, framing, values, missing: waits.len() });
     }
 
+    /// Tasks parked.
+    pub(crate) fn waiting(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Whether task `id` is parked.
     pub(crate) fn is_parked(&self, id: DriverTaskId) -> bool {
         self.parked.contains_key(&id)

@@ -779,7 +779,11 @@ impl ResultTable {
     /// What the table has counted.
     pub(crate) fn stats(&self) -> DispatcherStats {
         let st = self.lock();
-        DispatcherStats { pending: st.pending, duplicates: st.duplicates }
+        DispatcherStats {
+            pending: st.pending,
+            waiting: st.graph.waiting(),
+            duplicates: st.duplicates,
+        }
     }
 }
 
@@ -791,6 +795,10 @@ impl ResultTable {
 pub struct DispatcherStats {
     /// Tasks submitted and not yet finished.
     pub pending: usize,
+    /// Of those, tasks waiting for other tasks' results (or ends) before they are sent: see
+    /// [`Dispatcher::submit`](crate::Dispatcher::submit) and
+    /// [`Dispatcher::after`](crate::Dispatcher::after).
+    pub waiting: usize,
     /// Results that arrived for a task that already had one, and were dropped: the caller
     /// sees each task's result once whatever this says. On a cluster a server sends again,
     /// after a driver reconnects, the results whose acknowledgement it had not received, so a
