@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use blitzen::{Backend, DispatchError, Dispatcher, Fetch, MulticoreDispatcher, TaskError, sleep};
 use blitzen_tests::cluster::{Process, ServerProcess, TempFile, driver, start_server};
-use blitzen_tests::tally::{own_agent_main, start_own_agent};
+use blitzen_tests::proxy::Proxy;
+use blitzen_tests::tally::{Tally, counted, own_agent_main, start_own_agent};
 use blitzen_tests::{check, fail, trial};
 use libtest_mimic::{Arguments, Failed};
 
@@ -242,6 +243,42 @@ fn a_shared_value_is_taken_by_many_tasks_on_a_cluster() -> Result<(), Failed> {
     shared_values(driver(&c.server.addr))
 }
 
+/// A graph whose driver link is cut midway: every root and every dependent (released by the
+/// driver, some while the link was down) runs exactly once, each dependent with its root's
+/// value, and no result comes twice but those the server was owed.
+fn a_cut_driver_link_mid_graph_runs_every_task_once() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let _agent = start_own_agent(&server.addr, 2, "graph-cut", Duration::from_millis(500))?;
+    let proxy = Proxy::start(&server.addr).map_err(fail)?;
+    let d = driver(&proxy.addr);
+    let (roots, dependents) = (Tally::new().map_err(fail)?, Tally::new().map_err(fail)?);
+    const N: u64 = 400;
+    let root_ids: Vec<_> = (0..N).map(|i| d.run(counted, roots.args(i, 3))).collect();
+    let dep_ids: Vec<_> = root_ids
+        .iter()
+        .map(|&root| {
+            let (file, _, millis) = dependents.args(0, 3);
+            d.submit(counted, (file, root, millis))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    // Cut once the first roots are done, while most are still to run: their dependents are
+    // released while the link is down, and sent once it is back.
+    let early = d.get_results_with(&root_ids[..50], Fetch::keep().within(WAIT)).map_err(fail)?;
+    check(early.iter().all(|r| r.is_ok()), "the first roots")?;
+    proxy.cut();
+    let rest = d.get_results_with(&dep_ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<u64, TaskError>> = (0..N).map(Ok).collect();
+    check(rest == expected, format!("each dependent with its root's value: {rest:?}"))?;
+    roots.check_each_once(0..N)?;
+    dependents.check_each_once(0..N)?;
+    let log = server.process.log_text();
+    check(log.contains("driver reconnected to its session"), format!("resumed:\n{log}"))?;
+    let owed = blitzen_tests::log_sum(&log, "driver reconnected to its session", "owed");
+    let duplicates = d.stats().duplicates;
+    check(duplicates <= owed, format!("{duplicates} results came twice, {owed} were owed"))
+}
+
 /// A handle of another dispatcher, or of a task whose result was fetched, is refused at
 /// `submit` (and `after(...)` at `run`), and nothing is queued; `after_any` of a fetched task
 /// runs (it ended).
@@ -286,6 +323,7 @@ fn main() -> std::process::ExitCode {
         trial!(cancels_reach_waiting_tasks_and_dependents_on_a_cluster),
         trial!(a_shared_value_is_taken_by_many_tasks_multicore),
         trial!(a_shared_value_is_taken_by_many_tasks_on_a_cluster),
+        trial!(a_cut_driver_link_mid_graph_runs_every_task_once),
         trial!(bad_handles_are_refused_and_nothing_is_queued),
     ];
     libtest_mimic::run(&args, trials).exit_code()
