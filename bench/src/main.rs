@@ -12,8 +12,8 @@
 //! them when done; `bench/pool_baseline.py` measures Python's `multiprocessing.Pool` on the
 //! same workloads, and `--baseline` puts its figures beside ours.
 //!
-//! - `workloads`: W1–W8 in `workloads/mod.rs`, with the data directory's W9–W11
-//!   (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`), W16's 10M tasks
+//! - `workloads`: W1–W6 in `workloads/mod.rs`, with idle cost and start-up W7–W8 (`idle`),
+//!   the data directory's W9–W11 (`durable`), the side-by-side clusters of W12–W15 (`side_by_side`), W16's 10M tasks
 //!   (`at_scale`), W17's thousand agents (`many_agents`), the async face's W18–W20
 //!   (`awaits`) and the graphs' W21–W23 (`graphs`) in files of their own.
 //! - `procs`: the server, agent and driver child processes.

@@ -29,6 +29,26 @@ pub struct Call {
     pub stream: bool,
 }
 
+impl Call {
+    /// A call of task `name` with no arguments and every option at its default, for tests.
+    #[cfg(test)]
+    pub(crate) fn plain(id: DriverTaskId, name: &'static str, signature: &'static str) -> Self {
+        Call {
+            id,
+            name,
+            signature,
+            fingerprint: 1,
+            args: Bytes::new(),
+            timeout: None,
+            retries: 0,
+            unrunnable_limit: None,
+            request: None,
+            label: None,
+            stream: false,
+        }
+    }
+}
+
 /// What sends a task the result table released once its inputs came in, from whatever thread
 /// completed them ([`Backend::releaser`](crate::Backend::releaser)): `Err` with the outcome to
 /// settle the task with when the backend has stopped.

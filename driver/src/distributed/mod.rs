@@ -2,10 +2,14 @@
 //! `spawn_server` and `spawn_client`; [`LocalCluster`]: a server and an agent inside this
 //! program, for trying things out and for tests.
 //!
-//! - `link`: the driver's connection (runtime thread): connect, submit, receive, acknowledge.
+//! - `link`: the driver's connection (runtime thread): connect, submit, receive, acknowledge;
+//!   `backlog`: what it sent that the server has not taken, sent again after a reconnect;
+//!   `handoff`: how many tasks it was handed and the server has taken (`wait_accepted`).
 //! - `local`: [`LocalCluster`].
 //! - `spawn`: the seed's `spawn_server` and `spawn_client`, a server or an agent in this process.
 
+mod backlog;
+mod handoff;
 mod link;
 mod local;
 mod spawn;
@@ -15,9 +19,9 @@ pub use blitzen_net::{ConnectError, Secret, SecretError};
 pub use local::LocalCluster;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use blitzen_common::logging;
 use blitzen_net::PeerTls;
@@ -31,6 +35,7 @@ use crate::dispatcher::{Backend, Call, Dispatcher, Releaser, sealed};
 use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
+use handoff::Handoff;
 
 /// Runs tasks on the agents of a Blitzen cluster.
 ///
@@ -156,7 +161,7 @@ fn send_on(link: &LinkState, handoff: &Handoff, call: Call) -> Result<(), Outcom
     }
     match link {
         LinkState::Up(l) if l.submissions.send(link::Outgoing::Call(call)).is_ok() => {
-            handoff.sent.fetch_add(1, Ordering::Relaxed);
+            handoff.sent();
             Ok(())
         }
         _ => Err(Outcome::Lost { reason: "the connection to the server has ended".into() }),
@@ -431,60 +436,7 @@ impl Dispatcher<Cluster> {
     /// with a result saying why), or `within` has passed. Useful before exiting without
     /// waiting for results, and to pace very large submissions.
     pub fn wait_accepted(&self, within: Duration) -> Result<(), DispatchError> {
-        let target = self.backend.handoff.sent.load(Ordering::Relaxed);
-        let deadline = Instant::now() + within;
-        let handoff = &self.backend.handoff;
-        let mut state = handoff.state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if state.accepted >= target {
-                return Ok(());
-            }
-            if let Some(reason) = &state.ended {
-                return Err(DispatchError::Disconnected(reason.clone()));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(DispatchError::WaitTimedOut {
-                    waited: within,
-                    pending: (target - state.accepted) as usize,
-                    total: target as usize,
-                    detail: Some("the server has not taken them yet".into()),
-                });
-            }
-            state =
-                handoff.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
-        }
-    }
-}
-
-/// Tasks handed to the connection, and how many of them the server has taken.
-#[derive(Debug, Default)]
-pub(crate) struct Handoff {
-    sent: AtomicU64,
-    state: Mutex<HandoffState>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct HandoffState {
-    accepted: u64,
-    /// Why the connection ended, once it has.
-    ended: Option<String>,
-}
-
-impl Handoff {
-    /// The server's count of tasks taken.
-    pub(crate) fn accepted(&self, count: u64) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).accepted = count;
-        self.changed.notify_all();
-    }
-
-    /// The connection is over: nothing more will be taken.
-    pub(crate) fn end(&self, reason: &str) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ended.get_or_insert_with(|| reason.to_string());
-        drop(state);
-        self.changed.notify_all();
+        self.backend.handoff.wait_accepted(within)
     }
 }
 

@@ -9,13 +9,18 @@
 //! every descendant at once. A task can only wait on tasks issued before it, so there are no
 //! cycles.
 
-use blitzen_common::inputs::{Framing, Parts};
-use blitzen_protocol::Outcome;
+use std::sync::OnceLock;
+
+use blitzen_common::inputs::{Framing, Part, Parts};
 use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::{Outcome, Report};
 use bytes::Bytes;
 
-use super::ByTask;
-use crate::call::Call;
+use super::slots::Slot;
+use super::{ByTask, ResultTable};
+use crate::call::{Call, Releaser};
+use crate::error::DispatchError;
+use crate::results::{Predecessor, TaskId};
 
 /// What a parked task waits for from one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,25 +151,146 @@ pub(crate) fn dependency_failed(id: DriverTaskId, name: &str, failed: &Outcome) 
     }
 }
 
+/// The table's [`Releaser`], once set.
+#[derive(Default)]
+pub(super) struct ReleaseTo(OnceLock<Releaser>);
+
+impl std::fmt::Debug for ReleaseTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ReleaseTo(set)" } else { "ReleaseTo(unset)" })
+    }
+}
+
+/// The table's side of the graph: tasks registered to wait, released, cancelled.
+impl ResultTable {
+    /// Sends tasks whose inputs are all in; one the backend cannot take is settled.
+    pub(super) fn release(&self, calls: Vec<Call>) {
+        for call in calls {
+            let id = call.id;
+            let sent = match self.releaser.0.get() {
+                Some(send) => send(call),
+                None => Err(Outcome::Lost { reason: "nothing sends released tasks".into() }),
+            };
+            if let Err(outcome) = sent {
+                self.settle(id, outcome);
+            }
+        }
+    }
+
+    /// Sets what sends released tasks; the first call wins.
+    pub(crate) fn set_releaser(&self, releaser: Releaser) {
+        let _ = self.releaser.0.set(releaser);
+    }
+
+    /// Registers a task that waits for others (see [`Graph`]), as [`register`](Self::register)
+    /// does one that does not. Every task it names — in `parts` (results standing for
+    /// arguments) and `after` — must be this table's and not fetched, or nothing is registered.
+    /// Returns its id, and its call (arguments spliced) when nothing is left to wait for:
+    /// then the caller sends it.
+    pub(crate) fn register_waiting<O>(
+        &self,
+        task: &'static str,
+        mut call: Call,
+        parts: Parts,
+        after: &[Predecessor],
+    ) -> Result<(TaskId<O>, Option<Call>), DispatchError> {
+        let mut st = self.lock();
+        let mut values = Vec::with_capacity(parts.parts.len());
+        let mut waits = Vec::new();
+        let mut failed = None;
+        let waited = (parts.parts.iter().enumerate())
+            .filter_map(|(i, part)| match part {
+                Part::Result { origin, seq } => Some((*origin, *seq, Wait::Input(i))),
+                _ => None,
+            })
+            .chain(
+                after
+                    .iter()
+                    .map(|p| (p.origin, p.seq, if p.any { Wait::AfterAny } else { Wait::After })),
+            );
+        for (origin, seq, wait) in waited {
+            if origin != st.origin || seq == 0 || seq >= st.next {
+                return Err(DispatchError::UnknownTask(seq));
+            }
+            let on = DriverTaskId::new(seq);
+            match (st.slots.get(seq), wait) {
+                (Some(Slot::Pending(_)), _) => waits.push((on, wait)),
+                (Some(Slot::Done(r)), _) => match (&r.run.outcome, wait) {
+                    (Outcome::Value(_), _) | (_, Wait::AfterAny) => {}
+                    (other, _) => {
+                        failed.get_or_insert_with(|| dependency_failed(on, &r.task, other));
+                    }
+                },
+                // Fetched: it ended, which is all `after_any` waits for.
+                (_, Wait::AfterAny) => {}
+                _ => return Err(DispatchError::AlreadyFetched(seq)),
+            }
+        }
+        for part in parts.parts {
+            values.push(match part {
+                Part::Value(bytes) => Some(bytes),
+                Part::Result { seq, .. } => match st.slots.get(seq) {
+                    Some(Slot::Done(r)) => match &r.run.outcome {
+                        Outcome::Value(bytes) => Some(bytes.clone()),
+                        _ => Some(Bytes::new()),
+                    },
+                    _ => None,
+                },
+                Part::Unencodable(_) => Some(Bytes::new()),
+            });
+        }
+        let seq = st.next;
+        st.next += 1;
+        let id = TaskId::new(st.origin, seq);
+        let kind = st.kinds.id(task, call.signature);
+        st.slots.insert(seq, Slot::Pending(kind));
+        st.pending += 1;
+        call.id = id.task();
+        let settled = st.closed.clone().or(failed);
+        if settled.is_none() && !waits.is_empty() {
+            st.graph.park(call, parts.framing, values, waits);
+            return Ok((id, None));
+        }
+        drop(st);
+        if let Some(outcome) = settled {
+            self.settle(id.task(), outcome);
+            return Ok((id, None));
+        }
+        let values: Vec<Bytes> = values.into_iter().map(Option::unwrap_or_default).collect();
+        call.args = Parts::splice(&parts.framing, &values);
+        Ok((id, Some(call)))
+    }
+
+    /// Settles those of `ids` still waiting for others (they were never sent) with `outcome`;
+    /// returns the others.
+    pub(crate) fn cancel_waiting(
+        &self,
+        ids: Vec<DriverTaskId>,
+        outcome: &Outcome,
+    ) -> Vec<DriverTaskId> {
+        let (waiting, sent): (Vec<DriverTaskId>, Vec<DriverTaskId>) = {
+            let st = self.lock();
+            if st.graph.is_empty() {
+                return ids;
+            }
+            ids.into_iter().partition(|&id| st.graph.is_parked(id))
+        };
+        if !waiting.is_empty() {
+            self.complete(
+                waiting.into_iter().map(|id| Report::unstarted(id, outcome.clone())).collect(),
+            );
+        }
+        sent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use blitzen_common::task::encode_value;
 
     fn call(id: u64) -> Call {
-        Call {
-            id: DriverTaskId::new(id),
-            name: "merge",
-            signature: "fn merge(u64, u64) -> u64",
-            fingerprint: 1,
-            args: Bytes::new(),
-            timeout: None,
-            retries: 0,
-            unrunnable_limit: None,
-            request: None,
-            label: None,
-            stream: false,
-        }
+        Call::plain(DriverTaskId::new(id), "merge", "fn merge(u64, u64) -> u64")
     }
 
     fn value(v: u64) -> Bytes {
