@@ -11,7 +11,8 @@
 //! result of another task (the encoding of a value of the same type) spliced in its place:
 //! [`Parts::splice`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+pub use blitzen_protocol::inputs::Framing;
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::task::{Task, encode_value};
@@ -64,18 +65,6 @@ pub struct Parts {
     pub parts: Vec<Part>,
 }
 
-/// How the parts of a submission make its encoded arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Framing {
-    /// One argument: the one part itself.
-    Single,
-    /// Several arguments: a MessagePack array of the parts.
-    Array,
-    /// `head`, then each part as its length (`u32`, little-endian) and its bytes: for tasks
-    /// whose arguments are not MessagePack (the Python package's calls).
-    Prefixed(Bytes),
-}
-
 impl Parts {
     /// A task of one argument.
     pub fn single(part: Part) -> Self {
@@ -90,37 +79,7 @@ impl Parts {
     /// The encoded arguments, once every part is a value (`values`, in order: the parts'
     /// own values, and results put in for the others).
     pub fn splice(framing: &Framing, values: &[Bytes]) -> Bytes {
-        let len: usize = values.iter().map(Bytes::len).sum();
-        let head = match framing {
-            Framing::Single => return values.first().cloned().unwrap_or_default(),
-            Framing::Prefixed(head) => {
-                let mut out = BytesMut::with_capacity(head.len() + len + 4 * values.len());
-                out.extend_from_slice(head);
-                for v in values {
-                    out.put_u32_le(v.len() as u32);
-                    out.extend_from_slice(v);
-                }
-                return out.freeze();
-            }
-            Framing::Array => values.len() as u32,
-        };
-        let mut out = BytesMut::with_capacity(len + 5);
-        let n = head;
-        match n {
-            0..=15 => out.put_u8(0x90 | n as u8),
-            16..=0xffff => {
-                out.put_u8(0xdc);
-                out.put_u16(n as u16);
-            }
-            _ => {
-                out.put_u8(0xdd);
-                out.put_u32(n);
-            }
-        }
-        for v in values {
-            out.extend_from_slice(v);
-        }
-        out.freeze()
+        blitzen_protocol::inputs::splice(framing, values)
     }
 }
 
@@ -152,19 +111,5 @@ mod tests {
         let head = Bytes::from_static(b"hd");
         let prefixed = Parts::splice(&Framing::Prefixed(head), &[Bytes::from_static(b"abc")]);
         assert_eq!(&prefixed[..], b"hd\x03\x00\x00\x00abc");
-    }
-
-    #[test]
-    fn one_argument_is_its_part_itself_not_a_copy() {
-        let big = Bytes::from(vec![7u8; 1 << 20]);
-        let args = Parts::splice(&Framing::Single, std::slice::from_ref(&big));
-        assert_eq!(args.as_ptr(), big.as_ptr());
-    }
-
-    #[test]
-    fn long_argument_lists_get_a_longer_array_header() {
-        let values: Vec<Bytes> = (0..20u8).map(|i| value(i.part())).collect();
-        let whole = encode_value(&(0..20u8).collect::<Vec<_>>()).expect("encodes");
-        assert_eq!(Parts::splice(&Framing::Array, &values), whole);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::inputs::Inputs;
 use blitzen_protocol::{Outcome, Request};
 use bytes::Bytes;
 
@@ -27,9 +28,21 @@ pub struct Call {
     pub label: Option<&'static str>,
     /// Whether its lines are sent as it prints them ([`Dispatcher::with_output`]).
     pub stream: bool,
+    /// What it waits for, when the backend holds it until then
+    /// ([`Backend::holds_inputs`](crate::Backend::holds_inputs)); `args` is empty then.
+    pub inputs: Option<Box<Inputs>>,
 }
 
 impl Call {
+    /// The bytes of its arguments, or of the values among its inputs.
+    pub fn payload_len(&self) -> usize {
+        let values = self.inputs.iter().flat_map(|i| i.parts.iter()).map(|p| match p {
+            blitzen_protocol::inputs::InputPart::Value(bytes) => bytes.len(),
+            blitzen_protocol::inputs::InputPart::Result(_) => 0,
+        });
+        self.args.len() + values.sum::<usize>()
+    }
+
     /// A call of task `name` with no arguments and every option at its default, for tests.
     #[cfg(test)]
     pub(crate) fn plain(id: DriverTaskId, name: &'static str, signature: &'static str) -> Self {
@@ -45,6 +58,7 @@ impl Call {
             request: None,
             label: None,
             stream: false,
+            inputs: None,
         }
     }
 }

@@ -57,6 +57,14 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     /// thread completed them.
     #[doc(hidden)]
     fn releaser(&self) -> Releaser;
+
+    /// Whether what runs the tasks holds a task with inputs until they are in (the cluster's
+    /// server does): then the dispatcher sends it at once, with what it waits for, instead of
+    /// holding it itself.
+    #[doc(hidden)]
+    fn holds_inputs(&self) -> bool {
+        false
+    }
 }
 
 /// Runs the blocking wait `wait` of the call `call` unless that would stall the Tokio runtime
@@ -303,6 +311,7 @@ impl<B: Backend> Dispatcher<B> {
             request,
             label: options.label,
             stream: self.streaming,
+            inputs: None,
         })
     }
 

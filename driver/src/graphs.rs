@@ -153,7 +153,8 @@ impl<B: Backend> Dispatcher<B> {
                 return Ok(id);
             }
         };
-        let (id, ready) = self.table.register_waiting(shown, call, parts, after)?;
+        let held = self.backend.holds_inputs();
+        let (id, ready) = self.table.register_waiting(shown, call, parts, after, held)?;
         if let Some(call) = ready
             && let Err(outcome) = self.backend.submit(call)
         {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::finished::Report;
 use crate::ids::{ConnId, DriverTaskId, KindIndex, ServerId, TaskKey};
+use crate::inputs::Inputs;
 use crate::output::{AgentOutput, TaskOutput};
 
 mod kinds;
@@ -22,7 +23,7 @@ use crate::resources::{Capacity, Request};
 pub use kinds::{AgentSignature, Mismatch, TaskKind};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 13;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 14;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -199,6 +200,11 @@ pub struct Submission {
     /// takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unrunnable_limit_ms: Option<u64>,
+    /// What it waits for before it can run: other tasks' results standing among its
+    /// arguments (then `args` is empty), or their ends. The server holds it until those are
+    /// in, then splices its arguments and queues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<Inputs>>,
 }
 
 /// Fields at their default are left out of the per-task messages (they are read back as the

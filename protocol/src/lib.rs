@@ -4,6 +4,7 @@
 //!   bytes of MessagePack. [`frame::decode_frame`] is the single decoding core; the blocking
 //!   [`frame::FrameReader`] and the async [`frame::FrameCodec`] (a `tokio_util` codec) both use it,
 //!   so both ends enforce the same [`frame::MAX_FRAME_LEN`].
+//! - [`inputs`]: a task's inputs from other tasks, and how its arguments are spliced from them.
 //! - [`ids`]: the ids on the wire, one type each ([`TaskKey`], [`DriverTaskId`], [`ConnId`]…).
 //! - [`finished`]: [`Finished`], how one run of a task ended (its [`Outcome`], its [`Captured`]
 //!   output, its run time), and [`Report`], the one record every hop of a finished task carries
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod finished;
 pub mod frame;
 pub mod ids;
+pub mod inputs;
 pub mod output;
 pub mod resources;
 pub mod size;

@@ -76,6 +76,9 @@ pub struct ServerStatus {
     pub durable: bool,
     /// Tasks waiting at the server for an agent.
     pub queued: u64,
+    /// Tasks waiting at the server for other tasks (their inputs) before they are queued.
+    #[serde(default)]
+    pub waiting: u64,
     /// Tasks handed to agents that wait there for a worker (prefetched, so that workers never
     /// idle between short tasks).
     pub prefetched: u64,
@@ -161,6 +164,9 @@ pub struct SessionStatus {
     pub submitted: u64,
     /// Waiting at the server for an agent.
     pub queued: u64,
+    /// Waiting at the server for other tasks (their inputs) before they are queued.
+    #[serde(default)]
+    pub waiting: u64,
     /// Handed to agents, waiting there for a worker.
     pub prefetched: u64,
     /// Running on a worker, as the agents last reported.

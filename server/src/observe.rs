@@ -182,9 +182,10 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "tasks: {} queued, {} waiting at agents, {} running, {} finished ({} failed, {} \
-         cancelled); {:.1}/s over the last minute; {} results not yet fetched",
+        "tasks: {} queued, {} waiting on inputs, {} waiting at agents, {} running, {} finished \
+         ({} failed, {} cancelled); {:.1}/s over the last minute; {} results not yet fetched",
         s.queued,
+        s.waiting,
         s.prefetched,
         s.running,
         s.finished,
@@ -247,6 +248,7 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
                     if d.connected { "connected" } else { "departed" }.to_string(),
                     d.submitted.to_string(),
                     d.queued.to_string(),
+                    d.waiting.to_string(),
                     d.prefetched.to_string(),
                     d.running.to_string(),
                     d.done.to_string(),
@@ -262,6 +264,7 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
             "STATE",
             "SUBMITTED",
             "QUEUED",
+            "ON INPUTS",
             "AT AGENTS",
             "RUNNING",
             "DONE",

@@ -172,6 +172,20 @@ pub struct ServerProcess {
     pub addr: String,
 }
 
+impl ServerProcess {
+    /// `blitzen-server status --json` of it, parsed (the secret from the environment).
+    pub fn status(&self) -> io::Result<serde_json::Value> {
+        let output = Command::new(binary("blitzen-server")?)
+            .args(["status", "--server", &self.addr, "--json"])
+            .output()?;
+        if !output.status.success() {
+            let said = String::from_utf8_lossy(&output.stderr);
+            return Err(io::Error::other(format!("status failed: {said}")));
+        }
+        serde_json::from_slice(&output.stdout).map_err(io::Error::other)
+    }
+}
+
 /// Starts `blitzen-server` on 127.0.0.1 (port 0 unless `args` names one) and waits until it
 /// listens.
 pub fn start_server(args: &[&str]) -> io::Result<ServerProcess> {

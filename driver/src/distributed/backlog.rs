@@ -1,5 +1,12 @@
 //! [`Backlog`]: what the driver sent and the server has not taken yet, sent again after a
-//! reconnect.
+//! reconnect; and the acknowledgements held back meanwhile.
+//!
+//! A task sent with inputs the server is to fill waits there on other tasks of the session.
+//! The server meets such a wait with a result it still holds, and it forgets a result once
+//! acknowledged: so the result of a task that a call not yet taken by the server waits on is
+//! acknowledged only once the server has taken that call.
+
+use std::collections::HashMap;
 
 use blitzen_protocol::ids::DriverTaskId;
 
@@ -18,6 +25,10 @@ pub(super) struct Backlog {
     foreign: u64,
     /// Calls sent after the first `accepted`, oldest first.
     pub(super) calls: std::collections::VecDeque<Call>,
+    /// Tasks that calls of `calls` wait on, each with the number of such waits.
+    waited_on: HashMap<DriverTaskId, u32>,
+    /// Results received whose acknowledgement waits until no call of `calls` waits on them.
+    withheld: Vec<DriverTaskId>,
     /// Tasks asked to be cancelled whose results have not arrived: asked again on every new
     /// connection, since the server may not have heard (the cancel is idempotent).
     pub(super) cancels: std::collections::HashSet<DriverTaskId>,
@@ -41,10 +52,54 @@ impl Backlog {
     /// The server holds `accepted` of the session's tasks: those are off the backlog.
     pub(super) fn accepted_in_session(&mut self, accepted: u64) {
         let total = self.base + accepted.saturating_sub(self.foreign);
-        while self.accepted < total && self.calls.pop_front().is_some() {
+        while self.accepted < total
+            && let Some(call) = self.calls.pop_front()
+        {
             self.accepted += 1;
+            if let Some(inputs) = &call.inputs {
+                for (on, _) in inputs.waits() {
+                    if let Some(n) = self.waited_on.get_mut(&on) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.waited_on.remove(&on);
+                        }
+                    }
+                }
+            }
         }
         self.accepted = self.accepted.max(total);
+    }
+
+    /// `call` was sent.
+    pub(super) fn sent(&mut self, call: Call) {
+        if let Some(inputs) = &call.inputs {
+            for (on, _) in inputs.waits() {
+                *self.waited_on.entry(on).or_default() += 1;
+            }
+        }
+        self.calls.push_back(call);
+    }
+
+    /// Of the results `ids` just received, those to acknowledge now; the others are held back
+    /// until [`acknowledgeable`](Self::acknowledgeable) gives them.
+    pub(super) fn acknowledge_now(&mut self, ids: Vec<DriverTaskId>) -> Vec<DriverTaskId> {
+        if self.waited_on.is_empty() {
+            return ids;
+        }
+        let (now, later) = ids.into_iter().partition(|id| !self.waited_on.contains_key(id));
+        self.withheld.extend(later);
+        now
+    }
+
+    /// Results held back that no call in the backlog waits on any more.
+    pub(super) fn acknowledgeable(&mut self) -> Vec<DriverTaskId> {
+        if self.withheld.is_empty() {
+            return Vec::new();
+        }
+        let (now, later) = (std::mem::take(&mut self.withheld).into_iter())
+            .partition(|id| !self.waited_on.contains_key(id));
+        self.withheld = later;
+        now
     }
 }
 
@@ -54,6 +109,27 @@ mod tests {
 
     fn call(id: u64) -> Call {
         Call::plain(DriverTaskId::new(id), "t", "fn t()")
+    }
+
+    #[test]
+    fn a_result_a_call_not_taken_yet_waits_on_is_acknowledged_once_the_call_is_taken() {
+        use blitzen_protocol::inputs::{Framing, InputPart, Inputs};
+        let mut b = Backlog::default();
+        b.session(false, 0);
+        let mut waiting = call(2);
+        let on = DriverTaskId::new(1);
+        let parts = vec![InputPart::Result(on)];
+        waiting.inputs = Some(Box::new(Inputs { framing: Framing::Single, parts, after: vec![] }));
+        b.sent(call(1));
+        b.sent(waiting);
+        let (one, three) = (DriverTaskId::new(1), DriverTaskId::new(3));
+        assert_eq!(b.acknowledge_now(vec![one, three]), [three], "1 is held back");
+        assert!(b.acknowledgeable().is_empty());
+        b.accepted_in_session(1);
+        assert!(b.acknowledgeable().is_empty(), "the waiting call is not taken yet");
+        b.accepted_in_session(2);
+        assert_eq!(b.acknowledgeable(), [one]);
+        assert_eq!(b.acknowledge_now(vec![one]), [one], "nothing waits on it now");
     }
 
     #[test]

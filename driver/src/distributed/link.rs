@@ -209,6 +209,10 @@ impl Connection<'_> {
                 }
                 backlog.session(resumed, accepted);
                 self.handoff.accepted(backlog.accepted);
+                let held_back = backlog.acknowledgeable();
+                if !held_back.is_empty() {
+                    let _ = writer.send_urgent(FromDriver::Ack(held_back));
+                }
                 if resumed || !backlog.calls.is_empty() {
                     info!(
                         resent = backlog.calls.len(),
@@ -216,7 +220,7 @@ impl Connection<'_> {
                     );
                 }
                 let calls = Vec::from_iter(backlog.calls.iter().cloned());
-                for batch in by_size(calls, |c| c.args.len()) {
+                for batch in by_size(calls, Call::payload_len) {
                     for batch in batch.chunks(SUBMIT_BATCH) {
                         let mut kinds = Vec::new();
                         let tasks = (batch.iter())
@@ -251,6 +255,10 @@ impl Connection<'_> {
                     Ok(Some(ToDriver::Accepted { count })) => {
                         backlog.accepted_in_session(count);
                         self.handoff.accepted(backlog.accepted);
+                        let held_back = backlog.acknowledgeable();
+                        if !held_back.is_empty() {
+                            let _ = writer.send_urgent(FromDriver::Ack(held_back));
+                        }
                     }
                     Ok(Some(ToDriver::Results(reports))) => {
                         let ids: Vec<DriverTaskId> = reports.iter().map(|r| r.id).collect();
@@ -261,7 +269,10 @@ impl Connection<'_> {
                             }
                         }
                         self.table.complete(reports);
-                        let _ = writer.send_urgent(FromDriver::Ack(ids));
+                        let ids = backlog.acknowledge_now(ids);
+                        if !ids.is_empty() {
+                            let _ = writer.send_urgent(FromDriver::Ack(ids));
+                        }
                     }
                     Ok(Some(ToDriver::Output(output))) => {
                         for o in output {
@@ -305,15 +316,23 @@ impl Connection<'_> {
                     // among them, after the calls before it.
                     while let Some(outgoing) = next.take() {
                         match outgoing {
-                            Outgoing::Call(call) => {
-                                if !tasks.is_empty() && bytes + call.args.len() > BATCH_BYTES {
+                            Outgoing::Call(mut call) => {
+                                // Inputs that ended here since: filled in before it leaves.
+                                if let Err(outcome) = self.table.fill_ended(&mut call) {
+                                    self.table.settle(call.id, outcome);
+                                    if tasks.len() < SUBMIT_BATCH {
+                                        next = queue.try_recv().ok();
+                                    }
+                                    continue;
+                                }
+                                if !tasks.is_empty() && bytes + call.payload_len() > BATCH_BYTES {
                                     let batch = std::mem::take(&mut tasks);
                                     let kinds = std::mem::take(&mut kinds);
                                     let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
                                     bytes = 0;
                                 }
-                                bytes += call.args.len();
-                                backlog.calls.push_back(call.clone());
+                                bytes += call.payload_len();
+                                backlog.sent(call.clone());
                                 tasks.push(declared.submission(call, &mut kinds));
                             }
                             Outgoing::Cancel(ids) => {
@@ -423,6 +442,7 @@ impl Declared {
             timeout_ms: call.timeout.map(|t| t.as_millis() as u64),
             retries: call.retries,
             unrunnable_limit_ms: call.unrunnable_limit.map(|t| t.as_millis() as u64),
+            inputs: call.inputs,
         }
     }
 }

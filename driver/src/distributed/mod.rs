@@ -150,11 +150,11 @@ impl sealed::Sealed for Cluster {}
 /// Hands `call` to the connection, when there is one. Arguments that cannot fit in a message
 /// are refused here, rather than lost on the way.
 fn send_on(link: &LinkState, handoff: &Handoff, call: Call) -> Result<(), Outcome> {
-    if call.args.len() > blitzen_protocol::MAX_PAYLOAD_LEN {
+    if call.payload_len() > blitzen_protocol::MAX_PAYLOAD_LEN {
         let reason = format!(
             "its arguments take {} bytes, more than a message to the server may carry ({}); \
              share large inputs through files or split them",
-            call.args.len(),
+            call.payload_len(),
             blitzen_protocol::MAX_PAYLOAD_LEN
         );
         return Err(Outcome::Refused { reason });
@@ -192,6 +192,10 @@ impl Backend for Cluster {
         Box::new(move |call| {
             send_on(&link.lock().unwrap_or_else(PoisonError::into_inner), &handoff, call)
         })
+    }
+
+    fn holds_inputs(&self) -> bool {
+        true
     }
 
     fn cancel(&self, ids: Vec<DriverTaskId>) {

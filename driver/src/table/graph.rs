@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use blitzen_common::inputs::{Framing, Part, Parts};
 use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::inputs::{InputPart, Inputs, Wait};
 use blitzen_protocol::{Outcome, Report};
 use bytes::Bytes;
 
@@ -22,15 +23,21 @@ use crate::call::{Call, Releaser};
 use crate::error::DispatchError;
 use crate::results::{Predecessor, TaskId};
 
-/// What a parked task waits for from one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Its result, for the argument at this index.
-    Input(usize),
-    /// Its success (`RunOptions::after`).
-    After,
-    /// Its end, whatever the outcome (`RunOptions::after_any`).
-    AfterAny,
+/// A task that a task sent to be held by the backend waits on, from that one's submission
+/// until it is sent ([`ResultTable::fill_ended`]): how it ended, should it end meanwhile.
+#[derive(Debug, Default)]
+pub(super) struct Kept {
+    /// Waits on it of tasks not sent yet.
+    refs: u32,
+    /// Its name and outcome, once it ended.
+    ended: Option<(String, Outcome)>,
+}
+
+impl Kept {
+    /// It ended as `name` with `outcome`.
+    pub(super) fn ended(&mut self, name: &str, outcome: &Outcome) {
+        self.ended = Some((name.to_string(), outcome.clone()));
+    }
 }
 
 /// What an ended task did to the tasks waiting on it.
@@ -185,14 +192,16 @@ impl ResultTable {
     /// Registers a task that waits for others (see [`Graph`]), as [`register`](Self::register)
     /// does one that does not. Every task it names — in `parts` (results standing for
     /// arguments) and `after` — must be this table's and not fetched, or nothing is registered.
-    /// Returns its id, and its call (arguments spliced) when nothing is left to wait for:
-    /// then the caller sends it.
+    /// Returns its id, and its call when the caller is to send it: with its arguments spliced
+    /// when nothing is left to wait for, or — when `held_by_backend` — at once, with the
+    /// [`Inputs`] it still waits for (what ended here already filled in).
     pub(crate) fn register_waiting<O>(
         &self,
         task: &'static str,
         mut call: Call,
         parts: Parts,
         after: &[Predecessor],
+        held_by_backend: bool,
     ) -> Result<(TaskId<O>, Option<Call>), DispatchError> {
         let mut st = self.lock();
         let mut values = Vec::with_capacity(parts.parts.len());
@@ -248,6 +257,29 @@ impl ResultTable {
         call.id = id.task();
         let settled = st.closed.clone().or(failed);
         if settled.is_none() && !waits.is_empty() {
+            if held_by_backend {
+                for &(on, _) in &waits {
+                    st.kept.entry(on).or_default().refs += 1;
+                }
+                let framing = parts.framing;
+                let parts = (values.into_iter().enumerate())
+                    .map(|(i, v)| match v {
+                        Some(bytes) => InputPart::Value(bytes),
+                        None => InputPart::Result(
+                            waits.iter().find(|w| w.1 == Wait::Input(i)).map_or(call.id, |w| w.0),
+                        ),
+                    })
+                    .collect();
+                let after = (waits.iter())
+                    .filter_map(|&(on, wait)| match wait {
+                        Wait::Input(_) => None,
+                        Wait::After => Some((on, false)),
+                        Wait::AfterAny => Some((on, true)),
+                    })
+                    .collect();
+                call.inputs = Some(Box::new(Inputs { framing, parts, after }));
+                return Ok((id, Some(call)));
+            }
             st.graph.park(call, parts.framing, values, waits);
             return Ok((id, None));
         }
@@ -259,6 +291,47 @@ impl ResultTable {
         let values: Vec<Bytes> = values.into_iter().map(Option::unwrap_or_default).collect();
         call.args = Parts::splice(&parts.framing, &values);
         Ok((id, Some(call)))
+    }
+
+    /// A task sent with inputs for the backend to hold ([`Backend::holds_inputs`]), on its
+    /// way out: the inputs whose task ended here since it was submitted are filled in now (the
+    /// server forgets a result once it is acknowledged, and this one may be sent after); with
+    /// all of them in, its arguments are spliced and it goes as any other. `Err` with the
+    /// outcome to settle it with when one of those failed.
+    ///
+    /// [`Backend::holds_inputs`]: crate::Backend::holds_inputs
+    pub(crate) fn fill_ended(&self, call: &mut Call) -> Result<(), Outcome> {
+        let Some(inputs) = call.inputs.as_mut() else { return Ok(()) };
+        let waits: Vec<(DriverTaskId, Wait)> = inputs.waits().collect();
+        let mut failed = None;
+        {
+            let mut st = self.lock();
+            for (on, wait) in waits {
+                let Some(kept) = st.kept.get_mut(&on) else { continue };
+                kept.refs = kept.refs.saturating_sub(1);
+                let ended = if kept.refs == 0 {
+                    st.kept.remove(&on).and_then(|k| k.ended)
+                } else {
+                    kept.ended.clone()
+                };
+                let Some((name, outcome)) = ended else { continue };
+                let value = match &outcome {
+                    Outcome::Value(bytes) => Some(bytes),
+                    _ => None,
+                };
+                if !inputs.meet(on, wait, value) && failed.is_none() {
+                    failed = Some(dependency_failed(on, &name, &outcome));
+                }
+            }
+        }
+        if let Some(outcome) = failed {
+            return Err(outcome);
+        }
+        if inputs.is_ready() {
+            call.args = inputs.spliced();
+            call.inputs = None;
+        }
+        Ok(())
     }
 
     /// Settles those of `ids` still waiting for others (they were never sent) with `outcome`;

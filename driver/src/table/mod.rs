@@ -32,7 +32,7 @@ use tracing::debug;
 use crate::error::DispatchError;
 use crate::results::{TaskId, TaskResult};
 use feed::OutputFeed;
-use graph::{Consequence, Graph, ReleaseTo};
+use graph::{Consequence, Graph, Kept, ReleaseTo};
 use inbox::Deliveries;
 use slots::{Kinds, Slot, Slots};
 
@@ -83,6 +83,8 @@ struct TableState {
     duplicates: u64,
     /// Tasks waiting for others before they are sent.
     graph: Graph,
+    /// Tasks that tasks sent with inputs for the backend to hold wait on, until those are sent.
+    kept: ByTask<Kept>,
 }
 
 impl TableState {
@@ -166,6 +168,7 @@ impl ResultTable {
                 discarded: TaskSet::default(),
                 duplicates: 0,
                 graph: Graph::default(),
+                kept: ByTask::default(),
             }),
             changed: Condvar::new(),
             batches: AtomicU64::new(0),
@@ -300,6 +303,11 @@ impl ResultTable {
             };
             st.pending -= 1;
             let (task, signature) = st.kinds.get(kind);
+            if !st.kept.is_empty()
+                && let Some(kept) = st.kept.get_mut(&id)
+            {
+                kept.ended(task, &r.run.outcome);
+            }
             if !st.graph.is_empty() {
                 st.graph.settled(id, task, &r.run.outcome, &mut consequences);
                 for consequence in consequences.drain(..) {

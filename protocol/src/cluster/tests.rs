@@ -41,6 +41,7 @@ fn submission(id: u64, timeout_ms: Option<u64>, retries: u32) -> Submission {
         timeout_ms,
         retries,
         unrunnable_limit_ms: None,
+        inputs: None,
     }
 }
 
@@ -85,10 +86,15 @@ proptest! {
                                   acks in proptest::collection::vec(any::<u64>(), 0..10),
                                   run in finished(), host in proptest::option::of(any::<String>())) {
         let (id, kind) = (DriverTaskId::new(id), KindIndex::new(index));
-        let tasks = vec![Submission { id, kind, args: args.clone(), timeout_ms, retries: 2, unrunnable_limit_ms: timeout_ms }];
+        let inputs = timeout_ms.map(|_| Box::new(crate::inputs::Inputs {
+            framing: crate::inputs::Framing::Prefixed(args.clone()),
+            parts: vec![crate::inputs::InputPart::Value(args.clone()), crate::inputs::InputPart::Result(id)],
+            after: vec![(id, true)],
+        }));
+        let tasks = vec![Submission { id, kind, args: args.clone(), timeout_ms, retries: 2, unrunnable_limit_ms: timeout_ms, inputs }];
         let submit = FromDriver::Submit { kinds, tasks };
         prop_assert_eq!(round_trip(&submit), submit);
-        let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind, args: Bytes::new(), timeout_ms: None, retries: 0, unrunnable_limit_ms: None }] };
+        let plain = FromDriver::Submit { kinds: vec![], tasks: vec![Submission { id, kind, args: Bytes::new(), timeout_ms: None, retries: 0, unrunnable_limit_ms: None, inputs: None }] };
         prop_assert_eq!(round_trip(&plain), plain);
         let accepted = ToDriver::Accepted { count: id.get() };
         prop_assert_eq!(round_trip(&accepted), accepted);

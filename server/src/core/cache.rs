@@ -65,6 +65,11 @@ impl ResultCache {
         evicted
     }
 
+    /// The result held for `driver`'s task `id`, if any.
+    pub(super) fn get(&self, driver: DriverKey, id: DriverTaskId) -> Option<&Report<DriverTaskId>> {
+        self.by_driver.get(&driver)?.get(&id).map(|(report, _)| report)
+    }
+
     /// Forgets acknowledged results.
     pub(super) fn ack(&mut self, driver: DriverKey, ids: &[DriverTaskId]) {
         if let Some(results) = self.by_driver.get_mut(&driver) {

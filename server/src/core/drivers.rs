@@ -15,7 +15,7 @@ use super::counters::SessionStats;
 use super::output::OutputBudget;
 use super::tasks::{DriverKey, OptionalConn, Task};
 use super::{Core, KindId};
-use crate::store::Change;
+use crate::store::{Change, TaskRecord};
 
 /// A driver the server knows: connected, or departed without a goodbye while tasks or
 /// results are still held for it.
@@ -203,6 +203,9 @@ impl Core {
         if let (Some(d), Some(last)) = (self.drivers.get_mut(&driver_key), submissions.last()) {
             d.next_id = d.next_id.max(last.id.get() + 1);
         }
+        // Tasks waiting for others: held once the whole submission is in (they may wait on
+        // tasks of the same submission).
+        let mut waiting = Vec::new();
         for s in submissions {
             let Some(&kind) = declared.get(s.kind.get() as usize) else {
                 undeclared.push(s.id);
@@ -225,7 +228,11 @@ impl Core {
                 id: s.id,
                 seq,
                 kind,
-                args: s.args,
+                args: match &s.inputs {
+                    // Every input in already: the driver filled them in.
+                    Some(inputs) if inputs.is_ready() => inputs.spliced(),
+                    _ => s.args,
+                },
                 timeout_ms: timeout_ms.into(),
                 retries: s.retries,
                 // 1 ms at least (0 is "no limit"); at most 49 days.
@@ -235,6 +242,18 @@ impl Core {
                 agent: OptionalConn::NONE,
                 attempts: 0,
             });
+            if let Some(inputs) = s.inputs.filter(|i| !i.is_ready()) {
+                if let Some(d) = self.drivers.get_mut(&driver_key) {
+                    d.live += 1;
+                }
+                if session.is_some() {
+                    let record = self.task_record(key);
+                    let with = |(id, r)| (id, TaskRecord { inputs: Some(inputs.clone()), ..r });
+                    records.extend(record.map(with));
+                }
+                waiting.push((key, inputs));
+                continue;
+            }
             if let Some(d) = self.drivers.get_mut(&driver_key) {
                 d.queues.entry(kind).or_default().push_back(key);
                 d.live += 1;
@@ -251,6 +270,9 @@ impl Core {
             && !records.is_empty()
         {
             self.record(Change::Tasks { session, tasks: records });
+        }
+        for (key, inputs) in waiting {
+            self.park(driver_key, key, inputs);
         }
         debug!(%driver_key, driver = %name, count, refused = refused.len(), "tasks submitted");
         if !undeclared.is_empty() {
@@ -326,11 +348,15 @@ impl Core {
         }
         // Tasks running for it are left to finish; their results are dropped on arrival.
         self.tasks.retain(|t| t.driver != driver_key || t.agent.get().is_some());
+        let tasks = &self.tasks;
+        self.graph.retain(|key| tasks.get(key).is_some());
+        self.graph.forget_driver(driver_key);
     }
 
     /// Removes a task that has ended from the books.
     pub(super) fn take_task(&mut self, key: TaskKey) -> Option<Task> {
         let task = self.tasks.remove(key)?;
+        self.graph.forget(key);
         if !self.cancelling.is_empty() {
             self.cancelling.remove(&key);
         }
@@ -380,6 +406,16 @@ impl Core {
         report: Report<DriverTaskId>,
         kind: Option<KindId>,
     ) {
+        if self.graph.has_waiters() {
+            // Tasks that wait on it get its value or fail, and those that wait on them…
+            let mut next = vec![(driver_key, report, kind)];
+            while let Some((driver, report, kind)) = next.pop() {
+                self.inputs_ended(driver, &report, kind, &mut next);
+                self.record_result(driver, &report);
+                self.deliver(driver, report, kind);
+            }
+            return;
+        }
         self.record_result(driver_key, &report);
         self.deliver(driver_key, report, kind);
     }

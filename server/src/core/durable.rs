@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use blitzen_protocol::ids::{ConnId, DriverTaskId, TaskKey};
+use blitzen_protocol::inputs::Inputs;
+use blitzen_protocol::{Outcome, Report};
 use tracing::{debug, error, info};
 
 use super::drivers::Driver;
@@ -52,6 +54,8 @@ impl Core {
         let mut tasks = loaded.tasks;
         tasks.sort_by_key(|(_, _, record)| record.seq);
         let count = tasks.len();
+        // Tasks that waited for others, held again once every task and result is back.
+        let mut waiting = Vec::new();
         for (session, id, record) in tasks {
             let Some(&key) = keys.get(&session) else { continue };
             // The store checked that every task's kind is stored.
@@ -71,7 +75,9 @@ impl Core {
             });
             let Some(d) = self.drivers.get_mut(&key) else { continue };
             d.live += 1;
-            if hold {
+            if let Some(inputs) = record.inputs {
+                waiting.push((key, task_key, inputs));
+            } else if hold {
                 held.insert(record.seq, task_key);
             } else {
                 d.queues.entry(kind).or_default().push_back(task_key);
@@ -84,6 +90,7 @@ impl Core {
                 self.cache.insert(key, report);
             }
         }
+        self.restore_waiting(waiting);
         info!(sessions = keys.len(), tasks = count, results, "restored from the data directory");
         if hold {
             self.hold_restored(held, loaded.agents, loaded.reattach_used_ms, now);
@@ -92,6 +99,33 @@ impl Core {
                 self.record(Change::ReattachUsed { ms: None });
             }
             self.kinds_left(queued_kinds.into_iter().collect(), now);
+        }
+    }
+
+    /// Restored tasks that waited for others wait again, on what they still waited on: a task
+    /// restored too, or a result held (which meets the wait at once). One that waited on
+    /// neither (which a saved graph never holds) ends `Lost` rather than wait for ever.
+    fn restore_waiting(&mut self, waiting: Vec<(DriverKey, TaskKey, Box<Inputs>)>) {
+        if waiting.is_empty() {
+            return;
+        }
+        let held: HashSet<(DriverKey, DriverTaskId)> =
+            self.tasks.iter().map(|t| (t.driver, t.id)).collect();
+        for (driver, key, inputs) in waiting {
+            let gone = inputs
+                .waits()
+                .map(|(on, _)| on)
+                .find(|&on| !held.contains(&(driver, on)) && self.cache.get(driver, on).is_none());
+            match gone {
+                None => self.park(driver, key, inputs),
+                Some(on) => {
+                    let reason = format!("task {on}, whose end it waited for, is no longer held");
+                    if let Some(task) = self.take_task(key) {
+                        let report = Report::unstarted(task.id, Outcome::Lost { reason });
+                        self.report(driver, report, Some(task.kind));
+                    }
+                }
+            }
         }
     }
 
@@ -123,6 +157,7 @@ impl Core {
             retries: task.retries,
             unrunnable_limit_ms: task.unrunnable_limit_ms,
             seq: task.seq,
+            inputs: self.graph.inputs(key).cloned().map(Box::new),
             attempts: 0,
         };
         Some((task.id.get(), record))

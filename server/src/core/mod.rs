@@ -14,6 +14,7 @@
 //! - `event`: [`Event`], what the connections tell the core.
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
+//! - `graph`: tasks waiting for others' results or ends before they are queued.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `mismatch`: drivers told when no agent has their kind's signature, each agent's own.
 //! - `output`: lines streamed tasks print, from agents to drivers, within a budget.
@@ -66,6 +67,7 @@ mod dispatch;
 mod drivers;
 mod durable;
 mod event;
+mod graph;
 mod kinds;
 mod mismatch;
 mod output;
@@ -80,6 +82,7 @@ use cache::ResultCache;
 use counters::ServerStats;
 use deadlines::Deadline;
 use drivers::Driver;
+use graph::Graph;
 use reattach::Restart;
 use tasks::{DriverKey, TaskTable};
 use waiting::{GiveUp, Stranded};
@@ -107,6 +110,8 @@ pub(crate) struct Core {
     kind_ids: HashMap<KindKey, KindId>,
     /// Every task held, queued or running, until it ends; its key names it everywhere else.
     tasks: TaskTable,
+    /// Held tasks waiting for others (their inputs), not queued yet.
+    graph: Graph,
     /// The next task's `Task::seq`: submission order across the server.
     next_seq: u64,
     /// The next driver's key: one per session, counted from 1, never reused.
@@ -204,6 +209,7 @@ impl Core {
             kind_ids: HashMap::new(),
             unstreamed: Unstreamed::default(),
             tasks: TaskTable::default(),
+            graph: Graph::default(),
             next_seq: 0,
             next_driver: 1,
             drivers: HashMap::new(),
@@ -397,6 +403,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_graph;
 #[cfg(test)]
 mod tests_resources;
 #[cfg(test)]

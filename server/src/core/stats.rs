@@ -144,13 +144,15 @@ impl Core {
             .into_iter()
             .map(|(&conn, d)| {
                 let held = held_by.get(&conn).copied().unwrap_or(0);
+                let waiting = self.waiting_of(conn);
                 let running = running_by.get(d.session.as_str()).copied().unwrap_or(0).min(held);
                 SessionStatus {
                     name: d.session.clone(),
                     driver: d.name.clone(),
                     connected: d.tx.is_some(),
                     submitted: d.accepted,
-                    queued: (d.live as u64).saturating_sub(held),
+                    queued: (d.live as u64).saturating_sub(held + waiting),
+                    waiting,
                     prefetched: held - running,
                     running,
                     done: d.stats.outcomes.done,
@@ -165,7 +167,8 @@ impl Core {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_ms: now.saturating_duration_since(self.stats.started).as_millis() as u64,
                 durable: self.durable.is_some(),
-                queued: (self.tasks.len() as u64).saturating_sub(held),
+                queued: (self.tasks.len() as u64).saturating_sub(held + self.graph.len() as u64),
+                waiting: self.graph.len() as u64,
                 prefetched: held - running,
                 running,
                 results_held: self.cache.len() as u64,

@@ -51,14 +51,21 @@ impl Core {
                     let Some(task) = self.take_task(key) else { continue };
                     let reason = "cancelled before it started".to_string();
                     let cancelled = Report::unstarted(task.id, Outcome::Cancelled { reason });
-                    // Saved with the task's end; its driver hears it once that is on disk, so
-                    // a restart cannot bring back a task whose cancel was reported.
-                    self.record_result(task.driver, &cancelled);
-                    if self.durable.is_some() {
-                        let batch = self.current_batch();
-                        self.unsaved_cancels.push((batch, task.driver, cancelled, task.kind));
-                    } else {
-                        self.deliver(task.driver, cancelled, Some(task.kind));
+                    // With the tasks that wait on it, which will not run either.
+                    let mut ended = vec![(task.driver, cancelled, Some(task.kind))];
+                    while let Some((driver, cancelled, kind)) = ended.pop() {
+                        self.inputs_ended(driver, &cancelled, kind, &mut ended);
+                        // Saved with the task's end; its driver hears it once that is on
+                        // disk, so a restart cannot bring back a task whose cancel was
+                        // reported.
+                        self.record_result(driver, &cancelled);
+                        match (self.durable.is_some(), kind) {
+                            (true, Some(kind)) => {
+                                let batch = self.current_batch();
+                                self.unsaved_cancels.push((batch, driver, cancelled, kind));
+                            }
+                            _ => self.deliver(driver, cancelled, kind),
+                        }
                     }
                     report.queued += 1;
                 }

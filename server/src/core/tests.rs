@@ -27,6 +27,7 @@ pub(super) fn submission(id: u64, kind: u32) -> Submission {
         timeout_ms: None,
         retries: 0,
         unrunnable_limit_ms: None,
+        inputs: None,
     }
 }
 

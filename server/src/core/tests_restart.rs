@@ -17,6 +17,7 @@ fn loaded(agents: &[(u64, &str)], reattach_used_ms: Option<u64>) -> Loaded {
         retries: 0,
         unrunnable_limit_ms: 0,
         seq,
+        inputs: None,
         attempts: 0,
     };
     Loaded {

@@ -210,6 +210,7 @@ fn after_a_restart_restored_tasks_wait_for_the_saved_agents_and_finish_where_the
         retries: 0,
         unrunnable_limit_ms: 0,
         seq,
+        inputs: None,
         attempts: 0,
     };
     let loaded = Loaded {

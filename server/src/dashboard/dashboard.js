@@ -65,6 +65,7 @@ function render(status) {
   const s = status.server;
   $("server").textContent = `server ${s.version}, up ${fmtDuration(s.uptime_ms)}${s.durable ? ", durable" : ""}`;
   $("t-queued").textContent = s.queued;
+  $("t-waiting").textContent = s.waiting;
   $("t-running").textContent = s.running;
   $("t-prefetched").textContent = s.prefetched;
   $("t-finished").textContent = s.finished;
@@ -81,7 +82,7 @@ function render(status) {
   sessions.replaceChildren(...status.sessions.map((d) => el("tr", { "data-session": d.name },
     el("td", {}, d.name), el("td", {}, d.driver + (d.connected ? "" : " (departed)")),
     el("td", {}, progress(d)), el("td", {}, String(d.submitted)), el("td", {}, String(d.queued)),
-    el("td", {}, String(d.prefetched)), el("td", {}, String(d.running)), el("td", {}, String(d.done)), el("td", {}, String(d.failed)),
+    el("td", {}, String(d.waiting)), el("td", {}, String(d.prefetched)), el("td", {}, String(d.running)), el("td", {}, String(d.done)), el("td", {}, String(d.failed)),
     el("td", {}, String(d.cancelled)), el("td", {}, d.throughput.toFixed(1)))));
 
   const agents = $("agents");

@@ -52,6 +52,7 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     let mut registry = Registry::with_prefix("blitzen");
     let s = &status.server;
     gauge(&mut registry, "tasks_queued", "Tasks waiting for an agent", s.queued);
+    gauge(&mut registry, "tasks_waiting", "Tasks waiting for other tasks' results", s.waiting);
     gauge(&mut registry, "tasks_prefetched", "Tasks waiting at agents for a worker", s.prefetched);
     gauge(&mut registry, "tasks_running", "Tasks running on a worker", s.running);
     gauge(
@@ -120,6 +121,7 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     for d in &status.sessions {
         for (state, n) in [
             ("queued", d.queued),
+            ("waiting", d.waiting),
             ("prefetched", d.prefetched),
             ("running", d.running),
             ("done", d.done),

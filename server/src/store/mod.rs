@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use blitzen_protocol::Report;
 use blitzen_protocol::cluster::TaskKind;
 use blitzen_protocol::ids::{DriverTaskId, ServerId};
+use blitzen_protocol::inputs::Inputs;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,9 @@ pub(crate) struct TaskRecord {
     pub retries: u32,
     pub unrunnable_limit_ms: u32,
     pub seq: u64,
+    /// What it still waits for, while it waits for other tasks (then `args` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<Inputs>>,
     /// Times an agent holding it vanished (kept in [`ATTEMPTS`], not here).
     #[serde(skip)]
     pub attempts: u32,

@@ -20,6 +20,7 @@ fn record(seq: u64) -> TaskRecord {
         retries: 1,
         unrunnable_limit_ms: 0,
         seq,
+        inputs: None,
         attempts: 0,
     }
 }

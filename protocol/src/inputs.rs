@@ -1,0 +1,198 @@
+//! A task's inputs from other tasks, on the wire: how its arguments are made of parts, some of
+//! which are other tasks' results ([`Inputs`]), and [`splice`], which makes the arguments once
+//! every part is a value. The driver sends a task with inputs; the server holds it until they
+//! are in, splices them and queues it.
+//!
+//! The bytes of a task's arguments are the MessagePack encoding of its argument type: the type
+//! itself for one argument, an array of the arguments for several. An array is its header
+//! followed by its elements' encodings, so an argument can be encoded on its own and the result
+//! of another task (the encoding of a value of the same type) spliced in its place.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::DriverTaskId;
+
+/// How the parts of a submission make its encoded arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Framing {
+    /// One argument: the one part itself.
+    Single,
+    /// Several arguments: a MessagePack array of the parts.
+    Array,
+    /// `head`, then each part as its length (`u32`, little-endian) and its bytes: for tasks
+    /// whose arguments are not MessagePack (the Python package's calls).
+    Prefixed(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
+}
+
+/// The encoded arguments made of `values`, the parts in order, as `framing` says.
+pub fn splice(framing: &Framing, values: &[Bytes]) -> Bytes {
+    let len: usize = values.iter().map(Bytes::len).sum();
+    let n = match framing {
+        Framing::Single => return values.first().cloned().unwrap_or_default(),
+        Framing::Prefixed(head) => {
+            let mut out = BytesMut::with_capacity(head.len() + len + 4 * values.len());
+            out.extend_from_slice(head);
+            for v in values {
+                out.put_u32_le(v.len() as u32);
+                out.extend_from_slice(v);
+            }
+            return out.freeze();
+        }
+        Framing::Array => values.len() as u32,
+    };
+    let mut out = BytesMut::with_capacity(len + 5);
+    match n {
+        0..=15 => out.put_u8(0x90 | n as u8),
+        16..=0xffff => {
+            out.put_u8(0xdc);
+            out.put_u16(n as u16);
+        }
+        _ => {
+            out.put_u8(0xdd);
+            out.put_u32(n);
+        }
+    }
+    for v in values {
+        out.extend_from_slice(v);
+    }
+    out.freeze()
+}
+
+/// One argument of a task with inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputPart {
+    /// A value, encoded.
+    Value(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
+    /// The value of the same session's task with this id, once it has one.
+    Result(DriverTaskId),
+}
+
+/// What a task waits for before it can run: other tasks' results among its arguments, and
+/// other tasks' ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// How `parts` make its arguments.
+    pub framing: Framing,
+    /// Its arguments, in order.
+    pub parts: Vec<InputPart>,
+    /// Tasks it runs after without taking their results: `(id, any)`, `any` when it runs
+    /// whatever their outcome, else only once they succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<(DriverTaskId, bool)>,
+}
+
+impl Inputs {
+    /// Whether every part is a value and nothing is waited for.
+    pub fn is_ready(&self) -> bool {
+        self.after.is_empty() && self.parts.iter().all(|p| matches!(p, InputPart::Value(_)))
+    }
+
+    /// The tasks waited for: each result part's and each `after` task's id, with what is
+    /// waited for of it.
+    pub fn waits(&self) -> impl Iterator<Item = (DriverTaskId, Wait)> + '_ {
+        let results = self.parts.iter().enumerate().filter_map(|(i, p)| match p {
+            InputPart::Result(id) => Some((*id, Wait::Input(i))),
+            InputPart::Value(_) => None,
+        });
+        let after = self
+            .after
+            .iter()
+            .map(|&(id, any)| (id, if any { Wait::AfterAny } else { Wait::After }));
+        results.chain(after)
+    }
+
+    /// The encoded arguments, once [`is_ready`](Self::is_ready).
+    pub fn spliced(&self) -> Bytes {
+        let values: Vec<Bytes> = (self.parts.iter())
+            .map(|p| match p {
+                InputPart::Value(bytes) => bytes.clone(),
+                InputPart::Result(_) => Bytes::new(),
+            })
+            .collect();
+        splice(&self.framing, &values)
+    }
+
+    /// The task `id` ended with `value` (`None`: it failed): what it was waited for is met.
+    /// Returns whether the wait was met (`false`: a failure where success was required).
+    pub fn meet(&mut self, id: DriverTaskId, wait: Wait, value: Option<&Bytes>) -> bool {
+        match (wait, value) {
+            (Wait::Input(i), Some(bytes)) => {
+                if let Some(part) = self.parts.get_mut(i) {
+                    *part = InputPart::Value(bytes.clone());
+                }
+                true
+            }
+            (Wait::After, Some(_)) | (Wait::AfterAny, _) => {
+                let any = wait == Wait::AfterAny;
+                if let Some(at) = self.after.iter().position(|&(on, a)| on == id && a == any) {
+                    self.after.swap_remove(at);
+                }
+                true
+            }
+            (_, None) => false,
+        }
+    }
+}
+
+/// What a waiting task waits for from one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Its result, for the argument at this index.
+    Input(usize),
+    /// Its success.
+    After,
+    /// Its end, whatever the outcome.
+    AfterAny,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<T: Serialize>(v: &T) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(v).expect("encodes"))
+    }
+
+    #[test]
+    fn spliced_parts_are_the_encoding_of_the_whole() {
+        let whole = encode(&(7u64, "seven".to_string(), vec![1.5f64, 2.5]));
+        let parts = [encode(&7u64), encode(&"seven"), encode(&vec![1.5f64, 2.5])];
+        assert_eq!(splice(&Framing::Array, &parts), whole);
+        assert_eq!(splice(&Framing::Single, &[encode(&9u32)]), encode(&9u32));
+        let head = Bytes::from_static(b"hd");
+        let prefixed = splice(&Framing::Prefixed(head), &[Bytes::from_static(b"abc")]);
+        assert_eq!(&prefixed[..], b"hd\x03\x00\x00\x00abc");
+        let values: Vec<Bytes> = (0..20u8).map(|i| encode(&i)).collect();
+        assert_eq!(splice(&Framing::Array, &values), encode(&(0..20u8).collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn one_argument_is_its_part_itself_not_a_copy() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let args = splice(&Framing::Single, std::slice::from_ref(&big));
+        assert_eq!(args.as_ptr(), big.as_ptr());
+    }
+
+    #[test]
+    fn inputs_are_met_one_wait_at_a_time_and_a_failure_is_not_met() {
+        let (a, b, c) = (DriverTaskId::new(1), DriverTaskId::new(2), DriverTaskId::new(3));
+        let mut inputs = Inputs {
+            framing: Framing::Array,
+            parts: vec![InputPart::Result(a), InputPart::Value(encode(&2u8))],
+            after: vec![(b, false), (c, true)],
+        };
+        let waits: Vec<_> = inputs.waits().collect();
+        assert_eq!(waits, [(a, Wait::Input(0)), (b, Wait::After), (c, Wait::AfterAny)]);
+        assert!(inputs.meet(c, Wait::AfterAny, None), "after_any takes a failure");
+        assert!(!inputs.meet(b, Wait::After, None), "after does not");
+        assert!(inputs.meet(b, Wait::After, Some(&Bytes::new())));
+        assert!(!inputs.is_ready());
+        assert!(inputs.meet(a, Wait::Input(0), Some(&encode(&1u8))));
+        assert!(inputs.is_ready());
+        assert_eq!(inputs.spliced(), encode(&(1u8, 2u8)));
+        let wire = crate::frame::to_body(&inputs).expect("encodes");
+        let back: Inputs = crate::frame::decode_shared(&Bytes::from(wire)).expect("decodes");
+        assert_eq!(back, inputs);
+    }
+}

@@ -1,0 +1,255 @@
+//! Tasks that wait for others before they are queued: for their results, which stand among
+//! their arguments, or only for their end.
+//!
+//! A submission with [`Inputs`] is held here, not queued, with what it waits for. Each task of
+//! the session it waits on is looked up once: a result the server still holds (the driver
+//! holds back its acknowledgement of a result while a task sent after it may wait on it) meets
+//! the wait at once; any other task is one still held (queued, running, or waiting itself), and
+//! the dependent waits for its end. When a task ends ([`Core::inputs_ended`]) its value goes
+//! into the arguments that wait for it, and a task whose last input came in has its arguments
+//! spliced and is queued behind its driver's others; a failure fails every task that waits on it
+//! with [`Outcome::DependencyFailed`], and those in turn theirs, in the same turn. A task can
+//! only wait on tasks submitted before it, so there are no cycles.
+//!
+//! With a data directory a waiting task is saved with its inputs, and again each time one comes
+//! in (in the batch that saves the result that met it), so after a restart it waits on what it
+//! still waited on, and a result the driver acknowledged since is in it already.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use blitzen_protocol::ids::{DriverTaskId, TaskKey};
+use blitzen_protocol::inputs::{Inputs, Wait};
+use blitzen_protocol::{Outcome, Report};
+use tracing::debug;
+
+use super::tasks::DriverKey;
+use super::{Core, KindId};
+use crate::store::Change;
+
+/// The tasks waiting for others, and who waits on whom.
+#[derive(Debug, Default)]
+pub(super) struct Graph {
+    /// Tasks held until their inputs are in, by key.
+    parked: HashMap<TaskKey, Parked>,
+    /// For each task of a session that others wait on, those tasks and what they wait for.
+    waiters: HashMap<(DriverKey, DriverTaskId), Vec<(TaskKey, Wait)>>,
+}
+
+#[derive(Debug)]
+struct Parked {
+    /// Its arguments so far, and what it still waits for.
+    inputs: Box<Inputs>,
+    /// Waits not met yet.
+    missing: usize,
+}
+
+impl Graph {
+    /// Tasks waiting, in all.
+    pub(super) fn len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Forgets task `key` (it ended, or its driver left); those it waits on no longer wait
+    /// for it (their entries are skipped when they end).
+    pub(super) fn forget(&mut self, key: TaskKey) {
+        if !self.parked.is_empty() {
+            self.parked.remove(&key);
+        }
+    }
+
+    /// Whether some task waits on another.
+    pub(super) fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// Keeps only the waiting tasks whose key `keep` holds.
+    pub(super) fn retain(&mut self, keep: impl Fn(TaskKey) -> bool) {
+        self.parked.retain(|&key, _| keep(key));
+    }
+
+    /// Forgets what `driver`'s tasks waited on.
+    pub(super) fn forget_driver(&mut self, driver: DriverKey) {
+        self.waiters.retain(|(d, _), _| *d != driver);
+    }
+
+    /// The inputs of waiting task `key`.
+    pub(super) fn inputs(&self, key: TaskKey) -> Option<&Inputs> {
+        self.parked.get(&key).map(|p| &*p.inputs)
+    }
+}
+
+/// How a waited-on task ended, as far as its waiters are concerned: its value, or its failure.
+enum Ended<'a> {
+    Value(&'a bytes::Bytes),
+    Failed(Outcome),
+}
+
+impl Core {
+    /// Holds task `key` of `driver` until `inputs` are in (see the module's text); queues it at
+    /// once if they are.
+    pub(super) fn park(&mut self, driver: DriverKey, key: TaskKey, inputs: Box<Inputs>) {
+        let mut parked = Parked { inputs, missing: 0 };
+        let waits: Vec<(DriverTaskId, Wait)> = parked.inputs.waits().collect();
+        let mut failed = None;
+        for (on, wait) in waits {
+            match self.ended_before(driver, on) {
+                Some(Ended::Value(value)) => {
+                    let value = value.clone();
+                    parked.inputs.meet(on, wait, Some(&value));
+                }
+                Some(Ended::Failed(outcome)) => {
+                    if !parked.inputs.meet(on, wait, None) && failed.is_none() {
+                        failed = Some(dependency_failed(on, self.name_of(None, on), &outcome));
+                    }
+                }
+                None => {
+                    self.graph.waiters.entry((driver, on)).or_default().push((key, wait));
+                    parked.missing += 1;
+                }
+            }
+        }
+        if let Some(outcome) = failed {
+            self.fail_waiting(key, outcome);
+            return;
+        }
+        let missing = parked.missing;
+        self.graph.parked.insert(key, parked);
+        if missing == 0 {
+            self.release(key);
+        }
+    }
+
+    /// How task `on` of `driver` ended, if the server holds its result; `None`: it is still
+    /// held itself.
+    fn ended_before(&self, driver: DriverKey, on: DriverTaskId) -> Option<Ended<'_>> {
+        let report = self.cache.get(driver, on).or_else(|| {
+            // A queued task cancelled in a batch not saved yet: its result is not delivered.
+            (self.unsaved_cancels.iter())
+                .find(|(_, d, r, _)| *d == driver && r.id == on)
+                .map(|(_, _, r, _)| r)
+        })?;
+        Some(match &report.run.outcome {
+            Outcome::Value(bytes) => Ended::Value(bytes),
+            other => Ended::Failed(other.clone()),
+        })
+    }
+
+    /// The name people see for task `id`, of kind `kind` when known.
+    fn name_of(&self, kind: Option<KindId>, id: DriverTaskId) -> String {
+        match kind {
+            Some(kind) => self.kind(kind).shown().to_string(),
+            None => format!("task {id}"),
+        }
+    }
+
+    /// Task `report.id` of `driver` (of `kind`, when it got as far as being queued) ended: the
+    /// tasks waiting on it get its value, or fail; those failed are added to `failed`, to be
+    /// reported in turn.
+    pub(super) fn inputs_ended(
+        &mut self,
+        driver: DriverKey,
+        report: &Report<DriverTaskId>,
+        kind: Option<KindId>,
+        failed: &mut Vec<(DriverKey, Report<DriverTaskId>, Option<KindId>)>,
+    ) {
+        if self.graph.waiters.is_empty() {
+            return;
+        }
+        let Some(waiters) = self.graph.waiters.remove(&(driver, report.id)) else { return };
+        let value = match &report.run.outcome {
+            Outcome::Value(bytes) => Some(bytes),
+            _ => None,
+        };
+        let mut released = Vec::new();
+        let mut changed = Vec::new();
+        for (key, wait) in waiters {
+            let Some(parked) = self.graph.parked.get_mut(&key) else { continue };
+            if !parked.inputs.meet(report.id, wait, value) {
+                let outcome = dependency_failed(
+                    report.id,
+                    self.name_of(kind, report.id),
+                    &report.run.outcome,
+                );
+                self.graph.parked.remove(&key);
+                if let Some(task) = self.take_task(key) {
+                    failed.push((
+                        task.driver,
+                        Report::unstarted(task.id, outcome),
+                        Some(task.kind),
+                    ));
+                }
+                continue;
+            }
+            parked.missing -= 1;
+            if parked.missing == 0 {
+                released.push(key);
+            } else {
+                changed.push(key);
+            }
+        }
+        for key in changed {
+            self.record_waiting(key);
+        }
+        for key in released {
+            self.release(key);
+        }
+    }
+
+    /// Every input of waiting task `key` is in: its arguments are spliced and it is queued.
+    fn release(&mut self, key: TaskKey) {
+        let Some(parked) = self.graph.parked.remove(&key) else { return };
+        let Some(task) = self.tasks.get_mut(key) else { return };
+        task.args = parked.inputs.spliced();
+        let (driver, id, kind) = (task.driver, task.id, task.kind);
+        debug!(%driver, task = %id, "inputs in; task queued");
+        if let Some(d) = self.drivers.get_mut(&driver) {
+            d.queues.entry(kind).or_default().push_back(key);
+        }
+        if let Some(session) = self.durable_session(driver) {
+            let tasks = self.task_record(key).into_iter().collect();
+            self.record(Change::Tasks { session, tasks });
+        }
+        if !self.can_run(kind) {
+            self.queued_unrunnable(driver, kind, &[(id, key)], Instant::now());
+        }
+    }
+
+    /// Waiting task `key` will not run: it ends with `outcome`, reported as any result (which
+    /// fails those that wait on it in turn).
+    fn fail_waiting(&mut self, key: TaskKey, outcome: Outcome) {
+        self.graph.parked.remove(&key);
+        if let Some(task) = self.take_task(key) {
+            self.report(task.driver, Report::unstarted(task.id, outcome), Some(task.kind));
+        }
+    }
+
+    /// Saves waiting task `key` with the inputs it has so far.
+    fn record_waiting(&mut self, key: TaskKey) {
+        let Some(driver) = self.tasks.get(key).map(|t| t.driver) else { return };
+        if let Some(session) = self.durable_session(driver) {
+            let tasks = self.task_record(key).into_iter().collect();
+            self.record(Change::Tasks { session, tasks });
+        }
+    }
+
+    /// Tasks of `driver` waiting for others.
+    pub(super) fn waiting_of(&self, driver: DriverKey) -> u64 {
+        if self.graph.parked.is_empty() {
+            return 0;
+        }
+        let keys = self.graph.parked.keys();
+        keys.filter(|&&k| self.tasks.get(k).is_some_and(|t| t.driver == driver)).count() as u64
+    }
+}
+
+/// The outcome of a task that does not run because task `id` (named `name`) failed with
+/// `failed`: the first failed ancestor is named, however far up it is.
+pub(super) fn dependency_failed(id: DriverTaskId, name: String, failed: &Outcome) -> Outcome {
+    match failed {
+        Outcome::DependencyFailed { .. } => failed.clone(),
+        other => {
+            Outcome::DependencyFailed { task: id.get(), name, outcome: Box::new(other.clone()) }
+        }
+    }
+}
