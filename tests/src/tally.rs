@@ -45,6 +45,11 @@ impl Tally {
         (self.file.arg().to_string(), n, millis)
     }
 
+    /// The file it counts in.
+    pub fn path(&self) -> &std::path::Path {
+        &self.file.path
+    }
+
     /// Runs so far, per number.
     pub fn runs(&self) -> io::Result<BTreeMap<u64, usize>> {
         let text = std::fs::read_to_string(&self.file.path)?;

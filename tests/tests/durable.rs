@@ -122,6 +122,48 @@ fn a_driver_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
     check(duplicates <= again, format!("{duplicates} results came twice, {again} were sent again"))
 }
 
+/// The server is killed with SIGKILL in the middle of a graph of 2,000 tasks — 500 chains of
+/// four, each task taking the one before's result — and started again on its directory: every
+/// task runs exactly once, each with the value its chain carries, whether it was queued,
+/// running, or still waiting for its input at the kill.
+fn a_graph_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
+    const CHAINS: u64 = 500;
+    let dir = TempDir::new("graph");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let a = start_own_agent(&server.addr, 3, "graph-a", Duration::from_secs(5))?;
+    let b = start_own_agent(&server.addr, 3, "graph-b", Duration::from_secs(5))?;
+    let d = driver(&server.addr);
+    let levels: Vec<Tally> =
+        (0..4).map(|_| Tally::new()).collect::<Result<_, _>>().map_err(fail)?;
+    let mut chains = Vec::new();
+    for i in 0..CHAINS {
+        let mut id = d.run(counted, levels[0].args(i, 1 + i % 3));
+        for level in &levels[1..] {
+            let (file, _, millis) = level.args(0, 1 + i % 3);
+            id = d.submit(counted, (file, id, millis)).map_err(fail)?;
+        }
+        chains.push(id);
+    }
+    // Some chains are done, most are not.
+    check(wait_for_lines(&levels[1].path(), 100), "the first chains moved on")?;
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    let back = durable_server(&dir, port, &[])?;
+    let ends = d.get_results_with(&chains, Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<u64, TaskError>> = (0..CHAINS).map(Ok).collect();
+    check(ends == expected, format!("each chain's value at its end: {ends:?}"))?;
+    for level in &levels {
+        level.check_each_once(0..CHAINS)?;
+    }
+    let log = back.process.log_text();
+    let waited = blitzen_tests::log_sum(&log, "restored from the data directory", "waiting");
+    check(waited > 0, format!("tasks waiting for their input at the kill were restored:\n{log}"))?;
+    let again = sent_again(&[log.as_str()], &[&a, &b]);
+    let duplicates = d.stats().duplicates;
+    check(duplicates <= again, format!("{duplicates} results came twice, {again} were sent again"))
+}
+
 /// Results sent again after restarts, by the `logs` of the server's runs and its `agents`: those
 /// the server owed a driver when it reconnected, and those agents sent again because the server
 /// had not acknowledged them — when they reconnect, or as tasks they kept when they re-attach
@@ -595,6 +637,7 @@ fn main() -> std::process::ExitCode {
         trial!(queued_tasks_and_unfetched_results_survive_kill_9),
         trial!(an_unusable_data_directory_is_a_clear_error),
         trial!(a_driver_rides_through_a_kill_9_of_the_server),
+        trial!(a_graph_rides_through_a_kill_9_of_the_server),
         trial!(a_driver_waits_through_a_clean_restart),
         trial!(a_task_running_at_a_kill_9_finishes_once),
         trial!(a_local_cluster_keeps_its_state_in_a_data_directory),

@@ -126,6 +126,15 @@ impl TableState {
         all
     }
 
+    /// The name of task `seq`, if it is pending or done here.
+    fn name_of(&self, seq: u64) -> Option<String> {
+        match self.slots.get(seq)? {
+            Slot::Pending(kind) => Some(self.kinds.get(*kind).0.to_string()),
+            Slot::Done(r) => Some(r.task.to_string()),
+            Slot::Fetched => None,
+        }
+    }
+
     /// Checks that this table issued every one of `ids` and that none was fetched.
     fn check_ids<O>(&self, ids: &[TaskId<O>]) -> Result<(), DispatchError> {
         for id in ids {
@@ -292,6 +301,12 @@ impl ResultTable {
             };
             let id = r.id;
             self.output.add_dropped(id, &mut r.run);
+            if let Outcome::DependencyFailed { task, name, .. } = &mut r.run.outcome
+                && name.is_empty()
+            {
+                // The server did not know the failed task's name: this table may.
+                *name = st.name_of(*task).unwrap_or_default();
+            }
             let slot = st.slots.get_mut(id.get());
             let Some(slot @ &mut Slot::Pending(kind)) = slot else {
                 if !derived {

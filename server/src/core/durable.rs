@@ -90,8 +90,15 @@ impl Core {
                 self.cache.insert(key, report);
             }
         }
+        let inputs = waiting.len();
         self.restore_waiting(waiting);
-        info!(sessions = keys.len(), tasks = count, results, "restored from the data directory");
+        info!(
+            sessions = keys.len(),
+            tasks = count,
+            waiting = inputs,
+            results,
+            "restored from the data directory"
+        );
         if hold {
             self.hold_restored(held, loaded.agents, loaded.reattach_used_ms, now);
         } else {

@@ -100,7 +100,7 @@ impl Core {
                 }
                 Some(Ended::Failed(outcome)) => {
                     if !parked.inputs.meet(on, wait, None) && failed.is_none() {
-                        failed = Some(dependency_failed(on, self.name_of(None, on), &outcome));
+                        failed = Some(dependency_failed(on, self.name_of(None), &outcome));
                     }
                 }
                 None => {
@@ -135,12 +135,10 @@ impl Core {
         })
     }
 
-    /// The name people see for task `id`, of kind `kind` when known.
-    fn name_of(&self, kind: Option<KindId>, id: DriverTaskId) -> String {
-        match kind {
-            Some(kind) => self.kind(kind).shown().to_string(),
-            None => format!("task {id}"),
-        }
+    /// The name people see for task `id`, of kind `kind` when known (empty when not: its
+    /// driver knows it).
+    fn name_of(&self, kind: Option<KindId>) -> String {
+        kind.map(|kind| self.kind(kind).shown().to_string()).unwrap_or_default()
     }
 
     /// Task `report.id` of `driver` (of `kind`, when it got as far as being queued) ended: the
@@ -168,7 +166,7 @@ impl Core {
             if !parked.inputs.meet(report.id, wait, value) {
                 let outcome = dependency_failed(
                     report.id,
-                    self.name_of(kind, report.id),
+                    self.name_of(kind),
                     &report.run.outcome,
                 );
                 self.graph.parked.remove(&key);
