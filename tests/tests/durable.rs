@@ -146,7 +146,7 @@ fn a_graph_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
         chains.push(id);
     }
     // Some chains are done, most are not.
-    check(wait_for_lines(&levels[1].path(), 100), "the first chains moved on")?;
+    check(wait_for_lines(levels[1].path(), 100), "the first chains moved on")?;
     blitzen_tests::kill(server.process.pid());
     server.process.wait_exit(WAIT).map_err(fail)?;
     let back = durable_server(&dir, port, &[])?;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use blitzen_protocol::ids::DriverTaskId;
+use blitzen_protocol::ids::{DriverTaskId, IdHash};
 
 use crate::call::Call;
 
@@ -26,7 +26,7 @@ pub(super) struct Backlog {
     /// Calls sent after the first `accepted`, oldest first.
     pub(super) calls: std::collections::VecDeque<Call>,
     /// Tasks that calls of `calls` wait on, each with the number of such waits.
-    waited_on: HashMap<DriverTaskId, u32>,
+    waited_on: HashMap<DriverTaskId, u32, IdHash>,
     /// Results received whose acknowledgement waits until no call of `calls` waits on them.
     withheld: Vec<DriverTaskId>,
     /// Tasks asked to be cancelled whose results have not arrived: asked again on every new

@@ -209,7 +209,16 @@ impl Core {
                 let _ = agent.tx.send(ToAgent::Run(batch));
             }
         }
+        let later_due = self.later_due.is_some_and(|at| now >= at);
+        if later_due {
+            self.later_due = None;
+        }
         for d in self.drivers.values_mut() {
+            if !d.later.is_empty() && (later_due || !d.outbox.is_empty()) {
+                let mut now = std::mem::take(&mut d.later);
+                now.append(&mut d.outbox);
+                d.outbox = now;
+            }
             // A task's lines go before its result.
             if !d.output.is_empty() {
                 let output = std::mem::take(&mut d.output);

@@ -17,6 +17,10 @@ use super::tasks::{DriverKey, OptionalConn, Task};
 use super::{Core, KindId};
 use crate::store::{Change, TaskRecord};
 
+/// How long the result of a task that others waited on may wait for company on its way to
+/// its driver.
+pub(super) const INPUT_RESULTS_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A driver the server knows: connected, or departed without a goodbye while tasks or
 /// results are still held for it.
 #[derive(Debug)]
@@ -51,6 +55,10 @@ pub(super) struct Driver {
     pub queues: HashMap<KindId, VecDeque<TaskKey>>,
     /// Reports to send at the end of this turn.
     pub outbox: Vec<Report<DriverTaskId>>,
+    /// Results of tasks that others waited on, sent with the next reports or at
+    /// `Core::later_due`, whichever comes first: a chain of tasks wakes its driver once every
+    /// few links rather than at each.
+    pub later: Vec<Report<DriverTaskId>>,
     /// Lines its streamed tasks printed, to send at the end of this turn before the reports.
     pub output: Vec<TaskOutput>,
     /// What it may still be sent of such lines.
@@ -79,6 +87,7 @@ impl Driver {
             accepted_told: true,
             queues: HashMap::new(),
             outbox: Vec::new(),
+            later: Vec::new(),
             output: Vec::new(),
             output_budget: OutputBudget::new(at),
             live: 0,
@@ -139,6 +148,7 @@ impl Core {
             driver.kinds.clear();
             driver.accepted_told = true;
             driver.outbox = owed;
+            driver.later.clear();
             self.connections.insert(conn, key);
             return;
         }
@@ -408,11 +418,16 @@ impl Core {
     ) {
         if self.graph.has_waiters() {
             // Tasks that wait on it get its value or fail, and those that wait on them…
-            let mut next = vec![(driver_key, report, kind)];
-            while let Some((driver, report, kind)) = next.pop() {
-                self.inputs_ended(driver, &report, kind, &mut next);
+            // (No allocation unless a task fails for want of an input.)
+            let (mut first, mut next) = (Some((driver_key, report, kind)), Vec::new());
+            while let Some((driver, report, kind)) = first.take().or_else(|| next.pop()) {
+                let inputs = self.inputs_ended(driver, &report, kind, &mut next);
                 self.record_result(driver, &report);
-                self.deliver(driver, report, kind);
+                if inputs {
+                    self.deliver_later(driver, report, kind);
+                } else {
+                    self.deliver(driver, report, kind);
+                }
             }
             return;
         }
@@ -440,6 +455,29 @@ impl Core {
         if d.tx.is_some() {
             d.outbox.push(report.clone());
         }
+        self.keep(driver_key, report);
+    }
+
+    /// [`deliver`](Self::deliver) for the result of a task that others waited on (they have
+    /// it already): it goes to the driver with its next reports, or within
+    /// [`INPUT_RESULTS_DELAY`].
+    fn deliver_later(
+        &mut self,
+        driver_key: DriverKey,
+        report: Report<DriverTaskId>,
+        kind: Option<KindId>,
+    ) {
+        self.count_result(driver_key, &report, kind);
+        let Some(d) = self.drivers.get_mut(&driver_key) else { return };
+        if d.tx.is_some() {
+            d.later.push(report.clone());
+            self.later_due.get_or_insert_with(|| Instant::now() + INPUT_RESULTS_DELAY);
+        }
+        self.keep(driver_key, report);
+    }
+
+    /// Keeps a result until its driver acknowledges it.
+    fn keep(&mut self, driver_key: DriverKey, report: Report<DriverTaskId>) {
         let evicted = self.cache.insert(driver_key, report);
         if evicted > 0 {
             info!(

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use blitzen_protocol::ids::{DriverTaskId, TaskKey};
+use blitzen_protocol::ids::{DriverTaskId, IdHash, TaskKey};
 use blitzen_protocol::inputs::{Inputs, Wait};
 use blitzen_protocol::{Outcome, Report};
 use tracing::debug;
@@ -31,9 +31,10 @@ use crate::store::Change;
 #[derive(Debug, Default)]
 pub(super) struct Graph {
     /// Tasks held until their inputs are in, by key.
-    parked: HashMap<TaskKey, Parked>,
+    parked: HashMap<TaskKey, Parked, IdHash>,
     /// For each task of a session that others wait on, those tasks and what they wait for.
-    waiters: HashMap<(DriverKey, DriverTaskId), Vec<(TaskKey, Wait)>>,
+    /// (Ids come from authenticated drivers: a hash of their numbers serves, see [`IdHash`].)
+    waiters: HashMap<(DriverKey, DriverTaskId), Vec<(TaskKey, Wait)>, IdHash>,
 }
 
 #[derive(Debug)]
@@ -143,18 +144,18 @@ impl Core {
 
     /// Task `report.id` of `driver` (of `kind`, when it got as far as being queued) ended: the
     /// tasks waiting on it get its value, or fail; those failed are added to `failed`, to be
-    /// reported in turn.
+    /// reported in turn. Returns whether any task waited on it.
     pub(super) fn inputs_ended(
         &mut self,
         driver: DriverKey,
         report: &Report<DriverTaskId>,
         kind: Option<KindId>,
         failed: &mut Vec<(DriverKey, Report<DriverTaskId>, Option<KindId>)>,
-    ) {
+    ) -> bool {
         if self.graph.waiters.is_empty() {
-            return;
+            return false;
         }
-        let Some(waiters) = self.graph.waiters.remove(&(driver, report.id)) else { return };
+        let Some(waiters) = self.graph.waiters.remove(&(driver, report.id)) else { return false };
         let value = match &report.run.outcome {
             Outcome::Value(bytes) => Some(bytes),
             _ => None,
@@ -164,11 +165,7 @@ impl Core {
         for (key, wait) in waiters {
             let Some(parked) = self.graph.parked.get_mut(&key) else { continue };
             if !parked.inputs.meet(report.id, wait, value) {
-                let outcome = dependency_failed(
-                    report.id,
-                    self.name_of(kind),
-                    &report.run.outcome,
-                );
+                let outcome = dependency_failed(report.id, self.name_of(kind), &report.run.outcome);
                 self.graph.parked.remove(&key);
                 if let Some(task) = self.take_task(key) {
                     failed.push((
@@ -192,6 +189,7 @@ impl Core {
         for key in released {
             self.release(key);
         }
+        true
     }
 
     /// Every input of waiting task `key` is in: its arguments are spliced and it is queued.

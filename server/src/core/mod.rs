@@ -160,6 +160,9 @@ pub(crate) struct Core {
     unsaved_cancels: Vec<(u64, DriverKey, Report<DriverTaskId>, KindId)>,
     /// With a data directory: answers to observers' cancels, sent once batch `.0` is saved.
     unsaved_replies: Vec<(u64, oneshot::Sender<ToObserver>, ToObserver)>,
+    /// When the results of tasks that others waited on go to their drivers at the latest
+    /// (see `Driver::later`).
+    later_due: Option<Instant>,
 }
 
 /// How often the dashboard's snapshot is made.
@@ -229,6 +232,7 @@ impl Core {
             publish: None,
             unsaved_cancels: Vec::new(),
             unsaved_replies: Vec::new(),
+            later_due: None,
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -254,6 +258,7 @@ impl Core {
             let waiting = self.next_waiting_timer();
             let acks = self.next_ack_due();
             let release = self.next_release();
+            let later = self.later_due;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -270,6 +275,8 @@ impl Core {
                 _ = publish.tick(), if self.publish.is_some() => self.publish_status(),
                 // Acknowledgements held back go out at the end of this turn.
                 _ = sleep_until(acks), if acks.is_some() => {}
+                // So do results of tasks others waited on.
+                _ = sleep_until(later), if later.is_some() => {}
             }
             while let Ok(event) = self.events.try_recv() {
                 self.on_event(event);
@@ -377,6 +384,8 @@ impl Core {
             unfetched_results = self.cache.len(),
             "shutting down"
         );
+        // Every result goes, those that would have waited for company too.
+        self.later_due = Some(Instant::now());
         self.flush();
         // With a data directory the drivers' sessions outlive this run: they are not told to
         // give up, and reconnect when the server is back.

@@ -71,7 +71,13 @@ fn a_diamond_runs_each_task_once_its_inputs_are_in_with_them_spliced() {
     let last = handed(&c, &mut a);
     let want = Bytes::from(rmp_serde::to_vec(&(6u64, 7u64)).expect("encodes"));
     assert_eq!(last.iter().map(|t| (t.1, t.2.clone())).collect::<Vec<_>>(), [(4, want)]);
-    assert_eq!(outcomes(&mut d).len(), 3, "the driver hears every result");
+    // The results others took wait a moment for company on their way to the driver.
+    assert!(outcomes(&mut d).is_empty(), "held back a moment");
+    std::thread::sleep(super::drivers::INPUT_RESULTS_DELAY);
+    turn(&mut c);
+    let mut heard: Vec<u64> = outcomes(&mut d).into_iter().map(|(id, _)| id).collect();
+    heard.sort_unstable();
+    assert_eq!(heard, [1, 2, 3], "the driver hears every result once");
     assert_eq!(c.status().server.waiting, 0);
 }
 
