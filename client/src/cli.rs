@@ -40,6 +40,11 @@ pub struct Args {
     /// the others nothing), e.g. 16GiB, 512MiB, 2000000 (bytes). Default: the machine's.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     memory: Option<u64>,
+    /// Memory for the values tasks share (`Dispatcher::share`): each is sent to this agent
+    /// once and kept while it fits, least recently used out first, never one a task held here
+    /// takes. E.g. 4GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, default_value = "1GiB")]
+    cache_size: u64,
     /// Counted resources this machine offers, as NAME=COUNT pairs separated by commas, e.g.
     /// gpu=2,license=1: a task asking for gpu=1 runs only on an agent offering a GPU, and holds
     /// it while it runs. Default: none.
@@ -111,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cpus = args.cpus.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     config.pool.offer(cpus, args.memory, args.resources.map(|c| c.0).unwrap_or_default());
     config.heartbeat = args.heartbeat;
+    config.cache_size = args.cache_size;
     config.secret = Secret::from_file_or_env(args.secret_file.as_deref())?;
     let (pin, ca) = (args.tls_pin.as_deref(), args.tls_ca.as_deref());
     config.tls = blitzen_net::PeerTls::from_flags(args.insecure_plaintext, pin, ca)?;

@@ -11,6 +11,7 @@ use blitzen_common::task::TaskEntry;
 use blitzen_net::{FramedReader, NetError, spawn_writer};
 use blitzen_protocol::cluster::{Assignment, FromAgent, ToAgent, WorkerReport};
 use blitzen_protocol::ids::{JobId, ServerId, TaskKey};
+use blitzen_protocol::inputs::InputPart;
 use blitzen_protocol::output::AgentOutput;
 use blitzen_protocol::{Finished, Lines, Outcome};
 use tokio::sync::mpsc;
@@ -148,6 +149,17 @@ impl<'a> Connection<'a> {
                 _ = shutdown.cancelled() => break End::Stop,
                 message = reader.next_alive::<ToAgent>(silence) => match message {
                     Ok(Some(ToAgent::Run(tasks))) => self.on_tasks(tasks),
+                    Ok(Some(ToAgent::Share(piece))) => {
+                        if let Err(e) = self.work.cache.write(piece).await {
+                            // Its tasks end `Lost` when their worker cannot map it.
+                            warn!(error = %e, "cannot cache a shared value");
+                        }
+                        Ok(())
+                    }
+                    Ok(Some(ToAgent::Unshare(keys))) => {
+                        self.work.cache.forget(keys);
+                        Ok(())
+                    }
                     Ok(Some(ToAgent::Heartbeat)) => Ok(()),
                     Ok(Some(ToAgent::Ack(keys))) => {
                         for key in keys {
@@ -225,11 +237,21 @@ impl<'a> Connection<'a> {
             self.work.jobs.insert(id, held);
             // The registry was built before the agent connected.
             let group = registry::global().map_or(0, |r| r.group_of(entry.name, &t.args));
+            // Shared values are files in the cache, which the worker maps.
+            let inputs = t.inputs.map(|mut inputs| {
+                for part in &mut inputs.parts {
+                    if let InputPart::Shared(key) = part {
+                        *part = InputPart::File(self.work.cache.path(*key).display().to_string());
+                    }
+                }
+                inputs
+            });
             let task = RunTask {
                 stream: t.stream,
                 timeout: t.timeout_ms.map(Duration::from_millis),
                 retries: t.retries,
                 group,
+                inputs,
                 ..RunTask::new(id, entry.name, entry.fingerprint, t.args)
             };
             let job = task.holding(t.request.map(|r| Arc::new(*r)));

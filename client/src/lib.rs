@@ -20,6 +20,7 @@
 //!   with one method per message.
 //! - `succession` (private): the lock that tells which ended agent process this one replaces.
 
+mod cache;
 pub mod cli;
 mod connection;
 mod succession;
@@ -44,6 +45,9 @@ use connection::{Connection, End};
 use succession::Succession;
 
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
+
+/// The size of an agent's cache of shared values unless told otherwise: 1 GiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 1 << 30;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -71,6 +75,9 @@ pub struct AgentConfig {
     /// connect, instead of `server` (what `blitzen-server --address-file` writes): the agent
     /// waits for the file, and follows a server that restarts elsewhere.
     pub server_file: Option<std::path::PathBuf>,
+    /// How many bytes of shared values it keeps for its tasks at most (the server decides what
+    /// stays within it).
+    pub cache_size: u64,
 }
 
 impl AgentConfig {
@@ -87,6 +94,7 @@ impl AgentConfig {
             secret: None,
             tls: PeerTls::default(),
             server_file: None,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -204,6 +212,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         heartbeat_ms: config.heartbeat.as_millis() as u64,
         agent_id: id,
         replaces: succession.replaces,
+        cache_size: config.cache_size,
     };
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
@@ -328,6 +337,8 @@ struct Work {
     /// Results sent on an earlier connection that the server never acknowledged: sent again,
     /// as recovered, on the next one.
     unsent: Vec<Unacked>,
+    /// The shared values kept for this server's tasks.
+    cache: cache::ShareCache,
 }
 
 /// A task the pool holds.
@@ -383,6 +394,7 @@ impl Work {
             next_job: 0,
             connection: 0,
             unsent: Vec::new(),
+            cache: cache::ShareCache::create()?,
         })
     }
 }

@@ -31,6 +31,14 @@ pub enum Part {
     },
     /// A value that could not be encoded: why.
     Unencodable(String),
+    /// A value shared among tasks, stored apart by what runs them under the number `id`
+    /// (a cluster sends it to each machine once); `bytes` is the value itself.
+    Shared {
+        /// What runs the tasks knows the value by this number.
+        id: u64,
+        /// The value, encoded.
+        bytes: Bytes,
+    },
 }
 
 /// What can stand where a value of type `X` goes in a submission: an `X`, or a handle of a task

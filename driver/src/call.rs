@@ -38,7 +38,7 @@ impl Call {
     pub fn payload_len(&self) -> usize {
         let values = self.inputs.iter().flat_map(|i| i.parts.iter()).map(|p| match p {
             blitzen_protocol::inputs::InputPart::Value(bytes) => bytes.len(),
-            blitzen_protocol::inputs::InputPart::Result(_) => 0,
+            _ => 0,
         });
         self.args.len() + values.sum::<usize>()
     }
@@ -61,6 +61,18 @@ impl Call {
             inputs: None,
         }
     }
+}
+
+/// A value stored by the backend to be shared among tasks ([`Backend::share`]): its number
+/// there, and what tells the backend it is no longer shared (called once, when the last handle
+/// goes).
+///
+/// [`Backend::share`]: crate::Backend::share
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct Stored {
+    pub id: u64,
+    pub unshare: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 /// What sends a task the result table released once its inputs came in, from whatever thread

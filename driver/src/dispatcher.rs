@@ -65,6 +65,13 @@ pub trait Backend: Send + Sync + sealed::Sealed {
     fn holds_inputs(&self) -> bool {
         false
     }
+
+    /// Stores `bytes` to be shared among tasks, when what runs them can (the cluster's server
+    /// can: it sends the value to each agent once); `None`: each task gets the bytes.
+    #[doc(hidden)]
+    fn share(&self, _bytes: &bytes::Bytes) -> Option<crate::call::Stored> {
+        None
+    }
 }
 
 /// Runs the blocking wait `wait` of the call `call` unless that would stall the Tokio runtime

@@ -56,7 +56,9 @@ impl<B: Backend> Dispatcher<B> {
     pub fn share<T: serde::Serialize>(&self, value: &T) -> Result<Shared<T>, DispatchError> {
         let bytes = blitzen_common::task::encode_value(value)
             .map_err(|e| DispatchError::Unencodable(e.to_string()))?;
-        Ok(Shared { bytes, _type: std::marker::PhantomData })
+        let stored = self.backend.share(&bytes);
+        let inner = std::sync::Arc::new(SharedValue { bytes, stored });
+        Ok(Shared { inner, _type: std::marker::PhantomData })
     }
 
     /// Tasks to run only once every one of `ids` has succeeded, without taking their results:
@@ -120,8 +122,8 @@ impl<B: Backend> Dispatcher<B> {
             Part::Unencodable(message) => Some(message.clone()),
             _ => None,
         });
-        let independent =
-            after.is_empty() && !parts.parts.iter().any(|p| matches!(p, Part::Result { .. }));
+        let independent = after.is_empty()
+            && !parts.parts.iter().any(|p| matches!(p, Part::Result { .. } | Part::Shared { .. }));
         if unencodable.is_some() || independent {
             // Nothing to wait for: sent at once, as it always was.
             let (id, closed) = self.table.register(shown, task.signature);
@@ -167,26 +169,49 @@ impl<B: Backend> Dispatcher<B> {
 /// A value shared by many tasks, encoded once: see [`Dispatcher::share`]. Cloning the handle
 /// does not copy the value.
 pub struct Shared<T> {
-    bytes: Bytes,
+    inner: std::sync::Arc<SharedValue>,
     _type: std::marker::PhantomData<fn() -> T>,
+}
+
+/// What every handle of one shared value holds.
+struct SharedValue {
+    bytes: Bytes,
+    /// Its number where the backend stores it, and what tells the backend it is no longer
+    /// shared; `None`: each task gets the bytes.
+    stored: Option<crate::call::Stored>,
+}
+
+impl Drop for SharedValue {
+    fn drop(&mut self) {
+        if let Some(stored) = &self.stored {
+            (stored.unshare)(stored.id);
+        }
+    }
 }
 
 impl<T> Shared<T> {
     /// The size of its encoding, in bytes.
     pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
+        self.inner.bytes.len()
+    }
+
+    fn as_part(&self) -> Part {
+        match &self.inner.stored {
+            Some(stored) => Part::Shared { id: stored.id, bytes: self.inner.bytes.clone() },
+            None => Part::Value(self.inner.bytes.clone()),
+        }
     }
 }
 
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
-        Self { bytes: self.bytes.clone(), _type: std::marker::PhantomData }
+        Self { inner: self.inner.clone(), _type: std::marker::PhantomData }
     }
 }
 
 impl<T> std::fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Shared<{}>({} bytes)", std::any::type_name::<T>(), self.bytes.len())
+        write!(f, "Shared<{}>({} bytes)", std::any::type_name::<T>(), self.inner.bytes.len())
     }
 }
 
@@ -194,13 +219,13 @@ impl<T> std::fmt::Debug for Shared<T> {
 /// [`Dispatcher::submit`].
 impl<T> Input<T> for &Shared<T> {
     fn part(self) -> Part {
-        Part::Value(self.bytes.clone())
+        self.as_part()
     }
 }
 
 impl<T> Input<T> for Shared<T> {
     fn part(self) -> Part {
-        Part::Value(self.bytes)
+        self.as_part()
     }
 }
 

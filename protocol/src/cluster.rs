@@ -111,6 +111,10 @@ pub enum Role {
         /// unbounded, no counted resources.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capacity: Option<Capacity>,
+        /// How many bytes of shared values it keeps for its tasks at most (`--cache-size`);
+        /// 0: the server's default.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cache_size: u64,
     },
     /// A driver submitting tasks.
     Driver {
@@ -216,6 +220,11 @@ fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
 /// Driver → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromDriver {
+    /// A piece of a value to share among tasks ([`InputPart::Shared`](crate::inputs::InputPart)
+    /// names it by the driver's number), before the tasks that take it.
+    Share(SharePiece),
+    /// Shared values no new task will take: the server forgets each once no task holds it.
+    Unshare(Vec<u64>),
     /// New tasks, in submission order.
     Submit {
         /// Kinds of task this connection has not declared before, appended in order to its table
@@ -260,6 +269,10 @@ pub enum ToDriver {
         /// For a driver that attaches: above every task id the session has used.
         #[serde(default)]
         next_id: u64,
+        /// The shared values of the session the server holds, by the driver's number: a
+        /// reconnecting driver sends again those it still shares and the server lacks.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shares: Vec<u64>,
     },
     /// Finished tasks.
     Results(Vec<Report<DriverTaskId>>),
@@ -324,6 +337,48 @@ pub struct Assignment {
     /// Send what it prints as it runs ([`FromAgent::Output`]); its kind is streamed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Its arguments part by part, when some are shared values (by the server's key, each
+    /// sent to the agent before with [`ToAgent::Share`]); `args` is empty then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<Inputs>>,
+}
+
+/// One piece of a shared value on its way: values larger than a frame travel in pieces of at
+/// most [`SHARE_PIECE`] bytes, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharePiece {
+    /// The value: the driver's number for it (driver → server), or the server's key (server →
+    /// agent).
+    pub id: u64,
+    /// Its whole length.
+    pub total: u64,
+    /// Where this piece starts in it.
+    pub offset: u64,
+    /// The piece.
+    #[serde(deserialize_with = "crate::frame::shared_bytes")]
+    pub bytes: Bytes,
+}
+
+/// The largest piece of a shared value in one message.
+pub const SHARE_PIECE: usize = 16 * 1024 * 1024;
+
+impl SharePiece {
+    /// `bytes`, the value `id`, in pieces.
+    pub fn split(id: u64, bytes: &Bytes) -> Vec<SharePiece> {
+        let total = bytes.len() as u64;
+        if bytes.is_empty() {
+            return vec![SharePiece { id, total, offset: 0, bytes: Bytes::new() }];
+        }
+        (0..bytes.len())
+            .step_by(SHARE_PIECE)
+            .map(|at| SharePiece {
+                id,
+                total,
+                offset: at as u64,
+                bytes: bytes.slice(at..(at + SHARE_PIECE).min(bytes.len())),
+            })
+            .collect()
+    }
 }
 
 /// Server → agent.
@@ -331,6 +386,10 @@ pub struct Assignment {
 pub enum ToAgent {
     /// Tasks to run.
     Run(Vec<Assignment>),
+    /// A piece of a shared value that tasks sent next take: the agent keeps it in its cache.
+    Share(SharePiece),
+    /// Shared values the agent may forget (no task it holds takes them).
+    Unshare(Vec<u64>),
     /// The server is stopping; the agent should wait and reconnect.
     ShuttingDown {
         /// Why.

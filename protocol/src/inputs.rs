@@ -59,13 +59,20 @@ pub fn splice(framing: &Framing, values: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// One argument of a task with inputs.
+/// One argument of a task with inputs. Which kinds travel where: from a driver to the server,
+/// values, results and shared values by the driver's number; from the server to an agent,
+/// values and shared values by the server's key; from an agent to a worker, values and files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputPart {
     /// A value, encoded.
     Value(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
     /// The value of the same session's task with this id, once it has one.
     Result(DriverTaskId),
+    /// A shared value (the driver's number for it, or the server's key), stored apart and sent
+    /// to each agent once.
+    Shared(u64),
+    /// A shared value in the file at this path, for the worker to map.
+    File(String),
 }
 
 /// What a task waits for before it can run: other tasks' results among its arguments, and
@@ -83,9 +90,23 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Whether every part is a value and nothing is waited for.
+    /// Whether nothing is waited for: every part is a value, or a shared value.
     pub fn is_ready(&self) -> bool {
-        self.after.is_empty() && self.parts.iter().all(|p| matches!(p, InputPart::Value(_)))
+        self.after.is_empty() && !self.parts.iter().any(|p| matches!(p, InputPart::Result(_)))
+    }
+
+    /// Whether a part is a shared value or a file: then the arguments are made where the task
+    /// runs, not spliced on the way.
+    pub fn has_shared(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, InputPart::Shared(_) | InputPart::File(_)))
+    }
+
+    /// The shared values it takes (their numbers or keys), in order.
+    pub fn shared(&self) -> impl Iterator<Item = u64> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            InputPart::Shared(n) => Some(*n),
+            _ => None,
+        })
     }
 
     /// The tasks waited for: each result part's and each `after` task's id, with what is
@@ -93,7 +114,7 @@ impl Inputs {
     pub fn waits(&self) -> impl Iterator<Item = (DriverTaskId, Wait)> + '_ {
         let results = self.parts.iter().enumerate().filter_map(|(i, p)| match p {
             InputPart::Result(id) => Some((*id, Wait::Input(i))),
-            InputPart::Value(_) => None,
+            _ => None,
         });
         let after = self
             .after
@@ -102,15 +123,25 @@ impl Inputs {
         results.chain(after)
     }
 
-    /// The encoded arguments, once [`is_ready`](Self::is_ready).
+    /// The encoded arguments, once [`is_ready`](Self::is_ready) and without shared parts.
     pub fn spliced(&self) -> Bytes {
         let values: Vec<Bytes> = (self.parts.iter())
             .map(|p| match p {
                 InputPart::Value(bytes) => bytes.clone(),
-                InputPart::Result(_) => Bytes::new(),
+                _ => Bytes::new(),
             })
             .collect();
         splice(&self.framing, &values)
+    }
+
+    /// The bytes of its values.
+    pub fn values_len(&self) -> usize {
+        (self.parts.iter())
+            .map(|p| match p {
+                InputPart::Value(bytes) => bytes.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The task `id` ended with `value` (`None`: it failed): what it was waited for is met.

@@ -86,6 +86,15 @@ pub struct ServerStatus {
     pub running: u64,
     /// Results not yet acknowledged by their drivers.
     pub results_held: u64,
+    /// Values shared among tasks that the server holds.
+    #[serde(default)]
+    pub shared_values: u64,
+    /// Their bytes, in all.
+    #[serde(default)]
+    pub shared_bytes: u64,
+    /// Bytes of shared values sent to agents since the server started.
+    #[serde(default)]
+    pub shared_bytes_sent: u64,
     /// Tasks finished since the server started (any outcome).
     pub finished: u64,
     /// Of those, how many failed (any error but a cancel).
@@ -127,6 +136,12 @@ pub struct AgentStatus {
     /// What its running tasks held when it last reported them (a plain task holds one CPU);
     /// free is `capacity` minus this.
     pub used: crate::Capacity,
+    /// Bytes of shared values in its cache.
+    #[serde(default)]
+    pub cache_used: u64,
+    /// The size of its cache.
+    #[serde(default)]
+    pub cache_size: u64,
 }
 
 /// One worker process of an agent.

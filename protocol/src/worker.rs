@@ -20,7 +20,7 @@ use crate::output::Lines;
 use crate::resources::Request;
 
 /// Bumped whenever a message below changes incompatibly.
-pub const WORKER_PROTOCOL_VERSION: u32 = 4;
+pub const WORKER_PROTOCOL_VERSION: u32 = 5;
 
 /// Pool → worker. The pool sends `ToWorker<&RunTask>`, its own task by reference: the same
 /// bytes as the owned `ToWorker` the worker reads, without copying a name or arguments.
@@ -45,6 +45,11 @@ pub struct RunTask {
     /// MessagePack-encoded arguments.
     #[serde(deserialize_with = "crate::frame::shared_bytes")]
     pub args: Bytes,
+    /// Its arguments part by part when some are files of shared values
+    /// ([`InputPart::File`](crate::inputs::InputPart)), which the worker maps instead of
+    /// receiving them through its pipe; `args` is empty then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<crate::inputs::Inputs>>,
     /// The most memory the task may use, in bytes: the worker limits itself to it while the
     /// task runs. Left off the wire when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +88,7 @@ impl RunTask {
             name: name.into(),
             fingerprint,
             args,
+            inputs: None,
             memory_limit: None,
             stream: false,
             timeout: None,

@@ -97,7 +97,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
     };
     let (reader, write) = (admitted.reader, admitted.write);
     match admitted.greeting.role {
-        Role::Agent { host, workers, tasks, heartbeat_ms, agent_id, replaces, capacity } => {
+        Role::Agent {
+            host,
+            workers,
+            tasks,
+            heartbeat_ms,
+            agent_id,
+            replaces,
+            capacity,
+            cache_size,
+        } => {
             if let Some(Err(why)) = capacity.as_ref().map(|c| c.validate()) {
                 warn!(%host, %why, "agent announced a capacity that makes no sense; connection closed");
                 return;
@@ -106,8 +115,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
                 warn!(%host, task = %kind.name, "agent announced a task with a request or a label; connection closed");
                 return;
             }
-            let joining =
-                JoiningAgent { host, workers, kinds: tasks, id: agent_id, replaces, capacity };
+            let joining = JoiningAgent {
+                host,
+                workers,
+                kinds: tasks,
+                id: agent_id,
+                replaces,
+                capacity,
+                cache_size,
+            };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared).await;
         }
         Role::Driver { name, session, attach, heartbeat_ms } => {
@@ -243,6 +259,8 @@ async fn serve_driver(
             Ok(Some(FromDriver::Submit { kinds, tasks })) => Event::Submit { conn, kinds, tasks },
             Ok(Some(FromDriver::Ack(ids))) => Event::Ack { conn, ids },
             Ok(Some(FromDriver::Cancel(ids))) => Event::Cancel { conn, ids },
+            Ok(Some(FromDriver::Share(piece))) => Event::Share { conn, piece },
+            Ok(Some(FromDriver::Unshare(ids))) => Event::Unshare { conn, ids },
             Ok(Some(FromDriver::Heartbeat)) => continue,
             Ok(Some(FromDriver::Bye)) => break true,
             Ok(None) => break false,

@@ -454,6 +454,7 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
             agent_id: 0,
             replaces: 0,
             capacity: None,
+            cache_size: 0,
         },
         nonce: Bytes::new(),
     };
@@ -560,6 +561,7 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
             agent_id: 0,
             replaces: 0,
             capacity: None,
+            cache_size: 0,
         },
         nonce: Bytes::new(),
     };

@@ -59,6 +59,19 @@ fn halve(x: f64) -> f64 {
     x / 2.0
 }
 
+/// The length of `data` and the sum of every 4096th byte, and whether this worker had the data
+/// mapped from an agent's cache of shared values (rather than received through its pipe).
+#[blitzen::task]
+fn mapped_sum(data: blitzen::Blob) -> (u64, u64, bool) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mapped = maps.lines().any(|l| l.contains("/blitzen-cache-"));
+    (data.len() as u64, sampled(&data), mapped)
+}
+
+fn sampled(data: &[u8]) -> u64 {
+    data.iter().step_by(4096).map(|&b| u64::from(b)).sum()
+}
+
 #[blitzen::task]
 fn broken(message: String) -> Result<u64, String> {
     Err(message)
@@ -262,6 +275,50 @@ fn a_shared_value_is_taken_by_many_tasks_on_a_cluster() -> Result<(), Failed> {
 /// A graph whose driver link is cut midway: every root and every dependent (held and released
 /// by the server, some sent again after the cut) runs exactly once, each dependent with its
 /// root's value, and no result comes twice but those the server was owed.
+/// A shared value of 64 MiB taken by 100 tasks on two agents: the server sends it to each agent
+/// once (by its own count), every worker maps it from its agent's cache rather than receiving
+/// it through its pipe, and the server forgets it once its handle is dropped and no task takes
+/// it.
+fn a_shared_value_crosses_to_each_agent_once() -> Result<(), Failed> {
+    const LEN: usize = 64 << 20;
+    let server = start_server(&[]).map_err(fail)?;
+    let _a = start_own_agent(&server.addr, 2, "shared-a", Duration::from_millis(500))?;
+    let _b = start_own_agent(&server.addr, 2, "shared-b", Duration::from_millis(500))?;
+    let d = driver(&server.addr);
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let expected = (LEN as u64, sampled(&data), true);
+    let shared = d.share(&blitzen::Blob::from(data)).map_err(fail)?;
+    let ids: Vec<_> =
+        (0..100).map(|_| d.submit(mapped_sum, &shared)).collect::<Result<_, _>>().map_err(fail)?;
+    let got = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let wrong: Vec<_> = got.iter().filter(|r| **r != Ok(expected)).collect();
+    check(wrong.is_empty(), format!("each task read it, mapped: {wrong:?}"))?;
+    let status = server.status().map_err(fail)?;
+    let sent = status["server"]["shared_bytes_sent"].as_u64().unwrap_or(0);
+    let encoded = shared.encoded_len() as u64;
+    check(
+        sent >= encoded && sent <= 2 * encoded,
+        format!("{sent} bytes sent for a value of {encoded} to two agents"),
+    )?;
+    let cached: u64 = (status["agents"].as_array().into_iter().flatten())
+        .map(|a| a["cache_used"].as_u64().unwrap_or(0))
+        .sum();
+    check(cached == sent, format!("the agents' caches hold what was sent: {status}"))?;
+    drop(shared);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = server.status().map_err(fail)?;
+        if status["server"]["shared_values"] == 0 {
+            return Ok(());
+        }
+        check(
+            Instant::now() < deadline,
+            format!("the value is forgotten once unshared: {status}"),
+        )?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn a_cut_driver_link_mid_graph_runs_every_task_once() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_own_agent(&server.addr, 2, "graph-cut", Duration::from_millis(500))?;
@@ -339,6 +396,7 @@ fn main() -> std::process::ExitCode {
         trial!(cancels_reach_waiting_tasks_and_dependents_on_a_cluster),
         trial!(a_shared_value_is_taken_by_many_tasks_multicore),
         trial!(a_shared_value_is_taken_by_many_tasks_on_a_cluster),
+        trial!(a_shared_value_crosses_to_each_agent_once),
         trial!(a_cut_driver_link_mid_graph_runs_every_task_once),
         trial!(bad_handles_are_refused_and_nothing_is_queued),
     ];

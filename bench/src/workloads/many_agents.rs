@@ -68,6 +68,7 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                 agent_id: (u64::from(std::process::id()) << 20) | i as u64 | 1 << 63,
                 replaces: 0,
                 capacity: None,
+                cache_size: 0,
             };
             let limit = Duration::from_secs(30);
             let admitted = blitzen_net::connect(server, role, None, &PeerTls::default(), limit)

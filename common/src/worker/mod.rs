@@ -39,6 +39,7 @@ use crate::capture::{self, CAPTURE_LIMIT};
 use crate::registry::{self, Registry};
 use crate::start_mark::StartCounter;
 
+mod mapped;
 mod memory;
 mod outbox;
 mod stream;
@@ -227,12 +228,22 @@ fn end_process_group() -> ! {
 /// from the capture files: fd 1 and fd 2, or `captures` once the worker has streamed.
 fn execute(
     registry: &Registry,
-    task: RunTask,
+    mut task: RunTask,
     streaming: Option<&Streamer>,
     captures: Option<[BorrowedFd<'_>; 2]>,
 ) -> Report<JobId> {
     let started = Instant::now();
+    // Arguments with shared values among them are made here, the values mapped from files.
+    let unmapped = match task.inputs.take().map(|inputs| mapped::assemble(&inputs)) {
+        Some(Ok(args)) => {
+            task.args = args;
+            None
+        }
+        Some(Err(e)) => Some(format!("its shared input could not be read on its worker: {e}")),
+        None => None,
+    };
     let outcome = match registry.get(&task.name) {
+        _ if unmapped.is_some() => Outcome::Lost { reason: unmapped.unwrap_or_default() },
         None => Outcome::UnknownTask,
         Some(entry) if entry.fingerprint != task.fingerprint => {
             Outcome::SignatureMismatch { worker_signature: entry.signature.to_string() }

@@ -29,6 +29,8 @@ pub(super) struct Backlog {
     waited_on: HashMap<DriverTaskId, u32, IdHash>,
     /// Results received whose acknowledgement waits until no call of `calls` waits on them.
     withheld: Vec<DriverTaskId>,
+    /// The values shared and not unshared, by number: sent again to a server that lacks them.
+    pub(super) shares: HashMap<u64, bytes::Bytes>,
     /// Tasks asked to be cancelled whose results have not arrived: asked again on every new
     /// connection, since the server may not have heard (the cancel is idempotent).
     pub(super) cancels: std::collections::HashSet<DriverTaskId>,

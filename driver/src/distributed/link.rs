@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blitzen_net::{Admitted, ConnectError, NetError, Secret};
-use blitzen_protocol::cluster::{FromDriver, Role, Submission, TaskKind, ToDriver, Welcome};
+use blitzen_protocol::cluster::{
+    FromDriver, Role, SharePiece, Submission, TaskKind, ToDriver, Welcome,
+};
 use blitzen_protocol::ids::{DriverTaskId, KindIndex};
 use blitzen_protocol::{BATCH_BYTES, Outcome, Request, by_size};
 use tokio::sync::mpsc;
@@ -48,6 +50,10 @@ pub(super) enum Outgoing {
     Call(Call),
     /// Tasks to cancel, by number.
     Cancel(Vec<DriverTaskId>),
+    /// A value to share among tasks, under this number.
+    Share(u64, bytes::Bytes),
+    /// A shared value no new task will take.
+    Unshare(u64),
 }
 
 /// How one connection ended.
@@ -194,7 +200,7 @@ impl Connection<'_> {
             }
         };
         match opening {
-            Ok(Some(ToDriver::Session { resumed, accepted, held, next_id })) => {
+            Ok(Some(ToDriver::Session { resumed, accepted, held, next_id, shares })) => {
                 if self.attach {
                     if !resumed {
                         return End::Refused(DispatchError::UnknownSession(self.session.into()));
@@ -218,6 +224,12 @@ impl Connection<'_> {
                         resent = backlog.calls.len(),
                         "session resumed; sending again what the server had not taken"
                     );
+                }
+                // Shared values the server lacks go before the tasks that take them.
+                for (&id, bytes) in backlog.shares.iter().filter(|(id, _)| !shares.contains(id)) {
+                    for piece in SharePiece::split(id, bytes) {
+                        let _ = writer.send(FromDriver::Share(piece));
+                    }
                 }
                 let calls = Vec::from_iter(backlog.calls.iter().cloned());
                 for batch in by_size(calls, Call::payload_len) {
@@ -310,7 +322,7 @@ impl Connection<'_> {
                 Some(first) = queue.recv(), if writer.has_room() => {
                     let (mut kinds, mut tasks) = (Vec::new(), Vec::new());
                     // The arguments gathered: a submission stays within `BATCH_BYTES`.
-                    let mut bytes = 0;
+                    let mut gathered = 0;
                     let mut next = Some(first);
                     // Calls are gathered into one submission; a cancel goes out in its place
                     // among them, after the calls before it.
@@ -325,22 +337,38 @@ impl Connection<'_> {
                                     }
                                     continue;
                                 }
-                                if !tasks.is_empty() && bytes + call.payload_len() > BATCH_BYTES {
+                                if !tasks.is_empty() && gathered + call.payload_len() > BATCH_BYTES {
                                     let batch = std::mem::take(&mut tasks);
                                     let kinds = std::mem::take(&mut kinds);
                                     let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
-                                    bytes = 0;
+                                    gathered = 0;
                                 }
-                                bytes += call.payload_len();
+                                gathered += call.payload_len();
                                 backlog.sent(call.clone());
                                 tasks.push(declared.submission(call, &mut kinds));
+                            }
+                            Outgoing::Share(id, bytes) => {
+                                if !tasks.is_empty() {
+                                    let batch = std::mem::take(&mut tasks);
+                                    let kinds = std::mem::take(&mut kinds);
+                                    let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
+                                    gathered = 0;
+                                }
+                                for piece in SharePiece::split(id, &bytes) {
+                                    let _ = writer.send(FromDriver::Share(piece));
+                                }
+                                backlog.shares.insert(id, bytes);
+                            }
+                            Outgoing::Unshare(id) => {
+                                backlog.shares.remove(&id);
+                                let _ = writer.send(FromDriver::Unshare(vec![id]));
                             }
                             Outgoing::Cancel(ids) => {
                                 if !tasks.is_empty() {
                                     let batch = std::mem::take(&mut tasks);
                                     let kinds = std::mem::take(&mut kinds);
                                     let _ = writer.send(FromDriver::Submit { kinds, tasks: batch });
-                                    bytes = 0;
+                                    gathered = 0;
                                 }
                                 debug!(count = ids.len(), "cancelling tasks");
                                 backlog.cancels.extend(ids.iter().copied());

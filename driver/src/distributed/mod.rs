@@ -168,8 +168,10 @@ fn send_on(link: &LinkState, handoff: &Handoff, call: Call) -> Result<(), Outcom
     }
 }
 
-impl Backend for Cluster {
-    fn submit(&self, call: Call) -> Result<(), Outcome> {
+impl Cluster {
+    /// The connection, started by the first call; `Err` with the outcome of every task when it
+    /// cannot be.
+    fn link_up(&self) -> Result<std::sync::MutexGuard<'_, LinkState>, Outcome> {
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*link, LinkState::Idle) {
             match self.start_link() {
@@ -183,7 +185,29 @@ impl Backend for Cluster {
                 }
             }
         }
+        Ok(link)
+    }
+}
+
+impl Backend for Cluster {
+    fn submit(&self, call: Call) -> Result<(), Outcome> {
+        let link = self.link_up()?;
         send_on(&link, &self.handoff, call)
+    }
+
+    fn share(&self, bytes: &bytes::Bytes) -> Option<crate::call::Stored> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let link = self.link_up().ok()?;
+        let LinkState::Up(l) = &*link else { return None };
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        l.submissions.send(link::Outgoing::Share(id, bytes.clone())).ok()?;
+        let shared = self.link.clone();
+        let unshare = Box::new(move |id| {
+            if let LinkState::Up(l) = &*shared.lock().unwrap_or_else(PoisonError::into_inner) {
+                let _ = l.submissions.send(link::Outgoing::Unshare(id));
+            }
+        });
+        Some(crate::call::Stored { id, unshare })
     }
 
     fn releaser(&self) -> Releaser {

@@ -235,9 +235,18 @@ impl ResultTable {
                 _ => return Err(DispatchError::AlreadyFetched(seq)),
             }
         }
-        for part in parts.parts {
+        // The parts that are values the backend stores (shared), by their number there.
+        let mut stored: Vec<Option<u64>> = Vec::new();
+        for (i, part) in parts.parts.into_iter().enumerate() {
             values.push(match part {
                 Part::Value(bytes) => Some(bytes),
+                Part::Shared { id, bytes } => {
+                    if held_by_backend {
+                        stored.resize(i + 1, None);
+                        stored[i] = Some(id);
+                    }
+                    Some(bytes)
+                }
                 Part::Result { seq, .. } => match st.slots.get(seq) {
                     Some(Slot::Done(r)) => match &r.run.outcome {
                         Outcome::Value(bytes) => Some(bytes.clone()),
@@ -256,16 +265,17 @@ impl ResultTable {
         st.pending += 1;
         call.id = id.task();
         let settled = st.closed.clone().or(failed);
-        if settled.is_none() && !waits.is_empty() {
+        if settled.is_none() && (!waits.is_empty() || !stored.is_empty()) {
             if held_by_backend {
                 for &(on, _) in &waits {
                     st.kept.entry(on).or_default().refs += 1;
                 }
                 let framing = parts.framing;
                 let parts = (values.into_iter().enumerate())
-                    .map(|(i, v)| match v {
-                        Some(bytes) => InputPart::Value(bytes),
-                        None => InputPart::Result(
+                    .map(|(i, v)| match (stored.get(i).copied().flatten(), v) {
+                        (Some(shared), _) => InputPart::Shared(shared),
+                        (None, Some(bytes)) => InputPart::Value(bytes),
+                        (None, None) => InputPart::Result(
                             waits.iter().find(|w| w.1 == Wait::Input(i)).map_or(call.id, |w| w.0),
                         ),
                     })
@@ -327,7 +337,7 @@ impl ResultTable {
         if let Some(outcome) = failed {
             return Err(outcome);
         }
-        if inputs.is_ready() {
+        if inputs.is_ready() && !inputs.has_shared() {
             call.args = inputs.spliced();
             call.inputs = None;
         }

@@ -65,7 +65,7 @@ proptest! {
                          conn in any::<u64>(), server in any::<u64>()) {
         let nonce = Bytes::from(vec![7u8; 32]);
         let capacity = Some(Capacity { cpus: workers, memory: 1 << 34, custom: vec![("gpu".into(), 2)] });
-        let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1, replaces: 7, capacity }, nonce: nonce.clone() };
+        let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1, replaces: 7, cache_size: 1 << 30, capacity }, nonce: nonce.clone() };
         prop_assert_eq!(round_trip(&agent), agent);
         let driver = Hello { version, role: Role::Driver { name, session: "s".into(), attach: false, heartbeat_ms: 5000 }, nonce: nonce.clone() };
         prop_assert_eq!(round_trip(&driver), driver);
@@ -113,7 +113,7 @@ proptest! {
         let request = seq.map(|_| Box::new(Request { cpus: 3, memory: None, custom: Vec::new() }));
         let stream = seq.is_some();
         let lines = crate::Lines { stream: crate::StdStream::Stderr, text: args.clone() };
-        let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request, stream }];
+        let tasks = vec![Assignment { key, kind: KindIndex::new(kind), args, timeout_ms: Some(5), retries: 1, seq, request, stream, inputs: seq.map(|s| Box::new(crate::inputs::Inputs { framing: crate::inputs::Framing::Array, parts: vec![crate::inputs::InputPart::Shared(s), crate::inputs::InputPart::File("/dev/shm/x".into())], after: vec![] })) }];
         let assigned = ToAgent::Run(tasks);
         prop_assert_eq!(round_trip(&assigned), assigned);
         let output = FromAgent::Output(vec![AgentOutput { key, lines: lines.clone() }]);

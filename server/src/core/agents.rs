@@ -40,6 +40,8 @@ pub(crate) struct JoiningAgent {
     pub replaces: u64,
     /// What its running tasks may hold at once, as it said; `None`: one CPU per worker.
     pub capacity: Option<Capacity>,
+    /// The size of its cache of shared values, as it said (0: the default).
+    pub cache_size: u64,
 }
 
 /// A connected agent.
@@ -100,6 +102,8 @@ pub(super) struct Agent {
     ///
     /// [`FromAgent::Workers`]: blitzen_protocol::cluster::FromAgent::Workers
     pub reported: Vec<WorkerState>,
+    /// The shared values it keeps for its tasks.
+    pub cache: super::shares::AgentCache,
 }
 
 impl Agent {
@@ -191,6 +195,7 @@ impl Core {
             acks_since: None,
             unsaved: Vec::new(),
             id: joining.id,
+            cache: super::shares::AgentCache::new(joining.cache_size),
             outcomes: Outcomes::default(),
             connected_at: Instant::now(),
             last_heard: Instant::now(),

@@ -92,6 +92,9 @@ impl Core {
                     break;
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
+                // Shared values it takes go to the agent first, if it lacks them.
+                let inputs =
+                    if self.shares.inputs.is_empty() { None } else { self.shared_for(conn, key) };
                 let Some(task) = self.tasks.get_mut(key) else { continue };
                 let class = task.kind;
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
@@ -116,6 +119,7 @@ impl Core {
                     seq: durable.then_some(task.seq),
                     request,
                     stream,
+                    inputs,
                 });
             }
         }
@@ -193,6 +197,19 @@ impl Core {
 
     pub(super) fn flush(&mut self) {
         let now = Instant::now();
+        // Shared values before the assignments that take them.
+        let sharing: Vec<ConnId> = (self.agents.iter())
+            .filter(|(_, a)| !a.cache.outgoing.is_empty() || !a.cache.forget.is_empty())
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in sharing {
+            let messages = self.share_messages(conn);
+            if let Some(agent) = self.agents.get(&conn) {
+                for message in messages {
+                    let _ = agent.tx.send(message);
+                }
+            }
+        }
         for agent in self.agents.values_mut() {
             // Acknowledgements ride with the next assignments (the same write, no extra wake-up
             // of the agent); alone, they wait up to `ACK_DELAY`, or until there are many.

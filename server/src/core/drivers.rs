@@ -139,6 +139,7 @@ impl Core {
                 accepted: driver.accepted,
                 held,
                 next_id: driver.next_id,
+                shares: self.shares.of(key),
             });
             driver.name = name;
             driver.conn = conn;
@@ -160,6 +161,7 @@ impl Core {
                 accepted: 0,
                 held: Vec::new(),
                 next_id: 0,
+                shares: Vec::new(),
             });
             return;
         }
@@ -169,6 +171,7 @@ impl Core {
             accepted: 0,
             held: Vec::new(),
             next_id: 0,
+            shares: Vec::new(),
         });
         let key = self.new_driver_key();
         let mut driver = Driver::departed(name, session.clone(), conn, Instant::now());
@@ -208,6 +211,8 @@ impl Core {
         let mut unsaved = Vec::new();
         let save_failure = self.save_failure().map(str::to_string);
         let mut undeclared = Vec::new();
+        // Tasks that take a shared value the server does not hold: (task, value).
+        let mut unshared = Vec::new();
         let count = submissions.len();
         let mut records = Vec::with_capacity(if session.is_some() { count } else { 0 });
         if let (Some(d), Some(last)) = (self.drivers.get_mut(&driver_key), submissions.last()) {
@@ -225,6 +230,13 @@ impl Core {
                 refused.push(s.id);
                 continue;
             }
+            if let Some(id) = (s.inputs.iter())
+                .flat_map(|i| i.shared())
+                .find(|&id| !self.shares.holds(driver_key, id))
+            {
+                unshared.push((s.id, id));
+                continue;
+            }
             if save_failure.is_some() {
                 unsaved.push(s.id);
                 continue;
@@ -240,7 +252,7 @@ impl Core {
                 kind,
                 args: match &s.inputs {
                     // Every input in already: the driver filled them in.
-                    Some(inputs) if inputs.is_ready() => inputs.spliced(),
+                    Some(inputs) if inputs.is_ready() && !inputs.has_shared() => inputs.spliced(),
                     _ => s.args,
                 },
                 timeout_ms: timeout_ms.into(),
@@ -252,17 +264,29 @@ impl Core {
                 agent: OptionalConn::NONE,
                 attempts: 0,
             });
-            if let Some(inputs) = s.inputs.filter(|i| !i.is_ready()) {
-                if let Some(d) = self.drivers.get_mut(&driver_key) {
-                    d.live += 1;
+            let mut inputs = s.inputs;
+            if let Some(inputs) = inputs.as_mut().filter(|i| i.has_shared()) {
+                // Named by the server's keys from now on; held: checked above.
+                let _ = self.take_shared(driver_key, key, inputs);
+            }
+            match inputs {
+                // Its arguments are made on the agent, where the shared values are.
+                Some(inputs) if inputs.is_ready() && inputs.has_shared() => {
+                    self.shares.inputs.insert(key, inputs);
                 }
-                if session.is_some() {
-                    let record = self.task_record(key);
-                    let with = |(id, r)| (id, TaskRecord { inputs: Some(inputs.clone()), ..r });
-                    records.extend(record.map(with));
+                Some(inputs) if !inputs.is_ready() => {
+                    if let Some(d) = self.drivers.get_mut(&driver_key) {
+                        d.live += 1;
+                    }
+                    if session.is_some() {
+                        let record = self.task_record(key);
+                        let with = |(id, r)| (id, TaskRecord { inputs: Some(inputs.clone()), ..r });
+                        records.extend(record.map(with));
+                    }
+                    waiting.push((key, inputs));
+                    continue;
                 }
-                waiting.push((key, inputs));
-                continue;
+                _ => {}
             }
             if let Some(d) = self.drivers.get_mut(&driver_key) {
                 d.queues.entry(kind).or_default().push_back(key);
@@ -285,6 +309,13 @@ impl Core {
             self.park(driver_key, key, inputs);
         }
         debug!(%driver_key, driver = %name, count, refused = refused.len(), "tasks submitted");
+        for (id, value) in unshared {
+            let message = format!(
+                "it takes shared value {value}, which the server does not hold (never shared, or \
+                 unshared)"
+            );
+            self.report(driver_key, Report::unstarted(id, Outcome::BadArguments { message }), None);
+        }
         if !undeclared.is_empty() {
             warn!(%driver_key, driver = %name, tasks = undeclared.len(), "submissions name a kind the driver never declared; refused");
             for id in undeclared {
@@ -361,12 +392,15 @@ impl Core {
         let tasks = &self.tasks;
         self.graph.retain(|key| tasks.get(key).is_some());
         self.graph.forget_driver(driver_key);
+        self.shares.retain_tasks(|key| tasks.get(key).is_some());
+        self.forget_shares(driver_key);
     }
 
     /// Removes a task that has ended from the books.
     pub(super) fn take_task(&mut self, key: TaskKey) -> Option<Task> {
         let task = self.tasks.remove(key)?;
         self.graph.forget(key);
+        self.shared_task_ended(key, task.agent.get());
         if !self.cancelling.is_empty() {
             self.cancelling.remove(&key);
         }
@@ -400,6 +434,7 @@ impl Core {
             if let Some(session) = self.durable_session(key) {
                 self.record(Change::SessionEnded { session });
             }
+            self.forget_shares(key);
             if let Some(d) = self.drivers.remove(&key) {
                 debug!(driver = %d.name, "departed driver forgotten: nothing left for it");
                 self.sessions.remove(&d.session);

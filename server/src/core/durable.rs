@@ -41,6 +41,11 @@ impl Core {
             keys.insert(session, key);
         }
         self.next_seq = loaded.next_seq;
+        for (session, id, record) in loaded.shares {
+            if let Some(&driver) = keys.get(&session) {
+                self.shares.restore(driver, id, record.key, record.bytes);
+            }
+        }
         // With no grace (the agents restart with the server, as in a `LocalCluster`), nobody is
         // waited for.
         let hold = !loaded.agents.is_empty() && !self.config.reattach_grace.is_zero();
@@ -73,9 +78,18 @@ impl Core {
                 agent: OptionalConn::NONE,
                 attempts: record.attempts,
             });
+            let mut inputs = record.inputs;
+            if let Some(i) = &inputs
+                && i.has_shared()
+            {
+                self.hold_shared(task_key, i.shared().collect());
+            }
+            if let Some(i) = inputs.take_if(|i| i.is_ready()) {
+                self.shares.inputs.insert(task_key, i);
+            }
             let Some(d) = self.drivers.get_mut(&key) else { continue };
             d.live += 1;
-            if let Some(inputs) = record.inputs {
+            if let Some(inputs) = inputs {
                 waiting.push((key, task_key, inputs));
             } else if hold {
                 held.insert(record.seq, task_key);
@@ -164,7 +178,9 @@ impl Core {
             retries: task.retries,
             unrunnable_limit_ms: task.unrunnable_limit_ms,
             seq: task.seq,
-            inputs: self.graph.inputs(key).cloned().map(Box::new),
+            inputs: (self.graph.inputs(key).or_else(|| self.shares.inputs.get(&key).map(|i| &**i)))
+                .cloned()
+                .map(Box::new),
             attempts: 0,
         };
         Some((task.id.get(), record))

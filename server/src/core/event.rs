@@ -63,6 +63,10 @@ pub(crate) enum Event {
     },
     /// A driver cancels some of its tasks.
     Cancel { conn: ConnId, ids: Vec<DriverTaskId> },
+    /// A piece of a value a driver shares.
+    Share { conn: ConnId, piece: blitzen_protocol::cluster::SharePiece },
+    /// A driver no longer shares these values.
+    Unshare { conn: ConnId, ids: Vec<u64> },
     /// An observer's request, and where its answer goes.
     Observe { request: FromObserver, reply: oneshot::Sender<ToObserver> },
     /// A driver has these results: the server may forget them.

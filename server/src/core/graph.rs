@@ -196,7 +196,12 @@ impl Core {
     fn release(&mut self, key: TaskKey) {
         let Some(parked) = self.graph.parked.remove(&key) else { return };
         let Some(task) = self.tasks.get_mut(key) else { return };
-        task.args = parked.inputs.spliced();
+        if parked.inputs.has_shared() {
+            // Made on the agent, where the shared values are.
+            self.shares.inputs.insert(key, parked.inputs);
+        } else {
+            task.args = parked.inputs.spliced();
+        }
         let (driver, id, kind) = (task.driver, task.id, task.kind);
         debug!(%driver, task = %id, "inputs in; task queued");
         if let Some(d) = self.drivers.get_mut(&driver) {

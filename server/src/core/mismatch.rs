@@ -88,6 +88,7 @@ mod tests {
             id: 0,
             replaces: 0,
             capacity: None,
+            cache_size: 0,
         };
         c.on_event(Event::AgentJoined {
             conn: conn(n),

@@ -15,6 +15,7 @@
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
 //! - `graph`: tasks waiting for others' results or ends before they are queued.
+//! - `shares`: values many tasks take, stored once and sent to each agent once.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `mismatch`: drivers told when no agent has their kind's signature, each agent's own.
 //! - `output`: lines streamed tasks print, from agents to drivers, within a budget.
@@ -72,6 +73,7 @@ mod kinds;
 mod mismatch;
 mod output;
 mod reattach;
+mod shares;
 mod stats;
 mod steer;
 mod tasks;
@@ -84,6 +86,7 @@ use deadlines::Deadline;
 use drivers::Driver;
 use graph::Graph;
 use reattach::Restart;
+use shares::Shares;
 use tasks::{DriverKey, TaskTable};
 use waiting::{GiveUp, Stranded};
 
@@ -112,6 +115,8 @@ pub(crate) struct Core {
     tasks: TaskTable,
     /// Held tasks waiting for others (their inputs), not queued yet.
     graph: Graph,
+    /// Values shared among tasks, and the tasks that take them.
+    shares: Shares,
     /// The next task's `Task::seq`: submission order across the server.
     next_seq: u64,
     /// The next driver's key: one per session, counted from 1, never reused.
@@ -213,6 +218,7 @@ impl Core {
             unstreamed: Unstreamed::default(),
             tasks: TaskTable::default(),
             graph: Graph::default(),
+            shares: Shares::default(),
             next_seq: 0,
             next_driver: 1,
             drivers: HashMap::new(),
@@ -318,6 +324,16 @@ impl Core {
             Event::Cancel { conn, ids } => {
                 if let Some(&driver) = self.connections.get(&conn) {
                     self.cancel(driver, Some(ids));
+                }
+            }
+            Event::Share { conn, piece } => {
+                if let Some(&driver) = self.connections.get(&conn) {
+                    self.share_piece(driver, piece);
+                }
+            }
+            Event::Unshare { conn, ids } => {
+                if let Some(&driver) = self.connections.get(&conn) {
+                    self.unshare(driver, ids);
                 }
             }
             Event::Observe { request, reply } => self.on_observe(request, reply),

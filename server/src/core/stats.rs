@@ -134,6 +134,8 @@ impl Core {
                     worker_states,
                     capacity: a.resources.clone(),
                     used: a.used.clone(),
+                    cache_used: a.cache.used,
+                    cache_size: a.cache.size,
                 }
             })
             .collect();
@@ -162,6 +164,7 @@ impl Core {
                 }
             })
             .collect();
+        let (shared_values, shared_bytes) = self.shares.held();
         ClusterStatus {
             server: ServerStatus {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -172,6 +175,9 @@ impl Core {
                 prefetched: held - running,
                 running,
                 results_held: self.cache.len() as u64,
+                shared_values,
+                shared_bytes,
+                shared_bytes_sent: self.shares.sent_bytes,
                 finished: self.stats.outcomes.finished(),
                 failed: self.stats.outcomes.failed,
                 cancelled: self.stats.outcomes.cancelled,

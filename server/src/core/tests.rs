@@ -69,6 +69,7 @@ pub(super) fn agent(
         id: 1000 + n,
         replaces: 0,
         capacity: None,
+        cache_size: 0,
     };
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
@@ -198,6 +199,7 @@ fn credit_follows_task_length() {
         connected_at: Instant::now(),
         last_heard: Instant::now(),
         reported: Vec::new(),
+        cache: super::shares::AgentCache::new(0),
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
     a.average_us = Some(100_000.0);

@@ -121,6 +121,7 @@ fn a_new_process_of_an_awaited_agent_ends_the_wait_for_the_old_one() {
         id: 2011,
         replaces: 1011,
         capacity: None,
+        cache_size: 0,
     };
     let close = tokio_util::sync::CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close });
@@ -149,6 +150,7 @@ fn a_new_process_of_a_connected_agent_gives_up_its_dead_connection() {
         id: 5000,
         replaces: 1010,
         capacity: None,
+        cache_size: 0,
     };
     let close = tokio_util::sync::CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close });

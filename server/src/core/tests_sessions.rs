@@ -37,7 +37,7 @@ fn a_reconnecting_driver_takes_its_session_over_and_is_owed_every_result() {
     c.on_event(Event::DriverJoined { conn: conn(5), name, session, attach: false, tx });
     turn(&mut c);
     match new.try_recv() {
-        Ok(ToDriver::Session { resumed: true, accepted: 6, held, next_id: 6 })
+        Ok(ToDriver::Session { resumed: true, accepted: 6, held, next_id: 6, .. })
             if held.is_empty() => {}
         other => panic!("expected the session first, got {other:?}"),
     }
@@ -94,6 +94,7 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
         id: 1010,
         replaces: 0,
         capacity: None,
+        cache_size: 0,
     };
     let close = CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close: close.clone() });

@@ -53,6 +53,14 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     let s = &status.server;
     gauge(&mut registry, "tasks_queued", "Tasks waiting for an agent", s.queued);
     gauge(&mut registry, "tasks_waiting", "Tasks waiting for other tasks' results", s.waiting);
+    gauge(&mut registry, "shared_values", "Values shared among tasks held", s.shared_values);
+    gauge(&mut registry, "shared_bytes", "Bytes of the shared values held", s.shared_bytes);
+    gauge(
+        &mut registry,
+        "shared_bytes_sent",
+        "Bytes of shared values sent to agents since the server started",
+        s.shared_bytes_sent,
+    );
     gauge(&mut registry, "tasks_prefetched", "Tasks waiting at agents for a worker", s.prefetched);
     gauge(&mut registry, "tasks_running", "Tasks running on a worker", s.running);
     gauge(
@@ -80,17 +88,24 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     let busy = Family::<Agent, Gauge>::default();
     let agent_done = Family::<Agent, Counter>::default();
     let agent_failed = Family::<Agent, Counter>::default();
+    let cache_used = Family::<Agent, Gauge>::default();
     for a in &status.agents {
         let labels = Agent { agent: a.host.clone() };
         workers.get_or_create(&labels).set(i64::from(a.workers));
         busy.get_or_create(&labels).set(i64::from(a.busy));
         agent_done.get_or_create(&labels).inc_by(a.done);
         agent_failed.get_or_create(&labels).inc_by(a.failed);
+        cache_used.get_or_create(&labels).set(i64::try_from(a.cache_used).unwrap_or(i64::MAX));
     }
     registry.register("agent_workers", "Worker processes of each agent", workers);
     registry.register("agent_busy_workers", "Workers of each agent running a task", busy);
     registry.register("agent_tasks_done", "Tasks each agent finished", agent_done);
     registry.register("agent_tasks_failed", "Tasks that failed on each agent", agent_failed);
+    registry.register(
+        "agent_cache_bytes",
+        "Bytes of shared values in each agent's cache (--cache-size bounds it)",
+        cache_used,
+    );
     let offered = Family::<AgentResource, Gauge>::default();
     let used = Family::<AgentResource, Gauge>::default();
     for a in &status.agents {

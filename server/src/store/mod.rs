@@ -55,6 +55,9 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const TASKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tasks");
 /// (session, driver task id) → the [`Report<DriverTaskId>`] not yet acknowledged by the driver.
 const RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results");
+/// Values shared among a session's tasks, by session and the driver's number for each:
+/// [`SharedRecord`]s (a directory of an older version has no such table until it is written).
+const SHARES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("shares");
 
 /// The data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,14 @@ pub(crate) struct TaskRecord {
     pub attempts: u32,
 }
 
+/// A shared value as stored: the server's key for it, and its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SharedRecord {
+    pub key: u64,
+    #[serde(with = "serde_bytes_compat")]
+    pub bytes: Bytes,
+}
+
 /// `Bytes` as MessagePack binary.
 mod serde_bytes_compat {
     use bytes::Bytes;
@@ -149,6 +160,10 @@ pub(crate) enum Change {
     Result { session: String, id: u64, report: Box<Report<DriverTaskId>> },
     /// A driver acknowledged a result.
     ResultAcked { session: String, id: u64 },
+    /// A value shared among a session's tasks: the driver's number `id`, the server's `key`.
+    Share { session: String, id: u64, key: u64, bytes: Bytes },
+    /// A shared value is gone.
+    Unshare { session: String, id: u64 },
     /// A session is over: it goes with its tasks and results.
     SessionEnded { session: String },
     /// Restored tasks are held for agents to re-attach, and the runs of this hold have used this
@@ -163,6 +178,8 @@ pub(crate) struct Loaded {
     /// With their attempts.
     pub tasks: Vec<(String, u64, TaskRecord)>,
     pub results: Vec<(String, Report<DriverTaskId>)>,
+    /// Shared values: session, the driver's number, the record.
+    pub shares: Vec<(String, u64, SharedRecord)>,
     /// Every kind, in the order of its number.
     pub kinds: Vec<TaskKind>,
     /// The agents connected when the server stopped: `(id, host)`.
@@ -250,6 +267,7 @@ impl Store {
         txn.open_table(SESSIONS)?;
         txn.open_table(TASKS)?;
         txn.open_table(RESULTS)?;
+        txn.open_table(SHARES)?;
         txn.open_table(KINDS)?;
         txn.open_table(AGENTS)?;
         txn.open_table(ATTEMPTS)?;
@@ -283,6 +301,19 @@ impl Store {
             let (key, report) = entry?;
             let report = rmp_serde::from_slice(report.value()).map_err(|e| corrupt("result", e))?;
             loaded.results.push((key.value().0.to_string(), report));
+        }
+        match txn.open_table(SHARES) {
+            Ok(table) => {
+                for entry in table.iter()? {
+                    let (key, record) = entry?;
+                    let (session, id) = key.value();
+                    let record = rmp_serde::from_slice(record.value())
+                        .map_err(|e| corrupt("shared value", e))?;
+                    loaded.shares.push((session.to_string(), id, record));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
         }
         for (i, entry) in txn.open_table(KINDS)?.iter()?.enumerate() {
             let (number, kind) = entry?;
@@ -346,6 +377,7 @@ impl Store {
             let mut sessions = txn.open_table(SESSIONS)?;
             let mut tasks = txn.open_table(TASKS)?;
             let mut results = txn.open_table(RESULTS)?;
+            let mut shares = txn.open_table(SHARES)?;
             let mut attempts = txn.open_table(ATTEMPTS)?;
             let mut kinds = txn.open_table(KINDS)?;
             let mut agents = txn.open_table(AGENTS)?;
@@ -386,12 +418,20 @@ impl Store {
                     Change::ResultAcked { session, id } => {
                         results.remove((session.as_str(), *id))?;
                     }
+                    Change::Share { session, id, key, bytes } => {
+                        let record = SharedRecord { key: *key, bytes: bytes.clone() };
+                        shares.insert((session.as_str(), *id), encode(&record)?.as_slice())?;
+                    }
+                    Change::Unshare { session, id } => {
+                        shares.remove((session.as_str(), *id))?;
+                    }
                     Change::SessionEnded { session } => {
                         sessions.remove(session.as_str())?;
                         let all = (session.as_str(), 0)..=(session.as_str(), u64::MAX);
                         tasks.retain_in(all.clone(), |_, _| false)?;
                         attempts.retain_in(all.clone(), |_, _| false)?;
-                        results.retain_in(all, |_, _| false)?;
+                        results.retain_in(all.clone(), |_, _| false)?;
+                        shares.retain_in(all, |_, _| false)?;
                     }
                     Change::ReattachUsed { ms } => reattach_used = Some(*ms),
                 }
