@@ -6,7 +6,8 @@
 //!
 //! This file holds the state, the event loop and the end of the server; the rest is split by
 //! concern, each file an `impl Core` block:
-//! - `drivers`: drivers joining and leaving, submissions, results on their way back.
+//! - `drivers`: drivers joining and leaving, results on their way back; `submit`: their
+//!   submissions.
 //! - `agents`: agents joining and leaving, their results; `deadlines`: started tasks an agent
 //!   does not answer for, settled by the server.
 //! - `kinds`: the kinds of task declared, each interned once, with its base (what agents run).
@@ -76,6 +77,7 @@ mod reattach;
 mod shares;
 mod stats;
 mod steer;
+mod submit;
 mod tasks;
 mod waiting;
 
