@@ -180,6 +180,22 @@ pub fn decode_shared<M: DeserializeOwned>(body: &Bytes) -> Result<M, DecodeError
     Ok(result?)
 }
 
+/// Runs `f` with `body` as the frame that large payloads decoded meanwhile on this thread (fields
+/// marked `shared_bytes`, such as a [`Blob`](crate::Blob)'s) are sliced from rather than copied,
+/// as [`decode_shared`] does for its own decoding: for decoders that are given a slice of `body`.
+pub fn with_shared_frame<R>(body: &Bytes, f: impl FnOnce() -> R) -> R {
+    /// Puts the frame before back, even if `f` panics.
+    struct Restore(Option<Bytes>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SHARED_FRAME.with(|f| *f.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(SHARED_FRAME.with(|f| f.replace(Some(body.clone()))));
+    f()
+}
+
 /// Deserializes a payload as `Bytes`, sharing the frame's memory under [`decode_shared`].
 pub fn shared_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
     deserializer.deserialize_bytes(SharedBytesVisitor)

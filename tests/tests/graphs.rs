@@ -59,12 +59,19 @@ fn halve(x: f64) -> f64 {
     x / 2.0
 }
 
-/// The length of `data` and the sum of every 4096th byte, and whether this worker had the data
-/// mapped from an agent's cache of shared values (rather than received through its pipe).
+/// The length of `data` and the sum of every 4096th byte, and whether `data` is this worker's
+/// mapping of a file of its agent's cache of shared values itself: not received through the
+/// worker's pipe, not copied.
 #[blitzen::task]
 fn mapped_sum(data: blitzen::Blob) -> (u64, u64, bool) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let mapped = maps.lines().any(|l| l.contains("/blitzen-cache-"));
+    let at = data.as_ptr() as usize;
+    let mapped = maps.lines().filter(|l| l.contains("/blitzen-cache-")).any(|l| {
+        let range = l.split_whitespace().next().unwrap_or_default();
+        let (start, end) = range.split_once('-').unwrap_or_default();
+        let (start, end) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16));
+        matches!((start, end), (Ok(s), Ok(e)) if s <= at && at + data.len() <= e)
+    });
     (data.len() as u64, sampled(&data), mapped)
 }
 

@@ -250,7 +250,14 @@ fn execute(
         }
         Some(entry) => {
             LAST_PANIC.with(|p| p.borrow_mut().take());
-            match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.invoke)(&task.args))) {
+            // A large `Blob` among the arguments is a slice of them, not a copy (of the pipe's
+            // frame, or of a shared value's mapping).
+            let invoke = || {
+                blitzen_protocol::frame::with_shared_frame(&task.args, || {
+                    (entry.invoke)(&task.args)
+                })
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(invoke)) {
                 Ok(outcome) => outcome,
                 Err(payload) => {
                     let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());

@@ -440,3 +440,5 @@ mod tests_restart;
 mod tests_results;
 #[cfg(test)]
 mod tests_sessions;
+#[cfg(test)]
+mod tests_shares;
