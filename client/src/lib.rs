@@ -19,6 +19,7 @@
 //! - `connection` (private): one connection — tasks in, results out, heartbeats — as a type
 //!   with one method per message.
 //! - `succession` (private): the lock that tells which ended agent process this one replaces.
+//! - `cache` (private): the shared values kept for the server's tasks, as files the workers map.
 
 mod cache;
 pub mod cli;
