@@ -26,6 +26,8 @@ const DRIVER_ENV: &str = "BLITZEN_TEST_NETNS_DRIVER";
 /// [`DRIVER_ENV`], finding the server where the job script says (`BLITZEN_SERVER`,
 /// `BLITZEN_TLS_PIN`, `BLITZEN_SECRET_FILE`).
 const SLURM_DRIVER_ENV: &str = "BLITZEN_TEST_SLURM_DRIVER";
+/// How many agents the Slurm job's driver waits for before it submits.
+const SLURM_AGENTS_ENV: &str = "BLITZEN_TEST_SLURM_AGENTS";
 
 /// Where the driver writes its report instead of stderr, when set.
 const REPORT_ENV: &str = "BLITZEN_TEST_REPORT";
@@ -67,7 +69,35 @@ fn drive_in_slurm(spec: &str) -> Result<Report, String> {
         .with_secret_file(env("BLITZEN_SECRET_FILE")?)
         .map_err(|e| e.to_string())?
         .with_tls_pin(pin);
+    // Every node's agent first: a few hundred short tasks could all end on the first one.
+    let agents: usize = env(SLURM_AGENTS_ENV)?.parse().map_err(|_| SLURM_AGENTS_ENV)?;
+    wait_for_agents(agents, Duration::from_secs(60))?;
     run_tasks(d, kind, count, size)
+}
+
+/// Waits until the server of the job script has `count` agents, asking `blitzen-server
+/// status` (as an operator would: nothing notifies a driver of agents).
+fn wait_for_agents(count: usize, limit: Duration) -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let server = format!("{}blitzen-server", env("BLITZEN_BIN")?);
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = std::process::Command::new(&server)
+            .args(["status", "--server", &env("BLITZEN_SERVER")?, "--json"])
+            .args(["--secret-file", &env("BLITZEN_SECRET_FILE")?])
+            .args(["--tls-pin", &env("BLITZEN_TLS_PIN")?])
+            .output()
+            .map_err(|e| format!("{server}: {e}"))?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let seen = status["agents"].as_array().map_or(0, Vec::len);
+        if seen >= count {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{seen} agents connected after {limit:?}, not {count}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn run_tasks(
@@ -342,6 +372,7 @@ fn the_slurm_job_script_runs_a_cluster_across_its_nodes() -> Result<(), Failed> 
             .env("BLITZEN_SECRET_FILE", &secret)
             .env("BLITZEN_BIND", &nodes[0].addr)
             .env(SLURM_DRIVER_ENV, "echo 300 1024")
+            .env(SLURM_AGENTS_ENV, "3")
             .env(REPORT_ENV, dir.join("report.json"));
         let mut job = blitzen_tests::cluster::start_program(command, "job").map_err(fail)?;
         let status = job.wait_exit(Duration::from_secs(120)).map_err(fail)?;
