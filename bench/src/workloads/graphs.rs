@@ -142,6 +142,12 @@ fn independent_once<B: Backend>(d: &Dispatcher<B>, tasks: u64) -> Result<f64> {
     Ok(rate)
 }
 
+/// The length of an input, without reading it.
+#[blitzen::task]
+fn blob_len(data: Blob) -> u64 {
+    data.len() as u64
+}
+
 /// The sum of an input's bytes, each taken as a number.
 #[blitzen::task]
 fn byte_sum(data: Blob) -> u64 {
@@ -161,37 +167,52 @@ fn w23_bytes() -> Result<usize> {
     }
 }
 
-/// W23: 20 tasks each reading one 100 MiB input: the time with the input shared, as a
-/// percentage of the time with it passed to each task by value, alternately.
+/// W23: 20 tasks each reading one 100 MiB input: the time with the input shared (one handle
+/// for every run, so a cluster's agents have it cached after the first), as a percentage of the
+/// time with it passed to each task by value, alternately; and what taking the input costs:
+/// 20 tasks that only look at its length, the shared input against a 1-byte one.
 pub(super) fn shared<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
     let bytes = w23_bytes()?;
     let input = Blob::from(vec![1u8; bytes]);
-    let check_sums = |sums: &[u64]| match sums.iter().all(|&s| s == bytes as u64) {
-        true => Ok(()),
-        false => Err(format!("W23: sums {sums:?}")),
-    };
-    let by_share = || {
+    let tiny = Blob::from(vec![1u8]);
+    let handle = d.share(&input).map_err(|e| e.to_string())?;
+    let timed = |input: Option<&Blob>, expected: u64, reads: bool| -> Result<f64> {
         let start = Instant::now();
-        let handle = d.share(&input).map_err(|e| e.to_string())?;
-        let ids: Vec<_> = (0..W23_TASKS)
-            .map(|_| d.submit(byte_sum, &handle))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        check_sums(&wait(d, &ids)?)?;
+        let ids: Vec<_> = match (input, reads) {
+            (Some(input), true) => (0..W23_TASKS).map(|_| d.run(byte_sum, input.clone())).collect(),
+            (Some(input), false) => {
+                (0..W23_TASKS).map(|_| d.run(blob_len, input.clone())).collect()
+            }
+            (None, reads) => (0..W23_TASKS)
+                .map(|_| match reads {
+                    true => d.submit(byte_sum, &handle),
+                    false => d.submit(blob_len, &handle),
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+        };
+        let sums = wait(d, &ids)?;
+        if sums.iter().any(|&s| s != expected) {
+            return Err(format!("W23: sums {sums:?}"));
+        }
         Ok(start.elapsed().as_secs_f64())
     };
-    let by_value = || {
-        let start = Instant::now();
-        let ids: Vec<_> = (0..W23_TASKS).map(|_| d.run(byte_sum, input.clone())).collect();
-        check_sums(&wait(d, &ids)?)?;
-        Ok(start.elapsed().as_secs_f64())
-    };
-    let (shared, valued) = alternately(runs, by_share, by_value)?;
+    let len = bytes as u64;
+    let (shared, valued) =
+        alternately(runs, || timed(None, len, true), || timed(Some(&input), len, true))?;
+    let (taken, one_byte) =
+        alternately(runs, || timed(None, len, false), || timed(Some(&tiny), 1, false))?;
     Ok(Measured {
         params: json!({ "tasks": W23_TASKS, "input_bytes": bytes, "type": "Blob" }),
         runs: shared.iter().zip(&valued).map(|(s, v)| 100.0 * s / v).collect(),
         units: "% of the time by value",
         better: Better::Lower,
-        extra: vec![("s_shared", median(&shared)), ("s_by_value", median(&valued))],
+        extra: vec![
+            ("s_shared", median(&shared)),
+            ("s_by_value", median(&valued)),
+            ("s_taken_only", median(&taken)),
+            ("s_one_byte", median(&one_byte)),
+            ("x_one_byte", median(&taken) / median(&one_byte)),
+        ],
     })
 }

@@ -22,8 +22,28 @@ pub(super) fn assemble(inputs: &Inputs) -> io::Result<Bytes> {
     Ok(splice(&inputs.framing, &values))
 }
 
-/// The file at `path`, mapped: its bytes without a copy.
+thread_local! {
+    /// The last file mapped, kept for the next task that takes it (a sweep over one shared
+    /// value maps it once per worker): at most one, so a value the agent forgot holds memory
+    /// only until this worker maps another.
+    static LAST: std::cell::RefCell<Option<(String, Bytes)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The file at `path`, mapped: its bytes without a copy. A cache's files are written once and
+/// never changed (a value is removed, never rewritten), so a mapping of the same path serves
+/// again.
 fn map(path: &str) -> io::Result<Bytes> {
+    if let Some(bytes) =
+        LAST.with(|last| last.borrow().as_ref().filter(|(p, _)| p == path).map(|(_, b)| b.clone()))
+    {
+        return Ok(bytes);
+    }
+    let bytes = map_anew(path)?;
+    LAST.with(|last| *last.borrow_mut() = Some((path.to_string(), bytes.clone())));
+    Ok(bytes)
+}
+
+fn map_anew(path: &str) -> io::Result<Bytes> {
     let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
     if len == 0 {
@@ -99,12 +119,12 @@ mod tests {
             &assemble(&two).expect("maps")[..],
             b">\x01\x00\x00\x00v\x0c\x00\x00\x00shared bytes"
         );
+        // Mapped once: the same path serves again, even once the file is gone.
         std::fs::remove_file(&path).expect("removes");
-        let gone = Inputs {
-            framing: Framing::Single,
-            parts: vec![InputPart::File(path.display().to_string())],
-            after: vec![],
-        };
+        assert_eq!(&assemble(&single).expect("kept")[..], b"shared bytes");
+        let never = format!("{}-never", path.display());
+        let gone =
+            Inputs { framing: Framing::Single, parts: vec![InputPart::File(never)], after: vec![] };
         assert!(assemble(&gone).is_err(), "a missing file is an error, not a crash");
     }
 }
