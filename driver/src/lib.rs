@@ -52,6 +52,7 @@ mod dispatcher;
 pub mod distributed;
 mod error;
 mod graphs;
+mod local_shares;
 mod multicore;
 mod output;
 mod progress;

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::dispatcher::{Backend, Call, Dispatcher, Releaser, sealed};
 use crate::error::DispatchError;
+use crate::local_shares::LocalShares;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
 
@@ -49,19 +50,32 @@ pub struct Multicore {
     thread: RuntimeThread,
     /// This binary's tasks, to group calls for the pool's estimates.
     registry: &'static Registry,
+    /// The values shared among its tasks, as files the workers map.
+    shares: Arc<LocalShares>,
 }
 
 impl sealed::Sealed for Multicore {}
 
 /// Queues `call` into the pool as a job.
-fn to_pool(submitter: &Submitter, registry: &Registry, call: Call) -> Result<(), Outcome> {
+fn to_pool(
+    submitter: &Submitter,
+    registry: &Registry,
+    shares: &LocalShares,
+    mut call: Call,
+) -> Result<(), Outcome> {
     let group = registry.group_of(call.name, &call.args);
+    let job = JobId::new(call.id.get());
+    let inputs = call.inputs.take().map(|mut inputs| {
+        shares.take(job, &mut inputs);
+        inputs
+    });
     let task = RunTask {
         stream: call.stream,
         timeout: call.timeout,
         retries: call.retries,
         group,
-        ..RunTask::new(JobId::new(call.id.get()), call.name, call.fingerprint, call.args)
+        inputs,
+        ..RunTask::new(job, call.name, call.fingerprint, call.args)
     };
     let job = task.holding(call.request);
     submitter
@@ -71,12 +85,17 @@ fn to_pool(submitter: &Submitter, registry: &Registry, call: Call) -> Result<(),
 
 impl Backend for Multicore {
     fn submit(&self, call: Call) -> Result<(), Outcome> {
-        to_pool(&self.submitter, self.registry, call)
+        to_pool(&self.submitter, self.registry, &self.shares, call)
     }
 
     fn releaser(&self) -> Releaser {
         let (submitter, registry) = (self.submitter.clone(), self.registry);
-        Box::new(move |call| to_pool(&submitter, registry, call))
+        let shares = self.shares.clone();
+        Box::new(move |call| to_pool(&submitter, registry, &shares, call))
+    }
+
+    fn share(&self, bytes: &bytes::Bytes) -> Option<crate::call::Stored> {
+        self.shares.share(bytes)
     }
 
     fn cancel(&self, ids: Vec<DriverTaskId>) {
@@ -199,7 +218,10 @@ impl Dispatcher<Multicore> {
         let registry = registry::global().map_err(PoolError::from)?;
         let table = Arc::new(ResultTable::new());
         let sink_table = table.clone();
+        let shares = Arc::new(LocalShares::default());
+        let sink_shares = shares.clone();
         let sink = Box::new(move |batch: Vec<Report<JobId>>| {
+            sink_shares.finished(batch.iter().map(|r| r.id));
             sink_table.complete(batch.into_iter().map(report).collect())
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -231,7 +253,7 @@ impl Dispatcher<Multicore> {
         // On an error the thread has ended: dropping it joins it.
         let (submitter, status) = started?;
         debug!(workers = status.snapshot().target, "multicore dispatcher started");
-        let backend = Multicore { submitter, status, thread, registry };
+        let backend = Multicore { submitter, status, thread, registry, shares };
         let mut dispatcher = Dispatcher::assemble(table, backend);
         dispatcher.default_timeout = settings.default_timeout;
         Ok(dispatcher)

@@ -66,7 +66,8 @@ fn halve(x: f64) -> f64 {
 fn mapped_sum(data: blitzen::Blob) -> (u64, u64, bool) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let at = data.as_ptr() as usize;
-    let mapped = maps.lines().filter(|l| l.contains("/blitzen-cache-")).any(|l| {
+    let shared = |l: &&str| l.contains("/blitzen-cache-") || l.contains("/blitzen-shares-");
+    let mapped = maps.lines().filter(shared).any(|l| {
         let range = l.split_whitespace().next().unwrap_or_default();
         let (start, end) = range.split_once('-').unwrap_or_default();
         let (start, end) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16));
@@ -282,6 +283,33 @@ fn a_shared_value_is_taken_by_many_tasks_on_a_cluster() -> Result<(), Failed> {
 /// A graph whose driver link is cut midway: every root and every dependent (held and released
 /// by the server, some sent again after the cut) runs exactly once, each dependent with its
 /// root's value, and no result comes twice but those the server was owed.
+/// A shared value of 16 MiB taken by 20 tasks on one machine: each worker maps it from the
+/// dispatcher's file rather than receiving it through its pipe, and the file goes once the
+/// handle is dropped and the tasks are done.
+fn a_shared_value_is_mapped_by_each_worker_multicore() -> Result<(), Failed> {
+    const LEN: usize = 16 << 20;
+    let d = MulticoreDispatcher::new(2).map_err(fail)?;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let expected = (LEN as u64, sampled(&data), true);
+    let shared = d.share(&blitzen::Blob::from(data)).map_err(fail)?;
+    let ids: Vec<_> =
+        (0..20).map(|_| d.submit(mapped_sum, &shared)).collect::<Result<_, _>>().map_err(fail)?;
+    drop(shared);
+    let got = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let wrong: Vec<_> = got.iter().filter(|r| **r != Ok(expected)).collect();
+    check(wrong.is_empty(), format!("each task read it, mapped: {wrong:?}"))?;
+    let prefix = format!("blitzen-shares-{}-", std::process::id());
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .flat_map(|dir| std::fs::read_dir(dir.path()).into_iter().flatten().flatten())
+        .map(|f| f.path().display().to_string())
+        .collect();
+    check(left.is_empty(), format!("the file goes with the last task and handle: {left:?}"))
+}
+
 /// A shared value of 64 MiB taken by 100 tasks on two agents: the server sends it to each agent
 /// once (by its own count), every worker maps it from its agent's cache rather than receiving
 /// it through its pipe, and the server forgets it once its handle is dropped and no task takes
@@ -403,6 +431,7 @@ fn main() -> std::process::ExitCode {
         trial!(cancels_reach_waiting_tasks_and_dependents_on_a_cluster),
         trial!(a_shared_value_is_taken_by_many_tasks_multicore),
         trial!(a_shared_value_is_taken_by_many_tasks_on_a_cluster),
+        trial!(a_shared_value_is_mapped_by_each_worker_multicore),
         trial!(a_shared_value_crosses_to_each_agent_once),
         trial!(a_cut_driver_link_mid_graph_runs_every_task_once),
         trial!(bad_handles_are_refused_and_nothing_is_queued),

@@ -241,10 +241,8 @@ impl ResultTable {
             values.push(match part {
                 Part::Value(bytes) => Some(bytes),
                 Part::Shared { id, bytes } => {
-                    if held_by_backend {
-                        stored.resize(i + 1, None);
-                        stored[i] = Some(id);
-                    }
+                    stored.resize(i + 1, None);
+                    stored[i] = Some(id);
                     Some(bytes)
                 }
                 Part::Result { seq, .. } => match st.slots.get(seq) {
@@ -265,8 +263,17 @@ impl ResultTable {
         st.pending += 1;
         call.id = id.task();
         let settled = st.closed.clone().or(failed);
-        if settled.is_none() && (!waits.is_empty() || !stored.is_empty()) {
-            if held_by_backend {
+        // Sent with its inputs part by part: when the backend holds tasks until their inputs
+        // are in, or when it has only shared values to put in (which a backend that waits for
+        // nothing hands over as files). A task that waits here is parked with their bytes.
+        let as_inputs = settled.is_none()
+            && if held_by_backend {
+                !waits.is_empty() || !stored.is_empty()
+            } else {
+                waits.is_empty() && !stored.is_empty()
+            };
+        if settled.is_none() && (!waits.is_empty() || as_inputs) {
+            if as_inputs {
                 for &(on, _) in &waits {
                     st.kept.entry(on).or_default().refs += 1;
                 }
