@@ -24,7 +24,8 @@
 //! fetched, with the feed of what tasks print), `output` ([`Output`]: what is done with those
 //! lines), `streams` (`map`, `imap`, `imap_unordered`), `awaits` (the async face: results
 //! as futures and a stream, [`TaskFuture`], [`Completed`]), `graphs` (tasks that take other
-//! tasks' results, [`Dispatcher::submit`], and run after others, [`After`]), `call` (a
+//! tasks' results, [`Dispatcher::submit`], and run after others, [`After`]), `local_shares`
+//! (the values a multicore dispatcher shares, as files its workers map), `call` (a
 //! submitted task as a backend receives it), `progress` (the progress bar of long
 //! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
 //! from), `tasks` ([`Tasks`], what `tasks![]` makes: the crates an agent serves).
