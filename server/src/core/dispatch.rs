@@ -92,6 +92,12 @@ impl Core {
                     break;
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
+                // A task taking a large shared value this agent lacks waits for one that has it
+                // and can take a task now (see `shares`); this agent takes nothing more now.
+                if !self.shares.inputs.is_empty() && self.better_elsewhere(conn, key) {
+                    self.requeue_front(key);
+                    break;
+                }
                 // Shared values it takes go to the agent first, if it lacks them.
                 let inputs =
                     if self.shares.inputs.is_empty() { None } else { self.shared_for(conn, key) };

@@ -10,6 +10,12 @@
 //! map; the server keeps the books of each agent's cache ([`AgentCache`]): within its size,
 //! least recently used first out, never a value that a task the agent holds takes.
 //!
+//! Locality: a task that takes a value of [`LOCAL_BYTES`] or more goes to an agent that lacks
+//! it only when no agent that has it can take the task at that moment (it has free credit and
+//! could run the task's kind), so a burst of such tasks keeps to the agents that hold the value
+//! while they have room; and it is held back so for [`LOCAL_WAIT`] at most, after which the next
+//! agent with room takes it (and receives the value) whatever the others hold.
+//!
 //! A value goes when its driver no longer shares it ([`FromDriver::Unshare`], the handle
 //! dropped) and no task that takes it is held: agents are told to forget it.
 //!
@@ -32,6 +38,12 @@ use crate::store::Change;
 /// The most bytes one shared value may have.
 const MAX_SHARED: u64 = 64 << 30;
 
+/// Shared values at least this large make a task prefer the agents that hold them.
+pub(super) const LOCAL_BYTES: u64 = 1 << 20;
+
+/// Longest a task is held back for an agent that has its shared values.
+pub(super) const LOCAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// An agent's cache when it does not say its size.
 pub(super) const DEFAULT_CACHE: u64 = 1 << 30;
 
@@ -53,6 +65,8 @@ pub(super) struct Shares {
     takes: HashMap<TaskKey, Vec<u64>, IdHash>,
     /// Bytes of shared values sent to agents so far.
     pub sent_bytes: u64,
+    /// Tasks held back for an agent that has their values: since when.
+    held_back: HashMap<TaskKey, std::time::Instant, IdHash>,
 }
 
 #[derive(Debug)]
@@ -106,6 +120,11 @@ impl AgentCache {
         }
     }
 
+    /// Whether it holds `key`.
+    fn holds(&self, key: u64) -> bool {
+        self.held.contains_key(&key)
+    }
+
     /// A task it holds no longer takes `key`.
     fn unpin(&mut self, key: u64) {
         if let Some(c) = self.held.get_mut(&key) {
@@ -139,6 +158,7 @@ impl Shares {
     /// Forgets the tasks for which `keep` is false (gone without an end).
     pub(super) fn retain_tasks(&mut self, keep: impl Fn(TaskKey) -> bool) {
         self.inputs.retain(|&k, _| keep(k));
+        self.held_back.retain(|&k, _| keep(k));
         let gone: Vec<TaskKey> = self.takes.keys().copied().filter(|&k| !keep(k)).collect();
         for task in gone {
             for k in self.takes.remove(&task).unwrap_or_default() {
@@ -290,6 +310,7 @@ impl Core {
             return;
         }
         self.shares.inputs.remove(&key);
+        self.shares.held_back.remove(&key);
         let Some(keys) = self.shares.takes.remove(&key) else { return };
         for k in keys {
             if let Some(a) = agent.and_then(|a| self.agents.get_mut(&a)) {
@@ -308,6 +329,9 @@ impl Core {
     /// takes), and each is kept there while the task is held. Its inputs, for the assignment.
     pub(super) fn shared_for(&mut self, conn: ConnId, key: TaskKey) -> Option<Box<Inputs>> {
         let inputs = self.shares.inputs.get(&key)?.clone();
+        if !self.shares.held_back.is_empty() {
+            self.shares.held_back.remove(&key);
+        }
         let shares = &mut self.shares;
         let agent = self.agents.get_mut(&conn)?;
         let cache = &mut agent.cache;
@@ -339,6 +363,49 @@ impl Core {
             shares.sent_bytes += len;
         }
         Some(inputs)
+    }
+
+    /// Whether task `key`, about to go to agent `conn`, should go to another: it takes a large
+    /// value `conn` lacks, and an agent that has all such values can take it now.
+    pub(super) fn better_elsewhere(&mut self, conn: ConnId, key: TaskKey) -> bool {
+        let since = self.shares.held_back.get(&key).copied();
+        if since.is_some_and(|at| at.elapsed() >= LOCAL_WAIT) {
+            return false;
+        }
+        let better = self.holder_has_room(conn, key);
+        if better && since.is_none() {
+            self.shares.held_back.insert(key, std::time::Instant::now());
+        }
+        better
+    }
+
+    fn holder_has_room(&self, conn: ConnId, key: TaskKey) -> bool {
+        let (Some(inputs), Some(agent), Some(task)) =
+            (self.shares.inputs.get(&key), self.agents.get(&conn), self.tasks.get(key))
+        else {
+            return false;
+        };
+        let large = |k: &u64| self.shares.bytes(*k).is_some_and(|b| b.len() as u64 >= LOCAL_BYTES);
+        let lacking: Vec<u64> =
+            inputs.shared().filter(|k| large(k) && !agent.cache.holds(*k)).collect();
+        if lacking.is_empty() {
+            return false;
+        }
+        self.agents.iter().any(|(&other, a)| {
+            other != conn
+                && a.running.len() < a.capacity()
+                && lacking.iter().all(|k| a.cache.holds(*k))
+                && self.could_run(a, task.kind)
+        })
+    }
+
+    /// Puts task `key`, just taken from its queue, back at the front of it.
+    pub(super) fn requeue_front(&mut self, key: TaskKey) {
+        let Some(task) = self.tasks.get(key) else { return };
+        let (driver, kind) = (task.driver, task.kind);
+        if let Some(d) = self.drivers.get_mut(&driver) {
+            d.queues.entry(kind).or_default().push_front(key);
+        }
     }
 
     /// The messages that send agent `conn` its pending values and forgets, in order.

@@ -75,7 +75,7 @@ impl Core {
 
     /// Whether `agent` has tasks of `kind` and could fit what they ask for, once what it runs
     /// has drained.
-    fn could_run(&self, agent: &Agent, kind: KindId) -> bool {
+    pub(super) fn could_run(&self, agent: &Agent, kind: KindId) -> bool {
         agent.kinds.contains_key(&self.base(kind))
             && (self.kind(kind).request.as_ref())
                 .is_none_or(|r| agent.resources.shortfall(r).is_none())
