@@ -150,11 +150,6 @@ impl Shares {
         self.keys.get(&(driver, id)).copied()
     }
 
-    /// Whether value `id` of `driver` is held.
-    pub(super) fn holds(&self, driver: DriverKey, id: u64) -> bool {
-        self.keys.contains_key(&(driver, id))
-    }
-
     /// Forgets the tasks for which `keep` is false (gone without an end).
     pub(super) fn retain_tasks(&mut self, keep: impl Fn(TaskKey) -> bool) {
         self.inputs.retain(|&k, _| keep(k));
@@ -272,6 +267,29 @@ impl Core {
             self.free_value(key);
         }
         self.shares.arriving.retain(|(d, _), _| *d != driver);
+    }
+
+    /// Why a task of `driver` with `inputs` cannot take its shared values, if it cannot: one the
+    /// server does not hold, or one larger than the cache of every connected agent.
+    pub(super) fn cannot_share(&self, driver: DriverKey, inputs: &Inputs) -> Option<String> {
+        let largest = self.agents.values().map(|a| a.cache.size).max();
+        inputs.shared().find_map(|id| {
+            let Some(bytes) = self.shares.key_of(driver, id).and_then(|k| self.shares.bytes(k))
+            else {
+                return Some(format!(
+                    "it takes shared value {id}, which the server does not hold (never shared, \
+                     or unshared)"
+                ));
+            };
+            let len = bytes.len() as u64;
+            largest.filter(|&cache| len > cache).map(|cache| {
+                format!(
+                    "it takes shared value {id} of {len} bytes, more than the cache of any \
+                     connected agent holds (the largest holds {cache} bytes: see the agents' \
+                     --cache-size)"
+                )
+            })
+        })
     }
 
     /// Task `key` of `driver` takes the shared values among `inputs`, by the driver's numbers:

@@ -60,11 +60,8 @@ impl Core {
                 refused.push(s.id);
                 continue;
             }
-            if let Some(id) = (s.inputs.iter())
-                .flat_map(|i| i.shared())
-                .find(|&id| !self.shares.holds(driver_key, id))
-            {
-                unshared.push((s.id, id));
+            if let Some(why) = s.inputs.as_ref().and_then(|i| self.cannot_share(driver_key, i)) {
+                unshared.push((s.id, why));
                 continue;
             }
             if save_failure.is_some() {
@@ -139,11 +136,7 @@ impl Core {
             self.park(driver_key, key, inputs);
         }
         debug!(%driver_key, driver = %name, count, refused = refused.len(), "tasks submitted");
-        for (id, value) in unshared {
-            let message = format!(
-                "it takes shared value {value}, which the server does not hold (never shared, or \
-                 unshared)"
-            );
+        for (id, message) in unshared {
             self.report(driver_key, Report::unstarted(id, Outcome::BadArguments { message }), None);
         }
         if !undeclared.is_empty() {

@@ -170,15 +170,30 @@ fn a_full_cache_forgets_the_least_recently_used_value_no_task_takes() {
 }
 
 #[test]
-fn a_task_taking_a_value_the_server_does_not_hold_is_refused_saying_so() {
+fn a_task_taking_a_value_not_held_or_larger_than_every_cache_is_refused_saying_so() {
     let mut c = core(ServerConfig::default());
     let mut d = driver(&mut c, 1);
     submit(&mut c, vec![taking(1, 9)]);
     turn(&mut c);
     let got = outcomes(&mut d);
     let [(1, Outcome::BadArguments { message })] = &got[..] else { panic!("{got:?}") };
-    assert!(message.contains("shared value 9"), "{message}");
+    assert!(message.contains("shared value 9, which the server does not hold"), "{message}");
+    // 2,000 bytes for agents that keep 1,000 and 1,500.
+    share(&mut c, 4, 2000);
+    let _a = agent(&mut c, 10, 1000);
+    let _b = agent(&mut c, 11, 1500);
+    submit(&mut c, vec![taking(2, 4)]);
+    turn(&mut c);
+    let got = outcomes(&mut d);
+    let [(2, Outcome::BadArguments { message })] = &got[..] else { panic!("{got:?}") };
+    assert!(message.contains("the largest holds 1500 bytes"), "{message}");
     assert!(c.tasks.is_empty());
+    // An agent with room for it: taken.
+    let _big = agent(&mut c, 12, 4000);
+    submit(&mut c, vec![taking(3, 4)]);
+    turn(&mut c);
+    assert!(outcomes(&mut d).is_empty(), "taken");
+    assert_eq!(c.tasks.len(), 1);
 }
 
 #[test]
