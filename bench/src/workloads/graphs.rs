@@ -106,6 +106,23 @@ pub(super) fn tree<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measure
     })
 }
 
+/// W22 on a cluster of one agent (two workers), with the server's peak memory above its start,
+/// per task: every node of the tree is submitted at once, so each is in flight at the peak
+/// (the independent runs alternated with the trees are as many tasks: the figure bounds both).
+pub(super) fn tree_on_cluster(runs: usize) -> Result<Measured> {
+    let cluster = crate::procs::Cluster::start(1, 2)?;
+    let d = cluster.dispatcher();
+    super::warm_up(&d)?;
+    let base = crate::usage::rss_bytes(cluster.server.pid())? as f64;
+    let mut m = tree(&d, runs)?;
+    let peak = crate::usage::peak_rss_bytes(cluster.server.pid())? as f64;
+    let nodes = m.params["tasks"].as_f64().unwrap_or(1.0);
+    m.extra.push(("server_peak_b_per_task", (peak - base).max(0.0) / nodes));
+    m.params["agents"] = json!(1);
+    m.params["workers_per_agent"] = json!(2);
+    Ok(m)
+}
+
 /// Submits the leaves and every level at once (each node summing the sixteen below it), waits
 /// for the root; tasks per second.
 fn tree_once<B: Backend>(d: &Dispatcher<B>, leaves: u64, nodes: u64) -> Result<f64> {

@@ -27,7 +27,7 @@ use at_scale::at_scale;
 pub use at_scale::drive;
 use awaits::{async_latency, async_throughput, pending_futures};
 use durable::{durable_queue, durable_throughput, restart_queued};
-use graphs::{chain, shared, tree};
+use graphs::{chain, shared, tree, tree_on_cluster};
 use idle::{idle_cluster, idle_multicore, startup_cluster, startup_multicore};
 use many_agents::many_agents;
 pub use many_agents::simulate;
@@ -194,7 +194,7 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W21, Path::Multicore) => on_multicore(2, |d| chain(d, runs)),
         (Workload::W21, Path::Distributed) => on_cluster(1, 2, |d| chain(d, runs)),
         (Workload::W22, Path::Multicore) => on_multicore(2, |d| tree(d, runs)),
-        (Workload::W22, Path::Distributed) => on_cluster(1, 2, |d| tree(d, runs)),
+        (Workload::W22, Path::Distributed) => tree_on_cluster(runs),
         (Workload::W23, Path::Multicore) => on_multicore(2, |d| shared(d, runs)),
         (Workload::W23, Path::Distributed) => on_cluster(1, 2, |d| shared(d, runs)),
     }
@@ -228,7 +228,7 @@ fn on_cluster(
 }
 
 /// Runs some tasks so that workers, connections and caches are up before timing.
-fn warm_up<B: Backend>(d: &Dispatcher<B>) -> Result<()> {
+pub(super) fn warm_up<B: Backend>(d: &Dispatcher<B>) -> Result<()> {
     let ids: Vec<_> = (0..2_000).map(|i| d.run(noop, i)).collect();
     wait(d, &ids)?;
     Ok(())

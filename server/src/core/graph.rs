@@ -34,7 +34,61 @@ pub(super) struct Graph {
     parked: HashMap<TaskKey, Parked, IdHash>,
     /// For each task of a session that others wait on, those tasks and what they wait for.
     /// (Ids come from authenticated drivers: a hash of their numbers serves, see [`IdHash`].)
-    waiters: HashMap<(DriverKey, DriverTaskId), Vec<(TaskKey, Wait)>, IdHash>,
+    waiters: HashMap<(DriverKey, DriverTaskId), Waiters, IdHash>,
+}
+
+/// The tasks waiting on one task: most often one (a tree, a chain), kept without an allocation
+/// — every byte here is paid once per task with a dependent in flight.
+#[derive(Debug)]
+enum Waiters {
+    One(TaskKey, PackedWait),
+    Many(Box<Vec<(TaskKey, PackedWait)>>),
+}
+
+impl Waiters {
+    fn push(this: Option<Self>, key: TaskKey, wait: PackedWait) -> Self {
+        match this {
+            None => Waiters::One(key, wait),
+            Some(Waiters::One(k, w)) => Waiters::Many(Box::new(vec![(k, w), (key, wait)])),
+            Some(Waiters::Many(mut all)) => {
+                all.push((key, wait));
+                Waiters::Many(all)
+            }
+        }
+    }
+
+    fn into_vec(self) -> Vec<(TaskKey, Wait)> {
+        match self {
+            Waiters::One(k, w) => vec![(k, w.unpack())],
+            Waiters::Many(all) => all.into_iter().map(|(k, w)| (k, w.unpack())).collect(),
+        }
+    }
+}
+
+/// A [`Wait`] in four bytes: an argument's index, or one of the two ends above every index.
+#[derive(Debug, Clone, Copy)]
+struct PackedWait(u32);
+
+impl PackedWait {
+    const AFTER: u32 = u32::MAX - 1;
+    const AFTER_ANY: u32 = u32::MAX;
+
+    fn pack(wait: Wait) -> Self {
+        Self(match wait {
+            // A submission's arguments fit in a frame: far fewer than 2³² − 2.
+            Wait::Input(i) => u32::try_from(i).unwrap_or(Self::AFTER - 1).min(Self::AFTER - 1),
+            Wait::After => Self::AFTER,
+            Wait::AfterAny => Self::AFTER_ANY,
+        })
+    }
+
+    fn unpack(self) -> Wait {
+        match self.0 {
+            Self::AFTER => Wait::After,
+            Self::AFTER_ANY => Wait::AfterAny,
+            i => Wait::Input(i as usize),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -105,7 +159,10 @@ impl Core {
                     }
                 }
                 None => {
-                    self.graph.waiters.entry((driver, on)).or_default().push((key, wait));
+                    let at = (driver, on);
+                    let before = self.graph.waiters.remove(&at);
+                    let waiters = Waiters::push(before, key, PackedWait::pack(wait));
+                    self.graph.waiters.insert(at, waiters);
                     parked.missing += 1;
                 }
             }
@@ -162,7 +219,7 @@ impl Core {
         };
         let mut released = Vec::new();
         let mut changed = Vec::new();
-        for (key, wait) in waiters {
+        for (key, wait) in waiters.into_vec() {
             let Some(parked) = self.graph.parked.get_mut(&key) else { continue };
             if !parked.inputs.meet(report.id, wait, value) {
                 let outcome = dependency_failed(report.id, self.name_of(kind), &report.run.outcome);
