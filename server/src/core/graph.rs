@@ -42,6 +42,8 @@ pub(super) struct Graph {
 #[derive(Debug)]
 enum Waiters {
     One(TaskKey, PackedWait),
+    // Boxed: a `Vec` inline would make every entry, `One`s too, sixteen bytes larger.
+    #[allow(clippy::box_collection)]
     Many(Box<Vec<(TaskKey, PackedWait)>>),
 }
 
