@@ -38,17 +38,22 @@ impl ShareCache {
         self.dir.join(key.to_string())
     }
 
-    /// Writes a piece of a value (off the runtime's thread: a piece is up to 16 MiB).
+    /// Writes a piece of a value (off the runtime's thread: a piece is up to 16 MiB). The
+    /// pieces go to a file of their own, renamed into place once whole: a worker that maps the
+    /// value (a server that restarted may send it again) keeps the file it mapped, never sees
+    /// one half written or cut short.
     pub(crate) async fn write(&self, piece: SharePiece) -> io::Result<()> {
         let path = self.path(piece.id);
+        let arriving = self.dir.join(format!("{}.arriving", piece.id));
         tokio::task::spawn_blocking(move || {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
                 .truncate(piece.offset == 0)
-                .open(&path)?;
+                .open(&arriving)?;
             file.write_all_at(&piece.bytes, piece.offset)?;
             if piece.offset + piece.bytes.len() as u64 >= piece.total {
+                std::fs::rename(&arriving, &path)?;
                 debug!(key = piece.id, bytes = piece.total, "shared value cached");
             }
             Ok(())

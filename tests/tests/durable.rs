@@ -164,6 +164,60 @@ fn a_graph_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
     check(duplicates <= again, format!("{duplicates} results came twice, {again} were sent again"))
 }
 
+/// Appends `n` to `file` (as [`counted`] does), naps `millis` ms, and returns `n` with the
+/// length of the shared `data`.
+#[blitzen::task]
+fn counted_with(
+    file: String,
+    n: u64,
+    millis: u64,
+    data: blitzen::Blob,
+) -> Result<(u64, u64), String> {
+    counted_inner(&file, n, millis)?;
+    Ok((n, data.len() as u64))
+}
+
+fn counted_inner(file: &str, n: u64, millis: u64) -> Result<(), String> {
+    use std::io::Write;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(file).map_err(|e| format!("{file}: {e}"))?;
+    f.write_all(format!("{n}\n").as_bytes()).map_err(|e| format!("{file}: {e}"))?;
+    std::thread::sleep(Duration::from_millis(millis));
+    Ok(())
+}
+
+/// A shared value outlives a `kill -9` of the server with the tasks that take it: 300 tasks
+/// taking one 4 MiB value, the server killed midway and started again on its directory, every
+/// task runs once and reads the whole value (sent again to the agent by the restarted server).
+fn a_shared_value_rides_through_a_kill_9_of_the_server() -> Result<(), Failed> {
+    const LEN: usize = 4 << 20;
+    let dir = TempDir::new("shared");
+    let port = free_port().map_err(fail)?;
+    let mut server = durable_server(&dir, port, &[])?;
+    let _agent = start_own_agent(&server.addr, 2, "shared-a", Duration::from_secs(5))?;
+    let d = driver(&server.addr);
+    let runs = Tally::new().map_err(fail)?;
+    let shared = d.share(&blitzen::Blob::from(vec![3u8; LEN])).map_err(fail)?;
+    let ids: Vec<_> = (0..300)
+        .map(|i| {
+            let (file, _, millis) = runs.args(i, 2);
+            d.submit(counted_with, (file, i, millis, &shared))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    check(wait_for_lines(runs.path(), 50), "the first tasks ran")?;
+    blitzen_tests::kill(server.process.pid());
+    server.process.wait_exit(WAIT).map_err(fail)?;
+    let back = durable_server(&dir, port, &[])?;
+    let got = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let expected: Vec<Result<(u64, u64), TaskError>> =
+        (0..300).map(|i| Ok((i, LEN as u64))).collect();
+    check(got == expected, format!("every task read the whole value: {:?}", &got[..5]))?;
+    runs.check_each_once(0..300)?;
+    let status = back.status().map_err(fail)?;
+    check(status["server"]["shared_values"] == 1, format!("still shared: {status}"))
+}
+
 /// Results sent again after restarts, by the `logs` of the server's runs and its `agents`: those
 /// the server owed a driver when it reconnected, and those agents sent again because the server
 /// had not acknowledged them — when they reconnect, or as tasks they kept when they re-attach
@@ -638,6 +692,7 @@ fn main() -> std::process::ExitCode {
         trial!(an_unusable_data_directory_is_a_clear_error),
         trial!(a_driver_rides_through_a_kill_9_of_the_server),
         trial!(a_graph_rides_through_a_kill_9_of_the_server),
+        trial!(a_shared_value_rides_through_a_kill_9_of_the_server),
         trial!(a_driver_waits_through_a_clean_restart),
         trial!(a_task_running_at_a_kill_9_finishes_once),
         trial!(a_local_cluster_keeps_its_state_in_a_data_directory),
