@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use blitzen_protocol::cluster::{SharePiece, ToAgent};
+use blitzen_protocol::cluster::{SHARE_PIECE, SharePiece, ToAgent};
 use blitzen_protocol::ids::{ConnId, IdHash, TaskKey};
 use blitzen_protocol::inputs::{InputPart, Inputs};
 use bytes::{Bytes, BytesMut};
@@ -200,10 +200,11 @@ impl Core {
             warn!(%driver, id = piece.id, total = piece.total, "a shared value too large, or shared twice; ignored");
             return;
         }
-        let arriving =
-            self.shares.arriving.entry(at).or_insert_with(|| {
-                BytesMut::with_capacity(usize::try_from(piece.total).unwrap_or(0))
-            });
+        let arriving = self.shares.arriving.entry(at).or_insert_with(|| {
+            // Reserved as it comes beyond the first pieces: a length is only what a peer says.
+            let total = usize::try_from(piece.total).unwrap_or(usize::MAX);
+            BytesMut::with_capacity(total.min(4 * SHARE_PIECE))
+        });
         if arriving.len() as u64 != piece.offset
             || piece.offset + piece.bytes.len() as u64 > piece.total
         {
