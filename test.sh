@@ -130,6 +130,11 @@ if [ $# -eq 0 ]; then
 fi
 
 say "finished in $((SECONDS - started)) s"
+if [ $# -eq 0 ] && [ ! -s "$reports/default/junit.xml" ]; then
+  # The count below is then the doctests' alone.
+  say "the tests did not build, or did not run: see cargo's output above"
+  status=1
+fi
 summary=(--junit "$reports/default/junit.xml" --junit "$pytest_report" --doctests "$doctest_log")
 for name in "${skipped[@]}"; do summary+=(--skipped "$name"); done
 "$python" tests/summary.py "${summary[@]}" || status=1
