@@ -34,7 +34,50 @@ pub(super) struct Graph {
     parked: HashMap<TaskKey, Parked, IdHash>,
     /// For each task of a session that others wait on, those tasks and what they wait for.
     /// (Ids come from authenticated drivers: a hash of their numbers serves, see [`IdHash`].)
-    waiters: HashMap<(DriverKey, DriverTaskId), Waiters, IdHash>,
+    waiters: HashMap<DriverKey, ByNumber, IdHash>,
+}
+
+/// A driver's waited-on tasks, by their number: a driver numbers its tasks one after another,
+/// so the waited-on ones are a window of numbers, kept as a deque from the lowest (16 bytes a
+/// number in the window, rather than a hash table's entry).
+#[derive(Debug, Default)]
+struct ByNumber {
+    /// The number of `slots[0]`.
+    base: u64,
+    slots: std::collections::VecDeque<Option<Waiters>>,
+}
+
+impl ByNumber {
+    fn take(&mut self, id: DriverTaskId) -> Option<Waiters> {
+        let at = usize::try_from(id.get().checked_sub(self.base)?).ok()?;
+        let taken = self.slots.get_mut(at)?.take();
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        while matches!(self.slots.back(), Some(None)) {
+            self.slots.pop_back();
+        }
+        taken
+    }
+
+    fn add(&mut self, id: DriverTaskId, key: TaskKey, wait: PackedWait) {
+        let n = id.get();
+        if self.slots.is_empty() {
+            self.base = n;
+        }
+        while n < self.base {
+            self.slots.push_front(None);
+            self.base -= 1;
+        }
+        let at = usize::try_from(n - self.base).unwrap_or(usize::MAX);
+        if at >= self.slots.len() {
+            self.slots.resize_with(at.saturating_add(1), || None);
+        }
+        if let Some(slot) = self.slots.get_mut(at) {
+            *slot = Some(Waiters::push(slot.take(), key, wait));
+        }
+    }
 }
 
 /// The tasks waiting on one task: most often one (a tree, a chain), kept without an allocation
@@ -127,7 +170,7 @@ impl Graph {
 
     /// Forgets what `driver`'s tasks waited on.
     pub(super) fn forget_driver(&mut self, driver: DriverKey) {
-        self.waiters.retain(|(d, _), _| *d != driver);
+        self.waiters.remove(&driver);
     }
 
     /// The inputs of waiting task `key`.
@@ -149,7 +192,14 @@ impl Core {
         let mut parked = Parked { inputs, missing: 0 };
         let waits: Vec<(DriverTaskId, Wait)> = parked.inputs.waits().collect();
         let mut failed = None;
+        // Tasks of the session numbered from here were never submitted.
+        let issued = self.drivers.get(&driver).map_or(0, |d| d.next_id);
         for (on, wait) in waits {
+            if on.get() >= issued {
+                let message = format!("it waits on task {on}, which its driver never submitted");
+                failed.get_or_insert(Outcome::BadArguments { message });
+                continue;
+            }
             match self.ended_before(driver, on) {
                 Some(Ended::Value(value)) => {
                     let value = value.clone();
@@ -161,10 +211,8 @@ impl Core {
                     }
                 }
                 None => {
-                    let at = (driver, on);
-                    let before = self.graph.waiters.remove(&at);
-                    let waiters = Waiters::push(before, key, PackedWait::pack(wait));
-                    self.graph.waiters.insert(at, waiters);
+                    let waiters = self.graph.waiters.entry(driver).or_default();
+                    waiters.add(on, key, PackedWait::pack(wait));
                     parked.missing += 1;
                 }
             }
@@ -214,7 +262,11 @@ impl Core {
         if self.graph.waiters.is_empty() {
             return false;
         }
-        let Some(waiters) = self.graph.waiters.remove(&(driver, report.id)) else { return false };
+        let Some(by_number) = self.graph.waiters.get_mut(&driver) else { return false };
+        let Some(waiters) = by_number.take(report.id) else { return false };
+        if by_number.slots.is_empty() {
+            self.graph.waiters.remove(&driver);
+        }
         let value = match &report.run.outcome {
             Outcome::Value(bytes) => Some(bytes),
             _ => None,
@@ -311,5 +363,33 @@ pub(super) fn dependency_failed(id: DriverTaskId, name: String, failed: &Outcome
         other => {
             Outcome::DependencyFailed { task: id.get(), name, outcome: Box::new(other.clone()) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waited-on task costs its window slot: 16 bytes, its one waiter inline.
+    #[test]
+    fn a_slot_of_waiters_stays_small() {
+        assert!(std::mem::size_of::<Option<Waiters>>() <= 16);
+    }
+
+    #[test]
+    fn the_window_follows_the_numbers_waited_on() {
+        let mut w = ByNumber::default();
+        let key = TaskKey::new(9);
+        w.add(DriverTaskId::new(10), key, PackedWait::pack(Wait::Input(0)));
+        w.add(DriverTaskId::new(7), key, PackedWait::pack(Wait::After));
+        w.add(DriverTaskId::new(12), key, PackedWait::pack(Wait::AfterAny));
+        assert_eq!((w.base, w.slots.len()), (7, 6));
+        assert!(w.take(DriverTaskId::new(8)).is_none(), "nobody waits on 8");
+        let seven = w.take(DriverTaskId::new(7)).map(Waiters::into_vec);
+        assert_eq!(seven.as_deref(), Some(&[(key, Wait::After)][..]));
+        assert_eq!((w.base, w.slots.len()), (10, 3), "the front trimmed");
+        w.take(DriverTaskId::new(12));
+        assert_eq!(w.slots.len(), 1, "the back trimmed");
+        assert!(w.take(DriverTaskId::new(3)).is_none() && w.take(DriverTaskId::new(99)).is_none());
     }
 }

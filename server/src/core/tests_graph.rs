@@ -208,3 +208,15 @@ fn after_a_restart_a_waiting_task_waits_again_and_a_held_result_meets_it() {
     let want = Bytes::from(rmp_serde::to_vec(&(3u64, 4u64)).expect("encodes"));
     assert_eq!(last.iter().map(|t| (t.1, t.2.clone())).collect::<Vec<_>>(), [(3, want)]);
 }
+
+#[test]
+fn a_wait_on_a_task_never_submitted_is_refused_not_held() {
+    let mut c = core(ServerConfig::default());
+    let mut d = driver(&mut c, 1);
+    submit(&mut c, vec![submission(1, 0), taking(2, &[50])]);
+    turn(&mut c);
+    let got = outcomes(&mut d);
+    let [(2, Outcome::BadArguments { message })] = &got[..] else { panic!("{got:?}") };
+    assert!(message.contains("task 50"), "{message}");
+    assert_eq!(c.status().server.waiting, 0);
+}
