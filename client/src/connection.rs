@@ -231,6 +231,14 @@ impl<'a> Connection<'a> {
                 unknown.push(t.key);
                 continue;
             };
+            if t.inputs.iter().flat_map(|i| &i.parts).any(|p| matches!(p, InputPart::File(_))) {
+                // Files are this agent's own to name (its cache's), never the server's.
+                warn!(key = %t.key, "the server sent a task whose arguments name a file; refused");
+                let message = "its arguments name a file, which only an agent may".to_string();
+                let run = Finished::unstarted(Outcome::BadArguments { message });
+                again.push(Report { id: t.key, worker: None, run });
+                continue;
+            }
             let id = JobId::new(self.work.next_job);
             self.work.next_job += 1;
             let held = Held { key: t.key, seq: t.seq, connection: self.number };

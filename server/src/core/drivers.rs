@@ -276,11 +276,7 @@ impl Core {
             while let Some((driver, report, kind)) = first.take().or_else(|| next.pop()) {
                 let inputs = self.inputs_ended(driver, &report, kind, &mut next);
                 self.record_result(driver, &report);
-                if inputs {
-                    self.deliver_later(driver, report, kind);
-                } else {
-                    self.deliver(driver, report, kind);
-                }
+                self.deliver_when(driver, report, kind, inputs);
             }
             return;
         }
@@ -303,34 +299,27 @@ impl Core {
         report: Report<DriverTaskId>,
         kind: Option<KindId>,
     ) {
-        self.count_result(driver_key, &report, kind);
-        let Some(d) = self.drivers.get_mut(&driver_key) else { return };
-        if d.tx.is_some() {
-            d.outbox.push(report.clone());
-        }
-        self.keep(driver_key, report);
+        self.deliver_when(driver_key, report, kind, false);
     }
 
-    /// [`deliver`](Self::deliver) for the result of a task that others waited on (they have
-    /// it already): it goes to the driver with its next reports, or within
+    /// [`deliver`](Self::deliver), or, for the result of a task that others waited on (`later`:
+    /// they have it already), with the driver's next reports or within
     /// [`INPUT_RESULTS_DELAY`].
-    fn deliver_later(
+    fn deliver_when(
         &mut self,
         driver_key: DriverKey,
         report: Report<DriverTaskId>,
         kind: Option<KindId>,
+        later: bool,
     ) {
         self.count_result(driver_key, &report, kind);
         let Some(d) = self.drivers.get_mut(&driver_key) else { return };
-        if d.tx.is_some() {
+        if d.tx.is_some() && later {
             d.later.push(report.clone());
             self.later_due.get_or_insert_with(|| Instant::now() + INPUT_RESULTS_DELAY);
+        } else if d.tx.is_some() {
+            d.outbox.push(report.clone());
         }
-        self.keep(driver_key, report);
-    }
-
-    /// Keeps a result until its driver acknowledges it.
-    fn keep(&mut self, driver_key: DriverKey, report: Report<DriverTaskId>) {
         let evicted = self.cache.insert(driver_key, report);
         if evicted > 0 {
             info!(

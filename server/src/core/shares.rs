@@ -271,8 +271,12 @@ impl Core {
     }
 
     /// Why a task of `driver` with `inputs` cannot take its shared values, if it cannot: one the
-    /// server does not hold, or one larger than the cache of every connected agent.
+    /// server does not hold, one larger than the cache of every connected agent, or a file.
     pub(super) fn cannot_share(&self, driver: DriverKey, inputs: &Inputs) -> Option<String> {
+        // Files are the agents' own, for their workers: never a driver's to name.
+        if inputs.parts.iter().any(|p| matches!(p, InputPart::File(_))) {
+            return Some("its arguments name a file, which a driver cannot send".to_string());
+        }
         let largest = self.agents.values().map(|a| a.cache.size).max();
         inputs.shared().find_map(|id| {
             let Some(bytes) = self.shares.key_of(driver, id).and_then(|k| self.shares.bytes(k))

@@ -178,6 +178,17 @@ fn a_task_taking_a_value_not_held_or_larger_than_every_cache_is_refused_saying_s
     let got = outcomes(&mut d);
     let [(1, Outcome::BadArguments { message })] = &got[..] else { panic!("{got:?}") };
     assert!(message.contains("shared value 9, which the server does not hold"), "{message}");
+    // A file is the agents' to name, never a driver's.
+    let file = Inputs {
+        framing: Framing::Single,
+        parts: vec![InputPart::File("/etc/passwd".into())],
+        after: vec![],
+    };
+    submit(&mut c, vec![Submission { inputs: Some(Box::new(file)), ..submission(5, 0) }]);
+    turn(&mut c);
+    let got = outcomes(&mut d);
+    let [(5, Outcome::BadArguments { message })] = &got[..] else { panic!("{got:?}") };
+    assert!(message.contains("name a file"), "{message}");
     // 2,000 bytes for agents that keep 1,000 and 1,500.
     share(&mut c, 4, 2000);
     let _a = agent(&mut c, 10, 1000);
