@@ -20,7 +20,7 @@ thread_local! {
 /// copied, so that a small value kept for long does not pin a large read buffer.
 pub const SHARE_THRESHOLD: usize = 4096;
 
-/// Decodes one frame body like [`decode`], but large payload fields marked with
+/// Decodes one frame body like [`decode`](super::decode), but large payload fields marked with
 /// `#[serde(deserialize_with = "shared_bytes")]` become slices of `body` instead of copies.
 pub fn decode_shared<M: DeserializeOwned>(body: &Bytes) -> Result<M, DecodeError> {
     SHARED_FRAME.with(|f| *f.borrow_mut() = Some(body.clone()));
