@@ -429,6 +429,25 @@ impl Cluster {
         Ok(self)
     }
 
+    /// The server's status, asked as an observer (an open cluster's only).
+    pub fn status(&self) -> Result<Box<blitzen_protocol::status::ClusterStatus>> {
+        if self.security != Security::Open {
+            return Err("the bench asks only open clusters for their status".into());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        let request = blitzen_protocol::cluster::FromObserver::Status;
+        let tls = blitzen_net::PeerTls::default();
+        let limit = Duration::from_secs(10);
+        let ask = blitzen_server::observe::ask(&self.addr, None, &tls, request, limit);
+        match runtime.block_on(ask).map_err(|e| e.to_string())? {
+            blitzen_protocol::cluster::ToObserver::Status(status) => Ok(status),
+            other => Err(format!("status: the server answered {other:?}")),
+        }
+    }
+
     pub fn dispatcher(&self) -> DistributedDispatcher {
         let d = DistributedDispatcher::new(&self.addr);
         match (self.security, blitzen_net::Secret::new(BENCH_SECRET, "bench")) {

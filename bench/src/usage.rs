@@ -12,6 +12,13 @@ pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
     status_bytes(pid, "VmHWM")
 }
 
+/// Starts a process's peak resident memory again from its present one (Linux's
+/// `clear_refs`), so that [`peak_rss_bytes`] tells the peak of what follows.
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("/proc/{pid}/clear_refs: {e}"))
+}
+
 /// A field of `/proc/PID/status` given in kB, in bytes.
 fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -25,11 +25,23 @@ pub enum Framing {
     Prefixed(#[serde(deserialize_with = "crate::frame::shared_bytes")] Bytes),
 }
 
-/// The encoded arguments made of `values`, the parts in order, as `framing` says.
+/// The encoded arguments made of `values`, the parts in order, as `framing` says; a single
+/// argument is its part itself, not a copy.
 pub fn splice(framing: &Framing, values: &[Bytes]) -> Bytes {
-    let len: usize = values.iter().map(Bytes::len).sum();
+    if let Framing::Single = framing {
+        return values.first().cloned().unwrap_or_default();
+    }
+    let slices: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+    splice_slices(framing, &slices)
+}
+
+/// [`splice`] of parts held anywhere (copied).
+pub fn splice_slices(framing: &Framing, values: &[&[u8]]) -> Bytes {
+    let len: usize = values.iter().map(|v| v.len()).sum();
     let n = match framing {
-        Framing::Single => return values.first().cloned().unwrap_or_default(),
+        Framing::Single => {
+            return Bytes::copy_from_slice(values.first().copied().unwrap_or_default());
+        }
         Framing::Prefixed(head) => {
             let mut out = BytesMut::with_capacity(head.len() + len + 4 * values.len());
             out.extend_from_slice(head);

@@ -4,6 +4,7 @@
 //! the same number of independent tasks (W1's kind). W23 gives one large input to many tasks,
 //! shared (encoded once) against passed to each by value.
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use blitzen::{Backend, Blob, Dispatcher, TaskId};
@@ -88,36 +89,55 @@ fn w22_levels() -> Result<u32> {
 
 /// W22: a reduction tree's rate against independent tasks, as a percentage.
 pub(super) fn tree<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measured> {
+    tree_watching(d, runs, None)
+}
+
+/// [`tree`], and with `server` (its pid) that process's peak memory in each run above its
+/// memory before the first, per task: every node of a tree is submitted at once, so each is
+/// in flight at the peak.
+fn tree_watching<B: Backend>(
+    d: &Dispatcher<B>,
+    runs: usize,
+    server: Option<u32>,
+) -> Result<Measured> {
     let levels = w22_levels()?;
     let leaves = 16u64.pow(levels);
     let nodes: u64 = (0..=levels).map(|l| 16u64.pow(l)).sum();
-    let reduced = || tree_once(d, leaves, nodes);
-    let independent = || independent_once(d, nodes);
+    let base = server.map(crate::usage::rss_bytes).transpose()?.unwrap_or(0) as f64;
+    let (tree_peaks, flat_peaks) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+    let watched = |peaks: &RefCell<Vec<f64>>, run: &dyn Fn() -> Result<f64>| -> Result<f64> {
+        let Some(pid) = server else { return run() };
+        crate::usage::reset_peak_rss(pid)?;
+        let rate = run()?;
+        let peak = crate::usage::peak_rss_bytes(pid)? as f64;
+        peaks.borrow_mut().push((peak - base).max(0.0) / nodes as f64);
+        Ok(rate)
+    };
+    let reduced = || watched(&tree_peaks, &|| tree_once(d, leaves, nodes));
+    let independent = || watched(&flat_peaks, &|| independent_once(d, nodes));
     let (trees, flat) = alternately(runs, reduced, independent)?;
+    let mut extra =
+        vec![("tasks_per_s_tree", median(&trees)), ("tasks_per_s_independent", median(&flat))];
+    if server.is_some() {
+        extra.push(("server_peak_b_per_task_tree", median(&tree_peaks.borrow())));
+        extra.push(("server_peak_b_per_task_independent", median(&flat_peaks.borrow())));
+    }
     Ok(Measured {
         params: json!({ "leaves": leaves, "fan_in": 16, "tasks": nodes }),
         runs: trees.iter().zip(&flat).map(|(t, f)| 100.0 * t / f).collect(),
         units: "% of independent",
         better: Better::Higher,
-        extra: vec![
-            ("tasks_per_s_tree", median(&trees)),
-            ("tasks_per_s_independent", median(&flat)),
-        ],
+        extra,
     })
 }
 
-/// W22 on a cluster of one agent (two workers), with the server's peak memory above its start,
-/// per task: every node of the tree is submitted at once, so each is in flight at the peak
-/// (the independent runs alternated with the trees are as many tasks: the figure bounds both).
+/// W22 on a cluster of one agent (two workers), with the server's peak memory per task in
+/// flight, each shape's apart.
 pub(super) fn tree_on_cluster(runs: usize) -> Result<Measured> {
     let cluster = crate::procs::Cluster::start(1, 2)?;
     let d = cluster.dispatcher();
     super::warm_up(&d)?;
-    let base = crate::usage::rss_bytes(cluster.server.pid())? as f64;
-    let mut m = tree(&d, runs)?;
-    let peak = crate::usage::peak_rss_bytes(cluster.server.pid())? as f64;
-    let nodes = m.params["tasks"].as_f64().unwrap_or(1.0);
-    m.extra.push(("server_peak_b_per_task", (peak - base).max(0.0) / nodes));
+    let mut m = tree_watching(&d, runs, Some(cluster.server.pid()))?;
     m.params["agents"] = json!(1);
     m.params["workers_per_agent"] = json!(2);
     Ok(m)
@@ -232,4 +252,51 @@ pub(super) fn shared<B: Backend>(d: &Dispatcher<B>, runs: usize) -> Result<Measu
             ("x_one_byte", median(&taken) / median(&one_byte)),
         ],
     })
+}
+
+/// The length of an input, after 5 ms of work that does not read it.
+#[blitzen::task]
+fn blob_len_slowly(data: Blob) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    data.len() as u64
+}
+
+/// W23 wide: 400 tasks of 5 ms on four agents (a worker each) taking one shared input of twice
+/// W23's size (200 MiB), against a 1-byte input, alternately, once every agent has it; and the
+/// bytes of shared values the server sent, as a multiple of four copies.
+pub(super) fn shared_wide(runs: usize) -> Result<Vec<(&'static str, f64)>> {
+    const AGENTS: usize = 4;
+    const TASKS: usize = 400;
+    let bytes = 2 * w23_bytes()?;
+    let cluster = crate::procs::Cluster::start(AGENTS, 1)?;
+    let d = cluster.dispatcher();
+    super::warm_up(&d)?;
+    let input = Blob::from(vec![1u8; bytes]);
+    let tiny = Blob::from(vec![1u8]);
+    let handle = d.share(&input).map_err(|e| e.to_string())?;
+    drop(input);
+    let timed = |shared: bool| -> Result<f64> {
+        let start = Instant::now();
+        let ids: Vec<_> = match shared {
+            true => (0..TASKS)
+                .map(|_| d.submit(blob_len_slowly, &handle))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+            false => (0..TASKS).map(|_| d.run(blob_len_slowly, tiny.clone())).collect(),
+        };
+        let lens = wait(&d, &ids)?;
+        let expected = if shared { bytes as u64 } else { 1 };
+        if lens.iter().any(|&n| n != expected) {
+            return Err(format!("W23 wide: lengths {lens:?}"));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let first = timed(true)?;
+    let (taken, one_byte) = alternately(runs, || timed(true), || timed(false))?;
+    let sent = cluster.status()?.server.shared_bytes_sent as f64;
+    Ok(vec![
+        ("wide_s_first", first),
+        ("wide_x_one_byte", median(&taken) / median(&one_byte)),
+        ("wide_sent_per_agent_copy", sent / (AGENTS as f64 * handle.encoded_len() as f64)),
+    ])
 }

@@ -27,7 +27,7 @@ use at_scale::at_scale;
 pub use at_scale::drive;
 use awaits::{async_latency, async_throughput, pending_futures};
 use durable::{durable_queue, durable_throughput, restart_queued};
-use graphs::{chain, shared, tree, tree_on_cluster};
+use graphs::{chain, shared, shared_wide, tree, tree_on_cluster};
 use idle::{idle_cluster, idle_multicore, startup_cluster, startup_multicore};
 use many_agents::many_agents;
 pub use many_agents::simulate;
@@ -196,7 +196,11 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
         (Workload::W22, Path::Multicore) => on_multicore(2, |d| tree(d, runs)),
         (Workload::W22, Path::Distributed) => tree_on_cluster(runs),
         (Workload::W23, Path::Multicore) => on_multicore(2, |d| shared(d, runs)),
-        (Workload::W23, Path::Distributed) => on_cluster(1, 2, |d| shared(d, runs)),
+        (Workload::W23, Path::Distributed) => {
+            let mut m = on_cluster(1, 2, |d| shared(d, runs))?;
+            m.extra.extend(shared_wide(runs)?);
+            Ok(m)
+        }
     }
 }
 

@@ -138,7 +138,7 @@ impl Core {
                 .map(|(on, _)| on)
                 .find(|&on| !held.contains(&(driver, on)) && self.cache.get(driver, on).is_none());
             match gone {
-                None => self.park(driver, key, inputs),
+                None => self.park(driver, key, *inputs),
                 Some(on) => {
                     let reason = format!("task {on}, whose end it waited for, is no longer held");
                     if let Some(task) = self.take_task(key) {
@@ -178,9 +178,8 @@ impl Core {
             retries: task.retries,
             unrunnable_limit_ms: task.unrunnable_limit_ms,
             seq: task.seq,
-            inputs: (self.graph.inputs(key).or_else(|| self.shares.inputs.get(&key).map(|i| &**i)))
-                .cloned()
-                .map(Box::new),
+            inputs: (self.graph.inputs(key).map(Box::new))
+                .or_else(|| self.shares.inputs.get(&key).cloned()),
             attempts: 0,
         };
         Some((task.id.get(), record))

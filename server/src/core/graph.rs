@@ -15,7 +15,7 @@
 //! in (in the batch that saves the result that met it), so after a restart it waits on what it
 //! still waited on, and a result the driver acknowledged since is in it already.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use blitzen_protocol::ids::{DriverTaskId, IdHash, TaskKey};
@@ -23,6 +23,7 @@ use blitzen_protocol::inputs::{Inputs, Wait};
 use blitzen_protocol::{Outcome, Report};
 use tracing::debug;
 
+use super::parked::ParkedInputs;
 use super::tasks::DriverKey;
 use super::{Core, KindId};
 use crate::store::Change;
@@ -38,45 +39,79 @@ pub(super) struct Graph {
 }
 
 /// A driver's waited-on tasks, by their number: a driver numbers its tasks one after another,
-/// so the waited-on ones are a window of numbers, kept as a deque from the lowest (16 bytes a
-/// number in the window, rather than a hash table's entry).
+/// so the waited-on ones are a window of numbers, kept in chunks of [`CHUNK`] numbers from the
+/// lowest (16 bytes a number in the window, rather than a hash table's entry). A chunk with no
+/// waiters left is freed, so a window with gaps costs only its chunks in use, and a window that
+/// grows never doubles its memory at once.
 #[derive(Debug, Default)]
 struct ByNumber {
-    /// The number of `slots[0]`.
+    /// The number of the first slot of `chunks[0]`, a multiple of [`CHUNK`].
     base: u64,
-    slots: std::collections::VecDeque<Option<Waiters>>,
+    chunks: VecDeque<Option<Chunk>>,
+}
+
+/// Numbers per chunk of a [`ByNumber`] window (16 KiB).
+const CHUNK: usize = 1024;
+
+#[derive(Debug)]
+struct Chunk {
+    /// Slots with waiters.
+    used: usize,
+    slots: Box<[Option<Waiters>]>,
 }
 
 impl ByNumber {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The chunk index and slot of number `n`, if it is in the window.
+    fn place(&self, n: u64) -> Option<(usize, usize)> {
+        let at = usize::try_from(n.checked_sub(self.base)?).ok()?;
+        Some((at / CHUNK, at % CHUNK))
+    }
+
     fn take(&mut self, id: DriverTaskId) -> Option<Waiters> {
-        let at = usize::try_from(id.get().checked_sub(self.base)?).ok()?;
-        let taken = self.slots.get_mut(at)?.take();
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.base += 1;
+        let (c, at) = self.place(id.get())?;
+        let chunk = self.chunks.get_mut(c)?.as_mut()?;
+        let taken = chunk.slots.get_mut(at)?.take()?;
+        chunk.used -= 1;
+        if chunk.used == 0 {
+            self.chunks[c] = None;
+            while matches!(self.chunks.front(), Some(None)) {
+                self.chunks.pop_front();
+                self.base += CHUNK as u64;
+            }
+            while matches!(self.chunks.back(), Some(None)) {
+                self.chunks.pop_back();
+            }
         }
-        while matches!(self.slots.back(), Some(None)) {
-            self.slots.pop_back();
-        }
-        taken
+        Some(taken)
     }
 
     fn add(&mut self, id: DriverTaskId, key: TaskKey, wait: PackedWait) {
         let n = id.get();
-        if self.slots.is_empty() {
-            self.base = n;
+        let first = n - n % CHUNK as u64;
+        if self.chunks.is_empty() {
+            self.base = first;
         }
-        while n < self.base {
-            self.slots.push_front(None);
-            self.base -= 1;
+        while first < self.base {
+            self.chunks.push_front(None);
+            self.base -= CHUNK as u64;
         }
-        let at = usize::try_from(n - self.base).unwrap_or(usize::MAX);
-        if at >= self.slots.len() {
-            self.slots.resize_with(at.saturating_add(1), || None);
+        let Some((c, at)) = self.place(n) else { return };
+        if c >= self.chunks.len() {
+            self.chunks.resize_with(c + 1, || None);
         }
-        if let Some(slot) = self.slots.get_mut(at) {
-            *slot = Some(Waiters::push(slot.take(), key, wait));
+        let chunk = self.chunks[c].get_or_insert_with(|| Chunk {
+            used: 0,
+            slots: std::iter::repeat_with(|| None).take(CHUNK).collect(),
+        });
+        let slot = &mut chunk.slots[at];
+        if slot.is_none() {
+            chunk.used += 1;
         }
+        *slot = Some(Waiters::push(slot.take(), key, wait));
     }
 }
 
@@ -139,7 +174,7 @@ impl PackedWait {
 #[derive(Debug)]
 struct Parked {
     /// Its arguments so far, and what it still waits for.
-    inputs: Box<Inputs>,
+    inputs: Box<ParkedInputs>,
     /// Waits not met yet.
     missing: usize,
 }
@@ -173,9 +208,9 @@ impl Graph {
         self.waiters.remove(&driver);
     }
 
-    /// The inputs of waiting task `key`.
-    pub(super) fn inputs(&self, key: TaskKey) -> Option<&Inputs> {
-        self.parked.get(&key).map(|p| &*p.inputs)
+    /// The inputs of waiting task `key`, with those in so far.
+    pub(super) fn inputs(&self, key: TaskKey) -> Option<Inputs> {
+        self.parked.get(&key).map(|p| p.inputs.to_inputs())
     }
 }
 
@@ -188,9 +223,9 @@ enum Ended<'a> {
 impl Core {
     /// Holds task `key` of `driver` until `inputs` are in (see the module's text); queues it at
     /// once if they are.
-    pub(super) fn park(&mut self, driver: DriverKey, key: TaskKey, inputs: Box<Inputs>) {
-        let mut parked = Parked { inputs, missing: 0 };
-        let waits: Vec<(DriverTaskId, Wait)> = parked.inputs.waits().collect();
+    pub(super) fn park(&mut self, driver: DriverKey, key: TaskKey, inputs: Inputs) {
+        let mut parked = Parked { inputs: Box::new(ParkedInputs::from(inputs)), missing: 0 };
+        let waits = parked.inputs.waits();
         let mut failed = None;
         // Tasks of the session numbered from here were never submitted.
         let issued = self.drivers.get(&driver).map_or(0, |d| d.next_id);
@@ -264,7 +299,7 @@ impl Core {
         }
         let Some(by_number) = self.graph.waiters.get_mut(&driver) else { return false };
         let Some(waiters) = by_number.take(report.id) else { return false };
-        if by_number.slots.is_empty() {
+        if by_number.is_empty() {
             self.graph.waiters.remove(&driver);
         }
         let value = match &report.run.outcome {
@@ -309,7 +344,7 @@ impl Core {
         let Some(task) = self.tasks.get_mut(key) else { return };
         if parked.inputs.has_shared() {
             // Made on the agent, where the shared values are.
-            self.shares.inputs.insert(key, parked.inputs);
+            self.shares.inputs.insert(key, Box::new(parked.inputs.to_inputs()));
         } else {
             task.args = parked.inputs.spliced();
         }
@@ -380,16 +415,20 @@ mod tests {
     fn the_window_follows_the_numbers_waited_on() {
         let mut w = ByNumber::default();
         let key = TaskKey::new(9);
-        w.add(DriverTaskId::new(10), key, PackedWait::pack(Wait::Input(0)));
-        w.add(DriverTaskId::new(7), key, PackedWait::pack(Wait::After));
-        w.add(DriverTaskId::new(12), key, PackedWait::pack(Wait::AfterAny));
-        assert_eq!((w.base, w.slots.len()), (7, 6));
-        assert!(w.take(DriverTaskId::new(8)).is_none(), "nobody waits on 8");
-        let seven = w.take(DriverTaskId::new(7)).map(Waiters::into_vec);
-        assert_eq!(seven.as_deref(), Some(&[(key, Wait::After)][..]));
-        assert_eq!((w.base, w.slots.len()), (10, 3), "the front trimmed");
-        w.take(DriverTaskId::new(12));
-        assert_eq!(w.slots.len(), 1, "the back trimmed");
-        assert!(w.take(DriverTaskId::new(3)).is_none() && w.take(DriverTaskId::new(99)).is_none());
+        let n = |i: usize| DriverTaskId::new((CHUNK * i) as u64 + 5);
+        w.add(n(10), key, PackedWait::pack(Wait::Input(0)));
+        w.add(n(7), key, PackedWait::pack(Wait::After));
+        w.add(n(7), key, PackedWait::pack(Wait::Input(1)));
+        w.add(n(12), key, PackedWait::pack(Wait::AfterAny));
+        assert_eq!((w.base, w.chunks.len()), (7 * CHUNK as u64, 6));
+        assert_eq!(w.chunks.iter().flatten().count(), 3, "only chunks in use are allocated");
+        assert!(w.take(n(8)).is_none(), "nobody waits on 8");
+        let seven = w.take(n(7)).map(Waiters::into_vec);
+        assert_eq!(seven.as_deref(), Some(&[(key, Wait::After), (key, Wait::Input(1))][..]));
+        assert_eq!((w.base, w.chunks.len()), (10 * CHUNK as u64, 3), "the front trimmed");
+        w.take(n(12));
+        assert_eq!(w.chunks.len(), 1, "the back trimmed");
+        assert!(w.take(DriverTaskId::new(3)).is_none() && w.take(n(99)).is_none());
+        assert!(w.take(n(10)).is_some() && w.is_empty());
     }
 }

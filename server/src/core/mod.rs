@@ -15,7 +15,8 @@
 //! - `event`: [`Event`], what the connections tell the core.
 //! - `durable`: the state loaded from the data directory, and the changes saved to it.
 //! - `reattach`: after a restart, agents re-attaching with the tasks they hold from before.
-//! - `graph`: tasks waiting for others' results or ends before they are queued.
+//! - `graph`: tasks waiting for others' results or ends before they are queued; `parked`: their
+//!   inputs, compact.
 //! - `shares`: values many tasks take, stored once and sent to each agent once.
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `mismatch`: drivers told when no agent has their kind's signature, each agent's own.
@@ -73,6 +74,7 @@ mod graph;
 mod kinds;
 mod mismatch;
 mod output;
+mod parked;
 mod reattach;
 mod shares;
 mod stats;

@@ -133,7 +133,7 @@ impl Core {
             self.record(Change::Tasks { session, tasks: records });
         }
         for (key, inputs) in waiting {
-            self.park(driver_key, key, inputs);
+            self.park(driver_key, key, *inputs);
         }
         debug!(%driver_key, driver = %name, count, refused = refused.len(), "tasks submitted");
         for (id, message) in unshared {

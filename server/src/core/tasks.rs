@@ -2,7 +2,8 @@
 //! in a slab.
 //!
 //! A million queued tasks must cost little memory: a slab of slots reused through a free list
-//! holds each task once, without the hash table's spare buckets. A key is the slot's index and
+//! holds each task once, without the hash table's spare buckets, in pages of [`PAGE`] slots so
+//! that a growing table neither doubles its memory nor copies itself. A key is the slot's index and
 //! the slot's generation, which changes whenever the slot is freed, so a key outlives its task
 //! harmlessly: a late result for a task that was given up finds nothing.
 
@@ -118,11 +119,17 @@ fn key(index: usize, generation: u32) -> TaskKey {
     TaskKey::new((u64::from(generation) << 32) | index as u64)
 }
 
+/// Slots per page of a [`TaskTable`] (about 380 KiB).
+const PAGE: usize = 4096;
+
 /// Every task held, by key.
 #[derive(Debug, Default)]
 pub(crate) struct TaskTable {
-    /// Slot `i` holds the task whose key has index `i` and the slot's generation, if any.
-    slots: Vec<Slot>,
+    /// Slot `i` (slot `i % PAGE` of page `i / PAGE`) holds the task whose key has index `i` and
+    /// the slot's generation, if any.
+    pages: Vec<Box<[Slot]>>,
+    /// Slots handed out so far: those below this index are in use or on `free`.
+    used: usize,
     /// Indices of empty slots, reused last-freed first.
     free: Vec<u32>,
     /// Slots holding a task.
@@ -147,19 +154,47 @@ impl TaskTable {
     /// Stores `task` and returns its key.
     pub(crate) fn insert(&mut self, task: Task) -> TaskKey {
         self.len += 1;
-        if let Some(index) = self.free.pop() {
-            let slot = &mut self.slots[index as usize];
+        if let Some(index) = self.free.pop()
+            && let Some(slot) = self.slot_mut(index as usize)
+        {
             slot.task = Some(task);
             return key(index as usize, slot.generation);
         }
-        let index = self.slots.len();
-        self.slots.push(Slot { generation: self.fresh, task: Some(task) });
-        key(index, self.fresh)
+        let index = self.used;
+        if index / PAGE == self.pages.len() {
+            let empty = || Slot { generation: 0, task: None };
+            self.pages.push(std::iter::repeat_with(empty).take(PAGE).collect());
+        }
+        self.used += 1;
+        let fresh = self.fresh;
+        if let Some(slot) = self.slot_mut(index) {
+            *slot = Slot { generation: fresh, task: Some(task) };
+        }
+        key(index, fresh)
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot> {
+        if index >= self.used {
+            return None;
+        }
+        self.pages.get(index / PAGE)?.get(index % PAGE)
+    }
+
+    fn slot_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        if index >= self.used {
+            return None;
+        }
+        self.pages.get_mut(index / PAGE)?.get_mut(index % PAGE)
+    }
+
+    /// The slots handed out, in order of their index.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.pages.iter().flat_map(|page| page.iter()).take(self.used)
     }
 
     pub(crate) fn get(&self, key: TaskKey) -> Option<&Task> {
         let (index, generation) = split(key);
-        let slot = self.slots.get(index)?;
+        let slot = self.slot(index)?;
         if slot.generation != generation {
             return None;
         }
@@ -168,7 +203,7 @@ impl TaskTable {
 
     pub(crate) fn get_mut(&mut self, key: TaskKey) -> Option<&mut Task> {
         let (index, generation) = split(key);
-        let slot = self.slots.get_mut(index)?;
+        let slot = self.slot_mut(index)?;
         if slot.generation != generation {
             return None;
         }
@@ -178,7 +213,7 @@ impl TaskTable {
     /// Takes the task out; its key is dead from now on.
     pub(crate) fn remove(&mut self, key: TaskKey) -> Option<Task> {
         let (index, generation) = split(key);
-        let slot = self.slots.get_mut(index)?;
+        let slot = self.slot_mut(index)?;
         if slot.generation != generation {
             return None;
         }
@@ -188,7 +223,7 @@ impl TaskTable {
         self.len -= 1;
         if self.len == 0 {
             // Everything is done: give the memory of a burst back.
-            let fresh = self.slots.iter().map(|s| s.generation).max().unwrap_or(0);
+            let fresh = self.slots().map(|s| s.generation).max().unwrap_or(0);
             *self = Self { fresh: fresh.wrapping_add(1), ..Self::default() };
         }
         Some(task)
@@ -196,10 +231,7 @@ impl TaskTable {
 
     /// Removes every task for which `keep` is false.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Task) -> bool) {
-        let doomed: Vec<TaskKey> = self
-            .slots
-            .iter()
-            .enumerate()
+        let doomed: Vec<TaskKey> = (self.slots().enumerate())
             .filter(|(_, s)| s.task.as_ref().is_some_and(|t| !keep(t)))
             .map(|(i, s)| key(i, s.generation))
             .collect();
@@ -214,12 +246,12 @@ impl TaskTable {
 
     /// Every task held, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Task> {
-        self.slots.iter().filter_map(|slot| slot.task.as_ref())
+        self.slots().filter_map(|slot| slot.task.as_ref())
     }
 
     /// Every task held with its key, in no particular order.
     pub(crate) fn keys(&self) -> impl Iterator<Item = (TaskKey, &Task)> {
-        (self.slots.iter().enumerate())
+        (self.slots().enumerate())
             .filter_map(|(i, slot)| Some((key(i, slot.generation), slot.task.as_ref()?)))
     }
 
@@ -265,6 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_grows_page_by_page() {
+        let mut t = TaskTable::default();
+        let keys: Vec<TaskKey> = (0..PAGE as u64 * 2 + 3).map(|i| t.insert(task(i))).collect();
+        assert_eq!((t.pages.len(), t.len(), t.iter().count()), (3, 2 * PAGE + 3, 2 * PAGE + 3));
+        assert_eq!(t.get(keys[PAGE + 1]).map(|x| x.id.get()), Some(PAGE as u64 + 1));
+        t.remove(keys[PAGE]);
+        let again = t.insert(task(99));
+        assert_eq!(
+            (t.pages.len(), t.keys().find(|(k, _)| *k == again).map(|(_, x)| x.id.get())),
+            (3, Some(99))
+        );
+        assert!(t.get(keys[PAGE]).is_none());
+        let unused = key(2 * PAGE + 10, 0);
+        assert!(t.get(unused).is_none(), "a slot of the last page not handed out is no task");
+    }
+
+    #[test]
     fn keys_of_removed_tasks_stay_dead_when_slots_are_reused() {
         let mut t = TaskTable::default();
         let a = t.insert(task(1));
@@ -278,7 +327,7 @@ mod tests {
         assert!(t.get(b).is_none());
         assert_eq!(t.len(), 1);
         t.remove(c);
-        assert!(t.is_empty() && t.slots.is_empty(), "an empty table frees its memory");
+        assert!(t.is_empty() && t.pages.is_empty(), "an empty table frees its memory");
         let d = t.insert(task(4));
         for old in [a, b, c] {
             assert!(t.get(old).is_none(), "a key from before the table emptied matches {d}");
