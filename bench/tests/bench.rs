@@ -113,7 +113,8 @@ fn w19_and_w20_report_the_async_figures() {
 
 /// The graphs' rows on both paths, the tree and the shared input at a small size: the chain
 /// reports its time per link and W2's p50 beside it, the tree both rates, the shared input
-/// its times (shared, by value, taken without reading, a 1-byte input) and their ratio.
+/// its times (shared, by value, taken without reading, a 1-byte input) and their ratio, and on
+/// a cluster of four agents a copy at most sent to each.
 #[test]
 fn w21_and_w22_run_a_chain_and_a_tree() {
     let out = Command::new(bench())
@@ -137,6 +138,13 @@ fn w21_and_w22_run_a_chain_and_a_tree() {
         if line["name"] == "W23" {
             assert!(line["extra"]["s_taken_only"].is_f64(), "{line}");
             assert!(line["extra"]["x_one_byte"].is_f64(), "{line}");
+        }
+        if line["name"] == "W23" && line["path"] == "distributed" {
+            let copies = line["extra"]["wide_sent_per_agent_copy"].as_f64().unwrap_or(-1.0);
+            assert!(copies > 0.0 && copies <= 1.01, "at most one copy per agent: {line}");
+        }
+        if line["name"] == "W22" && line["path"] == "distributed" {
+            assert!(line["extra"]["server_peak_b_per_task_tree"].is_f64(), "{line}");
         }
     }
     assert_eq!(lines[2]["params"]["tasks"], 273, "{}", lines[2]);
