@@ -3,6 +3,8 @@
 loopback (a server and an agent of its own, encrypted with a secret) — side by side with
 Python's multiprocessing.Pool, in one run: each run of a workload goes to the three in turn,
 in a rotating order. 2 workers (4 for W3), one call per task, as in `pool_baseline.py`.
+`--executor`: the same through `blitzen.Executor` (`submit`, then each future's `result`),
+side by side with `concurrent.futures.ProcessPoolExecutor`.
 
 Prints one JSON line per workload and system in the schema of
 `cargo run --release --bin bench -- --json`, then a table of the medians on stderr:
@@ -50,6 +52,40 @@ class Blitzen:
         self.d.shutdown()
 
 
+class Executor:
+    """A ``blitzen.Executor``, or any ``concurrent.futures`` executor: futures' results in
+    order."""
+
+    def __init__(self, executor):
+        self.ex = executor
+        self.ex.submit(noop, 0).result()
+
+    def submit(self, f, *args):
+        return self.ex.submit(f, *args)
+
+    def fetch(self, futures):
+        return [f.result() for f in futures]
+
+    def close(self):
+        self.ex.shutdown()
+
+
+class ExecutorMulticore(Executor):
+    path = "Executor multicore"
+
+    def __init__(self, workers):
+        super().__init__(blitzen.Executor(max_workers=workers))
+
+
+class ProcessPool(Executor):
+    path = "ProcessPoolExecutor"
+
+    def __init__(self, workers):
+        import concurrent.futures
+
+        super().__init__(concurrent.futures.ProcessPoolExecutor(workers))
+
+
 class Multicore(Blitzen):
     path = "python multicore"
 
@@ -71,10 +107,8 @@ def wait_for(process, text, within=60):
         seen += chunk
 
 
-class Distributed(Blitzen):
+class Cluster:
     """A server and one agent of `workers` Python workers, each a process of its own."""
-
-    path = "python distributed"
 
     def __init__(self, workers):
         with socket.socket() as s:
@@ -92,14 +126,10 @@ class Distributed(Blitzen):
             client = start(["-m", "blitzen.client", "--workers", str(workers), "--path", BENCH_DIR])
             self.processes.append(client)
             wait_for(client, "connected")
-            super().__init__(DistributedDispatcher("127.0.0.1", port, secret=SECRET))
+            self.port = port
         except BaseException:
             self.stop()
             raise
-
-    def close(self):
-        super().close()
-        self.stop()
 
     def stop(self):
         for p in reversed(self.processes):
@@ -113,16 +143,45 @@ class Distributed(Blitzen):
             p.stderr.close()
 
 
+class Distributed(Blitzen):
+    path = "python distributed"
+
+    def __init__(self, workers):
+        self.cluster = Cluster(workers)
+        super().__init__(DistributedDispatcher("127.0.0.1", self.cluster.port, secret=SECRET))
+
+    def close(self):
+        super().close()
+        self.cluster.stop()
+
+
+class ExecutorDistributed(Executor):
+    path = "Executor distributed"
+
+    def __init__(self, workers):
+        self.cluster = Cluster(workers)
+        address = f"127.0.0.1:{self.cluster.port}"
+        super().__init__(blitzen.Executor(server=address, secret=SECRET))
+
+    def close(self):
+        super().close()
+        self.cluster.stop()
+
+
 KINDS = [Multicore, Distributed, Pool]
+EXECUTORS = [ExecutorMulticore, ExecutorDistributed, ProcessPool]
 
 
-def measure(workload, runs, workers):
+def measure(workload, runs, workers, kinds=KINDS):
     """Runs `workload` `runs` times on each system, rotating which goes first."""
-    systems = [kind(workers) for kind in KINDS]
+    systems = []
     try:
+        for kind in kinds:
+            systems.append(kind(workers))
         results = {s.path: [] for s in systems}
         for r in range(runs):
-            for s in systems[r % 3:] + systems[: r % 3]:
+            n = r % len(systems)
+            for s in systems[n:] + systems[:n]:
                 results[s.path].append(workload(s))
         return results
     finally:
@@ -134,7 +193,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per workload (default 5)")
     parser.add_argument("--workload", default="W1,W2,W3,W4", help="among W1,W2,W3,W4")
+    parser.add_argument(
+        "--executor",
+        action="store_true",
+        help="blitzen.Executor on both paths against concurrent.futures.ProcessPoolExecutor",
+    )
     args = parser.parse_args()
+    kinds = EXECUTORS if args.executor else KINDS
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     chosen = [w.strip().upper() for w in args.workload.split(",")]
@@ -144,12 +209,12 @@ def main():
     records = []
     for name in chosen:
         if name == "W1":
-            for path, runs in measure(throughput, args.runs, 2).items():
+            for path, runs in measure(throughput, args.runs, 2, kinds).items():
                 records.append(
                     (path, base.record("W1", {"tasks": W1_TASKS, "workers": 2}, runs, "tasks/s", "higher"))
                 )
         elif name == "W2":
-            for path, trips in measure(latency, args.runs, 2).items():
+            for path, trips in measure(latency, args.runs, 2, kinds).items():
                 p99 = {"p99_us": statistics.median_low([t[1] for t in trips])}
                 params = {"round_trips": W2_TRIPS, "workers": 2}
                 records.append(
@@ -157,26 +222,27 @@ def main():
                 )
         elif name == "W3":
             params = {"tasks": W3_TASKS, "sleep_s": W3_SLEEP, "ideal_s": 1.0, "workers": 4}
-            for path, runs in measure(scaling, args.runs, 4).items():
+            for path, runs in measure(scaling, args.runs, 4, kinds).items():
                 records.append((path, base.record("W3", params, runs, "s", "lower")))
         else:
             params = {"tasks": W4_TASKS, "result_bytes": MIB, "workers": 2}
-            for path, runs in measure(payload, args.runs, 2).items():
+            for path, runs in measure(payload, args.runs, 2, kinds).items():
                 records.append((path, base.record("W4", params, runs, "MB/s", "higher")))
     for path, record in records:
         record["path"] = path
         print(json.dumps(record, ensure_ascii=False))
-    # The table: medians, and each Blitzen median as a multiple of Pool's.
-    print(f"{'workload':<10}{'multicore':>14}{'distributed':>14}{'Pool':>14}  units", file=sys.stderr)
+    # The table: medians, and each Blitzen median as a multiple of the baseline's.
+    local, cluster, baseline = (k.path for k in kinds)
+    print(f"{'workload':<10}{'multicore':>14}{'distributed':>14}{baseline:>22}  units", file=sys.stderr)
     for name in chosen:
         row = {r["path"]: r for p, r in records if r["name"] == name}
-        pool = row["multiprocessing.Pool"]["median"]
+        pool = row[baseline]["median"]
         cells = []
-        for path in ("python multicore", "python distributed"):
+        for path in (local, cluster):
             m = row[path]["median"]
             ratio = m / pool if row[path]["better"] == "higher" else pool / m
             cells.append(f"{m:g} ({ratio:.2f}×)")
-        print(f"{name:<10}{cells[0]:>14}{cells[1]:>14}{pool:>14g}  {row['multiprocessing.Pool']['units']}", file=sys.stderr)
+        print(f"{name:<10}{cells[0]:>14}{cells[1]:>14}{pool:>22g}  {row[baseline]['units']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

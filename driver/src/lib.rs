@@ -26,7 +26,8 @@
 //! as futures and a stream, [`TaskFuture`], [`Completed`]), `graphs` (tasks that take other
 //! tasks' results, [`Dispatcher::submit`], and run after others, [`After`]), `local_shares`
 //! (the values a multicore dispatcher shares, as files its workers map), `call` (a
-//! submitted task as a backend receives it), `progress` (the progress bar of long
+//! submitted task as a backend receives it), `watch` ([`Watch`]: the tasks a binding's
+//! executor watches as they finish), `progress` (the progress bar of long
 //! waits), `runtime` (the background thread each dispatcher drives its connection or its pool
 //! from), `tasks` ([`Tasks`], what `tasks![]` makes: the crates an agent serves).
 //!
@@ -63,6 +64,7 @@ mod streams;
 mod table;
 mod tasks;
 pub mod utils;
+mod watch;
 
 /// Blitzen's logging (the seed's `blitzen.logging`): `get_logger`, `set_logfile`,
 /// `set_loglevel`, `disable`, `enable`.
@@ -96,6 +98,7 @@ pub use results::{Fetch, RunOptions, TaskId, TaskResult, Untyped};
 pub use streams::{CompletedResult, Completion, Completions, Imap, ImapUnordered};
 pub use table::DispatcherStats;
 pub use tasks::Tasks;
+pub use watch::Watch;
 
 /// What `#[task]` expansions refer to. Not a stable API.
 #[doc(hidden)]

@@ -4,6 +4,8 @@ and survive whatever the functions do.
 - ``MulticoreDispatcher(workers=4)``: a pool of worker processes on this machine.
 - ``blitzen.distributed.DistributedDispatcher(server_ip=...)``: the same API over a cluster,
   with ``spawn_server`` and ``spawn_client``.
+- ``Executor(max_workers=4)`` or ``Executor(server="host:port")``: a
+  ``concurrent.futures.Executor`` on either, for ``ProcessPoolExecutor`` code and asyncio.
 - ``blitzen.logging``, ``blitzen.utils.get_local_ip``: the original's helpers.
 
 A task that does not return a value appears in ``get_results`` and ``join`` as an exception
@@ -27,11 +29,13 @@ from blitzen.errors import (
     WorkerCrashed,
 )
 from blitzen.multicore import MulticoreDispatcher
+from blitzen.executor import Executor
 from blitzen._task import ResultOf as _ResultOf
 from blitzen import distributed, logging, utils
 
 __all__ = [
     "MulticoreDispatcher",
+    "Executor",
     "TaskError",
     "TaskFailed",
     "TimedOut",

@@ -11,6 +11,7 @@ from blitzen.errors import TaskError as TaskError
 from blitzen.errors import TaskFailed as TaskFailed
 from blitzen.errors import TimedOut as TimedOut
 from blitzen.errors import WorkerCrashed as WorkerCrashed
+from blitzen.executor import Executor as Executor
 from blitzen.multicore import MulticoreDispatcher as MulticoreDispatcher
 
 __version__: str
@@ -23,6 +24,7 @@ def result_of(task_id: int) -> _ResultOf: ...
 
 __all__ = [
     "MulticoreDispatcher",
+    "Executor",
     "TaskError",
     "TaskFailed",
     "TimedOut",

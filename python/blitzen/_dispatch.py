@@ -46,6 +46,11 @@ class Dispatcher:
         runs once ``t`` has returned, with its value there, and ends ``DependencyFailed`` if
         ``t`` did not return one. ``t`` must be this dispatcher's and not fetched yet
         (``KeyError`` otherwise)."""
+        return self._submit(f, args, kwargs, timeout, cpus, memory, resources)
+
+    def _submit(self, f, args, kwargs, timeout=None, cpus=None, memory=None, resources=None, label=None):
+        """``run``, with the call's arguments as they are (the ``Executor``'s, whose keyword
+        arguments are all the function's) and the label people see it as."""
         payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs)
         return self._native.submit(
             payload,
@@ -54,7 +59,7 @@ class Dispatcher:
             cpus,
             memory,
             _counts(resources),
-            _label(f),
+            label or _label(f),
             inputs,
         )
 

@@ -133,6 +133,28 @@ def dumps_call_with_inputs(function, args, kwargs):
     return dumps_call(function, args, kwargs), (inputs or None)
 
 
+# On a worker: the executors whose initializer has run in this process (see `initialized`).
+_INITIALIZED = set()
+
+
+class InitializerFailed(Exception):
+    """A worker's initializer raised; the text is its traceback, from the worker."""
+
+
+def initialized(key, setup, function, *args, **kwargs):
+    """On a worker: runs ``function(*args, **kwargs)``, after the pickled
+    ``(initializer, initargs)`` in ``setup`` if this process has not run executor ``key``'s
+    initializer yet (once per worker process, again in a replacement)."""
+    if key not in _INITIALIZED:
+        try:
+            initializer, initargs = pickle.loads(setup)
+            initializer(*initargs)
+        except BaseException:
+            raise InitializerFailed(traceback.format_exc()) from None
+        _INITIALIZED.add(key)
+    return function(*args, **kwargs)
+
+
 def loads(data):
     return pickle.loads(data)
 

@@ -227,6 +227,27 @@ impl Dispatcher {
         Completions { inner: Mutex::new(inner) }
     }
 
+    /// A watch of no task yet, for the `Executor` (see `blitzen::Watch`).
+    fn watch(&self) -> Watch {
+        Watch { inner: on!(&self.inner, |d| d.watch()) }
+    }
+
+    /// Adds the tasks numbered `ids` to `watch`.
+    fn watch_more(&self, watch: &Watch, ids: Vec<u64>) {
+        on!(&self.inner, |d| {
+            let ids: Vec<TaskId> = ids.iter().map(|&seq| d.id_of(seq)).collect();
+            d.watch_more(&watch.inner, &ids)
+        });
+    }
+
+    /// Takes the tasks numbered `ids` out of `watch` (a thread waits for them itself).
+    fn unwatch(&self, watch: &Watch, ids: Vec<u64>) {
+        on!(&self.inner, |d| {
+            let ids: Vec<TaskId> = ids.iter().map(|&seq| d.id_of(seq)).collect();
+            d.unwatch(&watch.inner, &ids)
+        });
+    }
+
     /// Cancels the tasks numbered `ids` (see `blitzen.MulticoreDispatcher.cancel`).
     fn cancel(&self, ids: Vec<u64>) -> PyResult<()> {
         on!(&self.inner, |d| {
@@ -354,6 +375,34 @@ impl Completions {
                 Completion::Waiting => py.check_signals()?,
             }
         }
+    }
+}
+
+/// The tasks an `Executor` watches as they finish.
+#[pyclass(module = "blitzen._native", frozen)]
+pub(crate) struct Watch {
+    inner: blitzen::Watch,
+}
+
+#[pymethods]
+impl Watch {
+    /// The numbers of the watched tasks that finished since the last call, waiting for one as
+    /// long as it takes (its thread is the executor's own, never the main one); `None` once
+    /// `interrupt` ended the wait.
+    fn next_batch(&self, py: Python<'_>) -> Option<Vec<u64>> {
+        py.detach(|| {
+            loop {
+                match self.inner.next_within(Duration::from_secs(3600)) {
+                    Some(batch) if batch.is_empty() => continue,
+                    other => return other,
+                }
+            }
+        })
+    }
+
+    /// Ends the present or next `next_batch` with `None`.
+    fn interrupt(&self) {
+        self.inner.interrupt();
     }
 }
 

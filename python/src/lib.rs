@@ -30,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dispatch::local_ip, m)?)?;
     m.add_class::<dispatch::Dispatcher>()?;
     m.add_class::<dispatch::Completions>()?;
+    m.add_class::<dispatch::Watch>()?;
     m.add_class::<dispatch::OutputReader>()?;
     m.add("TASK_NAME", task::NAME)?;
     Ok(())

@@ -77,3 +77,25 @@ def numbers(n):
 
 def total(values, scale=1):
     return scale * sum(values)
+
+
+# ----- an executor's per-worker setup -----
+
+SETUP = None
+
+
+def remember(path, value):
+    """An initializer: notes this worker's pid in `path` and keeps `value` for `setup_value`."""
+    global SETUP
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    SETUP = value
+
+
+def setup_value(x):
+    """What `remember` kept in this worker, with its pid."""
+    return os.getpid(), SETUP, x
+
+
+def broken_setup():
+    raise RuntimeError("no model here")

@@ -23,7 +23,9 @@ def mypy(*args, cwd=HERE):
 
 
 def test_annotated_scripts_pass_mypy_strict():
-    checked = mypy(TYPED / "multicore_typed.py", TYPED / "distributed_typed.py")
+    checked = mypy(
+        TYPED / "multicore_typed.py", TYPED / "distributed_typed.py", TYPED / "executor_typed.py"
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -33,6 +35,15 @@ def test_the_annotated_multicore_script_runs():
     )
     assert ran.returncode == 0, ran.stderr
     assert "[0, 1, 4]" in ran.stdout, ran.stdout
+
+
+def test_the_annotated_executor_script_runs():
+    ran = subprocess.run(
+        [sys.executable, str(TYPED / "executor_typed.py")], capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "49 2401 [0, 1, 4, 9, 16, 25, 36, 49, 64, 81] 2 2" in ran.stdout, ran.stdout
+    assert "25" in ran.stdout.splitlines()[-1], ran.stdout
 
 
 def test_the_originals_examples_pass_mypy_strict_but_for_their_own_unannotated_functions():

@@ -19,6 +19,8 @@ struct InboxState {
     finished: Vec<DriverTaskId>,
     /// The async reader's, while it waits.
     waker: Option<Waker>,
+    /// Set by [`Inbox::interrupt`]: the blocking reader's wait ends, with nothing.
+    interrupted: bool,
 }
 
 impl Inbox {
@@ -46,11 +48,25 @@ impl Inbox {
         }
     }
 
+    /// Ends the blocking reader's present or next wait, with nothing.
+    pub(crate) fn interrupt(&self) {
+        self.lock().interrupted = true;
+        self.arrived.notify_all();
+    }
+
     /// Waits until a task has finished, or until `deadline`; takes every finished task (none
-    /// when the deadline passed first).
+    /// when the deadline passed first, or the wait was interrupted).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Vec<DriverTaskId> {
+        self.wait_or_interrupt(deadline).unwrap_or_default()
+    }
+
+    /// [`wait`](Self::wait), telling an interrupt apart: `None`.
+    pub(crate) fn wait_or_interrupt(&self, deadline: Option<Instant>) -> Option<Vec<DriverTaskId>> {
         let mut st = self.lock();
         while st.finished.is_empty() {
+            if std::mem::take(&mut st.interrupted) {
+                return None;
+            }
             st = match deadline {
                 None => self.arrived.wait(st).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
@@ -61,7 +77,7 @@ impl Inbox {
                 }
             };
         }
-        std::mem::take(&mut st.finished)
+        Some(std::mem::take(&mut st.finished))
     }
 
     /// Takes every finished task; when there is none, `waker` is woken when one finishes.

@@ -85,6 +85,9 @@ struct TableState {
     graph: Graph,
     /// Tasks that tasks sent with inputs for the backend to hold wait on, until those are sent.
     kept: ByTask<Kept>,
+    /// Blocking fetches asleep on `changed`, for tests that must know a wait has begun.
+    #[cfg(test)]
+    sleepers: usize,
 }
 
 impl TableState {
@@ -178,6 +181,8 @@ impl ResultTable {
                 duplicates: 0,
                 graph: Graph::default(),
                 kept: ByTask::default(),
+                #[cfg(test)]
+                sleepers: 0,
             }),
             changed: Condvar::new(),
             batches: AtomicU64::new(0),

@@ -32,6 +32,26 @@ fn fetch_returns_in_the_order_asked_and_clears_by_default() {
     ));
 }
 
+/// A wait for results that another thread fetches meanwhile ends with `AlreadyFetched` as soon
+/// as it finds them gone, instead of waiting on for them.
+#[test]
+fn a_wait_ends_when_another_thread_fetches_what_it_waits_for() {
+    let table = std::sync::Arc::new(ResultTable::new());
+    let ids: Vec<TaskId<u64>> = (0..2).map(|_| table.register("t", "sig").0).collect();
+    let waiting = {
+        let (table, ids) = (table.clone(), [ids[1], ids[0]]);
+        std::thread::spawn(move || table.fetch(&ids, Fetch::keep().within(Duration::from_secs(30))))
+    };
+    while table.lock().sleepers == 0 {
+        std::thread::yield_now();
+    }
+    table.complete(vec![done(1, 10)]);
+    assert_eq!(table.fetch(&ids[..1], Fetch::default()).expect("done").len(), 1);
+    table.complete(vec![done(2, 20)]);
+    let ended = waiting.join().expect("the waiting thread");
+    assert!(matches!(ended, Err(DispatchError::AlreadyFetched(1))), "{ended:?}");
+}
+
 #[test]
 fn an_id_asked_for_twice_in_one_fetch_comes_back_twice() {
     let table = ResultTable::new();

@@ -65,6 +65,10 @@ impl ResultTable {
             if ready == ids.len() {
                 break;
             }
+            if st.slots.get(ids[ready].seq).is_none() {
+                // Fetched by another thread while this one waited.
+                return Err(DispatchError::AlreadyFetched(ids[ready].seq));
+            }
             if !spun && ids.len() - ready <= SPIN_FOR_TASKS {
                 spun = true;
                 st = self.spin_briefly(st);
@@ -73,6 +77,10 @@ impl ResultTable {
             progress.update(|| {
                 ids.iter().filter(|id| matches!(st.slots.get(id.seq), Some(Slot::Done(_)))).count()
             });
+            #[cfg(test)]
+            {
+                st.sleepers += 1;
+            }
             st = match deadline {
                 None if progress.is_enabled() => {
                     self.changed.wait_timeout(st, REDRAW).unwrap_or_else(PoisonError::into_inner).0
@@ -90,6 +98,10 @@ impl ResultTable {
                                 }
                             }
                         }
+                        #[cfg(test)]
+                        {
+                            st.sleepers -= 1;
+                        }
                         return Err(DispatchError::WaitTimedOut {
                             waited: fetch.timeout.unwrap_or_default(),
                             pending,
@@ -101,6 +113,10 @@ impl ResultTable {
                     self.changed.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
+            #[cfg(test)]
+            {
+                st.sleepers -= 1;
+            }
         }
         progress.finish();
         Ok(st.take_done(ids, fetch.clear))
