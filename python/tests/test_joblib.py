@@ -1,0 +1,72 @@
+"""joblib's "blitzen" backend: ``joblib.Parallel`` and scikit-learn's ``n_jobs`` on Blitzen's
+workers, on a local pool and on a real cluster."""
+
+import os
+
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+import blitzen
+import blitzen.joblib  # noqa: F401  (registers the backend)
+
+from calls import square
+from test_executor import cluster_port  # noqa: F401  (the module's cluster)
+from test_distributed import SECRET
+
+
+@pytest.fixture(params=["local", "cluster"])
+def backend(request):
+    """The backend's keywords: a local pool of two workers, or the cluster."""
+    if request.param == "local":
+        yield {"max_workers": 2}
+    else:
+        port = request.getfixturevalue("cluster_port")
+        yield {"server": f"127.0.0.1:{port}", "secret": SECRET}
+    # Before the cluster stops: the executors the backend made leave it.
+    blitzen.joblib.shutdown()
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def test_parallel_runs_on_the_workers_in_order(backend):
+    with parallel_config(backend="blitzen", n_jobs=-1, **backend):
+        assert Parallel()(delayed(square)(i) for i in range(200)) == [i * i for i in range(200)]
+        pids = set(Parallel(batch_size=1)(delayed(pid_of)(i) for i in range(20)))
+        assert os.getpid() not in pids, "the calls ran on Blitzen's workers"
+        streamed = Parallel(return_as="generator")(delayed(square)(i) for i in range(50))
+        assert list(streamed) == [i * i for i in range(50)]
+
+
+def test_a_failing_call_raises_its_own_exception(backend):
+    with parallel_config(backend="blitzen", n_jobs=2, **backend):
+        with pytest.raises(ZeroDivisionError):
+            Parallel()(delayed(divmod)(1, i) for i in (3, 2, 1, 0))
+
+
+def test_grid_search_finds_what_loky_finds(backend):
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = make_classification(n_samples=200, n_features=8, random_state=0)
+    grid = {"C": [0.01, 0.1, 1.0, 10.0], "fit_intercept": [True, False]}
+
+    def search():
+        found = GridSearchCV(LogisticRegression(max_iter=500), grid, cv=5, n_jobs=-1)
+        return found.fit(X, y)
+
+    with parallel_config(backend="loky"):
+        expected = search()
+    with parallel_config(backend="blitzen", **backend):
+        got = search()
+    assert got.best_params_ == expected.best_params_
+    assert got.best_score_ == pytest.approx(expected.best_score_)
+
+
+def test_an_executor_of_ones_own_serves_the_backend():
+    with blitzen.Executor(max_workers=2) as ex:
+        with parallel_config(backend="blitzen", executor=ex, n_jobs=-1):
+            assert Parallel()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+        assert ex.submit(square, 3).result() == 9, "the executor is left running"
