@@ -151,8 +151,9 @@ def initialized(key, setup, function, *args, **kwargs):
             initializer(*initargs)
         except BaseException:
             raise InitializerFailed(traceback.format_exc()) from None
+        _remember_set_up(initializer)
         _INITIALIZED.add(key)
-    return function(*args, **kwargs)
+    return adopt(function)(*args, **kwargs)
 
 
 def loads(data):
@@ -177,10 +178,46 @@ _UNPICKLED_MAX = 256
 def _function(data):
     function = _UNPICKLED.get(data)
     if function is None:
-        function = pickle.loads(data)
+        function = adopt(pickle.loads(data))
         if len(_UNPICKLED) >= _UNPICKLED_MAX:
             _UNPICKLED.pop(next(iter(_UNPICKLED)))
         _UNPICKLED[data] = function
+    return function
+
+
+# On a worker: the globals of the initializers it ran that were functions of a driver's
+# `__main__` (sent by value, with globals of their own; see `adopt`).
+_SET_UP = []
+
+
+def _remember_set_up(initializer):
+    if _by_value(initializer):
+        _SET_UP.append(initializer.__globals__)
+
+
+def _by_value(function):
+    """Whether ``function`` came by value from a driver's ``__main__``: its globals are a
+    dictionary of its own, not a module's."""
+    g = getattr(function, "__globals__", None)
+    main = sys.modules.get("__main__")
+    return (
+        g is not None
+        and getattr(function, "__module__", None) == "__main__"
+        and g is not getattr(main, "__dict__", None)
+    )
+
+
+def adopt(function):
+    """A function of a driver's ``__main__``, sent by value, has globals of its own: what an
+    initializer of a driver's ``__main__`` set in its globals (``global MODEL``) is put in
+    them, as a ``multiprocessing.Pool``'s initializer sets the globals its tasks read."""
+    if not _SET_UP or not _by_value(function):
+        return function
+    mine = function.__globals__
+    for theirs in _SET_UP:
+        for name in mine.keys() & theirs.keys():
+            if not name.startswith("__"):
+                mine[name] = theirs[name]
     return function
 
 
@@ -220,20 +257,61 @@ def execute(payload, inputs=None):
         return (BAD_VALUE, None, f"cannot pickle the value, of type {type(value).__name__}: {e}")
 
 
-def worker_command():
+# A worker's initializer: pickled `(function, args)` in base64, or `module:function`.
+INITIALIZER_ENV = "BLITZEN_INITIALIZER"
+INITIALIZER_REF_ENV = "BLITZEN_INITIALIZER_REF"
+
+
+def worker_command(initializer=None, initargs=(), initializer_ref=None):
     """The command a pool runs as each worker: this interpreter, with this process's import
-    path, entering Blitzen's worker loop."""
+    path, running ``initializer(*initargs)`` (or the function that ``initializer_ref``,
+    ``module:function``, names) and entering Blitzen's worker loop."""
     boot = (
         "import json, os, sys; "
         "sys.path[:] = json.loads(os.environ.pop('BLITZEN_SYS_PATH')); "
         # A streamed task's lines leave as it prints them.
         "sys.stdout.reconfigure(line_buffering=True); "
         "sys.stderr.reconfigure(line_buffering=True); "
-        "from blitzen import _native; _native.worker_main()"
+        "from blitzen import _native, _task; _task.set_up_worker(); _native.worker_main()"
     )
+    import base64
     import json
 
-    return [sys.executable, "-c", boot], [("BLITZEN_SYS_PATH", json.dumps(sys.path))]
+    env = [("BLITZEN_SYS_PATH", json.dumps(sys.path))]
+    if initializer is not None:
+        if not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {type(initializer).__name__}")
+        pickled = cloudpickle.dumps((initializer, tuple(initargs)), protocol=PROTOCOL)
+        env.append((INITIALIZER_ENV, base64.b64encode(pickled).decode()))
+    if initializer_ref is not None:
+        env.append((INITIALIZER_REF_ENV, initializer_ref))
+    return [sys.executable, "-c", boot], env
+
+
+def set_up_worker():
+    """In a worker, before it says it is ready: runs its pool's initializer, if it has one.
+    If that raises, the worker ends with its traceback on stderr (the pool reports it, and
+    gives up after a few replacements that fail alike, instead of looping)."""
+    import base64
+    import importlib
+    import os
+
+    pickled = os.environ.pop(INITIALIZER_ENV, None)
+    ref = os.environ.pop(INITIALIZER_REF_ENV, None)
+    if pickled is None and ref is None:
+        return
+    try:
+        if pickled is not None:
+            function, args = pickle.loads(base64.b64decode(pickled))
+        else:
+            module, _, name = ref.partition(":")
+            function, args = getattr(importlib.import_module(module), name), ()
+        function(*args)
+        _remember_set_up(function)
+    except BaseException:
+        sys.stderr.write("the worker's initializer raised:\n" + traceback.format_exc())
+        sys.stderr.flush()
+        os._exit(1)
 
 
 _native.init(SIGNATURE, execute)

@@ -46,7 +46,17 @@ def main(argv=None):
     parser.add_argument(
         "--insecure-plaintext", action="store_true", help="do not encrypt (needs a secret)"
     )
+    parser.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="a function each worker runs once before its first task (again in a worker that "
+        "replaces one), imported from MODULE: to load a model or open a database once",
+    )
     args = parser.parse_args(argv)
+    if args.initializer is not None:
+        module, sep, function = args.initializer.partition(":")
+        if not (sep and module and function.isidentifier()):
+            parser.error(f"--initializer: `{args.initializer}` is not MODULE:FUNCTION")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.cpus is not None and args.cpus < 1:
@@ -72,7 +82,11 @@ def main(argv=None):
     )
     try:
         dispatcher.spawn_client(
-            args.workers, cpus=args.cpus, memory=args.memory, resources=resources
+            args.workers,
+            cpus=args.cpus,
+            memory=args.memory,
+            resources=resources,
+            initializer=args.initializer,
         )
     except (RuntimeError, ValueError) as e:
         print(f"blitzen-py-client: {e}", file=sys.stderr)

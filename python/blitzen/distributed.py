@@ -61,17 +61,23 @@ class DistributedDispatcher(Dispatcher):
         Ctrl-C or SIGTERM when ``None``), then stops it cleanly. Blocks meanwhile."""
         self._native.spawn_server(duration)
 
-    def spawn_client(self, workers=None, cpus=None, memory=None, resources=None):
+    def spawn_client(self, workers=None, cpus=None, memory=None, resources=None, initializer=None):
         """Runs an agent with ``workers`` Python worker processes (default: one per CPU) for
         this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself.
         Blocks meanwhile. Its workers import the modules of the driver's functions from this
         process's ``sys.path`` (the original's ``common.py``).
 
         It offers ``cpus`` (default: ``workers``), ``memory`` (bytes or ``"16GiB"``; default: the
-        machine's) and ``resources`` (``{"gpu": 2}``) to the tasks that ask for them."""
+        machine's) and ``resources`` (``{"gpu": 2}``) to the tasks that ask for them.
+
+        ``initializer``: a function (or ``"module:function"``) each worker runs once before its
+        first task, again in a worker that replaces one (see ``MulticoreDispatcher``)."""
         if workers is None:
             workers = os.cpu_count() or 1
-        command, env = _task.worker_command()
+        if callable(initializer):
+            command, env = _task.worker_command(initializer)
+        else:
+            command, env = _task.worker_command(initializer_ref=initializer)
         self._native.spawn_client(workers, command, env, cpus, memory, _counts(resources))
 
 

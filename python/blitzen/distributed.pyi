@@ -1,6 +1,6 @@
 """``DistributedDispatcher``: the same API over a cluster."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from blitzen._dispatch import Dispatcher
 
@@ -27,6 +27,7 @@ class DistributedDispatcher(Dispatcher):
         cpus: int | None = ...,
         memory: int | str | None = ...,
         resources: Mapping[str, int] | None = ...,
+        initializer: Callable[[], object] | str | None = ...,
     ) -> None: ...
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

@@ -21,16 +21,31 @@ class MulticoreDispatcher(Dispatcher):
     running tasks may hold at once, against what each ``run`` asks for (default: one CPU per
     worker, the machine's memory, no counted resources).
 
+    ``initializer(*initargs)`` runs once in each worker process before its first task (again
+    in a worker that replaces one): a model loaded there serves every task of that worker. If
+    it raises, the constructor raises with its traceback; if it raises in replacement workers,
+    the pool gives up after 5 in a row, and its tasks end ``Lost`` with the traceback. It runs
+    within the workers' startup limit (30 s).
+
     The constructor returns once every worker is ready.
     """
 
-    def __init__(self, workers=None, echo=True, cpus=None, memory=None, resources=None):
+    def __init__(
+        self,
+        workers=None,
+        echo=True,
+        cpus=None,
+        memory=None,
+        resources=None,
+        initializer=None,
+        initargs=(),
+    ):
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive integer, not {workers!r}")
         _logging._install()
-        command, env = _task.worker_command()
+        command, env = _task.worker_command(initializer, initargs)
         native = _native.Dispatcher.multicore(
             workers, command, env, cpus, memory, _counts(resources), echo
         )

@@ -1,6 +1,7 @@
 """``MulticoreDispatcher``: a pool of worker processes on this machine."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from blitzen._dispatch import Dispatcher
 
@@ -13,5 +14,7 @@ class MulticoreDispatcher(Dispatcher):
         cpus: int | None = ...,
         memory: int | str | None = ...,
         resources: Mapping[str, int] | None = ...,
+        initializer: Callable[..., object] | None = ...,
+        initargs: tuple[Any, ...] = ...,
     ) -> None: ...
     def worker_pids(self, timeout: float = ...) -> list[int] | None: ...

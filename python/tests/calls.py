@@ -99,3 +99,15 @@ def setup_value(x):
 
 def broken_setup():
     raise RuntimeError("no model here")
+
+
+def flaky_setup(marker):
+    """An initializer that raises once the file `marker` exists."""
+    if os.path.exists(marker):
+        raise RuntimeError("no model here")
+
+
+def setup_from_env():
+    """An agent's initializer (`--initializer calls:setup_from_env`): notes this worker's pid
+    in the file `BLITZEN_TEST_SETUP_LOG` names."""
+    remember(os.environ["BLITZEN_TEST_SETUP_LOG"], "agent")

@@ -40,9 +40,10 @@ def start_server(processes, port, secret=SECRET, extra_env=None):
     return server
 
 
-def start_client(processes, port, workers=2, secret=SECRET, prelude="", args=()):
-    """A Python agent; `prelude` runs before blitzen is imported; `args` are more flags."""
-    env = {"BLITZEN_PORT": str(port), "BLITZEN_SECRET": secret}
+def start_client(processes, port, workers=2, secret=SECRET, prelude="", args=(), env=None):
+    """A Python agent; `prelude` runs before blitzen is imported; `args` are more flags;
+    `env`, more of its environment."""
+    env = {"BLITZEN_PORT": str(port), "BLITZEN_SECRET": secret, **(env or {})}
     flags = ["--workers", str(workers), "--path", str(HERE), *args]
     code = (
         f"{prelude}\n"
