@@ -25,6 +25,8 @@ class Dispatcher:
     def __init__(self, native, echo=True):
         self._native = native
         self._echo = echo
+        # Set by `shutdown` and `join`: `run` raises from then on.
+        self._closed = False
         self._printer = _Printer(native.output_reader()) if echo else None
         # At exit, before the interpreter winds down: no thread is left waiting in Blitzen.
         atexit.register(_shutdown_at_exit, weakref.ref(self))
@@ -51,6 +53,8 @@ class Dispatcher:
     def _submit(self, f, args, kwargs, timeout=None, cpus=None, memory=None, resources=None, label=None):
         """``run``, with the call's arguments as they are (the ``Executor``'s, whose keyword
         arguments are all the function's) and the label people see it as."""
+        if self._closed:
+            raise RuntimeError("cannot run a task after shutdown() or join()")
         payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs)
         return self._native.submit(
             payload,
@@ -84,6 +88,7 @@ class Dispatcher:
     def join(self):
         """Waits for every task, returns every result not yet fetched in the order the tasks
         were run, then shuts down. Ctrl-C cancels them all."""
+        self._closed = True
         try:
             rows = self._native.join()
         except KeyboardInterrupt:
@@ -98,7 +103,8 @@ class Dispatcher:
     def shutdown(self):
         """Stops the workers (or leaves the cluster); unfinished tasks end ``Cancelled``.
         Idempotent; also done when the dispatcher is garbage-collected, its ``with`` ends, or
-        the interpreter exits."""
+        the interpreter exits. ``run`` raises ``RuntimeError`` from then on."""
+        self._closed = True
         self._native.shutdown()
         if self._printer is not None:
             self._printer.stop()

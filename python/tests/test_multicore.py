@@ -478,3 +478,15 @@ def _pipeline(d):
             d.run(total, blitzen.result_of(gone))
     with pytest.raises(TypeError):
         d.run(total, [blitzen.result_of(summed)])
+
+
+def test_run_after_shutdown_or_join_raises_at_the_call():
+    d = MulticoreDispatcher(1)
+    d.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        d.run(square, 2)
+    d = MulticoreDispatcher(1)
+    assert d.get_results(d.run(square, 3)) == 9
+    d.join()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        d.run(square, 4)

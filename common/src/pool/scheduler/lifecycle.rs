@@ -341,6 +341,6 @@ impl Scheduler {
             s.ready_pids.clear();
             s.stopped.get_or_insert_with(|| "shut down".into());
         });
-        info!("pool stopped");
+        debug!("pool stopped");
     }
 }
