@@ -233,7 +233,13 @@ def execute(payload, inputs=None):
             args = tuple(put(a) for a in args)
             kwargs = {k: put(v) for k, v in kwargs.items()}
     except BaseException as e:
-        return (BAD_CALL, None, f"cannot unpickle the call: {type(e).__name__}: {e}")
+        text = f"cannot unpickle the call: {type(e).__name__}: {e}"
+        if isinstance(e, ModuleNotFoundError):
+            text += (
+                f" (the worker imports the driver's modules: start the agent with --path, a "
+                f"folder holding `{e.name}`, or install it where the agent runs)"
+            )
+        return (BAD_CALL, None, text)
     try:
         value = function(*args, **kwargs)
     except BaseException as e:

@@ -76,6 +76,8 @@ def main(argv=None):
                 secret = f.read()
         except OSError as e:
             parser.error(f"cannot read the secret file: {e}")
+        if not secret.strip():
+            parser.error(f"the secret file {args.secret_file} is empty")
     sys.path[:0] = [os.path.abspath(p) for p in args.path] + [os.getcwd()]
     dispatcher = DistributedDispatcher(
         args.server, args.port, secret=secret, plaintext=args.insecure_plaintext

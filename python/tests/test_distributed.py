@@ -274,6 +274,9 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
     missing = run("--secret-file", str(tmp_path / "none"))
     assert missing.returncode == 2 and "cannot read the secret file" in missing.stderr
+    (tmp_path / "empty").write_text("\n")
+    empty = run("--secret-file", str(tmp_path / "empty"))
+    assert empty.returncode == 2 and "secret file" in empty.stderr and "is empty" in empty.stderr
 
 
 def test_a_result_stands_for_an_argument_on_a_cluster(driver):

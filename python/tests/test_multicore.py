@@ -490,3 +490,19 @@ def test_run_after_shutdown_or_join_raises_at_the_call():
     d.join()
     with pytest.raises(RuntimeError, match="after shutdown"):
         d.run(square, 4)
+
+
+def test_a_module_the_workers_cannot_import_says_how_to_fix_it(tmp_path):
+    (tmp_path / "othermod.py").write_text("def f(x):\n    return x\n")
+    with MulticoreDispatcher(1) as d:
+        # On this process's path only after the workers started: they cannot import it.
+        sys.path.insert(0, str(tmp_path))
+        try:
+            import othermod
+
+            failed = d.get_results(d.run(othermod.f, 1))
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop("othermod", None)
+    assert isinstance(failed, TaskError), failed
+    assert "No module named 'othermod'" in failed.message and "--path" in failed.message
