@@ -163,20 +163,22 @@ class Dispatcher:
             self._printer.drain()
 
     def _result(self, row):
-        kind, value, message, task_id, host, pid, stdout, stderr, detail, unstreamed = row
+        kind, value, message, task_id, host, pid, stdout, stderr, detail, unstreamed, name = row
         if self._printer is not None:
             if unstreamed:
+                lines = "1 line of its output was" if unstreamed == 1 else (
+                    f"{unstreamed} lines of its output were"
+                )
                 sys.stderr.write(
-                    f"[blitzen] task {task_id}: {unstreamed} lines of its output were not "
-                    "shown as they came (too many, too fast); its result's stdout and "
-                    "stderr have them\n"
+                    f"[blitzen] task {task_id}: {lines} not shown as they came (too many, too "
+                    "fast, or its worker died first); its result's stdout and stderr have them\n"
                 )
         if kind == "ok":
             return pickle.loads(value)
         if kind == "bytes":
             return value
         if kind == "raised":
-            return _raised(message, task_id, host, pid, stdout, stderr, detail)
+            return _raised(message, task_id, host, pid, stdout, stderr, detail, name)
         return _KINDS.get(kind, TaskError)(message, task_id, host, pid, stdout, stderr)
 
 
@@ -244,7 +246,7 @@ def _counts(resources):
     return list(resources.items())
 
 
-def _raised(traceback, task_id, host, pid, stdout, stderr, detail):
+def _raised(traceback, task_id, host, pid, stdout, stderr, detail, name=""):
     exception = None
     if detail is not None:
         try:
@@ -254,7 +256,11 @@ def _raised(traceback, task_id, host, pid, stdout, stderr, detail):
     lines = [line for line in traceback.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "an exception"
     where = f" on {host}" if host else ""
-    error = TaskFailed(f"task {task_id} raised{where}: {last}", task_id, host, pid, stdout, stderr)
+    called = f" `{name}`" if name and name != "python" else ""
+    worker = f" (worker pid {pid})" if pid is not None else ""
+    error = TaskFailed(
+        f"task {task_id}{called} raised{where}{worker}: {last}", task_id, host, pid, stdout, stderr
+    )
     error.exception = exception
     error.traceback = traceback
     error.__cause__ = exception

@@ -7,7 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 /// One result for Python: `(kind, value, message, task, host, pid, stdout, stderr, detail,
-/// unstreamed)`, `unstreamed` the lines of a streamed task not shown as they came.
+/// unstreamed, name)`, `unstreamed` the lines of a streamed task not shown as they came, `name`
+/// what people see the call as (its function's `module.qualname`).
 ///
 /// `kind` is `ok` (`value` is the pickled value), `bytes` (the value is one large `bytes`
 /// object, taken out of its pickle here: `value` is that object), `raised` (`message` is the traceback,
@@ -26,6 +27,7 @@ pub(crate) type Row<'py> = (
     String,
     Option<Bound<'py, PyBytes>>,
     u64,
+    String,
 );
 
 /// The row of one result.
@@ -58,7 +60,7 @@ pub(crate) fn row<'py>(py: Python<'py>, r: &TaskResult) -> Row<'py> {
     };
     let unstreamed = r.run.stdout.unstreamed + r.run.stderr.unstreamed;
     let (stdout, stderr) = (r.run.stdout.to_text(), r.run.stderr.to_text());
-    (kind, value, message, r.id, host, pid, stdout, stderr, detail, unstreamed)
+    (kind, value, message, r.id, host, pid, stdout, stderr, detail, unstreamed, r.task.to_string())
 }
 
 /// The data of a pickle (protocol 5) of one `bytes` object of 64 KiB or more, as Python

@@ -300,7 +300,14 @@ impl Connection<'_> {
                     }
                     Ok(Some(ToDriver::Stalled { tasks, waited_ms, reason })) => {
                         let waited = Duration::from_secs(waited_ms / 1000);
-                        warn!(tasks, ?waited, %reason, "tasks are waiting: no connected agent can run them");
+                        warn!(
+                            tasks,
+                            ?waited,
+                            %reason,
+                            "tasks are waiting: no connected agent can run them (they wait for \
+                             one to come; an unrunnable limit ends them Lost instead: \
+                             `with_unrunnable_limit` in Rust, `unrunnable_limit=` in Python)"
+                        );
                     }
                     Ok(Some(ToDriver::ShuttingDown { reason })) => {
                         break End::ShutDown(format!("the server shut down ({reason}) before the task finished"));
