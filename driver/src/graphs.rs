@@ -56,9 +56,15 @@ impl<B: Backend> Dispatcher<B> {
     pub fn share<T: serde::Serialize>(&self, value: &T) -> Result<Shared<T>, DispatchError> {
         let bytes = blitzen_common::task::encode_value(value)
             .map_err(|e| DispatchError::Unencodable(e.to_string()))?;
+        Ok(self.share_encoded(bytes))
+    }
+
+    /// [`share`](Self::share) of a value already encoded as its tasks decode it (for bindings
+    /// to other languages: the Python package shares pickles); taken as it is.
+    pub fn share_encoded<T>(&self, bytes: bytes::Bytes) -> Shared<T> {
         let stored = self.backend.share(&bytes);
         let inner = std::sync::Arc::new(SharedValue { bytes, stored });
-        Ok(Shared { inner, _type: std::marker::PhantomData })
+        Shared { inner, _type: std::marker::PhantomData }
     }
 
     /// Tasks to run only once every one of `ids` has succeeded, without taking their results:

@@ -31,6 +31,7 @@ from blitzen.errors import (
 from blitzen.multicore import MulticoreDispatcher
 from blitzen.executor import Executor
 from blitzen._task import ResultOf as _ResultOf
+from blitzen._task import Shared
 from blitzen import distributed, logging, utils
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Lost",
     "DependencyFailed",
     "result_of",
+    "Shared",
     "__version__",
 ]
 

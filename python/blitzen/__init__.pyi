@@ -22,6 +22,12 @@ class _ResultOf:
 
 def result_of(task_id: int) -> _ResultOf: ...
 
+class Shared:
+    # Made by `share`, not by hand.
+    def __init__(self, native: object, owner: object) -> None: ...
+    @property
+    def nbytes(self) -> int: ...
+
 __all__ = [
     "MulticoreDispatcher",
     "Executor",
@@ -34,5 +40,6 @@ __all__ = [
     "Lost",
     "DependencyFailed",
     "result_of",
+    "Shared",
     "__version__",
 ]

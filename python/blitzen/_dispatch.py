@@ -3,6 +3,8 @@ printing what the tasks print while they run."""
 
 import atexit
 import pickle
+
+import cloudpickle
 import sys
 import threading
 import weakref
@@ -55,7 +57,7 @@ class Dispatcher:
         arguments are all the function's) and the label people see it as."""
         if self._closed:
             raise RuntimeError("cannot run a task after shutdown() or join()")
-        payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs)
+        payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs, self._native)
         return self._native.submit(
             payload,
             timeout,
@@ -132,6 +134,13 @@ class Dispatcher:
             if task_id is None:
                 return
             yield _value(self.get_results(task_id))
+
+    def share(self, value):
+        """Pickles ``value`` once and returns a ``blitzen.Shared`` handle that stands for it
+        among the arguments of ``run``, for any number of calls: on a cluster it crosses to
+        each machine once (and waits in the agent's cache), instead of once per call. Freed
+        once the handle is gone and no task needs it."""
+        return _task.Shared(self._native.share(cloudpickle.dumps(value, protocol=_task.PROTOCOL)), self._native)
 
     def cancel(self, task_ids):
         """Cancels a task (an id) or several (a list of ids) without waiting: a queued one ends

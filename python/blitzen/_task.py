@@ -94,6 +94,31 @@ class ResultOf:
         )
 
 
+class Shared:
+    """A value many calls take, pickled and stored once (``share``): among the arguments of
+    ``run`` (or an ``Executor``'s ``submit``) it stands for the value. On a cluster the value
+    crosses to each machine once and waits there in the agent's cache; on one machine each
+    worker reads it from a file in shared memory. It is freed once this handle is gone and no
+    task needs it."""
+
+    __slots__ = ("_native", "_owner", "__weakref__")
+
+    def __init__(self, native, owner):
+        self._native = native
+        self._owner = owner
+
+    @property
+    def nbytes(self):
+        """The size of its pickle."""
+        return len(self._native)
+
+    def __repr__(self):
+        return f"<blitzen.Shared of {self.nbytes} bytes>"
+
+    def __reduce__(self):
+        raise TypeError("a Shared stands for a whole argument of run(), not inside another value")
+
+
 class _Slot:
     """In a pickled call: where the result of its ``index``-th input goes."""
 
@@ -106,17 +131,18 @@ class _Slot:
         return (_Slot, (self.index,))
 
 
-def dumps_call_with_inputs(function, args, kwargs):
+def dumps_call_with_inputs(function, args, kwargs, owner=None):
     """``dumps_call`` for a call some of whose arguments stand for other tasks' results
-    (``ResultOf``): those are replaced by slots; returns the payload and the task ids, in slot
-    order, or ``None`` for the ids when there is no such argument."""
+    (``ResultOf``) or shared values (``Shared``, of the dispatcher ``owner``): those are
+    replaced by slots; returns the payload and the inputs (task ids, and shared values' native
+    handles), in slot order, or ``None`` for the inputs when there is no such argument."""
     # Plain loops: this runs for every call, and a generator costs a microsecond.
     for a in args:
-        if type(a) is ResultOf:
+        if type(a) is ResultOf or type(a) is Shared:
             break
     else:
         for v in kwargs.values():
-            if type(v) is ResultOf:
+            if type(v) is ResultOf or type(v) is Shared:
                 break
         else:
             return dumps_call(function, args, kwargs), None
@@ -125,6 +151,11 @@ def dumps_call_with_inputs(function, args, kwargs):
     def slot(value):
         if isinstance(value, ResultOf):
             inputs.append(value.task_id)
+            return _Slot(len(inputs) - 1)
+        if isinstance(value, Shared):
+            if owner is not None and value._owner is not owner:
+                raise ValueError("a value shared by another dispatcher cannot be an argument here")
+            inputs.append(value._native)
             return _Slot(len(inputs) - 1)
         return value
 

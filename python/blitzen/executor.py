@@ -297,6 +297,12 @@ class Executor(_cf.Executor):
             _set(future, None)
         return future
 
+    def share(self, value):
+        """A ``blitzen.Shared`` handle for ``value``, pickled once: it stands for the value
+        among the arguments of ``submit``, for any number of calls, and on a cluster crosses to
+        each machine once (see ``MulticoreDispatcher.share``)."""
+        return self._state.dispatcher.share(value)
+
     def map(self, fn, *iterables, timeout=None, chunksize=1, **kwargs):
         """``map(fn, *iterables)`` in parallel, yielding results in order (see
         ``Executor.map``); ``chunksize`` calls go in one task each. A call that raises raises

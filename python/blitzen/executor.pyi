@@ -4,6 +4,7 @@ import concurrent.futures
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
+from blitzen import Shared
 from blitzen._dispatch import Dispatcher
 
 _T = TypeVar("_T")
@@ -35,5 +36,6 @@ class Executor(concurrent.futures.Executor):
         **kwargs: Any,
     ) -> Iterator[_T]: ...
     def shutdown(self, wait: bool = ..., *, cancel_futures: bool = ...) -> None: ...
+    def share(self, value: Any) -> Shared: ...
 
 __all__ = ["Executor", "Future"]

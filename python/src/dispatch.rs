@@ -147,7 +147,7 @@ impl Dispatcher {
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, i64)>>,
         label: Option<String>,
-        inputs: Option<Vec<u64>>,
+        inputs: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<u64> {
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
@@ -164,11 +164,17 @@ impl Dispatcher {
             return Ok(on!(&self.inner, |d| d.run_named(task, args, options).seq()));
         }
         let submitted = on!(&self.inner, |d| {
-            let results = inputs.iter().map(|&seq| Input::<Untyped>::part(d.id_of(seq)));
-            let parts = task::with_inputs(args, results);
-            d.run_named_parts(task, parts, options).map(|id| id.seq())
+            let mut parts = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                match input.cast::<SharedValue>() {
+                    Ok(shared) => parts.push(Input::<Untyped>::part(&shared.get().inner)),
+                    Err(_) => parts.push(Input::<Untyped>::part(d.id_of(input.extract::<u64>()?))),
+                }
+            }
+            let parts = task::with_inputs(args, parts.into_iter());
+            Ok::<_, PyErr>(d.run_named_parts(task, parts, options).map(|id| id.seq()))
         });
-        submitted.map_err(dispatch_error)
+        submitted?.map_err(dispatch_error)
     }
 
     /// Waits for the tasks numbered `ids` (at most `timeout` seconds) and returns their rows
@@ -225,6 +231,14 @@ impl Dispatcher {
             d.completions(&ids)
         });
         Completions { inner: Mutex::new(inner) }
+    }
+
+    /// A value many calls take (a pickle), stored once: on a cluster sent to each machine once
+    /// (see `blitzen::Dispatcher::share`). It is freed once its handle is gone and no task
+    /// needs it.
+    fn share(&self, pickle: PyBackedBytes) -> SharedValue {
+        let bytes = Bytes::from_owner(pickle);
+        SharedValue { inner: on!(&self.inner, |d| d.share_encoded(bytes)) }
     }
 
     /// A watch of no task yet, for the `Executor` (see `blitzen::Watch`).
@@ -375,6 +389,20 @@ impl Completions {
                 Completion::Waiting => py.check_signals()?,
             }
         }
+    }
+}
+
+/// A pickle shared among calls (`blitzen.Shared` holds it).
+#[pyclass(module = "blitzen._native", frozen)]
+pub(crate) struct SharedValue {
+    inner: blitzen::Shared<Untyped>,
+}
+
+#[pymethods]
+impl SharedValue {
+    /// The pickle's size, in bytes.
+    fn __len__(&self) -> usize {
+        self.inner.encoded_len()
     }
 }
 

@@ -31,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatch::Dispatcher>()?;
     m.add_class::<dispatch::Completions>()?;
     m.add_class::<dispatch::Watch>()?;
+    m.add_class::<dispatch::SharedValue>()?;
     m.add_class::<dispatch::OutputReader>()?;
     m.add("TASK_NAME", task::NAME)?;
     Ok(())

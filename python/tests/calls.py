@@ -111,3 +111,8 @@ def setup_from_env():
     """An agent's initializer (`--initializer calls:setup_from_env`): notes this worker's pid
     in the file `BLITZEN_TEST_SETUP_LOG` names."""
     remember(os.environ["BLITZEN_TEST_SETUP_LOG"], "agent")
+
+
+def checksum(data, salt=0):
+    """A cheap fingerprint of a large `bytes` value (its length and a few sampled bytes)."""
+    return len(data), sum(data[:: max(len(data) // 1000, 1)]) + salt

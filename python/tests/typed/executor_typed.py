@@ -26,8 +26,11 @@ def main() -> None:
         f: Future[int] = ex.submit(square, 7)
         g: concurrent.futures.Future[int] = ex.submit(square, f)
         squares: list[int] = list(ex.map(square, range(10), chunksize=3, timeout=60.0))
-        done, _ = concurrent.futures.wait([f, g], timeout=60.0)
-        print(f.result(), g.result(timeout=60.0), squares, len(done), ex._max_workers)
+        weights: blitzen.Shared = ex.share(list(range(1000)))
+        total: Future[int] = ex.submit(sum, weights)
+        done, _ = concurrent.futures.wait([f, g, total], timeout=60.0)
+        print(f.result(), g.result(timeout=60.0), squares, len(done) - 1, ex._max_workers)
+        print("shared", total.result(), weights.nbytes > 1000)
         print(asyncio.run(awaited(ex)))
 
 

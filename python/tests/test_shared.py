@@ -1,0 +1,63 @@
+"""``share``: a large value pickled once and stored once, standing for the value among the
+arguments of many calls — on one machine and on a real cluster, where the server sends it to
+each agent once."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+import blitzen
+from blitzen import MulticoreDispatcher
+
+from calls import checksum
+from conftest import free_port
+from test_distributed import SECRET, start_client
+from test_resources import start_server_binary
+
+BIG = bytes(range(256)) * (64 << 12)  # 64 MiB
+
+
+def expected(salt=0):
+    return checksum(BIG, salt)
+
+
+def test_a_shared_value_stands_for_itself_on_one_machine():
+    with MulticoreDispatcher(2) as d:
+        shared = d.share(BIG)
+        assert isinstance(shared, blitzen.Shared) and shared.nbytes > len(BIG)
+        ids = [d.run(checksum, shared, salt=i) for i in range(20)]
+        assert d.get_results(ids) == [expected(i) for i in range(20)]
+        with pytest.raises(TypeError, match="whole argument"):
+            d.run(checksum, [shared])
+        with MulticoreDispatcher(1) as other:
+            with pytest.raises(ValueError, match="another dispatcher"):
+                other.run(checksum, shared)
+    with blitzen.Executor(max_workers=2) as ex:
+        shared = ex.share(BIG)
+        assert [f.result() for f in [ex.submit(checksum, shared, i) for i in range(5)]] == [
+            expected(i) for i in range(5)
+        ]
+
+
+def test_a_shared_value_crosses_to_an_agent_once(processes):
+    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
+    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
+    port = free_port()
+    start_server_binary(processes, server_bin, port, f"127.0.0.1:{free_port()}")
+    start_client(processes, port, workers=2)
+    with blitzen.Executor(server=f"127.0.0.1:{port}", secret=SECRET) as ex:
+        shared = ex.share(BIG)
+        futures = [ex.submit(checksum, shared, i) for i in range(30)]
+        assert [f.result(timeout=120) for f in futures] == [expected(i) for i in range(30)]
+        asked = subprocess.run(
+            [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
+            env={**os.environ, "BLITZEN_SECRET": SECRET},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert asked.returncode == 0, asked.stderr
+        sent = json.loads(asked.stdout)["server"]["shared_bytes_sent"]
+        assert shared.nbytes <= sent < 2 * shared.nbytes, (sent, shared.nbytes)
