@@ -9,12 +9,16 @@
 //! - `dispatch`: `Dispatcher`, one class over Blitzen's multicore and distributed dispatchers,
 //!   which submits pickles, waits (without the interpreter lock, and waking for Ctrl-C) and hands
 //!   each result back as a plain tuple (`rows`) for the package to turn into a value or an
-//!   exception; and the `OutputReader` the package's printer thread takes streamed lines from.
+//!   exception.
+//! - `handles`: what a `Dispatcher` hands out besides results: the `OutputReader` the package's
+//!   printer thread takes streamed lines from, `Completions` (`imap_unordered`), the `Watch`
+//!   an `Executor` waits on, and the `SharedValue` behind `blitzen.Shared`.
 //! - `log`: Blitzen's `tracing` events, forwarded to Python's `logging` (the `blitzen` logger).
 
 use pyo3::prelude::*;
 
 mod dispatch;
+mod handles;
 mod log;
 mod rows;
 mod task;
@@ -29,10 +33,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log::stop_forwarding, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::local_ip, m)?)?;
     m.add_class::<dispatch::Dispatcher>()?;
-    m.add_class::<dispatch::Completions>()?;
-    m.add_class::<dispatch::Watch>()?;
-    m.add_class::<dispatch::SharedValue>()?;
-    m.add_class::<dispatch::OutputReader>()?;
+    m.add_class::<handles::Completions>()?;
+    m.add_class::<handles::Watch>()?;
+    m.add_class::<handles::SharedValue>()?;
+    m.add_class::<handles::OutputReader>()?;
     m.add("TASK_NAME", task::NAME)?;
     Ok(())
 }
