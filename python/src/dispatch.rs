@@ -19,12 +19,9 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
-use crate::handles::{Completions, OutputReader, SharedValue, Watch};
+use crate::handles::{Completions, OutputReader, SLICE, SharedValue, Watch, seconds};
 use crate::rows::{Row, row};
 use crate::task;
-
-/// How long a wait runs without the interpreter lock before Python checks for signals.
-pub(crate) const SLICE: Duration = Duration::from_millis(100);
 
 enum Inner {
     Multicore(MulticoreDispatcher),
@@ -435,12 +432,6 @@ fn intern(name: String) -> &'static str {
     let leaked: &'static str = Box::leak(name.into_boxed_str());
     names.push(leaked);
     leaked
-}
-
-pub(crate) fn seconds(value: f64, what: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        PyValueError::new_err(format!("{what} must be a number of seconds ≥ 0, not {value}"))
-    })
 }
 
 fn waited_too_long(limit: Duration, pending: usize, total: usize, detail: Option<String>) -> PyErr {

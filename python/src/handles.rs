@@ -1,14 +1,24 @@
 //! What a `Dispatcher` hands the package besides results: the `OutputReader` its printer
 //! thread takes streamed lines from, the `Completions` of `imap_unordered`, the `Watch` an
-//! `Executor`'s settling thread waits on, and the `SharedValue` behind `blitzen.Shared`.
+//! `Executor`'s settling thread waits on, and the `SharedValue` behind `blitzen.Shared`; and
+//! how every wait is sliced ([`SLICE`]) and timed ([`seconds`]).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use blitzen::{Completion, StdStream, Untyped};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::dispatch::{SLICE, seconds};
+/// How long a wait runs without the interpreter lock before Python checks for signals.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
+
+/// A duration in seconds from Python: a `ValueError` naming `what` for a negative one.
+pub(crate) fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be a number of seconds ≥ 0, not {value}"))
+    })
+}
 
 /// The lines streamed tasks printed, for the package's thread that prints them.
 #[pyclass(module = "blitzen._native", frozen)]
