@@ -3,8 +3,6 @@ printing what the tasks print while they run."""
 
 import atexit
 import pickle
-
-import cloudpickle
 import sys
 import threading
 import weakref
@@ -138,9 +136,10 @@ class Dispatcher:
     def share(self, value):
         """Pickles ``value`` once and returns a ``blitzen.Shared`` handle that stands for it
         among the arguments of ``run``, for any number of calls: on a cluster it crosses to
-        each machine once (and waits in the agent's cache), instead of once per call. Freed
-        once the handle is gone and no task needs it."""
-        return _task.Shared(self._native.share(cloudpickle.dumps(value, protocol=_task.PROTOCOL)), self._native)
+        each machine once (and waits in the agent's cache), instead of once per call. Each
+        worker unpickles it once and hands the same object to every call it runs: calls must
+        not change it. Freed once the handle is gone and no task needs it."""
+        return _task.Shared(self._native.share(_task.dumps_shared(value)), self._native)
 
     def cancel(self, task_ids):
         """Cancels a task (an id) or several (a list of ids) without waiting: a queued one ends

@@ -94,12 +94,51 @@ class ResultOf:
         )
 
 
+# A shared value's pickle starts with this and a token of its own (a result's pickle starts
+# with its PROTO opcode, 0x80), so that a worker unpickles each shared value once.
+_SHARED_MAGIC = b"\x00blitzen-shared\x00"
+_TOKEN = 16
+
+
+def dumps_shared(value):
+    """The bytes a shared value is stored as: the mark, a token, its pickle."""
+    import uuid
+
+    return _SHARED_MAGIC + uuid.uuid4().bytes + cloudpickle.dumps(value, protocol=PROTOCOL)
+
+
+# On a worker: shared values unpickled, by token, oldest first, within a budget of their
+# pickles' bytes (a sweep over one large input unpickles it once per worker, not per call).
+_SHARED = {}
+_SHARED_BUDGET = 1 << 30
+_MISSING = object()
+
+
+def _input(data):
+    """One input of a call, from its pickle: a shared value from this worker's cache."""
+    if data[: len(_SHARED_MAGIC)] != _SHARED_MAGIC:
+        return pickle.loads(data)
+    start = len(_SHARED_MAGIC) + _TOKEN
+    token = bytes(data[len(_SHARED_MAGIC) : start])
+    value = _SHARED.get(token, _MISSING)
+    if value is _MISSING:
+        value = pickle.loads(memoryview(data)[start:])
+        size = len(data)
+        if size <= _SHARED_BUDGET:
+            while _SHARED and sum(s for s, _ in _SHARED.values()) + size > _SHARED_BUDGET:
+                _SHARED.pop(next(iter(_SHARED)))
+            _SHARED[token] = (size, value)
+        return value
+    return value[1]
+
+
 class Shared:
     """A value many calls take, pickled and stored once (``share``): among the arguments of
     ``run`` (or an ``Executor``'s ``submit``) it stands for the value. On a cluster the value
     crosses to each machine once and waits there in the agent's cache; on one machine each
-    worker reads it from a file in shared memory. It is freed once this handle is gone and no
-    task needs it."""
+    worker reads it from a file in shared memory. Each worker unpickles it once and hands the
+    same object to every call it runs: calls must not change it. It is freed once this handle
+    is gone and no task needs it."""
 
     __slots__ = ("_native", "_owner", "__weakref__")
 
@@ -259,7 +298,7 @@ def execute(payload, inputs=None):
         data, args, kwargs = pickle.loads(payload)
         function = _function(data)
         if inputs is not None:
-            values = [pickle.loads(i) for i in inputs]
+            values = [_input(i) for i in inputs]
             put = lambda v: values[v.index] if isinstance(v, _Slot) else v  # noqa: E731
             args = tuple(put(a) for a in args)
             kwargs = {k: put(v) for k, v in kwargs.items()}

@@ -11,7 +11,7 @@ import pytest
 import blitzen
 from blitzen import MulticoreDispatcher
 
-from calls import checksum
+from calls import checksum, identity_of
 from conftest import free_port
 from test_distributed import SECRET, start_client
 from test_resources import start_server_binary
@@ -34,6 +34,12 @@ def test_a_shared_value_stands_for_itself_on_one_machine():
         with MulticoreDispatcher(1) as other:
             with pytest.raises(ValueError, match="another dispatcher"):
                 other.run(checksum, shared)
+    with MulticoreDispatcher(1) as d:
+        shared = d.share(BIG)
+        seen = set(d.get_results([d.run(identity_of, shared) for _ in range(10)]))
+        assert len(seen) == 1, f"one worker unpickles it once for all its calls: {seen}"
+        other = d.share(BIG)
+        assert d.get_results(d.run(identity_of, other)) not in seen, "another share, another object"
     with blitzen.Executor(max_workers=2) as ex:
         shared = ex.share(BIG)
         assert [f.result() for f in [ex.submit(checksum, shared, i) for i in range(5)]] == [
