@@ -166,15 +166,29 @@ impl Inputs {
                 }
                 true
             }
-            (Wait::After, Some(_)) | (Wait::AfterAny, _) => {
-                let any = wait == Wait::AfterAny;
-                if let Some(at) = self.after.iter().position(|&(on, a)| on == id && a == any) {
-                    self.after.swap_remove(at);
-                }
-                true
-            }
-            (_, None) => false,
+            (wait, value) => meet_after(&mut self.after, id, wait, value.is_some()),
         }
+    }
+}
+
+/// What [`Inputs::meet`] does with a wait that is not for an argument: task `id` ended
+/// (`succeeded` or not); an `after` edge it meets is taken out of `after`. Returns whether the
+/// wait was met (`false`: a failure where success was required, or a failed argument).
+pub fn meet_after(
+    after: &mut Vec<(DriverTaskId, bool)>,
+    id: DriverTaskId,
+    wait: Wait,
+    succeeded: bool,
+) -> bool {
+    match (wait, succeeded) {
+        (Wait::After, true) | (Wait::AfterAny, _) => {
+            let any = wait == Wait::AfterAny;
+            if let Some(at) = after.iter().position(|&(on, a)| on == id && a == any) {
+                after.swap_remove(at);
+            }
+            true
+        }
+        _ => false,
     }
 }
 

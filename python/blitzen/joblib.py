@@ -55,6 +55,12 @@ class BlitzenBackend(AutoBatchingMixin, ParallelBackendBase):
     default_n_jobs = -1
 
     def __init__(self, executor=None, server=None, secret=None, max_workers=None, **kwargs):
+        unknown = sorted(set(kwargs) - {"nesting_level", "inner_max_num_threads"})
+        if unknown:
+            raise TypeError(
+                f"the blitzen backend takes executor=, server=, secret= or max_workers=, "
+                f"not {', '.join(unknown)}"
+            )
         super().__init__(**kwargs)
         self._given = executor
         self._where = (max_workers, server, secret)

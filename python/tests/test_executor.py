@@ -13,20 +13,7 @@ import blitzen
 from blitzen import DependencyFailed, WorkerCrashed
 
 from calls import announced_nap, broken_setup, hard_exit, nap, remember, setup_value, square
-from conftest import Processes, free_port
-from test_distributed import SECRET, start_client, start_server
-
-
-@pytest.fixture(scope="module")
-def cluster_port():
-    processes = Processes()
-    try:
-        port = free_port()
-        start_server(processes, port)
-        start_client(processes, port, workers=2)
-        yield port
-    finally:
-        processes.stop_all()
+from test_distributed import SECRET, cluster  # noqa: F401  (the module's cluster: its port)
 
 
 @pytest.fixture(params=["local", "cluster"])
@@ -34,7 +21,7 @@ def where(request):
     """How to make an executor: on a local pool of two workers, or on the cluster."""
     if request.param == "local":
         return lambda **kw: blitzen.Executor(max_workers=2, **kw)
-    port = request.getfixturevalue("cluster_port")
+    port = request.getfixturevalue("cluster")
     return lambda **kw: blitzen.Executor(server=f"127.0.0.1:{port}", secret=SECRET, **kw)
 
 

@@ -69,7 +69,7 @@ def test_an_agents_initializer_runs_in_each_of_its_workers(processes, tmp_path):
         d.shutdown()
 
 
-def test_the_agents_initializer_flag_is_checked(processes):
+def test_the_agents_initializer_flag_is_checked():
     from blitzen.client import main
 
     with pytest.raises(SystemExit) as ended:

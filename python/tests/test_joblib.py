@@ -10,8 +10,7 @@ import blitzen
 import blitzen.joblib  # noqa: F401  (registers the backend)
 
 from calls import square
-from test_executor import cluster_port  # noqa: F401  (the module's cluster)
-from test_distributed import SECRET
+from test_distributed import SECRET, cluster  # noqa: F401  (the module's cluster: its port)
 
 
 @pytest.fixture(params=["local", "cluster"])
@@ -20,7 +19,7 @@ def backend(request):
     if request.param == "local":
         yield {"max_workers": 2}
     else:
-        port = request.getfixturevalue("cluster_port")
+        port = request.getfixturevalue("cluster")
         yield {"server": f"127.0.0.1:{port}", "secret": SECRET}
     # Before the cluster stops: the executors the backend made leave it.
     blitzen.joblib.shutdown()
@@ -63,6 +62,12 @@ def test_grid_search_finds_what_loky_finds(backend):
         got = search()
     assert got.best_params_ == expected.best_params_
     assert got.best_score_ == pytest.approx(expected.best_score_)
+
+
+def test_a_keyword_the_backend_does_not_know_is_refused():
+    with pytest.raises(TypeError, match="sever"):
+        with parallel_config(backend="blitzen", sever="127.0.0.1:7464"):
+            Parallel()(delayed(square)(i) for i in range(2))
 
 
 def test_an_executor_of_ones_own_serves_the_backend():

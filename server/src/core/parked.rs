@@ -7,7 +7,7 @@
 //! in, so that a waiting task never keeps a whole batch of results alive for a few bytes of it.
 
 use blitzen_protocol::ids::DriverTaskId;
-use blitzen_protocol::inputs::{Framing, InputPart, Inputs, Wait, splice_slices};
+use blitzen_protocol::inputs::{Framing, InputPart, Inputs, Wait, meet_after, splice_slices};
 use bytes::Bytes;
 
 /// A value this long or shorter is kept in its part.
@@ -132,14 +132,7 @@ impl ParkedInputs {
                 }
                 true
             }
-            (Wait::After, Some(_)) | (Wait::AfterAny, _) => {
-                let any = wait == Wait::AfterAny;
-                if let Some(at) = self.after.iter().position(|&(on, a)| on == id && a == any) {
-                    self.after.swap_remove(at);
-                }
-                true
-            }
-            (_, None) => false,
+            (wait, value) => meet_after(&mut self.after, id, wait, value.is_some()),
         }
     }
 

@@ -55,11 +55,12 @@ pub(crate) fn render(status: &ClusterStatus) -> Result<String, std::fmt::Error> 
     gauge(&mut registry, "tasks_waiting", "Tasks waiting for other tasks' results", s.waiting);
     gauge(&mut registry, "shared_values", "Values shared among tasks held", s.shared_values);
     gauge(&mut registry, "shared_bytes", "Bytes of the shared values held", s.shared_bytes);
-    gauge(
-        &mut registry,
+    let sent: Counter = Counter::default();
+    sent.inc_by(s.shared_bytes_sent);
+    registry.register(
         "shared_bytes_sent",
         "Bytes of shared values sent to agents since the server started",
-        s.shared_bytes_sent,
+        sent,
     );
     gauge(&mut registry, "tasks_prefetched", "Tasks waiting at agents for a worker", s.prefetched);
     gauge(&mut registry, "tasks_running", "Tasks running on a worker", s.running);
