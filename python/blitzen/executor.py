@@ -31,7 +31,7 @@ from concurrent.futures import _base
 import cloudpickle
 
 from blitzen import _task
-from blitzen.errors import Cancelled, DependencyFailed, TaskError, TaskFailed
+from blitzen.errors import Cancelled, DependencyFailed, Lost, TaskError, TaskFailed
 from blitzen.multicore import MulticoreDispatcher
 
 
@@ -83,8 +83,11 @@ class Future(_cf.Future):
             waited = True
         except TimeoutError:
             raise _cf.TimeoutError() from None
-        except KeyError:  # the settling thread fetched it before it was taken from its watch
+        except KeyError:
+            # Fetched before it left the watch: by the settling thread, which sets it, or
+            # behind the executor's back, and then it is set `Lost` here.
             waited = True
+            state.settle_now([self._task])
             return
         finally:
             if not waited:
@@ -135,6 +138,13 @@ class _State:
         self.shutdown = False
         self.broken = None
 
+    def _fetch(self, tasks):
+        native = self.dispatcher._native
+        try:
+            return native.results(tasks, True, None)
+        except KeyError:
+            return _fetch_each(native, tasks)
+
     def cancel_task(self, task):
         try:
             self.dispatcher._native.cancel([task])
@@ -161,12 +171,16 @@ class _State:
             finished = [task for task in finished if task in self.tasks]
             if not finished:
                 return
-            rows = self.dispatcher._native.results(finished, True, None)
+            rows = self._fetch(finished)
             self.dispatcher._printed()
             settled = []
             for task, row in zip(finished, rows):
                 future = self.tasks.pop(task)
-                future._outcome = self.dispatcher._result(row)
+                if row is None:
+                    message = f"task {task}'s result was fetched from its dispatcher directly"
+                    future._outcome = Lost(message, task)
+                else:
+                    future._outcome = self.dispatcher._result(row)
                 settled.append(future)
             broken = [f for f in settled if _initializer_failed(f._outcome)]
             if broken and self.broken is None:
@@ -181,6 +195,18 @@ class _State:
                 self.watch.interrupt()
         for future in settled:
             _set(future, self.broken)
+
+
+def _fetch_each(native, tasks):
+    """The rows of ``tasks`` one by one, ``None`` for one fetched by someone else (a program
+    that also drives the executor's dispatcher itself)."""
+    rows = []
+    for task in tasks:
+        try:
+            rows.extend(native.results([task], True, None))
+        except KeyError:
+            rows.append(None)
+    return rows
 
 
 def _initializer_failed(outcome):

@@ -226,4 +226,13 @@ def test_an_executor_on_an_existing_dispatcher_leaves_it_running():
         with blitzen.Executor(dispatcher=d) as ex:
             assert ex.submit(square, 6).result(timeout=60) == 36
             assert ex._max_workers == 2
+            # A result fetched behind the executor's back: its future says so, and the
+            # executor carries on.
+            taken = ex.submit(nap, 0.3)
+            # (Out of the executor's watch first, so that only this thread fetches it.)
+            d._native.unwatch(ex._state.watch, [taken._task])
+            assert d.get_results(taken._task) == 0.3
+            with pytest.raises(blitzen.Lost, match="fetched from its dispatcher directly"):
+                taken.result(timeout=60)
+            assert ex.submit(square, 7).result(timeout=60) == 49
         assert d.get_results(d.run(square, 7)) == 49
