@@ -78,6 +78,12 @@ pub struct Args {
     /// server. A large result on a slow link is not silence.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     heartbeat: Duration,
+    /// Stop once the server has not been reachable for this many seconds (since the agent
+    /// started, or since its connection was lost), checked between attempts to connect (which
+    /// are at most 5 s apart). Default: wait for the server, and follow its restarts, until
+    /// Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    give_up_after: Option<Duration>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -117,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.pool.offer(cpus, args.memory, args.resources.map(|c| c.0).unwrap_or_default());
     config.heartbeat = args.heartbeat;
     config.cache_size = args.cache_size;
+    config.give_up_after = args.give_up_after;
     config.secret = Secret::from_file_or_env(args.secret_file.as_deref())?;
     let (pin, ca) = (args.tls_pin.as_deref(), args.tls_ca.as_deref());
     config.tls = blitzen_net::PeerTls::from_flags(args.insecure_plaintext, pin, ca)?;

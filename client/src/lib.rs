@@ -28,7 +28,7 @@ mod succession;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blitzen_common::cli::termination;
 use blitzen_common::pool::{Pool, PoolConfig, PoolError, Report};
@@ -79,6 +79,9 @@ pub struct AgentConfig {
     /// How many bytes of shared values it keeps for its tasks at most (the server decides what
     /// stays within it).
     pub cache_size: u64,
+    /// Stop once the server has not been reachable for this long (since the agent started, or
+    /// since its connection was lost); `None`: wait for it and follow its restarts forever.
+    pub give_up_after: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -96,6 +99,7 @@ impl AgentConfig {
             tls: PeerTls::default(),
             server_file: None,
             cache_size: DEFAULT_CACHE_SIZE,
+            give_up_after: None,
         }
     }
 }
@@ -220,7 +224,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut waiting_logged = false;
     // What was wrong with the server file last time: each new reason is logged once.
     let mut file_trouble: Option<String> = None;
+    // Since when the server has not been reachable (reset while connected).
+    let mut unreachable_since = Instant::now();
     while !shutdown.is_cancelled() {
+        if let Some(limit) = config.give_up_after.filter(|l| unreachable_since.elapsed() >= *l) {
+            info!(
+                after = %format_args!("{}s", limit.as_secs_f64()),
+                "the server has not been reachable for the give-up time: stopping"
+            );
+            break;
+        }
         let (server, tls) = match where_the_server_is(&config) {
             Ok(found) => {
                 file_trouble = None;
@@ -269,7 +282,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                     connected.notify_one();
                 }
                 let connection = Connection::new(&entries, w, admitted.write, run);
-                match connection.serve(admitted.reader, config.heartbeat, &shutdown).await {
+                let end = connection.serve(admitted.reader, config.heartbeat, &shutdown).await;
+                unreachable_since = Instant::now();
+                match end {
                     End::Stop => break,
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
                 }
@@ -279,7 +294,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
             Err(e) => {
                 if !waiting_logged {
-                    info!(%server, error = %e, "server not reachable; retrying");
+                    match config.give_up_after {
+                        Some(limit) => info!(
+                            %server, error = %e,
+                            give_up_after = %format_args!("{}s", limit.as_secs_f64()),
+                            "server not reachable; retrying"
+                        ),
+                        None => info!(
+                            %server, error = %e,
+                            "server not reachable; retrying until it is (or Ctrl-C)"
+                        ),
+                    }
                     waiting_logged = true;
                 }
                 debug!(?backoff, "next attempt");

@@ -19,6 +19,7 @@ fn help_documents_every_flag() {
         "--resources",
         "--name",
         "--heartbeat",
+        "--give-up-after",
         "--secret-file",
         "--log-file",
         "--log-level",
@@ -46,10 +47,31 @@ fn bad_input_is_a_clear_error() {
         (vec!["--resources", "gpu=1,gpu=2"], "named twice"),
         (vec!["--resources", "9lives=1"], "not a resource name"),
         (vec!["--server-file", "f", "--server", "h"], "cannot be used with"),
+        (vec!["--give-up-after=-1"], "not a usable number of seconds"),
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(expect), "{args:?}: stderr lacks `{expect}`:\n{stderr}");
     }
+}
+
+#[test]
+fn an_agent_told_to_give_up_stops_when_no_server_answers() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let out = Command::new(BIN)
+        .args(["--server", &format!("127.0.0.1:{port}"), "--workers", "1"])
+        .args(["--give-up-after", "0.5"])
+        .env_remove("BLITZEN_SECRET")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}:\n{stderr}", out.status);
+    assert!(stderr.contains("give_up_after=0.5s"), "{stderr}");
+    assert!(stderr.contains("not been reachable for the give-up time: stopping"), "{stderr}");
+    assert!(stderr.contains("agent stopped"), "{stderr}");
 }

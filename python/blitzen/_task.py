@@ -12,11 +12,14 @@ differ has another fingerprint, so it never receives a pickle it may misread; th
 the driver which versions its agents have instead.
 """
 
+import io
 import pickle
 import struct
 import sys
 import traceback
+import types
 import weakref
+from collections import ChainMap
 
 import cloudpickle
 
@@ -51,12 +54,33 @@ def group_of(function):
 _PICKLED = weakref.WeakKeyDictionary()
 
 
+def _code_keeping_file(code):
+    """cloudpickle's reduction of a code object, with the code's own file name where
+    cloudpickle ≥ 3 writes ``<dynamic-code>``: a worker's traceback then names the function's
+    file and line, and shows the line where that file is readable."""
+    make, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+    return make, args
+
+
+class _FunctionPickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, keeping the file names of functions sent by value."""
+
+    dispatch_table = ChainMap({types.CodeType: _code_keeping_file}, cloudpickle.Pickler.dispatch_table)
+
+
+def _dumps_function(function):
+    out = io.BytesIO()
+    _FunctionPickler(out, protocol=PROTOCOL).dump(function)
+    return out.getvalue()
+
+
 def _pickled(function):
     try:
         return _PICKLED[function]
     except (KeyError, TypeError):
         pass
-    data = cloudpickle.dumps(function, protocol=PROTOCOL)
+    data = _dumps_function(function)
     try:
         _PICKLED[function] = data
     except TypeError:  # not weakly referable (a built-in): pickled each time, by reference

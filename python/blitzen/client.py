@@ -52,7 +52,17 @@ def main(argv=None):
         help="a function each worker runs once before its first task (again in a worker that "
         "replaces one), imported from MODULE: to load a model or open a database once",
     )
+    parser.add_argument(
+        "--give-up-after",
+        type=float,
+        metavar="SECS",
+        default=None,
+        help="stop once the server has not been reachable for SECS seconds (since the start, "
+        "or since the connection was lost); default: wait for it and follow its restarts",
+    )
     args = parser.parse_args(argv)
+    if args.give_up_after is not None and not args.give_up_after >= 0:
+        parser.error("--give-up-after must be a number of seconds ≥ 0")
     if args.initializer is not None:
         module, sep, function = args.initializer.partition(":")
         if not (sep and module and function.isidentifier()):
@@ -89,6 +99,7 @@ def main(argv=None):
             memory=args.memory,
             resources=resources,
             initializer=args.initializer,
+            give_up_after=args.give_up_after,
         )
     except (RuntimeError, ValueError) as e:
         print(f"blitzen-py-client: {e}", file=sys.stderr)

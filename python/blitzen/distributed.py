@@ -61,10 +61,20 @@ class DistributedDispatcher(Dispatcher):
         Ctrl-C or SIGTERM when ``None``), then stops it cleanly. Blocks meanwhile."""
         self._native.spawn_server(duration)
 
-    def spawn_client(self, workers=None, cpus=None, memory=None, resources=None, initializer=None):
+    def spawn_client(
+        self,
+        workers=None,
+        cpus=None,
+        memory=None,
+        resources=None,
+        initializer=None,
+        give_up_after=None,
+    ):
         """Runs an agent with ``workers`` Python worker processes (default: one per CPU) for
-        this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself.
-        Blocks meanwhile. Its workers import the modules of the driver's functions from this
+        this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself
+        when the server restarts. Blocks meanwhile. ``give_up_after`` (seconds): return once the
+        server has not been reachable that long (since the start, or since the connection was
+        lost), for a script whose server ends for good (``spawn_server(duration=...)``). Its workers import the modules of the driver's functions from this
         process's ``sys.path`` (the original's ``common.py``).
 
         It offers ``cpus`` (default: ``workers``), ``memory`` (bytes or ``"16GiB"``; default: the
@@ -78,7 +88,9 @@ class DistributedDispatcher(Dispatcher):
             command, env = _task.worker_command(initializer)
         else:
             command, env = _task.worker_command(initializer_ref=initializer)
-        self._native.spawn_client(workers, command, env, cpus, memory, _counts(resources))
+        self._native.spawn_client(
+            workers, command, env, cpus, memory, _counts(resources), give_up_after
+        )
 
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

@@ -28,6 +28,7 @@ class DistributedDispatcher(Dispatcher):
         memory: int | str | None = ...,
         resources: Mapping[str, int] | None = ...,
         initializer: Callable[[], object] | str | None = ...,
+        give_up_after: float | None = ...,
     ) -> None: ...
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

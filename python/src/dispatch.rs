@@ -303,9 +303,12 @@ impl Dispatcher {
     }
 
     /// Runs an agent for this dispatcher's server with `workers` Python worker processes, until
-    /// Ctrl-C or SIGTERM, offering `cpus`, `memory` and `resources` (default: one CPU per
-    /// worker, the machine's memory, none). Cluster only.
-    #[pyo3(signature = (workers, command, env, cpus=None, memory=None, resources=None))]
+    /// Ctrl-C or SIGTERM (or the server has not been reachable for `give_up_after` seconds),
+    /// offering `cpus`, `memory` and `resources` (default: one CPU per worker, the machine's
+    /// memory, none). Cluster only.
+    #[pyo3(signature = (
+        workers, command, env, cpus=None, memory=None, resources=None, give_up_after=None
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn spawn_client(
         &self,
@@ -316,7 +319,9 @@ impl Dispatcher {
         cpus: Option<u32>,
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, u64)>>,
+        give_up_after: Option<f64>,
     ) -> PyResult<()> {
+        let give_up_after = give_up_after.map(|s| seconds(s, "give_up_after")).transpose()?;
         let command = worker_command(command, env)?;
         let d = self.distributed()?;
         let memory = memory.map(|m| size(&m, "memory")).transpose()?;
@@ -324,7 +329,7 @@ impl Dispatcher {
         if let Some(capacity) = &capacity {
             capacity.validate().map_err(PyValueError::new_err)?;
         }
-        py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity))
+        py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity, give_up_after))
             .map_err(dispatch_error)
     }
 }

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -268,7 +269,7 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     )
     shown = run("--help")
     assert shown.returncode == 0
-    for flag in ("--server", "--port", "--workers", "--secret-file", "--path", "--insecure-plaintext"):
+    for flag in ("--server", "--port", "--workers", "--secret-file", "--path", "--insecure-plaintext", "--give-up-after"):
         assert flag in shown.stdout, flag
     bad = run("--workers", "0")
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
@@ -277,6 +278,26 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     (tmp_path / "empty").write_text("\n")
     empty = run("--secret-file", str(tmp_path / "empty"))
     assert empty.returncode == 2 and "secret file" in empty.stderr and "is empty" in empty.stderr
+
+
+def test_an_agent_told_to_give_up_stops_once_its_server_is_gone(processes):
+    port = free_port()
+    server = start_server(processes, port)
+    client = start_client(processes, port, workers=1, args=("--give-up-after", "1"))
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    # Attempts are at most 5 s apart: it stops within the give-up time and one attempt.
+    assert client.wait(timeout=30) == 0
+    log = client.stderr.read()
+    assert "server not reachable" in log and "give_up_after=1s" in log
+    assert "has not been reachable for the give-up time: stopping" in log
+    bad = subprocess.run(
+        [sys.executable, "-m", "blitzen.client", "--give-up-after", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "--give-up-after must be" in bad.stderr
 
 
 def test_a_result_stands_for_an_argument_on_a_cluster(driver):

@@ -240,6 +240,19 @@ def test_a_raise_is_task_failed_with_the_exception_and_traceback(pool):
     assert pool.get_results([pool.run(square, 2)]) == [4]
 
 
+def test_a_function_sent_by_value_shows_its_own_file_and_line(pool):
+    divisor = 0
+
+    def divide(x):  # a closure: cloudpickle sends it by value, as a script's functions
+        return x / divisor
+
+    (result,) = pool.get_results([pool.run(divide, 1)])
+    assert isinstance(result, TaskFailed) and isinstance(result.exception, ZeroDivisionError)
+    assert f'File "{__file__}"' in result.traceback, result.traceback
+    assert "return x / divisor" in result.traceback
+    assert "divide` raised (worker pid" in str(result)
+
+
 def test_an_exception_that_does_not_pickle_still_gives_its_traceback(pool):
     (result,) = pool.get_results([pool.run(raise_unpicklable)])
     assert isinstance(result, TaskFailed) and result.exception is None

@@ -59,7 +59,7 @@ impl Dispatcher<Cluster> {
         workers: usize,
         capacity: Capacity,
     ) -> Result<(), DispatchError> {
-        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), Some(capacity))
+        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), Some(capacity), None)
     }
 
     /// [`spawn_client`](Self::spawn_client) whose workers run `command` instead of this program
@@ -70,10 +70,11 @@ impl Dispatcher<Cluster> {
         workers: usize,
         command: WorkerCommand,
     ) -> Result<(), DispatchError> {
-        self.spawn_agent(tasks, workers, command, None)
+        self.spawn_agent(tasks, workers, command, None, None)
     }
 
-    /// Runs an agent in this process until Ctrl-C or SIGTERM; `capacity` `None`: the default.
+    /// Runs an agent in this process until Ctrl-C or SIGTERM, or until the server has not been
+    /// reachable for `give_up_after`; `capacity` `None`: the default.
     #[doc(hidden)]
     pub fn spawn_agent(
         &self,
@@ -81,6 +82,7 @@ impl Dispatcher<Cluster> {
         workers: usize,
         command: WorkerCommand,
         capacity: Option<Capacity>,
+        give_up_after: Option<Duration>,
     ) -> Result<(), DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
@@ -99,6 +101,7 @@ impl Dispatcher<Cluster> {
         config.pool.capacity = capacity;
         config.secret = self.backend.secret()?;
         config.tls = self.backend.tls.clone();
+        config.give_up_after = give_up_after;
         blitzen_client::run_until_signal(config)?;
         Ok(())
     }
