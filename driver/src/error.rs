@@ -103,6 +103,9 @@ pub enum DispatchError {
     /// time; its log says why.
     #[error("the local cluster's agent did not connect within {0:?}; its log says why")]
     LocalAgentMissing(Duration),
+    /// A question to the server about its cluster got no answer.
+    #[error(transparent)]
+    Observe(#[from] blitzen_server::observe::ObserveError),
     /// `spawn_client` stopped with an error retrying cannot fix.
     #[error(transparent)]
     Agent(#[from] blitzen_client::AgentError),

@@ -56,6 +56,12 @@ class DistributedDispatcher(Dispatcher):
         )
         super().__init__(native, echo)
 
+    def cluster_workers(self):
+        """The worker processes of the agents connected to the server now (asked on a
+        connection of its own, within ``connect_timeout``): what "every worker of the cluster"
+        means at this moment. ``RuntimeError`` if the server cannot be reached."""
+        return self._native.cluster_workers()
+
     def spawn_server(self, duration=None):
         """Runs the cluster's server on ``server_ip:port`` for ``duration`` seconds (until
         Ctrl-C or SIGTERM when ``None``), then stops it cleanly. Blocks meanwhile."""

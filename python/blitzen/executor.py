@@ -24,6 +24,7 @@ import concurrent.futures as _cf
 import itertools
 import os
 import threading
+import time
 import uuid
 import weakref
 from concurrent.futures import _base
@@ -273,17 +274,24 @@ class Executor(_cf.Executor):
         if dispatcher is not None:
             owned = False
             workers = getattr(dispatcher, "workers", None)
+            if workers is None and max_workers is None:
+                workers = _cluster_workers(dispatcher)
         elif server is not None:
             from blitzen.distributed import DistributedDispatcher
 
             host, port = _address(server)
             dispatcher = DistributedDispatcher(host, port, secret=secret, echo=echo)
             owned, workers = True, None
+            if max_workers is None:
+                workers = _cluster_workers(dispatcher)
         else:
             dispatcher = MulticoreDispatcher(max_workers, echo=echo)
             owned, workers = True, dispatcher.workers
-        #: How many calls run at once, as far as the executor knows (what dask reads).
+        #: How many calls run at once, as far as the executor knows (what dask reads): on a
+        #: cluster, the workers of the agents connected when it was made (this machine's CPUs
+        #: when there were none).
         self._max_workers = max_workers or workers or os.cpu_count() or 1
+        self._asked = None  # (when, workers): the cluster's workers, as last asked
         self._setup = None
         if initializer is not None:
             pickled = cloudpickle.dumps((initializer, tuple(initargs)), protocol=_task.PROTOCOL)
@@ -322,6 +330,19 @@ class Executor(_cf.Executor):
             future._outcome = failed
             _set(future, None)
         return future
+
+    def _workers_now(self):
+        """How many calls can run at once now: on a cluster, its connected agents' workers
+        (asked at most once a second; ``_max_workers`` when it has none or cannot be reached)."""
+        dispatcher = self._state.dispatcher
+        if getattr(dispatcher, "workers", None) is not None:
+            return self._max_workers
+        now = time.monotonic()
+        asked = self._asked
+        if asked is None or now - asked[0] > 1.0:
+            asked = (now, _cluster_workers(dispatcher) or self._max_workers)
+            self._asked = asked
+        return asked[1]
 
     def share(self, value):
         """A ``blitzen.Shared`` handle for ``value``, pickled once: it stands for the value
@@ -447,6 +468,15 @@ def _chunks(iterables, chunksize):
 def _run_chunk(fn, chunk):
     """On a worker: one task of ``map`` with a ``chunksize``."""
     return [fn(*args) for args in chunk]
+
+
+def _cluster_workers(dispatcher):
+    """The workers of a cluster's connected agents, or ``None`` when it has none or its server
+    cannot be reached now (the executor's calls wait for it as any dispatcher's do)."""
+    try:
+        return dispatcher.cluster_workers() or None
+    except RuntimeError:
+        return None
 
 
 def _address(server):

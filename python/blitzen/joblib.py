@@ -16,8 +16,8 @@ The backend's keywords (``parallel_config(backend="blitzen", ...)``): ``executor
 ``blitzen.Executor`` to use), else ``server=`` and ``secret=`` (a cluster), else
 ``max_workers=`` (a local pool). The executor is made once per set of keywords and kept for
 later calls (a scikit-learn search makes many); it is shut down at exit, or by
-``blitzen.joblib.shutdown()``. ``n_jobs=-1`` is the
-executor's ``_max_workers``; batches are sized by joblib's own auto-batching, and each batch's
+``blitzen.joblib.shutdown()``. ``n_jobs=-1`` is every worker: on a cluster, those of the
+agents connected when a ``Parallel`` call starts; batches are sized by joblib's own auto-batching, and each batch's
 result comes back as soon as it is done (``return_as="generator"`` streams them).
 """
 
@@ -73,7 +73,7 @@ class BlitzenBackend(AutoBatchingMixin, ParallelBackendBase):
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        workers = self.executor._max_workers
+        workers = self.executor._workers_now()
         if n_jobs is None or n_jobs < 0:
             return max(workers + 1 + n_jobs, 1) if n_jobs is not None else workers
         return n_jobs

@@ -293,6 +293,12 @@ impl Dispatcher {
         }
     }
 
+    /// The worker processes of the agents connected to the server now. Cluster only.
+    fn cluster_workers(&self, py: Python<'_>) -> PyResult<usize> {
+        let d = self.distributed()?;
+        py.detach(|| d.cluster_workers()).map_err(dispatch_error)
+    }
+
     /// Runs a server on this dispatcher's address for `duration` seconds (until Ctrl-C or
     /// SIGTERM when `None`). Cluster only.
     #[pyo3(signature = (duration=None))]

@@ -64,8 +64,11 @@ def cluster():
     processes = Processes()
     try:
         port = free_port()
-        start_server(processes, port)
+        server = start_server(processes, port)
         start_client(processes, port)
+        # The server has the agent in its books (its status counts it), not only the agent
+        # the server.
+        wait_for_output(server, "agent connected")
         yield port
     finally:
         processes.stop_all()

@@ -53,6 +53,25 @@ def test_results_and_the_tasks_own_exceptions(where):
         assert ex._max_workers >= 1
 
 
+def test_an_executor_on_a_cluster_counts_its_agents_workers(cluster):
+    from blitzen.distributed import DistributedDispatcher
+
+    assert DistributedDispatcher("127.0.0.1", cluster, secret=SECRET).cluster_workers() == 2
+    with blitzen.Executor(server=f"127.0.0.1:{cluster}", secret=SECRET) as ex:
+        assert ex._max_workers == 2, "the one agent's two workers"
+    with blitzen.Executor(3, server=f"127.0.0.1:{cluster}", secret=SECRET) as ex:
+        assert ex._max_workers == 3, "max_workers given: what it says"
+    unreachable = DistributedDispatcher("127.0.0.1", _closed_port(), secret=SECRET)
+    with pytest.raises(RuntimeError, match="cannot reach the server"):
+        unreachable.cluster_workers()
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_keyword_arguments_are_the_functions_own(where):
     with where() as ex:
         assert ex.submit(nap, seconds=0).result(timeout=60) == 0

@@ -3,6 +3,7 @@ workers, on a local pool and on a real cluster."""
 
 import os
 
+import joblib
 import pytest
 from joblib import Parallel, delayed, parallel_config
 
@@ -36,6 +37,14 @@ def test_parallel_runs_on_the_workers_in_order(backend):
         assert os.getpid() not in pids, "the calls ran on Blitzen's workers"
         streamed = Parallel(return_as="generator")(delayed(square)(i) for i in range(50))
         assert list(streamed) == [i * i for i in range(50)]
+
+
+def test_n_jobs_minus_one_is_every_worker_of_the_pool_or_cluster(backend):
+    # The local pool has two workers; so has the cluster's one agent.
+    with parallel_config(backend="blitzen", **backend):
+        assert joblib.effective_n_jobs(-1) == 2
+        assert joblib.effective_n_jobs(-2) == 1
+        assert joblib.effective_n_jobs(3) == 3
 
 
 def test_a_failing_call_raises_its_own_exception(backend):

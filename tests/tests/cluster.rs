@@ -59,11 +59,20 @@ fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Two agents take tasks; the driver counts their workers.
 fn two_agents_share_the_load() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _a = start_agent(&server.addr, 1, "agent-a").map_err(fail)?;
-    let _b = start_agent(&server.addr, 1, "agent-b").map_err(fail)?;
+    let _b = start_agent(&server.addr, 3, "agent-b").map_err(fail)?;
     let d = driver(&server.addr);
+    // The driver asks the server what its cluster is, as `blitzen-server status` does.
+    let joined = server.process.wait_for_log("agent connected", 2, WAIT);
+    check(joined, "both agents connected")?;
+    let status = d.cluster_status().map_err(fail)?;
+    let mut agents: Vec<_> = status.agents.iter().map(|a| (a.host.as_str(), a.workers)).collect();
+    agents.sort();
+    check(agents == [("agent-a", 1), ("agent-b", 3)], format!("{agents:?}"))?;
+    check(d.cluster_workers().map_err(fail)? == 4, "four workers")?;
     let ids: Vec<_> = (0..8).map(|_| d.run(sleep, 0.3).untyped()).collect();
     let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
     let hosts: HashSet<String> =

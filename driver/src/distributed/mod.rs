@@ -7,12 +7,14 @@
 //!   `handoff`: how many tasks it was handed and the server has taken (`wait_accepted`).
 //! - `local`: [`LocalCluster`].
 //! - `spawn`: the seed's `spawn_server` and `spawn_client`, a server or an agent in this process.
+//! - `status`: asking the server about its cluster (`cluster_status`, `cluster_workers`).
 
 mod backlog;
 mod handoff;
 mod link;
 mod local;
 mod spawn;
+mod status;
 
 pub use blitzen_net::tls::{Fingerprint, TlsError};
 pub use blitzen_net::{ConnectError, Secret, SecretError};
@@ -51,7 +53,8 @@ use handoff::Handoff;
 ///   [`attach`](Dispatcher::attach), [`detach`](Dispatcher::detach),
 ///   [`session`](Dispatcher::session), [`server`](Dispatcher::server),
 ///   [`connect`](Dispatcher::connect), [`wait_accepted`](Dispatcher::wait_accepted),
-///   [`spawn_server`](Dispatcher::spawn_server), [`spawn_client`](Dispatcher::spawn_client);
+///   [`spawn_server`](Dispatcher::spawn_server), [`spawn_client`](Dispatcher::spawn_client),
+///   [`cluster_status`](Dispatcher::cluster_status), [`cluster_workers`](Dispatcher::cluster_workers);
 /// - shared with [`MulticoreDispatcher`](crate::MulticoreDispatcher):
 ///   [`run`](Dispatcher::run), [`run_with_timeout`](Dispatcher::run_with_timeout),
 ///   [`run_with`](Dispatcher::run_with), [`get_results`](Dispatcher::get_results),

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use blitzen_protocol::{Captured, ExitReason, Finished, Outcome};
+use blitzen_protocol::{Captured, ExitReason, Finished, Outcome, SizeText};
 use bytes::BytesMut;
 use tracing::{debug, error, info, warn};
 
@@ -69,7 +69,8 @@ impl Scheduler {
         {
             let outcome = match w.killed {
                 Some(KillReason::Timeout { job: id, timeout }) if id == job.id => {
-                    warn!(task = %job.id, name = %job.name, pid, ?timeout, "task timed out; worker killed");
+                    let after = format_args!("{}s", timeout.as_secs_f64());
+                    warn!(task = %job.id, name = %job.name, pid, timeout = %after, "task timed out; worker killed");
                     Some(Outcome::TimedOut { timeout_ms: timeout.as_millis() as u64 })
                 }
                 Some(KillReason::Cancel { job: id }) if id == job.id => {
@@ -97,7 +98,9 @@ impl Scheduler {
                             Some(Outcome::MemoryExceeded { limit, peak: peak_rss })
                         }
                         _ => {
-                            warn!(task = %job.id, name = %job.name, pid, %exit, ?peak_rss, "worker died running a task");
+                            let peak =
+                                peak_rss.map_or("unknown".into(), |b| SizeText(b).to_string());
+                            warn!(task = %job.id, name = %job.name, pid, %exit, peak_rss = %peak, "worker died running a task");
                             Some(Outcome::WorkerCrashed { exit, peak_rss })
                         }
                     }
@@ -261,7 +264,7 @@ impl Scheduler {
             } else {
                 // The other workers carry on; try again after a pause that grows each time.
                 let pause = RESPAWN_PAUSE * self.start_failures;
-                error!(error = %e, ?pause, "cannot start a replacement worker; will retry");
+                error!(error = %e, pause = %format_args!("{}s", pause.as_secs_f64()), "cannot start a replacement worker; will retry");
                 self.respawn_at[slot] = Some(Instant::now() + pause);
             }
         }
