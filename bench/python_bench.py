@@ -4,7 +4,10 @@ loopback (a server and an agent of its own, encrypted with a secret) — side by
 Python's multiprocessing.Pool, in one run: each run of a workload goes to the three in turn,
 in a rotating order. 2 workers (4 for W3), one call per task, as in `pool_baseline.py`.
 `--executor`: the same through `blitzen.Executor` (`submit`, then each future's `result`),
-side by side with `concurrent.futures.ProcessPoolExecutor`.
+side by side with `concurrent.futures.ProcessPoolExecutor`; and scikit-learn's `GridSearchCV`
+under joblib's `"blitzen"` backend (a local pool of 2, a cluster of 2 agents of one worker)
+side by side with joblib's default, loky (2 workers): GRID, 200 fits of a small model; GRIDX,
+20 fits on a 32 MiB `X` (the array crosses to each worker once, not once per fit).
 
 Prints one JSON line per workload and system in the schema of
 `cargo run --release --bin bench -- --json`, then a table of the medians on stderr:
@@ -70,6 +73,26 @@ class Executor:
         self.ex.shutdown()
 
 
+    def joblib_config(self):
+        """What `parallel_config` takes to run joblib's batches here."""
+        return {"backend": "blitzen", "executor": self.ex, "n_jobs": -1}
+
+
+class Loky:
+    """joblib's default backend, its reusable executor of `workers` processes."""
+
+    path = "joblib loky"
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def joblib_config(self):
+        return {"backend": "loky", "n_jobs": self.workers}
+
+    def close(self):
+        pass
+
+
 class ExecutorMulticore(Executor):
     path = "Executor multicore"
 
@@ -110,7 +133,7 @@ def wait_for(process, text, within=60):
 class Cluster:
     """A server and one agent of `workers` Python workers, each a process of its own."""
 
-    def __init__(self, workers):
+    def __init__(self, workers, agents=1):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -123,9 +146,12 @@ class Cluster:
             server = start(["-c", "import blitzen.distributed as d; d.DistributedDispatcher().spawn_server()"])
             self.processes.append(server)
             wait_for(server, "serving")
-            client = start(["-m", "blitzen.client", "--workers", str(workers), "--path", BENCH_DIR])
-            self.processes.append(client)
-            wait_for(client, "connected")
+            for _ in range(agents):
+                client = start(
+                    ["-m", "blitzen.client", "--workers", str(workers), "--path", BENCH_DIR]
+                )
+                self.processes.append(client)
+                wait_for(client, "connected")
             self.port = port
         except BaseException:
             self.stop()
@@ -168,8 +194,54 @@ class ExecutorDistributed(Executor):
         self.cluster.stop()
 
 
+class ExecutorTwoAgents(ExecutorDistributed):
+    """An Executor on a cluster of two agents of `workers // 2` workers each."""
+
+    def __init__(self, workers):
+        self.cluster = Cluster(max(workers // 2, 1), agents=2)
+        address = f"127.0.0.1:{self.cluster.port}"
+        Executor.__init__(self, blitzen.Executor(server=address, secret=SECRET))
+
+
 KINDS = [Multicore, Distributed, Pool]
 EXECUTORS = [ExecutorMulticore, ExecutorDistributed, ProcessPool]
+SEARCHES = [ExecutorMulticore, ExecutorTwoAgents, Loky]
+
+
+def grid_search(samples, features, model, grid):
+    """A workload: `GridSearchCV(model, grid, cv=5, n_jobs=-1)` on a dataset of its own, run
+    under a system's joblib backend; seconds per search."""
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(n_samples=samples, n_features=features, random_state=0)
+
+    def run(system):
+        from joblib import parallel_config
+        from sklearn.model_selection import GridSearchCV
+
+        import blitzen.joblib  # noqa: F401  (registers the backend)
+
+        with parallel_config(**system.joblib_config()):
+            start = time.perf_counter()
+            GridSearchCV(model, grid, cv=5).fit(X, y)
+            return time.perf_counter() - start
+
+    return run
+
+
+def small_search():
+    """GRID: 200 fits (40 settings, 5 folds) of a small model on a small dataset."""
+    from sklearn.linear_model import ElasticNet
+
+    grid = {"alpha": [0.01 * 2**i for i in range(20)], "l1_ratio": [0.2, 0.8]}
+    return grid_search(1000, 20, ElasticNet(max_iter=2000), grid)
+
+
+def large_search():
+    """GRIDX: 20 fits (4 settings, 5 folds) on a 32 MiB `X`."""
+    from sklearn.linear_model import Ridge
+
+    return grid_search(40_000, 100, Ridge(), {"alpha": [0.1, 1.0, 10.0, 100.0]})
 
 
 def measure(workload, runs, workers, kinds=KINDS):
@@ -192,7 +264,11 @@ def measure(workload, runs, workers, kinds=KINDS):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per workload (default 5)")
-    parser.add_argument("--workload", default="W1,W2,W3,W4", help="among W1,W2,W3,W4")
+    parser.add_argument(
+        "--workload",
+        default=None,
+        help="among W1,W2,W3,W4 (and GRID,GRIDX with --executor); default: all of them",
+    )
     parser.add_argument(
         "--executor",
         action="store_true",
@@ -202,10 +278,12 @@ def main():
     kinds = EXECUTORS if args.executor else KINDS
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    chosen = [w.strip().upper() for w in args.workload.split(",")]
-    unknown = set(chosen) - {"W1", "W2", "W3", "W4"}
+    known = ["W1", "W2", "W3", "W4"] + (["GRID", "GRIDX"] if args.executor else [])
+    chosen = [w.strip().upper() for w in (args.workload or ",".join(known)).split(",")]
+    unknown = set(chosen) - set(known)
     if unknown:
-        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+        also = "" if args.executor else " (GRID and GRIDX need --executor)"
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}{also}")
     records = []
     for name in chosen:
         if name == "W1":
@@ -224,6 +302,11 @@ def main():
             params = {"tasks": W3_TASKS, "sleep_s": W3_SLEEP, "ideal_s": 1.0, "workers": 4}
             for path, runs in measure(scaling, args.runs, 4, kinds).items():
                 records.append((path, base.record("W3", params, runs, "s", "lower")))
+        elif name in ("GRID", "GRIDX"):
+            search = small_search() if name == "GRID" else large_search()
+            params = {"fits": 200 if name == "GRID" else 20, "workers": 2}
+            for path, runs in measure(search, args.runs, 2, SEARCHES).items():
+                records.append((path, base.record(name, params, runs, "s", "lower")))
         else:
             params = {"tasks": W4_TASKS, "result_bytes": MIB, "workers": 2}
             for path, runs in measure(payload, args.runs, 2, kinds).items():
@@ -232,17 +315,21 @@ def main():
         record["path"] = path
         print(json.dumps(record, ensure_ascii=False))
     # The table: medians, and each Blitzen median as a multiple of the baseline's.
-    local, cluster, baseline = (k.path for k in kinds)
-    print(f"{'workload':<10}{'multicore':>14}{'distributed':>14}{baseline:>22}  units", file=sys.stderr)
+    print(f"{'workload':<10}{'multicore':>18}{'distributed':>18}{'baseline':>12}  units", file=sys.stderr)
     for name in chosen:
         row = {r["path"]: r for p, r in records if r["name"] == name}
+        if name.startswith("GRID"):
+            local, cluster, baseline = (k.path for k in SEARCHES)
+        else:
+            local, cluster, baseline = (k.path for k in kinds)
         pool = row[baseline]["median"]
         cells = []
         for path in (local, cluster):
             m = row[path]["median"]
             ratio = m / pool if row[path]["better"] == "higher" else pool / m
             cells.append(f"{m:g} ({ratio:.2f}×)")
-        print(f"{name:<10}{cells[0]:>14}{cells[1]:>14}{pool:>22g}  {row[baseline]['units']}", file=sys.stderr)
+        units = f"{row[baseline]['units']} (against {baseline})"
+        print(f"{name:<10}{cells[0]:>18}{cells[1]:>18}{pool:>12g}  {units}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,9 @@ def checksum(data, salt=0):
 def identity_of(data):
     """This worker's pid and the identity of the object it was handed."""
     return os.getpid(), id(data)
+
+
+def array_facts(array, salt):
+    """What a worker sees of an array it was handed: its pid, the array's identity, whether it
+    may write to it, and a checksum."""
+    return os.getpid(), id(array), bool(array.flags.writeable), float(array.sum()) + salt

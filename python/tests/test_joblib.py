@@ -1,7 +1,9 @@
 """joblib's "blitzen" backend: ``joblib.Parallel`` and scikit-learn's ``n_jobs`` on Blitzen's
 workers, on a local pool and on a real cluster."""
 
+import json
 import os
+import subprocess
 
 import joblib
 import pytest
@@ -10,8 +12,10 @@ from joblib import Parallel, delayed, parallel_config
 import blitzen
 import blitzen.joblib  # noqa: F401  (registers the backend)
 
-from calls import square
-from test_distributed import SECRET, cluster  # noqa: F401  (the module's cluster: its port)
+from calls import array_facts, square
+from conftest import free_port
+from test_distributed import SECRET, cluster, start_client  # noqa: F401  (cluster: its port)
+from test_resources import start_server_binary
 
 
 @pytest.fixture(params=["local", "cluster"])
@@ -71,6 +75,56 @@ def test_grid_search_finds_what_loky_finds(backend):
         got = search()
     assert got.best_params_ == expected.best_params_
     assert got.best_score_ == pytest.approx(expected.best_score_)
+
+
+def test_a_large_array_is_shared_not_pickled_into_every_batch():
+    import numpy
+
+    big = numpy.arange(1 << 20, dtype=numpy.float64)  # 8 MiB
+    # n_jobs=2 on a pool of one worker: joblib runs n_jobs=1 in this process instead.
+    total = float(big.sum())
+    with parallel_config(backend="blitzen", max_workers=1, n_jobs=2):
+        seen = Parallel(batch_size=1)(delayed(array_facts)(big, i) for i in range(10))
+    assert [s[3] for s in seen] == [total + i for i in range(10)]
+    assert len({(pid, ident) for pid, ident, _, _ in seen}) == 1, "one object on the worker"
+    assert seen[0][0] != os.getpid(), "run on the pool's one worker"
+    assert not any(s[2] for s in seen), "handed to the calls read-only"
+    small = numpy.arange(10.0)
+    with parallel_config(backend="blitzen", max_workers=1, n_jobs=2):
+        (facts,) = Parallel()(delayed(array_facts)(small, 0) for _ in range(1))
+    assert facts[2], "a small array travels in its batch, the worker's own"
+    with parallel_config(backend="blitzen", max_workers=1, n_jobs=2, share_at=None):
+        seen = Parallel(batch_size=1)(delayed(array_facts)(big, i) for i in range(3))
+    assert all(s[2] for s in seen), "share_at=None: pickled into each batch"
+    with pytest.raises(ValueError, match="share_at"):
+        with parallel_config(backend="blitzen", share_at=-1):
+            Parallel()(delayed(square)(i) for i in range(2))
+    blitzen.joblib.shutdown()
+
+
+def test_a_large_array_crosses_to_an_agent_once(processes):
+    import numpy
+
+    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
+    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
+    port = free_port()
+    start_server_binary(processes, server_bin, port, f"127.0.0.1:{free_port()}")
+    start_client(processes, port, workers=2)
+    big = numpy.arange(1 << 21, dtype=numpy.float64)  # 16 MiB
+    with parallel_config(backend="blitzen", server=f"127.0.0.1:{port}", secret=SECRET):
+        seen = Parallel(batch_size=1)(delayed(array_facts)(big, i) for i in range(20))
+    blitzen.joblib.shutdown()
+    assert [s[3] for s in seen] == [float(big.sum()) + i for i in range(20)]
+    asked = subprocess.run(
+        [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert asked.returncode == 0, asked.stderr
+    sent = json.loads(asked.stdout)["server"]["shared_bytes_sent"]
+    assert big.nbytes <= sent < 2 * big.nbytes, (sent, big.nbytes)
 
 
 def test_a_keyword_the_backend_does_not_know_is_refused():
