@@ -4,11 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blitzen_common::Task;
 use blitzen_common::pool::{
     Pool, PoolConfig, PoolError, PoolStatus, RunTask, StatusSnapshot, Submitter, WorkerCommand,
 };
 use blitzen_common::registry::{self, Registry};
-use blitzen_common::worker::is_unentered_worker;
+use blitzen_common::worker::{WORKER_START_ENV, is_unentered_worker};
 use blitzen_protocol::Outcome;
 use blitzen_protocol::Report;
 use blitzen_protocol::ids::{DriverTaskId, JobId};
@@ -123,6 +124,7 @@ pub struct MulticoreBuilder {
     cpus: Option<u32>,
     memory: Option<u64>,
     resources: Vec<(String, u64)>,
+    start_task: Option<&'static str>,
 }
 
 impl MulticoreBuilder {
@@ -185,8 +187,24 @@ impl MulticoreBuilder {
         self
     }
 
+    /// A task of no arguments (`#[blitzen::task] fn load_model()`) each worker process runs
+    /// once, before its first task, again in a worker that replaces one: what is set up there
+    /// (a model loaded into a `static`, a connection opened) serves every task of that worker.
+    /// If it fails (returns `Err`, panics), the worker does not start: `build` returns the
+    /// error, and a pool whose replacement workers fail 5 times in a row gives up, its tasks
+    /// ending [`TaskError::Lost`](crate::TaskError::Lost) saying why. For workers running this
+    /// program (the default [`worker_command`](Self::worker_command)).
+    pub fn on_worker_start<T: Task<Args = ()>>(mut self, _task: T) -> Self {
+        self.start_task = Some(T::NAME);
+        self
+    }
+
     /// Starts the workers and returns once all of them are ready.
     pub fn build(mut self) -> Result<MulticoreDispatcher, DispatchError> {
+        if let Some(name) = self.start_task {
+            let command = std::mem::replace(&mut self.pool.command, WorkerCommand::this_binary());
+            self.pool.command = command.env(WORKER_START_ENV, name);
+        }
         let resources = std::mem::take(&mut self.resources);
         self.pool.offer(self.cpus, self.memory, resources);
         MulticoreDispatcher::start(self)
@@ -208,6 +226,7 @@ impl Dispatcher<Multicore> {
             cpus: None,
             memory: None,
             resources: Vec::new(),
+            start_task: None,
         }
     }
 

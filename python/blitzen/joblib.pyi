@@ -5,6 +5,8 @@ from typing import Any
 
 from blitzen.executor import Executor
 
+SHARE_AT: int
+
 # joblib has no type hints: its base class is left out.
 class BlitzenBackend(metaclass=abc.ABCMeta):
     def __init__(
@@ -13,6 +15,7 @@ class BlitzenBackend(metaclass=abc.ABCMeta):
         server: str | None = ...,
         secret: str | bytes | None = ...,
         max_workers: int | None = ...,
+        share_at: int | None = ...,
         **kwargs: Any,
     ) -> None: ...
     @property

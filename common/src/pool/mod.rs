@@ -191,8 +191,8 @@ pub enum PoolError {
     },
     /// A new worker died before announcing itself.
     #[error(
-        "worker process {pid} {exit} before it was ready (does main() call \
-         blitzen::worker_main() first thing?){}",
+        "worker process {pid} {exit} before it was ready{}{}",
+        hint(exit),
         stderr_block(stderr)
     )]
     WorkerExited {
@@ -229,6 +229,15 @@ pub enum PoolError {
 impl std::fmt::Debug for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a worker may have died before it was ready: not what a worker that entered
+/// `worker_main` and could not set itself up (its start task failed) says on stderr.
+fn hint(exit: &ExitReason) -> &'static str {
+    match exit {
+        ExitReason::Code(crate::worker::SETUP_FAILED) => "",
+        _ => " (does main() call blitzen::worker_main() first thing?)",
     }
 }
 

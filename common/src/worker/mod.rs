@@ -53,8 +53,13 @@ pub use stream::{STREAM_BURST, STREAM_RATE};
 /// Set in the environment of a worker process, by the pool that starts it.
 pub const WORKER_ENV: &str = "BLITZEN_WORKER";
 
+/// Set in a worker's environment by a pool with a start task
+/// (`MulticoreBuilder::on_worker_start`): the name of a task of no arguments the worker runs
+/// once before it says it is ready.
+pub const WORKER_START_ENV: &str = "BLITZEN_WORKER_START";
+
 /// The exit code of a worker that could not set itself up.
-const SETUP_FAILED: i32 = 70;
+pub(crate) const SETUP_FAILED: i32 = 70;
 
 /// The exit code of a worker that ends itself after a task went past its memory limit without
 /// killing it (Python's `MemoryError`): what is left of its memory is not to be trusted.
@@ -104,6 +109,12 @@ fn run() -> io::Result<()> {
     let mut pipes = Some(pipes);
     let watched = socket.try_clone()?;
     let outbox = Arc::new(Outbox::new(socket.try_clone()?));
+    if let Err(e) = run_start_task(registry) {
+        // Exits with the socket still open: the pool sees this exit code, not a hang-up it
+        // answers with SIGKILL.
+        eprintln!("blitzen worker {}: {e}", std::process::id());
+        std::process::exit(SETUP_FAILED);
+    }
     let ready = FromWorker::Ready(WorkerReady {
         pid: std::process::id(),
         version: WORKER_PROTOCOL_VERSION,
@@ -171,6 +182,41 @@ fn run() -> io::Result<()> {
         if retire {
             outbox.flush()?;
             std::process::exit(RETIRED);
+        }
+    }
+}
+
+/// Runs the start task [`WORKER_START_ENV`] names, if any; its failure (an `Err`, a panic, a
+/// task this program does not have) is the worker's failure to start.
+fn run_start_task(registry: &Registry) -> io::Result<()> {
+    let Some(name) = std::env::var_os(WORKER_START_ENV) else { return Ok(()) };
+    let name = name.to_string_lossy();
+    let failed = |why: String| io::Error::other(format!("its start task `{name}` {why}"));
+    let entry = registry
+        .get(&name)
+        .ok_or_else(|| failed("is not a #[blitzen::task] of this program".into()))?;
+    let args = crate::task::encode_value(&()).map_err(|e| failed(e.to_string()))?;
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (entry.invoke)(&args)));
+    // What it printed is not the first task's.
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    let _ = capture::take(rustix::stdio::stdout(), CAPTURE_LIMIT);
+    let _ = capture::take(rustix::stdio::stderr(), CAPTURE_LIMIT);
+    match outcome {
+        Ok(Outcome::Value(_)) => Ok(()),
+        Ok(Outcome::Returned { message, .. }) => {
+            Err(failed(format!("returned an error: {message}")))
+        }
+        Ok(Outcome::BadArguments { .. }) => {
+            Err(failed("takes arguments; it must take none".into()))
+        }
+        Ok(other) => Err(failed(format!("failed: {other:?}"))),
+        Err(_) => {
+            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+            let (message, location, _) = recorded.unwrap_or_default();
+            let at = location.map(|l| format!(" at {l}")).unwrap_or_default();
+            Err(failed(format!("panicked{at}: {message}")))
         }
     }
 }

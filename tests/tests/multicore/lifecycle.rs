@@ -85,3 +85,57 @@ pub(crate) fn forgetting_worker_main_is_a_clear_error() -> Result<(), Failed> {
     )?;
     check(!stderr.contains("WorkerExited") && !stderr.contains("Pool("), format!("{stderr}"))
 }
+
+/// A start task runs once in each worker before its first task, and again in a replacement;
+/// one that fails is the builder's error, with its message.
+pub(crate) fn a_start_task_sets_up_each_worker_once() -> Result<(), Failed> {
+    let start = |workers| {
+        MulticoreDispatcher::builder().workers(workers).on_worker_start(load_model).build()
+    };
+    let d = start(2).map_err(fail)?;
+    let pids = d.wait_for_workers(WAIT).ok_or("not ready")?;
+    let ids: Vec<_> = (0..40).map(|_| d.run(model_here, ())).collect();
+    for result in d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)? {
+        let (pid, model, loads) = result.map_err(|e| fail(e.to_string()))?;
+        check(model == Some(format!("model of {pid}")), format!("{pid}: {model:?}"))?;
+        check(loads == 1, format!("loaded {loads} times in {pid}"))?;
+        check(pids.contains(&pid), format!("{pid} is not a worker of {pids:?}"))?;
+    }
+    d.shutdown();
+
+    // One worker: what the start task printed is not its first task's output; its replacement
+    // loads the model again.
+    let d = start(1).map_err(fail)?;
+    let first =
+        d.get_task_results(&[d.run(model_here, ()).untyped()], Fetch::default().within(WAIT));
+    let first = first.map_err(fail)?.pop().ok_or("no result")?;
+    check(first.is_ok(), format!("{first:?}"))?;
+    check(!first.run.stdout.to_text().contains("loading"), "start output kept apart")?;
+    let reports = Reports::new().map_err(fail)?;
+    let killed = d.run(report_and_sleep, (reports.address(), 60));
+    let pid = reports.receive(WAIT).map_err(fail)?[0];
+    kill(pid);
+    check(matches!(one(&d, killed)?, Err(TaskError::WorkerCrashed { .. })), "killed")?;
+    let (replacement, model, loads) = one(&d, d.run(model_here, ()))?.map_err(fail)?;
+    check(replacement != pid, "a replacement ran it")?;
+    check(model == Some(format!("model of {replacement}")), format!("{model:?}"))?;
+    check(loads == 1, format!("loaded {loads} times"))?;
+    d.shutdown();
+
+    for (builder, expect) in [
+        (MulticoreDispatcher::builder().on_worker_start(missing_model), "no model file at"),
+        (
+            MulticoreDispatcher::builder().on_worker_start(corrupt_model),
+            "the model file is corrupt",
+        ),
+    ] {
+        match builder.workers(1).build() {
+            Ok(_) => return Err("a failing start task was accepted".into()),
+            Err(e) => {
+                let text = e.to_string();
+                check(text.contains(expect) && !text.contains("worker_main"), text)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -69,6 +69,7 @@ fn main() -> std::process::ExitCode {
         trial!(drop_stops_the_workers),
         trial!(killed_dispatcher_process_leaves_no_orphans),
         trial!(forgetting_worker_main_is_a_clear_error),
+        trial!(a_start_task_sets_up_each_worker_once),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -200,3 +200,33 @@ pub(crate) fn back_to_full_strength(
     check(!pids.contains(&dead), format!("dead worker {dead} still listed"))?;
     check(pids.iter().all(|&p| is_alive(p)), format!("a listed worker is not alive: {pids:?}"))
 }
+
+/// How many times `load_model` ran in this process, and what it loaded.
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A worker's start task: loads "the model" once per worker process.
+#[blitzen::task]
+pub(crate) fn load_model() {
+    LOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = MODEL.set(format!("model of {}", std::process::id()));
+    println!("loading the model");
+}
+
+/// What this worker's start task left: its pid, the model, how many times it loaded it.
+#[blitzen::task]
+pub(crate) fn model_here() -> (u32, Option<String>, u64) {
+    (std::process::id(), MODEL.get().cloned(), LOADS.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// A start task that fails.
+#[blitzen::task]
+pub(crate) fn missing_model() -> Result<(), String> {
+    Err("no model file at /models/m.bin".into())
+}
+
+/// A start task that panics.
+#[blitzen::task]
+pub(crate) fn corrupt_model() {
+    panic!("the model file is corrupt")
+}
