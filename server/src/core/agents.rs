@@ -80,6 +80,9 @@ pub(super) struct Agent {
     pub close: CancellationToken,
     /// Assignments to send at the end of this turn.
     pub outbox: Vec<Assignment>,
+    /// Tasks to cancel whose assignments are still in `outbox` (waiting to be saved): the
+    /// cancel follows them out.
+    pub held_cancels: Vec<TaskKey>,
     /// Results taken and not acknowledged yet (the agent keeps each until then); sent with the
     /// next assignments, or on their own after a short delay (see `dispatch`).
     pub acks: Vec<TaskKey>,
@@ -191,6 +194,7 @@ impl Core {
             tx,
             close,
             outbox: Vec::new(),
+            held_cancels: Vec::new(),
             acks: Vec::new(),
             acks_since: None,
             unsaved: Vec::new(),

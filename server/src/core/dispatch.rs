@@ -216,20 +216,43 @@ impl Core {
                 }
             }
         }
+        let on_disk_below = self.on_disk_below();
         for agent in self.agents.values_mut() {
+            // On a data directory, a task goes out once it is saved; the others wait in the
+            // outbox for the commit that saves them.
+            let outbox = match on_disk_below {
+                Some(below) if agent.outbox.iter().any(|a| a.seq.is_some_and(|s| s >= below)) => {
+                    let (ready, held) = std::mem::take(&mut agent.outbox)
+                        .into_iter()
+                        .partition(|a| a.seq.is_none_or(|s| s < below));
+                    agent.outbox = held;
+                    ready
+                }
+                _ => std::mem::take(&mut agent.outbox),
+            };
             // Acknowledgements ride with the next assignments (the same write, no extra wake-up
             // of the agent); alone, they wait up to `ACK_DELAY`, or until there are many.
-            let due = agent.outbox.len() + agent.acks.len() >= ACK_BATCH
-                || !agent.outbox.is_empty()
+            let due = outbox.len() + agent.acks.len() >= ACK_BATCH
+                || !outbox.is_empty()
                 || agent.acks_since.is_some_and(|since| now >= since + ACK_DELAY);
             if due && !agent.acks.is_empty() {
                 let _ = agent.tx.send(ToAgent::Ack(std::mem::take(&mut agent.acks)));
                 agent.acks_since = None;
             }
             // In messages of a bounded size: large arguments never make one past the frame limit.
-            let outbox = std::mem::take(&mut agent.outbox);
             for batch in by_size(outbox, |a| a.args.len()) {
                 let _ = agent.tx.send(ToAgent::Run(batch));
+            }
+            // Cancels of tasks that were still waiting to go out, once they have.
+            if !agent.held_cancels.is_empty() {
+                let held = &agent.outbox;
+                let (go, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut agent.held_cancels)
+                    .into_iter()
+                    .partition(|&k| !held.iter().any(|a| a.key == k));
+                agent.held_cancels = wait;
+                if !go.is_empty() {
+                    let _ = agent.tx.send(ToAgent::Cancel(go));
+                }
             }
         }
         let later_due = self.later_due.is_some_and(|at| now >= at);

@@ -164,6 +164,12 @@ impl Core {
     }
 
     /// The batch that changes recorded now go into; 0 without a data directory.
+    /// Below which `seq` tasks are on disk, and so may go to an agent (`None`: no data
+    /// directory, every task may).
+    pub(super) fn on_disk_below(&self) -> Option<u64> {
+        self.durable.as_ref().map(|d| d.committed_seq)
+    }
+
     pub(super) fn current_batch(&self) -> u64 {
         self.durable.as_ref().map_or(0, |d| d.next_batch)
     }
@@ -248,6 +254,7 @@ impl Core {
         if durable.tx.send((durable.next_batch, batch)).is_err() {
             error!("the data directory's writer has stopped; changes are kept in memory only");
         }
+        durable.seq_at.push_back((durable.next_batch, self.next_seq));
         durable.next_batch += 1;
     }
 
@@ -256,6 +263,12 @@ impl Core {
     pub(super) fn committed(&mut self, batch: u64) {
         if let Some(durable) = &mut self.durable {
             durable.failure = None;
+            while let Some(&(b, seq)) = durable.seq_at.front()
+                && b <= batch
+            {
+                durable.committed_seq = durable.committed_seq.max(seq);
+                durable.seq_at.pop_front();
+            }
         }
         for d in self.drivers.values_mut() {
             while d.accepted_at.front().is_some_and(|&(b, _)| b <= batch) {

@@ -189,6 +189,13 @@ pub(crate) struct Durable {
     failure: Option<String>,
     /// Kinds saved so far: those numbered below this (a kind's number is its [`KindId`]).
     kinds_saved: u32,
+    /// Tasks numbered (`seq`) below this are on disk. An agent is sent no other: a server
+    /// killed before saving a task would not know it again, its driver would submit it again,
+    /// and it would run twice.
+    committed_seq: u64,
+    /// Batches sent to the writer and not committed yet, each with the `seq` below which its
+    /// commit puts every task on disk.
+    seq_at: VecDeque<(u64, u64)>,
 }
 
 impl Core {
@@ -207,6 +214,8 @@ impl Core {
                     next_batch: 1,
                     failure: None,
                     kinds_saved: 0,
+                    committed_seq: 0,
+                    seq_at: VecDeque::new(),
                 }),
                 Some(loaded),
             ),
@@ -246,6 +255,9 @@ impl Core {
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
+        }
+        if let Some(durable) = &mut core.durable {
+            durable.committed_seq = core.next_seq;
         }
         core
     }

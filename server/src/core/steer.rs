@@ -72,9 +72,15 @@ impl Core {
             }
         }
         for (agent, keys) in by_agent {
-            if let Some(a) = self.agents.get(&agent) {
-                // After every assignment already sent: the agent holds each of these.
-                let _ = a.tx.send(ToAgent::Cancel(keys));
+            if let Some(a) = self.agents.get_mut(&agent) {
+                // After its assignment: a task still waiting to be saved before it goes out is
+                // cancelled once it has gone (see `flush`).
+                let (held, now): (Vec<_>, Vec<_>) =
+                    keys.into_iter().partition(|&k| a.outbox.iter().any(|x| x.key == k));
+                a.held_cancels.extend(held);
+                if !now.is_empty() {
+                    let _ = a.tx.send(ToAgent::Cancel(now));
+                }
             }
         }
         report.not_found = asked.saturating_sub(report.queued + report.running);

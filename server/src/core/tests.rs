@@ -191,6 +191,7 @@ fn credit_follows_task_length() {
         tx: mpsc::unbounded_channel().0,
         close: CancellationToken::new(),
         outbox: Vec::new(),
+        held_cancels: Vec::new(),
         acks: Vec::new(),
         acks_since: None,
         unsaved: Vec::new(),

@@ -122,6 +122,9 @@ fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
         std::iter::from_fn(|| d.try_recv().ok()).any(|m| matches!(m, ToDriver::Accepted { .. }))
     };
     assert!(!accepted(&mut d), "not before the batch is committed");
+    // Nor does an agent get it: a server killed now would not know the task again, and its
+    // driver would submit it again.
+    assert!(assigned(&mut a).is_empty(), "not assigned before the batch is committed");
     let (batch, changes) = saved.try_recv().expect("a batch");
     assert!(changes.iter().any(|ch| matches!(ch, Change::Tasks { .. })), "{changes:?}");
     c.on_event(Event::Committed { batch });
@@ -157,6 +160,34 @@ fn with_a_data_directory_acceptance_and_acknowledgements_wait_for_the_commit() {
 }
 
 #[test]
+fn a_cancel_of_a_task_waiting_to_be_saved_follows_its_assignment_out() {
+    let (batches, saved) = std::sync::mpsc::channel();
+    let mut c = Core::new(
+        ServerConfig::default(),
+        mpsc::unbounded_channel().1,
+        Some((batches, Default::default())),
+    );
+    let _d = driver(&mut c, 1);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    submit(&mut c, 1, "t", 0..1);
+    turn(&mut c);
+    c.on_event(Event::Cancel { conn: conn(1), ids: vec![DriverTaskId::new(0)] });
+    turn(&mut c);
+    assert!(a.try_recv().is_err(), "neither the task nor its cancel before the commit");
+    let batch = std::iter::from_fn(|| saved.try_recv().ok()).map(|(b, _)| b).max();
+    c.on_event(Event::Committed { batch: batch.expect("a batch") });
+    turn(&mut c);
+    let said: Vec<_> = std::iter::from_fn(|| a.try_recv().ok())
+        .filter_map(|m| match m {
+            ToAgent::Run(batch) => Some(format!("run {}", batch.len())),
+            ToAgent::Cancel(keys) => Some(format!("cancel {}", keys.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["run 1", "cancel 1"], "the cancel after the task it cancels");
+}
+
+#[test]
 fn results_evicted_by_the_caps_leave_the_data_directory_too() {
     let (batches, saved) = std::sync::mpsc::channel();
     let config = ServerConfig { max_results: 1, ..ServerConfig::default() };
@@ -164,6 +195,9 @@ fn results_evicted_by_the_caps_leave_the_data_directory_too() {
     let _d = driver(&mut c, 1);
     let mut a = agent(&mut c, 10, 2, &["t"]);
     submit(&mut c, 1, "t", 0..2);
+    turn(&mut c);
+    let (batch, _) = saved.try_recv().expect("the tasks' batch");
+    c.on_event(Event::Committed { batch });
     turn(&mut c);
     c.on_event(Event::DriverLeft { conn: conn(1), bye: false });
     let keys = assigned(&mut a);

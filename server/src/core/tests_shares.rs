@@ -231,7 +231,7 @@ fn after_a_restart_a_task_takes_its_shared_value_from_the_data_directory() {
         next_seq: 4,
         ..Loaded::default()
     };
-    let (batches, _saved) = std::sync::mpsc::channel();
+    let (batches, saved) = std::sync::mpsc::channel();
     let mut c =
         Core::new(ServerConfig::default(), mpsc::unbounded_channel().1, Some((batches, loaded)));
     let _d = driver(&mut c, 1);
@@ -242,5 +242,10 @@ fn after_a_restart_a_task_takes_its_shared_value_from_the_data_directory() {
     share(&mut c, 8, 10);
     submit(&mut c, vec![taking(2, 8)]);
     turn(&mut c);
-    assert_eq!(sent(&mut a).0, ["S41", "R[41]"]);
+    // The task goes out once it is saved.
+    assert_eq!(sent(&mut a).0, ["S41"]);
+    let batch = std::iter::from_fn(|| saved.try_recv().ok()).map(|(b, _)| b).max();
+    c.on_event(Event::Committed { batch: batch.expect("a batch") });
+    turn(&mut c);
+    assert_eq!(sent(&mut a).0, ["R[41]"]);
 }
