@@ -190,6 +190,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             request: None,
             label: None,
             stream: false,
+            priority: 0,
         })
         .collect();
     let (builtins, own): (Vec<&TaskEntry>, Vec<&TaskEntry>) =

@@ -1,6 +1,7 @@
-//! [`Needs`]: what a task asks of the machine that runs it, as written in Rust — in a task's
-//! attribute (`#[task(cpus = 2, memory = "4GiB", resources(gpu = 1))]`, the task's defaults) or
-//! per call (`RunOptions::with_cpus`, `with_memory`, `with_resource`).
+//! [`Needs`]: what a task asks of the machine that runs it, and its priority, as written in
+//! Rust — in a task's attribute (`#[task(cpus = 2, memory = "4GiB", resources(gpu = 1),
+//! priority = 5)]`, the task's defaults) or per call (`RunOptions::with_cpus`, `with_memory`,
+//! `with_resource`, `with_priority`).
 //!
 //! Everything here is `const`, so the attribute's defaults are checked when the program
 //! compiles, and `Copy`, so `RunOptions` stays a plain value. A call's needs become a protocol
@@ -21,6 +22,8 @@ pub struct Needs {
     pub memory: Option<u64>,
     resources: [(&'static str, u64); MAX_RESOURCES],
     len: usize,
+    /// Its priority (higher first; see `blitzen_protocol::priority`); `None`: not said (0).
+    pub priority: Option<i32>,
 }
 
 impl Default for Needs {
@@ -31,8 +34,13 @@ impl Default for Needs {
 
 impl Needs {
     /// Nothing said: a plain task.
-    pub const PLAIN: Needs =
-        Needs { cpus: None, memory: None, resources: [("", 0); MAX_RESOURCES], len: 0 };
+    pub const PLAIN: Needs = Needs {
+        cpus: None,
+        memory: None,
+        resources: [("", 0); MAX_RESOURCES],
+        len: 0,
+        priority: None,
+    };
 
     /// The same, holding `cpus` CPUs.
     pub const fn with_cpus(mut self, cpus: u32) -> Self {
@@ -43,6 +51,12 @@ impl Needs {
     /// The same, holding (and limited to) `bytes` of memory.
     pub const fn with_memory(mut self, bytes: u64) -> Self {
         self.memory = Some(bytes);
+        self
+    }
+
+    /// The same, with priority `priority` (higher first).
+    pub const fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
         self
     }
 
@@ -68,7 +82,7 @@ impl Needs {
     /// Whether it says nothing (a plain task): checked first, so that a plain call pays
     /// nothing.
     pub const fn is_plain(&self) -> bool {
-        self.cpus.is_none() && self.memory.is_none() && self.len == 0
+        self.cpus.is_none() && self.memory.is_none() && self.len == 0 && self.priority.is_none()
     }
 
     /// The counted resources it names, in the order named.
@@ -84,6 +98,9 @@ impl Needs {
         }
         if call.memory.is_some() {
             needs.memory = call.memory;
+        }
+        if call.priority.is_some() {
+            needs.priority = call.priority;
         }
         for &(name, count) in call.resources() {
             needs = needs.with_resource(name, count);

@@ -28,6 +28,8 @@ pub struct Call {
     pub label: Option<&'static str>,
     /// Whether its lines are sent as it prints them ([`Dispatcher::with_output`]).
     pub stream: bool,
+    /// Among the tasks waiting to start, higher first (0 unless said).
+    pub priority: i32,
     /// What it waits for, when the backend holds it until then
     /// ([`Backend::holds_inputs`](crate::Backend::holds_inputs)); `args` is empty then.
     pub inputs: Option<Box<Inputs>>,
@@ -58,6 +60,7 @@ impl Call {
             request: None,
             label: None,
             stream: false,
+            priority: 0,
             inputs: None,
         }
     }

@@ -318,6 +318,7 @@ impl<B: Backend> Dispatcher<B> {
             request,
             label: options.label,
             stream: self.streaming,
+            priority: options.needs.priority.unwrap_or(0),
             inputs: None,
         })
     }

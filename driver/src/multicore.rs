@@ -76,6 +76,7 @@ fn to_pool(
         retries: call.retries,
         group,
         inputs,
+        priority: call.priority,
         ..RunTask::new(job, call.name, call.fingerprint, call.args)
     };
     let job = task.holding(call.request);

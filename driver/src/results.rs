@@ -178,6 +178,15 @@ impl RunOptions {
         Self { needs: self.needs.with_memory(bytes), ..self }
     }
 
+    /// The same options, the task with priority `priority`: among the tasks waiting to start,
+    /// higher first (0 unless said; negative is lower). A waiting task's priority rises one level
+    /// a second up to the highest waiting, so none waits for ever (the book's "Priorities", in
+    /// docs/multicore.md). On a cluster the order is within each driver's tasks; drivers still
+    /// take turns.
+    pub fn with_priority(self, priority: i32) -> Self {
+        Self { needs: self.needs.with_priority(priority), ..self }
+    }
+
     /// The same options, the task shown as `label` instead of its name (the Python package
     /// labels its calls with their function, `__main__.f2`, since they all run as `python`).
     pub fn with_label(self, label: &'static str) -> Self {

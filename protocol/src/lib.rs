@@ -13,6 +13,7 @@
 //!   [`FromWorker`]).
 //! - [`output`]: the lines tasks print while they run ([`Lines`]), on their way to the driver,
 //!   and the one counter of those left out of a stream ([`Unstreamed`]).
+//! - [`priority`]: which waiting task starts first, and how long a low one may wait.
 //! - [`resources`]: what a task asks for ([`Request`]), what a machine offers ([`Capacity`]),
 //!   what is in use ([`Usage`]).
 //! - [`size`]: sizes as people write them (`4GiB`), read and shown.
@@ -32,6 +33,7 @@ pub mod frame;
 pub mod ids;
 pub mod inputs;
 pub mod output;
+pub mod priority;
 pub mod resources;
 pub mod size;
 pub mod status;

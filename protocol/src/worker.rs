@@ -73,6 +73,10 @@ pub struct RunTask {
     /// also its limit ([`RunTask::memory_limit`], set with it by [`RunTask::holding`]).
     #[serde(skip)]
     pub request: Option<Arc<Request>>,
+    /// The pool's: which waiting job starts first (see [`priority`](crate::priority)); 0 by
+    /// default.
+    #[serde(skip)]
+    pub priority: i32,
 }
 
 impl RunTask {
@@ -95,6 +99,7 @@ impl RunTask {
             retries: 0,
             group: 0,
             request: None,
+            priority: 0,
         }
     }
 

@@ -33,7 +33,17 @@ class Dispatcher:
 
     # ----- the original's API -----
 
-    def run(self, f, *args, timeout=None, cpus=None, memory=None, resources=None, **kwargs):
+    def run(
+        self,
+        f,
+        *args,
+        timeout=None,
+        cpus=None,
+        memory=None,
+        resources=None,
+        priority=None,
+        **kwargs,
+    ):
         """Submits ``f(*args, **kwargs)`` and returns its task id at once: it starts, or is
         queued, without waiting. ``timeout`` (seconds, counted from its start on a worker):
         past it, the worker and what it started are killed, and the result is ``TimedOut``.
@@ -44,17 +54,38 @@ class Dispatcher:
         where they are free; what nowhere has ends ``Lost`` at once, and nonsense (0 CPUs, a size
         that does not parse) raises ``ValueError`` here.
 
+        ``priority`` (an integer, 0 by default): among the calls waiting to start, higher first;
+        a waiting call's priority rises one level a second up to the highest waiting, so none
+        waits for ever. On a cluster the order is among this dispatcher's calls.
+
         ``blitzen.result_of(t)`` among the arguments stands for task ``t``'s result: the call
         runs once ``t`` has returned, with its value there, and ends ``DependencyFailed`` if
         ``t`` did not return one. ``t`` must be this dispatcher's and not fetched yet
         (``KeyError`` otherwise)."""
-        return self._submit(f, args, kwargs, timeout, cpus, memory, resources)
+        return self._submit(f, args, kwargs, timeout, cpus, memory, resources, priority=priority)
 
-    def _submit(self, f, args, kwargs, timeout=None, cpus=None, memory=None, resources=None, label=None):
+    def _submit(
+        self,
+        f,
+        args,
+        kwargs,
+        timeout=None,
+        cpus=None,
+        memory=None,
+        resources=None,
+        label=None,
+        priority=None,
+    ):
         """``run``, with the call's arguments as they are (the ``Executor``'s, whose keyword
         arguments are all the function's) and the label people see it as."""
         if self._closed:
             raise RuntimeError("cannot run a task after shutdown() or join()")
+        if priority is not None and (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not -(2**31) <= priority < 2**31
+        ):
+            raise ValueError(f"priority must be an integer of 32 bits, not {priority!r}")
         payload, inputs = _task.dumps_call_with_inputs(f, args, kwargs, self._native)
         return self._native.submit(
             payload,
@@ -65,6 +96,7 @@ class Dispatcher:
             _counts(resources),
             label or _label(f),
             inputs,
+            priority,
         )
 
     def get_results(self, task_ids, clear=True, timeout=None):

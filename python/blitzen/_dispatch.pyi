@@ -20,6 +20,7 @@ class Dispatcher:
         cpus: int | None = ...,
         memory: int | str | None = ...,
         resources: Mapping[str, int] | None = ...,
+        priority: int | None = ...,
         **kwargs: Any,
     ) -> int: ...
     @overload

@@ -131,7 +131,7 @@ impl Dispatcher {
     /// a task whose result was fetched, or never issued, raises `KeyError`.
     #[pyo3(signature = (
         payload, timeout=None, retries=0, cpus=None, memory=None, resources=None, label=None,
-        inputs=None
+        inputs=None, priority=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
@@ -144,12 +144,17 @@ impl Dispatcher {
         resources: Option<Vec<(String, i64)>>,
         label: Option<String>,
         inputs: Option<Vec<Bound<'_, PyAny>>>,
+        priority: Option<i32>,
     ) -> PyResult<u64> {
+        let mut needs = needs(cpus, memory, resources)?;
+        if let Some(priority) = priority {
+            needs = needs.with_priority(priority);
+        }
         let options = RunOptions {
             timeout: timeout.map(|t| seconds(t, "timeout")).transpose()?,
             retries,
             unrunnable_limit: None,
-            needs: needs(cpus, memory, resources)?,
+            needs,
             label: label.filter(|l| !l.is_empty()).map(|l| intern(truncated(l))),
         };
         let task = task::named()?;

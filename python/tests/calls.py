@@ -127,3 +127,20 @@ def array_facts(array, salt):
     """What a worker sees of an array it was handed: its pid, the array's identity, whether it
     may write to it, and a checksum."""
     return os.getpid(), id(array), bool(array.flags.writeable), float(array.sum()) + salt
+
+
+def appended(path, n):
+    """Appends `n` to the file at `path` (one line): the order calls of one worker ran in."""
+    with open(path, "a") as f:
+        f.write(f"{n}\n")
+    return n
+
+
+def gated(port):
+    """Tells the test listening on `port` that it has started, then waits until the test says
+    "go" on the same connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as told:
+        told.sendall(b"started")
+        return told.recv(16).decode()

@@ -21,7 +21,7 @@ from blitzen import (
     WorkerCrashed,
 )
 
-from calls import hard_exit, nap, numbers, span, square, total
+from calls import appended, gated, hard_exit, nap, numbers, span, square, total
 from conftest import EXAMPLES, run_script
 
 
@@ -238,6 +238,28 @@ def test_a_raise_is_task_failed_with_the_exception_and_traceback(pool):
     assert "ValueError: no luck" in str(result)
     # The worker survived: no replacement.
     assert pool.get_results([pool.run(square, 2)]) == [4]
+
+
+def test_a_higher_priority_starts_first_and_nonsense_is_refused(tmp_path):
+    import socket
+
+    order = tmp_path / "order"
+    with MulticoreDispatcher(1) as d, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        # The one worker is busy until told to go, while the rest queue up behind it.
+        blocker = d.run(gated, listener.getsockname()[1])
+        told, _ = listener.accept()
+        with told:
+            assert told.recv(16) == b"started"
+            low = [d.run(appended, str(order), n) for n in range(5)]
+            high = [d.run(appended, str(order), n, priority=10) for n in range(5, 8)]
+            told.sendall(b"go")
+        assert d.get_results([blocker, *low, *high]) == ["go", *range(8)]
+        assert [int(n) for n in order.read_text().split()] == [5, 6, 7, 0, 1, 2, 3, 4]
+        for bad in (1.5, "high", True, 2**31):
+            with pytest.raises(ValueError, match="priority must be an integer"):
+                d.run(square, 2, priority=bad)
 
 
 def test_a_function_sent_by_value_shows_its_own_file_and_line(pool):

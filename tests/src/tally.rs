@@ -52,13 +52,36 @@ impl Tally {
 
     /// Runs so far, per number.
     pub fn runs(&self) -> io::Result<BTreeMap<u64, usize>> {
-        let text = std::fs::read_to_string(&self.file.path)?;
         let mut runs = BTreeMap::new();
-        for line in text.lines() {
-            let n = line.parse().map_err(|e| io::Error::other(format!("{line:?}: {e}")))?;
+        for n in self.order()? {
             *runs.entry(n).or_insert(0) += 1;
         }
         Ok(runs)
+    }
+
+    /// The numbers in the order they ran (one worker: the order they started).
+    pub fn order(&self) -> io::Result<Vec<u64>> {
+        let text = std::fs::read_to_string(&self.file.path)?;
+        let parse =
+            |line: &str| line.parse().map_err(|e| io::Error::other(format!("{line:?}: {e}")));
+        text.lines().map(parse).collect()
+    }
+
+    /// Checks the order tasks of one worker ran in under priorities: number 0, of a low
+    /// priority, submitted first, then `highs` of a higher one, numbered from 1 — the higher
+    /// ones first in submission order, until the low one has risen (one level a second while
+    /// it waits, as their tasks take longer than that) and goes before they are all done.
+    pub fn check_aging(&self, highs: u64) -> Result<(), Failed> {
+        let order = self.order().map_err(fail)?;
+        let low = order.iter().position(|&n| n == 0);
+        let low = low.ok_or_else(|| fail(format!("the low task never ran: {order:?}")))?;
+        let highs_first: Vec<u64> = (1..=low as u64).collect();
+        check(low >= 1 && order[..low] == highs_first[..], format!("higher first: {order:?}"))?;
+        check((low as u64) < highs, format!("the low one waited for every higher one: {order:?}"))?;
+        let mut rest = order.clone();
+        rest.remove(low);
+        let all: Vec<u64> = (1..=highs).collect();
+        check(rest == all, format!("each once, in order: {order:?}"))
     }
 
     /// Fails unless every number of `numbers` ran exactly once and no other ran at all, saying

@@ -59,6 +59,25 @@ fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Priorities on a cluster: of the tasks queued before any agent came, the higher go first, in
+/// submission order; a low one under a stream of higher ones still goes once it has risen to
+/// them (one level a second of waiting), long before the stream ends.
+fn priorities_order_the_queue_and_a_waiting_low_task_rises() -> Result<(), Failed> {
+    const HIGHS: u64 = 200;
+    let server = start_server(&[]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let tally = Tally::new().map_err(fail)?;
+    // 20 ms each: the priority-2 stream lasts 4 s; the low task rises to 2 in 2 s.
+    let mut ids = vec![d.run(counted, tally.args(0, 20))];
+    let high = RunOptions::default().with_priority(2);
+    ids.extend((1..=HIGHS).map(|n| d.run_with(counted, tally.args(n, 20), high)));
+    d.wait_accepted(WAIT).map_err(fail)?;
+    let _agent = start_own_agent(&server.addr, 1, "priorities", Duration::from_secs(5))?;
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results.iter().all(Result::is_ok), format!("{results:?}"))?;
+    tally.check_aging(HIGHS)
+}
+
 /// Two agents take tasks; the driver counts their workers.
 fn two_agents_share_the_load() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
@@ -674,6 +693,7 @@ fn main() -> std::process::ExitCode {
     let trials = vec![
         trial!(distributed_trio_reports_finished_and_timed_out),
         trial!(two_agents_share_the_load),
+        trial!(priorities_order_the_queue_and_a_waiting_low_task_rises),
         trial!(three_drivers_each_get_exactly_their_own_results),
         trial!(duration_ends_the_server_and_waiting_drivers_hear_why),
         trial!(agent_started_before_the_server_connects_when_it_comes_up),

@@ -436,6 +436,7 @@ fn kind_of<T: Task>(_: T) -> TaskKind {
         request: None,
         label: None,
         stream: false,
+        priority: 0,
     }
 }
 

@@ -63,6 +63,7 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                     request: None,
                     label: None,
                     stream: false,
+                    priority: 0,
                 }],
                 heartbeat_ms: 5_000,
                 agent_id: (u64::from(std::process::id()) << 20) | i as u64 | 1 << 63,

@@ -55,6 +55,8 @@ use syn::{FnArg, GenericArgument, ItemFn, PathArguments, ReturnType, Type, parse
 ///   holds while it runs, unless its `RunOptions` say otherwise: CPUs (worker slots), memory
 ///   (also its limit: past it the call ends `TaskError::MemoryExceeded`) and counted resources
 ///   that agents advertise. A size that does not parse stops the build.
+/// - `#[task(priority = 10)]`: its calls' priority unless their `RunOptions` say otherwise
+///   (higher first; 0 by default; negative is lower).
 ///
 /// A task's signature travels with each call: a worker built from another definition answers
 /// `TaskError::SignatureMismatch` rather than misreading the bytes.
@@ -90,6 +92,20 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
                 options.needs.push(quote!(.with_resource(#name, #count)));
                 Ok(())
             })
+        } else if meta.path.is_ident("priority") {
+            let value = meta.value()?;
+            let negative = value.peek(syn::Token![-]);
+            if negative {
+                value.parse::<syn::Token![-]>()?;
+            }
+            let priority = value.parse::<syn::LitInt>()?;
+            let magnitude = priority.base10_parse::<i64>()?;
+            let signed = if negative { -magnitude } else { magnitude };
+            let Ok(priority) = i32::try_from(signed) else {
+                return Err(syn::Error::new_spanned(priority, "a priority is an i32"));
+            };
+            options.needs.push(quote!(.with_priority(#priority)));
+            Ok(())
         } else if meta.path.is_ident("name") {
             options.name = Some(meta.value()?.parse::<syn::LitStr>()?.value());
             Ok(())
@@ -102,7 +118,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
         } else {
             Err(meta.error(
                 "unknown option: expected `name = \"...\"`, `crate = path`, `unregistered`, \
-                 `cpus = N`, `memory = \"SIZE\"` or `resources(NAME = N, ...)`",
+                 `cpus = N`, `memory = \"SIZE\"`, `resources(NAME = N, ...)` or `priority = N`",
             ))
         }
     });
@@ -119,7 +135,7 @@ struct Options {
     krate: Option<syn::Path>,
     /// Whether to submit a registry entry (the built-in tasks are listed explicitly instead).
     register: bool,
-    /// The `Needs` builder calls of `cpus`, `memory` and `resources`, in order.
+    /// The `Needs` builder calls of `cpus`, `memory`, `resources` and `priority`, in order.
     needs: Vec<TokenStream2>,
 }
 

@@ -442,14 +442,16 @@ async fn connect(
     }
 }
 
-/// What tells one declared kind from another: name, fingerprint, request, label, streaming.
-type KindKey = (&'static str, u64, Option<Arc<Request>>, Option<&'static str>, bool);
+/// What tells one declared kind from another: name, fingerprint, request, label, streaming,
+/// priority.
+type KindKey = (&'static str, u64, Option<Arc<Request>>, Option<&'static str>, bool, i32);
 
 /// The kinds of task this connection has declared to the server, by number.
 #[derive(Debug, Default)]
 struct Declared {
-    /// By name, fingerprint, request, label and streaming: the same task asking for other
-    /// resources, shown under another label or streamed, is another kind to the server.
+    /// By name, fingerprint, request, label, streaming and priority: the same task asking for
+    /// other resources, shown under another label, streamed or of another priority, is another
+    /// kind to the server.
     numbers: HashMap<KindKey, KindIndex>,
 }
 
@@ -458,18 +460,22 @@ impl Declared {
     /// in the same frame.
     fn submission(&mut self, call: Call, kinds: &mut Vec<TaskKind>) -> Submission {
         let next = KindIndex::new(self.numbers.len() as u32);
-        let key = (call.name, call.fingerprint, call.request, call.label, call.stream);
-        let kind = *self.numbers.entry(key).or_insert_with_key(|(_, _, request, label, stream)| {
-            kinds.push(TaskKind {
-                name: call.name.to_string(),
-                fingerprint: call.fingerprint,
-                signature: call.signature.to_string(),
-                request: request.as_deref().cloned(),
-                label: label.map(str::to_string),
-                stream: *stream,
-            });
-            next
-        });
+        let key =
+            (call.name, call.fingerprint, call.request, call.label, call.stream, call.priority);
+        let kind = *self.numbers.entry(key).or_insert_with_key(
+            |(_, _, request, label, stream, priority)| {
+                kinds.push(TaskKind {
+                    name: call.name.to_string(),
+                    fingerprint: call.fingerprint,
+                    signature: call.signature.to_string(),
+                    request: request.as_deref().cloned(),
+                    label: label.map(str::to_string),
+                    stream: *stream,
+                    priority: *priority,
+                });
+                next
+            },
+        );
         Submission {
             id: call.id,
             kind,

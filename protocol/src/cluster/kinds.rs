@@ -32,6 +32,14 @@ pub struct TaskKind {
     /// Always `false` in an agent's announcement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Its tasks' priority (see [`priority`](crate::priority)): higher first, 0 unless said.
+    /// Always 0 in an agent's announcement.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 impl TaskKind {

@@ -25,6 +25,7 @@ fn kind() -> impl Strategy<Value = TaskKind> {
             }),
             label: asks.then(|| "__main__.f2".into()),
             stream: asks,
+            priority: if asks { -3 } else { 0 },
         },
     )
 }

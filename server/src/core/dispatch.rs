@@ -2,11 +2,13 @@
 //! every connection its batch of the turn (assignments and acknowledgements of results to
 //! agents, results and acceptance counts to drivers).
 
+use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use blitzen_protocol::cluster::{Assignment, TaskKind, ToAgent, ToDriver};
 use blitzen_protocol::ids::{ConnId, TaskKey};
+use blitzen_protocol::priority::effective;
 use blitzen_protocol::{Report, by_size};
 
 use super::agents::Agent;
@@ -36,8 +38,9 @@ struct Choice<'a> {
 }
 
 impl Choice<'_> {
-    /// What the agent should do about the driver's queues: take the oldest task among the
-    /// kinds it can run (`fitting`: among those that fit now) if it fits, or wait for it.
+    /// What the agent should do about the driver's queues: take the first task among the kinds
+    /// it can run (`fitting`: among those that fit now) — the oldest of the highest effective
+    /// priority — if it fits, or wait for it.
     fn oldest(&self, d: &mut Driver, fitting: bool) -> Pick {
         let Choice { tasks, kinds, bases, agent: a, .. } = *self;
         // Tasks that ended while queued (a late result settled them) leave dead keys.
@@ -52,23 +55,50 @@ impl Choice<'_> {
             Some(r) if a.resources.shortfall(r).is_some() => None,
             Some(r) => Some(a.usage.fits(&a.resources, r)),
         };
+        // With one priority among the queued (no priorities at all, mostly): the oldest first.
+        // With several, the highest effective priority first (each queue rising while it
+        // waits; see `blitzen_protocol::priority`), then the oldest.
+        let priority = |class: &KindId| kinds[class.index()].priority;
+        let (mut lowest, mut highest) = (i32::MAX, i32::MIN);
+        for (class, _) in d.queues.iter().filter(|(_, q)| !q.is_empty()) {
+            lowest = lowest.min(priority(class));
+            highest = highest.max(priority(class));
+        }
+        let aging = lowest < highest;
+        if aging {
+            let queues = &d.queues;
+            d.waiting_since.retain(|class, _| queues.get(class).is_some_and(|q| !q.is_empty()));
+        } else {
+            d.waiting_since.clear();
+        }
+        let now = Instant::now();
+        let since = &mut d.waiting_since;
         let best = (d.queues.iter())
             .filter(|(class, _)| a.kinds.contains_key(&bases[class.index()]))
             .filter_map(|(&class, q)| {
                 let key = *q.front()?;
                 let fits = runnable(class)?;
-                (!fitting || fits).then_some((tasks.get(key)?.seq, class, key, fits))
+                let seq = tasks.get(key)?.seq;
+                let level = if aging {
+                    let waited = now.saturating_duration_since(*since.entry(class).or_insert(now));
+                    effective(priority(&class), waited, highest)
+                } else {
+                    0
+                };
+                (!fitting || fits).then_some((level, Reverse(seq), class, key, fits))
             })
-            .min_by_key(|&(seq, ..)| seq);
+            .max_by_key(|&(level, seq, ..)| (level, seq));
         match best {
             None => Pick::Nothing,
-            Some((_, class, _, true)) => d
-                .queues
-                .get_mut(&class)
-                .and_then(VecDeque::pop_front)
-                .map_or(Pick::Nothing, Pick::Taken),
-            Some((_, _, key, false)) if self.reservations.contains_key(&key) => Pick::Reserved,
-            Some((_, _, key, false)) => Pick::Reserve(key),
+            Some((_, _, class, _, true)) => {
+                let taken = d.queues.get_mut(&class).and_then(VecDeque::pop_front);
+                if aging {
+                    d.waiting_since.insert(class, now);
+                }
+                taken.map_or(Pick::Nothing, Pick::Taken)
+            }
+            Some((_, _, _, key, false)) if self.reservations.contains_key(&key) => Pick::Reserved,
+            Some((_, _, _, key, false)) => Pick::Reserve(key),
         }
     }
 }

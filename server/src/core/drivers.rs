@@ -52,6 +52,10 @@ pub(super) struct Driver {
     /// Queued tasks per kind, each in submission order. May hold keys of tasks that ended
     /// while queued (a late result settled them); they are skipped and dropped at the front.
     pub queues: HashMap<KindId, VecDeque<TaskKey>>,
+    /// Since when each queue has waited — since it last gave an agent a task, or since it was
+    /// first seen holding one — for the priorities' aging; kept only while this driver has
+    /// tasks of more than one priority queued.
+    pub waiting_since: HashMap<KindId, Instant>,
     /// Reports to send at the end of this turn.
     pub outbox: Vec<Report<DriverTaskId>>,
     /// Results of tasks that others waited on, sent with the next reports or at
@@ -85,6 +89,7 @@ impl Driver {
             accepted_at: VecDeque::new(),
             accepted_told: true,
             queues: HashMap::new(),
+            waiting_since: HashMap::new(),
             outbox: Vec::new(),
             later: Vec::new(),
             output: Vec::new(),

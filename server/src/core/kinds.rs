@@ -1,6 +1,6 @@
-//! The kinds of task the server has met: each (name, signature, request, label, streaming)
-//! interned once as a [`KindId`], with its *base* — the name and signature alone, what agents
-//! announce and run — and saved to the data directory when it has one.
+//! The kinds of task the server has met: each (name, signature, request, label, streaming,
+//! priority) interned once as a [`KindId`], with its *base* — the name and signature alone, what
+//! agents announce and run — and saved to the data directory when it has one.
 
 use blitzen_protocol::Request;
 use blitzen_protocol::cluster::TaskKind;
@@ -8,8 +8,8 @@ use blitzen_protocol::cluster::TaskKind;
 use super::Core;
 use crate::store::Change;
 
-/// What tells kinds apart: name, fingerprint, request, label, whether streamed.
-pub(super) type KindKey = (String, u64, Option<Request>, Option<String>, bool);
+/// What tells kinds apart: name, fingerprint, request, label, whether streamed, priority.
+pub(super) type KindKey = (String, u64, Option<Request>, Option<String>, bool, i32);
 
 /// A [`TaskKind`] interned by the server: its index in `Core::kinds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,12 +30,16 @@ impl Core {
             kind.request.clone(),
             kind.label.clone(),
             kind.stream,
+            kind.priority,
         );
         if let Some(&id) = self.kind_ids.get(&key) {
             return id;
         }
-        let base = (kind.request.is_some() || kind.label.is_some() || kind.stream).then(|| {
-            self.intern(TaskKind { request: None, label: None, stream: false, ..kind.clone() })
+        let plain = kind.request.is_none() && kind.label.is_none() && !kind.stream;
+        let base = (!plain || kind.priority != 0).then(|| {
+            let base =
+                TaskKind { request: None, label: None, stream: false, priority: 0, ..kind.clone() };
+            self.intern(base)
         });
         let id = KindId(self.kinds.len() as u32);
         self.bases.push(base.unwrap_or(id));
@@ -55,7 +59,7 @@ impl Core {
         &self.kinds[id.index()]
     }
 
-    /// The kind without its request, label and streaming: what an agent announces.
+    /// The kind without its request, label, streaming and priority: what an agent announces.
     pub(super) fn base(&self, id: KindId) -> KindId {
         self.bases[id.index()]
     }

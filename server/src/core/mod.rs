@@ -447,6 +447,8 @@ mod tests;
 #[cfg(test)]
 mod tests_graph;
 #[cfg(test)]
+mod tests_priority;
+#[cfg(test)]
 mod tests_resources;
 #[cfg(test)]
 mod tests_restart;

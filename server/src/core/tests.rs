@@ -39,6 +39,7 @@ pub(super) fn kind(name: &str) -> TaskKind {
         request: None,
         label: None,
         stream: false,
+        priority: 0,
     }
 }
 

@@ -208,7 +208,7 @@ fn a_task_with_an_unrunnable_limit_ends_once_it_waited_that_long_without_a_break
     turn(&mut c);
     c.on_waiting_timer(start + Duration::from_secs(3));
     // An agent with `t` comes at 3 s and goes at once: the count starts again from there.
-    let t = c.kind_ids[&("t".to_string(), 7, None, None, false)];
+    let t = c.kind_ids[&("t".to_string(), 7, None, None, false, 0)];
     let _a = agent(&mut c, 10, 1, &["other"]);
     if let Some(a) = c.agents.get_mut(&conn(10)) {
         a.kinds.insert(t, KindIndex::new(1));

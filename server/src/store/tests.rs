@@ -57,6 +57,7 @@ fn what_is_committed_is_there_after_reopening_and_the_id_stays() {
                     }),
                     label: Some("__main__.f2".into()),
                     stream: true,
+                    priority: 7,
                 }),
             },
             Change::Attempts { session: s(), id: 3, attempts: 2 },

@@ -236,3 +236,25 @@ pub(crate) fn timeout_kills_the_worker_and_its_children() -> Result<(), Failed> 
     }
     check(!is_alive(child), format!("child {child} of the timed-out task survived"))
 }
+
+/// Priorities on one machine: tasks queued behind a busy worker start higher first, in
+/// submission order; a low one under a stream of higher ones still goes once it has risen to
+/// them (one level a second of waiting), long before the stream ends.
+pub(crate) fn priorities_order_the_queue_and_a_waiting_low_task_rises() -> Result<(), Failed> {
+    const HIGHS: u64 = 200;
+    let d = dispatcher(1)?;
+    let reports = Reports::new().map_err(fail)?;
+    let blocker = d.run(report_and_sleep, (reports.address(), 60));
+    let pid = reports.receive(WAIT).map_err(fail)?[0];
+    let tally = Tally::new().map_err(fail)?;
+    // 20 ms each: the priority-2 stream lasts 4 s; the low task rises to 2 in 2 s.
+    let mut ids = vec![d.run(counted, tally.args(0, 20))];
+    let high = RunOptions::default().with_priority(2);
+    ids.extend((1..=HIGHS).map(|n| d.run_with(counted, tally.args(n, 20), high)));
+    // The queue is full: the worker's replacement takes from it.
+    kill(pid);
+    check(matches!(one(&d, blocker)?, Err(TaskError::WorkerCrashed { .. })), "the blocker")?;
+    let results = d.get_results_with(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results.iter().all(Result::is_ok), format!("{results:?}"))?;
+    tally.check_aging(HIGHS)
+}

@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
         trial!(killed_dispatcher_process_leaves_no_orphans),
         trial!(forgetting_worker_main_is_a_clear_error),
         trial!(a_start_task_sets_up_each_worker_once),
+        trial!(priorities_order_the_queue_and_a_waiting_low_task_rises),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

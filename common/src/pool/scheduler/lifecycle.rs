@@ -273,7 +273,7 @@ impl Scheduler {
     /// Ends every queued and running job as `Lost`, kills the workers, refuses new jobs.
     pub(super) fn give_up(&mut self, reason: String) {
         self.given_up = Some(reason.clone());
-        for job in self.queue.drain(..) {
+        for job in self.queue.drain() {
             let outcome = Outcome::Lost { reason: reason.clone() };
             self.finished.push(Report::unstarted(job.id, outcome));
         }
@@ -308,7 +308,7 @@ impl Scheduler {
     /// Cancels everything, kills every worker and waits (bounded) until all are reaped.
     pub(super) async fn shut_down(&mut self) {
         let reason = "the pool shut down before the task started";
-        for job in self.queue.drain(..) {
+        for job in self.queue.drain() {
             let outcome = Outcome::Cancelled { reason: reason.into() };
             self.finished.push(Report::unstarted(job.id, outcome));
         }

@@ -7,6 +7,7 @@
 //!
 //! This file holds the state and the flow of jobs (queue, dispatch, answers, timeouts);
 //! `dispatch` which queued job goes to which worker, and when (prefetching by run times);
+//! `lanes` the queue of waiting jobs, by priority;
 //! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown);
 //! `holding` what running jobs hold of the pool's capacity.
 
@@ -28,6 +29,8 @@ use super::{Command, PoolConfig, PoolError, PoolStatus, ResultSink, RunTask, Wor
 use crate::capture::{self, CAPTURE_LIMIT};
 
 mod dispatch;
+mod lanes;
+use lanes::Lanes;
 mod holding;
 mod lifecycle;
 
@@ -114,8 +117,9 @@ impl Worker {
 
 pub(super) struct Scheduler {
     config: PoolConfig,
-    /// Jobs waiting for a worker, in submission order (requeued jobs go back to the front).
-    queue: VecDeque<RunTask>,
+    /// Jobs waiting for a worker, by priority, each priority in submission order (requeued jobs
+    /// go back to the front of theirs).
+    queue: Lanes,
     /// By slot; `None` while a slot has no process (after the pool gave up).
     workers: Vec<Option<Worker>>,
     /// Given to each supervisor; kept here so `events` never closes.
@@ -163,7 +167,7 @@ impl Scheduler {
             capacity,
             workers: (0..config.workers).map(|_| None).collect(),
             config,
-            queue: VecDeque::new(),
+            queue: Lanes::default(),
             events_tx,
             events,
             commands,
