@@ -150,6 +150,30 @@ fn w21_and_w22_run_a_chain_and_a_tree() {
     assert_eq!(lines[2]["params"]["tasks"], 273, "{}", lines[2]);
 }
 
+/// W24 at a small scale: an urgent task behind a queue starts within a few task durations
+/// (not after the queue), and a low task under a stream of priority-2 tasks starts near its
+/// documented bound of 2 s (not when the stream ends), on both paths.
+#[test]
+fn w24_an_urgent_task_passes_the_queue_and_a_low_one_the_stream() {
+    let out = Command::new(bench())
+        .args(["--runs", "1", "--workload", "W24", "--json"])
+        .env("BLITZEN_BENCH_W24_QUEUED", "2000")
+        .env("BLITZEN_BENCH_W24_STREAM_PRIORITY", "2")
+        .output()
+        .expect("the bench runs");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        let urgent = line["extra"]["urgent_in_task_durations"].as_f64().unwrap_or(f64::MAX);
+        assert!(urgent < 200.0, "behind 2,000 tasks of 10 ms on 2 workers: {line}");
+        let low = line["extra"]["low_under_stream_s"].as_f64().unwrap_or(f64::MAX);
+        assert!((1.0..4.0).contains(&low), "risen to the stream in about 2 s: {line}");
+        assert_eq!(line["params"]["documented_bound_s"], 2.0, "{line}");
+    }
+}
+
 /// W16 at a small scale: a driver process of its own submits, fetches and reports, and every
 /// figure is there and plausible.
 #[test]

@@ -21,6 +21,7 @@ mod durable;
 mod graphs;
 mod idle;
 mod many_agents;
+mod priorities;
 mod side_by_side;
 
 use at_scale::at_scale;
@@ -31,6 +32,7 @@ use graphs::{chain, shared, shared_wide, tree, tree_on_cluster};
 use idle::{idle_cluster, idle_multicore, startup_cluster, startup_multicore};
 use many_agents::many_agents;
 pub use many_agents::simulate;
+use priorities::priorities;
 use side_by_side::{Compare, encrypted_vs_plain, watched_vs_unwatched};
 
 /// The no-op task: an int in, the same int out.
@@ -79,10 +81,11 @@ pub enum Workload {
     W21,
     W22,
     W23,
+    W24,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 23] = [
+    pub const ALL: [Workload; 24] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -106,19 +109,20 @@ impl Workload {
         Workload::W21,
         Workload::W22,
         Workload::W23,
+        Workload::W24,
     ];
 
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 23] = [
+        const NAMES: [&str; 24] = [
             "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13",
-            "W14", "W15", "W16", "W17", "W18", "W19", "W20", "W21", "W22", "W23",
+            "W14", "W15", "W16", "W17", "W18", "W19", "W20", "W21", "W22", "W23", "W24",
         ];
         NAMES[self as usize]
     }
 
     /// W5, W6, the data directory's W9–W11, encryption's W12–W14 the dashboard's W15, the 10M tasks
     /// of W16 and the 1,000 agents of W17 are about the server and its connections: distributed
-    /// only. The async face's W18–W20 and the graphs' W21–W23 run on both.
+    /// only. The async face's W18–W20, the graphs' W21–W23 and the priorities' W24 run on both.
     pub fn runs_on(self, path: Path) -> bool {
         path == Path::Distributed
             || (self as usize) < 4
@@ -132,6 +136,7 @@ impl Workload {
                     | Workload::W21
                     | Workload::W22
                     | Workload::W23
+                    | Workload::W24
             )
     }
 }
@@ -143,7 +148,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W23"))
+            .ok_or_else(|| format!("`{s}` is not a workload: use W1 … W24"))
     }
 }
 
@@ -201,6 +206,11 @@ pub fn measure(workload: Workload, path: Path, runs: u32) -> Result<Measured> {
             m.extra.extend(shared_wide(runs)?);
             Ok(m)
         }
+        (Workload::W24, Path::Multicore) => on_multicore(2, |d| priorities(d, 2, runs, &|| Ok(()))),
+        (Workload::W24, Path::Distributed) => on_cluster(1, 2, |d| {
+            let accepted = || d.wait_accepted(PATIENCE).map_err(|e| e.to_string());
+            priorities(d, 2, runs, &accepted)
+        }),
     }
 }
 

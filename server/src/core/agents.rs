@@ -57,13 +57,20 @@ pub(super) struct Agent {
     /// Running average of its tasks' run times (µs), once some have finished; widens its
     /// credit for short tasks.
     pub average_us: Option<f64>,
+    /// The running average run time of each kind of task it ran (by base kind), in µs: what
+    /// decides how many of a kind it may hold ([`Agent::capacity_for`]).
+    pub averages: HashMap<KindId, f64>,
     /// Tasks assigned to it and not finished, those still in `outbox` included, each with its
-    /// kind (whose request it holds in `usage`) and when it was sent: every one has its
-    /// `Task::agent` set to this agent. Its size is what [`Agent::capacity`] limits.
-    pub running: HashMap<TaskKey, (KindId, Instant)>,
-    /// The round trip to it, in µs, as its results show it: the time from sending a task to
-    /// its result, less the task's run time, at its lowest lately (a task that waited for a
-    /// worker shows more). Widens its credit, so that a distant agent's workers do not idle.
+    /// kind (whose request it holds in `usage`) and, for one sent while the agent had a worker
+    /// free for it, when it was sent (its result then shows the round trip; one that waited
+    /// for a worker there shows its wait too): every one has its `Task::agent` set to this
+    /// agent. Its size is what [`Agent::capacity`] limits.
+    pub running: HashMap<TaskKey, (KindId, Option<Instant>)>,
+    /// The round trip to it, in µs, as its results show it: the time from sending a task that
+    /// found a worker free to its result, less the task's run time, at its lowest lately.
+    /// Widens its credit, so that a distant agent's workers do not idle. (Tasks that waited for
+    /// a worker there are no sample: their wait grows with the credit, which would grow the
+    /// estimate, and so the credit, without end.)
     pub round_trip_us: Option<f64>,
     /// What its tasks may hold at once.
     pub resources: Capacity,
@@ -113,8 +120,20 @@ impl Agent {
     /// Tasks it may hold at once: two per worker, and, once its tasks have shown how long they
     /// take, what keeps each worker busy for `WORK_WINDOW` plus a round trip to it.
     pub(super) fn capacity(&self) -> usize {
+        self.capacity_with(self.average_us)
+    }
+
+    /// [`capacity`](Self::capacity) when the next task is of `kind` (a base kind): by how long
+    /// tasks of that kind took here, not tasks of every kind — a kind of 10 ms tasks after
+    /// millions of no-ops is not prefetched a thousand deep (nor held behind by a task of a
+    /// higher priority).
+    pub(super) fn capacity_for(&self, kind: KindId) -> usize {
+        self.capacity_with(self.averages.get(&kind).copied())
+    }
+
+    fn capacity_with(&self, average_us: Option<f64>) -> usize {
         let base = 2 * self.workers;
-        let extra = match self.average_us {
+        let extra = match average_us {
             Some(avg) => {
                 let per_worker = WORK_WINDOW.as_micros() as f64 + self.round_trip_us.unwrap_or(0.0);
                 ((self.workers as f64) * per_worker / avg.max(1.0)) as usize
@@ -185,6 +204,7 @@ impl Core {
             kinds,
             workers,
             average_us: None,
+            averages: HashMap::new(),
             running: HashMap::new(),
             round_trip_us: None,
             usage: Usage::new(&resources),
@@ -255,7 +275,12 @@ impl Core {
                 }
                 let us = r.run.elapsed_us as f64;
                 agent.average_us = Some(agent.average_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
-                agent.learn_round_trip(now.saturating_duration_since(sent).as_micros() as f64, us);
+                let average = agent.averages.entry(self.bases[kind.index()]).or_insert(us);
+                *average = 0.9 * *average + 0.1 * us;
+                if let Some(sent) = sent {
+                    let total = now.saturating_duration_since(sent).as_micros() as f64;
+                    agent.learn_round_trip(total, us);
+                }
             } else if self.tasks.get(r.id).is_some_and(|t| t.attempts == 0) {
                 // Only a task some agent lost can come back late; this one never was.
                 warn!(%conn, %host, key = %r.id, "agent recovered a result for a task no agent lost; connection closed");

@@ -11,7 +11,7 @@ use blitzen_protocol::ids::{ConnId, TaskKey};
 use blitzen_protocol::priority::effective;
 use blitzen_protocol::{Report, by_size};
 
-use super::agents::Agent;
+use super::agents::{Agent, MAX_CREDIT};
 use super::drivers::Driver;
 use super::tasks::{OptionalConn, TaskTable};
 use super::{Core, KindId};
@@ -118,10 +118,20 @@ impl Core {
         for conn in agent_ids {
             // `running` includes the tasks still in the outbox.
             while let Some(agent) = self.agents.get(&conn) {
-                if agent.running.len() >= agent.capacity() {
+                if agent.running.len() >= MAX_CREDIT.max(2 * agent.workers) {
                     break;
                 }
                 let Some(key) = self.next_task_for(conn) else { break };
+                // How many it may hold depends on how long tasks of this kind take there.
+                let full = |c: &Core| {
+                    let kind = c.tasks.get(key).map(|t| c.bases[t.kind.index()]);
+                    let agent = c.agents.get(&conn);
+                    agent.zip(kind).is_some_and(|(a, k)| a.running.len() >= a.capacity_for(k))
+                };
+                if full(self) {
+                    self.requeue_front(key);
+                    break;
+                }
                 // A task taking a large shared value this agent lacks waits for one that has it
                 // and can take a task now (see `shares`); this agent takes nothing more now.
                 if !self.shares.inputs.is_empty() && self.better_elsewhere(conn, key) {
@@ -137,7 +147,8 @@ impl Core {
                 // `next_task_for` only picks kinds the agent has.
                 let Some(&kind) = agent.kinds.get(&self.bases[class.index()]) else { continue };
                 task.agent = OptionalConn::some(conn);
-                agent.running.insert(key, (class, now));
+                let free_worker = agent.running.len() < agent.workers;
+                agent.running.insert(key, (class, free_worker.then_some(now)));
                 let request = self.kinds[class.index()].request.as_ref();
                 if let Some(request) = request {
                     agent.usage.hold(&agent.resources, request);

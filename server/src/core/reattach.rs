@@ -142,7 +142,7 @@ impl Core {
                 let Some(task) = self.tasks.get_mut(key) else { continue };
                 let Some(agent) = self.agents.get_mut(&conn) else { break };
                 task.agent = OptionalConn::some(conn);
-                agent.running.insert(key, (task.kind, now));
+                agent.running.insert(key, (task.kind, None));
                 let request = self.kinds[task.kind.index()].request.as_ref();
                 agent.usage.hold(&agent.resources, request.unwrap_or(&Request::PLAIN));
                 kept.push((*seq, key));

@@ -183,6 +183,7 @@ fn credit_follows_task_length() {
         kinds: HashMap::new(),
         workers: 4,
         average_us: None,
+        averages: HashMap::new(),
         running: HashMap::new(),
         round_trip_us: None,
         resources: blitzen_protocol::Capacity::new(4, 1 << 30),
@@ -219,6 +220,13 @@ fn credit_follows_task_length() {
     assert_eq!(a.capacity(), 228, "1 ms tasks 50 ms away: 55 ms of work per worker more");
     a.average_us = Some(1.0);
     assert_eq!(a.capacity(), MAX_CREDIT);
+    // By kind: a kind of 10 ms tasks is held two per worker, whatever the no-ops before it.
+    let (noop, slow) = (KindId(0), KindId(1));
+    a.averages.insert(noop, 1.0);
+    a.averages.insert(slow, 10_000.0);
+    assert_eq!(a.capacity_for(noop), MAX_CREDIT);
+    assert_eq!(a.capacity_for(slow), 8 + 4 * 55_000 / 10_000);
+    assert_eq!(a.capacity_for(KindId(2)), 8, "a kind not seen here yet: two per worker");
 }
 
 #[test]
