@@ -128,13 +128,17 @@ fn w21_and_w22_run_a_chain_and_a_tree() {
         text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
     assert_eq!(lines.len(), 6, "{lines:?}");
     for line in &lines {
-        let figures: Vec<f64> = line["extra"]
+        let figures: Vec<(&String, f64)> = line["extra"]
             .as_object()
             .expect("extra figures")
-            .values()
-            .map(|v| v.as_f64().expect("a number"))
+            .iter()
+            .map(|(k, v)| (k, v.as_f64().expect("a number")))
             .collect();
-        assert!(figures.len() >= 2 && figures.iter().all(|f| *f > 0.0), "{line}");
+        // A server's peak at 273 tasks may not rise above what the warm-up left it holding.
+        let plausible = |(k, f): &(&String, f64)| {
+            if k.starts_with("server_peak") { *f >= 0.0 } else { *f > 0.0 }
+        };
+        assert!(figures.len() >= 2 && figures.iter().all(plausible), "{line}");
         if line["name"] == "W23" {
             assert!(line["extra"]["s_taken_only"].is_f64(), "{line}");
             assert!(line["extra"]["x_one_byte"].is_f64(), "{line}");
@@ -232,10 +236,10 @@ fn w17_reports_rates_memory_latency_and_notice_with_many_agents() {
 
 #[test]
 fn bad_input_is_refused_clearly() {
-    let out = run(&["--workload", "W24"]);
+    let out = run(&["--workload", "W25"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("`W24` is not a workload: use W1 … W23"),
+        text(&out.stderr).contains("`W25` is not a workload: use W1 … W24"),
         "{}",
         text(&out.stderr)
     );

@@ -136,7 +136,7 @@ def appended(path, n):
     return n
 
 
-def gated(port):
+def held_until_told(port):
     """Tells the test listening on `port` that it has started, then waits until the test says
     "go" on the same connection."""
     import socket

@@ -21,7 +21,7 @@ from blitzen import (
     WorkerCrashed,
 )
 
-from calls import appended, gated, hard_exit, nap, numbers, span, square, total
+from calls import appended, hard_exit, held_until_told, nap, numbers, span, square, total
 from conftest import EXAMPLES, run_script
 
 
@@ -248,7 +248,7 @@ def test_a_higher_priority_starts_first_and_nonsense_is_refused(tmp_path):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         # The one worker is busy until told to go, while the rest queue up behind it.
-        blocker = d.run(gated, listener.getsockname()[1])
+        blocker = d.run(held_until_told, listener.getsockname()[1])
         told, _ = listener.accept()
         with told:
             assert told.recv(16) == b"started"
