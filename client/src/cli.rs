@@ -9,6 +9,8 @@ use blitzen_common::logging;
 use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
 
+use blitzen_protocol::resources::Offer;
+
 use crate::{AgentConfig, DEFAULT_PORT};
 
 /// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
@@ -47,9 +49,12 @@ pub struct Args {
     cache_size: u64,
     /// Counted resources this machine offers, as NAME=COUNT pairs separated by commas, e.g.
     /// gpu=2,license=1: a task asking for gpu=1 runs only on an agent offering a GPU, and holds
-    /// it while it runs. Default: none.
-    #[arg(long, value_name = "NAME=N,...", value_parser = parse_counts)]
-    resources: Option<Counts>,
+    /// it while it runs. Each resource's devices are numbered from 0, or named by index:
+    /// gpu=0,1 or gpu=[3] (a single number alone is a count); a task is given its own, in
+    /// BLITZEN_RESOURCE_<NAME> (and CUDA_VISIBLE_DEVICES for gpu). Default: none, but the GPUs
+    /// `nvidia-smi -L` lists when it is installed.
+    #[arg(long, value_name = "NAME=N,...", value_parser = parse_offer)]
+    resources: Option<Offer>,
     /// The name this agent reports (in the server's logs and in task errors). Default: the
     /// host name.
     #[arg(long, value_name = "NAME")]
@@ -97,12 +102,23 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     blitzen_protocol::parse_size(text).map_err(|e| format!("`{text}`: {e}"))
 }
 
-/// `--resources`: counted resources by name.
-#[derive(Debug, Clone)]
-struct Counts(Vec<(String, u64)>);
+fn parse_offer(text: &str) -> Result<Offer, String> {
+    blitzen_protocol::resources::parse_offer(text)
+}
 
-fn parse_counts(text: &str) -> Result<Counts, String> {
-    blitzen_protocol::resources::parse_counts(text).map(Counts)
+/// The GPUs `nvidia-smi -L` lists (`GPU 0: NVIDIA A100 …`), by index; none when it is not
+/// installed or fails.
+fn detected_gpus() -> Vec<u32> {
+    let listed = std::process::Command::new("nvidia-smi").arg("-L").output();
+    match listed {
+        Ok(out) if out.status.success() => gpus_listed(&String::from_utf8_lossy(&out.stdout)),
+        _ => Vec::new(),
+    }
+}
+
+fn gpus_listed(listing: &str) -> Vec<u32> {
+    let index = |line: &str| line.strip_prefix("GPU ")?.split(':').next()?.trim().parse().ok();
+    listing.lines().filter_map(index).collect()
 }
 
 /// Runs an agent with the flags `args` until Ctrl-C or SIGTERM.
@@ -120,7 +136,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = AgentConfig::new(&server, workers);
     config.server_file = args.server_file.clone();
     let cpus = args.cpus.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    config.pool.offer(cpus, args.memory, args.resources.map(|c| c.0).unwrap_or_default());
+    let mut offer = args.resources.unwrap_or_default();
+    if !offer.counts.iter().any(|(name, _)| name == "gpu") {
+        let gpus = detected_gpus();
+        if !gpus.is_empty() {
+            let shown = gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            tracing::info!(gpus = %shown, "offering the GPUs nvidia-smi lists");
+            offer.counts.push(("gpu".into(), gpus.len() as u64));
+            offer.counts.sort();
+            offer.devices.push(("gpu".into(), gpus));
+            offer.devices.sort();
+        }
+    }
+    config.pool.offer(cpus, args.memory, offer.counts);
+    config.pool.devices = offer.devices;
     config.heartbeat = args.heartbeat;
     config.cache_size = args.cache_size;
     config.give_up_after = args.give_up_after;
@@ -132,4 +161,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     crate::run_until_signal(config)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gpus_are_read_from_nvidia_smi_l() {
+        let listing = "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d3c)\nGPU 1: NVIDIA A100 (UUID: GPU-77aa)\n";
+        assert_eq!(super::gpus_listed(listing), [0, 1]);
+        assert!(super::gpus_listed("No devices were found\n").is_empty());
+    }
 }

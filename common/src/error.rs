@@ -382,7 +382,7 @@ mod tests {
         TaskContext {
             id: 7,
             task: "f2".into(),
-            worker: Some(WorkerInfo { pid: 4242, host: None }),
+            worker: Some(WorkerInfo { pid: 4242, host: None, devices: Vec::new() }),
             stderr_tail: stderr_tail.into(),
         }
     }

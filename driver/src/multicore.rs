@@ -181,10 +181,27 @@ impl MulticoreBuilder {
     /// `count` of the counted resource `name` (`gpu`, `license`…) for the tasks that ask for
     /// it (`with_resource`); a task asking for one the dispatcher has not ends
     /// [`TaskError::Unrunnable`](crate::TaskError::Unrunnable) at once.
+    ///
+    /// Its devices are numbered `0..count` (see [`devices`](Self::devices)): a running task
+    /// holding some is given its own, named in its environment — `BLITZEN_RESOURCE_GPU=1`, and
+    /// `CUDA_VISIBLE_DEVICES=1` for `gpu` — and in its result's `WorkerInfo::devices`.
     pub fn resource(mut self, name: impl Into<String>, count: u64) -> Self {
         let name = name.into();
         self.resources.retain(|(n, _)| *n != name);
+        self.pool.devices.retain(|(n, _)| *n != name);
         self.resources.push((name, count));
+        self
+    }
+
+    /// The counted resource `name` as these devices, by index (`devices("gpu", [2, 3])`: two
+    /// GPUs, 2 and 3), instead of `0..count`.
+    pub fn devices(mut self, name: impl Into<String>, indices: impl IntoIterator<Item = u32>) -> Self {
+        let name = name.into();
+        let mut indices: Vec<u32> = indices.into_iter().collect();
+        indices.sort_unstable();
+        indices.dedup();
+        self = self.resource(name.clone(), indices.len() as u64);
+        self.pool.devices.push((name, indices));
         self
     }
 

@@ -95,6 +95,10 @@ pub struct WorkerInfo {
     /// The host it runs on, in a cluster; `None` on the local machine.
     #[serde(default)]
     pub host: Option<String>,
+    /// The devices of counted resources the task held, by resource (`gpu` → `[1]`): the
+    /// indices its `CUDA_VISIBLE_DEVICES` / `BLITZEN_RESOURCE_GPU` named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<(String, Vec<u32>)>,
 }
 
 /// How a task ended. The first variants are decided by the worker, the last ones by whoever

@@ -57,6 +57,11 @@ pub struct RunTask {
     /// Send what the task prints as it comes ([`FromWorker::Output`]), not only in its result.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// The devices of counted resources the pool gave it, by resource: the worker names them
+    /// in the task's environment (`BLITZEN_RESOURCE_GPU=1`, and `CUDA_VISIBLE_DEVICES` for
+    /// `gpu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<(String, Vec<u32>)>,
     /// The pool's: limit on the run time, counted from the start on a worker.
     #[serde(skip)]
     pub timeout: Option<Duration>,
@@ -100,6 +105,7 @@ impl RunTask {
             group: 0,
             request: None,
             priority: 0,
+            devices: Vec::new(),
         }
     }
 

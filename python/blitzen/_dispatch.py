@@ -286,6 +286,27 @@ def _counts(resources):
     return list(resources.items())
 
 
+def _offer(resources):
+    """What a pool offers, ``{"gpu": 2}`` or by device index ``{"gpu": [2, 3]}``, as the native
+    side takes it: the counts, and the devices named by index."""
+    if resources is None:
+        return None, None
+    if not isinstance(resources, dict):
+        raise ValueError(f"resources must be a dict such as {{'gpu': 2}}, not {resources!r}")
+    counts, devices = [], []
+    for name, value in resources.items():
+        if isinstance(value, (list, tuple, range)):
+            indices = list(value)
+            if not indices or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in indices):
+                raise ValueError(f"resources: {name!r} must list device indices ≥ 0, not {value!r}")
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"resources: {name!r} names a device twice: {value!r}")
+            devices.append((name, indices))
+        else:
+            counts.append((name, value))
+    return counts, devices or None
+
+
 def _raised(traceback, task_id, host, pid, stdout, stderr, detail, name=""):
     exception = None
     if detail is not None:

@@ -13,6 +13,7 @@ the driver which versions its agents have instead.
 """
 
 import io
+import os
 import pickle
 import struct
 import sys
@@ -315,9 +316,25 @@ def adopt(function):
     return function
 
 
-def execute(payload, inputs=None):
+def execute(payload, inputs=None, environ=None):
     """Runs one pickled call on this worker; answers ``(code, data, text)``. ``inputs``: the
-    pickled results that go where the call's slots are."""
+    pickled results that go where the call's slots are; ``environ``: variables naming the
+    devices the call holds (``CUDA_VISIBLE_DEVICES``), in ``os.environ`` while it runs."""
+    if not environ:
+        return _execute(payload, inputs)
+    before = {key: os.environ.get(key) for key, _ in environ}
+    os.environ.update(environ)
+    try:
+        return _execute(payload, inputs)
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _execute(payload, inputs):
     try:
         data, args, kwargs = pickle.loads(payload)
         function = _function(data)

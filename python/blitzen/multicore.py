@@ -4,7 +4,7 @@ import os
 
 from blitzen import _native, _task
 from blitzen import logging as _logging
-from blitzen._dispatch import Dispatcher, _counts
+from blitzen._dispatch import Dispatcher, _offer
 
 
 class MulticoreDispatcher(Dispatcher):
@@ -19,7 +19,10 @@ class MulticoreDispatcher(Dispatcher):
 
     ``cpus``, ``memory`` (bytes or ``"16GiB"``) and ``resources`` (``{"gpu": 2}``) are what the
     running tasks may hold at once, against what each ``run`` asks for (default: one CPU per
-    worker, the machine's memory, no counted resources).
+    worker, the machine's memory, no counted resources). A resource's devices are numbered from
+    0, or named by index (``{"gpu": [2, 3]}``); a call holding some is given its own, in
+    ``os.environ`` while it runs: ``BLITZEN_RESOURCE_GPU`` and, for ``gpu``,
+    ``CUDA_VISIBLE_DEVICES``.
 
     ``initializer(*initargs)`` runs once in each worker process before its first task (again
     in a worker that replaces one): a model loaded there serves every task of that worker. If
@@ -46,8 +49,9 @@ class MulticoreDispatcher(Dispatcher):
             raise ValueError(f"workers must be a positive integer, not {workers!r}")
         _logging._install()
         command, env = _task.worker_command(initializer, initargs)
+        counts, devices = _offer(resources)
         native = _native.Dispatcher.multicore(
-            workers, command, env, cpus, memory, _counts(resources), echo
+            workers, command, env, cpus, memory, counts, echo, devices
         )
         super().__init__(native, echo)
         self.workers = workers

@@ -13,7 +13,7 @@ class MulticoreDispatcher(Dispatcher):
         echo: bool = ...,
         cpus: int | None = ...,
         memory: int | str | None = ...,
-        resources: Mapping[str, int] | None = ...,
+        resources: Mapping[str, int | Sequence[int]] | None = ...,
         initializer: Callable[..., object] | None = ...,
         initargs: tuple[Any, ...] = ...,
     ) -> None: ...

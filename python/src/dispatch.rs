@@ -54,7 +54,7 @@ impl Dispatcher {
     /// `stream`, what the tasks print is sent as it comes, for the `output_reader`.
     #[staticmethod]
     #[pyo3(signature = (
-        workers, command, env, cpus=None, memory=None, resources=None, stream=false
+        workers, command, env, cpus=None, memory=None, resources=None, stream=false, devices=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn multicore(
@@ -66,6 +66,7 @@ impl Dispatcher {
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, u64)>>,
         stream: bool,
+        devices: Option<Vec<(String, Vec<u32>)>>,
     ) -> PyResult<Self> {
         task::named()?;
         let command = worker_command(command, env)?;
@@ -78,6 +79,9 @@ impl Dispatcher {
         }
         for (name, count) in resources.unwrap_or_default() {
             builder = builder.resource(name, count);
+        }
+        for (name, indices) in devices.unwrap_or_default() {
+            builder = builder.devices(name, indices);
         }
         let built = py.detach(|| builder.build()).map_err(dispatch_error)?;
         Ok(Self { inner: Inner::Multicore(streamed(built, stream)) })

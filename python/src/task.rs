@@ -149,8 +149,11 @@ fn invoke(args: &[u8]) -> Outcome {
             return Outcome::BadArguments { message: "the blitzen package is not set up".into() };
         };
         let inputs = inputs.map(|i| i.into_iter().map(|b| PyBytes::new(py, b)).collect::<Vec<_>>());
+        // The devices the call holds, for `os.environ` (the process environment has them).
+        let devices = blitzen_common::worker::current_devices();
+        let environ = (!devices.is_empty()).then_some(devices);
         let answer = execute
-            .call1(py, (PyBytes::new(py, call), inputs))
+            .call1(py, (PyBytes::new(py, call), inputs, environ))
             .and_then(|answer| answer.extract::<(u8, Option<PyBackedBytes>, Option<String>)>(py));
         // The pickle's memory is handed on as it is: no copy.
         let shared = |b: PyBackedBytes| Bytes::from_owner(b);

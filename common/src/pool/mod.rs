@@ -74,6 +74,9 @@ pub struct PoolConfig {
     /// What the running jobs may hold at once: CPUs (a plain job holds one), memory and counted
     /// resources. `None`: one CPU per worker, the machine's memory, no counted resources.
     pub capacity: Option<Capacity>,
+    /// The devices of the counted resources named by index (`gpu=2,3`); any other resource's
+    /// are `0..count`. A job holding some is given the lowest free ones.
+    pub devices: Vec<(String, Vec<u32>)>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -89,6 +92,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("on_output", &self.on_output.is_some())
             .field("cancel_grace", &self.cancel_grace)
             .field("capacity", &self.capacity)
+            .field("devices", &self.devices)
             .finish()
     }
 }
@@ -107,6 +111,7 @@ impl PoolConfig {
             on_output: None,
             cancel_grace: Duration::from_secs(2),
             capacity: None,
+            devices: Vec::new(),
         }
     }
 

@@ -39,11 +39,13 @@ use crate::capture::{self, CAPTURE_LIMIT};
 use crate::registry::{self, Registry};
 use crate::start_mark::StartCounter;
 
+mod devices;
 mod mapped;
 mod memory;
 mod outbox;
 mod stream;
 
+pub use devices::{current as current_devices, variables as device_variables};
 pub use memory::{OUT_OF_MEMORY_MESSAGE, note_out_of_memory};
 use outbox::Outbox;
 use stream::Streamer;
@@ -299,6 +301,8 @@ fn execute(
             // A large `Blob` among the arguments is a slice of them, not a copy (of the pipe's
             // frame, or of a shared value's mapping).
             let invoke = || {
+                // The devices it holds are named in its environment while it runs.
+                let _named = (!task.devices.is_empty()).then(|| devices::Named::set(&task.devices));
                 blitzen_protocol::frame::with_shared_frame(&task.args, || {
                     (entry.invoke)(&task.args)
                 })

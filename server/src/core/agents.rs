@@ -296,7 +296,7 @@ impl Core {
                 continue;
             };
             debug!(task = %task.id, driver = %task.driver, agent = %conn, recovered, "task finished");
-            let worker = r.worker.map(|w| WorkerInfo { pid: w.pid, host: Some(host.clone()) });
+            let worker = r.worker.map(|w| WorkerInfo { host: Some(host.clone()), ..w });
             if let Some(agent) = self.agents.get_mut(&conn) {
                 agent.outcomes.count(&run.outcome);
             }

@@ -104,13 +104,20 @@ impl Scheduler {
     }
 
     fn assign(&mut self, slot: usize, now: Instant) {
-        let Some(job) = self.queue.pop_front() else { return };
+        let Some(mut job) = self.queue.pop_front() else { return };
         let Some(w) = self.workers[slot].as_mut() else {
             self.queue.push_front(job);
             return;
         };
+        // A job holding counted resources starts on an idle worker: it is given their devices.
+        let counted = job.request.as_deref().filter(|r| !r.custom.is_empty());
+        job.devices = match counted {
+            Some(request) if w.inflight.is_empty() => self.devices.take(request),
+            _ => Vec::new(),
+        };
         let frame = ToWorker::Run(&job);
         if let Err(e) = encode(&frame, &mut w.outbox) {
+            self.devices.give_back(&job.devices);
             let outcome = Outcome::BadArguments { message: e.to_string() };
             self.finished.push(Report::unstarted(job.id, outcome));
             return;

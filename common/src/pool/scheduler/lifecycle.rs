@@ -122,9 +122,10 @@ impl Scheduler {
                     }
                     let elapsed_us = w.head_started.elapsed().as_micros() as u64;
                     let run = Finished { outcome, stdout, stderr, elapsed_us };
+                    let devices = job.devices;
                     self.finished.push(Report {
                         id: job.id,
-                        worker: Some(WorkerInfo { pid, host: None }),
+                        worker: Some(WorkerInfo { pid, host: None, devices }),
                         run,
                     });
                 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use blitzen_protocol::{
     Capacity, Captured, JobId, Outcome, Report, Usage, WORKER_PROTOCOL_VERSION, WorkerInfo,
 };
+use blitzen_protocol::resources::devices_of;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
@@ -133,6 +134,8 @@ pub(super) struct Scheduler {
     started: Vec<JobId>,
     /// What running jobs may hold at once, and what they hold.
     capacity: Capacity,
+    /// The devices of counted resources no running job holds.
+    devices: holding::Devices,
     usage: Usage,
     status: Arc<PoolStatus>,
     /// Running average of run time per task name (and group), in microseconds; decides
@@ -162,7 +165,9 @@ impl Scheduler {
         let (events_tx, events) = mpsc::unbounded_channel();
         let config_workers = config.workers;
         let capacity = config.capacity_or_default();
+        let devices = holding::Devices::new(devices_of(&capacity, &config.devices));
         let mut scheduler = Scheduler {
+            devices,
             usage: Usage::new(&capacity),
             capacity,
             workers: (0..config.workers).map(|_| None).collect(),
@@ -400,7 +405,7 @@ impl Scheduler {
             debug!(task = %job.id, name = %job.name, pid, us = done.run.elapsed_us, "task finished");
             self.finished.push(Report {
                 id: done.id,
-                worker: Some(WorkerInfo { pid, host: None }),
+                worker: Some(WorkerInfo { pid, host: None, devices: job.devices }),
                 run: done.run,
             });
         }
