@@ -167,7 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn gpus_are_read_from_nvidia_smi_l() {
-        let listing = "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d3c)\nGPU 1: NVIDIA A100 (UUID: GPU-77aa)\n";
+        let listing =
+            "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d3c)\nGPU 1: NVIDIA A100 (UUID: GPU-77aa)\n";
         assert_eq!(super::gpus_listed(listing), [0, 1]);
         assert!(super::gpus_listed("No devices were found\n").is_empty());
     }

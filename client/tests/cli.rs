@@ -46,6 +46,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["--resources", "gpu"], "not NAME=COUNT"),
         (vec!["--resources", "gpu=1,gpu=2"], "named twice"),
         (vec!["--resources", "9lives=1"], "not a resource name"),
+        (vec!["--resources", "gpu=0,0"], "names device 0 twice"),
+        (vec!["--resources", "gpu=[1"], "not a count"),
+        (vec!["--resources", "gpu=0,x"], "not a device index"),
         (vec!["--server-file", "f", "--server", "h"], "cannot be used with"),
         (vec!["--give-up-after=-1"], "not a usable number of seconds"),
     ] {

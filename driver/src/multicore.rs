@@ -195,7 +195,11 @@ impl MulticoreBuilder {
 
     /// The counted resource `name` as these devices, by index (`devices("gpu", [2, 3])`: two
     /// GPUs, 2 and 3), instead of `0..count`.
-    pub fn devices(mut self, name: impl Into<String>, indices: impl IntoIterator<Item = u32>) -> Self {
+    pub fn devices(
+        mut self,
+        name: impl Into<String>,
+        indices: impl IntoIterator<Item = u32>,
+    ) -> Self {
         let name = name.into();
         let mut indices: Vec<u32> = indices.into_iter().collect();
         indices.sort_unstable();

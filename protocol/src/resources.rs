@@ -359,8 +359,10 @@ pub fn devices_of(capacity: &Capacity, devices: &[(String, Vec<u32>)]) -> Vec<(S
 /// The environment variable that tells a task which devices of resource `name` it holds:
 /// `BLITZEN_RESOURCE_` and the name in capitals (`BLITZEN_RESOURCE_GPU`).
 pub fn device_variable(name: &str) -> String {
-    let upper: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let upper: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
     format!("BLITZEN_RESOURCE_{upper}")
 }
 
@@ -428,14 +430,21 @@ mod tests {
     #[test]
     fn devices_are_named_by_index_or_counted_from_zero() {
         let offer = parse_offer("gpu=2,3, license=1, fpga=[7]").expect("parses");
-        assert_eq!(offer.counts, vec![("fpga".into(), 1), ("gpu".into(), 2), ("license".into(), 1)]);
+        assert_eq!(
+            offer.counts,
+            vec![("fpga".into(), 1), ("gpu".into(), 2), ("license".into(), 1)]
+        );
         assert_eq!(offer.devices, vec![("fpga".into(), vec![7]), ("gpu".into(), vec![2, 3])]);
-        let capacity = Capacity::new(4, 1 << 30).with_resource("gpu", 2).with_resource("license", 3);
+        let capacity =
+            Capacity::new(4, 1 << 30).with_resource("gpu", 2).with_resource("license", 3);
         assert_eq!(
             devices_of(&capacity, &offer.devices),
             vec![("gpu".into(), vec![2, 3]), ("license".into(), vec![0, 1, 2])]
         );
-        assert_eq!(parse_offer("gpu=[0,1]").expect("parses").devices, vec![("gpu".into(), vec![0, 1])]);
+        assert_eq!(
+            parse_offer("gpu=[0,1]").expect("parses").devices,
+            vec![("gpu".into(), vec![0, 1])]
+        );
         for bad in ["gpu=0,0", "gpu=[]", "gpu=0,x", "gpu=[1", "gpu=-1,2"] {
             assert!(parse_offer(bad).is_err(), "{bad}");
         }

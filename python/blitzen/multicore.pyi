@@ -1,6 +1,6 @@
 """``MulticoreDispatcher``: a pool of worker processes on this machine."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from blitzen._dispatch import Dispatcher

@@ -144,3 +144,14 @@ def held_until_told(port):
     with socket.create_connection(("127.0.0.1", port)) as told:
         told.sendall(b"started")
         return told.recv(16).decode()
+
+
+def devices_seen():
+    """The devices this call was given, as its environment and a program it starts see them."""
+    import subprocess
+
+    started = subprocess.run(
+        ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], capture_output=True, text=True, check=True
+    )
+    env = os.environ
+    return env.get("CUDA_VISIBLE_DEVICES"), env.get("BLITZEN_RESOURCE_GPU"), started.stdout.strip()

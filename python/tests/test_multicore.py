@@ -21,7 +21,7 @@ from blitzen import (
     WorkerCrashed,
 )
 
-from calls import appended, hard_exit, held_until_told, nap, numbers, span, square, total
+from calls import appended, devices_seen, hard_exit, held_until_told, nap, numbers, span, square, total
 from conftest import EXAMPLES, run_script
 
 
@@ -260,6 +260,20 @@ def test_a_higher_priority_starts_first_and_nonsense_is_refused(tmp_path):
         for bad in (1.5, "high", True, 2**31):
             with pytest.raises(ValueError, match="priority must be an integer"):
                 d.run(square, 2, priority=bad)
+
+
+def test_a_call_holding_a_gpu_is_given_its_own_device():
+    with MulticoreDispatcher(2, resources={"gpu": [3, 5]}) as d:
+        held = [d.run(devices_seen, resources={"gpu": 1}) for _ in range(6)]
+        plain = d.run(devices_seen)
+        seen = d.get_results(held)
+        for cuda, gpu, child in seen:
+            assert cuda in ("3", "5") and gpu == cuda and child == cuda, seen
+        assert d.get_results(plain) == (None, None, ""), "named only while a call holds it"
+    with pytest.raises(ValueError, match="names a device twice"):
+        MulticoreDispatcher(1, resources={"gpu": [1, 1]})
+    with pytest.raises(ValueError, match="device indices"):
+        MulticoreDispatcher(1, resources={"gpu": ["a"]})
 
 
 def test_a_function_sent_by_value_shows_its_own_file_and_line(pool):

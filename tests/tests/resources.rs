@@ -258,6 +258,91 @@ fn span_of(out: &CommandOutput) -> Result<Span, Failed> {
     }
 }
 
+/// `sh` printing the devices it was given (`devices=CUDA gpu=… fpga=…`), then the time at its
+/// start and at its end, `secs` apart.
+fn timed_on_devices(secs: f64) -> CommandSpec {
+    let said =
+        "echo devices=$CUDA_VISIBLE_DEVICES gpu=$BLITZEN_RESOURCE_GPU fpga=$BLITZEN_RESOURCE_FPGA";
+    CommandSpec::new("sh").arg("-c").arg(format!("{said}; date +%s%N; sleep {secs}; date +%s%N"))
+}
+
+/// Checks what tasks holding one device of `resource` were given: one device each, the same in
+/// their environment as in their `WorkerInfo`, among `devices`, and never one two running tasks
+/// of a host shared.
+fn each_had_its_own(
+    results: &[blitzen::TaskResult],
+    resource: &str,
+    devices: &[u32],
+) -> Result<(), Failed> {
+    let mut spans: std::collections::HashMap<(String, u32), Vec<Span>> = Default::default();
+    for r in results {
+        let out: CommandOutput = r.decode().map_err(fail)?;
+        check(out.success(), format!("a command failed: {out:?}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let said = |key: &str| {
+            let word = text.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='));
+            word.unwrap_or_default().to_string()
+        };
+        let worker = r.worker.as_ref().ok_or("no worker")?;
+        let given: Vec<_> = worker.devices.iter().filter(|(n, _)| n == resource).collect();
+        let [(_, indices)] = given[..] else {
+            return Err(format!("{resource}: given {:?}", worker.devices).into());
+        };
+        let [index] = indices[..] else { return Err(format!("{resource}: {indices:?}").into()) };
+        check(devices.contains(&index), format!("{resource} {index} is not one of {devices:?}"))?;
+        check(said(resource) == index.to_string(), format!("{resource}={index}: {text:?}"))?;
+        if resource == "gpu" {
+            check(said("devices") == index.to_string(), format!("CUDA_VISIBLE_DEVICES: {text:?}"))?;
+        }
+        let host = worker.host.clone().unwrap_or_default();
+        spans.entry((host, index)).or_default().push(span_of(&out)?);
+    }
+    for ((host, index), mut held) in spans {
+        held.sort();
+        for pair in held.windows(2) {
+            check(
+                pair[1].0 >= pair[0].1,
+                format!("{host}: two tasks held {resource} {index} at once: {pair:?}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Devices of counted resources: on one machine (GPUs 2 and 5 named by index) and on two stock
+/// agents offering `gpu=2` (devices 0 and 1) and one an indexed resource of another name
+/// (`fpga=5,7`), each task holding one is given its own — in `CUDA_VISIBLE_DEVICES`,
+/// `BLITZEN_RESOURCE_<NAME>` and its `WorkerInfo` — and no two running tasks share one.
+fn each_task_is_given_a_device_of_its_own() -> Result<(), Failed> {
+    let d =
+        MulticoreDispatcher::builder().workers(3).devices("gpu", [5, 2]).build().map_err(fail)?;
+    let gpu = RunOptions::default().with_resource("gpu", 1);
+    let ids: Vec<_> =
+        (0..6).map(|_| d.run_with(command, timed_on_devices(0.2), gpu).untyped()).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    each_had_its_own(&results, "gpu", &[2, 5])?;
+    d.shutdown();
+    let server = start_server(&[]).map_err(fail)?;
+    let a = start_agent_with(&server.addr, 3, "a", &["--resources", "gpu=2"]).map_err(fail)?;
+    let b =
+        start_agent_with(&server.addr, 3, "b", &["--resources", "gpu=2,fpga=5,7"]).map_err(fail)?;
+    connected(&a)?;
+    connected(&b)?;
+    let d = driver(&server.addr);
+    let gpus: Vec<_> =
+        (0..8).map(|_| d.run_with(command, timed_on_devices(0.3), gpu).untyped()).collect();
+    let fpga = RunOptions::default().with_resource("fpga", 1);
+    let fpgas: Vec<_> =
+        (0..4).map(|_| d.run_with(command, timed_on_devices(0.2), fpga).untyped()).collect();
+    let gpus = d.get_task_results(&gpus, Fetch::default().within(WAIT)).map_err(fail)?;
+    let fpgas = d.get_task_results(&fpgas, Fetch::default().within(WAIT)).map_err(fail)?;
+    each_had_its_own(&gpus, "gpu", &[0, 1])?;
+    each_had_its_own(&fpgas, "fpga", &[5, 7])?;
+    let hosts: std::collections::HashSet<_> =
+        gpus.iter().filter_map(|r| r.worker.as_ref()?.host.clone()).collect();
+    check(hosts.len() == 2, format!("the GPU tasks ran on {hosts:?}"))
+}
+
 fn connected(agent: &Process) -> Result<(), Failed> {
     check(agent.wait_for_log("connected", 1, WAIT), format!("no connection:\n{}", agent.log_text()))
 }
@@ -383,6 +468,7 @@ fn main() -> std::process::ExitCode {
         trial!(running_tasks_never_hold_more_than_there_is),
         trial!(a_large_task_is_not_starved_by_small_ones),
         trial!(what_cannot_be_had_is_an_error_at_once),
+        trial!(each_task_is_given_a_device_of_its_own),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }

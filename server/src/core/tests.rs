@@ -104,7 +104,11 @@ pub(super) fn done(keys: &[TaskKey]) -> Vec<Report<TaskKey>> {
         .map(|&key| {
             let mut run = Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01")));
             run.elapsed_us = 1;
-            Report { id: key, worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }), run }
+            Report {
+                id: key,
+                worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }),
+                run,
+            }
         })
         .collect()
 }

@@ -19,7 +19,12 @@ pub(super) struct Devices {
 impl Devices {
     /// Every device of every resource, free.
     pub(super) fn new(all: Vec<(String, Vec<u32>)>) -> Self {
-        Self { free: all.into_iter().map(|(name, indices)| (name, indices.into_iter().collect())).collect() }
+        Self {
+            free: all
+                .into_iter()
+                .map(|(name, indices)| (name, indices.into_iter().collect()))
+                .collect(),
+        }
     }
 
     /// The lowest free devices for what `request` holds of each resource.
@@ -84,11 +89,15 @@ mod tests {
 
     #[test]
     fn devices_go_lowest_first_and_come_back() {
-        let mut devices = Devices::new(vec![("gpu".into(), vec![2, 3, 5]), ("fpga".into(), vec![0])]);
+        let mut devices =
+            Devices::new(vec![("gpu".into(), vec![2, 3, 5]), ("fpga".into(), vec![0])]);
         let gpu = |n| Request { cpus: 1, memory: None, custom: vec![("gpu".to_string(), n)] };
         let a = devices.take(&gpu(1));
         let b = devices.take(&gpu(2));
-        assert_eq!((a.clone(), b.clone()), (vec![("gpu".into(), vec![2])], vec![("gpu".into(), vec![3, 5])]));
+        assert_eq!(
+            (a.clone(), b.clone()),
+            (vec![("gpu".into(), vec![2])], vec![("gpu".into(), vec![3, 5])])
+        );
         assert_eq!(devices.take(&gpu(1)), vec![("gpu".into(), vec![])], "none left");
         devices.give_back(&a);
         assert_eq!(devices.take(&gpu(1)), vec![("gpu".into(), vec![2])]);

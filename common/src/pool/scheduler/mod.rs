@@ -17,10 +17,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blitzen_protocol::resources::devices_of;
 use blitzen_protocol::{
     Capacity, Captured, JobId, Outcome, Report, Usage, WORKER_PROTOCOL_VERSION, WorkerInfo,
 };
-use blitzen_protocol::resources::devices_of;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
