@@ -51,7 +51,7 @@ pub struct Args {
     /// gpu=2,license=1: a task asking for gpu=1 runs only on an agent offering a GPU, and holds
     /// it while it runs. Each resource's devices are numbered from 0, or named by index:
     /// gpu=0,1 or gpu=[3] (a single number alone is a count); a task is given its own, in
-    /// BLITZEN_RESOURCE_<NAME> (and CUDA_VISIBLE_DEVICES for gpu). Default: none, but the GPUs
+    /// BLITZEN_RESOURCE_NAME (and CUDA_VISIBLE_DEVICES for gpu). Default: none, but the GPUs
     /// `nvidia-smi -L` lists when it is installed.
     #[arg(long, value_name = "NAME=N,...", value_parser = parse_offer)]
     resources: Option<Offer>,
