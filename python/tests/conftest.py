@@ -17,6 +17,25 @@ EXAMPLES = HERE / "examples"
 
 
 def free_port():
+    """A port that was free a moment ago, below the kernel's ephemeral range: a port the kernel
+    hands out (to any test's outgoing connection) could be taken again before a server binds
+    it."""
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    low = min(10_000, ephemeral_start - 1_000)
+    for _ in range(1_000):
+        port = random.randrange(low, ephemeral_start)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -293,6 +293,20 @@ pub fn driver(addr: &str) -> blitzen::distributed::DistributedDispatcher {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> io::Result<u16> {
+    // Below the kernel's ephemeral range: a port it hands out (to any test's outgoing
+    // connection, say) could be taken again between this check and the server's bind, and a
+    // server restarted on its port could find it taken.
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_start.saturating_sub(1_000));
+    for _ in 0..1_000 {
+        let port = fastrand::u16(low..ephemeral_start);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
