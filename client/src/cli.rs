@@ -15,7 +15,7 @@ use crate::{AgentConfig, DEFAULT_PORT};
 
 /// The Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not up yet,
 /// reconnecting if it restarts) and runs its tasks on N worker processes. This stock binary
-/// runs the built-in tasks: sleep, echo and command (any program).
+/// runs the built-in tasks: sleep, echo, command and program (any program).
 #[derive(Debug, clap::Parser)]
 #[command(name = "blitzen-client", version)]
 pub struct Args {

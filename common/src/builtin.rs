@@ -1,5 +1,7 @@
 //! Tasks that ship with every Blitzen binary, so a cluster is useful before anything is compiled
-//! for it: [`sleep`](const@sleep), [`echo`] and [`command`](const@command) (run any program).
+//! for it: [`sleep`](const@sleep), [`echo`], [`command`](const@command) (run any program, its
+//! output in the result) and [`program`](const@program) (run any program as the task itself,
+//! what the `blitzen` command line runs).
 
 use std::io::Write;
 use std::marker::PhantomData;
@@ -174,16 +176,49 @@ pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
     })
 }
 
+/// Runs a program to completion as the task itself: what it prints is the task's own output
+/// (the result's captured stdout and stderr, and streamed as any task's), and an exit other
+/// than 0 is the task's failure, saying how it ended. Returns 0. The program runs in the
+/// worker's process group, so a timeout kills it too.
+#[blitzen_macros::task(crate = blitzen, unregistered)]
+pub fn program(spec: CommandSpec) -> Result<i32, String> {
+    use std::os::unix::process::ExitStatusExt;
+
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args);
+    cmd.stdin(if spec.stdin.is_empty() { Stdio::null() } else { Stdio::piped() });
+    if spec.clear_env {
+        cmd.env_clear();
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start `{}`: {e}", spec.program))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A program that exits without reading its input is not an error.
+        let _ = pipe.write_all(&spec.stdin);
+    }
+    let status = child.wait().map_err(|e| format!("cannot wait for `{}`: {e}", spec.program))?;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(0),
+        (Some(code), _) => Err(format!("`{}` exited with code {code}", spec.program)),
+        (None, Some(signal)) => Err(format!("`{}` was killed by signal {signal}", spec.program)),
+        (None, None) => Err(format!("`{}` ended: {status}", spec.program)),
+    }
+}
+
 /// The registry entries of the built-in tasks.
 /// Whether `entry` is one of the built-in tasks.
 pub fn is_builtin(entry: &TaskEntry) -> bool {
     entry.module == module_path!()
 }
 
-pub(crate) fn entries() -> [&'static TaskEntry; 3] {
+pub(crate) fn entries() -> [&'static TaskEntry; 4] {
     static SLEEP: TaskEntry = sleep::__BLITZEN_ENTRY;
     static COMMAND: TaskEntry = command::__BLITZEN_ENTRY;
-    [&SLEEP, &ECHO_ENTRY, &COMMAND]
+    static PROGRAM: TaskEntry = program::__BLITZEN_ENTRY;
+    [&SLEEP, &ECHO_ENTRY, &COMMAND, &PROGRAM]
 }
 
 #[cfg(test)]

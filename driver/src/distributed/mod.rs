@@ -50,7 +50,8 @@ use handoff::Handoff;
 ///   [`with_tls_pin`](Dispatcher::with_tls_pin), [`with_tls_ca`](Dispatcher::with_tls_ca),
 ///   [`with_session`](Dispatcher::with_session), [`with_heartbeat`](Dispatcher::with_heartbeat),
 ///   [`with_reconnect_window`](Dispatcher::with_reconnect_window),
-///   [`attach`](Dispatcher::attach), [`detach`](Dispatcher::detach),
+///   [`attach`](Dispatcher::attach), [`attached`](Dispatcher::attached),
+///   [`detach`](Dispatcher::detach),
 ///   [`session`](Dispatcher::session), [`server`](Dispatcher::server),
 ///   [`connect`](Dispatcher::connect), [`wait_accepted`](Dispatcher::wait_accepted),
 ///   [`spawn_server`](Dispatcher::spawn_server), [`spawn_client`](Dispatcher::spawn_client),
@@ -345,10 +346,15 @@ impl Dispatcher<Cluster> {
     /// serialize with serde), or all at once with [`join`](Self::join). Fails if the server
     /// knows no such session.
     pub fn attach(server: impl AsRef<str>, session: &str) -> Result<Self, DispatchError> {
-        let mut dispatcher = Self::new(server).with_session(session);
-        dispatcher.backend.attach = true;
-        dispatcher.connect()?;
-        Ok(dispatcher)
+        Self::new(server).with_session(session).attached()
+    }
+
+    /// [`attach`](Self::attach) with this dispatcher's settings (secret, TLS, timeouts) to
+    /// the session [`with_session`](Self::with_session) named.
+    pub fn attached(mut self) -> Result<Self, DispatchError> {
+        self.backend.attach = true;
+        self.connect()?;
+        Ok(self)
     }
 
     /// Ends this dispatcher without a goodbye: the server keeps its session — unfinished tasks
