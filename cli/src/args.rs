@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 /// Run a program once per item — the numbers of an array, the lines of a file, the files a
 /// pattern matches, or items after `:::` — on this machine's cores (with no --server) or on a
 /// Blitzen cluster, and follow the run from any shell: wait, status, output, failures, cancel.
@@ -17,7 +16,7 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Submit one task per item; print the session's name and exit (--wait: wait for them).
-    Submit(Submit),
+    Submit(Box<Submit>),
     /// Wait for a session's tasks, showing progress; the exit status is 1 if any failed.
     Wait(Follow),
     /// How many of a session's tasks are done, failed, running and queued.
@@ -126,7 +125,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a usable number of seconds"))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blitzen::distributed::DistributedDispatcher;
 use blitzen_protocol::cluster::{FromObserver, ToObserver};
 
 use crate::args::{Cluster, Follow, Output};
@@ -26,8 +25,17 @@ fn record_of(session: &str, cluster: &Cluster) -> Result<Record, String> {
 fn ask(record: &Record, cluster: &Cluster, request: FromObserver) -> Result<ToObserver, String> {
     let secret = secret(cluster)?;
     let tls = blitzen_net::PeerTls::default();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let asked = blitzen_server::observe::ask(&record.server, secret.as_ref(), &tls, request, Duration::from_secs(10));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let asked = blitzen_server::observe::ask(
+        &record.server,
+        secret.as_ref(),
+        &tls,
+        request,
+        Duration::from_secs(10),
+    );
     runtime.block_on(asked).map_err(|e| e.to_string())
 }
 
@@ -50,7 +58,10 @@ fn summary(record: &Record, json: bool) -> Result<ExitCode, String> {
     let failed = ended.values().filter(|e| e.error.is_some()).count();
     let total = record.ids.len();
     if json {
-        println!("{}", serde_json::json!({ "session": record.session, "tasks": total, "done": ended.len(), "failed": failed }));
+        println!(
+            "{}",
+            serde_json::json!({ "session": record.session, "tasks": total, "done": ended.len(), "failed": failed })
+        );
     } else {
         eprintln!("{}/{total} done, {failed} failed", ended.len());
     }
@@ -69,7 +80,9 @@ pub fn status(follow: Follow) -> Result<ExitCode, String> {
         None
     } else {
         match ask(&record, &follow.cluster, FromObserver::Status) {
-            Ok(ToObserver::Status(status)) => status.sessions.into_iter().find(|s| s.name == record.session),
+            Ok(ToObserver::Status(status)) => {
+                status.sessions.into_iter().find(|s| s.name == record.session)
+            }
             Ok(_) => None,
             Err(e) if collected == total => {
                 let _ = e;
@@ -79,7 +92,12 @@ pub fn status(follow: Follow) -> Result<ExitCode, String> {
         }
     };
     let (done, failed, running, queued) = match &live {
-        Some(s) => ((s.done + s.failed + s.cancelled).max(collected), s.failed.max(failed_here), s.running + s.prefetched, s.queued + s.waiting),
+        Some(s) => (
+            (s.done + s.failed + s.cancelled).max(collected),
+            s.failed.max(failed_here),
+            s.running + s.prefetched,
+            s.queued + s.waiting,
+        ),
         None => (collected, failed_here, 0, total.saturating_sub(collected)),
     };
     if follow.cluster.json {
@@ -89,7 +107,10 @@ pub fn status(follow: Follow) -> Result<ExitCode, String> {
         });
         println!("{said}");
     } else {
-        println!("{}: {done}/{total} done, {failed} failed, {running} running, {queued} queued", record.session);
+        println!(
+            "{}: {done}/{total} done, {failed} failed, {running} running, {queued} queued",
+            record.session
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -98,7 +119,12 @@ pub fn status(follow: Follow) -> Result<ExitCode, String> {
 pub fn output(args: Output) -> Result<ExitCode, String> {
     let record = record_of(&args.session, &args.cluster)?;
     if record.place(args.item).is_none() {
-        return Err(format!("session {} has no item {} (its items are {})", record.session, args.item, span(&record)));
+        return Err(format!(
+            "session {} has no item {} (its items are {})",
+            record.session,
+            args.item,
+            span(&record)
+        ));
     }
     let ended = record.ended()?;
     let Some(one) = ended.get(&args.item) else {
@@ -126,24 +152,26 @@ fn span(record: &Record) -> String {
 /// `blitzen failures`: the items that failed, collected here or reported by the server.
 pub fn failures(follow: Follow) -> Result<ExitCode, String> {
     let record = record_of(&follow.session, &follow.cluster)?;
-    let mut failed: std::collections::BTreeMap<u64, String> = (record.ended()?.into_values())
-        .filter_map(|e| Some((e.item, e.error?)))
-        .collect();
-    if !record.local {
-        if let Ok(ToObserver::Failures(reported)) =
-            ask(&record, &follow.cluster, FromObserver::Failures { session: record.session.clone() })
-        {
-            let place_of: std::collections::HashMap<u64, usize> =
-                record.ids.iter().enumerate().map(|(i, id)| (id.seq(), i)).collect();
-            for f in reported {
-                if let Some(&place) = place_of.get(&f.id) {
-                    failed.entry(record.numbers[place]).or_insert(f.error);
-                }
+    let mut failed: std::collections::BTreeMap<u64, String> =
+        (record.ended()?.into_values()).filter_map(|e| Some((e.item, e.error?))).collect();
+    // The server's, of what was not collected here (none when its cluster is gone).
+    let asked = FromObserver::Failures { session: record.session.clone() };
+    if !record.local
+        && let Ok(ToObserver::Failures(reported)) = ask(&record, &follow.cluster, asked)
+    {
+        let place_of: std::collections::HashMap<u64, usize> =
+            record.ids.iter().enumerate().map(|(i, id)| (id.seq(), i)).collect();
+        for f in reported {
+            if let Some(&place) = place_of.get(&f.id) {
+                failed.entry(record.numbers[place]).or_insert(f.error);
             }
         }
     }
     if follow.cluster.json {
-        let list: Vec<_> = failed.iter().map(|(item, error)| serde_json::json!({ "item": item, "error": error })).collect();
+        let list: Vec<_> = failed
+            .iter()
+            .map(|(item, error)| serde_json::json!({ "item": item, "error": error }))
+            .collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
         for (item, error) in &failed {
@@ -162,7 +190,10 @@ pub fn cancel(follow: Follow) -> Result<ExitCode, String> {
             if follow.cluster.json {
                 println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
             } else {
-                println!("{}: {} queued and {} running tasks cancelled", record.session, report.queued, report.running);
+                println!(
+                    "{}: {} queued and {} running tasks cancelled",
+                    record.session, report.queued, report.running
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

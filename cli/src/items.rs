@@ -16,7 +16,9 @@ pub struct Items {
 impl Items {
     /// `A-B`: the numbers from A to B, each its own number.
     pub fn array(range: &str) -> Result<Self, String> {
-        let (a, b) = range.split_once('-').ok_or_else(|| format!("--array {range}: write A-B, e.g. 1-1000"))?;
+        let (a, b) = range
+            .split_once('-')
+            .ok_or_else(|| format!("--array {range}: write A-B, e.g. 1-1000"))?;
         let number = |s: &str| {
             s.trim().parse::<u64>().map_err(|_| format!("--array {range}: `{s}` is not a number"))
         };
@@ -49,7 +51,8 @@ impl Items {
         let lines = if file == Path::new("-") {
             read(&mut std::io::stdin().lock())?
         } else {
-            let opened = std::fs::File::open(file).map_err(|e| format!("--each-line {}: {e}", file.display()))?;
+            let opened = std::fs::File::open(file)
+                .map_err(|e| format!("--each-line {}: {e}", file.display()))?;
             read(&mut std::io::BufReader::new(opened))?
         };
         if lines.is_empty() {
@@ -74,10 +77,6 @@ impl Items {
         }
         Ok(Self::listed(files))
     }
-
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
 }
 
 /// Splits `program [args]... [::: items...]`, as GNU parallel users write it.
@@ -92,7 +91,10 @@ pub fn split_items(words: &[String]) -> (Vec<String>, Option<Vec<String>>) {
 /// (a shell reading `$BLITZEN_ITEM`).
 pub fn check_program(program: &[String]) -> Result<(), String> {
     let Some(first) = program.first() else {
-        return Err("no program to run: give it after --, e.g. blitzen submit --array 1-3 -- echo {}".into());
+        return Err(
+            "no program to run: give it after --, e.g. blitzen submit --array 1-3 -- echo {}"
+                .into(),
+        );
     };
     if first == "{}" {
         return Err("the program itself cannot be {}: name a program, e.g. sh -c '{}'".into());
@@ -134,8 +136,11 @@ mod tests {
     #[test]
     fn arrays_lists_and_the_program_of_an_item() {
         let items = Items::array("3-5").expect("an array");
-        assert_eq!((items.values.clone(), items.numbers.clone()), (vec!["3".into(), "4".into(), "5".into()], vec![3, 4, 5]));
-        assert!(Items::array("5-1").unwrap_err().contains("starts after it ends"));
+        assert_eq!(
+            (items.values.clone(), items.numbers.clone()),
+            (vec!["3".into(), "4".into(), "5".into()], vec![3, 4, 5])
+        );
+        assert!(Items::array("5-1").expect_err("backwards").contains("starts after it ends"));
         assert!(Items::array("5").is_err() && Items::array("a-3").is_err());
         let words: Vec<String> = ["gzip", "-k", "{}", ":::", "a", "b"].map(String::from).into();
         let (program, listed) = split_items(&words);
@@ -147,7 +152,7 @@ mod tests {
         assert!(spec.env.contains(&("BLITZEN_ITEM".into(), "a.txt".into())));
         assert_eq!(spec.cwd.as_deref(), Some("/tmp"));
         assert!(check_program(&program).is_ok());
-        assert!(check_program(&["echo".into(), "hi".into()]).unwrap_err().contains("{}"));
+        assert!(check_program(&["echo".into(), "hi".into()]).expect_err("no {}").contains("{}"));
         assert!(check_program(&["sh".into(), "-c".into(), "echo $BLITZEN_ITEM".into()]).is_ok());
         assert!(check_program(&[]).is_err());
     }

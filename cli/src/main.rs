@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         let _ = blitzen::logging::set_loglevel("warn");
     }
     let done = match args.command {
-        args::Command::Submit(submit) => run::submit(submit),
+        args::Command::Submit(submit) => run::submit(*submit),
         args::Command::Wait(follow) => follow::wait(follow),
         args::Command::Status(follow) => follow::status(follow),
         args::Command::Output(output) => follow::output(output),

@@ -21,16 +21,23 @@ pub fn submit(args: Submit) -> Result<ExitCode, String> {
         (Some(range), ..) => Items::array(range)?,
         (_, Some(file), ..) => Items::lines(file)?,
         (_, _, Some(pattern), _) => Items::files(pattern)?,
-        (_, _, _, Some(values)) if values.is_empty() => return Err("nothing after ::: to run on".into()),
+        (_, _, _, Some(values)) if values.is_empty() => {
+            return Err("nothing after ::: to run on".into());
+        }
         (_, _, _, Some(values)) => Items::listed(values),
         (None, None, None, None) => {
-            return Err("no items: give --array A-B, --each-line FILE, --each-file GLOB or ::: ITEMS".into());
+            return Err(
+                "no items: give --array A-B, --each-line FILE, --each-file GLOB or ::: ITEMS"
+                    .into(),
+            );
         }
     };
     if (args.array.is_some() || args.each_line.is_some() || args.each_file.is_some())
         && args.program.iter().any(|w| w == ":::")
     {
-        return Err("give the items once: either ::: ITEMS or --array/--each-line/--each-file".into());
+        return Err(
+            "give the items once: either ::: ITEMS or --array/--each-line/--each-file".into()
+        );
     }
     items::check_program(&program)?;
     let options = options(&args)?;
@@ -44,7 +51,9 @@ pub fn submit(args: Submit) -> Result<ExitCode, String> {
     let json = args.cluster.json;
     let Some(server) = args.cluster.server.clone() else {
         // This machine's cores, for the run.
-        let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let cluster = LocalCluster::start(workers).map_err(|e| e.to_string())?;
         let mut d = cluster.dispatcher();
         if let Some(name) = &args.session {
@@ -75,9 +84,8 @@ pub fn submit(args: Submit) -> Result<ExitCode, String> {
 /// The options of every task of the submission.
 fn options(args: &Submit) -> Result<RunOptions, String> {
     let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
-    let mut options = RunOptions::default();
-    options.timeout = args.timeout;
-    options.retries = args.retries;
+    let mut options =
+        RunOptions { timeout: args.timeout, retries: args.retries, ..RunOptions::default() };
     if let Some(cpus) = args.cpus {
         if cpus == 0 {
             return Err("--cpus 0: a task holds at least 1 CPU".into());
@@ -88,15 +96,19 @@ fn options(args: &Submit) -> Result<RunOptions, String> {
         options = options.with_memory(memory);
     }
     if let Some(text) = &args.resources {
-        let offer = blitzen_protocol::resources::parse_offer(text).map_err(|e| format!("--resources: {e}"))?;
+        let offer = blitzen_protocol::resources::parse_offer(text)
+            .map_err(|e| format!("--resources: {e}"))?;
         if let Some((name, _)) = offer.devices.first() {
             return Err(format!(
                 "--resources {text}: a task asks for how many of `{name}` it holds (e.g. {name}=1), not \
                  which devices: an agent gives it its own"
             ));
         }
-        if offer.counts.len() > blitzen::needs::MAX_RESOURCES {
-            return Err(format!("--resources {text}: a task names at most {} resources", blitzen::needs::MAX_RESOURCES));
+        if offer.counts.len() > blitzen::MAX_RESOURCES {
+            return Err(format!(
+                "--resources {text}: a task names at most {} resources",
+                blitzen::MAX_RESOURCES
+            ));
         }
         for (name, count) in offer.counts {
             options = options.with_resource(leak(&name), count);
@@ -190,13 +202,18 @@ pub fn collect(d: &DistributedDispatcher, record: &Record, json: bool) -> Result
             finished.push(seq);
         }
         if !finished.is_empty() {
-            let places: Vec<usize> = finished.iter().filter_map(|s| place_of.get(s).copied()).collect();
+            let places: Vec<usize> =
+                finished.iter().filter_map(|s| place_of.get(s).copied()).collect();
             let ids: Vec<_> = places.iter().map(|&p| record.ids[p].untyped()).collect();
             let results = d.get_task_results(&ids, Fetch::default()).map_err(|e| e.to_string())?;
             let ended: Vec<Ended> = (places.iter().zip(results))
                 .map(|(&place, r)| Ended {
                     item: record.numbers[place],
-                    error: r.outcome().err().map(|e| e.to_string()),
+                    error: r.outcome().err().map(|e| match e {
+                        // How the program ended, without the task's own name (`program`).
+                        blitzen::TaskError::Returned { message, .. } => message,
+                        e => e.to_string(),
+                    }),
                     stdout: r.run.stdout.to_text(),
                     stderr: r.run.stderr.to_text(),
                     host: r.worker.as_ref().and_then(|w| w.host.clone()),
@@ -228,7 +245,12 @@ struct Progress {
 
 impl Progress {
     fn new(quiet: bool) -> Self {
-        Self { quiet, terminal: std::io::stderr().is_terminal(), started: Instant::now(), last: None }
+        Self {
+            quiet,
+            terminal: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: None,
+        }
     }
 
     fn show(&mut self, done: usize, failed: usize, total: usize, last: bool) {
@@ -238,7 +260,7 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         let width = 30;
-        let filled = if total == 0 { width } else { done * width / total };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
         let secs = self.started.elapsed().as_secs_f64();
         let line = format!("[{bar}] {done}/{total} done, {failed} failed, {secs:.1}s");

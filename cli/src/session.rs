@@ -73,7 +73,10 @@ impl Record {
         let path = dir_of(session)?.join("session.json");
         let text = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
-                format!("no session `{session}` was submitted from this machine ({} is missing)", path.display())
+                format!(
+                    "no session `{session}` was submitted from this machine ({} is missing)",
+                    path.display()
+                )
             }
             _ => format!("{}: {e}", path.display()),
         })?;
@@ -95,7 +98,8 @@ impl Record {
         };
         let mut ended = BTreeMap::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let one: Ended = serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
+            let one: Ended =
+                serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
             ended.insert(one.item, one);
         }
         Ok(ended)

@@ -83,8 +83,8 @@ pub struct CommandSpec {
 
 impl CommandSpec {
     /// `program` with no arguments.
-    pub fn new(program: impl Into<String>) -> Self {
-        Self { program: program.into(), ..Default::default() }
+    pub fn new(path: impl Into<String>) -> Self {
+        Self { program: path.into(), ..Default::default() }
     }
 
     /// Adds an argument.

@@ -76,9 +76,11 @@ pub mod logging {
 
 pub use awaits::{Completed, ResultsFuture, TaskFuture};
 pub use blitzen_client::AgentError;
-pub use blitzen_common::builtin::{self, CommandOutput, CommandSpec, command, echo, program, sleep};
+pub use blitzen_common::builtin::{
+    self, CommandOutput, CommandSpec, command, echo, program, sleep,
+};
 pub use blitzen_common::inputs::{Accepts, Input};
-pub use blitzen_common::needs::Needs;
+pub use blitzen_common::needs::{MAX_RESOURCES, Needs};
 pub use blitzen_common::pool::{PoolError, StatusSnapshot, WorkerCommand};
 pub use blitzen_common::registry::RegistryError;
 pub use blitzen_common::{DecodeTarget, Task, TaskContext, TaskError, WorkerInfo, worker_main};

@@ -26,6 +26,9 @@ enum Pick {
     Reserved,
     /// Nothing it can run.
     Nothing,
+    /// The first task is of a kind the agent holds as many of as it may (see
+    /// `Agent::capacity_for`): it stays first, and the agent takes nothing of this driver now.
+    Full,
 }
 
 /// What choosing an agent's next task from a driver's queues looks at.
@@ -90,6 +93,11 @@ impl Choice<'_> {
             .max_by_key(|&(level, seq, ..)| (level, seq));
         match best {
             None => Pick::Nothing,
+            Some((_, _, class, _, true))
+                if a.running.len() >= a.capacity_for(bases[class.index()]) =>
+            {
+                Pick::Full
+            }
             Some((_, _, class, _, true)) => {
                 let taken = d.queues.get_mut(&class).and_then(VecDeque::pop_front);
                 if aging {
@@ -121,17 +129,9 @@ impl Core {
                 if agent.running.len() >= MAX_CREDIT.max(2 * agent.workers) {
                     break;
                 }
+                // How many it may hold depends on how long tasks of the next one's kind take
+                // there: `next_task_for` gives none of a kind it holds enough of.
                 let Some(key) = self.next_task_for(conn) else { break };
-                // How many it may hold depends on how long tasks of this kind take there.
-                let full = |c: &Core| {
-                    let kind = c.tasks.get(key).map(|t| c.bases[t.kind.index()]);
-                    let agent = c.agents.get(&conn);
-                    agent.zip(kind).is_some_and(|(a, k)| a.running.len() >= a.capacity_for(k))
-                };
-                if full(self) {
-                    self.requeue_front(key);
-                    break;
-                }
                 // A task taking a large shared value this agent lacks waits for one that has it
                 // and can take a task now (see `shares`); this agent takes nothing more now.
                 if !self.shares.inputs.is_empty() && self.better_elsewhere(conn, key) {
@@ -180,6 +180,9 @@ impl Core {
         let mut agent = self.agents.get(&conn)?;
         if let Some(key) = agent.reserved_for {
             match self.tasks.get(key).filter(|t| t.agent.get().is_none()) {
+                Some(task) if agent.running.len() >= agent.capacity_for(self.base(task.kind)) => {
+                    return None;
+                }
                 Some(task) if agent.usage.fits(&agent.resources, self.request(task.kind)) => {
                     let (driver, class) = (task.driver, task.kind);
                     self.unreserve(conn, key);
@@ -220,7 +223,7 @@ impl Core {
                         return Some(key);
                     }
                 }
-                Pick::Nothing => {}
+                Pick::Nothing | Pick::Full => {}
             }
         }
         None

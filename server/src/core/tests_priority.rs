@@ -58,3 +58,30 @@ fn a_queue_that_waited_rises_to_the_highest_and_goes_first_once() {
     turn(&mut c);
     assert_eq!(ids(&c, &assigned(&mut a)), [4, 5, 1, 2]);
 }
+
+#[test]
+fn a_risen_queue_keeps_its_age_while_the_agent_is_full() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    submit_at(&mut c, 10, 0..2);
+    let mut a = agent(&mut c, 10, 1, &["t"]);
+    turn(&mut c);
+    let first = assigned(&mut a);
+    assert_eq!(ids(&c, &first), [0, 1], "the agent is full");
+    submit_at(&mut c, 0, 2..3);
+    submit_at(&mut c, 10, 3..5);
+    let low = c.kind_ids[&("t".to_string(), 7, None, None, false, 0)];
+    let risen = Instant::now() - Duration::from_secs(20);
+    if let Some(d) = c.drivers.get_mut(&key(&c, 1)) {
+        d.waiting_since.insert(low, risen);
+    }
+    // Turns while the agent is full choose nothing, and take nothing of the low queue's age.
+    turn(&mut c);
+    turn(&mut c);
+    assert!(assigned(&mut a).is_empty());
+    let since = c.drivers.get(&key(&c, 1)).and_then(|d| d.waiting_since.get(&low).copied());
+    assert_eq!(since, Some(risen));
+    c.on_event(Event::AgentDone { conn: conn(10), results: done(&first[..1]), recovered: false });
+    turn(&mut c);
+    assert_eq!(ids(&c, &assigned(&mut a))[..1], [2], "the risen low task, first");
+}
