@@ -16,7 +16,8 @@ use serde::{Serialize, de::DeserializeOwned};
     message = "`{Self}` is not a Blitzen task",
     label = "not a task",
     note = "add `#[blitzen::task]` above the function's definition: `run` takes the name of such \
-            a function (and `blitzen::echo::<T>()`, `blitzen::sleep`, `blitzen::command`)"
+            a function (and `blitzen::echo::<T>()`, `blitzen::sleep`, `blitzen::command`, \
+            `blitzen::program`)"
 )]
 pub trait Task: Copy + Send + Sync + 'static {
     /// The argument type: `()` for no argument, the type itself for one, a tuple for several.
