@@ -84,10 +84,8 @@ pub fn status(follow: Follow) -> Result<ExitCode, String> {
                 status.sessions.into_iter().find(|s| s.name == record.session)
             }
             Ok(_) => None,
-            Err(e) if collected == total => {
-                let _ = e;
-                None
-            }
+            // Every result is here: a server that is gone has nothing more to say.
+            Err(_) if collected == total => None,
             Err(e) => return Err(e),
         }
     };

@@ -1,7 +1,6 @@
 """What both dispatchers share: submitting calls, fetching results, streams, cancel, and
 printing what the tasks print while they run."""
 
-import atexit
 import pickle
 import sys
 import threading
@@ -29,7 +28,7 @@ class Dispatcher:
         self._closed = False
         self._printer = _Printer(native.output_reader()) if echo else None
         # At exit, before the interpreter winds down: no thread is left waiting in Blitzen.
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _LIVE.add(self)
 
     # ----- the original's API -----
 
@@ -234,6 +233,7 @@ class _Printer:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="blitzen-output", daemon=True)
         self._thread.start()
+        _PRINTERS.add(self)
 
     def _run(self):
         while self._reader.wait(None):
@@ -264,10 +264,24 @@ def _quietly(f, *args):
         pass
 
 
-def _shutdown_at_exit(ref):
-    dispatcher = ref()
-    if dispatcher is not None:
+# The dispatchers alive, and the printers whose thread may still run (their dispatcher may be
+# gone: its native side shut down, the thread about to end).
+_LIVE = weakref.WeakSet()
+_PRINTERS = weakref.WeakSet()
+
+
+def _at_exit():
+    """Shuts every dispatcher down and lets every printing thread end, while the interpreter is
+    whole: a thread that takes the interpreter lock once its finalization has begun (to return
+    from a wait in Blitzen) is ended by the interpreter, which aborts the process. Run with the
+    threads' own exit hooks, before the interpreter waits for its threads and winds down."""
+    for dispatcher in list(_LIVE):
         dispatcher.shutdown()
+    for printer in list(_PRINTERS):
+        printer.stop()
+
+
+threading._register_atexit(_at_exit)
 
 
 def _label(f):
