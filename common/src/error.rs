@@ -382,7 +382,7 @@ mod tests {
         TaskContext {
             id: 7,
             task: "f2".into(),
-            worker: Some(WorkerInfo { pid: 4242, host: None, devices: Vec::new() }),
+            worker: Some(WorkerInfo { pid: 4242, host: None, devices: Default::default() }),
             stderr_tail: stderr_tail.into(),
         }
     }

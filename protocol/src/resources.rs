@@ -283,6 +283,47 @@ impl Usage {
     }
 }
 
+/// Devices of counted resources, by resource (`gpu` → `[1, 3]`): what a task was given. One
+/// pointer wide and nothing allocated when empty, as it nearly always is: it is part of every
+/// task and every result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices(Option<Box<DeviceList>>);
+
+/// Resources by name, each with its device indices.
+pub type DeviceList = Vec<(String, Vec<u32>)>;
+
+impl Devices {
+    /// These devices.
+    pub fn new(list: Vec<(String, Vec<u32>)>) -> Self {
+        Self((!list.is_empty()).then(|| Box::new(list)))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::ops::Deref for Devices {
+    type Target = [(String, Vec<u32>)];
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Serialize for Devices {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Devices {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::deserialize(deserializer).map(Self::new)
+    }
+}
+
 /// Counted resources a machine offers, as `--resources` reads them ([`parse_offer`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Offer {
@@ -448,6 +489,12 @@ mod tests {
         for bad in ["gpu=0,0", "gpu=[]", "gpu=0,x", "gpu=[1", "gpu=-1,2"] {
             assert!(parse_offer(bad).is_err(), "{bad}");
         }
+        let given = Devices::new(vec![("gpu".into(), vec![3])]);
+        let bytes = rmp_serde::to_vec_named(&given).expect("encodes");
+        assert_eq!(rmp_serde::from_slice::<Devices>(&bytes).expect("decodes"), given);
+        assert_eq!(&given[..], &[("gpu".to_string(), vec![3])]);
+        assert!(Devices::new(Vec::new()).is_empty() && Devices::default().is_empty());
+        assert_eq!(std::mem::size_of::<Devices>(), std::mem::size_of::<usize>(), "a pointer wide");
         assert_eq!(device_variable("gpu"), "BLITZEN_RESOURCE_GPU");
         assert_eq!(device_variable("my-fpga"), "BLITZEN_RESOURCE_MY_FPGA");
     }

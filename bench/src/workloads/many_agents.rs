@@ -123,7 +123,7 @@ async fn answer(
                             }
                             let mut run = Finished::unstarted(Outcome::Value(a.args));
                             run.elapsed_us = 1;
-                            Report { id: a.key, worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }), run }
+                            Report { id: a.key, worker: Some(WorkerInfo { pid: 1, host: None, devices: Default::default() }), run }
                         })
                         .collect();
                     delays.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);

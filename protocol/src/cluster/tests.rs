@@ -102,7 +102,7 @@ proptest! {
         let ack = FromDriver::Ack(acks.into_iter().map(DriverTaskId::new).collect());
         prop_assert_eq!(round_trip(&ack), ack);
         let report = ToDriver::Results(vec![
-            Report { id, worker: Some(WorkerInfo { pid: 7, host, devices: Vec::new() }), run },
+            Report { id, worker: Some(WorkerInfo { pid: 7, host, devices: Default::default() }), run },
             Report::unstarted(id, crate::Outcome::Value(args)),
         ]);
         prop_assert_eq!(round_trip(&report), report);
@@ -122,7 +122,7 @@ proptest! {
         let id = DriverTaskId::new(key.get());
         let output = ToDriver::Output(vec![TaskOutput { id, host: "h".into(), lines }]);
         prop_assert_eq!(round_trip(&output), output);
-        let worker = Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() });
+        let worker = Some(WorkerInfo { pid: 1, host: None, devices: Default::default() });
         let done = FromAgent::Done(vec![Report { id: key, worker, run }]);
         prop_assert_eq!(round_trip(&done), done);
         let started = FromAgent::Started(vec![key]);

@@ -106,7 +106,7 @@ pub(super) fn done(keys: &[TaskKey]) -> Vec<Report<TaskKey>> {
             run.elapsed_us = 1;
             Report {
                 id: key,
-                worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }),
+                worker: Some(WorkerInfo { pid: 1, host: None, devices: Default::default() }),
                 run,
             }
         })

@@ -43,7 +43,7 @@ fn finish(c: &mut Core, values: &[(TaskKey, Outcome)]) {
     let results = (values.iter())
         .map(|(key, outcome)| Report {
             id: *key,
-            worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }),
+            worker: Some(WorkerInfo { pid: 1, host: None, devices: Default::default() }),
             run: Finished::unstarted(outcome.clone()),
         })
         .collect();

@@ -159,7 +159,7 @@ fn a_label_is_what_the_status_shows_and_counts() {
     let mut results = done(&keys[..1]);
     results.push(Report {
         id: keys[1],
-        worker: Some(WorkerInfo { pid: 7, host: None, devices: Vec::new() }),
+        worker: Some(WorkerInfo { pid: 7, host: None, devices: Default::default() }),
         run: failed,
     });
     c.on_event(Event::AgentDone { conn: conn(10), results, recovered: false });

@@ -370,7 +370,7 @@ fn failures_are_kept_with_their_whole_error_for_observers() {
     };
     let result = Report {
         id: key,
-        worker: Some(WorkerInfo { pid: 4242, host: None, devices: Vec::new() }),
+        worker: Some(WorkerInfo { pid: 4242, host: None, devices: Default::default() }),
         run: Finished::unstarted(outcome),
     };
     c.on_event(Event::AgentDone { conn: conn(10), results: vec![result], recovered: false });

@@ -69,7 +69,7 @@ fn finish(c: &mut Core, n: u64, keys: &[TaskKey]) {
     let results = (keys.iter())
         .map(|&key| Report {
             id: key,
-            worker: Some(WorkerInfo { pid: 1, host: None, devices: Vec::new() }),
+            worker: Some(WorkerInfo { pid: 1, host: None, devices: Default::default() }),
             run: Finished::unstarted(Outcome::Value(Bytes::from_static(b"\x01"))),
         })
         .collect();

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use blitzen_protocol::frame::encode;
+use blitzen_protocol::resources::Devices;
 use blitzen_protocol::{Outcome, ToWorker};
 
 use super::Scheduler;
@@ -112,8 +113,8 @@ impl Scheduler {
         // A job holding counted resources starts on an idle worker: it is given their devices.
         let counted = job.request.as_deref().filter(|r| !r.custom.is_empty());
         job.devices = match counted {
-            Some(request) if w.inflight.is_empty() => self.devices.take(request),
-            _ => Vec::new(),
+            Some(request) if w.inflight.is_empty() => Devices::new(self.devices.take(request)),
+            _ => Devices::default(),
         };
         let frame = ToWorker::Run(&job);
         if let Err(e) = encode(&frame, &mut w.outbox) {

@@ -1,7 +1,7 @@
 //! What running jobs hold of the pool's capacity: each worker's front job holds its request
 //! (a plain job, one CPU) from when it is sent to an idle worker, or the job before it is
 //! answered, until it is answered or its worker dies; and the devices of counted resources
-//! ([`Devices`]) a job holding some was given.
+//! ([`FreeDevices`]) a job holding some was given.
 
 use std::collections::BTreeSet;
 
@@ -12,11 +12,11 @@ use super::{RunTask, Scheduler, Worker};
 /// The devices of each counted resource no running job holds: a job holding `gpu=1` is given
 /// the lowest free one, and two running jobs never share one.
 #[derive(Debug, Default)]
-pub(super) struct Devices {
+pub(super) struct FreeDevices {
     free: Vec<(String, BTreeSet<u32>)>,
 }
 
-impl Devices {
+impl FreeDevices {
     /// Every device of every resource, free.
     pub(super) fn new(all: Vec<(String, Vec<u32>)>) -> Self {
         Self {
@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn devices_go_lowest_first_and_come_back() {
         let mut devices =
-            Devices::new(vec![("gpu".into(), vec![2, 3, 5]), ("fpga".into(), vec![0])]);
+            FreeDevices::new(vec![("gpu".into(), vec![2, 3, 5]), ("fpga".into(), vec![0])]);
         let gpu = |n| Request { cpus: 1, memory: None, custom: vec![("gpu".to_string(), n)] };
         let a = devices.take(&gpu(1));
         let b = devices.take(&gpu(2));

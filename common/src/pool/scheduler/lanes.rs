@@ -1,7 +1,7 @@
 //! The pool's waiting jobs: a lane per priority, each first in, first out, and which lane
 //! starts the next job — the highest effective priority, a lane's priority rising while it waits
-//! (see `blitzen_protocol::priority`). Jobs that all have one priority are one lane: the queue of
-//! a pool whose tasks set none, in submission order, at the cost of a plain queue.
+//! (see `blitzen_protocol::priority`). While every waiting job has priority 0 — always, in a pool
+//! whose tasks set none — they are a plain queue, in submission order, at its cost.
 
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -23,7 +23,10 @@ struct Lane {
 /// Waiting jobs, by priority.
 #[derive(Debug, Default)]
 pub(super) struct Lanes {
-    /// The lanes that hold jobs, by priority.
+    /// While every waiting job has priority 0 (a pool whose tasks set none): the jobs, as a
+    /// plain queue. The first job of another priority moves them to `lanes`.
+    plain: VecDeque<RunTask>,
+    /// Otherwise the lanes that hold jobs, by priority.
     lanes: BTreeMap<i32, Lane>,
     /// The lane the next job comes from, as last chosen; forgotten whenever a job comes or goes.
     chosen: Cell<Option<i32>>,
@@ -31,17 +34,23 @@ pub(super) struct Lanes {
 
 impl Lanes {
     pub(super) fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
+        self.plain.is_empty() && self.lanes.is_empty()
     }
 
     /// The job that starts next.
     pub(super) fn front(&self) -> Option<&RunTask> {
+        if self.lanes.is_empty() {
+            return self.plain.front();
+        }
         let priority = self.choose()?;
         self.lanes.get(&priority)?.jobs.front()
     }
 
     /// Takes the job that starts next.
     pub(super) fn pop_front(&mut self) -> Option<RunTask> {
+        if self.lanes.is_empty() {
+            return self.plain.pop_front();
+        }
         let priority = self.choose()?;
         self.chosen.set(None);
         let others = self.lanes.len() > 1;
@@ -57,17 +66,26 @@ impl Lanes {
 
     /// Queues a job behind those of its priority.
     pub(super) fn push_back(&mut self, job: RunTask) {
-        self.lane(job.priority).jobs.push_back(job);
+        if job.priority == 0 && self.lanes.is_empty() {
+            self.plain.push_back(job);
+        } else {
+            self.lane(job.priority).jobs.push_back(job);
+        }
     }
 
     /// Puts a job back in front of those of its priority (a job a worker held and did not run).
     pub(super) fn push_front(&mut self, job: RunTask) {
-        self.lane(job.priority).jobs.push_front(job);
+        if job.priority == 0 && self.lanes.is_empty() {
+            self.plain.push_front(job);
+        } else {
+            self.lane(job.priority).jobs.push_front(job);
+        }
     }
 
     /// Keeps the jobs `keep` says to, in order.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&RunTask) -> bool) {
         self.chosen.set(None);
+        self.plain.retain(&mut keep);
         self.lanes.retain(|_, lane| {
             lane.jobs.retain(&mut keep);
             !lane.jobs.is_empty()
@@ -77,13 +95,19 @@ impl Lanes {
     /// Takes every job, highest priority first.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = RunTask> + use<> {
         self.chosen.set(None);
-        std::mem::take(&mut self.lanes).into_values().rev().flat_map(|lane| lane.jobs)
+        let lanes = std::mem::take(&mut self.lanes).into_values().rev().flat_map(|lane| lane.jobs);
+        lanes.chain(std::mem::take(&mut self.plain))
     }
 
     /// The lane of `priority`, made if it holds nothing yet. A lane that was the only one was
     /// served whenever a worker was free: it has not waited.
     fn lane(&mut self, priority: i32) -> &mut Lane {
         self.chosen.set(None);
+        // The plain queue becomes the lane of priority 0, which has not waited.
+        if !self.plain.is_empty() {
+            let jobs = std::mem::take(&mut self.plain);
+            self.lanes.insert(0, Lane { jobs, since: Instant::now() });
+        }
         if self.lanes.len() == 1 && !self.lanes.contains_key(&priority) {
             let now = Instant::now();
             for lane in self.lanes.values_mut() {

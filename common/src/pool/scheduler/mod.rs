@@ -135,7 +135,7 @@ pub(super) struct Scheduler {
     /// What running jobs may hold at once, and what they hold.
     capacity: Capacity,
     /// The devices of counted resources no running job holds.
-    devices: holding::Devices,
+    devices: holding::FreeDevices,
     usage: Usage,
     status: Arc<PoolStatus>,
     /// Running average of run time per task name (and group), in microseconds; decides
@@ -165,7 +165,7 @@ impl Scheduler {
         let (events_tx, events) = mpsc::unbounded_channel();
         let config_workers = config.workers;
         let capacity = config.capacity_or_default();
-        let devices = holding::Devices::new(devices_of(&capacity, &config.devices));
+        let devices = holding::FreeDevices::new(devices_of(&capacity, &config.devices));
         let mut scheduler = Scheduler {
             devices,
             usage: Usage::new(&capacity),
