@@ -96,7 +96,7 @@ fn options(args: &Submit) -> Result<RunOptions, String> {
         options = options.with_memory(memory);
     }
     if let Some(text) = &args.resources {
-        let offer = blitzen_protocol::resources::parse_offer(text)
+        let offer = blitzen_protocol::devices::parse_offer(text)
             .map_err(|e| format!("--resources: {e}"))?;
         if let Some((name, _)) = offer.devices.first() {
             return Err(format!(

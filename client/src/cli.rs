@@ -9,7 +9,7 @@ use blitzen_common::logging;
 use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
 
-use blitzen_protocol::resources::Offer;
+use blitzen_protocol::devices::Offer;
 
 use crate::{AgentConfig, DEFAULT_PORT};
 
@@ -103,7 +103,7 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 }
 
 fn parse_offer(text: &str) -> Result<Offer, String> {
-    blitzen_protocol::resources::parse_offer(text)
+    blitzen_protocol::devices::parse_offer(text)
 }
 
 /// The GPUs `nvidia-smi -L` lists (`GPU 0: NVIDIA A100 …`), by index; none when it is not

@@ -139,15 +139,10 @@ impl CommandOutput {
     }
 }
 
-/// Runs a program to completion and returns its exit status and output. Fails only when the
-/// program cannot be started. The program runs in the worker's process group, so a timeout
-/// kills it too.
-#[blitzen_macros::task(crate = blitzen, unregistered)]
-pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
-    use std::os::unix::process::ExitStatusExt;
-
+/// The program of `spec`, with its arguments, environment and working directory.
+fn prepared(spec: &CommandSpec) -> Command {
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&spec.args);
     if spec.clear_env {
         cmd.env_clear();
     }
@@ -155,6 +150,18 @@ pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    cmd
+}
+
+/// Runs a program to completion and returns its exit status and output. Fails only when the
+/// program cannot be started. The program runs in the worker's process group, so a timeout
+/// kills it too.
+#[blitzen_macros::task(crate = blitzen, unregistered)]
+pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
+    use std::os::unix::process::ExitStatusExt;
+
+    let mut cmd = prepared(&spec);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start `{}`: {e}", spec.program))?;
     let feeder = child.stdin.take().map(|mut pipe| {
         let input = spec.stdin.into_vec();
@@ -184,16 +191,8 @@ pub fn command(spec: CommandSpec) -> Result<CommandOutput, String> {
 pub fn program(spec: CommandSpec) -> Result<i32, String> {
     use std::os::unix::process::ExitStatusExt;
 
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args);
+    let mut cmd = prepared(&spec);
     cmd.stdin(if spec.stdin.is_empty() { Stdio::null() } else { Stdio::piped() });
-    if spec.clear_env {
-        cmd.env_clear();
-    }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start `{}`: {e}", spec.program))?;
     if let Some(mut pipe) = child.stdin.take() {
         // A program that exits without reading its input is not an error.

@@ -97,8 +97,8 @@ pub struct WorkerInfo {
     pub host: Option<String>,
     /// The devices of counted resources the task held, by resource (`gpu` → `[1]`): the
     /// indices its `CUDA_VISIBLE_DEVICES` / `BLITZEN_RESOURCE_GPU` named.
-    #[serde(default, skip_serializing_if = "crate::resources::Devices::is_empty")]
-    pub devices: crate::resources::Devices,
+    #[serde(default, skip_serializing_if = "crate::devices::Devices::is_empty")]
+    pub devices: crate::devices::Devices,
 }
 
 /// How a task ended. The first variants are decided by the worker, the last ones by whoever

@@ -14,6 +14,7 @@
 //! - [`output`]: the lines tasks print while they run ([`Lines`]), on their way to the driver,
 //!   and the one counter of those left out of a stream ([`Unstreamed`]).
 //! - [`priority`]: which waiting task starts first, and how long a low one may wait.
+//! - [`devices`]: the devices of counted resources (`gpu=0,1`), offered and given to tasks.
 //! - [`resources`]: what a task asks for ([`Request`]), what a machine offers ([`Capacity`]),
 //!   what is in use ([`Usage`]).
 //! - [`size`]: sizes as people write them (`4GiB`), read and shown.
@@ -28,6 +29,7 @@
 
 mod blob;
 pub mod cluster;
+pub mod devices;
 pub mod finished;
 pub mod frame;
 pub mod ids;

@@ -60,8 +60,8 @@ pub struct RunTask {
     /// The devices of counted resources the pool gave it, by resource: the worker names them
     /// in the task's environment (`BLITZEN_RESOURCE_GPU=1`, and `CUDA_VISIBLE_DEVICES` for
     /// `gpu`).
-    #[serde(default, skip_serializing_if = "crate::resources::Devices::is_empty")]
-    pub devices: crate::resources::Devices,
+    #[serde(default, skip_serializing_if = "crate::devices::Devices::is_empty")]
+    pub devices: crate::devices::Devices,
     /// The pool's: limit on the run time, counted from the start on a worker.
     #[serde(skip)]
     pub timeout: Option<Duration>,
@@ -105,7 +105,7 @@ impl RunTask {
             group: 0,
             request: None,
             priority: 0,
-            devices: crate::resources::Devices::default(),
+            devices: crate::devices::Devices::default(),
         }
     }
 

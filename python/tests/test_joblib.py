@@ -1,9 +1,7 @@
 """joblib's "blitzen" backend: ``joblib.Parallel`` and scikit-learn's ``n_jobs`` on Blitzen's
 workers, on a local pool and on a real cluster."""
 
-import json
 import os
-import subprocess
 
 import joblib
 import pytest
@@ -13,9 +11,8 @@ import blitzen
 import blitzen.joblib  # noqa: F401  (registers the backend)
 
 from calls import array_facts, square
-from conftest import free_port
-from test_distributed import SECRET, cluster, start_client  # noqa: F401  (cluster: its port)
-from test_resources import start_server_binary
+from test_distributed import SECRET, cluster  # noqa: F401  (the module's cluster: its port)
+from test_shared import binary_cluster
 
 
 @pytest.fixture(params=["local", "cluster"])
@@ -105,25 +102,13 @@ def test_a_large_array_is_shared_not_pickled_into_every_batch():
 def test_a_large_array_crosses_to_an_agent_once(processes):
     import numpy
 
-    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
-    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
-    port = free_port()
-    start_server_binary(processes, server_bin, port, f"127.0.0.1:{free_port()}")
-    start_client(processes, port, workers=2)
+    port, shared_bytes_sent = binary_cluster(processes)
     big = numpy.arange(1 << 21, dtype=numpy.float64)  # 16 MiB
     with parallel_config(backend="blitzen", server=f"127.0.0.1:{port}", secret=SECRET):
         seen = Parallel(batch_size=1)(delayed(array_facts)(big, i) for i in range(20))
     blitzen.joblib.shutdown()
     assert [s[3] for s in seen] == [float(big.sum()) + i for i in range(20)]
-    asked = subprocess.run(
-        [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
-        env={**os.environ, "BLITZEN_SECRET": SECRET},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert asked.returncode == 0, asked.stderr
-    sent = json.loads(asked.stdout)["server"]["shared_bytes_sent"]
+    sent = shared_bytes_sent()
     assert big.nbytes <= sent < 2 * big.nbytes, (sent, big.nbytes)
 
 

@@ -47,16 +47,16 @@ def test_a_shared_value_stands_for_itself_on_one_machine():
         ]
 
 
-def test_a_shared_value_crosses_to_an_agent_once(processes):
+def binary_cluster(processes):
+    """A `blitzen-server` binary (whose status counts the shared bytes it sent) and a Python
+    agent of two workers; returns a function that asks the server how many it sent."""
     server_bin = os.environ.get("BLITZEN_SERVER_BIN")
     assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
     port = free_port()
     start_server_binary(processes, server_bin, port, f"127.0.0.1:{free_port()}")
     start_client(processes, port, workers=2)
-    with blitzen.Executor(server=f"127.0.0.1:{port}", secret=SECRET) as ex:
-        shared = ex.share(BIG)
-        futures = [ex.submit(checksum, shared, i) for i in range(30)]
-        assert [f.result(timeout=120) for f in futures] == [expected(i) for i in range(30)]
+
+    def shared_bytes_sent():
         asked = subprocess.run(
             [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
             env={**os.environ, "BLITZEN_SECRET": SECRET},
@@ -65,5 +65,16 @@ def test_a_shared_value_crosses_to_an_agent_once(processes):
             timeout=30,
         )
         assert asked.returncode == 0, asked.stderr
-        sent = json.loads(asked.stdout)["server"]["shared_bytes_sent"]
+        return json.loads(asked.stdout)["server"]["shared_bytes_sent"]
+
+    return port, shared_bytes_sent
+
+
+def test_a_shared_value_crosses_to_an_agent_once(processes):
+    port, shared_bytes_sent = binary_cluster(processes)
+    with blitzen.Executor(server=f"127.0.0.1:{port}", secret=SECRET) as ex:
+        shared = ex.share(BIG)
+        futures = [ex.submit(checksum, shared, i) for i in range(30)]
+        assert [f.result(timeout=120) for f in futures] == [expected(i) for i in range(30)]
+        sent = shared_bytes_sent()
         assert shared.nbytes <= sent < 2 * shared.nbytes, (sent, shared.nbytes)

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::OsString;
 
-use blitzen_protocol::resources::device_variable;
+use blitzen_protocol::devices::device_variable;
 
 /// The variables naming `devices`, in order.
 pub fn variables(devices: &[(String, Vec<u32>)]) -> Vec<(String, String)> {

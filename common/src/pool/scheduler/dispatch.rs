@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
+use blitzen_protocol::devices::Devices;
 use blitzen_protocol::frame::encode;
-use blitzen_protocol::resources::Devices;
 use blitzen_protocol::{Outcome, ToWorker};
 
 use super::Scheduler;

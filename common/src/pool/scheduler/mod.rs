@@ -5,9 +5,9 @@
 //! takes everything else already waiting without blocking, assigns work, and hands finished jobs
 //! to the sink in one batch.
 //!
-//! This file holds the state and the flow of jobs (queue, dispatch, answers, timeouts);
+//! This file holds the state and the flow of jobs (queue, dispatch, answers);
 //! `dispatch` which queued job goes to which worker, and when (prefetching by run times);
-//! `lanes` the queue of waiting jobs, by priority;
+//! `lanes` the queue of waiting jobs, by priority; `deadlines` the timeouts and pauses;
 //! `lifecycle` holds what happens to worker processes (start, exit, replacement, shutdown);
 //! `holding` what running jobs hold of the pool's capacity.
 
@@ -17,24 +17,26 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blitzen_protocol::resources::devices_of;
+use blitzen_protocol::devices::devices_of;
 use blitzen_protocol::{
     Capacity, Captured, JobId, Outcome, Report, Usage, WORKER_PROTOCOL_VERSION, WorkerInfo,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
-use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group, signal_group};
+use super::process::{EventKind, Spawned, WorkerEvent, WorkerId, kill_group};
 use super::{Command, PoolConfig, PoolError, PoolStatus, ResultSink, RunTask, WorkerView};
 use crate::capture::{self, CAPTURE_LIMIT};
 
+mod deadlines;
 mod dispatch;
 mod lanes;
 use lanes::Lanes;
 mod holding;
 mod lifecycle;
 
+use deadlines::terminate;
 use dispatch::{RunTimes, expected_us};
 
 /// Commands taken per loop turn before assigning work, so a flood of submissions cannot keep
@@ -423,64 +425,6 @@ impl Scheduler {
             }
         }
     }
-
-    // ----- time -----
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let (startup, grace) = (self.config.startup_timeout, self.config.cancel_grace);
-        let workers = self.workers.iter().flatten().filter_map(|w| w.deadline(startup, grace));
-        workers.chain(self.respawn_at.iter().flatten().copied()).min()
-    }
-
-    fn on_deadlines(&mut self) {
-        let now = Instant::now();
-        for slot in 0..self.respawn_at.len() {
-            if self.respawn_at[slot].is_some_and(|at| at <= now) {
-                self.respawn_at[slot] = None;
-                if self.given_up.is_none() {
-                    self.respawn(slot);
-                }
-            }
-        }
-        let (startup, grace) = (self.config.startup_timeout, self.config.cancel_grace);
-        for w in self.workers.iter_mut().flatten() {
-            if w.terminated.is_some_and(|at| at + grace <= now) {
-                // SIGTERM did not end it within the grace.
-                warn!(
-                    pid = w.process.pid,
-                    ?grace,
-                    "cancelled task's worker outlived SIGTERM; killing it"
-                );
-                w.terminated = None;
-                kill_group(w.process.pid);
-                continue;
-            }
-            if w.deadline(startup, grace).is_some_and(|d| d <= now) {
-                let reason = match (w.ready, w.inflight.front()) {
-                    (true, Some(job)) => KillReason::Timeout {
-                        job: job.id,
-                        timeout: job.timeout.unwrap_or_default(),
-                    },
-                    _ => KillReason::StartupTimeout,
-                };
-                w.killed = Some(reason);
-                kill_group(w.process.pid);
-            }
-        }
-    }
-}
-
-/// Terminates a worker for the cancel of `job`, the one it runs: SIGTERM to its process group
-/// now, SIGKILL once the grace has passed (see `on_deadlines`). A worker already being killed
-/// (a timeout, a broken protocol) is left to that.
-fn terminate(w: &mut Worker, job: JobId) {
-    if w.killed.is_some() {
-        return;
-    }
-    debug!(task = %job, pid = w.process.pid, "running task cancelled; terminating its worker");
-    w.killed = Some(KillReason::Cancel { job });
-    w.terminated = Some(Instant::now());
-    signal_group(w.process.pid, rustix::process::Signal::TERM);
 }
 
 /// The outcome of a job cancelled before it started.
