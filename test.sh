@@ -8,8 +8,8 @@
 #                          `./test.sh cluster` or `./test.sh -E 'binary(faults)'`
 #
 # First it installs what a fresh machine lacks, saying on one line what and why: cargo-nextest
-# (from crates.io), Chromium and ChromeDriver (Debian's packages), a virtual environment with
-# python/tests/requirements.txt (PyPI). Where it cannot (not root, no network), it stops before
+# (from crates.io), Chromium and ChromeDriver, Slurm when run as root (Debian's packages), a
+# virtual environment with python/tests/requirements.txt (PyPI). Where it cannot (not root, no network), it stops before
 # the build with one line and the command to run by hand. Every test binary runs even when one
 # fails; the run ends with the ten slowest tests, the failing ones by name, and the line
 # `tests: N passed, M failed, K skipped`.
@@ -75,6 +75,12 @@ chromium=${CHROMIUM:-/usr/bin/chromium}
 chromedriver=${CHROMEDRIVER:-/usr/bin/chromedriver}
 if [ ! -x "$chromium" ] || [ ! -x "$chromedriver" ]; then
   apt_install "the dashboard's tests drive a real browser" chromium chromium-driver
+fi
+
+# The autoscaler's tests start a one-host Slurm cluster of their own, which needs root: without
+# it they are skipped (each saying why), and nothing is installed.
+if [ "$(id -u)" -eq 0 ] && [ ! -x /usr/sbin/slurmctld ] && ! command -v slurmctld >/dev/null 2>&1; then
+  apt_install "the autoscaler's tests run a one-host Slurm cluster of their own" slurm-wlm
 fi
 
 python=${BLITZEN_PYTHON:-python3}

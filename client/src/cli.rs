@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use blitzen_common::cli::{parse_count, parse_log_level, parse_secs};
+use blitzen_common::cli::{parse_count, parse_log_level, parse_positive_secs, parse_secs};
 use blitzen_common::logging;
 use blitzen_common::pool::MAX_WORKERS;
 use blitzen_net::Secret;
@@ -89,6 +89,22 @@ pub struct Args {
     /// Ctrl-C or SIGTERM.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     give_up_after: Option<Duration>,
+    /// Leave the cluster once no task has been held for this many seconds: the agent tells
+    /// the server (which sends it nothing more), finishes anything sent meanwhile, and exits 0.
+    /// For agents started on demand (blitzen-server --autoscale). Default: stay.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    idle_timeout: Option<Duration>,
+    /// Stop this many seconds after starting (inside a batch job: its time limit less a
+    /// margin): the server sends no task expected to outlast it (by the task's timeout, or how
+    /// long tasks of its kind have taken), and at the limit the agent leaves and exits 0,
+    /// handing anything still running back to the server to run elsewhere. Default: no limit.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    time_limit: Option<Duration>,
+    /// The allocation this agent runs in, as its scheduler names it, shown in the server's
+    /// status (an autoscaling server knows its Slurm jobs' agents by it). Default: the
+    /// SLURM_JOB_ID environment variable, if set.
+    #[arg(long, value_name = "ID")]
+    allocation: Option<String>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -153,6 +169,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.heartbeat = args.heartbeat;
     config.cache_size = args.cache_size;
     config.give_up_after = args.give_up_after;
+    config.idle_timeout = args.idle_timeout;
+    config.time_limit = args.time_limit;
+    if let Some(allocation) = args.allocation {
+        config.allocation = allocation;
+    }
     config.secret = Secret::from_file_or_env(args.secret_file.as_deref())?;
     let (pin, ca) = (args.tls_pin.as_deref(), args.tls_ca.as_deref());
     config.tls = blitzen_net::PeerTls::from_flags(args.insecure_plaintext, pin, ca)?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blitzen_common::pool::{Report, RunTask};
 use blitzen_common::registry;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{Held, Unacked, Work};
+use crate::{Held, Leave, Unacked, Work, sleep_until};
 
 /// An agent counts its server gone after three heartbeat intervals without a byte from it plus
 /// this much: a server that stalls for a few seconds (a paused VM, heavy swapping) should find
@@ -29,14 +29,17 @@ const SERVER_SILENCE_EXTRA: Duration = Duration::from_secs(10);
 
 /// How a connection ended.
 pub(crate) enum End {
-    /// The agent was asked to stop.
+    /// The agent was asked to stop (a signal).
     Stop,
+    /// The agent left the cluster on its own (idle timeout, time limit), said so, and handed
+    /// back or finished what it held: it stops.
+    Left(String),
     /// The connection is gone (why); the agent reconnects.
     Lost(String),
 }
 
 /// The connection is gone: its writer's channel has closed.
-struct Closed;
+pub(crate) struct Closed;
 
 impl From<Closed> for End {
     fn from(_: Closed) -> Self {
@@ -48,29 +51,33 @@ impl From<Closed> for End {
 pub(crate) struct Connection<'a> {
     /// The tasks compiled into this binary, in the order the agent announced them: an
     /// assignment's kind indexes this.
-    entries: &'a [&'static TaskEntry],
+    pub(crate) entries: &'a [&'static TaskEntry],
     /// The pool and what it holds for this server.
-    work: &'a mut Work,
+    pub(crate) work: &'a mut Work,
     /// Frames to the server, batched by a writer task.
-    writer: mpsc::UnboundedSender<FromAgent>,
+    pub(crate) writer: mpsc::UnboundedSender<FromAgent>,
     /// This connection's number (see `Work::connection`).
-    number: u64,
+    pub(crate) number: u64,
     /// Whether anything was sent since the last heartbeat tick: a heartbeat is sent only into
     /// silence.
-    sent_since_tick: bool,
+    pub(crate) sent_since_tick: bool,
     /// Results sent and not yet acknowledged by the server. When the connection ends they
     /// join `Work::unsent`, to go out again as recovered on the next one.
-    unacked: HashMap<TaskKey, Unacked>,
+    pub(crate) unacked: HashMap<TaskKey, Unacked>,
     /// While the restarted server has not answered the re-attach: its run, and the results
     /// finished meanwhile (sent once the tasks have their new keys).
-    reattaching: Option<(ServerId, Vec<Report<JobId>>)>,
+    pub(crate) reattaching: Option<(ServerId, Vec<Report<JobId>>)>,
     /// What this agent already has of tasks from an earlier connection to the same run: their
     /// results sent again (`None`) or their jobs still running (`Some`). The server may have
     /// handed such a task out again — to this agent, now back — before it heard: it is not run
     /// a second time. Empty on a first connection, so the hot path pays one `is_empty`.
-    earlier: HashMap<TaskKey, Option<JobId>>,
+    pub(crate) earlier: HashMap<TaskKey, Option<JobId>>,
     /// The workers as last reported to the server ([`FromAgent::Workers`]).
-    reported: Vec<WorkerReport>,
+    pub(crate) reported: Vec<WorkerReport>,
+    /// Leaving the cluster: why, and whether the server has answered that no task follows.
+    pub(crate) leaving: Option<(String, bool)>,
+    /// The writer task, awaited when the agent stops so that its last words go out.
+    written: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How often the agent tells the server what its workers run (when that changed, or while
@@ -85,7 +92,7 @@ impl<'a> Connection<'a> {
         write: blitzen_net::WriteSide,
         run: ServerId,
     ) -> Self {
-        let (writer, _) = spawn_writer::<FromAgent>(write);
+        let (writer, written) = spawn_writer::<FromAgent>(write);
         work.connection += 1;
         let number = work.connection;
         let mut connection = Self {
@@ -98,6 +105,8 @@ impl<'a> Connection<'a> {
             reattaching: None,
             earlier: HashMap::new(),
             reported: Vec::new(),
+            leaving: None,
+            written: Some(written),
         };
         if connection.work.run != run {
             // The server restarted on its data directory: the tasks held are named by their
@@ -129,12 +138,14 @@ impl<'a> Connection<'a> {
         connection
     }
 
-    /// Serves until `shutdown` is cancelled or the connection is lost.
+    /// Serves until `shutdown` is cancelled, the connection is lost, or the agent leaves (see
+    /// [`Leave`]).
     pub(crate) async fn serve(
         mut self,
         mut reader: FramedReader,
         heartbeat: Duration,
         shutdown: &CancellationToken,
+        leave: Leave,
     ) -> End {
         let mut ticks = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,11 +153,30 @@ impl<'a> Connection<'a> {
         let mut reports = tokio::time::interval(WORKERS_REPORT);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
+            let idle_until = match leave.idle {
+                Some(idle) if self.leaving.is_none() && self.work.jobs.is_empty() => {
+                    Some(self.work.idle_since + idle)
+                }
+                _ => None,
+            };
             // Biased: after a pause (the process was stopped), a closed connection is noticed
             // before results are written into it and lost; they go out on the next connection.
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break End::Stop,
+                _ = shutdown.cancelled() => {
+                    let _ = self.send(FromAgent::Leaving { reason: "stopped by a signal".into() });
+                    break End::Stop;
+                }
+                _ = sleep_until(leave.at), if leave.at.is_some() => {
+                    // Whatever still runs is handed back: the server runs it elsewhere.
+                    let reason = "its time limit is reached".to_string();
+                    let _ = self.send(FromAgent::Leaving { reason: reason.clone() });
+                    break End::Left(reason);
+                }
+                _ = sleep_until(idle_until), if idle_until.is_some() => {
+                    let idle = leave.idle.unwrap_or_default().as_secs_f64();
+                    self.leave(format!("it had no task for its idle timeout ({idle}s)"))
+                }
                 message = reader.next_alive::<ToAgent>(silence) => match message {
                     Ok(Some(ToAgent::Run(tasks))) => self.on_tasks(tasks),
                     Ok(Some(ToAgent::Share(piece))) => {
@@ -169,6 +199,12 @@ impl<'a> Connection<'a> {
                     }
                     Ok(Some(ToAgent::Reattached(kept))) => self.on_reattached(kept),
                     Ok(Some(ToAgent::Cancel(keys))) => self.on_cancel(keys),
+                    Ok(Some(ToAgent::Released)) => {
+                        if let Some((_, released)) = &mut self.leaving {
+                            *released = true;
+                        }
+                        Ok(())
+                    }
                     Err(NetError::Silent(limit)) => {
                         break End::Lost(format!("nothing arrived from the server for {limit:?}"));
                     }
@@ -185,6 +221,14 @@ impl<'a> Connection<'a> {
             if let Err(closed) = step {
                 break closed.into();
             }
+            // Released, with every task done and every result acknowledged: nothing is left
+            // to say.
+            if let Some((reason, true)) = &self.leaving
+                && self.work.jobs.is_empty()
+                && self.unacked.is_empty()
+            {
+                break End::Left(reason.clone());
+            }
         };
         // What is still running goes out as recovered on the next connection; results that
         // finished while re-attaching wait in the pool's place.
@@ -198,7 +242,22 @@ impl<'a> Connection<'a> {
             }
         }
         self.work.unsent.extend(self.unacked.into_values());
+        if matches!(end, End::Stop | End::Left(_)) {
+            // The last words (the goodbye) go out before the agent stops.
+            drop(self.writer);
+            if let Some(written) = self.written.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
+            }
+        }
         end
+    }
+
+    /// Tells the server this agent takes no more tasks; it leaves once the server has
+    /// answered and what it holds is done.
+    fn leave(&mut self, reason: String) -> Result<(), Closed> {
+        info!(%reason, held = self.work.jobs.len(), "leaving the cluster: taking no more tasks");
+        self.leaving = Some((reason.clone(), false));
+        self.send(FromAgent::Leaving { reason })
     }
 
     /// Tasks from the server go to the pool; a kind this agent never announced is answered
@@ -276,64 +335,9 @@ impl<'a> Connection<'a> {
         self.send_results(FromAgent::Done, again)
     }
 
-    /// The restarted server named the tasks it still has, with their keys in its new run: they
-    /// finish here; the others are dropped and their jobs cancelled (the server queued them
-    /// again, or they ended).
-    fn on_reattached(&mut self, kept: Vec<(u64, TaskKey)>) -> Result<(), Closed> {
-        let Some((run, finished)) = self.reattaching.take() else {
-            warn!("the server answered a re-attach this agent never asked for; ignored");
-            return Ok(());
-        };
-        let keys: HashMap<u64, TaskKey> = kept.into_iter().collect();
-        let number = self.number;
-        let (mut kept, mut dropped) = (0, Vec::new());
-        self.work.jobs.retain(|&id, held| {
-            if held.connection == number {
-                // Assigned by the new run, before its answer came.
-                return true;
-            }
-            let Some(&key) = held.seq.and_then(|seq| keys.get(&seq)) else {
-                dropped.push(id);
-                return false;
-            };
-            *held = Held { key, seq: held.seq, connection: number };
-            kept += 1;
-            true
-        });
-        // The server no longer has them (ended, cancelled, or queued again for another agent):
-        // they stop here rather than run on for nobody; their results are discarded.
-        for id in &dropped {
-            self.work.unstreamed.forget(id);
-        }
-        let dropped_jobs = dropped.len();
-        if !dropped.is_empty() {
-            let _ = self.work.pool.submitter().cancel(dropped);
-        }
-        let mut dropped = dropped_jobs;
-        let mut again = Vec::new();
-        for mut u in std::mem::take(&mut self.work.unsent) {
-            if let Some(&key) = u.seq.and_then(|seq| keys.get(&seq)) {
-                u.result.id = key;
-                again.push(u.result.clone());
-                self.unacked.insert(key, u);
-                kept += 1;
-            } else {
-                dropped += 1;
-            }
-        }
-        self.work.run = run;
-        info!(
-            kept,
-            dropped,
-            "re-attached: the tasks the server still has finish here, the others are stopped"
-        );
-        self.send_results(FromAgent::Done, again)?;
-        if finished.is_empty() { Ok(()) } else { self.on_results(finished) }
-    }
-
     /// Results from the pool: those of this connection's tasks go out as done, those of
     /// tasks assigned on an earlier connection as recovered.
-    fn on_results(&mut self, mut batch: Vec<Report<JobId>>) -> Result<(), Closed> {
+    pub(crate) fn on_results(&mut self, mut batch: Vec<Report<JobId>>) -> Result<(), Closed> {
         while let Ok(more) = self.work.results.try_recv() {
             batch.extend(more);
         }
@@ -359,6 +363,9 @@ impl<'a> Connection<'a> {
             } else {
                 recovered.push(result);
             }
+        }
+        if self.work.jobs.is_empty() {
+            self.work.idle_since = Instant::now();
         }
         if !recovered.is_empty() {
             info!(count = recovered.len(), "delivering results finished while disconnected");
@@ -423,7 +430,7 @@ impl<'a> Connection<'a> {
     /// Tells the server what each worker runs, when that changed or while anything runs (so
     /// the run times it shows move).
     async fn report_workers(&mut self) -> Result<(), Closed> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let number = self.number;
         let views = self.work.pool.submitter().workers().await;
         let report: Vec<WorkerReport> = (views.into_iter())
@@ -458,14 +465,14 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
-    fn send(&self, message: FromAgent) -> Result<(), Closed> {
+    pub(crate) fn send(&self, message: FromAgent) -> Result<(), Closed> {
         self.writer.send(message).map_err(|_| Closed)
     }
 
     /// Sends results as `message`s (`FromAgent::Done` or `FromAgent::Recovered`) of at most
     /// [`BATCH_BYTES`](blitzen_protocol::BATCH_BYTES) each: large results never make one
     /// message past the frame limit.
-    fn send_results(
+    pub(crate) fn send_results(
         &self,
         message: fn(Vec<Report<TaskKey>>) -> FromAgent,
         results: Vec<Report<TaskKey>>,

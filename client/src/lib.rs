@@ -18,12 +18,17 @@
 //! - [`cli`]: the binary's command line — its flags, and running an agent with them.
 //! - `connection` (private): one connection — tasks in, results out, heartbeats — as a type
 //!   with one method per message.
+//! - `server_file` (private): where the server is, from the file `blitzen-server
+//!   --address-file` writes.
+//! - `reattach` (private): re-attaching to a server that restarted on its data directory.
 //! - `succession` (private): the lock that tells which ended agent process this one replaces.
 //! - `cache` (private): the shared values kept for the server's tasks, as files the workers map.
 
 mod cache;
 pub mod cli;
 mod connection;
+mod reattach;
+mod server_file;
 mod succession;
 
 use std::collections::HashMap;
@@ -43,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use connection::{Connection, End};
+use server_file::where_the_server_is;
 use succession::Succession;
 
 pub use blitzen_protocol::cluster::DEFAULT_PORT;
@@ -82,6 +88,17 @@ pub struct AgentConfig {
     /// Stop once the server has not been reachable for this long (since the agent started, or
     /// since its connection was lost); `None`: wait for it and follow its restarts forever.
     pub give_up_after: Option<Duration>,
+    /// Leave the cluster once it has held no task for this long (the server hears why, and
+    /// the agent stops); `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Stop this long after starting (a batch job's time limit, less a margin): the server
+    /// sends it no task expected to outlast that (by its timeout, or how long its kind has
+    /// taken), and at that moment it leaves, handing back anything still running; `None`: no
+    /// limit.
+    pub time_limit: Option<Duration>,
+    /// The allocation it runs in, as its scheduler names it (a Slurm job id), told to the
+    /// server; empty: none.
+    pub allocation: String,
 }
 
 impl AgentConfig {
@@ -100,21 +117,11 @@ impl AgentConfig {
             server_file: None,
             cache_size: DEFAULT_CACHE_SIZE,
             give_up_after: None,
+            idle_timeout: None,
+            time_limit: None,
+            allocation: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
         }
     }
-}
-
-/// What `blitzen-server --address-file` wrote: the server's `host:port`, and the fingerprint
-/// of its certificate when it encrypts.
-pub fn read_server_file(path: &std::path::Path) -> Result<(String, Option<String>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value = |key: &str| {
-        text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).map(str::trim)
-    };
-    let server = value("server")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("{} has no `server=HOST:PORT` line", path.display()))?;
-    Ok((server.to_string(), value("fingerprint").map(str::to_string)))
 }
 
 /// Why an agent stopped on its own.
@@ -210,7 +217,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if succession.replaces != 0 {
         info!(host = %config.host, "this agent replaces an ended agent process of the same name");
     }
-    let role = Role::Agent {
+    let ends_at = config.time_limit.map(|limit| Instant::now() + limit);
+    let leave = Leave { idle: config.idle_timeout, at: ends_at };
+    let mut role = Role::Agent {
         capacity: Some(capacity),
         host: config.host.clone(),
         workers: u32::try_from(config.pool.workers).unwrap_or(u32::MAX),
@@ -219,6 +228,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         agent_id: id,
         replaces: succession.replaces,
         cache_size: config.cache_size,
+        ends_in_ms: 0,
+        allocation: config.allocation.clone(),
     };
     let mut work: Option<Work> = None;
     let mut backoff = Duration::from_millis(100);
@@ -228,6 +239,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // Since when the server has not been reachable (reset while connected).
     let mut unreachable_since = Instant::now();
     while !shutdown.is_cancelled() {
+        if let (Some(at), Role::Agent { ends_in_ms, .. }) = (ends_at, &mut role) {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                info!("the agent's time limit is reached: stopping");
+                break;
+            }
+            *ends_in_ms = (left.as_millis() as u64).max(1);
+        }
         if let Some(limit) = config.give_up_after.filter(|l| unreachable_since.elapsed() >= *l) {
             info!(
                 after = %format_args!("{}s", limit.as_secs_f64()),
@@ -283,10 +302,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                     connected.notify_one();
                 }
                 let connection = Connection::new(&entries, w, admitted.write, run);
-                let end = connection.serve(admitted.reader, config.heartbeat, &shutdown).await;
+                let end = connection.serve(admitted.reader, config.heartbeat, &shutdown, leave);
+                let end = end.await;
                 unreachable_since = Instant::now();
                 match end {
                     End::Stop => break,
+                    End::Left(reason) => {
+                        info!(%reason, "left the cluster");
+                        break;
+                    }
                     End::Lost(reason) => warn!(%reason, "connection lost; reconnecting"),
                 }
             }
@@ -324,15 +348,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// The server to connect to now, and how: from the agent's settings, or from its server file.
-fn where_the_server_is(config: &AgentConfig) -> Result<(String, PeerTls), String> {
-    let Some(path) = &config.server_file else {
-        return Ok((config.server.clone(), config.tls.clone()));
-    };
-    let (server, fingerprint) = read_server_file(path)?;
-    let tls = PeerTls::from_flags(config.tls.plaintext, fingerprint.as_deref(), None)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((blitzen_net::with_default_port(&server, DEFAULT_PORT), tls))
+/// When an agent leaves the cluster by itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Leave {
+    /// Once it has held no task for this long: it says so, and leaves when the server has
+    /// answered and anything sent meanwhile is done.
+    pub idle: Option<Duration>,
+    /// At this moment (its time limit), whatever it holds: the server runs the rest elsewhere.
+    pub at: Option<Instant>,
+}
+
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The worker pool for one server, and what it holds.
@@ -366,6 +396,8 @@ struct Work {
     unsent: Vec<Unacked>,
     /// The shared values kept for this server's tasks.
     cache: cache::ShareCache,
+    /// Since when it has held no task (meaningful while `jobs` is empty).
+    idle_since: Instant,
 }
 
 /// A task the pool holds.
@@ -422,6 +454,7 @@ impl Work {
             connection: 0,
             unsent: Vec::new(),
             cache: cache::ShareCache::create()?,
+            idle_since: Instant::now(),
         })
     }
 }

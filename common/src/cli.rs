@@ -19,6 +19,30 @@ pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A span of time for long settings: seconds (`90`, `1.5`), or a number with a unit — `s`,
+/// `m`, `h` or `d` (`90s`, `5m`, `1h`, `1.5d`); more than zero.
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| {
+        format!("`{text}` is not a span of time (seconds, or a number with s, m, h or d)")
+    })?;
+    match Duration::try_from_secs_f64(value * scale) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("`{text}` must be a span of time more than zero")),
+    }
+}
+
 /// Ends a program's `main`: prints the error once, with the causes its message does not
 /// already quote (also to the log, when the log goes to a file), flushes the log, and gives the
 /// exit code.
@@ -108,6 +132,20 @@ pub fn termination() -> impl std::future::Future<Output = ()> + Send {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spans_of_time_take_a_unit() {
+        use std::time::Duration;
+        let parsed = |t| super::parse_span(t);
+        assert_eq!(parsed("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parsed("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parsed("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parsed("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parsed("0.5s"), Ok(Duration::from_millis(500)));
+        for bad in ["", "m", "5x", "-3m", "0"] {
+            assert!(parsed(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

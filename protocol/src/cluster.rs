@@ -18,12 +18,14 @@ use crate::inputs::Inputs;
 use crate::output::{AgentOutput, TaskOutput};
 
 mod kinds;
+mod observer;
 
 use crate::resources::{Capacity, Request};
 pub use kinds::{AgentSignature, Mismatch, TaskKind};
+pub use observer::{FromObserver, ToObserver};
 
 /// Bumped whenever a message below changes incompatibly.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 14;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 15;
 
 /// The server's port when none is given.
 pub const DEFAULT_PORT: u16 = 7464;
@@ -115,6 +117,15 @@ pub enum Role {
         /// 0: the server's default.
         #[serde(default, skip_serializing_if = "is_zero")]
         cache_size: u64,
+        /// Milliseconds until the agent stops by itself (its time limit, as when a batch
+        /// scheduler ends its job); 0: none. The server sends it no task expected to outlast
+        /// that (by its timeout, or how long its kind has taken).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        ends_in_ms: u64,
+        /// The allocation it runs in, as its scheduler names it (a Slurm job id); empty: none.
+        /// Tells an autoscaling server which of the jobs it asked for this agent is.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        allocation: String,
     },
     /// A driver submitting tasks.
     Driver {
@@ -406,6 +417,9 @@ pub enum ToAgent {
     /// Cancel these tasks: one waiting for a worker ends `Cancelled`, a running one has its
     /// worker killed. Each is still answered with exactly one result.
     Cancel(Vec<TaskKey>),
+    /// The answer to [`FromAgent::Leaving`]: no task follows this message. The agent finishes
+    /// those it holds, delivers their results, and closes.
+    Released,
 }
 
 /// Agent → server.
@@ -434,6 +448,13 @@ pub enum FromAgent {
     /// Lines streamed tasks (assigned on this connection) printed, as they run; each task's
     /// come before its result.
     Output(Vec<AgentOutput>),
+    /// The agent takes no more tasks (it was idle for its idle timeout, reached its time
+    /// limit, or was told to stop), and leaves once those it holds are done: answered by
+    /// [`ToAgent::Released`]. Its connection's end is then a departure, not a loss.
+    Leaving {
+        /// Why, in words, for the server's log.
+        reason: String,
+    },
 }
 
 /// One worker of an agent, as it reports it ([`FromAgent::Workers`]).
@@ -445,40 +466,6 @@ pub struct WorkerReport {
     /// milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<(TaskKey, u64)>,
-}
-
-/// Observer → server: one request at a time, each answered by one [`ToObserver`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum FromObserver {
-    /// The cluster at a glance: answered by [`ToObserver::Status`].
-    Status,
-    /// A session's failed tasks, most recent last (the server keeps the last
-    /// [`FAILURES_KEPT`](crate::status::FAILURES_KEPT) of each): answered by
-    /// [`ToObserver::Failures`].
-    Failures {
-        /// The session's name.
-        session: String,
-    },
-    /// Cancel tasks of a session: answered by [`ToObserver::Cancelled`].
-    Cancel {
-        /// The session's name.
-        session: String,
-        /// The driver's task ids; empty: every task of the session not finished yet.
-        ids: Vec<u64>,
-    },
-}
-
-/// Server → observer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToObserver {
-    /// The cluster now.
-    Status(Box<crate::status::ClusterStatus>),
-    /// A session's failed tasks.
-    Failures(Vec<crate::status::Failure>),
-    /// What a cancel did.
-    Cancelled(crate::status::CancelReport),
-    /// The request could not be served (an unknown session); said in words.
-    Error(String),
 }
 
 #[cfg(test)]

@@ -34,6 +34,68 @@ pub struct ClusterStatus {
     /// were connected re-attach. `None` when nothing is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartStatus>,
+    /// With `--autoscale`: the agents the server asks its scheduler for, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+/// What an autoscaling server does about its agents: the allocations it asked a scheduler for
+/// (Slurm jobs, each running one agent), what their agents do, and its last decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    /// The scheduler it asks (`slurm`).
+    pub backend: String,
+    /// Whether it only prints what it would submit.
+    pub dry_run: bool,
+    /// Allocations it holds at most at once (pending and running).
+    pub max_agents: u32,
+    /// Workers of each agent it asks for.
+    pub agent_workers: u32,
+    /// Allocations asked for that the scheduler has not started.
+    pub pending: u32,
+    /// Allocations started whose agent has not connected yet.
+    pub starting: u32,
+    /// Agents of its allocations running tasks.
+    pub busy: u32,
+    /// Agents of its allocations with nothing to run.
+    pub idle: u32,
+    /// Agents of its allocations leaving: they take nothing more and finish what they hold.
+    pub draining: u32,
+    /// Ready tasks (queued, not waiting on inputs) an agent of its shape could run, at the
+    /// last decision.
+    pub ready: u64,
+    /// Allocations asked for since the server started.
+    pub submitted: u64,
+    /// Submissions that failed in a row (the scheduler refused them); 0 after one succeeds.
+    pub failed_submissions: u32,
+    /// Allocations that ended without their agent ever connecting, in a row.
+    pub failed_allocations: u32,
+    /// Why it asks for nothing more until the server restarts, after repeated failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Milliseconds until it may submit again after a failure (0: now).
+    pub backoff_ms: u64,
+    /// Its last decision, and why, in words.
+    pub last_decision: String,
+    /// Milliseconds since that decision.
+    pub last_decision_ms: u64,
+    /// Every allocation it holds, oldest first.
+    pub allocations: Vec<AllocationStatus>,
+}
+
+/// One allocation an autoscaling server asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationStatus {
+    /// The scheduler's id for it (a Slurm job id).
+    pub id: String,
+    /// `pending`, `starting` (its agent not connected yet), `busy`, `idle`, `draining`, or
+    /// `ending` (its agent left; the scheduler has not ended it yet).
+    pub state: String,
+    /// Milliseconds since it was asked for.
+    pub age_ms: u64,
+    /// Its agent's host, once connected.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// Restored tasks held after a restart while the agents connected before it re-attach.
@@ -142,6 +204,15 @@ pub struct AgentStatus {
     /// The size of its cache.
     #[serde(default)]
     pub cache_size: u64,
+    /// The allocation it runs in (a Slurm job id), as it said; empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allocation: String,
+    /// Milliseconds until its time limit, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_in_ms: Option<u64>,
+    /// Why it is leaving (it takes no more tasks), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<String>,
 }
 
 /// One worker process of an agent.

@@ -7,11 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blitzen_common::cli::{error_text, parse_log_level, parse_positive_secs, parse_secs};
+use blitzen_common::cli::{
+    error_text, parse_log_level, parse_positive_secs, parse_secs, parse_span,
+};
 use blitzen_common::logging;
 use blitzen_net::{PeerTls, Secret, Secrets};
 use blitzen_protocol::cluster::FromObserver;
 
+use crate::autoscale::AutoscaleConfig;
 use crate::observe::{ask, only_task, render};
 use crate::{DEFAULT_PORT, ServerConfig, serve_until};
 
@@ -179,6 +182,41 @@ pub struct Args {
     /// replaced whole at each start.
     #[arg(long, value_name = "PATH")]
     address_file: Option<PathBuf>,
+    /// Ask a scheduler for agents as ready tasks need them. `slurm`: each agent is a batch job
+    /// (sbatch) of --agent-workers CPUs running blitzen-client, which leaves after
+    /// --idle-timeout without a task and before --agent-time-limit; sbatch options (a
+    /// partition, an account) follow `--` at the end. Needs --address-file on a file system the
+    /// nodes share, and the agents' secret as a file they can read (--secret-file or
+    /// --agent-secret-file). The jobs it holds are cancelled when the server stops.
+    #[arg(long, value_name = "SCHEDULER", value_enum)]
+    autoscale: Option<Scheduler>,
+    /// With --autoscale: agents held at most at once, pending and running.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    max_agents: u32,
+    /// With --autoscale: worker processes of each agent (the CPUs each job asks for).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    agent_workers: u32,
+    /// With --autoscale: each job's time limit (sbatch --time), as seconds or with a unit (90s,
+    /// 30m, 1h). Its agent takes no task expected to outlast it and leaves a margin before it
+    /// (a tenth of it, between 2 s and 60 s).
+    #[arg(long, value_name = "SPAN", value_parser = parse_span, default_value = "1h")]
+    agent_time_limit: Duration,
+    /// With --autoscale: an agent with no task for this long leaves, and its job ends.
+    #[arg(long, value_name = "SPAN", value_parser = parse_span, default_value = "5m")]
+    idle_timeout: Duration,
+    /// With --autoscale: time between two decisions (each lists the jobs with squeue).
+    #[arg(long, value_name = "SPAN", value_parser = parse_span, default_value = "5s")]
+    autoscale_interval: Duration,
+    /// With --autoscale: the agents' program, given the flags of blitzen-client. Default: the
+    /// blitzen-client beside this binary, else on the PATH.
+    #[arg(long, value_name = "PATH")]
+    agent_program: Option<PathBuf>,
+    /// With --autoscale: print each sbatch line it would run on stdout, and submit nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --autoscale: options for every sbatch (after `--`).
+    #[arg(last = true, value_name = "SBATCH_OPTIONS")]
+    scheduler_args: Vec<String>,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -186,6 +224,54 @@ pub struct Args {
     /// directive.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     log_level: String,
+}
+
+/// A scheduler `--autoscale` asks for agents.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Scheduler {
+    /// Slurm: each agent a batch job (sbatch), listed with squeue, cancelled with scancel.
+    Slurm,
+}
+
+/// The autoscaler's settings from the flags, when there is one.
+fn autoscale(args: &Args) -> anyhow::Result<Option<AutoscaleConfig>> {
+    let Some(Scheduler::Slurm) = args.autoscale else {
+        anyhow::ensure!(
+            !args.dry_run && args.scheduler_args.is_empty(),
+            "--dry-run and options after -- are for --autoscale"
+        );
+        return Ok(None);
+    };
+    let Some(address_file) = &args.address_file else {
+        anyhow::bail!(
+            "--autoscale needs --address-file PATH, on a file system the nodes share: its agents \
+             find the server there"
+        );
+    };
+    let secret_file = args.agent_secret_file.as_ref().or(args.secret_file.as_ref());
+    anyhow::ensure!(
+        secret_file.is_some() || std::env::var_os("BLITZEN_SECRET").is_none(),
+        "--autoscale needs the agents' secret as a file they can read (--secret-file or \
+         --agent-secret-file), not BLITZEN_SECRET"
+    );
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let agent_program = match &args.agent_program {
+        Some(p) if p.components().count() > 1 => absolute(p),
+        Some(p) => p.clone(),
+        None => crate::autoscale::slurm::default_agent_program(),
+    };
+    Ok(Some(AutoscaleConfig {
+        max_agents: args.max_agents,
+        agent_workers: args.agent_workers,
+        agent_time_limit: args.agent_time_limit,
+        idle_timeout: args.idle_timeout,
+        interval: args.autoscale_interval,
+        dry_run: args.dry_run,
+        scheduler_args: args.scheduler_args.clone(),
+        agent_program,
+        address_file: absolute(address_file),
+        secret_file: secret_file.map(absolute),
+    }))
 }
 
 /// The secrets from the flags, or from BLITZEN_SECRET.
@@ -204,6 +290,7 @@ pub fn serve(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.log_file {
         logging::set_logfile(path)?;
     }
+    let autoscale = autoscale(&args)?;
     let config = ServerConfig {
         bind: args.bind,
         port: args.port,
@@ -223,6 +310,7 @@ pub fn serve(args: Args) -> anyhow::Result<()> {
         tls_cert: args.tls_cert.zip(args.tls_key),
         dashboard: args.dashboard,
         dashboard_token: args.dashboard_token_file.as_ref().map(Secret::from_file).transpose()?,
+        autoscale,
     };
     let address_file = args.address_file.clone();
     serve_until(config, args.duration, |server| {

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// What the dashboard asks every visitor for (not `/health`); `None`: nothing (loopback
     /// only). Plain HTTP carries it: make it a token of its own, never the cluster's secret.
     pub dashboard_token: Option<blitzen_net::Secret>,
+    /// Ask a scheduler for agents as ready tasks need them (see [`crate::autoscale`]);
+    /// `None`: the agents are started by someone else.
+    pub autoscale: Option<crate::autoscale::AutoscaleConfig>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             dashboard: None,
             dashboard_token: None,
+            autoscale: None,
         }
     }
 }

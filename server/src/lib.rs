@@ -10,6 +10,8 @@
 //! - [`config`]: [`ServerConfig`], every setting, with the defaults of the binary.
 //! - [`server`]: [`Server`] — bind (refusing unsafe settings), then run until a shutdown token
 //!   is cancelled; [`serve_until`], the whole life of a server until a duration or a signal.
+//! - [`autoscale`]: agents asked of a scheduler (Slurm) as ready tasks need them, each leaving
+//!   when idle or before its time limit.
 //! - [`observe`]: the observer's side — one request to a server (status, failures, cancel)
 //!   and its answer rendered for a person; what `blitzen-server status` runs.
 //! - `dashboard` (private): the web dashboard, fed a snapshot of the core once a second.
@@ -22,6 +24,7 @@
 //! turn frames into events for the core and hand it a writer for their connection; the core
 //! decides and writes back.
 
+pub mod autoscale;
 pub mod cli;
 pub mod config;
 mod core;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use blitzen_net::{ConnectError, NetError, PeerTls, Secret};
 use blitzen_protocol::cluster::{FromObserver, Role, ToObserver};
-use blitzen_protocol::status::{ClusterStatus, Failure};
+use blitzen_protocol::status::{AutoscaleStatus, ClusterStatus, Failure};
 use blitzen_protocol::{Capacity, SizeText};
 
 /// Why a request got no answer.
@@ -204,6 +204,9 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
             human_duration(r.release_in_ms)
         );
     }
+    if let Some(a) = &status.autoscale {
+        out.push_str(&render_autoscale(a));
+    }
     out.push('\n');
     if status.agents.is_empty() {
         out.push_str("no agents connected\n");
@@ -278,6 +281,43 @@ pub fn render_status(server: &str, status: &ClusterStatus) -> String {
         out.push_str("\nrecent failures, most recent last:\n");
         out.push_str(&render_failures(&status.recent_failures));
     }
+    out
+}
+
+/// The autoscaler's lines of the status: what it holds, and its last decision.
+fn render_autoscale(a: &AutoscaleStatus) -> String {
+    let mut out = String::new();
+    let dry = if a.dry_run { " (dry run: nothing is submitted)" } else { "" };
+    let _ = writeln!(
+        out,
+        "autoscaling on {}{dry}: {} pending, {} starting, {} busy, {} idle, {} draining, of at \
+         most {} agents of {} workers; {} asked for in all",
+        a.backend,
+        a.pending,
+        a.starting,
+        a.busy,
+        a.idle,
+        a.draining,
+        a.max_agents,
+        a.agent_workers,
+        a.submitted
+    );
+    if let Some(reason) = &a.paused {
+        let _ = writeln!(out, "  PAUSED until the server restarts: {reason}");
+    } else if a.backoff_ms > 0 {
+        let _ = writeln!(
+            out,
+            "  backing off {} after {} failed submissions",
+            human_duration(a.backoff_ms),
+            a.failed_submissions
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  last decision, {} ago: {}",
+        human_duration(a.last_decision_ms),
+        a.last_decision
+    );
     out
 }
 

@@ -73,6 +73,9 @@ pub enum ServeError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// The autoscaler cannot start (arguments it refuses, a job script it cannot write).
+    #[error("cannot autoscale: {0}")]
+    Autoscale(String),
     /// TLS settings without a secret to authenticate the peers with.
     #[error(
         "--tls-cert and --tls-key need a shared secret (--secret-file or BLITZEN_SECRET): \
@@ -254,6 +257,20 @@ impl Server {
             let serving = crate::dashboard::serve(listener, rx, token, shutdown.clone());
             dashboard = Some(tokio::spawn(serving));
         }
+        let autoscaler = match &self.config.autoscale {
+            Some(auto) => {
+                let backend = crate::autoscale::slurm::Slurm::new(auto, server_id.get())
+                    .map_err(ServeError::Autoscale)?;
+                let run = crate::autoscale::run(
+                    auto.clone(),
+                    Arc::new(backend),
+                    events_tx.clone(),
+                    shutdown.clone(),
+                );
+                Some(tokio::spawn(run))
+            }
+            None => None,
+        };
         let core = tokio::spawn(core.run(shutdown.clone()));
         let shared = Arc::new(session::Shared {
             events: events_tx,
@@ -284,6 +301,12 @@ impl Server {
         }
         drop(shared);
         let _ = core.await;
+        if let Some(autoscaler) = autoscaler {
+            // It withdraws the allocations it holds: agents must not outlive their server.
+            if tokio::time::timeout(Duration::from_secs(30), autoscaler).await.is_err() {
+                warn!("the autoscaler did not withdraw its allocations in time");
+            }
+        }
         // The core has told every peer and dropped their writers' queues: let the writers send
         // the goodbyes before the runtime goes (a peer that does not read gets 2 s).
         writers.close();

@@ -106,6 +106,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
             replaces,
             capacity,
             cache_size,
+            ends_in_ms,
+            allocation,
         } => {
             if let Some(Err(why)) = capacity.as_ref().map(|c| c.validate()) {
                 warn!(%host, %why, "agent announced a capacity that makes no sense; connection closed");
@@ -123,6 +125,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, sha
                 replaces,
                 capacity,
                 cache_size,
+                ends_in: (ends_in_ms > 0).then(|| Duration::from_millis(ends_in_ms)),
+                allocation,
             };
             serve_agent(conn, reader, write, joining, heartbeat_ms, &shared).await;
         }
@@ -178,6 +182,7 @@ async fn serve_agent(
             Ok(Some(FromAgent::Workers(workers))) => Event::AgentWorkers { conn, workers },
             Ok(Some(FromAgent::Output(output))) => Event::AgentOutput { conn, output },
             Ok(Some(FromAgent::Heartbeat)) => Event::AgentHeard { conn },
+            Ok(Some(FromAgent::Leaving { reason })) => Event::AgentLeaving { conn, reason },
             Ok(None) => break "connection closed".to_string(),
             Err(NetError::Silent(limit)) => {
                 warn!(silent_for = ?limit, "agent missed its heartbeats: nothing arrived from it; counted lost");

@@ -138,6 +138,16 @@ impl Process {
         }
     }
 
+    /// What it wrote to stdout and nobody read yet, up to its end (call it once it has
+    /// exited: it reads until the pipe closes).
+    pub fn stdout_rest(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(stdout) = &mut self._stdout {
+            let _ = std::io::Read::read_to_string(stdout, &mut text);
+        }
+        text
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within 10 s; returns its exit status.
     pub fn stop(&mut self) -> io::Result<ExitStatus> {
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {

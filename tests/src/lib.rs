@@ -8,6 +8,7 @@
 //! - [`proxy`]: a TCP proxy that throttles, freezes, cuts, records or tampers with a link.
 //! - [`netns`]: hosts in network namespaces of a test's own, and [`wire`], the user-space cable
 //!   between them (latency, jitter, loss).
+//! - [`slurm`]: a one-host Slurm cluster of a test's own (munge, slurmctld, slurmd).
 //! - [`hostile_bytes`]: what a stranger may send a server instead of a handshake.
 //! - [`tally`]: how many times each task ran, and this program as an agent that runs it.
 
@@ -15,6 +16,7 @@ pub mod browser;
 pub mod cluster;
 pub mod netns;
 pub mod proxy;
+pub mod slurm;
 pub mod tally;
 pub mod wire;
 

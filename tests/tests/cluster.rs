@@ -35,6 +35,39 @@ const DRIVER_ENV: &str = "BLITZEN_TEST_DRIVER_FOR";
 /// saves their ids to the file and detaches.
 const DETACH_ENV: &str = "BLITZEN_TEST_DETACH";
 
+/// An agent with an idle timeout runs its tasks, then, idle for 1 s, tells the server it is
+/// leaving and exits 0; the server logs a departure, not a loss. Another, stopped by SIGTERM,
+/// says goodbye too.
+fn an_idle_agent_leaves_and_a_stopped_one_says_goodbye() -> Result<(), Failed> {
+    let server = start_server(&[]).map_err(fail)?;
+    let mut idle =
+        start_agent_with(&server.addr, 2, "idle-agent", &["--idle-timeout", "1"]).map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (0..6).map(|_| d.run(sleep, 0.2)).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    check(results.iter().all(|r| r.decode::<f64>().is_ok()), format!("{results:?}"))?;
+    let exited = idle.wait_exit(Duration::from_secs(20)).map_err(fail)?;
+    let log = idle.log_text();
+    check(exited.is_some_and(|s| s.success()), format!("the idle agent: {exited:?}\n{log}"))?;
+    check(log.contains("left the cluster") && log.contains("idle timeout"), log.clone())?;
+    check(
+        server.process.wait_for_log("agent left", 1, Duration::from_secs(10)),
+        server.process.log_text(),
+    )?;
+    let mut stopped = start_agent(&server.addr, 1, "stopped-agent").map_err(fail)?;
+    check(server.process.wait_for_log("agent connected", 2, WAIT), server.process.log_text())?;
+    let status = stopped.stop().map_err(fail)?;
+    check(status.success(), format!("the stopped agent exited {status}"))?;
+    check(
+        server.process.wait_for_log("agent left", 2, Duration::from_secs(10)),
+        server.process.log_text(),
+    )?;
+    let server_log = server.process.log_text();
+    check(server_log.contains("stopped by a signal"), server_log.clone())?;
+    check(!server_log.contains("agent disconnected"), format!("an agent was lost:\n{server_log}"))?;
+    Ok(())
+}
+
 fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_agent(&server.addr, 5, "trio-agent").map_err(fail)?;
@@ -692,6 +725,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
         trial!(distributed_trio_reports_finished_and_timed_out),
+        trial!(an_idle_agent_leaves_and_a_stopped_one_says_goodbye),
         trial!(two_agents_share_the_load),
         trial!(priorities_order_the_queue_and_a_waiting_low_task_rises),
         trial!(three_drivers_each_get_exactly_their_own_results),

@@ -456,6 +456,8 @@ fn an_agent_that_never_answers_has_its_timed_task_settled() -> Result<(), Failed
             replaces: 0,
             capacity: None,
             cache_size: 0,
+            ends_in_ms: 0,
+            allocation: String::new(),
         },
         nonce: Bytes::new(),
     };
@@ -563,6 +565,8 @@ fn hostile_input_is_refused_while_a_driver_keeps_working() -> Result<(), Failed>
             replaces: 0,
             capacity: None,
             cache_size: 0,
+            ends_in_ms: 0,
+            allocation: String::new(),
         },
         nonce: Bytes::new(),
     };

@@ -403,23 +403,27 @@ fn the_slurm_job_script_runs_a_cluster_across_its_nodes() -> Result<(), Failed> 
 }
 
 /// `srun` as a job step runs: the command on each node of `--nodelist`, or of the job, in the
-/// node's network namespace (a node's name is its namespace's); a signal reaches every task.
-const FAKE_SRUN: &str = r#"#!/bin/bash
-nodes=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --nodelist=*) nodes="${1#--nodelist=}"; shift ;;
-        --nodes=*|--ntasks=*|--ntasks-per-node=*|--overlap) shift ;;
-        --*) echo "srun (test): unknown option $1" >&2; exit 2 ;;
-        *) break ;;
-    esac
-done
-[ -n "$nodes" ] || nodes="$SLURM_JOB_NODELIST"
-trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT
-for node in ${nodes//,/ }; do
-    ip netns exec "$node" "$@" &
-done
-wait
+/// node's network namespace (a node's name is its namespace's); a SIGINT or SIGTERM stops every
+/// task (with SIGTERM). In Python, not a shell: the job script starts steps in the background,
+/// where a shell script could not catch the SIGINT that stops them.
+const FAKE_SRUN: &str = r#"#!/usr/bin/env python3
+import os, signal, subprocess, sys
+args, nodes = sys.argv[1:], ""
+while args and args[0].startswith("--"):
+    option = args.pop(0)
+    if option.startswith("--nodelist="):
+        nodes = option.split("=", 1)[1]
+    elif option.split("=")[0] not in ("--nodes", "--ntasks", "--ntasks-per-node", "--overlap", "--disable-status"):
+        sys.exit(f"srun (test): unknown option {option}")
+nodes = nodes or os.environ["SLURM_JOB_NODELIST"]
+tasks = [subprocess.Popen(["ip", "netns", "exec", node, *args]) for node in nodes.split(",")]
+def stop(signum, frame):
+    for task in tasks:
+        task.send_signal(signal.SIGTERM)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+codes = [task.wait() for task in tasks]
+sys.exit(0 if all(code == 0 for code in codes) else 1)
 "#;
 
 /// `scontrol show hostnames LIST`: the nodes of a comma-separated list, one a line.

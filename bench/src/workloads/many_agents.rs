@@ -70,6 +70,8 @@ pub fn simulate(server: &str, agents: usize) -> Result<()> {
                 replaces: 0,
                 capacity: None,
                 cache_size: 0,
+                ends_in_ms: 0,
+                allocation: String::new(),
             };
             let limit = Duration::from_secs(30);
             let admitted = blitzen_net::connect(server, role, None, &PeerTls::default(), limit)

@@ -66,7 +66,7 @@ proptest! {
                          conn in any::<u64>(), server in any::<u64>()) {
         let nonce = Bytes::from(vec![7u8; 32]);
         let capacity = Some(Capacity { cpus: workers, memory: 1 << 34, custom: vec![("gpu".into(), 2)] });
-        let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1, replaces: 7, cache_size: 1 << 30, capacity }, nonce: nonce.clone() };
+        let agent = Hello { version, role: Role::Agent { host, workers, tasks, heartbeat_ms: 5000, agent_id: 1, replaces: 7, cache_size: 1 << 30, capacity, ends_in_ms: 60_000, allocation: "1234".into() }, nonce: nonce.clone() };
         prop_assert_eq!(round_trip(&agent), agent);
         let driver = Hello { version, role: Role::Driver { name, session: "s".into(), attach: false, heartbeat_ms: 5000 }, nonce: nonce.clone() };
         prop_assert_eq!(round_trip(&driver), driver);

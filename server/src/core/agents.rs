@@ -42,6 +42,10 @@ pub(crate) struct JoiningAgent {
     pub capacity: Option<Capacity>,
     /// The size of its cache of shared values, as it said (0: the default).
     pub cache_size: u64,
+    /// How long until it stops by itself (its time limit), as it said.
+    pub ends_in: Option<Duration>,
+    /// The allocation it runs in (a Slurm job id), as it said; empty: none.
+    pub allocation: String,
 }
 
 /// A connected agent.
@@ -114,6 +118,13 @@ pub(super) struct Agent {
     pub reported: Vec<WorkerState>,
     /// The shared values it keeps for its tasks.
     pub cache: super::shares::AgentCache,
+    /// When it stops by itself (its time limit): it gets no task expected to outlast that.
+    pub ends_at: Option<Instant>,
+    /// The allocation it runs in (a Slurm job id); empty: none.
+    pub allocation: String,
+    /// Leaving: why, and whether it has been told that no task follows
+    /// ([`ToAgent::Released`]). It gets nothing more.
+    pub leaving: Option<(String, bool)>,
 }
 
 impl Agent {
@@ -195,7 +206,20 @@ impl Core {
         let resources =
             (joining.capacity).unwrap_or_else(|| Capacity::new(workers as u32, u64::MAX));
         let host = joining.host;
-        info!(%conn, %host, workers, %resources, tasks = %names, "agent connected");
+        let allocation = joining.allocation;
+        if self.config.autoscale.is_some() && !allocation.is_empty() {
+            self.joined_allocations.push(allocation.clone());
+        }
+        match joining.ends_in {
+            Some(ends_in) => info!(
+                %conn, %host, workers, %resources, tasks = %names, %allocation,
+                ends_in = %format_args!("{:.1}s", ends_in.as_secs_f64()),
+                "agent connected"
+            ),
+            None => {
+                info!(%conn, %host, workers, %resources, tasks = %names, %allocation, "agent connected")
+            }
+        }
         if joining.id != 0 && self.durable.is_some() {
             self.record(Change::Agent { id: joining.id, host: host.clone() });
         }
@@ -224,6 +248,9 @@ impl Core {
             connected_at: Instant::now(),
             last_heard: Instant::now(),
             reported: Vec::new(),
+            ends_at: joining.ends_in.map(|d| Instant::now() + d),
+            allocation,
+            leaving: None,
         };
         self.agents.insert(conn, agent);
         self.kinds_runnable(&host);
@@ -342,11 +369,32 @@ impl Core {
         }
     }
 
+    /// An agent takes no more tasks: it is told so once the tasks already given to it have
+    /// gone out (see `flush`), and leaves when they are done.
+    pub(super) fn agent_leaving(&mut self, conn: ConnId, reason: String) {
+        let Some(agent) = self.agents.get_mut(&conn) else { return };
+        info!(%conn, host = %agent.host, allocation = %agent.allocation, held = agent.running.len(), %reason, "agent leaving: it takes no more tasks");
+        agent.leaving = Some((reason, false));
+        if let Some(key) = agent.reserved_for.take()
+            && self.reservations.get(&key) == Some(&conn)
+        {
+            self.reservations.remove(&key);
+        }
+    }
+
     /// An agent is gone: the tasks it held go back to their queues where they were, or end
     /// `Lost` once handed out `max_attempts` times.
     pub(super) fn agent_left(&mut self, conn: ConnId, reason: &str) {
         let Some(agent) = self.agents.remove(&conn) else { return };
-        warn!(%conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected");
+        match &agent.leaving {
+            // It said it was leaving: a departure, not a loss.
+            Some((why, _)) => {
+                info!(%conn, host = %agent.host, allocation = %agent.allocation, handed_back = agent.running.len(), reason = %why, "agent left")
+            }
+            None => {
+                warn!(%conn, host = %agent.host, running = agent.running.len(), %reason, "agent disconnected")
+            }
+        }
         if let Some(key) = agent.reserved_for
             && self.reservations.get(&key) == Some(&conn)
         {

@@ -38,7 +38,14 @@ struct Choice<'a> {
     bases: &'a [KindId],
     agent: &'a Agent,
     reservations: &'a HashMap<TaskKey, ConnId>,
+    /// The agent's time left before its time limit (less [`DRAIN_MARGIN`]), when it has one,
+    /// and how long each kind of task has taken (µs, by base kind; see `Core::kind_runs`).
+    time_left: Option<(Duration, &'a HashMap<KindId, f64>)>,
 }
+
+/// What an agent with a time limit keeps free at its end: a task expected to end later than
+/// this before the limit is not sent to it (its result must still come back).
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 
 impl Choice<'_> {
     /// What the agent should do about the driver's queues: take the first task among the kinds
@@ -81,7 +88,21 @@ impl Choice<'_> {
             .filter_map(|(&class, q)| {
                 let key = *q.front()?;
                 let fits = runnable(class)?;
-                let seq = tasks.get(key)?.seq;
+                let task = tasks.get(key)?;
+                if let Some((left, runs)) = self.time_left {
+                    // By its timeout, else by how long its kind has taken; unknown: sent. Behind
+                    // the tasks the agent holds, each counted as long as this one.
+                    let expected =
+                        (task.timeout_ms.get().map(Duration::from_millis)).or_else(|| {
+                            runs.get(&bases[class.index()])
+                                .map(|&us| Duration::from_micros(us as u64))
+                        });
+                    let rounds = (a.running.len() / a.workers.max(1) + 1) as u32;
+                    if expected.is_some_and(|expected| expected.saturating_mul(rounds) > left) {
+                        return None;
+                    }
+                }
+                let seq = task.seq;
                 let level = if aging {
                     let waited = now.saturating_duration_since(*since.entry(class).or_insert(now));
                     effective(priority(&class), waited, highest)
@@ -123,15 +144,30 @@ impl Core {
         // With a data directory each task carries its number, for re-attaching after a restart.
         let durable = self.durable.is_some();
         let now = Instant::now();
+        // Only agents with a time limit look at how long tasks take.
+        let runs = if self.agents.values().any(|a| a.ends_at.is_some()) {
+            self.kind_runs()
+        } else {
+            HashMap::new()
+        };
         for conn in agent_ids {
             // `running` includes the tasks still in the outbox.
             while let Some(agent) = self.agents.get(&conn) {
-                if agent.running.len() >= MAX_CREDIT.max(2 * agent.workers) {
+                if agent.running.len() >= MAX_CREDIT.max(2 * agent.workers)
+                    || agent.leaving.is_some()
+                {
                     break;
                 }
+                let time_left = match agent.ends_at {
+                    Some(at) => match at.checked_duration_since(now + DRAIN_MARGIN) {
+                        Some(left) => Some((left, &runs)),
+                        None => break,
+                    },
+                    None => None,
+                };
                 // How many it may hold depends on how long tasks of the next one's kind take
                 // there: `next_task_for` gives none of a kind it holds enough of.
-                let Some(key) = self.next_task_for(conn) else { break };
+                let Some(key) = self.next_task_for(conn, time_left) else { break };
                 // A task taking a large shared value this agent lacks waits for one that has it
                 // and can take a task now (see `shares`); this agent takes nothing more now.
                 if !self.shares.inputs.is_empty() && self.better_elsewhere(conn, key) {
@@ -176,7 +212,11 @@ impl Core {
     /// oldest queued task of the next driver (in rotation) among the kinds it can run — or,
     /// when that one does not fit yet and no other agent waits for it, none: the agent is
     /// reserved for it.
-    fn next_task_for(&mut self, conn: ConnId) -> Option<TaskKey> {
+    fn next_task_for(
+        &mut self,
+        conn: ConnId,
+        time_left: Option<(Duration, &HashMap<KindId, f64>)>,
+    ) -> Option<TaskKey> {
         let mut agent = self.agents.get(&conn)?;
         if let Some(key) = agent.reserved_for {
             match self.tasks.get(key).filter(|t| t.agent.get().is_none()) {
@@ -209,6 +249,7 @@ impl Core {
                 bases: &self.bases,
                 agent,
                 reservations: &self.reservations,
+                time_left,
             };
             match choice.oldest(d, false) {
                 Pick::Taken(key) => return Some(key),
@@ -227,6 +268,17 @@ impl Core {
             }
         }
         None
+    }
+
+    /// How long each kind of task has taken (µs, by base kind): the longest of the agents'
+    /// running averages.
+    fn kind_runs(&self) -> HashMap<KindId, f64> {
+        let mut runs: HashMap<KindId, f64> = HashMap::new();
+        for (&kind, &us) in self.agents.values().flat_map(|a| a.averages.iter()) {
+            let longest = runs.entry(kind).or_insert(us);
+            *longest = longest.max(us);
+        }
+        runs
     }
 
     /// Ends `agent`'s reservation for `key`.
@@ -286,6 +338,14 @@ impl Core {
             // In messages of a bounded size: large arguments never make one past the frame limit.
             for batch in by_size(outbox, |a| a.args.len()) {
                 let _ = agent.tx.send(ToAgent::Run(batch));
+            }
+            // A leaving agent hears that nothing follows once its last assignments are out.
+            if let Some((_, released)) = &mut agent.leaving
+                && !*released
+                && agent.outbox.is_empty()
+            {
+                *released = true;
+                let _ = agent.tx.send(ToAgent::Released);
             }
             // Cancels of tasks that were still waiting to go out, once they have.
             if !agent.held_cancels.is_empty() {

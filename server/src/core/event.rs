@@ -41,6 +41,8 @@ pub(crate) enum Event {
     AgentOutput { conn: ConnId, output: Vec<AgentOutput> },
     /// An agent sent a heartbeat.
     AgentHeard { conn: ConnId },
+    /// An agent takes no more tasks, and leaves once those it holds are done.
+    AgentLeaving { conn: ConnId, reason: String },
     /// An agent's connection ended, or it went silent.
     AgentLeft { conn: ConnId, reason: String },
     /// A driver was admitted.
@@ -81,4 +83,8 @@ pub(crate) enum Event {
     Committed { batch: u64 },
     /// The data directory cannot be written (a full disk): the changes wait for a retry.
     SaveFailed { error: String },
+    /// The autoscaler asks for the demand for agents of `shape`.
+    Demand { shape: blitzen_protocol::Capacity, reply: oneshot::Sender<super::Demand> },
+    /// The autoscaler's state after its tick, for the status.
+    Autoscaled(Box<blitzen_protocol::status::AutoscaleStatus>),
 }

@@ -89,6 +89,8 @@ mod tests {
             replaces: 0,
             capacity: None,
             cache_size: 0,
+            ends_in: None,
+            allocation: String::new(),
         };
         c.on_event(Event::AgentJoined {
             conn: conn(n),

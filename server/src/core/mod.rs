@@ -21,6 +21,7 @@
 //! - `waiting`: tasks no connected agent can run: repeated warnings, and giving up.
 //! - `mismatch`: drivers told when no agent has their kind's signature, each agent's own.
 //! - `output`: lines streamed tasks print, from agents to drivers, within a budget.
+//! - `demand`: what an autoscaler asks at each tick — ready tasks, agents — and its state.
 //! - `steer`: what observers ask: the status, a session's failures, cancels (drivers cancel
 //!   their own tasks here too).
 //! - `counters`: what is counted for observers (rates, outcomes, failures), leaf types; `stats`:
@@ -66,6 +67,7 @@ mod agents;
 mod cache;
 mod counters;
 mod deadlines;
+mod demand;
 mod dispatch;
 mod drivers;
 mod durable;
@@ -95,6 +97,7 @@ use tasks::{DriverKey, TaskTable};
 use waiting::{GiveUp, Stranded};
 
 pub(crate) use agents::JoiningAgent;
+pub(crate) use demand::{AgentView, Demand};
 pub(crate) use kinds::KindId;
 use kinds::KindKey;
 
@@ -172,6 +175,10 @@ pub(crate) struct Core {
     /// When the results of tasks that others waited on go to their drivers at the latest
     /// (see `Driver::later`).
     later_due: Option<Instant>,
+    /// What the autoscaler last said of itself, for the status (see `demand`).
+    autoscale: Option<Box<blitzen_protocol::status::AutoscaleStatus>>,
+    /// With an autoscaler: the allocations whose agents connected since it last asked.
+    joined_allocations: Vec<String>,
 }
 
 /// How often the dashboard's snapshot is made.
@@ -252,6 +259,8 @@ impl Core {
             unsaved_cancels: Vec::new(),
             unsaved_replies: Vec::new(),
             later_due: None,
+            autoscale: None,
+            joined_allocations: Vec::new(),
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -326,6 +335,7 @@ impl Core {
                     agent.last_heard = Instant::now();
                 }
             }
+            Event::AgentLeaving { conn, reason } => self.agent_leaving(conn, reason),
             Event::AgentLeft { conn, reason } => self.agent_left(conn, &reason),
             Event::DriverJoined { conn, name, session, attach, tx } => {
                 self.driver_joined(conn, name, session, attach, tx)
@@ -376,6 +386,11 @@ impl Core {
                 self.cancels_saved(batch);
             }
             Event::SaveFailed { error } => self.save_failed(error),
+            Event::Demand { shape, reply } => {
+                let demand = self.demand(&shape);
+                let _ = reply.send(demand);
+            }
+            Event::Autoscaled(status) => self.autoscale = Some(status),
         }
     }
 
@@ -446,6 +461,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests;
 #[cfg(test)]
 mod tests_graph;
+#[cfg(test)]
+mod tests_leaving;
 #[cfg(test)]
 mod tests_priority;
 #[cfg(test)]

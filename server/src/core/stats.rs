@@ -136,6 +136,10 @@ impl Core {
                     used: a.used.clone(),
                     cache_used: a.cache.used,
                     cache_size: a.cache.size,
+                    allocation: a.allocation.clone(),
+                    ends_in_ms: (a.ends_at)
+                        .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+                    leaving: a.leaving.as_ref().map(|(why, _)| why.clone()),
                 }
             })
             .collect();
@@ -189,6 +193,7 @@ impl Core {
             recent_failures: self.stats.recent_failures.iter().cloned().collect(),
             tasks: self.task_counts(),
             restart: self.restart_status(),
+            autoscale: self.autoscale.as_deref().cloned(),
         }
     }
 

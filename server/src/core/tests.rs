@@ -71,6 +71,8 @@ pub(super) fn agent(
         replaces: 0,
         capacity: None,
         cache_size: 0,
+        ends_in: None,
+        allocation: String::new(),
     };
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
@@ -207,6 +209,9 @@ fn credit_follows_task_length() {
         last_heard: Instant::now(),
         reported: Vec::new(),
         cache: super::shares::AgentCache::new(0),
+        ends_at: None,
+        allocation: String::new(),
+        leaving: None,
     };
     assert_eq!(a.capacity(), 8, "unknown tasks: two per worker");
     a.average_us = Some(100_000.0);

@@ -122,6 +122,8 @@ fn a_new_process_of_an_awaited_agent_ends_the_wait_for_the_old_one() {
         replaces: 1011,
         capacity: None,
         cache_size: 0,
+        ends_in: None,
+        allocation: String::new(),
     };
     let close = tokio_util::sync::CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close });
@@ -151,6 +153,8 @@ fn a_new_process_of_a_connected_agent_gives_up_its_dead_connection() {
         replaces: 1010,
         capacity: None,
         cache_size: 0,
+        ends_in: None,
+        allocation: String::new(),
     };
     let close = tokio_util::sync::CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close });

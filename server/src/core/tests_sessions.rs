@@ -95,6 +95,8 @@ fn results_are_acknowledged_and_a_reconnected_agent_replaces_its_dead_connection
         replaces: 0,
         capacity: None,
         cache_size: 0,
+        ends_in: None,
+        allocation: String::new(),
     };
     let close = CancellationToken::new();
     c.on_event(Event::AgentJoined { conn: conn(11), agent: joining, tx, close: close.clone() });

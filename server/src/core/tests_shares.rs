@@ -39,6 +39,8 @@ fn agent(c: &mut Core, n: u64, cache_size: u64) -> mpsc::UnboundedReceiver<ToAge
         replaces: 0,
         capacity: None,
         cache_size,
+        ends_in: None,
+        allocation: String::new(),
     };
     c.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close: CancellationToken::new() });
     rx
