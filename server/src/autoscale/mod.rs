@@ -10,7 +10,8 @@
 //! back off, and repeated failures pause it (`policy`). When the server stops, it withdraws
 //! every allocation it holds.
 //!
-//! - this file: [`AutoscaleConfig`], the [`Backend`] trait a scheduler implements, and the loop.
+//! - this file: [`AutoscaleConfig`], the [`Backend`] trait a scheduler implements (the commands
+//!   that ask it), and the loop, which runs those commands.
 //! - [`slurm`]: [`Slurm`](slurm::Slurm), agents as Slurm batch jobs.
 //! - `policy` (private): how many agents to ask for, back-off and pause, without a scheduler.
 
@@ -84,21 +85,59 @@ pub enum Phase {
     Running,
 }
 
-/// A scheduler that runs agents: each call may block (it runs a command), and is made off the
-/// server's threads. One allocation runs one agent, which names it (`--allocation`). Slurm is
-/// [`slurm::Slurm`]; a Kubernetes back end would make each allocation a pod (raising the agents'
-/// replica count) and name it by the pod's name.
+/// A scheduler that runs agents, as the commands that ask it (program and arguments) and how
+/// to read what they print: the autoscaler runs them, each within [`COMMAND_TIMEOUT`]. One
+/// allocation runs one agent, which names it (`--allocation`). Slurm is [`slurm::Slurm`]; a
+/// Kubernetes back end would make each allocation a pod of the agents (raising their replica
+/// count) named by the pod's name.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Its name in logs and the status (`slurm`).
     fn name(&self) -> &'static str;
-    /// The command that asks for one agent, as it would be run (for `--dry-run`).
-    fn describe(&self) -> String;
-    /// Asks for one agent; the id of its allocation.
-    fn submit(&self) -> Result<String, String>;
-    /// The allocations it asked for that the scheduler still has.
-    fn list(&self) -> Result<Vec<(String, Phase)>, String>;
-    /// Withdraws these allocations.
-    fn cancel(&self, ids: &[String]) -> Result<(), String>;
+    /// The command that asks for one agent.
+    fn submit(&self) -> Vec<String>;
+    /// The id of the allocation `submit` asked for, from what it printed.
+    fn submitted(&self, stdout: &str) -> Result<String, String>;
+    /// The command that lists the allocations it asked for that the scheduler still has.
+    fn list(&self) -> Vec<String>;
+    /// Those allocations, from what `list` printed.
+    fn listed(&self, stdout: &str) -> Vec<(String, Phase)>;
+    /// The command that withdraws these allocations.
+    fn cancel(&self, ids: &[String]) -> Vec<String>;
+}
+
+/// The longest a scheduler's command may take (a scheduler that does not answer): it is killed
+/// after that, and the call counts as failed.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A command as a shell would take it: the program, then each argument quoted.
+pub(crate) fn describe(command: &[String]) -> String {
+    let mut words = command.iter();
+    let program = words.next().cloned().unwrap_or_default();
+    std::iter::once(program).chain(words.map(|w| slurm::quoted(w))).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs a scheduler's command (without blocking a thread) within [`COMMAND_TIMEOUT`]: what it
+/// printed, or what went wrong in one line.
+async fn run_command(command: Vec<String>) -> Result<String, String> {
+    let Some((program, args)) = command.split_first() else {
+        return Err("an empty command".into());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(COMMAND_TIMEOUT, child).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("cannot run {program}: {e}")),
+        Err(_) => return Err(format!("{program} did not answer within {COMMAND_TIMEOUT:?}")),
+    };
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    Err(format!("{program} failed ({}): {said}", out.status))
 }
 
 /// One allocation asked for.
@@ -175,23 +214,11 @@ fn key(id: &str) -> (usize, String) {
 }
 
 impl Autoscaler {
-    /// Runs a blocking call of the back end off the server's threads.
-    async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Backend) -> Result<T, String> + Send + 'static,
-    ) -> Result<T, String> {
-        let backend = self.backend.clone();
-        match tokio::task::spawn_blocking(move || f(&*backend)).await {
-            Ok(result) => result,
-            Err(e) => Err(format!("the call failed: {e}")),
-        }
-    }
-
     async fn tick(&mut self) {
         let now = Instant::now();
         if !self.config.dry_run {
-            match self.call(|b| b.list()).await {
-                Ok(listed) => self.listed(listed),
+            match run_command(self.backend.list()).await {
+                Ok(out) => self.listed(self.backend.listed(&out)),
                 Err(e) => {
                     warn!(error = %e, "autoscaling: cannot list the allocations; deciding nothing");
                     self.decide(format!("cannot list the allocations: {e}"), now);
@@ -304,11 +331,12 @@ impl Autoscaler {
         let mut asked = Vec::new();
         for _ in 0..ask {
             let submitted = if self.config.dry_run {
-                println!("{}", self.backend.describe());
+                println!("{}", describe(&self.backend.submit()));
                 self.pretended += 1;
                 Ok(format!("dry-run-{}", self.pretended))
             } else {
-                self.call(|b| b.submit()).await
+                let out = run_command(self.backend.submit()).await;
+                out.and_then(|out| self.backend.submitted(&out))
             };
             match submitted {
                 Ok(job) => {
@@ -345,9 +373,8 @@ impl Autoscaler {
         if pending.is_empty() || self.config.dry_run {
             return self.decide(why, now);
         }
-        let ids = pending.clone();
-        match self.call(move |b| b.cancel(&ids)).await {
-            Ok(()) => {
+        match run_command(self.backend.cancel(&pending)).await {
+            Ok(_) => {
                 info!(jobs = %pending.join(","), "autoscaling: pending allocations withdrawn: no ready task is left for them");
                 for job in pending {
                     self.allocations.remove(&key(&job));
@@ -369,8 +396,8 @@ impl Autoscaler {
             return;
         }
         let shown = ids.join(",");
-        match self.call(move |b| b.cancel(&ids)).await {
-            Ok(()) => {
+        match run_command(self.backend.cancel(&ids)).await {
+            Ok(_) => {
                 info!(jobs = %shown, "autoscaling: every allocation withdrawn as the server stops")
             }
             Err(e) => {

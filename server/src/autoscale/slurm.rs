@@ -2,7 +2,6 @@
 //! jobs are found by their name (`squeue -n`) and withdrawn with `scancel`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use super::{AutoscaleConfig, Backend, Phase};
@@ -23,7 +22,7 @@ fn slurm_time(limit: Duration) -> String {
 }
 
 /// A word for `sh`, in single quotes.
-fn quoted(word: &str) -> String {
+pub(crate) fn quoted(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
@@ -102,32 +101,16 @@ fn job_script(c: &AutoscaleConfig) -> String {
     )
 }
 
-/// Runs a command; its standard output, or what went wrong in one line.
-fn run(program: &str, args: &[String]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let said = String::from_utf8_lossy(&out.stderr);
-    let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
-    Err(format!("{program} failed ({}): {said}", out.status))
-}
-
 impl Backend for Slurm {
     fn name(&self) -> &'static str {
         "slurm"
     }
 
-    fn describe(&self) -> String {
-        let args: Vec<String> = self.sbatch.iter().map(|a| quoted(a)).collect();
-        format!("sbatch {}", args.join(" "))
+    fn submit(&self) -> Vec<String> {
+        std::iter::once("sbatch".to_string()).chain(self.sbatch.iter().cloned()).collect()
     }
 
-    fn submit(&self) -> Result<String, String> {
-        let out = run("sbatch", &self.sbatch)?;
+    fn submitted(&self, out: &str) -> Result<String, String> {
         // `--parsable`: the job id, then `;cluster` on a federation.
         let id = out.trim().split(';').next().unwrap_or("").trim();
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
@@ -136,17 +119,18 @@ impl Backend for Slurm {
         Ok(id.to_string())
     }
 
-    fn list(&self) -> Result<Vec<(String, Phase)>, String> {
-        let args = ["--noheader", "--name", &self.job_name, "--format=%i %T"].map(String::from);
-        let out = run("squeue", &args)?;
-        Ok(parse_squeue(&out))
+    fn list(&self) -> Vec<String> {
+        ["squeue", "--noheader", "--name", &self.job_name, "--format=%i %T"]
+            .map(String::from)
+            .into()
     }
 
-    fn cancel(&self, ids: &[String]) -> Result<(), String> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        run("scancel", ids).map(|_| ())
+    fn listed(&self, out: &str) -> Vec<(String, Phase)> {
+        parse_squeue(out)
+    }
+
+    fn cancel(&self, ids: &[String]) -> Vec<String> {
+        std::iter::once("scancel".to_string()).chain(ids.iter().cloned()).collect()
     }
 }
 
@@ -229,7 +213,7 @@ mod tests {
         assert!(script.contains(r"it'\''s.address"), "quoted: {script}");
         assert!(script.contains("--workers 8 --idle-timeout 300 --time-limit 3540"), "{script}");
         assert!(script.contains("--allocation \"$SLURM_JOB_ID\""), "{script}");
-        let line = slurm.describe();
+        let line = super::super::describe(&slurm.submit());
         assert!(
             line.starts_with("sbatch '--parsable' '--job-name=blitzen-agent-deadbeef'"),
             "{line}"
