@@ -56,12 +56,15 @@ pub async fn ask(
         .await
         .map_err(|source| ObserveError::Connect { server: server.to_string(), source })?;
     let (mut reader, write) = (admitted.reader, admitted.write);
-    let (writer, _) = blitzen_net::spawn_writer::<FromObserver>(write);
+    let (writer, written) = blitzen_net::spawn_writer::<FromObserver>(write);
     let no_answer = |reason: String| ObserveError::NoAnswer { server: server.to_string(), reason };
     writer.send(request).map_err(|_| no_answer("the connection closed".into()))?;
     let answer = tokio::time::timeout(limit, reader.next::<ToObserver>())
         .await
         .map_err(|_| no_answer(format!("no answer within {limit:?}")))?;
+    // A clean end (TLS's close_notify): the server takes it for a goodbye, not an error.
+    drop(writer);
+    let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
     match answer {
         Ok(Some(ToObserver::Error(message))) => Err(ObserveError::Refused(message)),
         Ok(Some(answer)) => Ok(answer),

@@ -110,6 +110,33 @@ fn every_flag_the_manifests_pass_is_one_the_binaries_document() {
     assert_eq!(seen.len(), 2, "a server and an agent: {seen:?}");
 }
 
+/// The Deploying page's autoscaling example: every flag of its `blitzen-server` line, and of
+/// the job script it describes (`blitzen-client …`), is one the binaries document; `sbatch`'s
+/// options come after `--`.
+#[test]
+fn the_autoscaling_example_passes_only_documented_flags() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md");
+    let text = std::fs::read_to_string(page).expect("docs/deploying.md");
+    let section = text.split("## Autoscaling on Slurm").nth(1).expect("the section");
+    let block = section.split("```sh\n").nth(1).and_then(|b| b.split("```").next());
+    let line = block.expect("a sh block").replace("\\\n", " ");
+    let (server, sbatch) = line.split_once(" -- ").expect("sbatch options after --");
+    let words: Vec<&str> = server.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"blitzen-server"), "{line}");
+    let server_help = help("blitzen-server");
+    for flag in words.iter().filter(|w| w.starts_with("--")) {
+        assert!(documents(&server_help, flag), "`blitzen-server --help` has no {flag}");
+    }
+    assert!(words.contains(&"--autoscale") && sbatch.contains("--partition"), "{line}");
+    let script = section.split('(').nth(1).and_then(|s| s.split(')').next()).unwrap_or_default();
+    let agent = help("blitzen-client");
+    let flags: Vec<&str> = script.split_whitespace().filter(|w| w.starts_with("--")).collect();
+    assert!(flags.len() >= 5, "the job script's line: {script}");
+    for flag in flags {
+        assert!(documents(&agent, flag), "`blitzen-client --help` has no {flag}");
+    }
+}
+
 #[test]
 fn pods_run_as_a_user_of_their_own_and_mount_what_exists() {
     let docs = manifests();
