@@ -60,9 +60,35 @@ def main(argv=None):
         help="stop once the server has not been reachable for SECS seconds (since the start, "
         "or since the connection was lost); default: wait for it and follow its restarts",
     )
+    parser.add_argument(
+        "--server-file",
+        metavar="PATH",
+        help="read the server's address (and certificate fingerprint) from the file "
+        "blitzen-server --address-file writes, before each attempt to connect",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECS",
+        help="leave the cluster, and exit, once no task was held for SECS seconds",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECS",
+        help="leave SECS seconds after starting; the server sends no task expected to outlast it",
+    )
+    parser.add_argument(
+        "--allocation",
+        metavar="ID",
+        help="the scheduler's name for the job this agent runs in (default: SLURM_JOB_ID)",
+    )
     args = parser.parse_args(argv)
     if args.give_up_after is not None and not args.give_up_after >= 0:
         parser.error("--give-up-after must be a number of seconds ≥ 0")
+    for flag, value in (("--idle-timeout", args.idle_timeout), ("--time-limit", args.time_limit)):
+        if value is not None and not value > 0:
+            parser.error(f"{flag} must be a number of seconds > 0")
     if args.initializer is not None:
         module, sep, function = args.initializer.partition(":")
         if not (sep and module and function.isidentifier()):
@@ -100,6 +126,10 @@ def main(argv=None):
             resources=resources,
             initializer=args.initializer,
             give_up_after=args.give_up_after,
+            idle_timeout=args.idle_timeout,
+            time_limit=args.time_limit,
+            allocation=args.allocation,
+            server_file=args.server_file,
         )
     except (RuntimeError, ValueError) as e:
         print(f"blitzen-py-client: {e}", file=sys.stderr)

@@ -75,6 +75,10 @@ class DistributedDispatcher(Dispatcher):
         resources=None,
         initializer=None,
         give_up_after=None,
+        idle_timeout=None,
+        time_limit=None,
+        allocation=None,
+        server_file=None,
     ):
         """Runs an agent with ``workers`` Python worker processes (default: one per CPU) for
         this server until Ctrl-C or SIGTERM; it waits for the server, and reconnects by itself
@@ -87,7 +91,14 @@ class DistributedDispatcher(Dispatcher):
         machine's) and ``resources`` (``{"gpu": 2}``) to the tasks that ask for them.
 
         ``initializer``: a function (or ``"module:function"``) each worker runs once before its
-        first task, again in a worker that replaces one (see ``MulticoreDispatcher``)."""
+        first task, again in a worker that replaces one (see ``MulticoreDispatcher``).
+
+        For agents started on demand (``blitzen-server --autoscale``): ``idle_timeout`` (seconds)
+        — leave once no task was held that long; ``time_limit`` (seconds) — leave that long
+        after starting, the server sending no task that would outlast it; ``allocation`` — the
+        scheduler's name for the job it runs in (default: ``SLURM_JOB_ID``); ``server_file`` —
+        where ``blitzen-server --address-file`` says the server is, read before each attempt to
+        connect, instead of this dispatcher's address. Leaving, it returns."""
         if workers is None:
             workers = os.cpu_count() or 1
         if callable(initializer):
@@ -95,7 +106,17 @@ class DistributedDispatcher(Dispatcher):
         else:
             command, env = _task.worker_command(initializer_ref=initializer)
         self._native.spawn_client(
-            workers, command, env, cpus, memory, _counts(resources), give_up_after
+            workers,
+            command,
+            env,
+            cpus,
+            memory,
+            _counts(resources),
+            give_up_after,
+            idle_timeout,
+            time_limit,
+            allocation,
+            None if server_file is None else os.fspath(server_file),
         )
 
 

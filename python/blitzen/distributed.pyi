@@ -30,6 +30,10 @@ class DistributedDispatcher(Dispatcher):
         resources: Mapping[str, int] | None = ...,
         initializer: Callable[[], object] | str | None = ...,
         give_up_after: float | None = ...,
+        idle_timeout: float | None = ...,
+        time_limit: float | None = ...,
+        allocation: str | None = ...,
+        server_file: str | None = ...,
     ) -> None: ...
 
 __all__ = ["DistributedDispatcher", "DEFAULT_PORT"]

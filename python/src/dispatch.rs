@@ -8,7 +8,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use blitzen::distributed::{DistributedDispatcher, Secret};
+use blitzen::distributed::{AgentOptions, DistributedDispatcher, Secret};
 use blitzen::{Capacity, Input, Needs, Output, Untyped, parse_size};
 use blitzen::{DispatchError, Fetch, MulticoreDispatcher, RunOptions, TaskId, WorkerCommand};
 use blitzen_common::needs::MAX_RESOURCES;
@@ -318,11 +318,14 @@ impl Dispatcher {
     }
 
     /// Runs an agent for this dispatcher's server with `workers` Python worker processes, until
-    /// Ctrl-C or SIGTERM (or the server has not been reachable for `give_up_after` seconds),
-    /// offering `cpus`, `memory` and `resources` (default: one CPU per worker, the machine's
-    /// memory, none). Cluster only.
+    /// Ctrl-C or SIGTERM (or the server has not been reachable for `give_up_after` seconds, or
+    /// it held no task for `idle_timeout` seconds, or `time_limit` seconds passed), offering
+    /// `cpus`, `memory` and `resources` (default: one CPU per worker, the machine's memory,
+    /// none). `server_file`: where `blitzen-server --address-file` says the server is, instead
+    /// of this dispatcher's address. Cluster only.
     #[pyo3(signature = (
-        workers, command, env, cpus=None, memory=None, resources=None, give_up_after=None
+        workers, command, env, cpus=None, memory=None, resources=None, give_up_after=None,
+        idle_timeout=None, time_limit=None, allocation=None, server_file=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn spawn_client(
@@ -335,8 +338,18 @@ impl Dispatcher {
         memory: Option<Bound<'_, PyAny>>,
         resources: Option<Vec<(String, u64)>>,
         give_up_after: Option<f64>,
+        idle_timeout: Option<f64>,
+        time_limit: Option<f64>,
+        allocation: Option<String>,
+        server_file: Option<std::path::PathBuf>,
     ) -> PyResult<()> {
         let give_up_after = give_up_after.map(|s| seconds(s, "give_up_after")).transpose()?;
+        let positive = |s: f64, name: &str| match seconds(s, name)? {
+            d if d.is_zero() => Err(PyValueError::new_err(format!("{name} must be more than 0"))),
+            d => Ok(d),
+        };
+        let idle_timeout = idle_timeout.map(|s| positive(s, "idle_timeout")).transpose()?;
+        let time_limit = time_limit.map(|s| positive(s, "time_limit")).transpose()?;
         let command = worker_command(command, env)?;
         let d = self.distributed()?;
         let memory = memory.map(|m| size(&m, "memory")).transpose()?;
@@ -344,7 +357,15 @@ impl Dispatcher {
         if let Some(capacity) = &capacity {
             capacity.validate().map_err(PyValueError::new_err)?;
         }
-        py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, capacity, give_up_after))
+        let options = AgentOptions {
+            capacity,
+            give_up_after,
+            idle_timeout,
+            time_limit,
+            allocation,
+            server_file,
+        };
+        py.detach(|| d.spawn_agent(blitzen::tasks![], workers, command, options))
             .map_err(dispatch_error)
     }
 }

@@ -272,7 +272,19 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     )
     shown = run("--help")
     assert shown.returncode == 0
-    for flag in ("--server", "--port", "--workers", "--secret-file", "--path", "--insecure-plaintext", "--give-up-after"):
+    for flag in (
+        "--server",
+        "--port",
+        "--workers",
+        "--secret-file",
+        "--path",
+        "--insecure-plaintext",
+        "--give-up-after",
+        "--server-file",
+        "--idle-timeout",
+        "--time-limit",
+        "--allocation",
+    ):
         assert flag in shown.stdout, flag
     bad = run("--workers", "0")
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
@@ -281,6 +293,55 @@ def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     (tmp_path / "empty").write_text("\n")
     empty = run("--secret-file", str(tmp_path / "empty"))
     assert empty.returncode == 2 and "secret file" in empty.stderr and "is empty" in empty.stderr
+
+
+def test_an_agent_started_on_demand_finds_the_server_by_its_file_and_leaves_when_idle(
+    processes, tmp_path
+):
+    """What `blitzen-server --autoscale` starts with `--agent-program blitzen-py-client`: the
+    address from the server's file, the job's name in the status, and an exit once idle."""
+    import json
+
+    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
+    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
+    port, address = free_port(), tmp_path / "server.address"
+    server = subprocess.Popen(
+        [server_bin, "--port", str(port), "--address-file", str(address)],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    processes.started.append(server)
+    assert str(port) in server.stdout.readline()
+    flags = ("--server-file", str(address), "--idle-timeout", "3", "--allocation", "77")
+    # The port the dispatcher would use is not the server's: the file wins.
+    client = start_client(processes, free_port(), workers=1, args=flags)
+    d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
+    try:
+        assert d.get_results([d.run(square, 3)], timeout=60) == [9]
+        asked = subprocess.run(
+            [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
+            env={**os.environ, "BLITZEN_SECRET": SECRET},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        agents = json.loads(asked.stdout)["agents"]
+        assert [a["allocation"] for a in agents] == ["77"], agents
+    finally:
+        d.shutdown()
+    assert client.wait(timeout=30) == 0
+    log = client.stderr.read()
+    assert "left the cluster" in log and "idle timeout" in log, log
+    bad = subprocess.run(
+        [sys.executable, "-m", "blitzen.client", "--idle-timeout", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "--idle-timeout must be a number of seconds > 0" in bad.stderr
 
 
 def test_an_agent_told_to_give_up_stops_once_its_server_is_gone(processes):

@@ -19,6 +19,8 @@ mod status;
 pub use blitzen_net::tls::{Fingerprint, TlsError};
 pub use blitzen_net::{ConnectError, Secret, SecretError};
 pub use local::LocalCluster;
+#[doc(hidden)]
+pub use spawn::AgentOptions;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;

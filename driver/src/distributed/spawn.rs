@@ -16,6 +16,27 @@ use crate::dispatcher::Dispatcher;
 use crate::error::DispatchError;
 use crate::tasks::Tasks;
 
+/// What an agent run by `spawn_agent` does beyond serving its tasks (the Python package's
+/// agent takes them from its flags; see `blitzen-client --help` for each).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// What its running tasks may hold at once; `None`: one CPU per worker, the machine's
+    /// memory.
+    pub capacity: Option<Capacity>,
+    /// Stop once the server has not been reachable this long.
+    pub give_up_after: Option<Duration>,
+    /// Leave once no task was held this long.
+    pub idle_timeout: Option<Duration>,
+    /// Leave this long after starting, taking no task that would outlast it.
+    pub time_limit: Option<Duration>,
+    /// The allocation it runs in (default: `SLURM_JOB_ID`).
+    pub allocation: Option<String>,
+    /// Read the server's address and fingerprint from this file before each attempt, instead
+    /// of the dispatcher's address.
+    pub server_file: Option<std::path::PathBuf>,
+}
+
 impl Dispatcher<Cluster> {
     /// Runs a server on this dispatcher's address for `duration` (until Ctrl-C or SIGTERM when
     /// `None`), then shuts it down cleanly. Blocks meanwhile, like the seed's `spawn_server`.
@@ -59,7 +80,8 @@ impl Dispatcher<Cluster> {
         workers: usize,
         capacity: Capacity,
     ) -> Result<(), DispatchError> {
-        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), Some(capacity), None)
+        let options = AgentOptions { capacity: Some(capacity), ..AgentOptions::default() };
+        self.spawn_agent(tasks, workers, WorkerCommand::this_binary(), options)
     }
 
     /// [`spawn_client`](Self::spawn_client) whose workers run `command` instead of this program
@@ -70,19 +92,18 @@ impl Dispatcher<Cluster> {
         workers: usize,
         command: WorkerCommand,
     ) -> Result<(), DispatchError> {
-        self.spawn_agent(tasks, workers, command, None, None)
+        self.spawn_agent(tasks, workers, command, AgentOptions::default())
     }
 
-    /// Runs an agent in this process until Ctrl-C or SIGTERM, or until the server has not been
-    /// reachable for `give_up_after`; `capacity` `None`: the default.
+    /// Runs an agent in this process until Ctrl-C or SIGTERM, or until it stops as `options`
+    /// say.
     #[doc(hidden)]
     pub fn spawn_agent(
         &self,
         tasks: Tasks,
         workers: usize,
         command: WorkerCommand,
-        capacity: Option<Capacity>,
-        give_up_after: Option<Duration>,
+        options: AgentOptions,
     ) -> Result<(), DispatchError> {
         if is_unentered_worker() {
             return Err(DispatchError::WorkerEntryMissing);
@@ -98,10 +119,16 @@ impl Dispatcher<Cluster> {
         }
         let mut config = AgentConfig::new(&self.backend.server, workers);
         config.pool.command = command;
-        config.pool.capacity = capacity;
+        config.pool.capacity = options.capacity;
         config.secret = self.backend.secret()?;
         config.tls = self.backend.tls.clone();
-        config.give_up_after = give_up_after;
+        config.give_up_after = options.give_up_after;
+        config.idle_timeout = options.idle_timeout;
+        config.time_limit = options.time_limit;
+        config.server_file = options.server_file;
+        if let Some(allocation) = options.allocation {
+            config.allocation = allocation;
+        }
         blitzen_client::run_until_signal(config)?;
         Ok(())
     }
