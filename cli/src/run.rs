@@ -77,6 +77,10 @@ pub fn submit(args: Submit) -> Result<ExitCode, String> {
         d.shutdown();
         return code;
     }
+    // A task that ended while this process ran is noted as ended here: the server gives the
+    // process that attaches only the results this one did not take.
+    d.keep_results_at_the_server();
+    note_ended(&d, &record)?;
     d.detach();
     Ok(ExitCode::SUCCESS)
 }
@@ -202,27 +206,9 @@ pub fn collect(d: &DistributedDispatcher, record: &Record, json: bool) -> Result
             finished.push(seq);
         }
         if !finished.is_empty() {
-            let places: Vec<usize> =
-                finished.iter().filter_map(|s| place_of.get(s).copied()).collect();
-            let ids: Vec<_> = places.iter().map(|&p| record.ids[p].untyped()).collect();
-            let results = d.get_task_results(&ids, Fetch::default()).map_err(|e| e.to_string())?;
-            let ended: Vec<Ended> = (places.iter().zip(results))
-                .map(|(&place, r)| Ended {
-                    item: record.numbers[place],
-                    error: r.outcome().err().map(|e| match e {
-                        // How the program ended, without the task's own name (`program`).
-                        blitzen::TaskError::Returned { message, .. } => message,
-                        e => e.to_string(),
-                    }),
-                    stdout: r.run.stdout.to_text(),
-                    stderr: r.run.stderr.to_text(),
-                    host: r.worker.as_ref().and_then(|w| w.host.clone()),
-                    seconds: r.run.elapsed().as_secs_f64(),
-                })
-                .collect();
+            let ended = take_ended(d, record, &place_of, &finished)?;
             failed += ended.iter().filter(|e| e.error.is_some()).count();
             done += ended.len();
-            record.add(&ended)?;
         }
         progress.show(done, failed, total, false);
     }
@@ -233,6 +219,51 @@ pub fn collect(d: &DistributedDispatcher, record: &Record, json: bool) -> Result
         eprintln!("{failed} of {total} failed: blitzen failures {}", record.session);
     }
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Takes the results of the tasks numbered `finished` (ended in `d`) and adds them to the
+/// session's record.
+fn take_ended(
+    d: &DistributedDispatcher,
+    record: &Record,
+    place_of: &std::collections::HashMap<u64, usize>,
+    finished: &[u64],
+) -> Result<Vec<Ended>, String> {
+    let places: Vec<usize> = finished.iter().filter_map(|s| place_of.get(s).copied()).collect();
+    let ids: Vec<_> = places.iter().map(|&p| record.ids[p].untyped()).collect();
+    let results = d.get_task_results(&ids, Fetch::default()).map_err(|e| e.to_string())?;
+    let ended: Vec<Ended> = (places.iter().zip(results))
+        .map(|(&place, r)| Ended {
+            item: record.numbers[place],
+            error: r.outcome().err().map(|e| match e {
+                // How the program ended, without the task's own name (`program`).
+                blitzen::TaskError::Returned { message, .. } => message,
+                e => e.to_string(),
+            }),
+            stdout: r.run.stdout.to_text(),
+            stderr: r.run.stderr.to_text(),
+            host: r.worker.as_ref().and_then(|w| w.host.clone()),
+            seconds: r.run.elapsed().as_secs_f64(),
+        })
+        .collect();
+    record.add(&ended)?;
+    Ok(ended)
+}
+
+/// Adds to the session's record the tasks that ended in `d` already (with results this process
+/// took from the server, which will not give them again).
+fn note_ended(d: &DistributedDispatcher, record: &Record) -> Result<(), String> {
+    let place_of: std::collections::HashMap<u64, usize> =
+        record.ids.iter().enumerate().map(|(i, id)| (id.seq(), i)).collect();
+    let mut completions = d.completions(&record.ids);
+    let mut finished = Vec::new();
+    while let Completion::Finished(seq) = completions.next_within(Duration::ZERO) {
+        finished.push(seq);
+    }
+    if !finished.is_empty() {
+        take_ended(d, record, &place_of, &finished)?;
+    }
+    Ok(())
 }
 
 /// The progress line: redrawn in place on a terminal, a line every few seconds otherwise.

@@ -281,7 +281,10 @@ impl Connection<'_> {
                             }
                         }
                         self.table.complete(reports);
-                        let ids = backlog.acknowledge_now(ids);
+                        // Once detaching, results stay the server's to give to the process
+                        // that attaches to the session: this one may end before it says so.
+                        let keep = self.detached.load(std::sync::atomic::Ordering::SeqCst);
+                        let ids = if keep { Vec::new() } else { backlog.acknowledge_now(ids) };
                         if !ids.is_empty() {
                             let _ = writer.send_urgent(FromDriver::Ack(ids));
                         }

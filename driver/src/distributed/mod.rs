@@ -364,7 +364,16 @@ impl Dispatcher<Cluster> {
     /// [`attach`](Self::attach)es to it later. Save [`session`](Self::session) and the task ids
     /// first.
     pub fn detach(self) {
-        self.backend.detached.store(true, Ordering::Relaxed);
+        self.backend.detached.store(true, Ordering::SeqCst);
+    }
+
+    /// The first half of [`detach`](Self::detach): results that arrive from now on are not
+    /// acknowledged, so the server keeps them for the process that attaches; those that arrived
+    /// before are this dispatcher's (fetch them, or note that they ended, before detaching).
+    /// Without it, a result that arrives while a program saves its task ids and detaches is
+    /// acknowledged here and never reaches the process that attaches.
+    pub fn keep_results_at_the_server(&self) {
+        self.backend.detached.store(true, Ordering::SeqCst);
     }
 
     /// This driver's session.
