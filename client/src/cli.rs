@@ -137,6 +137,28 @@ fn gpus_listed(listing: &str) -> Vec<u32> {
     listing.lines().filter_map(index).collect()
 }
 
+/// Parses `args` (the program's name first) as this command line and runs the agent until it
+/// stops, printing any error as `name: …`: what `blitzen-client` does, and what a program's own
+/// agent mode does (`blitzen::distributed::agent_main`), named `name` in `--help`. `--help`,
+/// `--version` and bad flags print and exit, as clap does.
+pub fn main_with(
+    name: &'static str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Args::command().name(name).bin_name(name);
+    if name != "blitzen-client" {
+        command = command.about(
+            "A Blitzen cluster agent: connects to a blitzen-server (waiting for it if it is not \
+             up yet, reconnecting if it restarts) and runs this program's tasks, and the \
+             built-in ones, on N worker processes.",
+        );
+    }
+    let matches = command.get_matches_from(args);
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    blitzen_common::cli::finish(name, run(args))
+}
+
 /// Runs an agent with the flags `args` until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<()> {
     logging::install();

@@ -5,12 +5,7 @@
 
 use std::process::ExitCode;
 
-use blitzen_client::cli::{Args, run};
-use blitzen_common::cli::finish;
-use clap::Parser;
-
 fn main() -> ExitCode {
     blitzen_common::worker_main();
-    let args = Args::parse();
-    finish("blitzen-client", run(args))
+    blitzen_client::cli::main_with("blitzen-client", std::env::args_os())
 }

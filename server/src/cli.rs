@@ -207,10 +207,12 @@ pub struct Args {
     /// With --autoscale: time between two decisions (each lists the jobs with squeue).
     #[arg(long, value_name = "SPAN", value_parser = parse_span, default_value = "5s")]
     autoscale_interval: Duration,
-    /// With --autoscale: the agents' program, given the flags of blitzen-client. Default: the
-    /// blitzen-client beside this binary, else on the PATH.
-    #[arg(long, value_name = "PATH")]
-    agent_program: Option<PathBuf>,
+    /// With --autoscale: the agents' program, and any arguments before the flags of
+    /// blitzen-client it is given, as words separated by spaces: "blitzen-py-client" for
+    /// Python calls, "./my-app agent" for a Rust program's own tasks (blitzen::distributed::
+    /// agent_main). Default: the blitzen-client beside this binary, else on the PATH.
+    #[arg(long, value_name = "COMMAND")]
+    agent_program: Option<String>,
     /// With --autoscale: print each sbatch line it would run on stdout, and submit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -255,10 +257,19 @@ fn autoscale(args: &Args) -> anyhow::Result<Option<AutoscaleConfig>> {
          --agent-secret-file), not BLITZEN_SECRET"
     );
     let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-    let agent_program = match &args.agent_program {
-        Some(p) if p.components().count() > 1 => absolute(p),
-        Some(p) => p.clone(),
-        None => crate::autoscale::slurm::default_agent_program(),
+    let agent_command: Vec<String> = match &args.agent_program {
+        Some(line) => {
+            let mut words: Vec<String> = line.split_whitespace().map(String::from).collect();
+            anyhow::ensure!(!words.is_empty(), "--agent-program is empty");
+            // The jobs start in the submission folder: a relative path is made whole.
+            if words[0].contains('/') {
+                words[0] = absolute(&PathBuf::from(&words[0])).display().to_string();
+            }
+            words
+        }
+        None => {
+            vec![crate::autoscale::slurm::default_agent_program().display().to_string()]
+        }
     };
     Ok(Some(AutoscaleConfig {
         max_agents: args.max_agents,
@@ -268,7 +279,7 @@ fn autoscale(args: &Args) -> anyhow::Result<Option<AutoscaleConfig>> {
         interval: args.autoscale_interval,
         dry_run: args.dry_run,
         scheduler_args: args.scheduler_args.clone(),
-        agent_program,
+        agent_command,
         address_file: absolute(address_file),
         secret_file: secret_file.map(absolute),
     }))

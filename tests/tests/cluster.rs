@@ -68,6 +68,32 @@ fn an_idle_agent_leaves_and_a_stopped_one_says_goodbye() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `PROGRAM agent …` (`blitzen::distributed::agent_main`): this program as an agent with the
+/// flags of blitzen-client, serving its own tasks, leaving once idle.
+fn a_program_started_with_agent_serves_its_own_tasks_with_the_agents_flags() -> Result<(), Failed> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let help = std::process::Command::new(&exe).args(["agent", "--help"]).output().map_err(fail)?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    check(
+        help.contains("this program's tasks") && help.contains("--idle-timeout"),
+        help.to_string(),
+    )?;
+    let server = start_server(&[]).map_err(fail)?;
+    let mut line = std::process::Command::new(&exe);
+    line.args(["agent", "--server", &server.addr, "--workers", "2", "--idle-timeout", "1"]);
+    let mut agent = start_program(line, "own-agent-mode").map_err(fail)?;
+    let d = driver(&server.addr);
+    let ids: Vec<_> = (1..=10).map(|x| d.run(triple, x)).collect();
+    let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
+    let got: Vec<u64> = results.iter().filter_map(|r| r.decode().ok()).collect();
+    check(got == (1..=10).map(|x| 3 * x).collect::<Vec<_>>(), format!("{got:?}"))?;
+    let exited = agent.wait_exit(Duration::from_secs(30)).map_err(fail)?;
+    let log = agent.log_text();
+    check(exited.is_some_and(|s| s.success()), format!("{exited:?}\n{log}"))?;
+    check(log.contains("left the cluster"), log.clone())?;
+    Ok(())
+}
+
 fn distributed_trio_reports_finished_and_timed_out() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
     let _agent = start_agent(&server.addr, 5, "trio-agent").map_err(fail)?;
@@ -679,6 +705,7 @@ fn spawn_server_serves_its_duration_and_keeps_the_public_bind_rule() -> Result<(
 
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
+    blitzen::distributed::agent_main(blitzen::tasks![]);
     blitzen_tests::tally::own_agent_main();
     if let Ok(server) = std::env::var(AGENT_ENV) {
         // A user's own client: the seed's client script, its tasks in this program.
@@ -726,6 +753,7 @@ fn main() -> std::process::ExitCode {
     let trials = vec![
         trial!(distributed_trio_reports_finished_and_timed_out),
         trial!(an_idle_agent_leaves_and_a_stopped_one_says_goodbye),
+        trial!(a_program_started_with_agent_serves_its_own_tasks_with_the_agents_flags),
         trial!(two_agents_share_the_load),
         trial!(priorities_order_the_queue_and_a_waiting_low_task_rises),
         trial!(three_drivers_each_get_exactly_their_own_results),

@@ -278,6 +278,28 @@ fn tasks_waiting_on_inputs_ask_for_no_agent(slurm: &Slurm) -> Result<(), Failed>
     Ok(())
 }
 
+/// A task of this program, which the stock agent does not have.
+#[blitzen::task]
+fn triple(x: u64) -> u64 {
+    3 * x
+}
+
+/// `--agent-program "THIS agent"`: the jobs run this program as an agent
+/// (`blitzen::distributed::agent_main`), which serves its own task.
+fn a_programs_own_tasks_run_on_the_agents_it_asks_for(slurm: &Slurm) -> Result<(), Failed> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let program = format!("{} agent", exe.display());
+    let auto = Autoscaled::start(slurm, &["--max-agents", "2", "--agent-program", &program], &[])?;
+    let d = auto.driver()?;
+    let ids: Vec<_> = (1..=20).map(|x| d.run(triple, x)).collect();
+    let results =
+        d.get_task_results(&ids, Fetch::default().within(Duration::from_secs(90))).map_err(fail)?;
+    let got: Vec<u64> = results.iter().filter_map(|r| r.decode().ok()).collect();
+    check(got == (1..=20).map(|x| 3 * x).collect::<Vec<_>>(), format!("{got:?}\n{}", auto.log()))?;
+    check(slurm.wait_no_jobs(Duration::from_secs(30)).map_err(fail)?, "jobs left")?;
+    Ok(())
+}
+
 /// The job script of `deploy/slurm` under real `sbatch` and `srun`: the server, one agent, and
 /// this binary as the driver of 100 sleeps; the job ends when the driver does, the server and
 /// the agent stopping cleanly (no step killed).
@@ -346,6 +368,7 @@ fn recipe_driver(spec: &str) -> Result<usize, String> {
 
 fn main() -> std::process::ExitCode {
     blitzen::worker_main();
+    blitzen::distributed::agent_main(blitzen::tasks![]);
     if let Ok(spec) = std::env::var(RECIPE_DRIVER_ENV) {
         let outcome = recipe_driver(&spec);
         let text = match &outcome {
@@ -363,7 +386,7 @@ fn main() -> std::process::ExitCode {
     }
     let args = Arguments::from_args();
     type Test = fn(&Slurm) -> Result<(), Failed>;
-    let tests: [(&str, Test); 7] = [
+    let tests: [(&str, Test); 8] = [
         (
             "a_burst_scales_from_zero_to_the_maximum_and_back_to_zero",
             a_burst_scales_from_zero_to_the_maximum_and_back_to_zero,
@@ -379,6 +402,10 @@ fn main() -> std::process::ExitCode {
             a_dry_run_prints_the_jobs_and_submits_nothing,
         ),
         ("tasks_waiting_on_inputs_ask_for_no_agent", tasks_waiting_on_inputs_ask_for_no_agent),
+        (
+            "a_programs_own_tasks_run_on_the_agents_it_asks_for",
+            a_programs_own_tasks_run_on_the_agents_it_asks_for,
+        ),
         ("the_sbatch_recipe_runs_under_real_slurm", the_sbatch_recipe_runs_under_real_slurm),
     ];
     let why = unavailable();

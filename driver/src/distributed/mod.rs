@@ -21,6 +21,7 @@ pub use blitzen_net::{ConnectError, Secret, SecretError};
 pub use local::LocalCluster;
 #[doc(hidden)]
 pub use spawn::AgentOptions;
+pub use spawn::agent_main;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;

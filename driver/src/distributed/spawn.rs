@@ -37,6 +37,44 @@ pub struct AgentOptions {
     pub server_file: Option<std::path::PathBuf>,
 }
 
+/// When this program was started as a cluster agent — its first argument is `agent` — serves as
+/// one and exits; otherwise returns at once. Call it first in `main`, after
+/// [`worker_main`](crate::worker_main):
+///
+/// ```no_run
+/// blitzen::worker_main();
+/// blitzen::distributed::agent_main(blitzen::tasks![]); // `my-app agent …` ends here
+/// // … the program as a driver
+/// ```
+///
+/// `my-app agent --server HOST --workers 8` is then an agent serving `tasks` (named as for
+/// [`spawn_client`](Dispatcher::spawn_client)) and the built-in ones, with every flag of
+/// `blitzen-client` (`my-app agent --help`), until Ctrl-C or SIGTERM, or until it leaves
+/// (`--idle-timeout`, `--time-limit`): what `blitzen-server --autoscale slurm --agent-program
+/// "my-app agent"` starts in each job.
+pub fn agent_main(tasks: Tasks) {
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_default();
+    if args.next().as_deref() != Some(std::ffi::OsStr::new("agent")) {
+        return;
+    }
+    let stem = std::path::Path::new(&program).file_name().map(|n| n.to_string_lossy().into_owned());
+    // Named once for the life of the process, which ends below.
+    let name: &'static str =
+        Box::leak(format!("{} agent", stem.unwrap_or_default()).into_boxed_str());
+    if let Ok(empty) = tasks.crates_without_tasks() {
+        for krate in empty {
+            eprintln!(
+                "{name}: `{krate}` is named in blitzen::tasks![] but none of its functions is a \
+                 #[blitzen::task]"
+            );
+        }
+    }
+    let args = std::iter::once(std::ffi::OsString::from(name)).chain(args);
+    let code = blitzen_client::cli::main_with(name, args);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+}
+
 impl Dispatcher<Cluster> {
     /// Runs a server on this dispatcher's address for `duration` (until Ctrl-C or SIGTERM when
     /// `None`), then shuts it down cleanly. Blocks meanwhile, like the seed's `spawn_server`.

@@ -50,9 +50,9 @@ pub struct AutoscaleConfig {
     pub dry_run: bool,
     /// Arguments for the scheduler's submission (`sbatch`), as given after `--`.
     pub scheduler_args: Vec<String>,
-    /// The agent's program (`blitzen-client`, or a program of its own that takes the same
-    /// flags).
-    pub agent_program: PathBuf,
+    /// The agent's program and the arguments before its flags (`blitzen-client`, or a program
+    /// of its own that takes the same flags: `my-app agent`).
+    pub agent_command: Vec<String>,
     /// Where the agents find the server (`--address-file`), on a file system they share.
     pub address_file: PathBuf,
     /// The agents' secret, as a file they can read; `None`: none.
@@ -69,7 +69,7 @@ impl Default for AutoscaleConfig {
             interval: Duration::from_secs(5),
             dry_run: false,
             scheduler_args: Vec::new(),
-            agent_program: slurm::default_agent_program(),
+            agent_command: vec![slurm::default_agent_program().display().to_string()],
             address_file: PathBuf::from("blitzen.address"),
             secret_file: None,
         }

@@ -73,11 +73,8 @@ impl Slurm {
 /// limit, and when the server has been gone for as long as its idle timeout.
 fn job_script(c: &AutoscaleConfig) -> String {
     let limit = c.agent_time_limit.saturating_sub(margin(c.agent_time_limit));
-    let mut line = vec![
-        quoted(&c.agent_program.display().to_string()),
-        "--server-file".into(),
-        quoted(&c.address_file.display().to_string()),
-    ];
+    let mut line: Vec<String> = c.agent_command.iter().map(|w| quoted(w)).collect();
+    line.extend(["--server-file".into(), quoted(&c.address_file.display().to_string())]);
     if let Some(secret) = &c.secret_file {
         line.extend(["--secret-file".into(), quoted(&secret.display().to_string())]);
     }
@@ -198,7 +195,7 @@ mod tests {
         let config = AutoscaleConfig {
             address_file: dir.join("it's.address"),
             secret_file: Some(dir.join("secret")),
-            agent_program: PathBuf::from("/opt/blitzen/blitzen-client"),
+            agent_command: vec!["/opt/blitzen/my-app".into(), "agent".into()],
             agent_workers: 8,
             agent_time_limit: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(300),
@@ -209,7 +206,7 @@ mod tests {
         let script =
             std::fs::read_to_string(dir.join(".blitzen-agent-deadbeef.sh")).expect("a script");
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
-        assert!(script.contains("exec '/opt/blitzen/blitzen-client' --server-file"), "{script}");
+        assert!(script.contains("exec '/opt/blitzen/my-app' 'agent' --server-file"), "{script}");
         assert!(script.contains(r"it'\''s.address"), "quoted: {script}");
         assert!(script.contains("--workers 8 --idle-timeout 300 --time-limit 3540"), "{script}");
         assert!(script.contains("--allocation \"$SLURM_JOB_ID\""), "{script}");
