@@ -315,12 +315,14 @@ def test_an_agent_started_on_demand_finds_the_server_by_its_file_and_leaves_when
     )
     processes.started.append(server)
     assert str(port) in server.stdout.readline()
-    flags = ("--server-file", str(address), "--idle-timeout", "3", "--allocation", "77")
-    # The port the dispatcher would use is not the server's: the file wins.
-    client = start_client(processes, free_port(), workers=1, args=flags)
     d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
     try:
-        assert d.get_results([d.run(square, 3)], timeout=60) == [9]
+        # Submitted first: an agent that started first could leave before it comes.
+        task_id = d.run(square, 3)
+        flags = ("--server-file", str(address), "--idle-timeout", "3", "--allocation", "77")
+        # The port the dispatcher would use is not the server's: the file wins.
+        client = start_client(processes, free_port(), workers=1, args=flags)
+        assert d.get_results([task_id], timeout=60) == [9]
         asked = subprocess.run(
             [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
             env={**os.environ, "BLITZEN_SECRET": SECRET},

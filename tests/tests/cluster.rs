@@ -40,10 +40,11 @@ const DETACH_ENV: &str = "BLITZEN_TEST_DETACH";
 /// says goodbye too.
 fn an_idle_agent_leaves_and_a_stopped_one_says_goodbye() -> Result<(), Failed> {
     let server = start_server(&[]).map_err(fail)?;
+    let d = driver(&server.addr);
+    // Submitted first: an agent that started first could leave before they come.
+    let ids: Vec<_> = (0..6).map(|_| d.run(sleep, 0.2)).collect();
     let mut idle =
         start_agent_with(&server.addr, 2, "idle-agent", &["--idle-timeout", "1"]).map_err(fail)?;
-    let d = driver(&server.addr);
-    let ids: Vec<_> = (0..6).map(|_| d.run(sleep, 0.2)).collect();
     let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
     check(results.iter().all(|r| r.decode::<f64>().is_ok()), format!("{results:?}"))?;
     let exited = idle.wait_exit(Duration::from_secs(20)).map_err(fail)?;
@@ -79,11 +80,12 @@ fn a_program_started_with_agent_serves_its_own_tasks_with_the_agents_flags() -> 
         help.to_string(),
     )?;
     let server = start_server(&[]).map_err(fail)?;
+    let d = driver(&server.addr);
+    // Submitted first: an agent that started first could leave before they come.
+    let ids: Vec<_> = (1..=10).map(|x| d.run(triple, x)).collect();
     let mut line = std::process::Command::new(&exe);
     line.args(["agent", "--server", &server.addr, "--workers", "2", "--idle-timeout", "1"]);
     let mut agent = start_program(line, "own-agent-mode").map_err(fail)?;
-    let d = driver(&server.addr);
-    let ids: Vec<_> = (1..=10).map(|x| d.run(triple, x)).collect();
     let results = d.get_task_results(&ids, Fetch::default().within(WAIT)).map_err(fail)?;
     let got: Vec<u64> = results.iter().filter_map(|r| r.decode().ok()).collect();
     check(got == (1..=10).map(|x| 3 * x).collect::<Vec<_>>(), format!("{got:?}"))?;
