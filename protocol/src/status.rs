@@ -70,7 +70,8 @@ pub struct AutoscaleStatus {
     pub failed_submissions: u32,
     /// Allocations that ended without their agent ever connecting, in a row.
     pub failed_allocations: u32,
-    /// Why it asks for nothing more until the server restarts, after repeated failures.
+    /// Why it asks for nothing more until `blitzen-server resume` or a restart, after repeated
+    /// failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
     /// Milliseconds until it may submit again after a failure (0: now).

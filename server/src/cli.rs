@@ -1,5 +1,6 @@
 //! `blitzen-server`'s command line: its flags ([`Cli`]), serving with them ([`serve`]), and its
-//! subcommands, which ask a running server ([`observe`]: `status`, `failures`, `cancel`; the
+//! subcommands, which ask a running server ([`observe`]: `status`, `failures`, `cancel`,
+//! `resume`; the
 //! filters and the rendering are `crate::observe`'s).
 
 use std::net::IpAddr;
@@ -21,7 +22,8 @@ use crate::{DEFAULT_PORT, ServerConfig, serve_until};
 /// The Blitzen cluster server: holds the task queue and the result cache. Drivers submit tasks
 /// to it; `blitzen-client` agents connect to it and run the tasks on their worker processes.
 ///
-/// Without a subcommand it serves; `status`, `failures` and `cancel` ask a running server.
+/// Without a subcommand it serves; `status`, `failures`, `cancel` and `resume` ask a running
+/// server.
 #[derive(Debug, clap::Parser)]
 #[command(name = "blitzen-server", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -74,6 +76,13 @@ pub enum Command {
         /// Cancel every task of the session not finished yet.
         #[arg(long, conflicts_with = "tasks")]
         all: bool,
+        #[allow(missing_docs)]
+        #[command(flatten)]
+        to: Target,
+    },
+    /// Make a paused autoscaler (--autoscale) ask for agents again, once what made its
+    /// submissions fail is fixed: its failures are forgotten, and any back-off is over.
+    Resume {
         #[allow(missing_docs)]
         #[command(flatten)]
         to: Target,
@@ -182,7 +191,8 @@ pub struct Args {
     /// replaced whole at each start.
     #[arg(long, value_name = "PATH")]
     address_file: Option<PathBuf>,
-    /// Ask a scheduler for agents as ready tasks need them. `slurm`: each agent is a batch job
+    /// Ask a scheduler for agents as ready tasks need them (repeated failures pause it until
+    /// `blitzen-server resume`). `slurm`: each agent is a batch job
     /// (sbatch) of --agent-workers CPUs running blitzen-client, which leaves after
     /// --idle-timeout without a task and before --agent-time-limit; sbatch options (a
     /// partition, an account) follow `--` at the end. Needs --address-file on a file system the
@@ -374,9 +384,10 @@ pub struct Target {
 /// Runs a subcommand; exit code 0 when the server answered, 1 otherwise.
 pub fn observe(command: Command) -> ExitCode {
     let to = match &command {
-        Command::Status { to, .. } | Command::Failures { to, .. } | Command::Cancel { to, .. } => {
-            to
-        }
+        Command::Status { to, .. }
+        | Command::Failures { to, .. }
+        | Command::Cancel { to, .. }
+        | Command::Resume { to } => to,
     };
     let json = to.json;
     match answer(&command, to) {
@@ -410,10 +421,11 @@ fn answer(command: &Command, to: &Target) -> Result<String, Failed> {
         Command::Cancel { session, tasks, .. } => {
             FromObserver::Cancel { session: session.clone(), ids: tasks.clone() }
         }
+        Command::Resume { .. } => FromObserver::ResumeAutoscaling,
     };
     let only = match command {
         Command::Status { task, .. } | Command::Failures { task, .. } => task.as_deref(),
-        Command::Cancel { .. } => None,
+        Command::Cancel { .. } | Command::Resume { .. } => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let reply = runtime.block_on(ask(&server, secret.as_ref(), &tls, request, to.timeout))?;

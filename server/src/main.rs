@@ -2,7 +2,7 @@
 //!
 //! Parses flags, then serves until `--duration` passes or Ctrl-C / SIGTERM (telling every
 //! driver and agent, and exiting 0), or asks a running server what a subcommand says: `status`,
-//! `failures`, `cancel`. Everything but the parsing is `blitzen_server::cli`'s.
+//! `failures`, `cancel`, `resume`. Everything but the parsing is `blitzen_server::cli`'s.
 
 use std::process::ExitCode;
 

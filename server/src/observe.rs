@@ -167,6 +167,13 @@ pub fn render(
              {} ids named no unfinished task\n",
             r.queued, r.running, r.not_found
         ),
+        ToObserver::Resumed { .. } if json => to_json(serde_json::to_string(&reply))?,
+        ToObserver::Resumed { was_paused: Some(why) } => {
+            format!("autoscaling resumed; it had paused: {why}\n")
+        }
+        ToObserver::Resumed { was_paused: None } => {
+            "autoscaling resumed (it was not paused; any back-off is over)\n".to_string()
+        }
         ToObserver::Error(message) => return Err(message.into()),
     })
 }
@@ -306,7 +313,10 @@ fn render_autoscale(a: &AutoscaleStatus) -> String {
         a.submitted
     );
     if let Some(reason) = &a.paused {
-        let _ = writeln!(out, "  PAUSED until the server restarts: {reason}");
+        let _ = writeln!(
+            out,
+            "  PAUSED until `blitzen-server resume` (or the server restarts): {reason}"
+        );
     } else if a.backoff_ms > 0 {
         let _ = writeln!(
             out,

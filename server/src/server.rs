@@ -261,10 +261,13 @@ impl Server {
             Some(auto) => {
                 let backend = crate::autoscale::slurm::Slurm::new(auto, server_id.get())
                     .map_err(ServeError::Autoscale)?;
+                let (resume, resumed) = mpsc::unbounded_channel();
+                core.autoscaler(resume);
                 let run = crate::autoscale::run(
                     auto.clone(),
                     Arc::new(backend),
                     events_tx.clone(),
+                    resumed,
                     shutdown.clone(),
                 );
                 Some(tokio::spawn(run))

@@ -193,7 +193,7 @@ fn agents_drain_before_their_time_limit(slurm: &Slurm) -> Result<(), Failed> {
 }
 
 /// `sbatch` refuses every job (no such partition): the autoscaler backs off, then pauses after 5
-/// failures with the reason in its status, and asks nothing more.
+/// failures with the reason in its status, and asks nothing more until `blitzen-server resume`.
 fn a_failing_sbatch_backs_off_and_pauses(slurm: &Slurm) -> Result<(), Failed> {
     let auto = Autoscaled::start(slurm, &[], &["--partition=nosuch"])?;
     let d = auto.driver()?;
@@ -225,7 +225,24 @@ fn a_failing_sbatch_backs_off_and_pauses(slurm: &Slurm) -> Result<(), Failed> {
         .output()
         .map_err(fail)?;
     let text = String::from_utf8_lossy(&text.stdout);
-    check(text.contains("PAUSED until the server restarts"), text.to_string())?;
+    check(text.contains("PAUSED until `blitzen-server resume`"), text.to_string())?;
+    // Resumed by a person: it asks again at once (and fails again, the partition still
+    // being wrong).
+    let resumed = std::process::Command::new(binary("blitzen-server").map_err(fail)?)
+        .args(["resume", "--server", &auto.server.addr])
+        .output()
+        .map_err(fail)?;
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    check(said.contains("resumed; it had paused: 5 submissions"), format!("{said}{resumed:?}"))?;
+    check(
+        auto.server.process.wait_for_log(
+            "autoscaling: submission failed",
+            6,
+            Duration::from_secs(10),
+        ),
+        auto.log(),
+    )?;
+    check(auto.log().contains("autoscaling resumed by an observer"), auto.log())?;
     Ok(())
 }
 

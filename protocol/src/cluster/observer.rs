@@ -22,6 +22,9 @@ pub enum FromObserver {
         /// The driver's task ids; empty: every task of the session not finished yet.
         ids: Vec<u64>,
     },
+    /// An autoscaling server's autoscaler, paused after repeated failures (or backing off
+    /// after one), asks again from now on: answered by [`ToObserver::Resumed`].
+    ResumeAutoscaling,
 }
 
 /// Server → observer.
@@ -33,6 +36,11 @@ pub enum ToObserver {
     Failures(Vec<crate::status::Failure>),
     /// What a cancel did.
     Cancelled(crate::status::CancelReport),
+    /// The autoscaler asks again; why it had paused, if it had.
+    Resumed {
+        /// Its pause's reason; `None`: it was not paused (a back-off, if any, is over).
+        was_paused: Option<String>,
+    },
     /// The request could not be served (an unknown session); said in words.
     Error(String),
 }

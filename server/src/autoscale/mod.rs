@@ -7,7 +7,8 @@
 //! shape could run, not those waiting on inputs or held by an agent — and asks for as many agents
 //! as those need beyond the ones pending or starting, up to [`AutoscaleConfig::max_agents`].
 //! Pending allocations are withdrawn when no ready task is left for them. Failed submissions
-//! back off, and repeated failures pause it (`policy`). When the server stops, it withdraws
+//! back off, and repeated failures pause it (`policy`) until `blitzen-server resume` (or a
+//! restart). When the server stops, it withdraws
 //! every allocation it holds.
 //!
 //! - this file: [`AutoscaleConfig`], the [`Backend`] trait a scheduler implements (the commands
@@ -173,6 +174,7 @@ pub(crate) async fn run(
     config: AutoscaleConfig,
     backend: Arc<dyn Backend>,
     events: mpsc::UnboundedSender<Event>,
+    mut resumed: mpsc::UnboundedReceiver<()>,
     shutdown: CancellationToken,
 ) {
     info!(
@@ -203,6 +205,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticks.tick() => scaler.tick().await,
+            Some(()) = resumed.recv() => scaler.resume(),
         }
     }
     scaler.withdraw_all().await;
@@ -288,10 +291,18 @@ impl Autoscaler {
         }
     }
 
+    /// An observer's order: failures are forgotten, and the next tick decides afresh.
+    fn resume(&mut self) {
+        let was = self.failures.paused.take();
+        info!(was_paused = was.as_deref().unwrap_or("no"), "autoscaling resumed by an observer");
+        self.failures = Failures::default();
+        self.next_try = None;
+    }
+
     /// Logs a pause that began with the last failure.
     fn announce_pause(&self, was_paused: bool) {
         if let (false, Some(reason)) = (was_paused, &self.failures.paused) {
-            error!(%reason, "autoscaling paused: no more agents are asked for until the server restarts");
+            error!(%reason, "autoscaling paused: no more agents are asked for until `blitzen-server resume` or a restart");
         }
     }
 

@@ -179,6 +179,8 @@ pub(crate) struct Core {
     autoscale: Option<Box<blitzen_protocol::status::AutoscaleStatus>>,
     /// With an autoscaler: the allocations whose agents connected since it last asked.
     joined_allocations: Vec<String>,
+    /// With an autoscaler: where an observer's order to resume goes.
+    resume_autoscaler: Option<mpsc::UnboundedSender<()>>,
 }
 
 /// How often the dashboard's snapshot is made.
@@ -261,6 +263,7 @@ impl Core {
             later_due: None,
             autoscale: None,
             joined_allocations: Vec::new(),
+            resume_autoscaler: None,
         };
         if let Some(loaded) = loaded {
             core.restore(loaded);
@@ -269,6 +272,11 @@ impl Core {
             durable.committed_seq = core.next_seq;
         }
         core
+    }
+
+    /// Observers' orders to resume autoscaling go to `tx`.
+    pub(crate) fn autoscaler(&mut self, tx: mpsc::UnboundedSender<()>) {
+        self.resume_autoscaler = Some(tx);
     }
 
     /// From now on, publishes a snapshot of the cluster once a second, for the dashboard:

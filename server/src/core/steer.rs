@@ -137,6 +137,14 @@ impl Core {
                 }
                 None => ToObserver::Error(unknown_session(&session)),
             },
+            FromObserver::ResumeAutoscaling => match &self.resume_autoscaler {
+                Some(tx) => {
+                    let was_paused = self.autoscale.as_ref().and_then(|a| a.paused.clone());
+                    let _ = tx.send(());
+                    ToObserver::Resumed { was_paused }
+                }
+                None => ToObserver::Error("this server does not autoscale (--autoscale)".into()),
+            },
         }
     }
 

@@ -142,3 +142,19 @@ fn the_demand_counts_ready_tasks_that_fit_the_shape() {
     let view = &demand.agents[0];
     assert_eq!((view.allocation.as_str(), view.busy, view.leaving), ("42", true, false));
 }
+
+#[test]
+fn resuming_autoscaling_reaches_the_autoscaler_or_says_there_is_none() {
+    use blitzen_protocol::cluster::{FromObserver, ToObserver};
+    let mut c = core(ServerConfig::default());
+    let refused = c.observe(FromObserver::ResumeAutoscaling);
+    assert!(
+        matches!(&refused, ToObserver::Error(e) if e.contains("does not autoscale")),
+        "{refused:?}"
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    c.autoscaler(tx);
+    let answer = c.observe(FromObserver::ResumeAutoscaling);
+    assert_eq!(answer, ToObserver::Resumed { was_paused: None });
+    assert_eq!(rx.try_recv(), Ok(()), "the autoscaler heard it");
+}
