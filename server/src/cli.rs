@@ -266,6 +266,13 @@ fn autoscale(args: &Args) -> anyhow::Result<Option<AutoscaleConfig>> {
         "--autoscale needs the agents' secret as a file they can read (--secret-file or \
          --agent-secret-file), not BLITZEN_SECRET"
     );
+    if args.bind.is_loopback() {
+        tracing::warn!(
+            bind = %args.bind,
+            "--autoscale with a loopback --bind: only agents on this machine can reach the server \
+             (--bind 0.0.0.0, with the secret, for agents on other nodes)"
+        );
+    }
     let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let agent_command: Vec<String> = match &args.agent_program {
         Some(line) => {

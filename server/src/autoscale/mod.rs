@@ -223,8 +223,12 @@ impl Autoscaler {
             match run_command(self.backend.list()).await {
                 Ok(out) => self.listed(self.backend.listed(&out)),
                 Err(e) => {
-                    warn!(error = %e, "autoscaling: cannot list the allocations; deciding nothing");
-                    self.decide(format!("cannot list the allocations: {e}"), now);
+                    let decision = format!("cannot list the allocations: {e}");
+                    // Once per cause, not at every tick.
+                    if decision != self.decision {
+                        warn!(error = %e, "autoscaling: cannot list the allocations; deciding nothing until it can");
+                    }
+                    self.decide(decision, now);
                     return self.publish(&Demand::default(), now);
                 }
             }
