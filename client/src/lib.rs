@@ -217,7 +217,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if succession.replaces != 0 {
         info!(host = %config.host, "this agent replaces an ended agent process of the same name");
     }
-    let ends_at = config.time_limit.map(|limit| Instant::now() + limit);
+    // A limit past what a clock can hold is none.
+    let ends_at = config.time_limit.and_then(|limit| Instant::now().checked_add(limit));
     let leave = Leave { idle: config.idle_timeout, at: ends_at };
     let mut role = Role::Agent {
         capacity: Some(capacity),

@@ -1,6 +1,7 @@
 """DistributedDispatcher on a real cluster: a server and Python agents in their own processes,
 over loopback, encrypted with a shared secret."""
 
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,49 @@ from calls import announced_nap, hard_exit, nap, span, square
 from conftest import EXAMPLES, HERE, free_port, wait_for_output
 
 SECRET = "a-cluster-secret-for-the-tests"
+
+
+def server_binary():
+    """The workspace's ``blitzen-server`` binary (python/tests/pytest.rs names it)."""
+    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
+    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
+    return server_bin
+
+
+def start_server_binary(processes, port, *args):
+    """The workspace's ``blitzen-server`` on `port`, with the tests' secret and more flags."""
+    server = subprocess.Popen(
+        [server_binary(), "--port", str(port), *args],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    processes.started.append(server)
+    line = server.stdout.readline()
+    assert str(port) in line, (line, server.stderr.read() if server.poll() is not None else "")
+    return server
+
+
+def server_status(port, *args):
+    """``blitzen-server status --json`` of the binary server on `port`, parsed."""
+    asked = subprocess.run(
+        [server_binary(), "status", "--server", f"127.0.0.1:{port}", "--json", *args],
+        env={**os.environ, "BLITZEN_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert asked.returncode == 0, asked.stderr
+    return json.loads(asked.stdout)
+
+
+def run_client_command(*args):
+    """``python -m blitzen.client ARGS``, to its end: what it printed, and how it exited."""
+    return subprocess.run(
+        [sys.executable, "-m", "blitzen.client", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def fail(message):
@@ -267,9 +311,7 @@ def test_a_server_beyond_loopback_needs_a_secret(monkeypatch):
 def test_the_client_command_documents_and_checks_its_flags(tmp_path):
     import subprocess
 
-    run = lambda *args: subprocess.run(
-        [sys.executable, "-m", "blitzen.client", *args], capture_output=True, text=True, timeout=30
-    )
+    run = run_client_command
     shown = run("--help")
     assert shown.returncode == 0
     for flag in (
@@ -300,21 +342,8 @@ def test_an_agent_started_on_demand_finds_the_server_by_its_file_and_leaves_when
 ):
     """What `blitzen-server --autoscale` starts with `--agent-program blitzen-py-client`: the
     address from the server's file, the job's name in the status, and an exit once idle."""
-    import json
-
-    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
-    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
     port, address = free_port(), tmp_path / "server.address"
-    server = subprocess.Popen(
-        [server_bin, "--port", str(port), "--address-file", str(address)],
-        env={**os.environ, "BLITZEN_SECRET": SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    processes.started.append(server)
-    assert str(port) in server.stdout.readline()
+    start_server_binary(processes, port, "--address-file", str(address))
     d = DistributedDispatcher("127.0.0.1", port, secret=SECRET)
     try:
         # Submitted first: an agent that started first could leave before it comes.
@@ -323,26 +352,14 @@ def test_an_agent_started_on_demand_finds_the_server_by_its_file_and_leaves_when
         # The port the dispatcher would use is not the server's: the file wins.
         client = start_client(processes, free_port(), workers=1, args=flags)
         assert d.get_results([task_id], timeout=60) == [9]
-        asked = subprocess.run(
-            [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
-            env={**os.environ, "BLITZEN_SECRET": SECRET},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        agents = json.loads(asked.stdout)["agents"]
+        agents = server_status(port)["agents"]
         assert [a["allocation"] for a in agents] == ["77"], agents
     finally:
         d.shutdown()
     assert client.wait(timeout=30) == 0
     log = client.stderr.read()
     assert "left the cluster" in log and "idle timeout" in log, log
-    bad = subprocess.run(
-        [sys.executable, "-m", "blitzen.client", "--idle-timeout", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    bad = run_client_command("--idle-timeout", "0")
     assert bad.returncode == 2 and "--idle-timeout must be a number of seconds > 0" in bad.stderr
 
 
@@ -357,12 +374,7 @@ def test_an_agent_told_to_give_up_stops_once_its_server_is_gone(processes):
     log = client.stderr.read()
     assert "server not reachable" in log and "give_up_after=1s" in log
     assert "has not been reachable for the give-up time: stopping" in log
-    bad = subprocess.run(
-        [sys.executable, "-m", "blitzen.client", "--give-up-after", "-1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    bad = run_client_command("--give-up-after", "-1")
     assert bad.returncode == 2 and "--give-up-after must be" in bad.stderr
 
 

@@ -2,10 +2,6 @@
 worker processes and on a cluster: they run only where it fits, a memory limit is enforced and
 named (``MemoryExceeded``), and nonsense is a ``ValueError`` at the call."""
 
-import json
-import os
-import subprocess
-
 import pytest
 
 import blitzen
@@ -15,7 +11,7 @@ from blitzen.distributed import DistributedDispatcher
 from calls import hog, nap, span, square
 from browser import Browser
 from conftest import free_port
-from test_distributed import SECRET, start_client, start_server
+from test_distributed import SECRET, server_status, start_client, start_server, start_server_binary
 
 
 def overlaps(spans):
@@ -115,29 +111,11 @@ def test_a_call_is_known_by_its_function_not_as_python(processes):
         c.shutdown()
 
 
-def start_server_binary(processes, server_bin, port, dashboard):
-    """The workspace's ``blitzen-server``, with its dashboard at `dashboard`."""
-    server = subprocess.Popen(
-        [server_bin, "--port", str(port), "--dashboard", dashboard],
-        env={**os.environ, "BLITZEN_SECRET": SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    processes.started.append(server)
-    line = server.stdout.readline()
-    assert str(port) in line, (line, server.stderr.read() if server.poll() is not None else "")
-    return server
-
-
 def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status_and_on_the_dashboard(
     processes,
 ):
-    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
-    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
     port, dashboard = free_port(), f"127.0.0.1:{free_port()}"
-    start_server_binary(processes, server_bin, port, dashboard)
+    start_server_binary(processes, port, "--dashboard", dashboard)
     start_client(processes, port, workers=1)
     script = (
         "from blitzen.distributed import DistributedDispatcher\n"
@@ -149,15 +127,7 @@ def test_a_failure_on_a_cluster_is_shown_by_its_function_in_the_status_and_on_th
     )
     driver = processes.start(["-c", script])
     assert driver.wait(timeout=60) == 0
-    asked = subprocess.run(
-        [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json", "--task", "__main__.f2"],
-        env={**os.environ, "BLITZEN_SECRET": SECRET},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert asked.returncode == 0, asked.stderr
-    status = json.loads(asked.stdout)
+    status = server_status(port, "--task", "__main__.f2")
     failures = status["recent_failures"]
     assert [f["task"] for f in failures] == ["__main__.f2"], failures
     assert "Throwing error" in failures[0]["error"]

@@ -2,10 +2,6 @@
 arguments of many calls — on one machine and on a real cluster, where the server sends it to
 each agent once."""
 
-import json
-import os
-import subprocess
-
 import pytest
 
 import blitzen
@@ -13,8 +9,7 @@ from blitzen import MulticoreDispatcher
 
 from calls import checksum, identity_of
 from conftest import free_port
-from test_distributed import SECRET, start_client
-from test_resources import start_server_binary
+from test_distributed import SECRET, server_status, start_client, start_server_binary
 
 BIG = bytes(range(256)) * (64 << 12)  # 64 MiB
 
@@ -50,24 +45,10 @@ def test_a_shared_value_stands_for_itself_on_one_machine():
 def binary_cluster(processes):
     """A `blitzen-server` binary (whose status counts the shared bytes it sent) and a Python
     agent of two workers; returns a function that asks the server how many it sent."""
-    server_bin = os.environ.get("BLITZEN_SERVER_BIN")
-    assert server_bin, "BLITZEN_SERVER_BIN: the blitzen-server binary (python/tests/pytest.rs sets it)"
     port = free_port()
-    start_server_binary(processes, server_bin, port, f"127.0.0.1:{free_port()}")
+    start_server_binary(processes, port, "--dashboard", f"127.0.0.1:{free_port()}")
     start_client(processes, port, workers=2)
-
-    def shared_bytes_sent():
-        asked = subprocess.run(
-            [server_bin, "status", "--server", f"127.0.0.1:{port}", "--json"],
-            env={**os.environ, "BLITZEN_SECRET": SECRET},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert asked.returncode == 0, asked.stderr
-        return json.loads(asked.stdout)["server"]["shared_bytes_sent"]
-
-    return port, shared_bytes_sent
+    return port, lambda: server_status(port)["server"]["shared_bytes_sent"]
 
 
 def test_a_shared_value_crosses_to_an_agent_once(processes):

@@ -6,6 +6,8 @@
 //!   `backlog`: what it sent that the server has not taken, sent again after a reconnect;
 //!   `handoff`: how many tasks it was handed and the server has taken (`wait_accepted`).
 //! - `local`: [`LocalCluster`].
+//! - `session`: a driver's session — its name, attaching to one another process left,
+//!   detaching.
 //! - `spawn`: the seed's `spawn_server` and `spawn_client`, a server or an agent in this process.
 //! - `status`: asking the server about its cluster (`cluster_status`, `cluster_workers`).
 
@@ -13,6 +15,7 @@ mod backlog;
 mod handoff;
 mod link;
 mod local;
+mod session;
 mod spawn;
 mod status;
 
@@ -24,7 +27,6 @@ pub use spawn::AgentOptions;
 pub use spawn::agent_main;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ use crate::error::DispatchError;
 use crate::runtime::{self, RuntimeThread};
 use crate::table::ResultTable;
 use handoff::Handoff;
+use session::{random_session, session_origin};
 
 /// Runs tasks on the agents of a Blitzen cluster.
 ///
@@ -77,29 +80,6 @@ use handoff::Handoff;
 /// was; if the server cannot be reached again, or shuts down, every unfinished task ends with
 /// [`TaskError::Lost`](crate::TaskError::Lost) saying so. Nothing waits forever.
 pub type DistributedDispatcher = Dispatcher<Cluster>;
-
-/// The origin of the task ids of a session's dispatchers: the same in every process, so ids
-/// saved by one are valid in another attached to the session. The top bit keeps them apart
-/// from the numbered origins of other dispatchers.
-fn session_origin(session: &str) -> u32 {
-    let hash = blitzen_common::task::fingerprint(session);
-    ((hash ^ (hash >> 32)) as u32) | 0x8000_0000
-}
-
-/// A fresh session name: 128 random bits in hex.
-fn random_session() -> String {
-    match blitzen_net::secret::nonce() {
-        Ok(bytes) => bytes[..16].iter().map(|b| format!("{b:02x}")).collect(),
-        // No randomness from the system: unique enough within this host.
-        Err(_) => format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ),
-    }
-}
 
 /// How often a driver and its server send each other something, by default.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -331,55 +311,6 @@ impl Dispatcher<Cluster> {
     pub fn with_reconnect_window(mut self, window: Duration) -> Self {
         self.backend.reconnect_window = window;
         self
-    }
-
-    /// Names this driver's session (default: a random one). A reconnecting connection takes
-    /// its session over; two dispatchers connected at once with one name take it from each
-    /// other, so keep names unique.
-    pub fn with_session(mut self, name: impl Into<String>) -> Self {
-        self.backend.session = name.into();
-        self.table.set_origin(session_origin(&self.backend.session));
-        self
-    }
-
-    /// A dispatcher for a session another process left on the server (it ended with
-    /// [`detach`](Self::detach), or lost its connection): connects now, and holds every task
-    /// of the session the server still has — queued, running, or with a result not yet
-    /// fetched. Fetch them with the [`TaskId`](crate::TaskId)s the other process saved (they
-    /// serialize with serde), or all at once with [`join`](Self::join). Fails if the server
-    /// knows no such session.
-    pub fn attach(server: impl AsRef<str>, session: &str) -> Result<Self, DispatchError> {
-        Self::new(server).with_session(session).attached()
-    }
-
-    /// [`attach`](Self::attach) with this dispatcher's settings (secret, TLS, timeouts) to
-    /// the session [`with_session`](Self::with_session) named.
-    pub fn attached(mut self) -> Result<Self, DispatchError> {
-        self.backend.attach = true;
-        self.connect()?;
-        Ok(self)
-    }
-
-    /// Ends this dispatcher without a goodbye: the server keeps its session — unfinished tasks
-    /// go on, results wait (within `--result-ttl` and `--max-results`) — for a process that
-    /// [`attach`](Self::attach)es to it later. Save [`session`](Self::session) and the task ids
-    /// first.
-    pub fn detach(self) {
-        self.backend.detached.store(true, Ordering::SeqCst);
-    }
-
-    /// The first half of [`detach`](Self::detach): results that arrive from now on are not
-    /// acknowledged, so the server keeps them for the process that attaches; those that arrived
-    /// before are this dispatcher's (fetch them, or note that they ended, before detaching).
-    /// Without it, a result that arrives while a program saves its task ids and detaches is
-    /// acknowledged here and never reaches the process that attaches.
-    pub fn keep_results_at_the_server(&self) {
-        self.backend.detached.store(true, Ordering::SeqCst);
-    }
-
-    /// This driver's session.
-    pub fn session(&self) -> &str {
-        &self.backend.session
     }
 
     /// How often the driver and the server send each other something when there is nothing

@@ -186,7 +186,7 @@ pub(crate) async fn run(
         dry_run = config.dry_run,
         "autoscaling: agents are asked for as ready tasks need them"
     );
-    let mut ticks = tokio::time::interval(config.interval);
+    let mut ticks = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scaler = Autoscaler {
         config,

@@ -248,7 +248,8 @@ impl Core {
             connected_at: Instant::now(),
             last_heard: Instant::now(),
             reported: Vec::new(),
-            ends_at: joining.ends_in.map(|d| Instant::now() + d),
+            // A limit past what a clock can hold (an agent may say anything) is none.
+            ends_at: joining.ends_in.and_then(|d| Instant::now().checked_add(d)),
             allocation,
             leaving: None,
         };

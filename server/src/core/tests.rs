@@ -61,19 +61,32 @@ pub(super) fn agent(
     workers: u32,
     kinds: &[&str],
 ) -> mpsc::UnboundedReceiver<ToAgent> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let kinds = kinds.iter().map(|k| kind(k)).collect();
-    let agent = JoiningAgent {
+    join(core, n, joining(n, workers, kinds))
+}
+
+/// What agent `n` announces: `workers` workers for `kinds`, and nothing more.
+pub(super) fn joining(n: u64, workers: u32, kinds: &[&str]) -> JoiningAgent {
+    JoiningAgent {
         host: format!("a{n}"),
         workers,
-        kinds,
+        kinds: kinds.iter().map(|k| kind(k)).collect(),
         id: 1000 + n,
         replaces: 0,
         capacity: None,
         cache_size: 0,
         ends_in: None,
         allocation: String::new(),
-    };
+    }
+}
+
+/// Agent `n` joins on connection `n`, announcing `agent`; what it is sent arrives on the
+/// receiver.
+pub(super) fn join(
+    core: &mut Core,
+    n: u64,
+    agent: JoiningAgent,
+) -> mpsc::UnboundedReceiver<ToAgent> {
+    let (tx, rx) = mpsc::unbounded_channel();
     let close = CancellationToken::new();
     core.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close });
     rx

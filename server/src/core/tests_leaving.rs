@@ -4,38 +4,23 @@
 
 use std::time::Duration;
 
-use super::tests::{agent, assigned, conn, core, done, driver, kind, submission, submit, turn};
+use super::tests::{
+    agent, assigned, conn, core, done, driver, join, joining, kind, submission, submit, turn,
+};
 use super::*;
 use blitzen_protocol::Capacity;
 use blitzen_protocol::cluster::Submission;
 use blitzen_protocol::resources::Request;
 
-/// An agent of `workers` workers for kind `t` that stops in `ends_in`, in `allocation`.
+/// An agent of one worker for kind `t` that stops in `ends_in`, in `allocation`.
 fn timed_agent(
     c: &mut Core,
     n: u64,
     ends_in: Duration,
     allocation: &str,
 ) -> mpsc::UnboundedReceiver<ToAgent> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let joining = JoiningAgent {
-        host: format!("a{n}"),
-        workers: 1,
-        kinds: vec![kind("t")],
-        id: 1000 + n,
-        replaces: 0,
-        capacity: None,
-        cache_size: 0,
-        ends_in: Some(ends_in),
-        allocation: allocation.into(),
-    };
-    c.on_event(Event::AgentJoined {
-        conn: conn(n),
-        agent: joining,
-        tx,
-        close: CancellationToken::new(),
-    });
-    rx
+    let announced = joining(n, 1, &["t"]);
+    join(c, n, JoiningAgent { ends_in: Some(ends_in), allocation: allocation.into(), ..announced })
 }
 
 fn released(rx: &mut mpsc::UnboundedReceiver<ToAgent>) -> (Vec<TaskKey>, bool) {
@@ -119,6 +104,18 @@ fn an_agent_near_its_time_limit_gets_only_tasks_that_end_before_it() {
     let mut a = timed_agent(&mut c3, 4, Duration::from_secs(10), "18");
     turn(&mut c3);
     assert!(assigned(&mut a).is_empty(), "30 s tasks went to an agent with 10 s left");
+}
+
+#[test]
+fn a_time_limit_past_any_clock_is_no_limit() {
+    let mut c = core(ServerConfig::default());
+    let _d = driver(&mut c, 1);
+    // An agent may say anything: u64::MAX milliseconds must not overflow the server's clock.
+    let mut a = timed_agent(&mut c, 2, Duration::from_millis(u64::MAX), "1");
+    let long = (0..2).map(|id| Submission { timeout_ms: Some(3_600_000), ..submission(id, 0) });
+    c.on_event(Event::Submit { conn: conn(1), kinds: vec![kind("t")], tasks: long.collect() });
+    turn(&mut c);
+    assert_eq!(assigned(&mut a).len(), 2, "hour-long tasks go to an agent without a limit");
 }
 
 #[test]

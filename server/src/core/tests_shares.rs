@@ -2,7 +2,7 @@
 //! takes it, kept within the agent's cache size without evicting what its tasks take, forgotten
 //! once unshared and untaken, refused when unknown, and restored from the data directory.
 
-use super::tests::{conn, core, driver, kind, outcomes, submission, turn};
+use super::tests::{conn, core, driver, join, joining, kind, outcomes, submission, turn};
 use super::*;
 use blitzen_protocol::cluster::{SharePiece, Submission};
 use blitzen_protocol::inputs::{Framing, InputPart, Inputs};
@@ -30,20 +30,7 @@ fn submit(c: &mut Core, tasks: Vec<Submission>) {
 
 /// An agent with a cache of `cache_size` bytes.
 fn agent(c: &mut Core, n: u64, cache_size: u64) -> mpsc::UnboundedReceiver<ToAgent> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let agent = JoiningAgent {
-        host: format!("a{n}"),
-        workers: 2,
-        kinds: vec![kind("t")],
-        id: 1000 + n,
-        replaces: 0,
-        capacity: None,
-        cache_size,
-        ends_in: None,
-        allocation: String::new(),
-    };
-    c.on_event(Event::AgentJoined { conn: conn(n), agent, tx, close: CancellationToken::new() });
-    rx
+    join(c, n, JoiningAgent { cache_size, ..joining(n, 2, &["t"]) })
 }
 
 /// What an agent was sent, in order: `S key` (a piece of a value), `F keys` (forget), `R key`
